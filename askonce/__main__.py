@@ -1,0 +1,3 @@
+from askonce.cli import main
+
+main()

@@ -1,0 +1,185 @@
+"""The ``askonce`` command line."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+from sqlalchemy import text
+
+from askonce.logging import configure_logging
+from askonce.runtime import Runtime, build_runtime
+from askonce.settings import PlaceholderSecretError, Settings, get_settings
+from store import SchemaNotAtHeadError
+from store import migrate as migrations
+
+app = typer.Typer(
+    name="askonce",
+    help="askonce: one golden Patient record per real person, from every connected EHR.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+db_app = typer.Typer(help="Manage the database schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+console = Console(stderr=True, soft_wrap=True)
+log = logging.getLogger("askonce.cli")
+
+
+def _settings() -> Settings:
+    settings = get_settings()
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    return settings
+
+
+def _runtime(settings: Settings) -> Runtime:
+    """Wire the process, or exit with the command that fixes a stale schema."""
+    try:
+        return build_runtime(settings)
+    except SchemaNotAtHeadError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Migrate the database schema up to REVISION (default: the newest)."""
+    settings = _settings()
+    migrations.upgrade(settings.database_url, revision)
+    console.print(f"[green]database at {revision}[/green]")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision; 'base' drops everything.")],
+) -> None:
+    """Migrate the database schema down to REVISION."""
+    settings = _settings()
+    migrations.downgrade(settings.database_url, revision)
+    console.print(f"[yellow]database at {revision}[/yellow]")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the schema revision of the database and the one this code expects."""
+    settings = _settings()
+    from store import make_engine
+
+    engine = make_engine(settings.database_url)
+    current = migrations.current_revision(engine)
+    console.print(f"current: {current or '(empty)'}   head: {migrations.head_revision()}")
+
+
+def _serve(settings: Settings, host: str | None, port: int | None) -> None:
+    try:
+        settings.require_real_secrets()
+    except PlaceholderSecretError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    runtime = _runtime(settings)
+    # Access logs carry query strings (search parameters are patient data): off.
+    uvicorn.run(
+        runtime.create_app(),
+        host=host or settings.host,
+        port=port or settings.port,
+        access_log=False,
+        log_config=None,
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind (default from settings).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (default from settings).")] = None,
+) -> None:
+    """Serve the FHIR API, the admin API and the health probes."""
+    _serve(_settings(), host, port)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+) -> None:
+    """Run a Celery worker that consumes sync and delivery tasks from Redis."""
+    settings = _settings()
+    if settings.embedded:
+        console.print(
+            "[red]error:[/red] ASKONCE_REDIS_URL is not set; embedded mode runs tasks "
+            "in-process and needs no worker."
+        )
+        raise typer.Exit(code=2)
+    runtime = _runtime(settings)
+    runtime.celery.worker_main(
+        [
+            "worker",
+            f"--loglevel={settings.log_level}",
+            f"--queues={settings.task_queue}",
+            f"--concurrency={concurrency or settings.worker_concurrency}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@app.command()
+def beat() -> None:
+    """Run the scheduler that starts each source's sync on its schedule."""
+    settings = _settings()
+    if settings.embedded:
+        console.print("[red]error:[/red] ASKONCE_REDIS_URL is not set; beat needs the broker.")
+        raise typer.Exit(code=2)
+    runtime = _runtime(settings)
+    runtime.celery.start(["beat", f"--loglevel={settings.log_level}"])
+
+
+@app.command()
+def demo(
+    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind.")] = None,
+) -> None:
+    """Create the embedded database, then serve the API on http://127.0.0.1:8000."""
+    settings = _settings().model_copy(update={"demo": True})
+    migrations.upgrade(settings.database_url)
+    console.print(f"[green]database ready[/green] ({settings.database_url})")
+    _serve(settings, host, port)
+
+
+@app.command()
+def check(
+    worker: Annotated[
+        bool, typer.Option("--worker", help="Also round-trip a task through a worker.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the worker.")] = 10.0,
+) -> None:
+    """Check the database, the schema and the broker (a container healthcheck); exit 1 if not ok."""
+    settings = _settings()
+    runtime = _runtime(settings)
+    broker_check = runtime.broker_check()
+    try:
+        with runtime.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        if broker_check is not None:
+            broker_check()
+        if worker and not settings.embedded:
+            from sync.tasks import ping
+
+            token = uuid.uuid4().hex
+            reply = ping.apply_async(args=[token]).get(timeout=timeout)
+            if reply.get("token") != token:
+                raise RuntimeError("worker answered with the wrong token")
+    except Exception as exc:
+        console.print(f"[red]not ok:[/red] {type(exc).__name__}")
+        raise typer.Exit(code=1) from exc
+    console.print("[green]ok[/green]")
+
+
+def main() -> None:
+    app()

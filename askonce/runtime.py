@@ -1,0 +1,71 @@
+"""The composition root: wires settings, database, task queue and gateway together."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from fastapi import FastAPI
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from askonce.settings import Settings, get_settings
+from gateway import GatewayState, create_app
+from store import check_schema_at_head, make_engine, make_session_factory, unit_of_work
+from sync import TaskContext, bind_task_context, create_celery
+
+#: How long the readiness probe waits for Redis.
+BROKER_CHECK_TIMEOUT_S = 2.0
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    celery: Celery
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[Session]:
+        with unit_of_work(self.session_factory) as session:
+            yield session
+
+    def broker_check(self) -> Callable[[], None] | None:
+        url = self.settings.redis_url
+        if url is None:
+            return None
+
+        def check() -> None:
+            client = redis.Redis.from_url(url, socket_connect_timeout=BROKER_CHECK_TIMEOUT_S)
+            try:
+                client.ping()
+            finally:
+                client.close()
+
+        return check
+
+    def create_app(self) -> FastAPI:
+        return create_app(
+            GatewayState(
+                engine=self.engine,
+                session_factory=self.session_factory,
+                broker_check=self.broker_check(),
+                secret_key=self.settings.secret_key.get_secret_value(),
+                demo=self.settings.demo,
+            )
+        )
+
+
+def build_runtime(settings: Settings | None = None, *, check_schema: bool = True) -> Runtime:
+    """Wire one process. With ``check_schema`` it refuses to start on a stale schema."""
+    settings = settings or get_settings()
+    engine = make_engine(settings.database_url)
+    if check_schema:
+        check_schema_at_head(engine)
+    session_factory = make_session_factory(engine)
+    celery = create_celery(settings.redis_url, queue=settings.task_queue)
+    bind_task_context(TaskContext(engine=engine, session_factory=session_factory))
+    return Runtime(settings=settings, engine=engine, session_factory=session_factory, celery=celery)

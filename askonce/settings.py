@@ -1,0 +1,86 @@
+"""Runtime configuration: the only code in askonce that reads the environment.
+
+Every setting is an environment variable with the ``ASKONCE_`` prefix, e.g.
+``ASKONCE_DATABASE_URL``. A ``.env`` file in the working directory is read too.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///./askonce.db"
+#: Secret values that ship in examples; refused outside the demo.
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "change-me", "changeme", "secret", "demo-secret-not-for-production"}
+)
+DEMO_SECRET = "demo-secret-not-for-production"  # noqa: S105 - a known placeholder
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class PlaceholderSecretError(RuntimeError):
+    """A placeholder secret is configured while demo mode is off."""
+
+
+class Settings(BaseSettings):
+    """askonce settings, read from ``ASKONCE_*`` environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ASKONCE_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL. SQLite (the embedded default) or postgresql+psycopg://…",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL for the Celery broker and result backend. Unset: embedded mode, "
+        "tasks run in-process.",
+    )
+    task_queue: str = Field(default="askonce", description="Celery queue the workers consume.")
+    worker_concurrency: int = Field(default=2, ge=1, description="Worker processes per worker.")
+    log_level: LogLevel = "INFO"
+    log_json: bool = Field(default=True, description="Emit logs as one JSON object per line.")
+    secret_key: SecretStr = Field(
+        default=SecretStr(DEMO_SECRET),
+        description="Signs the access tokens the gateway issues. Must be set outside the demo.",
+    )
+    demo: bool = Field(default=False, description="Demo mode allows placeholder secrets.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    default_region: str = Field(
+        default="US", description="Region used to parse phone numbers with no country code."
+    )
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_redis_is_none(cls, value: object) -> object:
+        return None if value in ("", None) else value
+
+    @property
+    def embedded(self) -> bool:
+        """True when tasks run in-process (no Redis broker configured)."""
+        return self.redis_url is None
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith("postgresql")
+
+    def require_real_secrets(self) -> None:
+        """Refuse to start with a placeholder secret unless in demo mode."""
+        if not self.demo and self.secret_key.get_secret_value() in PLACEHOLDER_SECRETS:
+            raise PlaceholderSecretError(
+                "ASKONCE_SECRET_KEY is unset or a placeholder; set a real secret "
+                "(or ASKONCE_DEMO=1 for the demo)."
+            )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,425 @@
+"""The askonce tables (see ../shared/DESIGN.md, "The golden record").
+
+Alembic owns the schema: these models describe it, migrations create it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from store.types import JSONType, UTCDateTime, utcnow
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BIGINT autoincrement on PostgreSQL, INTEGER PRIMARY KEY (rowid) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Source(Base):
+    """A connected EHR (or file drop) that askonce pulls from or receives pushes from."""
+
+    __tablename__ = "source"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))  # fhir | history | bulk | ndjson | push | hl7v2
+    base_url: Mapped[str] = mapped_column(Text)
+    auth: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)  # kind + secret refs
+    resource_types: Mapped[list[str]] = mapped_column(
+        JSONType, default=lambda: ["Patient", "Encounter"]
+    )
+    schedule: Mapped[str | None] = mapped_column(String(100), nullable=True)  # seconds or cron
+    trust_rank: Mapped[int] = mapped_column(Integer, default=50)  # higher wins survivorship
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)  # vendor profile etc.
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class SourceRecord(Base):
+    """Every resource received from a source, valid or not."""
+
+    __tablename__ = "source_record"
+    __table_args__ = (
+        UniqueConstraint("source_id", "resource_type", "resource_id", name="uq_source_record_key"),
+        Index("ix_source_record_status", "source_id", "resource_type", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("source.id", ondelete="CASCADE"))
+    resource_type: Mapped[str] = mapped_column(String(40))
+    resource_id: Mapped[str] = mapped_column(String(128))
+    version_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_updated: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    raw: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    normalized: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # active | quarantined | deleted | pending
+    status: Mapped[str] = mapped_column(String(20), default="active")
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class GoldenPatient(Base):
+    """One real person: the surviving view over the source records linked to it."""
+
+    __tablename__ = "golden_patient"
+    __table_args__ = (Index("ix_golden_patient_updated", "last_updated"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    resource: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    status: Mapped[str] = mapped_column(String(20), default="active")  # active|merged|deleted
+    merged_into: Mapped[str | None] = mapped_column(
+        ForeignKey("golden_patient.id"), nullable=True, index=True
+    )
+    # Denormalized search columns (also kept in golden_search_token for multi-valued ones).
+    birth_date: Mapped[str | None] = mapped_column(String(10), nullable=True, index=True)
+    gender: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_updated: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class GoldenPatientVersion(Base):
+    """Every version of a golden record, for vread and ``_history``."""
+
+    __tablename__ = "golden_patient_version"
+
+    golden_id: Mapped[str] = mapped_column(
+        ForeignKey("golden_patient.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    resource: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(String(20), default="active")
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class GoldenSearchToken(Base):
+    """Multi-valued search values of a golden record (name parts, identifiers, phones…).
+
+    ``param`` is the FHIR search parameter name, ``system`` the token system where
+    there is one, ``value`` the normalized value searched.
+    """
+
+    __tablename__ = "golden_search_token"
+    __table_args__ = (
+        Index("ix_golden_search_token_lookup", "param", "value", "system"),
+        Index("ix_golden_search_token_golden", "golden_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    golden_id: Mapped[str] = mapped_column(ForeignKey("golden_patient.id", ondelete="CASCADE"))
+    param: Mapped[str] = mapped_column(String(40))
+    system: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    value: Mapped[str] = mapped_column(String(255))
+
+
+class Link(Base):
+    """The current link of one source record to one golden record."""
+
+    __tablename__ = "link"
+    __table_args__ = (Index("ix_link_golden", "golden_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    source_record_id: Mapped[int] = mapped_column(
+        ForeignKey("source_record.id", ondelete="CASCADE"), unique=True
+    )
+    golden_id: Mapped[str] = mapped_column(ForeignKey("golden_patient.id"))
+    grade: Mapped[str] = mapped_column(String(20))  # certain|probable|possible|certainly-not
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    method: Mapped[str] = mapped_column(String(10), default="AUTO")  # AUTO | MANUAL
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False)  # probable links
+    explanation: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class LinkHistory(Base):
+    """Append-only history of every link operation (link, unlink, merge, unmerge…)."""
+
+    __tablename__ = "link_history"
+    __table_args__ = (
+        Index("ix_link_history_record", "source_record_id"),
+        Index("ix_link_history_golden", "golden_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    action: Mapped[str] = mapped_column(String(20))
+    source_record_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    golden_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    other_golden_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    grade: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    method: Mapped[str] = mapped_column(String(10), default="AUTO")
+    actor: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    explanation: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class MatchDecision(Base):
+    """A steward's decision on a pair of source records; the algorithm never overrides it."""
+
+    __tablename__ = "match_decision"
+    __table_args__ = (
+        UniqueConstraint("record_a_id", "record_b_id", name="uq_match_decision_pair"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    record_a_id: Mapped[int] = mapped_column(ForeignKey("source_record.id", ondelete="CASCADE"))
+    record_b_id: Mapped[int] = mapped_column(
+        ForeignKey("source_record.id", ondelete="CASCADE"), index=True
+    )
+    decision: Mapped[str] = mapped_column(String(20))  # match | no-match
+    actor: Mapped[str] = mapped_column(String(100))
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ReviewItem(Base):
+    """A possible match (or a vetoed one, or two possibly duplicate golden records)."""
+
+    __tablename__ = "review_item"
+    __table_args__ = (Index("ix_review_item_status", "status", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(30))  # possible-match|vetoed|duplicate-golden
+    status: Mapped[str] = mapped_column(String(20), default="open")  # open | resolved
+    source_record_id: Mapped[int | None] = mapped_column(
+        ForeignKey("source_record.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    golden_id: Mapped[str | None] = mapped_column(ForeignKey("golden_patient.id"), nullable=True)
+    other_golden_id: Mapped[str | None] = mapped_column(
+        ForeignKey("golden_patient.id"), nullable=True
+    )
+    grade: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    resolution: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    resolved_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class FieldProvenance(Base):
+    """Where each golden field's value came from, and by which survivorship rule."""
+
+    __tablename__ = "field_provenance"
+    __table_args__ = (Index("ix_field_provenance_golden", "golden_id", "field"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    golden_id: Mapped[str] = mapped_column(ForeignKey("golden_patient.id", ondelete="CASCADE"))
+    field: Mapped[str] = mapped_column(String(100))
+    value: Mapped[Any] = mapped_column(JSONType)
+    source_record_id: Mapped[int | None] = mapped_column(
+        ForeignKey("source_record.id", ondelete="SET NULL"), nullable=True
+    )
+    rule: Mapped[str] = mapped_column(String(40))
+    observed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class BlockKey(Base):
+    """Blocking keys of each source Patient record, for candidate lookup."""
+
+    __tablename__ = "block_key"
+    __table_args__ = (
+        Index("ix_block_key_key", "key"),
+        Index("ix_block_key_record", "source_record_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(200))
+    source_record_id: Mapped[int] = mapped_column(
+        ForeignKey("source_record.id", ondelete="CASCADE")
+    )
+
+
+class Encounter(Base):
+    """A source Encounter and the golden patient it belongs to (null while waiting)."""
+
+    __tablename__ = "encounter"
+    __table_args__ = (
+        Index("ix_encounter_golden", "golden_id", "period_start"),
+        Index("ix_encounter_patient_ref", "source_id", "patient_resource_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    source_record_id: Mapped[int] = mapped_column(
+        ForeignKey("source_record.id", ondelete="CASCADE"), unique=True
+    )
+    source_id: Mapped[int] = mapped_column(ForeignKey("source.id", ondelete="CASCADE"))
+    patient_resource_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    golden_id: Mapped[str | None] = mapped_column(ForeignKey("golden_patient.id"), nullable=True)
+    status: Mapped[str | None] = mapped_column(String(30), nullable=True)
+    class_code: Mapped[str | None] = mapped_column(String(30), nullable=True)
+    period_start: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    period_end: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    resource: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    last_updated: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SyncCursor(Base):
+    """Where the next sync of (source, resource type) starts. Committed with the data."""
+
+    __tablename__ = "sync_cursor"
+
+    source_id: Mapped[int] = mapped_column(
+        ForeignKey("source.id", ondelete="CASCADE"), primary_key=True
+    )
+    resource_type: Mapped[str] = mapped_column(String(40), primary_key=True)
+    cursor: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class SyncRun(Base):
+    """One run of one source: when, how far, and what went wrong."""
+
+    __tablename__ = "sync_run"
+    __table_args__ = (Index("ix_sync_run_source", "source_id", "started_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("source.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(20), default="running")  # running|ok|failed
+    full: Mapped[bool] = mapped_column(Boolean, default=False)
+    pages: Mapped[int] = mapped_column(Integer, default=0)
+    resources: Mapped[int] = mapped_column(Integer, default=0)
+    quarantined: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Outbox(Base):
+    """Change events, delivered at least once to webhooks and Subscriptions."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index(
+            "ix_outbox_undelivered",
+            "next_attempt_at",
+            "id",
+            sqlite_where=text("delivered_at IS NULL"),
+            postgresql_where=text("delivered_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_type: Mapped[str] = mapped_column(String(40))  # patient.created, encounter.updated…
+    aggregate_type: Mapped[str] = mapped_column(String(40))
+    aggregate_id: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Consumer(Base):
+    """A system that reads askonce: a CRM, a patient portal, a messaging service."""
+
+    __tablename__ = "consumer"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))  # crm | portal | messaging | steward
+    client_id: Mapped[str] = mapped_column(String(64), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(200))
+    scopes: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Subscription(Base):
+    """A consumer's FHIR Subscription (R4B backport, rest-hook) or webhook."""
+
+    __tablename__ = "subscription"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    consumer_id: Mapped[int] = mapped_column(
+        ForeignKey("consumer.id", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(20), default="requested")
+    topic: Mapped[str] = mapped_column(Text)
+    filters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    channel_type: Mapped[str] = mapped_column(String(20), default="rest-hook")
+    endpoint: Mapped[str] = mapped_column(Text)
+    headers: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    payload_content: Mapped[str] = mapped_column(String(20), default="id-only")
+    events_since_start: Mapped[int] = mapped_column(BigInteger, default=0)
+    resource: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Audit(Base):
+    """Append-only: who read or changed what, and when."""
+
+    __tablename__ = "audit"
+    __table_args__ = (
+        Index("ix_audit_at", "at"),
+        Index("ix_audit_principal", "principal", "at"),
+        Index("ix_audit_entity", "resource_type", "resource_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    principal: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(30))  # read | search | create | update | …
+    resource_type: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    resource_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    query: Mapped[str | None] = mapped_column(Text, nullable=True)
+    outcome: Mapped[int | None] = mapped_column(Integer, nullable=True)  # HTTP status
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+class MatchModel(Base):
+    """A trained matching model (plain JSON, versioned). One row is active."""
+
+    __tablename__ = "match_model"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(String(40))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    trained_on: Mapped[int] = mapped_column(Integer, default=0)  # records seen
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+ALL_TABLES = [t.name for t in Base.metadata.sorted_tables]

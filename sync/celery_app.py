@@ -1,0 +1,50 @@
+"""The Celery application, configured from plain values by the composition root.
+
+With a broker URL (Redis) tasks go through the broker to worker processes; JSON
+is the only serializer. Without one, askonce runs embedded: tasks execute
+in-process, synchronously, through the very same task functions.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+DEFAULT_QUEUE = "askonce"
+#: Results are only kept long enough for a caller waiting on them.
+RESULT_EXPIRES_S = 3600
+#: A worker takes one task at a time, so a long sync cannot starve the others.
+PREFETCH_MULTIPLIER = 1
+
+
+def create_celery(broker_url: str | None, *, queue: str = DEFAULT_QUEUE) -> Celery:
+    """A Celery app: Redis broker and result backend when ``broker_url`` is set, else eager."""
+    app = Celery("askonce", include=["sync.tasks"])
+    common = {
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": queue,
+        "task_acks_late": False,  # only idempotent tasks opt in, per task
+        "enable_utc": True,
+        "worker_hijack_root_logger": False,
+    }
+    if broker_url:
+        app.conf.update(
+            broker_url=broker_url,
+            result_backend=broker_url,
+            result_expires=RESULT_EXPIRES_S,
+            worker_prefetch_multiplier=PREFETCH_MULTIPLIER,
+            broker_connection_retry_on_startup=True,
+            task_reject_on_worker_lost=True,
+            **common,
+        )
+    else:
+        app.conf.update(
+            broker_url="memory://",
+            result_backend="cache+memory://",
+            task_always_eager=True,
+            task_eager_propagates=True,
+            task_store_eager_result=True,
+            **common,
+        )
+    return app

@@ -1,0 +1,37 @@
+"""What a task needs at run time, bound once per process by the composition root.
+
+Tasks take ids, never ORM objects; they find the database through this context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    engine: Engine
+    session_factory: sessionmaker[Session]
+
+
+class TaskContextMissingError(RuntimeError):
+    """A task ran in a process that never bound a :class:`TaskContext`."""
+
+
+_current: TaskContext | None = None
+
+
+def bind_task_context(context: TaskContext) -> None:
+    global _current
+    _current = context
+
+
+def current_task_context() -> TaskContext:
+    if _current is None:
+        raise TaskContextMissingError(
+            "no task context bound; processes start through askonce.runtime.build_runtime()"
+        )
+    return _current

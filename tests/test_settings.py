@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+
+from askonce.settings import DEFAULT_DATABASE_URL, PlaceholderSecretError, Settings
+
+
+def test_defaults_are_embedded_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ASKONCE_SECRET_KEY")
+    settings = Settings()
+    assert settings.database_url == DEFAULT_DATABASE_URL == "sqlite:///./askonce.db"
+    assert settings.redis_url is None and settings.embedded
+    assert settings.log_level == "INFO"
+
+
+def test_environment_with_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASKONCE_DATABASE_URL", "postgresql+psycopg://u@db/askonce")
+    monkeypatch.setenv("ASKONCE_REDIS_URL", "redis://redis:6379/0")
+    monkeypatch.setenv("ASKONCE_LOG_LEVEL", "DEBUG")
+    settings = Settings()
+    assert settings.is_postgres and not settings.embedded and settings.log_level == "DEBUG"
+
+
+def test_empty_redis_url_means_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASKONCE_REDIS_URL", "")
+    assert Settings().embedded
+
+
+def test_secret_is_hidden_and_placeholders_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASKONCE_SECRET_KEY", "change-me")
+    settings = Settings()
+    assert "change-me" not in repr(settings)
+    with pytest.raises(PlaceholderSecretError):
+        settings.require_real_secrets()
+    settings.model_copy(update={"demo": True}).require_real_secrets()
+    monkeypatch.setenv("ASKONCE_SECRET_KEY", "a-real-secret-of-some-length")
+    Settings().require_real_secrets()
+
+
+def test_invalid_log_level_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASKONCE_LOG_LEVEL", "LOUD")
+    with pytest.raises(ValueError, match="log_level"):
+        Settings()
