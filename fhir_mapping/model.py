@@ -1,0 +1,210 @@
+"""Canonical records: what every FHIR Patient and Encounter becomes after mapping.
+
+These dataclasses are the contract between ``fhir_mapping`` (which builds them)
+and ``mpi``/``sync``/``gateway`` (which read them). They serialize to plain JSON
+(``to_dict``/``from_dict``) for the ``source_record.normalized`` column.
+
+Fields ending in ``_folded``/``_normalized`` are the match features: lower-case,
+diacritics folded, non-Latin scripts transliterated, punctuation removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Period:
+    start: str | None = None
+    end: str | None = None
+
+
+@dataclass(slots=True)
+class PersonName:
+    """One HumanName, as given and normalized for matching."""
+
+    use: str | None = None
+    text: str | None = None
+    family: str | None = None
+    given: list[str] = field(default_factory=list)
+    prefix: list[str] = field(default_factory=list)
+    suffix: list[str] = field(default_factory=list)
+    period: Period | None = None
+    #: Folded family name, tokens joined by one space:
+    #: "Müller-Lüdenscheidt" -> "muller ludenscheidt".
+    family_folded: str = ""
+    #: Other foldings of the family name worth matching on (German "ue" spellings…).
+    family_alternates: list[str] = field(default_factory=list)
+    #: Family name split into tokens, particles (van, de, al, bin…) removed.
+    family_tokens: list[str] = field(default_factory=list)
+    #: Each given name folded.
+    given_folded: list[str] = field(default_factory=list)
+    #: Each given name mapped to its nickname-equivalence key ("bob" -> "robert").
+    given_canonical: list[str] = field(default_factory=list)
+    #: Normalized suffix (jr, sr, ii, iii…), if any.
+    suffix_normalized: str | None = None
+    #: True when ``text`` shows family-first order (Vietnamese, Chinese, Hungarian).
+    family_first: bool = False
+    #: True when given and family look swapped (the given name is a known surname…).
+    swapped_suspect: bool = False
+
+
+@dataclass(slots=True)
+class Identifier:
+    system: str | None = None
+    value: str | None = None
+    #: Value normalized for matching (punctuation and spaces removed, upper-case).
+    value_normalized: str = ""
+    #: mrn | ssn | drivers-license | member-id | passport | national-id | other
+    kind: str = "other"
+    use: str | None = None
+    type_code: str | None = None
+    #: False for values known to be invalid (an SSN with area 000, 666 or 9xx…).
+    valid: bool = True
+    period: Period | None = None
+
+
+@dataclass(slots=True)
+class ContactPoint:
+    system: str | None = None  # phone | email | fax | sms | url | other
+    value: str | None = None
+    #: E.164 for phones ("+14155550123"), lower-case for emails; "" when unparseable.
+    value_normalized: str = ""
+    use: str | None = None
+    rank: int | None = None
+    period: Period | None = None
+
+
+@dataclass(slots=True)
+class Address:
+    use: str | None = None
+    type: str | None = None
+    text: str | None = None
+    line: list[str] = field(default_factory=list)
+    city: str | None = None
+    district: str | None = None
+    state: str | None = None
+    postal_code: str | None = None
+    country: str | None = None
+    period: Period | None = None
+    #: Lines normalized: folded, punctuation removed, "Street" -> "st", "Apartment" -> "apt".
+    line_normalized: str = ""
+    city_folded: str = ""
+    #: Postal code normalized per country (US ZIP5, UK outward+inward, spaces removed…).
+    postal_normalized: str = ""
+
+
+@dataclass(slots=True)
+class SourcePatient:
+    """A source Patient: everything askonce keeps, plus the normalized match features."""
+
+    resource_id: str
+    version_id: str | None = None
+    last_updated: str | None = None
+    active: bool | None = None
+    names: list[PersonName] = field(default_factory=list)
+    #: As given: "1970", "1970-03" or "1970-03-14".
+    birth_date: str | None = None
+    birth_year: int | None = None
+    birth_month: int | None = None
+    birth_day: int | None = None
+    gender: str | None = None
+    deceased: bool | None = None
+    deceased_datetime: str | None = None
+    identifiers: list[Identifier] = field(default_factory=list)
+    telecom: list[ContactPoint] = field(default_factory=list)
+    addresses: list[Address] = field(default_factory=list)
+    #: US Core extensions, kept as their FHIR JSON.
+    race: dict[str, Any] | None = None
+    ethnicity: dict[str, Any] | None = None
+    birth_sex: str | None = None
+    #: (language code, preferred) pairs from ``communication``.
+    languages: list[dict[str, Any]] = field(default_factory=list)
+    #: ``contact`` (next of kin…), ``generalPractitioner`` and ``managingOrganization``, as JSON.
+    contacts: list[dict[str, Any]] = field(default_factory=list)
+    general_practitioner: list[dict[str, Any]] = field(default_factory=list)
+    managing_organization: dict[str, Any] | None = None
+    #: Every extension we do not understand, kept as JSON, never dropped.
+    extensions: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SourcePatient:
+        return _from_dict(cls, data)
+
+
+@dataclass(slots=True)
+class Coding:
+    system: str | None = None
+    code: str | None = None
+    display: str | None = None
+
+
+@dataclass(slots=True)
+class SourceEncounter:
+    resource_id: str
+    version_id: str | None = None
+    last_updated: str | None = None
+    #: The source Patient's id (from ``subject`` "Patient/<id>"), or None.
+    patient_id: str | None = None
+    status: str | None = None
+    class_code: Coding | None = None
+    types: list[Coding] = field(default_factory=list)
+    period: Period | None = None
+    reasons: list[Coding] = field(default_factory=list)
+    identifiers: list[Identifier] = field(default_factory=list)
+    locations: list[dict[str, Any]] = field(default_factory=list)
+    participants: list[dict[str, Any]] = field(default_factory=list)
+    service_provider: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SourceEncounter:
+        return _from_dict(cls, data)
+
+
+_NESTED: dict[str, Any] = {}
+
+
+def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a dataclass tree from ``asdict`` output (one level of known nesting)."""
+    kwargs: dict[str, Any] = {}
+    hints = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for name, value in data.items():
+        if name not in hints:
+            continue
+        target = _NESTED.get(f"{cls.__name__}.{name}")
+        if target is not None and value is not None:
+            if isinstance(value, list):
+                value = [_from_dict(target, v) for v in value]
+            else:
+                value = _from_dict(target, value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+_NESTED.update(
+    {
+        "SourcePatient.names": PersonName,
+        "SourcePatient.identifiers": Identifier,
+        "SourcePatient.telecom": ContactPoint,
+        "SourcePatient.addresses": Address,
+        "PersonName.period": Period,
+        "Identifier.period": Period,
+        "ContactPoint.period": Period,
+        "Address.period": Period,
+        "SourceEncounter.class_code": Coding,
+        "SourceEncounter.types": Coding,
+        "SourceEncounter.period": Period,
+        "SourceEncounter.reasons": Coding,
+        "SourceEncounter.identifiers": Identifier,
+    }
+)

@@ -1,0 +1,90 @@
+"""Search values of a Patient resource: what the FHIR search parameters match on.
+
+``search_tokens`` extracts, from a Patient's FHIR JSON, one ``(param, system, value)``
+per searchable value; ``normalize_search_value`` turns a value from a search URL into
+the same form, so the two meet in an index (``golden_search_token``).
+See https://hl7.org/fhir/R4/patient.html#search for the parameters.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+from anyascii import anyascii
+
+SearchToken = tuple[str, str | None, str]
+#: Search values are indexed up to this many characters.
+MAX_TOKEN_LENGTH = 255
+
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+_DIGITS = re.compile(r"\D+")
+
+
+def fold_text(value: str) -> str:
+    """Case- and accent-insensitive form of a string: "Müller-Šimkus" -> "muller simkus"."""
+    decomposed = unicodedata.normalize("NFKD", value)
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return _NON_ALNUM.sub(" ", anyascii(stripped).casefold()).strip()
+
+
+def phone_digits(value: str) -> str:
+    """Digits of a phone number; the last ten are what the index keeps and matches."""
+    return _DIGITS.sub("", value)[-10:]
+
+
+def normalize_search_value(param: str, value: str) -> str:
+    """Normalize a search value from a URL into the indexed form for ``param``."""
+    if param in ("name", "family", "given"):
+        return fold_text(value)
+    if param == "phone":
+        return phone_digits(value)
+    if param in ("email",):
+        return value.strip().casefold()
+    if param == "address-postalcode":
+        return value.replace(" ", "").upper()
+    if param == "identifier":
+        return value.strip()
+    return value.strip()
+
+
+def _add(tokens: list[SearchToken], param: str, system: str | None, value: str | None) -> None:
+    if value:
+        token = (param, system, value[:MAX_TOKEN_LENGTH])
+        if token not in tokens:
+            tokens.append(token)
+
+
+def search_tokens(resource: dict[str, Any]) -> list[SearchToken]:
+    """Every indexed search value of a Patient resource (FHIR JSON)."""
+    tokens: list[SearchToken] = []
+    for name in resource.get("name") or []:
+        family = name.get("family")
+        givens = name.get("given") or []
+        if family:
+            folded = fold_text(family)
+            _add(tokens, "family", None, folded)
+            _add(tokens, "name", None, folded)
+            for part in folded.split():
+                _add(tokens, "name", None, part)
+        for given in givens:
+            folded = fold_text(given)
+            _add(tokens, "given", None, folded)
+            _add(tokens, "name", None, folded)
+        if name.get("text"):
+            for part in fold_text(name["text"]).split():
+                _add(tokens, "name", None, part)
+    for ident in resource.get("identifier") or []:
+        _add(tokens, "identifier", ident.get("system"), (ident.get("value") or "").strip())
+    for telecom in resource.get("telecom") or []:
+        value = telecom.get("value") or ""
+        if telecom.get("system") == "phone":
+            _add(tokens, "phone", None, phone_digits(value))
+        elif telecom.get("system") == "email":
+            _add(tokens, "email", None, value.strip().casefold())
+    for address in resource.get("address") or []:
+        postal = address.get("postalCode")
+        if postal:
+            _add(tokens, "address-postalcode", None, postal.replace(" ", "").upper())
+    return tokens

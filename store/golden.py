@@ -1,0 +1,125 @@
+"""Golden Patient storage: current version, every past version, and the search index.
+
+FHIR interactions name the methods (read, vread, history); writes go through
+:meth:`GoldenPatientRepository.save`, which bumps ``meta.versionId``, keeps the
+old version and rewrites the record's search tokens in the same transaction.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from store.models import GoldenPatient, GoldenPatientVersion, GoldenSearchToken, new_uuid
+from store.repositories import NotFoundError
+from store.types import utcnow
+
+SearchToken = tuple[str, str | None, str]
+
+
+class VersionConflictError(RuntimeError):
+    """``If-Match`` named a version that is not the current one."""
+
+
+def _fhir_instant(value: Any) -> str:
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class GoldenPatientRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def read(self, golden_id: str) -> GoldenPatient:
+        golden = self.session.get(GoldenPatient, golden_id)
+        if golden is None:
+            raise NotFoundError(f"Patient/{golden_id}")
+        return golden
+
+    def read_for_update(self, golden_id: str) -> GoldenPatient:
+        """Read with a row lock on PostgreSQL, so concurrent writers serialize."""
+        stmt = select(GoldenPatient).where(GoldenPatient.id == golden_id)
+        if self.session.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        golden = self.session.scalar(stmt)
+        if golden is None:
+            raise NotFoundError(f"Patient/{golden_id}")
+        return golden
+
+    def vread(self, golden_id: str, version: int) -> GoldenPatientVersion:
+        row = self.session.get(GoldenPatientVersion, (golden_id, version))
+        if row is None:
+            raise NotFoundError(f"Patient/{golden_id}/_history/{version}")
+        return row
+
+    def history(self, golden_id: str) -> Sequence[GoldenPatientVersion]:
+        """Every version, newest first."""
+        return self.session.scalars(
+            select(GoldenPatientVersion)
+            .where(GoldenPatientVersion.golden_id == golden_id)
+            .order_by(GoldenPatientVersion.version.desc())
+        ).all()
+
+    def create(
+        self, resource: dict[str, Any], tokens: Iterable[SearchToken], golden_id: str | None = None
+    ) -> GoldenPatient:
+        golden = GoldenPatient(id=golden_id or new_uuid(), version=0, resource={})
+        self.session.add(golden)
+        return self.save(golden, resource, tokens)
+
+    def save(
+        self,
+        golden: GoldenPatient,
+        resource: dict[str, Any],
+        tokens: Iterable[SearchToken],
+        *,
+        status: str | None = None,
+        merged_into: str | None = None,
+        if_match: int | None = None,
+    ) -> GoldenPatient:
+        """Write a new version of ``golden`` with ``resource`` as its FHIR Patient."""
+        if if_match is not None and if_match != golden.version:
+            raise VersionConflictError(
+                f"Patient/{golden.id} is at version {golden.version}, not {if_match}"
+            )
+        now = utcnow()
+        version = golden.version + 1
+        resource = copy.deepcopy(resource)
+        resource["resourceType"] = "Patient"
+        resource["id"] = golden.id
+        meta = dict(resource.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = _fhir_instant(now)
+        resource["meta"] = meta
+        golden.version = version
+        golden.resource = resource
+        golden.last_updated = now
+        golden.birth_date = resource.get("birthDate")
+        golden.gender = resource.get("gender")
+        if status is not None:
+            golden.status = status
+        if merged_into is not None:
+            golden.merged_into = merged_into
+        self.session.flush()
+        self.session.add(
+            GoldenPatientVersion(
+                golden_id=golden.id,
+                version=version,
+                resource=resource,
+                status=golden.status,
+                recorded_at=now,
+            )
+        )
+        self.replace_tokens(golden.id, tokens)
+        return golden
+
+    def replace_tokens(self, golden_id: str, tokens: Iterable[SearchToken]) -> None:
+        self.session.execute(
+            delete(GoldenSearchToken).where(GoldenSearchToken.golden_id == golden_id)
+        )
+        rows = [{"golden_id": golden_id, "param": p, "system": s, "value": v} for p, s, v in tokens]
+        if rows:
+            self.session.execute(insert(GoldenSearchToken), rows)
