@@ -208,3 +208,34 @@ _NESTED.update(
         "SourceEncounter.identifiers": Identifier,
     }
 )
+
+
+@dataclass(slots=True)
+class GoldenLink:
+    """A ``Patient.link`` entry of a golden record ("replaced-by", "replaces", "seealso")."""
+
+    other_id: str
+    type: str
+
+
+@dataclass(slots=True)
+class GoldenRecord:
+    """The surviving view of one person, as ``mpi`` computes it and ``render_golden_patient``
+    renders it. Lists are ranked, best first; each value keeps its source in ``sources``."""
+
+    id: str
+    names: list[PersonName] = field(default_factory=list)
+    birth_date: str | None = None
+    gender: str | None = None
+    deceased: bool | None = None
+    deceased_datetime: str | None = None
+    identifiers: list[Identifier] = field(default_factory=list)
+    telecom: list[ContactPoint] = field(default_factory=list)
+    addresses: list[Address] = field(default_factory=list)
+    languages: list[dict[str, Any]] = field(default_factory=list)
+    race: dict[str, Any] | None = None
+    ethnicity: dict[str, Any] | None = None
+    birth_sex: str | None = None
+    links: list[GoldenLink] = field(default_factory=list)
+    #: False once merged into another golden record.
+    active: bool = True
