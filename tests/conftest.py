@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from askonce.settings import get_settings
 from store import ALL_TABLES, make_engine, make_session_factory, upgrade
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.sekmet_server"]
 
 REQUIRE_SERVICES = os.environ.get("ASKONCE_REQUIRE_SERVICES") == "1"
 PG_ADMIN_URL = os.environ.get(
