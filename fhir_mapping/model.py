@@ -130,6 +130,13 @@ class SourcePatient:
     managing_organization: dict[str, Any] | None = None
     #: Every extension we do not understand, kept as JSON, never dropped.
     extensions: list[dict[str, Any]] = field(default_factory=list)
+    #: ``multipleBirthBoolean`` / ``multipleBirthInteger`` as given (twins guard).
+    multiple_birth: bool | int | None = None
+    #: ``modifierExtension``, kept as JSON.
+    modifier_extensions: list[dict[str, Any]] = field(default_factory=list)
+    #: Extensions on top-level primitives, by their JSON key ("_birthDate": {...}),
+    #: e.g. the birth time (https://hl7.org/fhir/R4/extension-patient-birthtime.html).
+    primitive_extensions: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -162,6 +169,10 @@ class SourceEncounter:
     locations: list[dict[str, Any]] = field(default_factory=list)
     participants: list[dict[str, Any]] = field(default_factory=list)
     service_provider: dict[str, Any] | None = None
+    #: Every extension of the Encounter, kept as JSON.
+    extensions: list[dict[str, Any]] = field(default_factory=list)
+    #: Reason references (``reasonReference``), as JSON.
+    reason_references: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

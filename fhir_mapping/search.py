@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 from typing import Any
 
 from anyascii import anyascii
@@ -17,13 +18,19 @@ from anyascii import anyascii
 SearchToken = tuple[str, str | None, str]
 #: Search values are indexed up to this many characters.
 MAX_TOKEN_LENGTH = 255
+#: Distinct strings whose folded form is memoized; names and cities repeat across records.
+FOLD_CACHE_SIZE = 1 << 17
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 _DIGITS = re.compile(r"\D+")
 
 
+@lru_cache(maxsize=FOLD_CACHE_SIZE)
 def fold_text(value: str) -> str:
-    """Case- and accent-insensitive form of a string: "Müller-Šimkus" -> "muller simkus"."""
+    """Case- and accent-insensitive form of a string: "Müller-Šimkus" -> "muller simkus".
+
+    Non-Latin scripts are transliterated with ``anyascii`` ("Шевченко" -> "shevchenko").
+    Idempotent: folding a folded string changes nothing."""
     decomposed = unicodedata.normalize("NFKD", value)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
     return _NON_ALNUM.sub(" ", anyascii(stripped).casefold()).strip()

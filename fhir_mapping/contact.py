@@ -1,0 +1,149 @@
+"""Telecom and address normalization.
+
+- ContactPoint (https://hl7.org/fhir/R4/datatypes.html#ContactPoint): phones, fax and
+  SMS numbers are parsed with ``phonenumbers`` to E.164, using the source's default
+  region for numbers written without a country code; emails are trimmed and
+  lower-cased. The value as given is kept next to the normalized one.
+- Address (https://hl7.org/fhir/R4/datatypes.html#Address): lines are folded, stripped
+  of punctuation and abbreviated from the USPS table in ``data/street_abbreviations.csv``;
+  postal codes are normalized per country.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+import phonenumbers
+
+from fhir_mapping import _data
+from fhir_mapping.model import Address, ContactPoint, Period
+from fhir_mapping.search import fold_text
+
+#: Region assumed for a phone number without a country code when the source names none.
+DEFAULT_REGION = "US"
+#: Distinct values memoized by the telecom and address normalizers.
+CONTACT_CACHE_SIZE = 1 << 16
+PHONE_SYSTEMS = frozenset({"phone", "fax", "sms", "pager"})
+_URI_SCHEMES = ("tel:", "mailto:", "sms:", "fax:")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_POSTAL_JUNK = re.compile(r"[^0-9A-Z]")
+_DIGITS = re.compile(r"\D")
+#: Postal codes whose two halves are written with one space (outward + inward code).
+_SPLIT_POSTAL = {"GB": 3, "CA": 3}
+#: Length of the normalized US ZIP (ZIP+4 is cut to the ZIP).
+US_ZIP_LENGTH = 5
+US_ZIP_PLUS4_LENGTH = 9
+
+
+def _period(raw: dict[str, Any] | None) -> Period | None:
+    if not raw:
+        return None
+    return Period(start=raw.get("start"), end=raw.get("end"))
+
+
+def _strip_scheme(value: str) -> str:
+    lowered = value[:8].lower()
+    for scheme in _URI_SCHEMES:
+        if lowered.startswith(scheme):
+            return value[len(scheme) :]
+    return value
+
+
+@lru_cache(maxsize=CONTACT_CACHE_SIZE)
+def normalize_phone(value: str, region: str = DEFAULT_REGION) -> str:
+    """E.164 form of a phone number ("(415) 555-0123" -> "+14155550123"), or "" when it
+    cannot be a phone number. Fictional 555 numbers are kept: they are possible numbers."""
+    try:
+        number = phonenumbers.parse(_strip_scheme(value).strip(), region or DEFAULT_REGION)
+    except phonenumbers.NumberParseException:
+        return ""
+    if not phonenumbers.is_possible_number(number):
+        return ""
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalize_email(value: str) -> str:
+    """Trimmed, lower-cased email without a ``mailto:`` scheme; "" when not an address."""
+    email = _strip_scheme(value.strip()).strip().casefold()
+    return email if _EMAIL.match(email) else ""
+
+
+def normalize_contact_point(raw: dict[str, Any], region: str = DEFAULT_REGION) -> ContactPoint:
+    """A validated ContactPoint (FHIR JSON) as a :class:`ContactPoint`."""
+    system = raw.get("system")
+    value = raw.get("value")
+    normalized = ""
+    if value:
+        if system in PHONE_SYSTEMS:
+            normalized = normalize_phone(value, region)
+        elif system == "email":
+            normalized = normalize_email(value)
+        else:
+            normalized = value.strip()
+    return ContactPoint(
+        system=system,
+        value=value,
+        value_normalized=normalized,
+        use=raw.get("use"),
+        rank=raw.get("rank"),
+        period=_period(raw.get("period")),
+    )
+
+
+@lru_cache(maxsize=CONTACT_CACHE_SIZE)
+def normalize_line(line: str) -> str:
+    """One address line folded with standard abbreviations: "12 North Main Street, Apt. 4"
+    -> "12 n main st apt 4". Idempotent."""
+    table = _data.street_abbreviations()
+    return " ".join(table.get(word, word) for word in fold_text(line).split())
+
+
+@lru_cache(maxsize=CONTACT_CACHE_SIZE)
+def normalize_country(country: str | None) -> str | None:
+    """ISO 3166-1 alpha-2 code for a country as written ("USA" -> "US"), or None."""
+    if not country:
+        return None
+    return _data.countries().get(fold_text(country))
+
+
+@lru_cache(maxsize=CONTACT_CACHE_SIZE)
+def normalize_postal_code(postal_code: str, country: str | None = None) -> str:
+    """Postal code normalized per country: US ZIP+4 -> ZIP ("94105-1234" -> "94105"),
+    UK and Canada outward + inward code ("sw1a1aa" -> "SW1A 1AA"), else upper-case
+    without spaces or punctuation. Idempotent."""
+    iso = normalize_country(country)
+    compact = _POSTAL_JUNK.sub("", postal_code.upper())
+    digits = _DIGITS.sub("", postal_code)
+    if iso == "US" or (
+        iso is None and digits == compact and len(digits) in (US_ZIP_LENGTH, US_ZIP_PLUS4_LENGTH)
+    ):
+        return digits[:US_ZIP_LENGTH] if len(digits) >= US_ZIP_LENGTH else digits
+    inward = _SPLIT_POSTAL.get(iso or "")
+    if inward is not None and len(compact) > inward:
+        return f"{compact[:-inward]} {compact[-inward:]}"
+    return compact
+
+
+def normalize_address(raw: dict[str, Any]) -> Address:
+    """A validated Address (FHIR JSON) as an :class:`Address` with match features."""
+    lines = list(raw.get("line") or ())
+    city = raw.get("city")
+    postal = raw.get("postalCode")
+    country = raw.get("country")
+    return Address(
+        use=raw.get("use"),
+        type=raw.get("type"),
+        text=raw.get("text"),
+        line=lines,
+        city=city,
+        district=raw.get("district"),
+        state=raw.get("state"),
+        postal_code=postal,
+        country=country,
+        period=_period(raw.get("period")),
+        line_normalized=" ".join(n for n in (normalize_line(x) for x in lines) if n),
+        city_folded=fold_text(city) if city else "",
+        postal_normalized=normalize_postal_code(postal, country) if postal else "",
+    )

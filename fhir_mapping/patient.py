@@ -1,0 +1,104 @@
+"""``parse_patient``: a FHIR R4 Patient (https://hl7.org/fhir/R4/patient.html) as a
+:class:`~fhir_mapping.model.SourcePatient`.
+
+The resource is validated first; the canonical record is then read from the raw JSON
+(the validated model is not re-serialized, which would cost more than the mapping).
+US Core extensions (https://hl7.org/fhir/us/core/STU6.1/StructureDefinition-us-core-patient.html)
+are lifted into their fields; every other extension is kept as JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_mapping.contact import DEFAULT_REGION, normalize_address, normalize_contact_point
+from fhir_mapping.identifiers import normalize_identifier
+from fhir_mapping.model import SourcePatient
+from fhir_mapping.names import normalize_name
+from fhir_mapping.validate import validate_resource
+
+US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
+US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
+US_CORE_BIRTH_SEX = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex"
+#: Length of each part of an ISO date: "YYYY", "YYYY-MM", "YYYY-MM-DD".
+_YEAR_END, _MONTH_END, _DAY_END = 4, 7, 10
+
+
+def _birth_parts(birth_date: str | None) -> tuple[int | None, int | None, int | None]:
+    if not birth_date:
+        return None, None, None
+    year = int(birth_date[:_YEAR_END])
+    month = int(birth_date[_YEAR_END + 1 : _MONTH_END]) if len(birth_date) >= _MONTH_END else None
+    day = int(birth_date[_MONTH_END + 1 : _DAY_END]) if len(birth_date) >= _DAY_END else None
+    return year, month, day
+
+
+def _language(raw: dict[str, Any]) -> dict[str, Any]:
+    language = raw.get("language") or {}
+    coding: dict[str, Any] = next((c for c in language.get("coding") or () if c.get("code")), {})
+    return {
+        "system": coding.get("system"),
+        "code": coding.get("code"),
+        "display": coding.get("display") or language.get("text"),
+        "preferred": raw.get("preferred"),
+    }
+
+
+def parse_patient(
+    raw: Any, *, default_region: str = DEFAULT_REGION, mrn_system: str | None = None
+) -> SourcePatient:
+    """Validate a Patient and build its canonical record with the match features.
+
+    ``default_region`` is the ISO 3166 region for phone numbers written without a
+    country code; ``mrn_system`` is the identifier system of this source's MRN.
+    Raises :class:`~fhir_mapping.errors.InvalidResource` for invalid input."""
+    validate_resource(raw, "Patient")
+    meta = raw.get("meta") or {}
+    race = ethnicity = None
+    birth_sex = None
+    others: list[dict[str, Any]] = []
+    for extension in raw.get("extension") or ():
+        url = extension.get("url")
+        if url == US_CORE_RACE:
+            race = extension
+        elif url == US_CORE_ETHNICITY:
+            ethnicity = extension
+        elif url == US_CORE_BIRTH_SEX and "valueCode" in extension:
+            birth_sex = extension["valueCode"]
+        else:
+            others.append(extension)
+    birth_date = raw.get("birthDate")
+    year, month, day = _birth_parts(birth_date)
+    deceased_datetime = raw.get("deceasedDateTime")
+    deceased = raw.get("deceasedBoolean")
+    if deceased_datetime is not None:
+        deceased = True
+    region = default_region or DEFAULT_REGION
+    return SourcePatient(
+        resource_id=raw.get("id") or "",
+        version_id=meta.get("versionId"),
+        last_updated=meta.get("lastUpdated"),
+        active=raw.get("active"),
+        names=[normalize_name(n) for n in raw.get("name") or ()],
+        birth_date=birth_date,
+        birth_year=year,
+        birth_month=month,
+        birth_day=day,
+        gender=raw.get("gender"),
+        deceased=deceased,
+        deceased_datetime=deceased_datetime,
+        identifiers=[normalize_identifier(i, mrn_system) for i in raw.get("identifier") or ()],
+        telecom=[normalize_contact_point(t, region) for t in raw.get("telecom") or ()],
+        addresses=[normalize_address(a) for a in raw.get("address") or ()],
+        race=race,
+        ethnicity=ethnicity,
+        birth_sex=birth_sex,
+        languages=[_language(c) for c in raw.get("communication") or ()],
+        contacts=list(raw.get("contact") or ()),
+        general_practitioner=list(raw.get("generalPractitioner") or ()),
+        managing_organization=raw.get("managingOrganization"),
+        extensions=others,
+        multiple_birth=raw.get("multipleBirthBoolean", raw.get("multipleBirthInteger")),
+        modifier_extensions=list(raw.get("modifierExtension") or ()),
+        primitive_extensions={k: v for k, v in raw.items() if k.startswith("_")},
+    )

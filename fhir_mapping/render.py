@@ -1,0 +1,183 @@
+"""``render_golden_patient``: a golden record as FHIR R4 Patient JSON.
+
+The output carries ``meta.versionId``/``meta.lastUpdated``, every surviving identifier
+with its source system, names/telecom/addresses in survivorship order (telecom also
+gets ``rank`` 1..n, https://hl7.org/fhir/R4/datatypes.html#ContactPoint), the
+``Patient.link`` entries (https://hl7.org/fhir/R4/patient.html#link) and a pointer to
+the Provenance of the record. It is validated with ``fhir.resources`` before it is
+returned, so a consumer never receives a resource we could not read ourselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_mapping.identifiers import V2_0203
+from fhir_mapping.model import (
+    Address,
+    ContactPoint,
+    GoldenRecord,
+    Identifier,
+    Period,
+    PersonName,
+    SourcePatient,
+)
+from fhir_mapping.patient import US_CORE_BIRTH_SEX
+from fhir_mapping.validate import validate_resource
+
+#: Extension pointing at the Provenance resource(s) of a golden record.
+PROVENANCE_EXTENSION = "https://askonce.dev/fhir/StructureDefinition/golden-provenance"
+
+
+def _period(period: Period | None) -> dict[str, str] | None:
+    if period is None:
+        return None
+    return _compact({"start": period.start, "end": period.end}) or None
+
+
+def _compact(data: dict[str, Any]) -> dict[str, Any]:
+    """Drop empty values: FHIR JSON has no nulls and no empty arrays or objects."""
+    return {k: v for k, v in data.items() if v is not None and v != [] and v != {}}
+
+
+def _identifier(ident: Identifier) -> dict[str, Any]:
+    type_ = {"coding": [{"system": V2_0203, "code": ident.type_code}]} if ident.type_code else None
+    return _compact(
+        {
+            "use": ident.use,
+            "type": type_,
+            "system": ident.system,
+            "value": ident.value,
+            "period": _period(ident.period),
+        }
+    )
+
+
+def _name(name: PersonName) -> dict[str, Any]:
+    return _compact(
+        {
+            "use": name.use,
+            "text": name.text,
+            "family": name.family,
+            "given": list(name.given),
+            "prefix": list(name.prefix),
+            "suffix": list(name.suffix),
+            "period": _period(name.period),
+        }
+    )
+
+
+def _telecom(point: ContactPoint, rank: int) -> dict[str, Any]:
+    return _compact(
+        {
+            "system": point.system,
+            "value": point.value,
+            "use": point.use,
+            "rank": rank,
+            "period": _period(point.period),
+        }
+    )
+
+
+def _address(address: Address) -> dict[str, Any]:
+    return _compact(
+        {
+            "use": address.use,
+            "type": address.type,
+            "text": address.text,
+            "line": list(address.line),
+            "city": address.city,
+            "district": address.district,
+            "state": address.state,
+            "postalCode": address.postal_code,
+            "country": address.country,
+            "period": _period(address.period),
+        }
+    )
+
+
+def _communication(language: dict[str, Any]) -> dict[str, Any] | None:
+    coding = _compact(
+        {
+            "system": language.get("system"),
+            "code": language.get("code"),
+            "display": language.get("display"),
+        }
+    )
+    if not coding.get("code"):
+        return None
+    return _compact({"language": {"coding": [coding]}, "preferred": language.get("preferred")})
+
+
+def render_golden_patient(
+    golden: GoldenRecord,
+    *,
+    version: int | None = None,
+    last_updated: str | None = None,
+    provenance_url: str | None = None,
+) -> dict[str, Any]:
+    """The golden record as FHIR R4 Patient JSON, validated before it is returned.
+
+    Raises :class:`~fhir_mapping.errors.InvalidResource` if the record cannot be
+    rendered as a valid Patient (a value that survived from a source is malformed)."""
+    extensions: list[dict[str, Any]] = []
+    if golden.race:
+        extensions.append(golden.race)
+    if golden.ethnicity:
+        extensions.append(golden.ethnicity)
+    if golden.birth_sex:
+        extensions.append({"url": US_CORE_BIRTH_SEX, "valueCode": golden.birth_sex})
+    if provenance_url:
+        extensions.append(
+            {"url": PROVENANCE_EXTENSION, "valueReference": {"reference": provenance_url}}
+        )
+    meta = _compact(
+        {"versionId": str(version) if version is not None else None, "lastUpdated": last_updated}
+    )
+    names = [n for n in (_name(x) for x in golden.names) if n.keys() - {"use", "period"}]
+    telecom = [_telecom(t, i) for i, t in enumerate((t for t in golden.telecom if t.value), 1)]
+    communication = [c for c in (_communication(x) for x in golden.languages) if c]
+    resource = _compact(
+        {
+            "resourceType": "Patient",
+            "id": golden.id,
+            "meta": meta,
+            "extension": extensions,
+            "identifier": [_identifier(i) for i in golden.identifiers if i.value],
+            "active": golden.active,
+            "name": names,
+            "telecom": telecom,
+            "gender": golden.gender,
+            "birthDate": golden.birth_date,
+            "deceasedDateTime": golden.deceased_datetime,
+            "deceasedBoolean": golden.deceased if golden.deceased_datetime is None else None,
+            "address": [a for a in (_address(x) for x in golden.addresses) if a],
+            "communication": communication,
+            "link": [
+                {"other": {"reference": f"Patient/{link.other_id}"}, "type": link.type}
+                for link in golden.links
+            ],
+        }
+    )
+    validate_resource(resource, "Patient")
+    return resource
+
+
+def golden_record_from_patient(patient: SourcePatient, golden_id: str) -> GoldenRecord:
+    """The golden record of a person known from one source record only."""
+    return GoldenRecord(
+        id=golden_id,
+        names=list(patient.names),
+        birth_date=patient.birth_date,
+        gender=patient.gender,
+        deceased=patient.deceased,
+        deceased_datetime=patient.deceased_datetime,
+        identifiers=list(patient.identifiers),
+        telecom=list(patient.telecom),
+        addresses=list(patient.addresses),
+        languages=list(patient.languages),
+        race=patient.race,
+        ethnicity=patient.ethnicity,
+        birth_sex=patient.birth_sex,
+        active=patient.active is not False,
+    )
