@@ -1,0 +1,350 @@
+"""One HTTP client per source: retry policy, rate limit and FHIR error mapping.
+
+Every request a source makes goes through :class:`FhirHttp.request`, so there is
+exactly one retry policy (429, 5xx and timeouts retried with exponential backoff
+and full jitter, honouring ``Retry-After``) and one rate limit per source.
+Any other 4xx fails at once with the server's OperationOutcome text; see
+https://hl7.org/fhir/R4/http.html#summary for how FHIR servers report errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from connectors.config import SourceOptions
+from connectors.errors import (
+    AuthenticationError,
+    MalformedPageError,
+    PermanentError,
+    TransientError,
+    UnsupportedResourceError,
+)
+
+logger = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+#: HTTP statuses worth retrying besides 5xx.
+RETRYABLE_STATUSES = frozenset({408, 429})
+SERVER_ERROR_MIN = 500
+CLIENT_ERROR_MIN = 400
+HTTP_UNAUTHORIZED = 401
+HTTP_NOT_FOUND = 404
+HTTP_GONE = 410
+#: OperationOutcome text kept on an error, at most.
+MAX_OUTCOME_CHARS = 1000
+
+Sleep = Callable[[float], None]
+Clock = Callable[[], float]
+
+
+def url_path(url: str | httpx.URL) -> str:
+    """The URL without query string or fragment: safe to log and to put in errors."""
+    parts = urlsplit(str(url))
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def outcome_text(response: httpx.Response) -> str | None:
+    """Diagnostics/details text of an OperationOutcome body, if the response has one."""
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
+        return None
+    texts = []
+    for issue in body.get("issue") or []:
+        if not isinstance(issue, dict):
+            continue
+        details = issue.get("details")
+        text = issue.get("diagnostics") or (
+            details.get("text") if isinstance(details, dict) else None
+        )
+        texts.append(
+            f"{issue.get('severity', 'error')} {issue.get('code', '')}: {text or ''}".strip()
+        )
+    return "; ".join(texts)[:MAX_OUTCOME_CHARS] or None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff and full jitter.
+
+    Attempt ``n`` (1-based) that failed transiently waits ``Retry-After`` when the
+    server sent one, else a random delay in ``[0, min(backoff_max_s, base * 2**(n-1))]``.
+    A ``Retry-After`` longer than ``max_retry_after_s`` is not waited out in-process:
+    the request fails with :class:`TransientError` carrying it, for the scheduler.
+    """
+
+    max_attempts: int
+    backoff_base_s: float
+    backoff_max_s: float
+    max_retry_after_s: float
+
+    @classmethod
+    def from_options(cls, options: SourceOptions) -> RetryPolicy:
+        return cls(
+            options.max_attempts,
+            options.backoff_base_s,
+            options.backoff_max_s,
+            options.max_retry_after_s,
+        )
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * (2 ** (attempt - 1)))
+        return random.uniform(0.0, ceiling)
+
+
+class RateLimiter:
+    """At most ``requests_per_s`` request starts per second (evenly spaced), thread-safe."""
+
+    def __init__(
+        self,
+        requests_per_s: float | None,
+        *,
+        sleep: Sleep = time.sleep,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.interval = 1.0 / requests_per_s if requests_per_s else 0.0
+        self._sleep = sleep
+        self._clock = clock
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            self._sleep(start - now)
+
+
+class FhirHttp:
+    """A source's HTTP session. Not shared between sources (each has its own rate limit)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        options: SourceOptions,
+        *,
+        auth: httpx.Auth | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Sleep = time.sleep,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.policy = RetryPolicy.from_options(options)
+        self.limiter = RateLimiter(options.requests_per_s, sleep=sleep)
+        self._sleep = sleep
+        self.client = httpx.Client(
+            auth=auth,
+            transport=transport,
+            timeout=options.timeout_s,
+            follow_redirects=True,
+            headers={"Accept": FHIR_JSON, **options.headers},
+        )
+
+    def url(self, path: str) -> str:
+        """``path`` relative to the FHIR base; absolute URLs are returned unchanged."""
+        if path.startswith(("http://", "https://")):
+            return path
+        return f"{self.base_url}/{path.lstrip('/')}" if path else self.base_url
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: list[tuple[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+        allow_statuses: frozenset[int] = frozenset(),
+    ) -> httpx.Response:
+        """Send with the retry policy. Returns a 2xx/3xx response or one in ``allow_statuses``."""
+        full = self.url(url)
+        for attempt in range(1, self.policy.max_attempts + 1):
+            self.limiter.acquire()
+            try:
+                response = self.client.request(
+                    method, full, params=tuple(params) if params else None, headers=headers
+                )
+            except httpx.TimeoutException as exc:
+                failure = TransientError(f"{method} {url_path(full)} timed out", url=url_path(full))
+                failure.__cause__ = exc
+            except httpx.TransportError as exc:
+                failure = TransientError(
+                    f"{method} {url_path(full)} failed: {type(exc).__name__}", url=url_path(full)
+                )
+                failure.__cause__ = exc
+            except TransientError as exc:  # raised by an auth flow's token request
+                failure = exc
+            else:
+                if response.status_code in allow_statuses:
+                    return response
+                problem = self._classify(method, response)
+                if problem is None:
+                    return response
+                failure = problem
+            if attempt == self.policy.max_attempts:
+                raise failure
+            if (
+                failure.retry_after is not None
+                and failure.retry_after > self.policy.max_retry_after_s
+            ):
+                raise failure
+            delay = self.policy.delay(attempt, failure.retry_after)
+            logger.warning(
+                "connector request will be retried",
+                extra={
+                    "path": url_path(full),
+                    "status_code": failure.status_code,
+                    "attempt": attempt,
+                    "delay_s": round(delay, 3),
+                },
+            )
+            self._sleep(delay)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    def _classify(self, method: str, response: httpx.Response) -> TransientError | None:
+        """None for success; a TransientError to retry; raises PermanentError at once."""
+        status = response.status_code
+        where = url_path(response.request.url)
+        if status < CLIENT_ERROR_MIN:
+            return None
+        if status >= SERVER_ERROR_MIN or status in RETRYABLE_STATUSES:
+            return TransientError(
+                f"{method} {where} answered HTTP {status}",
+                url=where,
+                status_code=status,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
+        outcome = outcome_text(response)
+        message = f"{method} {where} answered HTTP {status}" + (f": {outcome}" if outcome else "")
+        error_class: type[PermanentError] = PermanentError
+        if status == HTTP_UNAUTHORIZED:
+            error_class = AuthenticationError
+        elif status in (HTTP_NOT_FOUND, HTTP_GONE):
+            error_class = UnsupportedResourceError
+        raise error_class(message, url=where, status_code=status, outcome=outcome)
+
+    def get_json(
+        self,
+        url: str,
+        *,
+        params: list[tuple[str, str]] | None = None,
+        allow_statuses: frozenset[int] = frozenset(),
+    ) -> tuple[int, dict[str, Any]]:
+        """GET and parse a JSON object; a body that is not a JSON object is a MalformedPageError."""
+        response = self.request("GET", url, params=params, allow_statuses=allow_statuses)
+        return response.status_code, parse_json_object(response)
+
+    def stream_lines(
+        self,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        auth: Callable[[httpx.Request], httpx.Request] | None = None,
+    ) -> Iterator[bytes]:
+        """GET ``url`` and yield its body line by line without holding it in memory.
+
+        The connection is retried under the policy until the response starts; a failure
+        in the middle of the body raises :class:`TransientError`. ``auth`` overrides the
+        client's auth for this request.
+        """
+        full = self.url(url)
+        for attempt in range(1, self.policy.max_attempts + 1):
+            self.limiter.acquire()
+            request = self.client.build_request("GET", full, headers=headers)
+            try:
+                response = self.client.send(
+                    request,
+                    stream=True,
+                    auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+            except httpx.TransportError as exc:
+                failure = TransientError(f"GET {url_path(full)} failed", url=url_path(full))
+                failure.__cause__ = exc
+            else:
+                try:
+                    if response.status_code >= CLIENT_ERROR_MIN:
+                        response.read()
+                    problem = self._classify("GET", response)
+                    if problem is None:
+                        try:
+                            yield from split_lines(response.iter_bytes())
+                        except httpx.TransportError as exc:
+                            raise TransientError(
+                                f"GET {url_path(full)} broke off", url=url_path(full)
+                            ) from exc
+                        return
+                    failure = problem
+                finally:
+                    response.close()
+            if attempt == self.policy.max_attempts:
+                raise failure
+            self._sleep(self.policy.delay(attempt, failure.retry_after))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def parse_json_object(response: httpx.Response) -> dict[str, Any]:
+    """The response body as a JSON object, or MalformedPageError naming only the URL."""
+    where = url_path(response.request.url)
+    try:
+        body = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedPageError(
+            f"response from {where} is not valid JSON", url=where, status_code=response.status_code
+        ) from exc
+    if not isinstance(body, dict):
+        raise MalformedPageError(
+            f"response from {where} is not a JSON object",
+            url=where,
+            status_code=response.status_code,
+        )
+    return body
+
+
+def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Re-cut a byte stream into lines (``\n`` or ``\r\n``), holding one partial line at most."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r")
+    if pending:
+        yield pending.rstrip(b"\r")

@@ -1,0 +1,175 @@
+"""NDJSON: one FHIR resource per line (https://hl7.org/fhir/uv/bulkdata/export.html#bulk-data-output-file-format).
+
+:func:`read_ndjson` turns lines into resources without holding a file in memory;
+a line that is not a JSON object becomes an OperationOutcome naming the file and
+line number (never its content). :class:`NdjsonDirectorySource` reads a folder of
+``<Type>.ndjson`` files (also ``<Type>.<n>.ndjson``), the way bulk exports are delivered.
+
+Its cursor records each fully read file by name, size and modification time, plus
+the line reached in the current one, so a re-run skips what was already read
+and resumes a half-read file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from connectors.config import Capabilities, Page, ResourceCapability, SourceConfig, SourceOptions
+from connectors.errors import PermanentError
+from connectors.source import Source
+
+logger = logging.getLogger(__name__)
+
+NDJSON_SUFFIX = ".ndjson"
+CURSOR_VERSION = 1
+
+
+def line_outcome(where: str, line_number: int, problem: str) -> dict[str, Any]:
+    """An OperationOutcome for an unreadable line (position only, no content)."""
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "structure",
+                "diagnostics": f"{where} line {line_number}: {problem}",
+            }
+        ],
+    }
+
+
+def read_ndjson(
+    lines: Iterable[bytes], where: str, *, first_line: int = 1
+) -> Iterator[tuple[int, dict[str, Any] | None, dict[str, Any] | None]]:
+    """Yield ``(line_number, resource, outcome)``: exactly one of the two is set.
+
+    Blank lines are skipped. ``first_line`` numbers the first line given.
+    """
+    for number, raw in enumerate(lines, start=first_line):
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            yield number, None, line_outcome(where, number, "not valid JSON")
+            continue
+        if isinstance(value, dict):
+            yield number, value, None
+        else:
+            yield number, None, line_outcome(where, number, "not a JSON object")
+
+
+@dataclass
+class _DirCursor:
+    done: dict[str, list[int]] = field(default_factory=dict)  # name -> [size, mtime_ns]
+    current: str | None = None
+    current_stamp: list[int] | None = None
+    line: int = 0
+
+    @classmethod
+    def decode(cls, text: str | None) -> _DirCursor:
+        if not text:
+            return cls()
+        try:
+            data = json.loads(text)
+            if data.get("v") != CURSOR_VERSION or data.get("kind") != "ndjson":
+                raise ValueError("not an ndjson cursor")
+            return cls(
+                done={str(k): list(v) for k, v in (data.get("done") or {}).items()},
+                current=data.get("current"),
+                current_stamp=data.get("current_stamp"),
+                line=int(data.get("line") or 0),
+            )
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise PermanentError("stored cursor is not one this connector wrote") from exc
+
+    def encode(self) -> str:
+        return json.dumps(
+            {
+                "v": CURSOR_VERSION,
+                "kind": "ndjson",
+                "done": self.done,
+                "current": self.current,
+                "current_stamp": self.current_stamp,
+                "line": self.line,
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+
+
+def _stamp(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+class NdjsonDirectorySource(Source):
+    """A folder of ``<Type>.ndjson`` files."""
+
+    def __init__(self, config: SourceConfig, options: SourceOptions) -> None:
+        super().__init__(config, options)
+        self.folder = Path(config.base_url)
+
+    def files_for(self, resource_type: str) -> list[Path]:
+        if not self.folder.is_dir():
+            raise PermanentError(f"NDJSON folder {self.folder} does not exist")
+        named = [self.folder / f"{resource_type}{NDJSON_SUFFIX}"]
+        numbered = sorted(self.folder.glob(f"{resource_type}.*{NDJSON_SUFFIX}"))
+        return [p for p in [*named, *numbered] if p.is_file()]
+
+    def check(self) -> Capabilities:
+        """The resource types that have files in the folder."""
+        if not self.folder.is_dir():
+            raise PermanentError(f"NDJSON folder {self.folder} does not exist")
+        types = {p.name.split(".", 1)[0] for p in self.folder.glob(f"*{NDJSON_SUFFIX}")}
+        empty = ResourceCapability(frozenset(), frozenset({"read"}), frozenset())
+        return Capabilities(
+            fhir_version=None,
+            software=None,
+            resources={t: empty for t in sorted(types)},
+            system_operations=frozenset(),
+            system_interactions=frozenset(),
+        )
+
+    def stream(self, resource_type: str, cursor: str | None = None) -> Iterator[Page]:
+        state = _DirCursor.decode(cursor)
+        page: list[dict[str, Any]] = []
+        outcomes: list[dict[str, Any]] = []
+        for path in self.files_for(resource_type):
+            stamp = _stamp(path)
+            if state.done.get(path.name) == stamp:
+                continue
+            skip = state.line if state.current == path.name and state.current_stamp == stamp else 0
+            state.current, state.current_stamp, state.line = path.name, stamp, skip
+            with path.open("rb") as handle:
+                lines = (line for number, line in enumerate(handle, start=1) if number > skip)
+                for number, resource, outcome in read_ndjson(lines, path.name, first_line=skip + 1):
+                    state.line = number
+                    if resource is not None:
+                        page.append(resource)
+                    if outcome is not None:
+                        outcomes.append(outcome)
+                    if len(page) >= self.options.page_size:
+                        yield Page(resource_type, page, state.encode(), outcomes=outcomes)
+                        page, outcomes = [], []
+            state.done[path.name] = stamp
+            state.current, state.current_stamp, state.line = None, None, 0
+        yield Page(resource_type, page, state.encode(), outcomes=outcomes)
+
+    def fetch(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        """The last line for that id across the type's files (a linear scan)."""
+        found: dict[str, Any] | None = None
+        for path in self.files_for(resource_type):
+            with path.open("rb") as handle:
+                for _, resource, _ in read_ndjson(handle, path.name):
+                    if resource is not None and resource.get("id") == resource_id:
+                        found = resource
+        return found
+
+    def close(self) -> None:
+        """Nothing to release: files are opened and closed per stream."""
