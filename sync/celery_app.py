@@ -14,6 +14,20 @@ DEFAULT_QUEUE = "askonce"
 RESULT_EXPIRES_S = 3600
 #: A worker takes one task at a time, so a long sync cannot starve the others.
 PREFETCH_MULTIPLIER = 1
+#: Beat asks this often which sources are due (see :mod:`sync.scheduling`); a tick
+#: not picked up before the next one is worthless, so it expires.
+SCHEDULER_TICK_S = 30.0
+
+
+def beat_schedule() -> dict[str, dict[str, object]]:
+    """The beat entries: one tick that dispatches every due source's run."""
+    return {
+        "askonce-sync-due-sources": {
+            "task": "askonce.sync.schedule_due",
+            "schedule": SCHEDULER_TICK_S,
+            "options": {"expires": SCHEDULER_TICK_S},
+        }
+    }
 
 
 def create_celery(broker_url: str | None, *, queue: str = DEFAULT_QUEUE) -> Celery:
@@ -36,6 +50,7 @@ def create_celery(broker_url: str | None, *, queue: str = DEFAULT_QUEUE) -> Cele
             worker_prefetch_multiplier=PREFETCH_MULTIPLIER,
             broker_connection_retry_on_startup=True,
             task_reject_on_worker_lost=True,
+            beat_schedule=beat_schedule(),
             **common,
         )
     else:

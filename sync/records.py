@@ -1,0 +1,180 @@
+"""Source records: content hashing, lookup of what is already stored, quarantine.
+
+A resource is identified by (source, resourceType, id). Its *content hash* is the
+SHA-256 of a canonical JSON rendering of the resource without ``meta`` (servers
+bump ``meta.versionId``/``meta.lastUpdated`` on no-op writes and on re-export), so
+an unchanged resource is recognised, and skipped, with one indexed lookup.
+See https://hl7.org/fhir/R4/resource.html#Meta for what ``meta`` carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from store.models import SourceRecord
+
+#: ``source_record.status`` values.
+STATUS_ACTIVE = "active"
+STATUS_QUARANTINED = "quarantined"
+STATUS_DELETED = "deleted"
+#: An Encounter whose Patient has not arrived yet.
+STATUS_PENDING = "pending"
+#: Statuses under which an unchanged resource needs no work at all.
+UNCHANGED_SKIPPABLE = frozenset({STATUS_ACTIVE, STATUS_QUARANTINED, STATUS_PENDING})
+
+#: Ids of the ``IN (...)`` lookups are sent in chunks of this many (SQLite's
+#: parameter limit is 32766; PostgreSQL's 65535).
+LOOKUP_CHUNK = 2000
+#: Prefix of the id given to a resource that arrived without one, so that it can
+#: still be kept (quarantined) rather than dropped.
+MISSING_ID_PREFIX = "missing-id-"
+#: Longest resource id the table holds (FHIR ids are at most 64 characters).
+MAX_RESOURCE_ID = 128
+
+
+def content_hash(resource: dict[str, Any]) -> str:
+    """SHA-256 hex digest of ``resource`` without ``meta``, as canonical JSON."""
+    body = {k: v for k, v in resource.items() if k != "meta"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def parse_instant(value: object) -> datetime | None:
+    """A FHIR ``instant`` (``meta.lastUpdated``) as an aware datetime, or None if unusable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+@dataclass(slots=True)
+class Incoming:
+    """One resource of a page, with what the pipeline derived from it before parsing."""
+
+    raw: dict[str, Any]
+    resource_type: str
+    resource_id: str
+    content_hash: str
+    version_id: str | None
+    last_updated: datetime | None
+    #: Why the resource cannot even be identified as the page's type, if so.
+    shape_error: str | None = None
+
+
+def describe(raw: object, page_type: str) -> Incoming:
+    """Identify a raw resource: its type, id, hash and version, without validating it."""
+    if not isinstance(raw, dict):
+        wrapped: dict[str, Any] = {"value": raw}
+        digest = content_hash(wrapped)
+        return Incoming(
+            wrapped, page_type, MISSING_ID_PREFIX + digest[:40], digest, None, None, "not an object"
+        )
+    digest = content_hash(raw)
+    rtype = raw.get("resourceType")
+    rid = raw.get("id")
+    error: str | None = None
+    if rtype != page_type:
+        error = "resourceType is not " + page_type
+    if not isinstance(rid, str) or not rid or len(rid) > MAX_RESOURCE_ID:
+        error = error or "missing or invalid id"
+        rid = MISSING_ID_PREFIX + digest[:40]
+    meta_value = raw.get("meta")
+    meta: dict[str, Any] = meta_value if isinstance(meta_value, dict) else {}
+    version = meta.get("versionId") if isinstance(meta.get("versionId"), str) else None
+    return Incoming(
+        raw, page_type, rid, digest, version, parse_instant(meta.get("lastUpdated")), error
+    )
+
+
+def chunked(values: Sequence[Any], size: int = LOOKUP_CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def load_records(
+    session: Session, source_id: int, resource_type: str, resource_ids: Sequence[str]
+) -> dict[str, SourceRecord]:
+    """The stored source records among ``resource_ids``, keyed by resource id."""
+    found: dict[str, SourceRecord] = {}
+    for chunk in chunked(list(dict.fromkeys(resource_ids))):
+        rows = session.scalars(
+            select(SourceRecord).where(
+                SourceRecord.source_id == source_id,
+                SourceRecord.resource_type == resource_type,
+                SourceRecord.resource_id.in_(chunk),
+            )
+        )
+        for row in rows:
+            found[row.resource_id] = row
+    return found
+
+
+class StoredState(Protocol):
+    """What is compared to decide whether an incoming resource changed."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def content_hash(self) -> str | None: ...
+    @property
+    def last_updated(self) -> datetime | None: ...
+
+
+def is_unchanged(existing: StoredState | None, incoming: Incoming) -> bool:
+    """True when ``incoming`` needs no work: same content, or older than what is stored."""
+    if existing is None or existing.status not in UNCHANGED_SKIPPABLE:
+        return False
+    if existing.content_hash == incoming.content_hash:
+        return True
+    # Out-of-order delivery (a push notification overtaken by a sync): never let an
+    # older version overwrite a newer one.
+    return (
+        existing.last_updated is not None
+        and incoming.last_updated is not None
+        and incoming.last_updated < existing.last_updated
+    )
+
+
+def quarantine(
+    session: Session,
+    source_id: int,
+    incoming: Incoming,
+    error: dict[str, Any],
+    existing: SourceRecord | None,
+) -> SourceRecord:
+    """Keep an invalid resource as a quarantined source record, with its error."""
+    record = existing
+    if record is None:
+        record = SourceRecord(
+            source_id=source_id,
+            resource_type=incoming.resource_type,
+            resource_id=incoming.resource_id,
+        )
+        session.add(record)
+    record.raw = incoming.raw
+    record.content_hash = incoming.content_hash
+    record.version_id = incoming.version_id
+    record.last_updated = incoming.last_updated
+    record.status = STATUS_QUARANTINED
+    record.error = error
+    return record
+
+
+def shape_error(incoming: Incoming) -> dict[str, Any]:
+    """The quarantine error of a resource that could not be identified."""
+    return {
+        "resourceType": incoming.resource_type,
+        "id": None,
+        "issues": [{"path": incoming.resource_type, "reason": incoming.shape_error}],
+    }
