@@ -4,9 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.requests import Request
+
+from fhir_mapping import parse_patient
+
+#: Lifetime of an access token issued by ``/auth/token``.
+DEFAULT_TOKEN_LIFETIME_S = 300
+#: Largest request body accepted (``$match`` Parameters, admin decisions).
+DEFAULT_MAX_BODY_BYTES = 1_048_576
+#: Search page size when ``_count`` is not given, and the largest honoured.
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 200
+
+
+def _now_fhir() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -18,3 +35,21 @@ class GatewayState:
     secret_key: str = ""
     demo: bool = False
     extras: dict[str, object] = field(default_factory=dict)
+    token_lifetime_s: int = DEFAULT_TOKEN_LIFETIME_S
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    default_page_size: int = DEFAULT_PAGE_SIZE
+    max_page_size: int = MAX_PAGE_SIZE
+    #: The public URL the gateway is reached at (behind a proxy); None: from the request.
+    public_base_url: str | None = None
+    #: ``$match`` scoring: ``mpi.match_patient`` (session, patient, count=, only_certain=).
+    matcher: Callable[..., Any] | None = None
+    #: Parses the ``$match`` input Patient (``fhir_mapping.parse_patient``).
+    patient_parser: Callable[[dict[str, Any]], Any] = parse_patient
+    #: ``CapabilityStatement.date``: when this process started serving.
+    started_at: str = field(default_factory=_now_fhir)
+
+    def base_url(self, request: Request) -> str:
+        """Scheme, host and root path, without a trailing slash."""
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        return str(request.base_url).rstrip("/")

@@ -1,0 +1,241 @@
+"""Plain functions behind the admin routes (no FastAPI): what a steward looks at."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from store.models import (
+    Consumer,
+    Link,
+    LinkHistory,
+    ReviewItem,
+    Source,
+    SourceRecord,
+    SyncCursor,
+    SyncRun,
+)
+
+#: Rows per admin list page when ``limit`` is not given, and the most allowed.
+DEFAULT_ADMIN_LIMIT = 50
+MAX_ADMIN_LIMIT = 500
+#: Crosswalk rows fetched from the database per round trip.
+CROSSWALK_CHUNK = 1000
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def run_json(run: SyncRun) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "source_id": run.source_id,
+        "status": run.status,
+        "full": run.full,
+        "pages": run.pages,
+        "resources": run.resources,
+        "quarantined": run.quarantined,
+        "skipped": run.skipped,
+        "errors": run.errors,
+        "detail": run.detail,
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+    }
+
+
+def list_sources(session: Session) -> list[dict[str, Any]]:
+    out = []
+    for source in session.scalars(select(Source).order_by(Source.name)):
+        latest = session.scalar(
+            select(SyncRun)
+            .where(SyncRun.source_id == source.id)
+            .order_by(SyncRun.started_at.desc(), SyncRun.id.desc())
+            .limit(1)
+        )
+        cursors = session.scalars(select(SyncCursor).where(SyncCursor.source_id == source.id))
+        out.append(
+            {
+                "id": source.id,
+                "name": source.name,
+                "kind": source.kind,
+                "base_url": source.base_url,
+                "resource_types": source.resource_types,
+                "schedule": source.schedule,
+                "trust_rank": source.trust_rank,
+                "enabled": source.enabled,
+                "auth_kind": (source.auth or {}).get("kind"),
+                "cursors": {c.resource_type: _iso(c.updated_at) for c in cursors},
+                "latest_run": run_json(latest) if latest else None,
+            }
+        )
+    return out
+
+
+def list_runs(session: Session, source_id: int | None, limit: int) -> list[dict[str, Any]]:
+    stmt = select(SyncRun).order_by(SyncRun.started_at.desc(), SyncRun.id.desc()).limit(limit)
+    if source_id is not None:
+        stmt = stmt.where(SyncRun.source_id == source_id)
+    return [run_json(r) for r in session.scalars(stmt)]
+
+
+def list_quarantine(
+    session: Session, source_id: int | None, after_id: int, limit: int, *, with_raw: bool
+) -> list[dict[str, Any]]:
+    stmt = (
+        select(SourceRecord)
+        .where(SourceRecord.status == "quarantined", SourceRecord.id > after_id)
+        .order_by(SourceRecord.id)
+        .limit(limit)
+    )
+    if source_id is not None:
+        stmt = stmt.where(SourceRecord.source_id == source_id)
+    out = []
+    for rec in session.scalars(stmt):
+        item = {
+            "id": rec.id,
+            "source_id": rec.source_id,
+            "resource_type": rec.resource_type,
+            "resource_id": rec.resource_id,
+            "error": rec.error,
+            "received_at": _iso(rec.received_at),
+        }
+        if with_raw:
+            item["raw"] = rec.raw
+        out.append(item)
+    return out
+
+
+def review_json(item: ReviewItem) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "kind": item.kind,
+        "status": item.status,
+        "source_record_id": item.source_record_id,
+        "golden_id": item.golden_id,
+        "other_golden_id": item.other_golden_id,
+        "grade": item.grade,
+        "score": item.score,
+        "reason": item.reason,
+        "evidence": item.evidence,
+        "resolution": item.resolution,
+        "resolved_by": item.resolved_by,
+        "resolved_at": _iso(item.resolved_at),
+        "created_at": _iso(item.created_at),
+    }
+
+
+def list_review(session: Session, status: str, after_id: int, limit: int) -> list[dict[str, Any]]:
+    stmt = (
+        select(ReviewItem)
+        .where(ReviewItem.status == status, ReviewItem.id > after_id)
+        .order_by(ReviewItem.id)
+        .limit(limit)
+    )
+    return [review_json(i) for i in session.scalars(stmt)]
+
+
+def links_of(session: Session, golden_id: str) -> dict[str, Any]:
+    links = session.execute(
+        select(Link, SourceRecord)
+        .join(SourceRecord, SourceRecord.id == Link.source_record_id)
+        .where(Link.golden_id == golden_id)
+        .order_by(Link.id)
+    ).all()
+    history = session.scalars(
+        select(LinkHistory)
+        .where((LinkHistory.golden_id == golden_id) | (LinkHistory.other_golden_id == golden_id))
+        .order_by(LinkHistory.id)
+    ).all()
+    return {
+        "golden_id": golden_id,
+        "links": [
+            {
+                "source_record_id": link.source_record_id,
+                "source_id": rec.source_id,
+                "resource_type": rec.resource_type,
+                "resource_id": rec.resource_id,
+                "grade": link.grade,
+                "score": link.score,
+                "method": link.method,
+                "flagged": link.flagged,
+                "explanation": link.explanation,
+                "updated_at": _iso(link.updated_at),
+            }
+            for link, rec in links
+        ],
+        "history": [
+            {
+                "id": h.id,
+                "action": h.action,
+                "source_record_id": h.source_record_id,
+                "golden_id": h.golden_id,
+                "other_golden_id": h.other_golden_id,
+                "grade": h.grade,
+                "score": h.score,
+                "method": h.method,
+                "actor": h.actor,
+                "at": _iso(h.at),
+            }
+            for h in history
+        ],
+    }
+
+
+def consumer_json(consumer: Consumer) -> dict[str, Any]:
+    return {
+        "id": consumer.id,
+        "name": consumer.name,
+        "kind": consumer.kind,
+        "client_id": consumer.client_id,
+        "scopes": consumer.scopes,
+        "webhook_url": consumer.webhook_url,
+        "active": consumer.active,
+        "created_at": _iso(consumer.created_at),
+    }
+
+
+def list_consumers(session: Session) -> list[dict[str, Any]]:
+    return [consumer_json(c) for c in session.scalars(select(Consumer).order_by(Consumer.name))]
+
+
+CROSSWALK_HEADER = ["golden_id", "source", "resource_type", "resource_id", "grade", "method"]
+
+
+def crosswalk_csv(session: Session) -> Iterator[str]:
+    """Every active link as CSV: which source id is which golden id (keyset, chunked)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CROSSWALK_HEADER)
+    yield buffer.getvalue()
+    last = 0
+    while True:
+        rows = session.execute(
+            select(
+                Link.id,
+                Link.golden_id,
+                Source.name,
+                SourceRecord.resource_type,
+                SourceRecord.resource_id,
+                Link.grade,
+                Link.method,
+            )
+            .join(SourceRecord, SourceRecord.id == Link.source_record_id)
+            .join(Source, Source.id == SourceRecord.source_id)
+            .where(Link.id > last)
+            .order_by(Link.id)
+            .limit(CROSSWALK_CHUNK)
+        ).all()
+        if not rows:
+            return
+        buffer.seek(0)
+        buffer.truncate()
+        for row in rows:
+            writer.writerow(list(row)[1:])
+        last = rows[-1][0]
+        yield buffer.getvalue()

@@ -1,0 +1,166 @@
+"""Admin routes: thin adapters over :mod:`gateway.admin.queries` (JSON, not FHIR).
+
+Errors are still OperationOutcomes. Reads that can show patient data
+(quarantined resources, review evidence, link explanations, the crosswalk) are
+audited like FHIR reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from gateway.admin.queries import (
+    DEFAULT_ADMIN_LIMIT,
+    MAX_ADMIN_LIMIT,
+    consumer_json,
+    crosswalk_csv,
+    links_of,
+    list_consumers,
+    list_quarantine,
+    list_review,
+    list_runs,
+    list_sources,
+)
+from gateway.audit import audited
+from gateway.auth.consumers import ConsumerExistsError, register_consumer
+from gateway.auth.scopes import InvalidScopeError
+from gateway.deps import AdminPrincipal, SessionDep, StateDep
+from gateway.outcomes import OutcomeError, bad_request, conflict, not_found
+from store.models import Consumer, GoldenPatient
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+Limit = Annotated[int, Query(ge=1, le=MAX_ADMIN_LIMIT)]
+AfterId = Annotated[int, Query(ge=0, description="Keyset: return rows with a larger id")]
+
+
+@router.get("/sources", summary="Connected sources, their cursors and latest run")
+def sources(session: SessionDep, _principal: AdminPrincipal) -> list[dict[str, Any]]:
+    return list_sources(session)
+
+
+@router.get("/runs", summary="Sync runs, newest first")
+def runs(
+    session: SessionDep,
+    _principal: AdminPrincipal,
+    source_id: int | None = None,
+    limit: Limit = DEFAULT_ADMIN_LIMIT,
+) -> list[dict[str, Any]]:
+    return list_runs(session, source_id, limit)
+
+
+@router.get("/quarantine", summary="Quarantined resources and why")
+def quarantine(
+    request: Request,
+    session: SessionDep,
+    principal: AdminPrincipal,
+    source_id: int | None = None,
+    after_id: AfterId = 0,
+    limit: Limit = DEFAULT_ADMIN_LIMIT,
+    raw: bool = False,
+) -> list[dict[str, Any]]:
+    with audited(session, principal, "admin-quarantine", request, "SourceRecord") as entry:
+        items = list_quarantine(session, source_id, after_id, limit, with_raw=raw)
+        entry.detail = {"ids": [i["id"] for i in items]}
+    return items
+
+
+@router.get("/review", summary="The review queue (possible matches awaiting a steward)")
+def review(
+    request: Request,
+    session: SessionDep,
+    principal: AdminPrincipal,
+    status: Annotated[str, Query(pattern="^(open|resolved)$")] = "open",
+    after_id: AfterId = 0,
+    limit: Limit = DEFAULT_ADMIN_LIMIT,
+) -> list[dict[str, Any]]:
+    with audited(session, principal, "admin-review", request, "ReviewItem") as entry:
+        items = list_review(session, status, after_id, limit)
+        entry.detail = {"ids": [i["id"] for i in items]}
+    return items
+
+
+@router.get("/golden/{golden_id}/links", summary="Links of a golden record and their history")
+def golden_links(
+    golden_id: str, request: Request, session: SessionDep, principal: AdminPrincipal
+) -> dict[str, Any]:
+    with audited(session, principal, "admin-links", request, "Patient", golden_id):
+        if session.get(GoldenPatient, golden_id) is None:
+            raise OutcomeError(not_found(f"Patient/{golden_id} is not known."))
+        return links_of(session, golden_id)
+
+
+@router.get("/crosswalk.csv", summary="Every source id and the golden id it is linked to (CSV)")
+def crosswalk(
+    request: Request, session: SessionDep, state: StateDep, principal: AdminPrincipal
+) -> StreamingResponse:
+    with audited(session, principal, "admin-crosswalk", request, "Patient"):
+        pass
+
+    def rows() -> Iterator[str]:
+        # Its own session: the request's closes before a streamed body is sent.
+        with state.session_factory() as stream_session:
+            yield from crosswalk_csv(stream_session)
+
+    return StreamingResponse(
+        rows(),
+        media_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="crosswalk.csv"'},
+    )
+
+
+@router.get("/consumers", summary="Registered consumers (never their secrets)")
+def consumers(session: SessionDep, _principal: AdminPrincipal) -> list[dict[str, Any]]:
+    return list_consumers(session)
+
+
+class NewConsumer(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+    kind: str = Field(pattern="^(crm|portal|messaging|steward)$")
+    scopes: list[str] = Field(min_length=1)
+    webhook_url: str | None = None
+
+
+@router.post(
+    "/consumers",
+    status_code=201,
+    summary="Register a consumer; the client secret is shown only in this response",
+)
+def add_consumer(
+    body: NewConsumer, session: SessionDep, _principal: AdminPrincipal
+) -> JSONResponse:
+    try:
+        creds = register_consumer(session, body.name, body.kind, body.scopes, body.webhook_url)
+    except ConsumerExistsError as exc:
+        raise OutcomeError(conflict(f"Consumer {body.name!r} already exists.")) from exc
+    except (InvalidScopeError, ValueError) as exc:
+        raise OutcomeError(bad_request(str(exc), "scopes")) from exc
+    session.commit()
+    return JSONResponse(
+        {
+            "id": creds.consumer_id,
+            "name": creds.name,
+            "client_id": creds.client_id,
+            "client_secret": creds.client_secret,
+            "scopes": creds.scopes,
+        },
+        status_code=201,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@router.delete("/consumers/{client_id}", summary="Deactivate a consumer (no new tokens)")
+def deactivate_consumer(
+    client_id: str, session: SessionDep, _principal: AdminPrincipal
+) -> dict[str, Any]:
+    consumer = session.scalar(select(Consumer).where(Consumer.client_id == client_id))
+    if consumer is None:
+        raise OutcomeError(not_found("No such consumer."))
+    consumer.active = False
+    session.commit()
+    return consumer_json(consumer)

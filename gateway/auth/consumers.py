@@ -1,0 +1,78 @@
+"""Consumers: the registered systems (CRM, portal, messaging) that may ask for tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.auth.scopes import validate_scopes
+from gateway.auth.secrets import hash_secret, new_client_id, new_client_secret, verify_secret
+from store.models import Consumer
+
+CONSUMER_KINDS = ("crm", "portal", "messaging", "steward")
+
+
+class ConsumerExistsError(ValueError):
+    """A consumer with that name is already registered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    consumer_id: int
+    name: str
+    client_id: str
+    #: Shown once, at registration; only its hash is stored.
+    client_secret: str
+    scopes: list[str]
+
+
+def register_consumer(
+    session: Session, name: str, kind: str, scopes: Sequence[str], webhook_url: str | None = None
+) -> Credentials:
+    """Register a consumer and return its credentials (the secret is not retrievable later)."""
+    if kind not in CONSUMER_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(CONSUMER_KINDS)}")
+    clean = validate_scopes(scopes)
+    if not clean:
+        raise ValueError("at least one scope is required")
+    if session.scalar(select(Consumer.id).where(Consumer.name == name)) is not None:
+        raise ConsumerExistsError(f"consumer {name!r} already exists")
+    secret = new_client_secret()
+    consumer = Consumer(
+        name=name,
+        kind=kind,
+        client_id=new_client_id(),
+        secret_hash=hash_secret(secret),
+        scopes=clean,
+        webhook_url=webhook_url,
+        active=True,
+    )
+    session.add(consumer)
+    session.flush()
+    return Credentials(consumer.id, name, consumer.client_id, secret, clean)
+
+
+def authenticate_client(session: Session, client_id: str, secret: str) -> Consumer | None:
+    """The active consumer with these credentials, or None."""
+    consumer = session.scalar(select(Consumer).where(Consumer.client_id == client_id))
+    if consumer is None or not consumer.active:
+        return None
+    return consumer if verify_secret(secret, consumer.secret_hash) else None
+
+
+def granted_scopes(consumer: Consumer, requested: str | None) -> list[str] | None:
+    """The scopes to put in a token: the requested subset, or all granted if none asked.
+
+    Returns None when a requested scope was never granted to the consumer
+    (RFC 6749 §5.2 ``invalid_scope``).
+    """
+    allowed = list(consumer.scopes or [])
+    if not requested:
+        return allowed
+    wanted = [s for s in requested.split() if s]
+    if any(s not in allowed for s in wanted):
+        return None
+    return list(dict.fromkeys(wanted))

@@ -1,0 +1,85 @@
+"""FastAPI dependencies, defined once as ``Annotated`` aliases.
+
+``SessionDep`` opens one session per request; ``require(type, permission)``
+authenticates the bearer token and checks its SMART scopes, raising an
+:class:`~gateway.outcomes.OutcomeError` (401 or 403) that renders as an
+OperationOutcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from gateway.auth.tokens import InvalidTokenError, Principal, TokenService
+from gateway.outcomes import OutcomeError, forbidden, unauthorized
+from gateway.state import GatewayState
+
+#: Declares the bearer scheme in OpenAPI; the check itself is ours (OperationOutcome errors).
+bearer_scheme = HTTPBearer(auto_error=False, description="Token from POST /auth/token")
+
+
+def gateway_state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.askonce
+    return state
+
+
+def token_service(request: Request) -> TokenService:
+    service: TokenService = request.app.state.tokens
+    return service
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with gateway_state(request).session_factory() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+StateDep = Annotated[GatewayState, Depends(gateway_state)]
+
+
+def authenticate(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Principal:
+    """The principal behind the request's bearer token, or 401."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise OutcomeError(unauthorized())
+    try:
+        principal = token_service(request).verify(credentials.credentials)
+    except InvalidTokenError as exc:
+        raise OutcomeError(unauthorized("The bearer token is invalid or expired.")) from exc
+    request.state.principal = principal
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
+
+
+def require(resource_type: str, permission: str) -> Callable[[Principal], Principal]:
+    """A dependency that needs a SMART scope granting ``permission`` on ``resource_type``."""
+
+    def check(principal: PrincipalDep) -> Principal:
+        if not principal.scopes.allows(resource_type, permission):
+            raise OutcomeError(
+                forbidden(f"This interaction needs scope system/{resource_type}.{permission}.")
+            )
+        return principal
+
+    return check
+
+
+def require_admin(principal: PrincipalDep) -> Principal:
+    if not principal.scopes.admin:
+        raise OutcomeError(forbidden("The admin API needs scope askonce.admin."))
+    return principal
+
+
+PatientRead = Annotated[Principal, Depends(require("Patient", "r"))]
+PatientSearch = Annotated[Principal, Depends(require("Patient", "s"))]
+EncounterSearch = Annotated[Principal, Depends(require("Encounter", "s"))]
+AdminPrincipal = Annotated[Principal, Depends(require_admin)]

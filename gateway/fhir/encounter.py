@@ -1,0 +1,64 @@
+"""Encounter routes: search (by golden patient, date, status, class) and read."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from gateway.audit import audited
+from gateway.auth.tokens import Principal
+from gateway.deps import EncounterSearch, SessionDep, require
+from gateway.fhir.context import fhir_extra, search_context
+from gateway.fhir.http import fhir_response, negotiate, query_items
+from gateway.operations.encounters import read_encounter, search_encounters
+
+router = APIRouter(prefix="/fhir", tags=["Encounter"])
+MediaType = Annotated[str, Depends(negotiate)]
+EncounterRead = Annotated[Principal, Depends(require("Encounter", "r"))]
+FHIR_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/fhir+json": {}}, "description": "FHIR JSON"}
+}
+
+
+@router.get(
+    "/Encounter",
+    summary="Search encounters across every source linked to a golden Patient",
+    responses=FHIR_RESPONSE,
+    openapi_extra=fhir_extra("Encounter", "interaction", "search-type"),
+)
+def search(
+    request: Request, session: SessionDep, principal: EncounterSearch, media: MediaType
+) -> Response:
+    ctx = search_context(request)
+    with audited(session, principal, "search", request, "Encounter") as entry:
+        bundle = search_encounters(
+            session,
+            query_items(request),
+            base=ctx.base,
+            secret=ctx.secret,
+            strict=ctx.strict,
+            default_count=ctx.default_count,
+            max_count=ctx.max_count,
+        )
+        entry.detail = {"ids": [e["resource"]["id"] for e in bundle.get("entry", [])]}
+    return fhir_response(bundle, media)
+
+
+@router.get(
+    "/Encounter/{encounter_id}",
+    summary="Read an encounter",
+    responses=FHIR_RESPONSE,
+    openapi_extra=fhir_extra("Encounter", "interaction", "read"),
+)
+def read(
+    encounter_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: EncounterRead,
+    media: MediaType,
+) -> Response:
+    with audited(session, principal, "read", request, "Encounter", encounter_id):
+        resource = read_encounter(session, encounter_id)
+    return fhir_response(resource, media)

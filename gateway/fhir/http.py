@@ -1,0 +1,125 @@
+"""HTTP helpers for the FHIR routers: content negotiation, responses, bodies, ETags.
+
+https://hl7.org/fhir/R4/http.html#mime-type: ``application/fhir+json`` and
+``application/json`` are served (``_format`` overrides ``Accept``); XML is not,
+so asking only for it gets 406. ETags are weak, ``W/"<versionId>"``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.outcomes import (
+    FHIR_JSON,
+    OutcomeError,
+    bad_request,
+    not_acceptable,
+    precondition_failed,
+    too_large,
+    unsupported_media_type,
+)
+
+JSON = "application/json"
+_FORMATS = {
+    "json": FHIR_JSON,
+    FHIR_JSON: FHIR_JSON,
+    JSON: JSON,
+    "application/json+fhir": FHIR_JSON,
+    "text/json": JSON,
+}
+_WILDCARDS = frozenset({"*/*", "application/*"})
+BODY_TYPES = frozenset({FHIR_JSON, JSON, "application/json+fhir"})
+
+
+def negotiate(request: Request) -> str:
+    """The media type to answer with, or 406 when only formats we lack are acceptable."""
+    fmt = request.query_params.get("_format")
+    if fmt is not None:
+        media = _FORMATS.get(fmt.split(";")[0].strip().lower())
+        if media is None:
+            raise OutcomeError(not_acceptable("Only JSON is served (_format=json)."))
+        return media
+    accept = request.headers.get("accept")
+    if not accept:
+        return FHIR_JSON
+    offered = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    if FHIR_JSON in offered or "application/json+fhir" in offered:
+        return FHIR_JSON
+    if JSON in offered:
+        return JSON
+    if any(o in _WILDCARDS for o in offered):
+        return FHIR_JSON
+    raise OutcomeError(
+        not_acceptable("Only application/fhir+json and application/json are served.")
+    )
+
+
+def etag(version: int) -> str:
+    return f'W/"{version}"'
+
+
+def _tags(header: str) -> set[str]:
+    return {t.strip().removeprefix("W/") for t in header.split(",") if t.strip()}
+
+
+def check_preconditions(request: Request, version: int) -> bool:
+    """Apply ``If-Match`` (412 on mismatch); True when ``If-None-Match`` says not modified."""
+    strong = f'"{version}"'
+    if_match = request.headers.get("if-match")
+    if if_match is not None and "*" not in _tags(if_match) and strong not in _tags(if_match):
+        raise OutcomeError(precondition_failed(f"The current version is {version}."))
+    if_none_match = request.headers.get("if-none-match")
+    return if_none_match is not None and (
+        strong in _tags(if_none_match) or "*" in _tags(if_none_match)
+    )
+
+
+def fhir_response(
+    body: dict[str, Any] | str,
+    media_type: str,
+    *,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    content = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
+    return Response(content.encode(), status_code=status, media_type=media_type, headers=headers)
+
+
+def not_modified(version: int) -> Response:
+    return Response(status_code=304, headers={"ETag": etag(version)})
+
+
+async def read_json_body(request: Request, limit: int) -> Any:
+    """The request's JSON body: 415 if not JSON, 413 over ``limit`` bytes, 400 if malformed."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in BODY_TYPES:
+        raise OutcomeError(unsupported_media_type("Send application/fhir+json."))
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise OutcomeError(too_large(f"The body exceeds {limit} bytes."))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise OutcomeError(too_large(f"The body exceeds {limit} bytes."))
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OutcomeError(bad_request("The body is not valid JSON.")) from exc
+
+
+def strict_handling(request: Request) -> bool:
+    """``Prefer: handling=strict`` (https://hl7.org/fhir/R4/search.html#errors)."""
+    prefer = request.headers.get("prefer", "")
+    tokens = {t.strip().lower() for part in prefer.split(",") for t in part.split(";")}
+    return "handling=strict" in tokens
+
+
+def query_items(request: Request) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in request.query_params.multi_items() if k != "_format"]

@@ -1,0 +1,207 @@
+"""Patient routes: read, vread, history, search, ``$match`` and ``$everything``.
+
+Thin adapters: each parses the request, calls one operation from
+:mod:`gateway.operations`, audits the disclosure and renders the result.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import Response
+
+from gateway.audit import audited
+from gateway.auth.tokens import Principal
+from gateway.deps import PatientRead, PatientSearch, SessionDep, StateDep, require
+from gateway.fhir.context import fhir_extra, search_context
+from gateway.fhir.http import (
+    check_preconditions,
+    etag,
+    fhir_response,
+    negotiate,
+    not_modified,
+    query_items,
+    read_json_body,
+)
+from gateway.operations.everything import everything
+from gateway.operations.match import match
+from gateway.operations.read import history_patient, read_patient, vread_patient
+from gateway.operations.search_patient import search_patients
+from gateway.outcomes import OutcomeError, outcome
+
+router = APIRouter(prefix="/fhir", tags=["Patient"])
+MediaType = Annotated[str, Depends(negotiate)]
+EverythingReader = Annotated[Principal, Depends(require("Encounter", "s"))]
+BUNDLE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/fhir+json": {}}, "description": "A FHIR Bundle"}
+}
+RESOURCE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/fhir+json": {}}, "description": "A FHIR Patient"},
+    304: {"description": "Not modified (If-None-Match)"},
+}
+
+
+def _ids(bundle: dict[str, Any]) -> list[str]:
+    return [e["resource"]["id"] for e in bundle.get("entry", [])]
+
+
+@router.get(
+    "/Patient",
+    summary="Search golden Patients",
+    responses=BUNDLE_RESPONSE,
+    openapi_extra=fhir_extra("Patient", "interaction", "search-type"),
+)
+def search(
+    request: Request, session: SessionDep, principal: PatientSearch, media: MediaType
+) -> Response:
+    with audited(session, principal, "search", request, "Patient") as entry:
+        bundle = search_patients(session, query_items(request), search_context(request))
+        entry.detail = {"ids": _ids(bundle)}
+    return fhir_response(bundle, media)
+
+
+@router.post(
+    "/Patient/_search",
+    summary="Search golden Patients (form POST)",
+    responses=BUNDLE_RESPONSE,
+    openapi_extra=fhir_extra("Patient", "interaction", "search-type"),
+)
+async def search_post(
+    request: Request, state: StateDep, principal: PatientSearch, media: MediaType
+) -> Response:
+    form = await request.form()
+    items = query_items(request) + [(k, str(v)) for k, v in form.multi_items() if k != "_format"]
+    with (
+        state.session_factory() as session,
+        audited(session, principal, "search", request, "Patient") as entry,
+    ):
+        bundle = search_patients(session, items, search_context(request))
+        entry.detail = {"ids": _ids(bundle)}
+    return fhir_response(bundle, media)
+
+
+@router.post(
+    "/Patient/$match",
+    summary="Find golden Patients matching a Patient (mpi scores)",
+    responses=BUNDLE_RESPONSE,
+    openapi_extra=fhir_extra("Patient", "operation", "match"),
+)
+async def match_route(
+    request: Request, state: StateDep, principal: PatientSearch, media: MediaType
+) -> Response:
+    body = await read_json_body(request, state.max_body_bytes)
+    matcher, parser = state.matcher, state.patient_parser
+    if matcher is None:
+        raise OutcomeError(outcome(501, "not-supported", "No matching engine is configured."))
+    with (
+        state.session_factory() as session,
+        audited(session, principal, "match", request, "Patient") as entry,
+    ):
+        bundle = match(
+            session, body, base=state.base_url(request), matcher=matcher, parse_patient=parser
+        )
+        entry.detail = {"ids": _ids(bundle)}
+    return fhir_response(bundle, media)
+
+
+@router.get(
+    "/Patient/{golden_id}",
+    summary="Read a golden Patient",
+    responses=RESOURCE_RESPONSE,
+    openapi_extra=fhir_extra("Patient", "interaction", "read"),
+)
+def read(
+    golden_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: PatientRead,
+    media: MediaType,
+) -> Response:
+    with audited(session, principal, "read", request, "Patient", golden_id):
+        stored = read_patient(session, golden_id)
+        unchanged = check_preconditions(request, stored.version)
+    if unchanged:
+        return not_modified(stored.version)
+    body = stored.text if stored.text is not None else stored.as_dict()
+    return fhir_response(body, media, headers={"ETag": etag(stored.version)})
+
+
+@router.get(
+    "/Patient/{golden_id}/_history/{version_id}",
+    summary="Read one version of a golden Patient",
+    responses=RESOURCE_RESPONSE,
+    openapi_extra=fhir_extra("Patient", "interaction", "vread"),
+)
+def vread(
+    golden_id: str,
+    version_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: PatientRead,
+    media: MediaType,
+) -> Response:
+    with audited(session, principal, "vread", request, "Patient", golden_id):
+        stored = vread_patient(session, golden_id, version_id)
+        unchanged = check_preconditions(request, stored.version)
+    if unchanged:
+        return not_modified(stored.version)
+    return fhir_response(stored.as_dict(), media, headers={"ETag": etag(stored.version)})
+
+
+@router.get(
+    "/Patient/{golden_id}/_history",
+    summary="Every version of a golden Patient, newest first",
+    responses=BUNDLE_RESPONSE,
+    openapi_extra=fhir_extra("Patient", "interaction", "history-instance"),
+)
+def history(
+    golden_id: str,
+    request: Request,
+    session: SessionDep,
+    state: StateDep,
+    principal: PatientRead,
+    media: MediaType,
+    count: Annotated[int | None, Query(alias="_count", ge=1)] = None,
+    cursor: Annotated[str | None, Query(alias="_cursor")] = None,
+) -> Response:
+    with audited(session, principal, "history", request, "Patient", golden_id):
+        bundle = history_patient(
+            session,
+            golden_id,
+            base=state.base_url(request),
+            count=min(count or state.default_page_size, state.max_page_size),
+            cursor=cursor,
+            secret=state.secret_key,
+        )
+    return fhir_response(bundle, media)
+
+
+@router.get(
+    "/Patient/{golden_id}/$everything",
+    summary="The golden Patient, its encounters and its provenance",
+    responses=BUNDLE_RESPONSE,
+    openapi_extra=fhir_extra("Patient", "operation", "everything"),
+)
+def everything_route(
+    golden_id: str,
+    request: Request,
+    session: SessionDep,
+    state: StateDep,
+    principal: PatientRead,
+    _encounters: EverythingReader,
+    media: MediaType,
+    count: Annotated[int | None, Query(alias="_count", ge=1)] = None,
+    cursor: Annotated[str | None, Query(alias="_cursor")] = None,
+) -> Response:
+    with audited(session, principal, "everything", request, "Patient", golden_id) as entry:
+        bundle, ids = everything(
+            session,
+            golden_id,
+            base=state.base_url(request),
+            secret=state.secret_key,
+            count=min(count or state.default_page_size, state.max_page_size),
+            cursor=cursor,
+        )
+        entry.detail = {"ids": ids}
+    return fhir_response(bundle, media)

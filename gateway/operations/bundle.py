@@ -1,0 +1,62 @@
+"""Bundles: searchset and history, and the ``_elements`` subset of a resource.
+
+https://hl7.org/fhir/R4/bundle.html, https://hl7.org/fhir/R4/search.html#elements
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlencode
+
+#: https://hl7.org/fhir/R4/v3/ObservationValue/cs.html#v3-ObservationValue-SUBSETTED
+SUBSETTED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "SUBSETTED",
+}
+#: Elements kept by ``_elements`` whatever is asked (https://hl7.org/fhir/R4/search.html#elements).
+MANDATORY_ELEMENTS = ("resourceType", "id", "meta")
+
+
+def page_url(base: str, path: str, params: Sequence[tuple[str, str]]) -> str:
+    query = urlencode(list(params))
+    return f"{base}/fhir/{path}" + (f"?{query}" if query else "")
+
+
+def match_entry(base: str, resource: dict[str, Any], mode: str = "match") -> dict[str, Any]:
+    return {
+        "fullUrl": f"{base}/fhir/{resource['resourceType']}/{resource['id']}",
+        "resource": resource,
+        "search": {"mode": mode},
+    }
+
+
+def searchset(
+    entries: list[dict[str, Any]],
+    *,
+    self_url: str,
+    next_url: str | None = None,
+    total: int | None = None,
+) -> dict[str, Any]:
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if total is not None:
+        bundle["total"] = total
+    links = [{"relation": "self", "url": self_url}]
+    if next_url:
+        links.append({"relation": "next", "url": next_url})
+    bundle["link"] = links
+    if entries:
+        bundle["entry"] = entries
+    return bundle
+
+
+def subset(resource: dict[str, Any], elements: Sequence[str]) -> dict[str, Any]:
+    """The resource with only ``elements`` (plus the mandatory ones), tagged SUBSETTED."""
+    if not elements:
+        return resource
+    keep = set(elements) | set(MANDATORY_ELEMENTS)
+    out = {k: v for k, v in resource.items() if k in keep}
+    meta = dict(out.get("meta") or {})
+    meta["tag"] = [*meta.get("tag", []), SUBSETTED]
+    out["meta"] = meta
+    return out

@@ -1,0 +1,105 @@
+"""The CapabilityStatement, generated from the routes that are really registered.
+
+https://hl7.org/fhir/R4/capabilitystatement.html. Each FHIR route carries
+``x-fhir`` metadata (resource type, interaction or operation name); this module
+collects them, so a route that is not registered cannot be claimed and a
+registered one cannot be forgotten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from gateway.operations.encounters import ENCOUNTER_SEARCH_PARAMS
+from gateway.operations.search_patient import PATIENT_SEARCH_PARAMS
+
+FHIR_VERSION = "4.0.1"
+SEARCH_PARAMS: dict[str, dict[str, tuple[str, str]]] = {
+    "Patient": PATIENT_SEARCH_PARAMS,
+    "Encounter": ENCOUNTER_SEARCH_PARAMS,
+}
+OPERATION_DEFINITIONS = {
+    "match": "http://hl7.org/fhir/OperationDefinition/Patient-match",
+    "everything": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+}
+REVINCLUDES = {"Patient": ["Encounter:subject"]}
+SMART_SERVICE = {
+    "coding": [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+            "code": "SMART-on-FHIR",
+        }
+    ]
+}
+
+
+def capability_statement(
+    routes: Iterable[Mapping[str, str]], *, base: str, software: str, version: str, date: str
+) -> dict[str, Any]:
+    """``routes``: the ``x-fhir`` marks of the registered routes (type, kind, name)."""
+    resources: dict[str, dict[str, Any]] = {}
+    for mark in routes:
+        entry = resources.setdefault(
+            mark["type"], {"type": mark["type"], "interaction": [], "operation": []}
+        )
+        if mark["kind"] == "interaction":
+            if {"code": mark["name"]} not in entry["interaction"]:
+                entry["interaction"].append({"code": mark["name"]})
+        else:
+            op = {"name": mark["name"], "definition": OPERATION_DEFINITIONS[mark["name"]]}
+            if op not in entry["operation"]:
+                entry["operation"].append(op)
+    rest_resources = []
+    for rtype in sorted(resources):
+        entry = resources[rtype]
+        codes = {i["code"] for i in entry["interaction"]}
+        out: dict[str, Any] = {
+            "type": rtype,
+            "interaction": sorted(entry["interaction"], key=lambda i: i["code"]),
+            "versioning": "versioned" if "vread" in codes else "no-version",
+            "readHistory": "vread" in codes,
+            "conditionalRead": "full-support" if "vread" in codes else "not-supported",
+        }
+        if "search-type" in codes:
+            out["searchParam"] = [
+                {
+                    "name": name,
+                    "type": kind,
+                    "documentation": doc,
+                }
+                for name, (kind, doc) in SEARCH_PARAMS.get(rtype, {}).items()
+            ]
+            if rtype in REVINCLUDES:
+                out["searchRevInclude"] = REVINCLUDES[rtype]
+        if entry["operation"]:
+            out["operation"] = sorted(entry["operation"], key=lambda o: o["name"])
+        rest_resources.append(out)
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": date,
+        "kind": "instance",
+        "software": {"name": software, "version": version},
+        "implementation": {"description": "askonce golden Patient records", "url": f"{base}/fhir"},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["application/fhir+json", "application/json"],
+        "rest": [
+            {
+                "mode": "server",
+                "security": {
+                    "service": [SMART_SERVICE],
+                    "description": "Bearer tokens from POST /auth/token (client credentials); "
+                    "SMART v2 scopes system/Patient.rs and system/Encounter.rs (v1 "
+                    ".read accepted).",
+                    "extension": [
+                        {
+                            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                            "extension": [{"url": "token", "valueUri": f"{base}/auth/token"}],
+                        }
+                    ],
+                },
+                "resource": rest_resources,
+            }
+        ],
+    }

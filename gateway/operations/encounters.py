@@ -1,0 +1,197 @@
+"""Encounters of golden patients: rendering, read and search.
+
+An encounter is served as its source's FHIR JSON with ``subject`` pointing at
+the golden ``Patient/<id>``, so every source's encounters of one person come
+back together (https://hl7.org/fhir/R4/encounter.html#search). Its id here is
+askonce's row id; the source's own id is kept as an identifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, literal, not_, or_, select
+from sqlalchemy.orm import Session
+
+from gateway.operations.bundle import match_entry, page_url, searchset, subset
+from gateway.operations.paging import decode_cursor, encode_cursor
+from gateway.operations.params import (
+    DateRange,
+    SearchRequest,
+    fail,
+    parse_date,
+    parse_search,
+    parse_token,
+    split_or,
+)
+from gateway.operations.read import survivor_of
+from gateway.operations.sql import SortColumn, after, date_condition, encode_value, order_by
+from gateway.outcomes import OutcomeError, not_found
+from store.models import Encounter
+from store.types import UTCDateTime, utcnow
+
+#: System of the identifier that carries an encounter's id in its source.
+SOURCE_ID_SYSTEM = "urn:askonce:source:{source_id}:Encounter"
+ENCOUNTER_SEARCH_PARAMS: dict[str, tuple[str, str]] = {
+    "_id": ("token", "askonce id of the encounter"),
+    "_lastUpdated": ("date", "When askonce last received the encounter"),
+    "patient": ("reference", "The golden Patient (id or Patient/id); all linked sources"),
+    "date": ("date", "A date within the period of the encounter"),
+    "status": ("token", "planned | arrived | in-progress | finished | cancelled | …"),
+    "class": ("token", "Classification of the encounter (v3 ActCode, e.g. AMB, IMP)"),
+}
+SUPPORTED = {name: frozenset[str]() for name in ENCOUNTER_SEARCH_PARAMS}
+SORTABLE = frozenset({"_id", "_lastUpdated", "date"})
+#: Sort position of an encounter without a start date (first ascending, last descending).
+NO_START = datetime(1, 1, 1, tzinfo=UTC)
+
+_SORT: dict[str, SortColumn] = {
+    "_id": (Encounter.id, "int"),
+    "_lastUpdated": (Encounter.last_updated, "dt"),
+    "date": (func.coalesce(Encounter.period_start, literal(NO_START, UTCDateTime)), "dt"),
+}
+
+
+def render_encounter(row: Encounter) -> dict[str, Any]:
+    resource = dict(row.resource or {})
+    source_id = resource.get("id")
+    resource["resourceType"] = "Encounter"
+    resource["id"] = str(row.id)
+    resource["subject"] = {"reference": f"Patient/{row.golden_id}"}
+    meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId",)}
+    meta["lastUpdated"] = (
+        (row.last_updated or utcnow()).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+    resource["meta"] = meta
+    if source_id:
+        system = SOURCE_ID_SYSTEM.format(source_id=row.source_id)
+        identifiers = [i for i in resource.get("identifier") or [] if i.get("system") != system]
+        identifiers.append({"system": system, "value": str(source_id)})
+        resource["identifier"] = identifiers
+    return resource
+
+
+def encounters_of(session: Session, golden_ids: Sequence[str]) -> list[dict[str, Any]]:
+    rows = session.scalars(
+        select(Encounter)
+        .where(Encounter.golden_id.in_(list(golden_ids)))
+        .order_by(Encounter.golden_id, Encounter.period_start, Encounter.id)
+    ).all()
+    return [render_encounter(r) for r in rows]
+
+
+def read_encounter(session: Session, encounter_id: str) -> dict[str, Any]:
+    row = session.get(Encounter, int(encounter_id)) if encounter_id.isdigit() else None
+    if row is None or row.golden_id is None:
+        raise OutcomeError(not_found(f"Encounter/{encounter_id} is not known."))
+    return render_encounter(row)
+
+
+def _period_condition(rng: DateRange) -> ColumnElement[bool]:
+    """FHIR date search against a Period (https://hl7.org/fhir/R4/search.html#prefix)."""
+    start = Encounter.period_start
+    end = func.coalesce(Encounter.period_end, Encounter.period_start)
+    eq = and_(start >= rng.low, end < rng.high)
+    return and_(
+        start.is_not(None),
+        {
+            "eq": eq,
+            "ap": or_(eq, and_(start < rng.high, end >= rng.low)),
+            "ne": not_(eq),
+            "lt": start < rng.low,
+            "le": start < rng.high,
+            "gt": end >= rng.high,
+            "ge": end >= rng.low,
+            "sa": start >= rng.high,
+            "eb": end < rng.low,
+        }[rng.prefix],
+    )
+
+
+def _code_condition(column: Any, name: str, raw: str) -> ColumnElement[bool]:
+    codes = []
+    for alt in split_or(raw):
+        token = parse_token(alt)
+        if token.code is None:
+            raise fail(f"Parameter {name} needs a code.", name)
+        codes.append(token.code)
+    return column.in_(codes)
+
+
+def _patient_ids(session: Session, raw: str) -> list[str]:
+    ids = []
+    for alt in split_or(raw):
+        ref = alt.removeprefix("Patient/")
+        if "/" in ref or not ref:
+            raise fail("patient takes a Patient id or Patient/<id>.", "patient")
+        ids.append(ref)
+        survivor = survivor_of(session, ref)
+        if survivor is not None:
+            ids.append(survivor)
+    return ids
+
+
+def _criterion(session: Session, name: str, raw: str) -> ColumnElement[bool]:
+    if name == "patient":
+        return Encounter.golden_id.in_(_patient_ids(session, raw))
+    if name == "_id":
+        ids = split_or(raw)
+        if not all(i.isdigit() for i in ids):
+            return Encounter.id.in_([])
+        return Encounter.id.in_([int(i) for i in ids])
+    if name == "date":
+        return or_(*(_period_condition(parse_date(a, name)) for a in split_or(raw)))
+    if name == "_lastUpdated":
+        ranges = [parse_date(a, name) for a in split_or(raw)]
+        return or_(*(date_condition(Encounter.last_updated, r, as_date=False) for r in ranges))
+    if name == "status":
+        return _code_condition(Encounter.status, name, raw)
+    return _code_condition(Encounter.class_code, name, raw)
+
+
+def search_encounters(
+    session: Session,
+    items: Sequence[tuple[str, str]],
+    *,
+    base: str,
+    secret: str,
+    strict: bool,
+    default_count: int,
+    max_count: int,
+) -> dict[str, Any]:
+    request: SearchRequest = parse_search(
+        items,
+        SUPPORTED,
+        sortable=SORTABLE,
+        strict=strict,
+        default_count=default_count,
+        max_count=max_count,
+    )
+    self_url = page_url(base, "Encounter", request.used_params())
+    stmt = select(Encounter).where(Encounter.golden_id.is_not(None))
+    for name, _mod, raw in request.criteria:
+        stmt = stmt.where(_criterion(session, name, raw))
+    if request.summary_count:
+        total = session.scalar(select(func.count()).select_from(stmt.subquery()))
+        return searchset([], self_url=self_url, total=int(total or 0))
+    sort = [(_SORT[p], desc) for p, desc in request.sort if p != "_id"]
+    sort.append((_SORT["_id"], next((d for p, d in request.sort if p == "_id"), False)))
+    if request.cursor is not None:
+        stmt = stmt.where(after(sort, decode_cursor(secret, request.cursor).get("k") or []))
+    rows = session.scalars(stmt.order_by(*order_by(sort)).limit(request.count + 1)).all()
+    page, more = rows[: request.count], len(rows) > request.count
+    entries = [match_entry(base, subset(render_encounter(r), request.elements)) for r in page]
+    next_url = None
+    if more:
+        last = page[-1]
+        key = [encode_value(_value_of(last, p)) for p, _ in request.sort if p != "_id"]
+        key.append(last.id)
+        token = encode_cursor(secret, {"k": key})
+        next_url = page_url(base, "Encounter", [*request.used_params(), ("_cursor", token)])
+    return searchset(entries, self_url=self_url, next_url=next_url)
+
+
+def _value_of(row: Encounter, param: str) -> Any:
+    return row.last_updated if param == "_lastUpdated" else (row.period_start or NO_START)

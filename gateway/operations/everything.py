@@ -1,0 +1,145 @@
+"""``Patient/{id}/$everything``: the golden Patient, its encounters and its provenance.
+
+https://hl7.org/fhir/R4/patient-operation-everything.html. Paged with ``_count``:
+the Patient comes first, then every encounter from every linked source (by id),
+then one Provenance per contributing source record, telling which golden fields
+came from it and by which survivorship rule (https://hl7.org/fhir/R4/provenance.html).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.operations.bundle import match_entry, page_url, searchset
+from gateway.operations.encounters import render_encounter
+from gateway.operations.paging import decode_cursor, encode_cursor
+from gateway.operations.read import read_patient
+from gateway.outcomes import OutcomeError, bad_request
+from store.models import Encounter, FieldProvenance, SourceRecord
+from store.types import utcnow
+
+SURVIVORSHIP_POLICY = "urn:askonce:survivorship:{rule}"
+SOURCE_RECORD_SYSTEM = "urn:askonce:source:{source_id}:{resource_type}"
+#: https://terminology.hl7.org/CodeSystem-provenance-participant-type.html
+ASSEMBLER = {
+    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+    "code": "assembler",
+}
+
+
+def _instant(value: Any) -> str:
+    return (value or utcnow()).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def provenance_of(session: Session, golden_id: str, after_record: int) -> list[dict[str, Any]]:
+    """One Provenance per source record that contributed fields, ordered by record id."""
+    rows = session.execute(
+        select(
+            FieldProvenance,
+            SourceRecord.source_id,
+            SourceRecord.resource_type,
+            SourceRecord.resource_id,
+        )
+        .outerjoin(SourceRecord, SourceRecord.id == FieldProvenance.source_record_id)
+        .where(FieldProvenance.golden_id == golden_id)
+        .order_by(FieldProvenance.source_record_id, FieldProvenance.field)
+    ).all()
+    grouped: dict[int, list[Any]] = defaultdict(list)
+    for row in rows:
+        key = row[0].source_record_id or 0
+        if key > after_record:
+            grouped[key].append(row)
+    out = []
+    for record_id in sorted(grouped):
+        group = grouped[record_id]
+        first = group[0]
+        resource: dict[str, Any] = {
+            "resourceType": "Provenance",
+            "id": f"{golden_id}-{record_id}",
+            "target": [{"reference": f"Patient/{golden_id}"}],
+            "recorded": _instant(
+                max((r[0].observed_at for r in group if r[0].observed_at), default=None)
+            ),
+            "policy": sorted({SURVIVORSHIP_POLICY.format(rule=r[0].rule) for r in group}),
+            "agent": [
+                {"type": {"coding": [ASSEMBLER]}, "who": {"display": "askonce survivorship"}}
+            ],
+        }
+        if first.source_id is not None:
+            resource["entity"] = [
+                {
+                    "role": "source",
+                    "what": {
+                        "identifier": {
+                            "system": SOURCE_RECORD_SYSTEM.format(
+                                source_id=first.source_id, resource_type=first.resource_type
+                            ),
+                            "value": first.resource_id,
+                        },
+                        "display": "fields: " + ", ".join(sorted({r[0].field for r in group})),
+                    },
+                }
+            ]
+        out.append(resource)
+    return out
+
+
+def everything(
+    session: Session,
+    golden_id: str,
+    *,
+    base: str,
+    secret: str,
+    count: int,
+    cursor: str | None,
+) -> tuple[dict[str, Any], list[str]]:
+    """The page of ``$everything`` and the ids it disclosed (for the audit)."""
+    position = decode_cursor(secret, cursor) if cursor else {"phase": "patient"}
+    phase = position.get("phase")
+    last_encounter = position.get("e", 0)
+    last_record = position.get("p", -1)
+    if (
+        phase not in ("patient", "encounter", "provenance")
+        or not isinstance(last_encounter, int)
+        or not isinstance(last_record, int)
+    ):
+        raise OutcomeError(bad_request("The paging cursor is invalid.", "_cursor"))
+    patient = read_patient(session, golden_id)
+    entries: list[dict[str, Any]] = []
+    if phase == "patient":
+        entries.append(match_entry(base, patient.as_dict()))
+        phase = "encounter"
+    if phase == "encounter":
+        rows = session.scalars(
+            select(Encounter)
+            .where(Encounter.golden_id == golden_id, Encounter.id > last_encounter)
+            .order_by(Encounter.id)
+            .limit(count - len(entries) + 1)
+        ).all()
+        room = count - len(entries)
+        entries.extend(match_entry(base, render_encounter(r)) for r in rows[:room])
+        if len(rows) > room:
+            last_encounter = rows[room - 1].id if room else last_encounter
+        else:
+            phase = "provenance"
+    if phase == "provenance" and len(entries) < count:
+        provenance = provenance_of(session, golden_id, last_record)
+        room = count - len(entries)
+        entries.extend(match_entry(base, p) for p in provenance[:room])
+        if len(provenance) > room:
+            last_record = int(provenance[room - 1]["id"].rsplit("-", 1)[1])
+        else:
+            phase = "done"
+    path = f"Patient/{golden_id}/$everything"
+    next_url = None
+    if phase != "done":
+        token = encode_cursor(secret, {"phase": phase, "e": last_encounter, "p": last_record})
+        next_url = page_url(base, path, [("_count", str(count)), ("_cursor", token)])
+    bundle = searchset(
+        entries, self_url=page_url(base, path, [("_count", str(count))]), next_url=next_url
+    )
+    return bundle, [e["resource"]["id"] for e in entries]

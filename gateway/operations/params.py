@@ -1,0 +1,244 @@
+"""Search parameters: parsing and validation, independent of the web framework.
+
+Implements the parts of `FHIR R4 search <https://hl7.org/fhir/R4/search.html>`_
+askonce supports: ``date`` prefixes (eq ne lt le gt ge sa eb ap) on partial
+dates and instants, ``token`` ``system|value``, comma for OR, repetition for
+AND, ``_count`` bounds, ``_sort``, ``_summary``, ``_elements`` and the
+``Prefer: handling=strict|lenient`` rule for parameters the server does not know
+(https://hl7.org/fhir/R4/search.html#errors). Every error is a 400
+OperationOutcome naming the parameter (never echoing its value: it can be PHI).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+
+from gateway.outcomes import OutcomeError, bad_request
+
+#: Parameters every search understands besides the resource's own.
+CONTROL_PARAMS = frozenset(
+    {"_count", "_sort", "_summary", "_elements", "_revinclude", "_format", "_cursor", "_total"}
+)
+DATE_PREFIXES = ("eq", "ne", "lt", "le", "gt", "ge", "sa", "eb", "ap")
+SUMMARY_VALUES = frozenset({"count", "false"})
+#: Search values longer than this are refused (the index keeps 255 characters).
+MAX_VALUE_LENGTH = 255
+
+_DATE = re.compile(
+    r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
+    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,9}))?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+)
+
+
+def fail(detail: str, parameter: str) -> OutcomeError:
+    return OutcomeError(bad_request(detail, expression=parameter))
+
+
+@dataclass(frozen=True, slots=True)
+class DateRange:
+    """A search value as the half-open interval ``[low, high)`` it denotes, with its prefix."""
+
+    prefix: str
+    low: datetime
+    high: datetime
+
+    @property
+    def low_date(self) -> str:
+        return self.low.date().isoformat()
+
+    @property
+    def high_date(self) -> str:
+        return self.high.date().isoformat()
+
+
+def _add_months(value: datetime, months: int) -> datetime:
+    year, month = divmod(value.month - 1 + months, 12)
+    return value.replace(year=value.year + year, month=month + 1)
+
+
+def parse_date(raw: str, parameter: str) -> DateRange:
+    """``ge1970-03`` -> DateRange("ge", 1970-03-01, 1970-04-01); 400 when malformed."""
+    prefix = raw[:2] if raw[:2] in DATE_PREFIXES else "eq"
+    text = raw[2:] if raw[:2] in DATE_PREFIXES else raw
+    match = _DATE.match(text)
+    if match is None:
+        raise fail(f"Parameter {parameter} is not a FHIR date, dateTime or instant.", parameter)
+    parts = match.groupdict()
+    try:
+        if parts["H"] is not None and parts["tz"] is None and parts["S"] is not None:
+            # A time without a zone is ambiguous; FHIR says one SHALL be given with seconds.
+            raise ValueError("timezone")
+        tz = UTC
+        if parts["tz"] and parts["tz"] != "Z":
+            sign = 1 if parts["tz"][0] == "+" else -1
+            hours, minutes = parts["tz"][1:].split(":")
+            tz = UTC if (hours, minutes) == ("00", "00") else _offset(sign, hours, minutes)
+        low = datetime(
+            int(parts["y"]),
+            int(parts["m"] or 1),
+            int(parts["d"] or 1),
+            int(parts["H"] or 0),
+            int(parts["M"] or 0),
+            int(parts["S"] or 0),
+            int((parts["f"] or "0").ljust(6, "0")[:6]),
+            tzinfo=tz,
+        ).astimezone(UTC)
+    except ValueError as exc:
+        raise fail(f"Parameter {parameter} is not a valid date.", parameter) from exc
+    if parts["m"] is None:
+        high = low.replace(year=low.year + 1)
+    elif parts["d"] is None:
+        high = _add_months(low, 1)
+    elif parts["H"] is None:
+        high = low + timedelta(days=1)
+    elif parts["S"] is None:
+        high = low + timedelta(minutes=1)
+    elif parts["f"] is None:
+        high = low + timedelta(seconds=1)
+    else:
+        high = low + timedelta(microseconds=1)
+    return DateRange(prefix, low, high)
+
+
+def _offset(sign: int, hours: str, minutes: str) -> timezone:
+    return timezone(sign * timedelta(hours=int(hours), minutes=int(minutes)))
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A token search value: ``system|code``, ``|code`` (no system), ``system|`` or ``code``."""
+
+    system: str | None
+    code: str | None
+    #: True when the value said explicitly that the system must be absent (``|code``).
+    no_system: bool = False
+
+
+def parse_token(raw: str) -> Token:
+    if "|" not in raw:
+        return Token(None, raw)
+    system, _, code = raw.partition("|")
+    if not system:
+        return Token(None, code or None, no_system=True)
+    return Token(system, code or None)
+
+
+def split_or(raw: str) -> list[str]:
+    r"""Comma-separated alternatives; ``\,`` is a literal comma."""
+    parts = re.split(r"(?<!\\),", raw)
+    return [p.replace("\\,", ",") for p in parts if p != ""]
+
+
+@dataclass
+class SearchRequest:
+    """A search's parameters, validated against what the resource type supports."""
+
+    #: (name, modifier, value) for each resource parameter occurrence.
+    criteria: list[tuple[str, str | None, str]] = field(default_factory=list)
+    count: int = 0
+    sort: list[tuple[str, bool]] = field(default_factory=list)  # (param, descending)
+    summary_count: bool = False
+    elements: list[str] = field(default_factory=list)
+    revinclude: list[str] = field(default_factory=list)
+    cursor: str | None = None
+    #: Parameters ignored under lenient handling (reported, not applied).
+    ignored: list[str] = field(default_factory=list)
+
+    def values(self, name: str) -> list[tuple[str | None, str]]:
+        return [(mod, value) for n, mod, value in self.criteria if n == name]
+
+    def used_params(self) -> list[tuple[str, str]]:
+        """The applied parameters as (key, value) pairs, for the self and next links."""
+        pairs = [(f"{n}:{m}" if m else n, v) for n, m, v in self.criteria]
+        if self.sort:
+            pairs.append(("_sort", ",".join(("-" if d else "") + p for p, d in self.sort)))
+        if self.summary_count:
+            pairs.append(("_summary", "count"))
+        if self.elements:
+            pairs.append(("_elements", ",".join(self.elements)))
+        pairs.extend(("_revinclude", r) for r in self.revinclude)
+        pairs.append(("_count", str(self.count)))
+        return pairs
+
+
+def parse_search(
+    items: Sequence[tuple[str, str]],
+    supported: Mapping[str, frozenset[str]],
+    *,
+    sortable: frozenset[str],
+    revincludes: frozenset[str] = frozenset(),
+    strict: bool,
+    default_count: int,
+    max_count: int,
+) -> SearchRequest:
+    """Validate ``items`` (the query string) against ``supported`` {param: allowed modifiers}.
+
+    Unknown parameters and modifiers raise 400 under ``strict`` handling and are
+    ignored (listed in ``ignored``) otherwise. ``_count`` above ``max_count`` is
+    capped (https://hl7.org/fhir/R4/search.html#count: the server may return fewer).
+    """
+    request = SearchRequest(count=default_count)
+    for key, value in items:
+        name, _, modifier = key.partition(":")
+        if name in CONTROL_PARAMS:
+            _apply_control(request, name, value, sortable, revincludes, max_count)
+            continue
+        if name not in supported:
+            if strict:
+                raise fail(f"Unknown search parameter {key}.", key)
+            request.ignored.append(key)
+            continue
+        if modifier and modifier not in supported[name]:
+            # https://hl7.org/fhir/R4/search.html#modifiers: an unsupported modifier is
+            # always rejected, because ignoring it would widen the result silently.
+            raise fail(f"Unsupported modifier on search parameter {name}.", key)
+        if value == "" or len(value) > MAX_VALUE_LENGTH:
+            raise fail(f"Parameter {key} needs a value of 1 to 255 characters.", key)
+        request.criteria.append((name, modifier or None, value))
+    return request
+
+
+def _apply_control(
+    request: SearchRequest,
+    name: str,
+    value: str,
+    sortable: frozenset[str],
+    revincludes: frozenset[str],
+    max_count: int,
+) -> None:
+    if name == "_count":
+        if not value.isdigit():
+            raise fail("_count must be a non-negative integer.", "_count")
+        count = int(value)
+        request.count = min(count, max_count)
+        if count == 0:
+            request.summary_count = True
+    elif name == "_sort":
+        request.sort = []
+        for part in split_or(value):
+            desc = part.startswith("-")
+            param = part.lstrip("-")
+            if param not in sortable:
+                raise fail(f"_sort supports {', '.join(sorted(sortable))}.", "_sort")
+            request.sort.append((param, desc))
+    elif name == "_summary":
+        if value not in SUMMARY_VALUES:
+            raise fail("_summary supports count and false.", "_summary")
+        request.summary_count = value == "count"
+    elif name == "_elements":
+        elements = [e.strip() for e in value.split(",") if e.strip()]
+        if not all(re.fullmatch(r"[a-zA-Z][a-zA-Z0-9]*", e) for e in elements):
+            raise fail("_elements takes top-level element names.", "_elements")
+        request.elements = elements
+    elif name == "_revinclude":
+        if value not in revincludes:
+            raise fail(f"_revinclude supports {', '.join(sorted(revincludes))}.", "_revinclude")
+        if value not in request.revinclude:
+            request.revinclude.append(value)
+    elif name == "_cursor":
+        request.cursor = value
+    # _format is content negotiation (handled by the router); _total is advisory.

@@ -1,0 +1,164 @@
+"""Patient read, vread and ``_history`` on the golden record.
+
+https://hl7.org/fhir/R4/http.html#read, #vread and #history. The read returns the
+stored JSON text as is (it was rendered and validated when written), so the hot
+path is one indexed query and no JSON round trip. A golden record merged into
+another still answers, with ``active: false`` and a ``Patient.link`` of type
+``replaced-by`` pointing at the survivor (https://hl7.org/fhir/R4/patient.html#links).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Text, cast, select
+from sqlalchemy.orm import Session
+
+from gateway.operations.bundle import page_url
+from gateway.operations.paging import decode_cursor, encode_cursor
+from gateway.outcomes import OutcomeError, bad_request, gone, not_found
+from store.models import GoldenPatient, GoldenPatientVersion
+
+#: A merge chain (A merged into B merged into C) is followed at most this far.
+MAX_MERGE_HOPS = 16
+REPLACED_BY = "replaced-by"
+ACTIVE, MERGED, DELETED = "active", "merged", "deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResource:
+    """A resource ready to send: its JSON text (or parsed form) and its version."""
+
+    resource_type: str
+    id: str
+    version: int
+    text: str | None = None
+    resource: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.resource is not None:
+            return self.resource
+        return dict(json.loads(self.text or "{}"))
+
+
+def survivor_of(session: Session, golden_id: str) -> str | None:
+    """The active golden record ``golden_id`` was merged into, following chains."""
+    current, seen = golden_id, {golden_id}
+    for _ in range(MAX_MERGE_HOPS):
+        row = session.execute(
+            select(GoldenPatient.status, GoldenPatient.merged_into).where(
+                GoldenPatient.id == current
+            )
+        ).first()
+        if row is None or row.status != MERGED or row.merged_into is None:
+            return current if current != golden_id else None
+        if row.merged_into in seen:
+            return None
+        current = row.merged_into
+        seen.add(current)
+    return None
+
+
+def with_replaced_by(resource: dict[str, Any], survivor: str) -> dict[str, Any]:
+    """Mark a merged record: inactive, and linked ``replaced-by`` to its survivor."""
+    out = dict(resource)
+    out["active"] = False
+    links = [link for link in out.get("link") or [] if link.get("type") != REPLACED_BY]
+    links.insert(0, {"other": {"reference": f"Patient/{survivor}"}, "type": REPLACED_BY})
+    out["link"] = links
+    return out
+
+
+def read_patient(session: Session, golden_id: str) -> StoredResource:
+    """The current version; 404 if unknown, 410 if deleted, replaced-by if merged."""
+    row = session.execute(
+        select(
+            GoldenPatient.version,
+            GoldenPatient.status,
+            cast(GoldenPatient.resource, Text).label("text"),
+        ).where(GoldenPatient.id == golden_id)
+    ).first()
+    if row is None:
+        raise OutcomeError(not_found(f"Patient/{golden_id} is not known."))
+    if row.status == DELETED:
+        raise OutcomeError(gone(f"Patient/{golden_id} was deleted."))
+    if row.status == MERGED:
+        survivor = survivor_of(session, golden_id)
+        resource = json.loads(row.text)
+        if survivor is not None:
+            resource = with_replaced_by(resource, survivor)
+        return StoredResource("Patient", golden_id, row.version, resource=resource)
+    return StoredResource("Patient", golden_id, row.version, text=row.text)
+
+
+def parse_version(raw: str) -> int:
+    if not raw.isdigit() or len(raw) > 9:
+        raise OutcomeError(bad_request("The version id must be a positive integer.", "vid"))
+    return int(raw)
+
+
+def vread_patient(session: Session, golden_id: str, version_raw: str) -> StoredResource:
+    version = parse_version(version_raw)
+    row = session.get(GoldenPatientVersion, (golden_id, version))
+    if row is None:
+        if session.get(GoldenPatient, golden_id) is None:
+            raise OutcomeError(not_found(f"Patient/{golden_id} is not known."))
+        raise OutcomeError(not_found(f"Patient/{golden_id} has no version {version}."))
+    if row.status == DELETED:
+        raise OutcomeError(gone(f"Patient/{golden_id} version {version} is a deletion."))
+    return StoredResource("Patient", golden_id, version, resource=dict(row.resource))
+
+
+def history_patient(
+    session: Session,
+    golden_id: str,
+    *,
+    base: str,
+    count: int,
+    cursor: str | None,
+    secret: str,
+) -> dict[str, Any]:
+    """A ``history`` Bundle, newest version first, paged by version number."""
+    if session.get(GoldenPatient, golden_id) is None:
+        raise OutcomeError(not_found(f"Patient/{golden_id} is not known."))
+    stmt = select(GoldenPatientVersion).where(GoldenPatientVersion.golden_id == golden_id)
+    if cursor is not None:
+        before = decode_cursor(secret, cursor).get("v")
+        if not isinstance(before, int):
+            raise OutcomeError(bad_request("The paging cursor is invalid.", "_cursor"))
+        stmt = stmt.where(GoldenPatientVersion.version < before)
+    rows = session.scalars(
+        stmt.order_by(GoldenPatientVersion.version.desc()).limit(count + 1)
+    ).all()
+    page, more = rows[:count], len(rows) > count
+    entries = []
+    for row in page:
+        url = f"Patient/{golden_id}"
+        entries.append(
+            {
+                "fullUrl": f"{base}/fhir/{url}",
+                "resource": row.resource,
+                "request": {"method": "POST" if row.version == 1 else "PUT", "url": url},
+                "response": {
+                    "status": "201 Created" if row.version == 1 else "200 OK",
+                    "etag": f'W/"{row.version}"',
+                    "lastModified": row.resource.get("meta", {}).get("lastUpdated"),
+                },
+            }
+        )
+    path = f"Patient/{golden_id}/_history"
+    links = [{"relation": "self", "url": page_url(base, path, [("_count", str(count))])}]
+    if more:
+        token = encode_cursor(secret, {"v": page[-1].version})
+        links.append(
+            {
+                "relation": "next",
+                "url": page_url(base, path, [("_count", str(count)), ("_cursor", token)]),
+            }
+        )
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "link": links}
+    if entries:
+        bundle["entry"] = entries
+    return bundle

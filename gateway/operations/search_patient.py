@@ -1,0 +1,182 @@
+"""Patient search over the golden records (https://hl7.org/fhir/R4/patient.html#search).
+
+Only active golden records are searched: a record merged into another is found
+through its survivor (and still answers a read). Multi-valued parameters meet
+the ``golden_search_token`` index built by :func:`fhir_mapping.search_tokens`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, Text, and_, cast, func, or_, select
+from sqlalchemy.orm import Session
+
+from fhir_mapping.search import normalize_search_value
+from gateway.operations.bundle import match_entry, page_url, searchset, subset
+from gateway.operations.encounters import encounters_of
+from gateway.operations.paging import decode_cursor, encode_cursor
+from gateway.operations.params import (
+    SearchRequest,
+    fail,
+    parse_date,
+    parse_search,
+    parse_token,
+    split_or,
+)
+from gateway.operations.sql import SortColumn, after, date_condition, encode_value, order_by
+from store.models import GoldenPatient, GoldenSearchToken
+
+GP = GoldenPatient
+GST = GoldenSearchToken
+
+#: Search parameters and the modifiers each accepts (https://hl7.org/fhir/R4/patient.html#search).
+PATIENT_SEARCH_PARAMS: dict[str, tuple[str, str]] = {
+    "_id": ("token", "Logical id of the golden record"),
+    "_lastUpdated": ("date", "When the golden record last changed"),
+    "identifier": ("token", "Any identifier (system|value) from any linked source"),
+    "name": ("string", "Any part of any name (starts with, case and accent insensitive)"),
+    "family": ("string", "Family name (starts with, case and accent insensitive)"),
+    "given": ("string", "Given name (starts with, case and accent insensitive)"),
+    "birthdate": ("date", "Date of birth, with eq/ne/lt/le/gt/ge/sa/eb prefixes"),
+    "gender": ("token", "administrative gender"),
+    "phone": ("token", "Phone number (digits compared, punctuation ignored)"),
+    "email": ("token", "Email address (case-insensitive)"),
+    "address-postalcode": ("string", "Postal code (starts with, spaces ignored)"),
+}
+SUPPORTED: dict[str, frozenset[str]] = {name: frozenset() for name in PATIENT_SEARCH_PARAMS}
+SORTABLE = frozenset({"_id", "_lastUpdated", "birthdate"})
+REVINCLUDES = frozenset({"Encounter:subject", "Encounter:patient"})
+GENDERS = frozenset({"male", "female", "other", "unknown"})
+TOKEN_PARAMS = ("identifier", "phone", "email")
+STRING_PARAMS = ("name", "family", "given", "address-postalcode")
+
+_SORT: dict[str, SortColumn] = {
+    "_id": (GP.id, "str"),
+    "_lastUpdated": (GP.last_updated, "dt"),
+    "birthdate": (func.coalesce(GP.birth_date, ""), "str"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SearchContext:
+    """What a search needs from the deployment: URLs, paging bounds, cursor secret."""
+
+    base: str
+    secret: str
+    strict: bool
+    default_count: int
+    max_count: int
+
+
+def _tokens(param: str, condition: ColumnElement[bool]) -> ColumnElement[bool]:
+    return GP.id.in_(select(GST.golden_id).where(GST.param == param, condition))
+
+
+def _token_condition(param: str, raw: str) -> ColumnElement[bool]:
+    token = parse_token(raw)
+    clauses: list[ColumnElement[bool]] = []
+    if token.code is not None:
+        value = normalize_search_value(param, token.code)
+        if not value:
+            raise fail(f"Parameter {param} has no searchable value.", param)
+        clauses.append(GST.value == value)
+    if token.system is not None:
+        clauses.append(GST.system == token.system)
+    elif token.no_system:
+        clauses.append(GST.system.is_(None))
+    if not clauses:
+        raise fail(f"Parameter {param} needs a system or a value.", param)
+    return _tokens(param, and_(*clauses))
+
+
+def _string_condition(param: str, raw: str) -> ColumnElement[bool]:
+    value = normalize_search_value(param, raw)
+    if not value:
+        raise fail(f"Parameter {param} has no searchable characters.", param)
+    # Folded values are [a-z0-9 ] only, so no LIKE wildcard can be smuggled in.
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return _tokens(param, GST.value.like(escaped + "%", escape="\\"))
+
+
+def _criterion(name: str, raw: str) -> ColumnElement[bool]:
+    alternatives = split_or(raw)
+    if not alternatives:
+        raise fail(f"Parameter {name} needs a value.", name)
+    if name == "_id":
+        return GP.id.in_(alternatives)
+    if name == "gender":
+        if not set(alternatives) <= GENDERS:
+            raise fail("gender must be male, female, other or unknown.", "gender")
+        return GP.gender.in_(alternatives)
+    if name == "birthdate":
+        return or_(
+            *(
+                date_condition(GP.birth_date, parse_date(a, name), as_date=True)
+                for a in alternatives
+            )
+        )
+    if name == "_lastUpdated":
+        return or_(
+            *(
+                date_condition(GP.last_updated, parse_date(a, name), as_date=False)
+                for a in alternatives
+            )
+        )
+    if name in TOKEN_PARAMS:
+        return or_(*(_token_condition(name, a) for a in alternatives))
+    return or_(*(_string_condition(name, a) for a in alternatives))
+
+
+def _filtered(request: SearchRequest, columns: Sequence[Any]) -> Select[Any]:
+    stmt = select(*columns).where(GP.status == "active")
+    for name, _modifier, raw in request.criteria:
+        stmt = stmt.where(_criterion(name, raw))
+    return stmt
+
+
+def search_patients(
+    session: Session, items: Sequence[tuple[str, str]], ctx: SearchContext
+) -> dict[str, Any]:
+    """A searchset Bundle for the query ``items``; 400 on an invalid parameter."""
+    request = parse_search(
+        items,
+        SUPPORTED,
+        sortable=SORTABLE,
+        revincludes=REVINCLUDES,
+        strict=ctx.strict,
+        default_count=ctx.default_count,
+        max_count=ctx.max_count,
+    )
+    self_url = page_url(ctx.base, "Patient", request.used_params())
+    if request.summary_count:
+        total = session.scalar(
+            select(func.count()).select_from(_filtered(request, [GP.id]).subquery())
+        )
+        return searchset([], self_url=self_url, total=int(total or 0))
+    sort = [(_SORT[p], desc) for p, desc in request.sort if p != "_id"]
+    id_desc = next((desc for p, desc in request.sort if p == "_id"), False)
+    sort.append((_SORT["_id"], id_desc))
+    stmt = _filtered(
+        request, [GP.id, cast(GP.resource, Text).label("text"), *(c[0] for c, _ in sort)]
+    )
+    if request.cursor is not None:
+        stmt = stmt.where(after(sort, decode_cursor(ctx.secret, request.cursor).get("k") or []))
+    rows = session.execute(stmt.order_by(*order_by(sort)).limit(request.count + 1)).all()
+    page, more = rows[: request.count], len(rows) > request.count
+    entries = [match_entry(ctx.base, subset(json.loads(r.text), request.elements)) for r in page]
+    if request.revinclude and page:
+        entries.extend(
+            match_entry(ctx.base, enc, "include")
+            for enc in encounters_of(session, [r.id for r in page])
+        )
+    next_url = None
+    if more:
+        last = page[-1]
+        key = [encode_value(v) for v in tuple(last)[2:]]
+        token = encode_cursor(ctx.secret, {"k": key})
+        next_url = page_url(ctx.base, "Patient", [*request.used_params(), ("_cursor", token)])
+    return searchset(entries, self_url=self_url, next_url=next_url)

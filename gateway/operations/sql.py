@@ -1,0 +1,63 @@
+"""SQL shared by the searches: keyset ordering (``_sort`` + id) and date prefixes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, not_, or_
+
+from gateway.operations.params import DateRange, fail
+
+SortColumn = tuple[Any, str]  # (expression, "str" | "dt" | "int")
+
+
+def encode_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def decode_value(value: Any, kind: str) -> Any:
+    try:
+        if kind == "dt":
+            return datetime.fromisoformat(value)
+        if kind == "int":
+            return int(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise fail("The paging cursor is invalid.", "_cursor") from exc
+
+
+def order_by(columns: Sequence[tuple[SortColumn, bool]]) -> list[ColumnElement[Any]]:
+    return [expr.desc() if desc else expr.asc() for (expr, _), desc in columns]
+
+
+def after(columns: Sequence[tuple[SortColumn, bool]], key: Sequence[Any]) -> ColumnElement[bool]:
+    """Rows strictly after ``key`` in the lexicographic order of ``columns``."""
+    if len(key) != len(columns):
+        raise fail("The paging cursor is invalid.", "_cursor")
+    values = [decode_value(v, kind) for v, ((_, kind), _) in zip(key, columns, strict=True)]
+    clauses = []
+    for i, ((expr, _), desc) in enumerate(columns):
+        equal = [columns[j][0][0] == values[j] for j in range(i)]
+        step = expr < values[i] if desc else expr > values[i]
+        clauses.append(and_(*equal, step))
+    return or_(*clauses)
+
+
+def date_condition(column: Any, rng: DateRange, *, as_date: bool) -> Any:
+    """A point value (birth date, lastUpdated) against a search range and prefix."""
+    low: Any = rng.low_date if as_date else rng.low
+    high: Any = rng.high_date if as_date else rng.high
+    inside = and_(column >= low, column < high)
+    return {
+        "eq": inside,
+        "ap": inside,
+        "ne": not_(inside),
+        "lt": column < low,
+        "eb": column < low,
+        "le": column < high,
+        "gt": column >= high,
+        "sa": column >= high,
+        "ge": column >= low,
+    }[rng.prefix]

@@ -1,0 +1,156 @@
+"""Gateway fixtures: an app on the migrated test database, tokens, golden records."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from fhir_mapping import search_tokens
+from gateway import GatewayState, create_app
+from gateway.auth import TokenService
+from store.golden import GoldenPatientRepository
+from store.models import Encounter, Source, SourceRecord
+
+SECRET = "gateway-test-secret-" + "y" * 32
+READER_SCOPES = ["system/Patient.rs", "system/Encounter.rs"]
+MRN = "urn:oid:1.2.36.146.595.217.0.1"
+
+
+def patient_resource(
+    family: str = "Nguyen",
+    given: str = "Anh",
+    birth_date: str = "1980-03-14",
+    gender: str = "female",
+    mrn: str | None = None,
+    phone: str | None = "+1 415 555 0101",
+    email: str | None = None,
+    postal: str | None = "94110",
+) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Patient",
+        "active": True,
+        "name": [{"family": family, "given": [given]}],
+        "birthDate": birth_date,
+        "gender": gender,
+        "identifier": [{"system": MRN, "value": mrn or uuid.uuid4().hex[:10]}],
+    }
+    telecom = []
+    if phone:
+        telecom.append({"system": "phone", "value": phone})
+    if email:
+        telecom.append({"system": "email", "value": email})
+    if telecom:
+        resource["telecom"] = telecom
+    if postal:
+        resource["address"] = [{"postalCode": postal, "city": "San Francisco"}]
+    return resource
+
+
+@pytest.fixture
+def state(session_factory: sessionmaker[Session]) -> GatewayState:
+    return GatewayState(
+        engine=session_factory.kw["bind"],
+        session_factory=session_factory,
+        secret_key=SECRET,
+        max_body_bytes=64 * 1024,
+        default_page_size=5,
+        max_page_size=50,
+    )
+
+
+@pytest.fixture
+def client(state: GatewayState) -> Iterator[TestClient]:
+    with TestClient(create_app(state), base_url="http://testserver") as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def tokens() -> TokenService:
+    return TokenService(SECRET)
+
+
+@pytest.fixture
+def headers(tokens: TokenService) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens.issue('reader', READER_SCOPES)}"}
+
+
+@pytest.fixture
+def auth_for(tokens: TokenService) -> Callable[..., dict[str, str]]:
+    def make(*scopes: str, client_id: str = "tester") -> dict[str, str]:
+        return {"Authorization": f"Bearer {tokens.issue(client_id, list(scopes))}"}
+
+    return make
+
+
+@pytest.fixture
+def add_patient(session_factory: sessionmaker[Session]) -> Callable[..., str]:
+    def add(resource: dict[str, Any] | None = None, **fields: Any) -> str:
+        resource = resource or patient_resource(**fields)
+        with session_factory() as session:
+            golden = GoldenPatientRepository(session).create(resource, search_tokens(resource))
+            session.commit()
+            return golden.id
+
+    return add
+
+
+@pytest.fixture
+def add_encounter(session_factory: sessionmaker[Session]) -> Callable[..., int]:
+    counter = iter(range(1, 1_000_000))
+
+    def add(
+        golden_id: str,
+        *,
+        start: str = "2024-05-01T09:00:00+00:00",
+        end: str | None = "2024-05-01T10:00:00+00:00",
+        status: str = "finished",
+        class_code: str = "AMB",
+        source_name: str = "ehr-a",
+    ) -> int:
+        n = next(counter)
+        with session_factory() as session:
+            source = session.query(Source).filter_by(name=source_name).one_or_none()
+            if source is None:
+                source = Source(name=source_name, kind="fhir", base_url="http://ehr.invalid")
+                session.add(source)
+                session.flush()
+            rid = f"enc-{uuid.uuid4().hex[:8]}-{n}"
+            record = SourceRecord(
+                source_id=source.id, resource_type="Encounter", resource_id=rid, status="active"
+            )
+            session.add(record)
+            session.flush()
+            resource = {
+                "resourceType": "Encounter",
+                "id": rid,
+                "status": status,
+                "class": {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                    "code": class_code,
+                },
+                "subject": {"reference": "Patient/source-patient-1"},
+                "period": {"start": start, **({"end": end} if end else {})},
+            }
+            row = Encounter(
+                source_record_id=record.id,
+                source_id=source.id,
+                patient_resource_id="source-patient-1",
+                golden_id=golden_id,
+                status=status,
+                class_code=class_code,
+                period_start=datetime.fromisoformat(start),
+                period_end=datetime.fromisoformat(end) if end else None,
+                resource=resource,
+                last_updated=datetime.now(UTC),
+            )
+            session.add(row)
+            session.commit()
+            return row.id
+
+    return add
