@@ -11,6 +11,7 @@ import uvicorn
 from rich.console import Console
 from sqlalchemy import text
 
+from askonce.cli_consumers import consumers_app, openapi_command
 from askonce.logging import configure_logging
 from askonce.runtime import Runtime, build_runtime
 from askonce.settings import PlaceholderSecretError, Settings, get_settings
@@ -25,6 +26,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Manage the database schema (Alembic migrations).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(consumers_app, name="consumers")
+app.command("openapi")(openapi_command)
 
 console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("askonce.cli")

@@ -55,6 +55,11 @@ class Runtime:
                 broker_check=self.broker_check(),
                 secret_key=self.settings.secret_key.get_secret_value(),
                 demo=self.settings.demo,
+                token_lifetime_s=self.settings.token_lifetime_s,
+                max_body_bytes=self.settings.max_body_bytes,
+                default_page_size=self.settings.page_size_default,
+                max_page_size=self.settings.page_size_max,
+                public_base_url=self.settings.public_base_url,
             )
         )
 

@@ -56,6 +56,20 @@ class Settings(BaseSettings):
     default_region: str = Field(
         default="US", description="Region used to parse phone numbers with no country code."
     )
+    token_lifetime_s: int = Field(
+        default=300, ge=30, le=3600, description="Lifetime of gateway access tokens (seconds)."
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body the gateway accepts."
+    )
+    page_size_default: int = Field(
+        default=20, ge=1, description="FHIR search page size when _count is not given."
+    )
+    page_size_max: int = Field(default=200, ge=1, description="Largest _count honoured.")
+    public_base_url: str | None = Field(
+        default=None,
+        description="URL consumers reach the gateway at (behind a proxy); unset: from requests.",
+    )
 
     @field_validator("redis_url", mode="before")
     @classmethod
