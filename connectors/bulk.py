@@ -97,7 +97,8 @@ class BulkExportClient:
 
     def wait(self, status_url: str) -> dict[str, Any]:
         """Poll until the manifest is ready; bounded by ``max_poll_s``."""
-        deadline = self._clock() + self.options.max_poll_s
+        started = self._clock()
+        waited = 0.0  # counted as well as measured, so an injected sleep is bounded too
         polls = 0
         while True:
             response = self.http.request("GET", status_url, allow_statuses=ERROR_STATUSES)
@@ -128,7 +129,8 @@ class BulkExportClient:
             delay = parse_retry_after(response.headers.get("Retry-After"))
             if delay is None:
                 delay = self.options.poll_interval_s
-            if self._clock() + delay > deadline:
+            elapsed = max(waited, self._clock() - started)
+            if elapsed + delay > self.options.max_poll_s:
                 raise BulkExportError(
                     f"$export job not complete after {self.options.max_poll_s:.0f}s",
                     url=url_path(status_url),
@@ -138,6 +140,7 @@ class BulkExportClient:
                 extra={"status": (response.headers.get("X-Progress") or "")[:80], "delay_s": delay},
             )
             self._sleep(delay)
+            waited += delay
 
     def delete(self, status_url: str) -> None:
         """Tell the server we are done with the job (its files may be removed)."""
