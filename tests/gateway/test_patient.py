@@ -1,0 +1,349 @@
+"""Patient read, vread, history and search, as a FHIR consumer sees them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from fhir_mapping import search_tokens
+from store.golden import GoldenPatientRepository
+from store.models import Audit
+from tests.gateway.conftest import MRN, patient_resource
+
+Headers = dict[str, str]
+
+
+def _ids(bundle: dict[str, Any], mode: str = "match") -> list[str]:
+    return [e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == mode]
+
+
+def _next(bundle: dict[str, Any]) -> str | None:
+    return next((link["url"] for link in bundle["link"] if link["relation"] == "next"), None)
+
+
+def _search(client: TestClient, headers: Headers, query: str) -> dict[str, Any]:
+    reply = client.get(f"/fhir/Patient?{query}", headers=headers)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def test_read_vread_and_history(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    session_factory: sessionmaker[Session],
+) -> None:
+    golden_id = add_patient(family="Okafor")
+    with session_factory() as session:
+        repo = GoldenPatientRepository(session)
+        resource = patient_resource(family="Okafor-Bello")
+        repo.save(repo.read(golden_id), resource, search_tokens(resource))
+        session.commit()
+    read = client.get(f"/fhir/Patient/{golden_id}", headers=headers)
+    assert read.status_code == 200
+    assert read.headers["etag"] == 'W/"2"'
+    assert read.headers["content-type"].startswith("application/fhir+json")
+    assert read.json()["meta"]["versionId"] == "2"
+    assert read.json()["name"][0]["family"] == "Okafor-Bello"
+    old = client.get(f"/fhir/Patient/{golden_id}/_history/1", headers=headers)
+    assert old.status_code == 200 and old.json()["name"][0]["family"] == "Okafor"
+    assert old.headers["etag"] == 'W/"1"'
+    assert client.get(f"/fhir/Patient/{golden_id}/_history/9", headers=headers).status_code == 404
+    assert client.get(f"/fhir/Patient/{golden_id}/_history/x", headers=headers).status_code == 400
+    history = client.get(f"/fhir/Patient/{golden_id}/_history?_count=1", headers=headers).json()
+    assert history["type"] == "history"
+    assert [e["response"]["etag"] for e in history["entry"]] == ['W/"2"']
+    second = client.get(_next(history) or "", headers=headers).json()
+    assert [e["response"]["etag"] for e in second["entry"]] == ['W/"1"']
+    assert _next(second) is None
+
+
+def test_conditional_read_honours_if_none_match_and_if_match(
+    client: TestClient, headers: Headers, add_patient: Callable[..., str]
+) -> None:
+    url = f"/fhir/Patient/{add_patient()}"
+    cached = client.get(url, headers={**headers, "If-None-Match": 'W/"1"'})
+    assert cached.status_code == 304 and cached.headers["etag"] == 'W/"1"'
+    assert client.get(url, headers={**headers, "If-None-Match": 'W/"0"'}).status_code == 200
+    assert client.get(url, headers={**headers, "If-Match": 'W/"1"'}).status_code == 200
+    stale = client.get(url, headers={**headers, "If-Match": 'W/"7"'})
+    assert stale.status_code == 412
+    assert stale.json()["resourceType"] == "OperationOutcome"
+
+
+def test_unknown_deleted_and_merged_records(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    session_factory: sessionmaker[Session],
+) -> None:
+    survivor, loser, deleted = add_patient(), add_patient(), add_patient()
+    with session_factory() as session:
+        repo = GoldenPatientRepository(session)
+        for golden_id, status, into in ((loser, "merged", survivor), (deleted, "deleted", None)):
+            golden = repo.read(golden_id)
+            repo.save(golden, golden.resource, [], status=status, merged_into=into)
+        session.commit()
+    missing = client.get("/fhir/Patient/no-such-id", headers=headers)
+    assert missing.status_code == 404 and missing.json()["issue"][0]["code"] == "not-found"
+    gone = client.get(f"/fhir/Patient/{deleted}", headers=headers)
+    assert gone.status_code == 410 and gone.json()["issue"][0]["code"] == "deleted"
+    merged = client.get(f"/fhir/Patient/{loser}", headers=headers)
+    assert merged.status_code == 200
+    body = merged.json()
+    assert body["id"] == loser and body["active"] is False
+    assert body["link"][0] == {"other": {"reference": f"Patient/{survivor}"}, "type": "replaced-by"}
+    # Searches find the person once: through the survivor, not the merged id.
+    found = _search(client, headers, "_id=" + ",".join([survivor, loser, deleted]))
+    assert _ids(found) == [survivor]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (f"identifier={MRN}|MRN-A", ["a"]),
+        ("identifier=MRN-B", ["b"]),
+        (f"identifier={MRN}|", ["a", "b", "c"]),
+        ("identifier=urn:other|MRN-A", []),
+        ("family=müller", ["a"]),
+        ("family=MUL", ["a"]),
+        ("name=jose", ["b"]),
+        ("given=JOSÉ", ["b"]),
+        ("name=garcia,muller", ["a", "b"]),
+        ("family=garcia&given=maria", []),
+        ("gender=male", ["b"]),
+        ("birthdate=1980", ["a"]),
+        ("birthdate=1980-03", ["a"]),
+        ("birthdate=1980-03-14", ["a"]),
+        ("birthdate=lt1980-03-14", ["c"]),
+        ("birthdate=le1980-03-14", ["a", "c"]),
+        ("birthdate=gt1980-03-14", ["b"]),
+        ("birthdate=ge1990", ["b"]),
+        ("birthdate=ne1980-03-14", ["b", "c"]),
+        ("birthdate=ge1970&birthdate=lt1985", ["a", "c"]),
+        ("phone=(415) 555-0199", ["b"]),
+        ("email=ANNA@EXAMPLE.ORG", ["a"]),
+        ("address-postalcode=941", ["a", "b"]),
+        ("address-postalcode=10001", ["c"]),
+    ],
+)
+def test_search_parameters(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    query: str,
+    expected: list[str],
+) -> None:
+    ids = {
+        "a": add_patient(
+            family="Müller",
+            given="Anna",
+            birth_date="1980-03-14",
+            mrn="MRN-A",
+            email="anna@example.org",
+            postal="94110",
+        ),
+        "b": add_patient(
+            family="García",
+            given="José",
+            birth_date="1992-07-01",
+            gender="male",
+            mrn="MRN-B",
+            phone="+1 (415) 555-0199",
+            postal="94103",
+        ),
+        "c": add_patient(
+            family="Smith", given="Ann", birth_date="1975-12-31", mrn="MRN-C", postal="10001"
+        ),
+    }
+    found = _search(client, headers, query + "&_count=50")
+    assert sorted(_ids(found)) == sorted(ids[k] for k in expected)
+
+
+def test_paging_visits_every_record_once(
+    client: TestClient, headers: Headers, add_patient: Callable[..., str]
+) -> None:
+    created = {add_patient(family="Pager", mrn=f"P{i}") for i in range(12)}
+    for sort in ("", "&_sort=-_lastUpdated", "&_sort=birthdate"):
+        seen: list[str] = []
+        bundle = _search(client, headers, "family=pager&_count=5" + sort)
+        pages = 1
+        while True:
+            seen.extend(_ids(bundle))
+            url = _next(bundle)
+            if url is None:
+                break
+            reply = client.get(url, headers=headers)
+            assert reply.status_code == 200
+            bundle = reply.json()
+            pages += 1
+        assert pages == 3
+        assert len(seen) == 12 and set(seen) == created
+
+
+def test_sort_by_birthdate_descending(
+    client: TestClient, headers: Headers, add_patient: Callable[..., str]
+) -> None:
+    old = add_patient(family="Order", birth_date="1950-01-01")
+    young = add_patient(family="Order", birth_date="2001-01-01")
+    assert _ids(_search(client, headers, "family=order&_sort=-birthdate")) == [young, old]
+    assert _ids(_search(client, headers, "family=order&_sort=birthdate")) == [old, young]
+
+
+def test_summary_count_elements_and_revinclude(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    add_encounter: Callable[..., int],
+) -> None:
+    golden_id = add_patient(family="Tanaka")
+    add_patient(family="Tanaka")
+    add_encounter(golden_id)
+    counted = _search(client, headers, "family=tanaka&_summary=count")
+    assert counted["total"] == 2 and "entry" not in counted
+    assert _search(client, headers, "family=tanaka&_count=0")["total"] == 2
+    slim = _search(client, headers, "family=tanaka&_elements=birthDate")
+    resource = slim["entry"][0]["resource"]
+    assert set(resource) == {"resourceType", "id", "meta", "birthDate"}
+    assert resource["meta"]["tag"][0]["code"] == "SUBSETTED"
+    included = _search(client, headers, f"_id={golden_id}&_revinclude=Encounter:subject")
+    encounters = [e["resource"] for e in included["entry"] if e["search"]["mode"] == "include"]
+    assert [e["subject"]["reference"] for e in encounters] == [f"Patient/{golden_id}"]
+
+
+def test_huge_count_is_capped(
+    client: TestClient, headers: Headers, add_patient: Callable[..., str]
+) -> None:
+    for _ in range(3):
+        add_patient(family="Cap")
+    bundle = _search(client, headers, "family=cap&_count=99999999999")
+    self_link = bundle["link"][0]["url"]
+    assert "_count=50" in self_link and len(_ids(bundle)) == 3
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "birthdate=1980-13-01",
+        "birthdate=19800314",
+        "birthdate=xx1980",
+        "birthdate=1980-02-30",
+        "_lastUpdated=2024-01-01T10:00:00",
+        "_count=-1",
+        "_count=ten",
+        "_sort=name",
+        "_summary=text",
+        "_revinclude=Observation:subject",
+        "gender=robot",
+        "family:exact=Smith",
+        "family=",
+        "_cursor=forged.cursor",
+        "_elements=name.given",
+    ],
+)
+def test_invalid_parameters_are_400_outcomes(
+    client: TestClient, headers: Headers, query: str
+) -> None:
+    reply = client.get(f"/fhir/Patient?{query}", headers=headers)
+    assert reply.status_code == 400, reply.text
+    outcome = reply.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["code"] == "invalid"
+
+
+def test_unknown_parameters_strict_and_lenient(
+    client: TestClient, headers: Headers, add_patient: Callable[..., str]
+) -> None:
+    add_patient(family="Lenient")
+    lenient = client.get("/fhir/Patient?family=lenient&shoe-size=9", headers=headers)
+    assert lenient.status_code == 200
+    assert len(_ids(lenient.json())) == 1
+    assert "shoe-size" not in lenient.json()["link"][0]["url"]
+    strict = client.get(
+        "/fhir/Patient?family=lenient&shoe-size=9",
+        headers={**headers, "Prefer": "handling=strict"},
+    )
+    assert strict.status_code == 400
+    assert strict.json()["issue"][0]["expression"] == ["shoe-size"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "' OR '1'='1",
+        "x%' OR 1=1 --",
+        "%",
+        "_",
+        "Robert'); DROP TABLE golden_patient;--",
+        "\\",
+        "a" * 255,
+    ],
+)
+def test_injection_like_values_match_nothing_and_break_nothing(
+    client: TestClient, headers: Headers, add_patient: Callable[..., str], value: str
+) -> None:
+    add_patient(family="Safe")
+    for param in ("family", "name", "identifier", "email", "phone", "_id", "address-postalcode"):
+        reply = client.get("/fhir/Patient", params={param: value}, headers=headers)
+        assert reply.status_code in (200, 400), (param, reply.text)
+        if reply.status_code == 200:
+            assert _ids(reply.json()) == []
+    assert len(_ids(_search(client, headers, "family=safe"))) == 1
+
+
+def test_content_negotiation(
+    client: TestClient, headers: Headers, add_patient: Callable[..., str]
+) -> None:
+    url = f"/fhir/Patient/{add_patient()}"
+    assert (
+        client.get(url, headers={**headers, "Accept": "application/json"})
+        .headers["content-type"]
+        .startswith("application/json")
+    )
+    assert (
+        client.get(url + "?_format=json", headers=headers)
+        .headers["content-type"]
+        .startswith("application/fhir+json")
+    )
+    assert (
+        client.get(url + "?_format=application/json", headers=headers)
+        .headers["content-type"]
+        .startswith("application/json")
+    )
+    xml = client.get(url, headers={**headers, "Accept": "application/fhir+xml"})
+    assert xml.status_code == 406 and xml.json()["resourceType"] == "OperationOutcome"
+    assert client.get(url + "?_format=xml", headers=headers).status_code == 406
+
+
+def test_every_read_is_audited_without_logging_patient_data(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    session_factory: sessionmaker[Session],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    golden_id = add_patient(family="Zyxwvutsrq", mrn="SECRET-MRN-42")
+    caplog.set_level(logging.DEBUG)
+    client.get(f"/fhir/Patient/{golden_id}", headers=headers)
+    client.get("/fhir/Patient?family=Zyxwvutsrq", headers=headers)
+    client.get("/fhir/Patient/unknown-id", headers=headers)
+    with session_factory() as session:
+        rows = session.scalars(select(Audit).order_by(Audit.id)).all()
+    assert [(r.action, r.resource_id, r.outcome) for r in rows] == [
+        ("read", golden_id, 200),
+        ("search", None, 200),
+        ("read", "unknown-id", 404),
+    ]
+    assert all(r.principal == "reader" for r in rows)
+    assert rows[1].query == "family=Zyxwvutsrq" and rows[1].detail["ids"] == [golden_id]
+    # The test's own HTTP client logs its URLs; everything the server side logged is checked.
+    server_logs = " ".join(
+        r.getMessage() + repr(r.__dict__) for r in caplog.records if not r.name.startswith("httpx")
+    )
+    assert "Zyxwvutsrq" not in server_logs and "SECRET-MRN-42" not in server_logs
