@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import phonenumbers
@@ -30,6 +30,12 @@ _URI_SCHEMES = ("tel:", "mailto:", "sms:", "fax:")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _POSTAL_JUNK = re.compile(r"[^0-9A-Z]")
 _DIGITS = re.compile(r"\D")
+#: A phone written with digits and separators only (no letters, no extension).
+_PLAIN_PHONE = re.compile(r"^\+?[\d\s\-.()/]+$")
+#: North American Numbering Plan: country code 1, national numbers NXX-NXX-XXXX.
+NANP_COUNTRY_CODE = 1
+_NANP_NATIONAL = re.compile(r"^[2-9]\d{9}$")
+_NANP_NATIONAL_STRICT = re.compile(r"^[2-9]\d{2}[2-9]\d{6}$")
 #: Postal codes whose two halves are written with one space (outward + inward code).
 _SPLIT_POSTAL = {"GB": 3, "CA": 3}
 #: Length of the normalized US ZIP (ZIP+4 is cut to the ZIP).
@@ -51,17 +57,45 @@ def _strip_scheme(value: str) -> str:
     return value
 
 
-@lru_cache(maxsize=CONTACT_CACHE_SIZE)
 def normalize_phone(value: str, region: str = DEFAULT_REGION) -> str:
     """E.164 form of a phone number ("(415) 555-0123" -> "+14155550123"), or "" when it
-    cannot be a phone number. Fictional 555 numbers are kept: they are possible numbers."""
+    cannot be a phone number. Fictional 555 numbers are kept: they are possible numbers.
+
+    A number written with only digits and separators is looked up by its digits, so the
+    same number written differently by two sources is parsed by ``phonenumbers`` once."""
+    text = _strip_scheme(value).strip()
+    region = region or DEFAULT_REGION
+    if _PLAIN_PHONE.match(text):
+        digits = _DIGITS.sub("", text)
+        if text.startswith("+"):
+            text = "+" + digits
+        elif _is_nanp(region) and _NANP_NATIONAL.match(digits):
+            # A 10-digit North American number: handing phonenumbers its international
+            # form gives the same result at half the parsing cost.
+            text = f"+{NANP_COUNTRY_CODE}{digits}"
+        else:
+            text = digits
+    return _parse_phone(text, region)
+
+
+@cache
+def _is_nanp(region: str) -> bool:
+    return phonenumbers.country_code_for_region(region.upper()) == NANP_COUNTRY_CODE
+
+
+@lru_cache(maxsize=CONTACT_CACHE_SIZE)
+def _parse_phone(text: str, region: str) -> str:
     try:
-        number = phonenumbers.parse(_strip_scheme(value).strip(), region or DEFAULT_REGION)
+        number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
         return ""
     if not phonenumbers.is_possible_number(number):
         return ""
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if number.country_code == NANP_COUNTRY_CODE and not _NANP_NATIONAL_STRICT.match(e164[2:]):
+        # A possible length but not NXX-NXX-XXXX: a foreign number read with a US region.
+        return ""
+    return e164
 
 
 def normalize_email(value: str) -> str:
@@ -143,7 +177,12 @@ def normalize_address(raw: dict[str, Any]) -> Address:
         postal_code=postal,
         country=country,
         period=_period(raw.get("period")),
-        line_normalized=" ".join(n for n in (normalize_line(x) for x in lines) if n),
+        line_normalized=_lines_normalized(tuple(lines)),
         city_folded=fold_text(city) if city else "",
         postal_normalized=normalize_postal_code(postal, country) if postal else "",
     )
+
+
+@lru_cache(maxsize=CONTACT_CACHE_SIZE)
+def _lines_normalized(lines: tuple[str, ...]) -> str:
+    return " ".join(n for n in (normalize_line(x) for x in lines) if n)

@@ -97,7 +97,9 @@ def normalize_identifier_value(value: str, kind: str) -> str:
     """Value for matching: digits only for SSNs, else upper-case without spaces or
     punctuation ("ab-12 34" -> "AB1234")."""
     if kind == "ssn":
-        return _NOT_DIGIT.sub("", value)
+        return value if value.isascii() and value.isdigit() else _NOT_DIGIT.sub("", value)
+    if value.isascii() and value.isalnum():
+        return value.upper()
     return _NOT_ALNUM.sub("", value).upper()
 
 

@@ -26,7 +26,7 @@ import jellyfish
 
 from fhir_mapping import _data
 from fhir_mapping.model import Period, PersonName
-from fhir_mapping.search import fold_text
+from fhir_mapping.search import fold_name
 
 #: Size of the memo caches of the name normalizers; names repeat a lot across records.
 NAME_CACHE_SIZE = 1 << 16
@@ -86,17 +86,17 @@ def phonetic_key(folded: str) -> str:
 
 def normalize_suffix(value: str) -> str | None:
     """ "Jr." -> "jr", "III" -> "iii", "2nd" -> "ii"; None when not a generational suffix."""
-    return _data.suffixes().get(fold_text(value).replace(" ", ""))
+    return _data.suffixes().get(fold_name(value).replace(" ", ""))
 
 
 def family_alternates(family: str, folded: str | None = None) -> list[str]:
     """Other foldings of a family name: the German umlaut spelling both ways, and
     the words run together ("o brien" -> "obrien")."""
-    folded = fold_text(family) if folded is None else folded
+    folded = fold_name(family) if folded is None else folded
     alternates: list[str] = []
     composed = unicodedata.normalize("NFC", family)
     if _HAS_UMLAUT.search(composed):
-        alternates.append(fold_text(composed.translate(_UMLAUTS)))
+        alternates.append(fold_name(composed.translate(_UMLAUTS)))
     else:
         alternates.append(_UMLAUT_DIGRAPH.sub(r"\1", folded))
     if " " in folded:
@@ -130,8 +130,8 @@ def _split_text(text: str) -> tuple[str, str, bool]:
     """(family, given, family_first) guessed from a text-only name."""
     if "," in text:
         family, _, given = text.partition(",")
-        return fold_text(family), fold_text(given), False
-    words = fold_text(text).split()
+        return fold_name(family), fold_name(given), False
+    words = fold_name(text).split()
     if len(words) < 2:
         return (words[0] if words else ""), "", False
     leading = _data.family_first_surnames()
@@ -151,13 +151,11 @@ def _name_features(
         given_folded = (given_text,) if given_text else ()
         family_source = family_folded
     else:
-        family_folded = fold_text(family) if family else ""
-        given_folded = tuple(f for f in (fold_text(g) for g in given) if f)
+        family_folded = fold_name(family) if family else ""
+        given_folded = tuple(f for f in (fold_name(g) for g in given) if f)
         family_source = family or ""
         if text and family_folded and given_folded and "," not in text:
-            text_folded = fold_text(text)
-            given_joined = " ".join(given_folded)
-            family_first = text_folded == f"{family_folded} {given_joined}"
+            family_first = _reads_family_first(text, family_folded, given_folded)
     tokens, trailing_suffix = family_tokens(family_folded)
     if trailing_suffix is not None:
         family_folded = family_folded.rsplit(" ", 1)[0]
@@ -182,6 +180,18 @@ def _name_features(
         suffix_normalized,
         family_first,
         swapped,
+    )
+
+
+def _reads_family_first(text: str, family_folded: str, given_folded: tuple[str, ...]) -> bool:
+    """True when ``text`` writes the family name before the given names. Spaces are
+    ignored because transliterated CJK text has none ("王小明" -> "wangxiaoming")."""
+    text_compact = fold_name(text).replace(" ", "")
+    family_compact = family_folded.replace(" ", "")
+    given_compact = "".join(given_folded).replace(" ", "")
+    return (
+        text_compact == family_compact + given_compact
+        and text_compact != given_compact + family_compact
     )
 
 

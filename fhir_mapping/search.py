@@ -36,6 +36,18 @@ def fold_text(value: str) -> str:
     return _NON_ALNUM.sub(" ", anyascii(stripped).casefold()).strip()
 
 
+#: Apostrophes and modifier letters that join a name's parts ("O'Brien", "D\u2019Angelo",
+#: "Il'ich" from Cyrillic, "Sa\u02bfid"): dropped, not turned into a space.
+_APOSTROPHES = re.compile("['`\u2019\u02bc\u02bb\u02bf\u02be\u00b4]")
+
+
+@lru_cache(maxsize=FOLD_CACHE_SIZE)
+def fold_name(value: str) -> str:
+    """:func:`fold_text` for personal names: apostrophes join instead of splitting
+    ("O'Brien" -> "obrien", "Ильич" -> "ilich"). Idempotent."""
+    return fold_text(_APOSTROPHES.sub("", anyascii(_APOSTROPHES.sub("", value))))
+
+
 def phone_digits(value: str) -> str:
     """Digits of a phone number; the last ten are what the index keeps and matches."""
     return _DIGITS.sub("", value)[-10:]
@@ -44,7 +56,7 @@ def phone_digits(value: str) -> str:
 def normalize_search_value(param: str, value: str) -> str:
     """Normalize a search value from a URL into the indexed form for ``param``."""
     if param in ("name", "family", "given"):
-        return fold_text(value)
+        return fold_name(value)
     if param == "phone":
         return phone_digits(value)
     if param in ("email",):
@@ -70,17 +82,17 @@ def search_tokens(resource: dict[str, Any]) -> list[SearchToken]:
         family = name.get("family")
         givens = name.get("given") or []
         if family:
-            folded = fold_text(family)
+            folded = fold_name(family)
             _add(tokens, "family", None, folded)
             _add(tokens, "name", None, folded)
             for part in folded.split():
                 _add(tokens, "name", None, part)
         for given in givens:
-            folded = fold_text(given)
+            folded = fold_name(given)
             _add(tokens, "given", None, folded)
             _add(tokens, "name", None, folded)
         if name.get("text"):
-            for part in fold_text(name["text"]).split():
+            for part in fold_name(name["text"]).split():
                 _add(tokens, "name", None, part)
     for ident in resource.get("identifier") or []:
         _add(tokens, "identifier", ident.get("system"), (ident.get("value") or "").strip())
