@@ -34,8 +34,9 @@ _DIGITS = re.compile(r"\D")
 _PLAIN_PHONE = re.compile(r"^\+?[\d\s\-.()/]+$")
 #: North American Numbering Plan: country code 1, national numbers NXX-NXX-XXXX.
 NANP_COUNTRY_CODE = 1
+#: The area code never starts with 0 or 1; the exchange is not checked because test and
+#: fictional numbers ("555-0123", simulators' "555-1xx-xxxx") break that rule.
 _NANP_NATIONAL = re.compile(r"^[2-9]\d{9}$")
-_NANP_NATIONAL_STRICT = re.compile(r"^[2-9]\d{2}[2-9]\d{6}$")
 #: Postal codes whose two halves are written with one space (outward + inward code).
 _SPLIT_POSTAL = {"GB": 3, "CA": 3}
 #: Length of the normalized US ZIP (ZIP+4 is cut to the ZIP).
@@ -92,8 +93,8 @@ def _parse_phone(text: str, region: str) -> str:
     if not phonenumbers.is_possible_number(number):
         return ""
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    if number.country_code == NANP_COUNTRY_CODE and not _NANP_NATIONAL_STRICT.match(e164[2:]):
-        # A possible length but not NXX-NXX-XXXX: a foreign number read with a US region.
+    if number.country_code == NANP_COUNTRY_CODE and not _NANP_NATIONAL.match(e164[2:]):
+        # A possible length but no valid area code: a foreign number read with a US region.
         return ""
     return e164
 
