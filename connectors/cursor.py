@@ -65,7 +65,9 @@ class Cursor:
     """Decoded cursor: ``since`` and the keys already delivered at or after it."""
 
     since: datetime | None = None
-    seen: dict[str, datetime] = field(default_factory=dict)
+    #: key -> its ``meta.lastUpdated`` as :func:`format_instant` text (fixed width, UTC),
+    #: which orders like the instants themselves and is formatted only once.
+    seen: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def decode(cls, text: str | None) -> Cursor:
@@ -84,7 +86,7 @@ class Cursor:
         for key, stamp in (data.get("seen") or {}).items():
             parsed = parse_instant(stamp)
             if parsed is not None:
-                seen[str(key)] = parsed
+                seen[str(key)] = format_instant(parsed)
         return cls(since=parse_instant(data.get("since")), seen=seen)
 
     def encode(self) -> str:
@@ -92,7 +94,7 @@ class Cursor:
             {
                 "v": CURSOR_VERSION,
                 "since": format_instant(self.since) if self.since else None,
-                "seen": {key: format_instant(stamp) for key, stamp in sorted(self.seen.items())},
+                "seen": self.seen,
             },
             separators=(",", ":"),
         )
@@ -110,10 +112,11 @@ class CursorTracker:
     inside the overlap window, or earlier in this run); otherwise it records the key.
     """
 
-    def __init__(self, start: Cursor, overlap_s: float) -> None:
+    def __init__(self, start: Cursor, overlap_s: float, *, max_keys: int = MAX_CURSOR_KEYS) -> None:
         self.start = start
+        self.max_keys = max_keys
         self.overlap = timedelta(seconds=overlap_s)
-        self._seen: dict[str, datetime] = dict(start.seen)
+        self._seen: dict[str, str] = dict(start.seen)
         self._delivered: set[str] = set()
         self._newest: datetime | None = None
 
@@ -124,7 +127,7 @@ class CursorTracker:
             return False
         self._delivered.add(key)
         if stamp is not None:
-            self._seen[key] = stamp
+            self._seen[key] = format_instant(stamp)
             if self._newest is None or stamp > self._newest:
                 self._newest = stamp
         return True
@@ -139,11 +142,12 @@ class CursorTracker:
             candidate = self._newest - self.overlap
             if since is None or candidate > since:
                 since = candidate
-        kept = {k: v for k, v in self._seen.items() if since is None or v >= since}
-        if len(kept) > MAX_CURSOR_KEYS:
+        floor = format_instant(since) if since is not None else ""
+        kept = {k: v for k, v in self._seen.items() if v >= floor}
+        if len(kept) > self.max_keys:
             newest_first = sorted(kept.items(), key=lambda item: item[1], reverse=True)
-            kept = dict(newest_first[:MAX_CURSOR_KEYS])
-            since = min(kept.values())
+            kept = dict(newest_first[: self.max_keys])
+            since = parse_instant(min(kept.values()))
         return Cursor(since=since, seen=kept)
 
     def encode(self) -> str:

@@ -70,6 +70,15 @@ def test_cursor_never_moves_backwards_and_accepts_a_bare_instant() -> None:
         Cursor.decode("yesterday")
 
 
+def test_a_crowded_overlap_window_narrows_instead_of_growing_the_cursor() -> None:
+    tracker = CursorTracker(Cursor(), overlap_s=3600, max_keys=2)
+    for rid, stamp in (("a", T0), ("b", T1), ("c", T2)):
+        assert tracker.admit_resource(patient(rid, stamp=stamp))
+    cursor = tracker.cursor()
+    assert set(cursor.seen) == {"Patient/b/1", "Patient/c/1"}
+    assert cursor.since == parse_instant(T1)  # b and c are still de-duplicated; a is older
+
+
 def test_unsorted_search_moves_the_cursor_only_on_the_last_page() -> None:
     def answer(request: httpx.Request, n: int) -> httpx.Response:
         if n == 1:
