@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import Response
 
 from gateway.deps import StateDep
@@ -16,12 +15,15 @@ router = APIRouter(prefix="/fhir", tags=["metadata"])
 MediaType = Annotated[str, Depends(negotiate)]
 
 
-def fhir_marks(routes: list[Any]) -> list[dict[str, str]]:
-    """The ``x-fhir`` marks of the app's registered routes."""
+def fhir_marks(app: FastAPI) -> list[dict[str, str]]:
+    """The ``x-fhir`` marks of the app's registered routes, read from its OpenAPI
+    document (the public view of every route, however routers are nested)."""
+    paths: dict[str, dict[str, Any]] = app.openapi().get("paths", {})
     return [
-        route.openapi_extra["x-fhir"]
-        for route in routes
-        if isinstance(route, APIRoute) and route.openapi_extra and "x-fhir" in route.openapi_extra
+        operation["x-fhir"]
+        for item in paths.values()
+        for operation in item.values()
+        if isinstance(operation, dict) and "x-fhir" in operation
     ]
 
 
@@ -33,7 +35,7 @@ def fhir_marks(routes: list[Any]) -> list[dict[str, str]]:
 def metadata(request: Request, state: StateDep, media: MediaType) -> Response:
     app = request.app
     statement = capability_statement(
-        fhir_marks(app.routes),
+        fhir_marks(app),
         base=state.base_url(request),
         software=app.title,
         version=app.version,

@@ -1,0 +1,79 @@
+"""The CapabilityStatement tells the truth, and openapi/openapi.json matches the app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+from gateway.fhir.metadata import fhir_marks
+from gateway.openapi import render_openapi
+
+Headers = dict[str, str]
+OPENAPI = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
+
+
+def test_capability_statement_is_valid_and_open(client: TestClient) -> None:
+    reply = client.get("/fhir/metadata")
+    assert reply.status_code == 200
+    statement = reply.json()
+    CapabilityStatement.model_validate(statement)
+    assert statement["fhirVersion"] == "4.0.1"
+
+
+def test_capability_statement_matches_the_registered_routes(
+    client: TestClient, headers: Headers
+) -> None:
+    statement = client.get("/fhir/metadata").json()
+    claimed = {
+        (r["type"], i["code"]) for r in statement["rest"][0]["resource"] for i in r["interaction"]
+    } | {
+        (r["type"], "$" + o["name"])
+        for r in statement["rest"][0]["resource"]
+        for o in r.get("operation", [])
+    }
+    app = client.app
+    registered = {
+        (m["type"], m["name"] if m["kind"] == "interaction" else "$" + m["name"])
+        for m in fhir_marks(app)  # type: ignore[arg-type]
+    }
+    assert claimed == registered
+    assert claimed == {
+        ("Patient", "read"),
+        ("Patient", "vread"),
+        ("Patient", "history-instance"),
+        ("Patient", "search-type"),
+        ("Patient", "$match"),
+        ("Patient", "$everything"),
+        ("Encounter", "read"),
+        ("Encounter", "search-type"),
+    }
+    # Every /fhir route except metadata is marked, so nothing escapes the statement.
+    paths = app.openapi()["paths"]  # type: ignore[attr-defined]
+    unmarked = [
+        (path, method)
+        for path, item in paths.items()
+        for method, operation in item.items()
+        if path.startswith("/fhir/") and path != "/fhir/metadata" and "x-fhir" not in operation
+    ]
+    assert unmarked == []
+    # Every claimed search parameter is accepted under strict handling.
+    strict = {**headers, "Prefer": "handling=strict"}
+    samples = {"date": "ge2020", "token": "4155550101", "string": "x", "reference": "x"}
+    for resource in statement["rest"][0]["resource"]:
+        for param in resource.get("searchParam", []):
+            value = "male" if param["name"] == "gender" else samples[param["type"]]
+            reply = client.get(
+                f"/fhir/{resource['type']}", params={param["name"]: value}, headers=strict
+            )
+            assert reply.status_code == 200, (resource["type"], param["name"], reply.text)
+
+
+def test_committed_openapi_matches_the_app() -> None:
+    committed = OPENAPI.read_text(encoding="utf-8")
+    assert committed == render_openapi(), (
+        "openapi/openapi.json is stale: run `askonce openapi --out openapi/openapi.json`"
+    )
+    assert "/fhir/Patient/{golden_id}" in json.loads(committed)["paths"]

@@ -1,0 +1,305 @@
+"""Encounter search, ``$everything`` and ``$match`` as consumers call them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway import GatewayState
+from store.golden import GoldenPatientRepository
+from store.models import FieldProvenance, Source, SourceRecord
+from tests.gateway.conftest import patient_resource
+
+Headers = dict[str, str]
+
+
+def _ids(bundle: dict[str, Any]) -> list[str]:
+    return [e["resource"]["id"] for e in bundle.get("entry", [])]
+
+
+def _follow(client: TestClient, headers: Headers, url: str) -> list[dict[str, Any]]:
+    """Every entry of every page, following next links verbatim."""
+    entries: list[dict[str, Any]] = []
+    next_url: str | None = url
+    while next_url:
+        reply = client.get(next_url, headers=headers)
+        assert reply.status_code == 200, reply.text
+        bundle = reply.json()
+        entries.extend(bundle.get("entry", []))
+        next_url = next((x["url"] for x in bundle["link"] if x["relation"] == "next"), None)
+    return entries
+
+
+def test_encounter_search_spans_every_source_of_one_person(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    add_encounter: Callable[..., int],
+) -> None:
+    person, other = add_patient(), add_patient()
+    a = add_encounter(
+        person,
+        source_name="ehr-a",
+        start="2024-01-10T08:00:00+00:00",
+        end="2024-01-10T09:00:00+00:00",
+    )
+    b = add_encounter(
+        person,
+        source_name="ehr-b",
+        start="2024-06-02T08:00:00+00:00",
+        end=None,
+        status="in-progress",
+        class_code="IMP",
+    )
+    add_encounter(other, source_name="ehr-a")
+
+    def search(query: str) -> list[str]:
+        reply = client.get(f"/fhir/Encounter?{query}", headers=headers)
+        assert reply.status_code == 200, reply.text
+        return sorted(_ids(reply.json()))
+
+    assert search(f"patient={person}") == sorted([str(a), str(b)])
+    assert search(f"patient=Patient/{person}") == sorted([str(a), str(b)])
+    assert search(f"patient={person}&date=2024-01") == [str(a)]
+    assert search(f"patient={person}&date=ge2024-03-01") == [str(b)]
+    assert search(f"patient={person}&date=lt2024-01-10T08:30:00Z") == [str(a)]
+    assert search(f"patient={person}&status=in-progress") == [str(b)]
+    assert search(
+        f"patient={person}&class=http://terminology.hl7.org/CodeSystem/v3-ActCode|AMB"
+    ) == [str(a)]
+    assert search(f"patient={person}&_lastUpdated=ge2000") == sorted([str(a), str(b)])
+    one = client.get(f"/fhir/Encounter/{a}", headers=headers).json()
+    assert one["subject"] == {"reference": f"Patient/{person}"}
+    assert one["identifier"][-1]["system"].startswith("urn:askonce:source:")
+    assert client.get("/fhir/Encounter/999999", headers=headers).status_code == 404
+    assert client.get("/fhir/Encounter?date=2024-99", headers=headers).status_code == 400
+
+
+def test_encounter_paging(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    add_encounter: Callable[..., int],
+) -> None:
+    person = add_patient()
+    made = {
+        str(add_encounter(person, start=f"2023-0{1 + i % 9}-01T00:00:00+00:00", end=None))
+        for i in range(11)
+    }
+    for sort in ("", "&_sort=-date"):
+        entries = _follow(client, headers, f"/fhir/Encounter?patient={person}&_count=4{sort}")
+        ids = [e["resource"]["id"] for e in entries]
+        assert len(ids) == 11 and set(ids) == made
+
+
+def test_everything_pages_through_patient_encounters_and_provenance(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    add_encounter: Callable[..., int],
+    session_factory: sessionmaker[Session],
+) -> None:
+    person = add_patient()
+    encounters = {str(add_encounter(person)) for _ in range(6)}
+    with session_factory() as session:
+        source = session.query(Source).one()
+        records = []
+        for rid in ("p-1", "p-2"):
+            record = SourceRecord(source_id=source.id, resource_type="Patient", resource_id=rid)
+            session.add(record)
+            session.flush()
+            records.append(record.id)
+        session.add_all(
+            [
+                FieldProvenance(
+                    golden_id=person,
+                    field="name",
+                    value="x",
+                    source_record_id=records[0],
+                    rule="trust",
+                ),
+                FieldProvenance(
+                    golden_id=person,
+                    field="birthDate",
+                    value="x",
+                    source_record_id=records[0],
+                    rule="trust",
+                ),
+                FieldProvenance(
+                    golden_id=person,
+                    field="telecom",
+                    value="x",
+                    source_record_id=records[1],
+                    rule="recency",
+                ),
+            ]
+        )
+        session.commit()
+    entries = _follow(client, headers, f"/fhir/Patient/{person}/$everything?_count=3")
+    types = [e["resource"]["resourceType"] for e in entries]
+    assert types == ["Patient"] + ["Encounter"] * 6 + ["Provenance"] * 2
+    assert {
+        e["resource"]["id"] for e in entries if e["resource"]["resourceType"] == "Encounter"
+    } == encounters
+    provenance = entries[-2]["resource"]
+    assert provenance["target"] == [{"reference": f"Patient/{person}"}]
+    assert provenance["entity"][0]["what"]["identifier"]["value"] == "p-1"
+    assert "birthDate" in provenance["entity"][0]["what"]["display"]
+    from fhir.resources.R4B.provenance import Provenance
+
+    Provenance.model_validate(provenance)
+    assert client.get("/fhir/Patient/unknown/$everything", headers=headers).status_code == 404
+
+
+@dataclass
+class FakeCandidate:
+    golden_id: str
+    score: float
+    grade: str
+
+
+@pytest.fixture
+def matched(state: GatewayState, add_patient: Callable[..., str]) -> list[str]:
+    """Two golden records and a stand-in engine ranking them certain, then possible."""
+    ids = [add_patient(family="Match"), add_patient(family="Match")]
+    calls: list[dict[str, Any]] = []
+
+    def matcher(
+        session: Session, patient: Any, *, count: int, only_certain: bool
+    ) -> list[FakeCandidate]:
+        calls.append(
+            {"family": patient.names[0].family_folded, "count": count, "only": only_certain}
+        )
+        return [FakeCandidate(ids[0], 25.0, "certain"), FakeCandidate(ids[1], 3.0, "possible")]
+
+    state.matcher = matcher
+    state.extras["calls"] = calls
+    return ids
+
+
+def _parameters(patient: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+    params: list[dict[str, Any]] = []
+    if patient is not None:
+        params.append({"name": "resource", "resource": patient})
+    if "only" in extra:
+        params.append({"name": "onlyCertainMatches", "valueBoolean": extra["only"]})
+    if "count" in extra:
+        params.append({"name": "count", "valueInteger": extra["count"]})
+    return {"resourceType": "Parameters", "parameter": params}
+
+
+FHIR = {"Content-Type": "application/fhir+json"}
+
+
+def test_match_returns_scored_graded_bundle(
+    client: TestClient, headers: Headers, matched: list[str], state: GatewayState
+) -> None:
+    body = _parameters(patient_resource(family="Match"), count=5)
+    reply = client.post("/fhir/Patient/$match", json=body, headers={**headers, **FHIR})
+    assert reply.status_code == 200, reply.text
+    bundle = reply.json()
+    assert bundle["type"] == "searchset" and _ids(bundle) == matched
+    first, second = bundle["entry"]
+    assert (
+        0.99 < first["search"]["score"] <= 1.0
+        and 0 < second["search"]["score"] < first["search"]["score"]
+    )
+    assert first["search"]["extension"] == [
+        {"url": "http://hl7.org/fhir/StructureDefinition/match-grade", "valueCode": "certain"}
+    ]
+    assert state.extras["calls"] == [{"family": "match", "count": 5, "only": False}]
+    certain = client.post(
+        "/fhir/Patient/$match",
+        json=_parameters(patient_resource(), only=True),
+        headers={**headers, **FHIR},
+    )
+    assert _ids(certain.json()) == matched[:1]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (_parameters(None), 400),
+        (_parameters(patient_resource(), count=0), 400),
+        (
+            {
+                "resourceType": "Parameters",
+                "parameter": [{"name": "resource", "resource": {"resourceType": "Observation"}}],
+            },
+            422,
+        ),
+        (
+            _parameters({"resourceType": "Patient", "birthDate": "not-a-date", "gender": "robot"}),
+            422,
+        ),
+        (["not", "parameters"], 400),
+    ],
+)
+def test_match_rejects_bad_input(
+    client: TestClient, headers: Headers, matched: list[str], body: Any, status: int
+) -> None:
+    reply = client.post("/fhir/Patient/$match", json=body, headers={**headers, **FHIR})
+    assert reply.status_code == status, reply.text
+    assert reply.json()["resourceType"] == "OperationOutcome"
+
+
+def test_match_body_limits_and_media_type(
+    client: TestClient, headers: Headers, matched: list[str]
+) -> None:
+    huge = _parameters(patient_resource(family="x" * 70_000))
+    assert (
+        client.post("/fhir/Patient/$match", json=huge, headers={**headers, **FHIR}).status_code
+        == 413
+    )
+    xml = client.post(
+        "/fhir/Patient/$match",
+        content=b"<Parameters/>",
+        headers={**headers, "Content-Type": "application/fhir+xml"},
+    )
+    assert xml.status_code == 415
+    broken = client.post("/fhir/Patient/$match", content=b"{not json", headers={**headers, **FHIR})
+    assert broken.status_code == 400
+    chunked = client.post(
+        "/fhir/Patient/$match",
+        content=iter([b"{" + b" " * 40_000, b" " * 40_000 + b"}"]),
+        headers={**headers, **FHIR},
+    )
+    assert chunked.status_code == 413
+    no_scope = client.post(
+        "/fhir/Patient/$match", json=_parameters(patient_resource()), headers=FHIR
+    )
+    assert no_scope.status_code == 401
+
+
+def test_unknown_route_and_method_are_outcomes(client: TestClient, headers: Headers) -> None:
+    unknown = client.get("/fhir/Observation", headers=headers)
+    assert unknown.status_code == 404 and unknown.headers["content-type"].startswith(
+        "application/fhir+json"
+    )
+    wrong = client.put("/fhir/Patient/abc", headers=headers, json={})
+    assert wrong.status_code == 405 and wrong.json()["issue"][0]["code"] == "not-supported"
+    invalid = client.get("/fhir/Patient/abc/_history?_count=0", headers=headers)
+    assert invalid.status_code == 400 and invalid.json()["resourceType"] == "OperationOutcome"
+
+
+def test_merged_id_in_encounter_search_follows_the_survivor(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    add_encounter: Callable[..., int],
+    session_factory: sessionmaker[Session],
+) -> None:
+    survivor, loser = add_patient(), add_patient()
+    enc = add_encounter(survivor)
+    with session_factory() as session:
+        repo = GoldenPatientRepository(session)
+        golden = repo.read(loser)
+        repo.save(golden, golden.resource, [], status="merged", merged_into=survivor)
+        session.commit()
+    reply = client.get(f"/fhir/Encounter?patient={loser}", headers=headers)
+    assert _ids(reply.json()) == [str(enc)]
