@@ -79,9 +79,11 @@ def nickname_keys(given_folded: str) -> frozenset[str]:
 
 @lru_cache(maxsize=NAME_CACHE_SIZE)
 def phonetic_key(folded: str) -> str:
-    """NYSIIS code of each word of a folded name, joined by one space ("muller" ->
-    "MALAR"). See https://en.wikipedia.org/wiki/New_York_State_Identification_and_Intelligence_System."""
-    return " ".join(jellyfish.nysiis(word) for word in folded.split())
+    """Metaphone code of each word of a folded name, joined by one space ("smyth" ->
+    "SM0", like "smith"; "hussein" -> "HSN", like "hossein"). Metaphone groups more of
+    our spelling variants than NYSIIS does (see tests/fhir_mapping/test_names.py).
+    https://en.wikipedia.org/wiki/Metaphone"""
+    return " ".join(jellyfish.metaphone(word) for word in folded.split())
 
 
 def normalize_suffix(value: str) -> str | None:
