@@ -29,7 +29,7 @@ from connectors.http import (
     parse_retry_after,
     url_path,
 )
-from connectors.ndjson import read_ndjson
+from connectors.ndjson import parse_line
 from connectors.source import RestSource, decode_cursor
 
 logger = logging.getLogger(__name__)
@@ -149,11 +149,23 @@ class BulkExportClient:
         except ConnectorError:
             logger.warning("bulk export job delete failed", extra={"path": url_path(status_url)})
 
-    def lines(self, url: str, *, requires_token: bool) -> Iterator[bytes]:
-        headers = {"Accept": NDJSON}
+    def lines(
+        self, url: str, *, requires_token: bool, start_byte: int = 0
+    ) -> Iterator[tuple[bytes, int]]:
+        """``(line, end_offset)`` of one output file, from ``start_byte``."""
         return self.http.stream_lines(
-            url, headers=headers, auth=None if requires_token else _no_auth
+            url,
+            headers={"Accept": NDJSON},
+            auth=None if requires_token else _no_auth,
+            start_byte=start_byte,
         )
+
+    def manifest_if_ready(self, status_url: str) -> dict[str, Any] | None:
+        """The manifest of a finished job still on the server, else None (expired, deleted)."""
+        response = self.http.request("GET", status_url, allow_statuses=ERROR_STATUSES)
+        if response.status_code != HTTP_OK:
+            return None
+        return parse_json_object(response)
 
 
 def _is_transient_outcome(response: httpx.Response) -> bool:
@@ -179,7 +191,14 @@ def _deleted_ids(bundle: dict[str, Any], resource_type: str) -> list[str]:
 
 
 class BulkExportSource(RestSource):
-    """One ``$export`` per stream, for that resource type, since the stored ``transactionTime``."""
+    """One ``$export`` per stream, for that resource type, since the stored ``transactionTime``.
+
+    A mid-pass cursor names the job's status URL, the output file and the byte
+    offset reached, so a caller that stops after any page resumes the same job
+    (with a ``Range`` request) instead of starting a new export. If the job is gone
+    by then, a new export starts from the pass's ``_since``. The job is deleted
+    when its last page is ready, or when it failed.
+    """
 
     def __init__(
         self,
@@ -194,56 +213,82 @@ class BulkExportSource(RestSource):
 
     def stream(self, resource_type: str, cursor: str | None = None) -> Iterator[Page]:
         start = decode_cursor(cursor)
-        status_url = self.client.kick_off([resource_type], start.since_param)
-        try:
-            manifest = self.client.wait(status_url)
-            next_since = parse_instant(manifest.get("transactionTime"))
-            if next_since is None:
-                raise BulkExportError(
-                    "manifest has no valid transactionTime", url=url_path(status_url)
-                )
-            final_cursor = Cursor(since=next_since).encode()
-            requires_token = bool(manifest.get("requiresAccessToken", True))
-            yield from self._outputs(manifest, resource_type, cursor, requires_token)
-            outcomes = list(self._error_outcomes(manifest, requires_token))
-            deleted = list(self._deleted(manifest, resource_type, requires_token))
-            yield Page(resource_type, [], final_cursor, deleted=deleted, outcomes=outcomes)
-        finally:
+        resume = start.resume or {}
+        status_url = resume.get("job") if isinstance(resume.get("job"), str) else None
+        manifest = self.client.manifest_if_ready(status_url) if status_url else None
+        if manifest is None:
+            resume = {}
+            status_url = self.client.kick_off([resource_type], start.since_param)
+            try:
+                manifest = self.client.wait(status_url)
+            except ConnectorError:
+                self.client.delete(status_url)  # a retry starts a new job: this one is orphaned
+                raise
+        assert status_url is not None
+        next_since = parse_instant(manifest.get("transactionTime"))
+        if next_since is None:
             self.client.delete(status_url)
+            raise BulkExportError("manifest has no valid transactionTime", url=url_path(status_url))
+        requires_token = bool(manifest.get("requiresAccessToken", True))
+        yield from self._outputs(manifest, resource_type, start, status_url, resume, requires_token)
+        outcomes = list(self._error_outcomes(manifest, requires_token))
+        deleted = list(self._deleted(manifest, resource_type, requires_token))
+        self.client.delete(status_url)  # before the last yield: the caller may stop right after it
+        yield Page(
+            resource_type, [], Cursor(since=next_since).encode(), deleted=deleted, outcomes=outcomes
+        )
 
     def _files(self, manifest: dict[str, Any], key: str) -> list[dict[str, Any]]:
         files = manifest.get(key) or []
         return [f for f in files if isinstance(f, dict) and isinstance(f.get("url"), str)]
 
     def _outputs(
-        self, manifest: dict[str, Any], resource_type: str, cursor: str | None, requires_token: bool
+        self,
+        manifest: dict[str, Any],
+        resource_type: str,
+        start: Cursor,
+        status_url: str,
+        resume: dict[str, Any],
+        requires_token: bool,
     ) -> Iterator[Page]:
+        outputs = [
+            f for f in self._files(manifest, "output") if f.get("type") in (None, resource_type)
+        ]
+        first_file = int(resume.get("file") or 0)
         page: list[dict[str, Any]] = []
         outcomes: list[dict[str, Any]] = []
-        for item in self._files(manifest, "output"):
-            if item.get("type") not in (None, resource_type):
-                continue
+        for index in range(first_file, len(outputs)):
+            item = outputs[index]
+            offset = int(resume.get("offset") or 0) if index == first_file else 0
+            line = int(resume.get("line") or 0) if index == first_file else 0
             where = url_path(item["url"]).rsplit("/", 1)[-1]
-            lines = self.client.lines(item["url"], requires_token=requires_token)
-            for _, resource, outcome in read_ndjson(lines, where):
+            lines = self.client.lines(item["url"], requires_token=requires_token, start_byte=offset)
+            for raw, end in lines:
+                line += 1
+                resource, outcome = parse_line(raw, where, line)
                 if resource is not None:
                     page.append(resource)
                 if outcome is not None:
                     outcomes.append(outcome)
                 if len(page) >= self.options.page_size:
-                    yield Page(resource_type, page, cursor, outcomes=outcomes)
+                    state = {"job": status_url, "file": index, "offset": end, "line": line}
+                    position = Cursor(since=start.since, resume=state)
+                    yield Page(resource_type, page, position.encode(), outcomes=outcomes)
                     page, outcomes = [], []
-        if page or outcomes:
-            yield Page(resource_type, page, cursor, outcomes=outcomes)
+            if page or outcomes:
+                state = {"job": status_url, "file": index + 1, "offset": 0, "line": 0}
+                position = Cursor(since=start.since, resume=state)
+                yield Page(resource_type, page, position.encode(), outcomes=outcomes)
+                page, outcomes = [], []
 
     def _error_outcomes(
         self, manifest: dict[str, Any], requires_token: bool
     ) -> Iterator[dict[str, Any]]:
         for item in self._files(manifest, "error"):
             where = url_path(item["url"]).rsplit("/", 1)[-1]
-            for _, resource, outcome in read_ndjson(
-                self.client.lines(item["url"], requires_token=requires_token), where
-            ):
+            lines = self.client.lines(item["url"], requires_token=requires_token)
+            for number, (raw, _) in enumerate(lines, start=1):
+                resource, outcome = parse_line(raw, where, number)
                 found = resource if resource is not None else outcome
                 if found is not None:
                     yield found
@@ -253,8 +298,8 @@ class BulkExportSource(RestSource):
     ) -> Iterator[str]:
         for item in self._files(manifest, "deleted"):
             where = url_path(item["url"]).rsplit("/", 1)[-1]
-            for _, bundle, _ in read_ndjson(
-                self.client.lines(item["url"], requires_token=requires_token), where
-            ):
+            lines = self.client.lines(item["url"], requires_token=requires_token)
+            for number, (raw, _) in enumerate(lines, start=1):
+                bundle, _ = parse_line(raw, where, number)
                 if bundle is not None:
                     yield from _deleted_ids(bundle, resource_type)

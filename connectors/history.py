@@ -51,7 +51,12 @@ def _entry_stamp(entry: dict[str, Any]) -> datetime | None:
 
 
 class HistorySource(RestSource):
-    """Type-level ``_history`` with ``_since``; deletions become ``Page.deleted``."""
+    """Type-level ``_history`` with ``_since``; deletions become ``Page.deleted``.
+
+    History is newest first, so a mid-pass cursor cannot be a position: it lists
+    the keys delivered in the pass, and resuming re-reads the pass and skips them
+    (pages with nothing new are not yielded, except the last).
+    """
 
     def stream(self, resource_type: str, cursor: str | None = None) -> Iterator[Page]:
         start = decode_cursor(cursor)
@@ -59,7 +64,8 @@ class HistorySource(RestSource):
         params = [("_count", str(self.options.page_size))]
         if start.since_param:
             params.insert(0, ("_since", start.since_param))
-        newest_seen: set[str] = set()
+        # resources whose newest version this pass already handled (older ones are stale)
+        handled = {key.split("/")[1] for key in tracker.delivered_in_pass() if key.count("/") >= 2}
         pages = 0
         for bundle in BundleNextLinkPaginator(self.http, f"{resource_type}/_history", params):
             resources: list[dict[str, Any]] = []
@@ -68,31 +74,27 @@ class HistorySource(RestSource):
                 if not isinstance(entry, dict):
                     continue
                 rid = _entry_identity(entry, resource_type)
-                if rid is not None and rid in newest_seen:
-                    continue  # an older version of something already delivered in this run
+                stamp = _entry_stamp(entry)
+                if rid is not None and rid in handled:
+                    tracker.observe(stamp)
+                    continue
                 if rid is not None:
-                    newest_seen.add(rid)
+                    handled.add(rid)
                 resource = entry.get("resource")
                 request = as_object(entry.get("request"))
-                is_delete = request.get("method") == "DELETE" or not isinstance(resource, dict)
-                if is_delete:
-                    if rid is None:
-                        continue
+                if request.get("method") == "DELETE" or not isinstance(resource, dict):
                     key = f"{resource_type}/{rid}/deleted-{_etag_version(entry)}"
-                    if tracker.admit(key, _entry_stamp(entry)):
+                    if rid is not None and tracker.admit(key, stamp):
                         deleted.append(rid)
-                elif isinstance(resource, dict) and tracker.admit(
-                    resource_key(resource), _entry_stamp(entry)
-                ):
+                elif tracker.admit(resource_key(resource), stamp):
                     resources.append(resource)
-            pages += 1
-            is_last = next_link(bundle) is None
-            yield Page(
-                resource_type,
-                resources,
-                tracker.encode() if is_last else cursor,
-                deleted=deleted,
-            )
+            if next_link(bundle) is None:
+                pages += 1
+                yield Page(resource_type, resources, tracker.final().encode(), deleted=deleted)
+            elif resources or deleted:
+                pages += 1
+                position = tracker.position({"history": True}, with_delivered=True)
+                yield Page(resource_type, resources, position.encode(), deleted=deleted)
         logger.info(
             "connector history stream finished",
             extra={"resource_type": resource_type, "pages": pages},

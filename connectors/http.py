@@ -39,6 +39,7 @@ FHIR_JSON = "application/fhir+json"
 RETRYABLE_STATUSES = frozenset({408, 429})
 SERVER_ERROR_MIN = 500
 CLIENT_ERROR_MIN = 400
+HTTP_PARTIAL_CONTENT = 206
 HTTP_UNAUTHORIZED = 401
 HTTP_NOT_FOUND = 404
 HTTP_GONE = 410
@@ -276,17 +277,23 @@ class FhirHttp:
         *,
         headers: dict[str, str] | None = None,
         auth: Callable[[httpx.Request], httpx.Request] | None = None,
-    ) -> Iterator[bytes]:
-        """GET ``url`` and yield its body line by line without holding it in memory.
+        start_byte: int = 0,
+    ) -> Iterator[tuple[bytes, int]]:
+        """GET ``url`` and yield ``(line, end_offset)`` without holding the body in memory.
 
-        The connection is retried under the policy until the response starts; a failure
-        in the middle of the body raises :class:`TransientError`. ``auth`` overrides the
-        client's auth for this request.
+        ``end_offset`` is the byte offset just after the line, to resume from with
+        ``start_byte`` (sent as a ``Range`` request; a server that ignores it is
+        answered by skipping that many bytes). The connection is retried under the
+        policy until the response starts; a failure in the middle of the body raises
+        :class:`TransientError`. ``auth`` overrides the client's auth for this request.
         """
         full = self.url(url)
+        send_headers = dict(headers or {})
+        if start_byte:
+            send_headers["Range"] = f"bytes={start_byte}-"
         for attempt in range(1, self.policy.max_attempts + 1):
             self.limiter.acquire()
-            request = self.client.build_request("GET", full, headers=headers)
+            request = self.client.build_request("GET", full, headers=send_headers)
             try:
                 response = self.client.send(
                     request,
@@ -302,8 +309,11 @@ class FhirHttp:
                         response.read()
                     problem = self._classify("GET", response)
                     if problem is None:
+                        base = start_byte if response.status_code == HTTP_PARTIAL_CONTENT else 0
                         try:
-                            yield from split_lines(response.iter_bytes())
+                            yield from split_lines(
+                                response.iter_bytes(), base=base, skip=start_byte - base
+                            )
                         except httpx.TransportError as exc:
                             raise TransientError(
                                 f"GET {url_path(full)} broke off", url=url_path(full)
@@ -338,13 +348,25 @@ def parse_json_object(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
-def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Re-cut a byte stream into lines (``\n`` or ``\r\n``), holding one partial line at most."""
+def split_lines(
+    chunks: Iterator[bytes], *, base: int = 0, skip: int = 0
+) -> Iterator[tuple[bytes, int]]:
+    """Re-cut a byte stream into ``(line, end_offset)`` (``\n`` or ``\r\n`` endings).
+
+    The stream starts at absolute offset ``base``; its first ``skip`` bytes are
+    dropped. At most one partial line is held in memory.
+    """
+    offset = base
     pending = b""
     for chunk in chunks:
+        if skip:
+            dropped = min(skip, len(chunk))
+            chunk, skip, offset = chunk[dropped:], skip - dropped, offset + dropped
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
-            yield line.rstrip(b"\r")
+            offset += len(line) + 1
+            yield line.rstrip(b"\r"), offset
     if pending:
-        yield pending.rstrip(b"\r")
+        offset += len(pending)
+        yield pending.rstrip(b"\r"), offset

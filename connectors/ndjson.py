@@ -43,6 +43,22 @@ def line_outcome(where: str, line_number: int, problem: str) -> dict[str, Any]:
     }
 
 
+def parse_line(
+    raw: bytes, where: str, line_number: int
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``(resource, None)`` for a JSON object, ``(None, outcome)`` otherwise, ``(None, None)``
+    for a blank line."""
+    if not raw.strip():
+        return None, None
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None, line_outcome(where, line_number, "not valid JSON")
+    if isinstance(value, dict):
+        return value, None
+    return None, line_outcome(where, line_number, "not a JSON object")
+
+
 def read_ndjson(
     lines: Iterable[bytes], where: str, *, first_line: int = 1
 ) -> Iterator[tuple[int, dict[str, Any] | None, dict[str, Any] | None]]:
@@ -51,17 +67,9 @@ def read_ndjson(
     Blank lines are skipped. ``first_line`` numbers the first line given.
     """
     for number, raw in enumerate(lines, start=first_line):
-        if not raw.strip():
-            continue
-        try:
-            value = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            yield number, None, line_outcome(where, number, "not valid JSON")
-            continue
-        if isinstance(value, dict):
-            yield number, value, None
-        else:
-            yield number, None, line_outcome(where, number, "not a JSON object")
+        resource, outcome = parse_line(raw, where, number)
+        if resource is not None or outcome is not None:
+            yield number, resource, outcome
 
 
 @dataclass

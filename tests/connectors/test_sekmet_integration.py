@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from connectors import AuthenticationError, Page, Source, SourceConfig, build_source
+from connectors import AuthenticationError, Cursor, Page, Source, SourceConfig, build_source
 from connectors.config import SourceKind
 from tests.sekmet_server import SekmetFactory, SekmetServer
 
@@ -186,3 +186,39 @@ def test_smart_backend_services_against_the_servers_token_endpoint(
     anonymous = SourceConfig(kind="fhir", base_url=server.base_url, options=OPTIONS)
     with pytest.raises(AuthenticationError), build_source(anonymous) as src:
         list(src.stream("Patient"))
+
+
+def one_page_at_a_time(src: Source, resource_type: str, cursor: str | None = None) -> list[Page]:
+    """Like the sync runner: reopen the stream at the stored cursor after every page."""
+    pages: list[Page] = []
+    for _ in range(PATIENTS * 2):
+        stream = src.stream(resource_type, cursor)
+        page = next(stream)
+        stream.close()
+        pages.append(page)
+        assert page.cursor is not None and page.cursor != cursor  # always progress
+        if Cursor.decode(page.cursor).resume is None:
+            return pages
+        cursor = page.cursor
+    raise AssertionError("the stream did not finish")
+
+
+@pytest.mark.parametrize(
+    ("kind", "resource_type", "options"),
+    [
+        ("fhir", "Patient", {}),
+        ("fhir", "Patient", {"sort": False}),
+        ("fhir", "Encounter", {"vendor_profile": "patient-scoped"}),
+        ("bulk", "Patient", {}),
+    ],
+    ids=["sorted", "unsorted", "patient-scoped", "bulk"],
+)
+def test_stopping_after_every_page_loses_and_doubles_nothing(
+    seeded: Seeded, kind: SourceKind, resource_type: str, options: dict[str, Any]
+) -> None:
+    pages = one_page_at_a_time(source(seeded.server, kind, **options), resource_type)
+    counts = delivered(pages)
+    expected = seeded.patients if resource_type == "Patient" else seeded.encounters
+    assert set(counts) == {r["id"] for r in expected}
+    assert set(counts.values()) == {1}
+    assert len(pages) > 3

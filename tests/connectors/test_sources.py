@@ -64,7 +64,7 @@ def test_cursor_never_moves_backwards_and_accepts_a_bare_instant() -> None:
     start = Cursor.decode("2026-03-01T10:10:00Z")
     tracker = CursorTracker(start, overlap_s=60)
     assert tracker.admit_resource(patient("old", stamp=T0))
-    assert tracker.cursor().since == start.since
+    assert tracker.final().since == start.since
     assert not tracker.admit_resource(patient("old", stamp=T0))
     with pytest.raises(ValueError):
         Cursor.decode("yesterday")
@@ -74,20 +74,77 @@ def test_a_crowded_overlap_window_narrows_instead_of_growing_the_cursor() -> Non
     tracker = CursorTracker(Cursor(), overlap_s=3600, max_keys=2)
     for rid, stamp in (("a", T0), ("b", T1), ("c", T2)):
         assert tracker.admit_resource(patient(rid, stamp=stamp))
-    cursor = tracker.cursor()
+    cursor = tracker.final()
     assert set(cursor.seen) == {"Patient/b/1", "Patient/c/1"}
     assert cursor.since == parse_instant(T1)  # b and c are still de-duplicated; a is older
 
 
-def test_unsorted_search_moves_the_cursor_only_on_the_last_page() -> None:
+def test_unsorted_search_resumes_by_skipping_what_the_pass_delivered() -> None:
     def answer(request: httpx.Request, n: int) -> httpx.Response:
-        if n == 1:
+        if "p2" not in str(request.url):
             return httpx.Response(200, json=searchset([patient("b", stamp=T2)], f"{BASE}/p2"))
         return httpx.Response(200, json=searchset([patient("a", stamp=T0)]))
 
-    pages = list(make_source(Recorder(answer), options={"sort": False}).stream("Patient"))
-    assert pages[0].cursor is None
+    source = make_source(Recorder(answer), options={"sort": False})
+    pages = list(source.stream("Patient"))
+    assert [[r["id"] for r in p.resources] for p in pages] == [["b"], ["a"]]
+    assert Cursor.decode(pages[0].cursor).since is None  # the pass start is kept mid-pass
     assert Cursor.decode(pages[1].cursor).since == parse_instant("2026-03-01T10:04:00Z")
+    # a caller that stopped after page 1 resumes from its cursor: only "a" is new
+    resumed = list(source.stream("Patient", pages[0].cursor))
+    assert [[r["id"] for r in p.resources] for p in resumed] == [["a"]]
+    assert resumed[-1].cursor == pages[-1].cursor
+
+
+def test_sorted_search_resumes_at_the_position_of_any_page() -> None:
+    stamps = ["2026-03-01T10:00:00Z", "2026-03-01T10:00:01Z", "2026-03-01T10:00:01Z"]
+    records = [patient(f"p{i}", stamp=s) for i, s in enumerate(stamps)] + [
+        patient("p3", stamp="2026-03-01T10:00:02Z")
+    ]
+
+    def answer(request: httpx.Request, n: int) -> httpx.Response:
+        since = (
+            request.url.params["_lastUpdated"][2:] if "_lastUpdated" in request.url.params else ""
+        )
+        matching = [r for r in records if r["meta"]["lastUpdated"].replace("Z", ".000Z") >= since]
+        offset = int(request.url.params.get("_offset", "0"))
+        chunk = matching[offset : offset + 2]
+        more = (
+            f"{BASE}/Patient?_lastUpdated=ge{since}&_offset={offset + 2}"
+            if offset + 2 < len(matching)
+            else None
+        )
+        return httpx.Response(200, json=searchset(chunk, more))
+
+    handler = Recorder(answer)
+    source = make_source(handler, options={"page_size": 2})
+    # a caller that stops after every page and reopens the stream at the stored cursor
+    cursor, delivered = None, []
+    for _ in range(10):
+        page = next(iter(source.stream("Patient", cursor)))
+        delivered += [r["id"] for r in page.resources]
+        if Cursor.decode(page.cursor).resume is None:
+            break
+        cursor = page.cursor
+    assert delivered == ["p0", "p1", "p2", "p3"]
+    resumed_at = [
+        r.url.params.get("_lastUpdated") for r in handler.requests if "_offset" not in r.url.params
+    ]
+    assert resumed_at[1] == "ge2026-03-01T10:00:01.000Z"
+
+
+def test_a_server_ignoring_sort_falls_back_to_key_resumption() -> None:
+    records = [patient("late", stamp=T2), patient("early", stamp=T0)]
+
+    def answer(request: httpx.Request, n: int) -> httpx.Response:
+        if "p2" in str(request.url):
+            return httpx.Response(200, json=searchset([patient("last", stamp=T1)]))
+        return httpx.Response(200, json=searchset(records, f"{BASE}/p2"))
+
+    pages = list(make_source(Recorder(answer)).stream("Patient"))
+    resume = Cursor.decode(pages[0].cursor).resume
+    assert resume is not None and resume.get("unsorted") is True
+    assert set(resume["delivered"]) == {"Patient/late/1", "Patient/early/1"}
 
 
 def test_search_outcome_entries_are_surfaced_and_includes_dropped() -> None:
@@ -212,6 +269,7 @@ class FakeBulkServer:
         self.requires_token = requires_token
         self.polls = 0
         self.deleted = False
+        self.honour_range = True
         self.handler = Recorder(self.answer)
 
     def answer(self, request: httpx.Request, n: int) -> httpx.Response:
@@ -229,7 +287,12 @@ class FakeBulkServer:
             return httpx.Response(200, json=self.manifest())
         if url.endswith("Patient.ndjson"):
             lines = [json.dumps(patient(f"p{i}")) for i in range(5)] + ["", "{broken"]
-            return httpx.Response(200, content="\n".join(lines).encode())
+            body = "\n".join(lines).encode()
+            ranged = request.headers.get("Range", "")
+            if ranged.startswith("bytes=") and self.honour_range:
+                start = int(ranged[len("bytes=") :].rstrip("-"))
+                return httpx.Response(206, content=body[start:])
+            return httpx.Response(200, content=body)
         if url.endswith("errors.ndjson"):
             return httpx.Response(200, content=json.dumps(outcome("Observation denied")).encode())
         if url.endswith("deleted.ndjson"):
@@ -273,6 +336,33 @@ def test_bulk_export_round_trip_against_the_protocol() -> None:
     assert server.deleted
     downloads = [r for r in server.handler.requests if r.url.host == "files.example"]
     assert all(r.headers["Authorization"] == "Bearer tok" for r in downloads)
+
+
+@pytest.mark.parametrize("honour_range", [True, False], ids=["range", "no-range"])
+def test_bulk_resumes_the_same_job_after_any_page(honour_range: bool) -> None:
+    server = FakeBulkServer(polls_before_done=0)
+    server.honour_range = honour_range
+    source = make_source(server.handler, kind="bulk")
+    cursor, delivered, deletes_seen = None, [], []
+    for _ in range(10):
+        stream = source.stream("Patient", cursor)
+        page = next(stream)
+        stream.close()  # the caller stops after one page, as the sync runner does
+        delivered += [r["id"] for r in page.resources]
+        deletes_seen.append(server.deleted)
+        if Cursor.decode(page.cursor).resume is None:
+            break
+        cursor = page.cursor
+    assert delivered == [f"p{i}" for i in range(5)]
+    kickoffs = [r for r in server.handler.requests if "$export" in r.url.path]
+    assert len(kickoffs) == 1
+    ranges = [
+        r.headers.get("Range")
+        for r in server.handler.requests
+        if r.url.host == "files.example" and r.url.path.endswith("Patient.ndjson")
+    ]
+    assert ranges[0] is None and all(r is not None for r in ranges[1:])
+    assert deletes_seen[-1] and not any(deletes_seen[:-1])  # deleted only when done
 
 
 def test_bulk_files_without_required_token_never_see_our_token() -> None:
