@@ -22,6 +22,9 @@ from store.types import utcnow
 
 #: Longest query string kept in an audit row.
 MAX_AUDIT_QUERY = 4000
+#: Column widths of ``audit.resource_id`` and ``audit.principal``.
+MAX_AUDIT_ID = 64
+MAX_AUDIT_PRINCIPAL = 100
 
 
 class AuditEntry:
@@ -46,11 +49,11 @@ def write_audit(
     session.execute(
         insert(Audit).values(
             at=utcnow(),
-            principal=principal.client_id,
+            principal=principal.client_id[:MAX_AUDIT_PRINCIPAL],
             action=action,
             resource_type=resource_type,
-            resource_id=resource_id,
-            query=(query or None) and query[:MAX_AUDIT_QUERY],
+            resource_id=resource_id[:MAX_AUDIT_ID] if resource_id else None,
+            query=query[:MAX_AUDIT_QUERY] if query else None,
             outcome=outcome,
             detail=detail or {},
         )

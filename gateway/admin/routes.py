@@ -36,7 +36,13 @@ from store.models import Consumer, GoldenPatient
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 Limit = Annotated[int, Query(ge=1, le=MAX_ADMIN_LIMIT)]
-AfterId = Annotated[int, Query(ge=0, description="Keyset: return rows with a larger id")]
+#: Largest values of the INTEGER and BIGINT id columns.
+MAX_INT = 2**31 - 1
+MAX_BIGINT = 2**63 - 1
+AfterId = Annotated[
+    int, Query(ge=0, le=MAX_BIGINT, description="Keyset: return rows with a larger id")
+]
+SourceId = Annotated[int | None, Query(ge=1, le=MAX_INT)]
 
 
 @router.get("/sources", summary="Connected sources, their cursors and latest run")
@@ -48,7 +54,7 @@ def sources(session: SessionDep, _principal: AdminPrincipal) -> list[dict[str, A
 def runs(
     session: SessionDep,
     _principal: AdminPrincipal,
-    source_id: int | None = None,
+    source_id: SourceId = None,
     limit: Limit = DEFAULT_ADMIN_LIMIT,
 ) -> list[dict[str, Any]]:
     return list_runs(session, source_id, limit)
@@ -59,7 +65,7 @@ def quarantine(
     request: Request,
     session: SessionDep,
     principal: AdminPrincipal,
-    source_id: int | None = None,
+    source_id: SourceId = None,
     after_id: AfterId = 0,
     limit: Limit = DEFAULT_ADMIN_LIMIT,
     raw: bool = False,

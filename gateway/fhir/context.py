@@ -20,6 +20,51 @@ def search_context(request: Request) -> SearchContext:
     )
 
 
-def fhir_extra(resource_type: str, kind: str, name: str) -> dict[str, object]:
-    """Marks a route for the CapabilityStatement (``kind``: interaction | operation)."""
-    return {"x-fhir": {"type": resource_type, "kind": kind, "name": name}}
+def fhir_extra(
+    resource_type: str,
+    kind: str,
+    name: str,
+    *,
+    search: dict[str, tuple[str, str]] | None = None,
+    body: str | None = None,
+) -> dict[str, object]:
+    """OpenAPI extras of a FHIR route: the ``x-fhir`` mark the CapabilityStatement is built
+    from (``kind``: interaction | operation), the search parameters it reads from the query
+    string, and the FHIR JSON body it takes (``body``: the resource type)."""
+    extra: dict[str, object] = {"x-fhir": {"type": resource_type, "kind": kind, "name": name}}
+    if search is not None:
+        params = {**search, **CONTROL_DOCS}
+        extra["parameters"] = [
+            {
+                "name": param,
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": f"{kind_}: {doc}",
+            }
+            for param, (kind_, doc) in params.items()
+        ]
+    if body is not None:
+        extra["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/fhir+json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["resourceType"],
+                        "properties": {"resourceType": {"type": "string", "enum": [body]}},
+                    }
+                }
+            },
+        }
+    return extra
+
+
+CONTROL_DOCS: dict[str, tuple[str, str]] = {
+    "_count": ("number", "Page size (capped at the server maximum)"),
+    "_sort": ("string", "Sort order, e.g. -_lastUpdated"),
+    "_summary": ("string", "count: only the total"),
+    "_elements": ("string", "Comma-separated top-level elements to return"),
+    "_format": ("string", "json, application/fhir+json or application/json"),
+    "_cursor": ("string", "Opaque paging position (follow next links verbatim)"),
+}

@@ -12,7 +12,11 @@ from gateway.auth.tokens import Principal
 from gateway.deps import EncounterSearch, SessionDep, require
 from gateway.fhir.context import fhir_extra, search_context
 from gateway.fhir.http import fhir_response, negotiate, query_items
-from gateway.operations.encounters import read_encounter, search_encounters
+from gateway.operations.encounters import (
+    ENCOUNTER_SEARCH_PARAMS,
+    read_encounter,
+    search_encounters,
+)
 
 router = APIRouter(prefix="/fhir", tags=["Encounter"])
 MediaType = Annotated[str, Depends(negotiate)]
@@ -26,7 +30,9 @@ FHIR_RESPONSE: dict[int | str, dict[str, Any]] = {
     "/Encounter",
     summary="Search encounters across every source linked to a golden Patient",
     responses=FHIR_RESPONSE,
-    openapi_extra=fhir_extra("Encounter", "interaction", "search-type"),
+    openapi_extra=fhir_extra(
+        "Encounter", "interaction", "search-type", search=ENCOUNTER_SEARCH_PARAMS
+    ),
 )
 def search(
     request: Request, session: SessionDep, principal: EncounterSearch, media: MediaType

@@ -27,7 +27,7 @@ from gateway.fhir.http import (
 from gateway.operations.everything import everything
 from gateway.operations.match import match
 from gateway.operations.read import history_patient, read_patient, vread_patient
-from gateway.operations.search_patient import search_patients
+from gateway.operations.search_patient import PATIENT_SEARCH_PARAMS, search_patients
 from gateway.outcomes import OutcomeError, outcome
 
 router = APIRouter(prefix="/fhir", tags=["Patient"])
@@ -50,7 +50,12 @@ def _ids(bundle: dict[str, Any]) -> list[str]:
     "/Patient",
     summary="Search golden Patients",
     responses=BUNDLE_RESPONSE,
-    openapi_extra=fhir_extra("Patient", "interaction", "search-type"),
+    openapi_extra=fhir_extra(
+        "Patient",
+        "interaction",
+        "search-type",
+        search={**PATIENT_SEARCH_PARAMS, "_revinclude": ("string", "Encounter:subject")},
+    ),
 )
 def search(
     request: Request, session: SessionDep, principal: PatientSearch, media: MediaType
@@ -85,7 +90,7 @@ async def search_post(
     "/Patient/$match",
     summary="Find golden Patients matching a Patient (mpi scores)",
     responses=BUNDLE_RESPONSE,
-    openapi_extra=fhir_extra("Patient", "operation", "match"),
+    openapi_extra=fhir_extra("Patient", "operation", "match", body="Parameters"),
 )
 async def match_route(
     request: Request, state: StateDep, principal: PatientSearch, media: MediaType

@@ -8,6 +8,7 @@ askonce's row id; the source's own id is kept as an identifier.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +45,8 @@ ENCOUNTER_SEARCH_PARAMS: dict[str, tuple[str, str]] = {
 }
 SUPPORTED = {name: frozenset[str]() for name in ENCOUNTER_SEARCH_PARAMS}
 SORTABLE = frozenset({"_id", "_lastUpdated", "date"})
+#: Encounter ids are askonce row ids: digits that fit a BIGINT.
+ROW_ID = re.compile(r"^[0-9]{1,18}$")
 #: Sort position of an encounter without a start date (first ascending, last descending).
 NO_START = datetime(1, 1, 1, tzinfo=UTC)
 
@@ -83,9 +86,9 @@ def encounters_of(session: Session, golden_ids: Sequence[str]) -> list[dict[str,
 
 
 def read_encounter(session: Session, encounter_id: str) -> dict[str, Any]:
-    row = session.get(Encounter, int(encounter_id)) if encounter_id.isdigit() else None
+    row = session.get(Encounter, int(encounter_id)) if ROW_ID.match(encounter_id) else None
     if row is None or row.golden_id is None:
-        raise OutcomeError(not_found(f"Encounter/{encounter_id} is not known."))
+        raise OutcomeError(not_found("No such Encounter."))
     return render_encounter(row)
 
 
@@ -137,10 +140,7 @@ def _criterion(session: Session, name: str, raw: str) -> ColumnElement[bool]:
     if name == "patient":
         return Encounter.golden_id.in_(_patient_ids(session, raw))
     if name == "_id":
-        ids = split_or(raw)
-        if not all(i.isdigit() for i in ids):
-            return Encounter.id.in_([])
-        return Encounter.id.in_([int(i) for i in ids])
+        return Encounter.id.in_([int(i) for i in split_or(raw) if ROW_ID.match(i)])
     if name == "date":
         return or_(*(_period_condition(parse_date(a, name)) for a in split_or(raw)))
     if name == "_lastUpdated":

@@ -10,6 +10,7 @@ another still answers, with ``active: false`` and a ``Patient.link`` of type
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,8 @@ from store.models import GoldenPatient, GoldenPatientVersion
 #: A merge chain (A merged into B merged into C) is followed at most this far.
 MAX_MERGE_HOPS = 16
 REPLACED_BY = "replaced-by"
+#: https://hl7.org/fhir/R4/datatypes.html#id
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 ACTIVE, MERGED, DELETED = "active", "merged", "deleted"
 
 
@@ -41,6 +44,13 @@ class StoredResource:
         if self.resource is not None:
             return self.resource
         return dict(json.loads(self.text or "{}"))
+
+
+def check_id(resource_type: str, raw: str) -> str:
+    """``raw`` if it is a valid FHIR id; otherwise no such resource can exist (404)."""
+    if not FHIR_ID.match(raw):
+        raise OutcomeError(not_found(f"{resource_type}/<id>: not a valid FHIR id."))
+    return raw
 
 
 def survivor_of(session: Session, golden_id: str) -> str | None:
@@ -73,6 +83,7 @@ def with_replaced_by(resource: dict[str, Any], survivor: str) -> dict[str, Any]:
 
 def read_patient(session: Session, golden_id: str) -> StoredResource:
     """The current version; 404 if unknown, 410 if deleted, replaced-by if merged."""
+    check_id("Patient", golden_id)
     row = session.execute(
         select(
             GoldenPatient.version,
@@ -100,6 +111,7 @@ def parse_version(raw: str) -> int:
 
 
 def vread_patient(session: Session, golden_id: str, version_raw: str) -> StoredResource:
+    check_id("Patient", golden_id)
     version = parse_version(version_raw)
     row = session.get(GoldenPatientVersion, (golden_id, version))
     if row is None:
@@ -121,6 +133,7 @@ def history_patient(
     secret: str,
 ) -> dict[str, Any]:
     """A ``history`` Bundle, newest version first, paged by version number."""
+    check_id("Patient", golden_id)
     if session.get(GoldenPatient, golden_id) is None:
         raise OutcomeError(not_found(f"Patient/{golden_id} is not known."))
     stmt = select(GoldenPatientVersion).where(GoldenPatientVersion.golden_id == golden_id)

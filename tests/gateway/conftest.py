@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from fhir_mapping import search_tokens
 from gateway import GatewayState, create_app
-from gateway.auth import TokenService
+from gateway.auth import TokenService, register_consumer
+from store import make_engine, make_session_factory
 from store.golden import GoldenPatientRepository
 from store.models import Encounter, Source, SourceRecord
 
@@ -154,3 +162,129 @@ def add_encounter(session_factory: sessionmaker[Session]) -> Callable[..., int]:
             return row.id
 
     return add
+
+
+@dataclass
+class LiveGateway:
+    """A gateway served by uvicorn on a loopback port, over a seeded database."""
+
+    base: str
+    token: str
+    golden_ids: list[str]
+    everything_id: str
+    encounter_ids: list[int]
+
+
+#: Seconds a live server may take to start or stop.
+LIVE_TIMEOUT_S = 15.0
+LIVE_PATIENTS = 23
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serve_in_thread(app: Any, port: int) -> Iterator[None]:
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="live-gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + LIVE_TIMEOUT_S
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the gateway did not start")
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(LIVE_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def live_gateway(pg_url: str) -> Iterator[LiveGateway]:
+    """On PostgreSQL: 23 golden Patients named Live, one with 3 encounters; a real token."""
+    from tests.conftest import truncate_all
+
+    engine = make_engine(pg_url)
+    truncate_all(engine)
+    factory = make_session_factory(engine)
+    ids: list[str] = []
+    with factory() as session:
+        repo = GoldenPatientRepository(session)
+        for i in range(LIVE_PATIENTS):
+            resource = patient_resource(family="Live", given=f"Given{i}", mrn=f"LIVE-{i}")
+            ids.append(repo.create(resource, search_tokens(resource)).id)
+        source = Source(name="ehr-live", kind="fhir", base_url="http://ehr.invalid")
+        session.add(source)
+        session.flush()
+        encounter_ids = []
+        for n in range(3):
+            record = SourceRecord(
+                source_id=source.id, resource_type="Encounter", resource_id=f"e{n}"
+            )
+            session.add(record)
+            session.flush()
+            row = Encounter(
+                source_record_id=record.id,
+                source_id=source.id,
+                golden_id=ids[0],
+                status="finished",
+                class_code="AMB",
+                period_start=datetime(2024, 1, 1 + n, tzinfo=UTC),
+                resource={
+                    "resourceType": "Encounter",
+                    "id": f"e{n}",
+                    "status": "finished",
+                    "class": {"code": "AMB"},
+                },
+            )
+            session.add(row)
+            session.flush()
+            encounter_ids.append(row.id)
+        creds = register_consumer(session, "live-crm", "crm", [*READER_SCOPES])
+        session.commit()
+    state = GatewayState(engine=engine, session_factory=factory, secret_key=SECRET)
+    state.matcher = exact_identifier_matcher
+    port = free_port()
+    with serve_in_thread(create_app(state), port):
+        base = f"http://127.0.0.1:{port}"
+        reply = httpx.post(
+            f"{base}/auth/token",
+            data={"grant_type": "client_credentials"},
+            auth=(creds.client_id, creds.client_secret),
+        )
+        reply.raise_for_status()
+        yield LiveGateway(base, reply.json()["access_token"], ids, ids[0], encounter_ids)
+    truncate_all(engine)
+    engine.dispose()
+
+
+@dataclass
+class _Candidate:
+    golden_id: str
+    score: float
+    grade: str
+
+
+def exact_identifier_matcher(
+    session: Session, patient: Any, *, count: int, only_certain: bool
+) -> list[_Candidate]:
+    """Stands in for ``mpi.match_patient`` where a test needs a predictable answer:
+    golden records sharing an identifier value are certain matches."""
+    from sqlalchemy import select
+
+    from store.models import GoldenSearchToken
+
+    values = [i.value for i in patient.identifiers if i.value]
+    rows = session.scalars(
+        select(GoldenSearchToken.golden_id)
+        .where(GoldenSearchToken.param == "identifier", GoldenSearchToken.value.in_(values))
+        .limit(count)
+    ).all()
+    return [_Candidate(golden_id, 40.0, "certain") for golden_id in dict.fromkeys(rows)]
