@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from gateway import admin, health, intake
+from gateway import admin, health
 from gateway.auth.router import router as auth_router
 from gateway.auth.tokens import TokenService
 from gateway.errors import install_error_handlers
@@ -33,5 +33,4 @@ def create_app(state: GatewayState) -> FastAPI:
     app.include_router(patient.router)
     app.include_router(encounter.router)
     app.include_router(admin.router)
-    app.include_router(intake.router)
     return app
