@@ -18,6 +18,7 @@ from connectors.http import FhirHttp, url_path
 
 logger = logging.getLogger(__name__)
 
+ERROR_SEVERITIES = frozenset({"error", "fatal"})
 #: Stop a paging loop after this many pages (about 100M resources at the default page size).
 MAX_PAGES = 1_000_000
 
@@ -30,11 +31,21 @@ class BundleEntries:
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     entries: list[dict[str, Any]] = field(default_factory=list)
     skipped: int = 0
+    notes: int = 0
+
+
+def is_error_outcome(resource: dict[str, Any]) -> bool:
+    """An OperationOutcome with at least one ``error`` or ``fatal`` issue."""
+    return any(
+        isinstance(issue, dict) and issue.get("severity") in ERROR_SEVERITIES
+        for issue in resource.get("issue") or []
+    )
 
 
 def split_bundle(bundle: dict[str, Any]) -> BundleEntries:
     """Matches (and entries without ``search.mode``) become resources; ``outcome`` entries
-    become outcomes; ``include`` entries are dropped (we never ask for them)."""
+    with an error become outcomes (warnings and information are only counted in
+    ``notes``); ``include`` entries are dropped (we never ask for them)."""
     out = BundleEntries()
     for entry in bundle.get("entry") or []:
         if not isinstance(entry, dict):
@@ -42,13 +53,14 @@ def split_bundle(bundle: dict[str, Any]) -> BundleEntries:
             continue
         out.entries.append(entry)
         resource = entry.get("resource")
-        search = as_object(entry.get("search"))
-        mode = search.get("mode", "match")
+        mode = as_object(entry.get("search")).get("mode", "match")
         if mode == "outcome" or (
             isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome"
         ):
-            if isinstance(resource, dict):
+            if isinstance(resource, dict) and is_error_outcome(resource):
                 out.outcomes.append(resource)
+            else:
+                out.notes += 1
         elif mode == "include":
             continue
         elif isinstance(resource, dict):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.sekmet_server import SekmetFactory, SekmetServer
+
+pytestmark = pytest.mark.sekmet
 
 
 def test_seeded_patients_and_encounters_are_searchable(sekmet_server: SekmetServer) -> None:

@@ -21,6 +21,8 @@ PAGE_SIZE = 10  # 45 patients -> 5 pages
 #: The test server is local: no client-side rate limit, short bulk polls.
 OPTIONS: dict[str, Any] = {"page_size": PAGE_SIZE, "requests_per_s": None, "poll_interval_s": 0.2}
 
+pytestmark = pytest.mark.sekmet
+
 
 @dataclass
 class Seeded:

@@ -147,14 +147,18 @@ def test_a_server_ignoring_sort_falls_back_to_key_resumption() -> None:
     assert set(resume["delivered"]) == {"Patient/late/1", "Patient/early/1"}
 
 
-def test_search_outcome_entries_are_surfaced_and_includes_dropped() -> None:
+def test_search_error_outcomes_are_surfaced_and_includes_dropped() -> None:
     bundle = searchset([patient("a")])
     bundle["entry"].append({"resource": patient("x"), "search": {"mode": "include"}})
     bundle["entry"].append({"resource": outcome("partial results"), "search": {"mode": "outcome"}})
+    warning = outcome("_sort ignored")
+    warning["issue"][0]["severity"] = "warning"
+    bundle["entry"].append({"resource": warning, "search": {"mode": "outcome"}})
     handler = Recorder(lambda request, n: httpx.Response(200, json=bundle))
     (page,) = list(make_source(handler).stream("Patient"))
     assert [r["id"] for r in page.resources] == ["a"]
-    assert page.outcomes[0]["issue"][0]["diagnostics"] == "partial results"
+    # errors are surfaced (the caller keeps them); warnings are not records
+    assert [o["issue"][0]["diagnostics"] for o in page.outcomes] == ["partial results"]
 
 
 def test_malformed_resources_inside_a_page_pass_through_raw() -> None:
