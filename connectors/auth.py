@@ -21,6 +21,7 @@ in ``repr``, log records or error messages.
 
 from __future__ import annotations
 
+import abc
 import time
 import uuid
 from collections.abc import Generator
@@ -66,7 +67,7 @@ class BearerTokenAuth(httpx.Auth):
         yield request
 
 
-class OAuthTokenAuth(httpx.Auth):
+class OAuthTokenAuth(httpx.Auth, abc.ABC):
     """Base for kinds that obtain a bearer token from a token endpoint.
 
     Subclasses implement :meth:`token_request_flow`, a generator that yields the
@@ -81,8 +82,9 @@ class OAuthTokenAuth(httpx.Auth):
         self._expires_at = 0.0
         self._clock = clock
 
+    @abc.abstractmethod
     def token_request_flow(self) -> Generator[httpx.Request, httpx.Response, dict[str, Any]]:
-        raise AuthenticationError(f"{type(self).__name__} does not define a token request")
+        """Yield the token request(s); return the token response's JSON object."""
 
     def _fresh_token(self) -> TokenFlow:
         body = yield from self.token_request_flow()
