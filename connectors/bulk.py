@@ -24,6 +24,7 @@ from connectors.http import (
     Clock,
     FhirHttp,
     Sleep,
+    no_auth,
     outcome_text,
     parse_json_object,
     parse_retry_after,
@@ -41,12 +42,6 @@ HTTP_TOO_MANY_REQUESTS = 429
 ERROR_STATUSES = frozenset(range(CLIENT_ERROR_MIN, 600))
 #: OperationOutcome issue code meaning "try again" on a status poll.
 TRANSIENT_ISSUE_CODE = "transient"
-
-
-def _no_auth(request: httpx.Request) -> httpx.Request:
-    """Used for output files when the manifest says ``requiresAccessToken: false``:
-    those may live on another host (e.g. object storage), which must never see our token."""
-    return request
 
 
 class BulkExportClient:
@@ -156,7 +151,7 @@ class BulkExportClient:
         return self.http.stream_lines(
             url,
             headers={"Accept": NDJSON},
-            auth=None if requires_token else _no_auth,
+            auth=None if requires_token else no_auth,  # files may be on object storage
             start_byte=start_byte,
         )
 

@@ -50,6 +50,11 @@ Sleep = Callable[[float], None]
 Clock = Callable[[], float]
 
 
+def no_auth(request: httpx.Request) -> httpx.Request:
+    """An auth callable that adds nothing (to override a client's auth for one request)."""
+    return request
+
+
 def url_path(url: str | httpx.URL) -> str:
     """The URL without query string or fragment: safe to log and to put in errors."""
     parts = urlsplit(str(url))
@@ -178,6 +183,12 @@ class FhirHttp:
             headers={"Accept": FHIR_JSON, **options.headers},
         )
 
+    def same_origin(self, url: str) -> bool:
+        """Whether ``url`` has the base URL's scheme, host and port."""
+        return httpx.URL(url).copy_with(path="/", query=None, fragment=None) == httpx.URL(
+            self.base_url
+        ).copy_with(path="/", query=None, fragment=None)
+
     def url(self, path: str) -> str:
         """``path`` relative to the FHIR base; absolute URLs are returned unchanged."""
         if path.startswith(("http://", "https://")):
@@ -193,13 +204,22 @@ class FhirHttp:
         headers: dict[str, str] | None = None,
         allow_statuses: frozenset[int] = frozenset(),
     ) -> httpx.Response:
-        """Send with the retry policy. Returns a 2xx/3xx response or one in ``allow_statuses``."""
+        """Send with the retry policy. Returns a 2xx/3xx response or one in ``allow_statuses``.
+
+        Credentials go only to the source's own origin: a URL elsewhere (a ``next`` link
+        or ``Content-Location`` pointing at another host) is requested without them.
+        """
         full = self.url(url)
+        auth = httpx.USE_CLIENT_DEFAULT if self.same_origin(full) else no_auth
         for attempt in range(1, self.policy.max_attempts + 1):
             self.limiter.acquire()
             try:
                 response = self.client.request(
-                    method, full, params=tuple(params) if params else None, headers=headers
+                    method,
+                    full,
+                    params=tuple(params) if params else None,
+                    headers=headers,
+                    auth=auth,
                 )
             except httpx.TimeoutException as exc:
                 failure = TransientError(f"{method} {url_path(full)} timed out", url=url_path(full))

@@ -266,3 +266,19 @@ def test_fetch_returns_none_for_a_missing_resource() -> None:
     assert source.fetch("Patient", "gone") is None
     found = source.fetch("Patient", "here")
     assert found is not None and found["id"] == "here"
+
+
+def test_a_next_link_to_another_host_is_followed_without_our_credentials() -> None:
+    elsewhere = "https://cdn.elsewhere.example/fhir/Patient?page=2"
+
+    def answer(request: httpx.Request, n: int) -> httpx.Response:
+        if n == 1:
+            return httpx.Response(200, json=searchset([patient("a")], elsewhere))
+        return httpx.Response(200, json=searchset([patient("b")]))
+
+    handler = Recorder(answer)
+    source = make_source(handler, auth={"kind": "bearer", "token": "tok"})
+    assert ids(list(source.stream("Patient"))) == ["a", "b"]
+    assert handler.requests[0].headers["Authorization"] == "Bearer tok"
+    assert str(handler.requests[1].url) == elsewhere
+    assert "Authorization" not in handler.requests[1].headers
