@@ -82,7 +82,10 @@ class SourceOptions:
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"unknown source option(s): {', '.join(unknown)}")
-        opts = cls(**options)
+        for key, value in options.items():
+            _check_type(key, value)
+        whole = {key: int(options[key]) for key in _INT_OPTIONS if key in options}
+        opts = cls(**{**options, **whole})
         if opts.page_size < 1 or opts.max_attempts < 1:
             raise ValueError("page_size and max_attempts must be at least 1")
         if opts.overlap_s < 0 or opts.timeout_s <= 0:
@@ -96,6 +99,37 @@ class SourceOptions:
         if opts.bulk_level == "group" and not opts.group_id:
             raise ValueError("bulk_level 'group' needs group_id")
         return opts
+
+
+_INT_OPTIONS = frozenset({"page_size", "max_attempts"})
+_NUMBER_OPTIONS = frozenset(
+    {
+        "overlap_s",
+        "timeout_s",
+        "backoff_base_s",
+        "backoff_max_s",
+        "max_retry_after_s",
+        "poll_interval_s",
+        "max_poll_s",
+    }
+)
+
+
+def _check_type(key: str, value: Any) -> None:
+    """Options come from JSON or the command line: refuse a value of the wrong type."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if key in _INT_OPTIONS and not (is_number and float(value).is_integer()):
+        raise ValueError(f"source option {key} must be a whole number")
+    if key in _NUMBER_OPTIONS and not is_number:
+        raise ValueError(f"source option {key} must be a number")
+    if key == "requests_per_s" and value is not None and not is_number:
+        raise ValueError("source option requests_per_s must be a number or null")
+    if key == "sort" and not isinstance(value, bool):
+        raise ValueError("source option sort must be true or false")
+    if key == "headers" and not (
+        isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    ):
+        raise ValueError("source option headers must be an object of strings")
 
 
 @dataclass

@@ -439,5 +439,9 @@ def test_ndjson_directory_reads_resumes_and_skips_finished_files(tmp_path: Path)
 def test_bad_options_are_rejected_before_any_request() -> None:
     with pytest.raises(ValueError, match="unknown source option"):
         build_source(SourceConfig(kind="fhir", base_url=BASE, options={"pagesize": 5}))
+    with pytest.raises(ValueError, match="page_size must be a whole number"):
+        build_source(SourceConfig(kind="fhir", base_url=BASE, options={"page_size": "50"}))
+    with pytest.raises(ValueError, match="sort must be true or false"):
+        build_source(SourceConfig(kind="fhir", base_url=BASE, options={"sort": "no"}))
     with pytest.raises(ValueError, match="group_id"):
         build_source(SourceConfig(kind="bulk", base_url=BASE, options={"bulk_level": "group"}))
