@@ -40,6 +40,7 @@ RETRYABLE_STATUSES = frozenset({408, 429})
 SERVER_ERROR_MIN = 500
 CLIENT_ERROR_MIN = 400
 HTTP_PARTIAL_CONTENT = 206
+HTTP_RANGE_NOT_SATISFIABLE = 416
 HTTP_UNAUTHORIZED = 401
 HTTP_NOT_FOUND = 404
 HTTP_GONE = 410
@@ -325,6 +326,8 @@ class FhirHttp:
                 failure.__cause__ = exc
             else:
                 try:
+                    if response.status_code == HTTP_RANGE_NOT_SATISFIABLE and start_byte:
+                        return  # resumed exactly at the end of the file: nothing left
                     if response.status_code >= CLIENT_ERROR_MIN:
                         response.read()
                     problem = self._classify("GET", response)

@@ -14,6 +14,7 @@ from connectors import (
     Cursor,
     CursorTracker,
     RateLimiter,
+    RestSource,
     SourceConfig,
     build_source,
 )
@@ -445,3 +446,21 @@ def test_bad_options_are_rejected_before_any_request() -> None:
         build_source(SourceConfig(kind="fhir", base_url=BASE, options={"sort": "no"}))
     with pytest.raises(ValueError, match="group_id"):
         build_source(SourceConfig(kind="bulk", base_url=BASE, options={"bulk_level": "group"}))
+
+
+def test_resuming_a_file_at_its_end_or_midway_by_range() -> None:
+    body = b'{"a":1}\n{"b":2}\r\n{"c":3}'
+
+    def answer(request: httpx.Request, n: int) -> httpx.Response:
+        start = int(request.headers.get("Range", "bytes=0-")[len("bytes=") :].rstrip("-"))
+        if start >= len(body):
+            return httpx.Response(416)
+        return httpx.Response(206 if start else 200, content=body[start:])
+
+    source = make_source(Recorder(answer))
+    assert isinstance(source, RestSource)
+    http = source.http
+    lines = list(http.stream_lines(f"{BASE}/f.ndjson"))
+    assert lines == [(b'{"a":1}', 8), (b'{"b":2}', 17), (b'{"c":3}', 24)]
+    assert list(http.stream_lines(f"{BASE}/f.ndjson", start_byte=8)) == lines[1:]
+    assert list(http.stream_lines(f"{BASE}/f.ndjson", start_byte=24)) == []
