@@ -52,7 +52,7 @@ from fhir_mapping.render import (
     golden_record_from_patient,
     render_golden_patient,
 )
-from fhir_mapping.search import fold_text, normalize_search_value, search_tokens
+from fhir_mapping.search import fold_name, fold_text, normalize_search_value, search_tokens
 from fhir_mapping.validate import (
     bundle_resources,
     fhir_path,
@@ -81,6 +81,7 @@ __all__ = [
     "family_alternates",
     "family_tokens",
     "fhir_path",
+    "fold_name",
     "fold_text",
     "golden_record_from_patient",
     "ndjson_resources",

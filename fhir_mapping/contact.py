@@ -111,9 +111,14 @@ def _parse_phone(text: str, region: str) -> str:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
         return ""
-    if not phonenumbers.is_possible_number(number):
+    if not number.national_number or not phonenumbers.is_possible_number(number):
+        # An all-zero national number is never a real number (and does not format stably).
         return ""
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if number.italian_leading_zero and phonenumbers.parse(e164) != number:
+        # Leading zeros where the country has none ("+49 0001"): junk that would not
+        # read back as the same number, so it could never match anything reliably.
+        return ""
     if number.country_code == NANP_COUNTRY_CODE and not _NANP_NATIONAL.match(e164[2:]):
         # A possible length but no valid area code: a foreign number read with a US region.
         return ""

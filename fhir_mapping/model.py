@@ -250,3 +250,7 @@ class GoldenRecord:
     links: list[GoldenLink] = field(default_factory=list)
     #: False once merged into another golden record.
     active: bool = True
+    #: ``multipleBirthBoolean`` / ``multipleBirthInteger`` (a twin's birth order).
+    multiple_birth: bool | int | None = None
+    #: ``Patient.contact`` entries (next of kin…), as FHIR JSON.
+    contacts: list[dict[str, Any]] = field(default_factory=list)

@@ -152,6 +152,13 @@ def render_golden_patient(
             "deceasedDateTime": golden.deceased_datetime,
             "deceasedBoolean": golden.deceased if golden.deceased_datetime is None else None,
             "address": [a for a in (_address(x) for x in golden.addresses) if a],
+            "multipleBirthBoolean": (
+                golden.multiple_birth if isinstance(golden.multiple_birth, bool) else None
+            ),
+            "multipleBirthInteger": (
+                None if isinstance(golden.multiple_birth, bool) else golden.multiple_birth
+            ),
+            "contact": list(golden.contacts),
             "communication": communication,
             "link": [
                 {"other": {"reference": f"Patient/{link.other_id}"}, "type": link.type}
@@ -180,4 +187,6 @@ def golden_record_from_patient(patient: SourcePatient, golden_id: str) -> Golden
         ethnicity=patient.ethnicity,
         birth_sex=patient.birth_sex,
         active=patient.active is not False,
+        multiple_birth=patient.multiple_birth,
+        contacts=list(patient.contacts),
     )

@@ -77,11 +77,27 @@ def _binding(issues: list[Issue], path: str, value: object, allowed: frozenset[s
 
 
 def _strict(issues: list[Issue], path: str, value: object, kind: type) -> None:
+    """FHIR JSON types are not coerced: ``true`` not ``"true"``, ``1`` not ``"1"``, and
+    dates are strings (the models would read ``0.0`` as 1970-01-01)."""
     if value is None:
         return
     ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
     if not ok:
-        issues.append(Issue(path, f"must be a JSON {'boolean' if kind is bool else 'integer'}"))
+        issues.append(Issue(path, f"must be a JSON {_JSON_TYPE_NAMES[kind]}"))
+
+
+_JSON_TYPE_NAMES = {bool: "boolean", int: "integer", str: "string"}
+
+
+def _check_period(issues: list[Issue], path: str, period: Any) -> None:
+    if period:
+        _strict(issues, f"{path}.start", period.get("start"), str)
+        _strict(issues, f"{path}.end", period.get("end"), str)
+
+
+def _check_name(issues: list[Issue], path: str, name: dict[str, Any]) -> None:
+    _binding(issues, f"{path}.use", name.get("use"), NAME_USES)
+    _check_period(issues, f"{path}.period", name.get("period"))
 
 
 def _check_contact_points(issues: list[Issue], base: str, items: Any) -> None:
@@ -89,39 +105,46 @@ def _check_contact_points(issues: list[Issue], base: str, items: Any) -> None:
         _binding(issues, f"{base}[{i}].system", cp.get("system"), CONTACT_SYSTEMS)
         _binding(issues, f"{base}[{i}].use", cp.get("use"), CONTACT_USES)
         _strict(issues, f"{base}[{i}].rank", cp.get("rank"), int)
+        _check_period(issues, f"{base}[{i}].period", cp.get("period"))
 
 
-def _check_names(issues: list[Issue], base: str, items: Any) -> None:
-    for i, name in enumerate(items or ()):
-        _binding(issues, f"{base}[{i}].use", name.get("use"), NAME_USES)
-
-
-def _check_addresses(issues: list[Issue], base: str, items: Any) -> None:
-    for i, address in enumerate(items or ()):
-        _binding(issues, f"{base}[{i}].use", address.get("use"), ADDRESS_USES)
-        _binding(issues, f"{base}[{i}].type", address.get("type"), ADDRESS_TYPES)
+def _check_address(issues: list[Issue], path: str, address: dict[str, Any]) -> None:
+    _binding(issues, f"{path}.use", address.get("use"), ADDRESS_USES)
+    _binding(issues, f"{path}.type", address.get("type"), ADDRESS_TYPES)
+    _check_period(issues, f"{path}.period", address.get("period"))
 
 
 def _check_patient(raw: dict[str, Any]) -> list[Issue]:
     issues: list[Issue] = []
     _binding(issues, "Patient.gender", raw.get("gender"), GENDERS)
+    _strict(issues, "Patient.birthDate", raw.get("birthDate"), str)
+    _strict(issues, "Patient.deceasedDateTime", raw.get("deceasedDateTime"), str)
     _strict(issues, "Patient.active", raw.get("active"), bool)
     _strict(issues, "Patient.deceasedBoolean", raw.get("deceasedBoolean"), bool)
     _strict(issues, "Patient.multipleBirthBoolean", raw.get("multipleBirthBoolean"), bool)
     _strict(issues, "Patient.multipleBirthInteger", raw.get("multipleBirthInteger"), int)
-    _check_names(issues, "Patient.name", raw.get("name"))
+    meta = raw.get("meta")
+    if meta:
+        _strict(issues, "Patient.meta.lastUpdated", meta.get("lastUpdated"), str)
+    for i, name in enumerate(raw.get("name") or ()):
+        _check_name(issues, f"Patient.name[{i}]", name)
     _check_contact_points(issues, "Patient.telecom", raw.get("telecom"))
-    _check_addresses(issues, "Patient.address", raw.get("address"))
+    for i, address in enumerate(raw.get("address") or ()):
+        _check_address(issues, f"Patient.address[{i}]", address)
     for i, ident in enumerate(raw.get("identifier") or ()):
         _binding(issues, f"Patient.identifier[{i}].use", ident.get("use"), IDENTIFIER_USES)
+        _check_period(issues, f"Patient.identifier[{i}].period", ident.get("period"))
     for i, comm in enumerate(raw.get("communication") or ()):
         _strict(issues, f"Patient.communication[{i}].preferred", comm.get("preferred"), bool)
     for i, contact in enumerate(raw.get("contact") or ()):
         base = f"Patient.contact[{i}]"
         _binding(issues, f"{base}.gender", contact.get("gender"), GENDERS)
         if contact.get("name"):
-            _check_names(issues, f"{base}.name", [contact["name"]])
+            _check_name(issues, f"{base}.name", contact["name"])
+        if contact.get("address"):
+            _check_address(issues, f"{base}.address", contact["address"])
         _check_contact_points(issues, f"{base}.telecom", contact.get("telecom"))
+        _check_period(issues, f"{base}.period", contact.get("period"))
     for i, link in enumerate(raw.get("link") or ()):
         _binding(issues, f"Patient.link[{i}].type", link.get("type"), LINK_TYPES)
     return issues
@@ -130,10 +153,17 @@ def _check_patient(raw: dict[str, Any]) -> list[Issue]:
 def _check_encounter(raw: dict[str, Any]) -> list[Issue]:
     issues: list[Issue] = []
     _binding(issues, "Encounter.status", raw.get("status"), ENCOUNTER_STATUSES)
+    _check_period(issues, "Encounter.period", raw.get("period"))
+    meta = raw.get("meta")
+    if meta:
+        _strict(issues, "Encounter.meta.lastUpdated", meta.get("lastUpdated"), str)
     for i, item in enumerate(raw.get("statusHistory") or ()):
-        _binding(
-            issues, f"Encounter.statusHistory[{i}].status", item.get("status"), ENCOUNTER_STATUSES
-        )
+        path = f"Encounter.statusHistory[{i}]"
+        _binding(issues, f"{path}.status", item.get("status"), ENCOUNTER_STATUSES)
+        _check_period(issues, f"{path}.period", item.get("period"))
+    for key in ("participant", "location"):
+        for i, item in enumerate(raw.get(key) or ()):
+            _check_period(issues, f"Encounter.{key}[{i}].period", item.get("period"))
     return issues
 
 

@@ -126,6 +126,18 @@ def patients(draw: st.DrawFn) -> dict[str, Any]:
         "telecom": st.lists(telecoms, min_size=1, max_size=3),
         "address": st.lists(addresses, min_size=1, max_size=2),
         "identifier": st.lists(identifiers, min_size=1, max_size=3),
+        "multipleBirthInteger": st.integers(1, 4),
+        "contact": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.fixed_dictionaries({"family": fhir_strings})},
+                optional={
+                    "gender": st.sampled_from(["male", "female"]),
+                    "telecom": st.lists(telecoms, max_size=1),
+                },
+            ),
+            min_size=1,
+            max_size=2,
+        ),
         "communication": st.lists(
             st.fixed_dictionaries(
                 {"language": st.fixed_dictionaries({"coding": st.just([{"code": "vi"}])})},
@@ -155,6 +167,8 @@ def test_render_of_parse_validates_for_any_valid_patient(raw: dict[str, Any]) ->
     rendered = render_golden_patient(golden_record_from_patient(patient, GOLDEN_ID), version=1)
     validate_resource(rendered, "Patient")
     assert len(rendered.get("identifier", [])) == len(raw.get("identifier", []))
+    assert rendered.get("contact", []) == raw.get("contact", [])
+    assert rendered.get("birthDate") == raw.get("birthDate")
 
 
 json_values = st.recursive(

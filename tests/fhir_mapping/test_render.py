@@ -53,6 +53,16 @@ def test_render_carries_meta_identifiers_ranked_lists_links_and_provenance() -> 
     validate_resource(rendered, "Patient")
 
 
+def test_twin_birth_order_and_contacts_survive_rendering() -> None:
+    source = parse_patient(fixture("spec_patient_contained_extensions.json")["resource"])
+    rendered = render_golden_patient(golden_record_from_patient(source, GOLDEN_ID))
+    assert rendered["multipleBirthInteger"] == 2
+    example = parse_patient(fixture("spec_patient_example.json")["resource"])
+    rendered = render_golden_patient(golden_record_from_patient(example, GOLDEN_ID))
+    assert rendered["contact"][0]["name"]["family"] == "du Marché"
+    assert "multipleBirthBoolean" not in rendered
+
+
 def test_merged_golden_renders_inactive_with_replaced_by() -> None:
     golden = GoldenRecord(
         id=GOLDEN_ID,

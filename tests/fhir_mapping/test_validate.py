@@ -58,6 +58,20 @@ def test_valid_resources_return_their_model() -> None:
             },
             {"Patient.link[0].type"},
         ),
+        ({"resourceType": "Patient", "birthDate": 0.0}, {"Patient.birthDate"}),  # not 1970-01-01
+        ({"resourceType": "Patient", "deceasedDateTime": 2015.5}, {"Patient.deceasedDateTime"}),
+        (
+            {"resourceType": "Patient", "name": [{"period": {"start": 0.0}}]},
+            {"Patient.name[0].period.start"},
+        ),
+        (
+            {"resourceType": "Patient", "contact": [{"name": {"use": "x"}}]},
+            {"Patient.contact[0].name.use"},
+        ),
+        (
+            {"resourceType": "Encounter", "status": "planned", "class": {}, "period": {"end": 1.5}},
+            {"Encounter.period.end"},
+        ),
         (
             {"resourceType": "Encounter", "status": "done", "class": {"code": "AMB"}},
             {"Encounter.status"},
