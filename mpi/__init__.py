@@ -1,1 +1,96 @@
-"""askonce package."""
+"""mpi: the golden-record engine. Match, link, survive, explain.
+
+Blocking finds candidates (:mod:`mpi.blocking`), Fellegi-Sunter comparisons score them
+(:mod:`mpi.comparisons`, :mod:`mpi.model`, trained by :mod:`mpi.train`), guards veto
+look-alikes (:mod:`mpi.guards`), the decision grades and links (:mod:`mpi.decision`,
+:mod:`mpi.resolve`), survivorship builds the golden record (:mod:`mpi.survivorship`), and
+link/unlink/merge/unmerge change it under stewards' control (:mod:`mpi.operations`).
+
+Errors (see :mod:`mpi.errors`)::
+
+    MpiError
+    ├── GoldenNotFound
+    ├── RecordNotFound
+    ├── ReviewItemNotFound
+    └── InvalidOperation
+"""
+
+from __future__ import annotations
+
+from mpi.admin import (
+    CROSSWALK_COLUMNS,
+    MatchCandidate,
+    crosswalk_rows,
+    evaluate_links,
+    get_review_item,
+    list_review_items,
+    match_patient,
+    record_decision,
+    train_from_database,
+)
+from mpi.batch import BatchResult, MemoryResolver, resolve_batch
+from mpi.blocking import block_keys
+from mpi.comparisons import COMPARISONS, Comparison
+from mpi.errors import (
+    GoldenNotFound,
+    InvalidOperation,
+    MpiError,
+    RecordNotFound,
+    ReviewItemNotFound,
+)
+from mpi.evaluate import Evaluation, evaluate_clusters
+from mpi.features import MatchFeatures, extract_features
+from mpi.guards import guard_reasons
+from mpi.model import MatchModel, Score
+from mpi.operations import (
+    link_record,
+    merge_golden,
+    recompute_golden,
+    unlink_record,
+    unmerge_golden,
+)
+from mpi.resolve import Resolution, resolve_patients
+from mpi.settings import MatchSettings
+from mpi.storage import load_active_model, save_model
+from mpi.train import train_model
+
+__all__ = [
+    "COMPARISONS",
+    "CROSSWALK_COLUMNS",
+    "BatchResult",
+    "Comparison",
+    "Evaluation",
+    "GoldenNotFound",
+    "InvalidOperation",
+    "MatchCandidate",
+    "MatchFeatures",
+    "MatchModel",
+    "MatchSettings",
+    "MemoryResolver",
+    "MpiError",
+    "RecordNotFound",
+    "Resolution",
+    "ReviewItemNotFound",
+    "Score",
+    "block_keys",
+    "crosswalk_rows",
+    "evaluate_clusters",
+    "evaluate_links",
+    "extract_features",
+    "get_review_item",
+    "guard_reasons",
+    "link_record",
+    "list_review_items",
+    "load_active_model",
+    "match_patient",
+    "merge_golden",
+    "recompute_golden",
+    "record_decision",
+    "resolve_batch",
+    "resolve_patients",
+    "save_model",
+    "train_from_database",
+    "train_model",
+    "unlink_record",
+    "unmerge_golden",
+]

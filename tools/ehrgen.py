@@ -313,7 +313,15 @@ def _record(
             }
         )
     if person.national_id and rng.random() >= MISSING_RATES["ssn"]:
-        ident.append({"system": person.national_id[0], "value": person.national_id[1]})
+        system, value = person.national_id
+        code = "NI" if system == LT_ID_SYSTEM else "MB"  # v2-0203: national id, member number
+        ident.append(
+            {
+                "type": {"coding": [{"system": V2_0203, "code": code}]},
+                "system": system,
+                "value": value,
+            }
+        )
     resource: dict[str, Any] = {
         "resourceType": "Patient",
         "id": rid,

@@ -1,0 +1,275 @@
+"""What stewards and the admin API use: $match, review queue, decisions, crosswalk, training.
+
+Plain functions over a session; the gateway's routes and the CLI only adapt them. Nothing
+here commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fhir_mapping import SourcePatient
+from mpi.blocking import block_keys
+from mpi.decision import score_candidates
+from mpi.errors import InvalidOperation, RecordNotFound, ReviewItemNotFound
+from mpi.evaluate import Evaluation, evaluate_clusters
+from mpi.features import MatchFeatures, extract_features
+from mpi.model import MatchModel
+from mpi.operations import (
+    MAX_DECISION_PAIRS,
+    link_record,
+    merge_golden,
+    store_decision,
+    unlink_record,
+)
+from mpi.resolve import candidate_members
+from mpi.settings import MatchSettings
+from mpi.storage import features_of, linked_record_ids, load_active_model, save_model
+from mpi.train import train_model
+from store.models import Link, MatchDecision, ReviewItem, Source, SourceRecord
+from store.types import utcnow
+
+#: Columns of the crosswalk CSV (``askonce links export``).
+CROSSWALK_COLUMNS = ("source", "resource_type", "resource_id", "golden_id", "grade", "score")
+#: Default and largest page size of the review queue listing.
+DEFAULT_REVIEW_PAGE = 50
+MAX_REVIEW_PAGE = 500
+#: Records loaded per query when training from the database.
+TRAINING_BATCH = 5_000
+DECISIONS = ("match", "no-match")
+
+
+@dataclass(frozen=True, slots=True)
+class MatchCandidate:
+    """A golden record that may be the patient asked about (``Patient/$match``)."""
+
+    golden_id: str
+    score: float
+    grade: str
+    explanation: dict[str, Any]
+
+
+def match_patient(
+    session: Session,
+    patient: SourcePatient,
+    *,
+    count: int = 10,
+    only_certain: bool = False,
+    settings: MatchSettings | None = None,
+) -> list[MatchCandidate]:
+    """Golden records matching ``patient``, best first; writes nothing.
+
+    See https://hl7.org/fhir/R4/patient-operation-match.html.
+    """
+    settings = settings or MatchSettings()
+    model = load_active_model(session)
+    features = extract_features(patient)
+    members, _skipped = candidate_members(session, settings, block_keys(features), None)
+    candidates = score_candidates(model, settings, features, members)
+    out: list[MatchCandidate] = []
+    for c in candidates:
+        if c.grade == "certainly-not" or (only_certain and c.grade != "certain"):
+            continue
+        grade = "possible" if c.vetoes else c.grade
+        out.append(MatchCandidate(c.golden_id, round(c.score.total, 3), grade, c.evidence()))
+    return out[:count]
+
+
+def review_item_dict(item: ReviewItem) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "kind": item.kind,
+        "status": item.status,
+        "source_record_id": item.source_record_id,
+        "golden_id": item.golden_id,
+        "other_golden_id": item.other_golden_id,
+        "grade": item.grade,
+        "score": item.score,
+        "reason": item.reason,
+        "evidence": item.evidence,
+        "resolution": item.resolution,
+        "resolved_by": item.resolved_by,
+        "resolved_at": item.resolved_at.isoformat() if item.resolved_at else None,
+        "created_at": item.created_at.isoformat() if item.created_at else None,
+    }
+
+
+def list_review_items(
+    session: Session, *, status: str = "open", limit: int = DEFAULT_REVIEW_PAGE, offset: int = 0
+) -> list[dict[str, Any]]:
+    """The review queue, oldest first."""
+    limit = max(1, min(limit, MAX_REVIEW_PAGE))
+    items = session.scalars(
+        select(ReviewItem)
+        .where(ReviewItem.status == status)
+        .order_by(ReviewItem.created_at, ReviewItem.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return [review_item_dict(item) for item in items]
+
+
+def get_review_item(session: Session, item_id: int) -> dict[str, Any]:
+    item = session.get(ReviewItem, item_id)
+    if item is None:
+        raise ReviewItemNotFound(item_id)
+    return review_item_dict(item)
+
+
+def record_decision(
+    session: Session,
+    decision: str,
+    *,
+    actor: str,
+    review_item_id: int | None = None,
+    record_ids: tuple[int, int] | None = None,
+    note: str | None = None,
+    settings: MatchSettings | None = None,
+) -> dict[str, Any]:
+    """A steward's "match" or "no-match", on a review item or on a pair of source records.
+
+    "match" links (or merges) now; "no-match" separates the records if they are together
+    and keeps them apart forever: the algorithm never overrides a steward, even after
+    retraining. Returns what was done.
+    """
+    if decision not in DECISIONS:
+        raise InvalidOperation(f"decision must be one of {DECISIONS}")
+    settings = settings or MatchSettings()
+    if review_item_id is not None:
+        return _decide_item(session, decision, actor, review_item_id, note, settings)
+    if record_ids is None:
+        raise InvalidOperation("name a review item or a pair of source records")
+    a, b = record_ids
+    goldens: list[str] = []
+    for record_id in (a, b):
+        golden = session.scalar(select(Link.golden_id).where(Link.source_record_id == record_id))
+        if golden is None:
+            raise RecordNotFound(record_id)
+        goldens.append(golden)
+    golden_a, golden_b = goldens
+    store_decision(session, a, b, decision, actor, note)
+    if decision == "match" and golden_a != golden_b:
+        link_record(session, b, golden_a, actor=actor, settings=settings)
+        return {"action": "linked", "golden_id": golden_a}
+    if decision == "no-match" and golden_a == golden_b:
+        new_id = unlink_record(session, b, actor=actor, settings=settings)
+        return {"action": "unlinked", "golden_id": new_id}
+    return {"action": "recorded", "golden_id": golden_a}
+
+
+def _decide_item(
+    session: Session,
+    decision: str,
+    actor: str,
+    item_id: int,
+    note: str | None,
+    settings: MatchSettings,
+) -> dict[str, Any]:
+    item = session.get(ReviewItem, item_id)
+    if item is None:
+        raise ReviewItemNotFound(item_id)
+    if item.status != "open":
+        raise InvalidOperation(f"review item {item_id} is already {item.status}")
+    result: dict[str, Any]
+    if item.kind == "duplicate-golden" and item.golden_id and item.other_golden_id:
+        if decision == "match":
+            merge_golden(
+                session, item.other_golden_id, item.golden_id, actor=actor, settings=settings
+            )
+            result = {"action": "merged", "golden_id": item.golden_id}
+        else:
+            _separate(session, item.golden_id, item.other_golden_id, actor, note)
+            result = {"action": "recorded", "golden_id": item.golden_id}
+    elif item.source_record_id is not None and item.golden_id is not None:
+        record = item.source_record_id
+        if decision == "match":
+            link_record(session, record, item.golden_id, actor=actor, settings=settings)
+            result = {"action": "linked", "golden_id": item.golden_id}
+        else:
+            for other in linked_record_ids(session, item.golden_id)[:MAX_DECISION_PAIRS]:
+                if other != record:
+                    store_decision(session, record, other, "no-match", actor, note)
+            result = {"action": "recorded", "golden_id": item.golden_id}
+    else:
+        raise InvalidOperation(f"review item {item_id} names nothing to decide on")
+    item.status, item.resolution, item.resolved_by = "resolved", decision, actor
+    item.resolved_at = utcnow()
+    session.flush()
+    return result
+
+
+def _separate(session: Session, a: str, b: str, actor: str, note: str | None) -> None:
+    records_a, records_b = linked_record_ids(session, a), linked_record_ids(session, b)
+    pairs = [(x, y) for x in records_a for y in records_b][:MAX_DECISION_PAIRS]
+    for x, y in pairs:
+        store_decision(session, x, y, "no-match", actor, note)
+
+
+def crosswalk_rows(session: Session) -> Iterator[dict[str, Any]]:
+    """One row per linked source Patient: ``CROSSWALK_COLUMNS``."""
+    stmt = (
+        select(
+            Source.name,
+            SourceRecord.resource_type,
+            SourceRecord.resource_id,
+            Link.golden_id,
+            Link.grade,
+            Link.score,
+        )
+        .join(SourceRecord, SourceRecord.id == Link.source_record_id)
+        .join(Source, Source.id == SourceRecord.source_id)
+        .where(SourceRecord.resource_type == "Patient")
+        .order_by(Source.name, SourceRecord.resource_id)
+        .execution_options(yield_per=TRAINING_BATCH)
+    )
+    for row in session.execute(stmt):
+        yield dict(zip(CROSSWALK_COLUMNS, row, strict=True))
+
+
+def train_from_database(
+    session: Session, *, settings: MatchSettings | None = None, seed: int = 0
+) -> MatchModel:
+    """Retrain the model on every active source Patient and every steward decision, store
+    it as the active model and return it."""
+    settings = settings or MatchSettings()
+    rows = session.execute(
+        select(SourceRecord.id, SourceRecord.content_hash, SourceRecord.normalized)
+        .where(SourceRecord.resource_type == "Patient", SourceRecord.status == "active")
+        .order_by(SourceRecord.id)
+        .execution_options(yield_per=TRAINING_BATCH)
+    )
+    index: dict[int, int] = {}
+    features: list[MatchFeatures] = []
+    for record_id, content_hash, normalized in rows:
+        index[record_id] = len(features)
+        features.append(features_of(record_id, content_hash, normalized or {}))
+    labels = [
+        (index[a], index[b], decision == "match")
+        for a, b, decision in session.execute(
+            select(MatchDecision.record_a_id, MatchDecision.record_b_id, MatchDecision.decision)
+        )
+        if a in index and b in index
+    ]
+    model = train_model(
+        features, settings, labels=labels, seed=seed, base=load_active_model(session)
+    )
+    save_model(session, model)
+    return model
+
+
+def evaluate_links(
+    session: Session, truth: Sequence[tuple[str, str, str, str, Sequence[str]]]
+) -> Evaluation:
+    """Score the current links against a truth of (source, type, id, person, tags) rows."""
+    golden_of = {
+        (row["source"], row["resource_type"], row["resource_id"]): row["golden_id"]
+        for row in crosswalk_rows(session)
+    }
+    person_of = {(s, t, i): p for s, t, i, p, _ in truth}
+    tags = {(s, t, i): list(g) for s, t, i, _, g in truth}
+    return evaluate_clusters(golden_of, person_of, tags)

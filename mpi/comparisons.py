@@ -1,0 +1,364 @@
+"""Comparisons: how two records agree on one field, as an ordered list of levels.
+
+Fellegi-Sunter scoring (https://www.robinlinacre.com/maths_of_fellegi_sunter/) needs, for
+each field, the *level* at which two records agree: exact, nickname, typo, phonetic… Each
+comparison is a small class named for what it does; :meth:`Comparison.compare` returns the
+index of the first level that holds (0 is the strongest agreement, the last is "else"), or
+``None`` when a side lacks the field (which then contributes nothing).
+
+To add a comparison: subclass :class:`Comparison`, set ``name``, ``levels`` and the
+``default_m``/``default_u`` priors (used until a model is trained), implement ``compare``
+and add an instance to :data:`COMPARISONS`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+from rapidfuzz.distance import OSA, Jaro, JaroWinkler
+from rapidfuzz.fuzz import token_set_ratio
+
+from mpi.features import MatchFeatures, NameFeatures
+
+#: Jaro-Winkler similarity of a likely typo, and of a weaker resemblance.
+JW_HIGH = 0.92
+JW_LOW = 0.80
+#: token_set_ratio (0-100) at which two address lines are the same street address.
+ADDRESS_LINE_SIMILAR = 90
+#: Edits (optimal string alignment: insert, delete, substitute, transpose) of an id typo.
+IDENTIFIER_TYPO_EDITS = 1
+#: Digits in a complete birth date (YYYYMMDD).
+BIRTH_DATE_DIGITS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class NamePair:
+    """The two names (one per record) compared, and whether given and family are swapped."""
+
+    a: NameFeatures
+    b: NameFeatures
+    swapped: bool
+
+
+def _name_affinity(a: NameFeatures, b: NameFeatures) -> float:
+    family = (
+        1.0 if a.family_variants & b.family_variants else JaroWinkler.similarity(a.family, b.family)
+    )
+    given = (
+        1.0 if a.given_keys & b.given_keys else JaroWinkler.similarity(a.given_first, b.given_first)
+    )
+    return family + given
+
+
+def _is_swapped(a: NameFeatures, b: NameFeatures) -> bool:
+    if not (a.given_first and b.given_first and a.family and b.family):
+        return False
+    return (
+        JaroWinkler.similarity(a.given_first, b.family) >= JW_HIGH
+        and JaroWinkler.similarity(a.family, b.given_first) >= JW_HIGH
+    )
+
+
+def align_names(a: MatchFeatures, b: MatchFeatures) -> NamePair | None:
+    """The best-matching pair of names of two records (they may carry several names)."""
+    best: NamePair | None = None
+    best_affinity = -1.0
+    for na in a.names:
+        for nb in b.names:
+            affinity = _name_affinity(na, nb)
+            if affinity > best_affinity:
+                best, best_affinity = NamePair(na, nb, False), affinity
+            if affinity < 1.0 + JW_HIGH and _is_swapped(na, nb):
+                flipped = NameFeatures(
+                    given=nb.family,
+                    given_first=nb.family,
+                    given_tokens=nb.family_tokens,
+                    given_keys=frozenset({nb.family}),
+                    given_phonetic=nb.family_phonetic,
+                    family=nb.given_first,
+                    family_variants=frozenset({nb.given_first}),
+                    family_tokens=nb.given_tokens,
+                    family_phonetic=nb.given_phonetic,
+                    suffix=nb.suffix,
+                )
+                swapped_affinity = _name_affinity(na, flipped)
+                if swapped_affinity > best_affinity:
+                    best, best_affinity = NamePair(na, flipped, True), swapped_affinity
+    return best
+
+
+def _multi_token_similarity(x: list[str], y: list[str]) -> float:
+    """Similarity of multi-word given names: word by word when the counts agree (a typo in
+    one word), else Jaro of the whole (no prefix bonus: "thi lan" and "thi hoa" share a
+    prefix, not a name)."""
+    if len(x) == len(y):
+        return min(JaroWinkler.similarity(a, b) for a, b in zip(x, y, strict=True))
+    return Jaro.similarity(" ".join(x), " ".join(y))
+
+
+class Comparison(ABC):
+    """One field's comparison levels. ``compare`` returns a level index or ``None``."""
+
+    name: ClassVar[str]
+    levels: ClassVar[tuple[str, ...]]
+    default_m: ClassVar[tuple[float, ...]]
+    default_u: ClassVar[tuple[float, ...]]
+    #: Whether the first level's weight is adjusted by the term frequency of the value.
+    term_frequency: ClassVar[bool] = False
+
+    @abstractmethod
+    def compare(self, a: MatchFeatures, b: MatchFeatures, names: NamePair | None) -> int | None:
+        """The index of the first level that holds, or None when a side lacks the field."""
+
+    def tf_value(self, names: NamePair | None) -> str | None:
+        """The value whose frequency adjusts an exact agreement (names only)."""
+        return None
+
+
+class GivenNameComparison(Comparison):
+    name = "given"
+    levels = (
+        "exact",
+        "nickname",
+        "jaro-winkler-0.92",
+        "phonetic",
+        "token-overlap",
+        "jaro-winkler-0.80",
+        "else",
+    )
+    default_m = (0.80, 0.06, 0.05, 0.02, 0.02, 0.02, 0.03)
+    default_u = (0.01, 0.003, 0.004, 0.005, 0.01, 0.03, 0.938)
+    term_frequency = True
+
+    def compare(self, a: MatchFeatures, b: MatchFeatures, names: NamePair | None) -> int | None:
+        if names is None or not names.a.given_first or not names.b.given_first:
+            return None
+        x, y = names.a, names.b
+        if x.given.replace(" ", "") == y.given.replace(" ", ""):
+            return 0
+        # One side gave only a first name ("John" / "John Michael"): compare first names.
+        single = len(x.given_tokens) == 1 or len(y.given_tokens) == 1
+        if single and x.given_first == y.given_first:
+            return 0
+        if single and x.given_keys & y.given_keys:
+            return 1
+        if single:
+            similarity = JaroWinkler.similarity(x.given_first, y.given_first)
+        else:
+            similarity = _multi_token_similarity(x.given.split(), y.given.split())
+        if similarity >= JW_HIGH:
+            return 2
+        if single and x.given_phonetic and x.given_phonetic == y.given_phonetic:
+            return 3
+        if x.given_tokens & y.given_tokens:
+            return 4
+        if similarity >= JW_LOW:
+            return 5
+        return 6
+
+    def tf_value(self, names: NamePair | None) -> str | None:
+        return names.a.given_first if names is not None else None
+
+
+class FamilyNameComparison(Comparison):
+    name = "family"
+    levels = (
+        "exact",
+        "jaro-winkler-0.92",
+        "phonetic",
+        "token-overlap",
+        "given-family-swapped",
+        "jaro-winkler-0.80",
+        "else",
+    )
+    default_m = (0.80, 0.05, 0.02, 0.03, 0.01, 0.02, 0.07)
+    default_u = (0.005, 0.003, 0.004, 0.003, 0.0005, 0.02, 0.9645)
+    term_frequency = True
+
+    def compare(self, a: MatchFeatures, b: MatchFeatures, names: NamePair | None) -> int | None:
+        if names is None or not names.a.family or not names.b.family:
+            return None
+        x, y = names.a, names.b
+        if names.swapped:
+            return 4
+        if x.family_variants & y.family_variants:
+            return 0
+        similarity = JaroWinkler.similarity(x.family, y.family)
+        if similarity >= JW_HIGH:
+            return 1
+        if x.family_phonetic and x.family_phonetic == y.family_phonetic:
+            return 2
+        if len(x.family_tokens | y.family_tokens) > 1 and x.family_tokens & y.family_tokens:
+            return 3
+        if similarity >= JW_LOW:
+            return 5
+        return 6
+
+    def tf_value(self, names: NamePair | None) -> str | None:
+        return names.a.family if names is not None else None
+
+
+def _one_digit_off(x: str, y: str) -> bool:
+    return len(x) == len(y) and sum(c != d for c, d in zip(x, y, strict=True)) == 1
+
+
+class BirthDateComparison(Comparison):
+    name = "birth_date"
+    levels = ("exact", "day-month-transposed", "one-digit-off", "same-year", "else")
+    default_m = (0.90, 0.02, 0.04, 0.02, 0.02)
+    default_u = (0.00004, 0.00002, 0.0004, 0.012, 0.98754)
+
+    def compare(self, a: MatchFeatures, b: MatchFeatures, names: NamePair | None) -> int | None:
+        if a.birth_date and b.birth_date:
+            if a.birth_date == b.birth_date:
+                return 0
+            if (
+                a.birth_year == b.birth_year
+                and a.birth_month == b.birth_day
+                and a.birth_day == b.birth_month
+            ):
+                return 1
+            if _one_digit_off(a.birth_date, b.birth_date):
+                return 2
+        if a.birth_year is None or b.birth_year is None:
+            return None
+        return 3 if a.birth_year == b.birth_year else 4
+
+
+class GenderComparison(Comparison):
+    name = "gender"
+    levels = ("exact", "else")
+    default_m = (0.98, 0.02)
+    default_u = (0.5, 0.5)
+
+    def compare(self, a: MatchFeatures, b: MatchFeatures, names: NamePair | None) -> int | None:
+        if a.gender is None or b.gender is None:
+            return None
+        return 0 if a.gender == b.gender else 1
+
+
+class _SetComparison(Comparison):
+    levels = ("exact", "else")
+
+    @abstractmethod
+    def values(self, f: MatchFeatures) -> frozenset[str]:
+        """The values of this field in one record."""
+
+    def compare(self, a: MatchFeatures, b: MatchFeatures, names: NamePair | None) -> int | None:
+        x, y = self.values(a), self.values(b)
+        if not x or not y:
+            return None
+        return 0 if x & y else 1
+
+
+class PhoneComparison(_SetComparison):
+    name = "phone"
+    default_m = (0.85, 0.15)
+    default_u = (0.0001, 0.9999)
+
+    def values(self, f: MatchFeatures) -> frozenset[str]:
+        return f.phones
+
+
+class EmailComparison(_SetComparison):
+    name = "email"
+    default_m = (0.85, 0.15)
+    default_u = (0.00005, 0.99995)
+
+    def values(self, f: MatchFeatures) -> frozenset[str]:
+        return f.emails
+
+
+def _typo(x: str, y: str) -> bool:
+    return OSA.distance(x, y, score_cutoff=IDENTIFIER_TYPO_EDITS) <= IDENTIFIER_TYPO_EDITS
+
+
+class SsnComparison(Comparison):
+    name = "ssn"
+    levels = ("exact", "one-typo", "else")
+    default_m = (0.97, 0.02, 0.01)
+    default_u = (0.000001, 0.00002, 0.999979)
+
+    def compare(self, a: MatchFeatures, b: MatchFeatures, names: NamePair | None) -> int | None:
+        if not a.ssns or not b.ssns:
+            return None
+        if a.ssns & b.ssns:
+            return 0
+        return 1 if any(_typo(x, y) for x in a.ssns for y in b.ssns) else 2
+
+
+class IdentifierComparison(Comparison):
+    """Other identifiers, compared only within one system (national ids, member ids…)."""
+
+    name = "identifier"
+    levels = ("exact", "one-typo", "else")
+    default_m = (0.95, 0.03, 0.02)
+    default_u = (0.00001, 0.0002, 0.99979)
+
+    def compare(self, a: MatchFeatures, b: MatchFeatures, names: NamePair | None) -> int | None:
+        x, y = a.strong_ids | a.other_ids, b.strong_ids | b.other_ids
+        if not x or not y:
+            return None
+        if x & y:
+            return 0
+        shared = False
+        typo = False
+        for system_a, value_a in x:
+            for system_b, value_b in y:
+                if system_a == system_b:
+                    shared = True
+                    typo = typo or _typo(value_a, value_b)
+        if not shared:
+            return None
+        return 1 if typo else 2
+
+
+class AddressComparison(Comparison):
+    name = "address"
+    levels = ("exact", "same-street-and-postal", "postal-code", "city", "else")
+    default_m = (0.65, 0.1, 0.05, 0.05, 0.15)
+    default_u = (0.00005, 0.0001, 0.003, 0.05, 0.94685)
+
+    def compare(self, a: MatchFeatures, b: MatchFeatures, names: NamePair | None) -> int | None:
+        if not a.addresses or not b.addresses:
+            return None
+        best = 4
+        for line_a, postal_a, city_a in a.addresses:
+            for line_b, postal_b, city_b in b.addresses:
+                same_postal = bool(postal_a) and postal_a == postal_b
+                same_city = bool(city_a) and city_a == city_b
+                if line_a and line_a == line_b and (same_postal or same_city):
+                    return 0
+                similar = (
+                    bool(line_a)
+                    and bool(line_b)
+                    and token_set_ratio(line_a, line_b) >= ADDRESS_LINE_SIMILAR
+                )
+                if similar and (same_postal or same_city):
+                    best = min(best, 1)
+                elif same_postal:
+                    best = min(best, 2)
+                elif same_city:
+                    best = min(best, 3)
+        return best
+
+
+COMPARISONS: tuple[Comparison, ...] = (
+    GivenNameComparison(),
+    FamilyNameComparison(),
+    BirthDateComparison(),
+    GenderComparison(),
+    PhoneComparison(),
+    EmailComparison(),
+    SsnComparison(),
+    IdentifierComparison(),
+    AddressComparison(),
+)
+
+
+def compare_records(a: MatchFeatures, b: MatchFeatures) -> tuple[list[int | None], NamePair | None]:
+    """The level of every comparison in :data:`COMPARISONS`, and the names compared."""
+    names = align_names(a, b)
+    return [c.compare(a, b, names) for c in COMPARISONS], names

@@ -1,0 +1,247 @@
+"""The decision: which golden record an incoming record joins, and what goes to review.
+
+Pure logic shared by the database engine (:mod:`mpi.resolve`) and the in-memory batch
+engine (:mod:`mpi.batch`):
+
+- a steward's "match" decision wins; a "no-match" pair is never linked automatically;
+- the score of a golden record is the best score against any of its source records;
+- ``certain`` and ``probable`` link automatically (``probable`` is flagged), unless a
+  guard vetoes: then the record gets its own golden record and a ``vetoed`` review item;
+- ``possible`` opens a ``possible-match`` review item; lower becomes a new golden record;
+- when several golden records qualify, the record joins the best one; the others are
+  merged into it only when both pairs are ``certain`` (and no guard or steward objects),
+  otherwise a ``duplicate-golden`` review item opens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mpi.features import MatchFeatures
+from mpi.guards import guard_reasons
+from mpi.model import MatchModel, Score
+from mpi.settings import MatchSettings
+
+AUTO_GRADES = frozenset({"certain", "probable"})
+#: Comparisons two different people can share by coincidence (namesakes).
+IDENTITY_COMPARISONS = frozenset({"given", "family", "birth_date", "gender"})
+#: At most this many review items are opened for one incoming record.
+MAX_REVIEW_ITEMS_PER_RECORD = 3
+#: Members of a golden record compared when checking guards before an auto-merge.
+MAX_MERGE_GUARD_MEMBERS = 50
+
+
+@dataclass(slots=True)
+class Member:
+    """A source record already linked to a golden record."""
+
+    record_id: int
+    golden_id: str
+    features: MatchFeatures
+
+
+@dataclass(slots=True)
+class Candidate:
+    """One golden record scored against the incoming record."""
+
+    golden_id: str
+    record_id: int  # the best-scoring member
+    score: Score
+    grade: str
+    vetoes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def evidence(self) -> dict[str, Any]:
+        out = self.score.explanation()
+        out["record_id"] = self.record_id
+        if self.notes:
+            out["notes"] = list(self.notes)
+        if self.vetoes:
+            out["vetoes"] = list(self.vetoes)
+        return out
+
+
+@dataclass(slots=True)
+class ReviewSpec:
+    kind: str  # possible-match | vetoed | duplicate-golden
+    golden_id: str
+    other_golden_id: str | None
+    grade: str
+    score: float
+    reason: str
+    evidence: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Decision:
+    """What to do with one incoming record."""
+
+    golden_id: str | None  # None: a new golden record
+    grade: str
+    score: float | None
+    method: str  # AUTO | MANUAL
+    flagged: bool
+    explanation: dict[str, Any]
+    merge: list[str] = field(default_factory=list)  # golden ids merged into golden_id
+    reviews: list[ReviewSpec] = field(default_factory=list)
+
+
+def corroborated(score: Score) -> bool:
+    """True when something beyond name, birth date and gender speaks for the match.
+
+    Name and birth date alone cannot tell namesakes apart; an automatic link also needs
+    the identifiers, contact data and address, taken together, to agree more than they
+    disagree.
+    """
+    others = [w for name, w in score.contributions.items() if name not in IDENTITY_COMPARISONS]
+    return sum(others) > 0
+
+
+def score_candidates(
+    model: MatchModel,
+    settings: MatchSettings,
+    features: MatchFeatures,
+    members: list[Member],
+) -> list[Candidate]:
+    """Every golden record among ``members``, best first, with guards checked."""
+    best: dict[str, tuple[Score, int]] = {}
+    backed: set[str] = set()  # golden records with a corroborated, linkable member pair
+    by_golden: dict[str, list[Member]] = {}
+    for member in members:
+        by_golden.setdefault(member.golden_id, []).append(member)
+        score = model.score(features, member.features)
+        current = best.get(member.golden_id)
+        if current is None or score.total > current[0].total:
+            best[member.golden_id] = (score, member.record_id)
+        if score.total >= settings.probable and corroborated(score):
+            backed.add(member.golden_id)
+    out: list[Candidate] = []
+    for golden_id, (score, record_id) in best.items():
+        grade = settings.grade(score.total)
+        uncorroborated = settings.require_corroboration and golden_id not in backed
+        if grade in AUTO_GRADES and uncorroborated:
+            grade = "possible"
+        candidate = Candidate(golden_id, record_id, score, grade)
+        if uncorroborated:
+            candidate.notes.append("uncorroborated")
+        if grade in AUTO_GRADES:
+            vetoes: list[str] = []
+            for member in by_golden[golden_id]:
+                for reason in guard_reasons(features, member.features, settings):
+                    if reason not in vetoes:
+                        vetoes.append(reason)
+            candidate.vetoes = vetoes
+        out.append(candidate)
+    out.sort(key=lambda c: (-c.score.total, c.golden_id))
+    return out
+
+
+def _merge_allowed(
+    a: list[Member], b: list[Member], settings: MatchSettings, blocked: set[str]
+) -> bool:
+    if any(m.golden_id in blocked for m in b):
+        return False
+    for x in a[:MAX_MERGE_GUARD_MEMBERS]:
+        for y in b[:MAX_MERGE_GUARD_MEMBERS]:
+            if guard_reasons(x.features, y.features, settings):
+                return False
+    return True
+
+
+def decide(
+    candidates: list[Candidate],
+    settings: MatchSettings,
+    *,
+    members: list[Member],
+    manual_match: str | None = None,
+    no_match: set[str] | None = None,
+) -> Decision:
+    """Decide for one incoming record given its scored candidates.
+
+    ``manual_match`` is a golden record a steward said this record belongs to;
+    ``no_match`` holds golden records a steward said it does not belong to.
+    """
+    blocked = no_match or set()
+    if manual_match is not None:
+        chosen = next((c for c in candidates if c.golden_id == manual_match), None)
+        explanation: dict[str, Any] = chosen.evidence() if chosen else {}
+        explanation["steward"] = "match"
+        return Decision(
+            manual_match,
+            "certain",
+            chosen.score.total if chosen else None,
+            "MANUAL",
+            False,
+            explanation,
+        )
+    allowed = [c for c in candidates if c.golden_id not in blocked]
+    auto = [c for c in allowed if c.grade in AUTO_GRADES and not c.vetoes]
+    reviews: list[ReviewSpec] = []
+    if not auto:
+        for c in allowed:
+            if c.grade in AUTO_GRADES:  # vetoed
+                reviews.append(
+                    ReviewSpec(
+                        "vetoed",
+                        c.golden_id,
+                        None,
+                        c.grade,
+                        c.score.total,
+                        ",".join(c.vetoes),
+                        c.evidence(),
+                    )
+                )
+            elif c.grade == "possible":
+                reviews.append(
+                    ReviewSpec(
+                        "possible-match",
+                        c.golden_id,
+                        None,
+                        c.grade,
+                        c.score.total,
+                        "possible-match",
+                        c.evidence(),
+                    )
+                )
+        return Decision(
+            None,
+            "certainly-not",
+            None,
+            "AUTO",
+            False,
+            {},
+            reviews=reviews[:MAX_REVIEW_ITEMS_PER_RECORD],
+        )
+    best = auto[0]
+    decision = Decision(
+        best.golden_id,
+        best.grade,
+        best.score.total,
+        "AUTO",
+        best.grade == "probable",
+        best.evidence(),
+    )
+    by_golden: dict[str, list[Member]] = {}
+    for member in members:
+        by_golden.setdefault(member.golden_id, []).append(member)
+    for other in auto[1:]:
+        both_certain = best.grade == "certain" and other.grade == "certain"
+        if both_certain and _merge_allowed(
+            by_golden.get(best.golden_id, []), by_golden.get(other.golden_id, []), settings, blocked
+        ):
+            decision.merge.append(other.golden_id)
+        else:
+            reviews.append(
+                ReviewSpec(
+                    "duplicate-golden",
+                    best.golden_id,
+                    other.golden_id,
+                    other.grade,
+                    other.score.total,
+                    "possible-duplicate-golden",
+                    other.evidence(),
+                )
+            )
+    decision.reviews = reviews[:MAX_REVIEW_ITEMS_PER_RECORD]
+    return decision

@@ -1,0 +1,109 @@
+"""Guards: patterns that veto an automatic link however high the score.
+
+Fellegi-Sunter weights add up evidence; some pairs look alike on almost everything and
+are still two people. A guard names the pattern; a vetoed pair goes to the review queue
+with that name as its reason. The guards:
+
+- ``conflicting-ssn``: both records carry a valid SSN and they differ;
+- ``conflicting-identifier``: both carry a strong identifier (national id, passport,
+  driver's licence) of the same system, with different values;
+- ``twin``: same birth date, different given names, and the same (or a misspelt) family
+  name or the same home (address or phone);
+- ``jr-sr``: same full name, birth dates at least 15 years apart (at the same address or
+  not: a son who moved out is still not his father);
+- ``different-suffix``: generational suffixes differ (Jr versus Sr, II versus III);
+- ``household-member``: same address or phone, but both the given name and the birth
+  date disagree (spouses, siblings, parent and child, whatever their family names).
+"""
+
+from __future__ import annotations
+
+from mpi.comparisons import (
+    AddressComparison,
+    BirthDateComparison,
+    FamilyNameComparison,
+    GivenNameComparison,
+    IdentifierComparison,
+    align_names,
+)
+from mpi.features import MatchFeatures
+from mpi.settings import MatchSettings
+
+_GIVEN = GivenNameComparison()
+_FAMILY = FamilyNameComparison()
+_BIRTH = BirthDateComparison()
+_ADDRESS = AddressComparison()
+_IDENTIFIER = IdentifierComparison()
+IDENTIFIER_TYPO_LEVEL = 1
+#: Given-name levels that still mean "the same given name" (exact, nickname, typo, sound).
+_SAME_GIVEN_LEVELS = frozenset({0, 1, 2, 3})
+_PHONETIC_LEVEL = 3
+#: Family-name levels that mean "the same family name, maybe misspelt".
+_SIMILAR_FAMILY_LEVELS = frozenset({0, 1, 2, 3})
+#: Address levels that mean "the same street address".
+_SAME_ADDRESS_LEVELS = frozenset({0, 1})
+#: Birth-date levels that mean "a different birth date" (same year only, or else).
+_DIFFERENT_BIRTH_LEVELS = frozenset({3, 4})
+
+
+def _conflict(a: frozenset[tuple[str, str]], b: frozenset[tuple[str, str]]) -> bool:
+    systems_a: dict[str, set[str]] = {}
+    for system, value in a:
+        systems_a.setdefault(system, set()).add(value)
+    systems_b: dict[str, set[str]] = {}
+    for system, value in b:
+        systems_b.setdefault(system, set()).add(value)
+    return any(
+        not (systems_a[system] & systems_b[system]) for system in systems_a.keys() & systems_b
+    )
+
+
+def _same_identity(a: MatchFeatures, b: MatchFeatures) -> bool:
+    """A shared SSN, identifier or e-mail, or an identifier one typo apart (not an SSN:
+    twins' SSNs are often consecutive)."""
+    if (a.ssns & b.ssns) or (a.emails & b.emails):
+        return True
+    ids_a, ids_b = a.strong_ids | a.other_ids, b.strong_ids | b.other_ids
+    if ids_a & ids_b:
+        return True
+    return any(
+        system_a == system_b and _IDENTIFIER.compare(a, b, None) == IDENTIFIER_TYPO_LEVEL
+        for system_a, _ in ids_a
+        for system_b, _ in ids_b
+    )
+
+
+def guard_reasons(a: MatchFeatures, b: MatchFeatures, settings: MatchSettings) -> list[str]:
+    """The guards that veto linking ``a`` and ``b`` automatically (empty: no veto)."""
+    reasons: list[str] = []
+    if a.ssns and b.ssns and not (a.ssns & b.ssns):
+        reasons.append("conflicting-ssn")
+    if _conflict(a.strong_ids, b.strong_ids):
+        reasons.append("conflicting-identifier")
+    if a.suffix and b.suffix and a.suffix != b.suffix:
+        reasons.append("different-suffix")
+    names = align_names(a, b)
+    if names is None or _same_identity(a, b):
+        # A shared SSN, identifier or e-mail address tells people apart better than any
+        # look-alike pattern: twins and spouses do not share them.
+        return reasons
+    given = _GIVEN.compare(a, b, names)
+    family = _FAMILY.compare(a, b, names)
+    address = _ADDRESS.compare(a, b, names)
+    same_family = family == 0
+    same_address = address in _SAME_ADDRESS_LEVELS
+    # Sounding alike is not enough for twins: Hassan and Hussein are two boys.
+    different_given = given is not None and given not in _SAME_GIVEN_LEVELS - {_PHONETIC_LEVEL}
+    same_birth = a.birth_date is not None and a.birth_date == b.birth_date
+    similar_family = family is not None and family in _SIMILAR_FAMILY_LEVELS
+    shares_home = same_address or bool(a.phones & b.phones)
+    if same_birth and different_given and (similar_family or shares_home):
+        reasons.append("twin")
+    same_given = given in _SAME_GIVEN_LEVELS
+    years_apart = abs(a.birth_year - b.birth_year) if a.birth_year and b.birth_year else 0
+    if same_family and same_given and years_apart >= settings.jr_sr_min_years:
+        reasons.append("jr-sr")
+    birth = _BIRTH.compare(a, b, names)
+    if shares_home and different_given and birth in _DIFFERENT_BIRTH_LEVELS:
+        reasons.append("household-member")
+    return reasons

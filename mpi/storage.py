@@ -1,0 +1,217 @@
+"""Database side of the engine: the active model, member records, writing golden records.
+
+A golden record's FHIR JSON is written only through
+:class:`store.golden.GoldenPatientRepository` (which versions it and refreshes the search
+tokens); its field provenance is rewritten with it, and an outbox event is appended in the
+same session. Nothing here commits.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from fhir_mapping import GoldenLink, SourcePatient, render_golden_patient, search_tokens
+from mpi.features import MatchFeatures, extract_features
+from mpi.model import MatchModel
+from mpi.settings import MatchSettings
+from mpi.survivorship import MemberRecord, build_golden
+from store.golden import GoldenPatientRepository
+from store.models import FieldProvenance, GoldenPatient, Link, Source, SourceRecord
+from store.models import MatchModel as MatchModelRow
+from store.repositories import OutboxRepository
+from store.types import utcnow
+
+#: Features of this many source records are kept in memory (keyed by id and content hash).
+FEATURE_CACHE_SIZE = 50_000
+#: Source ``config`` flag: values from this source were confirmed by the patient.
+PATIENT_CONFIRMED_FLAG = "patient_confirmed"
+
+_feature_cache: OrderedDict[tuple[int, str | None], MatchFeatures] = OrderedDict()
+_model_cache: dict[tuple[int, str], MatchModel] = {}
+
+
+def clear_caches() -> None:
+    """Forget cached features and models (tests, benchmarks measuring cold lookups)."""
+    _feature_cache.clear()
+    _model_cache.clear()
+
+
+def load_active_model(session: Session) -> MatchModel:
+    """The active trained model, or the built-in priors when none was trained."""
+    row = session.execute(
+        select(MatchModelRow.id, MatchModelRow.version)
+        .where(MatchModelRow.active.is_(True))
+        .order_by(MatchModelRow.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return MatchModel.default()
+    key = (row.id, row.version)
+    model = _model_cache.get(key)
+    if model is None:
+        params = session.scalar(select(MatchModelRow.params).where(MatchModelRow.id == row.id))
+        model = MatchModel.from_json(params or {})
+        _model_cache[key] = model
+    return model
+
+
+def save_model(session: Session, model: MatchModel) -> int:
+    """Store ``model`` and make it the active one; returns its row id."""
+    session.execute(update(MatchModelRow).values(active=False))
+    row = MatchModelRow(
+        version=model.version, params=model.to_json(), active=True, trained_on=model.trained_on
+    )
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def patient_of(record: SourceRecord) -> SourcePatient:
+    return SourcePatient.from_dict(record.normalized or {})
+
+
+def cached_features(record_id: int, content_hash: str | None) -> MatchFeatures | None:
+    """Features of a record already seen by this process, if still cached."""
+    return _feature_cache.get((record_id, content_hash))
+
+
+def features_of(
+    record_id: int, content_hash: str | None, normalized: dict[str, Any]
+) -> MatchFeatures:
+    key = (record_id, content_hash)
+    cached = _feature_cache.get(key)
+    if cached is not None:
+        _feature_cache.move_to_end(key)
+        return cached
+    features = extract_features(SourcePatient.from_dict(normalized))
+    _feature_cache[key] = features
+    if len(_feature_cache) > FEATURE_CACHE_SIZE:
+        _feature_cache.popitem(last=False)
+    return features
+
+
+def linked_record_ids(session: Session, golden_id: str) -> list[int]:
+    return list(
+        session.scalars(
+            select(Link.source_record_id).where(Link.golden_id == golden_id).order_by(Link.id)
+        )
+    )
+
+
+def member_records(session: Session, record_ids: Sequence[int]) -> list[MemberRecord]:
+    """Active source records with their source's trust rank, for survivorship."""
+    if not record_ids:
+        return []
+    rows = session.execute(
+        select(SourceRecord, Source.trust_rank, Source.config)
+        .join(Source, Source.id == SourceRecord.source_id)
+        .where(SourceRecord.id.in_(record_ids), SourceRecord.status == "active")
+        .order_by(SourceRecord.id)
+    ).all()
+    return [
+        MemberRecord(
+            record_id=record.id,
+            patient=patient_of(record),
+            trust_rank=trust,
+            observed_at=record.last_updated or record.received_at,
+            confirmed=bool((config or {}).get(PATIENT_CONFIRMED_FLAG)),
+        )
+        for record, trust, config in rows
+    ]
+
+
+def _golden_links(golden: GoldenPatient, session: Session) -> list[GoldenLink]:
+    links: list[GoldenLink] = []
+    if golden.merged_into:
+        links.append(GoldenLink(golden.merged_into, "replaced-by"))
+    replaced = session.scalars(
+        select(GoldenPatient.id)
+        .where(GoldenPatient.merged_into == golden.id)
+        .order_by(GoldenPatient.id)
+    )
+    links.extend(GoldenLink(other, "replaces") for other in replaced)
+    return links
+
+
+def write_golden(
+    session: Session,
+    settings: MatchSettings,
+    golden_id: str,
+    *,
+    status: str | None = None,
+    merged_into: str | None = None,
+) -> GoldenPatient:
+    """(Re)build a golden record from its linked active records and save a new version."""
+    repository = GoldenPatientRepository(session)
+    golden = repository.read_for_update(golden_id)
+    members = member_records(session, linked_record_ids(session, golden_id))
+    return _save(session, settings, repository, golden, golden_id, members, status, merged_into)
+
+
+def create_golden(
+    session: Session, settings: MatchSettings, golden_id: str, members: Sequence[MemberRecord]
+) -> GoldenPatient:
+    repository = GoldenPatientRepository(session)
+    return _save(session, settings, repository, None, golden_id, members, None, None)
+
+
+def _save(
+    session: Session,
+    settings: MatchSettings,
+    repository: GoldenPatientRepository,
+    golden: GoldenPatient | None,
+    golden_id: str,
+    members: Sequence[MemberRecord],
+    status: str | None,
+    merged_into: str | None,
+) -> GoldenPatient:
+    links: list[GoldenLink] = []
+    if golden is not None:
+        if merged_into is not None:
+            golden.merged_into = merged_into
+        links = _golden_links(golden, session)
+    record, provenance = build_golden(golden_id, members, settings.survivorship, links=links)
+    effective_status = status or (golden.status if golden is not None else "active")
+    record.active = effective_status == "active"
+    resource = render_golden_patient(record)
+    tokens = search_tokens(resource) if effective_status == "active" else []
+    if golden is None:
+        golden = repository.create(resource, tokens, golden_id=golden_id)
+    else:
+        golden = repository.save(golden, resource, tokens, status=status, merged_into=merged_into)
+    session.execute(delete(FieldProvenance).where(FieldProvenance.golden_id == golden_id))
+    rows = [
+        {
+            "golden_id": golden_id,
+            "field": p.field,
+            "value": p.value,
+            "source_record_id": p.record_id,
+            "rule": p.rule,
+            "observed_at": p.observed_at,
+        }
+        for p in provenance
+    ]
+    if rows:
+        session.execute(insert(FieldProvenance), rows)
+    return golden
+
+
+def emit(session: Session, event: str, golden_id: str, **payload: Any) -> None:
+    """Append a ``patient.*`` outbox event (ids only)."""
+    body = {"golden_id": golden_id, "at": utcnow().isoformat(), **payload}
+    OutboxRepository(session).append(event, "Patient", golden_id, body)
+
+
+def record_ids_of(goldens: Iterable[str], session: Session) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    rows = session.execute(
+        select(Link.golden_id, Link.source_record_id).where(Link.golden_id.in_(list(goldens)))
+    )
+    for golden_id, record_id in rows:
+        out.setdefault(golden_id, []).append(record_id)
+    return out

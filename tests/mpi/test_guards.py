@@ -1,0 +1,69 @@
+"""Each guard vetoes the look-alike it is named for, and only that."""
+
+from __future__ import annotations
+
+from mpi import MatchSettings, guard_reasons
+from tests.mpi.helpers import features
+
+SETTINGS = MatchSettings()
+
+
+def test_same_person_with_typos_passes_every_guard() -> None:
+    a = features(given="Robert", ssn="512-34-6789")
+    b = features(given="Bob", family="Oyelaran Whitfield", ssn="512-34-6789", phone=None)
+    assert guard_reasons(a, b, SETTINGS) == []
+
+
+def test_conflicting_ssn() -> None:
+    a, b = features(ssn="512-34-6789"), features(ssn="512-34-6790")
+    assert "conflicting-ssn" in guard_reasons(a, b, SETTINGS)
+
+
+def test_conflicting_strong_identifier_of_the_same_system() -> None:
+    a, b = features(passport="X1234567"), features(passport="Y7654321")
+    assert "conflicting-identifier" in guard_reasons(a, b, SETTINGS)
+
+
+def test_twins() -> None:
+    a = features(given="Jennifer", gender="female")
+    b = features(given="Rebecca", gender="female")
+    assert "twin" in guard_reasons(a, b, SETTINGS)
+
+
+def test_twins_found_by_shared_phone_when_the_family_name_changed() -> None:
+    a = features(given="Jennifer", family="Kowalski", line=None, postal=None, city=None)
+    b = features(given="Rebecca", family="Nowak", line=None, postal=None, city=None)
+    assert "twin" in guard_reasons(a, b, SETTINGS)
+
+
+def test_twins_with_names_that_sound_alike() -> None:
+    a, b = features(given="Hassan"), features(given="Hussein")
+    assert "twin" in guard_reasons(a, b, SETTINGS)
+
+
+def test_jr_sr_by_birth_dates_far_apart() -> None:
+    father = features(birth="1950-02-01")
+    son = features(birth="1978-06-30")
+    assert "jr-sr" in guard_reasons(father, son, SETTINGS)
+    close = features(birth="1960-02-01")
+    assert "jr-sr" not in guard_reasons(father, close, SETTINGS)
+
+
+def test_different_suffixes() -> None:
+    assert "different-suffix" in guard_reasons(
+        features(suffix="Jr."), features(suffix="Sr"), SETTINGS
+    )
+    assert guard_reasons(features(suffix="Jr."), features(suffix="JR"), SETTINGS) == []
+
+
+def test_household_member() -> None:
+    husband = features(given="Robert", birth="1970-03-14", gender="male")
+    wife = features(given="Maria", family="Lopez", birth="1972-08-09", gender="female")
+    assert "household-member" in guard_reasons(husband, wife, SETTINGS)
+
+
+def test_shared_identifier_overrides_look_alike_guards() -> None:
+    # Same SSN: a registration typo in the given name, not a twin.
+    a = features(given="Jennifer", ssn="512-34-6789")
+    b = features(given="Rebecca", ssn="512-34-6789")
+    assert guard_reasons(a, b, SETTINGS) == []
