@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from gateway import admin, health
+from gateway.audit import AuditLog
 from gateway.auth.router import router as auth_router
 from gateway.auth.tokens import TokenService
 from gateway.errors import install_error_handlers
 from gateway.fhir import encounter, metadata, patient
 from gateway.limits import BodySizeLimit
+from gateway.reads import PatientReader
 from gateway.state import GatewayState
 
 API_TITLE = "askonce"
@@ -18,12 +24,28 @@ API_VERSION = "0.1.0"
 
 def create_app(state: GatewayState) -> FastAPI:
     """Build the gateway around an already wired :class:`GatewayState`."""
+    audit = AuditLog(state.engine, state.audit_flush_interval_s)
+    reader = PatientReader(state.engine)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await reader.open()
+        try:
+            yield
+        finally:
+            await reader.close()
+            # Drain the write-behind audit queue before the process goes.
+            await run_in_threadpool(audit.close)
+
     app = FastAPI(
         title=API_TITLE,
         version=API_VERSION,
         summary="One golden Patient record per real person, served over FHIR R4.",
+        lifespan=lifespan,
     )
     app.state.askonce = state
+    app.state.audit = audit
+    app.state.reader = reader
     app.state.tokens = TokenService(state.secret_key, state.token_lifetime_s)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=state.max_body_bytes)

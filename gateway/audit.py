@@ -1,18 +1,26 @@
 """The audit trail of every read of patient data: who, what, when, which query.
 
-Rows go to the ``audit`` table (append-only) in the same transaction as the
-read, so a read that answered is a read that was recorded. The query string is
-kept there, where access is controlled, and never in the logs.
+Rows go to the ``audit`` table (append-only). The read path only *enqueues* a
+row; a background thread writes the queue in one multi-row INSERT every
+:data:`DEFAULT_FLUSH_INTERVAL_S` (or sooner when :data:`FLUSH_BATCH` rows wait),
+so a PHI read costs one indexed SELECT instead of a write transaction with its
+WAL flush. The queue is drained when the app shuts down; a process killed
+without warning can lose at most the last interval's rows, which the README
+states. When the database is unreachable the rows stay queued and are retried;
+past :data:`MAX_PENDING` rows the readers themselves flush (back-pressure).
+The query string is kept in the audit table, where access is controlled, and
+never in the logs.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import insert
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, insert
 from starlette.requests import Request
 
 from gateway.auth.tokens import Principal
@@ -20,82 +28,138 @@ from gateway.outcomes import OutcomeError
 from store.models import Audit
 from store.types import utcnow
 
+log = logging.getLogger(__name__)
+
 #: Longest query string kept in an audit row.
 MAX_AUDIT_QUERY = 4000
 #: Column widths of ``audit.resource_id`` and ``audit.principal``.
 MAX_AUDIT_ID = 64
 MAX_AUDIT_PRINCIPAL = 100
+DEFAULT_FLUSH_INTERVAL_S = 0.05
+FLUSH_BATCH = 500
+MAX_PENDING = 50_000
 
 
-class AuditEntry:
-    """Filled in by the route while it works; written when the block ends."""
+class AuditLog:
+    """A write-behind queue of audit rows for one process."""
 
-    def __init__(self) -> None:
-        self.detail: dict[str, Any] = {}
-        self.resource_id: str | None = None
+    def __init__(self, engine: Engine, flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S) -> None:
+        self.engine = engine
+        self.flush_interval_s = flush_interval_s
+        self._pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
+    def record(
+        self,
+        principal: Principal,
+        action: str,
+        *,
+        resource_type: str | None,
+        resource_id: str | None,
+        query: str | None,
+        outcome: int,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        row = {
+            "at": utcnow(),
+            "principal": principal.client_id[:MAX_AUDIT_PRINCIPAL],
+            "action": action,
+            "resource_type": resource_type,
+            "resource_id": resource_id[:MAX_AUDIT_ID] if resource_id else None,
+            "query": query[:MAX_AUDIT_QUERY] if query else None,
+            "outcome": outcome,
+            "detail": detail or {},
+        }
+        with self._lock:
+            self._pending.append(row)
+            backlog = len(self._pending)
+        self._ensure_thread()
+        if backlog >= MAX_PENDING:
+            self.flush()
+        elif backlog >= FLUSH_BATCH:
+            self._wake.set()
 
-def write_audit(
-    session: Session,
-    principal: Principal,
-    action: str,
-    *,
-    resource_type: str | None,
-    resource_id: str | None,
-    query: str | None,
-    outcome: int,
-    detail: dict[str, Any] | None = None,
-) -> None:
-    session.execute(
-        insert(Audit).values(
-            at=utcnow(),
-            principal=principal.client_id[:MAX_AUDIT_PRINCIPAL],
-            action=action,
-            resource_type=resource_type,
-            resource_id=resource_id[:MAX_AUDIT_ID] if resource_id else None,
-            query=query[:MAX_AUDIT_QUERY] if query else None,
-            outcome=outcome,
-            detail=detail or {},
-        )
-    )
+    def flush(self) -> int:
+        """Write every queued row now; returns how many were written."""
+        with self._flush_lock:
+            with self._lock:
+                rows, self._pending = self._pending, []
+            if not rows:
+                return 0
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(insert(Audit), rows)
+            except Exception:
+                with self._lock:
+                    self._pending = rows + self._pending
+                log.error("audit flush failed; rows kept for retry", extra={"count": len(rows)})
+                raise
+            return len(rows)
+
+    def close(self) -> None:
+        """Stop the background writer and drain the queue (app shutdown)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.flush()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            with self._lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._stop.clear()
+                    self._thread = threading.Thread(
+                        target=self._run, name="askonce-audit", daemon=True
+                    )
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # noqa: S112 - logged in flush(); retried next tick
+                continue
 
 
 @contextmanager
 def audited(
-    session: Session,
+    audit: AuditLog,
     principal: Principal,
     action: str,
     request: Request,
     resource_type: str,
     resource_id: str | None = None,
-) -> Iterator[AuditEntry]:
-    """Run a read and record it (also when it fails with an OperationOutcome), then commit."""
-    entry = AuditEntry()
-    entry.resource_id = resource_id
+) -> Iterator[dict[str, Any]]:
+    """Record a read (also when it fails with an OperationOutcome). The block may fill
+    the yielded dict with non-PHI detail, such as the ids it disclosed."""
+    detail: dict[str, Any] = {}
     query = request.url.query
     try:
-        yield entry
+        yield detail
     except OutcomeError as exc:
-        session.rollback()
-        write_audit(
-            session,
+        audit.record(
             principal,
             action,
             resource_type=resource_type,
-            resource_id=entry.resource_id,
+            resource_id=resource_id,
             query=query,
             outcome=exc.status,
         )
-        session.commit()
         raise
-    write_audit(
-        session,
+    audit.record(
         principal,
         action,
         resource_type=resource_type,
-        resource_id=entry.resource_id,
+        resource_id=resource_id,
         query=query,
         outcome=200,
-        detail=entry.detail,
+        detail=detail,
     )
-    session.commit()

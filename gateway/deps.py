@@ -8,13 +8,14 @@ OperationOutcome.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Annotated
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from gateway.audit import AuditLog
 from gateway.auth.tokens import InvalidTokenError, Principal, TokenService
 from gateway.outcomes import OutcomeError, forbidden, unauthorized
 from gateway.state import GatewayState
@@ -23,9 +24,13 @@ from gateway.state import GatewayState
 bearer_scheme = HTTPBearer(auto_error=False, description="Token from POST /auth/token")
 
 
-def gateway_state(request: Request) -> GatewayState:
+def state_of(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.askonce
     return state
+
+
+async def gateway_state(request: Request) -> GatewayState:
+    return state_of(request)
 
 
 def token_service(request: Request) -> TokenService:
@@ -34,7 +39,8 @@ def token_service(request: Request) -> TokenService:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    with gateway_state(request).session_factory() as session:
+    state: GatewayState = request.app.state.askonce
+    with state.session_factory() as session:
         yield session
 
 
@@ -42,7 +48,15 @@ SessionDep = Annotated[Session, Depends(get_session)]
 StateDep = Annotated[GatewayState, Depends(gateway_state)]
 
 
-def authenticate(
+async def audit_log(request: Request) -> AuditLog:
+    audit: AuditLog = request.app.state.audit
+    return audit
+
+
+AuditDep = Annotated[AuditLog, Depends(audit_log)]
+
+
+async def authenticate(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Principal:
@@ -60,10 +74,15 @@ def authenticate(
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
 
 
-def require(resource_type: str, permission: str) -> Callable[[Principal], Principal]:
-    """A dependency that needs a SMART scope granting ``permission`` on ``resource_type``."""
+def require(
+    resource_type: str, permission: str
+) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
+    """A dependency that needs a SMART scope granting ``permission`` on ``resource_type``.
 
-    def check(principal: PrincipalDep) -> Principal:
+    Dependencies that do no I/O are ``async`` so they run on the event loop, not in
+    the thread pool (one hop fewer per request on the hot read path)."""
+
+    async def check(principal: PrincipalDep) -> Principal:
         if not principal.scopes.allows(resource_type, permission):
             raise OutcomeError(
                 forbidden(f"This interaction needs scope system/{resource_type}.{permission}.")
@@ -73,7 +92,7 @@ def require(resource_type: str, permission: str) -> Callable[[Principal], Princi
     return check
 
 
-def require_admin(principal: PrincipalDep) -> Principal:
+async def require_admin(principal: PrincipalDep) -> Principal:
     if not principal.scopes.admin:
         raise OutcomeError(forbidden("The admin API needs scope askonce.admin."))
     return principal

@@ -20,6 +20,7 @@ DEFAULT_MAX_BODY_BYTES = 1_048_576
 #: Search page size when ``_count`` is not given, and the largest honoured.
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 200
+DEFAULT_AUDIT_FLUSH_INTERVAL_S = 0.05
 
 
 def _now_fhir() -> str:
@@ -45,6 +46,8 @@ class GatewayState:
     matcher: Callable[..., Any] | None = None
     #: Parses the ``$match`` input Patient (``fhir_mapping.parse_patient``).
     patient_parser: Callable[[dict[str, Any]], Any] = parse_patient
+    #: How often the write-behind audit queue is written (seconds).
+    audit_flush_interval_s: float = DEFAULT_AUDIT_FLUSH_INTERVAL_S
     #: ``CapabilityStatement.date``: when this process started serving.
     started_at: str = field(default_factory=_now_fhir)
 

@@ -30,7 +30,7 @@ from gateway.admin.queries import (
 from gateway.audit import audited
 from gateway.auth.consumers import ConsumerExistsError, register_consumer
 from gateway.auth.scopes import InvalidScopeError
-from gateway.deps import AdminPrincipal, SessionDep, StateDep
+from gateway.deps import AdminPrincipal, AuditDep, SessionDep, StateDep
 from gateway.outcomes import OutcomeError, bad_request, conflict, not_found
 from store.models import Consumer, GoldenPatient
 
@@ -65,14 +65,15 @@ def quarantine(
     request: Request,
     session: SessionDep,
     principal: AdminPrincipal,
+    audit: AuditDep,
     source_id: SourceId = None,
     after_id: AfterId = 0,
     limit: Limit = DEFAULT_ADMIN_LIMIT,
     raw: bool = False,
 ) -> list[dict[str, Any]]:
-    with audited(session, principal, "admin-quarantine", request, "SourceRecord") as entry:
+    with audited(audit, principal, "admin-quarantine", request, "SourceRecord") as entry:
         items = list_quarantine(session, source_id, after_id, limit, with_raw=raw)
-        entry.detail = {"ids": [i["id"] for i in items]}
+        entry["ids"] = [i["id"] for i in items]
     return items
 
 
@@ -81,21 +82,26 @@ def review(
     request: Request,
     session: SessionDep,
     principal: AdminPrincipal,
+    audit: AuditDep,
     status: Annotated[str, Query(pattern="^(open|resolved)$")] = "open",
     after_id: AfterId = 0,
     limit: Limit = DEFAULT_ADMIN_LIMIT,
 ) -> list[dict[str, Any]]:
-    with audited(session, principal, "admin-review", request, "ReviewItem") as entry:
+    with audited(audit, principal, "admin-review", request, "ReviewItem") as entry:
         items = list_review(session, status, after_id, limit)
-        entry.detail = {"ids": [i["id"] for i in items]}
+        entry["ids"] = [i["id"] for i in items]
     return items
 
 
 @router.get("/golden/{golden_id}/links", summary="Links of a golden record and their history")
 def golden_links(
-    golden_id: str, request: Request, session: SessionDep, principal: AdminPrincipal
+    golden_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: AdminPrincipal,
+    audit: AuditDep,
 ) -> dict[str, Any]:
-    with audited(session, principal, "admin-links", request, "Patient", golden_id):
+    with audited(audit, principal, "admin-links", request, "Patient", golden_id):
         if session.get(GoldenPatient, golden_id) is None:
             raise OutcomeError(not_found(f"Patient/{golden_id} is not known."))
         return links_of(session, golden_id)
@@ -103,9 +109,13 @@ def golden_links(
 
 @router.get("/crosswalk.csv", summary="Every source id and the golden id it is linked to (CSV)")
 def crosswalk(
-    request: Request, session: SessionDep, state: StateDep, principal: AdminPrincipal
+    request: Request,
+    session: SessionDep,
+    state: StateDep,
+    principal: AdminPrincipal,
+    audit: AuditDep,
 ) -> StreamingResponse:
-    with audited(session, principal, "admin-crosswalk", request, "Patient"):
+    with audited(audit, principal, "admin-crosswalk", request, "Patient"):
         pass
 
     def rows() -> Iterator[str]:

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import JSONResponse
 
 from gateway.auth.consumers import authenticate_client, granted_scopes
-from gateway.deps import SessionDep, gateway_state, token_service
+from gateway.deps import SessionDep, state_of, token_service
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["auth"])
@@ -94,7 +94,7 @@ def issue_token(
 @router.get("/.well-known/smart-configuration", summary="SMART configuration discovery")
 def smart_configuration(request: Request) -> JSONResponse:
     """https://hl7.org/fhir/smart-app-launch/conformance.html#using-well-known"""
-    base = gateway_state(request).base_url(request)
+    base = state_of(request).base_url(request)
     return JSONResponse(
         {
             "token_endpoint": f"{base}/auth/token",

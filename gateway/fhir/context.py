@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from gateway.deps import gateway_state
+from gateway.deps import state_of
 from gateway.fhir.http import strict_handling
 from gateway.operations.search_patient import SearchContext
 
 
 def search_context(request: Request) -> SearchContext:
-    state = gateway_state(request)
+    state = state_of(request)
     return SearchContext(
         base=state.base_url(request),
         secret=state.secret_key,

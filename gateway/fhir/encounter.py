@@ -9,9 +9,9 @@ from starlette.responses import Response
 
 from gateway.audit import audited
 from gateway.auth.tokens import Principal
-from gateway.deps import EncounterSearch, SessionDep, require
+from gateway.deps import AuditDep, EncounterSearch, SessionDep, require
 from gateway.fhir.context import fhir_extra, search_context
-from gateway.fhir.http import fhir_response, negotiate, query_items
+from gateway.fhir.http import fhir_response, negotiated, query_items
 from gateway.operations.encounters import (
     ENCOUNTER_SEARCH_PARAMS,
     read_encounter,
@@ -19,7 +19,7 @@ from gateway.operations.encounters import (
 )
 
 router = APIRouter(prefix="/fhir", tags=["Encounter"])
-MediaType = Annotated[str, Depends(negotiate)]
+MediaType = Annotated[str, Depends(negotiated)]
 EncounterRead = Annotated[Principal, Depends(require("Encounter", "r"))]
 FHIR_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/fhir+json": {}}, "description": "FHIR JSON"}
@@ -35,10 +35,14 @@ FHIR_RESPONSE: dict[int | str, dict[str, Any]] = {
     ),
 )
 def search(
-    request: Request, session: SessionDep, principal: EncounterSearch, media: MediaType
+    request: Request,
+    session: SessionDep,
+    principal: EncounterSearch,
+    audit: AuditDep,
+    media: MediaType,
 ) -> Response:
     ctx = search_context(request)
-    with audited(session, principal, "search", request, "Encounter") as entry:
+    with audited(audit, principal, "search", request, "Encounter") as entry:
         bundle = search_encounters(
             session,
             query_items(request),
@@ -48,7 +52,7 @@ def search(
             default_count=ctx.default_count,
             max_count=ctx.max_count,
         )
-        entry.detail = {"ids": [e["resource"]["id"] for e in bundle.get("entry", [])]}
+        entry["ids"] = [e["resource"]["id"] for e in bundle.get("entry", [])]
     return fhir_response(bundle, media)
 
 
@@ -63,8 +67,9 @@ def read(
     request: Request,
     session: SessionDep,
     principal: EncounterRead,
+    audit: AuditDep,
     media: MediaType,
 ) -> Response:
-    with audited(session, principal, "read", request, "Encounter", encounter_id):
+    with audited(audit, principal, "read", request, "Encounter", encounter_id):
         resource = read_encounter(session, encounter_id)
     return fhir_response(resource, media)

@@ -58,6 +58,11 @@ def negotiate(request: Request) -> str:
     )
 
 
+async def negotiated(request: Request) -> str:
+    """:func:`negotiate` as a dependency (async: no I/O, so no thread-pool hop)."""
+    return negotiate(request)
+
+
 def etag(version: int) -> str:
     return f'W/"{version}"'
 

@@ -8,11 +8,11 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import Response
 
 from gateway.deps import StateDep
-from gateway.fhir.http import fhir_response, negotiate
+from gateway.fhir.http import fhir_response, negotiated
 from gateway.operations.capability import capability_statement
 
 router = APIRouter(prefix="/fhir", tags=["metadata"])
-MediaType = Annotated[str, Depends(negotiate)]
+MediaType = Annotated[str, Depends(negotiated)]
 
 
 def fhir_marks(app: FastAPI) -> list[dict[str, str]]:

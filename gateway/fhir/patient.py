@@ -13,25 +13,29 @@ from starlette.responses import Response
 
 from gateway.audit import audited
 from gateway.auth.tokens import Principal
-from gateway.deps import PatientRead, PatientSearch, SessionDep, StateDep, require
+from gateway.deps import AuditDep, PatientRead, PatientSearch, SessionDep, StateDep, require
 from gateway.fhir.context import fhir_extra, search_context
 from gateway.fhir.http import (
     check_preconditions,
     etag,
     fhir_response,
     negotiate,
+    negotiated,
     not_modified,
     query_items,
     read_json_body,
 )
 from gateway.operations.everything import everything
 from gateway.operations.match import match
-from gateway.operations.read import history_patient, read_patient, vread_patient
+from gateway.operations.read import (
+    history_patient,
+    vread_patient,
+)
 from gateway.operations.search_patient import PATIENT_SEARCH_PARAMS, search_patients
 from gateway.outcomes import OutcomeError, outcome
 
 router = APIRouter(prefix="/fhir", tags=["Patient"])
-MediaType = Annotated[str, Depends(negotiate)]
+MediaType = Annotated[str, Depends(negotiated)]
 EverythingReader = Annotated[Principal, Depends(require("Encounter", "s"))]
 BUNDLE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/fhir+json": {}}, "description": "A FHIR Bundle"}
@@ -58,11 +62,15 @@ def _ids(bundle: dict[str, Any]) -> list[str]:
     ),
 )
 def search(
-    request: Request, session: SessionDep, principal: PatientSearch, media: MediaType
+    request: Request,
+    session: SessionDep,
+    principal: PatientSearch,
+    audit: AuditDep,
+    media: MediaType,
 ) -> Response:
-    with audited(session, principal, "search", request, "Patient") as entry:
+    with audited(audit, principal, "search", request, "Patient") as entry:
         bundle = search_patients(session, query_items(request), search_context(request))
-        entry.detail = {"ids": _ids(bundle)}
+        entry["ids"] = _ids(bundle)
     return fhir_response(bundle, media)
 
 
@@ -73,16 +81,16 @@ def search(
     openapi_extra=fhir_extra("Patient", "interaction", "search-type"),
 )
 async def search_post(
-    request: Request, state: StateDep, principal: PatientSearch, media: MediaType
+    request: Request, state: StateDep, principal: PatientSearch, audit: AuditDep, media: MediaType
 ) -> Response:
     form = await request.form()
     items = query_items(request) + [(k, str(v)) for k, v in form.multi_items() if k != "_format"]
     with (
         state.session_factory() as session,
-        audited(session, principal, "search", request, "Patient") as entry,
+        audited(audit, principal, "search", request, "Patient") as entry,
     ):
         bundle = search_patients(session, items, search_context(request))
-        entry.detail = {"ids": _ids(bundle)}
+        entry["ids"] = _ids(bundle)
     return fhir_response(bundle, media)
 
 
@@ -93,7 +101,7 @@ async def search_post(
     openapi_extra=fhir_extra("Patient", "operation", "match", body="Parameters"),
 )
 async def match_route(
-    request: Request, state: StateDep, principal: PatientSearch, media: MediaType
+    request: Request, state: StateDep, principal: PatientSearch, audit: AuditDep, media: MediaType
 ) -> Response:
     body = await read_json_body(request, state.max_body_bytes)
     matcher, parser = state.matcher, state.patient_parser
@@ -101,12 +109,12 @@ async def match_route(
         raise OutcomeError(outcome(501, "not-supported", "No matching engine is configured."))
     with (
         state.session_factory() as session,
-        audited(session, principal, "match", request, "Patient") as entry,
+        audited(audit, principal, "match", request, "Patient") as entry,
     ):
         bundle = match(
             session, body, base=state.base_url(request), matcher=matcher, parse_patient=parser
         )
-        entry.detail = {"ids": _ids(bundle)}
+        entry["ids"] = _ids(bundle)
     return fhir_response(bundle, media)
 
 
@@ -116,15 +124,13 @@ async def match_route(
     responses=RESOURCE_RESPONSE,
     openapi_extra=fhir_extra("Patient", "interaction", "read"),
 )
-def read(
-    golden_id: str,
-    request: Request,
-    session: SessionDep,
-    principal: PatientRead,
-    media: MediaType,
-) -> Response:
-    with audited(session, principal, "read", request, "Patient", golden_id):
-        stored = read_patient(session, golden_id)
+async def read(golden_id: str, request: Request, principal: PatientRead) -> Response:
+    # The hot path: everything but the authentication dependency is inline, and the
+    # one indexed SELECT runs on the event loop (gateway.reads); the audit row is queued.
+    media = negotiate(request)
+    app_state = request.app.state
+    with audited(app_state.audit, principal, "read", request, "Patient", golden_id):
+        stored = await app_state.reader.read(golden_id)
         unchanged = check_preconditions(request, stored.version)
     if unchanged:
         return not_modified(stored.version)
@@ -144,9 +150,10 @@ def vread(
     request: Request,
     session: SessionDep,
     principal: PatientRead,
+    audit: AuditDep,
     media: MediaType,
 ) -> Response:
-    with audited(session, principal, "vread", request, "Patient", golden_id):
+    with audited(audit, principal, "vread", request, "Patient", golden_id):
         stored = vread_patient(session, golden_id, version_id)
         unchanged = check_preconditions(request, stored.version)
     if unchanged:
@@ -166,11 +173,12 @@ def history(
     session: SessionDep,
     state: StateDep,
     principal: PatientRead,
+    audit: AuditDep,
     media: MediaType,
     count: Annotated[int | None, Query(alias="_count", ge=1)] = None,
     cursor: Annotated[str | None, Query(alias="_cursor")] = None,
 ) -> Response:
-    with audited(session, principal, "history", request, "Patient", golden_id):
+    with audited(audit, principal, "history", request, "Patient", golden_id):
         bundle = history_patient(
             session,
             golden_id,
@@ -194,12 +202,13 @@ def everything_route(
     session: SessionDep,
     state: StateDep,
     principal: PatientRead,
+    audit: AuditDep,
     _encounters: EverythingReader,
     media: MediaType,
     count: Annotated[int | None, Query(alias="_count", ge=1)] = None,
     cursor: Annotated[str | None, Query(alias="_cursor")] = None,
 ) -> Response:
-    with audited(session, principal, "everything", request, "Patient", golden_id) as entry:
+    with audited(audit, principal, "everything", request, "Patient", golden_id) as entry:
         bundle, ids = everything(
             session,
             golden_id,
@@ -208,5 +217,5 @@ def everything_route(
             count=min(count or state.default_page_size, state.max_page_size),
             cursor=cursor,
         )
-        entry.detail = {"ids": ids}
+        entry["ids"] = ids
     return fhir_response(bundle, media)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Text, cast, select
+from sqlalchemy import Connection, Text, bindparam, cast, select
 from sqlalchemy.orm import Session
 
 from gateway.operations.bundle import page_url
@@ -46,6 +47,14 @@ class StoredResource:
         return dict(json.loads(self.text or "{}"))
 
 
+#: Built once: the read is the hottest query (the JSON comes back as text, unparsed).
+_READ = select(
+    GoldenPatient.version,
+    GoldenPatient.status,
+    cast(GoldenPatient.resource, Text).label("text"),
+).where(GoldenPatient.id == bindparam("golden_id"))
+
+
 def check_id(resource_type: str, raw: str) -> str:
     """``raw`` if it is a valid FHIR id; otherwise no such resource can exist (404)."""
     if not FHIR_ID.match(raw):
@@ -53,7 +62,7 @@ def check_id(resource_type: str, raw: str) -> str:
     return raw
 
 
-def survivor_of(session: Session, golden_id: str) -> str | None:
+def survivor_of(session: Session | Connection, golden_id: str) -> str | None:
     """The active golden record ``golden_id`` was merged into, following chains."""
     current, seen = golden_id, {golden_id}
     for _ in range(MAX_MERGE_HOPS):
@@ -81,27 +90,36 @@ def with_replaced_by(resource: dict[str, Any], survivor: str) -> dict[str, Any]:
     return out
 
 
-def read_patient(session: Session, golden_id: str) -> StoredResource:
-    """The current version; 404 if unknown, 410 if deleted, replaced-by if merged."""
-    check_id("Patient", golden_id)
-    row = session.execute(
-        select(
-            GoldenPatient.version,
-            GoldenPatient.status,
-            cast(GoldenPatient.resource, Text).label("text"),
-        ).where(GoldenPatient.id == golden_id)
-    ).first()
+def stored_from_row(
+    golden_id: str,
+    row: Sequence[Any] | None,
+    survivor: Callable[[], str | None] | None,
+) -> StoredResource:
+    """Apply the status rules to a ``(version, status, json text)`` row: 404 when there is
+    none, 410 when deleted, ``replaced-by`` (via ``survivor()``) when merged."""
     if row is None:
         raise OutcomeError(not_found(f"Patient/{golden_id} is not known."))
-    if row.status == DELETED:
+    version, status, text = row
+    if status == DELETED:
         raise OutcomeError(gone(f"Patient/{golden_id} was deleted."))
-    if row.status == MERGED:
-        survivor = survivor_of(session, golden_id)
-        resource = json.loads(row.text)
-        if survivor is not None:
-            resource = with_replaced_by(resource, survivor)
-        return StoredResource("Patient", golden_id, row.version, resource=resource)
-    return StoredResource("Patient", golden_id, row.version, text=row.text)
+    if status == MERGED:
+        resource = json.loads(text)
+        target = survivor() if survivor is not None else None
+        if target is not None:
+            resource = with_replaced_by(resource, target)
+        return StoredResource("Patient", golden_id, version, resource=resource)
+    return StoredResource("Patient", golden_id, version, text=text)
+
+
+def read_patient(session: Session | Connection, golden_id: str) -> StoredResource:
+    """The current version; 404 if unknown, 410 if deleted, replaced-by if merged."""
+    check_id("Patient", golden_id)
+    row = session.execute(_READ, {"golden_id": golden_id}).first()
+    return stored_from_row(
+        golden_id,
+        tuple(row) if row is not None else None,
+        survivor=lambda: survivor_of(session, golden_id),
+    )
 
 
 def parse_version(raw: str) -> int:

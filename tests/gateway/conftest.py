@@ -189,7 +189,7 @@ def free_port() -> int:
 @contextmanager
 def serve_in_thread(app: Any, port: int) -> Iterator[None]:
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="live-gateway", daemon=True)

@@ -88,6 +88,7 @@ def test_sources_runs_quarantine_review_links(
     assert links["links"][0]["resource_id"] == "p1"
     assert client.get("/admin/golden/nope/links", headers=admin).status_code == 404
     assert client.get("/admin/runs?limit=100000", headers=admin).status_code == 400
+    client.app.state.audit.flush()  # type: ignore[attr-defined]
     with session_factory() as session:
         actions = session.scalars(select(Audit.action).where(Audit.principal == "steward")).all()
     assert {"admin-quarantine", "admin-review", "admin-links"} <= set(actions)

@@ -333,6 +333,7 @@ def test_every_read_is_audited_without_logging_patient_data(
     client.get(f"/fhir/Patient/{golden_id}", headers=headers)
     client.get("/fhir/Patient?family=Zyxwvutsrq", headers=headers)
     client.get("/fhir/Patient/unknown-id", headers=headers)
+    client.app.state.audit.flush()  # type: ignore[attr-defined]
     with session_factory() as session:
         rows = session.scalars(select(Audit).order_by(Audit.id)).all()
     assert [(r.action, r.resource_id, r.outcome) for r in rows] == [
