@@ -12,6 +12,7 @@ from rich.console import Console
 from sqlalchemy import text
 
 from askonce.cli_consumers import consumers_app, openapi_command
+from askonce.cli_sources import sources_app, sync_command
 from askonce.logging import configure_logging
 from askonce.runtime import Runtime, build_runtime
 from askonce.settings import PlaceholderSecretError, Settings, get_settings
@@ -28,6 +29,8 @@ db_app = typer.Typer(help="Manage the database schema (Alembic migrations).", no
 app.add_typer(db_app, name="db")
 app.add_typer(consumers_app, name="consumers")
 app.command("openapi")(openapi_command)
+app.add_typer(sources_app, name="sources")
+app.command("sync")(sync_command)
 
 console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("askonce.cli")
@@ -148,10 +151,16 @@ def demo(
     host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind.")] = None,
 ) -> None:
-    """Create the embedded database, then serve the API on http://127.0.0.1:8000."""
+    """Create the embedded database, load and sync 3 demo EHRs, then serve on :8000."""
+    from askonce.demo import run_demo_sync
+
     settings = _settings().model_copy(update={"demo": True})
     migrations.upgrade(settings.database_url)
     console.print(f"[green]database ready[/green] ({settings.database_url})")
+    run_demo_sync(_runtime(settings), console)
+    console.print(
+        f"serving on http://{host or settings.host}:{port or settings.port} (Ctrl+C stops)"
+    )
     _serve(settings, host, port)
 
 

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from gateway import admin, health
+from gateway import admin, health, intake
 from gateway.audit import AuditLog
 from gateway.auth.router import router as auth_router
 from gateway.auth.tokens import TokenService
@@ -55,4 +55,5 @@ def create_app(state: GatewayState) -> FastAPI:
     app.include_router(patient.router)
     app.include_router(encounter.router)
     app.include_router(admin.router)
+    app.include_router(intake.router)
     return app

@@ -1,14 +1,63 @@
-"""Sync: the Celery app and tasks that move data from sources into the golden record."""
+"""Sync: moving data from sources into the golden record, reliably.
+
+:func:`ingest_page` takes one page of a source into source records (validated,
+deduplicated by content hash, invalid ones quarantined), resolves Patients
+through :mod:`mpi`, attaches Encounters, applies deletions and writes the cursor,
+all in the caller's transaction. :func:`run_source` drives a whole run, chunk by
+chunk, resumable after a crash; :mod:`sync.tasks` wraps it for Celery and beat;
+:mod:`sync.intake` feeds pushed FHIR Subscription notifications to the same pipeline.
+
+Errors::
+
+    Exception
+     └── SyncError                  base of this package's errors
+          ├── SourceUnavailableError   the source does not exist or is disabled
+          └── NotificationError        a push notification that cannot be read
+    ValueError
+     └── InvalidScheduleError       a source schedule that is neither interval nor cron
+
+Connector errors (:class:`connectors.TransientError`, :class:`connectors.PermanentError`)
+pass through: a transient one retries the chunk, a permanent one fails the run.
+"""
 
 from __future__ import annotations
 
-from sync.celery_app import DEFAULT_QUEUE, create_celery
+from sync.celery_app import DEFAULT_QUEUE, beat_schedule, create_celery
 from sync.context import TaskContext, bind_task_context, current_task_context
+from sync.patients import PatientOptions
+from sync.pipeline import IngestResult, apply_deletions, ingest_page
+from sync.records import content_hash
+from sync.runner import (
+    ChunkResult,
+    SourceUnavailableError,
+    SyncError,
+    run_chunk,
+    run_source,
+    source_config,
+    start_or_resume,
+)
+from sync.scheduling import InvalidScheduleError, due_sources, parse_schedule
 
 __all__ = [
     "DEFAULT_QUEUE",
+    "ChunkResult",
+    "IngestResult",
+    "InvalidScheduleError",
+    "PatientOptions",
+    "SourceUnavailableError",
+    "SyncError",
     "TaskContext",
+    "apply_deletions",
+    "beat_schedule",
     "bind_task_context",
+    "content_hash",
     "create_celery",
     "current_task_context",
+    "due_sources",
+    "ingest_page",
+    "parse_schedule",
+    "run_chunk",
+    "run_source",
+    "source_config",
+    "start_or_resume",
 ]

@@ -1,15 +1,63 @@
-"""Celery tasks. Each is a thin wrapper: one call to a plain function."""
+"""Celery tasks. Each is a thin wrapper: one call to a plain function.
+
+Tasks take ids, never ORM objects, and find the database through
+:func:`sync.context.current_task_context`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from celery import shared_task
+from celery import current_app, shared_task
 
-from sync import system
+from connectors import TransientError
+from sync import runner, scheduling, system
 from sync.context import current_task_context
+
+#: Retries of a chunk that hit a TransientError: exponential backoff with jitter, capped.
+RUN_SOURCE_MAX_RETRIES = 8
+RUN_SOURCE_BACKOFF_MAX_S = 600
 
 
 @shared_task(name="askonce.system.ping", acks_late=True)
 def ping(token: str) -> dict[str, Any]:
     return system.ping(current_task_context(), token)
+
+
+def _requeue(source_id: int, run_id: int, token: str) -> None:
+    run_source.apply_async(kwargs={"source_id": source_id, "run_id": run_id, "token": token})
+
+
+# acks_late is safe: a chunk re-run reads the committed cursor again and the
+# content hash turns the repeated page into a no-op.
+@shared_task(
+    name="askonce.sync.run_source",
+    acks_late=True,
+    autoretry_for=(TransientError,),
+    retry_backoff=True,
+    retry_backoff_max=RUN_SOURCE_BACKOFF_MAX_S,
+    retry_jitter=True,
+    max_retries=RUN_SOURCE_MAX_RETRIES,
+)
+def run_source(
+    source_id: int, run_id: int | None = None, token: str | None = None, full: bool = False
+) -> dict[str, Any]:
+    """Start, resume or continue a run of one source: one page, then requeue."""
+    return runner.run_source(
+        current_task_context(),
+        source_id,
+        run_id=run_id,
+        token=token,
+        full=full,
+        requeue=None if current_app.conf.task_always_eager else _requeue,
+    ).as_dict()
+
+
+@shared_task(name="askonce.sync.schedule_due", acks_late=True)
+def schedule_due() -> list[int]:
+    """Beat's tick: start (or resume) every source whose schedule is due."""
+    return scheduling.dispatch_due(current_task_context(), _trigger)
+
+
+def _trigger(source_id: int) -> None:
+    run_source.apply_async(kwargs={"source_id": source_id})

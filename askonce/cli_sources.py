@@ -1,0 +1,413 @@
+"""``askonce sources …`` and ``askonce sync NAME``: register sources, run and inspect syncs.
+
+Other tools script these names, so they are a contract:
+
+* ``askonce sources add NAME --kind fhir|history|bulk|ndjson --url URL_OR_PATH
+  [--auth ...] [--schedule ...]``
+* ``askonce sources list`` and ``askonce sources status [NAME]``
+* ``askonce sync NAME [--full]``
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from askonce.logging import configure_logging
+from askonce.runtime import Runtime, build_runtime
+from askonce.settings import get_settings
+from connectors import SOURCE_KINDS, SourceConfig, SourceOptions, TransientError
+from store import NotFoundError, SchemaNotAtHeadError, SourceRepository, SyncRunRepository
+from store.models import GoldenPatient, ReviewItem, SourceRecord, SyncRun
+from store.models import Source as SourceRow
+from sync import IngestResult, TaskContext, run_source, start_or_resume
+from sync.intake import hash_intake_token
+from sync.runner import INTAKE_TOKEN_KEY, PIPELINE_CONFIG_KEYS
+from sync.scheduling import InvalidScheduleError, parse_schedule
+
+sources_app = typer.Typer(
+    help="Register the EHRs askonce pulls from, and see how their syncs went.",
+    no_args_is_help=True,
+)
+console = Console(stderr=True, soft_wrap=True)
+
+#: How many quarantined records ``sources status`` lists per source.
+QUARANTINE_LISTED = 10
+#: How often ``askonce sync`` polls a run that a worker is doing.
+POLL_INTERVAL_S = 0.5
+#: Default trust rank of a new source (higher wins survivorship ties).
+DEFAULT_TRUST_RANK = 50
+#: ``--option intake_token=…`` switches push intake on; only its SHA-256 is stored.
+INTAKE_TOKEN_OPTION = "intake_token"  # noqa: S105 - an option name, not a secret
+
+
+def parse_auth(value: str | None) -> dict[str, Any]:
+    """``--auth``: JSON, ``@file.json``, ``none``, ``bearer:TOKEN`` or ``basic:USER:PASS``."""
+    if not value or value == "none":
+        return {"kind": "none"}
+    if value.startswith("@"):
+        value = Path(value[1:]).read_text(encoding="utf-8")
+    if value.lstrip().startswith("{"):
+        auth = json.loads(value)
+        if not isinstance(auth, dict) or "kind" not in auth:
+            raise typer.BadParameter("--auth JSON must be an object with a 'kind'")
+        return auth
+    kind, _, rest = value.partition(":")
+    if kind == "bearer" and rest:
+        return {"kind": "bearer", "token": rest}
+    if kind == "basic" and ":" in rest:
+        username, _, password = rest.partition(":")
+        return {"kind": "basic", "username": username, "password": password}
+    raise typer.BadParameter("use none, bearer:TOKEN, basic:USER:PASS, a JSON object or @file.json")
+
+
+def _parse_option(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep:
+        raise typer.BadParameter(f"--option {item!r}: expected KEY=VALUE")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def add_source(
+    runtime: Runtime,
+    name: str,
+    *,
+    kind: str,
+    url: str,
+    auth: dict[str, Any] | None = None,
+    schedule: str | None = None,
+    resource_types: list[str] | None = None,
+    config: dict[str, Any] | None = None,
+    trust_rank: int = DEFAULT_TRUST_RANK,
+) -> int:
+    """Validate and store a source; returns its id. Raises ValueError on bad input."""
+    if kind not in SOURCE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(SOURCE_KINDS)}")
+    if schedule:
+        parse_schedule(schedule)
+    config = dict(config or {})
+    if INTAKE_TOKEN_OPTION in config:  # keep only its hash; the sender presents the token
+        config[INTAKE_TOKEN_KEY] = hash_intake_token(str(config.pop(INTAKE_TOKEN_OPTION)))
+    connector_options = {k: v for k, v in config.items() if k not in PIPELINE_CONFIG_KEYS}
+    SourceOptions.from_dict(connector_options)
+    if kind == "ndjson":
+        url = str(Path(url).expanduser().resolve())
+    types = resource_types or ["Patient", "Encounter"]
+    SourceConfig(kind=kind, base_url=url, auth=auth or {"kind": "none"}, resource_types=types)  # type: ignore[arg-type]
+    with runtime.unit_of_work() as session:
+        source = SourceRepository(session).add(
+            name=name,
+            kind=kind,
+            base_url=url,
+            auth=auth or {"kind": "none"},
+            resource_types=types,
+            schedule=schedule,
+            trust_rank=trust_rank,
+            config=config,
+        )
+        return source.id
+
+
+class RateColumn(ProgressColumn):
+    """Resources per second since the progress started."""
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed or 0.0
+        rate = task.completed / elapsed if elapsed > 0 else 0.0
+        return Text(f"{rate:,.0f} resources/s", style="cyan")
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.completed:,.0f} resources"),
+        RateColumn(),
+        TextColumn("[yellow]{task.fields[quarantined]} quarantined"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def sync_with_progress(runtime: Runtime, source_id: int, name: str, *, full: bool) -> SyncRun:
+    """Run one source in the foreground with a progress bar; returns the finished run."""
+    with _progress() as progress:
+        task = progress.add_task(name, total=None, quarantined=0)
+        if runtime.settings.embedded:
+            quarantined = 0
+
+            def on_page(_run: SyncRun, page: IngestResult) -> None:
+                nonlocal quarantined
+                quarantined += page.quarantined
+                progress.update(task, advance=page.resources, quarantined=quarantined)
+
+            chunk = run_source(
+                TaskContext(engine=runtime.engine, session_factory=runtime.session_factory),
+                source_id,
+                full=full,
+                max_pages=None,
+                on_page=on_page,
+                default_region=runtime.settings.default_region,
+            )
+            run_id = chunk.run_id
+        else:
+            run_id = _dispatch_and_follow(runtime, source_id, full, progress, task)
+    with runtime.session_factory() as session:
+        run = session.get(SyncRun, run_id)
+        assert run is not None
+        return run
+
+
+def _dispatch_and_follow(
+    runtime: Runtime, source_id: int, full: bool, progress: Progress, task: Any
+) -> int:
+    """Services mode: hand the run to the workers and follow it in ``sync_run``."""
+    from sync.tasks import run_source as run_source_task
+
+    with runtime.unit_of_work() as session:
+        run, token = start_or_resume(session, source_id, full=full)
+        run_id = run.id
+    run_source_task.apply_async(
+        kwargs={"source_id": source_id, "run_id": run_id, "token": token},
+        queue=runtime.settings.task_queue,
+    )
+    while True:
+        with runtime.session_factory() as session:
+            current = session.get(SyncRun, run_id)
+            assert current is not None
+            progress.update(task, completed=current.resources, quarantined=current.quarantined)
+            if current.status != "running":
+                return run_id
+        time.sleep(POLL_INTERVAL_S)
+
+
+def _record_counts(session: Any, source_id: int) -> dict[str, int]:
+    rows = session.execute(
+        select(SourceRecord.status, func.count())
+        .where(SourceRecord.source_id == source_id)
+        .group_by(SourceRecord.status)
+    ).all()
+    return {status: count for status, count in rows}
+
+
+def print_run_summary(run: SyncRun, name: str) -> None:
+    """The summary printed after ``askonce sync``."""
+    colour = {"ok": "green", "failed": "red"}.get(run.status, "yellow")
+    elapsed = (
+        (run.finished_at - run.started_at).total_seconds() if run.finished_at else float("nan")
+    )
+    console.print(
+        f"[{colour}]{name}: {run.status}[/{colour}]  pages {run.pages:,}  "
+        f"resources {run.resources:,}  unchanged {run.skipped:,}  "
+        f"quarantined {run.quarantined:,}  errors {run.errors:,}  in {elapsed:.1f}s"
+    )
+    error = (run.detail or {}).get("last_error")
+    if error:
+        console.print(
+            f"  last error: {error.get('type')} {error.get('status_code') or ''} "
+            f"{error.get('url') or ''}".rstrip()
+        )
+
+
+def summary_counts(runtime: Runtime) -> dict[str, int]:
+    """Source records, golden records, review items: what the demo prints at the end."""
+    with runtime.session_factory() as session:
+        return {
+            "source_records": session.scalar(select(func.count()).select_from(SourceRecord)) or 0,
+            "quarantined": session.scalar(
+                select(func.count())
+                .select_from(SourceRecord)
+                .where(SourceRecord.status == "quarantined")
+            )
+            or 0,
+            "golden_records": session.scalar(
+                select(func.count())
+                .select_from(GoldenPatient)
+                .where(GoldenPatient.status == "active")
+            )
+            or 0,
+            "review_items": session.scalar(
+                select(func.count()).select_from(ReviewItem).where(ReviewItem.status == "open")
+            )
+            or 0,
+        }
+
+
+def _runtime() -> Runtime:
+    """Wire the process, or exit with the command that fixes a stale schema."""
+    settings = get_settings()
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    try:
+        return build_runtime(settings)
+    except SchemaNotAtHeadError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+
+
+@sources_app.command("add")
+def sources_add(
+    name: Annotated[str, typer.Argument(help="A unique name for the source.")],
+    kind: Annotated[str, typer.Option(help="fhir | history | bulk | ndjson")],
+    url: Annotated[str, typer.Option(help="FHIR base URL, or a folder of <Type>.ndjson files.")],
+    auth: Annotated[
+        str | None,
+        typer.Option(help="none | bearer:TOKEN | basic:USER:PASS | JSON object | @file.json"),
+    ] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help="Seconds, 15m/2h/1d, or a 5-field cron expression.")
+    ] = None,
+    types: Annotated[
+        str, typer.Option(help="Resource types to sync, comma-separated.")
+    ] = "Patient,Encounter",
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", help="Connector or pipeline option KEY=VALUE (repeatable)."),
+    ] = None,
+    trust_rank: Annotated[int, typer.Option(help="Survivorship rank; higher wins.")] = (
+        DEFAULT_TRUST_RANK
+    ),
+) -> None:
+    """Register a source."""
+    runtime = _runtime()
+    config = dict(_parse_option(item) for item in option or [])
+    try:
+        source_id = add_source(
+            runtime,
+            name,
+            kind=kind,
+            url=url,
+            auth=parse_auth(auth),
+            schedule=schedule,
+            resource_types=[t.strip() for t in types.split(",") if t.strip()],
+            config=config,
+            trust_rank=trust_rank,
+        )
+    except (ValueError, TypeError, InvalidScheduleError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    except IntegrityError as exc:
+        console.print(f"[red]error:[/red] a source named {name!r} already exists")
+        raise typer.Exit(code=2) from exc
+    console.print(f"[green]source {name} added[/green] (id {source_id})")
+
+
+@sources_app.command("list")
+def sources_list() -> None:
+    """List the sources with their last run."""
+    runtime = _runtime()
+    table = Table("name", "kind", "url", "schedule", "enabled", "last run", "status")
+    with runtime.session_factory() as session:
+        for source in SourceRepository(session).list():
+            run = SyncRunRepository(session).latest(source.id)
+            table.add_row(
+                source.name,
+                source.kind,
+                source.base_url,
+                source.schedule or "-",
+                "yes" if source.enabled else "no",
+                run.started_at.isoformat(timespec="seconds") if run else "never",
+                run.status if run else "-",
+            )
+    Console(soft_wrap=True).print(table)
+
+
+@sources_app.command("status")
+def sources_status(
+    name: Annotated[str | None, typer.Argument(help="One source; all when omitted.")] = None,
+) -> None:
+    """Each source's last run, record counts and quarantined records."""
+    runtime = _runtime()
+    out = Console(soft_wrap=True)
+    with runtime.session_factory() as session:
+        repo = SourceRepository(session)
+        try:
+            sources: list[SourceRow] = [repo.get_by_name(name)] if name else list(repo.list())
+        except NotFoundError as exc:
+            console.print(f"[red]error:[/red] no source named {name!r}")
+            raise typer.Exit(code=2) from exc
+        for source in sources:
+            run = SyncRunRepository(session).latest(source.id)
+            counts = _record_counts(session, source.id)
+            out.print(f"[bold]{source.name}[/bold] ({source.kind} {source.base_url})")
+            if run is None:
+                out.print("  last run: never")
+            else:
+                started = run.started_at.isoformat(timespec="seconds")
+                out.print(
+                    f"  last run: {run.status}, started {started}"
+                    f", pages {run.pages}, resources {run.resources}, unchanged {run.skipped}, "
+                    f"quarantined {run.quarantined}, errors {run.errors}"
+                )
+            out.print(
+                "  records: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
+            )
+            _print_quarantine(out, session, source.id)
+
+
+def _print_quarantine(out: Console, session: Any, source_id: int) -> None:
+    rows = session.scalars(
+        select(SourceRecord)
+        .where(SourceRecord.source_id == source_id, SourceRecord.status == "quarantined")
+        .order_by(SourceRecord.updated_at.desc())
+        .limit(QUARANTINE_LISTED)
+    ).all()
+    if not rows:
+        return
+    table = Table("quarantined", "path", "reason", box=None, padding=(0, 2))
+    for row in rows:
+        issues = (row.error or {}).get("issues") or [{}]
+        table.add_row(
+            f"{row.resource_type}/{row.resource_id}",
+            str(issues[0].get("path", "")),
+            str(issues[0].get("reason", "")),
+        )
+    out.print(table)
+
+
+def sync_command(
+    name: Annotated[str, typer.Argument(help="The source to sync.")],
+    full: Annotated[
+        bool, typer.Option("--full", help="Ignore the cursors and read everything again.")
+    ] = False,
+) -> None:
+    """Sync one source now, in the foreground, with progress; then print a summary."""
+    runtime = _runtime()
+    with runtime.session_factory() as session:
+        try:
+            source_id = SourceRepository(session).get_by_name(name).id
+        except NotFoundError as exc:
+            console.print(f"[red]error:[/red] no source named {name!r}")
+            raise typer.Exit(code=2) from exc
+    try:
+        run = sync_with_progress(runtime, source_id, name, full=full)
+    except TransientError as exc:
+        console.print(
+            f"[red]{name}: source unavailable[/red] ({type(exc).__name__}"
+            f"{' ' + str(exc.status_code) if exc.status_code else ''}); "
+            "the next sync resumes from the last committed page"
+        )
+        raise typer.Exit(code=1) from exc
+    print_run_summary(run, name)
+    if run.status != "ok":
+        raise typer.Exit(code=1)

@@ -1,0 +1,256 @@
+"""The ingest pipeline: one page from a source into source records and golden records.
+
+:func:`ingest_page` is a plain function (tasks, the CLI, push intake and tests all
+call it). For one :class:`connectors.Page` it
+
+1. identifies every resource and computes its content hash (without ``meta``);
+2. skips the unchanged ones, and quarantines the invalid ones with their error;
+3. stores the valid ones and resolves Patients through :mod:`mpi` in batches;
+4. attaches Encounters to their patient's golden record (or lets them wait);
+5. applies the page's deletions (``_history`` DELETE entries, Bulk ``deleted``);
+6. writes the cursor that follows the page,
+
+all in the caller's session: the caller commits once, so the page's records and
+its cursor are durable together or not at all.
+https://hl7.org/fhir/R4/http.html#history, https://hl7.org/fhir/uv/bulkdata/export.html
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from connectors import Page
+from mpi import recompute_golden
+from store import CursorRepository
+from store.models import Encounter, Link, Outbox, SourceRecord
+from store.types import utcnow
+from sync.encounters import (
+    EVENT_DELETED,
+    attach_waiting,
+    ingest_encounters,
+    outbox_row,
+)
+from sync.patients import PatientOptions, ingest_patients
+from sync.records import (
+    STATUS_DELETED,
+    Incoming,
+    chunked,
+    content_hash,
+    describe,
+    load_records,
+    quarantine,
+)
+
+log = logging.getLogger(__name__)
+
+#: Resource types the pipeline understands; resources of other types are kept quarantined.
+SUPPORTED_TYPES = ("Patient", "Encounter")
+#: Id prefix of a quarantined entry the connector could not read (named by its position).
+UNREADABLE_ID_PREFIX = "unreadable-"
+
+
+@dataclass
+class IngestResult:
+    """What one page did. ``resources`` counts every resource received on the page."""
+
+    resources: int = 0
+    stored: int = 0
+    skipped: int = 0
+    quarantined: int = 0
+    deleted: int = 0
+    waiting: int = 0
+    attached: int = 0
+    golden_created: int = 0
+    review_items: int = 0
+    #: Entries the connector could not even read (a line that is not JSON…), kept quarantined.
+    unreadable: int = 0
+
+    def add(self, other: IngestResult) -> None:
+        for key, value in asdict(other).items():
+            setattr(self, key, getattr(self, key) + value)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _latest_per_id(items: Sequence[Incoming]) -> list[Incoming]:
+    """One entry per resource id: the newest by ``meta.lastUpdated``, else the last one."""
+    chosen: dict[str, Incoming] = {}
+    for item in items:
+        kept = chosen.get(item.resource_id)
+        if (
+            kept is not None
+            and kept.last_updated is not None
+            and item.last_updated is not None
+            and item.last_updated < kept.last_updated
+        ):
+            continue
+        chosen[item.resource_id] = item
+    return list(chosen.values())
+
+
+def ingest_page(
+    session: Session,
+    source_id: int,
+    page: Page,
+    *,
+    options: PatientOptions | None = None,
+    write_cursor: bool = True,
+) -> IngestResult:
+    """Ingest one page of ``source_id`` into ``session`` (the caller commits).
+
+    ``write_cursor=False`` is for pushed resources, which have no place in a stream.
+    """
+    options = options or PatientOptions()
+    rtype = page.resource_type
+    items = [describe(raw, rtype) for raw in page.resources]
+    result = IngestResult(resources=len(items))
+    unique = _latest_per_id(items)
+    result.skipped += len(items) - len(unique)
+    if rtype == "Patient":
+        patients = ingest_patients(session, source_id, unique, options)
+        result.stored += patients.stored
+        result.skipped += patients.skipped
+        result.quarantined += patients.quarantined
+        result.golden_created += patients.golden_created
+        result.review_items += patients.review_items
+        result.attached += attach_waiting(session, source_id, patients.golden_by_resource)
+    elif rtype == "Encounter":
+        encounters = ingest_encounters(session, source_id, unique)
+        result.stored += encounters.stored
+        result.skipped += encounters.skipped
+        result.quarantined += encounters.quarantined
+        result.waiting += encounters.waiting
+    else:
+        result.quarantined += _quarantine_unsupported(session, source_id, unique)
+    if page.outcomes:
+        result.unreadable += _quarantine_unreadable(session, source_id, rtype, page.outcomes)
+        result.quarantined += len(page.outcomes)
+    if page.deleted:
+        result.deleted += apply_deletions(session, source_id, rtype, page.deleted)
+    if write_cursor and page.cursor is not None:
+        CursorRepository(session).set(source_id, rtype, page.cursor)
+    session.flush()
+    log.debug(
+        "page ingested",
+        extra={
+            "source_id": source_id,
+            "resource_type": rtype,
+            "resources": result.resources,
+            "skipped": result.skipped,
+            "quarantined": result.quarantined,
+        },
+    )
+    return result
+
+
+def _quarantine_unsupported(session: Session, source_id: int, items: Sequence[Incoming]) -> int:
+    if not items:
+        return 0
+    ids = [i.resource_id for i in items]
+    existing = load_records(session, source_id, items[0].resource_type, ids)
+    for item in items:
+        error = {
+            "error": "unsupported-type",
+            "resource_type": item.resource_type,
+            "resource_id": item.resource_id,
+            "issues": [{"path": item.resource_type, "reason": "resource type not synced"}],
+        }
+        quarantine(session, source_id, item, error, existing.get(item.resource_id))
+    return len(items)
+
+
+def _quarantine_unreadable(
+    session: Session, source_id: int, resource_type: str, outcomes: Sequence[dict[str, Any]]
+) -> int:
+    """Keep what the connector could not read (its OperationOutcome names only the position)."""
+    items = []
+    for outcome in outcomes:
+        digest = content_hash(outcome)
+        items.append(
+            Incoming(
+                outcome,
+                resource_type,
+                UNREADABLE_ID_PREFIX + digest[:40],
+                digest,
+                None,
+                None,
+                "unreadable",
+            )
+        )
+    existing = load_records(session, source_id, resource_type, [i.resource_id for i in items])
+    for item in items:
+        issues = [
+            {"path": resource_type, "reason": str(issue.get("diagnostics", "unreadable"))}
+            for issue in item.raw.get("issue") or [{}]
+        ]
+        error = {"error": "unreadable", "resource_type": resource_type, "issues": issues}
+        quarantine(session, source_id, item, error, existing.get(item.resource_id))
+    return len(items)
+
+
+def apply_deletions(
+    session: Session, source_id: int, resource_type: str, resource_ids: Sequence[str]
+) -> int:
+    """Mark the source's records deleted; recompute the golden records they fed.
+
+    A deleted Patient's golden record is rebuilt from its remaining active records
+    (:func:`mpi.recompute_golden` writes the ``patient.updated`` event); a deleted
+    Encounter leaves the ``encounter`` table with an ``encounter.deleted`` event.
+    Returns how many stored records changed to deleted.
+    """
+    changed = 0
+    goldens: set[str] = set()
+    events: list[dict[str, object]] = []
+    now = utcnow()
+    for chunk in chunked(list(dict.fromkeys(resource_ids))):
+        records = session.scalars(
+            select(SourceRecord).where(
+                SourceRecord.source_id == source_id,
+                SourceRecord.resource_type == resource_type,
+                SourceRecord.resource_id.in_(chunk),
+                SourceRecord.status != STATUS_DELETED,
+            )
+        ).all()
+        for record in records:
+            record.status = STATUS_DELETED
+            record.updated_at = now
+            changed += 1
+        ids = [r.id for r in records]
+        if not ids:
+            continue
+        if resource_type == "Patient":
+            goldens.update(
+                session.scalars(select(Link.golden_id).where(Link.source_record_id.in_(ids)))
+            )
+        elif resource_type == "Encounter":
+            for encounter in session.scalars(
+                select(Encounter).where(Encounter.source_record_id.in_(ids))
+            ):
+                events.append(
+                    outbox_row(
+                        EVENT_DELETED,
+                        encounter.id,
+                        golden_id=encounter.golden_id,
+                        source_id=source_id,
+                        resource_id=encounter.resource["id"] if encounter.resource else None,
+                    )
+                )
+                session.delete(encounter)
+    session.flush()
+    for golden_id in sorted(goldens):
+        recompute_golden(session, golden_id)
+    for event in events:
+        session.add(Outbox(**event))
+    if changed:
+        log.info(
+            "records deleted",
+            extra={"source_id": source_id, "resource_type": resource_type, "count": changed},
+        )
+    return changed

@@ -1,0 +1,378 @@
+"""Source runs: one sync of one source, page by page, resumable after any crash.
+
+A run (a ``sync_run`` row) walks the source's resource types in order. Each
+*chunk* opens the source's stream at the committed cursor, ingests up to
+``max_pages`` pages and commits each page together with the cursor after it and
+the run's counters. A crash (even ``kill -9``) therefore loses at most the page in
+flight, which the next chunk reads again from the committed cursor; the content
+hash makes the re-read a no-op, so nothing is lost or doubled.
+
+Only one chain of chunks works on a source at a time. The chain holds a *token*
+stored in the run; a new trigger for a running source (beat, ``askonce sync``, a
+push gap) takes the run over with a fresh token and the old chain stops at its
+next chunk. On PostgreSQL every chunk holds a transaction-scoped advisory lock on
+the source, so a takeover and a chunk never interleave.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from connectors import (
+    PermanentError,
+    Source,
+    SourceConfig,
+    TransientError,
+    build_source,
+)
+from store import CursorRepository, SourceRepository, SyncRunRepository
+from store.models import Source as SourceRow
+from store.models import SyncRun
+from store.types import utcnow
+from sync.context import TaskContext
+from sync.patients import DEFAULT_PATIENT_BATCH, PatientOptions
+from sync.pipeline import IngestResult, ingest_page
+
+log = logging.getLogger(__name__)
+
+SourceFactory = Callable[[SourceConfig], Source]
+#: Called with (source_id, run_id, token) to schedule the next chunk; None runs in-process.
+Requeue = Callable[[int, int, str], None]
+PageCallback = Callable[[SyncRun, IngestResult], None]
+
+RUN_RUNNING = "running"
+RUN_OK = "ok"
+RUN_FAILED = "failed"
+#: Pages per chunk of a queued run: one, so a worker is never busy for long.
+DEFAULT_PAGES_PER_CHUNK = 1
+#: First key of the PostgreSQL advisory lock pair that serializes a source's chunks.
+SOURCE_LOCK_CLASS = 0x41534B  # "ASK"
+#: Source config key holding the SHA-256 of the token a push sender presents (see sync.intake).
+INTAKE_TOKEN_KEY = "intake_token_sha256"  # noqa: S105 - a config key, not a secret
+#: Source config keys read by the pipeline; every other key goes to the connector.
+PIPELINE_CONFIG_KEYS = frozenset(
+    {"default_region", "mrn_system", "patient_batch", INTAKE_TOKEN_KEY}
+)
+#: Length of the cursor fingerprints kept in a run to notice a stream that came back around.
+CURSOR_FINGERPRINT_CHARS = 16
+
+
+class SyncError(Exception):
+    """Base of the errors of :mod:`sync` (see the tree in ``sync/__init__.py``)."""
+
+
+class SourceUnavailableError(SyncError):
+    """The source does not exist or is disabled."""
+
+
+@dataclass
+class ChunkResult:
+    """What one chunk did; ``done`` is True when the run finished (or was taken over)."""
+
+    source_id: int
+    run_id: int
+    token: str
+    done: bool
+    status: str
+    pages: int = 0
+    result: IngestResult = field(default_factory=IngestResult)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source_id": self.source_id,
+            "run_id": self.run_id,
+            "done": self.done,
+            "status": self.status,
+            "pages": self.pages,
+            **self.result.as_dict(),
+        }
+
+
+def source_config(source: SourceRow) -> SourceConfig:
+    """The connector configuration of a stored source (pipeline keys left out)."""
+    options = {k: v for k, v in (source.config or {}).items() if k not in PIPELINE_CONFIG_KEYS}
+    return SourceConfig(
+        kind=source.kind,  # type: ignore[arg-type]
+        base_url=source.base_url,
+        auth=dict(source.auth or {"kind": "none"}),
+        resource_types=list(source.resource_types),
+        options=options,
+    )
+
+
+def patient_options(source: SourceRow, default_region: str = "US") -> PatientOptions:
+    """The pipeline options of a stored source."""
+    config = source.config or {}
+    return PatientOptions(
+        default_region=str(config.get("default_region") or default_region),
+        mrn_system=config.get("mrn_system"),
+        batch_size=int(config.get("patient_batch") or DEFAULT_PATIENT_BATCH),
+    )
+
+
+def _lock_source(session: Session, source_id: int) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:cls, :key)"),
+            {"cls": SOURCE_LOCK_CLASS, "key": source_id},
+        )
+
+
+def _fingerprint(cursor: str | None) -> str:
+    return hashlib.sha256((cursor or "").encode()).hexdigest()[:CURSOR_FINGERPRINT_CHARS]
+
+
+def start_or_resume(session: Session, source_id: int, *, full: bool = False) -> tuple[SyncRun, str]:
+    """Take over the source's running run with a new token, or start a new one (no commit).
+
+    A full run clears the source's cursors, so every type is read from the start.
+    """
+    _lock_source(session, source_id)
+    source = SourceRepository(session).get(source_id)
+    if not source.enabled:
+        raise SourceUnavailableError(f"source {source_id} is disabled")
+    run = session.scalar(
+        select(SyncRun)
+        .where(SyncRun.source_id == source_id, SyncRun.status == RUN_RUNNING)
+        .order_by(SyncRun.id.desc())
+        .limit(1)
+    )
+    token = uuid.uuid4().hex
+    if run is None or full:
+        if run is not None:
+            _finish(run, RUN_FAILED, reason="superseded by a full run")
+        run = SyncRunRepository(session).start(source_id, full=full)
+        run.detail = {"types": list(source.resource_types), "index": 0, "seen": {}}
+        if full:
+            CursorRepository(session).clear(source_id)
+    detail = dict(run.detail or {})
+    detail["token"] = token
+    detail["heartbeat"] = utcnow().isoformat()
+    run.detail = detail
+    session.flush()
+    log.debug("sync run claimed", extra={"source_id": source_id, "run_id": run.id})
+    return run, token
+
+
+def _finish(run: SyncRun, status: str, *, reason: str | None = None) -> None:
+    run.status = status
+    run.finished_at = utcnow()
+    if reason:
+        run.detail = {**(run.detail or {}), "reason": reason}
+
+
+def _claimed_run(session: Session, run_id: int, token: str) -> SyncRun | None:
+    """The run, if it is still running under ``token`` (the caller holds the source lock)."""
+    run = session.get(SyncRun, run_id, populate_existing=True)
+    if run is None or run.status != RUN_RUNNING or (run.detail or {}).get("token") != token:
+        return None
+    return run
+
+
+def _account(run: SyncRun, rtype: str, cursor: str | None, page: IngestResult) -> None:
+    run.pages += 1
+    run.resources += page.resources
+    run.quarantined += page.quarantined
+    run.skipped += page.skipped
+    detail = dict(run.detail or {})
+    counts = dict(detail.get("counts") or {})
+    per_type = dict(counts.get(rtype) or {})
+    for key, value in page.as_dict().items():
+        per_type[key] = per_type.get(key, 0) + value
+    counts[rtype] = per_type
+    seen = dict(detail.get("seen") or {})
+    seen[rtype] = [*seen.get(rtype, []), _fingerprint(cursor)]
+    detail.update(counts=counts, seen=seen, heartbeat=utcnow().isoformat())
+    run.detail = detail
+
+
+def _advance(run: SyncRun) -> None:
+    detail = dict(run.detail or {})
+    detail["index"] = int(detail.get("index", 0)) + 1
+    run.detail = detail
+
+
+def run_chunk(
+    context: TaskContext,
+    source_id: int,
+    run_id: int,
+    token: str,
+    *,
+    max_pages: int | None = DEFAULT_PAGES_PER_CHUNK,
+    source_factory: SourceFactory = build_source,
+    on_page: PageCallback | None = None,
+    default_region: str = "US",
+) -> ChunkResult:
+    """Ingest up to ``max_pages`` pages of the run's current type (None: to the stream's end).
+
+    Each page commits with its cursor. :class:`~connectors.TransientError` propagates
+    (the task retries the chunk); a :class:`~connectors.PermanentError` fails the run.
+    """
+    chunk = ChunkResult(source_id, run_id, token, done=False, status=RUN_RUNNING)
+    with context.session_factory() as session:
+        _lock_source(session, source_id)
+        run = _claimed_run(session, run_id, token)
+        if run is None:
+            chunk.done, chunk.status = True, "superseded"
+            return chunk
+        source_row = SourceRepository(session).get(source_id)
+        types: list[str] = list((run.detail or {}).get("types") or source_row.resource_types)
+        index = int((run.detail or {}).get("index", 0))
+        if index >= len(types):
+            _finish(run, RUN_OK)
+            session.commit()
+            chunk.done, chunk.status = True, RUN_OK
+            log.info("sync run finished", extra={"source_id": source_id, "run_id": run_id})
+            return chunk
+        rtype = types[index]
+        options = patient_options(source_row, default_region)
+        cursor = CursorRepository(session).get(source_id, rtype)
+        seen = set(((run.detail or {}).get("seen") or {}).get(rtype, []))
+        seen.add(_fingerprint(cursor))
+        connector: Source | None = None
+        try:
+            connector = source_factory(source_config(source_row))
+            exhausted = _ingest_stream(
+                session, connector, run, rtype, cursor, seen, options, max_pages, chunk, on_page
+            )
+            if chunk.status == "superseded":
+                chunk.done = True
+                return chunk
+            if exhausted:
+                _advance(run)
+            session.commit()
+        except TransientError as exc:
+            session.rollback()
+            _record_error(session, run_id, token, exc, fatal=False)
+            raise
+        except PermanentError as exc:
+            session.rollback()
+            _record_error(session, run_id, token, exc, fatal=True)
+            chunk.done, chunk.status = True, RUN_FAILED
+            return chunk
+        finally:
+            if connector is not None:
+                connector.close()
+    return chunk
+
+
+def _ingest_stream(
+    session: Session,
+    connector: Source,
+    run: SyncRun,
+    rtype: str,
+    cursor: str | None,
+    seen: set[str],
+    options: PatientOptions,
+    max_pages: int | None,
+    chunk: ChunkResult,
+    on_page: PageCallback | None,
+) -> bool:
+    """Ingest pages; True when the type is done (stream ended or came back to a known cursor)."""
+    stream = connector.stream(rtype, cursor)
+    try:
+        for page in stream:
+            result = ingest_page(session, run.source_id, page, options=options)
+            _account(run, rtype, page.cursor, result)
+            session.commit()
+            chunk.pages += 1
+            chunk.result.add(result)
+            if on_page is not None:
+                on_page(run, result)
+            if page.cursor is None or _fingerprint(page.cursor) in seen:
+                return True  # no cursor to go on from, or a loop (incremental overlap re-read)
+            seen.add(_fingerprint(page.cursor))
+            if max_pages is not None and chunk.pages >= max_pages:
+                return False
+            _lock_source(session, run.source_id)
+            if _claimed_run(session, run.id, chunk.token) is None:
+                chunk.status = "superseded"
+                return False
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+    return True
+
+
+def _record_error(
+    session: Session, run_id: int, token: str, exc: Exception, *, fatal: bool
+) -> None:
+    run = _claimed_run(session, run_id, token)
+    if run is None:
+        return
+    run.errors += 1
+    detail = dict(run.detail or {})
+    detail["last_error"] = {
+        "type": type(exc).__name__,
+        "url": getattr(exc, "url", None),
+        "status_code": getattr(exc, "status_code", None),
+        "at": utcnow().isoformat(),
+    }
+    run.detail = detail
+    if fatal:
+        _finish(run, RUN_FAILED)
+    session.commit()
+    log.warning(
+        "sync chunk failed",
+        extra={
+            "source_id": run.source_id,
+            "run_id": run_id,
+            "reason": type(exc).__name__,
+            "status_code": getattr(exc, "status_code", None),
+        },
+    )
+
+
+def run_source(
+    context: TaskContext,
+    source_id: int,
+    *,
+    run_id: int | None = None,
+    token: str | None = None,
+    full: bool = False,
+    requeue: Requeue | None = None,
+    max_pages: int | None = DEFAULT_PAGES_PER_CHUNK,
+    source_factory: SourceFactory = build_source,
+    on_page: PageCallback | None = None,
+    default_region: str = "US",
+) -> ChunkResult:
+    """Start (or resume) a run of ``source_id`` and work on it.
+
+    With ``requeue`` (a queued worker) one chunk is done and the next is scheduled
+    through ``requeue``; without it (embedded mode, tests) chunks run here until the
+    run is finished.
+    """
+    if run_id is None or token is None:
+        with context.session_factory() as session:
+            run, token = start_or_resume(session, source_id, full=full)
+            run_id = run.id
+            session.commit()
+    total = ChunkResult(source_id, run_id, token, done=False, status=RUN_RUNNING)
+    while True:
+        chunk = run_chunk(
+            context,
+            source_id,
+            run_id,
+            token,
+            max_pages=max_pages,
+            source_factory=source_factory,
+            on_page=on_page,
+            default_region=default_region,
+        )
+        total.pages += chunk.pages
+        total.result.add(chunk.result)
+        total.done, total.status = chunk.done, chunk.status
+        if chunk.done:
+            return total
+        if requeue is not None:
+            requeue(source_id, run_id, token)
+            return total

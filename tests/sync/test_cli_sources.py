@@ -1,0 +1,97 @@
+"""The sources CLI contract: sources add/list/status, sync NAME [--full], and the demo sync."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from askonce.cli import app
+from askonce.demo import DEMO_SOURCES, run_demo_sync
+from askonce.runtime import build_runtime
+from askonce.settings import Settings
+from store import upgrade
+from tests.sync.helpers import encounter, patient, write_ndjson
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("ASKONCE_DATABASE_URL", url)
+    monkeypatch.setenv("ASKONCE_LOG_LEVEL", "WARNING")
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    target = tmp_path / "ehr"
+    write_ndjson(
+        target, "Patient", [patient("p1"), patient("p2", "Lee"), patient("bad", birth="x")]
+    )
+    write_ndjson(target, "Encounter", [encounter("e1", "p1")])
+    return target
+
+
+def test_add_sync_status_list(cli_db: str, folder: Path) -> None:
+    added = runner.invoke(
+        app,
+        ["sources", "add", "ehr-x", "--kind", "ndjson", "--url", str(folder), "--schedule", "15m"],
+    )
+    assert added.exit_code == 0, added.output
+    synced = runner.invoke(app, ["sync", "ehr-x"])
+    assert synced.exit_code == 0, synced.output
+    assert "ehr-x: ok" in synced.output
+    assert "resources 4" in synced.output and "quarantined 1" in synced.output
+    status = runner.invoke(app, ["sources", "status", "ehr-x"])
+    assert status.exit_code == 0
+    assert "last run: ok" in status.output
+    assert "Patient/bad" in status.output and "birthDate" in status.output
+    assert "active 3" in status.output and "quarantined 1" in status.output
+    listed = runner.invoke(app, ["sources", "list"])
+    assert "ehr-x" in listed.output and "15m" in listed.output
+    again = runner.invoke(app, ["sync", "ehr-x", "--full"])
+    assert again.exit_code == 0
+    assert "unchanged 4" in again.output
+
+
+def test_bad_input_is_refused_with_a_reason(cli_db: str, folder: Path) -> None:
+    wrong_kind = runner.invoke(app, ["sources", "add", "x", "--kind", "ftp", "--url", "u"])
+    assert wrong_kind.exit_code == 2 and "kind must be one of" in wrong_kind.output
+    bad_schedule = runner.invoke(
+        app, ["sources", "add", "x", "--kind", "fhir", "--url", "http://e", "--schedule", "soon"]
+    )
+    assert bad_schedule.exit_code == 2 and "schedule" in bad_schedule.output
+    bad_option = runner.invoke(
+        app, ["sources", "add", "x", "--kind", "fhir", "--url", "http://e", "--option", "nope=1"]
+    )
+    assert bad_option.exit_code == 2 and "nope" in bad_option.output
+    runner.invoke(app, ["sources", "add", "dup", "--kind", "ndjson", "--url", str(folder)])
+    dup = runner.invoke(app, ["sources", "add", "dup", "--kind", "ndjson", "--url", str(folder)])
+    assert dup.exit_code == 2 and "already exists" in dup.output
+    assert runner.invoke(app, ["sync", "missing"]).exit_code == 2
+
+
+def test_a_failing_source_exits_non_zero(cli_db: str, tmp_path: Path) -> None:
+    runner.invoke(
+        app, ["sources", "add", "gone", "--kind", "ndjson", "--url", str(tmp_path / "no")]
+    )
+    result = runner.invoke(app, ["sync", "gone"])
+    assert result.exit_code == 1
+    assert "gone: failed" in result.output
+
+
+def test_the_demo_syncs_three_ehrs_into_golden_records(cli_db: str) -> None:
+    runtime = build_runtime(Settings(database_url=cli_db))
+    counts = run_demo_sync(runtime, Console(quiet=True))
+    assert counts["source_records"] > 2000  # ~740 Patients and ~1470 Encounters
+    assert counts["quarantined"] == 2  # the two planted broken resources
+    # Duplicates across the EHRs collapse: far fewer golden records than Patient records.
+    assert 0 < counts["golden_records"] < 700
+    again = run_demo_sync(runtime, Console(quiet=True))
+    assert again == counts
+    assert len(DEMO_SOURCES) == 3

@@ -1,0 +1,213 @@
+"""Push intake: FHIR Subscription notifications (R4B backport and R4 classic) over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway import GatewayState, create_app
+from gateway.intake import catch_up_trigger
+from store.models import Encounter
+from sync.intake import hash_intake_token, parse_notification
+from tests.sync.helpers import add_source, encounter, patient, records, write_ndjson
+
+TOKEN = "intake-token-" + "z" * 24
+SUBSCRIPTION = "https://ehr.example/fhir/Subscription/sub-1"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def backport_bundle(
+    kind: str,
+    *,
+    since: int,
+    events: list[tuple[int, str]] = (),  # type: ignore[assignment]
+    resources: list[dict[str, Any]] = (),  # type: ignore[assignment]
+) -> dict[str, Any]:
+    """An R4B notification Bundle: SubscriptionStatus first, then the payload entries."""
+    status = {
+        "resourceType": "SubscriptionStatus",
+        "status": "active",
+        "type": kind,
+        "eventsSinceSubscriptionStart": str(since),
+        "subscription": {"reference": SUBSCRIPTION},
+        "topic": "http://example.org/topic/patient-admission",
+        "notificationEvent": [
+            {"eventNumber": str(n), "focus": {"reference": ref}} for n, ref in events
+        ],
+    }
+    entries = [{"fullUrl": "urn:uuid:status", "resource": status}]
+    entries += [
+        {"fullUrl": f"https://ehr.example/fhir/{r['resourceType']}/{r['id']}", "resource": r}
+        for r in resources
+    ]
+    return {"resourceType": "Bundle", "type": "history", "entry": entries}
+
+
+def r4_parameters_bundle(kind: str, since: int, events: list[tuple[int, str]]) -> dict[str, Any]:
+    """The same on an R4 server: a Parameters resource with the backport status profile."""
+    params: list[dict[str, Any]] = [
+        {"name": "subscription", "valueReference": {"reference": SUBSCRIPTION}},
+        {"name": "status", "valueCode": "active"},
+        {"name": "type", "valueCode": kind},
+        {"name": "events-since-subscription-start", "valueString": str(since)},
+    ]
+    for number, ref in events:
+        params.append(
+            {
+                "name": "notification-event",
+                "part": [
+                    {"name": "event-number", "valueString": str(number)},
+                    {"name": "focus", "valueReference": {"reference": ref}},
+                ],
+            }
+        )
+    status = {"resourceType": "Parameters", "parameter": params}
+    return {"resourceType": "Bundle", "type": "history", "entry": [{"resource": status}]}
+
+
+@pytest.fixture
+def intake(
+    session_factory: sessionmaker[Session], tmp_path: Any
+) -> Iterator[tuple[TestClient, int, list[int]]]:
+    folder = tmp_path / "ehr"
+    write_ndjson(folder, "Patient", [patient("p-fetch", "Fetched"), patient("p2", "Second")])
+    write_ndjson(folder, "Encounter", [encounter("e-fetch", "p-fetch")])
+    source_id = add_source(
+        session_factory,
+        name="ehr-push",
+        base_url=str(folder),
+        config={"intake_token_sha256": hash_intake_token(TOKEN)},
+    )
+    state = GatewayState(
+        engine=session_factory.kw["bind"],
+        session_factory=session_factory,
+        secret_key="intake-test-secret-" + "q" * 32,
+    )
+    app = create_app(state)
+    caught_up: list[int] = []
+    app.dependency_overrides[catch_up_trigger] = lambda: caught_up.append
+    with TestClient(app) as client:
+        yield client, source_id, caught_up
+
+
+def test_handshake_and_heartbeat_are_answered_without_catch_up(intake: Any) -> None:
+    client, _, caught_up = intake
+    response = client.post(
+        "/intake/ehr-push", json=backport_bundle("handshake", since=0), headers=AUTH
+    )
+    assert response.status_code == 200
+    assert response.json()["resourceType"] == "OperationOutcome"
+    heartbeat = client.post(
+        "/intake/ehr-push", json=backport_bundle("heartbeat", since=0), headers=AUTH
+    )
+    assert heartbeat.status_code == 200
+    assert caught_up == []
+
+
+def test_full_resource_notifications_are_ingested(
+    intake: Any, session_factory: sessionmaker[Session]
+) -> None:
+    client, source_id, caught_up = intake
+    client.post("/intake/ehr-push", json=backport_bundle("handshake", since=0), headers=AUTH)
+    body = backport_bundle(
+        "event-notification",
+        since=1,
+        events=[(1, "Patient/p-full")],
+        resources=[patient("p-full", "Pushed")],
+    )
+    assert client.post("/intake/ehr-push", json=body, headers=AUTH).status_code == 200
+    with session_factory() as session:
+        (record,) = records(session, source_id)
+        assert (record.resource_id, record.status) == ("p-full", "active")
+    assert caught_up == []
+
+
+def test_id_only_notifications_fetch_the_resource_from_the_source(
+    intake: Any, session_factory: sessionmaker[Session]
+) -> None:
+    client, source_id, _ = intake
+    client.post("/intake/ehr-push", json=backport_bundle("handshake", since=0), headers=AUTH)
+    body = r4_parameters_bundle(
+        "event-notification",
+        2,
+        [(1, "https://ehr.example/fhir/Patient/p-fetch"), (2, "Encounter/e-fetch")],
+    )
+    assert client.post("/intake/ehr-push", json=body, headers=AUTH).status_code == 200
+    with session_factory() as session:
+        assert [r.resource_id for r in records(session, source_id)] == ["e-fetch", "p-fetch"]
+        assert session.scalars(select(Encounter)).one().golden_id is not None
+
+
+def test_a_gap_in_event_numbers_starts_a_catch_up_sync(intake: Any) -> None:
+    client, source_id, caught_up = intake
+    client.post("/intake/ehr-push", json=backport_bundle("handshake", since=0), headers=AUTH)
+    first = backport_bundle("event-notification", since=1, events=[(1, "Patient/p2")])
+    client.post("/intake/ehr-push", json=first, headers=AUTH)
+    assert caught_up == []
+    skipped = backport_bundle("event-notification", since=4, events=[(4, "Patient/p2")])
+    client.post("/intake/ehr-push", json=skipped, headers=AUTH)
+    assert caught_up == [source_id]
+    # A heartbeat that reports more events than were received is a gap too.
+    client.post("/intake/ehr-push", json=backport_bundle("heartbeat", since=6), headers=AUTH)
+    assert caught_up == [source_id, source_id]
+
+
+def test_r4_classic_ping_and_put(intake: Any, session_factory: sessionmaker[Session]) -> None:
+    client, source_id, caught_up = intake
+    assert client.post("/intake/ehr-push", headers=AUTH).status_code == 200
+    assert caught_up == [source_id]
+    resource = patient("p-put", "Classic")
+    assert (
+        client.put("/intake/ehr-push/Patient/p-put", json=resource, headers=AUTH).status_code == 200
+    )
+    mismatch = client.put("/intake/ehr-push/Patient/other", json=resource, headers=AUTH)
+    assert mismatch.status_code == 400
+    with session_factory() as session:
+        assert [r.resource_id for r in records(session, source_id)] == ["p-put"]
+
+
+def test_intake_needs_the_source_token(intake: Any, session_factory: sessionmaker[Session]) -> None:
+    client, _, _ = intake
+    body = backport_bundle("handshake", since=0)
+    assert client.post("/intake/ehr-push", json=body).status_code == 401
+    wrong = {"Authorization": "Bearer not-the-token"}
+    assert client.post("/intake/ehr-push", json=body, headers=wrong).status_code == 401
+    assert client.post("/intake/nope", json=body, headers=AUTH).status_code == 404
+    add_source(session_factory, name="no-push")
+    denied = client.post("/intake/no-push", json=body, headers=AUTH)
+    assert denied.status_code == 403
+    assert denied.json()["resourceType"] == "OperationOutcome"
+
+
+def test_unreadable_notifications_are_refused_with_an_operation_outcome(intake: Any) -> None:
+    client, _, _ = intake
+    bad = {
+        "resourceType": "Bundle",
+        "type": "history",
+        "entry": [{"resource": {"resourceType": "Basic"}}],
+    }
+    response = client.post("/intake/ehr-push", json=bad, headers=AUTH)
+    assert response.status_code == 422
+    assert response.json()["issue"][0]["severity"] == "error"
+    not_json = client.post("/intake/ehr-push", content=b"{nope", headers=AUTH)
+    assert not_json.status_code == 400
+
+
+def test_parse_notification_reads_both_dialects() -> None:
+    r4b = parse_notification(
+        backport_bundle("event-notification", since=3, events=[(3, "Patient/x")])
+    )
+    r4 = parse_notification(r4_parameters_bundle("event-notification", 3, [(3, "Patient/x")]))
+    for note in (r4b, r4):
+        assert (note.kind, note.events_since_start, note.event_numbers, note.focus) == (
+            "event-notification",
+            3,
+            [3],
+            [("Patient", "x")],
+        )
+        assert note.subscription == SUBSCRIPTION

@@ -1,0 +1,191 @@
+"""Source runs: chunks, cursors, requeueing, failures, resuming after a crash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from connectors import PermanentError, TransientError
+from store import CursorRepository
+from store.models import Encounter, SourceRecord, SyncRun
+from sync import TaskContext, run_source
+from tests.sync.helpers import (
+    ScriptedSource,
+    add_source,
+    encounter,
+    patient,
+    records,
+    write_ndjson,
+)
+
+PATIENT_PAGES = [[patient(f"p{page}-{n}", f"Fam{page}{n}") for n in range(3)] for page in range(4)]
+ENCOUNTER_PAGES = [[encounter(f"e{page}", f"p{page}-0")] for page in range(4)]
+
+
+def _context(engine: Engine, session_factory: sessionmaker[Session]) -> TaskContext:
+    return TaskContext(engine=engine, session_factory=session_factory)
+
+
+def _counts(session: Session, source_id: int) -> tuple[int, int]:
+    total = session.scalar(
+        select(func.count()).select_from(SourceRecord).where(SourceRecord.source_id == source_id)
+    )
+    distinct = session.scalar(
+        select(func.count(func.distinct(SourceRecord.resource_id))).where(
+            SourceRecord.source_id == source_id
+        )
+    )
+    return total or 0, distinct or 0
+
+
+def test_a_run_reads_every_type_records_itself_and_a_rerun_skips_everything(
+    engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    source_id = add_source(session_factory)
+    source = ScriptedSource({"Patient": PATIENT_PAGES, "Encounter": ENCOUNTER_PAGES})
+    context = _context(engine, session_factory)
+    first = run_source(context, source_id, max_pages=None, source_factory=lambda _c: source)
+    assert first.status == "ok"
+    with session_factory() as session:
+        run = session.get(SyncRun, first.run_id)
+        assert run is not None and run.status == "ok" and run.finished_at is not None
+        assert (run.pages, run.resources, run.quarantined) == (8, 16, 0)
+        assert run.detail["counts"]["Encounter"]["stored"] == 4
+        assert _counts(session, source_id) == (16, 16)
+        assert (
+            session.scalar(
+                select(func.count()).select_from(Encounter).where(Encounter.golden_id.is_(None))
+            )
+            == 0
+        )
+    # The next incremental run starts at the cursors: nothing to read.
+    again = run_source(context, source_id, max_pages=None, source_factory=lambda _c: source)
+    assert (again.status, again.result.resources) == ("ok", 0)
+    # A full run reads everything again, and skips it all by content hash.
+    full = run_source(
+        context, source_id, full=True, max_pages=None, source_factory=lambda _c: source
+    )
+    assert (full.result.resources, full.result.skipped, full.result.stored) == (16, 16, 0)
+
+
+def test_a_queued_run_does_one_page_per_chunk_and_requeues_itself(
+    engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    source_id = add_source(session_factory)
+    source = ScriptedSource({"Patient": PATIENT_PAGES, "Encounter": ENCOUNTER_PAGES})
+    context = _context(engine, session_factory)
+    queue: list[tuple[int, int, str]] = []
+    chunk = run_source(
+        context, source_id, requeue=lambda *a: queue.append(a), source_factory=lambda _c: source
+    )
+    chunks = 1
+    while queue:
+        sid, run_id, token = queue.pop()
+        chunk = run_source(
+            context,
+            sid,
+            run_id=run_id,
+            token=token,
+            requeue=lambda *a: queue.append(a),
+            source_factory=lambda _c: source,
+        )
+        assert chunk.pages <= 1
+        chunks += 1
+    assert chunk.status == "ok"
+    assert chunks >= 8
+    with session_factory() as session:
+        assert _counts(session, source_id) == (16, 16)
+
+
+def test_a_crash_mid_run_resumes_from_the_committed_cursor_without_loss_or_doubles(
+    engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    source_id = add_source(session_factory)
+    context = _context(engine, session_factory)
+    crashing = ScriptedSource(
+        {"Patient": PATIENT_PAGES, "Encounter": ENCOUNTER_PAGES},
+        fail_after=2,
+        error=KeyboardInterrupt(),  # not an Exception: nothing in the run may swallow it
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_source(context, source_id, max_pages=None, source_factory=lambda _c: crashing)
+    with session_factory() as session:
+        assert CursorRepository(session).get(source_id, "Patient") == "2"
+        assert _counts(session, source_id) == (6, 6)
+        run = session.scalars(select(SyncRun)).one()
+        assert run.status == "running"
+    healthy = ScriptedSource({"Patient": PATIENT_PAGES, "Encounter": ENCOUNTER_PAGES})
+    resumed = run_source(context, source_id, max_pages=None, source_factory=lambda _c: healthy)
+    assert resumed.status == "ok"
+    assert healthy.opened[0] == ("Patient", "2")
+    with session_factory() as session:
+        assert session.scalars(select(SyncRun)).one().status == "ok"  # the same run, resumed
+        assert _counts(session, source_id) == (16, 16)
+
+
+def test_transient_errors_propagate_for_retry_and_permanent_ones_fail_the_run(
+    engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    source_id = add_source(session_factory)
+    context = _context(engine, session_factory)
+    flaky = ScriptedSource(
+        {"Patient": PATIENT_PAGES},
+        fail_after=1,
+        error=TransientError("503", url="http://ehr/Patient", status_code=503),
+    )
+    with pytest.raises(TransientError):
+        run_source(context, source_id, max_pages=None, source_factory=lambda _c: flaky)
+    with session_factory() as session:
+        run = session.scalars(select(SyncRun)).one()
+        assert (run.status, run.errors, run.pages) == ("running", 1, 1)
+        assert run.detail["last_error"]["status_code"] == 503
+    broken = ScriptedSource(
+        {"Patient": PATIENT_PAGES}, fail_after=0, error=PermanentError("403", status_code=403)
+    )
+    failed = run_source(context, source_id, max_pages=None, source_factory=lambda _c: broken)
+    assert failed.status == "failed"
+    with session_factory() as session:
+        run = session.scalars(select(SyncRun)).one()
+        assert (run.status, run.errors) == ("failed", 2)
+        assert records(session, source_id)  # what was committed before stays
+
+
+def test_a_takeover_stops_the_old_chain(
+    engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    source_id = add_source(session_factory)
+    source = ScriptedSource({"Patient": PATIENT_PAGES})
+    context = _context(engine, session_factory)
+    queue: list[tuple[int, int, str]] = []
+    run_source(
+        context, source_id, requeue=lambda *a: queue.append(a), source_factory=lambda _c: source
+    )
+    stale = queue.pop()
+    # Beat (or `askonce sync`) triggers the same source again: it takes the run over.
+    run_source(
+        context, source_id, requeue=lambda *a: queue.append(a), source_factory=lambda _c: source
+    )
+    old = run_source(
+        context, stale[0], run_id=stale[1], token=stale[2], source_factory=lambda _c: source
+    )
+    assert (old.status, old.pages) == ("superseded", 0)
+
+
+def test_an_ndjson_folder_syncs_through_the_real_connector(
+    engine: Engine, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    folder = tmp_path / "ehr"
+    write_ndjson(folder, "Patient", [patient(f"p{n}", f"Fam{n}") for n in range(5)])
+    write_ndjson(folder, "Encounter", [encounter("e1", "p1"), encounter("e2", "p9")])
+    with (folder / "Patient.ndjson").open("a") as handle:
+        handle.write("{not json\n")
+    source_id = add_source(session_factory, base_url=str(folder), config={"page_size": 2})
+    context = _context(engine, session_factory)
+    done = run_source(context, source_id, max_pages=None)
+    assert done.status == "ok"
+    assert (done.result.stored, done.result.quarantined, done.result.waiting) == (7, 1, 1)
+    again = run_source(context, source_id, max_pages=None)
+    assert (again.status, again.result.stored) == ("ok", 0)
