@@ -12,8 +12,8 @@ with that name as its reason. The guards:
 - ``jr-sr``: same full name, birth dates at least 15 years apart (at the same address or
   not: a son who moved out is still not his father);
 - ``different-suffix``: generational suffixes differ (Jr versus Sr, II versus III);
-- ``household-member``: same address or phone, but both the given name and the birth
-  date disagree (spouses, siblings, parent and child, whatever their family names).
+- ``household-member``: same address or phone, but the given name disagrees and the
+  birth date is not the same (spouses, siblings, parent and child, whatever their family names).
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ _PHONETIC_LEVEL = 3
 _SIMILAR_FAMILY_LEVELS = frozenset({0, 1, 2, 3})
 #: Address levels that mean "the same street address".
 _SAME_ADDRESS_LEVELS = frozenset({0, 1})
-#: Birth-date levels that mean "a different birth date" (same year only, or else).
-_DIFFERENT_BIRTH_LEVELS = frozenset({3, 4})
+#: Birth-date levels that mean "not the same birth date" (a typo is no proof of identity
+#: when the given names differ too).
+_DIFFERENT_BIRTH_LEVELS = frozenset({1, 2, 3, 4})
 
 
 def _conflict(a: frozenset[tuple[str, str]], b: frozenset[tuple[str, str]]) -> bool:
