@@ -12,6 +12,7 @@ from rich.console import Console
 from sqlalchemy import text
 
 from askonce.cli_consumers import consumers_app, openapi_command
+from askonce.cli_match import links_app, match_app
 from askonce.cli_sources import sources_app, sync_command
 from askonce.logging import configure_logging
 from askonce.runtime import Runtime, build_runtime
@@ -27,6 +28,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Manage the database schema (Alembic migrations).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(match_app, name="match")
+app.add_typer(links_app, name="links")
 app.add_typer(consumers_app, name="consumers")
 app.command("openapi")(openapi_command)
 app.add_typer(sources_app, name="sources")

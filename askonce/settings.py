@@ -70,6 +70,18 @@ class Settings(BaseSettings):
         default=None,
         description="URL consumers reach the gateway at (behind a proxy); unset: from requests.",
     )
+    match_certain: float = Field(
+        default=18.0, description="Match weight (log2 Bayes factor) at or above: certain."
+    )
+    match_probable: float = Field(
+        default=12.0, description="Match weight at or above: probable (auto-linked, flagged)."
+    )
+    match_possible: float = Field(
+        default=6.0, description="Match weight at or above: possible (sent to review)."
+    )
+    match_max_block_size: int = Field(
+        default=200, ge=2, description="Block keys shared by more records are skipped."
+    )
 
     @field_validator("redis_url", mode="before")
     @classmethod
