@@ -72,6 +72,7 @@ def _type_code(raw_type: dict[str, Any] | None) -> str | None:
     return None
 
 
+@lru_cache(maxsize=IDENTIFIER_CACHE_SIZE)
 def classify_identifier(
     system: str | None,
     type_code: str | None,

@@ -20,6 +20,23 @@ from fhir_mapping.validate import validate_resource
 US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
 US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
 US_CORE_BIRTH_SEX = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex"
+#: JSON keys of the extensions on Patient's own primitive elements
+#: (https://hl7.org/fhir/R4/json.html#primitive); validation rejects any other "_" key.
+_PRIMITIVE_EXTENSION_KEYS = tuple(
+    "_" + name
+    for name in (
+        "id",
+        "implicitRules",
+        "language",
+        "active",
+        "gender",
+        "birthDate",
+        "deceasedBoolean",
+        "deceasedDateTime",
+        "multipleBirthBoolean",
+        "multipleBirthInteger",
+    )
+)
 #: Length of each part of an ISO date: "YYYY", "YYYY-MM", "YYYY-MM-DD".
 _YEAR_END, _MONTH_END, _DAY_END = 4, 7, 10
 
@@ -100,5 +117,5 @@ def parse_patient(
         extensions=others,
         multiple_birth=raw.get("multipleBirthBoolean", raw.get("multipleBirthInteger")),
         modifier_extensions=list(raw.get("modifierExtension") or ()),
-        primitive_extensions={k: v for k, v in raw.items() if k.startswith("_")},
+        primitive_extensions={k: raw[k] for k in _PRIMITIVE_EXTENSION_KEYS if k in raw},
     )

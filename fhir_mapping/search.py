@@ -31,6 +31,8 @@ def fold_text(value: str) -> str:
 
     Non-Latin scripts are transliterated with ``anyascii`` ("Шевченко" -> "shevchenko").
     Idempotent: folding a folded string changes nothing."""
+    if value.isascii():  # the common case: nothing to decompose or transliterate
+        return _NON_ALNUM.sub(" ", value.lower()).strip()
     decomposed = unicodedata.normalize("NFKD", value)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
     return _NON_ALNUM.sub(" ", anyascii(stripped).casefold()).strip()
@@ -45,7 +47,9 @@ _APOSTROPHES = re.compile("['`\u2019\u02bc\u02bb\u02bf\u02be\u00b4]")
 def fold_name(value: str) -> str:
     """:func:`fold_text` for personal names: apostrophes join instead of splitting
     ("O'Brien" -> "obrien", "Ильич" -> "ilich"). Idempotent."""
-    return fold_text(_APOSTROPHES.sub("", anyascii(_APOSTROPHES.sub("", value))))
+    if not value.isascii():
+        value = anyascii(_APOSTROPHES.sub("", value))
+    return fold_text(_APOSTROPHES.sub("", value))
 
 
 def phone_digits(value: str) -> str:
