@@ -137,6 +137,9 @@ class SourcePatient:
     #: Extensions on top-level primitives, by their JSON key ("_birthDate": {...}),
     #: e.g. the birth time (https://hl7.org/fhir/R4/extension-patient-birthtime.html).
     primitive_extensions: dict[str, Any] = field(default_factory=dict)
+    #: The source's own ``Patient.link`` entries (its merges: "replaced-by", "replaces",
+    #: "seealso"), as JSON (https://hl7.org/fhir/R4/patient.html#link).
+    links: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

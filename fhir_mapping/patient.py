@@ -118,4 +118,5 @@ def parse_patient(
         multiple_birth=raw.get("multipleBirthBoolean", raw.get("multipleBirthInteger")),
         modifier_extensions=list(raw.get("modifierExtension") or ()),
         primitive_extensions={k: raw[k] for k in _PRIMITIVE_EXTENSION_KEYS if k in raw},
+        links=list(raw.get("link") or ()),
     )

@@ -79,3 +79,12 @@ def test_invalid_patient_carries_fhir_paths() -> None:
     outcome = caught.value.to_operation_outcome()
     assert outcome["resourceType"] == "OperationOutcome"
     assert "Bob" not in json.dumps(outcome)
+
+
+def test_source_merges_and_multiple_birth_are_carried() -> None:
+    raw = sekmet_like()
+    raw["link"] = [{"other": {"reference": "Patient/sk-0"}, "type": "replaces"}]
+    raw["multipleBirthBoolean"] = True
+    patient = parse_patient(raw)
+    assert patient.links == [{"other": {"reference": "Patient/sk-0"}, "type": "replaces"}]
+    assert patient.multiple_birth is True
