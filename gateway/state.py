@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
 
 from fhir_mapping import parse_patient
+from mpi import match_patient
 
 #: Lifetime of an access token issued by ``/auth/token``.
 DEFAULT_TOKEN_LIFETIME_S = 300
@@ -43,7 +44,7 @@ class GatewayState:
     #: The public URL the gateway is reached at (behind a proxy); None: from the request.
     public_base_url: str | None = None
     #: ``$match`` scoring: ``mpi.match_patient`` (session, patient, count=, only_certain=).
-    matcher: Callable[..., Any] | None = None
+    matcher: Callable[..., Any] = match_patient
     #: Parses the ``$match`` input Patient (``fhir_mapping.parse_patient``).
     patient_parser: Callable[[dict[str, Any]], Any] = parse_patient
     #: How often the write-behind audit queue is written (seconds).

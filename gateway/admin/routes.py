@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -30,8 +30,16 @@ from gateway.admin.queries import (
 from gateway.audit import audited
 from gateway.auth.consumers import ConsumerExistsError, register_consumer
 from gateway.auth.scopes import InvalidScopeError
+from gateway.auth.tokens import Principal
 from gateway.deps import AdminPrincipal, AuditDep, SessionDep, StateDep
 from gateway.outcomes import OutcomeError, bad_request, conflict, not_found
+from mpi import (
+    GoldenNotFound,
+    InvalidOperation,
+    RecordNotFound,
+    ReviewItemNotFound,
+    record_decision,
+)
 from store.models import Consumer, GoldenPatient
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -91,6 +99,55 @@ def review(
         items = list_review(session, status, after_id, limit)
         entry["ids"] = [i["id"] for i in items]
     return items
+
+
+class Decision(BaseModel):
+    decision: str = Field(pattern="^(match|no-match)$")
+    note: str | None = Field(default=None, max_length=1000)
+
+
+class PairDecision(Decision):
+    record_a_id: int = Field(ge=1, le=MAX_BIGINT)
+    record_b_id: int = Field(ge=1, le=MAX_BIGINT)
+
+
+def _decide(
+    session: SessionDep, principal: Principal, decision: Decision, **target: Any
+) -> dict[str, Any]:
+    """One steward decision through the mpi engine; it commits with its effects."""
+    try:
+        result = record_decision(
+            session, decision.decision, actor=principal.client_id, note=decision.note, **target
+        )
+    except (ReviewItemNotFound, RecordNotFound, GoldenNotFound) as exc:
+        raise OutcomeError(not_found("No such review item or source record.")) from exc
+    except InvalidOperation as exc:
+        raise OutcomeError(conflict(str(exc))) from exc
+    session.commit()
+    return result
+
+
+@router.post(
+    "/review/{item_id}/decision",
+    summary="Decide a review item: match (link or merge) or no-match (keep apart for good)",
+)
+def decide_review_item(
+    item_id: Annotated[int, Path(ge=1, le=MAX_BIGINT)],
+    body: Decision,
+    session: SessionDep,
+    principal: AdminPrincipal,
+) -> dict[str, Any]:
+    return _decide(session, principal, body, review_item_id=item_id)
+
+
+@router.post(
+    "/decisions",
+    summary="Decide a pair of source records: match or no-match (the algorithm never overrides it)",
+)
+def decide_pair(
+    body: PairDecision, session: SessionDep, principal: AdminPrincipal
+) -> dict[str, Any]:
+    return _decide(session, principal, body, record_ids=(body.record_a_id, body.record_b_id))
 
 
 @router.get("/golden/{golden_id}/links", summary="Links of a golden record and their history")

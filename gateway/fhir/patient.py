@@ -32,7 +32,6 @@ from gateway.operations.read import (
     vread_patient,
 )
 from gateway.operations.search_patient import PATIENT_SEARCH_PARAMS, search_patients
-from gateway.outcomes import OutcomeError, outcome
 
 router = APIRouter(prefix="/fhir", tags=["Patient"])
 MediaType = Annotated[str, Depends(negotiated)]
@@ -105,8 +104,6 @@ async def match_route(
 ) -> Response:
     body = await read_json_body(request, state.max_body_bytes)
     matcher, parser = state.matcher, state.patient_parser
-    if matcher is None:
-        raise OutcomeError(outcome(501, "not-supported", "No matching engine is configured."))
     with (
         state.session_factory() as session,
         audited(audit, principal, "match", request, "Patient") as entry,

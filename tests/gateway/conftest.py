@@ -18,9 +18,10 @@ import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from fhir_mapping import search_tokens
+from fhir_mapping import parse_patient, search_tokens
 from gateway import GatewayState, create_app
 from gateway.auth import TokenService, register_consumer
+from mpi import resolve_patients
 from store import make_engine, make_session_factory
 from store.golden import GoldenPatientRepository
 from store.models import Encounter, Source, SourceRecord
@@ -214,15 +215,27 @@ def live_gateway(pg_url: str) -> Iterator[LiveGateway]:
     engine = make_engine(pg_url)
     truncate_all(engine)
     factory = make_session_factory(engine)
-    ids: list[str] = []
     with factory() as session:
-        repo = GoldenPatientRepository(session)
-        for i in range(LIVE_PATIENTS):
-            resource = patient_resource(family="Live", given=f"Given{i}", mrn=f"LIVE-{i}")
-            ids.append(repo.create(resource, search_tokens(resource)).id)
         source = Source(name="ehr-live", kind="fhir", base_url="http://ehr.invalid")
         session.add(source)
         session.flush()
+        # Golden records made by the real mpi engine, as sync would make them.
+        items = []
+        for i in range(LIVE_PATIENTS):
+            resource = live_person(i)
+            patient = parse_patient(resource)
+            record = SourceRecord(
+                source_id=source.id,
+                resource_type="Patient",
+                resource_id=resource["id"],
+                raw=resource,
+                normalized=patient.to_dict(),
+            )
+            session.add(record)
+            session.flush()
+            items.append((record, patient))
+        ids = [r.golden_id for r in resolve_patients(session, items)]
+        assert len(set(ids)) == LIVE_PATIENTS
         encounter_ids = []
         for n in range(3):
             record = SourceRecord(
@@ -250,7 +263,6 @@ def live_gateway(pg_url: str) -> Iterator[LiveGateway]:
         creds = register_consumer(session, "live-crm", "crm", [*READER_SCOPES])
         session.commit()
     state = GatewayState(engine=engine, session_factory=factory, secret_key=SECRET)
-    state.matcher = exact_identifier_matcher
     port = free_port()
     with serve_in_thread(create_app(state), port):
         base = f"http://127.0.0.1:{port}"
@@ -265,26 +277,23 @@ def live_gateway(pg_url: str) -> Iterator[LiveGateway]:
     engine.dispose()
 
 
-@dataclass
-class _Candidate:
-    golden_id: str
-    score: float
-    grade: str
+def live_person(i: int) -> dict[str, Any]:
+    """The i-th seeded person: family Live, everything else distinct from the others."""
+    return {
+        "resourceType": "Patient",
+        "id": f"live-{i}",
+        "name": [{"family": "Live", "given": [GIVEN_NAMES[i % len(GIVEN_NAMES)] + f"{i}"]}],
+        "birthDate": f"{1940 + i * 2}-0{1 + i % 9}-1{i % 10}",
+        "gender": "female" if i % 2 else "male",
+        "identifier": [
+            {"system": MRN, "value": f"LIVE-{i}"},
+            {"system": "http://hl7.org/fhir/sid/us-ssn", "value": f"{400 + i}-{10 + i}-{2000 + i}"},
+        ],
+        "telecom": [{"system": "phone", "value": f"+1 415 555 {1000 + i * 37:04d}"}],
+        "address": [
+            {"line": [f"{i + 1} Oak St"], "postalCode": f"{94000 + i * 11}", "country": "US"}
+        ],
+    }
 
 
-def exact_identifier_matcher(
-    session: Session, patient: Any, *, count: int, only_certain: bool
-) -> list[_Candidate]:
-    """Stands in for ``mpi.match_patient`` where a test needs a predictable answer:
-    golden records sharing an identifier value are certain matches."""
-    from sqlalchemy import select
-
-    from store.models import GoldenSearchToken
-
-    values = [i.value for i in patient.identifiers if i.value]
-    rows = session.scalars(
-        select(GoldenSearchToken.golden_id)
-        .where(GoldenSearchToken.param == "identifier", GoldenSearchToken.value.in_(values))
-        .limit(count)
-    ).all()
-    return [_Candidate(golden_id, 40.0, "certain") for golden_id in dict.fromkeys(rows)]
+GIVEN_NAMES = ["Ada", "Bo", "Cyd", "Dov", "Eli", "Fay", "Gus", "Hal", "Ivo", "Jan", "Kai", "Lev"]

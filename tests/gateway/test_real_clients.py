@@ -9,16 +9,17 @@ from fhirclient import client as fhirclient_client
 from fhirclient.models.patient import Patient as FCPatient
 from fhirpy import SyncFHIRClient
 
-from tests.gateway.conftest import LIVE_PATIENTS, MRN, LiveGateway, patient_resource
+from tests.gateway.conftest import LIVE_PATIENTS, MRN, LiveGateway, live_person
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
-def _match_body(mrn: str) -> dict[str, Any]:
+def _match_body(i: int) -> dict[str, Any]:
+    """The i-th seeded person as another EHR would send it (its own id)."""
     return {
         "resourceType": "Parameters",
         "parameter": [
-            {"name": "resource", "resource": patient_resource(family="Live", mrn=mrn)},
+            {"name": "resource", "resource": {**live_person(i), "id": "elsewhere"}},
             {"name": "onlyCertainMatches", "valueBoolean": True},
         ],
     }
@@ -32,10 +33,10 @@ def test_fhirpy_search_paging_read_match_everything(live_gateway: LiveGateway) -
     one = fhir.resources("Patient").search(identifier=f"{MRN}|LIVE-7").fetch()
     assert [p.id for p in one] == [live_gateway.golden_ids[7]]
     patient = fhir.reference("Patient", live_gateway.golden_ids[3]).to_resource()
-    assert patient["name"][0]["given"] == ["Given3"]
+    assert patient["name"][0]["given"] == live_person(3)["name"][0]["given"]
     encounters = fhir.resources("Encounter").search(patient=live_gateway.everything_id).fetch_all()
     assert sorted(int(e.id) for e in encounters) == live_gateway.encounter_ids
-    matched = fhir.execute("Patient/$match", method="post", data=_match_body("LIVE-5"))
+    matched = fhir.execute("Patient/$match", method="post", data=_match_body(5))
     assert [e["resource"]["id"] for e in matched["entry"]] == [live_gateway.golden_ids[5]]
     assert matched["entry"][0]["search"]["extension"][0]["valueCode"] == "certain"
     everything = fhir.execute(
@@ -59,9 +60,16 @@ def test_fhirclient_search_paging_read_match_everything(live_gateway: LiveGatewa
     ids = [entry.resource.id for page in pages for entry in page.entry or []]
     assert sorted(ids) == sorted(live_gateway.golden_ids)
     patient = FCPatient.read(live_gateway.golden_ids[2], smart.server)
-    assert patient.name[0].family == "Live" and patient.birthDate.isostring == "1980-03-14"
-    matched = smart.server.post_json("Patient/$match", _match_body("LIVE-9")).json()
+    assert patient.name[0].family == "Live"
+    assert patient.birthDate.isostring == live_person(2)["birthDate"]
+    matched = smart.server.post_json("Patient/$match", _match_body(9)).json()
     assert [e["resource"]["id"] for e in matched["entry"]] == [live_gateway.golden_ids[9]]
     everything = smart.server.request_json(f"Patient/{live_gateway.everything_id}/$everything")
     kinds = [e["resource"]["resourceType"] for e in everything["entry"]]
-    assert kinds == ["Patient", "Encounter", "Encounter", "Encounter"]
+    assert kinds[:4] == ["Patient", "Encounter", "Encounter", "Encounter"]
+    # mpi's survivorship recorded where each field came from: one Provenance per source record.
+    assert kinds[4:] == ["Provenance"]
+    from fhirclient.models.provenance import Provenance
+
+    provenance = Provenance(everything["entry"][4]["resource"])  # fhirclient's own validation
+    assert provenance.target[0].reference == f"Patient/{live_gateway.everything_id}"
