@@ -41,6 +41,7 @@ from sync.runner import (
     INTAKE_TOKEN_KEY,
     SourceFactory,
     SyncError,
+    lock_source,
     patient_options,
     source_config,
 )
@@ -349,6 +350,7 @@ def receive_notification(
                 connector = source_factory(source_config(source))
             return connector.fetch(resource_type, resource_id)
 
+        lock_source(session, source.id)  # a sync chunk of the same source waits, or we do
         try:
             result = handle_notification(
                 session, source.id, body, fetch, options=patient_options(source, default_region)

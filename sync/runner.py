@@ -118,7 +118,8 @@ def patient_options(source: SourceRow, default_region: str = "US") -> PatientOpt
     )
 
 
-def _lock_source(session: Session, source_id: int) -> None:
+def lock_source(session: Session, source_id: int) -> None:
+    """Serialize writers of one source's records (PostgreSQL; SQLite has one writer)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(
             text("SELECT pg_advisory_xact_lock(:cls, :key)"),
@@ -135,7 +136,7 @@ def start_or_resume(session: Session, source_id: int, *, full: bool = False) -> 
 
     A full run clears the source's cursors, so every type is read from the start.
     """
-    _lock_source(session, source_id)
+    lock_source(session, source_id)
     source = SourceRepository(session).get(source_id)
     if not source.enabled:
         raise SourceUnavailableError(f"source {source_id} is disabled")
@@ -218,7 +219,7 @@ def run_chunk(
     """
     chunk = ChunkResult(source_id, run_id, token, done=False, status=RUN_RUNNING)
     with context.session_factory() as session:
-        _lock_source(session, source_id)
+        lock_source(session, source_id)
         run = _claimed_run(session, run_id, token)
         if run is None:
             chunk.done, chunk.status = True, "superseded"
@@ -258,6 +259,12 @@ def run_chunk(
             _record_error(session, run_id, token, exc, fatal=True)
             chunk.done, chunk.status = True, RUN_FAILED
             return chunk
+        except Exception as exc:
+            # Not the source's fault (a database hiccup, a bug): count it, keep the run
+            # resumable from the committed cursor, and let the caller see the error.
+            session.rollback()
+            _record_error(session, run_id, token, exc, fatal=False)
+            raise
         finally:
             if connector is not None:
                 connector.close()
@@ -292,7 +299,7 @@ def _ingest_stream(
             seen.add(_fingerprint(page.cursor))
             if max_pages is not None and chunk.pages >= max_pages:
                 return False
-            _lock_source(session, run.source_id)
+            lock_source(session, run.source_id)
             if _claimed_run(session, run.id, chunk.token) is None:
                 chunk.status = "superseded"
                 return False
