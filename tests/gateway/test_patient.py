@@ -348,3 +348,19 @@ def test_every_read_is_audited_without_logging_patient_data(
         r.getMessage() + repr(r.__dict__) for r in caplog.records if not r.name.startswith("httpx")
     )
     assert "Zyxwvutsrq" not in server_logs and "SECRET-MRN-42" not in server_logs
+
+
+def test_queued_audit_rows_are_written_when_the_app_shuts_down(
+    state: Any,
+    add_patient: Callable[..., str],
+    headers: Headers,
+    session_factory: sessionmaker[Session],
+) -> None:
+    from gateway import create_app
+
+    golden_id = add_patient()
+    state.audit_flush_interval_s = 3600.0  # nothing is written on a timer
+    with TestClient(create_app(state)) as client:
+        assert client.get(f"/fhir/Patient/{golden_id}", headers=headers).status_code == 200
+    with session_factory() as session:
+        assert session.scalars(select(Audit.resource_id)).all() == [golden_id]

@@ -1,0 +1,53 @@
+"""``askonce consumers add`` gives a working client id and secret; ``askonce openapi``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from askonce.cli import app
+from askonce.runtime import build_runtime
+from askonce.settings import Settings
+from store import upgrade
+
+runner = CliRunner()
+
+
+def test_consumers_add_prints_credentials_that_get_a_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    upgrade(url)
+    monkeypatch.setenv("ASKONCE_DATABASE_URL", url)
+    added = runner.invoke(
+        app,
+        ["consumers", "add", "crm-main", "--kind", "crm", "--scopes", "system/Patient.rs"],
+    )
+    assert added.exit_code == 0, added.output
+    client_id = re.search(r"client_id=(\S+)", added.output)
+    secret = re.search(r"client_secret=(\S+)", added.output)
+    assert client_id and secret
+    listed = runner.invoke(app, ["consumers", "list"])
+    assert "crm-main" in listed.output and secret.group(1) not in listed.output
+    again = runner.invoke(app, ["consumers", "add", "crm-main", "--kind", "crm"])
+    assert again.exit_code == 2 and "already exists" in again.output
+    bad = runner.invoke(app, ["consumers", "add", "x", "--kind", "crm", "--scopes", "everything"])
+    assert bad.exit_code == 2
+    client = TestClient(build_runtime(Settings(database_url=url)).create_app())
+    token = client.post(
+        "/auth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(client_id.group(1), secret.group(1)),
+    )
+    assert token.status_code == 200 and token.json()["scope"] == "system/Patient.rs"
+
+
+def test_openapi_command_writes_the_committed_document(tmp_path: Path) -> None:
+    out = tmp_path / "openapi.json"
+    assert runner.invoke(app, ["openapi", "--out", str(out)]).exit_code == 0
+    committed = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
+    assert out.read_text() == committed.read_text()
