@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import jellyfish
 
@@ -124,8 +124,17 @@ def family_tokens(folded: str) -> tuple[list[str], str | None]:
     return (tokens or words), suffix
 
 
-_Features = tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...],
-                  str | None, bool, bool]  # fmt: skip
+class _Features(NamedTuple):
+    """The match features of one name; immutable, so it can be memoized."""
+
+    family_folded: str
+    family_alternates: tuple[str, ...]
+    family_tokens: tuple[str, ...]
+    given_folded: tuple[str, ...]
+    given_canonical: tuple[str, ...]
+    suffix_normalized: str | None
+    family_first: bool
+    swapped_suspect: bool
 
 
 def _split_text(text: str) -> tuple[str, str, bool]:
@@ -173,7 +182,7 @@ def _name_features(
         and _looks_like_surname(given_folded[0])
         and _looks_like_given_name(family_folded)
     )
-    return (
+    return _Features(
         family_folded,
         tuple(alternates),
         tuple(tokens),
@@ -217,9 +226,7 @@ def normalize_name(raw: dict[str, Any]) -> PersonName:
     given = tuple(raw.get("given") or ())
     text = raw.get("text")
     suffix = tuple(raw.get("suffix") or ())
-    folded, alternates, tokens, given_folded, canonical, suffix_n, first, swapped = _name_features(
-        family, given, text, suffix
-    )
+    features = _name_features(family, given, text, suffix)
     return PersonName(
         use=raw.get("use"),
         text=text,
@@ -228,12 +235,12 @@ def normalize_name(raw: dict[str, Any]) -> PersonName:
         prefix=list(raw.get("prefix") or ()),
         suffix=list(suffix),
         period=_period(raw.get("period")),
-        family_folded=folded,
-        family_alternates=list(alternates),
-        family_tokens=list(tokens),
-        given_folded=list(given_folded),
-        given_canonical=list(canonical),
-        suffix_normalized=suffix_n,
-        family_first=first,
-        swapped_suspect=swapped,
+        family_folded=features.family_folded,
+        family_alternates=list(features.family_alternates),
+        family_tokens=list(features.family_tokens),
+        given_folded=list(features.given_folded),
+        given_canonical=list(features.given_canonical),
+        suffix_normalized=features.suffix_normalized,
+        family_first=features.family_first,
+        swapped_suspect=features.swapped_suspect,
     )
