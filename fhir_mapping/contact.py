@@ -52,6 +52,8 @@ def _period(raw: dict[str, Any] | None) -> Period | None:
 
 
 def _strip_scheme(value: str) -> str:
+    if ":" not in value:
+        return value
     lowered = value[:8].lower()
     for scheme in _URI_SCHEMES:
         if lowered.startswith(scheme):
@@ -143,13 +145,14 @@ def normalize_contact_point(raw: dict[str, Any], region: str = DEFAULT_REGION) -
             normalized = normalize_email(value)
         else:
             normalized = value.strip()
+    period = raw.get("period")
     return ContactPoint(
         system=system,
         value=value,
         value_normalized=normalized,
         use=raw.get("use"),
         rank=raw.get("rank"),
-        period=_period(raw.get("period")),
+        period=_period(period) if period else None,
     )
 
 

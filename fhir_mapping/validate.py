@@ -71,99 +71,111 @@ def _text_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _binding(issues: list[Issue], path: str, value: object, allowed: frozenset[str]) -> None:
+# The checks run on every valid resource, so a path string is only built for a failure:
+# a location is (prefix, index or None, field), e.g. ("Patient.name", 0, "use").
+_At = tuple[str, int | None, str]
+
+
+def _path(at: _At) -> str:
+    prefix, index, field = at
+    base = prefix if index is None else f"{prefix}[{index}]"
+    return f"{base}.{field}" if field else base
+
+
+def _binding(issues: list[Issue], value: object, allowed: frozenset[str], at: _At) -> None:
     if value is not None and value not in allowed:
-        issues.append(Issue(path, "code is not in the required value set"))
+        issues.append(Issue(_path(at), "code is not in the required value set"))
 
 
-def _strict(issues: list[Issue], path: str, value: object, kind: type) -> None:
+def _strict(issues: list[Issue], value: object, kind: type, at: _At) -> None:
     """FHIR JSON types are not coerced: ``true`` not ``"true"``, ``1`` not ``"1"``, and
     dates are strings (the models would read ``0.0`` as 1970-01-01)."""
-    if value is None:
+    if value is None or (type(value) is kind):
         return
-    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-    if not ok:
-        issues.append(Issue(path, f"must be a JSON {_JSON_TYPE_NAMES[kind]}"))
+    issues.append(Issue(_path(at), f"must be a JSON {_JSON_TYPE_NAMES[kind]}"))
 
 
 _JSON_TYPE_NAMES = {bool: "boolean", int: "integer", str: "string"}
 
 
-def _check_period(issues: list[Issue], path: str, period: Any) -> None:
+def _check_period(issues: list[Issue], period: Any, prefix: str, index: int | None) -> None:
     if period:
-        _strict(issues, f"{path}.start", period.get("start"), str)
-        _strict(issues, f"{path}.end", period.get("end"), str)
+        _strict(issues, period.get("start"), str, (prefix, index, "period.start"))
+        _strict(issues, period.get("end"), str, (prefix, index, "period.end"))
 
 
-def _check_name(issues: list[Issue], path: str, name: dict[str, Any]) -> None:
-    _binding(issues, f"{path}.use", name.get("use"), NAME_USES)
-    _check_period(issues, f"{path}.period", name.get("period"))
+def _check_name(issues: list[Issue], name: dict[str, Any], prefix: str, index: int | None) -> None:
+    _binding(issues, name.get("use"), NAME_USES, (prefix, index, "use"))
+    _check_period(issues, name.get("period"), prefix, index)
 
 
-def _check_contact_points(issues: list[Issue], base: str, items: Any) -> None:
+def _check_contact_points(issues: list[Issue], items: Any, prefix: str) -> None:
     for i, cp in enumerate(items or ()):
-        _binding(issues, f"{base}[{i}].system", cp.get("system"), CONTACT_SYSTEMS)
-        _binding(issues, f"{base}[{i}].use", cp.get("use"), CONTACT_USES)
-        _strict(issues, f"{base}[{i}].rank", cp.get("rank"), int)
-        _check_period(issues, f"{base}[{i}].period", cp.get("period"))
+        _binding(issues, cp.get("system"), CONTACT_SYSTEMS, (prefix, i, "system"))
+        _binding(issues, cp.get("use"), CONTACT_USES, (prefix, i, "use"))
+        _strict(issues, cp.get("rank"), int, (prefix, i, "rank"))
+        _check_period(issues, cp.get("period"), prefix, i)
 
 
-def _check_address(issues: list[Issue], path: str, address: dict[str, Any]) -> None:
-    _binding(issues, f"{path}.use", address.get("use"), ADDRESS_USES)
-    _binding(issues, f"{path}.type", address.get("type"), ADDRESS_TYPES)
-    _check_period(issues, f"{path}.period", address.get("period"))
+def _check_address(
+    issues: list[Issue], address: dict[str, Any], prefix: str, index: int | None
+) -> None:
+    _binding(issues, address.get("use"), ADDRESS_USES, (prefix, index, "use"))
+    _binding(issues, address.get("type"), ADDRESS_TYPES, (prefix, index, "type"))
+    _check_period(issues, address.get("period"), prefix, index)
 
 
 def _check_patient(raw: dict[str, Any]) -> list[Issue]:
     issues: list[Issue] = []
-    _binding(issues, "Patient.gender", raw.get("gender"), GENDERS)
-    _strict(issues, "Patient.birthDate", raw.get("birthDate"), str)
-    _strict(issues, "Patient.deceasedDateTime", raw.get("deceasedDateTime"), str)
-    _strict(issues, "Patient.active", raw.get("active"), bool)
-    _strict(issues, "Patient.deceasedBoolean", raw.get("deceasedBoolean"), bool)
-    _strict(issues, "Patient.multipleBirthBoolean", raw.get("multipleBirthBoolean"), bool)
-    _strict(issues, "Patient.multipleBirthInteger", raw.get("multipleBirthInteger"), int)
+    p = "Patient"
+    _binding(issues, raw.get("gender"), GENDERS, (p, None, "gender"))
+    _strict(issues, raw.get("birthDate"), str, (p, None, "birthDate"))
+    _strict(issues, raw.get("deceasedDateTime"), str, (p, None, "deceasedDateTime"))
+    _strict(issues, raw.get("active"), bool, (p, None, "active"))
+    _strict(issues, raw.get("deceasedBoolean"), bool, (p, None, "deceasedBoolean"))
+    _strict(issues, raw.get("multipleBirthBoolean"), bool, (p, None, "multipleBirthBoolean"))
+    _strict(issues, raw.get("multipleBirthInteger"), int, (p, None, "multipleBirthInteger"))
     meta = raw.get("meta")
     if meta:
-        _strict(issues, "Patient.meta.lastUpdated", meta.get("lastUpdated"), str)
+        _strict(issues, meta.get("lastUpdated"), str, (p, None, "meta.lastUpdated"))
     for i, name in enumerate(raw.get("name") or ()):
-        _check_name(issues, f"Patient.name[{i}]", name)
-    _check_contact_points(issues, "Patient.telecom", raw.get("telecom"))
+        _check_name(issues, name, "Patient.name", i)
+    _check_contact_points(issues, raw.get("telecom"), "Patient.telecom")
     for i, address in enumerate(raw.get("address") or ()):
-        _check_address(issues, f"Patient.address[{i}]", address)
+        _check_address(issues, address, "Patient.address", i)
     for i, ident in enumerate(raw.get("identifier") or ()):
-        _binding(issues, f"Patient.identifier[{i}].use", ident.get("use"), IDENTIFIER_USES)
-        _check_period(issues, f"Patient.identifier[{i}].period", ident.get("period"))
+        _binding(issues, ident.get("use"), IDENTIFIER_USES, ("Patient.identifier", i, "use"))
+        _check_period(issues, ident.get("period"), "Patient.identifier", i)
     for i, comm in enumerate(raw.get("communication") or ()):
-        _strict(issues, f"Patient.communication[{i}].preferred", comm.get("preferred"), bool)
+        _strict(issues, comm.get("preferred"), bool, ("Patient.communication", i, "preferred"))
     for i, contact in enumerate(raw.get("contact") or ()):
         base = f"Patient.contact[{i}]"
-        _binding(issues, f"{base}.gender", contact.get("gender"), GENDERS)
+        _binding(issues, contact.get("gender"), GENDERS, (base, None, "gender"))
         if contact.get("name"):
-            _check_name(issues, f"{base}.name", contact["name"])
+            _check_name(issues, contact["name"], f"{base}.name", None)
         if contact.get("address"):
-            _check_address(issues, f"{base}.address", contact["address"])
-        _check_contact_points(issues, f"{base}.telecom", contact.get("telecom"))
-        _check_period(issues, f"{base}.period", contact.get("period"))
+            _check_address(issues, contact["address"], f"{base}.address", None)
+        _check_contact_points(issues, contact.get("telecom"), f"{base}.telecom")
+        _check_period(issues, contact.get("period"), base, None)
     for i, link in enumerate(raw.get("link") or ()):
-        _binding(issues, f"Patient.link[{i}].type", link.get("type"), LINK_TYPES)
+        _binding(issues, link.get("type"), LINK_TYPES, ("Patient.link", i, "type"))
     return issues
 
 
 def _check_encounter(raw: dict[str, Any]) -> list[Issue]:
     issues: list[Issue] = []
-    _binding(issues, "Encounter.status", raw.get("status"), ENCOUNTER_STATUSES)
-    _check_period(issues, "Encounter.period", raw.get("period"))
+    _binding(issues, raw.get("status"), ENCOUNTER_STATUSES, ("Encounter", None, "status"))
+    _check_period(issues, raw.get("period"), "Encounter", None)
     meta = raw.get("meta")
     if meta:
-        _strict(issues, "Encounter.meta.lastUpdated", meta.get("lastUpdated"), str)
+        _strict(issues, meta.get("lastUpdated"), str, ("Encounter", None, "meta.lastUpdated"))
     for i, item in enumerate(raw.get("statusHistory") or ()):
-        path = f"Encounter.statusHistory[{i}]"
-        _binding(issues, f"{path}.status", item.get("status"), ENCOUNTER_STATUSES)
-        _check_period(issues, f"{path}.period", item.get("period"))
+        prefix = "Encounter.statusHistory"
+        _binding(issues, item.get("status"), ENCOUNTER_STATUSES, (prefix, i, "status"))
+        _check_period(issues, item.get("period"), prefix, i)
     for key in ("participant", "location"):
         for i, item in enumerate(raw.get(key) or ()):
-            _check_period(issues, f"Encounter.{key}[{i}].period", item.get("period"))
+            _check_period(issues, item.get("period"), f"Encounter.{key}", i)
     return issues
 
 
