@@ -13,7 +13,16 @@ from starlette.responses import Response
 
 from gateway.audit import audited
 from gateway.auth.tokens import Principal
-from gateway.deps import AuditDep, PatientRead, PatientSearch, SessionDep, StateDep, require
+from gateway.deps import (
+    BEARER_SECURITY,
+    AuditDep,
+    PatientRead,
+    PatientSearch,
+    SessionDep,
+    StateDep,
+    authorize_inline,
+    require,
+)
 from gateway.fhir.context import fhir_extra, search_context
 from gateway.fhir.http import (
     check_preconditions,
@@ -119,11 +128,15 @@ async def match_route(
     "/Patient/{golden_id}",
     summary="Read a golden Patient",
     responses=RESOURCE_RESPONSE,
-    openapi_extra=fhir_extra("Patient", "interaction", "read"),
+    openapi_extra={
+        **fhir_extra("Patient", "interaction", "read"),
+        "security": BEARER_SECURITY,
+    },
 )
-async def read(golden_id: str, request: Request, principal: PatientRead) -> Response:
-    # The hot path: everything but the authentication dependency is inline, and the
-    # one indexed SELECT runs on the event loop (gateway.reads); the audit row is queued.
+async def read(golden_id: str, request: Request) -> Response:
+    # The hot path: no dependencies (authorization, negotiation inline), the one indexed
+    # SELECT runs on the event loop (gateway.reads) and the audit row is queued.
+    principal = authorize_inline(request, "Patient", "r")
     media = negotiate(request)
     app_state = request.app.state
     with audited(app_state.audit, principal, "read", request, "Patient", golden_id):
