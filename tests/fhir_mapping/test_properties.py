@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from fhir_mapping import (
     InvalidResource,
+    SourceEncounter,
     SourcePatient,
     fold_text,
     golden_record_from_patient,
@@ -169,6 +170,53 @@ def test_render_of_parse_validates_for_any_valid_patient(raw: dict[str, Any]) ->
     assert len(rendered.get("identifier", [])) == len(raw.get("identifier", []))
     assert rendered.get("contact", []) == raw.get("contact", [])
     assert rendered.get("birthDate") == raw.get("birthDate")
+
+
+encounter_statuses = st.sampled_from(
+    ["planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled"]
+)
+references = st.one_of(
+    ids.map(lambda i: {"reference": f"Patient/{i}"}),
+    ids.map(lambda i: {"reference": f"https://ehr.example.org/fhir/Patient/{i}/_history/1"}),
+    ids.map(lambda i: {"reference": f"Group/{i}"}),
+)
+codings = st.fixed_dictionaries(
+    {"code": ids}, optional={"system": st.just("http://snomed.info/sct"), "display": fhir_strings}
+)
+
+
+@st.composite
+def encounters(draw: st.DrawFn) -> dict[str, Any]:
+    encounter: dict[str, Any] = {
+        "resourceType": "Encounter",
+        "id": draw(ids),
+        "status": draw(encounter_statuses),
+        "class": draw(codings),
+    }
+    optional = {
+        "subject": references,
+        "period": periods,
+        "type": st.lists(
+            st.fixed_dictionaries({"coding": st.lists(codings, min_size=1)}), min_size=1
+        ),
+        "reasonCode": st.lists(st.fixed_dictionaries({"text": fhir_strings}), min_size=1),
+        "identifier": st.lists(identifiers, min_size=1, max_size=2),
+        "serviceProvider": st.just({"reference": "Organization/1"}),
+    }
+    for key, strategy in optional.items():
+        if draw(st.booleans()):
+            encounter[key] = draw(strategy)
+    return encounter
+
+
+@PROPERTY_SETTINGS
+@given(encounters())
+def test_any_valid_encounter_parses_and_round_trips(raw: dict[str, Any]) -> None:
+    validate_resource(raw, "Encounter")
+    encounter = parse_encounter(raw)
+    assert SourceEncounter.from_dict(json.loads(json.dumps(encounter.to_dict()))) == encounter
+    reference = raw.get("subject", {}).get("reference", "")
+    assert (encounter.patient_id is not None) == ("Patient/" in reference)
 
 
 json_values = st.recursive(
