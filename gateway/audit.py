@@ -14,6 +14,7 @@ never in the logs.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -38,6 +39,17 @@ MAX_AUDIT_PRINCIPAL = 100
 DEFAULT_FLUSH_INTERVAL_S = 0.05
 FLUSH_BATCH = 500
 MAX_PENDING = 50_000
+COPY_COLUMNS = (
+    "at",
+    "principal",
+    "action",
+    "resource_type",
+    "resource_id",
+    "query",
+    "outcome",
+    "detail",
+)
+COPY_AUDIT = f"COPY audit ({', '.join(COPY_COLUMNS)}) FROM STDIN"
 
 
 class AuditLog:
@@ -91,14 +103,34 @@ class AuditLog:
             if not rows:
                 return 0
             try:
-                with self.engine.begin() as conn:
-                    conn.execute(insert(Audit), rows)
+                self._write(rows)
             except Exception:
                 with self._lock:
                     self._pending = rows + self._pending
                 log.error("audit flush failed; rows kept for retry", extra={"count": len(rows)})
                 raise
             return len(rows)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        if self.engine.dialect.name != "postgresql":
+            with self.engine.begin() as conn:
+                conn.execute(insert(Audit), rows)
+            return
+        # COPY costs PostgreSQL (and us) a fraction of an INSERT per row: the audit
+        # trail is written as fast as reads happen without taxing them.
+        raw = self.engine.raw_connection()
+        try:
+            with raw.cursor() as cursor, cursor.copy(COPY_AUDIT) as copy:  # type: ignore[attr-defined]
+                for row in rows:
+                    copy.write_row(
+                        [row[c] for c in COPY_COLUMNS[:-1]] + [json.dumps(row["detail"])]
+                    )
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            raw.close()
 
     def close(self) -> None:
         """Stop the background writer and drain the queue (app shutdown)."""
