@@ -127,3 +127,27 @@ def test_steward_pair_decisions(
     )
     bad = client.post("/admin/review/1/decision", json={"decision": "maybe"}, headers=admin)
     assert bad.status_code == 400
+
+
+def test_a_merged_golden_id_points_at_its_survivor(
+    client: TestClient, headers: Headers, session_factory: sessionmaker[Session]
+) -> None:
+    from mpi import merge_golden
+
+    with session_factory() as session:
+        ada, mei = ingest(session, "ehr-a", [ADA, MEI])
+        merge_golden(session, mei.golden_id, ada.golden_id, actor="steward")
+        session.commit()
+    loser = client.get(f"/fhir/Patient/{mei.golden_id}", headers=headers)
+    assert loser.status_code == 200
+    body = loser.json()
+    assert body["active"] is False
+    assert body["link"][0] == {
+        "other": {"reference": f"Patient/{ada.golden_id}"},
+        "type": "replaced-by",
+    }
+    assert [link["type"] for link in body["link"]].count("replaced-by") == 1
+    found = client.get(f"/fhir/Patient?_id={mei.golden_id},{ada.golden_id}", headers=headers).json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [ada.golden_id]
+    history = client.get(f"/fhir/Patient/{mei.golden_id}/_history", headers=headers).json()
+    assert len(history["entry"]) >= 2
