@@ -55,14 +55,39 @@ def _name_affinity(a: NameFeatures, b: NameFeatures) -> float:
 def _is_swapped(a: NameFeatures, b: NameFeatures) -> bool:
     if not (a.given_first and b.given_first and a.family and b.family):
         return False
+    if a.given_first[0] != b.family[0] and a.family[0] != b.given_first[0]:
+        return False  # both >= 0.92 with no shared first letter: not worth the two calls
     return (
         JaroWinkler.similarity(a.given_first, b.family) >= JW_HIGH
         and JaroWinkler.similarity(a.family, b.given_first) >= JW_HIGH
     )
 
 
+def _flip(nb: NameFeatures) -> NameFeatures:
+    return NameFeatures(
+        given=nb.family,
+        given_first=nb.family,
+        given_tokens=nb.family_tokens,
+        given_keys=frozenset({nb.family}),
+        given_phonetic=nb.family_phonetic,
+        family=nb.given_first,
+        family_variants=frozenset({nb.given_first}),
+        family_tokens=nb.given_tokens,
+        family_phonetic=nb.given_phonetic,
+        suffix=nb.suffix,
+    )
+
+
 def align_names(a: MatchFeatures, b: MatchFeatures) -> NamePair | None:
     """The best-matching pair of names of two records (they may carry several names)."""
+    if len(a.names) == 1 and len(b.names) == 1:  # the common case, kept cheap
+        na, nb = a.names[0], b.names[0]
+        if na.family_variants & nb.family_variants or not _is_swapped(na, nb):
+            return NamePair(na, nb, False)
+        flipped = _flip(nb)
+        if _name_affinity(na, flipped) > _name_affinity(na, nb):
+            return NamePair(na, flipped, True)
+        return NamePair(na, nb, False)
     best: NamePair | None = None
     best_affinity = -1.0
     for na in a.names:
@@ -71,18 +96,7 @@ def align_names(a: MatchFeatures, b: MatchFeatures) -> NamePair | None:
             if affinity > best_affinity:
                 best, best_affinity = NamePair(na, nb, False), affinity
             if affinity < 1.0 + JW_HIGH and _is_swapped(na, nb):
-                flipped = NameFeatures(
-                    given=nb.family,
-                    given_first=nb.family,
-                    given_tokens=nb.family_tokens,
-                    given_keys=frozenset({nb.family}),
-                    given_phonetic=nb.family_phonetic,
-                    family=nb.given_first,
-                    family_variants=frozenset({nb.given_first}),
-                    family_tokens=nb.given_tokens,
-                    family_phonetic=nb.given_phonetic,
-                    suffix=nb.suffix,
-                )
+                flipped = _flip(nb)
                 swapped_affinity = _name_affinity(na, flipped)
                 if swapped_affinity > best_affinity:
                     best, best_affinity = NamePair(na, flipped, True), swapped_affinity
@@ -329,14 +343,16 @@ class AddressComparison(Comparison):
             for line_b, postal_b, city_b in b.addresses:
                 same_postal = bool(postal_a) and postal_a == postal_b
                 same_city = bool(city_a) and city_a == city_b
-                if line_a and line_a == line_b and (same_postal or same_city):
+                if not (same_postal or same_city):
+                    continue
+                if line_a and line_a == line_b:
                     return 0
                 similar = (
                     bool(line_a)
                     and bool(line_b)
                     and token_set_ratio(line_a, line_b) >= ADDRESS_LINE_SIMILAR
                 )
-                if similar and (same_postal or same_city):
+                if similar:
                     best = min(best, 1)
                 elif same_postal:
                     best = min(best, 2)

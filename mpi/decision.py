@@ -107,10 +107,10 @@ def score_candidates(
     """Every golden record among ``members``, best first, with guards checked."""
     best: dict[str, tuple[Score, int]] = {}
     backed: set[str] = set()  # golden records with a corroborated, linkable member pair
-    by_golden: dict[str, list[Member]] = {}
+    by_golden: dict[str, list[tuple[Member, Score]]] = {}
     for member in members:
-        by_golden.setdefault(member.golden_id, []).append(member)
         score = model.score(features, member.features)
+        by_golden.setdefault(member.golden_id, []).append((member, score))
         current = best.get(member.golden_id)
         if current is None or score.total > current[0].total:
             best[member.golden_id] = (score, member.record_id)
@@ -127,8 +127,9 @@ def score_candidates(
             candidate.notes.append("uncorroborated")
         if grade in AUTO_GRADES:
             vetoes: list[str] = []
-            for member in by_golden[golden_id]:
-                for reason in guard_reasons(features, member.features, settings):
+            for member, member_score in by_golden[golden_id]:
+                levels = member_score.levels
+                for reason in guard_reasons(features, member.features, settings, levels):
                     if reason not in vetoes:
                         vetoes.append(reason)
             candidate.vetoes = vetoes

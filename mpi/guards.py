@@ -18,21 +18,16 @@ with that name as its reason. The guards:
 
 from __future__ import annotations
 
-from mpi.comparisons import (
-    AddressComparison,
-    BirthDateComparison,
-    FamilyNameComparison,
-    GivenNameComparison,
-    IdentifierComparison,
-    align_names,
-)
+from collections.abc import Sequence
+
+from mpi.comparisons import COMPARISONS, IdentifierComparison, compare_records
 from mpi.features import MatchFeatures
 from mpi.settings import MatchSettings
 
-_GIVEN = GivenNameComparison()
-_FAMILY = FamilyNameComparison()
-_BIRTH = BirthDateComparison()
-_ADDRESS = AddressComparison()
+_LEVEL_INDEX = tuple(
+    [c.name for c in COMPARISONS].index(name)
+    for name in ("given", "family", "birth_date", "address")
+)
 _IDENTIFIER = IdentifierComparison()
 IDENTIFIER_TYPO_LEVEL = 1
 #: Given-name levels that still mean "the same given name" (exact, nickname, typo, sound).
@@ -67,15 +62,20 @@ def _same_identity(a: MatchFeatures, b: MatchFeatures) -> bool:
     ids_a, ids_b = a.strong_ids | a.other_ids, b.strong_ids | b.other_ids
     if ids_a & ids_b:
         return True
-    return any(
-        system_a == system_b and _IDENTIFIER.compare(a, b, None) == IDENTIFIER_TYPO_LEVEL
-        for system_a, _ in ids_a
-        for system_b, _ in ids_b
-    )
+    return _IDENTIFIER.compare(a, b, None) == IDENTIFIER_TYPO_LEVEL
 
 
-def guard_reasons(a: MatchFeatures, b: MatchFeatures, settings: MatchSettings) -> list[str]:
-    """The guards that veto linking ``a`` and ``b`` automatically (empty: no veto)."""
+def guard_reasons(
+    a: MatchFeatures,
+    b: MatchFeatures,
+    settings: MatchSettings,
+    levels: Sequence[int | None] | None = None,
+) -> list[str]:
+    """The guards that veto linking ``a`` and ``b`` automatically (empty: no veto).
+
+    ``levels`` are the pair's comparison levels (in :data:`COMPARISONS` order) when the
+    caller has already scored it.
+    """
     reasons: list[str] = []
     if a.ssns and b.ssns and not (a.ssns & b.ssns):
         reasons.append("conflicting-ssn")
@@ -83,14 +83,13 @@ def guard_reasons(a: MatchFeatures, b: MatchFeatures, settings: MatchSettings) -
         reasons.append("conflicting-identifier")
     if a.suffix and b.suffix and a.suffix != b.suffix:
         reasons.append("different-suffix")
-    names = align_names(a, b)
-    if names is None or _same_identity(a, b):
+    if not a.names or not b.names or _same_identity(a, b):
         # A shared SSN, identifier or e-mail address tells people apart better than any
         # look-alike pattern: twins and spouses do not share them.
         return reasons
-    given = _GIVEN.compare(a, b, names)
-    family = _FAMILY.compare(a, b, names)
-    address = _ADDRESS.compare(a, b, names)
+    if levels is None:
+        levels, _names = compare_records(a, b)
+    given, family, birth, address = (levels[i] for i in _LEVEL_INDEX)
     same_family = family == 0
     same_address = address in _SAME_ADDRESS_LEVELS
     # Sounding alike is not enough for twins: Hassan and Hussein are two boys.
@@ -104,7 +103,6 @@ def guard_reasons(a: MatchFeatures, b: MatchFeatures, settings: MatchSettings) -
     years_apart = abs(a.birth_year - b.birth_year) if a.birth_year and b.birth_year else 0
     if same_family and same_given and years_apart >= settings.jr_sr_min_years:
         reasons.append("jr-sr")
-    birth = _BIRTH.compare(a, b, names)
     if shares_home and different_given and birth in _DIFFERENT_BIRTH_LEVELS:
         reasons.append("household-member")
     return reasons

@@ -68,6 +68,17 @@ def repoint_encounters(session: Session, record_ids: Sequence[int], golden_id: s
         )
 
 
+def repoint_encounters_of(
+    session: Session, source_id: int, resource_id: str, golden_id: str
+) -> None:
+    """Encounters of one source Patient now belong to ``golden_id`` (one statement)."""
+    session.execute(
+        update(Encounter)
+        .where(Encounter.source_id == source_id, Encounter.patient_resource_id == resource_id)
+        .values(golden_id=golden_id)
+    )
+
+
 def store_decision(
     session: Session, a: int, b: int, decision: str, actor: str, note: str | None = None
 ) -> None:

@@ -27,7 +27,7 @@ from mpi.blocking import block_keys, lock_ids
 from mpi.decision import Decision, Member, decide, score_candidates
 from mpi.features import MatchFeatures, extract_features
 from mpi.model import MatchModel
-from mpi.operations import merge_golden, repoint_encounters
+from mpi.operations import merge_golden, repoint_encounters_of
 from mpi.settings import MatchSettings
 from mpi.storage import (
     cached_features,
@@ -120,23 +120,22 @@ def candidate_members(
     skipped = len(sizes) - len(usable)
     if not usable:
         return [], skipped
-    goldens = list(
-        session.scalars(
-            select(Link.golden_id)
-            .join(BlockKey, BlockKey.source_record_id == Link.source_record_id)
-            .join(GoldenPatient, GoldenPatient.id == Link.golden_id)
-            .where(BlockKey.key.in_(usable), GoldenPatient.status == "active")
-            .distinct()
-            .limit(settings.max_candidates)
-        )
+    goldens = (
+        select(Link.golden_id)
+        .join(BlockKey, BlockKey.source_record_id == Link.source_record_id)
+        .join(GoldenPatient, GoldenPatient.id == Link.golden_id)
+        .where(BlockKey.key.in_(usable), GoldenPatient.status == "active")
+        .distinct()
+        .limit(settings.max_candidates)
+        .subquery()
     )
-    if not goldens:
-        return [], skipped
     links = session.execute(
         select(Link.source_record_id, Link.golden_id)
-        .where(Link.golden_id.in_(goldens))
+        .where(Link.golden_id.in_(select(goldens.c.golden_id)))
         .order_by(Link.golden_id, Link.id)
     ).all()
+    if not links:
+        return [], skipped
     per_golden: dict[str, list[int]] = {}
     for record_id, golden_id in links:
         if record_id != exclude:
@@ -238,7 +237,7 @@ def _apply(
             explanation=explanation,
         )
     )
-    repoint_encounters(session, [row.id], golden_id)
+    repoint_encounters_of(session, row.source_id, row.resource_id, golden_id)
     for loser in decision.merge:
         if _groups_declined(session, loser, golden_id):
             continue

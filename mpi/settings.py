@@ -25,7 +25,7 @@ DEFAULT_MAX_CANDIDATES = 400
 #: Birth dates at least this many years apart mark a Jr/Sr pair.
 DEFAULT_JR_SR_MIN_YEARS = 15
 #: Pairs sampled at random to estimate the u probabilities.
-DEFAULT_U_SAMPLE_PAIRS = 200_000
+DEFAULT_U_SAMPLE_PAIRS = 50_000
 #: EM iterations (and the change in m at which EM stops early).
 DEFAULT_EM_ITERATIONS = 25
 DEFAULT_EM_TOLERANCE = 1e-4

@@ -103,16 +103,26 @@ def linked_record_ids(session: Session, golden_id: str) -> list[int]:
     )
 
 
-def member_records(session: Session, record_ids: Sequence[int]) -> list[MemberRecord]:
-    """Active source records with their source's trust rank, for survivorship."""
-    if not record_ids:
-        return []
-    rows = session.execute(
+def member_records(
+    session: Session, record_ids: Sequence[int] = (), *, golden_id: str | None = None
+) -> list[MemberRecord]:
+    """Active source records (by id, or all linked to ``golden_id``) with their source's
+    trust rank, for survivorship."""
+    stmt = (
         select(SourceRecord, Source.trust_rank, Source.config)
         .join(Source, Source.id == SourceRecord.source_id)
-        .where(SourceRecord.id.in_(record_ids), SourceRecord.status == "active")
+        .where(SourceRecord.status == "active")
         .order_by(SourceRecord.id)
-    ).all()
+    )
+    if golden_id is not None:
+        stmt = stmt.join(Link, Link.source_record_id == SourceRecord.id).where(
+            Link.golden_id == golden_id
+        )
+    elif record_ids:
+        stmt = stmt.where(SourceRecord.id.in_(list(record_ids)))
+    else:
+        return []
+    rows = session.execute(stmt).all()
     return [
         MemberRecord(
             record_id=record.id,
@@ -149,7 +159,7 @@ def write_golden(
     """(Re)build a golden record from its linked active records and save a new version."""
     repository = GoldenPatientRepository(session)
     golden = repository.read_for_update(golden_id)
-    members = member_records(session, linked_record_ids(session, golden_id))
+    members = member_records(session, golden_id=golden_id)
     return _save(session, settings, repository, golden, golden_id, members, status, merged_into)
 
 

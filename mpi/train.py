@@ -108,14 +108,14 @@ def estimate_u_using_random_sampling(
 
 
 def _blocked_pairs(
-    features: Sequence[MatchFeatures],
+    keys: Sequence[list[str]],
     settings: MatchSettings,
     rng: random.Random,
     kinds: frozenset[str],
 ) -> list[tuple[int, int]]:
     index = MemoryBlockIndex(settings.max_block_size)
-    for record, f in enumerate(features):
-        index.add(record, [k for k in block_keys(f) if k.split(":", 1)[0] in kinds])
+    for record, record_keys in enumerate(keys):
+        index.add(record, [k for k in record_keys if k.split(":", 1)[0] in kinds])
     pairs: set[tuple[int, int]] = set()
     for members in index.members.values():
         if len(members) < 2 or len(members) > settings.max_block_size:
@@ -227,8 +227,9 @@ def train_model(
     labelled = {(min(i, j), max(i, j)): match for i, j, match in labels}
     m = {name: list(params.m) for name, params in start.comparisons.items()}
     share = INITIAL_MATCH_SHARE
+    keys = [block_keys(f) for f in features]
     for kinds, held_out in EM_SESSIONS:
-        pairs = sorted(set(_blocked_pairs(features, settings, rng, kinds)) | set(labelled))
+        pairs = sorted(set(_blocked_pairs(keys, settings, rng, kinds)) | set(labelled))
         if not pairs:
             continue
         matrix = _level_matrix(features, pairs)

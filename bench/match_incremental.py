@@ -1,0 +1,158 @@
+"""Incremental resolution latency against a large golden-record base (SQLite file).
+
+The base is built in bulk: ``tools.ehrgen`` people from one EHR are parsed, resolved in
+memory by :func:`mpi.resolve_batch` (the same decisions as the real-time engine) and
+written with set-based inserts: source records (with their normalized JSON), golden
+records, links and block keys. Golden search tokens and field provenance are not written
+in the bulk path (matching never reads them).
+
+Then records from a second EHR (about half are people already in the base, half are new)
+are resolved one at a time through :func:`mpi.resolve_patients`, each in its own
+transaction, with a cold feature cache: the time of ``resolve_patients`` plus the commit
+is what is measured (storing the source record itself is the sync pipeline's cost).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert
+
+from fhir_mapping import parse_patient
+from mpi import MatchSettings, extract_features, resolve_batch, resolve_patients, train_model
+from mpi.blocking import block_keys
+from mpi.storage import clear_caches, save_model
+from store import make_engine, make_session_factory, upgrade
+from store.models import BlockKey, GoldenPatient, Link, Source, SourceRecord, new_uuid
+from tools.ehrgen import generate
+
+#: Rows per INSERT batch in the bulk path.
+BULK_BATCH = 20_000
+#: Records the model is trained on before the bulk resolution.
+TRAINING_SAMPLE = 20_000
+#: ehrgen people generated per golden record wanted (some appear only in the second EHR).
+PEOPLE_PER_GOLDEN = 1.0
+
+
+def _chunks(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(rows), BULK_BATCH):
+        yield rows[start : start + BULK_BATCH]
+
+
+def build_base(path: Path, golden: int, seed: int) -> tuple[str, list[dict[str, Any]], int]:
+    """Create the database; returns its URL, the probe resources and the golden count."""
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    data = generate(int(golden * PEOPLE_PER_GOLDEN), seed=seed, sources=2)
+    base = data.patients_by_source["ehr-a"]
+    patients = [parse_patient(r) for r in base]
+    features = [extract_features(p) for p in patients]
+    settings = MatchSettings()
+    sample = random.Random(seed).sample(features, min(TRAINING_SAMPLE, len(features)))
+    model = train_model(sample, settings, seed=seed)
+    result = resolve_batch(features, model, settings)
+    uuids = {g: new_uuid() for g in result.clusters}
+    engine = make_engine(url)
+    with make_session_factory(engine)() as session:
+        save_model(session, model)
+        session.add_all(
+            [
+                Source(id=1, name="ehr-a", kind="ndjson", base_url="file:///a"),
+                Source(id=2, name="ehr-b", kind="ndjson", base_url="file:///b"),
+            ]
+        )
+        session.flush()
+        records = [
+            {
+                "id": i + 1,
+                "source_id": 1,
+                "resource_type": "Patient",
+                "resource_id": r["id"],
+                "raw": r,
+                "normalized": p.to_dict(),
+                "status": "active",
+                "content_hash": hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest(),
+            }
+            for i, (r, p) in enumerate(zip(base, patients, strict=True))
+        ]
+        for chunk in _chunks(records):
+            session.execute(insert(SourceRecord), chunk)
+        goldens = []
+        for g, members in result.clusters.items():
+            resource = dict(base[members[0]], id=uuids[g])
+            goldens.append(
+                {
+                    "id": uuids[g],
+                    "version": 1,
+                    "resource": resource,
+                    "status": "active",
+                    "birth_date": resource.get("birthDate"),
+                    "gender": resource.get("gender"),
+                }
+            )
+        for chunk in _chunks(goldens):
+            session.execute(insert(GoldenPatient), chunk)
+        links = [
+            {
+                "source_record_id": i + 1,
+                "golden_id": uuids[g],
+                "grade": "certain",
+                "method": "AUTO",
+                "flagged": False,
+                "explanation": {},
+            }
+            for i, g in enumerate(result.golden_ids)
+        ]
+        for chunk in _chunks(links):
+            session.execute(insert(Link), chunk)
+        keys = [
+            {"key": k, "source_record_id": i + 1}
+            for i, f in enumerate(features)
+            for k in block_keys(f)
+        ]
+        for chunk in _chunks(keys):
+            session.execute(insert(BlockKey), chunk)
+        session.commit()
+    engine.dispose()
+    return url, data.patients_by_source["ehr-b"], len(result.clusters)
+
+
+def time_incremental(url: str, probes: list[dict[str, Any]], count: int, seed: int) -> list[float]:
+    """Milliseconds of each one-record resolution (resolve + commit), cold caches."""
+    engine = make_engine(url)
+    factory = make_session_factory(engine)
+    clear_caches()
+    chosen = random.Random(seed).sample(probes, min(count, len(probes)))
+    timings: list[float] = []
+    settings = MatchSettings()
+    for resource in chosen:
+        with factory() as session:
+            patient = parse_patient(resource)
+            row = SourceRecord(
+                source_id=2,
+                resource_type="Patient",
+                resource_id=resource["id"],
+                raw=resource,
+                normalized=patient.to_dict(),
+                status="active",
+            )
+            session.add(row)
+            session.flush()
+            started = time.perf_counter()
+            resolve_patients(session, [(row, patient)], settings=settings)
+            session.commit()
+            timings.append((time.perf_counter() - started) * 1000)
+    engine.dispose()
+    return timings
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
