@@ -62,6 +62,7 @@ def clear_caches() -> None:
         names.nickname_key,
         names.phonetic_key,
         names._name_features,
+        names._family_features,
         contact.normalize_phone,
         contact._parse_phone,
         contact.normalize_line,

@@ -167,11 +167,9 @@ def _name_features(
         family_source = family or ""
         if text and family_folded and given_folded and "," not in text:
             family_first = _reads_family_first(text, family_folded, given_folded)
-    tokens, trailing_suffix = family_tokens(family_folded)
-    if trailing_suffix is not None:
-        family_folded = family_folded.rsplit(" ", 1)[0]
-        family_source = family_source.rsplit(None, 1)[0]
-    alternates = family_alternates(family_source, family_folded) if family_folded else []
+    family_folded, alternates, tokens, trailing_suffix = _family_features(
+        family_source, family_folded
+    )
     suffix_normalized = next(
         (s for s in (normalize_suffix(v) for v in suffix) if s is not None), trailing_suffix
     )
@@ -184,14 +182,28 @@ def _name_features(
     )
     return _Features(
         family_folded,
-        tuple(alternates),
-        tuple(tokens),
+        alternates,
+        tokens,
         given_folded,
         canonical,
         suffix_normalized,
         family_first,
         swapped,
     )
+
+
+@lru_cache(maxsize=NAME_CACHE_SIZE)
+def _family_features(
+    family: str, folded: str
+) -> tuple[str, tuple[str, ...], tuple[str, ...], str | None]:
+    """(folded without a trailing suffix, alternates, tokens, suffix) of a family name;
+    memoized on its own because surnames repeat far more than whole names do."""
+    tokens, trailing_suffix = family_tokens(folded)
+    if trailing_suffix is not None:
+        folded = folded.rsplit(" ", 1)[0]
+        family = family.rsplit(None, 1)[0]
+    alternates = family_alternates(family, folded) if folded else []
+    return folded, tuple(alternates), tuple(tokens), trailing_suffix
 
 
 def _reads_family_first(text: str, family_folded: str, given_folded: tuple[str, ...]) -> bool:
