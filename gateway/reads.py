@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 #: Connections per worker process kept open for reads, and the most it opens.
 READ_POOL_MIN = 2
-READ_POOL_MAX = 24
+READ_POOL_MAX = 8
 READ_SQL = "SELECT version, status, resource::text FROM golden_patient WHERE id = %s"
 
 
