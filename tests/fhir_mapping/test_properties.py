@@ -7,6 +7,7 @@ import json
 import string
 from typing import Any
 
+import phonenumbers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +27,7 @@ from fhir_mapping import (
     render_golden_patient,
     validate_resource,
 )
+from fhir_mapping.contact import _parse_phone
 from fhir_mapping.identifiers import normalize_identifier_value
 from fhir_mapping.search import fold_name
 
@@ -288,3 +290,19 @@ def test_phone_normalization_is_idempotent(value: str, region: str) -> None:
 def test_postal_normalization_is_idempotent(value: str, country: str | None) -> None:
     once = normalize_postal_code(value, country)
     assert normalize_postal_code(once, country) == once
+
+
+country_codes = st.sampled_from(sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE))
+
+
+@PROPERTY_SETTINGS
+@given(country_codes, st.text("0123456789", min_size=1, max_size=15), st.sampled_from(["US", "DE"]))
+def test_phone_shortcuts_agree_with_phonenumbers_parse(
+    code: int, national: str, region: str
+) -> None:
+    """International and North American numbers skip re-parsing; the E.164 must be the
+    one ``phonenumbers.parse`` gives."""
+    for text in (f"+{code}{national}", f"+{code} {national}", national):
+        digits = "".join(c for c in text if c.isdigit())
+        parsed = _parse_phone(("+" if text.startswith("+") else "") + digits, region)
+        assert normalize_phone(text, region) == parsed
