@@ -228,9 +228,11 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         url, probes, goldens = build_base(Path(folder) / "incremental.db", args.golden, SEED)
         build_s = time.perf_counter() - started
-        timings = time_incremental(url, probes, args.probes, SEED)
+        timings, cpu = time_incremental(url, probes, args.probes, SEED)
     summary["incremental_p50_ms"] = round(percentile(timings, 0.5), 2)
     summary["incremental_p99_ms"] = round(percentile(timings, 0.99), 2)
+    summary["incremental_cpu_p50_ms"] = round(percentile(cpu, 0.5), 2)
+    summary["incremental_cpu_p99_ms"] = round(percentile(cpu, 0.99), 2)
     summary["incremental_backend"] = "sqlite"
     summary["incremental_golden_records"] = goldens
     print(

@@ -48,13 +48,13 @@ class MemoryResolver:
 
     def add(self, features: MatchFeatures) -> Decision:
         keys = block_keys(features)
-        found = self.index.candidates(keys)
+        found = self.index.candidates(keys, self.settings.max_candidates)
         goldens = {self.golden_of[i] for i in found}
         members = [
             Member(i, golden, self.features[i])
             for golden in sorted(goldens)
             for i in self.members[golden][:MAX_MEMBERS_PER_GOLDEN]
-        ][: self.settings.max_candidates]
+        ]
         candidates = score_candidates(self.model, self.settings, features, members)
         decision = decide(candidates, self.settings, members=members)
         record = len(self.features)

@@ -10,7 +10,7 @@ short kind prefix ("ph:", "id:"…) so that statistics can be kept per kind.
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 from mpi.features import MatchFeatures
@@ -91,9 +91,10 @@ class MemoryBlockIndex:
         for key in keys:
             self.members[key].append(record)
 
-    def candidates(self, keys: Iterable[str]) -> set[int]:
-        """Records sharing a key; keys with more than ``max_block_size`` members are skipped."""
-        found: set[int] = set()
+    def candidates(self, keys: Iterable[str], limit: int | None = None) -> list[int]:
+        """Records sharing a key, those sharing the most keys first (at most ``limit``);
+        keys with more than ``max_block_size`` members are skipped."""
+        shared: Counter[int] = Counter()
         for key in keys:
             members = self.members.get(key)
             if not members:
@@ -101,5 +102,6 @@ class MemoryBlockIndex:
             if len(members) > self.max_block_size:
                 self.skipped_keys += 1
                 continue
-            found.update(members)
-        return found
+            shared.update(members)
+        ranked = sorted(shared.items(), key=lambda item: (-item[1], item[0]))
+        return [record for record, _ in ranked[:limit]]

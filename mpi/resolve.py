@@ -120,13 +120,21 @@ def candidate_members(
     skipped = len(sizes) - len(usable)
     if not usable:
         return [], skipped
+    # The records sharing the most keys first: a true match shares several.
+    top = (
+        select(BlockKey.source_record_id)
+        .where(BlockKey.key.in_(usable))
+        .group_by(BlockKey.source_record_id)
+        .order_by(func.count().desc(), BlockKey.source_record_id)
+        .limit(settings.max_candidates)
+        .subquery()
+    )
     goldens = (
         select(Link.golden_id)
-        .join(BlockKey, BlockKey.source_record_id == Link.source_record_id)
         .join(GoldenPatient, GoldenPatient.id == Link.golden_id)
-        .where(BlockKey.key.in_(usable), GoldenPatient.status == "active")
+        .where(Link.source_record_id.in_(select(top.c.source_record_id)))
+        .where(GoldenPatient.status == "active")
         .distinct()
-        .limit(settings.max_candidates)
         .subquery()
     )
     links = session.execute(
