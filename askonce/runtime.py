@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import redis
 from celery import Celery
@@ -13,6 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from askonce.settings import Settings, get_settings
+from fhir_mapping import parse_patient
 from gateway import GatewayState, create_app
 from store import check_schema_at_head, make_engine, make_session_factory, unit_of_work
 from sync import TaskContext, bind_task_context, create_celery
@@ -60,6 +62,7 @@ class Runtime:
                 default_page_size=self.settings.page_size_default,
                 max_page_size=self.settings.page_size_max,
                 public_base_url=self.settings.public_base_url,
+                patient_parser=partial(parse_patient, default_region=self.settings.default_region),
             )
         )
 
