@@ -26,6 +26,8 @@ MIN_NICKNAME_PAIRS = 150
         ("O'Brien", "obrien"),
         ("D\u2019Angelo", "dangelo"),
         ("ßtraße", "sstrasse"),
+        ("Mu\u0308ller", "muller"),  # decomposed umlaut, as some systems send it
+        ("\uff2d\u00fcller", "muller"),  # full-width capital M
     ],
 )
 def test_fold_name(raw: str, folded: str) -> None:
@@ -44,6 +46,7 @@ def test_fold_name(raw: str, folded: str) -> None:
             ["mueller luedenscheidt", "mullerludenscheidt"],
         ),
         ("Šimkus", "simkus", []),
+        ("Mu\u0308ller", "muller", ["mueller"]),
         ("de la Cruz", "de la cruz", ["delacruz"]),
     ],
 )
