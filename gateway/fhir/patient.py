@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from gateway.audit import audited
@@ -40,7 +41,12 @@ from gateway.operations.read import (
     history_patient,
     vread_patient,
 )
-from gateway.operations.search_patient import PATIENT_SEARCH_PARAMS, search_patients
+from gateway.operations.search_patient import (
+    PATIENT_SEARCH_PARAMS,
+    SearchContext,
+    search_patients,
+)
+from gateway.state import GatewayState
 
 router = APIRouter(prefix="/fhir", tags=["Patient"])
 MediaType = Annotated[str, Depends(negotiated)]
@@ -52,6 +58,13 @@ RESOURCE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/fhir+json": {}}, "description": "A FHIR Patient"},
     304: {"description": "Not modified (If-None-Match)"},
 }
+
+
+def _search_with_session(
+    state: GatewayState, items: list[tuple[str, str]], ctx: SearchContext
+) -> dict[str, Any]:
+    with state.session_factory() as session:
+        return search_patients(session, items, ctx)
 
 
 def _ids(bundle: dict[str, Any]) -> list[str]:
@@ -69,15 +82,18 @@ def _ids(bundle: dict[str, Any]) -> list[str]:
         search={**PATIENT_SEARCH_PARAMS, "_revinclude": ("string", "Encounter:subject")},
     ),
 )
-def search(
+async def search(
     request: Request,
-    session: SessionDep,
+    state: StateDep,
     principal: PatientSearch,
     audit: AuditDep,
     media: MediaType,
 ) -> Response:
+    # async route, no sync dependencies: the search itself is the one thread-pool hop.
     with audited(audit, principal, "search", request, "Patient") as entry:
-        bundle = search_patients(session, query_items(request), search_context(request))
+        bundle = await run_in_threadpool(
+            _search_with_session, state, query_items(request), search_context(request)
+        )
         entry["ids"] = _ids(bundle)
     return fhir_response(bundle, media)
 
