@@ -173,7 +173,8 @@ def audited(
     """Record a read (also when it fails with an OperationOutcome). The block may fill
     the yielded dict with non-PHI detail, such as the ids it disclosed."""
     detail: dict[str, Any] = {}
-    query = request.url.query
+    # The raw query string from the ASGI scope: cheaper than building request.url.
+    query = request.scope.get("query_string", b"").decode("latin-1")
     try:
         yield detail
     except OutcomeError as exc:
