@@ -70,6 +70,9 @@ def test_match_uses_the_mpi_engine(
     body = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": probe}]}
     reply = client.post("/fhir/Patient/$match", json=body, headers={**headers, **FHIR})
     assert reply.status_code == 200, reply.text
+    from fhir.resources.R4B.bundle import Bundle
+
+    Bundle.model_validate(reply.json())  # search.score, the match-grade extension: valid R4
     entries = reply.json()["entry"]
     assert entries[0]["resource"]["id"] == ada.golden_id
     assert entries[0]["search"]["extension"][0]["valueCode"] == "certain"

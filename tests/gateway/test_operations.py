@@ -303,3 +303,32 @@ def test_merged_id_in_encounter_search_follows_the_survivor(
         session.commit()
     reply = client.get(f"/fhir/Encounter?patient={loser}", headers=headers)
     assert _ids(reply.json()) == [str(enc)]
+
+
+def test_every_bundle_is_valid_fhir_r4(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    add_encounter: Callable[..., int],
+) -> None:
+    from fhir.resources.R4B.bundle import Bundle
+    from fhir.resources.R4B.encounter import Encounter as R4Encounter
+    from fhir.resources.R4B.patient import Patient
+
+    person = add_patient()
+    add_patient()
+    add_encounter(person)
+    for url in (
+        "/fhir/Patient?_count=1&_revinclude=Encounter:subject",
+        "/fhir/Patient?_summary=count",
+        "/fhir/Patient?_elements=name",
+        f"/fhir/Patient/{person}/_history",
+        f"/fhir/Patient/{person}/$everything",
+        f"/fhir/Encounter?patient={person}",
+    ):
+        reply = client.get(url, headers=headers)
+        assert reply.status_code == 200, url
+        Bundle.model_validate(reply.json())
+    Patient.model_validate(client.get(f"/fhir/Patient/{person}", headers=headers).json())
+    encounter = client.get(f"/fhir/Encounter?patient={person}", headers=headers).json()
+    R4Encounter.model_validate(encounter["entry"][0]["resource"])
