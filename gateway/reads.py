@@ -57,7 +57,8 @@ class PatientReader:
 
     async def read(self, golden_id: str) -> StoredResource:
         check_id("Patient", golden_id)
-        if self.pool is not None:
+        # The pool opens with the app's lifespan; served without one, the engine answers.
+        if self.pool is not None and not self.pool.closed:
             try:
                 async with self.pool.connection() as conn:
                     cursor = await conn.execute(READ_SQL, (golden_id,))

@@ -364,3 +364,14 @@ def test_queued_audit_rows_are_written_when_the_app_shuts_down(
         assert client.get(f"/fhir/Patient/{golden_id}", headers=headers).status_code == 200
     with session_factory() as session:
         assert session.scalars(select(Audit.resource_id)).all() == [golden_id]
+
+
+def test_reads_work_without_the_app_lifespan(
+    state: Any, add_patient: Callable[..., str], headers: Headers
+) -> None:
+    from gateway import create_app
+
+    golden_id = add_patient()
+    client = TestClient(create_app(state))  # no `with`: the lifespan never runs
+    assert client.get(f"/fhir/Patient/{golden_id}", headers=headers).status_code == 200
+    client.app.state.audit.close()  # type: ignore[attr-defined]
