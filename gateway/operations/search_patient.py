@@ -27,7 +27,15 @@ from gateway.operations.params import (
     parse_token,
     split_or,
 )
-from gateway.operations.sql import SortColumn, after, date_condition, encode_value, order_by
+from gateway.operations.sql import (
+    SortColumn,
+    after,
+    date_condition,
+    encode_value,
+    order_by,
+    partial_date_bounds,
+    range_condition,
+)
 from store.models import GoldenPatient, GoldenSearchToken
 
 GP = GoldenPatient
@@ -113,12 +121,8 @@ def _criterion(name: str, raw: str) -> ColumnElement[bool]:
             raise fail("gender must be male, female, other or unknown.", "gender")
         return GP.gender.in_(alternatives)
     if name == "birthdate":
-        return or_(
-            *(
-                date_condition(GP.birth_date, parse_date(a, name), as_date=True)
-                for a in alternatives
-            )
-        )
+        low, high = partial_date_bounds(GP.birth_date)
+        return or_(*(range_condition(low, high, parse_date(a, name)) for a in alternatives))
     if name == "_lastUpdated":
         return or_(
             *(

@@ -6,11 +6,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, not_, or_
+from sqlalchemy import ColumnElement, and_, case, func, not_, or_
 
 from gateway.operations.params import DateRange, fail
 
-SortColumn = tuple[Any, str]  # (expression, "str" | "dt" | "int")
+SortColumn = tuple[Any, str]
+#: Lengths of the partial FHIR date forms YYYY and YYYY-MM.
+YEAR, YEAR_MONTH = 4, 7  # (expression, "str" | "dt" | "int")
 
 
 def encode_value(value: Any) -> Any:
@@ -60,4 +62,36 @@ def date_condition(column: Any, rng: DateRange, *, as_date: bool) -> Any:
         "gt": column >= high,
         "sa": column >= high,
         "ge": column >= low,
+    }[rng.prefix]
+
+
+def partial_date_bounds(column: Any) -> tuple[Any, Any]:
+    """First and last day a stored FHIR date (``1970``, ``1970-03`` or ``1970-03-14``)
+    stands for, as ISO strings; string order is date order. (A month's last day is
+    written ``-31``: as a bound for string comparison that is what it needs to be.)"""
+    length = func.length(column)
+    low = case(
+        (length == YEAR, column + "-01-01"), (length == YEAR_MONTH, column + "-01"), else_=column
+    )
+    high = case(
+        (length == YEAR, column + "-12-31"), (length == YEAR_MONTH, column + "-31"), else_=column
+    )
+    return low, high
+
+
+def range_condition(low: Any, high: Any, rng: DateRange) -> Any:
+    """A stored range ``[low, high]`` (whole days, inclusive) against a search range and
+    prefix, as https://hl7.org/fhir/R4/search.html#prefix defines them for ranges."""
+    start, end = rng.low_date, rng.high_date  # [start, end)
+    inside = and_(low >= start, high < end)
+    return {
+        "eq": inside,
+        "ne": not_(inside),
+        "ap": and_(low < end, high >= start),
+        "lt": low < start,
+        "le": low < end,
+        "gt": high >= end,
+        "ge": high >= start,
+        "sa": low >= end,
+        "eb": high < start,
     }[rng.prefix]

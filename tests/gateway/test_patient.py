@@ -109,7 +109,7 @@ def test_unknown_deleted_and_merged_records(
     [
         (f"identifier={MRN}|MRN-A", ["a"]),
         ("identifier=MRN-B", ["b"]),
-        (f"identifier={MRN}|", ["a", "b", "c"]),
+        (f"identifier={MRN}|", ["a", "b", "c", "d"]),
         ("identifier=urn:other|MRN-A", []),
         ("family=müller", ["a"]),
         ("family=MUL", ["a"]),
@@ -121,12 +121,17 @@ def test_unknown_deleted_and_merged_records(
         ("birthdate=1980", ["a"]),
         ("birthdate=1980-03", ["a"]),
         ("birthdate=1980-03-14", ["a"]),
-        ("birthdate=lt1980-03-14", ["c"]),
-        ("birthdate=le1980-03-14", ["a", "c"]),
+        ("birthdate=lt1980-03-14", ["c", "d"]),
+        ("birthdate=le1980-03-14", ["a", "c", "d"]),
         ("birthdate=gt1980-03-14", ["b"]),
         ("birthdate=ge1990", ["b"]),
-        ("birthdate=ne1980-03-14", ["b", "c"]),
+        ("birthdate=ne1980-03-14", ["b", "c", "d"]),
         ("birthdate=ge1970&birthdate=lt1985", ["a", "c"]),
+        ("birthdate=1961", ["d"]),
+        ("birthdate=1961-06", []),
+        ("birthdate=ge1961-06", ["a", "b", "c", "d"]),
+        ("birthdate=lt1961-06", ["d"]),
+        ("birthdate=sa1961-06&birthdate=lt1976", ["c"]),
         ("phone=(415) 555-0199", ["b"]),
         ("email=ANNA@EXAMPLE.ORG", ["a"]),
         ("address-postalcode=941", ["a", "b"]),
@@ -160,6 +165,10 @@ def test_search_parameters(
         ),
         "c": add_patient(
             family="Smith", given="Ann", birth_date="1975-12-31", mrn="MRN-C", postal="10001"
+        ),
+        # Only the year is known: it matches year-level searches, not a month inside it.
+        "d": add_patient(
+            family="Yearonly", given="Uli", birth_date="1961", mrn="MRN-D", phone=None, postal=None
         ),
     }
     found = _search(client, headers, query + "&_count=50")
