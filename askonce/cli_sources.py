@@ -10,9 +10,7 @@ Other tools script these names, so they are a contract:
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -27,20 +25,25 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from askonce.logging import configure_logging
 from askonce.runtime import Runtime, build_runtime
 from askonce.settings import get_settings
-from connectors import SOURCE_KINDS, SourceConfig, SourceOptions, TransientError
+from askonce.sources import (
+    DEFAULT_TRUST_RANK,
+    add_source,
+    parse_auth,
+    parse_option,
+    record_counts,
+)
+from connectors import TransientError
 from store import NotFoundError, SchemaNotAtHeadError, SourceRepository, SyncRunRepository
-from store.models import GoldenPatient, ReviewItem, SourceRecord, SyncRun
 from store.models import Source as SourceRow
+from store.models import SourceRecord, SyncRun
 from sync import IngestResult, TaskContext, run_source, start_or_resume
-from sync.intake import hash_intake_token
-from sync.runner import INTAKE_TOKEN_KEY, PIPELINE_CONFIG_KEYS
-from sync.scheduling import InvalidScheduleError, parse_schedule
+from sync.scheduling import InvalidScheduleError
 
 sources_app = typer.Typer(
     help="Register the EHRs askonce pulls from, and see how their syncs went.",
@@ -52,81 +55,6 @@ console = Console(stderr=True, soft_wrap=True)
 QUARANTINE_LISTED = 10
 #: How often ``askonce sync`` polls a run that a worker is doing.
 POLL_INTERVAL_S = 0.5
-#: Default trust rank of a new source (higher wins survivorship ties).
-DEFAULT_TRUST_RANK = 50
-#: ``--option intake_token=…`` switches push intake on; only its SHA-256 is stored.
-INTAKE_TOKEN_OPTION = "intake_token"  # noqa: S105 - an option name, not a secret
-
-
-def parse_auth(value: str | None) -> dict[str, Any]:
-    """``--auth``: JSON, ``@file.json``, ``none``, ``bearer:TOKEN`` or ``basic:USER:PASS``."""
-    if not value or value == "none":
-        return {"kind": "none"}
-    if value.startswith("@"):
-        value = Path(value[1:]).read_text(encoding="utf-8")
-    if value.lstrip().startswith("{"):
-        auth = json.loads(value)
-        if not isinstance(auth, dict) or "kind" not in auth:
-            raise typer.BadParameter("--auth JSON must be an object with a 'kind'")
-        return auth
-    kind, _, rest = value.partition(":")
-    if kind == "bearer" and rest:
-        return {"kind": "bearer", "token": rest}
-    if kind == "basic" and ":" in rest:
-        username, _, password = rest.partition(":")
-        return {"kind": "basic", "username": username, "password": password}
-    raise typer.BadParameter("use none, bearer:TOKEN, basic:USER:PASS, a JSON object or @file.json")
-
-
-def _parse_option(item: str) -> tuple[str, Any]:
-    key, sep, raw = item.partition("=")
-    if not sep:
-        raise typer.BadParameter(f"--option {item!r}: expected KEY=VALUE")
-    try:
-        value: Any = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.strip(), value
-
-
-def add_source(
-    runtime: Runtime,
-    name: str,
-    *,
-    kind: str,
-    url: str,
-    auth: dict[str, Any] | None = None,
-    schedule: str | None = None,
-    resource_types: list[str] | None = None,
-    config: dict[str, Any] | None = None,
-    trust_rank: int = DEFAULT_TRUST_RANK,
-) -> int:
-    """Validate and store a source; returns its id. Raises ValueError on bad input."""
-    if kind not in SOURCE_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(SOURCE_KINDS)}")
-    if schedule:
-        parse_schedule(schedule)
-    config = dict(config or {})
-    if INTAKE_TOKEN_OPTION in config:  # keep only its hash; the sender presents the token
-        config[INTAKE_TOKEN_KEY] = hash_intake_token(str(config.pop(INTAKE_TOKEN_OPTION)))
-    connector_options = {k: v for k, v in config.items() if k not in PIPELINE_CONFIG_KEYS}
-    SourceOptions.from_dict(connector_options)
-    if kind == "ndjson":
-        url = str(Path(url).expanduser().resolve())
-    types = resource_types or ["Patient", "Encounter"]
-    SourceConfig(kind=kind, base_url=url, auth=auth or {"kind": "none"}, resource_types=types)  # type: ignore[arg-type]
-    with runtime.unit_of_work() as session:
-        source = SourceRepository(session).add(
-            name=name,
-            kind=kind,
-            base_url=url,
-            auth=auth or {"kind": "none"},
-            resource_types=types,
-            schedule=schedule,
-            trust_rank=trust_rank,
-            config=config,
-        )
-        return source.id
 
 
 class RateColumn(ProgressColumn):
@@ -202,15 +130,6 @@ def _dispatch_and_follow(
         time.sleep(POLL_INTERVAL_S)
 
 
-def _record_counts(session: Any, source_id: int) -> dict[str, int]:
-    rows = session.execute(
-        select(SourceRecord.status, func.count())
-        .where(SourceRecord.source_id == source_id)
-        .group_by(SourceRecord.status)
-    ).all()
-    return {status: count for status, count in rows}
-
-
 def print_run_summary(run: SyncRun, name: str) -> None:
     """The summary printed after ``askonce sync``."""
     colour = {"ok": "green", "failed": "red"}.get(run.status, "yellow")
@@ -228,30 +147,6 @@ def print_run_summary(run: SyncRun, name: str) -> None:
             f"  last error: {error.get('type')} {error.get('status_code') or ''} "
             f"{error.get('url') or ''}".rstrip()
         )
-
-
-def summary_counts(runtime: Runtime) -> dict[str, int]:
-    """Source records, golden records, review items: what the demo prints at the end."""
-    with runtime.session_factory() as session:
-        return {
-            "source_records": session.scalar(select(func.count()).select_from(SourceRecord)) or 0,
-            "quarantined": session.scalar(
-                select(func.count())
-                .select_from(SourceRecord)
-                .where(SourceRecord.status == "quarantined")
-            )
-            or 0,
-            "golden_records": session.scalar(
-                select(func.count())
-                .select_from(GoldenPatient)
-                .where(GoldenPatient.status == "active")
-            )
-            or 0,
-            "review_items": session.scalar(
-                select(func.count()).select_from(ReviewItem).where(ReviewItem.status == "open")
-            )
-            or 0,
-        }
 
 
 def _runtime() -> Runtime:
@@ -290,8 +185,8 @@ def sources_add(
 ) -> None:
     """Register a source."""
     runtime = _runtime()
-    config = dict(_parse_option(item) for item in option or [])
     try:
+        config = dict(parse_option(item) for item in option or [])
         source_id = add_source(
             runtime,
             name,
@@ -348,7 +243,7 @@ def sources_status(
             raise typer.Exit(code=2) from exc
         for source in sources:
             run = SyncRunRepository(session).latest(source.id)
-            counts = _record_counts(session, source.id)
+            counts = record_counts(session, source.id)
             out.print(f"[bold]{source.name}[/bold] ({source.kind} {source.base_url})")
             if run is None:
                 out.print("  last run: never")

@@ -13,8 +13,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from askonce.cli_sources import add_source, print_run_summary, summary_counts, sync_with_progress
+from askonce.cli_sources import print_run_summary, sync_with_progress
 from askonce.runtime import Runtime
+from askonce.sources import add_source, summary_counts
 from store import NotFoundError, SourceRepository
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"

@@ -70,6 +70,10 @@ def test_bad_input_is_refused_with_a_reason(cli_db: str, folder: Path) -> None:
         app, ["sources", "add", "x", "--kind", "fhir", "--url", "http://e", "--option", "nope=1"]
     )
     assert bad_option.exit_code == 2 and "nope" in bad_option.output
+    bad_auth = runner.invoke(
+        app, ["sources", "add", "x", "--kind", "fhir", "--url", "http://e", "--auth", "magic"]
+    )
+    assert bad_auth.exit_code == 2 and "bearer:TOKEN" in bad_auth.output
     runner.invoke(app, ["sources", "add", "dup", "--kind", "ndjson", "--url", str(folder)])
     dup = runner.invoke(app, ["sources", "add", "dup", "--kind", "ndjson", "--url", str(folder)])
     assert dup.exit_code == 2 and "already exists" in dup.output
