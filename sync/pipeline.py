@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: Resource types the pipeline understands; resources of other types are kept quarantined.
 SUPPORTED_TYPES = ("Patient", "Encounter")
+#: Patients resolved per transaction when a page holds more (see :func:`split_page`).
+MAX_PATIENTS_PER_TRANSACTION = 100
 #: Id prefix of a quarantined entry the connector could not read (named by its position).
 UNREADABLE_ID_PREFIX = "unreadable-"
 
@@ -77,6 +79,23 @@ class IngestResult:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+def split_page(page: Page) -> list[Page]:
+    """A Patient page cut into transactions of at most :data:`MAX_PATIENTS_PER_TRANSACTION`.
+
+    The MPI locks every block key of the Patients it resolves until the transaction
+    ends; a bulk page of a thousand Patients would hold ~10k advisory locks (more than
+    PostgreSQL's default lock table) and make every other writer wait. Only the last
+    part carries the cursor and the deletions.
+    """
+    limit = MAX_PATIENTS_PER_TRANSACTION
+    if page.resource_type != "Patient" or len(page.resources) <= limit:
+        return [page]
+    chunks = [page.resources[i : i + limit] for i in range(0, len(page.resources), limit)]
+    parts = [Page(page.resource_type, chunk, None) for chunk in chunks[:-1]]
+    parts.append(Page(page.resource_type, chunks[-1], page.cursor, page.deleted, page.outcomes))
+    return parts
 
 
 def _latest_per_id(items: Sequence[Incoming]) -> list[Incoming]:

@@ -39,7 +39,7 @@ from store.models import SyncRun
 from store.types import utcnow
 from sync.context import TaskContext
 from sync.patients import DEFAULT_PATIENT_BATCH, PatientOptions
-from sync.pipeline import IngestResult, ingest_page
+from sync.pipeline import IngestResult, ingest_page, split_page
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,18 @@ def _ingest_stream(
     stream = connector.stream(rtype, cursor)
     try:
         for page in stream:
-            result = ingest_page(session, run.source_id, page, options=options)
+            result = IngestResult()
+            parts = split_page(page)
+            for number, part in enumerate(parts, start=1):
+                result.add(ingest_page(session, run.source_id, part, options=options))
+                if number < len(parts):
+                    # Records only; the cursor commits with the last part. A crash in
+                    # between re-reads the page, and the stored parts are skipped by hash.
+                    session.commit()
+                    lock_source(session, run.source_id)
+                    if _claimed_run(session, run.id, chunk.token) is None:
+                        chunk.status = "superseded"
+                        return False
             _account(run, rtype, page.cursor, result)
             session.commit()
             chunk.pages += 1

@@ -8,10 +8,11 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from connectors import PermanentError, TransientError
+from connectors import Page, PermanentError, TransientError
 from store import CursorRepository
 from store.models import Encounter, SourceRecord, SyncRun
 from sync import TaskContext, run_source
+from sync.pipeline import split_page
 from tests.sync.helpers import (
     ScriptedSource,
     add_source,
@@ -189,3 +190,25 @@ def test_an_ndjson_folder_syncs_through_the_real_connector(
     assert (done.result.stored, done.result.quarantined, done.result.waiting) == (7, 1, 1)
     again = run_source(context, source_id, max_pages=None)
     assert (again.status, again.result.stored) == ("ok", 0)
+
+
+def test_a_big_patient_page_commits_in_parts_and_the_cursor_with_the_last(
+    engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    big = [patient(f"b{n}", f"Big{n}", f"19{50 + n % 40}-01-0{1 + n % 9}") for n in range(250)]
+    parts = split_page(Page("Patient", big, "end", deleted=["gone"]))
+    assert [len(p.resources) for p in parts] == [100, 100, 50]
+    assert [p.cursor for p in parts] == [None, None, "end"]
+    assert [p.deleted for p in parts] == [[], [], ["gone"]]
+    source_id = add_source(session_factory)
+    source = ScriptedSource({"Patient": [big]})
+    done = run_source(
+        _context(engine, session_factory),
+        source_id,
+        max_pages=None,
+        source_factory=lambda _c: source,
+    )
+    assert (done.status, done.pages, done.result.stored) == ("ok", 1, 250)
+    with session_factory() as session:
+        assert CursorRepository(session).get(source_id, "Patient") == "1"
+        assert _counts(session, source_id) == (250, 250)
