@@ -31,7 +31,9 @@ FEATURE_CACHE_SIZE = 50_000
 #: Source ``config`` flag: values from this source were confirmed by the patient.
 PATIENT_CONFIRMED_FLAG = "patient_confirmed"
 
-_feature_cache: OrderedDict[tuple[int, str | None], MatchFeatures] = OrderedDict()
+_feature_cache: OrderedDict[tuple[int, str | None], tuple[SourcePatient, MatchFeatures]] = (
+    OrderedDict()
+)
 _model_cache: dict[tuple[int, str], MatchModel] = {}
 
 
@@ -71,28 +73,42 @@ def save_model(session: Session, model: MatchModel) -> int:
     return row.id
 
 
-def patient_of(record: SourceRecord) -> SourcePatient:
-    return SourcePatient.from_dict(record.normalized or {})
+def _cached(record_id: int, content_hash: str | None) -> tuple[SourcePatient, MatchFeatures] | None:
+    if content_hash is None:  # without a content hash a cached copy could be stale
+        return None
+    key = (record_id, content_hash)
+    cached = _feature_cache.get(key)
+    if cached is not None:
+        _feature_cache.move_to_end(key)
+    return cached
 
 
 def cached_features(record_id: int, content_hash: str | None) -> MatchFeatures | None:
     """Features of a record already seen by this process, if still cached."""
-    return _feature_cache.get((record_id, content_hash))
+    cached = _cached(record_id, content_hash)
+    return cached[1] if cached is not None else None
+
+
+def _remember(
+    record_id: int, content_hash: str | None, normalized: dict[str, Any]
+) -> tuple[SourcePatient, MatchFeatures]:
+    cached = _cached(record_id, content_hash)
+    if cached is not None:
+        return cached
+    patient = SourcePatient.from_dict(normalized)
+    entry = (patient, extract_features(patient))
+    if content_hash is not None:
+        _feature_cache[(record_id, content_hash)] = entry
+        if len(_feature_cache) > FEATURE_CACHE_SIZE:
+            _feature_cache.popitem(last=False)
+    return entry
 
 
 def features_of(
     record_id: int, content_hash: str | None, normalized: dict[str, Any]
 ) -> MatchFeatures:
-    key = (record_id, content_hash)
-    cached = _feature_cache.get(key)
-    if cached is not None:
-        _feature_cache.move_to_end(key)
-        return cached
-    features = extract_features(SourcePatient.from_dict(normalized))
-    _feature_cache[key] = features
-    if len(_feature_cache) > FEATURE_CACHE_SIZE:
-        _feature_cache.popitem(last=False)
-    return features
+    """The match features of a stored source record (cached by id and content hash)."""
+    return _remember(record_id, content_hash, normalized)[1]
 
 
 def linked_record_ids(session: Session, golden_id: str) -> list[int]:
@@ -109,7 +125,14 @@ def member_records(
     """Active source records (by id, or all linked to ``golden_id``) with their source's
     trust rank, for survivorship."""
     stmt = (
-        select(SourceRecord, Source.trust_rank, Source.config)
+        select(
+            SourceRecord.id,
+            SourceRecord.content_hash,
+            SourceRecord.last_updated,
+            SourceRecord.received_at,
+            Source.trust_rank,
+            Source.config,
+        )
         .join(Source, Source.id == SourceRecord.source_id)
         .where(SourceRecord.status == "active")
         .order_by(SourceRecord.id)
@@ -123,16 +146,32 @@ def member_records(
     else:
         return []
     rows = session.execute(stmt).all()
-    return [
-        MemberRecord(
-            record_id=record.id,
-            patient=patient_of(record),
-            trust_rank=trust,
-            observed_at=record.last_updated or record.received_at,
-            confirmed=bool((config or {}).get(PATIENT_CONFIRMED_FLAG)),
+    patients: dict[int, SourcePatient] = {}
+    for row in rows:
+        cached = _cached(row.id, row.content_hash)
+        if cached is not None:
+            patients[row.id] = cached[0]
+    missing = [row.id for row in rows if row.id not in patients]
+    if missing:  # JSON is decoded only for records this process has not seen yet
+        for record_id, content_hash, normalized in session.execute(
+            select(SourceRecord.id, SourceRecord.content_hash, SourceRecord.normalized).where(
+                SourceRecord.id.in_(missing)
+            )
+        ):
+            patients[record_id] = _remember(record_id, content_hash, normalized or {})[0]
+    out: list[MemberRecord] = []
+    for row in rows:
+        patient = patients[row.id]
+        out.append(
+            MemberRecord(
+                record_id=row.id,
+                patient=patient,
+                trust_rank=row.trust_rank,
+                observed_at=row.last_updated or row.received_at,
+                confirmed=bool((row.config or {}).get(PATIENT_CONFIRMED_FLAG)),
+            )
         )
-        for record, trust, config in rows
-    ]
+    return out
 
 
 def _golden_links(golden: GoldenPatient, session: Session) -> list[GoldenLink]:
