@@ -221,29 +221,17 @@ def _apply(
         create_golden(session, settings, golden_id, member_records(session, [row.id]))
         explanation.setdefault("reason", "no-candidate-linked")
     grade = "certain" if created else decision.grade
-    session.add(
-        Link(
-            source_record_id=row.id,
-            golden_id=golden_id,
-            grade=grade,
-            score=decision.score,
-            method=decision.method,
-            flagged=decision.flagged,
-            explanation=explanation,
-        )
-    )
-    session.flush()
-    session.add(
-        LinkHistory(
-            action="create" if created else "link",
-            source_record_id=row.id,
-            golden_id=golden_id,
-            grade=grade,
-            score=decision.score,
-            method=decision.method,
-            actor="mpi",
-            explanation=explanation,
-        )
+    link = {
+        "source_record_id": row.id,
+        "golden_id": golden_id,
+        "grade": grade,
+        "score": decision.score,
+        "method": decision.method,
+        "explanation": explanation,
+    }
+    session.execute(insert(Link).values(flagged=decision.flagged, **link))
+    session.execute(
+        insert(LinkHistory).values(action="create" if created else "link", actor="mpi", **link)
     )
     repoint_encounters_of(session, row.source_id, row.resource_id, golden_id)
     for loser in decision.merge:

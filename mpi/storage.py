@@ -21,9 +21,8 @@ from mpi.model import MatchModel
 from mpi.settings import MatchSettings
 from mpi.survivorship import MemberRecord, build_golden
 from store.golden import GoldenPatientRepository
-from store.models import FieldProvenance, GoldenPatient, Link, Source, SourceRecord
+from store.models import FieldProvenance, GoldenPatient, Link, Outbox, Source, SourceRecord
 from store.models import MatchModel as MatchModelRow
-from store.repositories import OutboxRepository
 from store.types import utcnow
 
 #: Features of this many source records are kept in memory (keyed by id and content hash).
@@ -253,7 +252,11 @@ def _save(
 def emit(session: Session, event: str, golden_id: str, **payload: Any) -> None:
     """Append a ``patient.*`` outbox event (ids only)."""
     body = {"golden_id": golden_id, "at": utcnow().isoformat(), **payload}
-    OutboxRepository(session).append(event, "Patient", golden_id, body)
+    session.execute(
+        insert(Outbox).values(
+            event_type=event, aggregate_type="Patient", aggregate_id=golden_id, payload=body
+        )
+    )
 
 
 def record_ids_of(goldens: Iterable[str], session: Session) -> dict[str, list[int]]:
