@@ -83,7 +83,7 @@ def guard_reasons(
         reasons.append("conflicting-identifier")
     if a.suffix and b.suffix and a.suffix != b.suffix:
         reasons.append("different-suffix")
-    if not a.names or not b.names or _same_identity(a, b):
+    if not settings.lookalike_guards or not a.names or not b.names or _same_identity(a, b):
         # A shared SSN, identifier or e-mail address tells people apart better than any
         # look-alike pattern: twins and spouses do not share them.
         return reasons

@@ -26,7 +26,7 @@ DEFAULT_MAX_CANDIDATES = 20
 #: Birth dates at least this many years apart mark a Jr/Sr pair.
 DEFAULT_JR_SR_MIN_YEARS = 15
 #: Pairs sampled at random to estimate the u probabilities.
-DEFAULT_U_SAMPLE_PAIRS = 50_000
+DEFAULT_U_SAMPLE_PAIRS = 30_000
 #: EM iterations (and the change in m at which EM stops early).
 DEFAULT_EM_ITERATIONS = 25
 DEFAULT_EM_TOLERANCE = 1e-4
@@ -56,6 +56,10 @@ class MatchSettings:
     em_tolerance: float = DEFAULT_EM_TOLERANCE
     #: Auto-link only when contact data, address or identifiers add to the evidence.
     require_corroboration: bool = True
+    #: Veto look-alikes (twins, Jr/Sr, household members). Conflicting SSNs, identifiers
+    #: and suffixes always veto. Turning this off trades overlays for recall: only for
+    #: data known to hold no families (e.g. the Febrl benchmark sets).
+    lookalike_guards: bool = True
     survivorship: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: dict(DEFAULT_SURVIVORSHIP)
     )

@@ -26,7 +26,7 @@ from mpi.settings import MatchSettings
 #: Pseudo-count added to every level when counting u (a level never seen is not impossible).
 U_PSEUDO_COUNT = 0.5
 #: At most this many blocked pairs enter EM (sampled when there are more).
-MAX_EM_PAIRS = 300_000
+MAX_EM_PAIRS = 15_000
 #: Share of matches among blocked pairs that EM starts from.
 INITIAL_MATCH_SHARE = 0.05
 #: Names seen fewer times than this keep the default term frequency (keeps the JSON small).

@@ -67,3 +67,11 @@ def test_shared_identifier_overrides_look_alike_guards() -> None:
     a = features(given="Jennifer", ssn="512-34-6789")
     b = features(given="Rebecca", ssn="512-34-6789")
     assert guard_reasons(a, b, SETTINGS) == []
+
+
+def test_lookalike_guards_can_be_turned_off_but_identifier_conflicts_still_veto() -> None:
+    relaxed = MatchSettings(lookalike_guards=False)
+    twins = features(given="Jennifer", gender="female"), features(given="Rebecca", gender="female")
+    assert guard_reasons(*twins, relaxed) == []
+    conflict = features(ssn="512-34-6789"), features(ssn="512-34-6790")
+    assert guard_reasons(*conflict, relaxed) == ["conflicting-ssn"]
