@@ -46,6 +46,7 @@ from mpi.operations import (
     link_record,
     merge_golden,
     recompute_golden,
+    repoint_encounters,
     unlink_record,
     unmerge_golden,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "merge_golden",
     "recompute_golden",
     "record_decision",
+    "repoint_encounters",
     "resolve_batch",
     "resolve_patients",
     "save_model",
