@@ -25,8 +25,9 @@ from store.models import FieldProvenance, GoldenPatient, Link, Outbox, Source, S
 from store.models import MatchModel as MatchModelRow
 from store.types import utcnow
 
-#: Features of this many source records are kept in memory (keyed by id and content hash).
-FEATURE_CACHE_SIZE = 50_000
+#: Parsed records (with features) kept in memory, keyed by id and content hash. Small on
+#: purpose: a big cache of live objects makes every full GC pass slow (p99 latency).
+FEATURE_CACHE_SIZE = 500
 #: Source ``config`` flag: values from this source were confirmed by the patient.
 PATIENT_CONFIRMED_FLAG = "patient_confirmed"
 
