@@ -6,7 +6,9 @@ engine (:mod:`mpi.batch`):
 - a steward's "match" decision wins; a "no-match" pair is never linked automatically;
 - the score of a golden record is the best score against any of its source records;
 - ``certain`` and ``probable`` link automatically (``probable`` is flagged), unless a
-  guard vetoes: then the record gets its own golden record and a ``vetoed`` review item;
+  guard vetoes (a conflict with any member, a look-alike pattern against every member
+  that scores high enough to link): then the record gets its own golden record and a
+  ``vetoed`` review item;
 - ``possible`` opens a ``possible-match`` review item; lower becomes a new golden record;
 - when several golden records qualify, the record joins the best one; the others are
   merged into it only when both pairs are ``certain`` (and no guard or steward objects),
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mpi.features import MatchFeatures
-from mpi.guards import guard_reasons
+from mpi.guards import LOOKALIKE_REASONS, guard_reasons
 from mpi.model import MatchModel, Score
 from mpi.settings import MatchSettings
 
@@ -98,6 +100,31 @@ def corroborated(score: Score) -> bool:
     return sum(others) > 0
 
 
+def _vetoes(
+    features: MatchFeatures, scored: list[tuple[Member, Score]], settings: MatchSettings
+) -> list[str]:
+    """The guards that veto joining a golden record whose members are ``scored``.
+
+    A hard conflict (identifiers, suffixes) with any member vetoes. A look-alike guard
+    (twin, Jr/Sr, household member) vetoes only when it fires against every member the
+    record would link to on its own: a second person looks alike against all of the
+    first one's records, while a registration slip in one member does not make the
+    record a stranger to the others.
+    """
+    hard: list[str] = []
+    lookalike: list[str] = []
+    cleared = False  # a linkable member without a look-alike
+    for member, score in scored:
+        reasons = guard_reasons(features, member.features, settings, score.levels)
+        hard.extend(r for r in reasons if r not in LOOKALIKE_REASONS and r not in hard)
+        if score.total < settings.probable:
+            continue
+        found = [r for r in reasons if r in LOOKALIKE_REASONS]
+        lookalike.extend(r for r in found if r not in lookalike)
+        cleared = cleared or not found
+    return hard if cleared else hard + lookalike
+
+
 def score_candidates(
     model: MatchModel,
     settings: MatchSettings,
@@ -126,13 +153,7 @@ def score_candidates(
         if uncorroborated:
             candidate.notes.append("uncorroborated")
         if grade in AUTO_GRADES:
-            vetoes: list[str] = []
-            for member, member_score in by_golden[golden_id]:
-                levels = member_score.levels
-                for reason in guard_reasons(features, member.features, settings, levels):
-                    if reason not in vetoes:
-                        vetoes.append(reason)
-            candidate.vetoes = vetoes
+            candidate.vetoes = _vetoes(features, by_golden[golden_id], settings)
         out.append(candidate)
     out.sort(key=lambda c: (-c.score.total, c.golden_id))
     return out

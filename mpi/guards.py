@@ -7,8 +7,9 @@ with that name as its reason. The guards:
 - ``conflicting-ssn``: both records carry a valid SSN and they differ;
 - ``conflicting-identifier``: both carry a strong identifier (national id, passport,
   driver's licence) of the same system, with different values;
-- ``twin``: same birth date, different given names, and the same (or a misspelt) family
-  name or the same home (address or phone);
+- ``twin``: same birth date, given names that are clearly different (not nickname
+  equivalents, not one typo apart, not an initial of the other, not given and family
+  swapped), and the same (or a misspelt) family name or the same home (address or phone);
 - ``jr-sr``: same full name, birth dates at least 15 years apart (at the same address or
   not: a son who moved out is still not his father);
 - ``different-suffix``: generational suffixes differ (Jr versus Sr, II versus III);
@@ -20,7 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mpi.comparisons import COMPARISONS, IdentifierComparison, compare_records
+from rapidfuzz.distance import OSA
+
+from mpi.comparisons import (
+    COMPARISONS,
+    IdentifierComparison,
+    NamePair,
+    align_names,
+    compare_records,
+)
 from mpi.features import MatchFeatures
 from mpi.settings import MatchSettings
 
@@ -33,6 +42,8 @@ IDENTIFIER_TYPO_LEVEL = 1
 #: Given-name levels that still mean "the same given name" (exact, nickname, typo, sound).
 _SAME_GIVEN_LEVELS = frozenset({0, 1, 2, 3})
 _PHONETIC_LEVEL = 3
+#: Edits (optimal string alignment) at which two given names are one typo apart.
+GIVEN_TYPO_EDITS = 1
 #: Family-name levels that mean "the same family name, maybe misspelt".
 _SIMILAR_FAMILY_LEVELS = frozenset({0, 1, 2, 3})
 #: Address levels that mean "the same street address".
@@ -40,6 +51,11 @@ _SAME_ADDRESS_LEVELS = frozenset({0, 1})
 #: Birth-date levels that mean "not the same birth date" (a typo is no proof of identity
 #: when the given names differ too).
 _DIFFERENT_BIRTH_LEVELS = frozenset({1, 2, 3, 4})
+
+
+#: Guards that name a look-alike (a second person who resembles the first); the others
+#: name a hard conflict (identifiers, suffixes).
+LOOKALIKE_REASONS = frozenset({"twin", "jr-sr", "household-member"})
 
 
 def _conflict(a: frozenset[tuple[str, str]], b: frozenset[tuple[str, str]]) -> bool:
@@ -65,6 +81,20 @@ def _same_identity(a: MatchFeatures, b: MatchFeatures) -> bool:
     return _IDENTIFIER.compare(a, b, None) == IDENTIFIER_TYPO_LEVEL
 
 
+def _typo_close_given(names: NamePair | None) -> bool:
+    """True when the given names are one typo apart or one is the other's initial
+    ("Jon" / "Jno", "J" / "John"): a registration slip, not a second person. Sounding
+    alike is not enough: Hassan and Hussein are two boys."""
+    if names is None or names.swapped:
+        return names is not None
+    x, y = names.a.given.replace(" ", ""), names.b.given.replace(" ", "")
+    if not x or not y:
+        return False
+    if len(x) == 1 or len(y) == 1:
+        return x[0] == y[0]
+    return OSA.distance(x, y, score_cutoff=GIVEN_TYPO_EDITS) <= GIVEN_TYPO_EDITS
+
+
 def guard_reasons(
     a: MatchFeatures,
     b: MatchFeatures,
@@ -87,13 +117,18 @@ def guard_reasons(
         # A shared SSN, identifier or e-mail address tells people apart better than any
         # look-alike pattern: twins and spouses do not share them.
         return reasons
+    names: NamePair | None = None
     if levels is None:
-        levels, _names = compare_records(a, b)
+        levels, names = compare_records(a, b)
     given, family, birth, address = (levels[i] for i in _LEVEL_INDEX)
     same_family = family == 0
     same_address = address in _SAME_ADDRESS_LEVELS
     # Sounding alike is not enough for twins: Hassan and Hussein are two boys.
     different_given = given is not None and given not in _SAME_GIVEN_LEVELS - {_PHONETIC_LEVEL}
+    if different_given:
+        if names is None:
+            names = align_names(a, b)
+        different_given = not _typo_close_given(names)
     same_birth = a.birth_date is not None and a.birth_date == b.birth_date
     similar_family = family is not None and family in _SIMILAR_FAMILY_LEVELS
     shares_home = same_address or bool(a.phones & b.phones)

@@ -47,6 +47,27 @@ def test_vetoed_pair_goes_to_review_with_the_reason() -> None:
     assert review.kind == "vetoed" and "twin" in review.reason
 
 
+def test_a_look_alike_veto_needs_every_linkable_member() -> None:
+    # One member carries a replaced given name (a registration error); the record is
+    # the same person as the others, so the look-alike in one member does not veto.
+    mixed = _decide({}, ("g1", {}), ("g1", {"given": "Michael"}))
+    assert mixed.golden_id == "g1" and not mixed.reviews
+    # A twin looks alike against every record of the sibling: vetoed.
+    twin = _decide(
+        {"given": "Rebecca", "gender": "female"},
+        ("g1", {"given": "Jennifer", "gender": "female"}),
+        ("g1", {"given": "Jenny", "gender": "female"}),
+    )
+    assert twin.golden_id is None and "twin" in twin.reviews[0].reason
+
+
+def test_a_hard_conflict_with_any_member_vetoes() -> None:
+    decision = _decide(
+        {"ssn": "512-34-6789"}, ("g1", {}), ("g1", {"ssn": "512-34-6790", "email": "x@y.org"})
+    )
+    assert decision.golden_id is None and "conflicting-ssn" in decision.reviews[0].reason
+
+
 def test_two_certain_golden_records_are_merged() -> None:
     decision = _decide(
         {"email": "rob@example.com"}, ("g1", {}), ("g2", {"email": "rob@example.com"})

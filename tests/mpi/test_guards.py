@@ -41,6 +41,27 @@ def test_twins_with_names_that_sound_alike() -> None:
     assert "twin" in guard_reasons(a, b, SETTINGS)
 
 
+def test_a_typo_or_an_initial_in_the_given_name_is_no_twin() -> None:
+    # Febrl-like registration slips: one letter swapped, dropped or replaced; an initial.
+    for typo in ("Rbecca", "Rebeca", "Rebecac", "R"):
+        a = features(given="Rebecca", gender="female")
+        b = features(given=typo, gender="female")
+        assert "twin" not in guard_reasons(a, b, SETTINGS), typo
+
+
+def test_given_and_family_swapped_is_no_twin() -> None:
+    a = features(given="Ryan", family="Joel")
+    b = features(given="Joel", family="Ryan")
+    assert "twin" not in guard_reasons(a, b, SETTINGS)
+
+
+def test_twins_sharing_a_middle_name_are_still_twins() -> None:
+    # Vietnamese given names "Thi Huong" and "Thi Thu" share a token, not a person.
+    a = features(given=["Thi", "Huong"], gender="female")
+    b = features(given=["Thi", "Thu"], gender="female")
+    assert "twin" in guard_reasons(a, b, SETTINGS)
+
+
 def test_jr_sr_by_birth_dates_far_apart() -> None:
     father = features(birth="1950-02-01")
     son = features(birth="1978-06-30")
