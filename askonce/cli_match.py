@@ -21,10 +21,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from askonce.settings import Settings
+from askonce.runtime import match_settings
 from mpi import (
     CROSSWALK_COLUMNS,
-    MatchSettings,
     crosswalk_rows,
     evaluate_links,
     train_from_database,
@@ -38,16 +37,6 @@ console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 TRUTH_COLUMNS = ("source", "resource_type", "resource_id", "person_id", "tags")
-
-
-def match_settings(settings: Settings) -> MatchSettings:
-    """The engine's settings from the environment's (the composition root's job)."""
-    return MatchSettings(
-        certain=settings.match_certain,
-        probable=settings.match_probable,
-        possible=settings.match_possible,
-        max_block_size=settings.match_max_block_size,
-    )
 
 
 def read_truth(path: Path) -> list[tuple[str, str, str, str, list[str]]]:

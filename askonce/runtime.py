@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from askonce.settings import Settings, get_settings
 from fhir_mapping import parse_patient
 from gateway import GatewayState, create_app
+from mpi import MatchSettings, match_patient
 from store import check_schema_at_head, make_engine, make_session_factory, unit_of_work
 from sync import TaskContext, bind_task_context, create_celery
 
@@ -63,8 +64,19 @@ class Runtime:
                 max_page_size=self.settings.page_size_max,
                 public_base_url=self.settings.public_base_url,
                 patient_parser=partial(parse_patient, default_region=self.settings.default_region),
+                matcher=partial(match_patient, settings=match_settings(self.settings)),
             )
         )
+
+
+def match_settings(settings: Settings) -> MatchSettings:
+    """The matching engine's settings from the environment's."""
+    return MatchSettings(
+        certain=settings.match_certain,
+        probable=settings.match_probable,
+        possible=settings.match_possible,
+        max_block_size=settings.match_max_block_size,
+    )
 
 
 def build_runtime(settings: Settings | None = None, *, check_schema: bool = True) -> Runtime:
@@ -75,5 +87,12 @@ def build_runtime(settings: Settings | None = None, *, check_schema: bool = True
         check_schema_at_head(engine)
     session_factory = make_session_factory(engine)
     celery = create_celery(settings.redis_url, queue=settings.task_queue)
-    bind_task_context(TaskContext(engine=engine, session_factory=session_factory))
+    bind_task_context(
+        TaskContext(
+            engine=engine,
+            session_factory=session_factory,
+            default_region=settings.default_region,
+            match_settings=match_settings(settings),
+        )
+    )
     return Runtime(settings=settings, engine=engine, session_factory=session_factory, celery=celery)

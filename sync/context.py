@@ -10,11 +10,19 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from mpi import MatchSettings
+
+DEFAULT_REGION = "US"
+
 
 @dataclass(frozen=True)
 class TaskContext:
     engine: Engine
     session_factory: sessionmaker[Session]
+    #: Region for phone numbers written without a country code (a source may override it).
+    default_region: str = DEFAULT_REGION
+    #: Match thresholds from settings; None means the engine's defaults.
+    match_settings: MatchSettings | None = None
 
 
 class TaskContextMissingError(RuntimeError):
@@ -27,6 +35,11 @@ _current: TaskContext | None = None
 def bind_task_context(context: TaskContext) -> None:
     global _current
     _current = context
+
+
+def bound_task_context() -> TaskContext | None:
+    """The bound context, or None in a process that has not bound one."""
+    return _current
 
 
 def current_task_context() -> TaskContext:

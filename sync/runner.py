@@ -33,11 +33,12 @@ from connectors import (
     TransientError,
     build_source,
 )
+from mpi import MatchSettings
 from store import CursorRepository, SourceRepository, SyncRunRepository
 from store.models import Source as SourceRow
 from store.models import SyncRun
 from store.types import utcnow
-from sync.context import TaskContext
+from sync.context import DEFAULT_REGION, TaskContext
 from sync.patients import DEFAULT_PATIENT_BATCH, PatientOptions
 from sync.pipeline import IngestResult, ingest_page, split_page
 
@@ -108,10 +109,15 @@ def source_config(source: SourceRow) -> SourceConfig:
     )
 
 
-def patient_options(source: SourceRow, default_region: str = "US") -> PatientOptions:
-    """The pipeline options of a stored source."""
+def patient_options(
+    source: SourceRow,
+    default_region: str = DEFAULT_REGION,
+    match_settings: MatchSettings | None = None,
+) -> PatientOptions:
+    """The pipeline options of a stored source, over the process-wide defaults."""
     config = source.config or {}
     return PatientOptions(
+        match_settings=match_settings,
         default_region=str(config.get("default_region") or default_region),
         mrn_system=config.get("mrn_system"),
         batch_size=int(config.get("patient_batch") or DEFAULT_PATIENT_BATCH),
@@ -210,7 +216,7 @@ def run_chunk(
     max_pages: int | None = DEFAULT_PAGES_PER_CHUNK,
     source_factory: SourceFactory = build_source,
     on_page: PageCallback | None = None,
-    default_region: str = "US",
+    default_region: str | None = None,
 ) -> ChunkResult:
     """Ingest up to ``max_pages`` pages of the run's current type (None: to the stream's end).
 
@@ -234,7 +240,9 @@ def run_chunk(
             log.info("sync run finished", extra={"source_id": source_id, "run_id": run_id})
             return chunk
         rtype = types[index]
-        options = patient_options(source_row, default_region)
+        options = patient_options(
+            source_row, default_region or context.default_region, context.match_settings
+        )
         cursor = CursorRepository(session).get(source_id, rtype)
         seen = set(((run.detail or {}).get("seen") or {}).get(rtype, []))
         seen.add(_fingerprint(cursor))
@@ -361,7 +369,7 @@ def run_source(
     max_pages: int | None = DEFAULT_PAGES_PER_CHUNK,
     source_factory: SourceFactory = build_source,
     on_page: PageCallback | None = None,
-    default_region: str = "US",
+    default_region: str | None = None,
 ) -> ChunkResult:
     """Start (or resume) a run of ``source_id`` and work on it.
 
