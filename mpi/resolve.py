@@ -75,14 +75,10 @@ def lock_block_keys(session: Session, keys: Sequence[str]) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
 
 
-def _features_for(session: Session, record_ids: Sequence[int]) -> dict[int, MatchFeatures]:
-    if not record_ids:
-        return {}
-    hashes = session.execute(
-        select(SourceRecord.id, SourceRecord.content_hash).where(
-            SourceRecord.id.in_(list(record_ids)), SourceRecord.status == "active"
-        )
-    ).all()
+def _features_for(
+    session: Session, hashes: Sequence[tuple[int, str | None]]
+) -> dict[int, MatchFeatures]:
+    """Features of records given as (id, content hash): from the cache, else one query."""
     out: dict[int, MatchFeatures] = {}
     missing: list[int] = []
     for record_id, content_hash in hashes:
@@ -138,20 +134,21 @@ def candidate_members(
         .subquery()
     )
     links = session.execute(
-        select(Link.source_record_id, Link.golden_id)
+        select(Link.source_record_id, Link.golden_id, SourceRecord.content_hash)
+        .join(SourceRecord, SourceRecord.id == Link.source_record_id)
         .where(Link.golden_id.in_(select(goldens.c.golden_id)))
+        .where(SourceRecord.status == "active")
         .order_by(Link.golden_id, Link.id)
     ).all()
     if not links:
         return [], skipped
-    per_golden: dict[str, list[int]] = {}
-    for record_id, golden_id in links:
+    per_golden: dict[str, list[tuple[int, str | None]]] = {}
+    for record_id, golden_id, content_hash in links:
         if record_id != exclude:
-            per_golden.setdefault(golden_id, []).append(record_id)
+            per_golden.setdefault(golden_id, []).append((record_id, content_hash))
     chosen = [(r, g) for g, rs in per_golden.items() for r in rs[:MAX_MEMBERS_PER_GOLDEN]]
     features = _features_for(session, [r for r, _ in chosen])
-    members = [Member(r, g, features[r]) for r, g in chosen if r in features]
-    return members, skipped
+    return [Member(r, g, features[r]) for (r, _), g in chosen if r in features], skipped
 
 
 def steward_decisions(session: Session, record_id: int) -> tuple[str | None, set[str]]:
@@ -202,8 +199,13 @@ def _groups_declined(session: Session, a: str, b: str) -> bool:
     return found is not None
 
 
-def _write_keys(session: Session, record_id: int, keys: Sequence[str]) -> None:
-    session.execute(delete(BlockKey).where(BlockKey.source_record_id == record_id))
+def _write_keys(
+    session: Session, record_id: int, keys: Sequence[str], *, replace: bool = True
+) -> None:
+    """File the block keys of a record (``replace``: drop the keys of its older version;
+    a record that was never linked has none, keys and links are written together)."""
+    if replace:
+        session.execute(delete(BlockKey).where(BlockKey.source_record_id == record_id))
     if keys:
         session.execute(insert(BlockKey), [{"key": k, "source_record_id": record_id} for k in keys])
 
@@ -212,13 +214,15 @@ def _apply(
     session: Session,
     settings: MatchSettings,
     row: SourceRecord,
+    patient: SourcePatient,
     decision: Decision,
 ) -> Resolution:
     created = decision.golden_id is None
     golden_id = decision.golden_id or new_uuid()
     explanation = dict(decision.explanation)
     if created:
-        create_golden(session, settings, golden_id, member_records(session, [row.id]))
+        members = member_records(session, [row.id], known={row.id: patient})
+        create_golden(session, settings, golden_id, members)
         explanation.setdefault("reason", "no-candidate-linked")
     grade = "certain" if created else decision.grade
     link = {
@@ -266,6 +270,7 @@ def _resolve_one(
     settings: MatchSettings,
     model: MatchModel,
     row: SourceRecord,
+    patient: SourcePatient,
     features: MatchFeatures,
     keys: list[str],
 ) -> Resolution:
@@ -287,8 +292,8 @@ def _resolve_one(
     decision = decide(candidates, settings, members=members, manual_match=manual, no_match=blocked)
     if skipped:
         decision.explanation["skipped_block_keys"] = skipped
-    _write_keys(session, row.id, keys)
-    resolution = _apply(session, settings, row, decision)
+    _write_keys(session, row.id, keys, replace=False)
+    resolution = _apply(session, settings, row, patient, decision)
     log.debug(
         "patient resolved",
         extra={
@@ -317,6 +322,6 @@ def resolve_patients(
     prepared = []
     for row, patient in items:
         features = extract_features(patient)
-        prepared.append((row, features, block_keys(features)))
-    lock_block_keys(session, [key for _, _, keys in prepared for key in keys])
+        prepared.append((row, patient, features, block_keys(features)))
+    lock_block_keys(session, [key for *_, keys in prepared for key in keys])
     return [_resolve_one(session, settings, model, *p) for p in prepared]

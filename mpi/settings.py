@@ -22,7 +22,7 @@ DEFAULT_POSSIBLE_THRESHOLD = 6.0
 DEFAULT_MAX_BLOCK_SIZE = 200
 #: At most this many candidate source records (those sharing the most block keys) are
 #: looked at for one incoming record; all members of their golden records are scored.
-DEFAULT_MAX_CANDIDATES = 20
+DEFAULT_MAX_CANDIDATES = 8
 #: Birth dates at least this many years apart mark a Jr/Sr pair.
 DEFAULT_JR_SR_MIN_YEARS = 15
 #: Pairs sampled at random to estimate the u probabilities.

@@ -120,10 +120,15 @@ def linked_record_ids(session: Session, golden_id: str) -> list[int]:
 
 
 def member_records(
-    session: Session, record_ids: Sequence[int] = (), *, golden_id: str | None = None
+    session: Session,
+    record_ids: Sequence[int] = (),
+    *,
+    golden_id: str | None = None,
+    known: dict[int, SourcePatient] | None = None,
 ) -> list[MemberRecord]:
     """Active source records (by id, or all linked to ``golden_id``) with their source's
-    trust rank, for survivorship."""
+    trust rank, for survivorship. ``known`` holds records the caller has already parsed
+    (their stored JSON is not read again)."""
     stmt = (
         select(
             SourceRecord.id,
@@ -146,8 +151,10 @@ def member_records(
     else:
         return []
     rows = session.execute(stmt).all()
-    patients: dict[int, SourcePatient] = {}
+    patients: dict[int, SourcePatient] = dict(known or {})
     for row in rows:
+        if row.id in patients:
+            continue
         cached = _cached(row.id, row.content_hash)
         if cached is not None:
             patients[row.id] = cached[0]
@@ -233,7 +240,7 @@ def _save(
         golden = repository.create(resource, tokens, golden_id=golden_id)
     else:
         golden = repository.save(golden, resource, tokens, status=status, merged_into=merged_into)
-    session.execute(delete(FieldProvenance).where(FieldProvenance.golden_id == golden_id))
+        session.execute(delete(FieldProvenance).where(FieldProvenance.golden_id == golden_id))
     rows = [
         {
             "golden_id": golden_id,
