@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import uuid
 from typing import Annotated
 
@@ -41,7 +42,11 @@ log = logging.getLogger("askonce.cli")
 
 def _settings() -> Settings:
     settings = get_settings()
-    configure_logging(settings.log_level, json_lines=settings.log_json)
+    # JSON lines for log collectors; on a terminal, unless asked for, readable lines.
+    json_lines = settings.log_json
+    if "log_json" not in settings.model_fields_set and sys.stderr.isatty():
+        json_lines = False
+    configure_logging(settings.log_level, json_lines=json_lines)
     return settings
 
 
@@ -155,15 +160,16 @@ def demo(
     port: Annotated[int | None, typer.Option(help="Port to bind.")] = None,
 ) -> None:
     """Create the embedded database, load and sync 3 demo EHRs, then serve on :8000."""
-    from askonce.demo import run_demo_sync
+    from askonce.demo import demo_credentials, print_demo_access, run_demo_sync
 
     settings = _settings().model_copy(update={"demo": True})
     migrations.upgrade(settings.database_url)
     console.print(f"[green]database ready[/green] ({settings.database_url})")
-    run_demo_sync(_runtime(settings), console)
-    console.print(
-        f"serving on http://{host or settings.host}:{port or settings.port} (Ctrl+C stops)"
-    )
+    runtime = _runtime(settings)
+    run_demo_sync(runtime, console)
+    base_url = f"http://{host or settings.host}:{port or settings.port}"
+    print_demo_access(console, demo_credentials(runtime), base_url)
+    console.print(f"serving on {base_url} (Ctrl+C stops)")
     _serve(settings, host, port)
 
 

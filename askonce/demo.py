@@ -12,15 +12,52 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import select
 
 from askonce.cli_sources import print_run_summary, sync_with_progress
 from askonce.runtime import Runtime
 from askonce.sources import add_source, summary_counts
+from gateway.auth import Credentials, register_consumer
+from gateway.auth.secrets import hash_secret, new_client_secret
 from store import NotFoundError, SourceRepository
+from store.models import Consumer
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 #: The bundled EHRs and their survivorship trust rank (higher wins ties).
 DEMO_SOURCES = {"ehr-a": 70, "ehr-b": 50, "ehr-c": 30}
+#: The demo's own consumer: it may read patients and encounters and use the admin API.
+DEMO_CONSUMER = "demo"
+DEMO_SCOPES = ("system/Patient.rs", "system/Encounter.rs", "askonce.admin")
+
+
+def demo_credentials(runtime: Runtime) -> Credentials:
+    """Credentials of the demo consumer: registered once, its secret rotated on every run.
+
+    Only secret hashes are stored, so showing a usable secret means issuing a new one.
+    """
+    with runtime.unit_of_work() as session:
+        consumer = session.scalar(select(Consumer).where(Consumer.name == DEMO_CONSUMER))
+        if consumer is None:
+            return register_consumer(session, DEMO_CONSUMER, "steward", DEMO_SCOPES)
+        secret = new_client_secret()
+        consumer.secret_hash = hash_secret(secret)
+        consumer.active = True
+        return Credentials(
+            consumer.id, consumer.name, consumer.client_id, secret, list(consumer.scopes)
+        )
+
+
+def print_demo_access(console: Console, credentials: Credentials, base_url: str) -> None:
+    """How to get a token and read the golden records the demo just built."""
+    console.print(
+        f"""[bold]Try it[/bold] (demo consumer, scopes: {" ".join(credentials.scopes)})
+  TOKEN=$(curl -s -u {credentials.client_id}:{credentials.client_secret} \\
+      -d grant_type=client_credentials {base_url}/auth/token | python3 -c \\
+      'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  curl -s -H "Authorization: Bearer $TOKEN" "{base_url}/fhir/Patient?_count=5"
+  curl -s -H "Authorization: Bearer $TOKEN" "{base_url}/admin/review"
+  OpenAPI: {base_url}/docs   CapabilityStatement: {base_url}/fhir/metadata"""
+    )
 
 
 def register_demo_sources(runtime: Runtime, data: Path = DEMO_DATA) -> dict[str, int]:

@@ -56,3 +56,19 @@ def test_serve_refuses_a_placeholder_secret_outside_the_demo(tmp_path: Path) -> 
     )
     assert proc.returncode != 0
     assert "ASKONCE_SECRET_KEY" in proc.stderr
+
+
+def test_demo_credentials_are_usable_and_rotate(sqlite_url: str) -> None:
+    from askonce.demo import demo_credentials
+    from askonce.runtime import build_runtime
+    from askonce.settings import Settings
+    from gateway.auth.consumers import authenticate_client
+
+    runtime = build_runtime(Settings(database_url=sqlite_url))
+    first = demo_credentials(runtime)
+    second = demo_credentials(runtime)
+    assert first.client_id == second.client_id
+    assert "askonce.admin" in second.scopes
+    with runtime.session_factory() as session:
+        assert authenticate_client(session, second.client_id, second.client_secret) is not None
+        assert authenticate_client(session, first.client_id, first.client_secret) is None
