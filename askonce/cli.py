@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -90,7 +90,7 @@ def db_current() -> None:
     console.print(f"current: {current or '(empty)'}   head: {migrations.head_revision()}")
 
 
-def _serve(settings: Settings, host: str | None, port: int | None) -> None:
+def _serve(settings: Settings, host: str | None, port: int | None, workers: int = 1) -> None:
     try:
         settings.require_real_secrets()
     except PlaceholderSecretError as exc:
@@ -98,13 +98,17 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
         raise typer.Exit(code=2) from exc
     runtime = _runtime(settings)
     # Access logs carry query strings (search parameters are patient data): off.
-    uvicorn.run(
-        runtime.create_app(),
-        host=host or settings.host,
-        port=port or settings.port,
-        access_log=False,
-        log_config=None,
-    )
+    options: dict[str, Any] = {
+        "host": host or settings.host,
+        "port": port or settings.port,
+        "access_log": False,
+        "log_config": None,
+    }
+    if workers > 1:
+        # Each worker process builds its own app from the environment.
+        uvicorn.run("askonce.asgi:create_app", factory=True, workers=workers, **options)
+    else:
+        uvicorn.run(runtime.create_app(), **options)
 
 
 @app.command()
@@ -113,9 +117,13 @@ def serve(
         str | None, typer.Option(help="Interface to bind (default from settings).")
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind (default from settings).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Server processes (default ASKONCE_SERVE_WORKERS).")
+    ] = None,
 ) -> None:
     """Serve the FHIR API, the admin API and the health probes."""
-    _serve(_settings(), host, port)
+    settings = _settings()
+    _serve(settings, host, port, workers or settings.serve_workers)
 
 
 @app.command()

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
         description="Signs the access tokens the gateway issues. Must be set outside the demo.",
     )
     demo: bool = Field(default=False, description="Demo mode allows placeholder secrets.")
+    serve_workers: int = Field(
+        default=1, ge=1, description="Gateway server processes (`askonce serve`)."
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     default_region: str = Field(

@@ -72,3 +72,36 @@ def test_demo_credentials_are_usable_and_rotate(sqlite_url: str) -> None:
     with runtime.session_factory() as session:
         assert authenticate_client(session, second.client_id, second.client_secret) is not None
         assert authenticate_client(session, first.client_id, first.client_secret) is None
+
+
+def test_serve_with_several_worker_processes(sqlite_url: str, tmp_path: Path) -> None:
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "ASKONCE_DATABASE_URL": sqlite_url}
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "askonce", "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline and status != 200:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    assert (tmp_path / "serve.log").read_text().count("Started server process") == 2
