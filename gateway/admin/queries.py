@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mpi.admin import review_item_dict
 from store.models import (
     Consumer,
     Link,
@@ -111,25 +112,6 @@ def list_quarantine(
     return out
 
 
-def review_json(item: ReviewItem) -> dict[str, Any]:
-    return {
-        "id": item.id,
-        "kind": item.kind,
-        "status": item.status,
-        "source_record_id": item.source_record_id,
-        "golden_id": item.golden_id,
-        "other_golden_id": item.other_golden_id,
-        "grade": item.grade,
-        "score": item.score,
-        "reason": item.reason,
-        "evidence": item.evidence,
-        "resolution": item.resolution,
-        "resolved_by": item.resolved_by,
-        "resolved_at": _iso(item.resolved_at),
-        "created_at": _iso(item.created_at),
-    }
-
-
 def list_review(session: Session, status: str, after_id: int, limit: int) -> list[dict[str, Any]]:
     stmt = (
         select(ReviewItem)
@@ -137,7 +119,7 @@ def list_review(session: Session, status: str, after_id: int, limit: int) -> lis
         .order_by(ReviewItem.id)
         .limit(limit)
     )
-    return [review_json(i) for i in session.scalars(stmt)]
+    return [review_item_dict(i) for i in session.scalars(stmt)]
 
 
 def links_of(session: Session, golden_id: str) -> dict[str, Any]:
