@@ -33,7 +33,8 @@ _POSTAL_JUNK = re.compile(r"[^0-9A-Z]")
 _DIGITS = re.compile(r"\D")
 #: A phone written with digits and separators only (no letters, no extension).
 _PLAIN_PHONE = re.compile(r"^\+?[\d\s\-.()/]+$")
-#: North American Numbering Plan: country code 1, national numbers NXX-NXX-XXXX.
+#: North American Numbering Plan: country code 1, ten-digit national numbers whose area
+#: code and exchange each start with 2-9.
 NANP_COUNTRY_CODE = 1
 NANP_LENGTH = 10
 #: Country calling codes have one to three digits (ITU-T E.164).
