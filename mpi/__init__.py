@@ -26,6 +26,7 @@ from mpi.admin import (
     list_review_items,
     match_patient,
     record_decision,
+    review_item_dict,
     train_from_database,
 )
 from mpi.batch import BatchResult, MemoryResolver, resolve_batch
@@ -90,6 +91,7 @@ __all__ = [
     "repoint_encounters",
     "resolve_batch",
     "resolve_patients",
+    "review_item_dict",
     "save_model",
     "train_from_database",
     "train_model",

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mpi.admin import review_item_dict
+from mpi import review_item_dict
 from store.models import (
     Consumer,
     Link,
