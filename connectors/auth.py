@@ -115,19 +115,24 @@ class OAuthTokenAuth(httpx.Auth, abc.ABC):
             yield request
 
 
-def token_response_json(response: httpx.Response) -> dict[str, Any]:
-    """Check a token endpoint's answer (RFC 6749 §5.1/§5.2) and return its JSON."""
-    where = str(response.request.url.copy_with(query=None))
+def _json_body(response: httpx.Response, url: str, what: str = "") -> Any:
+    """The JSON of an auth server's answer (None if it is not JSON); 5xx is transient."""
     if response.status_code >= SERVER_ERROR_MIN:
         raise TransientError(
-            f"token endpoint {where} answered HTTP {response.status_code}",
-            url=where,
+            f"{what}{url} answered HTTP {response.status_code}",
+            url=url,
             status_code=response.status_code,
         )
     try:
-        body = response.json()
+        return response.json()
     except ValueError:
-        body = None
+        return None
+
+
+def token_response_json(response: httpx.Response) -> dict[str, Any]:
+    """Check a token endpoint's answer (RFC 6749 §5.1/§5.2) and return its JSON."""
+    where = str(response.request.url.copy_with(query=None))
+    body = _json_body(response, where, "token endpoint ")
     if response.status_code != HTTP_OK or not isinstance(body, dict):
         error = body.get("error") if isinstance(body, dict) else None
         raise AuthenticationError(
@@ -235,16 +240,7 @@ class SmartBackendServicesAuth(OAuthTokenAuth):
     def _discover(self) -> Generator[httpx.Request, httpx.Response, str]:
         url = f"{self.fhir_base_url}/{SMART_CONFIGURATION_PATH}"
         response = yield httpx.Request("GET", url, headers={"Accept": "application/json"})
-        if response.status_code >= SERVER_ERROR_MIN:
-            raise TransientError(
-                f"{url} answered HTTP {response.status_code}",
-                url=url,
-                status_code=response.status_code,
-            )
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
+        body = _json_body(response, url)
         endpoint = body.get("token_endpoint") if isinstance(body, dict) else None
         if response.status_code != HTTP_OK or not isinstance(endpoint, str):
             raise AuthenticationError(

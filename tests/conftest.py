@@ -105,14 +105,19 @@ def truncate_all(engine: Engine) -> None:
                 conn.execute(text(f'DELETE FROM "{table}"'))
 
 
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    """An engine on a migrated database; every table is emptied after the test."""
-    eng = make_engine(db_url)
+def emptied_engine(url: str) -> Iterator[Engine]:
+    """An engine on a migrated database, every table emptied before and after its use."""
+    eng = make_engine(url)
     truncate_all(eng)
     yield eng
     truncate_all(eng)
     eng.dispose()
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """An engine on a migrated database; every table is emptied after the test."""
+    yield from emptied_engine(db_url)
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from askonce.runtime import Runtime, build_runtime
 from askonce.settings import Settings
-from store import make_engine, make_session_factory
+from store import make_session_factory
 from store.models import SyncRun
-from tests.conftest import truncate_all
+from tests.conftest import emptied_engine
 
 WORKER_STOP_TIMEOUT_S = 20
 POLL_S = 0.1
@@ -68,11 +68,7 @@ class Worker:
 @pytest.fixture
 def pg_engine(pg_url: str) -> Iterator[Engine]:
     """The session's PostgreSQL database, emptied before and after the test."""
-    engine = make_engine(pg_url)
-    truncate_all(engine)
-    yield engine
-    truncate_all(engine)
-    engine.dispose()
+    yield from emptied_engine(pg_url)
 
 
 @pytest.fixture
