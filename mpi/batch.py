@@ -8,7 +8,7 @@ live in dictionaries.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from mpi.blocking import MemoryBlockIndex, block_keys
@@ -34,34 +34,72 @@ class BatchResult:
 
 
 class MemoryResolver:
-    """Resolves records one at a time against everything added before them."""
+    """Resolves records one at a time against everything added before them.
 
-    def __init__(self, model: MatchModel, settings: MatchSettings) -> None:
+    Record ids are the caller's (``add(..., record=...)``, by default 0, 1, 2…); the
+    database engine (:mod:`mpi.resolve`) seeds ``features``, ``golden_of``, ``members`` and
+    ``index`` with the stored records a batch can meet, so that the records of one batch
+    see each other exactly as they see the stored ones.
+    """
+
+    def __init__(
+        self,
+        model: MatchModel,
+        settings: MatchSettings,
+        *,
+        new_golden: Callable[[int], str] | None = None,
+    ) -> None:
         self.model = model
         self.settings = settings
-        self.features: list[MatchFeatures] = []
-        self.golden_of: list[str] = []
+        self.features: dict[int, MatchFeatures] = {}
+        self.golden_of: dict[int, str] = {}
         self.members: dict[str, list[int]] = {}
         self.index = MemoryBlockIndex(settings.max_block_size)
         self.merges = 0
         self.reviews = 0
+        self._new_golden = new_golden or (lambda record: f"g{record}")
 
-    def add(self, features: MatchFeatures) -> Decision:
-        keys = block_keys(features)
+    def candidate_goldens(self, keys: list[str]) -> set[str]:
+        """Golden records of the records sharing a usable key with ``keys``."""
         found = self.index.candidates(keys, self.settings.max_candidates)
-        goldens = {self.golden_of[i] for i in found}
-        members = [
+        return {g for g in (self.golden_of.get(i) for i in found) if g is not None}
+
+    def candidate_members(self, keys: list[str]) -> list[Member]:
+        return [
             Member(i, golden, self.features[i])
-            for golden in sorted(goldens)
-            for i in self.members[golden][:MAX_MEMBERS_PER_GOLDEN]
+            for golden in sorted(self.candidate_goldens(keys))
+            for i in self.members.get(golden, [])[:MAX_MEMBERS_PER_GOLDEN]
         ]
+
+    def add(
+        self,
+        features: MatchFeatures,
+        *,
+        record: int | None = None,
+        keys: list[str] | None = None,
+        manual_match: str | None = None,
+        no_match: set[str] | None = None,
+        allow_merge: Callable[[str, str], bool] | None = None,
+    ) -> Decision:
+        """Decide for one record and file it; ``allow_merge(loser, survivor)`` may veto
+        a merge the decision asks for (it is then dropped from ``decision.merge``)."""
+        keys = block_keys(features) if keys is None else keys
+        members = self.candidate_members(keys)
         candidates = score_candidates(self.model, self.settings, features, members)
-        decision = decide(candidates, self.settings, members=members)
-        record = len(self.features)
-        self.features.append(features)
-        golden = decision.golden_id or f"g{record}"
-        self.golden_of.append(golden)
+        decision = decide(
+            candidates,
+            self.settings,
+            members=members,
+            manual_match=manual_match,
+            no_match=no_match,
+        )
+        record = len(self.golden_of) if record is None else record
+        self.features[record] = features
+        golden = decision.golden_id or self._new_golden(record)
+        self.golden_of[record] = golden
         self.members.setdefault(golden, []).append(record)
+        if allow_merge is not None:
+            decision.merge = [loser for loser in decision.merge if allow_merge(loser, golden)]
         for loser in decision.merge:
             for moved in self.members.pop(loser, []):
                 self.golden_of[moved] = golden
@@ -79,7 +117,7 @@ def resolve_batch(
     resolver = MemoryResolver(model, settings)
     decisions = [resolver.add(f) for f in records]
     return BatchResult(
-        golden_ids=list(resolver.golden_of),
+        golden_ids=[resolver.golden_of[i] for i in range(len(decisions))],
         decisions=decisions,
         merges=resolver.merges,
         reviews=resolver.reviews,
