@@ -1,49 +1,86 @@
 """Real-time resolution: each incoming source Patient joins (or founds) a golden record.
 
-For every record: file its block keys, fetch the candidates that share one (from the
-indexed ``block_key`` table, oversized keys skipped and counted), score them in memory
-with the active model, decide (:mod:`mpi.decision`) and write everything the decision
-implies in the caller's session: link, link history, golden record versions, field
-provenance, review items, and the ``patient.created``/``.updated``/``.merged`` outbox
-events. Nothing commits here.
+Set-based: a batch of N records costs a fixed number of statements per table, not N
+times that. :func:`resolve_patients`
 
-On PostgreSQL the transaction first takes ``pg_advisory_xact_lock`` on every block key of
-the batch, sorted (https://www.postgresql.org/docs/current/functions-admin.html
-#FUNCTIONS-ADVISORY-LOCKS): two workers ingesting the same person at the same moment
-serialize on a shared key, and the second one sees the first one's golden record.
+1. takes the advisory locks of the whole batch at once (PostgreSQL, see below);
+2. loads, in a handful of queries for the whole batch, what the batch can meet: the
+   stored links of its records, the size of each of its block keys, the records filed
+   under the usable ones with their golden records, the members of those golden
+   records (features from the process cache, else decoded once) and the steward
+   decisions on its records;
+3. decides in memory, in input order, with :class:`mpi.batch.MemoryResolver` (the very
+   code batch resolution uses) seeded with that state: every record sees the stored
+   records and the records of the batch before it, exactly as if they had been resolved
+   and written one by one (the same candidates, :func:`mpi.decision.decide`, guards,
+   transitivity, merges, reviews, steward decisions never overridden). A candidate the
+   seed did not foresee (a key of the batch grew past the block-size limit and the
+   ranking changed) is loaded before its record is decided;
+4. writes everything with one executemany per table: block keys, links, link history,
+   golden records (each rendered ONCE, in its final state, whatever happened to it in
+   the batch: see :func:`mpi.storage.write_goldens`), versions, search tokens, field
+   provenance, review items, outbox events (``patient.created``/``.updated``/
+   ``.merged``, with the version each golden record has after the batch) and the
+   encounters that follow their patient. Nothing commits here.
+
+A batch of one record (push intake, incremental sync) goes down the same path.
+
+On PostgreSQL the transaction first takes ``pg_advisory_xact_lock`` on the lock slots of
+every block key of the batch, once, sorted, in one statement
+(https://www.postgresql.org/docs/current/functions-admin.html#FUNCTIONS-ADVISORY-LOCKS):
+two workers ingesting the same person at the same moment serialize on a shared key, and
+the second one sees the first one's golden record. Keys are hashed into
+:data:`LOCK_SLOTS` slots, so a page of a thousand Patients holds at most that many
+locks (PostgreSQL's shared lock table is sized for ~64 per connection) at the price of
+unrelated batches sometimes waiting for each other.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import delete, func, insert, or_, select, text
+from sqlalchemy import (
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from fhir_mapping import SourcePatient
-from mpi.blocking import block_keys, lock_ids
-from mpi.decision import Decision, Member, decide, score_candidates
+from mpi.batch import MAX_MEMBERS_PER_GOLDEN, MemoryResolver
+from mpi.blocking import block_keys
+from mpi.decision import Decision, Member
 from mpi.features import MatchFeatures, extract_features
 from mpi.model import MatchModel
-from mpi.operations import merge_golden, repoint_encounters_of
+from mpi.operations import repoint_encounters
 from mpi.settings import MatchSettings
 from mpi.storage import (
+    GoldenPlan,
     cached_features,
-    create_golden,
-    emit,
+    event_row,
     features_of,
     load_active_model,
-    member_records,
-    write_golden,
+    write_goldens,
 )
 from store.models import (
     BlockKey,
+    Encounter,
     GoldenPatient,
     Link,
     LinkHistory,
     MatchDecision,
+    Outbox,
     ReviewItem,
     SourceRecord,
     new_uuid,
@@ -51,8 +88,16 @@ from store.models import (
 
 log = logging.getLogger(__name__)
 
-#: Members of one candidate golden record loaded for scoring and guards.
-MAX_MEMBERS_PER_GOLDEN = 50
+#: Advisory-lock class of the MPI's block-key locks (the other int4 is the slot).
+LOCK_CLASS = 0x4D5049  # "MPI"
+#: Block keys are hashed into this many advisory-lock slots.
+LOCK_SLOTS = 1024
+#: Values per ``IN (...)`` list (SQLite allows 32766 bound parameters per statement).
+IN_CHUNK = 5000
+#: Records whose stored data one set-based pass loads and decides at once.
+DEFAULT_CHUNK = 1000
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +112,318 @@ class Resolution:
     review_item_id: int | None = None
 
 
+def _chunks(values: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def lock_slots(keys: Sequence[str]) -> list[int]:
+    """The advisory-lock slots of ``keys``, sorted (lockers never deadlock)."""
+    return sorted({zlib.crc32(key.encode()) % LOCK_SLOTS for key in keys})
+
+
 def lock_block_keys(session: Session, keys: Sequence[str]) -> None:
-    """Take transaction-scoped advisory locks on ``keys`` (PostgreSQL; SQLite has one writer)."""
-    if session.get_bind().dialect.name != "postgresql":
+    """Take the transaction-scoped advisory locks of ``keys`` in one statement
+    (PostgreSQL; SQLite has one writer). ``unnest`` returns the sorted array in order."""
+    if not keys or session.get_bind().dialect.name != "postgresql":
         return
-    for lock_id in lock_ids(keys):
-        session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+    session.execute(
+        text("SELECT count(pg_advisory_xact_lock(:cls, s)) FROM unnest(CAST(:slots AS int[])) s"),
+        {"cls": LOCK_CLASS, "slots": lock_slots(keys)},
+    )
+
+
+@dataclass(slots=True)
+class _Item:
+    row: SourceRecord
+    patient: SourcePatient
+    features: MatchFeatures
+    keys: list[str]
+
+
+@dataclass(slots=True)
+class _Merge:
+    loser: str
+    survivor: str
+    records: list[int]
+
+
+@dataclass
+class _Writes:
+    """Everything a batch writes, in the order it happened."""
+
+    links: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    reviews: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (item index, row)
+    #: (event, golden id, payload, add the golden record's version to the payload)
+    events: list[tuple[str, str, dict[str, Any], bool]] = field(default_factory=list)
+    merges: list[_Merge] = field(default_factory=list)
+    #: Stored records whose block keys are replaced.
+    rekeyed: list[int] = field(default_factory=list)
+    created: set[str] = field(default_factory=set)
+    touched: dict[str, None] = field(default_factory=dict)  # golden ids, in order
+
+
+class BatchState:
+    """The stored state a batch of records can meet, seeded into a :class:`MemoryResolver`.
+
+    ``records`` are the batch's (id, features, block keys); ``probes`` the block keys of
+    records that are only looked up (``$match``). Everything else is read in set-based
+    queries (see the module docstring); :meth:`ensure` loads more on demand.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        settings: MatchSettings,
+        model: MatchModel,
+        records: Sequence[tuple[int, MatchFeatures, list[str]]],
+        *,
+        probes: Sequence[list[str]] = (),
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.resolver = MemoryResolver(model, settings, new_golden=lambda _record: new_uuid())
+        #: Stored link of each record we know of (any status): golden id, grade, score.
+        self.links: dict[int, tuple[str, str, float | None]] = {}
+        #: Golden records whose members are loaded (or that were created by this batch).
+        self.loaded: set[str] = set()
+        #: Inactive source records still linked to a loaded golden record.
+        self.inactive: dict[str, list[int]] = {}
+        #: Steward decisions per record of the batch: {other record: decision}.
+        self.decisions: dict[int, dict[int, str]] = {}
+        #: Golden records merged away by this batch -> the survivor.
+        self.merged_into: dict[str, str] = {}
+        self.skipped: dict[str, bool] = {}
+        #: Stored block keys of each stored record of the batch (those in the index).
+        self.old_keys: dict[int, list[str]] = {}
+        #: Merges allowed while deciding the current record (see :meth:`allow_merge`).
+        self.pending: list[_Merge] = []
+        self._load(records, probes)
+
+    # --- loading -------------------------------------------------------------------
+
+    def _load(
+        self,
+        records: Sequence[tuple[int, MatchFeatures, list[str]]],
+        probes: Sequence[list[str]],
+    ) -> None:
+        session, resolver = self.session, self.resolver
+        ids = [record_id for record_id, _, _ in records]
+        for chunk in _chunks(ids):
+            for record_id, golden_id, grade, score in session.execute(
+                select(Link.source_record_id, Link.golden_id, Link.grade, Link.score).where(
+                    Link.source_record_id.in_(chunk)
+                )
+            ):
+                self.links[record_id] = (golden_id, grade, score)
+        stored = {r for r in ids if r in self.links}
+        keys = sorted(
+            {key for _, _, ks in records for key in ks} | {k for ks in probes for k in ks}
+        )
+        sizes: dict[str, int] = {}
+        for key_chunk in _chunks(keys):
+            sizes.update(
+                session.execute(
+                    select(BlockKey.key, func.count())
+                    .where(BlockKey.key.in_(key_chunk))
+                    .group_by(BlockKey.key)
+                ).all()
+            )
+        # A stored record of the batch gives its keys back before taking new ones: keys
+        # this close to the limit may become usable again, so their members are read.
+        limit = self.settings.max_block_size + len(stored)
+        usable = [key for key, size in sizes.items() if size <= limit]
+        for key, size in sizes.items():
+            if size > limit:  # never usable by this batch: only its size matters
+                resolver.index.members[key] = list(range(-1, -limit - 2, -1))
+        for key_chunk in _chunks(usable):
+            for key, record_id, golden_id in session.execute(
+                select(BlockKey.key, BlockKey.source_record_id, GoldenPatient.id)
+                .outerjoin(Link, Link.source_record_id == BlockKey.source_record_id)
+                .outerjoin(
+                    GoldenPatient,
+                    and_(GoldenPatient.id == Link.golden_id, GoldenPatient.status == "active"),
+                )
+                .where(BlockKey.key.in_(key_chunk))
+            ):
+                resolver.index.members[key].append(record_id)
+                if golden_id is not None:
+                    resolver.golden_of[record_id] = golden_id
+                if record_id in stored:
+                    self.old_keys.setdefault(record_id, []).append(key)
+        for record_id, features, _ in records:
+            resolver.features[record_id] = features
+        self._load_decisions(ids)
+        wanted = {self.links[r][0] for r in stored}
+        for others in self.decisions.values():
+            wanted.update(self.links[o][0] for o in others if o in self.links)
+        for record_id, _, record_keys in records:
+            if record_id not in stored:
+                wanted.update(resolver.candidate_goldens(record_keys))
+        for probe in probes:
+            wanted.update(resolver.candidate_goldens(probe))
+        self.load_goldens(wanted)
+
+    def _load_decisions(self, ids: list[int]) -> None:
+        rows: list[tuple[int, int, str]] = []
+        for chunk in _chunks(ids):
+            rows.extend(
+                self.session.execute(
+                    select(
+                        MatchDecision.record_a_id, MatchDecision.record_b_id, MatchDecision.decision
+                    )
+                    .where(
+                        or_(
+                            MatchDecision.record_a_id.in_(chunk),
+                            MatchDecision.record_b_id.in_(chunk),
+                        )
+                    )
+                    .order_by(MatchDecision.id)
+                ).all()
+            )
+        if not rows:
+            return
+        batch = set(ids)
+        others: set[int] = set()
+        for a, b, decision in rows:
+            for record, other in ((a, b), (b, a)):
+                if record in batch:
+                    self.decisions.setdefault(record, {})[other] = decision
+                    others.add(other)
+        missing = sorted(others - self.links.keys())
+        for chunk in _chunks(missing):
+            for record_id, golden_id, grade, score in self.session.execute(
+                select(Link.source_record_id, Link.golden_id, Link.grade, Link.score).where(
+                    Link.source_record_id.in_(chunk)
+                )
+            ):
+                self.links[record_id] = (golden_id, grade, score)
+
+    def load_goldens(self, goldens: set[str]) -> None:
+        """Read the members of stored golden records (and the features of the first
+        :data:`~mpi.batch.MAX_MEMBERS_PER_GOLDEN` of each) into the resolver."""
+        wanted = sorted(g for g in goldens if g not in self.loaded)
+        if not wanted:
+            return
+        resolver = self.resolver
+        need: list[tuple[int, str | None]] = []
+        for chunk in _chunks(wanted):
+            rows = self.session.execute(
+                select(
+                    Link.golden_id,
+                    Link.source_record_id,
+                    Link.grade,
+                    Link.score,
+                    GoldenPatient.status,
+                    SourceRecord.status,
+                    SourceRecord.content_hash,
+                )
+                .join(GoldenPatient, GoldenPatient.id == Link.golden_id)
+                .join(SourceRecord, SourceRecord.id == Link.source_record_id)
+                .where(Link.golden_id.in_(chunk))
+                .order_by(Link.golden_id, Link.id)
+            ).all()
+            for golden_id, record_id, grade, score, g_status, r_status, content_hash in rows:
+                self.links.setdefault(record_id, (golden_id, grade, score))
+                if g_status != "active":
+                    continue
+                if r_status != "active":
+                    self.inactive.setdefault(golden_id, []).append(record_id)
+                    continue
+                members = resolver.members.setdefault(golden_id, [])
+                members.append(record_id)
+                resolver.golden_of[record_id] = golden_id
+                if len(members) <= MAX_MEMBERS_PER_GOLDEN and record_id not in resolver.features:
+                    need.append((record_id, content_hash))
+        self.loaded.update(wanted)
+        resolver.features.update(_features_for(self.session, need))
+
+    def ensure(self, keys: list[str]) -> None:
+        """Load whatever deciding for a record with ``keys`` needs and is not loaded yet
+        (nothing, unless the batch itself changed which records rank first)."""
+        resolver = self.resolver
+        goldens = resolver.candidate_goldens(keys)
+        self.load_goldens(goldens)
+        missing = [
+            r
+            for g in goldens
+            for r in resolver.members.get(g, [])[:MAX_MEMBERS_PER_GOLDEN]
+            if r not in resolver.features
+        ]
+        if missing:
+            hashes = dict(
+                self.session.execute(
+                    select(SourceRecord.id, SourceRecord.content_hash).where(
+                        SourceRecord.id.in_(missing)
+                    )
+                ).all()
+            )
+            resolver.features.update(_features_for(self.session, list(hashes.items())))
+
+    # --- the view of one record ----------------------------------------------------
+
+    def golden_now(self, record_id: int) -> str | None:
+        """The golden record ``record_id`` is linked to at this point of the batch."""
+        golden = self.resolver.golden_of.get(record_id)
+        if golden is None:
+            link = self.links.get(record_id)
+            golden = link[0] if link is not None else None
+        return None if golden is None else self.survivor_of(golden)
+
+    def survivor_of(self, golden: str) -> str:
+        """``golden``, or the golden record it was merged into by this batch."""
+        while golden in self.merged_into:
+            golden = self.merged_into[golden]
+        return golden
+
+    def steward(self, record_id: int) -> tuple[str | None, set[str]]:
+        """(golden a steward matched this record to, goldens a steward said it is not)."""
+        manual: str | None = None
+        blocked: set[str] = set()
+        for other, decision in self.decisions.get(record_id, {}).items():
+            golden = self.golden_now(other)
+            if golden is None:
+                continue
+            if decision == "match":
+                manual = golden
+            else:
+                blocked.add(golden)
+        return manual, blocked
+
+    def skipped_keys(self, keys: list[str]) -> int:
+        index = self.resolver.index
+        return sum(1 for key in keys if len(index.members.get(key, ())) > index.max_block_size)
+
+    def records_of(self, golden: str) -> list[int]:
+        return list(self.resolver.members.get(golden, [])) + self.inactive.get(golden, [])
+
+    def allow_merge(self, loser: str, survivor: str) -> bool:
+        """The resolver's merge hook: a steward's "no-match" between the two groups
+        forbids it; an allowed merge is remembered (with the loser's records)."""
+        if self.groups_declined(loser, survivor):
+            return False
+        self.pending.append(_Merge(loser, survivor, self.records_of(loser)))
+        self.merged_into[loser] = survivor
+        moved = self.inactive.pop(loser, [])
+        if moved:
+            self.inactive.setdefault(survivor, []).extend(moved)
+        return True
+
+    def groups_declined(self, a: str, b: str) -> bool:
+        """True when a steward said some record of ``a`` is not some record of ``b``."""
+        records_a, records_b = set(self.records_of(a)), set(self.records_of(b))
+        everyone = sorted(records_a | records_b)
+        for x, y in self.session.execute(
+            select(MatchDecision.record_a_id, MatchDecision.record_b_id).where(
+                MatchDecision.decision == "no-match",
+                MatchDecision.record_a_id.in_(everyone),
+                MatchDecision.record_b_id.in_(everyone),
+            )
+        ).all():
+            if (x in records_a and y in records_b) or (x in records_b and y in records_a):
+                return True
+        return False
 
 
 def _features_for(
@@ -87,10 +438,10 @@ def _features_for(
             out[record_id] = cached
         else:
             missing.append(record_id)
-    if missing:
+    for chunk in _chunks(missing):
         rows = session.execute(
             select(SourceRecord.id, SourceRecord.content_hash, SourceRecord.normalized).where(
-                SourceRecord.id.in_(missing)
+                SourceRecord.id.in_(chunk)
             )
         ).all()
         for record_id, content_hash, normalized in rows:
@@ -101,209 +452,15 @@ def _features_for(
 def candidate_members(
     session: Session, settings: MatchSettings, keys: Sequence[str], exclude: int | None
 ) -> tuple[list[Member], int]:
-    """Linked records sharing a usable block key (and their golden records' other members).
-
-    Returns the members and how many keys were skipped for being oversized.
+    """Linked records sharing a usable block key (and their golden records' other members),
+    exactly as :func:`resolve_patients` sees them for a record with ``keys``; writes
+    nothing (``$match``). Returns the members and how many keys were skipped as oversized.
     """
-    if not keys:
-        return [], 0
-    sizes = session.execute(
-        select(BlockKey.key, func.count())
-        .where(BlockKey.key.in_(list(keys)))
-        .group_by(BlockKey.key)
-    ).all()
-    usable = [key for key, size in sizes if size <= settings.max_block_size]
-    skipped = len(sizes) - len(usable)
-    if not usable:
-        return [], skipped
-    # The records sharing the most keys first: a true match shares several.
-    top = (
-        select(BlockKey.source_record_id)
-        .where(BlockKey.key.in_(usable))
-        .group_by(BlockKey.source_record_id)
-        .order_by(func.count().desc(), BlockKey.source_record_id)
-        .limit(settings.max_candidates)
-        .subquery()
-    )
-    goldens = (
-        select(Link.golden_id)
-        .join(GoldenPatient, GoldenPatient.id == Link.golden_id)
-        .where(Link.source_record_id.in_(select(top.c.source_record_id)))
-        .where(GoldenPatient.status == "active")
-        .distinct()
-        .subquery()
-    )
-    links = session.execute(
-        select(Link.source_record_id, Link.golden_id, SourceRecord.content_hash)
-        .join(SourceRecord, SourceRecord.id == Link.source_record_id)
-        .where(Link.golden_id.in_(select(goldens.c.golden_id)))
-        .where(SourceRecord.status == "active")
-        .order_by(Link.golden_id, Link.id)
-    ).all()
-    if not links:
-        return [], skipped
-    per_golden: dict[str, list[tuple[int, str | None]]] = {}
-    for record_id, golden_id, content_hash in links:
-        if record_id != exclude:
-            per_golden.setdefault(golden_id, []).append((record_id, content_hash))
-    chosen = [(r, g) for g, rs in per_golden.items() for r in rs[:MAX_MEMBERS_PER_GOLDEN]]
-    features = _features_for(session, [r for r, _ in chosen])
-    return [Member(r, g, features[r]) for (r, _), g in chosen if r in features], skipped
-
-
-def steward_decisions(session: Session, record_id: int) -> tuple[str | None, set[str]]:
-    """(golden a steward matched this record to, goldens a steward said it is not)."""
-    rows = session.execute(
-        select(MatchDecision.record_a_id, MatchDecision.record_b_id, MatchDecision.decision)
-        .where(or_(MatchDecision.record_a_id == record_id, MatchDecision.record_b_id == record_id))
-        .order_by(MatchDecision.id)
-    ).all()
-    if not rows:
-        return None, set()
-    others = {(b if a == record_id else a): decision for a, b, decision in rows}
-    golden_of = dict(
-        session.execute(
-            select(Link.source_record_id, Link.golden_id).where(
-                Link.source_record_id.in_(list(others))
-            )
-        ).all()
-    )
-    manual: str | None = None
-    blocked: set[str] = set()
-    for other, decision in others.items():
-        golden = golden_of.get(other)
-        if golden is None:
-            continue
-        if decision == "match":
-            manual = golden
-        else:
-            blocked.add(golden)
-    return manual, blocked
-
-
-def _groups_declined(session: Session, a: str, b: str) -> bool:
-    """True when a steward said some record of ``a`` is not some record of ``b``."""
-    records_a = select(Link.source_record_id).where(Link.golden_id == a)
-    records_b = select(Link.source_record_id).where(Link.golden_id == b)
-    found = session.scalar(
-        select(MatchDecision.id)
-        .where(
-            MatchDecision.decision == "no-match",
-            or_(
-                MatchDecision.record_a_id.in_(records_a) & MatchDecision.record_b_id.in_(records_b),
-                MatchDecision.record_a_id.in_(records_b) & MatchDecision.record_b_id.in_(records_a),
-            ),
-        )
-        .limit(1)
-    )
-    return found is not None
-
-
-def _write_keys(
-    session: Session, record_id: int, keys: Sequence[str], *, replace: bool = True
-) -> None:
-    """File the block keys of a record (``replace``: drop the keys of its older version;
-    a record that was never linked has none, keys and links are written together)."""
-    if replace:
-        session.execute(delete(BlockKey).where(BlockKey.source_record_id == record_id))
-    if keys:
-        session.execute(insert(BlockKey), [{"key": k, "source_record_id": record_id} for k in keys])
-
-
-def _apply(
-    session: Session,
-    settings: MatchSettings,
-    row: SourceRecord,
-    patient: SourcePatient,
-    decision: Decision,
-) -> Resolution:
-    created = decision.golden_id is None
-    golden_id = decision.golden_id or new_uuid()
-    explanation = dict(decision.explanation)
-    if created:
-        members = member_records(session, [row.id], known={row.id: patient})
-        create_golden(session, settings, golden_id, members)
-        explanation.setdefault("reason", "no-candidate-linked")
-    grade = "certain" if created else decision.grade
-    link = {
-        "source_record_id": row.id,
-        "golden_id": golden_id,
-        "grade": grade,
-        "score": decision.score,
-        "method": decision.method,
-        "explanation": explanation,
-    }
-    session.execute(insert(Link).values(flagged=decision.flagged, **link))
-    session.execute(
-        insert(LinkHistory).values(action="create" if created else "link", actor="mpi", **link)
-    )
-    repoint_encounters_of(session, row.source_id, row.resource_id, golden_id)
-    for loser in decision.merge:
-        if _groups_declined(session, loser, golden_id):
-            continue
-        merge_golden(session, loser, golden_id, actor="mpi", settings=settings, method="AUTO")
-    if created:
-        emit(session, "patient.created", golden_id, source_record_id=row.id)
-    else:
-        golden = write_golden(session, settings, golden_id)
-        emit(session, "patient.updated", golden_id, version=golden.version, source_record_id=row.id)
-    review_id: int | None = None
-    for spec in decision.reviews:
-        item = ReviewItem(
-            kind=spec.kind,
-            source_record_id=row.id,
-            golden_id=spec.golden_id,
-            other_golden_id=spec.other_golden_id or (golden_id if created else None),
-            grade=spec.grade,
-            score=spec.score,
-            reason=spec.reason,
-            evidence=spec.evidence,
-        )
-        session.add(item)
-        session.flush()
-        review_id = review_id or item.id
-    return Resolution(row.id, golden_id, grade, decision.score, created, review_id)
-
-
-def _resolve_one(
-    session: Session,
-    settings: MatchSettings,
-    model: MatchModel,
-    row: SourceRecord,
-    patient: SourcePatient,
-    features: MatchFeatures,
-    keys: list[str],
-) -> Resolution:
-    existing = session.scalar(select(Link).where(Link.source_record_id == row.id))
-    if existing is not None:  # a new version of a record we know: refresh its golden record
-        _write_keys(session, row.id, keys)
-        golden = write_golden(session, settings, existing.golden_id)
-        emit(
-            session,
-            "patient.updated",
-            existing.golden_id,
-            version=golden.version,
-            source_record_id=row.id,
-        )
-        return Resolution(row.id, existing.golden_id, existing.grade, existing.score, False)
-    members, skipped = candidate_members(session, settings, keys, row.id)
-    manual, blocked = steward_decisions(session, row.id)
-    candidates = score_candidates(model, settings, features, members)
-    decision = decide(candidates, settings, members=members, manual_match=manual, no_match=blocked)
-    if skipped:
-        decision.explanation["skipped_block_keys"] = skipped
-    _write_keys(session, row.id, keys, replace=False)
-    resolution = _apply(session, settings, row, patient, decision)
-    log.debug(
-        "patient resolved",
-        extra={
-            "record_id": row.id,
-            "golden_id": resolution.golden_id,
-            "grade": resolution.grade,
-            "skipped": skipped,
-        },
-    )
-    return resolution
+    probe = list(keys)
+    state = BatchState(session, settings, MatchModel.default(), [], probes=[probe])
+    state.ensure(probe)
+    members = [m for m in state.resolver.candidate_members(probe) if m.record_id != exclude]
+    return members, state.skipped_keys(probe)
 
 
 def resolve_patients(
@@ -312,16 +469,292 @@ def resolve_patients(
     *,
     settings: MatchSettings | None = None,
     model: MatchModel | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
 ) -> list[Resolution]:
     """Resolve source Patient records (already stored and flushed) into golden records.
 
-    Records are resolved in order, so later ones see earlier ones. Does not commit.
+    Records are resolved in order, so later ones see earlier ones. The advisory locks of
+    all of them are taken first, then each ``chunk_size`` records are loaded, decided and
+    written set-based. Does not commit.
     """
     settings = settings or MatchSettings()
     model = model or load_active_model(session)
-    prepared = []
+    prepared: list[_Item] = []
     for row, patient in items:
         features = extract_features(patient)
-        prepared.append((row, patient, features, block_keys(features)))
-    lock_block_keys(session, [key for *_, keys in prepared for key in keys])
-    return [_resolve_one(session, settings, model, *p) for p in prepared]
+        prepared.append(_Item(row, patient, features, block_keys(features)))
+    lock_block_keys(session, [key for item in prepared for key in item.keys])
+    out: list[Resolution] = []
+    for chunk in _chunks(prepared, max(1, chunk_size)):
+        out.extend(_resolve_chunk(session, settings, model, chunk))
+    return out
+
+
+def _resolve_chunk(
+    session: Session, settings: MatchSettings, model: MatchModel, items: Sequence[_Item]
+) -> list[Resolution]:
+    state = BatchState(
+        session, settings, model, [(item.row.id, item.features, item.keys) for item in items]
+    )
+    resolver = state.resolver
+    writes = _Writes()
+    linked: dict[int, tuple[str, float | None]] = {}  # linked by this batch: grade, score
+    batch_keys: dict[int, list[str]] = {}
+    resolutions: list[Resolution] = []
+    for position, item in enumerate(items):
+        record_id = item.row.id
+        if record_id in linked or record_id in state.links:
+            resolutions.append(_refresh(state, writes, item, linked, batch_keys))
+            continue
+        state.ensure(item.keys)
+        skipped = state.skipped_keys(item.keys)
+        manual, blocked = state.steward(record_id)
+        decision = resolver.add(
+            item.features,
+            record=record_id,
+            keys=item.keys,
+            manual_match=manual,
+            no_match=blocked,
+            allow_merge=state.allow_merge,
+        )
+        batch_keys[record_id] = item.keys
+        resolution = _record(state, writes, position, item, decision, skipped)
+        linked[record_id] = (resolution.grade, resolution.score)
+        resolutions.append(resolution)
+        log.debug(
+            "patient resolved",
+            extra={
+                "record_id": record_id,
+                "golden_id": resolution.golden_id,
+                "grade": resolution.grade,
+                "skipped": skipped,
+            },
+        )
+    return _write(session, settings, state, writes, items, resolutions)
+
+
+def _refresh(
+    state: BatchState,
+    writes: _Writes,
+    item: _Item,
+    linked: dict[int, tuple[str, float | None]],
+    batch_keys: dict[int, list[str]],
+) -> Resolution:
+    """A new version of a record we know: new block keys, its golden record refreshed."""
+    record_id = item.row.id
+    index = state.resolver.index
+    old = batch_keys.pop(record_id, None)
+    if old is None:
+        old = state.old_keys.pop(record_id, [])
+        writes.rekeyed.append(record_id)
+    for key in old:
+        members = index.members.get(key)
+        if members is not None and record_id in members:
+            members.remove(record_id)
+    index.add(record_id, item.keys)
+    batch_keys[record_id] = item.keys
+    state.resolver.features[record_id] = item.features
+    golden = state.golden_now(record_id)
+    assert golden is not None  # the record is linked
+    grade, score = linked[record_id] if record_id in linked else state.links[record_id][1:]
+    writes.touched[golden] = None
+    writes.events.append(("patient.updated", golden, {"source_record_id": record_id}, True))
+    return Resolution(record_id, golden, grade, score, False)
+
+
+def _record(
+    state: BatchState,
+    writes: _Writes,
+    position: int,
+    item: _Item,
+    decision: Decision,
+    skipped: int,
+) -> Resolution:
+    """The rows one decision writes (link, history, merges, events, review items)."""
+    record_id = item.row.id
+    created = decision.golden_id is None
+    golden_id = state.resolver.golden_of[record_id]
+    explanation = dict(decision.explanation)
+    if created:
+        writes.created.add(golden_id)
+        explanation.setdefault("reason", "no-candidate-linked")
+    if skipped:
+        explanation["skipped_block_keys"] = skipped
+    grade = "certain" if created else decision.grade
+    link = {
+        "source_record_id": record_id,
+        "golden_id": golden_id,
+        "grade": grade,
+        "score": decision.score,
+        "method": decision.method,
+        "explanation": explanation,
+    }
+    writes.links.append({**link, "flagged": decision.flagged})
+    writes.history.append(_history_row(action="create" if created else "link", actor="mpi", **link))
+    writes.touched[golden_id] = None
+    for merge in state.pending:
+        writes.merges.append(merge)
+        writes.touched[merge.loser] = None
+        writes.history.append(
+            _history_row(
+                action="merge",
+                golden_id=merge.loser,
+                other_golden_id=merge.survivor,
+                actor="mpi",
+                snapshot={"records": merge.records},
+            )
+        )
+        writes.events.append(("patient.merged", merge.survivor, {"merged": merge.loser}, True))
+    state.pending.clear()
+    if created:
+        writes.events.append(("patient.created", golden_id, {"source_record_id": record_id}, False))
+    else:
+        writes.events.append(("patient.updated", golden_id, {"source_record_id": record_id}, True))
+    for spec in decision.reviews:
+        writes.reviews.append(
+            (
+                position,
+                {
+                    "kind": spec.kind,
+                    "source_record_id": record_id,
+                    "golden_id": spec.golden_id,
+                    "other_golden_id": spec.other_golden_id or (golden_id if created else None),
+                    "grade": spec.grade,
+                    "score": spec.score,
+                    "reason": spec.reason,
+                    "evidence": spec.evidence,
+                },
+            )
+        )
+    return Resolution(record_id, golden_id, grade, decision.score, created)
+
+
+def _write(
+    session: Session,
+    settings: MatchSettings,
+    state: BatchState,
+    writes: _Writes,
+    items: Sequence[_Item],
+    resolutions: list[Resolution],
+) -> list[Resolution]:
+    """Everything the batch decided, one executemany per table."""
+    resolver = state.resolver
+    plans: list[GoldenPlan] = []
+    for golden in writes.touched:
+        new = golden in writes.created
+        if golden in state.merged_into:
+            plans.append(
+                GoldenPlan(golden, [], new, status="merged", merged_into=state.merged_into[golden])
+            )
+        elif golden in resolver.members:
+            plans.append(GoldenPlan(golden, list(resolver.members[golden]), new))
+        else:  # a golden record that is not active (a record came back to it)
+            plans.append(GoldenPlan(golden, None, new))
+    known = {item.row.id: item.patient for item in items}
+    versions = write_goldens(session, settings, plans, known=known)
+    for merge in writes.merges:
+        session.execute(
+            update(Link)
+            .where(Link.golden_id == merge.loser)
+            .values(golden_id=merge.survivor)
+            .execution_options(synchronize_session=False)
+        )
+    if writes.merges:
+        for obj in list(session.identity_map.values()):
+            if isinstance(obj, Link):
+                session.expire(obj)
+    if writes.links:
+        final = [
+            {**row, "golden_id": state.golden_now(row["source_record_id"])} for row in writes.links
+        ]
+        session.execute(insert(Link), final)
+    if writes.history:
+        session.execute(insert(LinkHistory), writes.history)
+    first_review: dict[int, int] = {}
+    if writes.reviews:
+        ids = session.scalars(
+            insert(ReviewItem).returning(ReviewItem.id, sort_by_parameter_order=True),
+            [row for _, row in writes.reviews],
+        ).all()
+        for (position, _), review_id in zip(writes.reviews, ids, strict=True):
+            first_review.setdefault(position, review_id)
+    if writes.events:
+        rows = []
+        for event, golden, payload, versioned in writes.events:
+            extra = {"version": versions[golden]} if versioned and golden in versions else {}
+            rows.append(event_row(event, golden, **extra, **payload))
+        session.execute(insert(Outbox), rows)
+    if writes.rekeyed:
+        for chunk in _chunks(writes.rekeyed):
+            session.execute(
+                delete(BlockKey)
+                .where(BlockKey.source_record_id.in_(chunk))
+                .execution_options(synchronize_session=False)
+            )
+    key_rows = [{"key": k, "source_record_id": item.row.id} for item in items for k in item.keys]
+    if key_rows:
+        session.execute(insert(BlockKey), key_rows)
+    _repoint_encounters(session, state, writes, items)
+    out: list[Resolution] = []
+    for position, resolution in enumerate(resolutions):
+        golden = state.golden_now(resolution.source_record_id) or resolution.golden_id
+        out.append(
+            Resolution(
+                resolution.source_record_id,
+                golden,
+                resolution.grade,
+                resolution.score,
+                resolution.created,
+                first_review.get(position),
+            )
+        )
+    return out
+
+
+def _repoint_encounters(
+    session: Session, state: BatchState, writes: _Writes, items: Sequence[_Item]
+) -> None:
+    """Encounters follow their patient: those of the batch's records and of the records
+    of merged golden records point at the golden record each ended up in."""
+    table = cast(Table, Encounter.__table__)
+    rows = []
+    seen: set[int] = set()
+    for item in items:
+        if item.row.id in seen:
+            continue
+        seen.add(item.row.id)
+        golden = state.golden_now(item.row.id)
+        if golden is not None:
+            rows.append({"s": item.row.source_id, "r": item.row.resource_id, "g": golden})
+    if rows:
+        session.execute(
+            update(table)
+            .where(
+                table.c.source_id == bindparam("s"), table.c.patient_resource_id == bindparam("r")
+            )
+            .values(golden_id=bindparam("g")),
+            rows,
+        )
+    moved: dict[str, list[int]] = {}
+    for merge in writes.merges:
+        golden = state.survivor_of(merge.survivor)
+        moved.setdefault(golden, []).extend(r for r in merge.records if r not in seen)
+    for golden, records in moved.items():
+        repoint_encounters(session, records, golden)
+
+
+def _history_row(**values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "action": None,
+        "source_record_id": None,
+        "golden_id": None,
+        "other_golden_id": None,
+        "grade": None,
+        "score": None,
+        "method": "AUTO",
+        "actor": None,
+        "explanation": {},
+        "snapshot": None,
+    }
+    row.update(values)
+    return row

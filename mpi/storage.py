@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -20,7 +21,7 @@ from mpi.features import MatchFeatures, extract_features
 from mpi.model import MatchModel
 from mpi.settings import MatchSettings
 from mpi.survivorship import MemberRecord, build_golden
-from store.golden import GoldenPatientRepository
+from store.golden import GoldenPatientRepository, GoldenWrite
 from store.models import FieldProvenance, GoldenPatient, Link, Outbox, Source, SourceRecord
 from store.models import MatchModel as MatchModelRow
 from store.types import utcnow
@@ -257,14 +258,126 @@ def _save(
     return golden
 
 
+@dataclass(slots=True)
+class GoldenPlan:
+    """A golden record to (re)render in :func:`write_goldens`."""
+
+    golden_id: str
+    #: Its active source records; None: those linked to it in the database.
+    members: list[int] | None
+    #: The record does not exist yet.
+    new: bool = False
+    #: New status (None keeps the stored one; a new record is ``active``).
+    status: str | None = None
+    merged_into: str | None = None
+
+
+def write_goldens(
+    session: Session,
+    settings: MatchSettings,
+    plans: Sequence[GoldenPlan],
+    *,
+    known: dict[int, SourcePatient] | None = None,
+) -> dict[str, int]:
+    """Render and save many golden records at once (each once, whatever happened to it
+    before): a handful of statements for the whole set, not per record. Field
+    provenance is rewritten with them. Returns the new version of each record.
+    """
+    if not plans:
+        return {}
+    stored_ids = sorted(p.golden_id for p in plans if not p.new)
+    state: dict[str, tuple[int, str, str | None]] = {}
+    if stored_ids:
+        stmt = (
+            select(
+                GoldenPatient.id,
+                GoldenPatient.version,
+                GoldenPatient.status,
+                GoldenPatient.merged_into,
+            )
+            .where(GoldenPatient.id.in_(stored_ids))
+            .order_by(GoldenPatient.id)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update()  # concurrent writers of one record serialize
+        state = {
+            gid: (version, status, into) for gid, version, status, into in session.execute(stmt)
+        }
+    ids = [p.golden_id for p in plans]
+    replaces: dict[str, set[str]] = {}
+    for gid, into in session.execute(
+        select(GoldenPatient.id, GoldenPatient.merged_into).where(
+            GoldenPatient.merged_into.in_(ids)
+        )
+    ):
+        if into is not None:
+            replaces.setdefault(into, set()).add(gid)
+    for plan in plans:
+        if plan.merged_into is not None:
+            replaces.setdefault(plan.merged_into, set()).add(plan.golden_id)
+    member_ids: dict[str, list[int]] = {}
+    for plan in plans:
+        if plan.members is None:
+            member_ids[plan.golden_id] = linked_record_ids(session, plan.golden_id)
+        else:
+            member_ids[plan.golden_id] = plan.members
+    everyone = sorted({r for records in member_ids.values() for r in records})
+    by_id = {m.record_id: m for m in member_records(session, everyone, known=known)}
+    writes: list[GoldenWrite] = []
+    provenance_rows: list[dict[str, Any]] = []
+    for plan in plans:
+        version, stored_status, stored_into = state.get(plan.golden_id, (0, "active", None))
+        status = plan.status or stored_status
+        merged_into = plan.merged_into or stored_into
+        links = [GoldenLink(merged_into, "replaced-by")] if merged_into else []
+        links.extend(
+            GoldenLink(other, "replaces") for other in sorted(replaces.get(plan.golden_id, ()))
+        )
+        members = [by_id[r] for r in sorted(member_ids[plan.golden_id]) if r in by_id]
+        record, provenance = build_golden(
+            plan.golden_id, members, settings.survivorship, links=links
+        )
+        record.active = status == "active"
+        resource = render_golden_patient(record)
+        tokens = search_tokens(resource) if status == "active" else []
+        writes.append(GoldenWrite(plan.golden_id, resource, tokens, status, merged_into, version))
+        provenance_rows.extend(
+            {
+                "golden_id": plan.golden_id,
+                "field": p.field,
+                "value": p.value,
+                "source_record_id": p.record_id,
+                "rule": p.rule,
+                "observed_at": p.observed_at,
+            }
+            for p in provenance
+        )
+    versions = GoldenPatientRepository(session).save_many(writes)
+    if stored_ids:
+        session.execute(
+            delete(FieldProvenance)
+            .where(FieldProvenance.golden_id.in_(stored_ids))
+            .execution_options(synchronize_session=False)
+        )
+    if provenance_rows:
+        session.execute(insert(FieldProvenance), provenance_rows)
+    return versions
+
+
+def event_row(event: str, golden_id: str, **payload: Any) -> dict[str, Any]:
+    """An outbox row for a ``patient.*`` event (ids only), for a bulk insert."""
+    body = {"golden_id": golden_id, "at": utcnow().isoformat(), **payload}
+    return {
+        "event_type": event,
+        "aggregate_type": "Patient",
+        "aggregate_id": golden_id,
+        "payload": body,
+    }
+
+
 def emit(session: Session, event: str, golden_id: str, **payload: Any) -> None:
     """Append a ``patient.*`` outbox event (ids only)."""
-    body = {"golden_id": golden_id, "at": utcnow().isoformat(), **payload}
-    session.execute(
-        insert(Outbox).values(
-            event_type=event, aggregate_type="Patient", aggregate_id=golden_id, payload=body
-        )
-    )
+    session.execute(insert(Outbox).values(**event_row(event, golden_id, **payload)))
 
 
 def record_ids_of(goldens: Iterable[str], session: Session) -> dict[str, list[int]]:

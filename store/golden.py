@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from store.models import GoldenPatient, GoldenPatientVersion, GoldenSearchToken, new_uuid
@@ -27,6 +28,19 @@ class VersionConflictError(RuntimeError):
 
 def _fhir_instant(value: Any) -> str:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class GoldenWrite:
+    """One golden record to write in :meth:`GoldenPatientRepository.save_many`."""
+
+    golden_id: str
+    resource: dict[str, Any]
+    tokens: Sequence[SearchToken]
+    status: str
+    merged_into: str | None
+    #: The stored version the write replaces; 0 for a record that does not exist yet.
+    version: int
 
 
 class GoldenPatientRepository:
@@ -123,3 +137,77 @@ class GoldenPatientRepository:
         rows = [{"golden_id": golden_id, "param": p, "system": s, "value": v} for p, s, v in tokens]
         if rows:
             self.session.execute(insert(GoldenSearchToken), rows)
+
+    def save_many(self, writes: Sequence[GoldenWrite]) -> dict[str, int]:
+        """Write a new version of many golden records in set-based statements.
+
+        The same result as :meth:`save` per record (version bump, ``meta``, the kept
+        version, search tokens), but one executemany per table: new records are
+        inserted, stored ones updated by primary key, their old tokens deleted at once.
+        Golden objects already in the session are expired (they are stale). Returns
+        the new version of each record.
+        """
+        if not writes:
+            return {}
+        now = utcnow()
+        instant = _fhir_instant(now)
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        versions: list[dict[str, Any]] = []
+        tokens: list[dict[str, Any]] = []
+        out: dict[str, int] = {}
+        for write in writes:
+            version = write.version + 1
+            resource = dict(write.resource)
+            resource["resourceType"] = "Patient"
+            resource["id"] = write.golden_id
+            resource["meta"] = {
+                **(resource.get("meta") or {}),
+                "versionId": str(version),
+                "lastUpdated": instant,
+            }
+            row = {
+                "id": write.golden_id,
+                "version": version,
+                "resource": resource,
+                "status": write.status,
+                "merged_into": write.merged_into,
+                "birth_date": resource.get("birthDate"),
+                "gender": resource.get("gender"),
+                "last_updated": now,
+            }
+            (updates if write.version else inserts).append(row)
+            versions.append(
+                {
+                    "golden_id": write.golden_id,
+                    "version": version,
+                    "resource": resource,
+                    "status": write.status,
+                    "recorded_at": now,
+                }
+            )
+            tokens.extend(
+                {"golden_id": write.golden_id, "param": p, "system": s, "value": v}
+                for p, s, v in write.tokens
+            )
+            out[write.golden_id] = version
+        if inserts:
+            # Records merged into another one of the same statement come last.
+            inserts.sort(key=lambda row: row["merged_into"] is not None)
+            self.session.execute(insert(GoldenPatient), [dict(r, created_at=now) for r in inserts])
+        if updates:
+            self.session.execute(update(GoldenPatient), updates)
+        self.session.execute(insert(GoldenPatientVersion), versions)
+        stored = [row["id"] for row in updates]
+        if stored:
+            self.session.execute(
+                delete(GoldenSearchToken)
+                .where(GoldenSearchToken.golden_id.in_(stored))
+                .execution_options(synchronize_session=False)
+            )
+        if tokens:
+            self.session.execute(insert(GoldenSearchToken), tokens)
+        for obj in list(self.session.identity_map.values()):
+            if isinstance(obj, GoldenPatient) and obj.id in out:
+                self.session.expire(obj)
+        return out

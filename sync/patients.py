@@ -30,8 +30,8 @@ from sync.records import (
 
 log = logging.getLogger(__name__)
 
-#: Patients go to the MPI in batches of at most this many records.
-DEFAULT_PATIENT_BATCH = 500
+#: Patients the MPI loads, decides and writes per set-based pass.
+DEFAULT_PATIENT_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -103,10 +103,14 @@ def ingest_patients(
         batch.append((record, patient))
         outcome.stored += 1
     session.flush()
-    for start in range(0, len(batch), options.batch_size):
-        chunk = batch[start : start + options.batch_size]
-        resolutions = resolve_patients(session, chunk, settings=options.match_settings)
-        _record_resolutions(outcome, chunk, resolutions)
+    if batch:
+        # One call: the MPI takes the advisory locks of the whole transaction at once (in
+        # a fixed order, so concurrent workers never deadlock), then resolves
+        # ``batch_size`` records per set-based pass.
+        resolutions = resolve_patients(
+            session, batch, settings=options.match_settings, chunk_size=options.batch_size
+        )
+        _record_resolutions(outcome, batch, resolutions)
     return outcome
 
 

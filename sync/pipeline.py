@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 #: Resource types the pipeline understands; resources of other types are kept quarantined.
 SUPPORTED_TYPES = ("Patient", "Encounter")
 #: Patients resolved per transaction when a page holds more (see :func:`split_page`).
-MAX_PATIENTS_PER_TRANSACTION = 100
+MAX_PATIENTS_PER_TRANSACTION = 1000
 #: Id prefix of a quarantined entry the connector could not read (named by its position).
 UNREADABLE_ID_PREFIX = "unreadable-"
 

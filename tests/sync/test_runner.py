@@ -193,8 +193,9 @@ def test_an_ndjson_folder_syncs_through_the_real_connector(
 
 
 def test_a_big_patient_page_commits_in_parts_and_the_cursor_with_the_last(
-    engine: Engine, session_factory: sessionmaker[Session]
+    engine: Engine, session_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("sync.pipeline.MAX_PATIENTS_PER_TRANSACTION", 100)
     big = [patient(f"b{n}", f"Big{n}", f"19{50 + n % 40}-01-0{1 + n % 9}") for n in range(250)]
     parts = split_page(Page("Patient", big, "end", deleted=["gone"]))
     assert [len(p.resources) for p in parts] == [100, 100, 50]
