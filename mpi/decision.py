@@ -9,10 +9,16 @@ engine (:mod:`mpi.batch`):
   guard vetoes (a conflict with any member, a look-alike pattern against every member
   that scores high enough to link): then the record gets its own golden record and a
   ``vetoed`` review item;
+- an automatic link needs corroboration beyond name, birth date and gender (contact data,
+  address, identifiers agreeing more than they disagree); when none of those can be
+  compared at all, a complete demographic match (given and family name, birth date,
+  gender) with no competing golden record links as ``probable`` (flagged);
 - ``possible`` opens a ``possible-match`` review item; lower becomes a new golden record;
 - when several golden records qualify, the record joins the best one; the others are
-  merged into it only when both pairs are ``certain`` (and no guard or steward objects),
-  otherwise a ``duplicate-golden`` review item opens.
+  merged into it only when both pairs are ``certain``, no steward objects, no hard
+  conflict stands between any two of their members, and every member of each could join
+  the other (with the incoming record) without a look-alike veto; otherwise a
+  ``duplicate-golden`` review item opens.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mpi.comparisons import COMPARISONS
 from mpi.features import MatchFeatures
 from mpi.guards import LOOKALIKE_REASONS, guard_reasons
 from mpi.model import MatchModel, Score
@@ -28,6 +35,11 @@ from mpi.settings import MatchSettings
 AUTO_GRADES = frozenset({"certain", "probable"})
 #: Comparisons two different people can share by coincidence (namesakes).
 IDENTITY_COMPARISONS = frozenset({"given", "family", "birth_date", "gender"})
+_IDENTITY_INDEX = tuple(
+    [c.name for c in COMPARISONS].index(n) for n in ("given", "family", "birth_date", "gender")
+)
+#: Given-name levels of the same name: exact, nickname.
+_SAME_GIVEN = frozenset({0, 1})
 #: At most this many review items are opened for one incoming record.
 MAX_REVIEW_ITEMS_PER_RECORD = 3
 #: Members of a golden record compared when checking guards before an auto-merge.
@@ -53,6 +65,9 @@ class Candidate:
     grade: str
     vetoes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Members the incoming record could link to on its own: the pair scores at least
+    #: ``probable`` and no look-alike guard fires (used to decide on merges).
+    cleared: frozenset[int] = frozenset()
 
     def evidence(self) -> dict[str, Any]:
         out = self.score.explanation()
@@ -100,10 +115,23 @@ def corroborated(score: Score) -> bool:
     return sum(others) > 0
 
 
+def _nothing_to_compare(scored: list[tuple[Member, Score]]) -> bool:
+    """True when no member shares any comparable field beyond name, birth date and gender
+    with the incoming record (no phone, e-mail, identifier or address on both sides)."""
+    return all(name in IDENTITY_COMPARISONS for _, score in scored for name in score.contributions)
+
+
+def _complete_demographic_match(score: Score) -> bool:
+    """Given name (or a nickname), family name, birth date and gender all present and equal."""
+    given, family, birth, gender = (score.levels[i] for i in _IDENTITY_INDEX)
+    return given in _SAME_GIVEN and family == 0 and birth == 0 and gender == 0
+
+
 def _vetoes(
     features: MatchFeatures, scored: list[tuple[Member, Score]], settings: MatchSettings
-) -> list[str]:
-    """The guards that veto joining a golden record whose members are ``scored``.
+) -> tuple[list[str], frozenset[int]]:
+    """The guards that veto joining a golden record whose members are ``scored``, and the
+    members the record could link to without a look-alike.
 
     A hard conflict (identifiers, suffixes) with any member vetoes. A look-alike guard
     (twin, Jr/Sr, household member) vetoes only when it fires against every member the
@@ -113,7 +141,7 @@ def _vetoes(
     """
     hard: list[str] = []
     lookalike: list[str] = []
-    cleared = False  # a linkable member without a look-alike
+    cleared: set[int] = set()  # linkable members without a look-alike
     for member, score in scored:
         reasons = guard_reasons(features, member.features, settings, score.levels)
         hard.extend(r for r in reasons if r not in LOOKALIKE_REASONS and r not in hard)
@@ -121,8 +149,9 @@ def _vetoes(
             continue
         found = [r for r in reasons if r in LOOKALIKE_REASONS]
         lookalike.extend(r for r in found if r not in lookalike)
-        cleared = cleared or not found
-    return hard if cleared else hard + lookalike
+        if not found:
+            cleared.add(member.record_id)
+    return (hard if cleared else hard + lookalike), frozenset(cleared)
 
 
 def score_candidates(
@@ -144,31 +173,64 @@ def score_candidates(
         if score.total >= settings.probable and corroborated(score):
             backed.add(member.golden_id)
     out: list[Candidate] = []
+    rivals = sum(1 for score, _ in best.values() if score.total >= settings.possible)
     for golden_id, (score, record_id) in best.items():
         grade = settings.grade(score.total)
         uncorroborated = settings.require_corroboration and golden_id not in backed
+        notes = ["uncorroborated"] if uncorroborated else []
+        # Nothing beyond the demographics can be compared, and they agree completely:
+        # nothing contradicts the match either. Linked, but flagged, and only when no
+        # other golden record competes (a namesake would).
+        unopposed = (
+            uncorroborated
+            and grade == "certain"
+            and rivals == 1
+            and _complete_demographic_match(score)
+            and _nothing_to_compare(by_golden[golden_id])
+        )
+        if unopposed:
+            grade, uncorroborated, notes = "probable", False, ["nothing-to-compare"]
         if grade in AUTO_GRADES and uncorroborated:
             grade = "possible"
-        candidate = Candidate(golden_id, record_id, score, grade)
-        if uncorroborated:
-            candidate.notes.append("uncorroborated")
+        candidate = Candidate(golden_id, record_id, score, grade, notes=notes)
         if grade in AUTO_GRADES:
-            candidate.vetoes = _vetoes(features, by_golden[golden_id], settings)
+            candidate.vetoes, candidate.cleared = _vetoes(features, by_golden[golden_id], settings)
         out.append(candidate)
     out.sort(key=lambda c: (-c.score.total, c.golden_id))
     return out
 
 
 def _merge_allowed(
-    a: list[Member], b: list[Member], settings: MatchSettings, blocked: set[str]
+    best: Candidate,
+    other: Candidate,
+    by_golden: dict[str, list[Member]],
+    settings: MatchSettings,
+    blocked: set[str],
 ) -> bool:
+    """Whether ``other`` may be merged into ``best`` (the incoming record links to both).
+
+    A hard conflict (identifiers, suffixes) between any two members forbids it. Look-alike
+    guards follow the linking rule: each member of either golden record must be one the
+    other side (its members and the incoming record) would take in, i.e. some member or
+    the incoming record itself is free of a look-alike with it. A record whose given name
+    was replaced looks like a twin of the second record of the same person, while a real
+    twin looks alike against every record of the sibling (and vetoes the incoming one).
+    """
+    a = by_golden.get(best.golden_id, [])[:MAX_MERGE_GUARD_MEMBERS]
+    b = by_golden.get(other.golden_id, [])[:MAX_MERGE_GUARD_MEMBERS]
     if any(m.golden_id in blocked for m in b):
         return False
-    for x in a[:MAX_MERGE_GUARD_MEMBERS]:
-        for y in b[:MAX_MERGE_GUARD_MEMBERS]:
-            if guard_reasons(x.features, y.features, settings):
+    accepted_a = {x.record_id for x in a if x.record_id in best.cleared}
+    accepted_b = {y.record_id for y in b if y.record_id in other.cleared}
+    for x in a:
+        for y in b:
+            reasons = guard_reasons(x.features, y.features, settings)
+            if any(r not in LOOKALIKE_REASONS for r in reasons):
                 return False
-    return True
+            if not reasons:
+                accepted_a.add(x.record_id)
+                accepted_b.add(y.record_id)
+    return len(accepted_a) == len(a) and len(accepted_b) == len(b)
 
 
 def decide(
@@ -249,9 +311,7 @@ def decide(
         by_golden.setdefault(member.golden_id, []).append(member)
     for other in auto[1:]:
         both_certain = best.grade == "certain" and other.grade == "certain"
-        if both_certain and _merge_allowed(
-            by_golden.get(best.golden_id, []), by_golden.get(other.golden_id, []), settings, blocked
-        ):
+        if both_certain and _merge_allowed(best, other, by_golden, settings, blocked):
             decision.merge.append(other.golden_id)
         else:
             reviews.append(

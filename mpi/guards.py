@@ -10,8 +10,8 @@ with that name as its reason. The guards:
 - ``twin``: same birth date, given names that are clearly different (not nickname
   equivalents, not one typo apart, not an initial of the other, not given and family
   swapped), and the same (or a misspelt) family name or the same home (address or phone);
-- ``jr-sr``: same full name, birth dates at least 15 years apart (at the same address or
-  not: a son who moved out is still not his father);
+- ``jr-sr``: same full name (the family name maybe misspelt), birth dates at least 15
+  years apart (at the same address or not: a son who moved out is still not his father);
 - ``different-suffix``: generational suffixes differ (Jr versus Sr, II versus III);
 - ``household-member``: same address or phone, but the given name disagrees and the
   birth date is not the same (spouses, siblings, parent and child, whatever their family names).
@@ -121,7 +121,6 @@ def guard_reasons(
     if levels is None:
         levels, names = compare_records(a, b)
     given, family, birth, address = (levels[i] for i in _LEVEL_INDEX)
-    same_family = family == 0
     same_address = address in _SAME_ADDRESS_LEVELS
     # Sounding alike is not enough for twins: Hassan and Hussein are two boys.
     different_given = given is not None and given not in _SAME_GIVEN_LEVELS - {_PHONETIC_LEVEL}
@@ -136,7 +135,7 @@ def guard_reasons(
         reasons.append("twin")
     same_given = given in _SAME_GIVEN_LEVELS
     years_apart = abs(a.birth_year - b.birth_year) if a.birth_year and b.birth_year else 0
-    if same_family and same_given and years_apart >= settings.jr_sr_min_years:
+    if similar_family and same_given and years_apart >= settings.jr_sr_min_years:
         reasons.append("jr-sr")
     if shares_home and different_given and birth in _DIFFERENT_BIRTH_LEVELS:
         reasons.append("household-member")

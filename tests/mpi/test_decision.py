@@ -26,16 +26,38 @@ def test_certain_match_links_with_its_explanation() -> None:
 
 
 def test_name_and_birth_date_alone_are_not_enough() -> None:
-    lonely = {"phone": None, "line": None, "postal": None, "city": None}
-    decision = _decide(
-        lonely,
-        (
-            "g1",
-            {"phone": "(212) 555-0199", "line": "9 Elm St", "postal": "10001", "city": "New York"},
-        ),
-    )
+    # Contact data that disagrees (another address, no phone to compare) is how a
+    # namesake looks: review, not a link.
+    moved = {"phone": None, "line": "77 Harbor Rd", "postal": "02110", "city": "Boston"}
+    decision = _decide(moved, ("g1", {"phone": None}))
     assert decision.golden_id is None
     assert [r.kind for r in decision.reviews] == ["possible-match"]
+    assert "uncorroborated" in decision.reviews[0].evidence["notes"]
+
+
+LONELY = {"phone": None, "line": None, "postal": None, "city": None}
+RICH = {"phone": "(212) 555-0199", "line": "9 Elm St", "postal": "10001", "city": "New York"}
+
+
+def test_nothing_to_compare_links_a_complete_demographic_match_flagged() -> None:
+    # No contact data, address or identifier can be compared at all: nothing contradicts
+    # an exact name, birth date and gender, and no other golden record competes.
+    decision = _decide(LONELY, ("g1", RICH))
+    assert decision.golden_id == "g1" and decision.grade == "probable" and decision.flagged
+    assert "nothing-to-compare" in decision.explanation["notes"]
+
+
+def test_nothing_to_compare_needs_the_whole_demographic_match() -> None:
+    for change in ({"gender": None}, {"family": "Oyelaran-Whitfeld"}, {"birth": "1970-03-15"}):
+        decision = _decide({**LONELY, **change}, ("g1", RICH))
+        assert decision.golden_id is None, change
+
+
+def test_nothing_to_compare_with_a_rival_golden_record_goes_to_review() -> None:
+    rival = {**RICH, "phone": "(212) 555-0100", "line": "1 Oak St", "postal": "10002"}
+    decision = _decide(LONELY, ("g1", RICH), ("g2", rival))
+    assert decision.golden_id is None
+    assert {r.kind for r in decision.reviews} == {"possible-match"}
 
 
 def test_vetoed_pair_goes_to_review_with_the_reason() -> None:
@@ -90,3 +112,23 @@ def test_steward_decisions_win() -> None:
     assert _decide({}, ("g1", {}), no_match={"g1"}).golden_id is None
     manual = _decide({"given": "Mildred"}, ("g1", {}), manual_match="g1")
     assert manual.golden_id == "g1" and manual.method == "MANUAL"
+
+
+def test_a_replaced_given_name_does_not_block_a_merge_the_incoming_record_explains() -> None:
+    # g1 holds a record whose given name was replaced at registration; it looks like a
+    # twin of g2's record. The incoming record shares g1's e-mail (same person) and is
+    # g2's record too: each member is one the other side would take in, so they merge.
+    slip = {"given": "Zachary", "email": "rob@example.com"}
+    decision = _decide({"email": "rob@example.com"}, ("g1", slip), ("g2", {}))
+    assert decision.golden_id in ("g1", "g2") and len(decision.merge) == 1
+    assert not decision.reviews
+
+
+def test_a_hard_conflict_between_members_blocks_a_merge() -> None:
+    decision = _decide(
+        {"email": "rob@example.com"},
+        ("g1", {"ssn": "512-34-6789"}),
+        ("g2", {"email": "rob@example.com", "ssn": "512-34-6790"}),
+    )
+    assert decision.golden_id is not None and decision.merge == []
+    assert [r.kind for r in decision.reviews] == ["duplicate-golden"]

@@ -70,6 +70,12 @@ def test_jr_sr_by_birth_dates_far_apart() -> None:
     assert "jr-sr" not in guard_reasons(father, close, SETTINGS)
 
 
+def test_jr_sr_when_the_family_name_is_misspelt() -> None:
+    father = features(birth="1950-02-01")
+    son = features(family="Oyelaran-Whitfeld", birth="1978-06-30")
+    assert "jr-sr" in guard_reasons(father, son, SETTINGS)
+
+
 def test_different_suffixes() -> None:
     assert "different-suffix" in guard_reasons(
         features(suffix="Jr."), features(suffix="Sr"), SETTINGS
