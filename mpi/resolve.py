@@ -74,6 +74,7 @@ from mpi.storage import (
     write_goldens,
 )
 from store.models import (
+    Base,
     BlockKey,
     Encounter,
     GoldenPatient,
@@ -577,6 +578,7 @@ def _record(
     explanation = dict(decision.explanation)
     if created:
         writes.created.add(golden_id)
+        state.loaded.add(golden_id)  # all its members are in the resolver
         explanation.setdefault("reason", "no-candidate-linked")
     if skipped:
         explanation["skipped_block_keys"] = skipped
@@ -667,9 +669,9 @@ def _write(
         final = [
             {**row, "golden_id": state.golden_now(row["source_record_id"])} for row in writes.links
         ]
-        session.execute(insert(Link), final)
+        session.execute(insert(_table(Link)), final)
     if writes.history:
-        session.execute(insert(LinkHistory), writes.history)
+        session.execute(insert(_table(LinkHistory)), writes.history)
     first_review: dict[int, int] = {}
     if writes.reviews:
         ids = session.scalars(
@@ -683,7 +685,7 @@ def _write(
         for event, golden, payload, versioned in writes.events:
             extra = {"version": versions[golden]} if versioned and golden in versions else {}
             rows.append(event_row(event, golden, **extra, **payload))
-        session.execute(insert(Outbox), rows)
+        session.execute(insert(_table(Outbox)), rows)
     if writes.rekeyed:
         for chunk in _chunks(writes.rekeyed):
             session.execute(
@@ -693,7 +695,7 @@ def _write(
             )
     key_rows = [{"key": k, "source_record_id": item.row.id} for item in items for k in item.keys]
     if key_rows:
-        session.execute(insert(BlockKey), key_rows)
+        session.execute(insert(_table(BlockKey)), key_rows)
     _repoint_encounters(session, state, writes, items)
     out: list[Resolution] = []
     for position, resolution in enumerate(resolutions):
@@ -716,7 +718,7 @@ def _repoint_encounters(
 ) -> None:
     """Encounters follow their patient: those of the batch's records and of the records
     of merged golden records point at the golden record each ended up in."""
-    table = cast(Table, Encounter.__table__)
+    table = _table(Encounter)
     rows = []
     seen: set[int] = set()
     for item in items:
@@ -741,6 +743,11 @@ def _repoint_encounters(
         moved.setdefault(golden, []).extend(r for r in merge.records if r not in seen)
     for golden, records in moved.items():
         repoint_encounters(session, records, golden)
+
+
+def _table(model: type[Base]) -> Table:
+    """The Core table of a mapped class: executemany without the ORM's per-row work."""
+    return cast(Table, model.__table__)
 
 
 def _history_row(**values: Any) -> dict[str, Any]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from fhir_mapping import GoldenLink, SourcePatient, render_golden_patient, search_tokens
@@ -360,7 +360,7 @@ def write_goldens(
             .execution_options(synchronize_session=False)
         )
     if provenance_rows:
-        session.execute(insert(FieldProvenance), provenance_rows)
+        session.execute(insert(cast(Table, FieldProvenance.__table__)), provenance_rows)
     return versions
 
 

@@ -10,16 +10,21 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
-from store.models import GoldenPatient, GoldenPatientVersion, GoldenSearchToken, new_uuid
+from store.models import Base, GoldenPatient, GoldenPatientVersion, GoldenSearchToken, new_uuid
 from store.repositories import NotFoundError
 from store.types import utcnow
 
 SearchToken = tuple[str, str | None, str]
+
+
+def _table(model: type[Base]) -> Table:
+    """The Core table of a mapped class: executemany without the ORM's per-row work."""
+    return cast(Table, model.__table__)
 
 
 class VersionConflictError(RuntimeError):
@@ -194,10 +199,16 @@ class GoldenPatientRepository:
         if inserts:
             # Records merged into another one of the same statement come last.
             inserts.sort(key=lambda row: row["merged_into"] is not None)
-            self.session.execute(insert(GoldenPatient), [dict(r, created_at=now) for r in inserts])
+            self.session.execute(_table(GoldenPatient).insert(), inserts)
         if updates:
-            self.session.execute(update(GoldenPatient), updates)
-        self.session.execute(insert(GoldenPatientVersion), versions)
+            table = _table(GoldenPatient)
+            self.session.execute(
+                table.update()
+                .where(table.c.id == bindparam("b_id"))
+                .values({c: bindparam(c) for c in updates[0] if c != "id"}),
+                [{"b_id": row["id"], **row} for row in updates],
+            )
+        self.session.execute(_table(GoldenPatientVersion).insert(), versions)
         stored = [row["id"] for row in updates]
         if stored:
             self.session.execute(
@@ -206,7 +217,7 @@ class GoldenPatientRepository:
                 .execution_options(synchronize_session=False)
             )
         if tokens:
-            self.session.execute(insert(GoldenSearchToken), tokens)
+            self.session.execute(_table(GoldenSearchToken).insert(), tokens)
         for obj in list(self.session.identity_map.values()):
             if isinstance(obj, GoldenPatient) and obj.id in out:
                 self.session.expire(obj)
