@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from fhir_mapping import InvalidResource, SourceEncounter, parse_encounter
 from store.models import Base, Encounter, Link, SourceRecord
 from store.types import utcnow
+from sync.bulk import BulkWriter
 from sync.records import (
     STATUS_ACTIVE,
     STATUS_PENDING,
@@ -35,9 +36,45 @@ EVENT_CREATED = "encounter.created"
 EVENT_UPDATED = "encounter.updated"
 EVENT_DELETED = "encounter.deleted"
 
-#: Core tables for the bulk statements (no ORM bookkeeping per row).
-_RECORD_TABLE = Base.metadata.tables["source_record"]
-_ENCOUNTER_TABLE = Base.metadata.tables["encounter"]
+#: Columns of the page's bulk statements (see :class:`_PageWriter`), and their JSON ones.
+_RECORD_COLUMNS = (
+    "source_id",
+    "resource_type",
+    "resource_id",
+    "raw",
+    "normalized",
+    "content_hash",
+    "version_id",
+    "last_updated",
+    "status",
+    "updated_at",
+    "received_at",
+)
+_RECORD_UPDATE_COLUMNS = (*_RECORD_COLUMNS[3:10], "error")
+_RECORD_JSON = frozenset({"raw", "normalized", "error"})
+_ENCOUNTER_COLUMNS = (
+    "source_record_id",
+    "source_id",
+    "patient_resource_id",
+    "golden_id",
+    "status",
+    "class_code",
+    "period_start",
+    "period_end",
+    "resource",
+    "last_updated",
+)
+_ENCOUNTER_JSON = frozenset({"resource"})
+_OUTBOX_COLUMNS = (
+    "event_type",
+    "aggregate_type",
+    "aggregate_id",
+    "payload",
+    "created_at",
+    "next_attempt_at",
+    "attempts",
+)
+_OUTBOX_JSON = frozenset({"payload"})
 _OUTBOX_TABLE = Base.metadata.tables["outbox"]
 #: FHIR ``date``/``dateTime`` precisions by string length: year, year-month, date.
 _PARTIAL_DATE_FORMATS = {4: "%Y", 7: "%Y-%m", 10: "%Y-%m-%d"}
@@ -136,22 +173,6 @@ def golden_ids_of_patients(
     return found
 
 
-def _encounter_values(
-    encounter: SourceEncounter, raw: dict[str, Any], golden_id: str | None, now: datetime
-) -> dict[str, Any]:
-    period = encounter.period
-    return {
-        "patient_resource_id": encounter.patient_id,
-        "golden_id": golden_id,
-        "status": encounter.status,
-        "class_code": encounter.class_code.code if encounter.class_code else None,
-        "period_start": parse_fhir_datetime(period.start if period else None),
-        "period_end": parse_fhir_datetime(period.end if period else None),
-        "resource": raw,
-        "last_updated": now,
-    }
-
-
 def _normalized(encounter: SourceEncounter) -> dict[str, Any]:
     """The searchable core of a SourceEncounter (``dataclasses.asdict`` costs more than
     validation at bulk rates; the full resource is kept in ``raw`` and ``encounter.resource``)."""
@@ -168,10 +189,149 @@ def _normalized(encounter: SourceEncounter) -> dict[str, Any]:
     }
 
 
+class _PageWriter:
+    """The rows one page of Encounters writes, encoded once and sent in one statement each."""
+
+    def __init__(self, session: Session, source_id: int) -> None:
+        self.bulk = BulkWriter(session)
+        self.source_id = source_id
+        self.now = self.bulk.timestamp(utcnow())
+        self.new_records: list[tuple[Any, ...]] = []
+        self.record_updates: list[tuple[Any, ...]] = []
+        #: Resource id -> encounter columns after ``source_record_id`` (new encounter rows).
+        self.new_encounters: dict[str, tuple[Any, ...]] = {}
+        #: Resource id -> source record id, for new encounters of records already stored.
+        self.record_ids: dict[str, int] = {}
+        self.encounter_updates: list[tuple[Any, ...]] = []
+        self.events: list[tuple[Any, ...]] = []
+
+    def add(
+        self,
+        item: Incoming,
+        encounter: SourceEncounter,
+        current: _Stored | None,
+        golden_id: str | None,
+        status: str,
+    ) -> None:
+        bulk = self.bulk
+        raw_json = item.raw_json()
+        record = (
+            raw_json,
+            bulk.json(_normalized(encounter)),
+            item.content_hash,
+            item.version_id,
+            bulk.timestamp(item.last_updated),
+            status,
+            self.now,
+        )
+        period = encounter.period
+        coding = encounter.class_code
+        values = (
+            self.source_id,
+            encounter.patient_id,
+            golden_id,
+            encounter.status,
+            coding.code if coding else None,
+            bulk.timestamp(parse_fhir_datetime(period.start if period else None)),
+            bulk.timestamp(parse_fhir_datetime(period.end if period else None)),
+            raw_json,
+            self.now,
+        )
+        if current is None:
+            self.new_records.append(
+                (self.source_id, "Encounter", item.resource_id, *record, self.now)
+            )
+            self.new_encounters[item.resource_id] = values
+            return
+        self.record_updates.append((*record, None, current.record_id))
+        if current.encounter_id is None:
+            self.new_encounters[item.resource_id] = values
+            self.record_ids[item.resource_id] = current.record_id
+            return
+        self.encounter_updates.append((*values[1:], current.encounter_id))
+        self.event(EVENT_UPDATED, current.encounter_id, golden_id, item.resource_id)
+
+    def event(
+        self, event_type: str, encounter_id: int, golden_id: str | None, resource_id: str
+    ) -> None:
+        payload = {
+            "encounter_id": encounter_id,
+            "golden_id": golden_id,
+            "source_id": self.source_id,
+            "resource_id": resource_id,
+        }
+        self.events.append(
+            (
+                event_type,
+                "Encounter",
+                str(encounter_id),
+                self.bulk.json(payload),
+                self.now,
+                self.now,
+                0,
+            )
+        )
+
+    def write(self, session: Session) -> None:
+        """Insert and update the page's rows, then write an event per new Encounter.
+
+        Plain executemany, then one indexed read of the new ids: on both drivers this
+        is several times cheaper than ``INSERT … RETURNING`` rendered as one huge
+        statement.
+        """
+        bulk = self.bulk
+        bulk.insert("source_record", _RECORD_COLUMNS, self.new_records, json_columns=_RECORD_JSON)
+        if self.new_records:
+            new_ids = [row[2] for row in self.new_records]
+            for chunk in chunked(new_ids):
+                self.record_ids.update(
+                    (resource_id, record_id)
+                    for record_id, resource_id in session.execute(
+                        select(SourceRecord.id, SourceRecord.resource_id).where(
+                            SourceRecord.source_id == self.source_id,
+                            SourceRecord.resource_type == "Encounter",
+                            SourceRecord.resource_id.in_(chunk),
+                        )
+                    )
+                )
+        bulk.update_by_id(
+            "source_record",
+            _RECORD_UPDATE_COLUMNS,
+            self.record_updates,
+            json_columns=_RECORD_JSON,
+        )
+        bulk.update_by_id(
+            "encounter",
+            _ENCOUNTER_COLUMNS[2:],
+            self.encounter_updates,
+            json_columns=_ENCOUNTER_JSON,
+        )
+        if self.new_encounters:
+            rid_by_record = {self.record_ids[rid]: rid for rid in self.new_encounters}
+            bulk.insert(
+                "encounter",
+                _ENCOUNTER_COLUMNS,
+                [(self.record_ids[rid], *values) for rid, values in self.new_encounters.items()],
+                json_columns=_ENCOUNTER_JSON,
+            )
+            for chunk in chunked(list(rid_by_record)):
+                for enc_id, golden_id, record_id in session.execute(
+                    select(Encounter.id, Encounter.golden_id, Encounter.source_record_id).where(
+                        Encounter.source_record_id.in_(chunk)
+                    )
+                ):
+                    self.event(EVENT_CREATED, enc_id, golden_id, rid_by_record[record_id])
+        bulk.insert("outbox", _OUTBOX_COLUMNS, self.events, json_columns=_OUTBOX_JSON)
+
+
 def ingest_encounters(
     session: Session, source_id: int, incoming: Sequence[Incoming]
 ) -> EncounterOutcome:
-    """Store the Encounters of one page and attach each to its golden patient (no commit)."""
+    """Store the Encounters of one page and attach each to its golden patient (no commit).
+
+    Set-based: one lookup of the stored records, one of the patients' golden ids,
+    and one statement per table for the page's rows (see :class:`_PageWriter`).
+    """
     outcome = EncounterOutcome()
     stored = _load_stored(session, source_id, [i.resource_id for i in incoming])
     valid: list[tuple[Incoming, SourceEncounter, _Stored | None]] = []
@@ -193,103 +353,23 @@ def ingest_encounters(
         # A stored Encounter stays as last received valid; the record says why it is not newer.
         quarantine(session, source_id, item, error, existing)
         outcome.quarantined += 1
+    # Quarantined records go out before the driver-level statements below.
+    session.flush()
     if not valid:
-        session.flush()
         return outcome
     golden = golden_ids_of_patients(
         session, source_id, [e.patient_id for _, e, _ in valid if e.patient_id]
     )
-    now = utcnow()
-    new_records: list[dict[str, Any]] = []
-    record_updates: list[dict[str, Any]] = []
-    encounter_rows: dict[str, dict[str, Any]] = {}
-    encounter_updates: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
+    writer = _PageWriter(session, source_id)
     for item, encounter, current in valid:
         golden_id = golden.get(encounter.patient_id) if encounter.patient_id else None
         waiting = encounter.patient_id is not None and golden_id is None
         outcome.waiting += waiting
-        record = {
-            "raw": item.raw,
-            "normalized": _normalized(encounter),
-            "content_hash": item.content_hash,
-            "version_id": item.version_id,
-            "last_updated": item.last_updated,
-            "status": STATUS_PENDING if waiting else STATUS_ACTIVE,
-            "updated_at": now,
-        }
-        values = _encounter_values(encounter, item.raw, golden_id, now)
-        if current is None:
-            new_records.append(
-                {
-                    "source_id": source_id,
-                    "resource_type": "Encounter",
-                    "resource_id": item.resource_id,
-                    "received_at": now,
-                    **record,
-                }
-            )
-            encounter_rows[item.resource_id] = values
-        else:
-            record_updates.append({"id": current.record_id, "error": None, **record})
-            if current.encounter_id is None:
-                encounter_rows[item.resource_id] = {"source_record_id": current.record_id, **values}
-            else:
-                encounter_updates.append({"id": current.encounter_id, **values})
-                events.append(
-                    outbox_row(
-                        EVENT_UPDATED,
-                        current.encounter_id,
-                        now=now,
-                        golden_id=golden_id,
-                        source_id=source_id,
-                        resource_id=item.resource_id,
-                    )
-                )
+        writer.add(
+            item, encounter, current, golden_id, STATUS_PENDING if waiting else STATUS_ACTIVE
+        )
         outcome.stored += 1
-    # Plain executemany, then one indexed read of the new ids: on both drivers this is
-    # several times cheaper than INSERT … RETURNING rendered as one huge statement.
-    if new_records:
-        session.execute(insert(_RECORD_TABLE), new_records)
-        new_ids = [r["resource_id"] for r in new_records]
-        for chunk in chunked(new_ids):
-            for record_id, resource_id in session.execute(
-                select(SourceRecord.id, SourceRecord.resource_id).where(
-                    SourceRecord.source_id == source_id,
-                    SourceRecord.resource_type == "Encounter",
-                    SourceRecord.resource_id.in_(chunk),
-                )
-            ):
-                encounter_rows[resource_id]["source_record_id"] = record_id
-    if record_updates:
-        session.execute(update(SourceRecord), record_updates)
-    if encounter_updates:
-        session.execute(update(Encounter), encounter_updates)
-    if encounter_rows:
-        rows = [{"source_id": source_id, **values} for values in encounter_rows.values()]
-        session.execute(insert(_ENCOUNTER_TABLE), rows)
-        rid_by_record = {v["source_record_id"]: rid for rid, v in encounter_rows.items()}
-        inserted: list[tuple[int, str | None, int]] = []
-        for chunk in chunked(list(rid_by_record)):
-            for enc_id, enc_golden, record_id in session.execute(
-                select(Encounter.id, Encounter.golden_id, Encounter.source_record_id).where(
-                    Encounter.source_record_id.in_(chunk)
-                )
-            ):
-                inserted.append((enc_id, enc_golden, record_id))
-        for enc_id, golden_id, record_id in inserted:
-            events.append(
-                outbox_row(
-                    EVENT_CREATED,
-                    enc_id,
-                    now=now,
-                    golden_id=golden_id,
-                    source_id=source_id,
-                    resource_id=rid_by_record[record_id],
-                )
-            )
-    if events:
-        session.execute(insert(_OUTBOX_TABLE), events)
+    writer.write(session)
     return outcome
 
 

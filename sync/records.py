@@ -40,10 +40,24 @@ MISSING_ID_PREFIX = "missing-id-"
 MAX_RESOURCE_ID = 128
 
 
+#: The canonical JSON rendering (sorted keys, no whitespace, UTF-8), built once: a
+#: ``json.dumps`` call with these options builds a new encoder every time.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical_body(resource: dict[str, Any]) -> str:
+    """The canonical JSON of ``resource`` without ``meta`` (what the content hash covers)."""
+    if "meta" in resource:
+        resource = {k: v for k, v in resource.items() if k != "meta"}
+    return _CANONICAL.encode(resource)
+
+
 def content_hash(resource: dict[str, Any]) -> str:
     """SHA-256 hex digest of ``resource`` without ``meta``, as canonical JSON."""
-    body = {k: v for k, v in resource.items() if k != "meta"}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _digest(canonical_body(resource))
+
+
+def _digest(canonical: str) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -70,6 +84,20 @@ class Incoming:
     last_updated: datetime | None
     #: Why the resource cannot even be identified as the page's type, if so.
     shape_error: str | None = None
+    #: :func:`canonical_body` of ``raw``, kept so that storing it costs no second rendering.
+    canonical: str | None = None
+
+    def raw_json(self) -> str:
+        """JSON text of ``raw`` (for a JSON column): the canonical body with ``meta`` put back.
+
+        Key order is not kept (PostgreSQL's ``jsonb`` does not keep it either); the
+        decoded value equals ``raw``.
+        """
+        body = self.canonical if self.canonical is not None else canonical_body(self.raw)
+        if "meta" not in self.raw:
+            return body
+        head = '{"meta":' + _CANONICAL.encode(self.raw["meta"])
+        return head + ("}" if body == "{}" else "," + body[1:])
 
 
 def describe(raw: object, page_type: str) -> Incoming:
@@ -80,7 +108,8 @@ def describe(raw: object, page_type: str) -> Incoming:
         return Incoming(
             wrapped, page_type, MISSING_ID_PREFIX + digest[:40], digest, None, None, "not an object"
         )
-    digest = content_hash(raw)
+    canonical = canonical_body(raw)
+    digest = _digest(canonical)
     rtype = raw.get("resourceType")
     rid = raw.get("id")
     error: str | None = None
@@ -93,7 +122,14 @@ def describe(raw: object, page_type: str) -> Incoming:
     meta: dict[str, Any] = meta_value if isinstance(meta_value, dict) else {}
     version = meta.get("versionId") if isinstance(meta.get("versionId"), str) else None
     return Incoming(
-        raw, page_type, rid, digest, version, parse_instant(meta.get("lastUpdated")), error
+        raw,
+        page_type,
+        rid,
+        digest,
+        version,
+        parse_instant(meta.get("lastUpdated")),
+        error,
+        canonical,
     )
 
 
