@@ -142,7 +142,7 @@ class SourcePatient:
     links: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _as_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SourcePatient:
@@ -178,7 +178,7 @@ class SourceEncounter:
     reason_references: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _as_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SourceEncounter:
@@ -186,6 +186,28 @@ class SourceEncounter:
 
 
 _NESTED: dict[str, Any] = {}
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
+def _as_dict(value: Any) -> Any:
+    """``dataclasses.asdict`` for these records, without its per-value ``deepcopy``
+    (their leaves are immutable: str, int, float, bool, None); the same output."""
+    kind = type(value)
+    if kind in _LEAVES:
+        return value
+    if kind is list:
+        return [_as_dict(v) for v in value]
+    names = _FIELD_NAMES.get(kind)
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(value))
+    if names is not None:
+        return {name: _as_dict(getattr(value, name)) for name in names}
+    if isinstance(value, dict):
+        return {k: _as_dict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_dict(v) for v in value)
+    return value
 
 
 def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
