@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rapidfuzz.distance import OSA, Jaro, JaroWinkler
+from rapidfuzz.distance import OSA, Indel, Jaro, JaroWinkler
 from rapidfuzz.fuzz import token_set_ratio
 
 from mpi.features import MatchFeatures, NameFeatures
@@ -27,6 +27,10 @@ JW_HIGH = 0.92
 JW_LOW = 0.80
 #: token_set_ratio (0-100) at which two address lines are the same street address.
 ADDRESS_LINE_SIMILAR = 90
+#: Edits (optimal string alignment) at which two postal codes are one typo apart, and the
+#: shortest postal code compared that way.
+POSTAL_TYPO_EDITS = 1
+MIN_POSTAL_TYPO_LENGTH = 4
 #: Edits (optimal string alignment: insert, delete, substitute, transpose) of an id typo.
 IDENTIFIER_TYPO_EDITS = 1
 #: Digits in a complete birth date (YYYYMMDD).
@@ -329,6 +333,36 @@ class IdentifierComparison(Comparison):
         return 1 if typo else 2
 
 
+def _compact(line: str) -> str:
+    return line.replace(" ", "")
+
+
+def similar_lines(x: str, y: str) -> bool:
+    """Two address lines name the same street address: the same words (one line may add
+    a locality or an apartment), or the same letters but for a slipped space or one or
+    two typos ("yalda ra" / "yaldara", "hillsidrfarm" / "hillside farm")."""
+    if not x or not y:
+        return False
+    if token_set_ratio(x, y) >= ADDRESS_LINE_SIMILAR:
+        return True
+    return Indel.normalized_similarity(_compact(x), _compact(y)) * 100 >= ADDRESS_LINE_SIMILAR
+
+
+def near_postal(x: str, y: str) -> bool:
+    """The same postal code, or one keystroke apart (a substituted or transposed digit)."""
+    if not x or not y:
+        return False
+    return x == y or (
+        len(x) >= MIN_POSTAL_TYPO_LENGTH
+        and OSA.distance(x, y, score_cutoff=POSTAL_TYPO_EDITS) <= POSTAL_TYPO_EDITS
+    )
+
+
+def similar_cities(x: str, y: str) -> bool:
+    """The same city, maybe misspelt ("wollongong" / "wolllngong")."""
+    return bool(x) and bool(y) and (x == y or JaroWinkler.similarity(x, y) >= JW_HIGH)
+
+
 class AddressComparison(Comparison):
     name = "address"
     levels = ("exact", "same-street-and-postal", "postal-code", "city", "else")
@@ -336,25 +370,24 @@ class AddressComparison(Comparison):
     default_u = (0.00005, 0.0001, 0.003, 0.05, 0.94685)
 
     def compare(self, a: MatchFeatures, b: MatchFeatures, names: NamePair | None) -> int | None:
+        """Exact line in the same postal code or city; a similar line in the same (or a
+        one-typo) postal code or the same city; the same postal code (or one typo apart in
+        the same city); the same city (maybe misspelt)."""
         if not a.addresses or not b.addresses:
             return None
         best = 4
         for line_a, postal_a, city_a in a.addresses:
             for line_b, postal_b, city_b in b.addresses:
                 same_postal = bool(postal_a) and postal_a == postal_b
-                same_city = bool(city_a) and city_a == city_b
-                if not (same_postal or same_city):
+                same_city = similar_cities(city_a, city_b)
+                close_postal = near_postal(postal_a, postal_b)
+                if not (same_postal or same_city or close_postal):
                     continue
-                if line_a and line_a == line_b:
+                if line_a and line_a == line_b and (same_postal or same_city):
                     return 0
-                similar = (
-                    bool(line_a)
-                    and bool(line_b)
-                    and token_set_ratio(line_a, line_b) >= ADDRESS_LINE_SIMILAR
-                )
-                if similar:
+                if similar_lines(line_a, line_b):
                     best = min(best, 1)
-                elif same_postal:
+                elif same_postal or (close_postal and same_city):
                     best = min(best, 2)
                 elif same_city:
                     best = min(best, 3)

@@ -28,7 +28,7 @@ from typing import Any
 
 from mpi.comparisons import COMPARISONS
 from mpi.features import MatchFeatures
-from mpi.guards import LOOKALIKE_REASONS, guard_reasons
+from mpi.guards import LOOKALIKE_REASONS, guard_reasons, supported_lookalikes
 from mpi.model import MatchModel, Score
 from mpi.settings import MatchSettings
 
@@ -68,6 +68,8 @@ class Candidate:
     #: Members the incoming record could link to on its own: the pair scores at least
     #: ``probable`` and no look-alike guard fires (used to decide on merges).
     cleared: frozenset[int] = frozenset()
+    #: The look-alike guards that apply (those the model's training data supports).
+    lookalikes: frozenset[str] = LOOKALIKE_REASONS
 
     def evidence(self) -> dict[str, Any]:
         out = self.score.explanation()
@@ -128,7 +130,10 @@ def _complete_demographic_match(score: Score) -> bool:
 
 
 def _vetoes(
-    features: MatchFeatures, scored: list[tuple[Member, Score]], settings: MatchSettings
+    features: MatchFeatures,
+    scored: list[tuple[Member, Score]],
+    settings: MatchSettings,
+    lookalikes: frozenset[str],
 ) -> tuple[list[str], frozenset[int]]:
     """The guards that veto joining a golden record whose members are ``scored``, and the
     members the record could link to without a look-alike.
@@ -143,7 +148,9 @@ def _vetoes(
     lookalike: list[str] = []
     cleared: set[int] = set()  # linkable members without a look-alike
     for member, score in scored:
-        reasons = guard_reasons(features, member.features, settings, score.levels)
+        reasons = guard_reasons(
+            features, member.features, settings, score.levels, lookalikes=lookalikes
+        )
         hard.extend(r for r in reasons if r not in LOOKALIKE_REASONS and r not in hard)
         if score.total < settings.probable:
             continue
@@ -173,6 +180,7 @@ def score_candidates(
         if score.total >= settings.probable and corroborated(score):
             backed.add(member.golden_id)
     out: list[Candidate] = []
+    lookalikes = supported_lookalikes(model.lookalike_rates)
     rivals = sum(1 for score, _ in best.values() if score.total >= settings.possible)
     for golden_id, (score, record_id) in best.items():
         grade = settings.grade(score.total)
@@ -192,9 +200,13 @@ def score_candidates(
             grade, uncorroborated, notes = "probable", False, ["nothing-to-compare"]
         if grade in AUTO_GRADES and uncorroborated:
             grade = "possible"
-        candidate = Candidate(golden_id, record_id, score, grade, notes=notes)
+        candidate = Candidate(
+            golden_id, record_id, score, grade, notes=notes, lookalikes=lookalikes
+        )
         if grade in AUTO_GRADES:
-            candidate.vetoes, candidate.cleared = _vetoes(features, by_golden[golden_id], settings)
+            candidate.vetoes, candidate.cleared = _vetoes(
+                features, by_golden[golden_id], settings, lookalikes
+            )
         out.append(candidate)
     out.sort(key=lambda c: (-c.score.total, c.golden_id))
     return out
@@ -224,7 +236,7 @@ def _merge_allowed(
     accepted_b = {y.record_id for y in b if y.record_id in other.cleared}
     for x in a:
         for y in b:
-            reasons = guard_reasons(x.features, y.features, settings)
+            reasons = guard_reasons(x.features, y.features, settings, lookalikes=best.lookalikes)
             if any(r not in LOOKALIKE_REASONS for r in reasons):
                 return False
             if not reasons:

@@ -15,6 +15,11 @@ with that name as its reason. The guards:
 - ``different-suffix``: generational suffixes differ (Jr versus Sr, II versus III);
 - ``household-member``: same address or phone, but the given name disagrees and the
   birth date is not the same (spouses, siblings, parent and child, whatever their family names).
+
+The look-alike guards (twin, Jr/Sr, household member) apply unless the model's training
+data shows that it holds no such look-alikes (:func:`supported_lookalikes`): in data
+where registration errors replace whole given names or birth dates and no families are
+present, those patterns are duplicates, and vetoing them only splits people.
 """
 
 from __future__ import annotations
@@ -53,9 +58,15 @@ _SAME_ADDRESS_LEVELS = frozenset({0, 1})
 _DIFFERENT_BIRTH_LEVELS = frozenset({1, 2, 3, 4})
 
 
+TWIN, JR_SR, HOUSEHOLD = "twin", "jr-sr", "household-member"
 #: Guards that name a look-alike (a second person who resembles the first); the others
 #: name a hard conflict (identifiers, suffixes).
-LOOKALIKE_REASONS = frozenset({"twin", "jr-sr", "household-member"})
+LOOKALIKE_REASONS = frozenset({TWIN, JR_SR, HOUSEHOLD})
+#: Stratum pairs needed before training data may switch a look-alike guard off.
+MIN_LOOKALIKE_STRATUM_PAIRS = 100
+#: A look-alike pattern showing in its stratum more than this many times as often as
+#: among true duplicates means the data holds such look-alikes: the guard applies.
+LOOKALIKE_EXCESS = 2.0
 
 
 def _conflict(a: frozenset[tuple[str, str]], b: frozenset[tuple[str, str]]) -> bool:
@@ -95,16 +106,100 @@ def _typo_close_given(names: NamePair | None) -> bool:
     return OSA.distance(x, y, score_cutoff=GIVEN_TYPO_EDITS) <= GIVEN_TYPO_EDITS
 
 
+def _clearly_different_given(
+    a: MatchFeatures, b: MatchFeatures, given: int | None, names: NamePair | None
+) -> bool:
+    # Sounding alike is not enough for twins: Hassan and Hussein are two boys.
+    if given is None or given in _SAME_GIVEN_LEVELS - {_PHONETIC_LEVEL}:
+        return False
+    return not _typo_close_given(names if names is not None else align_names(a, b))
+
+
+def _shares_home(a: MatchFeatures, b: MatchFeatures, address: int | None) -> bool:
+    return address in _SAME_ADDRESS_LEVELS or bool(a.phones & b.phones)
+
+
+def _years_apart(a: MatchFeatures, b: MatchFeatures) -> int | None:
+    if a.birth_year is None or b.birth_year is None:
+        return None
+    return abs(a.birth_year - b.birth_year)
+
+
+def lookalike_patterns(
+    a: MatchFeatures,
+    b: MatchFeatures,
+    settings: MatchSettings,
+    levels: Sequence[int | None],
+    names: NamePair | None,
+) -> dict[str, bool]:
+    """For training: each look-alike pattern whose *stratum* the pair belongs to, and
+    whether the pair shows the pattern.
+
+    - ``twin``: stratum "same birth date and a similar family name or a shared home";
+      pattern "clearly different given names";
+    - ``jr-sr``: stratum "same full name (family name maybe misspelt) and a shared home,
+      both birth years known"; pattern "birth years at least ``jr_sr_min_years`` apart".
+
+    A stratum holds the pairs that only a duplicate or a relative explains (strangers
+    rarely share a birth date and a family name, or a full name and a home).
+
+    How often the pattern shows in its stratum, compared with how often it shows among
+    true duplicates, says whether the data holds such look-alikes at all (see
+    :func:`supported_lookalikes`).
+    """
+    out: dict[str, bool] = {}
+    if not a.names or not b.names:
+        return out
+    given, family, _birth, address = (levels[i] for i in _LEVEL_INDEX)
+    similar_family = family is not None and family in _SIMILAR_FAMILY_LEVELS
+    same_birth = a.birth_date is not None and a.birth_date == b.birth_date
+    if same_birth and given is not None and (similar_family or _shares_home(a, b, address)):
+        out[TWIN] = _clearly_different_given(a, b, given, names)
+    years = _years_apart(a, b)
+    same_name = similar_family and given in _SAME_GIVEN_LEVELS
+    if same_name and years is not None and _shares_home(a, b, address):
+        out[JR_SR] = years >= settings.jr_sr_min_years
+    return out
+
+
+def supported_lookalikes(rates: dict[str, dict[str, float]] | None) -> frozenset[str]:
+    """The look-alike guards the training data supports (all of them when unknown).
+
+    ``rates`` holds, per pattern, the stratum pairs seen (``pairs``), the share of them
+    showing the pattern (``observed``) and the share of true duplicates showing it
+    (``duplicates``, from EM). A look-alike guard exists because a second person (a
+    twin, a father) explains the pattern better than a registration error. When the
+    pattern shows in its stratum no more often than registration errors alone make it
+    show among duplicates (e.g. data where given names or birth dates are often
+    replaced, and no families), the data holds no such look-alikes, and the guard would
+    only veto duplicates: it is not applied. ``household-member`` stays while either
+    pattern does. With too few stratum pairs to tell, every guard stays.
+    """
+    out = set(LOOKALIKE_REASONS)
+    for pattern in (TWIN, JR_SR):
+        rate = (rates or {}).get(pattern)
+        if rate is None or rate.get("pairs", 0) < MIN_LOOKALIKE_STRATUM_PAIRS:
+            continue
+        if rate["observed"] <= LOOKALIKE_EXCESS * rate["duplicates"]:
+            out.discard(pattern)
+    if TWIN not in out and JR_SR not in out:
+        out.discard(HOUSEHOLD)
+    return frozenset(out)
+
+
 def guard_reasons(
     a: MatchFeatures,
     b: MatchFeatures,
     settings: MatchSettings,
     levels: Sequence[int | None] | None = None,
+    *,
+    lookalikes: frozenset[str] = LOOKALIKE_REASONS,
 ) -> list[str]:
     """The guards that veto linking ``a`` and ``b`` automatically (empty: no veto).
 
     ``levels`` are the pair's comparison levels (in :data:`COMPARISONS` order) when the
-    caller has already scored it.
+    caller has already scored it; ``lookalikes`` the look-alike guards that apply (those
+    the model's training data supports, :func:`supported_lookalikes`).
     """
     reasons: list[str] = []
     if a.ssns and b.ssns and not (a.ssns & b.ssns):
@@ -113,7 +208,13 @@ def guard_reasons(
         reasons.append("conflicting-identifier")
     if a.suffix and b.suffix and a.suffix != b.suffix:
         reasons.append("different-suffix")
-    if not settings.lookalike_guards or not a.names or not b.names or _same_identity(a, b):
+    if (
+        not settings.lookalike_guards
+        or not lookalikes
+        or not a.names
+        or not b.names
+        or _same_identity(a, b)
+    ):
         # A shared SSN, identifier or e-mail address tells people apart better than any
         # look-alike pattern: twins and spouses do not share them.
         return reasons
@@ -121,22 +222,26 @@ def guard_reasons(
     if levels is None:
         levels, names = compare_records(a, b)
     given, family, birth, address = (levels[i] for i in _LEVEL_INDEX)
-    same_address = address in _SAME_ADDRESS_LEVELS
-    # Sounding alike is not enough for twins: Hassan and Hussein are two boys.
-    different_given = given is not None and given not in _SAME_GIVEN_LEVELS - {_PHONETIC_LEVEL}
-    if different_given:
-        if names is None:
-            names = align_names(a, b)
-        different_given = not _typo_close_given(names)
+    different_given = _clearly_different_given(a, b, given, names)
     same_birth = a.birth_date is not None and a.birth_date == b.birth_date
     similar_family = family is not None and family in _SIMILAR_FAMILY_LEVELS
-    shares_home = same_address or bool(a.phones & b.phones)
-    if same_birth and different_given and (similar_family or shares_home):
-        reasons.append("twin")
+    shares_home = _shares_home(a, b, address)
+    if TWIN in lookalikes and same_birth and different_given and (similar_family or shares_home):
+        reasons.append(TWIN)
     same_given = given in _SAME_GIVEN_LEVELS
-    years_apart = abs(a.birth_year - b.birth_year) if a.birth_year and b.birth_year else 0
-    if similar_family and same_given and years_apart >= settings.jr_sr_min_years:
-        reasons.append("jr-sr")
-    if shares_home and different_given and birth in _DIFFERENT_BIRTH_LEVELS:
-        reasons.append("household-member")
+    years_apart = _years_apart(a, b) or 0
+    if (
+        JR_SR in lookalikes
+        and similar_family
+        and same_given
+        and years_apart >= settings.jr_sr_min_years
+    ):
+        reasons.append(JR_SR)
+    if (
+        HOUSEHOLD in lookalikes
+        and shares_home
+        and different_given
+        and birth in _DIFFERENT_BIRTH_LEVELS
+    ):
+        reasons.append(HOUSEHOLD)
     return reasons

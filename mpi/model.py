@@ -54,6 +54,10 @@ class MatchModel:
     default_term_frequency: float = MIN_TERM_FREQUENCY
     #: Estimated share of candidate pairs that are matches (from EM), for reporting.
     match_share: float | None = None
+    #: Per look-alike pattern ("twin", "jr-sr"): stratum pairs seen, share showing the
+    #: pattern, share of true duplicates showing it (see mpi.guards.supported_lookalikes).
+    #: Empty (untrained): every look-alike guard applies.
+    lookalike_rates: dict[str, dict[str, float]] = field(default_factory=dict)
     trained_on: int = 0
     _weights: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
@@ -81,6 +85,7 @@ class MatchModel:
             "term_frequencies": self.term_frequencies,
             "default_term_frequency": self.default_term_frequency,
             "match_share": self.match_share,
+            "lookalike_rates": self.lookalike_rates,
             "trained_on": self.trained_on,
         }
 
@@ -98,6 +103,10 @@ class MatchModel:
             term_frequencies=dict(data.get("term_frequencies") or {}),
             default_term_frequency=float(data.get("default_term_frequency") or MIN_TERM_FREQUENCY),
             match_share=data.get("match_share"),
+            lookalike_rates={
+                str(k): {str(n): float(x) for n, x in v.items()}
+                for k, v in (data.get("lookalike_rates") or {}).items()
+            },
             trained_on=int(data.get("trained_on") or 0),
         )
 

@@ -20,6 +20,7 @@ import numpy as np
 from mpi.blocking import MemoryBlockIndex, block_keys
 from mpi.comparisons import COMPARISONS, compare_records
 from mpi.features import MatchFeatures
+from mpi.guards import lookalike_patterns
 from mpi.model import MIN_PROBABILITY, LevelParams, MatchModel
 from mpi.settings import MatchSettings
 
@@ -34,15 +35,20 @@ MIN_TF_COUNT = 2
 NULL_LEVEL = -1
 
 LabelledPair = tuple[int, int, bool]
+#: Block-key kinds whose pairs make the look-alike strata (family name + birth year,
+#: family name + postal code, given + family name).
+LOOKALIKE_STRATUM_KINDS = frozenset({"fy", "fp", "gf"})
 
 #: EM sessions, after Splink: the pairs of each session come from some block-key kinds,
 #: and the comparisons on the fields behind those keys keep their m (held out). Pairs
 #: found by name and birth date teach what contact data and identifiers do; pairs found by
-#: identifiers and contact data teach what names and birth dates do. Training on all pairs
-#: at once lets EM mistake "same household" for "same person".
+#: identifiers teach what names, birth dates and addresses do. Training on all pairs at
+#: once lets EM mistake "same household" for "same person"; so would pairs found by a
+#: shared phone or e-mail (twins and spouses share them), which would teach EM that a
+#: different given name or birth date is common among duplicates.
 EM_SESSIONS: tuple[tuple[frozenset[str], frozenset[str]], ...] = (
     (frozenset({"gd", "sw"}), frozenset({"given", "birth_date"})),
-    (frozenset({"id", "ih", "ph", "em"}), frozenset({"ssn", "identifier", "phone", "email"})),
+    (frozenset({"id", "ih"}), frozenset({"ssn", "identifier", "phone", "email"})),
 )
 
 
@@ -131,6 +137,23 @@ def _blocked_pairs(
     return ordered
 
 
+def match_probability(
+    matrix: np.ndarray,
+    u: dict[str, list[float]],
+    m: dict[str, list[float]] | dict[str, np.ndarray],
+    share: float,
+) -> np.ndarray:
+    """The probability that each pair (row of level indexes) is a match (EM's E-step)."""
+    log_odds = np.full(len(matrix), math.log(share / (1 - share)))
+    for column, comparison in enumerate(COMPARISONS):
+        levels = matrix[:, column]
+        present = levels >= 0
+        m_arr = np.maximum(np.asarray(m[comparison.name], dtype=float), MIN_PROBABILITY)
+        u_arr = np.maximum(np.asarray(u[comparison.name], dtype=float), MIN_PROBABILITY)
+        log_odds[present] += np.log(m_arr / u_arr)[levels[present]]
+    return 1.0 / (1.0 + np.exp(-np.clip(log_odds, -50, 50)))
+
+
 def estimate_m_using_em(
     matrix: np.ndarray,
     u: dict[str, list[float]],
@@ -148,19 +171,9 @@ def estimate_m_using_em(
     ``initial_m`` (they were used to pick the pairs, so the pairs say nothing about them).
     """
     m = {name: np.array(values, dtype=float) for name, values in initial_m.items()}
-    u_arr = {
-        name: np.maximum(np.array(values, dtype=float), MIN_PROBABILITY)
-        for name, values in u.items()
-    }
     share = INITIAL_MATCH_SHARE
     for _ in range(iterations):
-        log_odds = np.full(len(matrix), math.log(share / (1 - share)))
-        for column, comparison in enumerate(COMPARISONS):
-            levels = matrix[:, column]
-            present = levels >= 0
-            ratio = np.log(np.maximum(m[comparison.name], MIN_PROBABILITY) / u_arr[comparison.name])
-            log_odds[present] += ratio[levels[present]]
-        p = 1.0 / (1.0 + np.exp(-np.clip(log_odds, -50, 50)))
+        p = match_probability(matrix, u, m, share)
         if labels is not None:
             known = ~np.isnan(labels)
             p[known] = labels[known]
@@ -186,6 +199,46 @@ def estimate_m_using_em(
         if change < tolerance:
             break
     return {name: values.tolist() for name, values in m.items()}, share
+
+
+def estimate_lookalike_rates(
+    features: Sequence[MatchFeatures],
+    settings: MatchSettings,
+    duplicate_pairs: Sequence[tuple[int, int]],
+    match_probabilities: np.ndarray,
+    stratum_pairs: Sequence[tuple[int, int]],
+) -> dict[str, dict[str, float]]:
+    """Per look-alike pattern (:func:`mpi.guards.lookalike_patterns`): the stratum pairs
+    seen among ``stratum_pairs``, the share of them showing the pattern, and the share of
+    true duplicates showing it (``duplicate_pairs`` weighted by their match probability).
+    """
+    dup_weight: Counter[str] = Counter()
+    dup_shows: Counter[str] = Counter()
+    for (i, j), p in zip(duplicate_pairs, match_probabilities.tolist(), strict=True):
+        levels, names = compare_records(features[i], features[j])
+        for pattern, shows in lookalike_patterns(
+            features[i], features[j], settings, levels, names
+        ).items():
+            dup_weight[pattern] += p
+            dup_shows[pattern] += p * shows
+    seen: Counter[str] = Counter()
+    shown: Counter[str] = Counter()
+    for i, j in stratum_pairs:
+        levels, names = compare_records(features[i], features[j])
+        for pattern, shows in lookalike_patterns(
+            features[i], features[j], settings, levels, names
+        ).items():
+            seen[pattern] += 1
+            shown[pattern] += shows
+    return {
+        pattern: {
+            "pairs": float(seen[pattern]),
+            "observed": shown[pattern] / seen[pattern],
+            "duplicates": dup_shows[pattern] / dup_weight[pattern],
+        }
+        for pattern in seen
+        if dup_weight[pattern] > 0
+    }
 
 
 def term_frequencies(
@@ -228,6 +281,9 @@ def train_model(
     m = {name: list(params.m) for name, params in start.comparisons.items()}
     share = INITIAL_MATCH_SHARE
     keys = [block_keys(f) for f in features]
+    pairs: list[tuple[int, int]] = []
+    matrix = np.zeros((0, len(COMPARISONS)), dtype=np.int8)
+    label_array = np.zeros(0)
     for kinds, held_out in EM_SESSIONS:
         pairs = sorted(set(_blocked_pairs(keys, settings, rng, kinds)) | set(labelled))
         if not pairs:
@@ -250,6 +306,18 @@ def train_model(
             tolerance=settings.em_tolerance,
             held_out=held_out,
         )
+    lookalikes: dict[str, dict[str, float]] = {}
+    if pairs:  # the last session's pairs: found by identifiers, not by name or birth date
+        p = match_probability(matrix, u, m, share)
+        known = ~np.isnan(label_array)
+        p[known] = label_array[known]
+        lookalikes = estimate_lookalike_rates(
+            features,
+            settings,
+            pairs,
+            p,
+            _blocked_pairs(keys, settings, rng, LOOKALIKE_STRATUM_KINDS),
+        )
     tf, default_tf = term_frequencies(features)
     comparisons = {c.name: LevelParams(list(c.levels), m[c.name], u[c.name]) for c in COMPARISONS}
     version = datetime.now(UTC).strftime("trained-%Y%m%dT%H%M%SZ")
@@ -259,5 +327,6 @@ def train_model(
         term_frequencies=tf,
         default_term_frequency=default_tf,
         match_share=share,
+        lookalike_rates=lookalikes,
         trained_on=len(features),
     )

@@ -128,3 +128,36 @@ def test_address_levels() -> None:
     assert comparison.compare(home, features(line="99 Oak Ave", postal="94612"), None) == 2
     moved = features(line="5 Elm St", postal="02110", city="Boston")
     assert comparison.levels[comparison.compare(home, moved, None) or 0] == "else"
+
+
+def test_address_line_with_a_slipped_space_or_a_typo_is_the_same_street() -> None:
+    comparison = AddressComparison()
+    home = features(line="67 Jarrahdale Street Yaldara", postal="2097", city="Empire Bay")
+    slipped = features(line="67 Jarrahdale St Yalda Ra", postal="2097", city="Empire Bay")
+    assert comparison.compare(home, slipped, None) == 1
+    farm = features(line="6 Weddin Circuit Hillside Farm", postal="4152")
+    assert (
+        comparison.compare(
+            farm, features(line="6 Weddin Circuit Hillsidrfarm", postal="4152"), None
+        )
+        == 1
+    )
+    assert comparison.compare(farm, features(line="3 Laker Crescent", postal="4152"), None) == 2
+
+
+def test_postal_code_one_typo_apart_in_the_same_city() -> None:
+    comparison = AddressComparison()
+    home = features(line="12 Main St", postal="94612", city="Oakland")
+    # A transposed digit: the similar line still counts, and so does the city.
+    assert comparison.compare(home, features(line="12 Main St", postal="94621"), None) == 0
+    other_street = features(line="99 Oak Ave", postal="94621", city="Oakland")
+    assert comparison.levels[comparison.compare(home, other_street, None) or 0] == "postal-code"
+    elsewhere = features(line="99 Oak Ave", postal="94621", city="Berkeley")
+    assert comparison.levels[comparison.compare(home, elsewhere, None) or 0] == "else"
+
+
+def test_misspelt_city() -> None:
+    comparison = AddressComparison()
+    a = features(line="1 Wyola Pl", postal="2210", city="West Wollongong")
+    b = features(line="8 Other St", postal="2999", city="West Wolllngong")
+    assert comparison.levels[comparison.compare(a, b, None) or 0] == "city"

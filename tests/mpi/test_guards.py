@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from mpi import MatchSettings, guard_reasons
+from mpi.comparisons import compare_records
+from mpi.guards import LOOKALIKE_REASONS, lookalike_patterns, supported_lookalikes
 from tests.mpi.helpers import features
 
 SETTINGS = MatchSettings()
@@ -102,3 +104,44 @@ def test_lookalike_guards_can_be_turned_off_but_identifier_conflicts_still_veto(
     assert guard_reasons(*twins, relaxed) == []
     conflict = features(ssn="512-34-6789"), features(ssn="512-34-6790")
     assert guard_reasons(*conflict, relaxed) == ["conflicting-ssn"]
+
+
+def test_every_lookalike_guard_applies_unless_the_data_refutes_it() -> None:
+    assert supported_lookalikes(None) == LOOKALIKE_REASONS
+    assert supported_lookalikes({}) == LOOKALIKE_REASONS
+    # Given names differ as often in the twin stratum as among duplicates: no twins here.
+    no_twins = {"twin": {"pairs": 3000.0, "observed": 0.10, "duplicates": 0.10}}
+    assert supported_lookalikes(no_twins) == {"jr-sr", "household-member"}
+    # Far more often than registration errors explain: twins are present.
+    twins = {"twin": {"pairs": 3000.0, "observed": 0.07, "duplicates": 0.002}}
+    assert supported_lookalikes(twins) == LOOKALIKE_REASONS
+    # Too few pairs to tell: the guard stays.
+    few = {"twin": {"pairs": 20.0, "observed": 0.0, "duplicates": 0.5}}
+    assert supported_lookalikes(few) == LOOKALIKE_REASONS
+    # Neither families pattern present: the household guard goes too.
+    none = {**no_twins, "jr-sr": {"pairs": 2000.0, "observed": 0.04, "duplicates": 0.05}}
+    assert supported_lookalikes(none) == frozenset()
+
+
+def test_an_unsupported_lookalike_guard_does_not_veto_but_conflicts_still_do() -> None:
+    a = features(given="Jennifer", gender="female", ssn="512-34-6789")
+    b = features(given="Rebecca", gender="female", ssn="512-34-6790")
+    assert guard_reasons(a, b, SETTINGS) == ["conflicting-ssn", "twin"]
+    assert guard_reasons(a, b, SETTINGS, lookalikes=frozenset()) == ["conflicting-ssn"]
+    only_jr = frozenset({"jr-sr"})
+    assert "twin" not in guard_reasons(a, b, SETTINGS, lookalikes=only_jr)
+
+
+def test_lookalike_patterns_name_the_stratum_and_the_pattern() -> None:
+    twin_a, twin_b = features(given="Jennifer"), features(given="Rebecca")
+    levels, names = compare_records(twin_a, twin_b)
+    assert lookalike_patterns(twin_a, twin_b, SETTINGS, levels, names) == {"twin": True}
+    father, son = features(birth="1950-02-01"), features(birth="1978-06-30")
+    levels, names = compare_records(father, son)
+    assert lookalike_patterns(father, son, SETTINGS, levels, names) == {"jr-sr": True}
+    same = features()
+    levels, names = compare_records(same, same)
+    assert lookalike_patterns(same, same, SETTINGS, levels, names) == {
+        "twin": False,
+        "jr-sr": False,
+    }

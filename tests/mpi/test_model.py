@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
 from fhir_mapping import parse_patient
 from mpi import MatchModel, MatchSettings, evaluate_clusters, resolve_batch, train_model
 from mpi.features import extract_features
+from mpi.guards import supported_lookalikes
 from mpi.train import estimate_u_using_random_sampling
 from tests.mpi.helpers import features
 from tools.ehrgen import generate
@@ -97,3 +99,36 @@ def test_evaluate_counts_overlays_and_splits() -> None:
     assert evaluation.predicted_pairs == 3
     assert evaluation.true_pairs == 2
     assert evaluation.overlays == 1 and evaluation.splits == 1
+
+
+def test_training_keeps_the_twin_guard_where_the_data_holds_twins(trained: MatchModel) -> None:
+    rates = trained.lookalike_rates["twin"]
+    assert rates["observed"] > 2 * rates["duplicates"]
+    assert "twin" in supported_lookalikes(trained.lookalike_rates)
+
+
+def _febrl_like(people: int, seed: int) -> list:
+    """Two records per person sharing an SSN; one duplicate in six has its given name
+    replaced (as Febrl does), and nobody has a twin."""
+    rng = random.Random(seed)
+    letters = "bcdfghklmnprstvz"
+    out = []
+    for n in range(people):
+        family = "".join(rng.choice(letters) + rng.choice("aeiou") for _ in range(4))
+        birth = f"19{rng.randint(10, 99)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+        ssn = f"{rng.randint(100, 899)}-{rng.randint(10, 99)}-{n + 1000:04d}"
+        given = rng.choice(["Anna", "Maria", "Peter", "Jonas", "Laura", "Oskar", "Ida"])
+        other = rng.choice(["Felix", "Greta", "Hugo", "Emil", "Rosa"]) if n % 6 == 0 else given
+        for first in (given, other):
+            out.append(
+                features(given=first, family=family, birth=birth, ssn=ssn, phone=None, line=None)
+            )
+    return out
+
+
+def test_training_drops_the_twin_guard_where_replaced_given_names_are_errors() -> None:
+    model = train_model(_febrl_like(300, seed=5), FAST)
+    rates = model.lookalike_rates["twin"]
+    assert rates["pairs"] >= 100 and rates["observed"] <= 2 * rates["duplicates"]
+    assert "twin" not in supported_lookalikes(model.lookalike_rates)
+    assert MatchModel.from_json(model.to_json()).lookalike_rates == model.lookalike_rates
