@@ -67,10 +67,10 @@ from mpi.operations import repoint_encounters
 from mpi.settings import MatchSettings
 from mpi.storage import (
     GoldenPlan,
-    cached_features,
+    cached_record,
     event_row,
-    features_of,
     load_active_model,
+    parsed_record,
     write_goldens,
 )
 from store.models import (
@@ -198,6 +198,8 @@ class BatchState:
         self.skipped: dict[str, bool] = {}
         #: Stored block keys of each stored record of the batch (those in the index).
         self.old_keys: dict[int, list[str]] = {}
+        #: Stored records this batch decoded (survivorship reuses them).
+        self.patients: dict[int, SourcePatient] = {}
         #: Merges allowed while deciding the current record (see :meth:`allow_merge`).
         self.pending: list[_Merge] = []
         self._load(records, probes)
@@ -338,7 +340,12 @@ class BatchState:
                 if len(members) <= MAX_MEMBERS_PER_GOLDEN and record_id not in resolver.features:
                     need.append((record_id, content_hash))
         self.loaded.update(wanted)
-        resolver.features.update(_features_for(self.session, need))
+        self._remember(_records_for(self.session, need))
+
+    def _remember(self, records: dict[int, tuple[SourcePatient, MatchFeatures]]) -> None:
+        for record_id, (patient, features) in records.items():
+            self.resolver.features[record_id] = features
+            self.patients[record_id] = patient
 
     def ensure(self, keys: list[str]) -> None:
         """Load whatever deciding for a record with ``keys`` needs and is not loaded yet
@@ -360,7 +367,7 @@ class BatchState:
                     )
                 ).all()
             )
-            resolver.features.update(_features_for(self.session, list(hashes.items())))
+            self._remember(_records_for(self.session, list(hashes.items())))
 
     # --- the view of one record ----------------------------------------------------
 
@@ -427,14 +434,15 @@ class BatchState:
         return False
 
 
-def _features_for(
+def _records_for(
     session: Session, hashes: Sequence[tuple[int, str | None]]
-) -> dict[int, MatchFeatures]:
-    """Features of records given as (id, content hash): from the cache, else one query."""
-    out: dict[int, MatchFeatures] = {}
+) -> dict[int, tuple[SourcePatient, MatchFeatures]]:
+    """Records given as (id, content hash), parsed, with their features: from the cache,
+    else decoded from one query."""
+    out: dict[int, tuple[SourcePatient, MatchFeatures]] = {}
     missing: list[int] = []
     for record_id, content_hash in hashes:
-        cached = cached_features(record_id, content_hash)
+        cached = cached_record(record_id, content_hash)
         if cached is not None:
             out[record_id] = cached
         else:
@@ -446,7 +454,7 @@ def _features_for(
             )
         ).all()
         for record_id, content_hash, normalized in rows:
-            out[record_id] = features_of(record_id, content_hash, normalized or {})
+            out[record_id] = parsed_record(record_id, content_hash, normalized or {})
     return out
 
 
@@ -652,7 +660,8 @@ def _write(
             plans.append(GoldenPlan(golden, list(resolver.members[golden]), new))
         else:  # a golden record that is not active (a record came back to it)
             plans.append(GoldenPlan(golden, None, new))
-    known = {item.row.id: item.patient for item in items}
+    known = dict(state.patients)
+    known.update((item.row.id, item.patient) for item in items)
     versions = write_goldens(session, settings, plans, known=known)
     for merge in writes.merges:
         session.execute(

@@ -105,6 +105,20 @@ def _remember(
     return entry
 
 
+def cached_record(
+    record_id: int, content_hash: str | None
+) -> tuple[SourcePatient, MatchFeatures] | None:
+    """A record (parsed, with its features) already seen by this process, if still cached."""
+    return _cached(record_id, content_hash)
+
+
+def parsed_record(
+    record_id: int, content_hash: str | None, normalized: dict[str, Any]
+) -> tuple[SourcePatient, MatchFeatures]:
+    """A stored source record, parsed, with its match features (cached)."""
+    return _remember(record_id, content_hash, normalized)
+
+
 def features_of(
     record_id: int, content_hash: str | None, normalized: dict[str, Any]
 ) -> MatchFeatures:
