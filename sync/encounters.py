@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from fhir_mapping import InvalidResource, SourceEncounter, parse_encounter
 from store.models import Base, Encounter, Link, SourceRecord
 from store.types import utcnow
-from sync.bulk import BulkWriter
+from sync.bulk import BulkWriter, one_of
 from sync.records import (
     STATUS_ACTIVE,
     STATUS_PENDING,
@@ -145,7 +145,7 @@ def _load_stored(
             .where(
                 SourceRecord.source_id == source_id,
                 SourceRecord.resource_type == "Encounter",
-                SourceRecord.resource_id.in_(chunk),
+                one_of(session, SourceRecord.resource_id, chunk),
             )
         )
         for rec_id, rid, status, digest, updated, enc_id in rows:
@@ -166,7 +166,7 @@ def golden_ids_of_patients(
                 SourceRecord.source_id == source_id,
                 SourceRecord.resource_type == "Patient",
                 SourceRecord.status == STATUS_ACTIVE,
-                SourceRecord.resource_id.in_(chunk),
+                one_of(session, SourceRecord.resource_id, chunk),
             )
         )
         found.update({rid: golden for rid, golden in rows})
@@ -280,20 +280,26 @@ class _PageWriter:
         statement.
         """
         bulk = self.bulk
-        bulk.insert("source_record", _RECORD_COLUMNS, self.new_records, json_columns=_RECORD_JSON)
-        if self.new_records:
-            new_ids = [row[2] for row in self.new_records]
-            for chunk in chunked(new_ids):
-                self.record_ids.update(
-                    (resource_id, record_id)
-                    for record_id, resource_id in session.execute(
+        returned = bulk.insert(
+            "source_record",
+            _RECORD_COLUMNS,
+            self.new_records,
+            json_columns=_RECORD_JSON,
+            returning=("id", "resource_id"),
+        )
+        if returned is None:
+            returned = []
+            for chunk in chunked([row[2] for row in self.new_records]):
+                returned.extend(
+                    session.execute(
                         select(SourceRecord.id, SourceRecord.resource_id).where(
                             SourceRecord.source_id == self.source_id,
                             SourceRecord.resource_type == "Encounter",
-                            SourceRecord.resource_id.in_(chunk),
+                            one_of(session, SourceRecord.resource_id, chunk),
                         )
                     )
                 )
+        self.record_ids.update((resource_id, record_id) for record_id, resource_id in returned)
         bulk.update_by_id(
             "source_record",
             _RECORD_UPDATE_COLUMNS,
@@ -308,19 +314,25 @@ class _PageWriter:
         )
         if self.new_encounters:
             rid_by_record = {self.record_ids[rid]: rid for rid in self.new_encounters}
-            bulk.insert(
+            inserted = bulk.insert(
                 "encounter",
                 _ENCOUNTER_COLUMNS,
                 [(self.record_ids[rid], *values) for rid, values in self.new_encounters.items()],
                 json_columns=_ENCOUNTER_JSON,
+                returning=("id", "golden_id", "source_record_id"),
             )
-            for chunk in chunked(list(rid_by_record)):
-                for enc_id, golden_id, record_id in session.execute(
-                    select(Encounter.id, Encounter.golden_id, Encounter.source_record_id).where(
-                        Encounter.source_record_id.in_(chunk)
+            if inserted is None:
+                inserted = []
+                for chunk in chunked(list(rid_by_record)):
+                    inserted.extend(
+                        session.execute(
+                            select(
+                                Encounter.id, Encounter.golden_id, Encounter.source_record_id
+                            ).where(Encounter.source_record_id.in_(chunk))
+                        )
                     )
-                ):
-                    self.event(EVENT_CREATED, enc_id, golden_id, rid_by_record[record_id])
+            for enc_id, golden_id, record_id in inserted:
+                self.event(EVENT_CREATED, enc_id, golden_id, rid_by_record[record_id])
         bulk.insert("outbox", _OUTBOX_COLUMNS, self.events, json_columns=_OUTBOX_JSON)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors import Page
 from store import CursorRepository
-from store.models import Encounter, Link, SourceRecord
+from store.models import Encounter, Link, Outbox, SourceRecord
 from sync import content_hash, ingest_page
 from tests.sync.helpers import add_source, encounter, events, patient, records
 
@@ -130,6 +132,63 @@ def test_encounters_of_a_known_patient_are_attached_at_once_and_updates_are_even
         assert rows["e1"].golden_id is not None
         assert events(session, "encounter.created") == 2
         assert events(session, "encounter.updated") == 1
+
+
+def test_stored_encounters_read_back_as_received(session_factory: sessionmaker[Session]) -> None:
+    source_id = add_source(session_factory)
+    received = encounter("e1", "p1")
+    received["serviceProvider"] = {"display": 'Klinik Süd \u2013 "Ost"'}
+    received["period"] = {"start": "2025-03-01T08:00:00+02:00", "end": "2025-03"}
+    with session_factory() as session:
+        ingest_page(session, source_id, Page("Patient", [patient("p1")], "p"))
+        ingest_page(session, source_id, Page("Encounter", [received], "e"))
+        session.commit()
+    with session_factory() as session:
+        (record,) = records(session, source_id, resource_type="Encounter")
+        stored = session.scalars(select(Encounter)).one()
+        assert record.raw == stored.resource == received
+        assert record.content_hash == content_hash(received)
+        assert record.normalized is not None and record.normalized["patient_id"] == "p1"
+        assert record.last_updated is not None and record.last_updated.tzinfo is not None
+        assert record.last_updated.isoformat() == "2026-01-10T10:00:00+00:00"
+        assert stored.period_start is not None and stored.period_end is not None
+        assert stored.period_start.isoformat() == "2025-03-01T06:00:00+00:00"
+        assert stored.period_end.isoformat() == "2025-03-01T00:00:00+00:00"
+        window = select(Encounter.id).where(
+            Encounter.period_start >= datetime(2025, 3, 1, 5, 59, tzinfo=UTC),
+            Encounter.period_start < datetime(2025, 3, 1, 6, 1, tzinfo=UTC),
+        )
+        assert session.scalars(window).all() == [stored.id]
+        (event,) = session.scalars(select(Outbox)).all()[-1:]
+        assert event.event_type == "encounter.created"
+        assert event.payload == {
+            "encounter_id": stored.id,
+            "golden_id": stored.golden_id,
+            "source_id": source_id,
+            "resource_id": "e1",
+        }
+
+
+def test_a_quarantined_encounter_that_becomes_valid_is_stored_and_announced(
+    session_factory: sessionmaker[Session],
+) -> None:
+    source_id = add_source(session_factory)
+    broken = encounter("e1", "p1", status="not-a-status")
+    with session_factory() as session:
+        ingest_page(session, source_id, Page("Patient", [patient("p1")], "p"))
+        first = ingest_page(session, source_id, Page("Encounter", [broken], "e1"))
+        session.commit()
+    assert (first.stored, first.quarantined) == (0, 1)
+    with session_factory() as session:
+        fixed = ingest_page(session, source_id, Page("Encounter", [encounter("e1", "p1")], "e2"))
+        session.commit()
+    assert (fixed.stored, fixed.quarantined) == (1, 0)
+    with session_factory() as session:
+        (record,) = records(session, source_id, resource_type="Encounter")
+        assert (record.status, record.error) == ("active", None)
+        stored = session.scalars(select(Encounter)).one()
+        assert stored.source_record_id == record.id and stored.golden_id is not None
+        assert events(session, "encounter.created") == 1
 
 
 def test_deletions_mark_records_deleted_and_remove_encounters(
