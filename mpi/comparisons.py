@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rapidfuzz.distance import OSA, Indel, Jaro, JaroWinkler
+from rapidfuzz.distance import OSA, Hamming, Indel, Jaro, JaroWinkler
 from rapidfuzz.fuzz import token_set_ratio
 
 from mpi.features import MatchFeatures, NameFeatures
@@ -219,7 +219,7 @@ class FamilyNameComparison(Comparison):
 
 
 def _one_digit_off(x: str, y: str) -> bool:
-    return len(x) == len(y) and sum(c != d for c, d in zip(x, y, strict=True)) == 1
+    return len(x) == len(y) and Hamming.distance(x, y, score_cutoff=1) == 1
 
 
 class BirthDateComparison(Comparison):

@@ -117,10 +117,16 @@ def corroborated(score: Score) -> bool:
     return sum(others) > 0
 
 
-def _nothing_to_compare(scored: list[tuple[Member, Score]]) -> bool:
-    """True when no member shares any comparable field beyond name, birth date and gender
-    with the incoming record (no phone, e-mail, identifier or address on both sides)."""
-    return all(name in IDENTITY_COMPARISONS for _, score in scored for name in score.contributions)
+def _bare(f: MatchFeatures) -> bool:
+    """A record with nothing but demographics: no phone, e-mail, identifier or address."""
+    return not (f.phones or f.emails or f.ssns or f.strong_ids or f.other_ids or f.addresses)
+
+
+def _nothing_to_compare(features: MatchFeatures, scored: list[tuple[Member, Score]]) -> bool:
+    """True when there is nothing beyond name, birth date and gender to compare because
+    one side of every pair carries nothing else (a bare registration), not because the
+    two carry different kinds of contact data (which is how a namesake looks as often)."""
+    return _bare(features) or all(_bare(member.features) for member, _ in scored)
 
 
 def _complete_demographic_match(score: Score) -> bool:
@@ -194,7 +200,7 @@ def score_candidates(
             and grade == "certain"
             and rivals == 1
             and _complete_demographic_match(score)
-            and _nothing_to_compare(by_golden[golden_id])
+            and _nothing_to_compare(features, by_golden[golden_id])
         )
         if unopposed:
             grade, uncorroborated, notes = "probable", False, ["nothing-to-compare"]

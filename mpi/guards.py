@@ -4,9 +4,10 @@ Fellegi-Sunter weights add up evidence; some pairs look alike on almost everythi
 are still two people. A guard names the pattern; a vetoed pair goes to the review queue
 with that name as its reason. The guards:
 
-- ``conflicting-ssn``: both records carry a valid SSN and they differ;
+- ``conflicting-ssn``: both records carry a valid SSN and they differ (unless one
+  keystroke apart while given name, family name and birth date agree: a typo);
 - ``conflicting-identifier``: both carry a strong identifier (national id, passport,
-  driver's licence) of the same system, with different values;
+  driver's licence) of the same system, with different values (the same typo exception);
 - ``twin``: same birth date, given names that are clearly different (not nickname
   equivalents, not one typo apart, not an initial of the other, not given and family
   swapped), and the same (or a misspelt) family name or the same home (address or phone);
@@ -24,12 +25,17 @@ present, those patterns are duplicates, and vetoing them only splits people.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import string
+from collections.abc import Iterable, Sequence
 
 from rapidfuzz.distance import OSA
 
+from fhir_mapping import nickname_keys
 from mpi.comparisons import (
     COMPARISONS,
+    AddressComparison,
+    FamilyNameComparison,
+    GivenNameComparison,
     IdentifierComparison,
     NamePair,
     align_names,
@@ -43,14 +49,23 @@ _LEVEL_INDEX = tuple(
     for name in ("given", "family", "birth_date", "address")
 )
 _IDENTIFIER = IdentifierComparison()
+_GIVEN, _FAMILY, _ADDRESS = GivenNameComparison(), FamilyNameComparison(), AddressComparison()
 IDENTIFIER_TYPO_LEVEL = 1
 #: Given-name levels that still mean "the same given name" (exact, nickname, typo, sound).
 _SAME_GIVEN_LEVELS = frozenset({0, 1, 2, 3})
 _PHONETIC_LEVEL = 3
 #: Edits (optimal string alignment) at which two given names are one typo apart.
 GIVEN_TYPO_EDITS = 1
+#: Shortest given name checked for being a mistyped nickname of the other.
+MIN_NICKNAME_TYPO_LENGTH = 5
 #: Family-name levels that mean "the same family name, maybe misspelt".
 _SIMILAR_FAMILY_LEVELS = frozenset({0, 1, 2, 3})
+#: Given-name levels of the same name: exact, nickname, a typo (Jaro-Winkler >= 0.92).
+_TYPO_GIVEN_LEVELS = frozenset({0, 1, 2})
+#: Birth-date levels of the same date: exact, day/month swapped, one digit off.
+_NEAR_BIRTH_LEVELS = frozenset({0, 1, 2})
+#: Edits at which two identifier values are one keystroke apart.
+IDENTIFIER_SLIP_EDITS = 1
 #: Address levels that mean "the same street address".
 _SAME_ADDRESS_LEVELS = frozenset({0, 1})
 #: Birth-date levels that mean "not the same birth date" (a typo is no proof of identity
@@ -69,15 +84,42 @@ MIN_LOOKALIKE_STRATUM_PAIRS = 100
 LOOKALIKE_EXCESS = 2.0
 
 
-def _conflict(a: frozenset[tuple[str, str]], b: frozenset[tuple[str, str]]) -> bool:
+def _conflicting_systems(
+    a: frozenset[tuple[str, str]], b: frozenset[tuple[str, str]]
+) -> list[tuple[set[str], set[str]]]:
+    """The values of each identifier system both records carry without a value in common."""
     systems_a: dict[str, set[str]] = {}
     for system, value in a:
         systems_a.setdefault(system, set()).add(value)
     systems_b: dict[str, set[str]] = {}
     for system, value in b:
         systems_b.setdefault(system, set()).add(value)
+    return [
+        (systems_a[system], systems_b[system])
+        for system in sorted(systems_a.keys() & systems_b)
+        if not (systems_a[system] & systems_b[system])
+    ]
+
+
+def _one_keystroke(xs: Iterable[str], ys: Iterable[str]) -> bool:
+    """Some value of ``xs`` is one keystroke (substitution, transposition, insertion or
+    deletion) from some value of ``ys``."""
+    ys = list(ys)
     return any(
-        not (systems_a[system] & systems_b[system]) for system in systems_a.keys() & systems_b
+        OSA.distance(x, y, score_cutoff=IDENTIFIER_SLIP_EDITS) <= IDENTIFIER_SLIP_EDITS
+        for x in xs
+        for y in ys
+    )
+
+
+def _same_person_otherwise(levels: Sequence[int | None]) -> bool:
+    """Given name (maybe a nickname or a typo), family name (maybe misspelt) and birth date
+    (maybe one digit off or day and month swapped) all agree."""
+    given, family, birth, _address = (levels[i] for i in _LEVEL_INDEX)
+    return (
+        given in _TYPO_GIVEN_LEVELS
+        and family in _SIMILAR_FAMILY_LEVELS
+        and birth in _NEAR_BIRTH_LEVELS
     )
 
 
@@ -103,7 +145,30 @@ def _typo_close_given(names: NamePair | None) -> bool:
         return False
     if len(x) == 1 or len(y) == 1:
         return x[0] == y[0]
-    return OSA.distance(x, y, score_cutoff=GIVEN_TYPO_EDITS) <= GIVEN_TYPO_EDITS
+    if OSA.distance(x, y, score_cutoff=GIVEN_TYPO_EDITS) <= GIVEN_TYPO_EDITS:
+        return True
+    return _typo_of_equivalent(x, y) or _typo_of_equivalent(y, x)
+
+
+def _one_edit_variants(word: str) -> set[str]:
+    """Every string one keystroke from ``word``: a letter dropped, added, replaced, or two
+    neighbours swapped."""
+    letters = string.ascii_lowercase
+    splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
+    out = {a + b[1:] for a, b in splits if b}
+    out |= {a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1}
+    out |= {a + c + b[1:] for a, b in splits if b for c in letters}
+    out |= {a + c + b for a, b in splits for c in letters}
+    return out
+
+
+def _typo_of_equivalent(x: str, y: str) -> bool:
+    """True when ``x`` is one keystroke from a nickname equivalent of ``y`` ("Debbei" is
+    "Debbie" mistyped, and "Debbie" is "Deborah")."""
+    if len(x) < MIN_NICKNAME_TYPO_LENGTH:
+        return False  # short names are one keystroke from too many others
+    keys = nickname_keys(y)
+    return any(nickname_keys(v) & keys for v in _one_edit_variants(x) if v != x)
 
 
 def _clearly_different_given(
@@ -129,8 +194,8 @@ def lookalike_patterns(
     a: MatchFeatures,
     b: MatchFeatures,
     settings: MatchSettings,
-    levels: Sequence[int | None],
-    names: NamePair | None,
+    levels: Sequence[int | None] | None = None,
+    names: NamePair | None = None,
 ) -> dict[str, bool]:
     """For training: each look-alike pattern whose *stratum* the pair belongs to, and
     whether the pair shows the pattern.
@@ -141,23 +206,34 @@ def lookalike_patterns(
       both birth years known"; pattern "birth years at least ``jr_sr_min_years`` apart".
 
     A stratum holds the pairs that only a duplicate or a relative explains (strangers
-    rarely share a birth date and a family name, or a full name and a home).
-
-    How often the pattern shows in its stratum, compared with how often it shows among
-    true duplicates, says whether the data holds such look-alikes at all (see
-    :func:`supported_lookalikes`).
+    rarely share a birth date and a family name, or a full name and a home). How often
+    the pattern shows in its stratum, compared with how often it shows among true
+    duplicates, says whether the data holds such look-alikes at all (see
+    :func:`supported_lookalikes`). ``levels`` (and ``names``) when already compared;
+    otherwise only the comparisons needed are made.
     """
     out: dict[str, bool] = {}
-    if not a.names or not b.names:
-        return out
-    given, family, _birth, address = (levels[i] for i in _LEVEL_INDEX)
-    similar_family = family is not None and family in _SIMILAR_FAMILY_LEVELS
     same_birth = a.birth_date is not None and a.birth_date == b.birth_date
-    if same_birth and given is not None and (similar_family or _shares_home(a, b, address)):
-        out[TWIN] = _clearly_different_given(a, b, given, names)
     years = _years_apart(a, b)
+    if not a.names or not b.names or (not same_birth and years is None):
+        return out
+    if levels is None:
+        names = align_names(a, b)
+        given, family = _GIVEN.compare(a, b, names), _FAMILY.compare(a, b, names)
+        address: int | None = -1  # not compared yet
+    else:
+        given, family, _birth, address = (levels[i] for i in _LEVEL_INDEX)
+    similar_family = family is not None and family in _SIMILAR_FAMILY_LEVELS
     same_name = similar_family and given in _SAME_GIVEN_LEVELS
-    if same_name and years is not None and _shares_home(a, b, address):
+    if (same_birth and not similar_family) or (same_name and years is not None):
+        if address == -1:
+            address = _ADDRESS.compare(a, b, names)
+        home = _shares_home(a, b, address)
+    else:
+        home = False
+    if same_birth and given is not None and (similar_family or home):
+        out[TWIN] = _clearly_different_given(a, b, given, names)
+    if same_name and years is not None and home:
         out[JR_SR] = years >= settings.jr_sr_min_years
     return out
 
@@ -202,9 +278,22 @@ def guard_reasons(
     the model's training data supports, :func:`supported_lookalikes`).
     """
     reasons: list[str] = []
-    if a.ssns and b.ssns and not (a.ssns & b.ssns):
+    names: NamePair | None = None
+    ssn_conflict = bool(a.ssns and b.ssns and not (a.ssns & b.ssns))
+    id_conflicts = _conflicting_systems(a.strong_ids, b.strong_ids)
+    slips = (not ssn_conflict or _one_keystroke(a.ssns, b.ssns)) and all(
+        _one_keystroke(x, y) for x, y in id_conflicts
+    )
+    if (ssn_conflict or id_conflicts) and slips:
+        # One keystroke apart: a typo when everything else says the same person; twins'
+        # numbers are often issued in sequence, so a different given name keeps the veto.
+        if levels is None:
+            levels, names = compare_records(a, b)
+        if _same_person_otherwise(levels):
+            ssn_conflict, id_conflicts = False, []
+    if ssn_conflict:
         reasons.append("conflicting-ssn")
-    if _conflict(a.strong_ids, b.strong_ids):
+    if id_conflicts:
         reasons.append("conflicting-identifier")
     if a.suffix and b.suffix and a.suffix != b.suffix:
         reasons.append("different-suffix")
@@ -218,7 +307,6 @@ def guard_reasons(
         # A shared SSN, identifier or e-mail address tells people apart better than any
         # look-alike pattern: twins and spouses do not share them.
         return reasons
-    names: NamePair | None = None
     if levels is None:
         levels, names = compare_records(a, b)
     given, family, birth, address = (levels[i] for i in _LEVEL_INDEX)

@@ -205,29 +205,30 @@ def estimate_lookalike_rates(
     features: Sequence[MatchFeatures],
     settings: MatchSettings,
     duplicate_pairs: Sequence[tuple[int, int]],
+    duplicate_levels: np.ndarray,
     match_probabilities: np.ndarray,
     stratum_pairs: Sequence[tuple[int, int]],
 ) -> dict[str, dict[str, float]]:
     """Per look-alike pattern (:func:`mpi.guards.lookalike_patterns`): the stratum pairs
     seen among ``stratum_pairs``, the share of them showing the pattern, and the share of
-    true duplicates showing it (``duplicate_pairs`` weighted by their match probability).
+    true duplicates showing it (``duplicate_pairs``, whose comparison levels are
+    ``duplicate_levels``, weighted by their match probability).
     """
     dup_weight: Counter[str] = Counter()
     dup_shows: Counter[str] = Counter()
-    for (i, j), p in zip(duplicate_pairs, match_probabilities.tolist(), strict=True):
-        levels, names = compare_records(features[i], features[j])
+    for row, ((i, j), p) in enumerate(
+        zip(duplicate_pairs, match_probabilities.tolist(), strict=True)
+    ):
+        levels = [None if x == NULL_LEVEL else int(x) for x in duplicate_levels[row]]
         for pattern, shows in lookalike_patterns(
-            features[i], features[j], settings, levels, names
+            features[i], features[j], settings, levels
         ).items():
             dup_weight[pattern] += p
             dup_shows[pattern] += p * shows
     seen: Counter[str] = Counter()
     shown: Counter[str] = Counter()
     for i, j in stratum_pairs:
-        levels, names = compare_records(features[i], features[j])
-        for pattern, shows in lookalike_patterns(
-            features[i], features[j], settings, levels, names
-        ).items():
+        for pattern, shows in lookalike_patterns(features[i], features[j], settings).items():
             seen[pattern] += 1
             shown[pattern] += shows
     return {
@@ -311,13 +312,8 @@ def train_model(
         p = match_probability(matrix, u, m, share)
         known = ~np.isnan(label_array)
         p[known] = label_array[known]
-        lookalikes = estimate_lookalike_rates(
-            features,
-            settings,
-            pairs,
-            p,
-            _blocked_pairs(keys, settings, rng, LOOKALIKE_STRATUM_KINDS),
-        )
+        stratum = _blocked_pairs(keys, settings, rng, LOOKALIKE_STRATUM_KINDS)
+        lookalikes = estimate_lookalike_rates(features, settings, pairs, matrix, p, stratum)
     tf, default_tf = term_frequencies(features)
     comparisons = {c.name: LevelParams(list(c.levels), m[c.name], u[c.name]) for c in COMPARISONS}
     version = datetime.now(UTC).strftime("trained-%Y%m%dT%H%M%SZ")

@@ -132,3 +132,13 @@ def test_a_hard_conflict_between_members_blocks_a_merge() -> None:
     )
     assert decision.golden_id is not None and decision.merge == []
     assert [r.kind for r in decision.reviews] == ["duplicate-golden"]
+
+
+def test_an_ssn_typo_with_everything_else_matching_links() -> None:
+    decision = _decide({"ssn": "512-34-6798"}, ("g1", {"ssn": "512-34-6789"}))
+    assert decision.golden_id == "g1" and not decision.reviews
+    twin = _decide(
+        {"given": "Rebecca", "gender": "female", "ssn": "512-34-6788"},
+        ("g1", {"given": "Jennifer", "gender": "female", "ssn": "512-34-6789"}),
+    )
+    assert twin.golden_id is None and "conflicting-ssn" in twin.reviews[0].reason

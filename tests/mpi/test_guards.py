@@ -145,3 +145,39 @@ def test_lookalike_patterns_name_the_stratum_and_the_pattern() -> None:
         "twin": False,
         "jr-sr": False,
     }
+
+
+def test_a_one_keystroke_ssn_typo_with_everything_else_matching_is_no_conflict() -> None:
+    a = features(ssn="512-34-6789")
+    for typo in ("512-34-6798", "512-34-6780", "512-43-6789"):  # swapped, replaced digits
+        assert guard_reasons(a, features(ssn=typo), SETTINGS) == [], typo
+    # A nickname and a misspelt family name still say "same person".
+    b = features(given="Bob", family="Oyelaran-Whitfeld", ssn="512-34-6798")
+    assert guard_reasons(a, b, SETTINGS) == []
+
+
+def test_sequential_ssns_with_different_given_names_stay_vetoed() -> None:
+    # Twins' SSNs are often issued in sequence: one keystroke apart, two people.
+    a = features(given="Jennifer", gender="female", ssn="512-34-6788")
+    b = features(given="Rebecca", gender="female", ssn="512-34-6789")
+    assert guard_reasons(a, b, SETTINGS) == ["conflicting-ssn", "twin"]
+
+
+def test_a_near_identical_ssn_does_not_excuse_a_different_birth_date() -> None:
+    father = features(birth="1950-02-01", ssn="512-34-6789")
+    son = features(birth="1978-06-30", ssn="512-34-6798")
+    assert "conflicting-ssn" in guard_reasons(father, son, SETTINGS)
+
+
+def test_a_strong_identifier_typo_follows_the_same_rule() -> None:
+    a = features(passport="X1234567")
+    assert guard_reasons(a, features(passport="X1234576"), SETTINGS) == []
+    twin = features(given="Rebecca", passport="X1234568")
+    assert "conflicting-identifier" in guard_reasons(a, twin, SETTINGS)
+
+
+def test_a_mistyped_nickname_is_no_twin() -> None:
+    a = features(given="Deborah", gender="female")
+    b = features(given="Debbei", gender="female")  # "Debbie" with two letters swapped
+    assert "twin" not in guard_reasons(a, b, SETTINGS)
+    assert "twin" in guard_reasons(a, features(given="Rebecca", gender="female"), SETTINGS)
