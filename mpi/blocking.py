@@ -2,9 +2,10 @@
 
 Two records are compared only when they share a key. Keys are built from the normalized
 features (phonetic family name + birth year, given name + birth date, phone, email,
-identifiers, postal code + birth date, birth date with day and month transposed…), hashed
-so that the ``block_key`` table holds no readable patient data. Each key starts with a
-short kind prefix ("ph:", "id:"…) so that statistics can be kept per kind.
+identifiers, postal code + birth date, address line + postal code or city, birth date
+with day and month transposed…), hashed so that the ``block_key`` table holds no readable
+patient data. Each key starts with a short kind prefix ("ph:", "id:"…) so that statistics
+can be kept per kind.
 """
 
 from __future__ import annotations
@@ -62,11 +63,13 @@ def block_keys(f: MatchFeatures) -> list[str]:
         if half >= MIN_IDENTIFIER_HALF:
             keys.append(_hash("ih", system, "head", value[:half]))
             keys.append(_hash("ih", system, "tail", value[half:]))
-    for line, postal, _city in f.addresses:
+    for line, postal, city in f.addresses:
         if postal and date:
             keys.append(_hash("pd", postal, date))
         if postal and line:
             keys.append(_hash("ad", postal, line))
+        if city and line:  # the same house when the postal code was mistyped
+            keys.append(_hash("ac", city, line))
     return list(dict.fromkeys(keys))
 
 
