@@ -25,12 +25,13 @@ present, those patterns are duplicates, and vetoing them only splits people.
 
 from __future__ import annotations
 
-import string
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 from rapidfuzz.distance import OSA
 
 from fhir_mapping import nickname_keys
+from fhir_mapping._data import nickname_pairs
 from mpi.comparisons import (
     COMPARISONS,
     AddressComparison,
@@ -150,16 +151,15 @@ def _typo_close_given(names: NamePair | None) -> bool:
     return _typo_of_equivalent(x, y) or _typo_of_equivalent(y, x)
 
 
-def _one_edit_variants(word: str) -> set[str]:
-    """Every string one keystroke from ``word``: a letter dropped, added, replaced, or two
-    neighbours swapped."""
-    letters = string.ascii_lowercase
-    splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
-    out = {a + b[1:] for a, b in splits if b}
-    out |= {a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1}
-    out |= {a + c + b[1:] for a, b in splits if b for c in letters}
-    out |= {a + c + b for a, b in splits for c in letters}
-    return out
+@lru_cache(maxsize=1)
+def _names_by_key() -> dict[str, frozenset[str]]:
+    """Every name of the nickname table under each of its equivalence keys."""
+    out: dict[str, set[str]] = {}
+    for pair in nickname_pairs():
+        for name in pair:
+            for key in nickname_keys(name):
+                out.setdefault(key, set()).add(name)
+    return {key: frozenset(names) for key, names in out.items()}
 
 
 def _typo_of_equivalent(x: str, y: str) -> bool:
@@ -167,8 +167,12 @@ def _typo_of_equivalent(x: str, y: str) -> bool:
     "Debbie" mistyped, and "Debbie" is "Deborah")."""
     if len(x) < MIN_NICKNAME_TYPO_LENGTH:
         return False  # short names are one keystroke from too many others
-    keys = nickname_keys(y)
-    return any(nickname_keys(v) & keys for v in _one_edit_variants(x) if v != x)
+    table = _names_by_key()
+    return any(
+        OSA.distance(x, name, score_cutoff=GIVEN_TYPO_EDITS) <= GIVEN_TYPO_EDITS
+        for key in nickname_keys(y)
+        for name in table.get(key, ())
+    )
 
 
 def _clearly_different_given(
