@@ -198,6 +198,8 @@ class BatchState:
         self.skipped: dict[str, bool] = {}
         #: Stored block keys of each stored record of the batch (those in the index).
         self.old_keys: dict[int, list[str]] = {}
+        #: Stored records whose golden record was looked up (see :meth:`place`).
+        self.placed: set[int] = set()
         #: Stored records this batch decoded (survivorship reuses them).
         self.patients: dict[int, SourcePatient] = {}
         #: Merges allowed while deciding the current record (see :meth:`allow_merge`).
@@ -241,18 +243,10 @@ class BatchState:
             if size > limit:  # never usable by this batch: only its size matters
                 resolver.index.members[key] = list(range(-1, -limit - 2, -1))
         for key_chunk in _chunks(usable):
-            for key, record_id, golden_id in session.execute(
-                select(BlockKey.key, BlockKey.source_record_id, GoldenPatient.id)
-                .outerjoin(Link, Link.source_record_id == BlockKey.source_record_id)
-                .outerjoin(
-                    GoldenPatient,
-                    and_(GoldenPatient.id == Link.golden_id, GoldenPatient.status == "active"),
-                )
-                .where(BlockKey.key.in_(key_chunk))
+            for key, record_id in session.execute(
+                select(BlockKey.key, BlockKey.source_record_id).where(BlockKey.key.in_(key_chunk))
             ):
                 resolver.index.members[key].append(record_id)
-                if golden_id is not None:
-                    resolver.golden_of[record_id] = golden_id
                 if record_id in stored:
                     self.old_keys.setdefault(record_id, []).append(key)
         for record_id, features, _ in records:
@@ -261,12 +255,40 @@ class BatchState:
         wanted = {self.links[r][0] for r in stored}
         for others in self.decisions.values():
             wanted.update(self.links[o][0] for o in others if o in self.links)
-        for record_id, _, record_keys in records:
-            if record_id not in stored:
-                wanted.update(resolver.candidate_goldens(record_keys))
-        for probe in probes:
-            wanted.update(resolver.candidate_goldens(probe))
+        ranked = [
+            self._ranked(record_keys)
+            for record_id, _, record_keys in records
+            if record_id not in stored
+        ]
+        ranked.extend(self._ranked(probe) for probe in probes)
+        self.place({r for found in ranked for r in found})
+        for found in ranked:
+            wanted.update(self._goldens_of(found))
         self.load_goldens(wanted)
+
+    def _ranked(self, keys: list[str]) -> list[int]:
+        """The records a record with ``keys`` is compared with (as the resolver ranks them)."""
+        return self.resolver.index.candidates(keys, self.settings.max_candidates)
+
+    def _goldens_of(self, records: list[int]) -> set[str]:
+        golden_of = self.resolver.golden_of
+        return {g for g in (golden_of.get(r) for r in records) if g is not None}
+
+    def place(self, records: set[int]) -> None:
+        """Read the active golden record of stored records not placed yet (one query)."""
+        golden_of = self.resolver.golden_of
+        unknown = sorted(r for r in records if r not in golden_of and r not in self.placed)
+        for chunk in _chunks(unknown):
+            for record_id, golden_id in self.session.execute(
+                select(Link.source_record_id, Link.golden_id)
+                .join(
+                    GoldenPatient,
+                    and_(GoldenPatient.id == Link.golden_id, GoldenPatient.status == "active"),
+                )
+                .where(Link.source_record_id.in_(chunk))
+            ):
+                golden_of[record_id] = golden_id
+        self.placed.update(unknown)
 
     def _load_decisions(self, ids: list[int]) -> None:
         rows: list[tuple[int, int, str]] = []
@@ -351,7 +373,9 @@ class BatchState:
         """Load whatever deciding for a record with ``keys`` needs and is not loaded yet
         (nothing, unless the batch itself changed which records rank first)."""
         resolver = self.resolver
-        goldens = resolver.candidate_goldens(keys)
+        found = self._ranked(keys)
+        self.place(set(found))
+        goldens = self._goldens_of(found)
         self.load_goldens(goldens)
         missing = [
             r
@@ -414,8 +438,11 @@ class BatchState:
         self.pending.append(_Merge(loser, survivor, self.records_of(loser)))
         self.merged_into[loser] = survivor
         moved = self.inactive.pop(loser, [])
-        if moved:
+        if moved:  # their links move too (the resolver moves the active members)
             self.inactive.setdefault(survivor, []).extend(moved)
+            for record in moved:
+                if record in self.resolver.golden_of:
+                    self.resolver.golden_of[record] = survivor
         return True
 
     def groups_declined(self, a: str, b: str) -> bool:
