@@ -47,6 +47,7 @@ from bench.match_incremental import build_base, percentile, time_incremental
 from bench.match_splink import run_splink
 from fhir_mapping import SourcePatient, parse_patient
 from mpi import MatchSettings, evaluate_clusters, extract_features, resolve_batch, train_model
+from mpi.blocking import block_keys
 
 FEBRL_SYSTEM = "http://febrl.example.org/soc_sec_id"
 DEFAULT_PEOPLE = 3000
@@ -185,10 +186,11 @@ def run_ours(
     same model, under the permissive policy."""
     started = time.perf_counter()
     features = [extract_features(p) for p in data.patients]
-    model = train_model(features, settings, seed=SEED)
-    result = resolve_batch(features, model, settings)
+    keys = [block_keys(f) for f in features]  # computed once, for training and resolution
+    model = train_model(features, settings, seed=SEED, keys=keys)
+    result = resolve_batch(features, model, settings, keys=keys)
     elapsed = time.perf_counter() - started
-    permissive = resolve_batch(features, model, PERMISSIVE)
+    permissive = resolve_batch(features, model, PERMISSIVE, keys=keys)
     return (
         dict(zip(data.keys, result.golden_ids, strict=True)),
         elapsed,

@@ -8,7 +8,7 @@ live in dictionaries.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from mpi.blocking import MemoryBlockIndex, block_keys
@@ -111,11 +111,19 @@ class MemoryResolver:
 
 
 def resolve_batch(
-    records: Iterable[MatchFeatures], model: MatchModel, settings: MatchSettings
+    records: Iterable[MatchFeatures],
+    model: MatchModel,
+    settings: MatchSettings,
+    *,
+    keys: Sequence[list[str]] | None = None,
 ) -> BatchResult:
-    """Resolve ``records`` in order; returns the golden id of each."""
+    """Resolve ``records`` in order; returns the golden id of each. ``keys`` are their
+    block keys when the caller has them already (e.g. from training)."""
     resolver = MemoryResolver(model, settings)
-    decisions = [resolver.add(f) for f in records]
+    if keys is None:
+        decisions = [resolver.add(f) for f in records]
+    else:
+        decisions = [resolver.add(f, keys=k) for f, k in zip(records, keys, strict=True)]
     return BatchResult(
         golden_ids=[resolver.golden_of[i] for i in range(len(decisions))],
         decisions=decisions,

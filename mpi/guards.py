@@ -89,6 +89,8 @@ def _conflicting_systems(
     a: frozenset[tuple[str, str]], b: frozenset[tuple[str, str]]
 ) -> list[tuple[set[str], set[str]]]:
     """The values of each identifier system both records carry without a value in common."""
+    if not a or not b:
+        return []
     systems_a: dict[str, set[str]] = {}
     for system, value in a:
         systems_a.setdefault(system, set()).add(value)

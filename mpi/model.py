@@ -128,12 +128,16 @@ class MatchModel:
         """Total weight and per-comparison contributions of a level vector."""
         total = 0.0
         contributions: dict[str, float] = {}
+        weights = self._weights
         for comparison, level in zip(COMPARISONS, levels, strict=True):
             if level is None:
                 continue
-            tf_value = comparison.tf_value(names) if comparison.term_frequency else None
-            weight = self.level_weight(comparison.name, level, tf_value)
-            contributions[comparison.name] = weight
+            name = comparison.name
+            if level == 0 and comparison.term_frequency:
+                weight = self.level_weight(name, level, comparison.tf_value(names))
+            else:
+                weight = weights[name][level]
+            contributions[name] = weight
             total += weight
         return total, contributions
 

@@ -27,7 +27,7 @@ from mpi.settings import MatchSettings
 #: Pseudo-count added to every level when counting u (a level never seen is not impossible).
 U_PSEUDO_COUNT = 0.5
 #: At most this many blocked pairs enter EM (sampled when there are more).
-MAX_EM_PAIRS = 15_000
+MAX_EM_PAIRS = 10_000
 #: Share of matches among blocked pairs that EM starts from.
 INITIAL_MATCH_SHARE = 0.05
 #: Names seen fewer times than this keep the default term frequency (keeps the JSON small).
@@ -273,15 +273,19 @@ def train_model(
     labels: Iterable[LabelledPair] = (),
     seed: int = 0,
     base: MatchModel | None = None,
+    keys: Sequence[list[str]] | None = None,
 ) -> MatchModel:
-    """Learn a model from records (and steward-labelled pairs of record indexes)."""
+    """Learn a model from records (and steward-labelled pairs of record indexes).
+
+    ``keys`` are the records' block keys when the caller has them already."""
     rng = random.Random(seed)
     start = base or MatchModel.default()
     u = estimate_u_using_random_sampling(features, settings.u_sample_pairs, seed=seed, base=start)
     labelled = {(min(i, j), max(i, j)): match for i, j, match in labels}
     m = {name: list(params.m) for name, params in start.comparisons.items()}
     share = INITIAL_MATCH_SHARE
-    keys = [block_keys(f) for f in features]
+    if keys is None:
+        keys = [block_keys(f) for f in features]
     pairs: list[tuple[int, int]] = []
     matrix = np.zeros((0, len(COMPARISONS)), dtype=np.int8)
     label_array = np.zeros(0)
