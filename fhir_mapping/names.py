@@ -28,8 +28,10 @@ from fhir_mapping import _data
 from fhir_mapping.model import Period, PersonName
 from fhir_mapping.search import fold_name
 
-#: Size of the memo caches of the name normalizers; names repeat a lot across records.
-NAME_CACHE_SIZE = 1 << 16
+#: Size of the memo caches of the name normalizers; names repeat a lot across records,
+#: and the ones that do (common given and family names) stay in a small LRU; a cache
+#: sized to the input keeps every whole name and grows the process with it.
+NAME_CACHE_SIZE = 1 << 12
 
 _UMLAUTS = str.maketrans(
     {"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ß": "ss", "ẞ": "SS"}

@@ -18,8 +18,9 @@ from anyascii import anyascii
 SearchToken = tuple[str, str | None, str]
 #: Search values are indexed up to this many characters.
 MAX_TOKEN_LENGTH = 255
-#: Distinct strings whose folded form is memoized; names and cities repeat across records.
-FOLD_CACHE_SIZE = 1 << 17
+#: Distinct strings whose folded form is memoized; names and cities repeat across records
+#: (the repeating ones stay in the LRU; unique lines and names would only grow the process).
+FOLD_CACHE_SIZE = 1 << 13
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 _DIGITS = re.compile(r"\D+")
