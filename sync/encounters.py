@@ -130,6 +130,9 @@ def outbox_row(
 def _load_stored(
     session: Session, source_id: int, resource_ids: Sequence[str]
 ) -> dict[str, _Stored]:
+    """The stored records among ``resource_ids`` (their encounter ids come later, from
+    :func:`_load_encounter_ids`, for the few that changed: an outer join to ``encounter``
+    here let PostgreSQL hash the whole table for every page of a re-sync)."""
     found: dict[str, _Stored] = {}
     for chunk in chunked(list(dict.fromkeys(resource_ids))):
         rows = session.execute(
@@ -139,18 +142,27 @@ def _load_stored(
                 SourceRecord.status,
                 SourceRecord.content_hash,
                 SourceRecord.last_updated,
-                Encounter.id,
-            )
-            .outerjoin(Encounter, Encounter.source_record_id == SourceRecord.id)
-            .where(
+            ).where(
                 SourceRecord.source_id == source_id,
                 SourceRecord.resource_type == "Encounter",
                 one_of(session, SourceRecord.resource_id, chunk),
             )
         )
-        for rec_id, rid, status, digest, updated, enc_id in rows:
-            found[rid] = _Stored(rec_id, status, digest, updated, enc_id)
+        for rec_id, rid, status, digest, updated in rows:
+            found[rid] = _Stored(rec_id, status, digest, updated, None)
     return found
+
+
+def _load_encounter_ids(session: Session, stored: Sequence[_Stored]) -> None:
+    """Fill in the encounter id of each stored record that has an encounter row."""
+    by_record = {s.record_id: s for s in stored}
+    for chunk in chunked(list(by_record)):
+        for enc_id, record_id in session.execute(
+            select(Encounter.id, Encounter.source_record_id).where(
+                one_of(session, Encounter.source_record_id, chunk)
+            )
+        ):
+            by_record[record_id].encounter_id = enc_id
 
 
 def golden_ids_of_patients(
@@ -369,6 +381,7 @@ def ingest_encounters(
     session.flush()
     if not valid:
         return outcome
+    _load_encounter_ids(session, [current for _, _, current in valid if current is not None])
     golden = golden_ids_of_patients(
         session, source_id, [e.patient_id for _, e, _ in valid if e.patient_id]
     )
