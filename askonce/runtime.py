@@ -76,6 +76,7 @@ def match_settings(settings: Settings) -> MatchSettings:
         probable=settings.match_probable,
         possible=settings.match_possible,
         max_block_size=settings.match_max_block_size,
+        lookalike_guards_from_training=settings.match_lookalike_guards_from_training,
     )
 
 

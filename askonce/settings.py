@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     match_max_block_size: int = Field(
         default=200, ge=2, description="Block keys shared by more records are skipped."
     )
+    match_lookalike_guards_from_training: bool = Field(
+        default=True,
+        description=(
+            "Let training switch off a look-alike guard (twin, Jr/Sr, household) that its "
+            "data refutes; false: every look-alike guard always applies."
+        ),
+    )
 
     @field_validator("redis_url", mode="before")
     @classmethod

@@ -186,7 +186,11 @@ def score_candidates(
         if score.total >= settings.probable and corroborated(score):
             backed.add(member.golden_id)
     out: list[Candidate] = []
-    lookalikes = supported_lookalikes(model.lookalike_rates)
+    lookalikes = (
+        supported_lookalikes(model.lookalike_rates)
+        if settings.lookalike_guards_from_training
+        else LOOKALIKE_REASONS
+    )
     rivals = sum(1 for score, _ in best.values() if score.total >= settings.possible)
     for golden_id, (score, record_id) in best.items():
         grade = settings.grade(score.total)

@@ -60,6 +60,11 @@ class MatchSettings:
     #: and suffixes always veto. Turning this off trades overlays for recall: only for
     #: data known to hold no families (e.g. the Febrl benchmark sets).
     lookalike_guards: bool = True
+    #: Let the active model's training data switch off a look-alike guard its data
+    #: refutes (:func:`mpi.guards.supported_lookalikes`: e.g. no twins at all, only
+    #: replaced given names). ``False`` applies every look-alike guard whatever the
+    #: training saw: the conservative choice for an operator who wants no exception.
+    lookalike_guards_from_training: bool = True
     survivorship: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: dict(DEFAULT_SURVIVORSHIP)
     )

@@ -9,8 +9,9 @@ import pytest
 
 from fhir_mapping import parse_patient
 from mpi import MatchModel, MatchSettings, evaluate_clusters, resolve_batch, train_model
+from mpi.decision import Member, score_candidates
 from mpi.features import extract_features
-from mpi.guards import supported_lookalikes
+from mpi.guards import LOOKALIKE_REASONS, supported_lookalikes
 from mpi.train import estimate_u_using_random_sampling
 from tests.mpi.helpers import features
 from tools.ehrgen import generate
@@ -132,3 +133,14 @@ def test_training_drops_the_twin_guard_where_replaced_given_names_are_errors() -
     assert rates["pairs"] >= 100 and rates["observed"] <= 2 * rates["duplicates"]
     assert "twin" not in supported_lookalikes(model.lookalike_rates)
     assert MatchModel.from_json(model.to_json()).lookalike_rates == model.lookalike_rates
+
+
+def test_an_operator_can_keep_every_lookalike_guard_whatever_training_saw() -> None:
+    model = train_model(_febrl_like(300, seed=5), FAST)
+    jennifer = features(given="Jennifer", gender="female")
+    rebecca = Member(1, "g-rebecca", features(given="Rebecca", gender="female"))
+    (learned,) = score_candidates(model, MatchSettings(), jennifer, [rebecca])
+    assert "twin" not in learned.lookalikes
+    strict = MatchSettings(lookalike_guards_from_training=False)
+    (kept,) = score_candidates(model, strict, jennifer, [rebecca])
+    assert kept.lookalikes == LOOKALIKE_REASONS
