@@ -84,10 +84,10 @@ class IngestResult:
 def split_page(page: Page) -> list[Page]:
     """A Patient page cut into transactions of at most :data:`MAX_PATIENTS_PER_TRANSACTION`.
 
-    The MPI locks every block key of the Patients it resolves until the transaction
-    ends; a bulk page of a thousand Patients would hold ~10k advisory locks (more than
-    PostgreSQL's default lock table) and make every other writer wait. Only the last
-    part carries the cursor and the deletions.
+    The MPI holds an advisory lock on every block key of the Patients it resolves until
+    the transaction ends (keys hashed into :data:`mpi.resolve.LOCK_SLOTS` slots, so the
+    lock table stays bounded); a smaller transaction lets other writers in sooner. Only
+    the last part carries the cursor and the deletions.
     """
     limit = MAX_PATIENTS_PER_TRANSACTION
     if page.resource_type != "Patient" or len(page.resources) <= limit:
