@@ -35,6 +35,7 @@ from connectors import (
 )
 from mpi import MatchSettings
 from store import CursorRepository, SourceRepository, SyncRunRepository
+from store.db import StatisticsRefresher
 from store.models import Source as SourceRow
 from store.models import SyncRun
 from store.types import utcnow
@@ -43,6 +44,9 @@ from sync.patients import DEFAULT_PATIENT_BATCH, PatientOptions
 from sync.pipeline import IngestResult, ingest_page, split_page
 
 log = logging.getLogger(__name__)
+
+#: This process's count of rows written since PostgreSQL last analyzed the sync tables.
+_statistics = StatisticsRefresher()
 
 SourceFactory = Callable[[SourceConfig], Source]
 #: Called with (source_id, run_id, token) to schedule the next chunk; None runs in-process.
@@ -309,6 +313,7 @@ def _ingest_stream(
                         return False
             _account(run, rtype, page.cursor, result)
             session.commit()
+            _statistics.wrote(session, result.stored + result.quarantined)
             chunk.pages += 1
             chunk.result.add(result)
             if on_page is not None:

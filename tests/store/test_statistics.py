@@ -1,0 +1,36 @@
+"""Planner statistics follow a bulk load on PostgreSQL (and nothing runs on SQLite)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, insert, text
+from sqlalchemy.orm import Session
+
+from store.db import StatisticsRefresher
+from store.models import Source, SourceRecord
+
+
+def test_analyze_runs_once_enough_rows_were_written(engine: Engine) -> None:
+    postgres = engine.dialect.name == "postgresql"
+    with Session(engine) as session:
+        source_id = session.execute(
+            insert(Source)
+            .values(name="stats", kind="ndjson", base_url="/tmp/x")
+            .returning(Source.id)
+        ).scalar_one()
+        session.execute(
+            insert(SourceRecord),
+            [
+                {"source_id": source_id, "resource_type": "Patient", "resource_id": f"p{i}"}
+                for i in range(40)
+            ],
+        )
+        session.commit()
+        refresher = StatisticsRefresher(every_rows=40)
+        assert refresher.wrote(session, 39) is False
+        assert refresher.wrote(session, 1) is postgres
+        assert refresher.pending == (0 if postgres else 40)
+        if postgres:
+            tuples = session.scalar(
+                text("SELECT reltuples FROM pg_class WHERE relname = 'source_record'")
+            )
+            assert tuples == 40
