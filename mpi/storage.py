@@ -20,7 +20,7 @@ from fhir_mapping import GoldenLink, SourcePatient, render_golden_patient, searc
 from mpi.features import MatchFeatures, extract_features
 from mpi.model import MatchModel
 from mpi.settings import MatchSettings
-from mpi.survivorship import MemberRecord, build_golden
+from mpi.survivorship import MemberRecord, ProvenanceEntry, build_golden
 from store.golden import GoldenPatientRepository, GoldenWrite
 from store.models import FieldProvenance, GoldenPatient, Link, Outbox, Source, SourceRecord
 from store.models import MatchModel as MatchModelRow
@@ -231,6 +231,21 @@ def create_golden(
     return _save(session, settings, repository, None, golden_id, members, None, None)
 
 
+def provenance_rows(golden_id: str, provenance: Iterable[ProvenanceEntry]) -> list[dict[str, Any]]:
+    """``field_provenance`` rows of a golden record's fields."""
+    return [
+        {
+            "golden_id": golden_id,
+            "field": p.field,
+            "value": p.value,
+            "source_record_id": p.record_id,
+            "rule": p.rule,
+            "observed_at": p.observed_at,
+        }
+        for p in provenance
+    ]
+
+
 def _save(
     session: Session,
     settings: MatchSettings,
@@ -256,17 +271,7 @@ def _save(
     else:
         golden = repository.save(golden, resource, tokens, status=status, merged_into=merged_into)
         session.execute(delete(FieldProvenance).where(FieldProvenance.golden_id == golden_id))
-    rows = [
-        {
-            "golden_id": golden_id,
-            "field": p.field,
-            "value": p.value,
-            "source_record_id": p.record_id,
-            "rule": p.rule,
-            "observed_at": p.observed_at,
-        }
-        for p in provenance
-    ]
+    rows = provenance_rows(golden_id, provenance)
     if rows:
         session.execute(insert(FieldProvenance), rows)
     return golden
@@ -348,7 +353,7 @@ def write_goldens(
     everyone = sorted({r for records in member_ids.values() for r in records})
     by_id = {m.record_id: m for m in member_records(session, everyone, known=known)}
     writes: list[GoldenWrite] = []
-    provenance_rows: list[dict[str, Any]] = []
+    all_provenance: list[dict[str, Any]] = []
     for plan in plans:
         version, stored_status, stored_into = state.get(plan.golden_id, (0, "active", None))
         status = plan.status or stored_status
@@ -365,17 +370,7 @@ def write_goldens(
         resource = render_golden_patient(record, validate=False)
         tokens = search_tokens(resource) if status == "active" else []
         writes.append(GoldenWrite(plan.golden_id, resource, tokens, status, merged_into, version))
-        provenance_rows.extend(
-            {
-                "golden_id": plan.golden_id,
-                "field": p.field,
-                "value": p.value,
-                "source_record_id": p.record_id,
-                "rule": p.rule,
-                "observed_at": p.observed_at,
-            }
-            for p in provenance
-        )
+        all_provenance.extend(provenance_rows(plan.golden_id, provenance))
     versions = GoldenPatientRepository(session).save_many(writes)
     if stored_ids:
         session.execute(
@@ -383,8 +378,8 @@ def write_goldens(
             .where(FieldProvenance.golden_id.in_(stored_ids))
             .execution_options(synchronize_session=False)
         )
-    if provenance_rows:
-        session.execute(insert(cast(Table, FieldProvenance.__table__)), provenance_rows)
+    if all_provenance:
+        session.execute(insert(cast(Table, FieldProvenance.__table__)), all_provenance)
     return versions
 
 
