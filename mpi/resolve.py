@@ -73,6 +73,7 @@ from mpi.storage import (
     parsed_record,
     write_goldens,
 )
+from store.bulk import BulkWriter
 from store.models import (
     Base,
     BlockKey,
@@ -729,9 +730,12 @@ def _write(
                 .where(BlockKey.source_record_id.in_(chunk))
                 .execution_options(synchronize_session=False)
             )
-    key_rows = [{"key": k, "source_record_id": item.row.id} for item in items for k in item.keys]
-    if key_rows:
-        session.execute(insert(_table(BlockKey)), key_rows)
+    # The most numerous rows of a batch (~10 per record): written at the driver level.
+    BulkWriter(session).insert(
+        "block_key",
+        ("key", "source_record_id"),
+        [(k, item.row.id) for item in items for k in item.keys],
+    )
     _repoint_encounters(session, state, writes, items)
     out: list[Resolution] = []
     for position, resolution in enumerate(resolutions):

@@ -15,6 +15,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
+from store.bulk import BulkWriter
 from store.models import Base, GoldenPatient, GoldenPatientVersion, GoldenSearchToken, new_uuid
 from store.repositories import NotFoundError
 from store.types import utcnow
@@ -159,7 +160,7 @@ class GoldenPatientRepository:
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         versions: list[dict[str, Any]] = []
-        tokens: list[dict[str, Any]] = []
+        tokens: list[tuple[str, str, str | None, str]] = []
         out: dict[str, int] = {}
         for write in writes:
             version = write.version + 1
@@ -191,10 +192,7 @@ class GoldenPatientRepository:
                     "recorded_at": now,
                 }
             )
-            tokens.extend(
-                {"golden_id": write.golden_id, "param": p, "system": s, "value": v}
-                for p, s, v in write.tokens
-            )
+            tokens.extend((write.golden_id, p, s, v) for p, s, v in write.tokens)
             out[write.golden_id] = version
         if inserts:
             # Records merged into another one of the same statement come last.
@@ -216,8 +214,10 @@ class GoldenPatientRepository:
                 .where(GoldenSearchToken.golden_id.in_(stored))
                 .execution_options(synchronize_session=False)
             )
-        if tokens:
-            self.session.execute(_table(GoldenSearchToken).insert(), tokens)
+        # Search tokens are the most numerous rows: written at the driver level.
+        BulkWriter(self.session).insert(
+            "golden_search_token", ("golden_id", "param", "system", "value"), tokens
+        )
         for obj in list(self.session.identity_map.values()):
             if isinstance(obj, GoldenPatient) and obj.id in out:
                 self.session.expire(obj)

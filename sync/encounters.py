@@ -19,9 +19,9 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from fhir_mapping import InvalidResource, SourceEncounter, parse_encounter
+from store.bulk import BulkWriter, one_of
 from store.models import Base, Encounter, Link, SourceRecord
 from store.types import utcnow
-from sync.bulk import BulkWriter, one_of
 from sync.records import (
     STATUS_ACTIVE,
     STATUS_PENDING,
