@@ -84,12 +84,6 @@ def _cached(record_id: int, content_hash: str | None) -> tuple[SourcePatient, Ma
     return cached
 
 
-def cached_features(record_id: int, content_hash: str | None) -> MatchFeatures | None:
-    """Features of a record already seen by this process, if still cached."""
-    cached = _cached(record_id, content_hash)
-    return cached[1] if cached is not None else None
-
-
 def _remember(
     record_id: int, content_hash: str | None, normalized: dict[str, Any]
 ) -> tuple[SourcePatient, MatchFeatures]:
@@ -397,13 +391,3 @@ def event_row(event: str, golden_id: str, **payload: Any) -> dict[str, Any]:
 def emit(session: Session, event: str, golden_id: str, **payload: Any) -> None:
     """Append a ``patient.*`` outbox event (ids only)."""
     session.execute(insert(Outbox).values(**event_row(event, golden_id, **payload)))
-
-
-def record_ids_of(goldens: Iterable[str], session: Session) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    rows = session.execute(
-        select(Link.golden_id, Link.source_record_id).where(Link.golden_id.in_(list(goldens)))
-    )
-    for golden_id, record_id in rows:
-        out.setdefault(golden_id, []).append(record_id)
-    return out
