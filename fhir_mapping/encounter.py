@@ -7,7 +7,7 @@ from typing import Any
 
 from fhir_mapping.identifiers import normalize_identifier
 from fhir_mapping.model import Coding, Period, SourceEncounter
-from fhir_mapping.validate import validate_resource
+from fhir_mapping.validate import check_resource
 
 _PATIENT_PREFIX = "Patient/"
 
@@ -50,7 +50,7 @@ def parse_encounter(raw: Any) -> SourceEncounter:
     """Validate an Encounter and build its canonical record.
 
     Raises :class:`~fhir_mapping.errors.InvalidResource` for invalid input."""
-    validate_resource(raw, "Encounter")
+    check_resource(raw, "Encounter")
     meta = raw.get("meta") or {}
     period = raw.get("period")
     return SourceEncounter(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -26,6 +27,7 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from pydantic import ValidationError
 
 from fhir_mapping.errors import ISSUE_CODE_STRUCTURE, InvalidResource, Issue
+from fhir_mapping.shapes import Plans, Unplannable, derive_plan, shape_of
 
 _IDENTIFIER_PART = re.compile(r"^_?[A-Za-z][A-Za-z0-9_]*$")
 #: Model classes looked up once; Patient and Encounter are the hot path.
@@ -194,11 +196,10 @@ def _model_class(resource_type: str) -> type[FHIRAbstractModel] | None:
     return found
 
 
-def validate_resource(raw: Any, expected_type: str | None = None) -> FHIRAbstractModel:
-    """Validate FHIR R4 JSON and return the ``fhir.resources.R4B`` model instance.
-
-    Raises :class:`InvalidResource` (and nothing else) for any input that is not a
-    valid resource, or not of ``expected_type`` when that is given."""
+def _resolve_model(
+    raw: Any, expected_type: str | None
+) -> tuple[type[FHIRAbstractModel], str, str | None]:
+    """The model class of ``raw`` with its type and id; InvalidResource if there is none."""
     if not isinstance(raw, dict):
         raise InvalidResource(
             expected_type,
@@ -226,8 +227,23 @@ def validate_resource(raw: Any, expected_type: str | None = None) -> FHIRAbstrac
             resource_id,
             [Issue("Resource.resourceType", "not a FHIR R4 resource type", ISSUE_CODE_STRUCTURE)],
         )
+    return model, resource_type, resource_id
+
+
+def _extra_checks(raw: dict[str, Any], resource_type: str, resource_id: str | None) -> None:
+    check = _EXTRA_CHECKS.get(resource_type)
+    if check is not None:
+        issues = check(raw)
+        if issues:
+            raise InvalidResource(resource_type, resource_id, issues)
+
+
+def _model_validate(
+    model: type[FHIRAbstractModel], raw: dict[str, Any], resource_type: str, resource_id: str | None
+) -> FHIRAbstractModel:
+    """``model.model_validate(raw)``, its errors as InvalidResource."""
     try:
-        instance = model.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         issues = [
             Issue(fhir_path(resource_type, err["loc"]), err["msg"].removeprefix("Value error, "))
@@ -239,12 +255,78 @@ def validate_resource(raw: Any, expected_type: str | None = None) -> FHIRAbstrac
         raise InvalidResource(
             resource_type, resource_id, [Issue(resource_type, type(exc).__name__)]
         ) from None
-    check = _EXTRA_CHECKS.get(resource_type)
-    if check is not None:
-        issues = check(raw)
-        if issues:
-            raise InvalidResource(resource_type, resource_id, issues)
+
+
+def validate_resource(raw: Any, expected_type: str | None = None) -> FHIRAbstractModel:
+    """Validate FHIR R4 JSON and return the ``fhir.resources.R4B`` model instance.
+
+    Raises :class:`InvalidResource` (and nothing else) for any input that is not a
+    valid resource, or not of ``expected_type`` when that is given. Always runs the full
+    model; :func:`check_resource` gives the same verdict faster when no instance is needed."""
+    model, resource_type, resource_id = _resolve_model(raw, expected_type)
+    instance = _model_validate(model, raw, resource_type, resource_id)
+    _remember_shape(model, raw, instance)
+    _extra_checks(raw, resource_type, resource_id)
     return instance
+
+
+#: Plans of the resource shapes seen valid (see :mod:`fhir_mapping.shapes`).
+_PLANS = Plans()
+#: Held while a plan is derived (checker ids are allocated then).
+_DERIVE_LOCK = threading.Lock()
+
+
+def _shape_key(raw: dict[str, Any]) -> tuple[tuple[Any, ...], list[Any]]:
+    tokens: list[Any] = []
+    leaves: list[Any] = []
+    shape_of(raw, tokens, leaves)
+    return tuple(tokens), leaves
+
+
+def _remember_shape(
+    model: type[FHIRAbstractModel], raw: dict[str, Any], instance: FHIRAbstractModel
+) -> None:
+    """Derive and keep the plan of a resource the full model found valid."""
+    try:
+        shape, _ = _shape_key(raw)
+    except (Unplannable, RecursionError):
+        return
+    if _PLANS.get(shape) is not False:
+        return
+    with _DERIVE_LOCK:
+        try:
+            plan: tuple[int, ...] | None = derive_plan(model, raw, instance, _PLANS.checkers)
+        except (Unplannable, RecursionError):
+            plan = None
+        _PLANS.put(shape, plan)
+
+
+def check_resource(raw: Any, expected_type: str | None = None) -> None:
+    """The verdict of :func:`validate_resource` without the model instance.
+
+    A resource whose shape was already seen valid is checked by its primitive values
+    only (each by its field's pydantic validator, memoized) plus the extra checks; the
+    first resource of a shape, one that fails any check, and anything unexpected go
+    through the full model, so every error reported is the library's own."""
+    model, resource_type, resource_id = _resolve_model(raw, expected_type)
+    try:
+        shape, leaves = _shape_key(raw)
+    except (Unplannable, RecursionError):
+        shape, leaves = (), []
+    plan = _PLANS.get(shape) if shape else None
+    if isinstance(plan, tuple) and _PLANS.checkers.accept(plan, leaves):
+        _extra_checks(raw, resource_type, resource_id)
+        return
+    instance = _model_validate(model, raw, resource_type, resource_id)
+    if plan is False:
+        _remember_shape(model, raw, instance)
+    _extra_checks(raw, resource_type, resource_id)
+
+
+def clear_shape_plans() -> None:
+    """Forget every shape plan and memoized verdict (tests measure cold checks)."""
+    global _PLANS
+    _PLANS = Plans()
 
 
 def bundle_resources(bundle: Any) -> Iterator[dict[str, Any] | InvalidResource]:

@@ -1,0 +1,272 @@
+"""Shape plans: re-validating a resource by its primitive values once its shape is known valid.
+
+``fhir.resources`` spends most of a ``model_validate`` in per-model Python validators
+(``reject_null_complex_elements``, required primitives, one-of-many choice types) whose
+verdict depends only on the resource's *shape*, not on its values:
+
+- which keys each JSON object holds, in order, and which are objects, arrays or nulls;
+- how long each array is and where its nulls sit;
+- the JSON type (``str``/``int``/``float``/``bool``) of every primitive;
+- the values that select a model: ``resourceType`` (``resource_type``), which pick the
+  class of a ``contained`` resource and are checked against every object's model.
+
+What the shape does not fix is whether each primitive value is acceptable to the field
+it belongs to (an ``id`` pattern, a ``dateTime``, a ``code`` without double spaces...).
+
+So a resource whose shape has been seen valid once needs only its primitive values
+checked, each by the pydantic validator of its field: :func:`derive_plan` walks the
+validated model instance beside the JSON and records, in :func:`shape_of`'s order, one
+*checker* per primitive position (a ``TypeAdapter`` of the field's annotation with the
+owning model's config, the type of the value at that position baked in). A primitive
+array (``given``, ``line``, the null placeholders of a ``_given`` sibling...) is one
+position, validated whole. Verdicts are memoized per (checker, value) in a bounded
+dict: codes, systems and dates repeat a lot.
+
+Anything this module does not recognise raises :class:`Unplannable`; the caller then
+validates the resource with the full model, which stays the authority.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
+
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
+from pydantic import TypeAdapter, ValidationError
+from pydantic.errors import PydanticUserError
+
+#: Keys whose value selects the model of an object (popped by ``FHIRAbstractModel.__init__``).
+STRUCTURE_KEYS = frozenset({"resourceType", "resource_type"})
+#: Distinct shapes remembered (LRU): a few per resource type in practice.
+DEFAULT_MAX_SHAPES = 2048
+#: Memoized verdicts of (checker, value); cleared as a whole when full.
+DEFAULT_MAX_VERDICTS = 65536
+#: Ends an object or an array in a shape.
+_END = Ellipsis
+_SCALARS = (str, int, float, bool)
+_LEAF_ITEM_TYPES = frozenset({str, int, float, bool, type(None)})
+#: What a field validator may raise besides a ValidationError (as in validate_resource).
+_VALIDATOR_ERRORS = (
+    ValidationError,
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    RecursionError,
+)
+
+
+class Unplannable(Exception):
+    """The resource or its shape is outside what a plan covers: validate it in full."""
+
+
+def shape_of(node: dict[str, Any], tokens: list[Any], leaves: list[Any]) -> None:
+    """Append the shape tokens of a JSON object to ``tokens`` and its primitive
+    positions' values (a scalar, or a whole primitive array) to ``leaves``."""
+    append = tokens.append
+    for key, value in node.items():
+        append(key)
+        kind = type(value)
+        if key in STRUCTURE_KEYS:
+            if value is not None and kind not in _SCALARS:
+                raise Unplannable(key)
+            append((kind, value))
+        elif kind is str or kind is int or kind is float or kind is bool:
+            append(kind)
+            leaves.append(value)
+        elif kind is dict:
+            append(dict)
+            shape_of(value, tokens, leaves)
+            append(_END)
+        elif value is None:
+            append(None)
+        elif kind is list:
+            if any(type(item) is dict for item in value):
+                append(list)
+                for item in value:
+                    if type(item) is dict:
+                        append(dict)
+                        shape_of(item, tokens, leaves)
+                        append(_END)
+                    elif item is None:
+                        append(None)
+                    else:
+                        raise Unplannable(key)
+                append(_END)
+            else:
+                item_types = tuple([type(item) for item in value])
+                if not _LEAF_ITEM_TYPES.issuperset(item_types):
+                    raise Unplannable(key)
+                append(item_types)
+                leaves.append(value)
+        else:
+            raise Unplannable(key)
+
+
+_FIELD_KEYS: dict[type[FHIRAbstractModel], dict[str, str]] = {}
+_FIELD_VALIDATORS: dict[tuple[type[FHIRAbstractModel], str], Callable[[Any], Any]] = {}
+
+
+def _field_keys(model: type[FHIRAbstractModel]) -> dict[str, str]:
+    """JSON key -> field name: aliases, and (``populate_by_name``) the names themselves."""
+    found = _FIELD_KEYS.get(model)
+    if found is not None:
+        return found
+    keys: dict[str, str] = {}
+    if model.model_config.get("populate_by_name"):
+        keys.update((name, name) for name in model.model_fields)
+    for name, info in model.model_fields.items():
+        if info.alias:
+            keys[info.alias] = name
+    _FIELD_KEYS[model] = keys
+    return keys
+
+
+def _field_validator(model: type[FHIRAbstractModel], name: str) -> Callable[[Any], Any]:
+    """``validate_python`` of a TypeAdapter of the field's annotation (its metadata put
+    back), under the owning model's config."""
+    found = _FIELD_VALIDATORS.get((model, name))
+    if found is not None:
+        return found
+    info = model.model_fields[name]
+    annotation: Any = info.annotation
+    if info.metadata:
+        annotation = Annotated[(annotation, *info.metadata)]
+    try:
+        adapter: TypeAdapter[Any] = TypeAdapter(annotation, config=model.model_config)
+    except PydanticUserError:
+        # A type with a config of its own (a model) refuses another one.
+        adapter = TypeAdapter(annotation)
+    _FIELD_VALIDATORS[(model, name)] = adapter.validate_python
+    return adapter.validate_python
+
+
+class Checkers:
+    """Checker ids: one per (model, field, JSON type of the value), each with a memo."""
+
+    def __init__(self, max_verdicts: int = DEFAULT_MAX_VERDICTS) -> None:
+        self.ids: dict[tuple[Any, ...], int] = {}
+        self.validators: list[Callable[[Any], Any]] = []
+        self.verdicts: dict[tuple[int, Any], bool] = {}
+        self.max_verdicts = max_verdicts
+
+    def checker(self, model: type[FHIRAbstractModel], name: str, kind: Any) -> int:
+        key = (model, name, kind)
+        found = self.ids.get(key)
+        if found is None:
+            found = len(self.validators)
+            self.validators.append(_field_validator(model, name))
+            self.ids[key] = found
+        return found
+
+    def accept(self, checkers: Sequence[int], leaves: Sequence[Any]) -> bool:
+        """True when every leaf passes its checker (memoized)."""
+        if len(checkers) != len(leaves):
+            return False
+        verdicts = self.verdicts
+        for checker, value in zip(checkers, leaves, strict=True):
+            key = (checker, tuple(value) if type(value) is list else value)
+            verdict = verdicts.get(key)
+            if verdict is None:
+                verdict = self._run(checker, value)
+                if len(verdicts) >= self.max_verdicts:
+                    verdicts.clear()
+                verdicts[key] = verdict
+            if not verdict:
+                return False
+        return True
+
+    def _run(self, checker: int, value: Any) -> bool:
+        try:
+            result = self.validators[checker](value)
+        except _VALIDATOR_ERRORS:
+            return False
+        # A null is decided by the shape; a value the validator turned into null is not.
+        return result is not None
+
+
+def derive_plan(
+    model: type[FHIRAbstractModel],
+    node: dict[str, Any],
+    instance: FHIRAbstractModel,
+    checkers: Checkers,
+) -> tuple[int, ...]:
+    """The checker of every primitive position of ``node`` (validated into ``instance``),
+    in :func:`shape_of`'s order."""
+    out: list[int] = []
+    _plan(model, node, instance, checkers, out)
+    return tuple(out)
+
+
+def _plan(
+    model: type[FHIRAbstractModel],
+    node: dict[str, Any],
+    instance: Any,
+    checkers: Checkers,
+    out: list[int],
+) -> None:
+    if type(instance) is not model:
+        raise Unplannable(model.__name__)
+    keys = _field_keys(model)
+    seen: set[str] = set()
+    for key, value in node.items():
+        name = keys.get(key)
+        if key in STRUCTURE_KEYS:
+            if name is not None:
+                raise Unplannable(key)
+            continue
+        if name is None or name in seen:
+            raise Unplannable(key)
+        seen.add(name)
+        kind = type(value)
+        if kind in _SCALARS:
+            out.append(checkers.checker(model, name, kind))
+        elif kind is dict:
+            nested = getattr(instance, name, None)
+            if not isinstance(nested, FHIRAbstractModel):
+                raise Unplannable(key)
+            _plan(type(nested), value, nested, checkers, out)
+        elif kind is list and any(type(item) is dict for item in value):
+            items = getattr(instance, name, None)
+            if not isinstance(items, list) or len(items) != len(value):
+                raise Unplannable(key)
+            for item, validated in zip(value, items, strict=True):
+                if type(item) is dict:
+                    if not isinstance(validated, FHIRAbstractModel):
+                        raise Unplannable(key)
+                    _plan(type(validated), item, validated, checkers, out)
+                elif validated is not None:
+                    raise Unplannable(key)
+        elif kind is list:
+            out.append(checkers.checker(model, name, tuple([type(item) for item in value])))
+
+
+class Plans:
+    """Plans by shape (LRU, bounded), and the checkers they use."""
+
+    def __init__(self, max_shapes: int = DEFAULT_MAX_SHAPES) -> None:
+        self.max_shapes = max_shapes
+        self.checkers = Checkers()
+        #: Shape -> checker ids, or None for a shape no plan covers.
+        self._plans: OrderedDict[tuple[Any, ...], tuple[int, ...] | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    def get(self, shape: tuple[Any, ...]) -> tuple[int, ...] | bool | None:
+        """The plan of ``shape``; None if no plan covers it; False if it is not known."""
+        with self._lock:
+            plan = self._plans.get(shape, False)
+            if plan is not False:
+                self._plans.move_to_end(shape)
+            return plan
+
+    def put(self, shape: tuple[Any, ...], plan: tuple[int, ...] | None) -> None:
+        with self._lock:
+            self._plans[shape] = plan
+            self._plans.move_to_end(shape)
+            while len(self._plans) > self.max_shapes:
+                self._plans.popitem(last=False)

@@ -1,0 +1,490 @@
+"""The validation fast path (``check_resource``) gives exactly the verdict of fhir.resources.
+
+Differential, seeded mutation fuzzing: generated Patients and Encounters (tools.ehrgen),
+the FHIR spec examples of tests/fixtures and hand-made seeds (contained resources,
+``_field`` extensions with null placeholders, choice types) are mutated (invalid
+dates/dateTimes/codes/uris/ids, empty and whitespace strings, wrong JSON types, nulls in
+lists and as values, unknown keys, ``_field`` siblings, doubled choice types, missing
+required elements, contained resources) and every case is checked against an oracle
+that runs the fhir.resources model itself, on cold caches and on warm ones (the shape
+already seen valid with other values).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.encounter import Encounter
+from fhir.resources.R4B.patient import Patient
+
+from fhir_mapping import InvalidResource, parse_encounter, parse_patient
+from fhir_mapping import validate as validation
+from fhir_mapping.shapes import DEFAULT_MAX_SHAPES, Checkers, Plans, Unplannable
+from fhir_mapping.validate import check_resource, clear_shape_plans, validate_resource
+from tools.ehrgen import generate
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "fhir"
+MODELS: dict[str, Any] = {"Patient": Patient, "Encounter": Encounter}
+SEED = 20261122
+#: Mutated cases per seed resource (x3: the structural case and two value variants).
+CASES_PER_SEED = 16
+
+EXT = {"url": "http://example.org/x", "valueString": "why not"}
+HAND_MADE: list[dict[str, Any]] = [
+    {
+        "resourceType": "Patient",
+        "id": "ext1",
+        "name": [
+            {"family": "Chalmers", "given": ["Peter", None], "_given": [None, {"extension": [EXT]}]}
+        ],
+        "_gender": {"extension": [EXT]},
+        "birthDate": "1974-12-25",
+        "_birthDate": {
+            "id": "bd",
+            "extension": [
+                {"url": "http://example.org/t", "valueDateTime": "1974-12-25T14:35:45-05:00"}
+            ],
+        },
+        "deceasedBoolean": False,
+        "multipleBirthInteger": 2,
+        "contained": [
+            {"resourceType": "Organization", "id": "o1", "name": "Clinic"},
+            {
+                "resourceType": "Practitioner",
+                "id": "pr1",
+                "name": [{"family": "Careful", "given": ["Adam"]}],
+            },
+        ],
+        "generalPractitioner": [{"reference": "#pr1"}],
+        "managingOrganization": {"reference": "#o1"},
+        "communication": [
+            {
+                "language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "nl"}]},
+                "preferred": True,
+            }
+        ],
+        "photo": [{"contentType": "image/gif", "data": "R0lGODlhEwARAPcAAAAAAAAA"}],
+    },
+    {
+        "resourceType": "Encounter",
+        "id": "enc-x",
+        "status": None,
+        "_status": {
+            "extension": [
+                {
+                    "url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+                    "valueCode": "unknown",
+                }
+            ]
+        },
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "length": {
+            "value": 90,
+            "unit": "min",
+            "system": "http://unitsofmeasure.org",
+            "code": "min",
+        },
+        "priority": {"coding": [{"code": "R"}]},
+        "statusHistory": [{"status": "arrived", "period": {"start": "2020-01-01"}}],
+        "hospitalization": {
+            "preAdmissionIdentifier": {"value": "x"},
+            "dischargeDisposition": {"text": "home"},
+        },
+        "contained": [
+            {
+                "resourceType": "Location",
+                "id": "loc",
+                "name": "Ward 1",
+                "position": {"longitude": 4.5, "latitude": 52.1},
+            }
+        ],
+        "location": [{"location": {"reference": "#loc"}, "status": "active"}],
+        "meta": {
+            "versionId": "3",
+            "lastUpdated": "2020-01-01T10:00:00.123+01:00",
+            "tag": [{"code": "t"}],
+        },
+        "text": {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>'},
+    },
+]
+
+#: Replacement primitives: mostly strings (the same JSON type keeps the shape, so the
+#: warm fast path decides), plus other JSON types, nulls and structures.
+STRINGS = [
+    "",
+    " ",
+    "\t",
+    "\n",
+    "x",
+    " lead",
+    "trail ",
+    "two  spaces",
+    "in\tside",
+    "finished",
+    "unknown",
+    "female",
+    "official",
+    "phone",
+    "home",
+    "2020",
+    "2020-02",
+    "2020-02-29",
+    "2021-02-29",
+    "2020-13-01",
+    "2020-00-10",
+    "20200101",
+    "2020-1-1",
+    "2020-01-01T10:00:00Z",
+    "2020-01-01T10:00:00",
+    "2020-01-01T10:00Z",
+    "2020-01-01T25:00:00Z",
+    "2020-01-01T10:00:60Z",
+    "2016-12-31T23:59:60Z",
+    "2020-01-01T10:00:00.123456789+14:00",
+    "2020-01-01T10:00:00+25:00",
+    "2020-01-01 10:00:00Z",
+    "http://example.org/fhir",
+    "urn:oid:1.2.3",
+    "urn:oid:1.02.3",
+    "urn:uuid:c757873d-ec9a-4326-a141-556f43239520",
+    "has space",
+    "Patient/123",
+    "Patient/",
+    "#home",
+    "abc-DEF.123",
+    "abc_def",
+    "a" * 65,
+    "a" * 256,
+    "true",
+    "1",
+    "-1",
+    "1.5",
+    "\u00e9\u00e8",
+    "\x01",
+    "<div>x</div>",
+    "R0lGODlh",
+    "not base64!",
+]
+OTHERS: list[Any] = [
+    None,
+    0,
+    1,
+    -1,
+    2**31,
+    1.5,
+    0.0,
+    True,
+    False,
+    [],
+    ["x"],
+    [None],
+    {},
+    {"extension": [EXT]},
+]
+UNKNOWN_KEYS = ["foo", "_foo", "Status", "resource_type", "fhir_comments", "_id"]
+CHOICES = [
+    ("deceasedBoolean", True, "deceasedDateTime", "2015-02-14T13:42:00+10:00"),
+    ("multipleBirthBoolean", False, "multipleBirthInteger", 3),
+    ("valueString", "x", "valueCode", "x"),
+]
+CONTAINED: list[Any] = [
+    {"resourceType": "Organization", "id": "c1", "name": "Contained"},
+    {"resourceType": "Practitioner", "id": "c2", "name": [{"family": "Doe"}]},
+    {"resourceType": "Location", "id": "c3", "status": "bogus"},
+    {"resourceType": "Nonexistent", "id": "c4"},
+    {"resourceType": "Patient", "foo": 1},
+    {"id": "no-type"},
+    None,
+]
+
+
+def load_fixtures() -> list[dict[str, Any]]:
+    found = []
+    for path in sorted(FIXTURES.glob("*.json")):
+        data = json.loads(path.read_text())
+        resource = data.get("resource", data)
+        if resource.get("resourceType") in MODELS:
+            found.append(resource)
+    return found
+
+
+def seed_resources() -> list[dict[str, Any]]:
+    generated = generate(40, seed=SEED, encounters_per_patient=1.5)
+    patients = [p for items in generated.patients_by_source.values() for p in items][:40]
+    encounters = [e for items in generated.encounters_by_source.values() for e in items][:25]
+    return [*load_fixtures(), *copy.deepcopy(HAND_MADE), *patients, *encounters]
+
+
+def oracle(raw: Any, expected_type: str) -> dict[str, Any] | None:
+    """The library's verdict, without any plan: None when valid, else the error."""
+    try:
+        model, resource_type, resource_id = validation._resolve_model(raw, expected_type)
+        validation._model_validate(model, raw, resource_type, resource_id)
+        validation._extra_checks(raw, resource_type, resource_id)
+    except InvalidResource as exc:
+        return exc.to_dict()
+    return None
+
+
+def is_planned(raw: dict[str, Any]) -> bool:
+    """True when the fast path will judge ``raw`` by its plan (its shape was seen valid)."""
+    try:
+        shape, _ = validation._shape_key(raw)
+    except Unplannable:
+        return False
+    return isinstance(validation._PLANS.get(shape), tuple)
+
+
+def fast(raw: Any, expected_type: str) -> dict[str, Any] | None:
+    try:
+        check_resource(raw, expected_type)
+    except InvalidResource as exc:
+        return exc.to_dict()
+    return None
+
+
+# -- mutations ---------------------------------------------------------------------------
+
+
+def containers(node: Any, out: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """(container, key or index) of every value below ``node``."""
+    if isinstance(node, dict):
+        for key in list(node):
+            out.append((node, key))
+            containers(node[key], out)
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            out.append((node, i))
+            containers(item, out)
+    return out
+
+
+def dicts(node: Any) -> list[dict[str, Any]]:
+    found = [node] if isinstance(node, dict) else []
+    for container, key in containers(node, []):
+        if isinstance(container[key], dict):
+            found.append(container[key])
+    return found
+
+
+def primitive_slots(node: Any) -> list[tuple[Any, Any]]:
+    return [
+        (c, k)
+        for c, k in containers(node, [])
+        if c[k] is None or isinstance(c[k], str | int | float | bool)
+        if k not in ("resourceType",)
+    ]
+
+
+def replace_string(rng: random.Random, raw: Any) -> None:
+    """A string value replaced by another string (same JSON type: the shape stays)."""
+    slots = [(c, k) for c, k in primitive_slots(raw) if isinstance(c[k], str)]
+    if slots:
+        container, key = rng.choice(slots)
+        container[key] = rng.choice(STRINGS)
+
+
+def replace_any(rng: random.Random, raw: Any) -> None:
+    slots = primitive_slots(raw)
+    if slots:
+        container, key = rng.choice(slots)
+        container[key] = copy.deepcopy(rng.choice(STRINGS + OTHERS))
+
+
+def drop_key(rng: random.Random, raw: Any) -> None:
+    options = [(d, k) for d in dicts(raw) for k in d if not (d is raw and k == "resourceType")]
+    if options:
+        node, key = rng.choice(options)
+        del node[key]
+
+
+def add_key(rng: random.Random, raw: Any) -> None:
+    node = rng.choice(dicts(raw))
+    node[rng.choice(UNKNOWN_KEYS)] = copy.deepcopy(rng.choice(STRINGS[:6] + OTHERS))
+
+
+def add_extension_sibling(rng: random.Random, raw: Any) -> None:
+    options = [
+        (d, k) for d in dicts(raw) for k in d if not k.startswith("_") and k != "resourceType"
+    ]
+    if not options:
+        return
+    node, key = rng.choice(options)
+    value = node[key]
+    if isinstance(value, list):
+        node["_" + key] = [rng.choice([None, {"extension": [EXT]}, {"id": "e"}]) for _ in value]
+        if rng.random() < 0.5 and value:
+            value[rng.randrange(len(value))] = None
+    else:
+        node["_" + key] = copy.deepcopy(rng.choice([{"extension": [EXT]}, {}, {"id": "x"}, None]))
+        if rng.random() < 0.3:
+            node[key] = None
+
+
+def double_choice(rng: random.Random, raw: Any) -> None:
+    first, first_value, second, second_value = rng.choice(CHOICES)
+    node = rng.choice(dicts(raw))
+    node[first] = first_value
+    if rng.random() < 0.7:
+        node[second] = second_value
+
+
+def null_in_list(rng: random.Random, raw: Any) -> None:
+    lists = [c[k] for c, k in containers(raw, []) if isinstance(c[k], list) and c[k]]
+    if lists:
+        target = rng.choice(lists)
+        if rng.random() < 0.5:
+            target.insert(rng.randrange(len(target) + 1), None)
+        else:
+            target[rng.randrange(len(target))] = None
+
+
+def wrap_or_unwrap(rng: random.Random, raw: Any) -> None:
+    slots = [(c, k) for c, k in containers(raw, []) if isinstance(c, dict) and k != "resourceType"]
+    if slots:
+        container, key = rng.choice(slots)
+        value = container[key]
+        container[key] = value[0] if isinstance(value, list) and value else [value]
+
+
+def add_contained(rng: random.Random, raw: Any) -> None:
+    raw.setdefault("contained", [])
+    if isinstance(raw["contained"], list):
+        item = copy.deepcopy(rng.choice(CONTAINED))
+        if isinstance(item, dict) and rng.random() < 0.5:
+            replace_any(rng, item)
+        raw["contained"].append(item)
+
+
+STRUCTURAL = [
+    replace_any,
+    drop_key,
+    add_key,
+    add_extension_sibling,
+    double_choice,
+    null_in_list,
+    wrap_or_unwrap,
+    add_contained,
+]
+
+
+def structural_case(rng: random.Random, seed: dict[str, Any]) -> dict[str, Any]:
+    raw = copy.deepcopy(seed)
+    for _ in range(rng.choice([0, 1, 1, 1, 2])):
+        rng.choice(STRUCTURAL)(rng, raw)
+    return raw
+
+
+def value_variant(rng: random.Random, raw: dict[str, Any]) -> dict[str, Any]:
+    """The same shape with other string values (what a warm plan has to judge)."""
+    variant = copy.deepcopy(raw)
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        replace_string(rng, variant)
+    return variant
+
+
+# -- tests -------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def cold_plans() -> Any:
+    clear_shape_plans()
+    yield
+    clear_shape_plans()
+
+
+def test_fast_path_gives_the_library_verdict_warm_and_cold() -> None:
+    rng = random.Random(SEED)
+    seeds = seed_resources()
+    stats = {"cases": 0, "warm_valid": 0, "warm_invalid": 0, "valid": 0, "invalid": 0}
+    cases: list[tuple[dict[str, Any], str]] = []
+    for seed in seeds:
+        expected_type = seed["resourceType"]
+        assert oracle(seed, expected_type) is None, seed.get("id")
+        for _ in range(CASES_PER_SEED):
+            case = structural_case(rng, seed)
+            for raw in (case, value_variant(rng, case), value_variant(rng, case)):
+                cases.append((raw, expected_type))
+                warm = is_planned(raw)
+                expected = oracle(raw, expected_type)
+                assert fast(raw, expected_type) == expected, json.dumps(raw)
+                # Again: now the shape may be planned, and the verdicts memoized.
+                assert fast(raw, expected_type) == expected, json.dumps(raw)
+                stats["cases"] += 1
+                stats["valid" if expected is None else "invalid"] += 1
+                if warm:
+                    stats["warm_valid" if expected is None else "warm_invalid"] += 1
+    # Cold: every case again with nothing planned, in another order.
+    clear_shape_plans()
+    rng.shuffle(cases)
+    for raw, expected_type in cases:
+        assert fast(raw, expected_type) == oracle(raw, expected_type), json.dumps(raw)
+    assert stats["cases"] >= 3000, stats
+    # The fast path decided thousands of cases itself, both ways.
+    assert stats["warm_valid"] >= 300, stats
+    assert stats["warm_invalid"] >= 300, stats
+    assert stats["valid"] >= 500 and stats["invalid"] >= 500, stats
+
+
+def test_a_known_shape_with_a_bad_value_reports_the_library_error() -> None:
+    encounter = copy.deepcopy(HAND_MADE[1])
+    check_resource(encounter, "Encounter")
+    bad = copy.deepcopy(encounter)
+    bad["period"] = {"start": "2020-13-01"}
+    check_resource({**encounter, "period": {"start": "2020-12-01"}}, "Encounter")
+    with pytest.raises(InvalidResource) as fast_error:
+        check_resource(bad, "Encounter")
+    with pytest.raises(InvalidResource) as full_error:
+        validate_resource(bad, "Encounter")
+    assert fast_error.value.to_dict() == full_error.value.to_dict()
+    assert {i.path for i in fast_error.value.issues} == {"Encounter.period.start"}
+
+
+def test_extra_checks_run_on_the_fast_path() -> None:
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "female", "active": True}
+    check_resource(patient, "Patient")
+    with pytest.raises(InvalidResource) as caught:
+        check_resource({**patient, "gender": "f"}, "Patient")  # a valid code, not in the binding
+    assert {i.path for i in caught.value.issues} == {"Patient.gender"}
+
+
+def test_parsers_keep_working_through_the_fast_path() -> None:
+    for seed in seed_resources():
+        if seed["id"] == HAND_MADE[0]["id"]:
+            continue  # parse_patient does not read a null placeholder in ``given`` (yet)
+        if seed["resourceType"] == "Patient":
+            assert parse_patient(seed).resource_id == seed["id"]
+            assert parse_patient(seed).resource_id == seed["id"]  # warm
+        else:
+            assert parse_encounter(seed).resource_id == seed["id"]
+            assert parse_encounter(seed).resource_id == seed["id"]
+    assert isinstance(validate_resource(HAND_MADE[0], "Patient"), Patient)
+
+
+def test_caches_stay_bounded() -> None:
+    plans = Plans(max_shapes=3)
+    for i in range(10):
+        plans.put((f"k{i}",), (i,))
+    assert len(plans) == 3
+    assert plans.get(("k0",)) is False
+    assert plans.get(("k9",)) == (9,)
+    checkers = Checkers(max_verdicts=5)
+    checker = checkers.checker(Patient, "birthDate", str)
+    for day in range(1, 20):
+        assert checkers.accept((checker,), [f"2020-01-{day:02d}"])
+    assert len(checkers.verdicts) <= 5
+    assert not checkers.accept((checker,), ["2020-01-32"])
+
+
+def test_many_shapes_keep_the_plan_cache_bounded() -> None:
+    for i in range(DEFAULT_MAX_SHAPES + 50):
+        # Each extra unknown-free key combination is a new shape: telecom lists of i entries.
+        raw = {"resourceType": "Patient", "id": "p", "telecom": [{"value": "1"}] * (i % 60 + 1)}
+        raw["name"] = [{"given": ["A"] * (i // 60 + 1)}]
+        check_resource(raw, "Patient")
+    assert len(validation._PLANS) <= DEFAULT_MAX_SHAPES
