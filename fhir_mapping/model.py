@@ -142,7 +142,38 @@ class SourcePatient:
     links: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return _as_dict(self)
+        """``dataclasses.asdict(self)``, field by field (a sixth of its cost): the
+        ``source_record.normalized`` JSON. Lists and JSON values are copied."""
+        p = self
+        return {
+            "resource_id": p.resource_id,
+            "version_id": p.version_id,
+            "last_updated": p.last_updated,
+            "active": p.active,
+            "names": [_name_dict(n) for n in p.names],
+            "birth_date": p.birth_date,
+            "birth_year": p.birth_year,
+            "birth_month": p.birth_month,
+            "birth_day": p.birth_day,
+            "gender": p.gender,
+            "deceased": p.deceased,
+            "deceased_datetime": p.deceased_datetime,
+            "identifiers": [_identifier_dict(i) for i in p.identifiers],
+            "telecom": [_contact_point_dict(t) for t in p.telecom],
+            "addresses": [_address_dict(a) for a in p.addresses],
+            "race": _copy_json(p.race),
+            "ethnicity": _copy_json(p.ethnicity),
+            "birth_sex": p.birth_sex,
+            "languages": _copy_json(p.languages),
+            "contacts": _copy_json(p.contacts),
+            "general_practitioner": _copy_json(p.general_practitioner),
+            "managing_organization": _copy_json(p.managing_organization),
+            "extensions": _copy_json(p.extensions),
+            "multiple_birth": p.multiple_birth,
+            "modifier_extensions": _copy_json(p.modifier_extensions),
+            "primitive_extensions": _copy_json(p.primitive_extensions),
+            "links": _copy_json(p.links),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SourcePatient:
@@ -185,9 +216,8 @@ class SourceEncounter:
         return _from_dict(cls, data)
 
 
-_NESTED: dict[str, Any] = {}
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 _LEAVES = frozenset({str, int, float, bool, type(None)})
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def _as_dict(value: Any) -> Any:
@@ -210,40 +240,139 @@ def _as_dict(value: Any) -> Any:
     return value
 
 
-def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Rebuild a dataclass tree from ``asdict`` output (one level of known nesting)."""
-    kwargs: dict[str, Any] = {}
-    hints = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    for name, value in data.items():
-        if name not in hints:
-            continue
-        target = _NESTED.get(f"{cls.__name__}.{name}")
-        if target is not None and value is not None:
-            if isinstance(value, list):
-                value = [_from_dict(target, v) for v in value]
-            else:
-                value = _from_dict(target, value)
-        kwargs[name] = value
-    return cls(**kwargs)
+def _copy_json(value: Any) -> Any:
+    """:func:`_as_dict` of a JSON value kept as given (extensions, contacts…): a copy, so
+    the stored dict shares nothing with the resource it came from."""
+    kind = type(value)
+    if kind is list:
+        return [_copy_json(v) for v in value] if value else []
+    if kind is dict:
+        return {k: _copy_json(v) for k, v in value.items()}
+    return _as_dict(value)
 
 
-_NESTED.update(
-    {
-        "SourcePatient.names": PersonName,
-        "SourcePatient.identifiers": Identifier,
-        "SourcePatient.telecom": ContactPoint,
-        "SourcePatient.addresses": Address,
-        "PersonName.period": Period,
-        "Identifier.period": Period,
-        "ContactPoint.period": Period,
-        "Address.period": Period,
-        "SourceEncounter.class_code": Coding,
-        "SourceEncounter.types": Coding,
-        "SourceEncounter.period": Period,
-        "SourceEncounter.reasons": Coding,
-        "SourceEncounter.identifiers": Identifier,
+# ``to_dict`` of a SourcePatient's parts, written out field by field (in field order,
+# like ``asdict``); tests/fhir_mapping/test_b2_golden.py checks them against ``asdict``.
+# Their lists hold strings only, so a slice copies them as ``asdict`` would.
+
+
+def _period_dict(period: Period | None) -> dict[str, Any] | None:
+    return None if period is None else {"start": period.start, "end": period.end}
+
+
+def _name_dict(n: PersonName) -> dict[str, Any]:
+    return {
+        "use": n.use,
+        "text": n.text,
+        "family": n.family,
+        "given": n.given[:],
+        "prefix": n.prefix[:],
+        "suffix": n.suffix[:],
+        "period": _period_dict(n.period),
+        "family_folded": n.family_folded,
+        "family_alternates": n.family_alternates[:],
+        "family_tokens": n.family_tokens[:],
+        "given_folded": n.given_folded[:],
+        "given_canonical": n.given_canonical[:],
+        "suffix_normalized": n.suffix_normalized,
+        "family_first": n.family_first,
+        "swapped_suspect": n.swapped_suspect,
     }
-)
+
+
+def _identifier_dict(i: Identifier) -> dict[str, Any]:
+    return {
+        "system": i.system,
+        "value": i.value,
+        "value_normalized": i.value_normalized,
+        "kind": i.kind,
+        "use": i.use,
+        "type_code": i.type_code,
+        "valid": i.valid,
+        "period": _period_dict(i.period),
+    }
+
+
+def _contact_point_dict(t: ContactPoint) -> dict[str, Any]:
+    return {
+        "system": t.system,
+        "value": t.value,
+        "value_normalized": t.value_normalized,
+        "use": t.use,
+        "rank": t.rank,
+        "period": _period_dict(t.period),
+    }
+
+
+def _address_dict(a: Address) -> dict[str, Any]:
+    return {
+        "use": a.use,
+        "type": a.type,
+        "text": a.text,
+        "line": a.line[:],
+        "city": a.city,
+        "district": a.district,
+        "state": a.state,
+        "postal_code": a.postal_code,
+        "country": a.country,
+        "period": _period_dict(a.period),
+        "line_normalized": a.line_normalized,
+        "city_folded": a.city_folded,
+        "postal_normalized": a.postal_normalized,
+    }
+
+
+#: Per record class: its field names, and its fields holding nested records.
+_Spec = tuple[frozenset[str], tuple[tuple[str, type], ...]]
+_SPECS: dict[type, _Spec] = {}
+
+
+def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a dataclass tree from ``asdict`` output; unknown keys are ignored and
+    missing ones take their defaults (rows written by older versions). The nested
+    records are known per class (``_NESTED``)."""
+    names, nested = _SPECS.get(cls) or _spec(cls)
+    kwargs = data if data.keys() <= names else {k: v for k, v in data.items() if k in names}
+    rebuilt: dict[str, Any] | None = None
+    for name, target in nested:
+        value = kwargs.get(name)
+        if value is None:
+            continue
+        if rebuilt is None:
+            rebuilt = dict(kwargs)
+        if isinstance(value, list):
+            rebuilt[name] = [_from_dict(target, v) for v in value]
+        else:
+            rebuilt[name] = _from_dict(target, value)
+    return cls(**(kwargs if rebuilt is None else rebuilt))
+
+
+def _spec(cls: type) -> _Spec:
+    names = frozenset(f.name for f in dataclasses.fields(cls))
+    nested: list[tuple[str, type]] = []
+    for key, target in _NESTED.items():
+        owner, _, name = key.partition(".")
+        if owner == cls.__name__ and name in names:
+            nested.append((name, target))
+    _SPECS[cls] = (names, tuple(nested))
+    return _SPECS[cls]
+
+
+_NESTED: dict[str, type] = {
+    "SourcePatient.names": PersonName,
+    "SourcePatient.identifiers": Identifier,
+    "SourcePatient.telecom": ContactPoint,
+    "SourcePatient.addresses": Address,
+    "PersonName.period": Period,
+    "Identifier.period": Period,
+    "ContactPoint.period": Period,
+    "Address.period": Period,
+    "SourceEncounter.class_code": Coding,
+    "SourceEncounter.types": Coding,
+    "SourceEncounter.period": Period,
+    "SourceEncounter.reasons": Coding,
+    "SourceEncounter.identifiers": Identifier,
+}
 
 
 @dataclass(slots=True)

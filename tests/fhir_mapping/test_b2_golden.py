@@ -19,6 +19,7 @@ move the expectations. Re-record only for an intended change of the mapping's ou
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -28,6 +29,13 @@ from typing import Any
 import pytest
 
 from fhir_mapping import (
+    Address,
+    Coding,
+    ContactPoint,
+    Identifier,
+    Period,
+    PersonName,
+    SourceEncounter,
     SourcePatient,
     golden_record_from_patient,
     parse_patient,
@@ -113,6 +121,42 @@ def test_normalized_dict_is_plain_json_and_round_trips() -> None:
         again = SourcePatient.from_dict(normalized)
         assert again.to_dict() == normalized
         assert again == _parse(case)
+
+
+def test_normalized_dict_is_dataclasses_asdict() -> None:
+    """``to_dict`` is written field by field: it must stay ``asdict``, fields added included."""
+    for case in CASES:
+        patient = _parse(case)
+        assert patient.to_dict() == dataclasses.asdict(patient)
+    empty = SourcePatient(
+        "x",
+        names=[PersonName()],
+        identifiers=[Identifier()],
+        telecom=[ContactPoint()],
+        addresses=[Address()],
+    )
+    assert list(empty.to_dict()) == [f.name for f in dataclasses.fields(SourcePatient)]
+    assert empty.to_dict() == dataclasses.asdict(empty)
+
+
+def test_from_dict_ignores_unknown_keys_and_defaults_missing_ones() -> None:
+    stored = {
+        "resource_id": "r1",
+        "retired_field": 1,
+        "names": [{"family": "Lee", "period": {"start": "2001", "old": True}, "gone": 2}],
+        "telecom": [{"system": "phone"}],
+        "identifiers": None,
+    }
+    patient = SourcePatient.from_dict(stored)
+    assert patient.names == [PersonName(family="Lee", period=Period(start="2001"))]
+    assert patient.telecom == [ContactPoint(system="phone")]
+    assert patient.identifiers is None and patient.addresses == []
+    assert stored["names"][0]["period"] == {"start": "2001", "old": True}  # input untouched
+    encounter = SourceEncounter.from_dict(
+        {"resource_id": "e1", "class_code": {"code": "AMB"}, "types": [{"code": "x"}]}
+    )
+    assert encounter.class_code == Coding(code="AMB")
+    assert encounter.types == [Coding(code="x")]
 
 
 def test_normalized_dict_does_not_share_the_input() -> None:
