@@ -29,10 +29,21 @@ from fhir_mapping.validate import validate_resource
 PROVENANCE_EXTENSION = "https://askonce.dev/fhir/StructureDefinition/golden-provenance"
 
 
+# The element renderers below build each JSON object key by key, in FHIR's element
+# order, leaving out what is absent: FHIR JSON has no nulls and no empty arrays or
+# objects (https://hl7.org/fhir/R4/json.html). Their string fields hold a string or
+# None, their list fields strings only.
+
+
 def _period(period: Period | None) -> dict[str, str] | None:
     if period is None:
         return None
-    return _compact({"start": period.start, "end": period.end}) or None
+    out: dict[str, str] = {}
+    if period.start is not None:
+        out["start"] = period.start
+    if period.end is not None:
+        out["end"] = period.end
+    return out or None
 
 
 def _compact(data: dict[str, Any]) -> dict[str, Any]:
@@ -41,59 +52,83 @@ def _compact(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _identifier(ident: Identifier) -> dict[str, Any]:
-    type_ = {"coding": [{"system": V2_0203, "code": ident.type_code}]} if ident.type_code else None
-    return _compact(
-        {
-            "use": ident.use,
-            "type": type_,
-            "system": ident.system,
-            "value": ident.value,
-            "period": _period(ident.period),
-        }
-    )
+    out: dict[str, Any] = {}
+    if ident.use is not None:
+        out["use"] = ident.use
+    if ident.type_code:
+        out["type"] = {"coding": [{"system": V2_0203, "code": ident.type_code}]}
+    if ident.system is not None:
+        out["system"] = ident.system
+    if ident.value is not None:
+        out["value"] = ident.value
+    period = _period(ident.period)
+    if period is not None:
+        out["period"] = period
+    return out
 
 
-def _name(name: PersonName) -> dict[str, Any]:
-    return _compact(
-        {
-            "use": name.use,
-            "text": name.text,
-            "family": name.family,
-            "given": list(name.given),
-            "prefix": list(name.prefix),
-            "suffix": list(name.suffix),
-            "period": _period(name.period),
-        }
-    )
+def _name(name: PersonName) -> dict[str, Any] | None:
+    """The HumanName, or None when it would carry no name at all (only use/period)."""
+    out: dict[str, Any] = {}
+    if name.use is not None:
+        out["use"] = name.use
+    if name.text is not None:
+        out["text"] = name.text
+    if name.family is not None:
+        out["family"] = name.family
+    if name.given:
+        out["given"] = list(name.given)
+    if name.prefix:
+        out["prefix"] = list(name.prefix)
+    if name.suffix:
+        out["suffix"] = list(name.suffix)
+    if len(out) == (name.use is not None):
+        return None
+    period = _period(name.period)
+    if period is not None:
+        out["period"] = period
+    return out
 
 
 def _telecom(point: ContactPoint, rank: int) -> dict[str, Any]:
-    return _compact(
-        {
-            "system": point.system,
-            "value": point.value,
-            "use": point.use,
-            "rank": rank,
-            "period": _period(point.period),
-        }
-    )
+    out: dict[str, Any] = {}
+    if point.system is not None:
+        out["system"] = point.system
+    if point.value is not None:
+        out["value"] = point.value
+    if point.use is not None:
+        out["use"] = point.use
+    out["rank"] = rank
+    period = _period(point.period)
+    if period is not None:
+        out["period"] = period
+    return out
 
 
 def _address(address: Address) -> dict[str, Any]:
-    return _compact(
-        {
-            "use": address.use,
-            "type": address.type,
-            "text": address.text,
-            "line": list(address.line),
-            "city": address.city,
-            "district": address.district,
-            "state": address.state,
-            "postalCode": address.postal_code,
-            "country": address.country,
-            "period": _period(address.period),
-        }
-    )
+    out: dict[str, Any] = {}
+    if address.use is not None:
+        out["use"] = address.use
+    if address.type is not None:
+        out["type"] = address.type
+    if address.text is not None:
+        out["text"] = address.text
+    if address.line:
+        out["line"] = list(address.line)
+    if address.city is not None:
+        out["city"] = address.city
+    if address.district is not None:
+        out["district"] = address.district
+    if address.state is not None:
+        out["state"] = address.state
+    if address.postal_code is not None:
+        out["postalCode"] = address.postal_code
+    if address.country is not None:
+        out["country"] = address.country
+    period = _period(address.period)
+    if period is not None:
+        out["period"] = period
+    return out
 
 
 def _communication(language: dict[str, Any]) -> dict[str, Any] | None:
@@ -137,7 +172,7 @@ def render_golden_patient(
     meta = _compact(
         {"versionId": str(version) if version is not None else None, "lastUpdated": last_updated}
     )
-    names = [n for n in (_name(x) for x in golden.names) if n.keys() - {"use", "period"}]
+    names = [n for n in (_name(x) for x in golden.names) if n is not None]
     telecom = [_telecom(t, i) for i, t in enumerate((t for t in golden.telecom if t.value), 1)]
     communication = [c for c in (_communication(x) for x in golden.languages) if c]
     resource = _compact(
