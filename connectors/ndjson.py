@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from connectors.config import Capabilities, Page, ResourceCapability, SourceConfig, SourceOptions
 from connectors.errors import PermanentError
@@ -27,6 +30,23 @@ logger = logging.getLogger(__name__)
 
 NDJSON_SUFFIX = ".ndjson"
 CURSOR_VERSION = 1
+#: A run of this many digits may be an integer beyond 64 bits, which orjson reads as a
+#: float where ``json`` keeps an exact int: such lines go to ``json``.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def loads_line(raw: bytes) -> Any:
+    """``json.loads(raw)``, through orjson (3-4x faster) when that gives the same value.
+
+    orjson refuses what ``json`` extends JSON with (NaN, Infinity, lone surrogates, a
+    UTF-8 BOM): those lines, and any error, go to ``json`` (its value or its error), as
+    do lines with a 19-digit run (see :data:`_LONG_DIGITS`)."""
+    if _LONG_DIGITS.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw)
 
 
 def line_outcome(where: str, line_number: int, problem: str) -> dict[str, Any]:
@@ -51,7 +71,7 @@ def parse_line(
     if not raw.strip():
         return None, None
     try:
-        value = json.loads(raw)
+        value = loads_line(raw)
     except (ValueError, UnicodeDecodeError):
         return None, line_outcome(where, line_number, "not valid JSON")
     if isinstance(value, dict):

@@ -126,7 +126,7 @@ def _field_keys(model: type[FHIRAbstractModel]) -> dict[str, str]:
 
 def _field_validator(model: type[FHIRAbstractModel], name: str) -> Callable[[Any], Any]:
     """``validate_python`` of a TypeAdapter of the field's annotation (its metadata put
-    back), under the owning model's config."""
+    back), under the owning model's config (the model validates the field with that schema)."""
     found = _FIELD_VALIDATORS.get((model, name))
     if found is not None:
         return found
@@ -139,8 +139,10 @@ def _field_validator(model: type[FHIRAbstractModel], name: str) -> Callable[[Any
     except PydanticUserError:
         # A type with a config of its own (a model) refuses another one.
         adapter = TypeAdapter(annotation)
-    _FIELD_VALIDATORS[(model, name)] = adapter.validate_python
-    return adapter.validate_python
+    # The core validator itself: TypeAdapter.validate_python adds a Python frame per call.
+    validate = adapter.validator.validate_python
+    _FIELD_VALIDATORS[(model, name)] = validate
+    return validate
 
 
 class Checkers:
