@@ -73,6 +73,12 @@ def nickname_key(given_folded: str) -> str:
     return " ".join(table.get(word, word) for word in words)
 
 
+def nickname_pairs() -> tuple[tuple[str, str], ...]:
+    """The nickname table (``data/nicknames.csv``): (canonical, variant) pairs of folded
+    given names, in file order ("robert", "bob")."""
+    return _data.nickname_pairs()
+
+
 def nickname_keys(given_folded: str) -> frozenset[str]:
     """Every equivalence key a one-word folded given name may stand for ("alex" ->
     {"alexander", "alex"}); for names listed under several canonical names."""
