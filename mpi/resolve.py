@@ -45,12 +45,9 @@ from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     Table,
-    and_,
     bindparam,
     delete,
-    func,
     insert,
-    or_,
     select,
     text,
     update,
@@ -64,6 +61,7 @@ from mpi.decision import Decision, Member
 from mpi.features import MatchFeatures, extract_features
 from mpi.model import MatchModel
 from mpi.operations import repoint_encounters
+from mpi.reads import Reads, decode
 from mpi.settings import MatchSettings
 from mpi.storage import (
     GoldenPlan,
@@ -78,7 +76,6 @@ from store.models import (
     Base,
     BlockKey,
     Encounter,
-    GoldenPatient,
     Link,
     LinkHistory,
     MatchDecision,
@@ -205,6 +202,7 @@ class BatchState:
         self.patients: dict[int, SourcePatient] = {}
         #: Merges allowed while deciding the current record (see :meth:`allow_merge`).
         self.pending: list[_Merge] = []
+        self.reads = Reads(session)
         self._load(records, probes)
 
     # --- loading -------------------------------------------------------------------
@@ -214,42 +212,25 @@ class BatchState:
         records: Sequence[tuple[int, MatchFeatures, list[str]]],
         probes: Sequence[list[str]],
     ) -> None:
-        session, resolver = self.session, self.resolver
+        reads, resolver = self.reads, self.resolver
         ids = [record_id for record_id, _, _ in records]
-        for chunk in _chunks(ids):
-            for record_id, golden_id, grade, score in session.execute(
-                select(Link.source_record_id, Link.golden_id, Link.grade, Link.score).where(
-                    Link.source_record_id.in_(chunk)
-                )
-            ):
-                self.links[record_id] = (golden_id, grade, score)
+        for record_id, golden_id, grade, score in reads.links(ids):
+            self.links[record_id] = (golden_id, grade, score)
         stored = {r for r in ids if r in self.links}
         keys = sorted(
             {key for _, _, ks in records for key in ks} | {k for ks in probes for k in ks}
         )
-        sizes: dict[str, int] = {}
-        for key_chunk in _chunks(keys):
-            sizes.update(
-                session.execute(
-                    select(BlockKey.key, func.count())
-                    .where(BlockKey.key.in_(key_chunk))
-                    .group_by(BlockKey.key)
-                ).all()
-            )
         # A stored record of the batch gives its keys back before taking new ones: keys
         # this close to the limit may become usable again, so their members are read.
         limit = self.settings.max_block_size + len(stored)
-        usable = [key for key, size in sizes.items() if size <= limit]
-        for key, size in sizes.items():
-            if size > limit:  # never usable by this batch: only its size matters
-                resolver.index.members[key] = list(range(-1, -limit - 2, -1))
-        for key_chunk in _chunks(usable):
-            for key, record_id in session.execute(
-                select(BlockKey.key, BlockKey.source_record_id).where(BlockKey.key.in_(key_chunk))
-            ):
-                resolver.index.members[key].append(record_id)
-                if record_id in stored:
-                    self.old_keys.setdefault(record_id, []).append(key)
+        members = resolver.index.members
+        for key, _size, member in reads.block_members(keys, limit):
+            if member is None:  # never usable by this batch: only its size matters
+                members[key] = list(range(-1, -limit - 2, -1))
+                continue
+            members[key].append(member)
+            if member in stored:
+                self.old_keys.setdefault(member, []).append(key)
         for record_id, features, _ in records:
             resolver.features[record_id] = features
         self._load_decisions(ids)
@@ -279,35 +260,12 @@ class BatchState:
         """Read the active golden record of stored records not placed yet (one query)."""
         golden_of = self.resolver.golden_of
         unknown = sorted(r for r in records if r not in golden_of and r not in self.placed)
-        for chunk in _chunks(unknown):
-            for record_id, golden_id in self.session.execute(
-                select(Link.source_record_id, Link.golden_id)
-                .join(
-                    GoldenPatient,
-                    and_(GoldenPatient.id == Link.golden_id, GoldenPatient.status == "active"),
-                )
-                .where(Link.source_record_id.in_(chunk))
-            ):
-                golden_of[record_id] = golden_id
+        for record_id, golden_id in self.reads.active_goldens(unknown):
+            golden_of[record_id] = golden_id
         self.placed.update(unknown)
 
     def _load_decisions(self, ids: list[int]) -> None:
-        rows: list[tuple[int, int, str]] = []
-        for chunk in _chunks(ids):
-            rows.extend(
-                self.session.execute(
-                    select(
-                        MatchDecision.record_a_id, MatchDecision.record_b_id, MatchDecision.decision
-                    )
-                    .where(
-                        or_(
-                            MatchDecision.record_a_id.in_(chunk),
-                            MatchDecision.record_b_id.in_(chunk),
-                        )
-                    )
-                    .order_by(MatchDecision.id)
-                ).all()
-            )
+        rows = self.reads.decisions(ids)
         if not rows:
             return
         batch = set(ids)
@@ -318,13 +276,8 @@ class BatchState:
                     self.decisions.setdefault(record, {})[other] = decision
                     others.add(other)
         missing = sorted(others - self.links.keys())
-        for chunk in _chunks(missing):
-            for record_id, golden_id, grade, score in self.session.execute(
-                select(Link.source_record_id, Link.golden_id, Link.grade, Link.score).where(
-                    Link.source_record_id.in_(chunk)
-                )
-            ):
-                self.links[record_id] = (golden_id, grade, score)
+        for record_id, golden_id, grade, score in self.reads.links(missing):
+            self.links[record_id] = (golden_id, grade, score)
 
     def load_goldens(self, goldens: set[str]) -> None:
         """Read the members of stored golden records (and the features of the first
@@ -333,37 +286,25 @@ class BatchState:
         if not wanted:
             return
         resolver = self.resolver
-        need: list[tuple[int, str | None]] = []
-        for chunk in _chunks(wanted):
-            rows = self.session.execute(
-                select(
-                    Link.golden_id,
-                    Link.source_record_id,
-                    Link.grade,
-                    Link.score,
-                    GoldenPatient.status,
-                    SourceRecord.status,
-                    SourceRecord.content_hash,
-                )
-                .join(GoldenPatient, GoldenPatient.id == Link.golden_id)
-                .join(SourceRecord, SourceRecord.id == Link.source_record_id)
-                .where(Link.golden_id.in_(chunk))
-                .order_by(Link.golden_id, Link.id)
-            ).all()
-            for golden_id, record_id, grade, score, g_status, r_status, content_hash in rows:
-                self.links.setdefault(record_id, (golden_id, grade, score))
-                if g_status != "active":
-                    continue
-                if r_status != "active":
-                    self.inactive.setdefault(golden_id, []).append(record_id)
-                    continue
-                members = resolver.members.setdefault(golden_id, [])
-                members.append(record_id)
-                resolver.golden_of[record_id] = golden_id
-                if len(members) <= MAX_MEMBERS_PER_GOLDEN and record_id not in resolver.features:
-                    need.append((record_id, content_hash))
+        decoded: dict[int, tuple[SourcePatient, MatchFeatures]] = {}
+        for row in self.reads.members(wanted):
+            golden_id, record_id, grade, score, g_status, r_status, content_hash, normalized = row
+            self.links.setdefault(record_id, (golden_id, grade, score))
+            if g_status != "active":
+                continue
+            if r_status != "active":
+                self.inactive.setdefault(golden_id, []).append(record_id)
+                continue
+            members = resolver.members.setdefault(golden_id, [])
+            members.append(record_id)
+            resolver.golden_of[record_id] = golden_id
+            if len(members) <= MAX_MEMBERS_PER_GOLDEN and record_id not in resolver.features:
+                cached = cached_record(record_id, content_hash)
+                if cached is None:
+                    cached = parsed_record(record_id, content_hash, decode(normalized))
+                decoded[record_id] = cached
         self.loaded.update(wanted)
-        self._remember(_records_for(self.session, need))
+        self._remember(decoded)
 
     def _remember(self, records: dict[int, tuple[SourcePatient, MatchFeatures]]) -> None:
         for record_id, (patient, features) in records.items():

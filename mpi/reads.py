@@ -1,0 +1,135 @@
+"""The resolver's reads, at the driver level.
+
+One record resolved in real time reads a handful of small result sets (its links, the
+sizes and members of its block keys, the golden records of its candidates with their
+members). Built as SQLAlchemy Core statements, each of those cost ~100-300 us of Python
+per execution (statement construction, cache key, ``IN`` expansion, result processing),
+more than SQLite takes to answer them. :class:`Reads` sends plain SQL strings, rendered
+once per dialect and list length, straight to the DBAPI cursor
+(``Connection.exec_driver_sql``) and gets plain tuples back:
+
+- SQLite: ``IN (?, ?, …)`` with one placeholder per value;
+- PostgreSQL: ``= ANY(%s)`` with one array parameter (no placeholder list to parse, see
+  :func:`store.bulk.one_of`).
+
+Values come back as the driver returns them: JSON columns are read as text
+(``CAST(… AS TEXT)`` on PostgreSQL) and decoded only when used.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+#: Values per list (SQLite allows 32766 bound parameters per statement).
+IN_CHUNK = 5000
+
+
+def _chunks(values: Sequence[Any], size: int = IN_CHUNK) -> list[list[Any]]:
+    return [list(values[start : start + size]) for start in range(0, len(values), size)]
+
+
+class Reads:
+    """Driver-level reads in the session's transaction (pending ORM changes are flushed
+    first, as ``Session.execute`` would)."""
+
+    def __init__(self, session: Session) -> None:
+        session.flush()
+        self.connection = session.connection()
+        self.postgresql = self.connection.dialect.name == "postgresql"
+        self._sql: dict[tuple[str, int], str] = {}
+
+    def _rows(self, template: str, values: Sequence[Any], *extra: Any) -> list[tuple[Any, ...]]:
+        """Rows of ``template``, whose every ``{in}`` is the list of ``values`` and whose
+        ``{p}`` placeholders take ``extra`` (in that order, after the lists). Long lists
+        are sent in chunks, their rows concatenated."""
+        if not values:
+            return []
+        lists = template.count("{in}")
+        out: list[tuple[Any, ...]] = []
+        for chunk in _chunks(values):
+            size = 0 if self.postgresql else len(chunk)
+            key = (template, size)
+            sql = self._sql.get(key)
+            if sql is None:
+                if self.postgresql:
+                    sql = template.format(**{"in": "= ANY(%s)", "p": "%s"})
+                else:
+                    marks = ", ".join("?" * size)
+                    sql = template.format(**{"in": f"IN ({marks})", "p": "?"})
+                self._sql[key] = sql
+            params: tuple[Any, ...] = (
+                (*[chunk] * lists, *extra) if self.postgresql else (*chunk * lists, *extra)
+            )
+            out.extend(tuple(row) for row in self.connection.exec_driver_sql(sql, params))
+        return out
+
+    def links(self, records: Sequence[int]) -> list[tuple[int, str, str, float | None]]:
+        """(record, golden id, grade, score) of the stored links of ``records``."""
+        return self._rows(
+            "SELECT source_record_id, golden_id, grade, score FROM link "
+            "WHERE source_record_id {in}",
+            records,
+        )
+
+    def block_members(self, keys: Sequence[str], limit: int) -> list[tuple[str, int, int | None]]:
+        """(key, size, member) of ``keys`` in one statement: a row per member of each key
+        with at most ``limit`` members, one row with member None for a larger key."""
+        return self._rows(
+            "SELECT s.key, s.n, b.source_record_id FROM "
+            "(SELECT key, count(*) AS n FROM block_key WHERE key {in} GROUP BY key) s "
+            "LEFT JOIN block_key b ON b.key = s.key AND s.n <= {p}",
+            keys,
+            limit,
+        )
+
+    def decisions(self, records: Sequence[int]) -> list[tuple[int, int, str]]:
+        """(record a, record b, decision) of steward decisions on ``records``, oldest
+        first (per chunk of records)."""
+        return self._rows(
+            "SELECT record_a_id, record_b_id, decision FROM match_decision "
+            "WHERE record_a_id {in} OR record_b_id {in} ORDER BY id",
+            records,
+        )
+
+    def active_goldens(self, records: Sequence[int]) -> list[tuple[int, str]]:
+        """(record, golden id) of ``records`` linked to an active golden record."""
+        return self._rows(
+            "SELECT l.source_record_id, l.golden_id FROM link l "
+            "JOIN golden_patient g ON g.id = l.golden_id "
+            "WHERE g.status = 'active' AND l.source_record_id {in}",
+            records,
+        )
+
+    def members(
+        self, goldens: Sequence[str]
+    ) -> list[tuple[str, int, str, float | None, str, str, str | None, str | None]]:
+        """(golden id, record, grade, score, golden status, record status, content hash,
+        normalized JSON text) of every record linked to ``goldens``, in link order."""
+        normalized = "CAST(s.normalized AS TEXT)" if self.postgresql else "s.normalized"
+        return self._rows(
+            "SELECT l.golden_id, l.source_record_id, l.grade, l.score, g.status, s.status, "
+            f"s.content_hash, {normalized} FROM link l "
+            "JOIN golden_patient g ON g.id = l.golden_id "
+            "JOIN source_record s ON s.id = l.source_record_id "
+            "WHERE l.golden_id {in} ORDER BY l.golden_id, l.id",
+            goldens,
+        )
+
+    def active_model(self) -> tuple[int, str] | None:
+        """(id, version) of the active match model, if one was trained."""
+        rows = self.connection.exec_driver_sql(
+            "SELECT id, version FROM match_model WHERE active ORDER BY id DESC LIMIT 1"
+        ).all()
+        return (rows[0][0], rows[0][1]) if rows else None
+
+
+def decode(text: str | dict[str, Any] | None) -> dict[str, Any]:
+    """A JSON column read by :class:`Reads` (text; a dict if the driver decoded it)."""
+    if text is None:
+        return {}
+    value = json.loads(text) if isinstance(text, str) else text
+    return value or {}
