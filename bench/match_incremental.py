@@ -16,6 +16,9 @@ Usage (the last line is JSON: ``incremental_p50_ms``, ``incremental_p99_ms``…)
 
     .venv/bin/python -m bench.match_incremental [--golden 200000] [--probes 1000]
         [--db /tmp/base.db]
+
+With ``--db`` the base is kept in that file and reused when it exists; the timed
+resolutions then run on a temporary copy, so the kept base is never modified.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import gc
 import hashlib
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -211,6 +215,16 @@ def main() -> None:
             if args.db is not None:
                 meta.write_text(json.dumps({"probes": probes, "goldens": goldens}))
         build_s = time.perf_counter() - started
+        if args.db is not None:
+            # The timed resolutions write (probe records, links, golden records): they
+            # run on a copy, so the kept base stays as built and the same probes can be
+            # resolved against it again next time.
+            work = Path(folder) / "incremental-run.db"
+            shutil.copyfile(path, work)
+            wal = path.with_name(path.name + "-wal")
+            if wal.exists():  # not checkpointed yet: the copy needs it too
+                shutil.copyfile(wal, work.with_name(work.name + "-wal"))
+            url = f"sqlite:///{work}"
         timings, cpu = time_incremental(url, probes, args.probes, args.seed)
     print(
         f"{len(timings)} records against {goldens} golden records (base ready in {build_s:.0f} s)",
