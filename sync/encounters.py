@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+import orjson
+from sqlalchemy import ColumnElement, TextClause, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from fhir_mapping import InvalidResource, SourceEncounter, parse_encounter
@@ -78,6 +79,50 @@ _OUTBOX_JSON = frozenset({"payload"})
 _OUTBOX_TABLE = Base.metadata.tables["outbox"]
 #: FHIR ``date``/``dateTime`` precisions by string length: year, year-month, date.
 _PARTIAL_DATE_FORMATS = {4: "%Y", 7: "%Y-%m", 10: "%Y-%m-%d"}
+#: Encoded timestamps by (dialect is PostgreSQL, FHIR text or datetime): period bounds and
+#: ``meta.lastUpdated`` repeat across a load. Cleared as a whole when full.
+_TIMESTAMPS: dict[tuple[bool, Any], Any] = {}
+MAX_CACHED_TIMESTAMPS = 16384
+
+
+def _json_text(value: Any) -> str:
+    """JSON text of ``value`` for a JSON column, through orjson (the same JSON value as
+    ``BulkWriter.json``, several times faster); what orjson refuses (a lone surrogate,
+    an int beyond 64 bits) goes through ``BulkWriter.json``."""
+    try:
+        return orjson.dumps(value).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return BulkWriter.json(value)
+
+
+def _timestamp(bulk: BulkWriter, value: str | datetime | None) -> Any:
+    """``bulk.timestamp`` of a FHIR dateTime text (see :func:`parse_fhir_datetime`) or of a
+    datetime, memoized."""
+    if value is None:
+        return None
+    key = (bulk.postgresql, value)
+    found = _TIMESTAMPS.get(key, _TIMESTAMPS)
+    if found is not _TIMESTAMPS:
+        return found
+    parsed = value if isinstance(value, datetime) else parse_fhir_datetime(value)
+    encoded = bulk.timestamp(parsed)
+    if len(_TIMESTAMPS) >= MAX_CACHED_TIMESTAMPS:
+        _TIMESTAMPS.clear()
+    _TIMESTAMPS[key] = encoded
+    return encoded
+
+
+def _among(
+    session: Session, column: Any, values: Sequence[Any]
+) -> ColumnElement[bool] | TextClause:
+    """``column IN (values)``. On SQLite the values travel as one JSON array read by
+    ``json_each``: a constant statement (compiled once, no thousand placeholders rendered
+    per page); elsewhere :func:`store.bulk.one_of`."""
+    if session.get_bind().dialect.name != "sqlite":
+        return one_of(session, column, values)
+    return text(
+        f"{column.table.name}.{column.name} IN (SELECT value FROM json_each(:among_values))"
+    ).bindparams(among_values=_json_text(list(values)))
 
 
 @dataclass
@@ -145,7 +190,7 @@ def _load_stored(
             ).where(
                 SourceRecord.source_id == source_id,
                 SourceRecord.resource_type == "Encounter",
-                one_of(session, SourceRecord.resource_id, chunk),
+                _among(session, SourceRecord.resource_id, chunk),
             )
         )
         for rec_id, rid, status, digest, updated in rows:
@@ -159,17 +204,39 @@ def _load_encounter_ids(session: Session, stored: Sequence[_Stored]) -> None:
     for chunk in chunked(list(by_record)):
         for enc_id, record_id in session.execute(
             select(Encounter.id, Encounter.source_record_id).where(
-                one_of(session, Encounter.source_record_id, chunk)
+                _among(session, Encounter.source_record_id, chunk)
             )
         ):
             by_record[record_id].encounter_id = enc_id
 
 
+#: ``source_record`` is active, checked in the status index (whose entries end with the rowid).
+_SQLITE_ACTIVE = (
+    "EXISTS (SELECT 1 FROM source_record AS active_record"
+    " INDEXED BY ix_source_record_status"
+    " WHERE active_record.source_id = source_record.source_id"
+    " AND active_record.resource_type = source_record.resource_type"
+    " AND active_record.status = :active_status"
+    " AND active_record.id = source_record.id)"
+)
+
+
 def golden_ids_of_patients(
     session: Session, source_id: int, patient_ids: Sequence[str]
 ) -> dict[str, str]:
-    """Source Patient resource id -> golden id, for the linked active Patients among them."""
+    """Source Patient resource id -> golden id, for the linked active Patients among them.
+
+    On SQLite the ids are looked up in the (source, type, id) key and the status in the
+    status index, by rowid (:data:`_SQLITE_ACTIVE`): both covering, so no record row is
+    read (its ``status`` sits behind the resource JSON, often in overflow pages), and
+    not a scan of every active Patient of the source per page."""
     found: dict[str, str] = {}
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    active = (
+        text(_SQLITE_ACTIVE).bindparams(active_status=STATUS_ACTIVE)
+        if sqlite
+        else SourceRecord.status == STATUS_ACTIVE
+    )
     for chunk in chunked(list(dict.fromkeys(patient_ids))):
         rows = session.execute(
             select(SourceRecord.resource_id, Link.golden_id)
@@ -177,8 +244,8 @@ def golden_ids_of_patients(
             .where(
                 SourceRecord.source_id == source_id,
                 SourceRecord.resource_type == "Patient",
-                SourceRecord.status == STATUS_ACTIVE,
-                one_of(session, SourceRecord.resource_id, chunk),
+                active,
+                _among(session, SourceRecord.resource_id, chunk),
             )
         )
         found.update({rid: golden for rid, golden in rows})
@@ -229,10 +296,10 @@ class _PageWriter:
         raw_json = item.raw_json()
         record = (
             raw_json,
-            bulk.json(_normalized(encounter)),
+            _json_text(_normalized(encounter)),
             item.content_hash,
             item.version_id,
-            bulk.timestamp(item.last_updated),
+            _timestamp(bulk, item.last_updated),
             status,
             self.now,
         )
@@ -244,8 +311,8 @@ class _PageWriter:
             golden_id,
             encounter.status,
             coding.code if coding else None,
-            bulk.timestamp(parse_fhir_datetime(period.start if period else None)),
-            bulk.timestamp(parse_fhir_datetime(period.end if period else None)),
+            _timestamp(bulk, period.start if period else None),
+            _timestamp(bulk, period.end if period else None),
             raw_json,
             self.now,
         )
@@ -277,7 +344,7 @@ class _PageWriter:
                 event_type,
                 "Encounter",
                 str(encounter_id),
-                self.bulk.json(payload),
+                _json_text(payload),
                 self.now,
                 self.now,
                 0,
@@ -287,9 +354,8 @@ class _PageWriter:
     def write(self, session: Session) -> None:
         """Insert and update the page's rows, then write an event per new Encounter.
 
-        Plain executemany, then one indexed read of the new ids: on both drivers this
-        is several times cheaper than ``INSERT … RETURNING`` rendered as one huge
-        statement.
+        Plain executemany; on PostgreSQL the new ids come back from ``RETURNING``; on
+        SQLite from :func:`_sqlite_inserted_ids` (else one indexed read of the new rows).
         """
         bulk = self.bulk
         returned = bulk.insert(
@@ -300,6 +366,9 @@ class _PageWriter:
             returning=("id", "resource_id"),
         )
         if returned is None:
+            keys = [(self.source_id, "Encounter", row[2]) for row in self.new_records]
+            returned = _sqlite_inserted_ids(bulk, "source_record", _RECORD_KEY, keys)
+        if returned is None:
             returned = []
             for chunk in chunked([row[2] for row in self.new_records]):
                 returned.extend(
@@ -307,7 +376,7 @@ class _PageWriter:
                         select(SourceRecord.id, SourceRecord.resource_id).where(
                             SourceRecord.source_id == self.source_id,
                             SourceRecord.resource_type == "Encounter",
-                            one_of(session, SourceRecord.resource_id, chunk),
+                            _among(session, SourceRecord.resource_id, chunk),
                         )
                     )
                 )
@@ -325,14 +394,26 @@ class _PageWriter:
             json_columns=_ENCOUNTER_JSON,
         )
         if self.new_encounters:
-            rid_by_record = {self.record_ids[rid]: rid for rid in self.new_encounters}
+            rows = [(self.record_ids[rid], *values) for rid, values in self.new_encounters.items()]
+            rid_by_record = {
+                row[0]: rid for row, rid in zip(rows, self.new_encounters, strict=True)
+            }
             inserted = bulk.insert(
                 "encounter",
                 _ENCOUNTER_COLUMNS,
-                [(self.record_ids[rid], *values) for rid, values in self.new_encounters.items()],
+                rows,
                 json_columns=_ENCOUNTER_JSON,
                 returning=("id", "golden_id", "source_record_id"),
             )
+            if inserted is None:
+                ids = _sqlite_inserted_ids(
+                    bulk, "encounter", ("source_record_id",), [(row[0],) for row in rows]
+                )
+                if ids is not None:
+                    # _ENCOUNTER_COLUMNS: source_record_id, source_id, patient id, golden_id…
+                    inserted = [
+                        (enc_id, row[3], row[0]) for (enc_id, _), row in zip(ids, rows, strict=True)
+                    ]
             if inserted is None:
                 inserted = []
                 for chunk in chunked(list(rid_by_record)):
@@ -340,12 +421,46 @@ class _PageWriter:
                         session.execute(
                             select(
                                 Encounter.id, Encounter.golden_id, Encounter.source_record_id
-                            ).where(Encounter.source_record_id.in_(chunk))
+                            ).where(_among(session, Encounter.source_record_id, chunk))
                         )
                     )
             for enc_id, golden_id, record_id in inserted:
                 self.event(EVENT_CREATED, enc_id, golden_id, rid_by_record[record_id])
         bulk.insert("outbox", _OUTBOX_COLUMNS, self.events, json_columns=_OUTBOX_JSON)
+
+
+#: The columns that identify a source record (its unique key).
+_RECORD_KEY = ("source_id", "resource_type", "resource_id")
+#: Above this rowid SQLite may pick new rowids at random instead of max + 1.
+_SQLITE_SEQUENTIAL_ROWIDS = 2**62
+
+
+def _sqlite_inserted_ids(
+    bulk: BulkWriter, table: str, key_columns: Sequence[str], keys: Sequence[tuple[Any, ...]]
+) -> list[tuple[int, Any]] | None:
+    """(id, last key value) of the rows the last ``executemany`` inserted into ``table``,
+    in insertion order, without reading them back; None when that cannot be vouched for.
+
+    SQLite gives a new row the largest rowid plus one, and this transaction holds the
+    database's only write lock, so a bulk insert's rows have consecutive ids ending at
+    ``last_insert_rowid()``. The first and the last of them are read back by id to
+    confirm (their key columns must be the first and last ``keys``)."""
+    if not keys:
+        return []
+    connection = bulk.connection
+    last = connection.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
+    first = last - len(keys) + 1
+    if first < 1 or last >= _SQLITE_SEQUENTIAL_ROWIDS:
+        return None
+    found = {
+        row[0]: tuple(row[1:])
+        for row in connection.exec_driver_sql(
+            f"SELECT id, {', '.join(key_columns)} FROM {table} WHERE id IN (?, ?)", (first, last)
+        )
+    }
+    if found.get(first) != tuple(keys[0]) or found.get(last) != tuple(keys[-1]):
+        return None
+    return [(first + i, key[-1]) for i, key in enumerate(keys)]
 
 
 def ingest_encounters(
