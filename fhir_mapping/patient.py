@@ -15,7 +15,7 @@ from fhir_mapping.contact import DEFAULT_REGION, normalize_address, normalize_co
 from fhir_mapping.identifiers import normalize_identifier
 from fhir_mapping.model import SourcePatient
 from fhir_mapping.names import normalize_name
-from fhir_mapping.validate import validate_resource
+from fhir_mapping.validate import check_resource
 
 US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
 US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
@@ -69,7 +69,7 @@ def parse_patient(
     ``default_region`` is the ISO 3166 region for phone numbers written without a
     country code; ``mrn_system`` is the identifier system of this source's MRN.
     Raises :class:`~fhir_mapping.errors.InvalidResource` for invalid input."""
-    validate_resource(raw, "Patient")
+    check_resource(raw, "Patient")
     meta = raw.get("meta") or {}
     race = ethnicity = None
     birth_sex = None

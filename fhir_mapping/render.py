@@ -23,7 +23,7 @@ from fhir_mapping.model import (
     SourcePatient,
 )
 from fhir_mapping.patient import US_CORE_BIRTH_SEX
-from fhir_mapping.validate import validate_resource
+from fhir_mapping.validate import check_resource
 
 #: Extension pointing at the Provenance resource(s) of a golden record.
 PROVENANCE_EXTENSION = "https://askonce.dev/fhir/StructureDefinition/golden-provenance"
@@ -205,7 +205,7 @@ def render_golden_patient(
         }
     )
     if validate:
-        validate_resource(resource, "Patient")
+        check_resource(resource, "Patient")
     return resource
 
 
