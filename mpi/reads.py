@@ -24,6 +24,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from mpi.model import MatchModel
+from mpi.storage import _model_cache, load_active_model
+
 #: Values per list (SQLite allows 32766 bound parameters per statement).
 IN_CHUNK = 5000
 
@@ -38,9 +41,21 @@ class Reads:
 
     def __init__(self, session: Session) -> None:
         session.flush()
-        self.connection = session.connection()
-        self.postgresql = self.connection.dialect.name == "postgresql"
+        self.session = session
+        connection = session.connection()
+        self.postgresql = connection.dialect.name == "postgresql"
+        #: The DBAPI connection of the session's transaction.
+        self.dbapi = connection.connection.dbapi_connection
         self._sql: dict[tuple[str, int], str] = {}
+
+    def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        assert self.dbapi is not None
+        cursor = self.dbapi.cursor()
+        try:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
 
     def _rows(self, template: str, values: Sequence[Any], *extra: Any) -> list[tuple[Any, ...]]:
         """Rows of ``template``, whose every ``{in}`` is the list of ``values`` and whose
@@ -64,7 +79,7 @@ class Reads:
             params: tuple[Any, ...] = (
                 (*[chunk] * lists, *extra) if self.postgresql else (*chunk * lists, *extra)
             )
-            out.extend(tuple(row) for row in self.connection.exec_driver_sql(sql, params))
+            out.extend(self._fetch(sql, params))
         return out
 
     def links(self, records: Sequence[int]) -> list[tuple[int, str, str, float | None]]:
@@ -119,12 +134,16 @@ class Reads:
             goldens,
         )
 
-    def active_model(self) -> tuple[int, str] | None:
-        """(id, version) of the active match model, if one was trained."""
-        rows = self.connection.exec_driver_sql(
+    def active_model(self) -> MatchModel:
+        """The active trained model (the built-in priors when none was trained): one
+        small read while the active row is the one already loaded by this process."""
+        rows = self._fetch(
             "SELECT id, version FROM match_model WHERE active ORDER BY id DESC LIMIT 1"
-        ).all()
-        return (rows[0][0], rows[0][1]) if rows else None
+        )
+        if not rows:
+            return MatchModel.default()
+        model = _model_cache.get((rows[0][0], rows[0][1]))
+        return model if model is not None else load_active_model(self.session)
 
 
 def decode(text: str | dict[str, Any] | None) -> dict[str, Any]:

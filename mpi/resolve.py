@@ -67,7 +67,6 @@ from mpi.storage import (
     GoldenPlan,
     cached_record,
     event_row,
-    load_active_model,
     parsed_record,
     write_goldens,
 )
@@ -179,6 +178,7 @@ class BatchState:
         records: Sequence[tuple[int, MatchFeatures, list[str]]],
         *,
         probes: Sequence[list[str]] = (),
+        reads: Reads | None = None,
     ) -> None:
         self.session = session
         self.settings = settings
@@ -202,7 +202,7 @@ class BatchState:
         self.patients: dict[int, SourcePatient] = {}
         #: Merges allowed while deciding the current record (see :meth:`allow_merge`).
         self.pending: list[_Merge] = []
-        self.reads = Reads(session)
+        self.reads = reads or Reads(session)
         self._load(records, probes)
 
     # --- loading -------------------------------------------------------------------
@@ -456,7 +456,8 @@ def resolve_patients(
     written set-based. Does not commit.
     """
     settings = settings or MatchSettings()
-    model = model or load_active_model(session)
+    reads = Reads(session)
+    model = model or reads.active_model()
     prepared: list[_Item] = []
     for row, patient in items:
         features = extract_features(patient)
@@ -464,15 +465,23 @@ def resolve_patients(
     lock_block_keys(session, [key for item in prepared for key in item.keys])
     out: list[Resolution] = []
     for chunk in _chunks(prepared, max(1, chunk_size)):
-        out.extend(_resolve_chunk(session, settings, model, chunk))
+        out.extend(_resolve_chunk(session, settings, model, chunk, reads))
     return out
 
 
 def _resolve_chunk(
-    session: Session, settings: MatchSettings, model: MatchModel, items: Sequence[_Item]
+    session: Session,
+    settings: MatchSettings,
+    model: MatchModel,
+    items: Sequence[_Item],
+    reads: Reads | None = None,
 ) -> list[Resolution]:
     state = BatchState(
-        session, settings, model, [(item.row.id, item.features, item.keys) for item in items]
+        session,
+        settings,
+        model,
+        [(item.row.id, item.features, item.keys) for item in items],
+        reads=reads,
     )
     resolver = state.resolver
     writes = _Writes()
