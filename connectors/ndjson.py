@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +30,10 @@ logger = logging.getLogger(__name__)
 NDJSON_SUFFIX = ".ndjson"
 CURSOR_VERSION = 1
 #: A run of this many digits may be an integer beyond 64 bits, which orjson reads as a
-#: float where ``json`` keeps an exact int: such lines go to ``json``.
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+#: float where ``json`` keeps an exact int: such lines go to ``json``. Found by mapping
+#: every digit to "0" and looking for the run (a regular expression costs 3x orjson).
+_LONG_DIGITS = b"0" * 19
+_DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
 
 
 def loads_line(raw: bytes) -> Any:
@@ -41,7 +42,7 @@ def loads_line(raw: bytes) -> Any:
     orjson refuses what ``json`` extends JSON with (NaN, Infinity, lone surrogates, a
     UTF-8 BOM): those lines, and any error, go to ``json`` (its value or its error), as
     do lines with a 19-digit run (see :data:`_LONG_DIGITS`)."""
-    if _LONG_DIGITS.search(raw) is None:
+    if type(raw) is bytes and raw.translate(_DIGITS_TO_ZERO).find(_LONG_DIGITS) == -1:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -129,6 +129,10 @@ def test_any_json_value_reads_as_json_reads_it(value: Any, ensure_ascii: bool) -
     assert_same_reading(json.dumps(value, ensure_ascii=ensure_ascii).encode())
 
 
+def test_text_lines_are_read_by_json() -> None:
+    assert same(loads_line('{"a": 12345678901234567890123}'), {"a": 12345678901234567890123})  # type: ignore[arg-type]
+
+
 def test_parse_line_still_reports_position_only() -> None:
     resource, problem = parse_line(b'{"resourceType": NaN', "Patient.ndjson", 7)
     assert resource is None
