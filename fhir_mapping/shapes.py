@@ -41,7 +41,7 @@ from pydantic.errors import PydanticUserError
 STRUCTURE_KEYS = frozenset({"resourceType", "resource_type"})
 #: Distinct shapes remembered (LRU): a few per resource type in practice.
 DEFAULT_MAX_SHAPES = 2048
-#: Memoized verdicts of (checker, value); cleared as a whole when full.
+#: Memoized verdicts of (checker, value), in two generations (see :class:`Checkers`).
 DEFAULT_MAX_VERDICTS = 65536
 #: Ends an object or an array in a shape.
 _END = Ellipsis
@@ -146,13 +146,23 @@ def _field_validator(model: type[FHIRAbstractModel], name: str) -> Callable[[Any
 
 
 class Checkers:
-    """Checker ids: one per (model, field, JSON type of the value), each with a memo."""
+    """Checker ids: one per (model, field, JSON type of the value), and their verdicts.
+
+    Verdicts are kept in two generations of at most ``max_verdicts / 2`` each: when the
+    young one is full it becomes the old one (the previous old one is dropped), and a
+    verdict found in the old one moves back to the young one. Values that repeat (codes,
+    systems, dates) stay; values seen once (ids) age out."""
 
     def __init__(self, max_verdicts: int = DEFAULT_MAX_VERDICTS) -> None:
         self.ids: dict[tuple[Any, ...], int] = {}
         self.validators: list[Callable[[Any], Any]] = []
         self.verdicts: dict[tuple[int, Any], bool] = {}
-        self.max_verdicts = max_verdicts
+        self.old_verdicts: dict[tuple[int, Any], bool] = {}
+        self.generation_size = max(1, max_verdicts // 2)
+
+    def __len__(self) -> int:
+        """How many verdicts are memoized."""
+        return len(self.verdicts) + len(self.old_verdicts)
 
     def checker(self, model: type[FHIRAbstractModel], name: str, kind: Any) -> int:
         key = (model, name, kind)
@@ -172,9 +182,12 @@ class Checkers:
             key = (checker, tuple(value) if type(value) is list else value)
             verdict = verdicts.get(key)
             if verdict is None:
-                verdict = self._run(checker, value)
-                if len(verdicts) >= self.max_verdicts:
-                    verdicts.clear()
+                verdict = self.old_verdicts.get(key)
+                if verdict is None:
+                    verdict = self._run(checker, value)
+                if len(verdicts) >= self.generation_size:
+                    self.old_verdicts = verdicts
+                    verdicts = self.verdicts = {}
                 verdicts[key] = verdict
             if not verdict:
                 return False

@@ -473,12 +473,17 @@ def test_caches_stay_bounded() -> None:
     assert len(plans) == 3
     assert plans.get(("k0",)) is False
     assert plans.get(("k9",)) == (9,)
-    checkers = Checkers(max_verdicts=5)
+    checkers = Checkers(max_verdicts=6)
     checker = checkers.checker(Patient, "birthDate", str)
     for day in range(1, 20):
         assert checkers.accept((checker,), [f"2020-01-{day:02d}"])
-    assert len(checkers.verdicts) <= 5
+        assert checkers.accept((checker,), ["1999-12-31"])  # a value that repeats stays
+        assert len(checkers) <= 6
+    assert (checker, "1999-12-31") in checkers.verdicts
+    assert (checker, "2020-01-01") not in checkers.verdicts
+    assert (checker, "2020-01-01") not in checkers.old_verdicts
     assert not checkers.accept((checker,), ["2020-01-32"])
+    assert not checkers.accept((checker,), ["2020-01-32"])  # memoized failures stay failures
 
 
 def test_many_shapes_keep_the_plan_cache_bounded() -> None:
