@@ -301,7 +301,11 @@ class BatchState:
             if len(members) <= MAX_MEMBERS_PER_GOLDEN and record_id not in resolver.features:
                 cached = cached_record(record_id, content_hash)
                 if cached is None:
-                    cached = parsed_record(record_id, content_hash, decode(normalized))
+                    # Not added to the process cache: a candidate met once would only
+                    # age there, and its objects, long-lived enough to survive young
+                    # collections, made each of them walk thousands (p99 latency).
+                    patient = SourcePatient.from_dict(decode(normalized))
+                    cached = (patient, extract_features(patient))
                 decoded[record_id] = cached
         self.loaded.update(wanted)
         self._remember(decoded)
