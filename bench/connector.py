@@ -14,7 +14,14 @@ de-duplication and cursor work. The last line printed is the JSON summary::
 
 ``client_overhead_fraction = client time / wall time`` of the pull.
 
-Usage: ``.venv/bin/python -m bench.connector [--patients 20000] [--page-size 500]``
+With ``--ndjson`` it measures the NDJSON folder connector instead (no server): the
+Encounters and Patients of ``tools.ehrgen`` (``--patients`` people) streamed by
+``NdjsonDirectorySource``, and the per-line parse alone, ``json.loads`` against
+:func:`connectors.ndjson.loads_line`::
+
+    {"ndjson_resources_per_s": ..., "json_loads_us": ..., "loads_line_us": ..., ...}
+
+Usage: ``.venv/bin/python -m bench.connector [--patients 20000] [--page-size 500] [--ndjson]``
 """
 
 from __future__ import annotations
@@ -25,12 +32,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
 from connectors import SourceConfig, build_source
+from connectors.ndjson import loads_line
 from tests.sekmet_server import SekmetServer, sekmet_executable, synthetic_patient
 
 DEFAULT_PATIENTS = 20_000
@@ -39,6 +48,9 @@ SEED_BATCH = 1_000
 #: Give up seeding after this long rather than hold the shared machine.
 MAX_SEED_S = 600.0
 FAMILY = "Bench"
+NDJSON_SEED = 11
+#: Passes over the lines when timing a parser (the best one counts).
+NDJSON_REPEAT = 3
 
 
 class TimedTransport(httpx.HTTPTransport):
@@ -74,11 +86,62 @@ def seed(server: SekmetServer, count: int) -> float:
     return time.perf_counter() - started
 
 
+def best_us_per_line(parse: Any, lines: list[bytes], repeat: int = NDJSON_REPEAT) -> float:
+    """CPU microseconds per line of ``parse`` over ``lines``, best of ``repeat`` passes."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.process_time()
+        for line in lines:
+            parse(line)
+        best = min(best, time.process_time() - started)
+    return best / max(1, len(lines)) * 1e6
+
+
+def ndjson_main(people: int, page_size: int) -> None:
+    """Stream generated NDJSON folders through the connector and time the line parse."""
+    from tools.ehrgen import generate, write_ndjson
+
+    with tempfile.TemporaryDirectory(prefix="bench-ndjson-") as workdir:
+        folder = Path(workdir)
+        write_ndjson(generate(people, seed=NDJSON_SEED, encounters_per_patient=3), folder)
+        lines = [
+            line
+            for path in sorted(folder.glob("*/*.ndjson"))
+            for line in path.read_bytes().splitlines()
+        ]
+        json_us = best_us_per_line(json.loads, lines)
+        orjson_us = best_us_per_line(loads_line, lines)
+        resources = 0
+        started = time.process_time()
+        for source_folder in sorted(p for p in folder.iterdir() if p.is_dir()):
+            config = SourceConfig(
+                kind="ndjson", base_url=str(source_folder), options={"page_size": page_size}
+            )
+            source = build_source(config)
+            for resource_type in ("Patient", "Encounter"):
+                for page in source.stream(resource_type):
+                    resources += len(page.resources)
+            source.close()
+        stream_s = time.process_time() - started
+    summary = {
+        "ndjson_resources_per_s": round(resources / stream_s, 1),
+        "json_loads_us": round(json_us, 2),
+        "loads_line_us": round(orjson_us, 2),
+        "resources": resources,
+        "cpu_s": round(stream_s, 3),
+    }
+    print(json.dumps(summary))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=DEFAULT_PATIENTS)
     parser.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE)
+    parser.add_argument("--ndjson", action="store_true", help="the NDJSON folder connector")
     args = parser.parse_args()
+    if args.ndjson:
+        ndjson_main(args.patients, args.page_size)
+        return
 
     with tempfile.TemporaryDirectory(prefix="bench-sekmet-") as workdir:
         server = SekmetServer(sekmet_executable(), Path(workdir))
