@@ -27,6 +27,7 @@ import argparse
 import gc
 import hashlib
 import json
+import os
 import random
 import shutil
 import sys
@@ -151,7 +152,12 @@ def time_incremental(
     url: str, probes: list[dict[str, Any]], count: int, seed: int
 ) -> tuple[list[float], list[float]]:
     """Wall-clock and CPU milliseconds of each one-record resolution (resolve + commit),
-    cold caches. CPU time tells the engine's cost apart from a busy machine's queueing."""
+    cold caches. CPU time tells the engine's cost apart from a busy machine's queueing.
+
+    The database file is synced to disk first: a base just built or copied is dirty in
+    the page cache, and the first checkpoint's fsync (in the background thread, or in
+    a commit) would otherwise write the whole file out while records are timed."""
+    _sync_file(url.removeprefix("sqlite:///"))
     engine = make_engine(url)
     factory = make_session_factory(engine)
     clear_caches()
@@ -186,6 +192,16 @@ def time_incremental(
     engine.dispose()
     gc.unfreeze()
     return timings, cpu
+
+
+def _sync_file(path: str) -> None:
+    for name in (path, f"{path}-wal"):
+        if os.path.exists(name):
+            descriptor = os.open(name, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
 
 
 def percentile(values: list[float], q: float) -> float:
