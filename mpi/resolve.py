@@ -39,13 +39,11 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from sqlalchemy import (
-    Table,
-    bindparam,
     delete,
     insert,
     select,
@@ -58,7 +56,7 @@ from fhir_mapping import SourcePatient
 from mpi.batch import MAX_MEMBERS_PER_GOLDEN, MemoryResolver
 from mpi.blocking import block_keys
 from mpi.decision import Decision, Member
-from mpi.features import MatchFeatures, extract_features
+from mpi.features import MatchFeatures, extract_features, features_from_normalized
 from mpi.model import MatchModel
 from mpi.operations import repoint_encounters
 from mpi.reads import Reads, decode
@@ -70,19 +68,16 @@ from mpi.storage import (
     parsed_record,
     write_goldens,
 )
-from store.bulk import BulkWriter
+from store.bulk import BulkWriter, update_where
 from store.models import (
-    Base,
     BlockKey,
-    Encounter,
     Link,
-    LinkHistory,
     MatchDecision,
-    Outbox,
     ReviewItem,
     SourceRecord,
     new_uuid,
 )
+from store.types import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +195,8 @@ class BatchState:
         self.placed: set[int] = set()
         #: Stored records this batch decoded (survivorship reuses them).
         self.patients: dict[int, SourcePatient] = {}
+        #: Stored records read for their features only: their normalized JSON.
+        self.normalized: dict[int, dict[str, Any]] = {}
         #: Merges allowed while deciding the current record (see :meth:`allow_merge`).
         self.pending: list[_Merge] = []
         self.reads = reads or Reads(session)
@@ -300,15 +297,27 @@ class BatchState:
             resolver.golden_of[record_id] = golden_id
             if len(members) <= MAX_MEMBERS_PER_GOLDEN and record_id not in resolver.features:
                 cached = cached_record(record_id, content_hash)
-                if cached is None:
-                    # Not added to the process cache: a candidate met once would only
-                    # age there, and its objects, long-lived enough to survive young
-                    # collections, made each of them walk thousands (p99 latency).
-                    patient = SourcePatient.from_dict(decode(normalized))
-                    cached = (patient, extract_features(patient))
-                decoded[record_id] = cached
+                if cached is not None:
+                    decoded[record_id] = cached
+                    continue
+                # Only the features: the record is parsed if its golden record is
+                # rendered (:meth:`parse_members`). Not added to the process cache: a
+                # candidate met once would only age there, and its objects, surviving
+                # young collections, made each of them walk thousands (p99 latency).
+                data = decode(normalized)
+                resolver.features[record_id] = features_from_normalized(data)
+                self.normalized[record_id] = data
         self.loaded.update(wanted)
         self._remember(decoded)
+
+    def parse_members(self, goldens: Iterable[str]) -> None:
+        """Parse the records of ``goldens`` read as features only (their golden records
+        are about to be rendered, which needs the whole record)."""
+        for golden in goldens:
+            for record_id in self.resolver.members.get(golden, ()):
+                data = self.normalized.pop(record_id, None)
+                if data is not None:
+                    self.patients[record_id] = SourcePatient.from_dict(data)
 
     def _remember(self, records: dict[int, tuple[SourcePatient, MatchFeatures]]) -> None:
         for record_id, (patient, features) in records.items():
@@ -521,6 +530,7 @@ def _resolve_chunk(
                 "skipped": skipped,
             },
         )
+    state.parse_members(writes.touched)
     return _write(session, settings, state, writes, items, resolutions)
 
 
@@ -629,7 +639,10 @@ def _write(
     items: Sequence[_Item],
     resolutions: list[Resolution],
 ) -> list[Resolution]:
-    """Everything the batch decided, one executemany per table."""
+    """Everything the batch decided, one statement per table, at the driver level
+    (:class:`store.bulk.BulkWriter`: each value encoded once, no per-row parameter
+    processing); only the few review items, whose ids are returned, go through
+    SQLAlchemy's insert."""
     resolver = state.resolver
     plans: list[GoldenPlan] = []
     for golden in writes.touched:
@@ -656,13 +669,41 @@ def _write(
         for obj in list(session.identity_map.values()):
             if isinstance(obj, Link):
                 session.expire(obj)
-    if writes.links:
-        final = [
-            {**row, "golden_id": state.golden_now(row["source_record_id"])} for row in writes.links
-        ]
-        session.execute(insert(_table(Link)), final)
-    if writes.history:
-        session.execute(insert(_table(LinkHistory)), writes.history)
+    bulk = BulkWriter(session)
+    now = bulk.timestamp(utcnow())
+    bulk.insert(
+        "link",
+        _LINK_COLUMNS,
+        [
+            (
+                row["source_record_id"],
+                state.golden_now(row["source_record_id"]),
+                row["grade"],
+                row["score"],
+                row["method"],
+                row["flagged"],
+                bulk.json(row["explanation"]),
+                now,
+                now,
+            )
+            for row in writes.links
+        ],
+        json_columns=_EXPLANATION_JSON,
+    )
+    bulk.insert(
+        "link_history",
+        _HISTORY_COLUMNS,
+        [
+            (
+                *(row[column] for column in _HISTORY_COLUMNS[:8]),
+                bulk.json(row["explanation"]),
+                None if row["snapshot"] is None else bulk.json(row["snapshot"]),
+                now,
+            )
+            for row in writes.history
+        ],
+        json_columns=_HISTORY_JSON,
+    )
     first_review: dict[int, int] = {}
     if writes.reviews:
         ids = session.scalars(
@@ -671,12 +712,22 @@ def _write(
         ).all()
         for (position, _), review_id in zip(writes.reviews, ids, strict=True):
             first_review.setdefault(position, review_id)
-    if writes.events:
-        rows = []
-        for event, golden, payload, versioned in writes.events:
-            extra = {"version": versions[golden]} if versioned and golden in versions else {}
-            rows.append(event_row(event, golden, **extra, **payload))
-        session.execute(insert(_table(Outbox)), rows)
+    events = []
+    for event, golden, payload, versioned in writes.events:
+        extra = {"version": versions[golden]} if versioned and golden in versions else {}
+        row = event_row(event, golden, **extra, **payload)
+        events.append(
+            (
+                row["event_type"],
+                row["aggregate_type"],
+                row["aggregate_id"],
+                bulk.json(row["payload"]),
+                now,
+                now,
+                0,
+            )
+        )
+    bulk.insert("outbox", _OUTBOX_COLUMNS, events, json_columns=_PAYLOAD_JSON)
     if writes.rekeyed:
         for chunk in _chunks(writes.rekeyed):
             session.execute(
@@ -684,13 +735,13 @@ def _write(
                 .where(BlockKey.source_record_id.in_(chunk))
                 .execution_options(synchronize_session=False)
             )
-    # The most numerous rows of a batch (~10 per record): written at the driver level.
-    BulkWriter(session).insert(
+    # The most numerous rows of a batch (~10 per record).
+    bulk.insert(
         "block_key",
         ("key", "source_record_id"),
         [(k, item.row.id) for item in items for k in item.keys],
     )
-    _repoint_encounters(session, state, writes, items)
+    _repoint_encounters(session, bulk, state, writes, items)
     out: list[Resolution] = []
     for position, resolution in enumerate(resolutions):
         golden = state.golden_now(resolution.source_record_id) or resolution.golden_id
@@ -708,11 +759,14 @@ def _write(
 
 
 def _repoint_encounters(
-    session: Session, state: BatchState, writes: _Writes, items: Sequence[_Item]
+    session: Session,
+    bulk: BulkWriter,
+    state: BatchState,
+    writes: _Writes,
+    items: Sequence[_Item],
 ) -> None:
     """Encounters follow their patient: those of the batch's records and of the records
     of merged golden records point at the golden record each ended up in."""
-    table = _table(Encounter)
     rows = []
     seen: set[int] = set()
     for item in items:
@@ -721,16 +775,8 @@ def _repoint_encounters(
         seen.add(item.row.id)
         golden = state.golden_now(item.row.id)
         if golden is not None:
-            rows.append({"s": item.row.source_id, "r": item.row.resource_id, "g": golden})
-    if rows:
-        session.execute(
-            update(table)
-            .where(
-                table.c.source_id == bindparam("s"), table.c.patient_resource_id == bindparam("r")
-            )
-            .values(golden_id=bindparam("g")),
-            rows,
-        )
+            rows.append((golden, item.row.source_id, item.row.resource_id))
+    update_where(bulk, "encounter", ("golden_id",), ("source_id", "patient_resource_id"), rows)
     moved: dict[str, list[int]] = {}
     for merge in writes.merges:
         golden = state.survivor_of(merge.survivor)
@@ -739,9 +785,43 @@ def _repoint_encounters(
         repoint_encounters(session, records, golden)
 
 
-def _table(model: type[Base]) -> Table:
-    """The Core table of a mapped class: executemany without the ORM's per-row work."""
-    return cast(Table, model.__table__)
+#: Columns of the batch's driver-level inserts (see :func:`_write`), and their JSON ones.
+_LINK_COLUMNS = (
+    "source_record_id",
+    "golden_id",
+    "grade",
+    "score",
+    "method",
+    "flagged",
+    "explanation",
+    "created_at",
+    "updated_at",
+)
+_EXPLANATION_JSON = frozenset({"explanation"})
+_HISTORY_COLUMNS = (
+    "action",
+    "source_record_id",
+    "golden_id",
+    "other_golden_id",
+    "grade",
+    "score",
+    "method",
+    "actor",
+    "explanation",
+    "snapshot",
+    "at",
+)
+_HISTORY_JSON = frozenset({"explanation", "snapshot"})
+_OUTBOX_COLUMNS = (
+    "event_type",
+    "aggregate_type",
+    "aggregate_id",
+    "payload",
+    "created_at",
+    "next_attempt_at",
+    "attempts",
+)
+_PAYLOAD_JSON = frozenset({"payload"})
 
 
 def _history_row(**values: Any) -> dict[str, Any]:

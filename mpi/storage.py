@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, delete, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from fhir_mapping import GoldenLink, SourcePatient, render_golden_patient, search_tokens
@@ -21,6 +21,7 @@ from mpi.features import MatchFeatures, extract_features
 from mpi.model import MatchModel
 from mpi.settings import MatchSettings
 from mpi.survivorship import MemberRecord, ProvenanceEntry, build_golden
+from store.bulk import BulkWriter, one_of
 from store.golden import GoldenPatientRepository, GoldenWrite
 from store.models import FieldProvenance, GoldenPatient, Link, Outbox, Source, SourceRecord
 from store.models import MatchModel as MatchModelRow
@@ -31,6 +32,11 @@ from store.types import utcnow
 FEATURE_CACHE_SIZE = 500
 #: Source ``config`` flag: values from this source were confirmed by the patient.
 PATIENT_CONFIRMED_FLAG = "patient_confirmed"
+#: Columns of the driver-level ``field_provenance`` insert of :func:`write_goldens`.
+_PROVENANCE_COLUMNS = ("golden_id", "field", "value", "source_record_id", "rule", "observed_at")
+_VALUE_JSON = frozenset({"value"})
+#: Golden ids per ``DELETE … IN (…)`` (SQLite binds at most 32766 parameters).
+_DELETE_CHUNK = 5000
 
 _feature_cache: OrderedDict[tuple[int, str | None], tuple[SourcePatient, MatchFeatures]] = (
     OrderedDict()
@@ -347,7 +353,8 @@ def write_goldens(
     everyone = sorted({r for records in member_ids.values() for r in records})
     by_id = {m.record_id: m for m in member_records(session, everyone, known=known)}
     writes: list[GoldenWrite] = []
-    all_provenance: list[dict[str, Any]] = []
+    bulk = BulkWriter(session)
+    all_provenance: list[tuple[Any, ...]] = []
     for plan in plans:
         version, stored_status, stored_into = state.get(plan.golden_id, (0, "active", None))
         status = plan.status or stored_status
@@ -364,16 +371,29 @@ def write_goldens(
         resource = render_golden_patient(record, validate=False)
         tokens = search_tokens(resource) if status == "active" else []
         writes.append(GoldenWrite(plan.golden_id, resource, tokens, status, merged_into, version))
-        all_provenance.extend(provenance_rows(plan.golden_id, provenance))
+        all_provenance.extend(
+            (
+                plan.golden_id,
+                p.field,
+                bulk.json(p.value),
+                p.record_id,
+                p.rule,
+                bulk.timestamp(p.observed_at),
+            )
+            for p in provenance
+        )
     versions = GoldenPatientRepository(session).save_many(writes)
-    if stored_ids:
+    for start in range(0, len(stored_ids), _DELETE_CHUNK):
         session.execute(
             delete(FieldProvenance)
-            .where(FieldProvenance.golden_id.in_(stored_ids))
+            .where(
+                one_of(
+                    session, FieldProvenance.golden_id, stored_ids[start : start + _DELETE_CHUNK]
+                )
+            )
             .execution_options(synchronize_session=False)
         )
-    if all_provenance:
-        session.execute(insert(cast(Table, FieldProvenance.__table__)), all_provenance)
+    bulk.insert("field_provenance", _PROVENANCE_COLUMNS, all_provenance, json_columns=_VALUE_JSON)
     return versions
 
 

@@ -163,3 +163,38 @@ class BulkWriter:
         if len(arrays) != len(columns):
             raise ValueError(f"rows have {len(arrays)} values, expected {len(columns)}")
         return arrays
+
+
+def update_where(
+    writer: BulkWriter,
+    table: str,
+    columns: Sequence[str],
+    keys: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+) -> None:
+    """``UPDATE table SET columns… WHERE key = … AND …`` per row, through ``writer``: each
+    tuple holds the values in ``columns`` order, then those of ``keys`` (no JSON columns).
+
+    SQLite: ``executemany``; PostgreSQL: one ``UPDATE … FROM unnest(…)``. The keys should
+    be indexed (each row is one lookup)."""
+    if not rows:
+        return
+    if not writer.postgresql:
+        assignments = ", ".join(f"{column} = ?" for column in columns)
+        matches = " AND ".join(f"{key} = ?" for key in keys)
+        writer.connection.exec_driver_sql(
+            f"UPDATE {table} SET {assignments} WHERE {matches}", list(rows)
+        )
+        return
+    all_columns = (*columns, *keys)
+    cache_key = ("update_where", table, tuple(columns), tuple(keys))
+    statement = writer._statements.get(cache_key, "")
+    if not statement:
+        unnest, _ = writer._unnest(table, all_columns, ())
+        assignments = ", ".join(f"{column} = u.c{i}" for i, column in enumerate(columns))
+        matches = " AND ".join(
+            f"{table}.{key} = u.c{len(columns) + i}" for i, key in enumerate(keys)
+        )
+        statement = f"UPDATE {table} SET {assignments} {unnest} WHERE {matches}"
+        writer._statements[cache_key] = statement
+    writer.connection.exec_driver_sql(statement, writer._arrays(all_columns, rows))

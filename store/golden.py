@@ -10,22 +10,35 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from store.bulk import BulkWriter
-from store.models import Base, GoldenPatient, GoldenPatientVersion, GoldenSearchToken, new_uuid
+from store.bulk import BulkWriter, one_of
+from store.models import GoldenPatient, GoldenPatientVersion, GoldenSearchToken, new_uuid
 from store.repositories import NotFoundError
 from store.types import utcnow
 
 SearchToken = tuple[str, str | None, str]
 
-
-def _table(model: type[Base]) -> Table:
-    """The Core table of a mapped class: executemany without the ORM's per-row work."""
-    return cast(Table, model.__table__)
+#: Columns of the driver-level statements of :meth:`GoldenPatientRepository.save_many`.
+_GOLDEN_COLUMNS = (
+    "id",
+    "version",
+    "resource",
+    "status",
+    "merged_into",
+    "birth_date",
+    "gender",
+    "created_at",
+    "last_updated",
+)
+_GOLDEN_UPDATE = ("version", "resource", "status", "birth_date", "gender", "last_updated")
+_VERSION_COLUMNS = ("golden_id", "version", "resource", "status", "recorded_at")
+_RESOURCE_JSON = frozenset({"resource"})
+#: Golden ids per ``DELETE … IN (…)`` (SQLite binds at most 32766 parameters).
+_DELETE_CHUNK = 5000
 
 
 class VersionConflictError(RuntimeError):
@@ -148,18 +161,23 @@ class GoldenPatientRepository:
         """Write a new version of many golden records in set-based statements.
 
         The same result as :meth:`save` per record (version bump, ``meta``, the kept
-        version, search tokens), but one executemany per table: new records are
-        inserted, stored ones updated by primary key, their old tokens deleted at once.
-        Golden objects already in the session are expired (they are stale). Returns
-        the new version of each record.
+        version, search tokens; ``merged_into`` None keeps the stored one), but one
+        statement per table, at the driver level (:class:`store.bulk.BulkWriter`): new
+        records are inserted, stored ones updated by primary key, their old tokens
+        deleted at once. Each resource is JSON-encoded once, for both the record and its
+        kept version. Golden objects already in the session are expired (they are
+        stale). Returns the new version of each record.
         """
         if not writes:
             return {}
+        bulk = BulkWriter(self.session)
         now = utcnow()
         instant = _fhir_instant(now)
-        inserts: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
-        versions: list[dict[str, Any]] = []
+        stamp = bulk.timestamp(now)
+        inserts: list[tuple[Any, ...]] = []
+        updates: list[tuple[Any, ...]] = []
+        merges: list[tuple[Any, ...]] = []
+        versions: list[tuple[Any, ...]] = []
         tokens: list[tuple[str, str, str | None, str]] = []
         out: dict[str, int] = {}
         for write in writes:
@@ -172,52 +190,69 @@ class GoldenPatientRepository:
                 "versionId": str(version),
                 "lastUpdated": instant,
             }
-            row = {
-                "id": write.golden_id,
-                "version": version,
-                "resource": resource,
-                "status": write.status,
-                "merged_into": write.merged_into,
-                "birth_date": resource.get("birthDate"),
-                "gender": resource.get("gender"),
-                "last_updated": now,
-            }
-            (updates if write.version else inserts).append(row)
-            versions.append(
-                {
-                    "golden_id": write.golden_id,
-                    "version": version,
-                    "resource": resource,
-                    "status": write.status,
-                    "recorded_at": now,
-                }
-            )
+            body = bulk.json(resource)
+            birth_date, gender = resource.get("birthDate"), resource.get("gender")
+            if not write.version:
+                inserts.append(
+                    (
+                        write.golden_id,
+                        version,
+                        body,
+                        write.status,
+                        write.merged_into,
+                        birth_date,
+                        gender,
+                        stamp,
+                        stamp,
+                    )
+                )
+            elif write.merged_into is None:
+                # Without the merged_into column: on SQLite, assigning a self-referencing
+                # foreign key column costs a constraint check per row even when unchanged.
+                updates.append(
+                    (version, body, write.status, birth_date, gender, stamp, write.golden_id)
+                )
+            else:
+                merges.append(
+                    (
+                        version,
+                        body,
+                        write.status,
+                        birth_date,
+                        gender,
+                        stamp,
+                        write.merged_into,
+                        write.golden_id,
+                    )
+                )
+            versions.append((write.golden_id, version, body, write.status, stamp))
             tokens.extend((write.golden_id, p, s, v) for p, s, v in write.tokens)
             out[write.golden_id] = version
-        if inserts:
-            # Records merged into another one of the same statement come last.
-            inserts.sort(key=lambda row: row["merged_into"] is not None)
-            self.session.execute(_table(GoldenPatient).insert(), inserts)
-        if updates:
-            table = _table(GoldenPatient)
-            self.session.execute(
-                table.update()
-                .where(table.c.id == bindparam("b_id"))
-                .values({c: bindparam(c) for c in updates[0] if c != "id"}),
-                [{"b_id": row["id"], **row} for row in updates],
-            )
-        self.session.execute(_table(GoldenPatientVersion).insert(), versions)
-        stored = [row["id"] for row in updates]
-        if stored:
+        # Records merged into another one of the same statement come last.
+        inserts.sort(key=lambda row: row[4] is not None)
+        bulk.insert("golden_patient", _GOLDEN_COLUMNS, inserts, json_columns=_RESOURCE_JSON)
+        bulk.update_by_id("golden_patient", _GOLDEN_UPDATE, updates, json_columns=_RESOURCE_JSON)
+        bulk.update_by_id(
+            "golden_patient", (*_GOLDEN_UPDATE, "merged_into"), merges, json_columns=_RESOURCE_JSON
+        )
+        bulk.insert(
+            "golden_patient_version", _VERSION_COLUMNS, versions, json_columns=_RESOURCE_JSON
+        )
+        stored = [row[-1] for row in updates] + [row[-1] for row in merges]
+        for start in range(0, len(stored), _DELETE_CHUNK):
             self.session.execute(
                 delete(GoldenSearchToken)
-                .where(GoldenSearchToken.golden_id.in_(stored))
+                .where(
+                    one_of(
+                        self.session,
+                        GoldenSearchToken.golden_id,
+                        stored[start : start + _DELETE_CHUNK],
+                    )
+                )
                 .execution_options(synchronize_session=False)
             )
-        # Search tokens are the most numerous rows: written at the driver level.
-        BulkWriter(self.session).insert(
-            "golden_search_token", ("golden_id", "param", "system", "value"), tokens
-        )
+        # Search tokens are the most numerous rows of a golden record.
+        bulk.insert("golden_search_token", ("golden_id", "param", "system", "value"), tokens)
         for obj in list(self.session.identity_map.values()):
             if isinstance(obj, GoldenPatient) and obj.id in out:
                 self.session.expire(obj)
