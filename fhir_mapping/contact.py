@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import cache, lru_cache
 from typing import Any
 
@@ -41,6 +42,8 @@ NANP_COUNTRY_CODE = 1
 NANP_LENGTH = 10
 #: Country calling codes have one to three digits (ITU-T E.164).
 MAX_COUNTRY_CODE_LENGTH = 3
+#: Longest national significant number ``phonenumbers`` knows of (its _MAX_LENGTH_FOR_NSN).
+MAX_NATIONAL_LENGTH = 17
 #: The area code never starts with 0 or 1; the exchange is not checked because test and
 #: fictional numbers ("555-0123", simulators' "555-1xx-xxxx") break that rule.
 _NANP_NATIONAL = re.compile(r"^[2-9]\d{9}$")
@@ -141,8 +144,7 @@ def _known_e164(country_code: int, national: str) -> str:
     number of digits without a leading zero): its E.164 is "+", the code and the digits.
     The result equals ``phonenumbers.parse``'s (tests/fhir_mapping/test_properties.py
     checks it) at a fraction of the cost."""
-    # Other scripts' digits (which ``\d`` matches) become ASCII through int().
-    digits = national if national.isascii() else str(int(national))
+    digits = national if national.isascii() else _ascii_digits(national)
     if not _possible_length(country_code, len(digits)):
         return ""
     if country_code == NANP_COUNTRY_CODE and not _NANP_NATIONAL.match(national):
@@ -150,11 +152,20 @@ def _known_e164(country_code: int, national: str) -> str:
     return f"+{country_code}{digits}"
 
 
+def _ascii_digits(national: str) -> str:
+    """Other scripts' decimal digits (which ``\\d`` matches) in ASCII, leading zeros
+    dropped, as ``str(int(national))`` would give without int()'s 4300-digit limit."""
+    return "".join(str(unicodedata.decimal(c)) for c in national).lstrip("0") or "0"
+
+
 @cache
 def _possible_length(country_code: int, length: int) -> bool:
     """``phonenumbers.is_possible_number`` of a number of the country with a national
     number of ``length`` digits: it only checks that length against the country's
-    metadata, so it is asked once per (country code, length) (a few thousand at most)."""
+    metadata, so it is asked once per (country code, length), a few thousand at most
+    (no country's numbers are longer than ``MAX_NATIONAL_LENGTH``)."""
+    if length > MAX_NATIONAL_LENGTH:
+        return False
     number = phonenumbers.PhoneNumber(country_code=country_code, national_number=int("9" * length))
     return bool(phonenumbers.is_possible_number(number))
 
