@@ -62,16 +62,34 @@ class MatchFeatures:
 
 
 def _name_features(name: Any) -> NameFeatures | None:
-    given_folded = [g for g in name.given_folded if g]
-    family = name.family_folded or ""
+    return _name_from(
+        name.given_folded,
+        name.family_folded,
+        name.given_canonical,
+        name.family_alternates,
+        name.family_tokens,
+        name.suffix_normalized,
+    )
+
+
+def _name_from(
+    given_list: list[str],
+    family_folded: str | None,
+    canonical: list[str],
+    alternates: list[str],
+    family_tokens: list[str],
+    suffix: str | None,
+) -> NameFeatures | None:
+    given_folded = [g for g in given_list if g]
+    family = family_folded or ""
     if not given_folded and not family:
         return None
     given = " ".join(given_folded)
     first = given_folded[0] if given_folded else ""
     keys = set(nickname_keys(first)) if first else set()
-    keys.update(c for c in name.given_canonical[:1] if c)
-    variants = {family, *name.family_alternates} - {""}
-    tokens = set(name.family_tokens) or set(family.split())
+    keys.update(c for c in canonical[:1] if c)
+    variants = {family, *alternates} - {""}
+    tokens = set(family_tokens) or set(family.split())
     return NameFeatures(
         given=given,
         given_first=first,
@@ -82,59 +100,110 @@ def _name_features(name: Any) -> NameFeatures | None:
         family_variants=frozenset(variants),
         family_tokens=frozenset(tokens),
         family_phonetic=phonetic_key(family) if family else "",
-        suffix=name.suffix_normalized,
+        suffix=suffix,
     )
 
 
 def extract_features(patient: SourcePatient) -> MatchFeatures:
     """The match features of a mapped source Patient."""
     names = tuple(f for f in (_name_features(n) for n in patient.names) if f is not None)
-    complete = (
-        patient.birth_year is not None
-        and patient.birth_month is not None
-        and patient.birth_day is not None
+    return _features(
+        names,
+        patient.birth_year,
+        patient.birth_month,
+        patient.birth_day,
+        patient.gender,
+        [(i.value_normalized, i.valid, i.system, i.kind) for i in patient.identifiers],
+        [(t.system, t.value_normalized) for t in patient.telecom],
+        [(a.line_normalized, a.postal_normalized, a.city_folded) for a in patient.addresses],
     )
-    birth = (
-        f"{patient.birth_year:04d}{patient.birth_month:02d}{patient.birth_day:02d}"
-        if complete
-        else None
+
+
+def features_from_normalized(data: dict[str, Any]) -> MatchFeatures:
+    """``extract_features(SourcePatient.from_dict(data))`` read straight from the stored
+    ``source_record.normalized`` JSON, without building the record's dataclasses (a
+    candidate is only compared; its record is parsed only when its golden record is
+    rendered). A missing key takes the dataclass default, as ``from_dict`` does."""
+    names = tuple(
+        f
+        for f in (
+            _name_from(
+                n.get("given_folded", []),
+                n.get("family_folded", ""),
+                n.get("given_canonical", []),
+                n.get("family_alternates", []),
+                n.get("family_tokens", []),
+                n.get("suffix_normalized"),
+            )
+            for n in data.get("names", [])
+        )
+        if f is not None
     )
+    return _features(
+        names,
+        data.get("birth_year"),
+        data.get("birth_month"),
+        data.get("birth_day"),
+        data.get("gender"),
+        [
+            (
+                i.get("value_normalized", ""),
+                i.get("valid", True),
+                i.get("system"),
+                i.get("kind", "other"),
+            )
+            for i in data.get("identifiers", [])
+        ],
+        [(t.get("system"), t.get("value_normalized", "")) for t in data.get("telecom", [])],
+        [
+            (a.get("line_normalized", ""), a.get("postal_normalized", ""), a.get("city_folded", ""))
+            for a in data.get("addresses", [])
+        ],
+    )
+
+
+def _features(
+    names: tuple[NameFeatures, ...],
+    birth_year: int | None,
+    birth_month: int | None,
+    birth_day: int | None,
+    gender: str | None,
+    identifiers: list[tuple[str, bool, str | None, str]],
+    telecom: list[tuple[str | None, str]],
+    addresses: list[tuple[str, str, str]],
+) -> MatchFeatures:
+    complete = birth_year is not None and birth_month is not None and birth_day is not None
+    birth = f"{birth_year:04d}{birth_month:02d}{birth_day:02d}" if complete else None
     ssns: set[str] = set()
     strong: set[tuple[str, str]] = set()
     other: set[tuple[str, str]] = set()
     mrns: set[tuple[str, str]] = set()
-    for ident in patient.identifiers:
-        value = ident.value_normalized
-        if not value or not ident.valid:
+    for value, valid, system_or_none, kind in identifiers:
+        if not value or not valid:
             continue
-        system = ident.system or ""
-        if ident.kind == "ssn":
+        system = system_or_none or ""
+        if kind == "ssn":
             ssns.add(value)
-        elif ident.kind in STRONG_IDENTIFIER_KINDS:
+        elif kind in STRONG_IDENTIFIER_KINDS:
             strong.add((system, value))
-        elif ident.kind == "mrn":
+        elif kind == "mrn":
             mrns.add((system, value))
         else:
             other.add((system, value))
-    phones = {t.value_normalized for t in patient.telecom if t.system == "phone"}
-    emails = {t.value_normalized for t in patient.telecom if t.system == "email"}
-    addresses = tuple(
-        (a.line_normalized, a.postal_normalized, a.city_folded)
-        for a in patient.addresses
-        if a.line_normalized or a.postal_normalized or a.city_folded
-    )
+    phones = {value for system, value in telecom if system == "phone"}
+    emails = {value for system, value in telecom if system == "email"}
     return MatchFeatures(
         names=names,
         birth_date=birth,
-        birth_year=patient.birth_year,
-        birth_month=patient.birth_month,
-        birth_day=patient.birth_day,
-        gender=patient.gender if patient.gender in ("male", "female") else None,
+        birth_year=birth_year,
+        birth_month=birth_month,
+        birth_day=birth_day,
+        gender=gender if gender in ("male", "female") else None,
         phones=frozenset(phones - {""}),
         emails=frozenset(emails - {""}),
         ssns=frozenset(ssns),
         strong_ids=frozenset(strong),
         other_ids=frozenset(other),
         mrns=frozenset(mrns),
-        addresses=addresses,
+        addresses=tuple(a for a in addresses if a[0] or a[1] or a[2]),
     )

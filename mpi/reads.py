@@ -29,6 +29,10 @@ from mpi.storage import _model_cache, load_active_model
 
 #: Values per list (SQLite allows 32766 bound parameters per statement).
 IN_CHUNK = 5000
+#: Rendered statements kept (per template, list length and dialect; PostgreSQL: one per
+#: template, its lists being arrays).
+MAX_STATEMENTS = 2000
+_SQL: dict[tuple[str, int, bool], str] = {}
 
 
 def _chunks(values: Sequence[Any], size: int = IN_CHUNK) -> list[list[Any]]:
@@ -46,7 +50,6 @@ class Reads:
         self.postgresql = connection.dialect.name == "postgresql"
         #: The DBAPI connection of the session's transaction.
         self.dbapi = connection.connection.dbapi_connection
-        self._sql: dict[tuple[str, int], str] = {}
 
     def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         assert self.dbapi is not None
@@ -67,15 +70,17 @@ class Reads:
         out: list[tuple[Any, ...]] = []
         for chunk in _chunks(values):
             size = 0 if self.postgresql else len(chunk)
-            key = (template, size)
-            sql = self._sql.get(key)
+            key = (template, size, self.postgresql)
+            sql = _SQL.get(key)
             if sql is None:
                 if self.postgresql:
                     sql = template.format(**{"in": "= ANY(%s)", "p": "%s"})
                 else:
                     marks = ", ".join("?" * size)
                     sql = template.format(**{"in": f"IN ({marks})", "p": "?"})
-                self._sql[key] = sql
+                if len(_SQL) >= MAX_STATEMENTS:
+                    _SQL.clear()
+                _SQL[key] = sql
             params: tuple[Any, ...] = (
                 (*[chunk] * lists, *extra) if self.postgresql else (*chunk * lists, *extra)
             )
