@@ -13,17 +13,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from fhir_mapping import InvalidResource, SourcePatient, parse_patient
 from mpi import MatchSettings, Resolution, resolve_patients
+from store.bulk import BulkWriter
 from store.models import SourceRecord
+from store.types import utcnow
 from sync.records import (
+    RECORD_COLUMNS,
+    RECORD_JSON,
+    RECORD_UPDATE_COLUMNS,
     STATUS_ACTIVE,
     Incoming,
+    StoredRecord,
     is_unchanged,
-    load_records,
+    load_states,
     quarantine,
     shape_error,
 )
@@ -61,19 +69,28 @@ def ingest_patients(
     incoming: Sequence[Incoming],
     options: PatientOptions,
 ) -> PatientOutcome:
-    """Store and resolve the Patients of one page (the caller commits)."""
+    """Store and resolve the Patients of one page (the caller commits).
+
+    The valid Patients' source records are written at the driver level (one insert of
+    the new ones, one update of the changed ones: :class:`store.bulk.BulkWriter`, each
+    JSON column encoded once), then resolved in one call to the MPI.
+    """
     outcome = PatientOutcome()
-    existing = load_records(session, source_id, "Patient", [i.resource_id for i in incoming])
-    batch: list[tuple[SourceRecord, SourcePatient]] = []
+    # One entry per resource id (the last one), as the page's records are written at once.
+    incoming = list({item.resource_id: item for item in incoming}.values())
+    stored = load_states(session, source_id, "Patient", [i.resource_id for i in incoming])
+    bulk = BulkWriter(session)
+    now = bulk.timestamp(utcnow())
+    new_rows: list[tuple[Any, ...]] = []
+    updates: list[tuple[Any, ...]] = []
+    valid: list[tuple[str, SourcePatient]] = []
     for item in incoming:
-        current = existing.get(item.resource_id)
+        current = stored.get(item.resource_id)
         if is_unchanged(current, item):
             outcome.skipped += 1
             continue
         if item.shape_error is not None:
-            existing[item.resource_id] = quarantine(
-                session, source_id, item, shape_error(item), current
-            )
+            _quarantine(session, source_id, item, shape_error(item), current)
             outcome.quarantined += 1
             continue
         try:
@@ -81,37 +98,89 @@ def ingest_patients(
                 item.raw, default_region=options.default_region, mrn_system=options.mrn_system
             )
         except InvalidResource as exc:
-            existing[item.resource_id] = quarantine(
-                session, source_id, item, exc.to_dict(), current
-            )
+            _quarantine(session, source_id, item, exc.to_dict(), current)
             outcome.quarantined += 1
             continue
-        record = current
-        if record is None:
-            record = SourceRecord(
-                source_id=source_id, resource_type="Patient", resource_id=item.resource_id
-            )
-            session.add(record)
-            existing[item.resource_id] = record
-        record.raw = item.raw
-        record.normalized = patient.to_dict()
-        record.content_hash = item.content_hash
-        record.version_id = item.version_id
-        record.last_updated = item.last_updated
-        record.status = STATUS_ACTIVE
-        record.error = None
-        batch.append((record, patient))
-        outcome.stored += 1
-    session.flush()
-    if batch:
-        # One call: the MPI takes the advisory locks of the whole transaction at once (in
-        # a fixed order, so concurrent workers never deadlock), then resolves
-        # ``batch_size`` records per set-based pass.
-        resolutions = resolve_patients(
-            session, batch, settings=options.match_settings, chunk_size=options.batch_size
+        values = (
+            item.raw_json(),
+            bulk.json(patient.to_dict()),
+            item.content_hash,
+            item.version_id,
+            bulk.timestamp(item.last_updated),
+            STATUS_ACTIVE,
+            now,
         )
-        _record_resolutions(outcome, batch, resolutions)
+        if current is None:
+            new_rows.append((source_id, "Patient", item.resource_id, *values, now))
+        else:
+            updates.append((*values, None, current.id))
+        valid.append((item.resource_id, patient))
+        outcome.stored += 1
+    session.flush()  # quarantined records go out before the driver-level statements
+    if not valid:
+        return outcome
+    ids = {resource_id: record.id for resource_id, record in stored.items()}
+    ids.update(_insert_records(session, bulk, source_id, new_rows))
+    bulk.update_by_id("source_record", RECORD_UPDATE_COLUMNS, updates, json_columns=RECORD_JSON)
+    _expire_records(session, [row[-1] for row in updates])
+    # What the MPI reads of a source record: its id, source and resource id (plain
+    # objects, never added to the session).
+    batch = [
+        (
+            SourceRecord(id=ids[resource_id], source_id=source_id, resource_id=resource_id),
+            patient,
+        )
+        for resource_id, patient in valid
+    ]
+    # One call: the MPI takes the advisory locks of the whole transaction at once (in a
+    # fixed order, so concurrent workers never deadlock), then resolves ``batch_size``
+    # records per set-based pass.
+    resolutions = resolve_patients(
+        session, batch, settings=options.match_settings, chunk_size=options.batch_size
+    )
+    _record_resolutions(outcome, batch, resolutions)
     return outcome
+
+
+def _quarantine(
+    session: Session,
+    source_id: int,
+    item: Incoming,
+    error: dict[str, Any],
+    current: StoredRecord | None,
+) -> None:
+    existing = session.get(SourceRecord, current.id) if current is not None else None
+    quarantine(session, source_id, item, error, existing)
+
+
+def _insert_records(
+    session: Session, bulk: BulkWriter, source_id: int, rows: Sequence[tuple[Any, ...]]
+) -> dict[str, int]:
+    """Insert new source records; their ids by resource id (returned by PostgreSQL, read
+    back on SQLite, whose driver returns no rows from a bulk insert)."""
+    returned = bulk.insert(
+        "source_record",
+        RECORD_COLUMNS,
+        rows,
+        json_columns=RECORD_JSON,
+        returning=("id", "resource_id"),
+    )
+    if returned is not None:
+        return {resource_id: record_id for record_id, resource_id in returned}
+    return {
+        resource_id: record.id
+        for resource_id, record in load_states(
+            session, source_id, "Patient", [row[2] for row in rows]
+        ).items()
+    }
+
+
+def _expire_records(session: Session, record_ids: Sequence[int]) -> None:
+    """Source records of the session updated behind its back are stale: expire them."""
+    for record_id in record_ids:
+        obj = session.identity_map.get(identity_key(SourceRecord, record_id))
+        if obj is not None:
+            session.expire(obj)
 
 
 def _record_resolutions(

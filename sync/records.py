@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from store.bulk import one_of
 from store.models import SourceRecord
 
 #: ``source_record.status`` values.
@@ -29,6 +30,24 @@ STATUS_DELETED = "deleted"
 STATUS_PENDING = "pending"
 #: Statuses under which an unchanged resource needs no work at all.
 UNCHANGED_SKIPPABLE = frozenset({STATUS_ACTIVE, STATUS_QUARANTINED, STATUS_PENDING})
+
+#: Columns of a new source record written at the driver level (:class:`store.bulk.BulkWriter`),
+#: those of an update of a stored one (followed by its id), and the JSON ones.
+RECORD_COLUMNS = (
+    "source_id",
+    "resource_type",
+    "resource_id",
+    "raw",
+    "normalized",
+    "content_hash",
+    "version_id",
+    "last_updated",
+    "status",
+    "updated_at",
+    "received_at",
+)
+RECORD_UPDATE_COLUMNS = (*RECORD_COLUMNS[3:10], "error")
+RECORD_JSON = frozenset({"raw", "normalized", "error"})
 
 #: Ids of the ``IN (...)`` lookups are sent in chunks of this many (SQLite's
 #: parameter limit is 32766; PostgreSQL's 65535).
@@ -153,6 +172,41 @@ def load_records(
         )
         for row in rows:
             found[row.resource_id] = row
+    return found
+
+
+@dataclass(slots=True)
+class StoredRecord:
+    """What the pipeline needs of a stored source record to decide about a new version."""
+
+    id: int
+    status: str
+    content_hash: str | None
+    last_updated: datetime | None
+
+
+def load_states(
+    session: Session, source_id: int, resource_type: str, resource_ids: Sequence[str]
+) -> dict[str, StoredRecord]:
+    """:func:`load_records` without the ORM objects (and their decoded JSON columns): the
+    id and change-detection columns of the stored records, keyed by resource id."""
+    found: dict[str, StoredRecord] = {}
+    for chunk in chunked(list(dict.fromkeys(resource_ids))):
+        rows = session.execute(
+            select(
+                SourceRecord.resource_id,
+                SourceRecord.id,
+                SourceRecord.status,
+                SourceRecord.content_hash,
+                SourceRecord.last_updated,
+            ).where(
+                SourceRecord.source_id == source_id,
+                SourceRecord.resource_type == resource_type,
+                one_of(session, SourceRecord.resource_id, chunk),
+            )
+        )
+        for resource_id, record_id, status, digest, updated in rows:
+            found[resource_id] = StoredRecord(record_id, status, digest, updated)
     return found
 
 
