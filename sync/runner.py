@@ -16,10 +16,12 @@ the source, so a takeover and a chunk never interleave.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +70,8 @@ PIPELINE_CONFIG_KEYS = frozenset(
 )
 #: Length of the cursor fingerprints kept in a run to notice a stream that came back around.
 CURSOR_FINGERPRINT_CHARS = 16
+#: CPython's young-generation collection threshold while pages are ingested (default 700).
+INGEST_GC_THRESHOLD = 10_000
 
 
 class SyncError(Exception):
@@ -253,9 +257,10 @@ def run_chunk(
         connector: Source | None = None
         try:
             connector = source_factory(source_config(source_row))
-            exhausted = _ingest_stream(
-                session, connector, run, rtype, cursor, seen, options, max_pages, chunk, on_page
-            )
+            with ingest_gc():
+                exhausted = _ingest_stream(
+                    session, connector, run, rtype, cursor, seen, options, max_pages, chunk, on_page
+                )
             if chunk.status == "superseded":
                 chunk.done = True
                 return chunk
@@ -281,6 +286,36 @@ def run_chunk(
             if connector is not None:
                 connector.close()
     return chunk
+
+
+@contextmanager
+def ingest_gc() -> Iterator[None]:
+    """The garbage collector's settings while pages are ingested, restored afterwards.
+
+    A page of Patients allocates hundreds of thousands of container objects (parsed
+    resources, features, rows), so CPython's cycle collector, with its default
+    thresholds, ran ~1000 young and several full collections per 3,000 Patients, each
+    full one walking every object of the process (the imported modules, pydantic
+    schemas and SQLAlchemy caches included): about a fifth of the Patient CPU time.
+    While the block runs, the objects that exist when it starts are frozen
+    (:func:`gc.freeze`: left out of every collection, and given back to the collector
+    when the block ends, so nothing is kept for good) and a young collection waits for
+    :data:`INGEST_GC_THRESHOLD` new objects instead of 700 (a process that froze its
+    objects itself, e.g. before forking workers, keeps them frozen). Memory is
+    unchanged: the pipeline's objects are freed by reference counting; only cyclic
+    garbage waits a little longer for its collection.
+    """
+    thresholds = gc.get_threshold()
+    freeze = gc.get_freeze_count() == 0  # else the process froze its objects itself
+    if freeze:
+        gc.freeze()
+    gc.set_threshold(max(thresholds[0], INGEST_GC_THRESHOLD), *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        if freeze:
+            gc.unfreeze()
 
 
 def _ingest_stream(
