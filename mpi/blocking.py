@@ -106,5 +106,6 @@ class MemoryBlockIndex:
                 self.skipped_keys += 1
                 continue
             shared.update(members)
-        ranked = sorted(shared.items(), key=lambda item: (-item[1], item[0]))
-        return [record for record, _ in ranked[:limit]]
+        # (-shared keys, record): the same order as a sort keyed on it, compared in C.
+        ranked = sorted([(-count, record) for record, count in shared.items()])
+        return [record for _, record in ranked[:limit]]
