@@ -22,6 +22,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy.orm import Session
 
 from mpi.model import MatchModel
@@ -156,4 +157,18 @@ def decode(text: str | dict[str, Any] | None) -> dict[str, Any]:
     if text is None:
         return {}
     value = json.loads(text) if isinstance(text, str) else text
+    return value or {}
+
+
+def decode_for_features(text: str | dict[str, Any] | None) -> dict[str, Any]:
+    """:func:`decode` for :func:`mpi.features.features_from_normalized` only: orjson parses
+    several times faster, into the same values but for integers beyond 64 bits, which
+    it returns as floats (an extension's decimal could hold one; features read strings,
+    flags and birth date parts); what it refuses (``NaN``…) goes to ``json.loads``."""
+    if not isinstance(text, str):
+        return decode(text)
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = json.loads(text)
     return value or {}

@@ -59,7 +59,7 @@ from mpi.decision import Decision, Member
 from mpi.features import MatchFeatures, extract_features, features_from_normalized
 from mpi.model import MatchModel
 from mpi.operations import repoint_encounters
-from mpi.reads import Reads, decode
+from mpi.reads import Reads, decode, decode_for_features
 from mpi.settings import MatchSettings
 from mpi.storage import (
     GoldenPlan,
@@ -195,8 +195,8 @@ class BatchState:
         self.placed: set[int] = set()
         #: Stored records this batch decoded (survivorship reuses them).
         self.patients: dict[int, SourcePatient] = {}
-        #: Stored records read for their features only: their normalized JSON.
-        self.normalized: dict[int, dict[str, Any]] = {}
+        #: Stored records read for their features only: their normalized JSON (as read).
+        self.normalized: dict[int, str | dict[str, Any] | None] = {}
         #: Merges allowed while deciding the current record (see :meth:`allow_merge`).
         self.pending: list[_Merge] = []
         self.reads = reads or Reads(session)
@@ -304,9 +304,9 @@ class BatchState:
                 # rendered (:meth:`parse_members`). Not added to the process cache: a
                 # candidate met once would only age there, and its objects, surviving
                 # young collections, made each of them walk thousands (p99 latency).
-                data = decode(normalized)
+                data = decode_for_features(normalized)
                 resolver.features[record_id] = features_from_normalized(data)
-                self.normalized[record_id] = data
+                self.normalized[record_id] = normalized
         self.loaded.update(wanted)
         self._remember(decoded)
 
@@ -315,8 +315,8 @@ class BatchState:
         are about to be rendered, which needs the whole record)."""
         for golden in goldens:
             for record_id in self.resolver.members.get(golden, ()):
-                data = self.normalized.pop(record_id, None)
-                if data is not None:
+                if record_id in self.normalized:
+                    data = decode(self.normalized.pop(record_id))
                     self.patients[record_id] = SourcePatient.from_dict(data)
 
     def _remember(self, records: dict[int, tuple[SourcePatient, MatchFeatures]]) -> None:

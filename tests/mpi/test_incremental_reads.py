@@ -14,7 +14,7 @@ from fhir_mapping import InvalidResource, SourcePatient, parse_patient
 from mpi import extract_features, resolve_patients
 from mpi.blocking import block_keys
 from mpi.features import features_from_normalized
-from mpi.reads import Reads
+from mpi.reads import Reads, decode, decode_for_features
 from mpi.storage import _feature_cache, clear_caches
 from store.models import BlockKey, GoldenPatient, SourceRecord
 from tests.fhir_mapping.test_properties import PROPERTY_SETTINGS, patients
@@ -125,3 +125,20 @@ def test_a_resolution_leaves_the_feature_cache_alone(session: Session) -> None:
     assert golden is not None
     session.refresh(golden)
     assert ["Robert"] in [n["given"] for n in golden.resource["name"]]
+
+
+def test_json_read_for_features_gives_the_same_features() -> None:
+    data = generate(40, seed=3)
+    for resources in data.patients_by_source.values():
+        for resource in resources:
+            text = json.dumps(parse_patient(resource).to_dict())
+            assert decode_for_features(text) == json.loads(text) == decode(text)
+            assert features_from_normalized(decode_for_features(text)) == features_from_normalized(
+                decode(text)
+            )
+    # What orjson refuses goes to json.loads; the exact decode keeps big integers.
+    nan = decode_for_features('{"b": NaN}')["b"]
+    assert nan != nan
+    big = '{"a": 123456789012345678901234567890}'
+    assert decode(big) == {"a": 123456789012345678901234567890}
+    assert decode("null") == {} and decode(None) == {} and decode({"a": 1}) == {"a": 1}
