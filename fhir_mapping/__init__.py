@@ -56,6 +56,7 @@ from fhir_mapping.render import (
 from fhir_mapping.search import fold_name, fold_text, normalize_search_value, search_tokens
 from fhir_mapping.validate import (
     bundle_resources,
+    check_resource,
     fhir_path,
     ndjson_resources,
     validate_resource,
@@ -78,6 +79,7 @@ __all__ = [
     "SourceEncounter",
     "SourcePatient",
     "bundle_resources",
+    "check_resource",
     "classify_identifier",
     "family_alternates",
     "family_tokens",
