@@ -7,6 +7,12 @@ the resources we read: the required value-set bindings (``Patient.gender``,
 types for the booleans and integers we copy (the models coerce ``"true"`` to
 ``True``; FHIR JSON does not, see https://hl7.org/fhir/R4/json.html#primitive).
 
+``check_resource`` gives the same verdict (and, for an invalid resource, the same
+errors) without building the model instance: a resource whose *shape* was already seen
+valid has only its primitive values checked, each by its field's own pydantic
+validator (see :mod:`fhir_mapping.shapes`); everything else goes through the full
+model. tests/fhir_mapping/test_c_fastpath.py holds it to the library's verdict.
+
 Every problem becomes an :class:`~fhir_mapping.errors.Issue` whose path is the
 FHIRPath of the element (``Patient.name[0].given``), derived from the pydantic error
 location. Bundles and NDJSON are split into their resources here too.
