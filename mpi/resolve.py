@@ -199,7 +199,11 @@ class BatchState:
         self.normalized: dict[int, str | dict[str, Any] | None] = {}
         #: Merges allowed while deciding the current record (see :meth:`allow_merge`).
         self.pending: list[_Merge] = []
-        self.reads = reads or Reads(session)
+        if reads is None:
+            reads = Reads(session)
+        else:  # reused across the chunks of a batch: what is pending is read too
+            session.flush()
+        self.reads = reads
         self._load(records, probes)
 
     # --- loading -------------------------------------------------------------------
