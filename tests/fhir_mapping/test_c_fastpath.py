@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.patient import Patient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fhir_mapping import InvalidResource, parse_encounter, parse_patient
 from fhir_mapping import validate as validation
@@ -493,3 +495,43 @@ def test_many_shapes_keep_the_plan_cache_bounded() -> None:
         raw["name"] = [{"given": ["A"] * (i // 60 + 1)}]
         check_resource(raw, "Patient")
     assert len(validation._PLANS) <= DEFAULT_MAX_SHAPES
+
+
+#: Characters dates, codes, ids and uris are made of, plus white space and a few others.
+FHIRISH = "0123456789-:T.Z+ /#_abcXYZ\t\u00e9"
+leaf_values = st.one_of(
+    st.text(FHIRISH, max_size=30),
+    st.sampled_from(STRINGS),
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+TEMPLATES = [*load_fixtures(), *HAND_MADE]
+
+
+@settings(
+    max_examples=1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    st.integers(min_value=0, max_value=len(TEMPLATES) - 1),
+    st.lists(st.tuples(st.integers(min_value=0, max_value=10_000), leaf_values), max_size=4),
+)
+def test_hypothesis_leaf_values_get_the_library_verdict(
+    template: int, replacements: list[tuple[int, Any]]
+) -> None:
+    """Any values at the primitive positions of known-valid shapes: warm plans decide
+    the same-typed ones, the rest go cold; either way the verdict is the library's."""
+    seed = TEMPLATES[template]
+    expected_type = seed["resourceType"]
+    check_resource(seed, expected_type)  # the template's shape is planned
+    raw = copy.deepcopy(seed)
+    for position, value in replacements:
+        slots = primitive_slots(raw)
+        if slots:
+            container, key = slots[position % len(slots)]
+            container[key] = value
+    assert fast(raw, expected_type) == oracle(raw, expected_type), json.dumps(raw)
+    assert fast(raw, expected_type) == oracle(raw, expected_type), json.dumps(raw)
