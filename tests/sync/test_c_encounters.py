@@ -58,7 +58,7 @@ def test_every_new_encounter_row_points_at_its_own_record_and_event(
         for enc, record in rows:
             assert enc.resource["id"] == record.resource_id
             assert enc.patient_resource_id == enc.resource["subject"]["reference"][8:]
-            assert enc.golden_id == golden.get(enc.patient_resource_id)
+            assert enc.golden_id == golden.get(enc.patient_resource_id or "")
             assert record.status == ("pending" if enc.golden_id is None else "active")
         by_id = {enc.id: record.resource_id for enc, record in rows}
         created = session.scalars(
@@ -107,8 +107,11 @@ def test_sqlite_inserted_ids_are_vouched_for_or_refused(
             (source_id, "Encounter", f"x{i}", None, None, None, None, None, "active", now, now)
             for i in range(5)
         ]
-        columns = (*_RECORD_KEY, "raw", "normalized", "content_hash", "version_id")
-        columns += ("last_updated", "status", "updated_at", "received_at")
+        columns = (
+            *_RECORD_KEY,
+            *("raw", "normalized", "content_hash", "version_id"),
+            *("last_updated", "status", "updated_at", "received_at"),
+        )
         assert bulk.insert("source_record", columns, rows) is None
         keys = [row[:3] for row in rows]
         ids = _sqlite_inserted_ids(bulk, "source_record", _RECORD_KEY, keys)
