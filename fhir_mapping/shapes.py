@@ -42,7 +42,7 @@ STRUCTURE_KEYS = frozenset({"resourceType", "resource_type"})
 #: Distinct shapes remembered (LRU): a few per resource type in practice.
 DEFAULT_MAX_SHAPES = 2048
 #: Memoized verdicts of (checker, value), in two generations (see :class:`Checkers`).
-DEFAULT_MAX_VERDICTS = 65536
+DEFAULT_MAX_VERDICTS = 32768
 #: Ends an object or an array in a shape.
 _END = Ellipsis
 _SCALARS = (str, int, float, bool)
