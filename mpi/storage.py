@@ -23,6 +23,7 @@ from mpi.settings import MatchSettings
 from mpi.survivorship import MemberRecord, ProvenanceEntry, build_golden
 from store.bulk import BulkWriter, one_of
 from store.golden import GoldenPatientRepository, GoldenWrite
+from store.jsontext import json_text
 from store.models import FieldProvenance, GoldenPatient, Link, Outbox, Source, SourceRecord
 from store.models import MatchModel as MatchModelRow
 from store.types import utcnow
@@ -150,10 +151,8 @@ def member_records(
             SourceRecord.content_hash,
             SourceRecord.last_updated,
             SourceRecord.received_at,
-            Source.trust_rank,
-            Source.config,
+            SourceRecord.source_id,
         )
-        .join(Source, Source.id == SourceRecord.source_id)
         .where(SourceRecord.status == "active")
         .order_by(SourceRecord.id)
     )
@@ -166,6 +165,8 @@ def member_records(
     else:
         return []
     rows = session.execute(stmt).all()
+    if not rows:
+        return []
     patients: dict[int, SourcePatient] = dict(known or {})
     for row in rows:
         if row.id in patients:
@@ -181,16 +182,25 @@ def member_records(
             )
         ):
             patients[record_id] = _remember(record_id, content_hash, normalized or {})[0]
+    # A source's rank and flag once, not its JSON config decoded per member.
+    sources = {
+        source_id: (trust_rank, bool((config or {}).get(PATIENT_CONFIRMED_FLAG)))
+        for source_id, trust_rank, config in session.execute(
+            select(Source.id, Source.trust_rank, Source.config).where(
+                Source.id.in_({row.source_id for row in rows})
+            )
+        )
+    }
     out: list[MemberRecord] = []
     for row in rows:
-        patient = patients[row.id]
+        trust_rank, confirmed = sources[row.source_id]
         out.append(
             MemberRecord(
                 record_id=row.id,
-                patient=patient,
-                trust_rank=row.trust_rank,
+                patient=patients[row.id],
+                trust_rank=trust_rank,
                 observed_at=row.last_updated or row.received_at,
-                confirmed=bool((row.config or {}).get(PATIENT_CONFIRMED_FLAG)),
+                confirmed=confirmed,
             )
         )
     return out
@@ -355,6 +365,7 @@ def write_goldens(
     writes: list[GoldenWrite] = []
     bulk = BulkWriter(session)
     all_provenance: list[tuple[Any, ...]] = []
+    stamps: dict[Any, Any] = {}
     for plan in plans:
         version, stored_status, stored_into = state.get(plan.golden_id, (0, "active", None))
         status = plan.status or stored_status
@@ -371,17 +382,21 @@ def write_goldens(
         resource = render_golden_patient(record, validate=False)
         tokens = search_tokens(resource) if status == "active" else []
         writes.append(GoldenWrite(plan.golden_id, resource, tokens, status, merged_into, version))
-        all_provenance.extend(
-            (
-                plan.golden_id,
-                p.field,
-                bulk.json(p.value),
-                p.record_id,
-                p.rule,
-                bulk.timestamp(p.observed_at),
+        for entry in provenance:
+            observed = entry.observed_at
+            stamp = stamps.get(observed, stamps)
+            if stamp is stamps:  # the members' timestamps repeat across the batch
+                stamp = stamps[observed] = bulk.timestamp(observed)
+            all_provenance.append(
+                (
+                    plan.golden_id,
+                    entry.field,
+                    json_text(entry.value),
+                    entry.record_id,
+                    entry.rule,
+                    stamp,
+                )
             )
-            for p in provenance
-        )
     versions = GoldenPatientRepository(session).save_many(writes)
     for start in range(0, len(stored_ids), _DELETE_CHUNK):
         session.execute(

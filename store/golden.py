@@ -16,6 +16,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from store.bulk import BulkWriter, one_of
+from store.jsontext import json_text
 from store.models import GoldenPatient, GoldenPatientVersion, GoldenSearchToken, new_uuid
 from store.repositories import NotFoundError
 from store.types import utcnow
@@ -190,7 +191,7 @@ class GoldenPatientRepository:
                 "versionId": str(version),
                 "lastUpdated": instant,
             }
-            body = bulk.json(resource)
+            body = json_text(resource)
             birth_date, gender = resource.get("birthDate"), resource.get("gender")
             if not write.version:
                 inserts.append(

@@ -21,6 +21,7 @@ from sqlalchemy.orm.util import identity_key
 from fhir_mapping import InvalidResource, SourcePatient, parse_patient
 from mpi import MatchSettings, Resolution, resolve_patients
 from store.bulk import BulkWriter
+from store.jsontext import json_text
 from store.models import SourceRecord
 from store.types import utcnow
 from sync.records import (
@@ -103,7 +104,7 @@ def ingest_patients(
             continue
         values = (
             item.raw_json(),
-            bulk.json(patient.to_dict()),
+            json_text(patient.to_dict()),
             item.content_hash,
             item.version_id,
             bulk.timestamp(item.last_updated),
