@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from fhir_mapping.search import search_tokens
 from store.bulk import BulkWriter, update_where
+from store.db import SQLITE_CACHE_KIB, make_engine
 from store.golden import GoldenPatientRepository, GoldenWrite
 from store.models import (
     BlockKey,
@@ -165,3 +167,11 @@ def test_update_where_updates_only_the_matching_rows(session: Session) -> None:
             (ids[2], "shared"),
         ]
     )
+
+
+def test_sqlite_connections_get_the_bigger_page_cache(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'cache.db'}")
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA cache_size")).scalar() == -SQLITE_CACHE_KIB
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    engine.dispose()
