@@ -21,7 +21,7 @@ from phonenumbers.phonemetadata import PhoneMetadata
 
 from fhir_mapping import _data
 from fhir_mapping.model import Address, ContactPoint, Period
-from fhir_mapping.search import fold_text
+from fhir_mapping.search import fold_text, strings
 
 #: Region assumed for a phone number without a country code when the source names none.
 DEFAULT_REGION = "US"
@@ -260,7 +260,7 @@ def normalize_postal_code(postal_code: str, country: str | None = None) -> str:
 
 def normalize_address(raw: dict[str, Any]) -> Address:
     """A validated Address (FHIR JSON) as an :class:`Address` with match features."""
-    lines = list(raw.get("line") or ())
+    lines = strings(raw.get("line"))
     city = raw.get("city")
     postal = raw.get("postalCode")
     country = raw.get("country")

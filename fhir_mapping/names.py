@@ -26,7 +26,7 @@ import jellyfish
 
 from fhir_mapping import _data
 from fhir_mapping.model import Period, PersonName
-from fhir_mapping.search import fold_name
+from fhir_mapping.search import fold_name, strings
 
 #: Size of the memo caches of the name normalizers; names repeat a lot across records,
 #: and the ones that do (common given and family names) stay in a small LRU; a cache
@@ -243,16 +243,16 @@ def _period(raw: dict[str, Any] | None) -> Period | None:
 def normalize_name(raw: dict[str, Any]) -> PersonName:
     """A validated HumanName (FHIR JSON) as a :class:`PersonName` with match features."""
     family = raw.get("family")
-    given = tuple(raw.get("given") or ())
+    given = tuple(strings(raw.get("given")))
     text = raw.get("text")
-    suffix = tuple(raw.get("suffix") or ())
+    suffix = tuple(strings(raw.get("suffix")))
     features = _name_features(family, given, text, suffix)
     return PersonName(
         use=raw.get("use"),
         text=text,
         family=family,
         given=list(given),
-        prefix=list(raw.get("prefix") or ()),
+        prefix=strings(raw.get("prefix")),
         suffix=list(suffix),
         period=_period(raw.get("period")),
         family_folded=features.family_folded,

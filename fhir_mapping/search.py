@@ -80,12 +80,19 @@ def _add(tokens: list[SearchToken], param: str, system: str | None, value: str |
             tokens.append(token)
 
 
+def strings(values: Any) -> list[str]:
+    """The values of a primitive string array (``given``, ``line``...) without its null
+    placeholders: a null there only lines a ``_given`` extension up with its position
+    (https://hl7.org/fhir/R4/json.html#primitive), it is no value."""
+    return [value for value in values or () if value is not None]
+
+
 def search_tokens(resource: dict[str, Any]) -> list[SearchToken]:
     """Every indexed search value of a Patient resource (FHIR JSON)."""
     tokens: list[SearchToken] = []
     for name in resource.get("name") or []:
         family = name.get("family")
-        givens = name.get("given") or []
+        givens = strings(name.get("given"))
         if family:
             folded = fold_name(family)
             _add(tokens, "family", None, folded)
