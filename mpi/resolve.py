@@ -7,8 +7,11 @@ times that. :func:`resolve_patients`
 2. loads, in a handful of queries for the whole batch, what the batch can meet: the
    stored links of its records, the size of each of its block keys, the records filed
    under the usable ones with their golden records, the members of those golden
-   records (features from the process cache, else decoded once) and the steward
-   decisions on its records;
+   records (features from the process cache, else read straight from their stored
+   JSON; a record is parsed whole only if its golden record is rendered) and the
+   steward decisions on its records. These reads are plain SQL sent to the DBAPI
+   cursor (:class:`mpi.reads.Reads`): SQLAlchemy's per-statement work cost more than
+   SQLite's answers;
 3. decides in memory, in input order, with :class:`mpi.batch.MemoryResolver` (the very
    code batch resolution uses) seeded with that state: every record sees the stored
    records and the records of the batch before it, exactly as if they had been resolved
