@@ -747,11 +747,12 @@ def _write(
     # hashes, so in record order each row lands on a random page of the key index (a
     # page-cache miss apiece once the table outgrows the cache); sorted, neighbours
     # share pages.
-    bulk.insert(
-        "block_key",
-        ("key", "source_record_id"),
-        sorted((k, item.row.id) for item in items for k in item.keys),
-    )
+    keys: list[tuple[str, int]] = []
+    for item in items:
+        record_id = item.row.id
+        keys.extend((key, record_id) for key in item.keys)
+    keys.sort()
+    bulk.insert("block_key", ("key", "source_record_id"), keys)
     _repoint_encounters(session, bulk, state, writes, items)
     out: list[Resolution] = []
     for position, resolution in enumerate(resolutions):

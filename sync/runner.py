@@ -72,6 +72,10 @@ PIPELINE_CONFIG_KEYS = frozenset(
 CURSOR_FINGERPRINT_CHARS = 16
 #: CPython's young-generation collection threshold while pages are ingested (default 700).
 INGEST_GC_THRESHOLD = 10_000
+#: Young collections between two middle-generation ones while pages are ingested (default
+#: 10): a batch's working set survives the young collections, and each middle one walked
+#: all of it again (~40 ms apiece at 25k Patients; 96 -> 54 us of GC per Patient).
+INGEST_GC_THRESHOLD_1 = 100
 
 
 class SyncError(Exception):
@@ -300,7 +304,8 @@ def ingest_gc() -> Iterator[None]:
     While the block runs, the objects that exist when it starts are frozen
     (:func:`gc.freeze`: left out of every collection, and given back to the collector
     when the block ends, so nothing is kept for good) and a young collection waits for
-    :data:`INGEST_GC_THRESHOLD` new objects instead of 700 (a process that froze its
+    :data:`INGEST_GC_THRESHOLD` new objects instead of 700, and a middle one for
+    :data:`INGEST_GC_THRESHOLD_1` young ones instead of 10 (a process that froze its
     objects itself, e.g. before forking workers, keeps them frozen). Memory is
     unchanged: the pipeline's objects are freed by reference counting; only cyclic
     garbage waits a little longer for its collection.
@@ -309,7 +314,11 @@ def ingest_gc() -> Iterator[None]:
     freeze = gc.get_freeze_count() == 0  # else the process froze its objects itself
     if freeze:
         gc.freeze()
-    gc.set_threshold(max(thresholds[0], INGEST_GC_THRESHOLD), *thresholds[1:])
+    gc.set_threshold(
+        max(thresholds[0], INGEST_GC_THRESHOLD),
+        max(thresholds[1], INGEST_GC_THRESHOLD_1),
+        thresholds[2],
+    )
     try:
         yield
     finally:
