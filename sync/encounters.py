@@ -29,6 +29,7 @@ from sync.records import (
     Incoming,
     chunked,
     is_unchanged,
+    mapping_error,
     quarantine,
     shape_error,
 )
@@ -515,6 +516,8 @@ def ingest_encounters(
                 continue
             except InvalidResource as exc:
                 error = exc.to_dict()
+            except Exception as exc:  # a mapping defect must not stop the page
+                error = mapping_error(item, exc)
         existing = session.get(SourceRecord, current.record_id) if current else None
         # A stored Encounter stays as last received valid; the record says why it is not newer.
         quarantine(session, source_id, item, error, existing)

@@ -33,6 +33,7 @@ from sync.records import (
     StoredRecord,
     is_unchanged,
     load_states,
+    mapping_error,
     quarantine,
     shape_error,
 )
@@ -100,6 +101,10 @@ def ingest_patients(
             )
         except InvalidResource as exc:
             _quarantine(session, source_id, item, exc.to_dict(), current)
+            outcome.quarantined += 1
+            continue
+        except Exception as exc:  # a mapping defect must not stop the page
+            _quarantine(session, source_id, item, mapping_error(item, exc), current)
             outcome.quarantined += 1
             continue
         values = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,8 +20,14 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from fhir_mapping import InvalidResource, Issue
 from store.bulk import one_of
 from store.models import SourceRecord
+
+log = logging.getLogger(__name__)
+
+#: ``error`` of a resource quarantined because its mapping failed (see :func:`mapping_error`).
+MAPPING_FAILED = "mapping-failed"
 
 #: ``source_record.status`` values.
 STATUS_ACTIVE = "active"
@@ -128,10 +135,18 @@ def describe(raw: object, page_type: str) -> Incoming:
             wrapped, page_type, MISSING_ID_PREFIX + digest[:40], digest, None, None, "not an object"
         )
     canonical = canonical_body(raw)
-    digest = _digest(canonical)
+    error: str | None = None
+    try:
+        digest = _digest(canonical)
+    except UnicodeEncodeError:
+        # A JSON "\ud800" escape parses to a lone surrogate: no Unicode text, and no
+        # database stores it. The resource is kept with U+FFFD in its place, quarantined.
+        raw = _without_lone_surrogates(raw)
+        canonical = canonical_body(raw)
+        digest = _digest(canonical)
+        error = "text holds an unpaired UTF-16 surrogate (not valid Unicode)"
     rtype = raw.get("resourceType")
     rid = raw.get("id")
-    error: str | None = None
     if rtype != page_type:
         error = "resourceType is not " + page_type
     if not isinstance(rid, str) or not rid or len(rid) > MAX_RESOURCE_ID:
@@ -150,6 +165,34 @@ def describe(raw: object, page_type: str) -> Incoming:
         error,
         canonical,
     )
+
+
+def _without_lone_surrogates(raw: dict[str, Any]) -> dict[str, Any]:
+    text = json.dumps(raw, ensure_ascii=False)
+    cleaned: dict[str, Any] = json.loads(
+        text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    )
+    return cleaned
+
+
+def mapping_error(incoming: Incoming, exc: Exception) -> dict[str, Any]:
+    """The quarantine error of a resource whose mapping failed unexpectedly (a defect, not
+    invalid input): one such resource never stops its page, and it is kept, quarantined,
+    for the next sync after a fix. Only the exception's type is kept: its message may
+    quote patient data."""
+    log.error(
+        "mapping failed",
+        extra={
+            "resource_type": incoming.resource_type,
+            "resource_id": incoming.resource_id,
+            "reason": type(exc).__name__,
+        },
+    )
+    reason = f"could not be mapped (internal error {type(exc).__name__})"
+    issue = Issue(incoming.resource_type, reason, "exception")
+    error = InvalidResource(incoming.resource_type, incoming.resource_id, [issue]).to_dict()
+    error["error"] = MAPPING_FAILED
+    return error
 
 
 def chunked(values: Sequence[Any], size: int = LOOKUP_CHUNK) -> Iterable[Sequence[Any]]:
@@ -253,7 +296,9 @@ def quarantine(
         )
         session.add(record)
     record.raw = incoming.raw
-    record.content_hash = incoming.content_hash
+    # A mapping defect is not the resource's fault: no hash, so the next sync retries it.
+    failed = error.get("error") == MAPPING_FAILED
+    record.content_hash = "" if failed else incoming.content_hash
     record.version_id = incoming.version_id
     record.last_updated = incoming.last_updated
     record.status = STATUS_QUARANTINED
