@@ -38,6 +38,7 @@ def create_app(state: GatewayState) -> FastAPI:
         try:
             yield
         finally:
+            gc.unfreeze()
             await reader.close()
             # Drain the write-behind audit queue before the process goes.
             await run_in_threadpool(audit.close)
