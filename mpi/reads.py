@@ -4,11 +4,13 @@ One record resolved in real time reads a handful of small result sets (its links
 sizes and members of its block keys, the golden records of its candidates with their
 members). Built as SQLAlchemy Core statements, each of those cost ~100-300 us of Python
 per execution (statement construction, cache key, ``IN`` expansion, result processing),
-more than SQLite takes to answer them. :class:`Reads` sends plain SQL strings, rendered
-once per dialect and list length, straight to the DBAPI cursor
+more than SQLite takes to answer them. :class:`Reads` sends plain SQL strings, one per
+template and dialect whatever the length of the lists, straight to the DBAPI cursor
 (``Connection.exec_driver_sql``) and gets plain tuples back:
 
-- SQLite: ``IN (?, ?, …)`` with one placeholder per value;
+- SQLite: ``IN (SELECT value FROM json_each(?))`` with the list as one JSON array
+  parameter (:func:`store.bulk.json_ids`): a placeholder per value made a new statement
+  text, prepared statement and cache entry for almost every list length;
 - PostgreSQL: ``= ANY(%s)`` with one array parameter (no placeholder list to parse, see
   :func:`store.bulk.one_of`).
 
@@ -27,13 +29,12 @@ from sqlalchemy.orm import Session
 
 from mpi.model import MatchModel
 from mpi.storage import _model_cache, load_active_model
+from store.bulk import SQLITE_IN_JSON, json_ids
 
-#: Values per list (SQLite allows 32766 bound parameters per statement).
+#: Values per list sent in one statement.
 IN_CHUNK = 5000
-#: Rendered statements kept (per template, list length and dialect; PostgreSQL: one per
-#: template, its lists being arrays).
-MAX_STATEMENTS = 2000
-_SQL: dict[tuple[str, int, bool], str] = {}
+#: Statements rendered from the templates, per template and dialect (a fixed set).
+_SQL: dict[tuple[str, bool], str] = {}
 
 
 def _chunks(values: Sequence[Any], size: int = IN_CHUNK) -> list[list[Any]]:
@@ -68,24 +69,20 @@ class Reads:
         if not values:
             return []
         lists = template.count("{in}")
+        key = (template, self.postgresql)
+        sql = _SQL.get(key)
+        if sql is None:
+            if self.postgresql:
+                sql = template.format(**{"in": "= ANY(%s)", "p": "%s"})
+            else:
+                sql = template.format(**{"in": SQLITE_IN_JSON, "p": "?"})
+            _SQL[key] = sql
         out: list[tuple[Any, ...]] = []
         for chunk in _chunks(values):
-            size = 0 if self.postgresql else len(chunk)
-            key = (template, size, self.postgresql)
-            sql = _SQL.get(key)
-            if sql is None:
-                if self.postgresql:
-                    sql = template.format(**{"in": "= ANY(%s)", "p": "%s"})
-                else:
-                    marks = ", ".join("?" * size)
-                    sql = template.format(**{"in": f"IN ({marks})", "p": "?"})
-                if len(_SQL) >= MAX_STATEMENTS:
-                    _SQL.clear()
-                _SQL[key] = sql
-            params: tuple[Any, ...] = (
-                (*[chunk] * lists, *extra) if self.postgresql else (*chunk * lists, *extra)
-            )
-            out.extend(self._fetch(sql, params))
+            listed: Any = chunk if self.postgresql else json_ids(chunk)
+            if listed is None:
+                raise TypeError("Reads lists hold ints or strs only")
+            out.extend(self._fetch(sql, (*[listed] * lists, *extra)))
         return out
 
     def links(self, records: Sequence[int]) -> list[tuple[int, str, str, float | None]]:

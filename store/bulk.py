@@ -28,7 +28,8 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, any_, literal
+import orjson
+from sqlalchemy import ColumnElement, String, any_, func, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -40,12 +41,41 @@ _JSON_ENCODER = json.JSONEncoder()
 _SQLITE_TIMESTAMP_CHARS = 26
 
 
+#: SQLite's ``IN`` over a list of ids sent as one JSON array parameter (see :func:`json_ids`).
+SQLITE_IN_JSON = "IN (SELECT value FROM json_each(?))"
+
+
+def json_ids(values: Collection[Any]) -> str | None:
+    """The JSON array text of ``values`` for SQLite's ``json_each``, or None unless every
+    value is an ``int`` (64-bit) or a ``str`` (those come back from ``json_each`` as
+    INTEGER and TEXT, so they compare with, and use the indexes of, integer and text
+    columns)."""
+    for value in values:
+        kind = type(value)
+        if kind is not int and kind is not str:
+            return None
+    try:
+        return orjson.dumps(list(values)).decode()
+    except orjson.JSONEncodeError:  # an int beyond 64 bits, a lone surrogate
+        return None
+
+
 def one_of(session: Session, column: Any, values: Collection[Any]) -> ColumnElement[bool]:
-    """``column IN (values)``; on PostgreSQL ``column = ANY(array)``: one parameter, so
-    the driver does not parse a thousand placeholders per lookup."""
+    """``column IN (values)`` as a statement whose text does not depend on how many
+    values there are: one parameter, so the statement is compiled, and prepared by the
+    driver, once, and no thousand placeholders are rendered and parsed per lookup.
+
+    - PostgreSQL: ``column = ANY(array)``;
+    - SQLite: ``column IN (SELECT value FROM json_each(json))`` (:func:`json_ids`); a
+      placeholder per value only for values that are not ints or strs.
+    """
     if session.get_bind().dialect.name == "postgresql":
         return column == any_(literal(list(values), ARRAY(column.type)))
-    return column.in_(values)
+    array = json_ids(values)
+    if array is None:
+        return column.in_(values)
+    each = func.json_each(literal(array, String())).table_valued("value")
+    return column.in_(select(each.c.value))
 
 
 class BulkWriter:

@@ -210,7 +210,7 @@ def load_records(
             select(SourceRecord).where(
                 SourceRecord.source_id == source_id,
                 SourceRecord.resource_type == resource_type,
-                SourceRecord.resource_id.in_(chunk),
+                one_of(session, SourceRecord.resource_id, chunk),
             )
         )
         for row in rows:
