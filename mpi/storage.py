@@ -161,7 +161,7 @@ def member_records(
             Link.golden_id == golden_id
         )
     elif record_ids:
-        stmt = stmt.where(SourceRecord.id.in_(list(record_ids)))
+        stmt = stmt.where(one_of(session, SourceRecord.id, list(record_ids)))
     else:
         return []
     rows = session.execute(stmt).all()
@@ -178,7 +178,7 @@ def member_records(
     if missing:  # JSON is decoded only for records this process has not seen yet
         for record_id, content_hash, normalized in session.execute(
             select(SourceRecord.id, SourceRecord.content_hash, SourceRecord.normalized).where(
-                SourceRecord.id.in_(missing)
+                one_of(session, SourceRecord.id, missing)
             )
         ):
             patients[record_id] = _remember(record_id, content_hash, normalized or {})[0]
@@ -334,7 +334,7 @@ def write_goldens(
                 GoldenPatient.status,
                 GoldenPatient.merged_into,
             )
-            .where(GoldenPatient.id.in_(stored_ids))
+            .where(one_of(session, GoldenPatient.id, stored_ids))
             .order_by(GoldenPatient.id)
         )
         if session.get_bind().dialect.name == "postgresql":
@@ -346,7 +346,7 @@ def write_goldens(
     replaces: dict[str, set[str]] = {}
     for gid, into in session.execute(
         select(GoldenPatient.id, GoldenPatient.merged_into).where(
-            GoldenPatient.merged_into.in_(ids)
+            one_of(session, GoldenPatient.merged_into, ids)
         )
     ):
         if into is not None:
