@@ -7,6 +7,15 @@ net (:data:`SQLITE_AUTOCHECKPOINT_PAGES`) and a daemon thread of the process run
 ``PRAGMA wal_checkpoint(PASSIVE)`` off the commit path every
 :data:`WAL_CHECKPOINT_INTERVAL_S` (a PASSIVE checkpoint never blocks writers or readers;
 SQLite releases the GIL while it copies pages).
+
+A PASSIVE checkpoint copies the log into the database but never rewinds it: the log
+restarts from its beginning only when a writer starts while no reader needs it, which a
+process whose writers are always inside a transaction rarely sees. The log then grew to
+the safety net (~80 MB) and the commit that crossed it paid a full checkpoint
+(95-300 ms). So once the log passes :data:`WAL_TRUNCATE_BYTES` the thread runs a
+``TRUNCATE`` checkpoint instead, waiting at most :data:`WAL_TRUNCATE_BUSY_MS` for the
+writer lock (https://www.sqlite.org/pragma.html#pragma_wal_checkpoint): the frames are
+already copied, so it holds the lock only to copy the last ones and truncate the file.
 """
 
 from __future__ import annotations
@@ -34,11 +43,16 @@ DEFAULT_POOL_SIZE = 10
 SQLITE_AUTOCHECKPOINT_PAGES = 20_000
 #: Seconds between two background PASSIVE checkpoints of a SQLite database file.
 WAL_CHECKPOINT_INTERVAL_S = 1.0
+#: Size of the WAL file beyond which the background checkpoint truncates it.
+WAL_TRUNCATE_BYTES = 20 * 1024 * 1024
+#: How long a background TRUNCATE checkpoint waits for the writer lock and the readers.
+WAL_TRUNCATE_BUSY_MS = 1000
 #: Prepared statements the sqlite3 module keeps per connection (its default is 128).
-#: Lookups by lists of ids are rendered with one placeholder per id, so nearly every page
-#: prepares statements of a new text, each holding the compiled program of a thousand
+#: When lookups by lists of ids had a placeholder per id, nearly every page prepared
+#: statements of a new text, each holding the compiled program of a thousand
 #: placeholders: at 128 the cache held ~75 MB more by the end of a 25k-Patient sync
-#: (peak RSS 300 MB, 228 MB at 32), and the statements that do repeat stay cached.
+#: (peak RSS 300 MB, 228 MB at 32). Those lists are JSON arrays now
+#: (:func:`store.bulk.one_of`), one statement text per lookup.
 SQLITE_CACHED_STATEMENTS = 32
 #: Page cache per SQLite connection, in KiB (SQLite's default is 2 MiB). A batch of a
 #: thousand Patients dirties pages all over the block-key, search-token and provenance
@@ -73,6 +87,8 @@ class WalCheckpointer:
         self.interval_s = interval_s
         self.pid = os.getpid()
         self.checkpoints = 0
+        #: Checkpoints that also truncated the log.
+        self.truncations = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
         self._thread.start()
@@ -81,14 +97,24 @@ class WalCheckpointer:
         self._stop.set()
 
     def checkpoint(self) -> None:
-        """One PASSIVE checkpoint, if the WAL holds anything."""
+        """One checkpoint, if the WAL holds anything: TRUNCATE once the log is larger than
+        :data:`WAL_TRUNCATE_BYTES` (PASSIVE if the writer lock does not come within
+        :data:`WAL_TRUNCATE_BUSY_MS`), PASSIVE otherwise."""
         try:
-            if os.path.getsize(f"{self.path}-wal") == 0:
-                return
+            size = os.path.getsize(f"{self.path}-wal")
         except OSError:
+            return
+        if size == 0:
             return
         connection = sqlite3.connect(self.path, timeout=SQLITE_BUSY_TIMEOUT_S)
         try:
+            if size > WAL_TRUNCATE_BYTES:
+                connection.execute(f"PRAGMA busy_timeout={WAL_TRUNCATE_BUSY_MS}")
+                busy = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if not busy:
+                    self.truncations += 1
+                    self.checkpoints += 1
+                    return
             connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             self.checkpoints += 1
         finally:
