@@ -126,16 +126,39 @@ class BulkWriter:
             statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
             self.connection.exec_driver_sql(statement, list(rows))
             return None
-        key = ("insert", table, tuple(columns), frozenset(json_columns), tuple(returning))
+        arrays = self._arrays(columns, rows)
+        single = self._single_valued(arrays)
+        key = ("insert", table, tuple(columns), frozenset(json_columns), tuple(returning), single)
         statement = self._statements.get(key, "")
         if not statement:
-            unnest, selected = self._unnest(table, columns, json_columns)
+            unnest, selected = self._unnest(table, columns, json_columns, single)
             statement = f"INSERT INTO {table} ({', '.join(columns)}) SELECT {selected} {unnest}"
             if returning:
                 statement += f" RETURNING {', '.join(returning)}"
             self._statements[key] = statement
-        result = self.connection.exec_driver_sql(statement, self._arrays(columns, rows))
+        result = self.connection.exec_driver_sql(statement, self._parameters(arrays, single))
         return [tuple(row) for row in result] if returning else []
+
+    @staticmethod
+    def _single_valued(arrays: Sequence[list[Any]]) -> frozenset[int]:
+        """Positions of the columns holding one value in every row (a page's source, type,
+        timestamps…): PostgreSQL inserts send each as one parameter, not an array, which
+        psycopg dumps value by value in Python (~1 us each). The first column always
+        travels as an array: it gives ``unnest`` its row count."""
+        return frozenset(
+            i
+            for i, values in enumerate(arrays)
+            if i and values.count(values[0]) == len(values) and values[0] is not None
+        )
+
+    @staticmethod
+    def _parameters(arrays: Sequence[list[Any]], single: Collection[int]) -> tuple[Any, ...]:
+        """The statement's parameters, in the order :meth:`_unnest` places them: the
+        single values of the select list, then the arrays of ``unnest``."""
+        return (
+            *(arrays[i][0] for i in range(len(arrays)) if i in single),
+            *(values for i, values in enumerate(arrays) if i not in single),
+        )
 
     def update_by_id(
         self,
@@ -171,21 +194,28 @@ class BulkWriter:
         self.connection.exec_driver_sql(statement, self._arrays((*columns, "id"), rows))
 
     def _unnest(
-        self, table: str, columns: Sequence[str], json_columns: Collection[str]
+        self,
+        table: str,
+        columns: Sequence[str],
+        json_columns: Collection[str],
+        single: Collection[int] = (),
     ) -> tuple[str, str]:
-        """``FROM unnest(%s::type[], …) AS u(c0, …)`` and the select list reading it."""
+        """``FROM unnest(%s::type[], …) AS u(c0, …)`` and the select list reading it; the
+        columns at the ``single`` positions are one parameter each, in the select list."""
         sql_table = Base.metadata.tables[table]
         arrays = []
+        aliases = []
         selected = []
         for i, column in enumerate(columns):
-            if column in json_columns:
-                arrays.append("%b::TEXT[]")
-                selected.append(f"CAST(u.c{i} AS JSONB)")
-            else:
-                arrays.append(f"%b::{sql_table.c[column].type.compile(dialect=self.dialect)}[]")
-                selected.append(f"u.c{i}")
-        aliases = ", ".join(f"c{i}" for i in range(len(columns)))
-        return f"FROM unnest({', '.join(arrays)}) AS u({aliases})", ", ".join(selected)
+            sql_type = (
+                "TEXT" if column in json_columns else sql_table.c[column].type.compile(self.dialect)
+            )
+            value = f"CAST(%b AS {sql_type})" if i in single else f"u.c{i}"
+            if i not in single:
+                arrays.append(f"%b::{sql_type}[]")
+                aliases.append(f"c{i}")
+            selected.append(f"CAST({value} AS JSONB)" if column in json_columns else value)
+        return f"FROM unnest({', '.join(arrays)}) AS u({', '.join(aliases)})", ", ".join(selected)
 
     @staticmethod
     def _arrays(columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> tuple[list[Any], ...]:

@@ -491,7 +491,10 @@ def _insert_encounters_copying_raw(
     lateral subquery a nested loop: as a plain join, with the page's 1000 rows in view,
     PostgreSQL hashed a sequential scan of the whole ``source_record`` table per page).
     Returns (id, golden_id, source_record_id) per row."""
-    unnest, selected = bulk._unnest("encounter", _ENCOUNTER_SENT, ())
+    sent = [row[:_RESOURCE_INDEX] + row[_RESOURCE_INDEX + 1 :] for row in rows]
+    arrays = bulk._arrays(_ENCOUNTER_SENT, sent)
+    single = bulk._single_valued(arrays)
+    unnest, selected = bulk._unnest("encounter", _ENCOUNTER_SENT, (), single)
     statement = (
         f"INSERT INTO encounter ({', '.join(_ENCOUNTER_SENT)}, resource)"
         f" SELECT {selected}, record.raw {unnest}"
@@ -499,8 +502,7 @@ def _insert_encounters_copying_raw(
         " LIMIT 1) AS record"
         " RETURNING id, golden_id, source_record_id"
     )
-    sent = [row[:_RESOURCE_INDEX] + row[_RESOURCE_INDEX + 1 :] for row in rows]
-    result = bulk.connection.exec_driver_sql(statement, bulk._arrays(_ENCOUNTER_SENT, sent))
+    result = bulk.connection.exec_driver_sql(statement, bulk._parameters(arrays, single))
     inserted = [tuple(row) for row in result]
     if len(inserted) != len(rows):
         raise RuntimeError("an encounter's source record was not found")
