@@ -34,3 +34,12 @@ def test_analyze_runs_once_enough_rows_were_written(engine: Engine) -> None:
                 text("SELECT reltuples FROM pg_class WHERE relname = 'source_record'")
             )
             assert tuples == 40
+
+
+def test_postgresql_plans_every_execution_with_its_values(engine: Engine) -> None:
+    """A prepared statement keeps custom plans (store.db.PG_OPTIONS): a generic one, made
+    without the id array, could keep a first load's empty-table plan for good."""
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect() as connection:
+        assert connection.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
