@@ -71,7 +71,7 @@ from mpi.storage import (
     parsed_record,
     write_goldens,
 )
-from store.bulk import BulkWriter, update_where
+from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, update_where
 from store.jsontext import json_text
 from store.models import (
     BlockKey,
@@ -735,7 +735,7 @@ def _write(
                 0,
             )
         )
-    bulk.insert("outbox", _OUTBOX_COLUMNS, events, json_columns=_PAYLOAD_JSON)
+    bulk.insert("outbox", OUTBOX_COLUMNS, events, json_columns=OUTBOX_JSON)
     if writes.rekeyed:
         for chunk in _chunks(writes.rekeyed):
             session.execute(
@@ -824,16 +824,6 @@ _HISTORY_COLUMNS = (
     "at",
 )
 _HISTORY_JSON = frozenset({"explanation", "snapshot"})
-_OUTBOX_COLUMNS = (
-    "event_type",
-    "aggregate_type",
-    "aggregate_id",
-    "payload",
-    "created_at",
-    "next_attempt_at",
-    "attempts",
-)
-_PAYLOAD_JSON = frozenset({"payload"})
 
 
 def _history_row(**values: Any) -> dict[str, Any]:

@@ -60,6 +60,19 @@ def json_ids(values: Collection[Any]) -> str | None:
         return None
 
 
+#: Columns of an outbox event written at the driver level (mpi and sync both write them).
+OUTBOX_COLUMNS = (
+    "event_type",
+    "aggregate_type",
+    "aggregate_id",
+    "payload",
+    "created_at",
+    "next_attempt_at",
+    "attempts",
+)
+OUTBOX_JSON = frozenset({"payload"})
+
+
 def one_of(session: Session, column: Any, values: Collection[Any]) -> ColumnElement[bool]:
     """``column IN (values)`` as a statement whose text does not depend on how many
     values there are: one parameter, so the statement is compiled, and prepared by the

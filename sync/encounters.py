@@ -20,10 +20,13 @@ from sqlalchemy import ColumnElement, TextClause, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from fhir_mapping import InvalidResource, SourceEncounter, parse_encounter
-from store.bulk import BulkWriter, one_of
+from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, one_of
 from store.models import Base, Encounter, Link, SourceRecord
 from store.types import utcnow
 from sync.records import (
+    RECORD_COLUMNS,
+    RECORD_JSON,
+    RECORD_UPDATE_COLUMNS,
     STATUS_ACTIVE,
     STATUS_PENDING,
     Incoming,
@@ -39,21 +42,6 @@ EVENT_UPDATED = "encounter.updated"
 EVENT_DELETED = "encounter.deleted"
 
 #: Columns of the page's bulk statements (see :class:`_PageWriter`), and their JSON ones.
-_RECORD_COLUMNS = (
-    "source_id",
-    "resource_type",
-    "resource_id",
-    "raw",
-    "normalized",
-    "content_hash",
-    "version_id",
-    "last_updated",
-    "status",
-    "updated_at",
-    "received_at",
-)
-_RECORD_UPDATE_COLUMNS = (*_RECORD_COLUMNS[3:10], "error")
-_RECORD_JSON = frozenset({"raw", "normalized", "error"})
 _ENCOUNTER_COLUMNS = (
     "source_record_id",
     "source_id",
@@ -67,16 +55,6 @@ _ENCOUNTER_COLUMNS = (
     "last_updated",
 )
 _ENCOUNTER_JSON = frozenset({"resource"})
-_OUTBOX_COLUMNS = (
-    "event_type",
-    "aggregate_type",
-    "aggregate_id",
-    "payload",
-    "created_at",
-    "next_attempt_at",
-    "attempts",
-)
-_OUTBOX_JSON = frozenset({"payload"})
 _OUTBOX_TABLE = Base.metadata.tables["outbox"]
 #: FHIR ``date``/``dateTime`` precisions by string length: year, year-month, date.
 _PARTIAL_DATE_FORMATS = {4: "%Y", 7: "%Y-%m", 10: "%Y-%m-%d"}
@@ -407,9 +385,9 @@ class _PageWriter:
         bulk = self.bulk
         returned = bulk.insert(
             "source_record",
-            _RECORD_COLUMNS,
+            RECORD_COLUMNS,
             self.new_records,
-            json_columns=_RECORD_JSON,
+            json_columns=RECORD_JSON,
             returning=("id", "resource_id"),
         )
         if returned is None:
@@ -430,9 +408,9 @@ class _PageWriter:
         self.record_ids.update((resource_id, record_id) for record_id, resource_id in returned)
         bulk.update_by_id(
             "source_record",
-            _RECORD_UPDATE_COLUMNS,
+            RECORD_UPDATE_COLUMNS,
             self.record_updates,
-            json_columns=_RECORD_JSON,
+            json_columns=RECORD_JSON,
         )
         bulk.update_by_id(
             "encounter",
@@ -473,7 +451,7 @@ class _PageWriter:
                     )
             for enc_id, golden_id, record_id in inserted:
                 self.event(EVENT_CREATED, enc_id, golden_id, rid_by_record[record_id])
-        bulk.insert("outbox", _OUTBOX_COLUMNS, self.events, json_columns=_OUTBOX_JSON)
+        bulk.insert("outbox", OUTBOX_COLUMNS, self.events, json_columns=OUTBOX_JSON)
 
 
 #: The encounter columns sent by :func:`_insert_encounters_copying_raw` (all but ``resource``).

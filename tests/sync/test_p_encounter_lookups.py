@@ -18,10 +18,8 @@ from tests.sync.helpers import add_source, encounter, patient
 PAGES = 8
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_pg_lookups_stay_unprepared_and_correct(session_factory: sessionmaker[Session]) -> None:
-    with session_factory() as session:
-        if session.get_bind().dialect.name != "postgresql":
-            pytest.skip("PostgreSQL statement preparation")
     source_id = add_source(session_factory)
     with session_factory() as session:
         ingest_page(session, source_id, Page("Patient", [patient("p1")], "p"))
