@@ -30,8 +30,7 @@ from functools import lru_cache
 
 from rapidfuzz.distance import OSA
 
-from fhir_mapping import nickname_keys
-from fhir_mapping._data import nickname_pairs
+from fhir_mapping import nickname_keys, nickname_pairs
 from mpi.comparisons import (
     COMPARISONS,
     AddressComparison,
