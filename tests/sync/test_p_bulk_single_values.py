@@ -8,18 +8,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from store.bulk import OUTBOX_COLUMNS as COLUMNS
 from store.bulk import BulkWriter
 from store.models import Outbox
-
-COLUMNS = (
-    "event_type",
-    "aggregate_type",
-    "aggregate_id",
-    "payload",
-    "created_at",
-    "next_attempt_at",
-    "attempts",
-)
 
 
 def test_single_valued_columns_round_trip(session_factory: sessionmaker[Session]) -> None:
