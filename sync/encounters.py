@@ -165,19 +165,15 @@ _PG_GOLDEN_IDS = (
 
 
 def _pg_rows(session: Session, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    """Rows of ``statement`` run unprepared, so PostgreSQL plans it with the page's values.
+    """Rows of ``statement`` through the driver's cursor (no SQLAlchemy result rows).
 
-    psycopg prepares a statement run five times, and PostgreSQL then keeps a generic
-    plan, made without the id array. Planned from statistics taken before a source's
-    first records of a type (a first load; ``StatisticsRefresher`` analyzes every 20k
-    rows), that plan scanned every record of the source and type in the status index and
-    compared each with the whole id array (0.1-0.6 s a page at 2-4k Encounters, growing
-    with the load). A custom plan sees the array as a constant: the key index with
-    current statistics, else a hashed ``= ANY`` filter (~1 us a row)."""
+    Every PostgreSQL connection plans it with the page's id array, not with a generic
+    plan (:data:`store.db.PG_OPTIONS`): one made from statistics taken before a source's
+    first Encounters scanned every record of the source per page."""
     session.flush()
     cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.execute(statement, params, prepare=False)
+        cursor.execute(statement, params)
         return cursor.fetchall()
     finally:
         cursor.close()
@@ -248,8 +244,8 @@ def golden_ids_of_patients(
     On SQLite the ids are looked up in the (source, type, id) key and the status in the
     status index, by rowid (:data:`_SQLITE_ACTIVE`): both covering, so no record row is
     read (its ``status`` sits behind the resource JSON, often in overflow pages), and
-    not a scan of every active Patient of the source per page. On PostgreSQL the
-    statement runs unprepared (:func:`_pg_rows`)."""
+    not a scan of every active Patient of the source per page. On PostgreSQL it is one
+    ``= ANY(array)`` statement per chunk (:func:`_pg_rows`)."""
     found: dict[str, str] = {}
     if session.get_bind().dialect.name == "postgresql":
         for chunk in chunked(list(dict.fromkeys(patient_ids))):
