@@ -280,9 +280,12 @@ class Encounter(Base):
     source_record_id: Mapped[int] = mapped_column(
         ForeignKey("source_record.id", ondelete="CASCADE"), unique=True
     )
-    source_id: Mapped[int] = mapped_column(ForeignKey("source.id", ondelete="CASCADE"))
+    # No foreign keys on the two derived columns (migration 0002: one trigger query per
+    # inserted row each, and nothing they could catch): the source is the source
+    # record's, and the golden id comes from the record's link.
+    source_id: Mapped[int] = mapped_column(Integer)
     patient_resource_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    golden_id: Mapped[str | None] = mapped_column(ForeignKey("golden_patient.id"), nullable=True)
+    golden_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     status: Mapped[str | None] = mapped_column(String(30), nullable=True)
     class_code: Mapped[str | None] = mapped_column(String(30), nullable=True)
     period_start: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
