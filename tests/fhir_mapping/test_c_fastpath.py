@@ -455,6 +455,90 @@ def test_extra_checks_run_on_the_fast_path() -> None:
     assert {i.path for i in caught.value.issues} == {"Patient.gender"}
 
 
+#: A Patient and an Encounter with a code at every path of the required bindings the
+#: extra checks hold (validate._check_patient, validate._check_encounter).
+BOUND_PATIENT: dict[str, Any] = {
+    "resourceType": "Patient",
+    "id": "bound",
+    "gender": "female",
+    "name": [{"use": "official", "family": "Doe"}],
+    "telecom": [{"system": "phone", "value": "555", "use": "home"}],
+    "address": [{"use": "home", "type": "both", "city": "X"}],
+    "identifier": [{"use": "usual", "value": "1"}],
+    "contact": [
+        {
+            "gender": "male",
+            "name": {"use": "usual", "family": "Roe"},
+            "address": {"use": "work", "type": "postal", "city": "Y"},
+            "telecom": [{"system": "email", "value": "a@b.c", "use": "work"}],
+        }
+    ],
+    "link": [{"other": {"reference": "Patient/x"}, "type": "seealso"}],
+}
+BOUND_ENCOUNTER: dict[str, Any] = {
+    "resourceType": "Encounter",
+    "id": "bound",
+    "status": "finished",
+    "class": {"code": "AMB"},
+    "statusHistory": [{"status": "arrived", "period": {"start": "2020-01-01"}}],
+}
+BOUND_PATHS: list[tuple[dict[str, Any], tuple[Any, ...], str]] = [
+    (BOUND_PATIENT, ("gender",), "Patient.gender"),
+    (BOUND_PATIENT, ("name", 0, "use"), "Patient.name[0].use"),
+    (BOUND_PATIENT, ("telecom", 0, "system"), "Patient.telecom[0].system"),
+    (BOUND_PATIENT, ("telecom", 0, "use"), "Patient.telecom[0].use"),
+    (BOUND_PATIENT, ("address", 0, "use"), "Patient.address[0].use"),
+    (BOUND_PATIENT, ("address", 0, "type"), "Patient.address[0].type"),
+    (BOUND_PATIENT, ("identifier", 0, "use"), "Patient.identifier[0].use"),
+    (BOUND_PATIENT, ("contact", 0, "gender"), "Patient.contact[0].gender"),
+    (BOUND_PATIENT, ("contact", 0, "name", "use"), "Patient.contact[0].name.use"),
+    (BOUND_PATIENT, ("contact", 0, "address", "use"), "Patient.contact[0].address.use"),
+    (BOUND_PATIENT, ("contact", 0, "address", "type"), "Patient.contact[0].address.type"),
+    (BOUND_PATIENT, ("contact", 0, "telecom", 0, "system"), "Patient.contact[0].telecom[0].system"),
+    (BOUND_PATIENT, ("contact", 0, "telecom", 0, "use"), "Patient.contact[0].telecom[0].use"),
+    (BOUND_PATIENT, ("link", 0, "type"), "Patient.link[0].type"),
+    (BOUND_ENCOUNTER, ("status",), "Encounter.status"),
+    (BOUND_ENCOUNTER, ("statusHistory", 0, "status"), "Encounter.statusHistory[0].status"),
+]
+
+
+@pytest.mark.parametrize(
+    ("seed", "path", "fhir_path"), BOUND_PATHS, ids=[p[2] for p in BOUND_PATHS]
+)
+def test_a_known_shape_with_a_code_outside_its_binding_is_refused(
+    seed: dict[str, Any], path: tuple[Any, ...], fhir_path: str
+) -> None:
+    """The plans hold the required bindings (the extra checks do not run on the fast
+    path): a code the models accept but the binding does not, at a planned position."""
+    expected_type = seed["resourceType"]
+    assert oracle(seed, expected_type) is None
+    check_resource(seed, expected_type)
+    bad = copy.deepcopy(seed)
+    node: Any = bad
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = "nope"  # a valid code, in no binding
+    assert is_planned(bad)
+    expected = oracle(bad, expected_type)
+    assert expected is not None
+    assert [issue["path"] for issue in expected["issues"]] == [fhir_path]
+    assert fast(bad, expected_type) == expected
+    assert fast(bad, expected_type) == expected  # the failed verdict memoized
+
+
+def test_a_shape_that_fails_the_json_type_checks_gets_no_plan() -> None:
+    """The models coerce ``"true"`` to True; the extra checks refuse it, every time."""
+    raw = {"resourceType": "Patient", "id": "p1", "active": "true"}
+    for _ in range(2):
+        with pytest.raises(InvalidResource) as caught:
+            check_resource(raw, "Patient")
+        assert {i.path for i in caught.value.issues} == {"Patient.active"}
+        assert not is_planned(raw)
+    with pytest.raises(InvalidResource):
+        validate_resource(raw, "Patient")
+    assert not is_planned(raw)
+
+
 def test_parsers_keep_working_through_the_fast_path() -> None:
     for seed in seed_resources():
         if seed["resourceType"] == "Patient":
