@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
@@ -37,6 +37,7 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from pydantic import ValidationError
 
 from fhir_mapping.errors import ISSUE_CODE_STRUCTURE, InvalidResource, Issue
+from fhir_mapping.matchers import Matchers
 from fhir_mapping.shapes import Bindings, Plans, Unplannable, derive_plan, shape_of
 
 _IDENTIFIER_PART = re.compile(r"^_?[A-Za-z][A-Za-z0-9_]*$")
@@ -299,6 +300,8 @@ _BINDINGS: Bindings = {
 #: Plans of the resource shapes seen valid, extra checks included (see
 #: :mod:`fhir_mapping.shapes`).
 _PLANS = Plans(bindings=_BINDINGS)
+#: Compiled matchers of the planned shapes (see :mod:`fhir_mapping.matchers`).
+_MATCHERS = Matchers()
 #: Held while a plan is derived (checker ids are allocated then).
 _DERIVE_LOCK = threading.Lock()
 
@@ -329,21 +332,31 @@ def _remember_shape(
         except (Unplannable, RecursionError):
             plan = None
         _PLANS.put(shape, plan)
+    if plan is not None:
+        _MATCHERS.add(raw, plan)
 
 
 def check_resource(raw: Any, expected_type: str | None = None) -> None:
     """The verdict of :func:`validate_resource` without the model instance.
 
-    A resource whose shape was already seen valid is checked by its primitive values
-    only (each by its field's pydantic validator and binding, memoized); the
+    A resource whose shape was already seen valid (recognised by its compiled matcher,
+    else by its shape key) is checked by its primitive values only (each by its field's
+    pydantic validator and binding, memoized); the
     first resource of a shape, one that fails any check, and anything unexpected go
     through the full model, so every error reported is the library's own."""
     model, resource_type, resource_id = _resolve_model(raw, expected_type)
-    try:
-        shape, leaves = _shape_key(raw)
-    except (Unplannable, RecursionError):
-        shape, leaves = (), []
-    plan = _PLANS.get(shape) if shape else None
+    matched = _MATCHERS.find(raw)
+    if matched is not None:
+        plan: tuple[int, ...] | bool | None = matched[0]
+        leaves: Sequence[Any] = matched[1]
+    else:
+        try:
+            shape, leaves = _shape_key(raw)
+        except (Unplannable, RecursionError):
+            shape, leaves = (), []
+        plan = _PLANS.get(shape) if shape else None
+        if isinstance(plan, tuple) and not _MATCHERS.knows(raw):
+            _MATCHERS.add(raw, plan)  # planned before the matchers were last dropped
     if isinstance(plan, tuple) and _PLANS.checkers.accept(plan, leaves):
         return
     instance = _model_validate(model, raw, resource_type, resource_id)
@@ -354,8 +367,9 @@ def check_resource(raw: Any, expected_type: str | None = None) -> None:
 
 def clear_shape_plans() -> None:
     """Forget every shape plan and memoized verdict (tests measure cold checks)."""
-    global _PLANS
+    global _PLANS, _MATCHERS
     _PLANS = Plans(bindings=_BINDINGS)
+    _MATCHERS = Matchers()
 
 
 def bundle_resources(bundle: Any) -> Iterator[dict[str, Any] | InvalidResource]:

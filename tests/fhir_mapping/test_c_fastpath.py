@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from fhir_mapping import InvalidResource, parse_encounter, parse_patient
 from fhir_mapping import validate as validation
+from fhir_mapping.matchers import compile_matcher
 from fhir_mapping.shapes import DEFAULT_MAX_SHAPES, Checkers, Plans, Unplannable
 from fhir_mapping.validate import check_resource, clear_shape_plans, validate_resource
 from tools.ehrgen import generate
@@ -537,6 +538,62 @@ def test_a_shape_that_fails_the_json_type_checks_gets_no_plan() -> None:
     with pytest.raises(InvalidResource):
         validate_resource(raw, "Patient")
     assert not is_planned(raw)
+
+
+def test_a_matcher_recognises_exactly_its_shape() -> None:
+    """A compiled matcher takes a resource iff the resource has its template's shape
+    key, and gives the leaves shape_of gives (the plan's positions, in order)."""
+    rng = random.Random(SEED + 1)
+    seeds = seed_resources()
+    cases: list[dict[str, Any]] = []
+    for seed in seeds:
+        for _ in range(6):
+            case = structural_case(rng, seed)
+            cases += [case, value_variant(rng, case)]
+    cases += [
+        {"resourceType": "Patient", "active": True},
+        {"resourceType": "Patient", "active": 1},
+        {"resourceType": "Patient", "active": 1.0},
+        {"active": True, "resourceType": "Patient"},
+        {"resourceType": "Patient", "contained": [{"resourceType": "Organization"}]},
+        {"resourceType": "Patient", "contained": [{"resourceType": "Practitioner"}]},
+        {"resourceType": "Patient", "contained": [{"resourceType": None}]},
+        {"resourceType": "Patient", "name": [{"given": ["A", None]}]},
+        {"resourceType": "Patient", "name": [{"given": [None, "A"]}]},
+        {"resourceType": "Patient", "name": [{"given": ["A"]}, None]},
+    ]
+    keyed: list[tuple[dict[str, Any], tuple[Any, ...], list[Any]]] = []
+    for case in cases:
+        try:
+            shape, leaves = validation._shape_key(case)
+        except Unplannable:
+            continue
+        keyed.append((case, shape, leaves))
+    matched = unmatched = 0
+    for template, template_shape, _ in keyed[:: max(1, len(keyed) // 150)] + keyed[-10:]:
+        matcher = compile_matcher(template)
+        assert matcher is not None
+        for case, shape, leaves in keyed:
+            found = matcher(case)
+            if shape == template_shape:
+                assert found == tuple(leaves), json.dumps(case)
+                matched += 1
+            else:
+                assert found is None, json.dumps(case)
+                unmatched += 1
+    assert matched >= 300 and unmatched >= 10_000, (matched, unmatched)
+
+
+def test_a_top_level_key_tuple_with_two_shapes_is_walked() -> None:
+    """Only a key tuple with one planned shape keeps a matcher; the verdicts stay."""
+    one = {"resourceType": "Patient", "id": "m1", "telecom": [{"value": "1"}]}
+    two = {"resourceType": "Patient", "id": "m2", "telecom": [{"value": "1"}, {"value": "2"}]}
+    check_resource(one, "Patient")
+    assert validation._MATCHERS.find({**one, "id": "m3"}) is not None
+    check_resource(two, "Patient")
+    assert validation._MATCHERS.find({**one, "id": "m3"}) is None
+    for raw in (one, two, {**one, "telecom": [{"value": " "}]}):
+        assert fast(raw, "Patient") == oracle(raw, "Patient")
 
 
 def test_parsers_keep_working_through_the_fast_path() -> None:
