@@ -584,6 +584,33 @@ def test_a_matcher_recognises_exactly_its_shape() -> None:
     assert matched >= 300 and unmatched >= 10_000, (matched, unmatched)
 
 
+def test_the_date_shortcuts_accept_only_what_the_library_accepts() -> None:
+    """Full dates and dateTimes are accepted without the field's validator: never one
+    it refuses (leap days, month 13, day 0, year 0000, hour 24, zones past 14:00...)."""
+    from fhir.resources.R4B.period import Period
+
+    days = [
+        f"{year:04d}-{month:02d}-{day:02d}"
+        for year in (0, 1, 100, 1900, 2000, 2021, 2024, 9999)
+        for month in range(14)
+        for day in range(33)
+    ]
+    times = ["T00:00:00Z", "T23:59:59+14:00", "T10:00:00-13:59", "T24:00:00Z", "T10:60:00Z"]
+    times += ["T10:00:60Z", "T10:00:00+14:01", "T10:00:00", "T10:00Z", "T10:00:00.5Z"]
+    values = days + [day + time for day in days[::5] for time in times] + STRINGS
+    checkers = Checkers()
+    for model, name in ((Patient, "birthDate"), (Period, "start"), (Encounter, "id")):
+        checker = checkers.checker(model, name, str)
+        shortcut = checkers.shortcuts[checker]
+        accepted = 0
+        for value in values:
+            if shortcut is not None and shortcut(value):
+                accepted += 1
+                assert checkers.validators[checker](value) is not None, (name, value)
+        assert accepted >= (2000 if name != "id" else 0), (name, accepted)
+    assert checkers.shortcuts[checkers.checker(Encounter, "id", str)] is None
+
+
 def test_a_top_level_key_tuple_with_two_shapes_is_walked() -> None:
     """Only a key tuple with one planned shape keeps a matcher; the verdicts stay."""
     one = {"resourceType": "Patient", "id": "m1", "telecom": [{"value": "1"}]}
