@@ -140,7 +140,9 @@ class GoldenSearchToken(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    golden_id: Mapped[str] = mapped_column(ForeignKey("golden_patient.id", ondelete="CASCADE"))
+    # No foreign key (migration 0002): written only with its golden record; a golden
+    # record's delete still takes its tokens (a trigger).
+    golden_id: Mapped[str] = mapped_column(String(36))
     param: Mapped[str] = mapped_column(String(40))
     system: Mapped[str | None] = mapped_column(String(255), nullable=True)
     value: Mapped[str] = mapped_column(String(255))
@@ -241,12 +243,12 @@ class FieldProvenance(Base):
     __table_args__ = (Index("ix_field_provenance_golden", "golden_id", "field"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    golden_id: Mapped[str] = mapped_column(ForeignKey("golden_patient.id", ondelete="CASCADE"))
+    # No foreign keys (migration 0002): written only with its golden record, from the
+    # members just read; deletes of either parent still cascade / set null (triggers).
+    golden_id: Mapped[str] = mapped_column(String(36))
     field: Mapped[str] = mapped_column(String(100))
     value: Mapped[Any] = mapped_column(JSONType)
-    source_record_id: Mapped[int | None] = mapped_column(
-        ForeignKey("source_record.id", ondelete="SET NULL"), nullable=True
-    )
+    source_record_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
     rule: Mapped[str] = mapped_column(String(40))
     observed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
@@ -262,9 +264,9 @@ class BlockKey(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(200))
-    source_record_id: Mapped[int] = mapped_column(
-        ForeignKey("source_record.id", ondelete="CASCADE")
-    )
+    # No foreign key (migration 0002): written by the MPI for the records it resolves, in
+    # their transaction; a record's delete still takes its keys (a trigger).
+    source_record_id: Mapped[int] = mapped_column(BigId)
 
 
 class Encounter(Base):
