@@ -59,15 +59,17 @@ class MemoryResolver:
         self.reviews = 0
         self._new_golden = new_golden or (lambda record: f"g{record}")
 
-    def candidate_goldens(self, keys: list[str]) -> set[str]:
-        """Golden records of the records sharing a usable key with ``keys``."""
-        found = self.index.candidates(keys, self.settings.max_candidates)
+    def candidate_goldens(self, keys: list[str], found: list[int] | None = None) -> set[str]:
+        """Golden records of the records sharing a usable key with ``keys`` (``found``:
+        those records, when the caller has just ranked them)."""
+        if found is None:
+            found = self.index.candidates(keys, self.settings.max_candidates)
         return {g for g in (self.golden_of.get(i) for i in found) if g is not None}
 
-    def candidate_members(self, keys: list[str]) -> list[Member]:
+    def candidate_members(self, keys: list[str], found: list[int] | None = None) -> list[Member]:
         return [
             Member(i, golden, self.features[i])
-            for golden in sorted(self.candidate_goldens(keys))
+            for golden in sorted(self.candidate_goldens(keys, found))
             for i in self.members.get(golden, [])[:MAX_MEMBERS_PER_GOLDEN]
         ]
 
@@ -80,11 +82,14 @@ class MemoryResolver:
         manual_match: str | None = None,
         no_match: set[str] | None = None,
         allow_merge: Callable[[str, str], bool] | None = None,
+        found: list[int] | None = None,
     ) -> Decision:
         """Decide for one record and file it; ``allow_merge(loser, survivor)`` may veto
-        a merge the decision asks for (it is then dropped from ``decision.merge``)."""
+        a merge the decision asks for (it is then dropped from ``decision.merge``).
+        ``found``: ``index.candidates(keys, max_candidates)`` if the caller has just
+        computed it (the index has not changed since), not ranked a second time."""
         keys = block_keys(features) if keys is None else keys
-        members = self.candidate_members(keys)
+        members = self.candidate_members(keys, found)
         candidates = score_candidates(self.model, self.settings, features, members)
         decision = decide(
             candidates,

@@ -332,9 +332,12 @@ class BatchState:
             self.resolver.features[record_id] = features
             self.patients[record_id] = patient
 
-    def ensure(self, keys: list[str]) -> None:
+    def ensure(self, keys: list[str]) -> list[int]:
         """Load whatever deciding for a record with ``keys`` needs and is not loaded yet
-        (nothing, unless the batch itself changed which records rank first)."""
+        (nothing, unless the batch itself changed which records rank first). Returns
+        the records the resolver ranks for ``keys`` (loading leaves the index as it is,
+        so :meth:`MemoryResolver.add` takes them instead of ranking again: a third of
+        the ranking's ~1.3 s at 10k Patients)."""
         resolver = self.resolver
         found = self._ranked(keys)
         self.place(set(found))
@@ -355,6 +358,7 @@ class BatchState:
                 ).all()
             )
             self._remember(_records_for(self.session, list(hashes.items())))
+        return found
 
     # --- the view of one record ----------------------------------------------------
 
@@ -514,7 +518,7 @@ def _resolve_chunk(
         if record_id in linked or record_id in state.links:
             resolutions.append(_refresh(state, writes, item, linked, batch_keys))
             continue
-        state.ensure(item.keys)
+        found = state.ensure(item.keys)
         skipped = state.skipped_keys(item.keys)
         manual, blocked = state.steward(record_id)
         decision = resolver.add(
@@ -524,6 +528,7 @@ def _resolve_chunk(
             manual_match=manual,
             no_match=blocked,
             allow_merge=state.allow_merge,
+            found=found,
         )
         batch_keys[record_id] = item.keys
         resolution = _record(state, writes, position, item, decision, skipped)
