@@ -5,12 +5,13 @@ from __future__ import annotations
 from sqlalchemy import Engine, insert, text
 from sqlalchemy.orm import Session
 
-from store.db import StatisticsRefresher
+from store.db import ANALYZE_MIN_CHANGES, StatisticsRefresher
 from store.models import Source, SourceRecord
 
 
 def test_analyze_runs_once_enough_rows_were_written(engine: Engine) -> None:
     postgres = engine.dialect.name == "postgresql"
+    rows = ANALYZE_MIN_CHANGES + 1
     with Session(engine) as session:
         source_id = session.execute(
             insert(Source)
@@ -21,19 +22,26 @@ def test_analyze_runs_once_enough_rows_were_written(engine: Engine) -> None:
             insert(SourceRecord),
             [
                 {"source_id": source_id, "resource_type": "Patient", "resource_id": f"p{i}"}
-                for i in range(40)
+                for i in range(rows)
             ],
         )
+        if postgres:  # the change counters, without waiting for the next report
+            session.execute(text("SELECT pg_stat_force_next_flush()"))
         session.commit()
-        refresher = StatisticsRefresher(every_rows=40)
-        assert refresher.wrote(session, 39) is False
+        refresher = StatisticsRefresher(every_rows=rows)
+        assert refresher.wrote(session, rows - 1) is False
         assert refresher.wrote(session, 1) is postgres
-        assert refresher.pending == (0 if postgres else 40)
+        assert refresher.pending == (0 if postgres else rows)
         if postgres:
-            tuples = session.scalar(
-                text("SELECT reltuples FROM pg_class WHERE relname = 'source_record'")
-            )
-            assert tuples == 40
+            assert _tuples(session, "source_record") == rows
+            # Tables that did not change are not analyzed again (never analyzed: -1).
+            assert _tuples(session, "golden_patient") == -1
+
+
+def _tuples(session: Session, table: str) -> float | None:
+    return session.scalar(
+        text("SELECT reltuples FROM pg_class WHERE relname = :table"), {"table": table}
+    )
 
 
 def test_postgresql_plans_every_execution_with_its_values(engine: Engine) -> None:
