@@ -70,6 +70,8 @@ PIPELINE_CONFIG_KEYS = frozenset(
 )
 #: Length of the cursor fingerprints kept in a run to notice a stream that came back around.
 CURSOR_FINGERPRINT_CHARS = 16
+#: Fingerprints of a type's latest page cursors kept in a run (see :class:`CursorTrail`).
+CURSOR_TRAIL_WINDOW = 64
 #: CPython's young-generation collection threshold while pages are ingested (default 700).
 INGEST_GC_THRESHOLD = 10_000
 #: Young collections between two middle-generation ones while pages are ingested (default
@@ -149,6 +151,56 @@ def _fingerprint(cursor: str | None) -> str:
     return hashlib.sha256((cursor or "").encode()).hexdigest()[:CURSOR_FINGERPRINT_CHARS]
 
 
+@dataclass
+class CursorTrail:
+    """The page cursors a run has gone through for one type, to notice a stream that came
+    back to one of them (a server whose ``next`` links loop, an incremental re-read that
+    ends where it began) and stop it instead of reading forever.
+
+    Kept in ``run.detail`` and rewritten with every page, so it has a fixed size: the
+    fingerprints of the latest :data:`CURSOR_TRAIL_WINDOW` cursors (a loop that short is
+    caught at its first repeat) and an *anchor*, moved to the current cursor after 1,
+    2, 4, 8... pages (Brent's cycle detection): a longer loop is caught within twice its
+    length plus the pages before it, each re-read page skipped by its content hash.
+    The whole list it replaces made each page's run update grow with the run (a
+    quadratic rewrite of ``run.detail`` over a long run).
+    """
+
+    recent: list[str] = field(default_factory=list)
+    anchor: str | None = None
+    pages: int = 0
+    #: The cursor the chunk started from (not kept: it is the last page's, or a past run's).
+    start: str | None = None
+
+    @classmethod
+    def of(cls, detail: dict[str, Any] | None, rtype: str, start: str | None) -> CursorTrail:
+        kept = ((detail or {}).get("seen") or {}).get(rtype)
+        if isinstance(kept, list):  # a run started before the trail had a fixed size
+            kept = {"recent": kept, "pages": len(kept)}
+        kept = kept if isinstance(kept, dict) else {}
+        return cls(
+            recent=[str(f) for f in kept.get("recent") or []][-CURSOR_TRAIL_WINDOW:],
+            anchor=kept.get("anchor"),
+            pages=int(kept.get("pages") or 0),
+            start=_fingerprint(start),
+        )
+
+    def knows(self, cursor: str | None) -> bool:
+        fingerprint = _fingerprint(cursor)
+        return fingerprint in (self.start, self.anchor) or fingerprint in self.recent
+
+    def add(self, cursor: str | None) -> None:
+        fingerprint = _fingerprint(cursor)
+        self.recent.append(fingerprint)
+        del self.recent[:-CURSOR_TRAIL_WINDOW]
+        self.pages += 1
+        if self.pages & (self.pages - 1) == 0:  # a power of two
+            self.anchor = fingerprint
+
+    def as_json(self) -> dict[str, Any]:
+        return {"recent": list(self.recent), "anchor": self.anchor, "pages": self.pages}
+
+
 def start_or_resume(session: Session, source_id: int, *, full: bool = False) -> tuple[SyncRun, str]:
     """Take over the source's running run with a new token, or start a new one (no commit).
 
@@ -196,7 +248,7 @@ def _claimed_run(session: Session, run_id: int, token: str) -> SyncRun | None:
     return run
 
 
-def _account(run: SyncRun, rtype: str, cursor: str | None, page: IngestResult) -> None:
+def _account(run: SyncRun, rtype: str, trail: CursorTrail, page: IngestResult) -> None:
     run.pages += 1
     run.resources += page.resources
     run.quarantined += page.quarantined
@@ -208,7 +260,7 @@ def _account(run: SyncRun, rtype: str, cursor: str | None, page: IngestResult) -
         per_type[key] = per_type.get(key, 0) + value
     counts[rtype] = per_type
     seen = dict(detail.get("seen") or {})
-    seen[rtype] = [*seen.get(rtype, []), _fingerprint(cursor)]
+    seen[rtype] = trail.as_json()
     detail.update(counts=counts, seen=seen, heartbeat=utcnow().isoformat())
     run.detail = detail
 
@@ -256,14 +308,22 @@ def run_chunk(
             source_row, default_region or context.default_region, context.match_settings
         )
         cursor = CursorRepository(session).get(source_id, rtype)
-        seen = set(((run.detail or {}).get("seen") or {}).get(rtype, []))
-        seen.add(_fingerprint(cursor))
+        trail = CursorTrail.of(run.detail, rtype, cursor)
         connector: Source | None = None
         try:
             connector = source_factory(source_config(source_row))
             with ingest_gc():
                 exhausted = _ingest_stream(
-                    session, connector, run, rtype, cursor, seen, options, max_pages, chunk, on_page
+                    session,
+                    connector,
+                    run,
+                    rtype,
+                    cursor,
+                    trail,
+                    options,
+                    max_pages,
+                    chunk,
+                    on_page,
                 )
             if chunk.status == "superseded":
                 chunk.done = True
@@ -333,7 +393,7 @@ def _ingest_stream(
     run: SyncRun,
     rtype: str,
     cursor: str | None,
-    seen: set[str],
+    trail: CursorTrail,
     options: PatientOptions,
     max_pages: int | None,
     chunk: ChunkResult,
@@ -355,16 +415,17 @@ def _ingest_stream(
                     if _claimed_run(session, run.id, chunk.token) is None:
                         chunk.status = "superseded"
                         return False
-            _account(run, rtype, page.cursor, result)
+            looped = page.cursor is None or trail.knows(page.cursor)
+            trail.add(page.cursor)
+            _account(run, rtype, trail, result)
             session.commit()
             _statistics.wrote(session, result.stored + result.quarantined)
             chunk.pages += 1
             chunk.result.add(result)
             if on_page is not None:
                 on_page(run, result)
-            if page.cursor is None or _fingerprint(page.cursor) in seen:
+            if looped:
                 return True  # no cursor to go on from, or a loop (incremental overlap re-read)
-            seen.add(_fingerprint(page.cursor))
             if max_pages is not None and chunk.pages >= max_pages:
                 return False
             lock_source(session, run.source_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from store import CursorRepository
 from store.models import Encounter, SourceRecord, SyncRun
 from sync import TaskContext, run_source
 from sync.pipeline import split_page
+from sync.runner import CURSOR_TRAIL_WINDOW
 from tests.sync.helpers import (
     ScriptedSource,
     add_source,
@@ -213,3 +215,42 @@ def test_a_big_patient_page_commits_in_parts_and_the_cursor_with_the_last(
     with session_factory() as session:
         assert CursorRepository(session).get(source_id, "Patient") == "1"
         assert _counts(session, source_id) == (250, 250)
+
+
+class _LoopingSource(ScriptedSource):
+    """A server whose ``next`` links come back around after ``period`` pages, forever."""
+
+    def __init__(self, period: int) -> None:
+        super().__init__({})
+        self.period = period
+        self.served = 0
+
+    def stream(self, resource_type: str, cursor: str | None = None) -> Iterator[Page]:
+        position = int(cursor or 0)
+        while self.served < 1000:  # a runaway test fails instead of hanging
+            self.served += 1
+            position = (position + 1) % self.period
+            yield Page(resource_type, [patient(f"loop{position}", "Loop")], str(position))
+
+
+@pytest.mark.parametrize(("period", "pages"), [(3, 4), (70, 198)])
+def test_a_stream_that_loops_is_stopped_and_the_run_keeps_a_bounded_trail(
+    engine: Engine, session_factory: sessionmaker[Session], period: int, pages: int
+) -> None:
+    source_id = add_source(session_factory, resource_types=["Patient"])
+    source = _LoopingSource(period)
+    done = run_source(
+        _context(engine, session_factory),
+        source_id,
+        max_pages=None,
+        source_factory=lambda _c: source,
+    )
+    # A loop within the trail's window ends at its first repeat; a longer one after
+    # at most three times its length (the anchor), each re-read page skipped by hash.
+    assert (done.status, done.pages, done.result.stored) == ("ok", pages, period)
+    with session_factory() as session:
+        run = session.get(SyncRun, done.run_id)
+        assert run is not None
+        trail = run.detail["seen"]["Patient"]
+        assert len(trail["recent"]) == min(pages, CURSOR_TRAIL_WINDOW)
+        assert trail["pages"] == pages
