@@ -142,9 +142,25 @@ class TypeTimer:
         self.mark = now
 
 
-def sync_all(context: TaskContext, source_ids: dict[str, int], *, full: bool) -> TypeTimer:
+def rss_mb() -> tuple[float, float]:
+    """This process's resident memory now and its peak so far, in MiB (Linux ``/proc``)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return peak, peak
+    return pages * resource.getpagesize() / (KIB_PER_MIB * KIB_PER_MIB), peak
+
+
+def sync_all(
+    context: TaskContext, source_ids: dict[str, int], *, full: bool, label: str = "sync"
+) -> TypeTimer:
+    """Sync every source; after each one a line with its time and the process's memory,
+    so that runs of different sizes show where the peak grows (the per-page working set
+    of a bigger database, or memory that stays behind between sources)."""
     timer = TypeTimer()
-    for source_id in source_ids.values():
+    for name, source_id in source_ids.items():
         current = {"type": "Patient"}
 
         def on_page(run: SyncRun, page: IngestResult, current: dict[str, str] = current) -> None:
@@ -153,9 +169,16 @@ def sync_all(context: TaskContext, source_ids: dict[str, int], *, full: bool) ->
             timer.on_page(run, page, current["type"])
 
         timer.restart()
+        started = time.perf_counter()
         result = run_source(context, source_id, full=full, max_pages=None, on_page=on_page)
         if result.status != "ok":
             raise RuntimeError(f"source {source_id} ended {result.status}")
+        now, peak = rss_mb()
+        print(
+            f"{label} {name}: {result.result.resources} resources, {result.pages} pages "
+            f"in {time.perf_counter() - started:.1f} s; rss {now:.0f} MB, peak {peak:.0f} MB",
+            flush=True,
+        )
     return timer
 
 
@@ -175,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
         data = workdir / "data"
         generate_data(data, args.patients, args.encounters_per_patient, args.seed)
         validated, validate_s = validate_only(data)
+        now, peak = rss_mb()
+        print(f"validate-only: {validated} Patients; rss {now:.0f} MB, peak {peak:.0f} MB")
         url, cleanup = database_url(args.backend, args.pg_url, workdir)
         try:
             engine = make_engine(url)
@@ -194,10 +219,10 @@ def main(argv: list[str] | None = None) -> None:
                 }
                 session.commit()
             started = time.perf_counter()
-            first = sync_all(context, source_ids, full=False)
+            first = sync_all(context, source_ids, full=False, label="first sync")
             first_s = time.perf_counter() - started
             started = time.perf_counter()
-            sync_all(context, source_ids, full=True)
+            sync_all(context, source_ids, full=True, label="re-sync")
             resync_s = time.perf_counter() - started
             engine.dispose()
         finally:
