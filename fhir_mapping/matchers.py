@@ -131,10 +131,6 @@ class Matchers:
     def __len__(self) -> int:
         return len(self._by_keys)
 
-    def knows(self, raw: dict[str, Any]) -> bool:
-        """True if ``raw``'s top-level keys have a matcher or are given up."""
-        return tuple(raw) in self._by_keys
-
     def find(self, raw: dict[str, Any]) -> tuple[tuple[int, ...], tuple[Any, ...]] | None:
         """(plan, leaves) if ``raw`` has the one planned shape of its top-level keys."""
         found = self._by_keys.get(tuple(raw))
@@ -145,9 +141,12 @@ class Matchers:
         return None
 
     def add(self, raw: dict[str, Any], plan: tuple[int, ...]) -> None:
-        """Compile the matcher of the newly planned shape of ``raw``, or give up matching
-        its top-level keys if they have another planned shape already."""
+        """``raw`` has a planned shape and matched no matcher: compile its matcher if its
+        top-level keys have none (a new shape, or one planned before the matchers were
+        last dropped), else give up matching them (they have another shape)."""
         keys = tuple(raw)
+        if self._by_keys.get(keys, False) is None:
+            return  # given up already (most Patients): no lock
         with self._lock:
             if keys in self._by_keys:
                 self._by_keys[keys] = None

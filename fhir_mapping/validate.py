@@ -355,8 +355,8 @@ def check_resource(raw: Any, expected_type: str | None = None) -> None:
         except (Unplannable, RecursionError):
             shape, leaves = (), []
         plan = _PLANS.get(shape) if shape else None
-        if isinstance(plan, tuple) and not _MATCHERS.knows(raw):
-            _MATCHERS.add(raw, plan)  # planned before the matchers were last dropped
+        if isinstance(plan, tuple):
+            _MATCHERS.add(raw, plan)
     if isinstance(plan, tuple) and _PLANS.checkers.accept(plan, leaves):
         return
     instance = _model_validate(model, raw, resource_type, resource_id)

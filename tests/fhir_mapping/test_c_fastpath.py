@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from fhir_mapping import InvalidResource, parse_encounter, parse_patient
 from fhir_mapping import validate as validation
-from fhir_mapping.matchers import compile_matcher
+from fhir_mapping.matchers import Matchers, compile_matcher
 from fhir_mapping.shapes import DEFAULT_MAX_SHAPES, Checkers, Plans, Unplannable
 from fhir_mapping.validate import check_resource, clear_shape_plans, validate_resource
 from tools.ehrgen import generate
@@ -621,6 +621,24 @@ def test_a_top_level_key_tuple_with_two_shapes_is_walked() -> None:
     assert validation._MATCHERS.find({**one, "id": "m3"}) is None
     for raw in (one, two, {**one, "telecom": [{"value": " "}]}):
         assert fast(raw, "Patient") == oracle(raw, "Patient")
+
+
+def test_matchers_stay_bounded_and_come_back() -> None:
+    one = {"resourceType": "Patient", "id": "m1", "telecom": [{"value": "1"}]}
+    two = {"resourceType": "Patient", "id": "m2", "telecom": [{"value": "1"}, {"value": "2"}]}
+    other = {"resourceType": "Encounter", "id": "e1", "status": "finished"}
+    matchers = Matchers(max_keys=1)
+    matchers.add(one, (1,))
+    assert matchers.find({**one, "id": "m3"}) == ((1,), ("m3", "1"))
+    matchers.add(other, (2,))  # full: the Patient keys are dropped
+    assert len(matchers) == 1
+    assert matchers.find(one) is None
+    assert matchers.find(other) == ((2,), ("e1", "finished"))
+    matchers.add(one, (1,))  # found by its shape key later: compiled again
+    assert matchers.find(one) == ((1,), ("m1", "1"))
+    matchers.add(two, (3,))  # another shape under the same keys: they are walked
+    assert matchers.find(one) is None
+    assert matchers.find(two) is None
 
 
 def test_parsers_keep_working_through_the_fast_path() -> None:
