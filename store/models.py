@@ -279,12 +279,11 @@ class Encounter(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    source_record_id: Mapped[int] = mapped_column(
-        ForeignKey("source_record.id", ondelete="CASCADE"), unique=True
-    )
-    # No foreign keys on the two derived columns (migration 0002: one trigger query per
-    # inserted row each, and nothing they could catch): the source is the source
-    # record's, and the golden id comes from the record's link.
+    # No foreign keys (migration 0002: one trigger query per inserted row each, and
+    # nothing they could catch): the record is inserted with its encounter, the source
+    # is the record's, and the golden id comes from the record's link. A record's
+    # delete still takes its encounter (a trigger).
+    source_record_id: Mapped[int] = mapped_column(BigId, unique=True)
     source_id: Mapped[int] = mapped_column(Integer)
     patient_resource_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     golden_id: Mapped[str | None] = mapped_column(String(36), nullable=True)

@@ -86,14 +86,14 @@ def test_deleting_a_golden_record_still_deletes_its_provenance_and_tokens(
         assert session.scalars(select(GoldenSearchToken.golden_id)).all() == ["g2"]
 
 
-def test_the_derived_rows_keep_no_foreign_key_but_the_encounters_record(engine: Engine) -> None:
+def test_the_derived_rows_keep_no_foreign_key(engine: Engine) -> None:
     inspector = inspect(engine)
     keys = {
         table: [key["constrained_columns"] for key in inspector.get_foreign_keys(table)]
         for table in ("encounter", "block_key", "field_provenance", "golden_search_token")
     }
     assert keys == {
-        "encounter": [["source_record_id"]],
+        "encounter": [],
         "block_key": [],
         "field_provenance": [],
         "golden_search_token": [],

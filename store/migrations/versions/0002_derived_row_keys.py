@@ -14,7 +14,9 @@ Encounters each; PostgreSQL 15, back to back, same machine):
 
 - with a page of 1000 new Encounters each key of ``encounter`` cost about as much as the
   insert itself (``auto_explain``: insert 11 ms, the three key triggers 31 + 20 + 20 ms);
-  the Encounter insert went from 4.3 to 1.7 s when its two derived keys were dropped;
+  the Encounter insert went from 4.3 to 1.7 s when its two derived keys were dropped,
+  and a page's write (records, encounters, events; ``sync.encounters``) from 2.5-2.6 to
+  1.3-1.8 s more without the third one (6.6-6.8k -> 6.7-9.3k Encounters/s);
 - ``block_key`` inserts 6.0 -> 1.3-1.6 s (145k rows), ``field_provenance`` 5.6-5.9 ->
   0.7-0.9 s (71k rows), ``golden_search_token`` 2.6 -> under 0.9 s (53k rows): Patients
   270-290/s -> 370-470/s.
@@ -22,11 +24,12 @@ Encounters each; PostgreSQL 15, back to back, same machine):
 These keys guard nothing the application can get wrong, because of how the rows are
 made:
 
-- ``encounter.source_id -> source``: a copy of the source of the encounter's own source
-  record (``sync.encounters`` writes both from the page's one source). The key that
-  stays, ``encounter.source_record_id -> source_record ON DELETE CASCADE``, ties every
-  encounter to an existing record, whose own key ties it to its source: deleting a source
-  still deletes its encounters, through their records.
+- ``encounter.source_record_id``: the encounter row is inserted by the statement that
+  inserts its record and takes the record's id from that insert's ``RETURNING`` (or, for a
+  record stored before, from a lookup in the same transaction); records are never deleted
+  (below), and the column stays unique.
+- ``encounter.source_id -> source``: a copy of the source of the encounter's own record
+  (``sync.encounters`` writes both from the page's one source).
 - ``encounter.golden_id -> golden_patient`` (no ``ON DELETE`` action): derived,
   recomputed whenever the patient is (re)linked, and always read in the same transaction
   from a ``link`` row (whose key to ``golden_patient`` stays) or from the MPI's resolution
@@ -45,8 +48,14 @@ id keeps answering; DESIGN.md, "The golden record") or a source record (a delete
 resource is ``status = 'deleted'``). So the keys' ``ON DELETE`` actions only ever served a
 manual delete; they are kept, as ``AFTER DELETE`` row triggers on the parent tables
 (:data:`CASCADES`) that do what the keys did: a trigger on the parent costs nothing when
-children are inserted. ``link``, ``review_item``, ``match_decision`` and ``source_record``
-keep their keys: a few rows per record, and they record decisions.
+children are inserted. Deleting a source still deletes everything of it: its records go
+by their own key's cascade, and each fires the record's trigger.
+
+Kept: ``source_record.source_id`` (it costs as much per row as the others, but SQLite
+can only drop it by rebuilding ``source_record``, and with foreign keys on, dropping the
+old table runs the ``ON DELETE CASCADE`` of every table that references it: ``link``,
+``review_item``, ``match_decision``); ``link``, ``review_item``, ``match_decision``: a
+few rows per record, and they record decisions.
 
 **Statistics.** ``store.db.StatisticsRefresher`` analyzes the sync tables while they are
 loaded. ANALYZE computes statistics for every column of its sample, and for the JSON
@@ -67,6 +76,7 @@ depends_on = None
 
 #: The dropped keys: (table, column, referred table, ON DELETE action of the old key).
 DROPPED_KEYS = (
+    ("encounter", "source_record_id", "source_record", "CASCADE"),
     ("encounter", "source_id", "source", "CASCADE"),
     ("encounter", "golden_id", "golden_patient", None),
     ("block_key", "source_record_id", "source_record", "CASCADE"),
@@ -77,8 +87,10 @@ DROPPED_KEYS = (
 #: Parent table -> the statements its ``AFTER DELETE`` trigger runs for the deleted row
 #: (``OLD``): the ``ON DELETE`` actions of the dropped keys. ``encounter.source_id``'s
 #: cascade is the record's (see the module docstring); ``encounter.golden_id`` had none.
+#: A source's records, deleted by their key's cascade, fire the record's trigger in turn.
 CASCADES = {
     "source_record": (
+        "DELETE FROM encounter WHERE source_record_id = OLD.id",
         "DELETE FROM block_key WHERE source_record_id = OLD.id",
         "UPDATE field_provenance SET source_record_id = NULL WHERE source_record_id = OLD.id",
     ),
