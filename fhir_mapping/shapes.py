@@ -19,7 +19,9 @@ validated model instance beside the JSON and records, in :func:`shape_of`'s orde
 *checker* per primitive position (a ``TypeAdapter`` of the field's annotation with the
 owning model's config, the type of the value at that position baked in). A primitive
 array (``given``, ``line``, the null placeholders of a ``_given`` sibling...) is one
-position, validated whole. Verdicts are memoized per (checker, value) in a bounded
+position, validated whole. A checker also holds the required binding of its field, if
+the caller gives one, and accepts a full date or dateTime that is a calendar date
+without calling the validator. Verdicts are memoized per (checker, value) in a bounded
 dict: codes, systems and dates repeat a lot.
 
 Anything this module does not recognise raises :class:`Unplannable`; the caller then

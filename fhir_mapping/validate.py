@@ -9,9 +9,10 @@ types for the booleans and integers we copy (the models coerce ``"true"`` to
 
 ``check_resource`` gives the same verdict (and, for an invalid resource, the same
 errors) without building the model instance: a resource whose *shape* was already seen
-valid has only its primitive values checked, each by its field's own pydantic
-validator (see :mod:`fhir_mapping.shapes`); everything else goes through the full
-model. tests/fhir_mapping/test_c_fastpath.py holds it to the library's verdict.
+valid, the extra checks included, has only its primitive values checked, each by its
+field's own pydantic validator and required binding (see :mod:`fhir_mapping.shapes`
+and :mod:`fhir_mapping.matchers`); everything else goes through the full model and the
+extra checks. tests/fhir_mapping/test_c_fastpath.py holds it to the library's verdict.
 
 Every problem becomes an :class:`~fhir_mapping.errors.Issue` whose path is the
 FHIRPath of the element (``Patient.name[0].given``), derived from the pydantic error
