@@ -193,6 +193,10 @@ def _check_encounter(raw: dict[str, Any]) -> list[Issue]:
     return issues
 
 
+#: The fast path does not run these: a planned shape fixes what ``_strict`` checks, and
+#: each ``_binding`` must have its (model, field) in ``_BINDINGS`` below. A check of any
+#: other kind needs its own place in the plans (tests/fhir_mapping/test_c_fastpath.py
+#: refuses a bad code at every bound path of a planned shape).
 _EXTRA_CHECKS = {"Patient": _check_patient, "Encounter": _check_encounter}
 
 
