@@ -19,7 +19,6 @@ from mpi import resolve_patients
 from mpi.settings import MatchSettings
 from mpi.storage import member_records
 from mpi.survivorship import MemberRecord, build_golden
-from store.golden import row_changes
 from store.models import FieldProvenance, GoldenPatient, GoldenSearchToken, SourceRecord
 from tests.mpi.helpers import add_record, add_source, fhir_patient
 
@@ -115,17 +114,6 @@ def test_a_batch_writes_only_the_rows_that_changed(session: Session) -> None:
     after = _tokens(session, golden_id)
     assert [tokens[i] for i in set(tokens) - set(after)] == [("email", None, "a1@example.org")]
     assert set(tokens) & set(after), "the other tokens are kept"
-
-
-def test_row_changes_is_a_multiset_difference() -> None:
-    old = [(1, "x"), (2, "x"), (3, "y"), (4, "z")]
-    new = [("x", "row-x"), ("y", "row-y"), ("y", "row-y2"), ("w", "row-w")]
-    gone, added = row_changes(old, new)
-    # One "x" and the "z" go; one "y" and the "w" are new; the other rows stay.
-    assert len(gone) == 2 and 4 in gone and {1, 2} & set(gone)
-    assert added == ["row-y2", "row-w"]
-    assert row_changes([], new) == ([], ["row-x", "row-y", "row-y2", "row-w"])
-    assert sorted(row_changes(old, [])[0]) == [1, 2, 3, 4]
 
 
 def _reference_golden(
