@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, TextClause, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from fhir_mapping import InvalidResource, SourceEncounter, parse_encounter
-from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, one_of
+from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, array_sql, one_of
 from store.models import Base, Encounter, Link, SourceRecord
 from store.types import utcnow
 from sync.records import (
@@ -461,11 +461,8 @@ class _PageWriter:
 #: from what the encounter insert returns.
 _PG_INSERT_NEW = (
     "WITH c AS (SELECT CAST(%b AS INTEGER) AS source_id, CAST(%b AS TIMESTAMPTZ) AS now),"
-    " u AS (SELECT * FROM unnest(%b::VARCHAR(128)[], %b::TEXT[], %b::TEXT[], %b::VARCHAR(64)[],"
-    " %b::VARCHAR(64)[], %b::TIMESTAMPTZ[], %b::VARCHAR(20)[], %b::VARCHAR(128)[],"
-    " %b::VARCHAR(36)[], %b::VARCHAR(30)[], %b::VARCHAR(30)[], %b::TIMESTAMPTZ[],"
-    " %b::TIMESTAMPTZ[]) AS u(resource_id, raw, normalized, content_hash, version_id,"
-    " last_updated, status, patient_id, golden_id, encounter_status, class_code,"
+    " u AS (SELECT * FROM unnest({arrays}) AS u(resource_id, raw, normalized, content_hash,"
+    " version_id, last_updated, status, patient_id, golden_id, encounter_status, class_code,"
     " period_start, period_end)),"
     " record AS (INSERT INTO source_record (source_id, resource_type, resource_id, raw,"
     " normalized, content_hash, version_id, last_updated, status, updated_at, received_at)"
@@ -484,6 +481,22 @@ _PG_INSERT_NEW = (
     " jsonb_build_object('encounter_id', encounter.id, 'golden_id', encounter.golden_id,"
     " 'source_id', c.source_id, 'resource_id', record.resource_id), c.now, c.now, 0"
     " FROM encounter JOIN record ON record.id = encounter.source_record_id CROSS JOIN c"
+)
+#: Element types of the arrays of ``u`` in :data:`_PG_INSERT_NEW`.
+_PG_NEW_TYPES = (
+    "VARCHAR(128)",
+    "TEXT",
+    "TEXT",
+    "VARCHAR(64)",
+    "VARCHAR(64)",
+    "TIMESTAMPTZ",
+    "VARCHAR(20)",
+    "VARCHAR(128)",
+    "VARCHAR(36)",
+    "VARCHAR(30)",
+    "VARCHAR(30)",
+    "TIMESTAMPTZ",
+    "TIMESTAMPTZ",
 )
 #: Positions in a new record's row (:data:`sync.records.RECORD_COLUMNS`) of the values
 #: :data:`_PG_INSERT_NEW` takes per resource, and in a new encounter's values (the
@@ -528,15 +541,20 @@ def _insert_new_pg(
     primary key, and the events' payloads were JSON-encoded here and sent back as a third
     set of arrays. Now the resource JSON crosses the wire once and is parsed into jsonb
     once (the encounter takes the record's ``raw`` from the insert's ``RETURNING``), and
-    the payloads are built by ``jsonb_build_object`` (the same JSON value)."""
-    columns: list[list[Any]] = [[] for _ in range(len(_RECORD_SENT) + len(_ENCOUNTER_VALUES_SENT))]
+    the payloads are built by ``jsonb_build_object`` (the same JSON value). Text arrays
+    travel as joined strings (:func:`store.bulk.array_sql`)."""
+    columns: list[list[Any]] = [[] for _ in _PG_NEW_TYPES]
     for row in records:
         values = encounters[row[2]]
         for i, position in enumerate(_RECORD_SENT):
             columns[i].append(row[position])
         for i, position in enumerate(_ENCOUNTER_VALUES_SENT, len(_RECORD_SENT)):
             columns[i].append(values[position])
-    bulk.connection.exec_driver_sql(_PG_INSERT_NEW, (source_id, now, *columns))
+    sent = [
+        array_sql(sql_type, values) for sql_type, values in zip(_PG_NEW_TYPES, columns, strict=True)
+    ]
+    statement = _PG_INSERT_NEW.replace("{arrays}", ", ".join(sql for sql, _ in sent))
+    bulk.connection.exec_driver_sql(statement, (source_id, now, *(value for _, value in sent)))
 
 
 #: The encounter columns sent by :func:`_insert_encounters_copying_raw` (all but ``resource``).
@@ -557,7 +575,7 @@ def _insert_encounters_copying_raw(
     sent = [row[:_RESOURCE_INDEX] + row[_RESOURCE_INDEX + 1 :] for row in rows]
     arrays = bulk._arrays(_ENCOUNTER_SENT, sent)
     single = bulk._single_valued(arrays)
-    unnest, selected = bulk._unnest("encounter", _ENCOUNTER_SENT, (), single)
+    unnest, selected, parameters = bulk._unnest("encounter", _ENCOUNTER_SENT, (), single, arrays)
     statement = (
         f"INSERT INTO encounter ({', '.join(_ENCOUNTER_SENT)}, resource)"
         f" SELECT {selected}, record.raw {unnest}"
@@ -565,7 +583,7 @@ def _insert_encounters_copying_raw(
         " LIMIT 1) AS record"
         " RETURNING id, golden_id, source_record_id"
     )
-    result = bulk.connection.exec_driver_sql(statement, bulk._parameters(arrays, single))
+    result = bulk.connection.exec_driver_sql(statement, parameters)
     inserted = [tuple(row) for row in result]
     if len(inserted) != len(rows):
         raise RuntimeError("an encounter's source record was not found")
