@@ -1,7 +1,8 @@
 """Encounters of a page: validate, store in bulk, attach to the patient's golden record.
 
 Encounters need no matching, so they are written with set-based statements (one
-``INSERT … RETURNING`` per table and page) rather than object by object. An
+``INSERT … RETURNING`` per table and page; on PostgreSQL one statement writes a page's
+new records, encounters and events) rather than object by object. An
 Encounter whose ``subject`` Patient has not arrived from its source yet is stored
 with ``golden_id`` NULL and status ``pending``; :func:`attach_waiting` attaches it
 when the Patient is resolved, so nothing is lost to arrival order.
@@ -375,7 +376,8 @@ class _PageWriter:
     def write(self, session: Session) -> None:
         """Insert and update the page's rows, then write an event per new Encounter.
 
-        Plain executemany; on PostgreSQL the new ids come back from ``RETURNING``; on
+        Plain executemany; on PostgreSQL the new resources go in one statement
+        (:func:`_insert_new_pg`) and the other new ids come back from ``RETURNING``; on
         SQLite from :func:`_sqlite_inserted_ids` (else one indexed read of the new rows).
         """
         bulk = self.bulk
