@@ -584,10 +584,13 @@ def test_a_matcher_recognises_exactly_its_shape() -> None:
     assert matched >= 300 and unmatched >= 10_000, (matched, unmatched)
 
 
-def test_the_date_shortcuts_accept_only_what_the_library_accepts() -> None:
-    """Full dates and dateTimes are accepted without the field's validator: never one
-    it refuses (leap days, month 13, day 0, year 0000, hour 24, zones past 14:00...)."""
+def test_the_shortcuts_accept_only_what_the_validators_accept() -> None:
+    """Full dates and dateTimes, plain ids and strings with a visible character are
+    accepted without the field's validator: never one it refuses (leap days, month 13,
+    day 0, year 0000, hour 24, zones past 14:00, white space only, lone surrogates...)."""
+    from fhir.resources.R4B.meta import Meta
     from fhir.resources.R4B.period import Period
+    from fhir.resources.R4B.reference import Reference
 
     days = [
         f"{year:04d}-{month:02d}-{day:02d}"
@@ -596,19 +599,29 @@ def test_the_date_shortcuts_accept_only_what_the_library_accepts() -> None:
         for day in range(33)
     ]
     times = ["T00:00:00Z", "T23:59:59+14:00", "T10:00:00-13:59", "T24:00:00Z", "T10:60:00Z"]
-    times += ["T10:00:60Z", "T10:00:00+14:01", "T10:00:00", "T10:00Z", "T10:00:00.5Z"]
-    values = days + [day + time for day in days[::5] for time in times] + STRINGS
+    times += ["T10:00:00", "T10:00Z", "T10:00:00.5Z", "T10:00:00+14:01", "T10:00:60Z"]
+    texts = ["", " ", "\x0b", "\x1c", "\u200b", "\u3000", "\xa0x", "\ud800", "a\udfff", "é"]
+    texts += ["a_b", "a b", "-", ".", "x" * 64, "x" * 65, "Patient/1", "ñ-1", "a\x00", "\n"]
+    values = days + [day + time for day in days[::5] for time in times] + STRINGS + texts
     checkers = Checkers()
-    for model, name in ((Patient, "birthDate"), (Period, "start"), (Encounter, "id")):
+    for model, name, least in (
+        (Patient, "birthDate", 2000),
+        (Period, "start", 2000),
+        (Encounter, "id", 2000),
+        (Reference, "reference", 2000),
+    ):
         checker = checkers.checker(model, name, str)
         shortcut = checkers.shortcuts[checker]
+        assert shortcut is not None, name
         accepted = 0
         for value in values:
-            if shortcut is not None and shortcut(value):
+            if shortcut(value):
                 accepted += 1
                 assert checkers.validators[checker](value) is not None, (name, value)
-        assert accepted >= (2000 if name != "id" else 0), (name, accepted)
-    assert checkers.shortcuts[checkers.checker(Encounter, "id", str)] is None
+        assert accepted >= least, (name, accepted)
+    # An instant needs its time; a code has a pattern of its own.
+    assert checkers.shortcuts[checkers.checker(Meta, "lastUpdated", str)] is None
+    assert checkers.shortcuts[checkers.checker(Patient, "gender", str)] is None
 
 
 def test_a_top_level_key_tuple_with_two_shapes_is_walked() -> None:
