@@ -160,8 +160,9 @@ class CursorTrail:
     Kept in ``run.detail`` and rewritten with every page, so it has a fixed size: the
     fingerprints of the latest :data:`CURSOR_TRAIL_WINDOW` cursors (a loop that short is
     caught at its first repeat) and an *anchor*, moved to the current cursor after 1,
-    2, 4, 8... pages (Brent's cycle detection): a longer loop is caught within twice its
-    length plus the pages before it, each re-read page skipped by its content hash.
+    2, 4, 8... pages (Brent's cycle detection): a longer loop of L pages entered after P
+    is caught within 3L + 2P pages (the test: L = 70, caught at page 198), each re-read
+    page skipped by its content hash.
     The whole list it replaces made each page's run update grow with the run (a
     quadratic rewrite of ``run.detail`` over a long run).
     """
