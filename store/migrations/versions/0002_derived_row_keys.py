@@ -39,7 +39,8 @@ made:
   record is re-keyed.
 - ``field_provenance.golden_id``, ``golden_search_token.golden_id``: written only together
   with their golden record (``mpi.storage.write_goldens``, ``store.golden``), in the same
-  transaction, which replaces all of them at each new version.
+  transaction, which rewrites them at each new version (the provenance whole, the search
+  tokens where they changed).
 - ``field_provenance.source_record_id``: one of the members just read to build that
   golden version.
 
