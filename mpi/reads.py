@@ -104,6 +104,13 @@ class Reads:
             limit,
         )
 
+    def block_sizes(self, keys: Sequence[str]) -> list[tuple[str, int]]:
+        """(key, members) of each of ``keys`` that has members."""
+        return self._rows(
+            "SELECT key, count(*) FROM block_key WHERE key {in} GROUP BY key",
+            keys,
+        )
+
     def decisions(self, records: Sequence[int]) -> list[tuple[int, int, str]]:
         """(record a, record b, decision) of steward decisions on ``records``, oldest
         first (per chunk of records)."""

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fhir_mapping import parse_patient, render_golden_patient, validate_resource
 from mpi import MatchModel, MatchSettings, extract_features, resolve_batch, resolve_patients
+from mpi import resolve as resolve_module
 from mpi.admin import match_patient
 from mpi.resolve import LOCK_SLOTS, Resolution, lock_slots
 from mpi.survivorship import MemberRecord, build_golden
@@ -74,9 +75,28 @@ def _outcome(session: Session, resolutions: list[Resolution]) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize("cut", ["records", "block_rows"])
 def test_one_batch_decides_like_one_record_at_a_time(
-    engine: Engine, session_factory: sessionmaker[Session]
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+    cut: str,
 ) -> None:
+    """Passes of 40 records, or passes cut by the block-key members they read."""
+    chunk_size = 40
+    passes: list[int] = []
+    if cut == "block_rows":
+        chunk_size = 10_000
+        monkeypatch.setattr(resolve_module, "PASS_BLOCK_ROWS", 60)
+        monkeypatch.setattr(resolve_module, "MIN_PASS_RECORDS", 10)
+        real_passes = resolve_module._passes
+
+        def spy(*args: Any) -> list[Any]:
+            cut_passes = real_passes(*args)
+            passes.extend(len(p) for p in cut_passes)
+            return cut_passes
+
+        monkeypatch.setattr(resolve_module, "_passes", spy)
     data = _dataset()
     model, settings = MatchModel.default(), MatchSettings()
     with session_factory() as session:
@@ -89,9 +109,16 @@ def test_one_batch_decides_like_one_record_at_a_time(
     truncate_all(engine)
     with session_factory() as session:
         items = _stage(session, data)
-        batch = resolve_patients(session, items, model=model, chunk_size=40)
+        # Passes are cut by stored block-key members: the second half meets the first's.
+        half = len(items) // 2 if cut == "block_rows" else 0
+        batch = resolve_patients(session, items[:half], model=model) if half else []
+        passes.clear()  # the resolutions above made their own passes
+        batch += resolve_patients(session, items[half:], model=model, chunk_size=chunk_size)
         session.commit()
         assert _outcome(session, batch) == expected
+        if cut == "block_rows":  # several passes, none under the minimum but the last
+            assert len(passes) > 3 and sum(passes) == len(items) - half
+            assert min(passes[:-1]) >= 10
         # The same code decides in memory: the same clusters as resolve_batch.
         memory = resolve_batch([extract_features(p) for _, p in items], model, settings)
         ids = [row.resource_id for row, _ in items]
