@@ -29,16 +29,7 @@ from sqlalchemy.orm import Session
 
 from mpi.model import MatchModel
 from mpi.storage import _model_cache, load_active_model
-from store.bulk import SQLITE_IN_JSON, json_ids
-
-#: Values per list sent in one statement.
-IN_CHUNK = 5000
-#: Statements rendered from the templates, per template and dialect (a fixed set).
-_SQL: dict[tuple[str, bool], str] = {}
-
-
-def _chunks(values: Sequence[Any], size: int = IN_CHUNK) -> list[list[Any]]:
-    return [list(values[start : start + size]) for start in range(0, len(values), size)]
+from store.bulk import rows_in
 
 
 class Reads:
@@ -63,27 +54,8 @@ class Reads:
             cursor.close()
 
     def _rows(self, template: str, values: Sequence[Any], *extra: Any) -> list[tuple[Any, ...]]:
-        """Rows of ``template``, whose every ``{in}`` is the list of ``values`` and whose
-        ``{p}`` placeholders take ``extra`` (in that order, after the lists). Long lists
-        are sent in chunks, their rows concatenated."""
-        if not values:
-            return []
-        lists = template.count("{in}")
-        key = (template, self.postgresql)
-        sql = _SQL.get(key)
-        if sql is None:
-            if self.postgresql:
-                sql = template.format(**{"in": "= ANY(%s)", "p": "%s"})
-            else:
-                sql = template.format(**{"in": SQLITE_IN_JSON, "p": "?"})
-            _SQL[key] = sql
-        out: list[tuple[Any, ...]] = []
-        for chunk in _chunks(values):
-            listed: Any = chunk if self.postgresql else json_ids(chunk)
-            if listed is None:
-                raise TypeError("Reads lists hold ints or strs only")
-            out.extend(self._fetch(sql, (*[listed] * lists, *extra)))
-        return out
+        """Rows of ``template`` for the list ``values`` (:func:`store.bulk.rows_in`)."""
+        return rows_in(self.dbapi, self.postgresql, template, values, *extra)
 
     def links(self, records: Sequence[int]) -> list[tuple[int, str, str, float | None]]:
         """(record, golden id, grade, score) of the stored links of ``records``."""

@@ -137,6 +137,43 @@ def one_of(session: Session, column: Any, values: Collection[Any]) -> ColumnElem
     return column.in_(select(each.c.value))
 
 
+#: Values per list sent in one statement by :func:`rows_in`.
+ROWS_IN_CHUNK = 5000
+#: Statements rendered by :func:`rows_in`, per template and dialect (a fixed set).
+_ROWS_IN_SQL: dict[tuple[str, bool], str] = {}
+
+
+def rows_in(
+    dbapi: Any, postgresql: bool, template: str, values: Sequence[Any], *extra: Any
+) -> list[tuple[Any, ...]]:
+    """Rows of ``template`` read at the driver level (plain tuples, values as the driver
+    returns them): its every ``{in}`` is the list ``values`` (``= ANY(%s)`` on PostgreSQL,
+    :data:`SQLITE_IN_JSON` on SQLite, so one statement text whatever the list's length),
+    its ``{p}`` placeholders take ``extra`` (in that order, after the lists). Long lists
+    are sent in chunks of :data:`ROWS_IN_CHUNK`, their rows concatenated."""
+    if not values:
+        return []
+    key = (template, postgresql)
+    sql = _ROWS_IN_SQL.get(key)
+    if sql is None:
+        marks = {"in": "= ANY(%s)", "p": "%s"} if postgresql else {"in": SQLITE_IN_JSON, "p": "?"}
+        sql = _ROWS_IN_SQL[key] = template.format(**marks)
+    lists = template.count("{in}")
+    out: list[tuple[Any, ...]] = []
+    for start in range(0, len(values), ROWS_IN_CHUNK):
+        chunk = list(values[start : start + ROWS_IN_CHUNK])
+        listed: Any = chunk if postgresql else json_ids(chunk)
+        if listed is None:
+            raise TypeError("rows_in lists hold ints or strs only")
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(sql, (*[listed] * lists, *extra))
+            out.extend(cursor.fetchall())
+        finally:
+            cursor.close()
+    return out
+
+
 class BulkWriter:
     """Many rows of one table in one call, in the caller's transaction.
 

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from store.bulk import SQLITE_IN_JSON, BulkWriter, json_ids, one_of
+from store.bulk import BulkWriter, one_of, rows_in
 from store.jsontext import json_text
 from store.models import GoldenPatient, GoldenPatientVersion, GoldenSearchToken, new_uuid
 from store.repositories import NotFoundError
@@ -269,10 +269,13 @@ class GoldenPatientRepository:
         # Per record: {token: ids of its stored rows} (a multiset: a token listed twice
         # is stored twice).
         pools: dict[str, dict[tuple[Any, ...], list[int]]] = {}
-        for row in _rows_of_goldens(
-            self.session,
+        self.session.flush()
+        connection = self.session.connection()
+        for row in rows_in(
+            connection.connection.dbapi_connection,
+            connection.dialect.name == "postgresql",
             "SELECT id, golden_id, param, system, value FROM golden_search_token "
-            "WHERE golden_id {golden_in}",
+            "WHERE golden_id {in}",
             stored,
         ):
             pool = pools.setdefault(row[1], {})
@@ -297,31 +300,3 @@ class GoldenPatientRepository:
                     added.append((golden_id, p, s, v))
             gone.extend(token_id for ids in pool.values() for token_id in ids)
         return gone, added
-
-
-def _rows_of_goldens(
-    session: Session, sql: str, golden_ids: Sequence[str]
-) -> list[tuple[Any, ...]]:
-    """The rows of ``sql``, whose ``{golden_in}`` is the list ``golden_ids``, read at the
-    driver level (plain tuples, values as the driver returns them: ~5,000 rows a batch
-    of 500 Patients, whose SQLAlchemy rows would cost more than the diff they feed)."""
-    if not golden_ids:
-        return []
-    session.flush()
-    dbapi = session.connection().connection.dbapi_connection
-    assert dbapi is not None
-    postgresql = session.get_bind().dialect.name == "postgresql"
-    statement = sql.format(golden_in="= ANY(%s)" if postgresql else SQLITE_IN_JSON)
-    out: list[tuple[Any, ...]] = []
-    for start in range(0, len(golden_ids), _DELETE_CHUNK):
-        chunk = list(golden_ids[start : start + _DELETE_CHUNK])
-        listed: Any = chunk if postgresql else json_ids(chunk)
-        if listed is None:
-            raise TypeError("golden ids are strings")
-        cursor = dbapi.cursor()
-        try:
-            cursor.execute(statement, (listed,))
-            out.extend(cursor.fetchall())
-        finally:
-            cursor.close()
-    return out
