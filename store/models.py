@@ -77,7 +77,10 @@ class SourceRecord(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    source_id: Mapped[int] = mapped_column(ForeignKey("source.id", ondelete="CASCADE"))
+    # No foreign key (migration 0003: one trigger query per inserted record, locking the
+    # same source row each time): records are only written by a sync of their source.
+    # Deleting a source still deletes its records (a trigger on ``source``).
+    source_id: Mapped[int] = mapped_column(Integer)
     resource_type: Mapped[str] = mapped_column(String(40))
     resource_id: Mapped[str] = mapped_column(String(128))
     version_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -85,6 +88,9 @@ class SourceRecord(Base):
     content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     raw: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     normalized: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    #: A Patient's match features in the compact form of ``mpi.features`` (versioned; read
+    #: instead of ``normalized`` when a candidate is only compared). Null: not written yet.
+    match_features: Mapped[str | None] = mapped_column(Text, nullable=True)
     # active | quarantined | deleted | pending
     status: Mapped[str] = mapped_column(String(20), default="active")
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
