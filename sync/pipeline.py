@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from connectors import Page
 from mpi import recompute_golden
 from store import CursorRepository
-from store.models import Encounter, Link, Outbox, SourceRecord
+from store.models import Encounter, Link, Outbox, Source, SourceRecord
 from store.types import utcnow
 from sync.encounters import (
     EVENT_DELETED,
@@ -120,6 +120,26 @@ def _latest_per_id(items: Sequence[Incoming]) -> list[Incoming]:
     return list(chosen.values())
 
 
+class UnknownSourceError(LookupError):
+    """The source of a page is not (or no longer) registered."""
+
+
+def hold_source(session: Session, source_id: int) -> None:
+    """Take the page's share of the source row (PostgreSQL ``FOR KEY SHARE``, held until
+    the page commits), or raise :class:`UnknownSourceError`.
+
+    ``source_record`` keeps no foreign key to ``source`` (migration 0003): the key locked
+    the same source row once per inserted record. Locking it once per page keeps what
+    the key gave: a ``DELETE FROM source`` waits for the page and then deletes its
+    records too (its trigger), and a page of a source deleted before it began writes
+    nothing. SQLite has one writer at a time, so the check is all it needs."""
+    held = session.scalar(
+        select(Source.id).where(Source.id == source_id).with_for_update(read=True, key_share=True)
+    )
+    if held is None:
+        raise UnknownSourceError(f"source {source_id} is not registered")
+
+
 def ingest_page(
     session: Session,
     source_id: int,
@@ -133,6 +153,7 @@ def ingest_page(
     ``write_cursor=False`` is for pushed resources, which have no place in a stream.
     """
     options = options or PatientOptions()
+    hold_source(session, source_id)
     rtype = page.resource_type
     items = [describe(raw, rtype) for raw in page.resources]
     result = IngestResult(resources=len(items))
