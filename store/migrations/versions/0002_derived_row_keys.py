@@ -70,6 +70,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from store.migrations.triggers import create_delete_trigger, drop_delete_trigger
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -125,28 +127,12 @@ def _key_name(table: str, column: str, referred: str) -> str:
 
 def _create_cascades(postgresql: bool) -> None:
     for parent, statements in CASCADES.items():
-        body = "".join(f"{statement}; " for statement in statements)
-        if postgresql:
-            op.execute(
-                f"CREATE FUNCTION {parent}_deleted() RETURNS trigger LANGUAGE plpgsql"
-                f" AS $$ BEGIN {body}RETURN OLD; END $$"
-            )
-            op.execute(
-                f"CREATE TRIGGER trg_{parent}_deleted AFTER DELETE ON {parent}"
-                f" FOR EACH ROW EXECUTE FUNCTION {parent}_deleted()"
-            )
-        else:
-            op.execute(
-                f"CREATE TRIGGER trg_{parent}_deleted AFTER DELETE ON {parent}"
-                f" FOR EACH ROW BEGIN {body}END"
-            )
+        create_delete_trigger(parent, statements, postgresql)
 
 
 def _drop_cascades(postgresql: bool) -> None:
     for parent in CASCADES:
-        op.execute(f"DROP TRIGGER trg_{parent}_deleted{f' ON {parent}' if postgresql else ''}")
-        if postgresql:
-            op.execute(f"DROP FUNCTION {parent}_deleted()")
+        drop_delete_trigger(parent, postgresql)
 
 
 def _statistics(target: int) -> None:

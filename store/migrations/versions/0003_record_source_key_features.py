@@ -43,6 +43,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from store.migrations.triggers import create_delete_trigger, drop_delete_trigger
+
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
@@ -83,38 +85,14 @@ def _compression(method: str) -> None:
         op.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET COMPRESSION {method}")
 
 
-def _trigger(parent: str, statements: tuple[str, ...], postgresql: bool) -> None:
-    body = "".join(f"{statement}; " for statement in statements)
-    if postgresql:
-        op.execute(
-            f"CREATE FUNCTION {parent}_deleted() RETURNS trigger LANGUAGE plpgsql"
-            f" AS $$ BEGIN {body}RETURN OLD; END $$"
-        )
-        op.execute(
-            f"CREATE TRIGGER trg_{parent}_deleted AFTER DELETE ON {parent}"
-            f" FOR EACH ROW EXECUTE FUNCTION {parent}_deleted()"
-        )
-    else:
-        op.execute(
-            f"CREATE TRIGGER trg_{parent}_deleted AFTER DELETE ON {parent}"
-            f" FOR EACH ROW BEGIN {body}END"
-        )
-
-
-def _drop_trigger(parent: str, postgresql: bool) -> None:
-    op.execute(f"DROP TRIGGER trg_{parent}_deleted{f' ON {parent}' if postgresql else ''}")
-    if postgresql:
-        op.execute(f"DROP FUNCTION {parent}_deleted()")
-
-
 def upgrade() -> None:
     postgresql = op.get_bind().dialect.name == "postgresql"
     with op.batch_alter_table("source_record", schema=None) as batch_op:
         batch_op.drop_constraint(SOURCE_KEY, type_="foreignkey")
         batch_op.add_column(sa.Column("match_features", sa.Text(), nullable=True))
     if not postgresql:  # the rebuilt table lost its trigger
-        _trigger("source_record", RECORD_CASCADE, postgresql)
-    _trigger("source", (SOURCE_CASCADE,), postgresql)
+        create_delete_trigger("source_record", RECORD_CASCADE, postgresql)
+    create_delete_trigger("source", (SOURCE_CASCADE,), postgresql)
     if postgresql and _lz4_available():
         _compression("lz4")
 
@@ -123,11 +101,11 @@ def downgrade() -> None:
     postgresql = op.get_bind().dialect.name == "postgresql"
     if postgresql:
         _compression("DEFAULT")
-    _drop_trigger("source", postgresql)
+    drop_delete_trigger("source", postgresql)
     # The records of a deleted source would have lost their key: gone with the source.
     op.execute("DELETE FROM source_record WHERE source_id NOT IN (SELECT id FROM source)")
     with op.batch_alter_table("source_record", schema=None) as batch_op:
         batch_op.drop_column("match_features")
         batch_op.create_foreign_key(SOURCE_KEY, "source", ["source_id"], ["id"], ondelete="CASCADE")
     if not postgresql:
-        _trigger("source_record", RECORD_CASCADE, postgresql)
+        create_delete_trigger("source_record", RECORD_CASCADE, postgresql)
