@@ -3,12 +3,19 @@
 ``fhir_mapping`` has already folded, transliterated and normalized everything
 (https://hl7.org/fhir/R4/patient.html); this module only picks the values out and adds the
 phonetic codes, so that comparing two records is a handful of set and string operations.
+
+The features of each stored Patient are also kept, encoded, in ``source_record.match_features``
+(:func:`encode_features`, :func:`decode_features`): a candidate's features are then read from
+a few hundred bytes instead of being extracted again from its ~1.6 KB normalized JSON.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from fhir_mapping import SourcePatient, nickname_keys, phonetic_key
 
@@ -207,3 +214,129 @@ def _features(
         mrns=frozenset(mrns),
         addresses=tuple(a for a in addresses if a[0] or a[1] or a[2]),
     )
+
+
+# --- the stored encoding ---------------------------------------------------------------
+
+#: Version of the encoding written by :func:`encode_features`. Bump it whenever what
+#: :func:`extract_features` returns for a record can change: a field of
+#: :class:`MatchFeatures` or :class:`NameFeatures`, the extraction above, or what it calls
+#: in ``fhir_mapping`` (``nickname_keys``, ``phonetic_key``). Stored features of another
+#: version are not decoded (:func:`decode_features` returns None) and the reader extracts
+#: them from ``source_record.normalized`` again, so a bump is safe without a migration.
+#: tests/mpi/test_hb_features.py pins the field names and the encodings of generated
+#: patients, and fails until the version is bumped and the pins are updated.
+FEATURES_VERSION = 1
+#: Leading hex digits of the record's content hash kept in the encoding: features stored
+#: next to a ``normalized`` rewritten by a writer that did not rewrite them (its content
+#: hash changed) are not decoded.
+HASH_PREFIX = 16
+
+_NONE: frozenset[Any] = frozenset()
+
+
+def _hash_tag(content_hash: str | None) -> str:
+    return (content_hash or "")[:HASH_PREFIX]
+
+
+def _encode_name(name: NameFeatures) -> list[Any]:
+    # Parts that the decoder rebuilds exactly are left out (None): given_tokens always,
+    # given_first and family_tokens when they are the plain split, family in its variants.
+    family = name.family
+    return [
+        name.given,
+        None if name.given_first == name.given.split(" ", 1)[0] else name.given_first,
+        sorted(name.given_keys),
+        name.given_phonetic,
+        family,
+        sorted(name.family_variants - {family}),
+        None if name.family_tokens == frozenset(family.split()) else sorted(name.family_tokens),
+        name.family_phonetic,
+        name.suffix,
+    ]
+
+
+def encode_features(features: MatchFeatures, content_hash: str | None = None) -> str:
+    """``features`` as the compact text of ``source_record.match_features``: a JSON array
+    headed by :data:`FEATURES_VERSION` and the record's content hash (its first
+    :data:`HASH_PREFIX` digits), sets as sorted lists, nothing that
+    :func:`decode_features` can rebuild (the birth date, tokens that are a plain split)."""
+    f = features
+    value = [
+        FEATURES_VERSION,
+        _hash_tag(content_hash),
+        [_encode_name(n) for n in f.names],
+        f.birth_year,
+        f.birth_month,
+        f.birth_day,
+        f.gender,
+        sorted(f.phones),
+        sorted(f.emails),
+        sorted(f.ssns),
+        sorted(f.strong_ids),
+        sorted(f.other_ids),
+        sorted(f.mrns),
+        f.addresses,
+    ]
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # a lone surrogate: escaped by the standard encoder
+        return json.dumps(value, separators=(",", ":"))
+
+
+def _decode_name(n: list[Any]) -> NameFeatures:
+    # Positional arguments: a frozen dataclass's keyword call costs a third more.
+    given, given_first, given_keys, given_phonetic, family, variants, tokens, phonetic, suffix = n
+    return NameFeatures(
+        given,
+        given.split(" ", 1)[0] if given_first is None else given_first,
+        frozenset(given.split()),
+        frozenset(given_keys),
+        given_phonetic,
+        family,
+        frozenset((*variants, family)) if family else frozenset(variants),
+        frozenset(family.split() if tokens is None else tokens),
+        phonetic,
+        suffix,
+    )
+
+
+def decode_features(text: str | None, content_hash: str | None = None) -> MatchFeatures | None:
+    """The features :func:`encode_features` wrote for a record with ``content_hash``; None
+    when there are none, or they are of another :data:`FEATURES_VERSION`, of another
+    content hash, or malformed (the caller then extracts them from the normalized JSON)."""
+    if not text:
+        return None
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:  # what the standard encoder wrote (see encode_features)
+            value = json.loads(text)
+        except ValueError:
+            return None
+    if not isinstance(value, list) or value[:1] != [FEATURES_VERSION]:
+        return None
+    try:
+        _, tag, names, year, month, day, gender, phones, emails, ssns, strong, other, mrns, addr = (
+            value
+        )
+        if tag != _hash_tag(content_hash):
+            return None
+        complete = year is not None and month is not None and day is not None
+        return MatchFeatures(
+            tuple([_decode_name(n) for n in names]),
+            f"{year:04d}{month:02d}{day:02d}" if complete else None,
+            year,
+            month,
+            day,
+            gender,
+            frozenset(phones),
+            frozenset(emails),
+            frozenset(ssns),
+            frozenset([(s, v) for s, v in strong]) if strong else _NONE,
+            frozenset([(s, v) for s, v in other]) if other else _NONE,
+            frozenset([(s, v) for s, v in mrns]) if mrns else _NONE,
+            tuple([(line, postal, city) for line, postal, city in addr]),
+        )
+    except (TypeError, ValueError):
+        return None
