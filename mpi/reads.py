@@ -105,16 +105,22 @@ class Reads:
         self, goldens: Sequence[str]
     ) -> list[tuple[str, int, str, float | None, str, str, str | None, str | None]]:
         """(golden id, record, grade, score, golden status, record status, content hash,
-        normalized JSON text) of every record linked to ``goldens``, in link order."""
-        normalized = "CAST(s.normalized AS TEXT)" if self.postgresql else "s.normalized"
+        encoded match features) of every record linked to ``goldens``, in link order: the
+        features are ~250 bytes (:func:`mpi.features.encode_features`), the normalized
+        JSON ~1.6 KB (read by :meth:`normalized` for the records that need it)."""
         return self._rows(
             "SELECT l.golden_id, l.source_record_id, l.grade, l.score, g.status, s.status, "
-            f"s.content_hash, {normalized} FROM link l "
+            "s.content_hash, s.match_features FROM link l "
             "JOIN golden_patient g ON g.id = l.golden_id "
             "JOIN source_record s ON s.id = l.source_record_id "
             "WHERE l.golden_id {in} ORDER BY l.golden_id, l.id",
             goldens,
         )
+
+    def normalized(self, records: Sequence[int]) -> list[tuple[int, str | None]]:
+        """(record, normalized JSON text) of ``records``."""
+        normalized = "CAST(normalized AS TEXT)" if self.postgresql else "normalized"
+        return self._rows(f"SELECT id, {normalized} FROM source_record WHERE id {{in}}", records)
 
     def active_model(self) -> MatchModel:
         """The active trained model (the built-in priors when none was trained): one

@@ -59,7 +59,12 @@ from fhir_mapping import SourcePatient
 from mpi.batch import MAX_MEMBERS_PER_GOLDEN, MemoryResolver
 from mpi.blocking import block_keys
 from mpi.decision import Decision, Member
-from mpi.features import MatchFeatures, extract_features, features_from_normalized
+from mpi.features import (
+    MatchFeatures,
+    decode_features,
+    extract_features,
+    features_from_normalized,
+)
 from mpi.model import MatchModel
 from mpi.operations import repoint_encounters
 from mpi.reads import Reads, decode, decode_for_features
@@ -205,7 +210,8 @@ class BatchState:
         self.placed: set[int] = set()
         #: Stored records this batch decoded (survivorship reuses them).
         self.patients: dict[int, SourcePatient] = {}
-        #: Stored records read for their features only: their normalized JSON (as read).
+        #: Stored records read for their features only: their normalized JSON (as read),
+        #: None while it is not read (their features were stored, see :meth:`load_goldens`).
         self.normalized: dict[int, str | dict[str, Any] | None] = {}
         #: Merges allowed while deciding the current record (see :meth:`allow_merge`).
         self.pending: list[_Merge] = []
@@ -298,8 +304,9 @@ class BatchState:
             return
         resolver = self.resolver
         decoded: dict[int, tuple[SourcePatient, MatchFeatures]] = {}
+        unstored: list[int] = []
         for row in self.reads.members(wanted):
-            golden_id, record_id, grade, score, g_status, r_status, content_hash, normalized = row
+            golden_id, record_id, grade, score, g_status, r_status, content_hash, stored = row
             self.links.setdefault(record_id, (golden_id, grade, score))
             if g_status != "active":
                 continue
@@ -318,6 +325,14 @@ class BatchState:
                 # rendered (:meth:`parse_members`). Not added to the process cache: a
                 # candidate met once would only age there, and its objects, surviving
                 # young collections, made each of them walk thousands (p99 latency).
+                features = decode_features(stored, content_hash)
+                if features is None:
+                    unstored.append(record_id)
+                    continue
+                resolver.features[record_id] = features
+                self.normalized[record_id] = None
+        if unstored:  # stored without their features (see :func:`decode_features`)
+            for record_id, normalized in self.reads.normalized(unstored):
                 data = decode_for_features(normalized)
                 resolver.features[record_id] = features_from_normalized(data)
                 self.normalized[record_id] = normalized
@@ -326,12 +341,19 @@ class BatchState:
 
     def parse_members(self, goldens: Iterable[str]) -> None:
         """Parse the records of ``goldens`` read as features only (their golden records
-        are about to be rendered, which needs the whole record)."""
-        for golden in goldens:
-            for record_id in self.resolver.members.get(golden, ()):
-                if record_id in self.normalized:
-                    data = decode(self.normalized.pop(record_id))
-                    self.patients[record_id] = SourcePatient.from_dict(data)
+        are about to be rendered, which needs the whole record): their normalized JSON
+        is read in one query for all of them, unless it was read with their features."""
+        wanted = [
+            record_id
+            for golden in goldens
+            for record_id in self.resolver.members.get(golden, ())
+            if record_id in self.normalized
+        ]
+        unread = [record_id for record_id in wanted if self.normalized[record_id] is None]
+        self.normalized.update(self.reads.normalized(unread))
+        for record_id in wanted:
+            data = decode(self.normalized.pop(record_id))
+            self.patients[record_id] = SourcePatient.from_dict(data)
 
     def _remember(self, records: dict[int, tuple[SourcePatient, MatchFeatures]]) -> None:
         for record_id, (patient, features) in records.items():
@@ -479,20 +501,23 @@ def resolve_patients(
     settings: MatchSettings | None = None,
     model: MatchModel | None = None,
     chunk_size: int = DEFAULT_CHUNK,
+    features: Sequence[MatchFeatures] | None = None,
 ) -> list[Resolution]:
     """Resolve source Patient records (already stored and flushed) into golden records.
 
     Records are resolved in order, so later ones see earlier ones. The advisory locks of
     all of them are taken first, then each ``chunk_size`` records are loaded, decided and
-    written set-based. Does not commit.
+    written set-based. ``features`` are those of ``items``, in order, when the caller has
+    extracted them already (``sync.patients`` does, to store them). Does not commit.
     """
     settings = settings or MatchSettings()
     reads = Reads(session)
     model = model or reads.active_model()
+    if features is None:
+        features = [extract_features(patient) for _, patient in items]
     prepared: list[_Item] = []
-    for row, patient in items:
-        features = extract_features(patient)
-        prepared.append(_Item(row, patient, features, block_keys(features)))
+    for (row, patient), extracted in zip(items, features, strict=True):
+        prepared.append(_Item(row, patient, extracted, block_keys(extracted)))
     lock_block_keys(session, [key for item in prepared for key in item.keys])
     out: list[Resolution] = []
     for chunk in _passes(reads, settings, prepared, max(1, chunk_size)):

@@ -1,11 +1,13 @@
 """Patients of a page: validate, store, resolve through the MPI in batches.
 
 Each valid Patient becomes (or updates) an ``active`` source record whose
-``normalized`` column holds the :class:`~fhir_mapping.SourcePatient`; the batch
-then goes to :func:`mpi.resolve_patients`, which links each record to a golden
-record and writes the ``patient.*`` outbox events. Encounters of this source that
-were waiting for one of these Patients are attached afterwards (see
-:mod:`sync.encounters`). https://hl7.org/fhir/R4/patient.html
+``normalized`` column holds the :class:`~fhir_mapping.SourcePatient` and whose
+``match_features`` column its match features (:func:`mpi.features.encode_features`: the
+MPI reads a candidate's features from there); the batch then goes to
+:func:`mpi.resolve_patients`, which links each record to a golden record and writes
+the ``patient.*`` outbox events. Encounters of this source that were waiting for one of
+these Patients are attached afterwards (see :mod:`sync.encounters`).
+https://hl7.org/fhir/R4/patient.html
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sqlalchemy.orm.util import identity_key
 
 from fhir_mapping import InvalidResource, SourcePatient, parse_patient
 from mpi import MatchSettings, Resolution, resolve_patients
+from mpi.features import MatchFeatures, encode_features, extract_features
 from store.bulk import BulkWriter
 from store.jsontext import json_text
 from store.models import SourceRecord
@@ -42,6 +45,11 @@ log = logging.getLogger(__name__)
 
 #: Patients the MPI loads, decides and writes per set-based pass.
 DEFAULT_PATIENT_BATCH = 1000
+
+#: Columns of a new Patient source record and of an update of a stored one (followed by
+#: its id): those of every source record, then the encoded match features.
+PATIENT_RECORD_COLUMNS = (*RECORD_COLUMNS, "match_features")
+PATIENT_UPDATE_COLUMNS = (*RECORD_UPDATE_COLUMNS, "match_features")
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,7 @@ def ingest_patients(
     now = bulk.timestamp(utcnow())
     new_rows: list[tuple[Any, ...]] = []
     updates: list[tuple[Any, ...]] = []
-    valid: list[tuple[str, SourcePatient]] = []
+    valid: list[tuple[str, SourcePatient, MatchFeatures]] = []
     for item in incoming:
         current = stored.get(item.resource_id)
         if is_unchanged(current, item):
@@ -107,6 +115,9 @@ def ingest_patients(
             _quarantine(session, source_id, item, mapping_error(item, exc), current)
             outcome.quarantined += 1
             continue
+        # Extracted once: stored with the record, and resolved with below.
+        features = extract_features(patient)
+        encoded = encode_features(features, item.content_hash)
         values = (
             item.raw_json(),
             json_text(patient.to_dict()),
@@ -117,17 +128,17 @@ def ingest_patients(
             now,
         )
         if current is None:
-            new_rows.append((source_id, "Patient", item.resource_id, *values, now))
+            new_rows.append((source_id, "Patient", item.resource_id, *values, now, encoded))
         else:
-            updates.append((*values, None, current.id))
-        valid.append((item.resource_id, patient))
+            updates.append((*values, None, encoded, current.id))
+        valid.append((item.resource_id, patient, features))
         outcome.stored += 1
     session.flush()  # quarantined records go out before the driver-level statements
     if not valid:
         return outcome
     ids = {resource_id: record.id for resource_id, record in stored.items()}
     ids.update(_insert_records(session, bulk, source_id, new_rows))
-    bulk.update_by_id("source_record", RECORD_UPDATE_COLUMNS, updates, json_columns=RECORD_JSON)
+    bulk.update_by_id("source_record", PATIENT_UPDATE_COLUMNS, updates, json_columns=RECORD_JSON)
     _expire_records(session, [row[-1] for row in updates])
     # What the MPI reads of a source record: its id, source and resource id (plain
     # objects, never added to the session).
@@ -136,13 +147,17 @@ def ingest_patients(
             SourceRecord(id=ids[resource_id], source_id=source_id, resource_id=resource_id),
             patient,
         )
-        for resource_id, patient in valid
+        for resource_id, patient, _ in valid
     ]
     # One call: the MPI takes the advisory locks of the whole transaction at once (in a
     # fixed order, so concurrent workers never deadlock), then resolves ``batch_size``
     # records per set-based pass.
     resolutions = resolve_patients(
-        session, batch, settings=options.match_settings, chunk_size=options.batch_size
+        session,
+        batch,
+        settings=options.match_settings,
+        chunk_size=options.batch_size,
+        features=[features for _, _, features in valid],
     )
     _record_resolutions(outcome, batch, resolutions)
     return outcome
@@ -166,7 +181,7 @@ def _insert_records(
     back on SQLite, whose driver returns no rows from a bulk insert)."""
     returned = bulk.insert(
         "source_record",
-        RECORD_COLUMNS,
+        PATIENT_RECORD_COLUMNS,
         rows,
         json_columns=RECORD_JSON,
         returning=("id", "resource_id"),
