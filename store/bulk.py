@@ -95,14 +95,56 @@ def joined_text(values: Sequence[Any]) -> str | None:
     return text
 
 
+_NONE = type(None)
+_INTS = frozenset({int, _NONE})
+_BOOLS = frozenset({bool, _NONE})
+
+
+def _joined(values: Sequence[Any], render: Any) -> str:
+    """``values`` rendered by ``render`` and joined, None as :data:`TEXT_NULL`."""
+    if None in values:
+        return TEXT_SEPARATOR.join([TEXT_NULL if v is None else render(v) for v in values])
+    return TEXT_SEPARATOR.join(map(render, values))
+
+
+def _joined_ints(values: Sequence[Any]) -> str | None:
+    return _joined(values, str) if set(map(type, values)) <= _INTS else None
+
+
+def _bool_text(value: bool) -> str:
+    return "t" if value else "f"
+
+
+def _joined_bools(values: Sequence[Any]) -> str | None:
+    return _joined(values, _bool_text) if set(map(type, values)) <= _BOOLS else None
+
+
+#: Element types (without their length) whose arrays travel as one joined string when
+#: their values allow it, and the function deciding that (None: the list). Measured per
+#: 1000 values, statement included (psycopg's C dumpers, a prepared ``SELECT``): text
+#: 0.4-0.85 -> ~0.1 ms, bigints 0.47 -> 0.36 ms, booleans 0.35 -> 0.08 ms. Left as lists:
+#: timestamps (0.62 ms as a list, 1.48 ms joined: ``isoformat`` alone takes 0.87 ms, and
+#: the server parses the text) and floats (0.35 ms, 0.69 ms joined by ``repr``).
+_JOINED_TYPES = {
+    "VARCHAR": joined_text,
+    "TEXT": joined_text,
+    "INTEGER": _joined_ints,
+    "BIGINT": _joined_ints,
+    "SMALLINT": _joined_ints,
+    "BOOLEAN": _joined_bools,
+}
+
+
 def array_sql(sql_type: str, values: Sequence[Any]) -> tuple[str, Any]:
     """SQL of an array parameter of ``sql_type`` elements holding ``values``, and the
-    parameter: one joined string for a text type when :func:`joined_text` allows it,
-    else the list."""
-    if sql_type.startswith(("VARCHAR", "TEXT")):
-        text = joined_text(values)
-        if text is not None:
-            return f"{_SPLIT_TEXT}::{sql_type}[]", text
+    parameter: one joined string split by ``string_to_array`` and cast to the element
+    type when the type and the values allow it (:data:`_JOINED_TYPES`: strs, ints and
+    bools with Nones), else the list, which psycopg dumps value by value in Python."""
+    render = _JOINED_TYPES.get(sql_type.split("(", 1)[0])
+    if render is not None:
+        joined = render(values)
+        if joined is not None:
+            return f"{_SPLIT_TEXT}::{sql_type}[]", joined
     return f"%b::{sql_type}[]", values
 
 
