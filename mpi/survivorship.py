@@ -17,16 +17,12 @@ value was observed (https://hl7.org/fhir/R4/provenance.html is rendered from thi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple
 
 from fhir_mapping import GoldenLink, GoldenRecord, SourcePatient
-
-T = TypeVar("T")
-#: Order of scalar fields taken from the best-ranked member that has them.
-SCALAR_FIELDS = ("birthDate", "gender")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +36,11 @@ class MemberRecord:
     confirmed: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class ProvenanceEntry:
+class ProvenanceEntry(NamedTuple):
+    """Where a golden field's value came from. A named tuple rather than a frozen
+    dataclass: a golden record has ~9 of them, built at 0.3 instead of 0.85 us each (a
+    frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``)."""
+
     field: str
     value: Any
     record_id: int
@@ -58,59 +57,81 @@ def _completeness(member: MemberRecord, field: str) -> int:
     return 0
 
 
-def _rule_value(member: MemberRecord, field: str, rule: str) -> Any:
-    """What ``rule`` ranks ``member`` by for ``field`` (lower first); :data:`_NO_VALUE` for a
-    rule that does not rank."""
-    if rule == "confirmed":
-        return not member.confirmed
-    if rule == "trust":
-        return -member.trust_rank
-    if rule == "recency":
-        return -(member.observed_at.timestamp() if member.observed_at else 0.0)
-    if rule == "completeness":
-        return -_completeness(member, field)
-    return _NO_VALUE
+#: The fields :func:`build_golden` ranks the members for ("other": languages, US Core
+#: extensions, deceased).
+_RANKED_FIELDS = ("name", "birthDate", "gender", "identifier", "telecom", "address", "other")
+#: The rules of a field the settings do not name.
+_DEFAULT_RULES = ("trust", "recency")
+#: The rules that rank members (any other name ranks nothing).
+_RANKING_RULES = frozenset({"confirmed", "trust", "recency", "completeness"})
+
+Ranking = tuple[list[MemberRecord], str]
 
 
-#: :func:`_rule_value` of a rule name that ranks nothing.
-_NO_VALUE = object()
+def _rankings(
+    members: Sequence[MemberRecord], rules: dict[str, tuple[str, ...]]
+) -> dict[str, Ranking]:
+    """Per field of :data:`_RANKED_FIELDS`: the members best first, and the rule that told
+    the best one from the runner-up ("only-source" for a lone member, "oldest-record" when
+    only the record id did).
+
+    A member is ranked by its rules' values in order (lower first), then by record id (the
+    older record first on a tie). ``confirmed``, ``trust`` and ``recency`` depend on the
+    member alone and are computed once per member; ``completeness`` depends on the field.
+    Fields with the same rules share one sort unless completeness is among them: 7 fields,
+    4 sorts with the default rules.
+    """
+    if len(members) < 2:
+        alone: Ranking = (list(members), "only-source")
+        return dict.fromkeys(_RANKED_FIELDS, alone)
+    values = [
+        {
+            "confirmed": not m.confirmed,
+            "trust": -m.trust_rank,
+            "recency": -(m.observed_at.timestamp() if m.observed_at else 0.0),
+        }
+        for m in members
+    ]
+    shared: dict[tuple[tuple[str, ...], str | None], Ranking] = {}
+    out: dict[str, Ranking] = {}
+    for field in _RANKED_FIELDS:
+        order = tuple(rules.get(field, _DEFAULT_RULES))
+        by_field = "completeness" in order
+        found = shared.get((order, field if by_field else None))
+        if found is None:
+            keys: list[list[Any]] = []
+            for member, known in zip(members, values, strict=True):
+                key: list[Any] = []
+                for rule in order:
+                    if rule == "completeness":
+                        key.append(-_completeness(member, field))
+                    elif rule in known:
+                        key.append(known[rule])
+                key.append(member.record_id)
+                keys.append(key)
+            positions = sorted(range(len(members)), key=keys.__getitem__)
+            ranked = [members[i] for i in positions]
+            found = (ranked, _deciding_rule(ranked, keys[positions[0]], keys[positions[1]], order))
+            shared[(order, field if by_field else None)] = found
+        out[field] = found
+    return out
 
 
-def _rank_key(member: MemberRecord, field: str, rules: Sequence[str]) -> tuple[Any, ...]:
-    key = [value for rule in rules if (value := _rule_value(member, field, rule)) is not _NO_VALUE]
-    key.append(member.record_id)  # stable: the older record first on a tie
-    return tuple(key)
-
-
-def _deciding_rule(ranked: Sequence[MemberRecord], field: str, rules: Sequence[str]) -> str:
-    """The first rule that tells the best member from the runner-up ("only" if alone)."""
-    if len(ranked) < 2:
-        return "only-source"
-    first, second = ranked[0], ranked[1]
+def _deciding_rule(
+    ranked: Sequence[MemberRecord], first: list[Any], second: list[Any], rules: Sequence[str]
+) -> str:
+    """The first rule whose value (in the rank keys ``first``, ``second`` of the best two
+    members) differs; a rule that ranks nothing decides by record id, which differs
+    unless a record is listed twice."""
+    position = 0
     for rule in rules:
-        a, b = _rule_value(first, field, rule), _rule_value(second, field, rule)
-        if a is _NO_VALUE:  # ranks by record id alone, which always differs
-            a, b = first.record_id, second.record_id
-        if a != b:
+        if rule in _RANKING_RULES:
+            if first[position] != second[position]:
+                return rule
+            position += 1
+        elif ranked[0].record_id != ranked[1].record_id:
             return rule
     return "oldest-record"
-
-
-def _union(
-    ranked: Sequence[MemberRecord],
-    values: Callable[[SourcePatient], Sequence[T]],
-    identity: Callable[[T], Hashable],
-) -> list[tuple[T, MemberRecord]]:
-    seen: set[Hashable] = set()
-    out: list[tuple[T, MemberRecord]] = []
-    for member in ranked:
-        for value in values(member.patient):
-            key = identity(value)
-            if key in seen:
-                continue
-            seen.add(key)
-            out.append((value, member))
-    return out
 
 
 def build_golden(
@@ -120,96 +141,113 @@ def build_golden(
     *,
     links: Sequence[GoldenLink] = (),
 ) -> tuple[GoldenRecord, list[ProvenanceEntry]]:
-    """The golden record of ``members`` and the provenance of each of its fields."""
+    """The golden record of ``members`` and the provenance of each of its fields.
+
+    Lists are the union of the members' lists in rank order, a value whose identity an
+    earlier one had left out (names by folded family, given names and use; identifiers
+    and telecom by system and normalized value; addresses by normalized line, postal
+    code and folded city). The unions are written out per field rather than through
+    generic helpers taking two lambdas: they were a third of the time of this function.
+    """
+    rankings = _rankings(members, rules)
     provenance: list[ProvenanceEntry] = []
-
-    # Fields ranked by the same rules share one ranking unless completeness, which
-    # depends on the field, is among them (7 sorts of the members become 4); a lone
-    # member needs none. Rank keys were ~1/3 of build_golden's time.
-    rankings: dict[tuple[tuple[str, ...], str | None], tuple[list[MemberRecord], str]] = {}
-
-    def ranked_for(field: str) -> tuple[list[MemberRecord], str]:
-        order = rules.get(field, ("trust", "recency"))
-        shared = (tuple(order), field if "completeness" in order else None)
-        found = rankings.get(shared)
-        if found is None:
-            if len(members) < 2:
-                found = (list(members), "only-source")
-            else:
-                ranked = sorted(members, key=lambda m: _rank_key(m, field, order))
-                found = (ranked, _deciding_rule(ranked, field, order))
-            rankings[shared] = found
-        return found
-
+    append = provenance.append
     golden = GoldenRecord(id=golden_id, links=list(links))
-    ranked, rule = ranked_for("name")
-    for name, member in _union(
-        ranked, lambda p: p.names, lambda n: (n.family_folded, tuple(n.given_folded), n.use)
-    ):
-        golden.names.append(name)
-        provenance.append(
-            ProvenanceEntry(
-                "name",
-                {"family": name.family, "given": name.given},
-                member.record_id,
-                rule,
-                member.observed_at,
-            )
-        )
-    for field in SCALAR_FIELDS:
-        ranked, rule = ranked_for(field)
-        attr = "birth_date" if field == "birthDate" else "gender"
-        chosen = next((m for m in ranked if getattr(m.patient, attr)), None)
-        if chosen is not None:
-            setattr(golden, attr, getattr(chosen.patient, attr))
-            provenance.append(
-                ProvenanceEntry(
-                    field, getattr(chosen.patient, attr), chosen.record_id, rule, chosen.observed_at
+
+    ranked, rule = rankings["name"]
+    names = golden.names
+    seen: set[Hashable] = set()
+    for member in ranked:
+        for name in member.patient.names:
+            key: Hashable = (name.family_folded, tuple(name.given_folded), name.use)
+            if key not in seen:
+                seen.add(key)
+                names.append(name)
+                append(
+                    ProvenanceEntry(
+                        "name",
+                        {"family": name.family, "given": name.given},
+                        member.record_id,
+                        rule,
+                        member.observed_at,
+                    )
                 )
-            )
-    ranked, rule = ranked_for("identifier")
-    for ident, member in _union(
-        ranked, lambda p: p.identifiers, lambda i: (i.system, i.value_normalized or i.value)
-    ):
-        golden.identifiers.append(ident)
-        provenance.append(
+    ranked, rule = rankings["birthDate"]
+    chosen = next((m for m in ranked if m.patient.birth_date), None)
+    if chosen is not None:
+        golden.birth_date = chosen.patient.birth_date
+        append(
             ProvenanceEntry(
-                "identifier", {"system": ident.system}, member.record_id, rule, member.observed_at
+                "birthDate", golden.birth_date, chosen.record_id, rule, chosen.observed_at
             )
         )
-    ranked, rule = ranked_for("telecom")
-    for point, member in _union(
-        ranked, lambda p: p.telecom, lambda t: (t.system, t.value_normalized or t.value)
-    ):
-        golden.telecom.append(point)
-        provenance.append(
-            ProvenanceEntry(
-                "telecom", {"system": point.system}, member.record_id, rule, member.observed_at
-            )
-        )
-    ranked, rule = ranked_for("address")
-    for address, member in _union(
-        ranked,
-        lambda p: p.addresses,
-        lambda a: (a.line_normalized, a.postal_normalized, a.city_folded),
-    ):
-        golden.addresses.append(address)
-        provenance.append(
-            ProvenanceEntry(
-                "address", {"use": address.use}, member.record_id, rule, member.observed_at
-            )
-        )
-    ranked, rule = ranked_for("other")
-    best = ranked[0] if ranked else None
-    if best is not None:
-        p = best.patient
+    ranked, rule = rankings["gender"]
+    chosen = next((m for m in ranked if m.patient.gender), None)
+    if chosen is not None:
+        golden.gender = chosen.patient.gender
+        append(ProvenanceEntry("gender", golden.gender, chosen.record_id, rule, chosen.observed_at))
+    ranked, rule = rankings["identifier"]
+    identifiers = golden.identifiers
+    seen = set()
+    for member in ranked:
+        for ident in member.patient.identifiers:
+            key = (ident.system, ident.value_normalized or ident.value)
+            if key not in seen:
+                seen.add(key)
+                identifiers.append(ident)
+                append(
+                    ProvenanceEntry(
+                        "identifier",
+                        {"system": ident.system},
+                        member.record_id,
+                        rule,
+                        member.observed_at,
+                    )
+                )
+    ranked, rule = rankings["telecom"]
+    telecom = golden.telecom
+    seen = set()
+    for member in ranked:
+        for point in member.patient.telecom:
+            key = (point.system, point.value_normalized or point.value)
+            if key not in seen:
+                seen.add(key)
+                telecom.append(point)
+                append(
+                    ProvenanceEntry(
+                        "telecom",
+                        {"system": point.system},
+                        member.record_id,
+                        rule,
+                        member.observed_at,
+                    )
+                )
+    ranked, rule = rankings["address"]
+    addresses = golden.addresses
+    seen = set()
+    for member in ranked:
+        for address in member.patient.addresses:
+            key = (address.line_normalized, address.postal_normalized, address.city_folded)
+            if key not in seen:
+                seen.add(key)
+                addresses.append(address)
+                append(
+                    ProvenanceEntry(
+                        "address",
+                        {"use": address.use},
+                        member.record_id,
+                        rule,
+                        member.observed_at,
+                    )
+                )
+    ranked, rule = rankings["other"]
+    if ranked:
+        p = ranked[0].patient
         golden.languages = list(p.languages)
         golden.race, golden.ethnicity, golden.birth_sex = p.race, p.ethnicity, p.birth_sex
         dead = next((m for m in ranked if m.patient.deceased or m.patient.deceased_datetime), None)
         if dead is not None:
             golden.deceased = True
             golden.deceased_datetime = dead.patient.deceased_datetime
-            provenance.append(
-                ProvenanceEntry("deceased", True, dead.record_id, rule, dead.observed_at)
-            )
+            append(ProvenanceEntry("deceased", True, dead.record_id, rule, dead.observed_at))
     return golden, provenance
