@@ -169,41 +169,56 @@ def render_golden_patient(
         extensions.append(
             {"url": PROVENANCE_EXTENSION, "valueReference": {"reference": provenance_url}}
         )
-    meta = _compact(
-        {"versionId": str(version) if version is not None else None, "lastUpdated": last_updated}
-    )
+    # Key by key in FHIR's element order, leaving out None and empty lists and objects
+    # (what _compact of the whole dict did, at ~1/5 of the time of this function).
+    resource: dict[str, Any] = {"resourceType": "Patient"}
+    if golden.id is not None:
+        resource["id"] = golden.id
+    meta: dict[str, Any] = {}
+    if version is not None:
+        meta["versionId"] = str(version)
+    if last_updated is not None:
+        meta["lastUpdated"] = last_updated
+    if meta:
+        resource["meta"] = meta
+    if extensions:
+        resource["extension"] = extensions
+    identifiers = [_identifier(i) for i in golden.identifiers if i.value]
+    if identifiers:
+        resource["identifier"] = identifiers
+    if golden.active is not None:
+        resource["active"] = golden.active
     names = [n for n in (_name(x) for x in golden.names) if n is not None]
+    if names:
+        resource["name"] = names
     telecom = [_telecom(t, i) for i, t in enumerate((t for t in golden.telecom if t.value), 1)]
+    if telecom:
+        resource["telecom"] = telecom
+    if golden.gender is not None:
+        resource["gender"] = golden.gender
+    if golden.birth_date is not None:
+        resource["birthDate"] = golden.birth_date
+    if golden.deceased_datetime is not None:
+        resource["deceasedDateTime"] = golden.deceased_datetime
+    elif golden.deceased is not None:
+        resource["deceasedBoolean"] = golden.deceased
+    addresses = [a for a in (_address(x) for x in golden.addresses) if a]
+    if addresses:
+        resource["address"] = addresses
+    if isinstance(golden.multiple_birth, bool):
+        resource["multipleBirthBoolean"] = golden.multiple_birth
+    elif golden.multiple_birth is not None:
+        resource["multipleBirthInteger"] = golden.multiple_birth
+    if golden.contacts:
+        resource["contact"] = list(golden.contacts)
     communication = [c for c in (_communication(x) for x in golden.languages) if c]
-    resource = _compact(
-        {
-            "resourceType": "Patient",
-            "id": golden.id,
-            "meta": meta,
-            "extension": extensions,
-            "identifier": [_identifier(i) for i in golden.identifiers if i.value],
-            "active": golden.active,
-            "name": names,
-            "telecom": telecom,
-            "gender": golden.gender,
-            "birthDate": golden.birth_date,
-            "deceasedDateTime": golden.deceased_datetime,
-            "deceasedBoolean": golden.deceased if golden.deceased_datetime is None else None,
-            "address": [a for a in (_address(x) for x in golden.addresses) if a],
-            "multipleBirthBoolean": (
-                golden.multiple_birth if isinstance(golden.multiple_birth, bool) else None
-            ),
-            "multipleBirthInteger": (
-                None if isinstance(golden.multiple_birth, bool) else golden.multiple_birth
-            ),
-            "contact": list(golden.contacts),
-            "communication": communication,
-            "link": [
-                {"other": {"reference": f"Patient/{link.other_id}"}, "type": link.type}
-                for link in golden.links
-            ],
-        }
-    )
+    if communication:
+        resource["communication"] = communication
+    if golden.links:
+        resource["link"] = [
+            {"other": {"reference": f"Patient/{link.other_id}"}, "type": link.type}
+            for link in golden.links
+        ]
     if validate:
         check_resource(resource, "Patient")
     return resource
