@@ -167,13 +167,17 @@ def member_records(
     rows = session.execute(stmt).all()
     if not rows:
         return []
-    patients: dict[int, SourcePatient] = dict(known or {})
+    # ``known`` is looked into, not copied: resolve passes every record of its batch.
+    known = known or {}
+    patients: dict[int, SourcePatient] = {}
     for row in rows:
-        if row.id in patients:
-            continue
-        cached = _cached(row.id, row.content_hash)
-        if cached is not None:
-            patients[row.id] = cached[0]
+        patient = known.get(row.id)
+        if patient is None:
+            cached = _cached(row.id, row.content_hash)
+            if cached is None:
+                continue
+            patient = cached[0]
+        patients[row.id] = patient
     missing = [row.id for row in rows if row.id not in patients]
     if missing:  # JSON is decoded only for records this process has not seen yet
         for record_id, content_hash, normalized in session.execute(
@@ -382,21 +386,12 @@ def write_goldens(
         resource = render_golden_patient(record, validate=False)
         tokens = search_tokens(resource) if status == "active" else []
         writes.append(GoldenWrite(plan.golden_id, resource, tokens, status, merged_into, version))
-        for entry in provenance:
-            observed = entry.observed_at
+        golden_id = plan.golden_id
+        for field, value, record_id, rule, observed in provenance:
             stamp = stamps.get(observed, stamps)
             if stamp is stamps:  # the members' timestamps repeat across the batch
                 stamp = stamps[observed] = bulk.timestamp(observed)
-            all_provenance.append(
-                (
-                    plan.golden_id,
-                    entry.field,
-                    json_text(entry.value),
-                    entry.record_id,
-                    entry.rule,
-                    stamp,
-                )
-            )
+            all_provenance.append((golden_id, field, json_text(value), record_id, rule, stamp))
     versions = GoldenPatientRepository(session).save_many(writes)
     # Rewritten whole: diffing against the stored rows (as the search tokens are) cost
     # more than it saved. Most rows of a golden record change when a member joins (with
