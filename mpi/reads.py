@@ -103,14 +103,18 @@ class Reads:
 
     def members(
         self, goldens: Sequence[str]
-    ) -> list[tuple[str, int, str, float | None, str, str, str | None, str | None]]:
+    ) -> list[tuple[str, int, str, float | None, str, str, str | None, str | None, str | None]]:
         """(golden id, record, grade, score, golden status, record status, content hash,
-        encoded match features) of every record linked to ``goldens``, in link order: the
-        features are ~250 bytes (:func:`mpi.features.encode_features`), the normalized
-        JSON ~1.6 KB (read by :meth:`normalized` for the records that need it)."""
+        encoded match features, normalized JSON text) of every record linked to
+        ``goldens``, in link order. The features are ~250 bytes
+        (:func:`mpi.features.encode_features`); the normalized JSON (~1.6 KB) is read only
+        where there are none (records stored before migration 0003): otherwise it is
+        NULL here, and :meth:`normalized` reads it for the records that need it."""
+        normalized = "CAST(s.normalized AS TEXT)" if self.postgresql else "s.normalized"
         return self._rows(
             "SELECT l.golden_id, l.source_record_id, l.grade, l.score, g.status, s.status, "
-            "s.content_hash, s.match_features FROM link l "
+            "s.content_hash, s.match_features, "
+            f"CASE WHEN s.match_features IS NULL THEN {normalized} END FROM link l "
             "JOIN golden_patient g ON g.id = l.golden_id "
             "JOIN source_record s ON s.id = l.source_record_id "
             "WHERE l.golden_id {in} ORDER BY l.golden_id, l.id",

@@ -7,8 +7,9 @@ times that. :func:`resolve_patients`
 2. loads, in a handful of queries for the whole batch, what the batch can meet: the
    stored links of its records, the size of each of its block keys, the records filed
    under the usable ones with their golden records, the members of those golden
-   records (features from the process cache, else read straight from their stored
-   JSON; a record is parsed whole only if its golden record is rendered) and the
+   records (features from the process cache, else decoded from their stored
+   ``match_features``, else extracted from their normalized JSON; a record's JSON is
+   read and parsed whole only if its golden record is rendered) and the
    steward decisions on its records. These reads are plain SQL sent to the DBAPI
    cursor (:class:`mpi.reads.Reads`): SQLAlchemy's per-statement work cost more than
    SQLite's answers;
@@ -304,9 +305,10 @@ class BatchState:
             return
         resolver = self.resolver
         decoded: dict[int, tuple[SourcePatient, MatchFeatures]] = {}
-        unstored: list[int] = []
+        stale: list[int] = []
         for row in self.reads.members(wanted):
-            golden_id, record_id, grade, score, g_status, r_status, content_hash, stored = row
+            golden_id, record_id, grade, score, g_status, r_status, content_hash = row[:7]
+            stored, normalized = row[7:]
             self.links.setdefault(record_id, (golden_id, grade, score))
             if g_status != "active":
                 continue
@@ -326,18 +328,24 @@ class BatchState:
                 # candidate met once would only age there, and its objects, surviving
                 # young collections, made each of them walk thousands (p99 latency).
                 features = decode_features(stored, content_hash)
-                if features is None:
-                    unstored.append(record_id)
-                    continue
-                resolver.features[record_id] = features
-                self.normalized[record_id] = None
-        if unstored:  # stored without their features (see :func:`decode_features`)
-            for record_id, normalized in self.reads.normalized(unstored):
-                data = decode_for_features(normalized)
-                resolver.features[record_id] = features_from_normalized(data)
-                self.normalized[record_id] = normalized
+                if features is not None:
+                    resolver.features[record_id] = features
+                    self.normalized[record_id] = None  # read if it is rendered
+                elif normalized is not None:  # stored before its features were
+                    self._features_from(record_id, normalized)
+                else:  # stale features (see :func:`decode_features`): the JSON is read below
+                    stale.append(record_id)
+        for record_id, normalized in self.reads.normalized(stale):
+            self._features_from(record_id, normalized)
         self.loaded.update(wanted)
         self._remember(decoded)
+
+    def _features_from(self, record_id: int, normalized: str | None) -> None:
+        """Features of a record extracted from its normalized JSON (kept for
+        :meth:`parse_members`)."""
+        data = decode_for_features(normalized)
+        self.resolver.features[record_id] = features_from_normalized(data)
+        self.normalized[record_id] = normalized
 
     def parse_members(self, goldens: Iterable[str]) -> None:
         """Parse the records of ``goldens`` read as features only (their golden records
