@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from store.bulk import BulkWriter, one_of, rows_in
+from store.bulk import BulkWriter, json_ids, one_of, rows_in
 from store.jsontext import json_text
 from store.models import GoldenPatient, GoldenPatientVersion, GoldenSearchToken, new_uuid
 from store.repositories import NotFoundError
@@ -36,8 +36,12 @@ _GOLDEN_COLUMNS = (
     "last_updated",
 )
 _GOLDEN_UPDATE = ("version", "resource", "status", "birth_date", "gender", "last_updated")
-_VERSION_COLUMNS = ("golden_id", "version", "resource", "status", "recorded_at")
 _RESOURCE_JSON = frozenset({"resource"})
+#: The kept version of records just written by :meth:`GoldenPatientRepository.save_many`.
+_VERSION_COPY = (
+    "INSERT INTO golden_patient_version (golden_id, version, resource, status, recorded_at) "
+    "SELECT id, version, resource, status, last_updated FROM golden_patient WHERE id {ids}"
+)
 #: Golden ids per ``DELETE … IN (…)`` (SQLite binds at most 32766 parameters).
 _DELETE_CHUNK = 5000
 
@@ -166,9 +170,9 @@ class GoldenPatientRepository:
         statement per table, at the driver level (:class:`store.bulk.BulkWriter`): new
         records are inserted, stored ones updated by primary key; of their tokens only
         those that changed are deleted or inserted (:meth:`_token_changes`). Each
-        resource is JSON-encoded once, for both the record and its kept version. Golden
-        objects already in the session are expired (they are stale). Returns the new
-        version of each record.
+        resource is JSON-encoded and sent once: its kept version is copied from the
+        record by the database (:meth:`_copy_versions`). Golden objects already in the
+        session are expired (they are stale). Returns the new version of each record.
         """
         if not writes:
             return {}
@@ -179,7 +183,6 @@ class GoldenPatientRepository:
         inserts: list[tuple[Any, ...]] = []
         updates: list[tuple[Any, ...]] = []
         merges: list[tuple[Any, ...]] = []
-        versions: list[tuple[Any, ...]] = []
         out: dict[str, int] = {}
         for write in writes:
             version = write.version + 1
@@ -226,7 +229,6 @@ class GoldenPatientRepository:
                         write.golden_id,
                     )
                 )
-            versions.append((write.golden_id, version, body, write.status, stamp))
             out[write.golden_id] = version
         # Records merged into another one of the same statement come last.
         inserts.sort(key=lambda row: row[4] is not None)
@@ -235,9 +237,7 @@ class GoldenPatientRepository:
         bulk.update_by_id(
             "golden_patient", (*_GOLDEN_UPDATE, "merged_into"), merges, json_columns=_RESOURCE_JSON
         )
-        bulk.insert(
-            "golden_patient_version", _VERSION_COLUMNS, versions, json_columns=_RESOURCE_JSON
-        )
+        self._copy_versions(bulk, list(out))
         stored = [row[-1] for row in updates] + [row[-1] for row in merges]
         gone, added = self._token_changes(stored, writes)
         for start in range(0, len(gone), _DELETE_CHUNK):
@@ -254,6 +254,18 @@ class GoldenPatientRepository:
             if isinstance(obj, GoldenPatient) and obj.id in out:
                 self.session.expire(obj)
         return out
+
+    def _copy_versions(self, bulk: BulkWriter, golden_ids: Sequence[str]) -> None:
+        """Keep the version just written of each of ``golden_ids``: a copy of its
+        ``golden_patient`` row made by the database (``INSERT … SELECT``), so the resource
+        is not sent and parsed a second time."""
+        postgresql = bulk.postgresql
+        sql = _VERSION_COPY.format(
+            ids="= ANY(%s)" if postgresql else "IN (SELECT value FROM json_each(?))"
+        )
+        for start in range(0, len(golden_ids), _DELETE_CHUNK):
+            chunk = list(golden_ids[start : start + _DELETE_CHUNK])
+            bulk.connection.exec_driver_sql(sql, (chunk if postgresql else json_ids(chunk),))
 
     def _token_changes(
         self, stored: Sequence[str], writes: Sequence[GoldenWrite]
