@@ -1,8 +1,9 @@
 """Encounters of a page: validate, store in bulk, attach to the patient's golden record.
 
 Encounters need no matching, so they are written with set-based statements (one
-``INSERT … RETURNING`` per table and page; on PostgreSQL one statement writes a page's
-new records, encounters and events) rather than object by object. An
+``INSERT … RETURNING`` per table and page; on PostgreSQL one statement writes a few
+hundred new records, their encounters and events, while the next few hundred are
+validated) rather than object by object. An
 Encounter whose ``subject`` Patient has not arrived from its source yet is stored
 with ``golden_id`` NULL and status ``pending``; :func:`attach_waiting` attaches it
 when the Patient is resolved, so nothing is lost to arrival order.
@@ -11,16 +12,18 @@ https://hl7.org/fhir/R4/encounter.html
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 import orjson
 from sqlalchemy import ColumnElement, TextClause, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from fhir_mapping import InvalidResource, SourceEncounter, parse_encounter
+from fhir_mapping import InvalidResource, SourceEncounter, parse_encounter, subject_patient_id
 from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, array_sql, one_of
 from store.models import Base, Encounter, Link, SourceRecord
 from store.types import utcnow
@@ -63,6 +66,8 @@ _PARTIAL_DATE_FORMATS = {4: "%Y", 7: "%Y-%m", 10: "%Y-%m-%d"}
 #: ``meta.lastUpdated`` repeat across a load. Cleared as a whole when full.
 _TIMESTAMPS: dict[tuple[bool, Any], Any] = {}
 MAX_CACHED_TIMESTAMPS = 16384
+#: PostgreSQL: new Encounters per statement of a page (see :class:`_Background`).
+PG_NEW_ROWS_PER_STATEMENT = 250
 
 
 def _json_text(value: Any) -> str:
@@ -103,6 +108,59 @@ def _among(
     return text(
         f"{column.table.name}.{column.name} IN (SELECT value FROM json_each(:among_values))"
     ).bindparams(among_values=_json_text(list(values)))
+
+
+class _Background:
+    """Runs one statement at a time on the page's connection in a thread of its own, so
+    that the server executes a page's first new Encounters while this thread validates
+    the next ones (the thread waits for the server in psycopg's C code, without the GIL).
+
+    The statement is the transaction's: the caller touches neither the session nor the
+    connection until :meth:`wait` (which raises the statement's error) or :meth:`abandon`
+    returned, and the page commits, or rolls back, after that as before."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def run(self, statement: Callable[[], None]) -> None:
+        """Wait for the previous statement, then start ``statement``."""
+        self.wait()
+
+        def target() -> None:
+            try:
+                statement()
+            except BaseException as exc:  # raised again by wait(), in the caller's thread
+                self._error = exc
+
+        self._thread = threading.Thread(target=target, name="encounter-page-write", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Wait for the running statement; raise its error."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        thread.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def abandon(self) -> None:
+        """Wait for the running statement, its error dropped (the caller is already failing)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+        self._error = None
+
+
+def _subject_of(raw: Any) -> str | None:
+    """The Patient id :func:`parse_encounter` will find in ``raw`` (None for a resource
+    too malformed to have one, which validation then rejects)."""
+    try:
+        return subject_patient_id(raw.get("subject"))
+    except (AttributeError, TypeError):
+        return None
 
 
 @dataclass
@@ -305,6 +363,8 @@ class _PageWriter:
         self.record_ids: dict[str, int] = {}
         self.encounter_updates: list[tuple[Any, ...]] = []
         self.events: list[tuple[Any, ...]] = []
+        #: PostgreSQL: the page's new Encounters go out by :data:`PG_NEW_ROWS_PER_STATEMENT`.
+        self.background = _Background()
 
     def add(
         self,
@@ -343,6 +403,8 @@ class _PageWriter:
                 (self.source_id, "Encounter", item.resource_id, *record, self.now)
             )
             self.new_encounters[item.resource_id] = values
+            if bulk.postgresql and len(self.new_records) >= PG_NEW_ROWS_PER_STATEMENT:
+                self.send_new()
             return
         self.record_updates.append((*record, None, current.record_id))
         if current.encounter_id is None:
@@ -373,19 +435,34 @@ class _PageWriter:
             )
         )
 
+    def send_new(self) -> None:
+        """PostgreSQL: start the statement writing the new Encounters added so far
+        (:func:`_insert_new_pg`), run by :attr:`background`."""
+        records, self.new_records = self.new_records, []
+        encounters = {row[2]: self.new_encounters.pop(row[2]) for row in records}
+        statement, parameters = _insert_new_pg(self.source_id, self.now, records, encounters)
+        connection = self.bulk.connection
+
+        def execute() -> None:
+            connection.exec_driver_sql(statement, parameters)
+
+        self.background.run(execute)
+
+    def send_all_new(self) -> None:
+        """PostgreSQL: write the page's remaining new Encounters and wait for the writes."""
+        if self.bulk.postgresql and self.new_records:
+            self.send_new()
+        self.background.wait()
+
     def write(self, session: Session) -> None:
         """Insert and update the page's rows, then write an event per new Encounter.
 
-        Plain executemany; on PostgreSQL the new resources go in one statement
-        (:func:`_insert_new_pg`) and the other new ids come back from ``RETURNING``; on
+        Plain executemany; on PostgreSQL the new resources went out already
+        (:meth:`send_all_new`) and the other new ids come back from ``RETURNING``; on
         SQLite from :func:`_sqlite_inserted_ids` (else one indexed read of the new rows).
         """
         bulk = self.bulk
-        if bulk.postgresql and self.new_records:
-            _insert_new_pg(bulk, self.source_id, self.now, self.new_records, self.new_encounters)
-            for row in self.new_records:
-                del self.new_encounters[row[2]]
-            self.new_records = []
+        self.send_all_new()
         returned = bulk.insert(
             "source_record",
             RECORD_COLUMNS,
@@ -528,15 +605,19 @@ _ENCOUNTER_VALUES_SENT = tuple(
 )
 
 
+_PICK_RECORD = itemgetter(*_RECORD_SENT)
+_PICK_ENCOUNTER = itemgetter(*_ENCOUNTER_VALUES_SENT)
+
+
 def _insert_new_pg(
-    bulk: BulkWriter,
     source_id: int,
     now: Any,
     records: Sequence[tuple[Any, ...]],
     encounters: Mapping[str, tuple[Any, ...]],
-) -> None:
-    """PostgreSQL: insert the page's new source records, an encounter row for each and an
-    ``encounter.created`` event per encounter, in one statement (:data:`_PG_INSERT_NEW`).
+) -> tuple[str, tuple[Any, ...]]:
+    """PostgreSQL: the statement (and its parameters) inserting new source records, an
+    encounter row for each and an ``encounter.created`` event per encounter
+    (:data:`_PG_INSERT_NEW`).
 
     Three statements did it before, with the record ids and the encounter ids coming back
     to Python in between: the encounter read its record's ``raw`` back by a probe of the
@@ -545,18 +626,13 @@ def _insert_new_pg(
     once (the encounter takes the record's ``raw`` from the insert's ``RETURNING``), and
     the payloads are built by ``jsonb_build_object`` (the same JSON value). Text arrays
     travel as joined strings (:func:`store.bulk.array_sql`)."""
-    columns: list[list[Any]] = [[] for _ in _PG_NEW_TYPES]
-    for row in records:
-        values = encounters[row[2]]
-        for i, position in enumerate(_RECORD_SENT):
-            columns[i].append(row[position])
-        for i, position in enumerate(_ENCOUNTER_VALUES_SENT, len(_RECORD_SENT)):
-            columns[i].append(values[position])
+    rows = [_PICK_RECORD(row) + _PICK_ENCOUNTER(encounters[row[2]]) for row in records]
     sent = [
-        array_sql(sql_type, values) for sql_type, values in zip(_PG_NEW_TYPES, columns, strict=True)
+        array_sql(sql_type, list(values))
+        for sql_type, values in zip(_PG_NEW_TYPES, zip(*rows, strict=True), strict=True)
     ]
     statement = _PG_INSERT_NEW.replace("{arrays}", ", ".join(sql for sql, _ in sent))
-    bulk.connection.exec_driver_sql(statement, (source_id, now, *(value for _, value in sent)))
+    return statement, (source_id, now, *(value for _, value in sent))
 
 
 #: The encounter columns sent by :func:`_insert_encounters_copying_raw` (all but ``resource``).
@@ -631,49 +707,70 @@ def ingest_encounters(
 ) -> EncounterOutcome:
     """Store the Encounters of one page and attach each to its golden patient (no commit).
 
-    Set-based: one lookup of the stored records, one of the patients' golden ids,
-    and one statement per table for the page's rows (see :class:`_PageWriter`).
+    Set-based: one lookup of the stored records, one of the patients' golden ids (their
+    ids read from the resources before validation), and one statement per table for the
+    page's rows (see :class:`_PageWriter`). On PostgreSQL the new Encounters go out by
+    :data:`PG_NEW_ROWS_PER_STATEMENT` while the next ones are validated; quarantined
+    records are written after them.
     """
     outcome = EncounterOutcome()
     stored = _load_stored(session, source_id, [i.resource_id for i in incoming])
-    valid: list[tuple[Incoming, SourceEncounter, _Stored | None]] = []
+    changed: list[tuple[Incoming, _Stored | None]] = []
     for item in incoming:
         current = stored.get(item.resource_id)
         if is_unchanged(current, item):
             outcome.skipped += 1
-            continue
-        error: dict[str, Any] | None = None
-        if item.shape_error is not None:
-            error = shape_error(item)
         else:
-            try:
-                valid.append((item, parse_encounter(item.raw), current))
+            changed.append((item, current))
+    if not changed:
+        return outcome
+    _load_encounter_ids(session, [current for _, current in changed if current is not None])
+    # Looked up before validation, so that no lookup waits for a write (_Background).
+    patients = [
+        patient_id
+        for item, _ in changed
+        if item.shape_error is None and (patient_id := _subject_of(item.raw)) is not None
+    ]
+    golden = golden_ids_of_patients(session, source_id, patients)
+    asked = set(patients)
+    writer = _PageWriter(session, source_id)
+    invalid: list[tuple[Incoming, _Stored | None, dict[str, Any]]] = []
+    try:
+        for item, current in changed:
+            if item.shape_error is not None:
+                invalid.append((item, current, shape_error(item)))
                 continue
+            try:
+                encounter = parse_encounter(item.raw)
             except InvalidResource as exc:
-                error = exc.to_dict()
+                invalid.append((item, current, exc.to_dict()))
+                continue
             except Exception as exc:  # a mapping defect must not stop the page
-                error = mapping_error(item, exc)
+                invalid.append((item, current, mapping_error(item, exc)))
+                continue
+            patient_id = encounter.patient_id
+            if patient_id is not None and patient_id not in asked:
+                writer.background.wait()
+                golden.update(golden_ids_of_patients(session, source_id, [patient_id]))
+                asked.add(patient_id)
+            golden_id = golden.get(patient_id) if patient_id else None
+            waiting = patient_id is not None and golden_id is None
+            outcome.waiting += waiting
+            writer.add(
+                item, encounter, current, golden_id, STATUS_PENDING if waiting else STATUS_ACTIVE
+            )
+            outcome.stored += 1
+        writer.send_all_new()
+    except BaseException:
+        writer.background.abandon()
+        raise
+    for item, current, error in invalid:
         existing = session.get(SourceRecord, current.record_id) if current else None
         # A stored Encounter stays as last received valid; the record says why it is not newer.
         quarantine(session, source_id, item, error, existing)
         outcome.quarantined += 1
     # Quarantined records go out before the driver-level statements below.
     session.flush()
-    if not valid:
-        return outcome
-    _load_encounter_ids(session, [current for _, _, current in valid if current is not None])
-    golden = golden_ids_of_patients(
-        session, source_id, [e.patient_id for _, e, _ in valid if e.patient_id]
-    )
-    writer = _PageWriter(session, source_id)
-    for item, encounter, current in valid:
-        golden_id = golden.get(encounter.patient_id) if encounter.patient_id else None
-        waiting = encounter.patient_id is not None and golden_id is None
-        outcome.waiting += waiting
-        writer.add(
-            item, encounter, current, golden_id, STATUS_PENDING if waiting else STATUS_ACTIVE
-        )
-        outcome.stored += 1
     writer.write(session)
     return outcome
 
