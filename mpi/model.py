@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from mpi.comparisons import COMPARISONS, NamePair, compare_records
+from mpi.comparisons import COMPARISONS, Comparison, NamePair, compare_records
 from mpi.features import MatchFeatures
 
 #: Format of the JSON; bumped when its shape changes.
@@ -60,6 +60,11 @@ class MatchModel:
     lookalike_rates: dict[str, dict[str, float]] = field(default_factory=dict)
     trained_on: int = 0
     _weights: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    #: Per comparison in :data:`COMPARISONS` order: its name, level weights, and the
+    #: comparison itself when its exact level is adjusted by term frequency.
+    _plan: tuple[tuple[str, list[float], Comparison | None], ...] = field(
+        default=(), init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         for comparison in COMPARISONS:
@@ -68,6 +73,9 @@ class MatchModel:
                     list(comparison.levels), list(comparison.default_m), list(comparison.default_u)
                 )
         self._weights = {name: p.weights() for name, p in self.comparisons.items()}
+        self._plan = tuple(
+            (c.name, self._weights[c.name], c if c.term_frequency else None) for c in COMPARISONS
+        )
 
     @classmethod
     def default(cls) -> MatchModel:
@@ -128,15 +136,13 @@ class MatchModel:
         """Total weight and per-comparison contributions of a level vector."""
         total = 0.0
         contributions: dict[str, float] = {}
-        weights = self._weights
-        for comparison, level in zip(COMPARISONS, levels, strict=True):
+        for (name, weights, tf), level in zip(self._plan, levels, strict=True):
             if level is None:
                 continue
-            name = comparison.name
-            if level == 0 and comparison.term_frequency:
-                weight = self.level_weight(name, level, comparison.tf_value(names))
+            if level == 0 and tf is not None:
+                weight = self.level_weight(name, level, tf.tf_value(names))
             else:
-                weight = weights[name][level]
+                weight = weights[level]
             contributions[name] = weight
             total += weight
         return total, contributions
