@@ -223,9 +223,11 @@ def _features(
 #: :class:`MatchFeatures` or :class:`NameFeatures`, the extraction above, or what it calls
 #: in ``fhir_mapping`` (``nickname_keys``, ``phonetic_key``). Stored features of another
 #: version are not decoded (:func:`decode_features` returns None) and the reader extracts
-#: them from ``source_record.normalized`` again, so a bump is safe without a migration.
-#: tests/mpi/test_hb_features.py pins the field names and the encodings of generated
-#: patients, and fails until the version is bumped and the pins are updated.
+#: them from ``source_record.normalized`` again, so a bump is safe without a migration;
+#: such a record costs what every candidate cost before the column existed until a sync
+#: writes it again (an unchanged resource is skipped). tests/mpi/test_hb_features.py
+#: pins the fields and the encodings of hand-written records, and fails until the
+#: version is bumped and a pin for it is added.
 FEATURES_VERSION = 1
 #: Leading hex digits of the record's content hash kept in the encoding: features stored
 #: next to a ``normalized`` rewritten by a writer that did not rewrite them (its content
