@@ -86,16 +86,18 @@ class SourceRecord(Base):
     version_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     last_updated: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    raw: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
-    normalized: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # Small columns first: SQLite reads a column stored after a document that spilled to
+    # overflow pages by walking them (migration 0003).
+    # active | quarantined | deleted | pending
+    status: Mapped[str] = mapped_column(String(20), default="active")
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     #: A Patient's match features in the compact form of ``mpi.features`` (versioned; read
     #: instead of ``normalized`` when a candidate is only compared). Null: not written yet.
     match_features: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # active | quarantined | deleted | pending
-    status: Mapped[str] = mapped_column(String(20), default="active")
+    raw: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    normalized: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 class GoldenPatient(Base):

@@ -168,3 +168,20 @@ def test_postgresql_compresses_the_json_documents_with_lz4(engine: Engine) -> No
         "source_record.normalized": expected,
         "golden_patient.resource": expected,
     }
+
+
+def test_sqlite_stores_the_small_columns_before_the_documents(engine: Engine) -> None:
+    """A column stored after ``raw``/``normalized`` is read by walking their overflow
+    pages; every column the pipeline and the MPI read per record comes first."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's row layout")
+    with engine.connect() as connection:
+        columns = [
+            row[0]
+            for row in connection.exec_driver_sql(
+                "SELECT name FROM pragma_table_info('source_record') ORDER BY cid"
+            )
+        ]
+    documents = {"raw", "normalized", "error"}
+    first_document = min(columns.index(name) for name in documents)
+    assert set(columns[first_document:]) == documents

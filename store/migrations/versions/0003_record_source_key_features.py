@@ -18,7 +18,12 @@ DELETE`` trigger on ``source``, which deletes the source's records; each of thos
 the record's own trigger (0002), and ``link``, ``review_item`` and ``match_decision`` keep
 their keys to the record and its cascade.
 
-SQLite rebuilds the table (Alembic's batch mode). ``store/migrations/env.py`` runs
+SQLite rebuilds the table (Alembic's batch mode), and puts the small columns before the
+documents (:data:`SMALL_FIRST`). SQLite stores a row's values in column order and a
+Patient record's ``raw`` and ``normalized`` spill to overflow pages, so reading a column
+stored after them (``status``, the times, the new ``match_features``, all read for every
+candidate or page record) walked those pages: a small column read in 2.7 us per row
+before the documents, 6.4-9.8 us after them (measured on a copy). ``store/migrations/env.py`` runs
 migrations with SQLite's foreign keys off: with them on, dropping the old table would
 run the ``ON DELETE CASCADE`` of every table that references it and empty ``link``,
 ``review_item`` and ``match_decision``. It checks the keys afterwards
@@ -60,6 +65,39 @@ RECORD_CASCADE = (
     "DELETE FROM block_key WHERE source_record_id = OLD.id",
     "UPDATE field_provenance SET source_record_id = NULL WHERE source_record_id = OLD.id",
 )
+#: SQLite: the order of the rebuilt table's columns, the small ones before the documents.
+SMALL_FIRST = (
+    "id",
+    "source_id",
+    "resource_type",
+    "resource_id",
+    "version_id",
+    "last_updated",
+    "content_hash",
+    "status",
+    "received_at",
+    "updated_at",
+    "match_features",
+    "raw",
+    "normalized",
+    "error",
+)
+#: SQLite: the order of 0002, made again by the downgrade.
+ORDER_0002 = (
+    "id",
+    "source_id",
+    "resource_type",
+    "resource_id",
+    "version_id",
+    "last_updated",
+    "content_hash",
+    "raw",
+    "normalized",
+    "status",
+    "error",
+    "received_at",
+    "updated_at",
+)
 #: (table, column): JSON documents compressed with lz4 on PostgreSQL.
 LZ4_COLUMNS = (
     ("source_record", "raw"),
@@ -87,7 +125,8 @@ def _compression(method: str) -> None:
 
 def upgrade() -> None:
     postgresql = op.get_bind().dialect.name == "postgresql"
-    with op.batch_alter_table("source_record", schema=None) as batch_op:
+    order = [] if postgresql else [SMALL_FIRST]
+    with op.batch_alter_table("source_record", schema=None, partial_reordering=order) as batch_op:
         batch_op.drop_constraint(SOURCE_KEY, type_="foreignkey")
         batch_op.add_column(sa.Column("match_features", sa.Text(), nullable=True))
     if not postgresql:  # the rebuilt table lost its trigger
@@ -104,7 +143,8 @@ def downgrade() -> None:
     drop_delete_trigger("source", postgresql)
     # The records of a deleted source would have lost their key: gone with the source.
     op.execute("DELETE FROM source_record WHERE source_id NOT IN (SELECT id FROM source)")
-    with op.batch_alter_table("source_record", schema=None) as batch_op:
+    order = [] if postgresql else [ORDER_0002]
+    with op.batch_alter_table("source_record", schema=None, partial_reordering=order) as batch_op:
         batch_op.drop_column("match_features")
         batch_op.create_foreign_key(SOURCE_KEY, "source", ["source_id"], ["id"], ondelete="CASCADE")
     if not postgresql:
