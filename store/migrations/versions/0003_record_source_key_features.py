@@ -66,7 +66,7 @@ RECORD_CASCADE = (
     "UPDATE field_provenance SET source_record_id = NULL WHERE source_record_id = OLD.id",
 )
 #: SQLite: the order of the rebuilt table's columns, the small ones before the documents.
-SMALL_FIRST = (
+SMALL_FIRST: tuple[str, ...] = (
     "id",
     "source_id",
     "resource_type",
@@ -83,7 +83,7 @@ SMALL_FIRST = (
     "error",
 )
 #: SQLite: the order of 0002, made again by the downgrade.
-ORDER_0002 = (
+ORDER_0002: tuple[str, ...] = (
     "id",
     "source_id",
     "resource_type",
