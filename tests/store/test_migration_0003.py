@@ -143,9 +143,8 @@ def test_a_record_of_an_unknown_source_is_not_refused_but_goes_with_its_source(
         assert session.scalars(select(SourceRecord.source_id)).all() == [source.id + 1000]
 
 
-def test_postgresql_compresses_the_json_documents_with_lz4(engine: Engine) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("a PostgreSQL storage setting")
+def test_postgresql_compresses_the_json_documents_with_lz4(pg_url: str) -> None:
+    engine = make_engine(pg_url)
     with engine.connect() as connection:
         available = connection.execute(
             text(
@@ -162,6 +161,7 @@ def test_postgresql_compresses_the_json_documents_with_lz4(engine: Engine) -> No
                 )
             ).all()
         )
+    engine.dispose()
     expected = "l" if available else ""
     assert methods == {
         "source_record.raw": expected,
@@ -170,11 +170,10 @@ def test_postgresql_compresses_the_json_documents_with_lz4(engine: Engine) -> No
     }
 
 
-def test_sqlite_stores_the_small_columns_before_the_documents(engine: Engine) -> None:
+def test_sqlite_stores_the_small_columns_before_the_documents(sqlite_url: str) -> None:
     """A column stored after ``raw``/``normalized`` is read by walking their overflow
     pages; every column the pipeline and the MPI read per record comes first."""
-    if engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's row layout")
+    engine = make_engine(sqlite_url)
     with engine.connect() as connection:
         columns = [
             row[0]
@@ -182,6 +181,7 @@ def test_sqlite_stores_the_small_columns_before_the_documents(engine: Engine) ->
                 "SELECT name FROM pragma_table_info('source_record') ORDER BY cid"
             )
         ]
+    engine.dispose()
     documents = {"raw", "normalized", "error"}
     first_document = min(columns.index(name) for name in documents)
     assert set(columns[first_document:]) == documents

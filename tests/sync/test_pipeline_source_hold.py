@@ -4,15 +4,19 @@ source that is gone must write nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors import Page
+from store import make_session_factory
 from store.models import SourceRecord
 from sync import ingest_page
 from sync.pipeline import UnknownSourceError
+from tests.conftest import emptied_engine
 from tests.sync.helpers import add_source, patient
 
 
@@ -26,11 +30,15 @@ def test_a_page_of_an_unknown_source_writes_nothing(
         assert session.scalar(select(func.count()).select_from(SourceRecord)) == 0
 
 
-def test_deleting_a_source_waits_for_its_page(
-    engine: Engine, session_factory: sessionmaker[Session]
-) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has one writer at a time")
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    """PostgreSQL only: SQLite has one writer at a time, so a page holds every source."""
+    yield from emptied_engine(pg_url)
+
+
+def test_deleting_a_source_waits_for_its_page(pg_engine: Engine) -> None:
+    engine = pg_engine
+    session_factory = make_session_factory(engine)
     source_id = add_source(session_factory)
     with session_factory() as page_session:
         # No cursor: the cursor's own key would lock the source row too.
