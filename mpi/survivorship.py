@@ -17,7 +17,7 @@ value was observed (https://hl7.org/fhir/R4/provenance.html is rendered from thi
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -134,6 +134,31 @@ def _deciding_rule(
     return "oldest-record"
 
 
+def _union_by_system(
+    field: str,
+    attribute: str,
+    rankings: dict[str, Ranking],
+    out: list[Any],
+    append: Callable[[ProvenanceEntry], None],
+) -> None:
+    """Union of the members' identifiers or telecoms (``attribute`` of their records), in
+    rank order, one per (system, normalized value), each with its provenance. Written out
+    for the two fields alike, without a key function per value (a call per identifier)."""
+    ranked, rule = rankings[field]
+    seen = set()
+    for member in ranked:
+        for value in getattr(member.patient, attribute):
+            key = (value.system, value.value_normalized or value.value)
+            if key not in seen:
+                seen.add(key)
+                out.append(value)
+                append(
+                    ProvenanceEntry(
+                        field, {"system": value.system}, member.record_id, rule, member.observed_at
+                    )
+                )
+
+
 def build_golden(
     golden_id: str,
     members: Sequence[MemberRecord],
@@ -186,42 +211,8 @@ def build_golden(
     if chosen is not None:
         golden.gender = chosen.patient.gender
         append(ProvenanceEntry("gender", golden.gender, chosen.record_id, rule, chosen.observed_at))
-    ranked, rule = rankings["identifier"]
-    identifiers = golden.identifiers
-    seen = set()
-    for member in ranked:
-        for ident in member.patient.identifiers:
-            key = (ident.system, ident.value_normalized or ident.value)
-            if key not in seen:
-                seen.add(key)
-                identifiers.append(ident)
-                append(
-                    ProvenanceEntry(
-                        "identifier",
-                        {"system": ident.system},
-                        member.record_id,
-                        rule,
-                        member.observed_at,
-                    )
-                )
-    ranked, rule = rankings["telecom"]
-    telecom = golden.telecom
-    seen = set()
-    for member in ranked:
-        for point in member.patient.telecom:
-            key = (point.system, point.value_normalized or point.value)
-            if key not in seen:
-                seen.add(key)
-                telecom.append(point)
-                append(
-                    ProvenanceEntry(
-                        "telecom",
-                        {"system": point.system},
-                        member.record_id,
-                        rule,
-                        member.observed_at,
-                    )
-                )
+    _union_by_system("identifier", "identifiers", rankings, golden.identifiers, append)
+    _union_by_system("telecom", "telecom", rankings, golden.telecom, append)
     ranked, rule = rankings["address"]
     addresses = golden.addresses
     seen = set()
