@@ -42,8 +42,10 @@ _VERSION_COPY = (
     "INSERT INTO golden_patient_version (golden_id, version, resource, status, recorded_at) "
     "SELECT id, version, resource, status, last_updated FROM golden_patient WHERE id {ids}"
 )
-#: Golden ids per ``DELETE … IN (…)`` (SQLite binds at most 32766 parameters).
-_DELETE_CHUNK = 5000
+#: Ids per statement of a token ``DELETE … IN (…)`` (SQLite binds at most 32766
+#: parameters where the ids are not one JSON array) and of a version copy (bounds the
+#: size of the array or JSON text sent).
+_IDS_PER_STATEMENT = 5000
 
 
 class VersionConflictError(RuntimeError):
@@ -240,11 +242,13 @@ class GoldenPatientRepository:
         self._copy_versions(bulk, list(out))
         stored = [row[-1] for row in updates] + [row[-1] for row in merges]
         gone, added = self._token_changes(stored, writes)
-        for start in range(0, len(gone), _DELETE_CHUNK):
+        for start in range(0, len(gone), _IDS_PER_STATEMENT):
             self.session.execute(
                 delete(GoldenSearchToken)
                 .where(
-                    one_of(self.session, GoldenSearchToken.id, gone[start : start + _DELETE_CHUNK])
+                    one_of(
+                        self.session, GoldenSearchToken.id, gone[start : start + _IDS_PER_STATEMENT]
+                    )
                 )
                 .execution_options(synchronize_session=False)
             )
@@ -263,8 +267,8 @@ class GoldenPatientRepository:
         sql = _VERSION_COPY.format(
             ids="= ANY(%s)" if postgresql else "IN (SELECT value FROM json_each(?))"
         )
-        for start in range(0, len(golden_ids), _DELETE_CHUNK):
-            chunk = list(golden_ids[start : start + _DELETE_CHUNK])
+        for start in range(0, len(golden_ids), _IDS_PER_STATEMENT):
+            chunk = list(golden_ids[start : start + _IDS_PER_STATEMENT])
             bulk.connection.exec_driver_sql(sql, (chunk if postgresql else json_ids(chunk),))
 
     def _token_changes(

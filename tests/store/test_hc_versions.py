@@ -14,7 +14,7 @@ from store.golden import GoldenPatientRepository, GoldenWrite
 from store.models import GoldenPatient, GoldenPatientVersion
 
 #: More records than one copy statement takes.
-_RECORDS = golden_module._DELETE_CHUNK + 7
+_RECORDS = golden_module._IDS_PER_STATEMENT + 7
 
 
 def _resource(n: int, family: str) -> dict[str, Any]:
