@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -21,7 +22,7 @@ from mpi.features import MatchFeatures, extract_features
 from mpi.model import MatchModel
 from mpi.settings import MatchSettings
 from mpi.survivorship import MemberRecord, ProvenanceEntry, build_golden
-from store.bulk import BulkWriter, one_of
+from store.bulk import BulkWriter, one_of, rows_in
 from store.golden import GoldenPatientRepository, GoldenWrite
 from store.jsontext import json_text
 from store.models import FieldProvenance, GoldenPatient, Link, Outbox, Source, SourceRecord
@@ -135,6 +136,25 @@ def linked_record_ids(session: Session, golden_id: str) -> list[int]:
     )
 
 
+#: Active member records of :func:`member_records`, read at the driver level.
+_MEMBERS_SQL = (
+    "SELECT id, content_hash, COALESCE(last_updated, received_at), source_id "
+    "FROM source_record WHERE status = 'active' AND id {in}"
+)
+
+
+def _utc(value: Any) -> datetime | None:
+    """A timestamp as :class:`store.types.UTCDateTime` hands it back (SQLite's driver
+    returns the stored text, PostgreSQL's an aware datetime)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
 def member_records(
     session: Session,
     record_ids: Sequence[int] = (),
@@ -143,42 +163,59 @@ def member_records(
     known: dict[int, SourcePatient] | None = None,
 ) -> list[MemberRecord]:
     """Active source records (by id, or all linked to ``golden_id``) with their source's
-    trust rank, for survivorship. ``known`` holds records the caller has already parsed
-    (their stored JSON is not read again)."""
-    stmt = (
-        select(
-            SourceRecord.id,
-            SourceRecord.content_hash,
-            SourceRecord.last_updated,
-            SourceRecord.received_at,
-            SourceRecord.source_id,
-        )
-        .where(SourceRecord.status == "active")
-        .order_by(SourceRecord.id)
-    )
+    trust rank, for survivorship, by record id. ``known`` holds records the caller has
+    already parsed (their stored JSON is not read again).
+
+    Records listed by id are read at the driver level (plain tuples, the observed time
+    as one ``COALESCE``d column): SQLAlchemy's result rows and their two timestamp
+    conversions were 0.7 of this function's 1.6 s (cProfile, 25k-Patient SQLite sync,
+    26k golden writes)."""
+    rows: list[tuple[Any, ...]]
     if golden_id is not None:
-        stmt = stmt.join(Link, Link.source_record_id == SourceRecord.id).where(
-            Link.golden_id == golden_id
-        )
+        rows = [
+            (row[0], row[1], row[2] or row[3], row[4])
+            for row in session.execute(
+                select(
+                    SourceRecord.id,
+                    SourceRecord.content_hash,
+                    SourceRecord.last_updated,
+                    SourceRecord.received_at,
+                    SourceRecord.source_id,
+                )
+                .join(Link, Link.source_record_id == SourceRecord.id)
+                .where(SourceRecord.status == "active", Link.golden_id == golden_id)
+                .order_by(SourceRecord.id)
+            )
+        ]
     elif record_ids:
-        stmt = stmt.where(one_of(session, SourceRecord.id, list(record_ids)))
+        connection = session.connection()
+        rows = [
+            (record_id, content_hash, _utc(observed), source_id)
+            for record_id, content_hash, observed, source_id in rows_in(
+                connection.connection.dbapi_connection,
+                connection.dialect.name == "postgresql",
+                _MEMBERS_SQL,
+                list(record_ids),
+            )
+        ]
+        rows.sort()  # by id (rows_in reads long lists in chunks)
     else:
         return []
-    rows = session.execute(stmt).all()
     if not rows:
         return []
     # ``known`` is looked into, not copied: resolve passes every record of its batch.
     known = known or {}
     patients: dict[int, SourcePatient] = {}
-    for row in rows:
-        patient = known.get(row.id)
+    missing: list[int] = []
+    for record_id, content_hash, _, _ in rows:
+        patient = known.get(record_id)
         if patient is None:
-            cached = _cached(row.id, row.content_hash)
+            cached = _cached(record_id, content_hash)
             if cached is None:
+                missing.append(record_id)
                 continue
             patient = cached[0]
-        patients[row.id] = patient
-    missing = [row.id for row in rows if row.id not in patients]
+        patients[record_id] = patient
     if missing:  # JSON is decoded only for records this process has not seen yet
         for record_id, content_hash, normalized in session.execute(
             select(SourceRecord.id, SourceRecord.content_hash, SourceRecord.normalized).where(
@@ -191,22 +228,14 @@ def member_records(
         source_id: (trust_rank, bool((config or {}).get(PATIENT_CONFIRMED_FLAG)))
         for source_id, trust_rank, config in session.execute(
             select(Source.id, Source.trust_rank, Source.config).where(
-                Source.id.in_({row.source_id for row in rows})
+                Source.id.in_({row[3] for row in rows})
             )
         )
     }
     out: list[MemberRecord] = []
-    for row in rows:
-        trust_rank, confirmed = sources[row.source_id]
-        out.append(
-            MemberRecord(
-                record_id=row.id,
-                patient=patients[row.id],
-                trust_rank=trust_rank,
-                observed_at=row.last_updated or row.received_at,
-                confirmed=confirmed,
-            )
-        )
+    for record_id, _, observed_at, source_id in rows:
+        trust_rank, confirmed = sources[source_id]
+        out.append(MemberRecord(record_id, patients[record_id], trust_rank, observed_at, confirmed))
     return out
 
 
