@@ -73,13 +73,6 @@ def normalize_search_value(param: str, value: str) -> str:
     return value.strip()
 
 
-def _add(tokens: list[SearchToken], param: str, system: str | None, value: str | None) -> None:
-    if value:
-        token = (param, system, value[:MAX_TOKEN_LENGTH])
-        if token not in tokens:
-            tokens.append(token)
-
-
 def strings(values: Any) -> list[str]:
     """The values of a primitive string array (``given``, ``line``...) without its null
     placeholders: a null there only lines a ``_given`` extension up with its position
@@ -88,34 +81,55 @@ def strings(values: Any) -> list[str]:
 
 
 def search_tokens(resource: dict[str, Any]) -> list[SearchToken]:
-    """Every indexed search value of a Patient resource (FHIR JSON)."""
-    tokens: list[SearchToken] = []
-    for name in resource.get("name") or []:
+    """Every indexed search value of a Patient resource (FHIR JSON), each once, in the
+    order first found.
+
+    The candidates are collected in one list and deduplicated by a dict at the end,
+    not tested against the tokens so far one call each (a linear ``in`` over a list):
+    ~12 tokens from ~14 candidates per golden record, written for each of the 26k golden
+    writes of a 25k-Patient sync."""
+    found: list[SearchToken] = []
+    add = found.append
+    limit = MAX_TOKEN_LENGTH
+    for name in resource.get("name") or ():
         family = name.get("family")
-        givens = strings(name.get("given"))
         if family:
             folded = fold_name(family)
-            _add(tokens, "family", None, folded)
-            _add(tokens, "name", None, folded)
-            for part in folded.split():
-                _add(tokens, "name", None, part)
-        for given in givens:
-            folded = fold_name(given)
-            _add(tokens, "given", None, folded)
-            _add(tokens, "name", None, folded)
-        if name.get("text"):
-            for part in fold_name(name["text"]).split():
-                _add(tokens, "name", None, part)
-    for ident in resource.get("identifier") or []:
-        _add(tokens, "identifier", ident.get("system"), (ident.get("value") or "").strip())
-    for telecom in resource.get("telecom") or []:
-        value = telecom.get("value") or ""
-        if telecom.get("system") == "phone":
-            _add(tokens, "phone", None, phone_digits(value))
-        elif telecom.get("system") == "email":
-            _add(tokens, "email", None, value.strip().casefold())
-    for address in resource.get("address") or []:
+            if folded:
+                token = folded[:limit]
+                add(("family", None, token))
+                add(("name", None, token))
+                for part in folded.split():
+                    add(("name", None, part[:limit]))
+        for given in name.get("given") or ():
+            if given is not None:
+                folded = fold_name(given)
+                if folded:
+                    token = folded[:limit]
+                    add(("given", None, token))
+                    add(("name", None, token))
+        text = name.get("text")
+        if text:
+            for part in fold_name(text).split():
+                add(("name", None, part[:limit]))
+    for ident in resource.get("identifier") or ():
+        value = (ident.get("value") or "").strip()
+        if value:
+            add(("identifier", ident.get("system"), value[:limit]))
+    for telecom in resource.get("telecom") or ():
+        system = telecom.get("system")
+        if system == "phone":
+            value = phone_digits(telecom.get("value") or "")
+        elif system == "email":
+            value = (telecom.get("value") or "").strip().casefold()
+        else:
+            continue
+        if value:
+            add((system, None, value[:limit]))
+    for address in resource.get("address") or ():
         postal = address.get("postalCode")
         if postal:
-            _add(tokens, "address-postalcode", None, postal.replace(" ", "").upper())
-    return tokens
+            value = postal.replace(" ", "").upper()
+            if value:
+                add(("address-postalcode", None, value[:limit]))
+    return list(dict.fromkeys(found))
