@@ -29,12 +29,17 @@ from sqlalchemy.orm import Session
 
 from mpi.model import MatchModel
 from mpi.storage import _model_cache, load_active_model
+from store.background import Background
 from store.bulk import rows_in
 
 
 class Reads:
     """Driver-level reads in the session's transaction (pending ORM changes are flushed
-    first, as ``Session.execute`` would)."""
+    first, as ``Session.execute`` would).
+
+    :attr:`background` may run a write of the same transaction (:mod:`store.background`):
+    every read waits for it first, and so must whoever uses the session or its connection
+    otherwise (:meth:`settle`)."""
 
     def __init__(self, session: Session) -> None:
         session.flush()
@@ -43,8 +48,17 @@ class Reads:
         self.postgresql = connection.dialect.name == "postgresql"
         #: The DBAPI connection of the session's transaction.
         self.dbapi = connection.connection.dbapi_connection
+        #: A write of the transaction running while the caller decides (see
+        #: :func:`mpi.resolve._resolve_chunk`).
+        self.background = Background("mpi-block-keys")
+
+    def settle(self) -> None:
+        """Wait for the :attr:`background` write (raising its error): the connection is
+        the caller's again."""
+        self.background.wait()
 
     def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        self.background.wait()
         assert self.dbapi is not None
         cursor = self.dbapi.cursor()
         try:
@@ -55,6 +69,9 @@ class Reads:
 
     def _rows(self, template: str, values: Sequence[Any], *extra: Any) -> list[tuple[Any, ...]]:
         """Rows of ``template`` for the list ``values`` (:func:`store.bulk.rows_in`)."""
+        if not values:
+            return []
+        self.background.wait()
         return rows_in(self.dbapi, self.postgresql, template, values, *extra)
 
     def links(self, records: Sequence[int]) -> list[tuple[int, str, str, float | None]]:
