@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from fhir_mapping import GoldenLink, GoldenRecord, SourcePatient
@@ -67,6 +68,53 @@ _RANKING_RULES = frozenset({"confirmed", "trust", "recency", "completeness"})
 
 Ranking = tuple[list[MemberRecord], str]
 
+#: Positions in a member's rank values (:func:`_rankings`): the rules that depend on the
+#: member alone, its record id, and the field's completeness when a rule asks for it.
+_VALUE_AT = {"confirmed": 0, "trust": 1, "recency": 2}
+_RECORD_AT = 3
+_COMPLETENESS_AT = 4
+
+
+class _Group(NamedTuple):
+    """Fields ranked by one sort: the same rules (and the same field when completeness is
+    among them, whose value depends on the field)."""
+
+    fields: tuple[str, ...]
+    order: tuple[str, ...]
+    completeness: str | None
+    #: Picks the rank key (the rules' values, then the record id) from a member's values.
+    key: Callable[[tuple[Any, ...]], tuple[Any, ...]]
+
+
+#: The groups of each rules mapping seen, by its id, with the rules they were made from.
+_plans: dict[int, tuple[dict[str, tuple[str, ...]], list[_Group]]] = {}
+#: Distinct rules mappings remembered (settings hold one; tests make a few).
+_PLANS_KEPT = 64
+
+
+def _plan(rules: dict[str, tuple[str, ...]]) -> list[_Group]:
+    """The groups of :data:`_RANKED_FIELDS` for ``rules`` (made once per mapping: a
+    mapping of lists, not tuples, is never equal to its snapshot and is planned anew)."""
+    cached = _plans.get(id(rules))
+    if cached is not None and cached[0] == rules:
+        return cached[1]
+    grouped: dict[tuple[tuple[str, ...], str | None], list[str]] = {}
+    for field in _RANKED_FIELDS:
+        order = tuple(rules.get(field, _DEFAULT_RULES))
+        grouped.setdefault((order, field if "completeness" in order else None), []).append(field)
+    groups = []
+    for (order, completeness), fields in grouped.items():
+        slots = [
+            _COMPLETENESS_AT if rule == "completeness" else _VALUE_AT[rule]
+            for rule in order
+            if rule in _RANKING_RULES
+        ]
+        groups.append(_Group(tuple(fields), order, completeness, itemgetter(*slots, _RECORD_AT)))
+    if len(_plans) >= _PLANS_KEPT:
+        _plans.clear()
+    _plans[id(rules)] = ({field: tuple(value) for field, value in rules.items()}, groups)
+    return groups
+
 
 def _rankings(
     members: Sequence[MemberRecord], rules: dict[str, tuple[str, ...]]
@@ -79,46 +127,46 @@ def _rankings(
     older record first on a tie). ``confirmed``, ``trust`` and ``recency`` depend on the
     member alone and are computed once per member; ``completeness`` depends on the field.
     Fields with the same rules share one sort unless completeness is among them: 7 fields,
-    4 sorts with the default rules.
+    4 sorts with the default rules. Which fields share, and where each rank key's values
+    come from, is planned once per rules mapping (:func:`_plan`); a key is picked from the
+    member's values by an ``itemgetter``, not appended value by value: build_golden
+    73.4-75.0 -> 66.9-68.5 us per golden record (process time, 4 alternating rounds over
+    the 2,831 golden records of a 6k-Patient sync, 1-6 members each, loaded machine).
     """
     if len(members) < 2:
         alone: Ranking = (list(members), "only-source")
         return dict.fromkeys(_RANKED_FIELDS, alone)
     values = [
-        {
-            "confirmed": not m.confirmed,
-            "trust": -m.trust_rank,
-            "recency": -(m.observed_at.timestamp() if m.observed_at else 0.0),
-        }
+        (
+            not m.confirmed,
+            -m.trust_rank,
+            -(m.observed_at.timestamp() if m.observed_at else 0.0),
+            m.record_id,
+        )
         for m in members
     ]
-    shared: dict[tuple[tuple[str, ...], str | None], Ranking] = {}
     out: dict[str, Ranking] = {}
-    for field in _RANKED_FIELDS:
-        order = tuple(rules.get(field, _DEFAULT_RULES))
-        by_field = "completeness" in order
-        found = shared.get((order, field if by_field else None))
-        if found is None:
-            keys: list[list[Any]] = []
-            for member, known in zip(members, values, strict=True):
-                key: list[Any] = []
-                for rule in order:
-                    if rule == "completeness":
-                        key.append(-_completeness(member, field))
-                    elif rule in known:
-                        key.append(known[rule])
-                key.append(member.record_id)
-                keys.append(key)
-            positions = sorted(range(len(members)), key=keys.__getitem__)
-            ranked = [members[i] for i in positions]
-            found = (ranked, _deciding_rule(ranked, keys[positions[0]], keys[positions[1]], order))
-            shared[(order, field if by_field else None)] = found
-        out[field] = found
+    for fields, order, completeness, key in _plan(rules):
+        if completeness is None:
+            keys = list(map(key, values))
+        else:
+            keys = [
+                key((*known, -_completeness(member, completeness)))
+                for member, known in zip(members, values, strict=True)
+            ]
+        positions = sorted(range(len(members)), key=keys.__getitem__)
+        ranked = [members[i] for i in positions]
+        found = (ranked, _deciding_rule(ranked, keys[positions[0]], keys[positions[1]], order))
+        for field in fields:
+            out[field] = found
     return out
 
 
 def _deciding_rule(
-    ranked: Sequence[MemberRecord], first: list[Any], second: list[Any], rules: Sequence[str]
+    ranked: Sequence[MemberRecord],
+    first: Sequence[Any],
+    second: Sequence[Any],
+    rules: Sequence[str],
 ) -> str:
     """The first rule whose value (in the rank keys ``first``, ``second`` of the best two
     members) differs; a rule that ranks nothing decides by record id, which differs
