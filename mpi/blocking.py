@@ -24,12 +24,21 @@ LOCK_ID_BYTES = 8
 #: Identifier halves shorter than this are not filed (too many records share them).
 MIN_IDENTIFIER_HALF = 3
 
-_blake2b = hashlib.blake2b
+#: An empty hash with the keys' parameters, copied for each key: a new
+#: ``blake2b(data, digest_size=…)`` per key (its arguments parsed, its state set up)
+#: took about twice as long as a copy of this one (see :func:`_hash`).
+_EMPTY_KEY_HASH = hashlib.blake2b(digest_size=KEY_DIGEST_BYTES)
 
 
 def _hash(kind: str, *parts: object) -> str:
+    # The digest of blake2b(text.encode(), digest_size=KEY_DIGEST_BYTES), from a copy of
+    # the empty hash: 1.1-1.5 -> 0.66 us per hash alone (timeit); block_keys of the 2090
+    # records of a 2k ingest (28,929 keys), per key: 12.3k -> 11.3k callgrind
+    # instructions, 3.56-3.73 -> 3.22-3.27 us of process time (best of 7, loaded machine).
     text = "\x1f".join(map(str, parts))  # map, not a generator: 9% fewer instructions
-    return f"{kind}:{_blake2b(text.encode(), digest_size=KEY_DIGEST_BYTES).hexdigest()}"
+    digest = _EMPTY_KEY_HASH.copy()
+    digest.update(text.encode())
+    return f"{kind}:{digest.hexdigest()}"
 
 
 def block_keys(f: MatchFeatures) -> list[str]:
