@@ -175,9 +175,79 @@ class SourcePatient:
             "links": _copy_json(p.links),
         }
 
+    def to_compact_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the fields at their defaults (None, "", [], {}, False,
+        the default ``kind`` and ``valid``), at every level: the ``source_record.normalized``
+        JSON. A generated Patient's text is ~0.94 KB instead of ~1.5 KB (the full form
+        spells out two dozen nulls, empty lists and flags per record); callgrind, 1000
+        generated Patients: dict and orjson text 92.5k -> 52.5k instructions a record,
+        ``json.loads`` and :meth:`from_dict` 226.5k -> 162.6k. :meth:`from_dict` reads a
+        missing key as its default, so the record reads back equal. Lists and JSON values
+        are copied, as in :meth:`to_dict`."""
+        p = self
+        out: dict[str, Any] = {"resource_id": p.resource_id}
+        if p.version_id is not None:
+            out["version_id"] = p.version_id
+        if p.last_updated is not None:
+            out["last_updated"] = p.last_updated
+        if p.active is not None:
+            out["active"] = p.active
+        if p.names:
+            out["names"] = [_compact_name(n) for n in p.names]
+        if p.birth_date is not None:
+            out["birth_date"] = p.birth_date
+        if p.birth_year is not None:
+            out["birth_year"] = p.birth_year
+        if p.birth_month is not None:
+            out["birth_month"] = p.birth_month
+        if p.birth_day is not None:
+            out["birth_day"] = p.birth_day
+        if p.gender is not None:
+            out["gender"] = p.gender
+        if p.deceased is not None:
+            out["deceased"] = p.deceased
+        if p.deceased_datetime is not None:
+            out["deceased_datetime"] = p.deceased_datetime
+        if p.identifiers:
+            out["identifiers"] = [_compact_identifier(i) for i in p.identifiers]
+        if p.telecom:
+            out["telecom"] = [_compact_contact_point(t) for t in p.telecom]
+        if p.addresses:
+            out["addresses"] = [_compact_address(a) for a in p.addresses]
+        if p.race is not None:
+            out["race"] = _copy_json(p.race)
+        if p.ethnicity is not None:
+            out["ethnicity"] = _copy_json(p.ethnicity)
+        if p.birth_sex is not None:
+            out["birth_sex"] = p.birth_sex
+        if p.languages:
+            out["languages"] = _copy_json(p.languages)
+        if p.contacts:
+            out["contacts"] = _copy_json(p.contacts)
+        if p.general_practitioner:
+            out["general_practitioner"] = _copy_json(p.general_practitioner)
+        if p.managing_organization is not None:
+            out["managing_organization"] = _copy_json(p.managing_organization)
+        if p.extensions:
+            out["extensions"] = _copy_json(p.extensions)
+        if p.multiple_birth is not None:
+            out["multiple_birth"] = p.multiple_birth
+        if p.modifier_extensions:
+            out["modifier_extensions"] = _copy_json(p.modifier_extensions)
+        if p.primitive_extensions:
+            out["primitive_extensions"] = _copy_json(p.primitive_extensions)
+        if p.links:
+            out["links"] = _copy_json(p.links)
+        return out
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SourcePatient:
-        return _from_dict(cls, data)
+        """Read :meth:`to_dict` or :meth:`to_compact_dict` output (databases hold both):
+        a dict of as many keys as fields (the full form) by position, any other key by
+        key; a missing key is its field's default, unknown keys are ignored."""
+        if len(data) == _PATIENT_FIELD_COUNT:
+            return _from_dict(cls, data)
+        return _patient_from_keys(data)
 
 
 @dataclass(slots=True)
@@ -322,6 +392,260 @@ def _address_dict(a: Address) -> dict[str, Any]:
     }
 
 
+# ``to_compact_dict`` of a SourcePatient's parts: ``to_dict`` of each without the fields
+# at their dataclass defaults (``kind`` "other" and ``valid`` True included), and the
+# readers of both forms. tests/fhir_mapping/test_hc_compact.py holds both to the dataclass
+# fields (every field non-default, every field default) and to the full form's reader.
+
+
+def _compact_period(period: Period) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if period.start is not None:
+        out["start"] = period.start
+    if period.end is not None:
+        out["end"] = period.end
+    return out
+
+
+def _compact_name(n: PersonName) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if n.use is not None:
+        out["use"] = n.use
+    if n.text is not None:
+        out["text"] = n.text
+    if n.family is not None:
+        out["family"] = n.family
+    if n.given:
+        out["given"] = n.given[:]
+    if n.prefix:
+        out["prefix"] = n.prefix[:]
+    if n.suffix:
+        out["suffix"] = n.suffix[:]
+    if n.period is not None:
+        out["period"] = _compact_period(n.period)
+    if n.family_folded != "":
+        out["family_folded"] = n.family_folded
+    if n.family_alternates:
+        out["family_alternates"] = n.family_alternates[:]
+    if n.family_tokens:
+        out["family_tokens"] = n.family_tokens[:]
+    if n.given_folded:
+        out["given_folded"] = n.given_folded[:]
+    if n.given_canonical:
+        out["given_canonical"] = n.given_canonical[:]
+    if n.suffix_normalized is not None:
+        out["suffix_normalized"] = n.suffix_normalized
+    if n.family_first is not False:
+        out["family_first"] = n.family_first
+    if n.swapped_suspect is not False:
+        out["swapped_suspect"] = n.swapped_suspect
+    return out
+
+
+def _compact_identifier(i: Identifier) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if i.system is not None:
+        out["system"] = i.system
+    if i.value is not None:
+        out["value"] = i.value
+    if i.value_normalized != "":
+        out["value_normalized"] = i.value_normalized
+    if i.kind != "other":
+        out["kind"] = i.kind
+    if i.use is not None:
+        out["use"] = i.use
+    if i.type_code is not None:
+        out["type_code"] = i.type_code
+    if i.valid is not True:
+        out["valid"] = i.valid
+    if i.period is not None:
+        out["period"] = _compact_period(i.period)
+    return out
+
+
+def _compact_contact_point(t: ContactPoint) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if t.system is not None:
+        out["system"] = t.system
+    if t.value is not None:
+        out["value"] = t.value
+    if t.value_normalized != "":
+        out["value_normalized"] = t.value_normalized
+    if t.use is not None:
+        out["use"] = t.use
+    if t.rank is not None:
+        out["rank"] = t.rank
+    if t.period is not None:
+        out["period"] = _compact_period(t.period)
+    return out
+
+
+def _compact_address(a: Address) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if a.use is not None:
+        out["use"] = a.use
+    if a.type is not None:
+        out["type"] = a.type
+    if a.text is not None:
+        out["text"] = a.text
+    if a.line:
+        out["line"] = a.line[:]
+    if a.city is not None:
+        out["city"] = a.city
+    if a.district is not None:
+        out["district"] = a.district
+    if a.state is not None:
+        out["state"] = a.state
+    if a.postal_code is not None:
+        out["postal_code"] = a.postal_code
+    if a.country is not None:
+        out["country"] = a.country
+    if a.period is not None:
+        out["period"] = _compact_period(a.period)
+    if a.line_normalized != "":
+        out["line_normalized"] = a.line_normalized
+    if a.city_folded != "":
+        out["city_folded"] = a.city_folded
+    if a.postal_normalized != "":
+        out["postal_normalized"] = a.postal_normalized
+    return out
+
+
+#: Marks a key the stored dict does not hold.
+_ABSENT: Any = object()
+
+
+def _period_from(value: Any) -> Any:
+    if value is None:
+        return None
+    if type(value) is dict:
+        return Period(value.get("start"), value.get("end"))
+    return _nested(Period, value)
+
+
+def _name_from(data: dict[str, Any]) -> PersonName:
+    get = data.get
+    return PersonName(
+        get("use"),
+        get("text"),
+        get("family"),
+        get("given", []),
+        get("prefix", []),
+        get("suffix", []),
+        _period_from(get("period")),
+        get("family_folded", ""),
+        get("family_alternates", []),
+        get("family_tokens", []),
+        get("given_folded", []),
+        get("given_canonical", []),
+        get("suffix_normalized"),
+        get("family_first", False),
+        get("swapped_suspect", False),
+    )
+
+
+def _identifier_from(data: dict[str, Any]) -> Identifier:
+    get = data.get
+    return Identifier(
+        get("system"),
+        get("value"),
+        get("value_normalized", ""),
+        get("kind", "other"),
+        get("use"),
+        get("type_code"),
+        get("valid", True),
+        _period_from(get("period")),
+    )
+
+
+def _contact_point_from(data: dict[str, Any]) -> ContactPoint:
+    get = data.get
+    return ContactPoint(
+        get("system"),
+        get("value"),
+        get("value_normalized", ""),
+        get("use"),
+        get("rank"),
+        _period_from(get("period")),
+    )
+
+
+def _address_from(data: dict[str, Any]) -> Address:
+    get = data.get
+    return Address(
+        get("use"),
+        get("type"),
+        get("text"),
+        get("line", []),
+        get("city"),
+        get("district"),
+        get("state"),
+        get("postal_code"),
+        get("country"),
+        _period_from(get("period")),
+        get("line_normalized", ""),
+        get("city_folded", ""),
+        get("postal_normalized", ""),
+    )
+
+
+def _records(value: Any, read: Any, cls: type) -> Any:
+    """The records of a stored list field: ``[]`` when the key is missing; a null, or
+    a single record where the list belongs, read as :func:`_from_dict` reads them."""
+    if type(value) is list:
+        return [read(v) if type(v) is dict else _nested(cls, v) for v in value]
+    if value is _ABSENT:
+        return []
+    return _nested(cls, value)
+
+
+def _nested(cls: type, value: Any) -> Any:
+    """What :func:`_from_dict` makes of a value stored where records of ``cls`` belong."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [_from_dict(cls, v) for v in value]
+    return _from_dict(cls, value)
+
+
+def _patient_from_keys(data: dict[str, Any]) -> SourcePatient:
+    """A SourcePatient from any stored dict but the full form, key by key: the compact
+    form holds ~10 of the 28 keys, read by ``dict.get`` with the field's default (the
+    kwargs path of :func:`_from_dict` compares its keyword names as strings)."""
+    if "resource_id" not in data:
+        return _from_dict(SourcePatient, data)  # raises its TypeError
+    get = data.get
+    return SourcePatient(
+        data["resource_id"],
+        get("version_id"),
+        get("last_updated"),
+        get("active"),
+        _records(get("names", _ABSENT), _name_from, PersonName),
+        get("birth_date"),
+        get("birth_year"),
+        get("birth_month"),
+        get("birth_day"),
+        get("gender"),
+        get("deceased"),
+        get("deceased_datetime"),
+        _records(get("identifiers", _ABSENT), _identifier_from, Identifier),
+        _records(get("telecom", _ABSENT), _contact_point_from, ContactPoint),
+        _records(get("addresses", _ABSENT), _address_from, Address),
+        get("race"),
+        get("ethnicity"),
+        get("birth_sex"),
+        get("languages", []),
+        get("contacts", []),
+        get("general_practitioner", []),
+        get("managing_organization"),
+        get("extensions", []),
+        get("multiple_birth"),
+        get("modifier_extensions", []),
+        get("primitive_extensions", {}),
+        get("links", []),
+    )
+
+
 #: Per record class: its field names, the same in field order, and its fields holding
 #: nested records (name, position, record class).
 _Spec = tuple[frozenset[str], tuple[str, ...], tuple[tuple[str, int, type], ...]]
@@ -385,6 +709,8 @@ def _spec(cls: type) -> _Spec:
     _SPECS[cls] = (frozenset(order), order, tuple(nested))
     return _SPECS[cls]
 
+
+_PATIENT_FIELD_COUNT = len(dataclasses.fields(SourcePatient))
 
 _NESTED: dict[str, type] = {
     "SourcePatient.names": PersonName,

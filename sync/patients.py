@@ -1,7 +1,8 @@
 """Patients of a page: validate, store, resolve through the MPI in batches.
 
 Each valid Patient becomes (or updates) an ``active`` source record whose
-``normalized`` column holds the :class:`~fhir_mapping.SourcePatient` and whose
+``normalized`` column holds the :class:`~fhir_mapping.SourcePatient` (its compact form,
+:meth:`~fhir_mapping.SourcePatient.to_compact_dict`) and whose
 ``match_features`` column its match features (:func:`mpi.features.encode_features`: the
 MPI reads a candidate's features from there); the batch then goes to
 :func:`mpi.resolve_patients`, which links each record to a golden record and writes
@@ -120,7 +121,7 @@ def ingest_patients(
         encoded = encode_features(features, item.content_hash)
         values = (
             item.raw_json(),
-            json_text(patient.to_dict()),
+            json_text(patient.to_compact_dict()),
             item.content_hash,
             item.version_id,
             bulk.timestamp(item.last_updated),
