@@ -12,7 +12,7 @@ a few hundred bytes instead of being extracted again from its ~1.6 KB normalized
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import orjson
@@ -68,6 +68,104 @@ class MatchFeatures:
         return next((n.suffix for n in self.names if n.suffix), None)
 
 
+# A frozen dataclass's __init__ sets each field through object.__setattr__ (a global, an
+# attribute lookup and a generic setattr per field); the features decoded for a pass's
+# candidates (110k decodes at 25k Patients) and those extracted are built by setting the
+# slots directly instead. Process time per record, the old module and this one
+# interleaved in one process: decode_features 22.0 -> 17.8 us (the 2090 stored features
+# of a 2k ingest; the empty sets of phones, emails and SSNs are shared too),
+# extract_features 30.7 -> 24.2 us (1246 generated Patients). The objects are the same
+# (equal, same hash and repr; neither class has a __post_init__): tests/mpi/test_hb_decode.py.
+_new = object.__new__
+(
+    _set_given,
+    _set_given_first,
+    _set_given_tokens,
+    _set_given_keys,
+    _set_given_phonetic,
+    _set_family,
+    _set_family_variants,
+    _set_family_tokens,
+    _set_family_phonetic,
+    _set_suffix,
+) = (NameFeatures.__dict__[f.name].__set__ for f in fields(NameFeatures))
+(
+    _set_names,
+    _set_birth_date,
+    _set_birth_year,
+    _set_birth_month,
+    _set_birth_day,
+    _set_gender,
+    _set_phones,
+    _set_emails,
+    _set_ssns,
+    _set_strong_ids,
+    _set_other_ids,
+    _set_mrns,
+    _set_addresses,
+) = (MatchFeatures.__dict__[f.name].__set__ for f in fields(MatchFeatures))
+
+
+def _new_name(
+    given: str,
+    given_first: str,
+    given_tokens: frozenset[str],
+    given_keys: frozenset[str],
+    given_phonetic: str,
+    family: str,
+    family_variants: frozenset[str],
+    family_tokens: frozenset[str],
+    family_phonetic: str,
+    suffix: str | None,
+) -> NameFeatures:
+    """``NameFeatures(...)`` with its slots set directly (see above)."""
+    name = _new(NameFeatures)
+    _set_given(name, given)
+    _set_given_first(name, given_first)
+    _set_given_tokens(name, given_tokens)
+    _set_given_keys(name, given_keys)
+    _set_given_phonetic(name, given_phonetic)
+    _set_family(name, family)
+    _set_family_variants(name, family_variants)
+    _set_family_tokens(name, family_tokens)
+    _set_family_phonetic(name, family_phonetic)
+    _set_suffix(name, suffix)
+    return name
+
+
+def _new_features(
+    names: tuple[NameFeatures, ...],
+    birth_date: str | None,
+    birth_year: int | None,
+    birth_month: int | None,
+    birth_day: int | None,
+    gender: str | None,
+    phones: frozenset[str],
+    emails: frozenset[str],
+    ssns: frozenset[str],
+    strong_ids: frozenset[tuple[str, str]],
+    other_ids: frozenset[tuple[str, str]],
+    mrns: frozenset[tuple[str, str]],
+    addresses: tuple[tuple[str, str, str], ...],
+) -> MatchFeatures:
+    """``MatchFeatures(...)`` with its slots set directly (see above)."""
+    features = _new(MatchFeatures)
+    _set_names(features, names)
+    _set_birth_date(features, birth_date)
+    _set_birth_year(features, birth_year)
+    _set_birth_month(features, birth_month)
+    _set_birth_day(features, birth_day)
+    _set_gender(features, gender)
+    _set_phones(features, phones)
+    _set_emails(features, emails)
+    _set_ssns(features, ssns)
+    _set_strong_ids(features, strong_ids)
+    _set_other_ids(features, other_ids)
+    _set_mrns(features, mrns)
+    _set_addresses(features, addresses)
+    return features
+
+
 def _name_features(name: Any) -> NameFeatures | None:
     return _name_from(
         name.given_folded,
@@ -97,7 +195,7 @@ def _name_from(
     keys.update(c for c in canonical[:1] if c)
     variants = {family, *alternates} - {""}
     tokens = set(family_tokens) or set(family.split())
-    return NameFeatures(
+    return _new_name(
         given=given,
         given_first=first,
         given_tokens=frozenset(given.split()),
@@ -199,7 +297,7 @@ def _features(
             other.add((system, value))
     phones = {value for system, value in telecom if system == "phone"}
     emails = {value for system, value in telecom if system == "email"}
-    return MatchFeatures(
+    return _new_features(
         names=names,
         birth_date=birth,
         birth_year=birth_year,
@@ -289,7 +387,7 @@ def encode_features(features: MatchFeatures, content_hash: str | None = None) ->
 def _decode_name(n: list[Any]) -> NameFeatures:
     # Positional arguments: a frozen dataclass's keyword call costs a third more.
     given, given_first, given_keys, given_phonetic, family, variants, tokens, phonetic, suffix = n
-    return NameFeatures(
+    return _new_name(
         given,
         given.split(" ", 1)[0] if given_first is None else given_first,
         frozenset(given.split()),
@@ -325,16 +423,16 @@ def decode_features(text: str | None, content_hash: str | None = None) -> MatchF
         if tag != _hash_tag(content_hash):
             return None
         complete = year is not None and month is not None and day is not None
-        return MatchFeatures(
+        return _new_features(
             tuple([_decode_name(n) for n in names]),
             f"{year:04d}{month:02d}{day:02d}" if complete else None,
             year,
             month,
             day,
             gender,
-            frozenset(phones),
-            frozenset(emails),
-            frozenset(ssns),
+            _NONE if phones == [] else frozenset(phones),
+            _NONE if emails == [] else frozenset(emails),
+            _NONE if ssns == [] else frozenset(ssns),
             frozenset([(s, v) for s, v in strong]) if strong else _NONE,
             frozenset([(s, v) for s, v in other]) if other else _NONE,
             frozenset([(s, v) for s, v in mrns]) if mrns else _NONE,
