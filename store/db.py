@@ -3,19 +3,30 @@
 SQLite runs in WAL mode. Its automatic checkpoint runs inside the COMMIT that crosses
 the threshold (https://www.sqlite.org/wal.html#automatic_checkpoint), which made
 every few hundredth commit take 12 ms and more; so the threshold is raised to a safety
-net (:data:`SQLITE_AUTOCHECKPOINT_PAGES`) and a daemon thread of the process runs
-``PRAGMA wal_checkpoint(PASSIVE)`` off the commit path every
-:data:`WAL_CHECKPOINT_INTERVAL_S` (a PASSIVE checkpoint never blocks writers or readers;
-SQLite releases the GIL while it copies pages).
+net (:data:`SQLITE_AUTOCHECKPOINT_PAGES`) and a daemon thread of the process
+(:class:`WalCheckpointer`) checkpoints off the commit path, SQLite releasing the GIL
+while it copies pages and syncs the files.
 
-A PASSIVE checkpoint copies the log into the database but never rewinds it: the log
-restarts from its beginning only when a writer starts while no reader needs it, which a
-process whose writers are always inside a transaction rarely sees. The log then grew to
-the safety net (~80 MB) and the commit that crossed it paid a full checkpoint
-(95-300 ms). So once the log passes :data:`WAL_TRUNCATE_BYTES` the thread runs a
-``TRUNCATE`` checkpoint instead, waiting at most :data:`WAL_TRUNCATE_BUSY_MS` for the
-writer lock (https://www.sqlite.org/pragma.html#pragma_wal_checkpoint): the frames are
-already copied, so it holds the lock only to copy the last ones and truncate the file.
+The log restarts from the beginning of its file only when a writer starts a transaction
+while every frame is copied into the database and no reader needs one, or when a
+``TRUNCATE`` checkpoint rewinds it; a ``TRUNCATE`` holds the writer lock while it
+copies what is left and syncs the database (https://www.sqlite.org/pragma.html#pragma_wal_checkpoint).
+A Patient transaction of a 25k-Patient sync writes ~30 MB of log (its inserts land on
+pages all over the block-key, token and provenance indexes), which the thread, running
+every second and truncating any log above 20 MB, copied under that lock at random
+moments: the next transaction's first write waited 4.3-5.1 s in all (0.4 s with no
+checkpoints at all), the lock being held 0.3-1.7 s at a time on this machine.
+
+So the thread runs right after every commit (:meth:`WalCheckpointer.committed`, called
+by the connections of :func:`make_engine`), while the writer reads and parses its next
+page without a lock, and every :data:`WAL_CHECKPOINT_INTERVAL_S` otherwise. A
+``PASSIVE`` checkpoint, which blocks no one, copies the last transaction; when it is
+done before the next transaction writes, that writer restarts the log for free. Only a
+log that has grown past :data:`WAL_TRUNCATE_BYTES` anyway (the copy lost the race a few
+times in a row) is rewound by a ``TRUNCATE``, right after a commit, waiting at most
+:data:`WAL_TRUNCATE_BUSY_MS` for the lock. 25k Patients, interleaved runs on a loaded
+machine (load 4-9): the source-record insert that opens each transaction 4.3-5.1 s ->
+0.7-1.5 s in all, 0-3 truncations instead of 27-31, the log at most ~130 MB.
 """
 
 from __future__ import annotations
@@ -23,9 +34,10 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import struct
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,14 +51,27 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_S = 30
 DEFAULT_POOL_SIZE = 10
 #: WAL pages after which a commit checkpoints by itself (SQLite's default is 1000): only a
-#: safety net when no background checkpointer runs (a forked worker, a stuck thread).
-SQLITE_AUTOCHECKPOINT_PAGES = 20_000
-#: Seconds between two background PASSIVE checkpoints of a SQLite database file.
+#: safety net when no background checkpointer runs (a forked worker, a stuck thread), above
+#: what the checkpointer lets the log reach (:data:`WAL_TRUNCATE_BYTES` and the two
+#: transactions written before it looks again: ~130 MB at 25k Patients), or commits would
+#: pay the copy again.
+SQLITE_AUTOCHECKPOINT_PAGES = 50_000
+#: Seconds between two background checkpoints of a SQLite database file when no commit
+#: of this process calls for one.
 WAL_CHECKPOINT_INTERVAL_S = 1.0
-#: Size of the WAL file beyond which the background checkpoint truncates it.
-WAL_TRUNCATE_BYTES = 20 * 1024 * 1024
+#: Log (bytes of WAL in use, as the last checkpoint found it) beyond which the background
+#: checkpoint rewinds it with a TRUNCATE. Above a Patient transaction's ~30 MB (25k
+#: Patients), so a log that a PASSIVE checkpoint copied in time is restarted by the next
+#: writer: with 20 MB every transaction was followed by a TRUNCATE, and the next one's
+#: first write waited 1.4 s in all instead of 0.7-1.5 s.
+WAL_TRUNCATE_BYTES = 64 * 1024 * 1024
 #: How long a background TRUNCATE checkpoint waits for the writer lock and the readers.
 WAL_TRUNCATE_BUSY_MS = 1000
+#: Sizes of a WAL file's header and of each frame's header (before its page).
+WAL_HEADER_BYTES = 32
+WAL_FRAME_HEADER_BYTES = 24
+#: The page size and checkpoint sequence number of a WAL file's header.
+_WAL_HEADER = struct.Struct(">8xII")
 #: Prepared statements the sqlite3 module keeps per connection (its default is 128).
 #: When lookups by lists of ids had a placeholder per id, nearly every page prepared
 #: statements of a new text, each holding the compiled program of a thousand
@@ -88,53 +113,155 @@ def _sqlite_pragmas_checkpointed(dbapi_connection: Any, record: Any) -> None:
     cursor.close()
 
 
-class WalCheckpointer:
-    """A daemon thread checkpointing one SQLite database file in the background."""
+class _SQLiteConnection(sqlite3.Connection):
+    """A sqlite3 connection that tells its database's checkpointer when it committed."""
 
-    def __init__(self, path: str, interval_s: float = WAL_CHECKPOINT_INTERVAL_S) -> None:
+    #: Called after every commit that ended a transaction (set by the connect listener).
+    on_commit: Callable[[], None] | None = None
+
+    def commit(self) -> None:
+        open_transaction = self.in_transaction
+        super().commit()
+        if open_transaction and self.on_commit is not None:
+            self.on_commit()
+
+
+def _wal_header(path: str) -> tuple[int, int] | None:
+    """The page size and checkpoint sequence number in the header of the WAL file of the
+    database file ``path`` (big-endian at offsets 8 and 12,
+    https://www.sqlite.org/fileformat2.html#walformat), or None while it holds none.
+    The sequence changes whenever the log starts again from the beginning of the file.
+
+    Only the WAL file is read here: SQLite's locks are POSIX locks on the database and
+    ``-shm`` files, and closing any descriptor of a file drops every lock the process
+    holds on it (https://www.sqlite.org/howtocorrupt.html#_posix_advisory_locks_canceled_by_a_separate_thread_doing_close_)."""
+    try:
+        with open(f"{path}-wal", "rb") as wal:
+            header = wal.read(_WAL_HEADER.size)
+    except OSError:
+        return None
+    if len(header) < _WAL_HEADER.size:
+        return None
+    page_size, sequence = _WAL_HEADER.unpack(header)
+    return page_size, sequence
+
+
+class WalCheckpointer:
+    """A daemon thread checkpointing one SQLite database file in the background.
+
+    It runs after every commit of the engines that share it (:meth:`committed`) and
+    every ``interval_s`` otherwise; see the module docstring for what each run does."""
+
+    def __init__(self, path: str, interval_s: float | None = None) -> None:
         self.path = path
-        self.interval_s = interval_s
+        self.interval_s = WAL_CHECKPOINT_INTERVAL_S if interval_s is None else interval_s
         self.pid = os.getpid()
         self.checkpoints = 0
         #: Checkpoints that also truncated the log.
         self.truncations = 0
+        #: Engines sharing this checkpointer (see :func:`make_engine`).
+        self.engines = 0
+        #: Bytes of log the last checkpoint found, and the WAL header's sequence number
+        #: then (a log restarted since by a writer shows another one).
+        self._log_bytes: int | None = None
+        self._sequence: int | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+
+    def committed(self) -> None:
+        """A transaction just committed: checkpoint now, while the writer holds no lock.
+
+        Not in a forked child, whose copy of the thread does not run (nor in the
+        middle of ``Event.set``, whose lock the fork may have copied taken)."""
+        if os.getpid() == self.pid:
+            self._wake.set()
+
+    def _log_estimate(self, size: int) -> int:
+        """Bytes of log in use when the last checkpoint ran (so one commit behind, at
+        most): 0 if a writer restarted the log since, the WAL file's size (the log's upper
+        bound) before the first checkpoint."""
+        if self._log_bytes is None:
+            return size
+        header = _wal_header(self.path)
+        if header is not None and header[1] != self._sequence:
+            return 0
+        return self._log_bytes
 
     def checkpoint(self) -> None:
         """One checkpoint, if the WAL holds anything: TRUNCATE once the log is larger than
-        :data:`WAL_TRUNCATE_BYTES` (PASSIVE if the writer lock does not come within
-        :data:`WAL_TRUNCATE_BUSY_MS`), PASSIVE otherwise."""
+        :data:`WAL_TRUNCATE_BYTES` (as :meth:`_log_estimate` knows it; PASSIVE if the
+        writer lock does not come within :data:`WAL_TRUNCATE_BUSY_MS`), PASSIVE otherwise."""
         try:
             size = os.path.getsize(f"{self.path}-wal")
         except OSError:
             return
         if size == 0:
             return
+        header = _wal_header(self.path)
         connection = sqlite3.connect(self.path, timeout=SQLITE_BUSY_TIMEOUT_S)
         try:
-            if size > WAL_TRUNCATE_BYTES:
+            if self._log_estimate(size) > WAL_TRUNCATE_BYTES:
                 connection.execute(f"PRAGMA busy_timeout={WAL_TRUNCATE_BUSY_MS}")
-                busy = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                busy, frames, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                self.checkpoints += 1
                 if not busy:
                     self.truncations += 1
-                    self.checkpoints += 1
+                    # The next writer starts the log again, under the next sequence number.
+                    self._sequence = None if header is None else header[1] + 1
+                    self._log_bytes = 0
                     return
-            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            self.checkpoints += 1
+            else:
+                _, frames, _ = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                self.checkpoints += 1
+            # The sequence read before: a restart since then shows at the next look.
+            if header is None:
+                self._log_bytes = self._sequence = None
+            else:
+                page_size, self._sequence = header
+                self._log_bytes = WAL_HEADER_BYTES + frames * (WAL_FRAME_HEADER_BYTES + page_size)
         finally:
             connection.close()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._stop.is_set():
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.checkpoint()
             except sqlite3.Error as exc:  # busy, or the file went away: try again later
                 log.debug("background checkpoint skipped", extra={"error": type(exc).__name__})
+
+
+#: The running checkpointer of each database file, shared by the engines of this process
+#: on that file (a second thread would only find the checkpoint lock taken).
+_checkpointers: dict[str, WalCheckpointer] = {}
+_checkpointers_lock = threading.Lock()
+
+
+def _shared_checkpointer(path: str) -> WalCheckpointer:
+    with _checkpointers_lock:
+        checkpointer = _checkpointers.get(path)
+        if checkpointer is None or checkpointer.pid != os.getpid():  # none, or a parent's
+            checkpointer = _checkpointers[path] = WalCheckpointer(path)
+        checkpointer.engines += 1
+        return checkpointer
+
+
+def _release_checkpointer(checkpointer: WalCheckpointer) -> None:
+    with _checkpointers_lock:
+        checkpointer.engines -= 1
+        if checkpointer.engines <= 0:
+            checkpointer.stop()
+            if _checkpointers.get(checkpointer.path) is checkpointer:
+                del _checkpointers[checkpointer.path]
 
 
 def make_engine(url: str, *, background_checkpoint: bool = True, **kwargs: Any) -> Engine:
@@ -146,14 +273,24 @@ def make_engine(url: str, *, background_checkpoint: bool = True, **kwargs: Any) 
     if parsed.get_backend_name() == "sqlite":
         kwargs.setdefault(
             "connect_args",
-            {"timeout": SQLITE_BUSY_TIMEOUT_S, "cached_statements": SQLITE_CACHED_STATEMENTS},
+            {
+                "timeout": SQLITE_BUSY_TIMEOUT_S,
+                "cached_statements": SQLITE_CACHED_STATEMENTS,
+                "factory": _SQLiteConnection,
+            },
         )
         engine = create_engine(url, **kwargs)
         path = parsed.database
         if background_checkpoint and path and path != ":memory:" and not path.startswith("file:"):
-            checkpointer = WalCheckpointer(os.path.abspath(path))
-            event.listen(engine, "connect", _sqlite_pragmas_checkpointed)
-            weakref.finalize(engine, checkpointer.stop)
+            checkpointer = _shared_checkpointer(os.path.abspath(path))
+
+            def connected(dbapi_connection: Any, record: Any) -> None:
+                _sqlite_pragmas_checkpointed(dbapi_connection, record)
+                if isinstance(dbapi_connection, _SQLiteConnection):
+                    dbapi_connection.on_commit = checkpointer.committed
+
+            event.listen(engine, "connect", connected)
+            weakref.finalize(engine, _release_checkpointer, checkpointer)
         else:
             event.listen(engine, "connect", _sqlite_pragmas)
         return engine
