@@ -38,7 +38,7 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from pydantic import ValidationError
 
 from fhir_mapping.errors import ISSUE_CODE_STRUCTURE, InvalidResource, Issue
-from fhir_mapping.matchers import Matchers
+from fhir_mapping.matchers import Matchers, ShapeTrees
 from fhir_mapping.shapes import Bindings, Plans, Unplannable, derive_plan, shape_of
 
 _IDENTIFIER_PART = re.compile(r"^_?[A-Za-z][A-Za-z0-9_]*$")
@@ -305,8 +305,10 @@ _BINDINGS: Bindings = {
 #: Plans of the resource shapes seen valid, extra checks included (see
 #: :mod:`fhir_mapping.shapes`).
 _PLANS = Plans(bindings=_BINDINGS)
-#: Compiled matchers of the planned shapes (see :mod:`fhir_mapping.matchers`).
+#: Compiled matchers of the planned shapes (see :mod:`fhir_mapping.matchers`), and the
+#: decision trees of the top-level key tuples with several.
 _MATCHERS = Matchers()
+_TREES = ShapeTrees()
 #: Held while a plan is derived (checker ids are allocated then).
 _DERIVE_LOCK = threading.Lock()
 
@@ -344,13 +346,13 @@ def _remember_shape(
 def check_resource(raw: Any, expected_type: str | None = None) -> None:
     """The verdict of :func:`validate_resource` without the model instance.
 
-    A resource whose shape was already seen valid (recognised by its compiled matcher,
-    else by its shape key) is checked by its primitive values only (each by its field's
-    pydantic validator and binding, memoized); the
-    first resource of a shape, one that fails any check, and anything unexpected go
-    through the full model, so every error reported is the library's own."""
+    A resource whose shape was already seen valid (recognised by its compiled matcher or
+    its key tuple's shape tree, else by its shape key) is checked by its primitive values
+    only (each by its field's pydantic validator and binding, memoized); the first
+    resource of a shape, one that fails any check, and anything unexpected go through
+    the full model, so every error reported is the library's own."""
     model, resource_type, resource_id = _resolve_model(raw, expected_type)
-    matched = _MATCHERS.find(raw)
+    matched = _MATCHERS.find(raw) or _TREES.find(raw)
     if matched is not None:
         plan: tuple[int, ...] | bool | None = matched[0]
         leaves: Sequence[Any] = matched[1]
@@ -360,8 +362,8 @@ def check_resource(raw: Any, expected_type: str | None = None) -> None:
         except (Unplannable, RecursionError):
             shape, leaves = (), []
         plan = _PLANS.get(shape) if shape else None
-        if isinstance(plan, tuple):
-            _MATCHERS.add(raw, plan)
+        if isinstance(plan, tuple) and _MATCHERS.add(raw, plan):
+            _TREES.add(raw, shape, plan)
     if isinstance(plan, tuple) and _PLANS.checkers.accept(plan, leaves):
         return
     instance = _model_validate(model, raw, resource_type, resource_id)
@@ -372,9 +374,10 @@ def check_resource(raw: Any, expected_type: str | None = None) -> None:
 
 def clear_shape_plans() -> None:
     """Forget every shape plan and memoized verdict (tests measure cold checks)."""
-    global _PLANS, _MATCHERS
+    global _PLANS, _MATCHERS, _TREES
     _PLANS = Plans(bindings=_BINDINGS)
     _MATCHERS = Matchers()
+    _TREES = ShapeTrees()
 
 
 def bundle_resources(bundle: Any) -> Iterator[dict[str, Any] | InvalidResource]:
