@@ -26,7 +26,7 @@ log that has grown past :data:`WAL_TRUNCATE_BYTES` anyway (the copy lost the rac
 times in a row) is rewound by a ``TRUNCATE``, right after a commit, waiting at most
 :data:`WAL_TRUNCATE_BUSY_MS` for the lock. 25k Patients, interleaved runs on a loaded
 machine (load 4-9): the source-record insert that opens each transaction 4.3-5.1 s ->
-0.7-1.5 s in all, 0-3 truncations instead of 27-31, the WAL file at most 60-75 MB.
+0.7-1.5 s in all, 0-3 truncations instead of 27-31, the WAL file at most 60-91 MB.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ DEFAULT_POOL_SIZE = 10
 #: WAL pages after which a commit checkpoints by itself (SQLite's default is 1000): only a
 #: safety net when no background checkpointer runs (a forked worker, a stuck thread), above
 #: what the checkpointer lets the log reach (:data:`WAL_TRUNCATE_BYTES` and the two
-#: transactions written before it looks again: up to ~130 MB at 25k Patients, 60-75 MB
+#: transactions written before it looks again: up to ~130 MB at 25k Patients, 60-91 MB
 #: measured), or commits would pay the copy again.
 SQLITE_AUTOCHECKPOINT_PAGES = 50_000
 #: Seconds between two background checkpoints of a SQLite database file when no commit
@@ -79,6 +79,14 @@ _WAL_HEADER = struct.Struct(">8xII")
 #: (peak RSS 300 MB, 228 MB at 32). Those lists are JSON arrays now
 #: (:func:`store.bulk.one_of`), one statement text per lookup.
 SQLITE_CACHED_STATEMENTS = 32
+#: Page size of a new SQLite database file (SQLite's default is 4096; a file keeps the
+#: size it was created with: https://www.sqlite.org/pragma.html#pragma_page_size). A
+#: source record (~2 KB of documents since the compact normalized form) left most of a
+#: 4 KB page's remainder empty, and the MPI's indexes hold twice the keys a page. 25k
+#: Patients, two interleaved rounds on a loaded machine (load 6-9): statement time
+#: 16.7/32.1 s -> 15.7/27.6 s, the whole Patient phase 87.9/181.7 s -> 82.4/150.8 s, the
+#: file 231 -> 211 MB; the WAL of a transaction grows (max WAL file 62/91 -> 75/75 MB).
+SQLITE_PAGE_SIZE = 8192
 #: Page cache per SQLite connection, in KiB (SQLite's default is 2 MiB). A batch of a
 #: thousand Patients dirties pages all over the block-key, search-token and provenance
 #: indexes (hashed keys, random golden ids), more than 2 MiB hold, so pages were evicted
@@ -101,6 +109,8 @@ PG_OPTIONS = "-c plan_cache_mode=force_custom_plan"
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    # Before WAL mode, which writes the header of a new file and so fixes its page size.
+    cursor.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
