@@ -695,7 +695,13 @@ def _send_block_keys(
     by ``json_each``, so the whole insert is one ``sqlite3_step`` without the GIL (an
     ``executemany`` takes the GIL back for each row, and waits for the deciding thread
     to give it up); it also costs less than the executemany (~65 vs ~70 ms of CPU per
-    7000 rows into a 300k-row table, both indexes)."""
+    7000 rows into a 300k-row table, both indexes).
+
+    The overlap needs a free core. 25k Patients, SQLite, load ~2 on this 2-core machine
+    (other benchmarks running), interleaved: 54.3 and 44.9 s with the thread (0.35-0.54 s
+    of the statements waited for; the deciding thread slowed by as much: MemoryResolver.add
+    6.0-7.5 s instead of 5.3-5.4 s), 48.2 and 45.2 s with the same statements run in line:
+    no wall time gained there; on idle cores the ~2 s of inserts is what it can save."""
     stored = state.stored
     rekeyed = [r for r in dict.fromkeys(item.row.id for item in items) if r in stored]
     keys: list[tuple[str, int]] = []
