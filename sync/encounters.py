@@ -12,8 +12,7 @@ https://hl7.org/fhir/R4/encounter.html
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -24,6 +23,7 @@ from sqlalchemy import ColumnElement, TextClause, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from fhir_mapping import InvalidResource, SourceEncounter, parse_encounter, subject_patient_id
+from store.background import Background
 from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, array_sql, one_of
 from store.models import Base, Encounter, Link, SourceRecord
 from store.types import utcnow
@@ -66,8 +66,8 @@ _PARTIAL_DATE_FORMATS = {4: "%Y", 7: "%Y-%m", 10: "%Y-%m-%d"}
 #: ``meta.lastUpdated`` repeat across a load. Cleared as a whole when full.
 _TIMESTAMPS: dict[tuple[bool, Any], Any] = {}
 MAX_CACHED_TIMESTAMPS = 16384
-#: PostgreSQL: new Encounters per statement of a page (see :class:`_Background`). The first
-#: three statements of a 1000-row page run while the next rows are validated. Measured on
+#: PostgreSQL: new Encounters per statement of a page (see :mod:`store.background`). The
+#: first three statements of a 1000-row page run while the next rows are validated. Measured on
 #: the Encounter pages of a 25k-Patient load (78k Encounters), idle machine (load ~1.1):
 #: 5.69 s with one statement a page, all 2.13-2.15 s of it waited for; 4.59-4.76 s with
 #: four, 2.26-2.37 s of statements of which 1.07-1.14 s were waited for. The overlap needs
@@ -113,50 +113,6 @@ def _among(
     return text(
         f"{column.table.name}.{column.name} IN (SELECT value FROM json_each(:among_values))"
     ).bindparams(among_values=_json_text(list(values)))
-
-
-class _Background:
-    """Runs one statement at a time on the page's connection in a thread of its own, so
-    that the server executes a page's first new Encounters while this thread validates
-    the next ones (the thread waits for the server in psycopg's C code, without the GIL).
-
-    The statement is the transaction's: the caller touches neither the session nor the
-    connection until :meth:`wait` (which raises the statement's error) or :meth:`abandon`
-    returned, and the page commits, or rolls back, after that as before."""
-
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-
-    def run(self, statement: Callable[[], None]) -> None:
-        """Wait for the previous statement, then start ``statement``."""
-        self.wait()
-
-        def target() -> None:
-            try:
-                statement()
-            except BaseException as exc:  # raised again by wait(), in the caller's thread
-                self._error = exc
-
-        self._thread = threading.Thread(target=target, name="encounter-page-write", daemon=True)
-        self._thread.start()
-
-    def wait(self) -> None:
-        """Wait for the running statement; raise its error."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        thread.join()
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
-
-    def abandon(self) -> None:
-        """Wait for the running statement, its error dropped (the caller is already failing)."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join()
-        self._error = None
 
 
 def _subject_of(raw: Any) -> str | None:
@@ -369,7 +325,7 @@ class _PageWriter:
         self.encounter_updates: list[tuple[Any, ...]] = []
         self.events: list[tuple[Any, ...]] = []
         #: PostgreSQL: the page's new Encounters go out by :data:`PG_NEW_ROWS_PER_STATEMENT`.
-        self.background = _Background()
+        self.background = Background("encounter-page-write")
 
     def add(
         self,
@@ -730,7 +686,7 @@ def ingest_encounters(
     if not changed:
         return outcome
     _load_encounter_ids(session, [current for _, current in changed if current is not None])
-    # Looked up before validation, so that no lookup waits for a write (_Background).
+    # Looked up before validation, so that no lookup waits for a write (store.background).
     patients = [
         patient_id
         for item, _ in changed

@@ -1,5 +1,5 @@
 """A page of new Encounters is written in several statements on PostgreSQL, each run in
-the background while the next Encounters are validated (sync.encounters._Background):
+the background while the next Encounters are validated (store.background.Background):
 every resource is stored exactly once with its encounter row and its event, invalid
 ones are quarantined, and a statement that fails fails the page, which rolls back whole."""
 
