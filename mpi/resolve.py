@@ -80,9 +80,8 @@ from mpi.storage import (
 from store.bulk import (
     OUTBOX_COLUMNS,
     OUTBOX_JSON,
-    SQLITE_IN_JSON,
     BulkWriter,
-    json_ids,
+    in_list,
     update_where,
 )
 from store.jsontext import json_text
@@ -719,12 +718,10 @@ def _send_block_keys(
     bulk = BulkWriter(session)
     connection = bulk.connection
     postgresql = bulk.postgresql
-    deletes = [
-        (_DELETE_KEYS_PG, (list(chunk),))
-        if postgresql
-        else (_DELETE_KEYS_SQLITE, (json_ids(chunk),))
-        for chunk in _chunks(rekeyed)
-    ]
+    deletes = []
+    for chunk in _chunks(rekeyed):
+        ids, listed = in_list(postgresql, chunk)
+        deletes.append((f"DELETE FROM block_key WHERE source_record_id {ids}", (listed,)))
     inserted = None if postgresql or not keys else orjson.dumps(keys).decode()
 
     def write() -> None:
@@ -738,9 +735,7 @@ def _send_block_keys(
     state.reads.background.run(write)
 
 
-#: Statements of :func:`_send_block_keys`.
-_DELETE_KEYS_PG = "DELETE FROM block_key WHERE source_record_id = ANY(%s)"
-_DELETE_KEYS_SQLITE = f"DELETE FROM block_key WHERE source_record_id {SQLITE_IN_JSON}"
+#: The SQLite insert of :func:`_send_block_keys`.
 _INSERT_KEYS_SQLITE = (
     "INSERT INTO block_key (key, source_record_id) "
     "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -27,7 +27,7 @@ from store.golden import GoldenPatientRepository, GoldenWrite
 from store.jsontext import json_text
 from store.models import FieldProvenance, GoldenPatient, Link, Outbox, Source, SourceRecord
 from store.models import MatchModel as MatchModelRow
-from store.types import utcnow
+from store.types import as_utc, utcnow
 
 #: Parsed records (with features) kept in memory, keyed by id and content hash. Small on
 #: purpose: a big cache of live objects makes every full GC pass slow (p99 latency).
@@ -146,13 +146,9 @@ _MEMBERS_SQL = (
 def _utc(value: Any) -> datetime | None:
     """A timestamp as :class:`store.types.UTCDateTime` hands it back (SQLite's driver
     returns the stored text, PostgreSQL's an aware datetime)."""
-    if value is None:
-        return None
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    return as_utc(value)
 
 
 def member_records(

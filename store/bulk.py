@@ -46,6 +46,8 @@ _SQLITE_TIMESTAMP_CHARS = 26
 
 #: SQLite's ``IN`` over a list of ids sent as one JSON array parameter (see :func:`json_ids`).
 SQLITE_IN_JSON = "IN (SELECT value FROM json_each(?))"
+#: PostgreSQL's ``IN`` over a list sent as one array parameter.
+PG_IN_ARRAY = "= ANY(%s)"
 
 
 def json_ids(values: Collection[Any]) -> str | None:
@@ -185,6 +187,15 @@ ROWS_IN_CHUNK = 5000
 _ROWS_IN_SQL: dict[tuple[str, bool], str] = {}
 
 
+def in_list(postgresql: bool, values: Collection[Any]) -> tuple[str, Any]:
+    """A driver-level ``IN`` over the list ``values`` and its one parameter: ``= ANY(%s)``
+    and the list on PostgreSQL, :data:`SQLITE_IN_JSON` and :func:`json_ids` on SQLite, so
+    that a statement has one text whatever the list's length."""
+    if postgresql:
+        return PG_IN_ARRAY, list(values)
+    return SQLITE_IN_JSON, json_ids(values)
+
+
 def rows_in(
     dbapi: Any, postgresql: bool, template: str, values: Sequence[Any], *extra: Any
 ) -> list[tuple[Any, ...]]:
@@ -198,13 +209,12 @@ def rows_in(
     key = (template, postgresql)
     sql = _ROWS_IN_SQL.get(key)
     if sql is None:
-        marks = {"in": "= ANY(%s)", "p": "%s"} if postgresql else {"in": SQLITE_IN_JSON, "p": "?"}
+        marks = {"in": PG_IN_ARRAY, "p": "%s"} if postgresql else {"in": SQLITE_IN_JSON, "p": "?"}
         sql = _ROWS_IN_SQL[key] = template.format(**marks)
     lists = template.count("{in}")
     out: list[tuple[Any, ...]] = []
     for start in range(0, len(values), ROWS_IN_CHUNK):
-        chunk = list(values[start : start + ROWS_IN_CHUNK])
-        listed: Any = chunk if postgresql else json_ids(chunk)
+        _, listed = in_list(postgresql, values[start : start + ROWS_IN_CHUNK])
         if listed is None:
             raise TypeError("rows_in lists hold ints or strs only")
         cursor = dbapi.cursor()

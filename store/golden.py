@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from store.bulk import BulkWriter, json_ids, one_of, rows_in
+from store.bulk import BulkWriter, in_list, one_of, rows_in
 from store.jsontext import json_text
 from store.models import GoldenPatient, GoldenPatientVersion, GoldenSearchToken, new_uuid
 from store.repositories import NotFoundError
@@ -263,13 +263,9 @@ class GoldenPatientRepository:
         """Keep the version just written of each of ``golden_ids``: a copy of its
         ``golden_patient`` row made by the database (``INSERT … SELECT``), so the resource
         is not sent and parsed a second time."""
-        postgresql = bulk.postgresql
-        sql = _VERSION_COPY.format(
-            ids="= ANY(%s)" if postgresql else "IN (SELECT value FROM json_each(?))"
-        )
         for start in range(0, len(golden_ids), _IDS_PER_STATEMENT):
-            chunk = list(golden_ids[start : start + _IDS_PER_STATEMENT])
-            bulk.connection.exec_driver_sql(sql, (chunk if postgresql else json_ids(chunk),))
+            ids, listed = in_list(bulk.postgresql, golden_ids[start : start + _IDS_PER_STATEMENT])
+            bulk.connection.exec_driver_sql(_VERSION_COPY.format(ids=ids), (listed,))
 
     def _token_changes(
         self, stored: Sequence[str], writes: Sequence[GoldenWrite]
