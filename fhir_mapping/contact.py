@@ -215,12 +215,12 @@ def normalize_contact_point(raw: dict[str, Any], region: str = DEFAULT_REGION) -
             normalized = value.strip()
     period = raw.get("period")
     return ContactPoint(
-        system=system,
-        value=value,
-        value_normalized=normalized,
-        use=raw.get("use"),
-        rank=raw.get("rank"),
-        period=_period(period) if period else None,
+        system,
+        value,
+        normalized,
+        raw.get("use"),
+        raw.get("rank"),
+        _period(period) if period else None,
     )
 
 
@@ -264,20 +264,22 @@ def normalize_address(raw: dict[str, Any]) -> Address:
     city = raw.get("city")
     postal = raw.get("postalCode")
     country = raw.get("country")
+    period = raw.get("period")
+    # Positional, in Address's field order (tests/fhir_mapping/test_hc_parse.py).
     return Address(
-        use=raw.get("use"),
-        type=raw.get("type"),
-        text=raw.get("text"),
-        line=lines,
-        city=city,
-        district=raw.get("district"),
-        state=raw.get("state"),
-        postal_code=postal,
-        country=country,
-        period=_period(raw.get("period")),
-        line_normalized=_lines_normalized(tuple(lines)),
-        city_folded=fold_text(city) if city else "",
-        postal_normalized=normalize_postal_code(postal, country) if postal else "",
+        raw.get("use"),
+        raw.get("type"),
+        raw.get("text"),
+        lines,
+        city,
+        raw.get("district"),
+        raw.get("state"),
+        postal,
+        country,
+        _period(period) if period else None,
+        _lines_normalized(tuple(lines)),
+        fold_text(city) if city else "",
+        normalize_postal_code(postal, country) if postal else "",
     )
 
 

@@ -10,12 +10,13 @@ from fhir_mapping.model import Coding, Period, SourceEncounter
 from fhir_mapping.validate import check_resource
 
 _PATIENT_PREFIX = "Patient/"
+_NO_META: dict[str, Any] = {}
 
 
 def _coding(raw: dict[str, Any] | None) -> Coding | None:
     if not raw:
         return None
-    return Coding(system=raw.get("system"), code=raw.get("code"), display=raw.get("display"))
+    return Coding(raw.get("system"), raw.get("code"), raw.get("display"))
 
 
 def _concept_codings(concepts: Any) -> list[Coding]:
@@ -51,22 +52,27 @@ def parse_encounter(raw: Any) -> SourceEncounter:
 
     Raises :class:`~fhir_mapping.errors.InvalidResource` for invalid input."""
     check_resource(raw, "Encounter")
-    meta = raw.get("meta") or {}
-    period = raw.get("period")
+    get = raw.get
+    meta = get("meta") or _NO_META
+    period = get("period")
+    identifiers = get("identifier")
+    types = get("type")
+    reasons = get("reasonCode")
+    # Positional, in SourceEncounter's field order (tests/fhir_mapping/test_hc_parse.py).
     return SourceEncounter(
-        resource_id=raw.get("id") or "",
-        version_id=meta.get("versionId"),
-        last_updated=meta.get("lastUpdated"),
-        patient_id=subject_patient_id(raw.get("subject")),
-        status=raw.get("status"),
-        class_code=_coding(raw.get("class")),
-        types=_concept_codings(raw.get("type")),
-        period=Period(start=period.get("start"), end=period.get("end")) if period else None,
-        reasons=_concept_codings(raw.get("reasonCode")),
-        identifiers=[normalize_identifier(i) for i in raw.get("identifier") or ()],
-        locations=list(raw.get("location") or ()),
-        participants=list(raw.get("participant") or ()),
-        service_provider=raw.get("serviceProvider"),
-        extensions=list(raw.get("extension") or ()),
-        reason_references=list(raw.get("reasonReference") or ()),
+        get("id") or "",
+        meta.get("versionId"),
+        meta.get("lastUpdated"),
+        subject_patient_id(get("subject")),
+        get("status"),
+        _coding(get("class")),
+        _concept_codings(types) if types else [],
+        Period(period.get("start"), period.get("end")) if period else None,
+        _concept_codings(reasons) if reasons else [],
+        [normalize_identifier(i) for i in identifiers] if identifiers else [],
+        list(get("location") or ()),
+        list(get("participant") or ()),
+        get("serviceProvider"),
+        list(get("extension") or ()),
+        list(get("reasonReference") or ()),
     )

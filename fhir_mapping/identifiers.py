@@ -117,12 +117,12 @@ def normalize_identifier(raw: dict[str, Any], mrn_system: str | None = None) -> 
     valid = bool(normalized) and (kind != "ssn" or ssn_is_valid(normalized))
     period = raw.get("period")
     return Identifier(
-        system=system,
-        value=value,
-        value_normalized=normalized,
-        kind=kind,
-        use=raw.get("use"),
-        type_code=type_code,
-        valid=valid,
-        period=Period(start=period.get("start"), end=period.get("end")) if period else None,
+        system,
+        value,
+        normalized,
+        kind,
+        raw.get("use"),
+        type_code,
+        valid,
+        Period(period.get("start"), period.get("end")) if period else None,
     )

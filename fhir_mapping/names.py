@@ -247,20 +247,22 @@ def normalize_name(raw: dict[str, Any]) -> PersonName:
     text = raw.get("text")
     suffix = tuple(strings(raw.get("suffix")))
     features = _name_features(family, given, text, suffix)
+    period = raw.get("period")
+    # Positional, in PersonName's field order (tests/fhir_mapping/test_hc_parse.py).
     return PersonName(
-        use=raw.get("use"),
-        text=text,
-        family=family,
-        given=list(given),
-        prefix=strings(raw.get("prefix")),
-        suffix=list(suffix),
-        period=_period(raw.get("period")),
-        family_folded=features.family_folded,
-        family_alternates=list(features.family_alternates),
-        family_tokens=list(features.family_tokens),
-        given_folded=list(features.given_folded),
-        given_canonical=list(features.given_canonical),
-        suffix_normalized=features.suffix_normalized,
-        family_first=features.family_first,
-        swapped_suspect=features.swapped_suspect,
+        raw.get("use"),
+        text,
+        family,
+        list(given),
+        strings(raw.get("prefix")),
+        list(suffix),
+        _period(period) if period else None,
+        features.family_folded,
+        list(features.family_alternates),
+        list(features.family_tokens),
+        list(features.given_folded),
+        list(features.given_canonical),
+        features.suffix_normalized,
+        features.family_first,
+        features.swapped_suspect,
     )
