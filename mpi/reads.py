@@ -109,6 +109,21 @@ class Reads:
             records,
         )
 
+    def declined_pairs(self, records: Sequence[int]) -> list[tuple[int, int]]:
+        """(record a, record b) of the steward "no-match" decisions whose record a is one
+        of ``records`` (the caller checks record b)."""
+        return self._rows(
+            "SELECT record_a_id, record_b_id FROM match_decision "
+            "WHERE decision = 'no-match' AND record_a_id {in}",
+            records,
+        )
+
+    def patient_keys(self, records: Sequence[int]) -> list[tuple[int, int, str]]:
+        """(record, source id, resource id) of ``records``."""
+        return self._rows(
+            "SELECT id, source_id, resource_id FROM source_record WHERE id {in}", records
+        )
+
     def active_goldens(self, records: Sequence[int]) -> list[tuple[int, str]]:
         """(record, golden id) of ``records`` linked to an active golden record."""
         return self._rows(

@@ -52,7 +52,6 @@ from sqlalchemy import (
     insert,
     select,
     text,
-    update,
 )
 from sqlalchemy.orm import Session
 
@@ -67,7 +66,6 @@ from mpi.features import (
     features_from_normalized,
 )
 from mpi.model import MatchModel
-from mpi.operations import repoint_encounters
 from mpi.reads import Reads, decode, decode_for_features
 from mpi.settings import MatchSettings
 from mpi.storage import (
@@ -87,7 +85,6 @@ from store.bulk import (
 from store.jsontext import json_text
 from store.models import (
     Link,
-    MatchDecision,
     ReviewItem,
     SourceRecord,
     new_uuid,
@@ -519,15 +516,7 @@ class BatchState:
     def groups_declined(self, a: str, b: str) -> bool:
         """True when a steward said some record of ``a`` is not some record of ``b``."""
         records_a, records_b = set(self.records_of(a)), set(self.records_of(b))
-        everyone = sorted(records_a | records_b)
-        self.reads.settle()
-        for x, y in self.session.execute(
-            select(MatchDecision.record_a_id, MatchDecision.record_b_id).where(
-                MatchDecision.decision == "no-match",
-                MatchDecision.record_a_id.in_(everyone),
-                MatchDecision.record_b_id.in_(everyone),
-            )
-        ).all():
+        for x, y in self.reads.declined_pairs(sorted(records_a | records_b)):
             if (x in records_a and y in records_b) or (x in records_b and y in records_a):
                 return True
         return False
@@ -911,18 +900,21 @@ def _write(
     known = dict(state.patients)
     known.update((item.row.id, item.patient) for item in items)
     versions = write_goldens(session, settings, plans, known=known)
-    for merge in writes.merges:
-        session.execute(
-            update(Link)
-            .where(Link.golden_id == merge.loser)
-            .values(golden_id=merge.survivor)
-            .execution_options(synchronize_session=False)
-        )
+    bulk = BulkWriter(session)
     if writes.merges:
+        # Each loser's links go to its survivor's survivor at the end of the batch: one
+        # statement for all (a set-based UPDATE on PostgreSQL sees no earlier merge's
+        # rows; a survivor is never merged into a golden record merged away before).
+        update_where(
+            bulk,
+            "link",
+            ("golden_id",),
+            ("golden_id",),
+            [(state.survivor_of(merge.survivor), merge.loser) for merge in writes.merges],
+        )
         for obj in list(session.identity_map.values()):
             if isinstance(obj, Link):
                 session.expire(obj)
-    bulk = BulkWriter(session)
     now = bulk.timestamp(utcnow())
     bulk.insert(
         "link",
@@ -1017,12 +1009,23 @@ def _repoint_encounters(
         if golden is not None:
             rows.append((golden, item.row.source_id, item.row.resource_id))
     update_where(bulk, "encounter", ("golden_id",), ("source_id", "patient_resource_id"), rows)
-    moved: dict[str, list[int]] = {}
+    moved: dict[int, str] = {}  # record of a merged golden record -> where it ended up
     for merge in writes.merges:
         golden = state.survivor_of(merge.survivor)
-        moved.setdefault(golden, []).extend(r for r in merge.records if r not in seen)
-    for golden, records in moved.items():
-        repoint_encounters(session, records, golden)
+        for record in merge.records:
+            if record not in seen:
+                moved[record] = golden
+    if moved:
+        update_where(
+            bulk,
+            "encounter",
+            ("golden_id",),
+            ("source_id", "patient_resource_id"),
+            [
+                (moved[record], source_id, resource_id)
+                for record, source_id, resource_id in state.reads.patient_keys(sorted(moved))
+            ],
+        )
 
 
 #: Columns of the batch's driver-level inserts (see :func:`_write`), and their JSON ones.
