@@ -215,21 +215,24 @@ class Checkers:
         are memoized codes, systems and dates); only the others are decided one by one."""
         if len(checkers) != len(leaves):
             return False
-        keys = list(zip(checkers, leaves, strict=True))
         verdicts = self.verdicts
-        found = list(map(verdicts.get, keys))
+        # The keys are not kept: zip reuses its tuple while nothing else holds it, and
+        # the few misses get theirs again from a second zip.
+        found = list(map(verdicts.get, zip(checkers, leaves, strict=True)))
         if all(found):
             return True
-        for key in compress(keys, map(not_, found)):
-            verdict = verdicts.get(key)
+        if False in found:
+            return False  # a memoized refusal
+        old = self.old_verdicts
+        for key in compress(zip(checkers, leaves, strict=True), map(not_, found)):
+            # Not found young (a key met twice in one resource is decided twice alike).
+            verdict = old.get(key)
             if verdict is None:
-                verdict = self.old_verdicts.get(key)
-                if verdict is None:
-                    verdict = self._run(*key)
-                if len(verdicts) >= self.generation_size:
-                    self.old_verdicts = verdicts
-                    verdicts = self.verdicts = {}
-                verdicts[key] = verdict
+                verdict = self._run(*key)
+            if len(verdicts) >= self.generation_size:
+                old = self.old_verdicts = verdicts
+                verdicts = self.verdicts = {}
+            verdicts[key] = verdict
             if not verdict:
                 return False
         return True
