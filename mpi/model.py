@@ -73,8 +73,15 @@ class MatchModel:
                     list(comparison.levels), list(comparison.default_m), list(comparison.default_u)
                 )
         self._weights = {name: p.weights() for name, p in self.comparisons.items()}
+        # A comparison without a frequency table (the untrained model has none) weighs its
+        # exact level like any other: level_weight would look the table up per pair.
         self._plan = tuple(
-            (c.name, self._weights[c.name], c if c.term_frequency else None) for c in COMPARISONS
+            (
+                c.name,
+                self._weights[c.name],
+                c if c.term_frequency and c.name in self.term_frequencies else None,
+            )
+            for c in COMPARISONS
         )
 
     @classmethod
