@@ -62,10 +62,13 @@ _ENCOUNTER_JSON = frozenset({"resource"})
 _OUTBOX_TABLE = Base.metadata.tables["outbox"]
 #: FHIR ``date``/``dateTime`` precisions by string length: year, year-month, date.
 _PARTIAL_DATE_FORMATS = {4: "%Y", 7: "%Y-%m", 10: "%Y-%m-%d"}
-#: Encoded timestamps by (dialect is PostgreSQL, FHIR text or datetime): period bounds and
-#: ``meta.lastUpdated`` repeat across a load. Cleared as a whole when full.
-_TIMESTAMPS: dict[tuple[bool, Any], Any] = {}
+#: Encoded timestamps per dialect (is PostgreSQL) by FHIR text or datetime: period bounds
+#: and ``meta.lastUpdated`` repeat across a load. Each holds None (no timestamp), so that
+#: :meth:`_PageWriter.add` finds every value by one lookup; cleared as a whole when full.
+_TIMESTAMPS: dict[bool, dict[Any, Any]] = {False: {None: None}, True: {None: None}}
 MAX_CACHED_TIMESTAMPS = 16384
+#: Not in a dict of :data:`_TIMESTAMPS`.
+_MISSING = object()
 #: PostgreSQL: new Encounters per statement of a page (see :mod:`store.background`). The
 #: first three statements of a 1000-row page run while the next rows are validated. Measured on
 #: the Encounter pages of a 25k-Patient load (78k Encounters), idle machine (load ~1.1):
@@ -88,17 +91,16 @@ def _json_text(value: Any) -> str:
 def _timestamp(bulk: BulkWriter, value: str | datetime | None) -> Any:
     """``bulk.timestamp`` of a FHIR dateTime text (see :func:`parse_fhir_datetime`) or of a
     datetime, memoized."""
-    if value is None:
-        return None
-    key = (bulk.postgresql, value)
-    found = _TIMESTAMPS.get(key, _TIMESTAMPS)
-    if found is not _TIMESTAMPS:
+    stamps = _TIMESTAMPS[bulk.postgresql]
+    found = stamps.get(value, _MISSING)
+    if found is not _MISSING:
         return found
     parsed = value if isinstance(value, datetime) else parse_fhir_datetime(value)
     encoded = bulk.timestamp(parsed)
-    if len(_TIMESTAMPS) >= MAX_CACHED_TIMESTAMPS:
-        _TIMESTAMPS.clear()
-    _TIMESTAMPS[key] = encoded
+    if len(stamps) >= MAX_CACHED_TIMESTAMPS:
+        stamps.clear()
+        stamps[None] = None
+    stamps[value] = encoded
     return encoded
 
 
@@ -336,17 +338,30 @@ class _PageWriter:
         status: str,
     ) -> None:
         bulk = self.bulk
+        # The timestamps by one lookup each where they were encoded before (most are).
+        stamps = _TIMESTAMPS[bulk.postgresql]
+        last_updated = stamps.get(item.last_updated, _MISSING)
+        if last_updated is _MISSING:
+            last_updated = _timestamp(bulk, item.last_updated)
+        period = encounter.period
+        start = end = None
+        if period is not None:
+            start = stamps.get(period.start, _MISSING)
+            if start is _MISSING:
+                start = _timestamp(bulk, period.start)
+            end = stamps.get(period.end, _MISSING)
+            if end is _MISSING:
+                end = _timestamp(bulk, period.end)
         raw_json = item.raw_json()
         record = (
             raw_json,
             _json_text(_normalized(encounter)),
             item.content_hash,
             item.version_id,
-            _timestamp(bulk, item.last_updated),
+            last_updated,
             status,
             self.now,
         )
-        period = encounter.period
         coding = encounter.class_code
         values = (
             self.source_id,
@@ -354,8 +369,8 @@ class _PageWriter:
             golden_id,
             encounter.status,
             coding.code if coding else None,
-            _timestamp(bulk, period.start if period else None),
-            _timestamp(bulk, period.end if period else None),
+            start,
+            end,
             raw_json,
             self.now,
         )
