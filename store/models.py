@@ -125,9 +125,9 @@ class GoldenPatientVersion(Base):
 
     __tablename__ = "golden_patient_version"
 
-    golden_id: Mapped[str] = mapped_column(
-        ForeignKey("golden_patient.id", ondelete="CASCADE"), primary_key=True
-    )
+    # No foreign key (migration 0004): copied from its golden record's row by the
+    # statement that writes it; a golden record's delete still takes its versions.
+    golden_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     resource: Mapped[dict[str, Any]] = mapped_column(JSONType)
     status: Mapped[str] = mapped_column(String(20), default="active")
@@ -163,10 +163,11 @@ class Link(Base):
     __table_args__ = (Index("ix_link_golden", "golden_id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    source_record_id: Mapped[int] = mapped_column(
-        ForeignKey("source_record.id", ondelete="CASCADE"), unique=True
-    )
-    golden_id: Mapped[str] = mapped_column(ForeignKey("golden_patient.id"))
+    # No foreign keys (migration 0004: two trigger queries per link): the MPI links the
+    # records and golden records its transaction wrote or read. A record's delete still
+    # takes its link; a golden record's is refused while a link names it (triggers).
+    source_record_id: Mapped[int] = mapped_column(BigId, unique=True)
+    golden_id: Mapped[str] = mapped_column(String(36))
     grade: Mapped[str] = mapped_column(String(20))  # certain|probable|possible|certainly-not
     score: Mapped[float | None] = mapped_column(Float, nullable=True)
     method: Mapped[str] = mapped_column(String(10), default="AUTO")  # AUTO | MANUAL
@@ -227,13 +228,11 @@ class ReviewItem(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(30))  # possible-match|vetoed|duplicate-golden
     status: Mapped[str] = mapped_column(String(20), default="open")  # open | resolved
-    source_record_id: Mapped[int | None] = mapped_column(
-        ForeignKey("source_record.id", ondelete="CASCADE"), nullable=True, index=True
-    )
-    golden_id: Mapped[str | None] = mapped_column(ForeignKey("golden_patient.id"), nullable=True)
-    other_golden_id: Mapped[str | None] = mapped_column(
-        ForeignKey("golden_patient.id"), nullable=True
-    )
+    # No foreign keys (migration 0004), as for links: a record's delete still takes its
+    # review items, a golden record's is refused while one names it (triggers).
+    source_record_id: Mapped[int | None] = mapped_column(BigId, nullable=True, index=True)
+    golden_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    other_golden_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     grade: Mapped[str | None] = mapped_column(String(20), nullable=True)
     score: Mapped[float | None] = mapped_column(Float, nullable=True)
     reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
