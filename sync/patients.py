@@ -95,6 +95,8 @@ def ingest_patients(
     new_rows: list[tuple[Any, ...]] = []
     updates: list[tuple[Any, ...]] = []
     valid: list[tuple[str, SourcePatient, MatchFeatures]] = []
+    # Encoded lastUpdated values of the page (a source stamps many records alike).
+    stamps: dict[Any, Any] = {None: None}
     for item in incoming:
         current = stored.get(item.resource_id)
         if is_unchanged(current, item):
@@ -119,12 +121,15 @@ def ingest_patients(
         # Extracted once: stored with the record, and resolved with below.
         features = extract_features(patient)
         encoded = encode_features(features, item.content_hash)
+        last_updated = stamps.get(item.last_updated, stamps)
+        if last_updated is stamps:
+            last_updated = stamps[item.last_updated] = bulk.timestamp(item.last_updated)
         values = (
             item.raw_json(),
             json_text(patient.to_compact_dict()),
             item.content_hash,
             item.version_id,
-            bulk.timestamp(item.last_updated),
+            last_updated,
             STATUS_ACTIVE,
             now,
         )
