@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -22,7 +23,7 @@ from mpi.features import MatchFeatures, extract_features
 from mpi.model import MatchModel
 from mpi.settings import MatchSettings
 from mpi.survivorship import MemberRecord, ProvenanceEntry, build_golden
-from store.bulk import BulkWriter, one_of, rows_in
+from store.bulk import BulkWriter, in_list, one_of, rows_in
 from store.golden import GoldenPatientRepository, GoldenWrite
 from store.jsontext import json_text
 from store.models import FieldProvenance, GoldenPatient, Link, Outbox, Source, SourceRecord
@@ -39,6 +40,14 @@ _PROVENANCE_COLUMNS = ("golden_id", "field", "value", "source_record_id", "rule"
 _VALUE_JSON = frozenset({"value"})
 #: Golden ids per ``DELETE … IN (…)`` (SQLite binds at most 32766 parameters).
 _DELETE_CHUNK = 5000
+_GOLDEN_ID = itemgetter(0)
+#: Driver-level statements of :func:`write_goldens` (``{in}``: see :func:`store.bulk.rows_in`).
+_GOLDEN_STATE = (
+    "SELECT id, version, status, merged_into FROM golden_patient WHERE id {in} ORDER BY id"
+)
+_GOLDEN_STATE_PG = _GOLDEN_STATE + " FOR UPDATE"
+_MERGED_INTO = "SELECT id, merged_into FROM golden_patient WHERE merged_into {in}"
+_DELETE_PROVENANCE = "DELETE FROM field_provenance WHERE golden_id {ids}"
 
 _feature_cache: OrderedDict[tuple[int, str | None], tuple[SourcePatient, MatchFeatures]] = (
     OrderedDict()
@@ -354,31 +363,21 @@ def write_goldens(
     if not plans:
         return {}
     stored_ids = sorted(p.golden_id for p in plans if not p.new)
+    session.flush()  # the reads below are the driver's: they see no unflushed objects
+    connection = session.connection()
+    dbapi = connection.connection.dbapi_connection
+    postgresql = connection.dialect.name == "postgresql"
     state: dict[str, tuple[int, str, str | None]] = {}
-    if stored_ids:
-        stmt = (
-            select(
-                GoldenPatient.id,
-                GoldenPatient.version,
-                GoldenPatient.status,
-                GoldenPatient.merged_into,
-            )
-            .where(one_of(session, GoldenPatient.id, stored_ids))
-            .order_by(GoldenPatient.id)
-        )
-        if session.get_bind().dialect.name == "postgresql":
-            stmt = stmt.with_for_update()  # concurrent writers of one record serialize
-        state = {
-            gid: (version, status, into) for gid, version, status, into in session.execute(stmt)
-        }
-    ids = [p.golden_id for p in plans]
     replaces: dict[str, set[str]] = {}
-    for gid, into in session.execute(
-        select(GoldenPatient.id, GoldenPatient.merged_into).where(
-            one_of(session, GoldenPatient.merged_into, ids)
-        )
-    ):
-        if into is not None:
+    if stored_ids:
+        # Locked in id order on PostgreSQL: concurrent writers of one record serialize.
+        for gid, version, status, into in rows_in(
+            dbapi, postgresql, _GOLDEN_STATE_PG if postgresql else _GOLDEN_STATE, stored_ids
+        ):
+            state[gid] = (version, status, into)
+        # Only stored records can be named by another's merged_into: a new one's id
+        # was made by this batch, which has not written it yet.
+        for gid, into in rows_in(dbapi, postgresql, _MERGED_INTO, stored_ids):
             replaces.setdefault(into, set()).add(gid)
     for plan in plans:
         if plan.merged_into is not None:
@@ -424,15 +423,11 @@ def write_goldens(
     # 5, and its read and comparison took 0.9 s for 0.6 s of writes saved (SQLite, 25k
     # Patients), 1.1 s for 0.1 s (PostgreSQL, 10k).
     for start in range(0, len(stored_ids), _DELETE_CHUNK):
-        session.execute(
-            delete(FieldProvenance)
-            .where(
-                one_of(
-                    session, FieldProvenance.golden_id, stored_ids[start : start + _DELETE_CHUNK]
-                )
-            )
-            .execution_options(synchronize_session=False)
-        )
+        listed, ids = in_list(postgresql, stored_ids[start : start + _DELETE_CHUNK])
+        connection.exec_driver_sql(_DELETE_PROVENANCE.format(ids=listed), (ids,))
+    # In the order of their index (golden_id, field), each record's rows in its order:
+    # 4000 rows into a 100k-row SQLite table took 34 instead of 45 ms (best of 9).
+    all_provenance.sort(key=_GOLDEN_ID)
     bulk.insert("field_provenance", _PROVENANCE_COLUMNS, all_provenance, json_columns=_VALUE_JSON)
     return versions
 
