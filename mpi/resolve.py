@@ -275,6 +275,11 @@ class BatchState:
         self.normalized: dict[int, str | dict[str, Any] | None] = {}
         #: Merges allowed while deciding the current record (see :meth:`allow_merge`).
         self.pending: list[_Merge] = []
+        #: What the resolver ranked for each new record of the batch when it was loaded
+        #: (:meth:`ensure` reuses it while none of the record's keys changed since).
+        self.ranked: dict[int, list[int]] = {}
+        #: Block keys whose members changed since the batch was loaded (:meth:`rekeyed`).
+        self.changed_keys: set[str] = set()
         if reads is None:
             reads = Reads(session)
         else:  # reused across the chunks of a batch: what is pending is read too
@@ -319,11 +324,11 @@ class BatchState:
         wanted = {self.links[r][0] for r in stored}
         for others in self.decisions.values():
             wanted.update(self.links[o][0] for o in others if o in self.links)
-        ranked = [
-            self._ranked(record_keys)
-            for record_id, _, record_keys in records
-            if record_id not in stored
-        ]
+        first = self.ranked
+        for record_id, _, record_keys in records:
+            if record_id not in stored and record_id not in first:
+                first[record_id] = self._ranked(record_keys)
+        ranked = list(first.values())
         ranked.extend(self._ranked(probe) for probe in probes)
         self.place({r for found in ranked for r in found})
         for found in ranked:
@@ -432,14 +437,18 @@ class BatchState:
             self.resolver.features[record_id] = features
             self.patients[record_id] = patient
 
-    def ensure(self, keys: list[str]) -> list[int]:
+    def ensure(self, keys: list[str], record: int | None = None) -> list[int]:
         """Load whatever deciding for a record with ``keys`` needs and is not loaded yet
         (nothing, unless the batch itself changed which records rank first). Returns
         the records the resolver ranks for ``keys`` (loading leaves the index as it is,
         so :meth:`MemoryResolver.add` takes them instead of ranking again: a third of
-        the ranking's ~1.3 s at 10k Patients)."""
+        the ranking's ~1.3 s at 10k Patients). The new ``record`` of the batch that has
+        ``keys`` gets the ranking made when the batch was loaded, unless a key of it
+        changed since (the ranking reads only its keys' members)."""
         resolver = self.resolver
-        found = self._ranked(keys)
+        found = self.ranked.pop(record, None) if record is not None else None
+        if found is None or not self.changed_keys.isdisjoint(keys):
+            found = self._ranked(keys)
         self.place(set(found))
         goldens = self._goldens_of(found)
         self.load_goldens(goldens)
@@ -490,6 +499,11 @@ class BatchState:
             else:
                 blocked.add(golden)
         return manual, blocked
+
+    def rekeyed(self, keys: Iterable[str]) -> None:
+        """``keys`` gained or lost members in the resolver's index (a record was filed
+        under them, or a stored record gave them back)."""
+        self.changed_keys.update(keys)
 
     def skipped_keys(self, keys: list[str]) -> int:
         index = self.resolver.index
@@ -747,7 +761,7 @@ def _decide_and_write(
         if record_id in linked or record_id in state.links:
             resolutions.append(_refresh(state, writes, item, linked, batch_keys))
             continue
-        found = state.ensure(item.keys)
+        found = state.ensure(item.keys, record_id)
         skipped = state.skipped_keys(item.keys)
         manual, blocked = state.steward(record_id)
         decision = resolver.add(
@@ -759,6 +773,7 @@ def _decide_and_write(
             allow_merge=state.allow_merge,
             found=found,
         )
+        state.rekeyed(item.keys)
         batch_keys[record_id] = item.keys
         resolution = _record(state, writes, position, item, decision, skipped)
         linked[record_id] = (resolution.grade, resolution.score)
@@ -794,6 +809,8 @@ def _refresh(
         if members is not None and record_id in members:
             members.remove(record_id)
     index.add(record_id, item.keys)
+    state.rekeyed(old)
+    state.rekeyed(item.keys)
     batch_keys[record_id] = item.keys
     state.resolver.features[record_id] = item.features
     golden = state.golden_now(record_id)
