@@ -21,9 +21,17 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
-from fhir_mapping import GoldenLink, GoldenRecord, SourcePatient
+from fhir_mapping import (
+    Address,
+    ContactPoint,
+    GoldenLink,
+    GoldenRecord,
+    Identifier,
+    PersonName,
+    SourcePatient,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +230,15 @@ def build_golden(
     code and folded city). The unions are written out per field rather than through
     generic helpers taking two lambdas: they were a third of the time of this function.
     """
-    rankings = _rankings(members, rules)
+    if len(members) == 1:
+        return _build_alone(golden_id, members[0], links)
+    return _build_ranked(golden_id, _rankings(members, rules), links)
+
+
+def _build_ranked(
+    golden_id: str, rankings: dict[str, Ranking], links: Sequence[GoldenLink]
+) -> tuple[GoldenRecord, list[ProvenanceEntry]]:
+    """:func:`build_golden` from the members ranked per field."""
     provenance: list[ProvenanceEntry] = []
     append = provenance.append
     golden = GoldenRecord(id=golden_id, links=list(links))
@@ -289,4 +305,82 @@ def build_golden(
             golden.deceased = True
             golden.deceased_datetime = dead.patient.deceased_datetime
             append(ProvenanceEntry("deceased", True, dead.record_id, rule, dead.observed_at))
+    return golden, provenance
+
+
+#: The rule of every field of a golden record with one member.
+_ALONE = "only-source"
+_T = TypeVar("_T")
+
+
+def _distinct(values: list[_T], key: Callable[[_T], Hashable]) -> list[_T]:
+    """A new list of ``values`` without those whose ``key`` an earlier one had."""
+    if len(values) < 2:
+        return list(values)
+    seen: set[Hashable] = set()
+    out = []
+    for value in values:
+        identity = key(value)
+        if identity not in seen:
+            seen.add(identity)
+            out.append(value)
+    return out
+
+
+def _name_identity(name: PersonName) -> Hashable:
+    return (name.family_folded, tuple(name.given_folded), name.use)
+
+
+def _system_identity(value: Identifier | ContactPoint) -> Hashable:
+    return (value.system, value.value_normalized or value.value)
+
+
+def _address_identity(address: Address) -> Hashable:
+    return (address.line_normalized, address.postal_normalized, address.city_folded)
+
+
+def _build_alone(
+    golden_id: str, member: MemberRecord, links: Sequence[GoldenLink]
+) -> tuple[GoldenRecord, list[ProvenanceEntry]]:
+    """:func:`build_golden` of one member (nearly every record of a source's first sync):
+    nothing to rank, every rule "only-source", and a list is copied as it is unless it
+    holds more than one value (which may repeat an earlier one's identity). The same
+    record and provenance, in the same order, as the ranked path gives a lone member."""
+    p = member.patient
+    record_id, observed = member.record_id, member.observed_at
+    provenance: list[ProvenanceEntry] = []
+    append = provenance.append
+    golden = GoldenRecord(id=golden_id, links=list(links))
+    golden.names = names = _distinct(p.names, _name_identity)
+    for name in names:
+        append(
+            ProvenanceEntry(
+                "name", {"family": name.family, "given": name.given}, record_id, _ALONE, observed
+            )
+        )
+    if p.birth_date:
+        golden.birth_date = p.birth_date
+        append(ProvenanceEntry("birthDate", p.birth_date, record_id, _ALONE, observed))
+    if p.gender:
+        golden.gender = p.gender
+        append(ProvenanceEntry("gender", p.gender, record_id, _ALONE, observed))
+    golden.identifiers = identifiers = _distinct(p.identifiers, _system_identity)
+    for identifier in identifiers:
+        append(
+            ProvenanceEntry(
+                "identifier", {"system": identifier.system}, record_id, _ALONE, observed
+            )
+        )
+    golden.telecom = telecom = _distinct(p.telecom, _system_identity)
+    for contact in telecom:
+        append(ProvenanceEntry("telecom", {"system": contact.system}, record_id, _ALONE, observed))
+    golden.addresses = addresses = _distinct(p.addresses, _address_identity)
+    for address in addresses:
+        append(ProvenanceEntry("address", {"use": address.use}, record_id, _ALONE, observed))
+    golden.languages = list(p.languages)
+    golden.race, golden.ethnicity, golden.birth_sex = p.race, p.ethnicity, p.birth_sex
+    if p.deceased or p.deceased_datetime:
+        golden.deceased = True
+        golden.deceased_datetime = p.deceased_datetime
+        append(ProvenanceEntry("deceased", True, record_id, _ALONE, observed))
     return golden, provenance

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from fhir_mapping import parse_patient
+from fhir_mapping import GoldenLink, parse_patient
 from mpi.survivorship import MemberRecord, build_golden
 from tests.mpi.helpers import fhir_patient
 
@@ -41,3 +41,31 @@ def test_rules_held_in_lists_rank_by_their_current_content() -> None:
     assert _gender(rules) == ("male", "recency")
     rules["gender"][0] = "trust"
     assert _gender(rules) == ("female", "trust")
+
+
+def test_a_lone_member_builds_what_the_ranked_path_builds() -> None:
+    """The one-member path (no ranking) against the ranked path given the same lone
+    member: the same record and provenance, whose lists are the golden record's own."""
+    from mpi.survivorship import _build_ranked, _rankings
+    from tests.mpi.test_hc_survivorship import _people
+
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    checked = 0
+    for seed in (5, 11):
+        for person in _people(seed):
+            for i, patient in enumerate(person):
+                member = MemberRecord(100 + i, patient, 50, start if i % 2 else None)
+                links = [GoldenLink("other", "replaces")] if i % 3 == 0 else []
+                golden, provenance = build_golden("g", [member], {}, links=links)
+                expected = _build_ranked("g", _rankings([member], {}), links)
+                assert (golden, provenance) == expected
+                for mine, theirs in (
+                    (golden.names, patient.names),
+                    (golden.identifiers, patient.identifiers),
+                    (golden.telecom, patient.telecom),
+                    (golden.addresses, patient.addresses),
+                    (golden.languages, patient.languages),
+                ):
+                    assert mine is not theirs
+                checked += 1
+    assert checked > 200
