@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 
 from fhir_mapping import InvalidResource, SourceEncounter, parse_encounter, subject_patient_id
 from store.background import Background
-from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, array_sql, one_of
+from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, array_sql, one_of, rows_in
 from store.models import Base, Encounter, Link, SourceRecord
-from store.types import utcnow
+from store.types import as_utc, utcnow
 from sync.records import (
     RECORD_COLUMNS,
     RECORD_JSON,
@@ -201,14 +201,42 @@ def _pg_rows(session: Session, statement: str, params: tuple[Any, ...]) -> list[
         cursor.close()
 
 
+#: SQLite: the same lookup through :func:`store.bulk.rows_in` (see :func:`_load_stored`).
+_SQLITE_STORED_RECORDS = (
+    "SELECT id, resource_id, status, content_hash, last_updated FROM source_record"
+    " WHERE resource_id {in} AND source_id = {p} AND resource_type = {p}"
+)
+
+
+def _stored_utc(value: Any) -> datetime | None:
+    """A stored ``last_updated`` as :class:`store.types.UTCDateTime` hands it back (SQLite's
+    driver returns the stored naive-UTC text)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return as_utc(value)
+
+
 def _load_stored(
     session: Session, source_id: int, resource_ids: Sequence[str]
 ) -> dict[str, _Stored]:
     """The stored records among ``resource_ids`` (their encounter ids come later, from
     :func:`_load_encounter_ids`, for the few that changed: an outer join to ``encounter``
-    here let PostgreSQL hash the whole table for every page of a re-sync)."""
+    here let PostgreSQL hash the whole table for every page of a re-sync).
+
+    Read at the driver level (plain tuples): SQLAlchemy's result rows and their timestamp
+    processing were most of a re-synced page's cost."""
     found: dict[str, _Stored] = {}
-    postgresql = session.get_bind().dialect.name == "postgresql"
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        session.flush()
+        dbapi = session.connection().connection.driver_connection
+        ids = list(dict.fromkeys(resource_ids))
+        for rec_id, rid, status, digest, updated in rows_in(
+            dbapi, False, _SQLITE_STORED_RECORDS, ids, source_id, "Encounter"
+        ):
+            found[rid] = _Stored(rec_id, status, digest, _stored_utc(updated), None)
+        return found
+    postgresql = dialect == "postgresql"
     for chunk in chunked(list(dict.fromkeys(resource_ids))):
         if postgresql:
             for rec_id, rid, status, digest, updated in _pg_rows(
