@@ -226,6 +226,73 @@ def rows_in(
     return out
 
 
+#: Rows from which a PostgreSQL insert of plain columns (strs, ints, bools; no JSON, no
+#: RETURNING) goes through ``COPY`` instead of ``INSERT … SELECT … FROM unnest(…)``: the
+#: server inserts a COPY's rows in batches (a heap page at a time, one WAL record per
+#: page) and parses no arrays. Measured on a 3k-Patient database, rolled back, best of 5
+#: (load 6): 43k block keys 1.34 -> 0.95 s (client CPU 31 -> 47 ms), 16k search tokens
+#: 0.57 -> 0.49 s (15 -> 26 ms). Left to the INSERT: rows with JSON documents, floats
+#: or timestamps, which the writer would render in Python for more than the server
+#: saves (13k provenance rows: 0.40 -> 0.36 s, but client CPU 19 -> 73 ms; 3k links
+#: unchanged at 0.17 s). Below this many rows the prepared INSERT costs less.
+COPY_MIN_ROWS = 100
+#: COPY's text-format escapes (https://www.postgresql.org/docs/current/sql-copy.html,
+#: "Text Format"): the characters that would end a field or a row, and the backslash.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_SPECIAL = ("\\", "\t", "\n", "\r")
+_COPY_NULL = "\\N"
+
+
+def _copy_column(values: list[Any], length: int | None) -> list[str] | None:
+    """A column's values as COPY text fields, or None when they go otherwise: a type
+    psycopg renders, or a str longer than the column's ``length``, which the ``INSERT``'s
+    cast to ``VARCHAR(length)`` truncates and COPY would refuse. Nones are
+    :data:`_COPY_NULL`."""
+    kinds = set(map(type, values))
+    nulls = _NONE in kinds
+    kinds.discard(_NONE)
+    if not kinds:
+        return [_COPY_NULL] * len(values)
+    if len(kinds) > 1:
+        return None
+    (kind,) = kinds
+    present = [v for v in values if v is not None] if nulls else values
+    if kind is str:
+        if length is not None and max(map(len, present)) > length:
+            return None
+        joined = "".join(present)
+        if "\x00" in joined:  # not text to PostgreSQL: refused by either statement
+            return None
+        if any(special in joined for special in _COPY_SPECIAL):
+            rendered = [v.translate(_COPY_ESCAPES) for v in present]
+        else:
+            rendered = present
+    elif kind is int:
+        rendered = list(map(str, present))
+    elif kind is bool:
+        rendered = ["t" if v else "f" for v in present]
+    else:  # floats, timestamps: psycopg's C dumpers render them for less
+        return None
+    if not nulls:
+        return rendered
+    fields = iter(rendered)
+    return [_COPY_NULL if v is None else next(fields) for v in values]
+
+
+def copy_text(arrays: Sequence[list[Any]], lengths: Sequence[int | None]) -> str | None:
+    """The COPY text-format data of a table's columns (one list of values per column,
+    rows in order; ``lengths``: each column's ``VARCHAR`` length, None if unbounded), or
+    None when a column holds values that go otherwise (:func:`_copy_column`: types other
+    than str, int and bool, mixed types, over-long or NUL-holding strs)."""
+    fields = []
+    for values, length in zip(arrays, lengths, strict=True):
+        column = _copy_column(values, length)
+        if column is None:
+            return None
+        fields.append(column)
+    return "\n".join(map("\t".join, zip(*fields, strict=True))) + "\n"
+
+
 class BulkWriter:
     """Many rows of one table in one call, in the caller's transaction.
 
@@ -276,6 +343,13 @@ class BulkWriter:
             self.connection.exec_driver_sql(statement, list(rows))
             return None
         arrays = self._arrays(columns, rows)
+        if (
+            not returning
+            and not json_columns
+            and len(rows) >= COPY_MIN_ROWS
+            and self._copy(table, columns, arrays)
+        ):
+            return []
         single = self._single_valued(arrays)
         unnest, selected, parameters = self._unnest(table, columns, json_columns, single, arrays)
         statement = f"INSERT INTO {table} ({', '.join(columns)}) SELECT {selected} {unnest}"
@@ -283,6 +357,23 @@ class BulkWriter:
             statement += f" RETURNING {', '.join(returning)}"
         result = self.connection.exec_driver_sql(statement, parameters)
         return [tuple(row) for row in result] if returning else []
+
+    def _copy(self, table: str, columns: Sequence[str], arrays: Sequence[list[Any]]) -> bool:
+        """PostgreSQL: ``rows`` through ``COPY … FROM STDIN`` on the session's connection
+        (so in its transaction), as one text built by :func:`copy_text`. False (nothing
+        written) when the values do not allow it: the caller inserts them."""
+        sql_table = Base.metadata.tables[table]
+        lengths = [getattr(sql_table.c[column].type, "length", None) for column in columns]
+        data = copy_text(arrays, lengths)
+        if data is None:
+            return False
+        cursor = self.connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                copy.write(data)
+        finally:
+            cursor.close()
+        return True
 
     @staticmethod
     def _single_valued(arrays: Sequence[list[Any]]) -> frozenset[int]:
