@@ -26,7 +26,7 @@ from fhir_mapping import InvalidResource, SourceEncounter, parse_encounter, subj
 from store.background import Background
 from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, array_sql, one_of, rows_in
 from store.models import Base, Encounter, Link, SourceRecord
-from store.types import as_utc, utcnow
+from store.types import utcnow
 from sync.records import (
     RECORD_COLUMNS,
     RECORD_JSON,
@@ -39,6 +39,7 @@ from sync.records import (
     mapping_error,
     quarantine,
     shape_error,
+    stored_time,
 )
 
 EVENT_CREATED = "encounter.created"
@@ -208,14 +209,6 @@ _SQLITE_STORED_RECORDS = (
 )
 
 
-def _stored_utc(value: Any) -> datetime | None:
-    """A stored ``last_updated`` as :class:`store.types.UTCDateTime` hands it back (SQLite's
-    driver returns the stored naive-UTC text)."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return as_utc(value)
-
-
 def _load_stored(
     session: Session, source_id: int, resource_ids: Sequence[str]
 ) -> dict[str, _Stored]:
@@ -234,7 +227,7 @@ def _load_stored(
         for rec_id, rid, status, digest, updated in rows_in(
             dbapi, False, _SQLITE_STORED_RECORDS, ids, source_id, "Encounter"
         ):
-            found[rid] = _Stored(rec_id, status, digest, _stored_utc(updated), None)
+            found[rid] = _Stored(rec_id, status, digest, stored_time(updated), None)
         return found
     postgresql = dialect == "postgresql"
     for chunk in chunked(list(dict.fromkeys(resource_ids))):

@@ -22,8 +22,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fhir_mapping import InvalidResource, Issue
-from store.bulk import one_of
+from store.bulk import one_of, rows_in
 from store.models import SourceRecord
+from store.types import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -250,29 +251,42 @@ class StoredRecord:
     last_updated: datetime | None
 
 
+#: :func:`load_states`'s read, through :func:`store.bulk.rows_in`.
+_STATES_SQL = (
+    "SELECT resource_id, id, status, content_hash, last_updated FROM source_record"
+    " WHERE resource_id {in} AND source_id = {p} AND resource_type = {p}"
+)
+
+
+def stored_time(value: Any) -> datetime | None:
+    """A timestamp read at the driver level as :class:`store.types.UTCDateTime` hands it
+    back: aware, in UTC (SQLite's driver returns the stored naive-UTC text, PostgreSQL's
+    an aware datetime)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return as_utc(value)
+
+
 def load_states(
     session: Session, source_id: int, resource_type: str, resource_ids: Sequence[str]
 ) -> dict[str, StoredRecord]:
     """:func:`load_records` without the ORM objects (and their decoded JSON columns): the
-    id and change-detection columns of the stored records, keyed by resource id."""
-    found: dict[str, StoredRecord] = {}
-    for chunk in chunked(list(dict.fromkeys(resource_ids))):
-        rows = session.execute(
-            select(
-                SourceRecord.resource_id,
-                SourceRecord.id,
-                SourceRecord.status,
-                SourceRecord.content_hash,
-                SourceRecord.last_updated,
-            ).where(
-                SourceRecord.source_id == source_id,
-                SourceRecord.resource_type == resource_type,
-                one_of(session, SourceRecord.resource_id, chunk),
-            )
+    id and change-detection columns of the stored records, keyed by resource id.
+
+    Read at the driver level (:func:`store.bulk.rows_in`: plain tuples, one statement
+    text whatever the number of ids), not through SQLAlchemy's result rows."""
+    ids = list(dict.fromkeys(resource_ids))
+    if not ids:
+        return {}
+    session.flush()
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    dbapi = session.connection().connection.driver_connection
+    return {
+        resource_id: StoredRecord(record_id, status, digest, stored_time(updated))
+        for resource_id, record_id, status, digest, updated in rows_in(
+            dbapi, postgresql, _STATES_SQL, ids, source_id, resource_type
         )
-        for resource_id, record_id, status, digest, updated in rows:
-            found[resource_id] = StoredRecord(record_id, status, digest, updated)
-    return found
+    }
 
 
 class StoredState(Protocol):

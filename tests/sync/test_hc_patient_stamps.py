@@ -1,6 +1,7 @@
 """A page's Patients encode each distinct ``lastUpdated`` once: every stored record keeps
 its own instant, whether the page's records share it, differ, or have none (both
-backends); a changed record stored again takes its new one."""
+backends); a changed record stored again takes its new one. load_states, read at the driver
+level, gives what the ORM reads of the same records."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from connectors import Page
 from store.models import SourceRecord
 from sync import ingest_page
-from sync.records import parse_instant
+from sync.records import load_records, load_states, parse_instant
 from tests.sync.helpers import add_source, patient
 
 UPDATED = [
@@ -63,3 +64,36 @@ def test_each_patient_keeps_its_own_last_updated(
         ingest_page(session, source_id, Page("Patient", [changed], "c2"))
         session.commit()
         assert _stored(session, source_id)["p1"] == datetime(2026, 2, 1, tzinfo=UTC)
+
+
+def test_load_states_reads_what_the_orm_reads(session_factory: sessionmaker[Session]) -> None:
+    source_id = add_source(session_factory)
+    page = []
+    for i, updated in enumerate(UPDATED):
+        resource = patient(f"p{i}", given=f"Ada{i}", birth=f"1980-04-{i + 1:02d}")
+        if updated is None:
+            resource.pop("meta")
+        else:
+            resource["meta"]["lastUpdated"] = updated
+        page.append(resource)
+    page.append({"resourceType": "Patient", "id": "bad", "gender": "nope"})  # quarantined
+    with session_factory() as session:
+        ingest_page(session, source_id, Page("Patient", page, "c1"))
+        session.commit()
+    asked = [f"p{i}" for i in range(len(UPDATED))] + ["bad", "absent", "p0"]
+    with session_factory() as session:
+        states = load_states(session, source_id, "Patient", asked)
+        records = load_records(session, source_id, "Patient", asked)
+        assert set(states) == set(records) == set(asked) - {"absent"}
+        for resource_id, state in states.items():
+            record = records[resource_id]
+            assert (state.id, state.status, state.content_hash, state.last_updated) == (
+                record.id,
+                record.status,
+                record.content_hash,
+                record.last_updated,
+            )
+        assert states["bad"].status == "quarantined"
+        assert states["p4"].last_updated is None
+        assert states["p3"].last_updated == parse_instant(UPDATED[3])
+        assert load_states(session, source_id, "Encounter", asked) == {}
