@@ -103,7 +103,9 @@ def test_an_encounter_waits_for_its_patient_then_is_attached(
     with session_factory() as session:
         attached = session.scalars(select(Encounter)).one()
         golden = session.scalar(
-            select(Link.golden_id).join(SourceRecord).where(SourceRecord.resource_id == "p1")
+            select(Link.golden_id)
+            .join(SourceRecord, SourceRecord.id == Link.source_record_id)
+            .where(SourceRecord.resource_id == "p1")
         )
         assert attached.golden_id == golden is not None
         assert records(session, source_id, resource_type="Encounter")[0].status == "active"
