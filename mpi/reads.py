@@ -32,6 +32,21 @@ from mpi.storage import _model_cache, load_active_model
 from store.background import Background
 from store.bulk import rows_in
 
+_BLOCK_MEMBERS = (
+    "SELECT s.key, s.n, b.source_record_id FROM "
+    "(SELECT key, count(*) AS n FROM block_key WHERE key {in} GROUP BY key) s "
+    "LEFT JOIN block_key b ON b.key = s.key AND s.n <= {p}"
+)
+#: The same on PostgreSQL, with the members read per key (a parameterized index scan):
+#: with a page's ~14k keys the planner joined ``block_key`` a second time by hash, a
+#: sequential scan of the whole table on every page, costing more as the table grows.
+_BLOCK_MEMBERS_PG = (
+    "SELECT s.key, s.n, b.source_record_id FROM "
+    "(SELECT key, count(*) AS n FROM block_key WHERE key {in} GROUP BY key) s "
+    "LEFT JOIN LATERAL (SELECT m.source_record_id FROM block_key m "
+    "WHERE m.key = s.key AND s.n <= {p}) b ON true"
+)
+
 
 class Reads:
     """Driver-level reads in the session's transaction (pending ORM changes are flushed
@@ -86,9 +101,7 @@ class Reads:
         """(key, size, member) of ``keys`` in one statement: a row per member of each key
         with at most ``limit`` members, one row with member None for a larger key."""
         return self._rows(
-            "SELECT s.key, s.n, b.source_record_id FROM "
-            "(SELECT key, count(*) AS n FROM block_key WHERE key {in} GROUP BY key) s "
-            "LEFT JOIN block_key b ON b.key = s.key AND s.n <= {p}",
+            _BLOCK_MEMBERS_PG if self.postgresql else _BLOCK_MEMBERS,
             keys,
             limit,
         )
