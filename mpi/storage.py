@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
@@ -28,7 +27,7 @@ from store.golden import GoldenPatientRepository, GoldenWrite
 from store.jsontext import json_text
 from store.models import FieldProvenance, GoldenPatient, Link, Outbox, Source, SourceRecord
 from store.models import MatchModel as MatchModelRow
-from store.types import as_utc, utcnow
+from store.types import stored_time, utcnow
 
 #: Parsed records (with features) kept in memory, keyed by id and content hash. Small on
 #: purpose: a big cache of live objects makes every full GC pass slow (p99 latency).
@@ -152,14 +151,6 @@ _MEMBERS_SQL = (
 )
 
 
-def _utc(value: Any) -> datetime | None:
-    """A timestamp as :class:`store.types.UTCDateTime` hands it back (SQLite's driver
-    returns the stored text, PostgreSQL's an aware datetime)."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return as_utc(value)
-
-
 def member_records(
     session: Session,
     record_ids: Sequence[int] = (),
@@ -195,7 +186,7 @@ def member_records(
     elif record_ids:
         connection = session.connection()
         rows = [
-            (record_id, content_hash, _utc(observed), source_id)
+            (record_id, content_hash, stored_time(observed), source_id)
             for record_id, content_hash, observed, source_id in rows_in(
                 connection.connection.dbapi_connection,
                 connection.dialect.name == "postgresql",

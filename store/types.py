@@ -44,5 +44,14 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC)
 
 
+def stored_time(value: Any) -> datetime | None:
+    """A timestamp read at the driver level, as :class:`UTCDateTime` hands it back: aware,
+    in UTC (SQLite's driver returns the stored naive-UTC text, PostgreSQL's an aware
+    datetime)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return as_utc(value)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)

@@ -26,7 +26,7 @@ from fhir_mapping import InvalidResource, SourceEncounter, parse_encounter, subj
 from store.background import Background
 from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, array_sql, one_of, rows_in
 from store.models import Base, Encounter, Link, SourceRecord
-from store.types import utcnow
+from store.types import stored_time, utcnow
 from sync.records import (
     RECORD_COLUMNS,
     RECORD_JSON,
@@ -39,7 +39,6 @@ from sync.records import (
     mapping_error,
     quarantine,
     shape_error,
-    stored_time,
 )
 
 EVENT_CREATED = "encounter.created"

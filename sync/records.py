@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from fhir_mapping import InvalidResource, Issue
 from store.bulk import one_of, rows_in
 from store.models import SourceRecord
-from store.types import as_utc
+from store.types import stored_time
 
 log = logging.getLogger(__name__)
 
@@ -256,15 +256,6 @@ _STATES_SQL = (
     "SELECT resource_id, id, status, content_hash, last_updated FROM source_record"
     " WHERE resource_id {in} AND source_id = {p} AND resource_type = {p}"
 )
-
-
-def stored_time(value: Any) -> datetime | None:
-    """A timestamp read at the driver level as :class:`store.types.UTCDateTime` hands it
-    back: aware, in UTC (SQLite's driver returns the stored naive-UTC text, PostgreSQL's
-    an aware datetime)."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return as_utc(value)
 
 
 def load_states(
