@@ -30,22 +30,33 @@ from sqlalchemy.orm import Session
 from mpi.model import MatchModel
 from mpi.storage import _model_cache, load_active_model
 from store.background import Background
-from store.bulk import rows_in
+from store.bulk import joined_text, rows_in
 
 _BLOCK_MEMBERS = (
     "SELECT s.key, s.n, b.source_record_id FROM "
     "(SELECT key, count(*) AS n FROM block_key WHERE key {in} GROUP BY key) s "
     "LEFT JOIN block_key b ON b.key = s.key AND s.n <= {p}"
 )
-#: The same on PostgreSQL, with the members read per key (a parameterized index scan):
-#: with a page's ~14k keys the planner joined ``block_key`` a second time by hash, a
-#: sequential scan of the whole table on every page, costing more as the table grows.
+#: The same on PostgreSQL: per distinct key (``{keys}``, a text array) one index scan
+#: that counts the key's rows and gathers its members into an array, NULL for a key
+#: with more than ``%s`` members (a key without rows gives none). Joining ``block_key``
+#: on ``key = ANY(list)`` instead (a first scan counting, a second reading members) was
+#: planned from ~5k keys on as a sequential scan of the whole table, twice per list of
+#: 5,000 keys: its cost grew with the table, page after page. With migration 0005's
+#: index (``key`` INCLUDE ``source_record_id``) the scan reads the index only, where
+#: the visibility map allows (:class:`store.db.StatisticsRefresher` vacuums the table).
 _BLOCK_MEMBERS_PG = (
-    "SELECT s.key, s.n, b.source_record_id FROM "
-    "(SELECT key, count(*) AS n FROM block_key WHERE key {in} GROUP BY key) s "
-    "LEFT JOIN LATERAL (SELECT m.source_record_id FROM block_key m "
-    "WHERE m.key = s.key AND s.n <= {p}) b ON true"
+    "SELECT k.key, s.n, CASE WHEN s.n <= %s THEN s.members END "
+    "FROM (SELECT DISTINCT unnest({keys}) AS key) k "
+    "CROSS JOIN LATERAL (SELECT count(*) AS n, array_agg(b.source_record_id) AS members "
+    "FROM block_key b WHERE b.key = k.key) s WHERE s.n > 0"
 )
+#: The keys as one string split by the server (:func:`store.bulk.joined_text`: psycopg
+#: dumps a list value by value in Python), or as a list when they cannot travel so.
+_BLOCK_MEMBERS_PG_JOINED = _BLOCK_MEMBERS_PG.format(
+    keys="string_to_array(CAST(%s AS TEXT), chr(31), chr(30))"
+)
+_BLOCK_MEMBERS_PG_LIST = _BLOCK_MEMBERS_PG.format(keys="CAST(%s AS TEXT[])")
 
 
 class Reads:
@@ -99,12 +110,25 @@ class Reads:
 
     def block_members(self, keys: Sequence[str], limit: int) -> list[tuple[str, int, int | None]]:
         """(key, size, member) of ``keys`` in one statement: a row per member of each key
-        with at most ``limit`` members, one row with member None for a larger key."""
-        return self._rows(
-            _BLOCK_MEMBERS_PG if self.postgresql else _BLOCK_MEMBERS,
-            keys,
-            limit,
-        )
+        with at most ``limit`` members, one row with member None for a larger key, in
+        no particular order (PostgreSQL: :data:`_BLOCK_MEMBERS_PG`, the whole list at
+        once)."""
+        if not self.postgresql:
+            return self._rows(_BLOCK_MEMBERS, keys, limit)
+        if not keys:
+            return []
+        joined = joined_text(keys)
+        if joined is None:
+            found = self._fetch(_BLOCK_MEMBERS_PG_LIST, (limit, list(keys)))
+        else:
+            found = self._fetch(_BLOCK_MEMBERS_PG_JOINED, (limit, joined))
+        out: list[tuple[str, int, int | None]] = []
+        for key, size, members in found:
+            if members is None:
+                out.append((key, size, None))
+            else:
+                out.extend([(key, size, member) for member in members])
+        return out
 
     def block_sizes(self, keys: Sequence[str]) -> list[tuple[str, int]]:
         """(key, members) of each of ``keys`` that has members."""
