@@ -186,6 +186,10 @@ class WalCheckpointer:
         self._stop.set()
         self._wake.set()
 
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
     def committed(self) -> None:
         """A transaction just committed: checkpoint now, while the writer holds no lock.
 
@@ -255,14 +259,21 @@ class WalCheckpointer:
 #: The running checkpointer of each database file, shared by the engines of this process
 #: on that file (a second thread would only find the checkpoint lock taken).
 _checkpointers: dict[str, WalCheckpointer] = {}
-_checkpointers_lock = threading.Lock()
+#: Reentrant: an engine's finalizer (:func:`_release_checkpointer`) runs whenever the
+#: garbage collector collects the engine, which can be in the middle of
+#: :func:`_shared_checkpointer` in the same thread (an allocation there, such as the new
+#: checkpointer's thread, starts a collection). With a plain lock that thread waited for
+#: itself forever (seen: a test's ``make_engine`` hung in ``Thread.__init__``).
+_checkpointers_lock = threading.RLock()
 
 
 def _shared_checkpointer(path: str) -> WalCheckpointer:
     with _checkpointers_lock:
         checkpointer = _checkpointers.get(path)
-        if checkpointer is None or checkpointer.pid != os.getpid():  # none, or a parent's
-            checkpointer = _checkpointers[path] = WalCheckpointer(path)
+        # None, a parent's, or one whose last engine was just collected (see the lock).
+        if checkpointer is None or checkpointer.pid != os.getpid() or checkpointer.stopped:
+            checkpointer = WalCheckpointer(path)
+            _checkpointers[path] = checkpointer
         checkpointer.engines += 1
         return checkpointer
 

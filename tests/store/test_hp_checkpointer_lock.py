@@ -1,0 +1,50 @@
+"""The SQLite checkpointer registry survives an engine's finalizer running inside its
+critical section (the garbage collector runs finalizers at any allocation, in the
+thread that allocates): with a plain lock that thread waited for itself forever."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from store.db import (
+    WalCheckpointer,
+    _checkpointers,
+    _checkpointers_lock,
+    _release_checkpointer,
+    _shared_checkpointer,
+)
+
+
+def _in_thread(target: object) -> None:
+    worker = threading.Thread(target=target, daemon=True)  # type: ignore[arg-type]
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "the registry's lock waited for its own thread"
+
+
+def test_a_release_inside_the_critical_section_does_not_hang(tmp_path: Path) -> None:
+    path = str(tmp_path / "a.db")
+    first = _shared_checkpointer(path)
+    got: list[WalCheckpointer] = []
+
+    def run() -> None:
+        with _checkpointers_lock:  # as when a collection runs the finalizer in there
+            _release_checkpointer(first)
+            got.append(_shared_checkpointer(path))
+
+    _in_thread(run)
+    assert first.stopped
+    assert got[0] is not first and not got[0].stopped and got[0].engines == 1
+    _release_checkpointer(got[0])
+    assert path not in _checkpointers
+
+
+def test_a_stopped_checkpointer_still_registered_is_replaced(tmp_path: Path) -> None:
+    path = str(tmp_path / "b.db")
+    first = _shared_checkpointer(path)
+    first.stop()  # its last engine collected between the lookup and the count
+    again = _shared_checkpointer(path)
+    assert again is not first and not again.stopped and again.engines == 1
+    _release_checkpointer(again)
+    assert path not in _checkpointers
