@@ -259,32 +259,51 @@ class WalCheckpointer:
 #: The running checkpointer of each database file, shared by the engines of this process
 #: on that file (a second thread would only find the checkpoint lock taken).
 _checkpointers: dict[str, WalCheckpointer] = {}
-#: Reentrant: an engine's finalizer (:func:`_release_checkpointer`) runs whenever the
-#: garbage collector collects the engine, which can be in the middle of
-#: :func:`_shared_checkpointer` in the same thread (an allocation there, such as the new
-#: checkpointer's thread, starts a collection). With a plain lock that thread waited for
-#: itself forever (seen: a test's ``make_engine`` hung in ``Thread.__init__``).
+#: Reentrant, and never waited for by a finalizer: an engine's finalizer
+#: (:func:`_release_checkpointer`) runs whenever the garbage collector collects the
+#: engine, in whichever thread allocates then: inside :func:`_shared_checkpointer` in the
+#: same thread (the new checkpointer's ``Thread.__init__``), or in the checkpointer's new
+#: thread while ``Thread.start`` in the holder waits for it to run. With a plain lock,
+#: and then with a finalizer waiting for this one, tests hung in ``make_engine``.
 _checkpointers_lock = threading.RLock()
+#: Releases a finalizer could not apply (the lock was taken): the lock's holder applies
+#: them before letting go of it, or the next one that takes it.
+_released: list[WalCheckpointer] = []
+
+
+def _apply_releases() -> None:
+    """Apply the pending releases (the caller holds the lock)."""
+    while _released:
+        checkpointer = _released.pop()
+        checkpointer.engines -= 1
+        if checkpointer.engines <= 0:
+            checkpointer.stop()
+            if _checkpointers.get(checkpointer.path) is checkpointer:
+                del _checkpointers[checkpointer.path]
 
 
 def _shared_checkpointer(path: str) -> WalCheckpointer:
     with _checkpointers_lock:
+        _apply_releases()
         checkpointer = _checkpointers.get(path)
         # None, a parent's, or one whose last engine was just collected (see the lock).
         if checkpointer is None or checkpointer.pid != os.getpid() or checkpointer.stopped:
             checkpointer = WalCheckpointer(path)
             _checkpointers[path] = checkpointer
         checkpointer.engines += 1
+        _apply_releases()
         return checkpointer
 
 
 def _release_checkpointer(checkpointer: WalCheckpointer) -> None:
-    with _checkpointers_lock:
-        checkpointer.engines -= 1
-        if checkpointer.engines <= 0:
-            checkpointer.stop()
-            if _checkpointers.get(checkpointer.path) is checkpointer:
-                del _checkpointers[checkpointer.path]
+    """An engine of ``checkpointer`` is gone (its finalizer): applied now unless another
+    thread holds the lock, then by that thread (see :data:`_checkpointers_lock`)."""
+    _released.append(checkpointer)
+    if _checkpointers_lock.acquire(blocking=False):
+        try:
+            _apply_releases()
+        finally:
+            _checkpointers_lock.release()
 
 
 def make_engine(url: str, *, background_checkpoint: bool = True, **kwargs: Any) -> Engine:

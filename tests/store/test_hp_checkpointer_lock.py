@@ -1,6 +1,7 @@
-"""The SQLite checkpointer registry survives an engine's finalizer running inside its
-critical section (the garbage collector runs finalizers at any allocation, in the
-thread that allocates): with a plain lock that thread waited for itself forever."""
+"""The SQLite checkpointer registry survives an engine's finalizer running while its lock
+is held (the garbage collector runs finalizers at any allocation, in the thread that
+allocates): in the holder's thread, or in another one the holder waits for (the new
+checkpointer's thread, which ``Thread.start`` waits for). Both hung ``make_engine``."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def _in_thread(target: object) -> None:
     worker = threading.Thread(target=target, daemon=True)  # type: ignore[arg-type]
     worker.start()
     worker.join(10)
-    assert not worker.is_alive(), "the registry's lock waited for its own thread"
+    assert not worker.is_alive(), "waited for the registry's lock"
 
 
 def test_a_release_inside_the_critical_section_does_not_hang(tmp_path: Path) -> None:
@@ -48,3 +49,18 @@ def test_a_stopped_checkpointer_still_registered_is_replaced(tmp_path: Path) -> 
     assert again is not first and not again.stopped and again.engines == 1
     _release_checkpointer(again)
     assert path not in _checkpointers
+
+
+def test_a_release_from_another_thread_while_the_lock_is_held_does_not_wait(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "c.db")
+    first = _shared_checkpointer(path)
+    with _checkpointers_lock:
+        _in_thread(lambda: _release_checkpointer(first))
+        assert not first.stopped  # left to the holder
+        again = _shared_checkpointer(path)
+    assert first.stopped
+    assert again is not first and not again.stopped and again.engines == 1
+    _release_checkpointer(again)
+    assert again.stopped and path not in _checkpointers
