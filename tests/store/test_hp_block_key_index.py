@@ -4,6 +4,7 @@ read skip the heap."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,23 @@ def test_the_refresher_vacuums_so_that_key_reads_skip_the_heap(engine: Engine) -
             + [("k8", 100, i) for i in range(8, 4000, 40)]
         )
     assert VACUUM_TABLES == ("block_key",)
+
+
+def test_a_vacuum_skips_a_table_another_session_holds(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: nothing is vacuumed on SQLite")
+    with engine.connect() as holder, Session(engine) as session:
+        # As another sync's refresher vacuuming or analyzing it does.
+        holder.execute(text("LOCK TABLE block_key IN SHARE UPDATE EXCLUSIVE MODE"))
+        done = threading.Event()
+
+        def vacuum() -> None:
+            StatisticsRefresher().vacuum(session)
+            done.set()
+
+        worker = threading.Thread(target=vacuum, daemon=True)
+        worker.start()
+        finished = done.wait(10)
+        holder.rollback()  # lets a waiting vacuum finish whatever happened
+        worker.join(10)
+        assert finished, "the vacuum waited for the other session's lock"
