@@ -23,7 +23,8 @@ position, validated whole. A checker also holds the required binding of its fiel
 the caller gives one, and accepts the values its type surely accepts (a full calendar
 date, a plain id, a string with a visible character) without calling the validator
 (see :mod:`fhir_mapping.shortcuts`). Verdicts are memoized per (checker, value) in a bounded
-dict: codes, systems and dates repeat a lot.
+dict: codes, systems and dates repeat a lot; a plan's positions with a shortcut are
+decided by it before the memo is asked (their values are mostly one resource's own).
 
 Anything this module does not recognise raises :class:`Unplannable`; the caller then
 validates the resource with the full model, which stays the authority.
@@ -35,7 +36,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from itertools import compress
-from operator import not_
+from operator import call, itemgetter, not_
 from typing import Annotated, Any
 
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
@@ -178,10 +179,22 @@ class Checkers:
     Verdicts are kept in two generations of at most ``max_verdicts / 2`` each: when the
     young one is full it becomes the old one (the previous old one is dropped), and a
     verdict found in the old one moves back to the young one. Values that repeat (codes,
-    systems, dates) stay; values seen once (ids) age out."""
+    systems, dates) stay; values seen once (ids) age out.
+
+    With ``shortcut_first`` (as :class:`Plans` makes them), the positions whose checker
+    has a shortcut and no binding are decided by their shortcuts first, without the
+    memo: most of their values are one resource's own (ids, identifier values, phone
+    numbers, birth dates), each a memo miss that was checked, stored and evicted again,
+    pushing the codes out of the young generation. Only when a shortcut does not accept
+    its value are all positions looked up as before, so the verdict is the same (a
+    shortcut never accepts what its validator refuses)."""
 
     def __init__(
-        self, max_verdicts: int = DEFAULT_MAX_VERDICTS, bindings: Bindings | None = None
+        self,
+        max_verdicts: int = DEFAULT_MAX_VERDICTS,
+        bindings: Bindings | None = None,
+        *,
+        shortcut_first: bool = False,
     ) -> None:
         self.ids: dict[tuple[Any, ...], int] = {}
         self.validators: list[Callable[[Any], Any]] = []
@@ -191,6 +204,10 @@ class Checkers:
         self.verdicts: dict[tuple[int, Any], bool] = {}
         self.old_verdicts: dict[tuple[int, Any], bool] = {}
         self.generation_size = max(1, max_verdicts // 2)
+        self.shortcut_first = shortcut_first
+        #: Plan -> its shortcut positions' getter and shortcuts, the other positions'
+        #: getter and checkers (empty: no shortcut position); dropped when full.
+        self._splits: dict[tuple[int, ...], _Split | tuple[()]] = {}
 
     def __len__(self) -> int:
         """How many verdicts are memoized."""
@@ -207,9 +224,44 @@ class Checkers:
             self.ids[key] = found
         return found
 
-    def accept(self, checkers: Sequence[int], leaves: Sequence[Any]) -> bool:
+    def accept(self, checkers: tuple[int, ...], leaves: Sequence[Any]) -> bool:
         """True when every leaf (as :func:`shape_of` gives them: hashable, primitive
-        arrays as tuples) passes its checker (memoized).
+        arrays as tuples) passes its checker (memoized; see ``shortcut_first``)."""
+        if self.shortcut_first and len(checkers) == len(leaves):
+            split = self._splits.get(checkers)
+            if split is None:
+                split = self._split(checkers)
+            if split:
+                shortcut_leaves, shortcuts, other_leaves, others = split
+                if all(map(call, shortcuts, shortcut_leaves(leaves))):
+                    return self._accept_memoized(others, other_leaves(leaves))
+        return self._accept_memoized(checkers, leaves)
+
+    def _split(self, checkers: tuple[int, ...]) -> _Split | tuple[()]:
+        first: list[int] = []
+        shortcuts: list[Callable[[Any], bool]] = []
+        for i, checker in enumerate(checkers):
+            shortcut = self.shortcuts[checker]
+            if shortcut is not None and self.codes[checker] is None:
+                first.append(i)
+                shortcuts.append(shortcut)
+        split: _Split | tuple[()] = ()
+        if first:
+            chosen = set(first)
+            rest = [i for i in range(len(checkers)) if i not in chosen]
+            split = (
+                _getter(first),
+                tuple(shortcuts),
+                _getter(rest),
+                tuple(checkers[i] for i in rest),
+            )
+        if len(self._splits) >= DEFAULT_MAX_SHAPES:
+            self._splits.clear()
+        self._splits[checkers] = split
+        return split
+
+    def _accept_memoized(self, checkers: Sequence[int], leaves: Sequence[Any]) -> bool:
+        """:meth:`accept` by the memo alone.
 
         Every verdict looked up by C loops first (~70% of a warm Patient's positions
         are memoized codes, systems and dates); only the others are decided one by one."""
@@ -251,6 +303,27 @@ class Checkers:
             return False
         # A null is decided by the shape; a value the validator turned into null is not.
         return result is not None
+
+
+#: A plan split by :meth:`Checkers.accept`: the getter of its shortcut positions' leaves
+#: and their shortcuts, the getter of the other positions' leaves and their checkers.
+_Split = tuple[
+    Callable[[Sequence[Any]], Sequence[Any]],
+    tuple[Callable[[Any], bool], ...],
+    Callable[[Sequence[Any]], Sequence[Any]],
+    tuple[int, ...],
+]
+
+
+def _getter(positions: list[int]) -> Callable[[Sequence[Any]], Sequence[Any]]:
+    """The items of a sequence at ``positions``, as a sequence (itemgetter returns a lone
+    item bare)."""
+    if len(positions) > 1:
+        return itemgetter(*positions)
+    if positions:
+        only = positions[0]
+        return lambda items: (items[only],)
+    return lambda items: ()
 
 
 def derive_plan(
@@ -316,7 +389,7 @@ class Plans:
         self, max_shapes: int = DEFAULT_MAX_SHAPES, bindings: Bindings | None = None
     ) -> None:
         self.max_shapes = max_shapes
-        self.checkers = Checkers(bindings=bindings)
+        self.checkers = Checkers(bindings=bindings, shortcut_first=True)
         #: Shape -> checker ids, or None for a shape no plan covers.
         self._plans: OrderedDict[tuple[Any, ...], tuple[int, ...] | None] = OrderedDict()
         self._lock = threading.Lock()
