@@ -265,7 +265,9 @@ class BlockKey(Base):
 
     __tablename__ = "block_key"
     __table_args__ = (
-        Index("ix_block_key_key", "key"),
+        # On PostgreSQL the key index carries the record (migration 0005): a key's
+        # members are read from the index alone.
+        Index("ix_block_key_key", "key", postgresql_include=["source_record_id"]),
         Index("ix_block_key_record", "source_record_id"),
     )
 
