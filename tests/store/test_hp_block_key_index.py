@@ -5,6 +5,7 @@ read skip the heap."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from mpi.reads import Reads
 from store import downgrade, make_engine, upgrade
 from store.bulk import BulkWriter
 from store.db import VACUUM_TABLES, StatisticsRefresher
-from tests.conftest import create_pg_database, drop_pg_database
+from tests.conftest import create_pg_database, drop_pg_database, emptied_engine
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -111,9 +112,14 @@ def test_the_refresher_vacuums_so_that_key_reads_skip_the_heap(engine: Engine) -
     assert VACUUM_TABLES == ("block_key",)
 
 
-def test_a_vacuum_skips_a_table_another_session_holds(engine: Engine) -> None:
-    if engine.dialect.name != "postgresql":
-        pytest.skip("PostgreSQL only: nothing is vacuumed on SQLite")
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    """PostgreSQL only: nothing is vacuumed on SQLite."""
+    yield from emptied_engine(pg_url)
+
+
+def test_a_vacuum_skips_a_table_another_session_holds(pg_engine: Engine) -> None:
+    engine = pg_engine
     with engine.connect() as holder, Session(engine) as session:
         # As another sync's refresher vacuuming or analyzing it does.
         holder.execute(text("LOCK TABLE block_key IN SHARE UPDATE EXCLUSIVE MODE"))
