@@ -218,8 +218,18 @@ def score_candidates(
                 features, by_golden[golden_id], settings, lookalikes
             )
         out.append(candidate)
-    out.sort(key=lambda c: (-c.score.total, c.golden_id))
+    out.sort(key=lambda c: _rank(c, by_golden[c.golden_id]))
     return out
+
+
+def _rank(candidate: Candidate, scored: list[tuple[Member, Score]]) -> tuple[float, float, int]:
+    """The order of candidates: best score first; on equal best scores, the golden record
+    whose scored members agree with the incoming record more on average (a record that
+    holds a second person's registration scores worse for it), then the one whose oldest
+    scored member was stored first (record ids grow with storage order). Never the golden
+    id: golden ids are random, so the same data had filed its ties differently each run."""
+    mean = sum(score.total for _, score in scored) / len(scored)
+    return (-candidate.score.total, -mean, min(member.record_id for member, _ in scored))
 
 
 def _merge_allowed(

@@ -142,3 +142,30 @@ def test_an_ssn_typo_with_everything_else_matching_links() -> None:
         ("g1", {"given": "Jennifer", "gender": "female", "ssn": "512-34-6789"}),
     )
     assert twin.golden_id is None and "conflicting-ssn" in twin.reviews[0].reason
+
+
+def test_equal_scores_rank_by_the_oldest_member_not_the_golden_id() -> None:
+    # Two golden records with identical members score the same; golden ids are random
+    # UUIDs, so the tie goes to the record stored first, whatever the ids' order.
+    for older, newer in (("g-zzz", "g-aaa"), ("g-aaa", "g-zzz")):
+        members = [Member(7, newer, features()), Member(3, older, features())]
+        candidates = score_candidates(MODEL, SETTINGS, features(), members)
+        assert candidates[0].score.total == candidates[1].score.total
+        assert [c.golden_id for c in candidates] == [older, newer]
+        # The same ranking whatever order the members were read in.
+        reversed_order = score_candidates(MODEL, SETTINGS, features(), members[::-1])
+        assert [c.golden_id for c in reversed_order] == [older, newer]
+
+
+def test_equal_best_scores_prefer_the_golden_record_whose_members_agree_more() -> None:
+    # Both golden records hold an exact copy of the incoming record; the older one also
+    # holds a different person's record (a namesake filed there earlier).
+    namesake = {"given": "Margaret", "birth": "1961-09-30", "phone": "(617) 555-0142"}
+    members = [
+        Member(1, "g-mixed", features()),
+        Member(2, "g-mixed", features(**namesake)),
+        Member(5, "g-clean", features()),
+    ]
+    candidates = score_candidates(MODEL, SETTINGS, features(), members)
+    assert candidates[0].score.total == candidates[1].score.total
+    assert [c.golden_id for c in candidates] == ["g-clean", "g-mixed"]
