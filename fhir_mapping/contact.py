@@ -28,13 +28,12 @@ DEFAULT_REGION = "US"
 #: Distinct values memoized by the telecom and address normalizers. Small on purpose:
 #: phone numbers and address lines are mostly one person's, so a cache sized to the
 #: input only grows the process (~2.8 kB per patient across the fhir_mapping caches).
+#: Sized to reach back one source (16384 entries, so that a person's values were still
+#: cached when the next source brought them) these caches helped only loads where one
+#: source has fewer Patients than that (at 100k Patients a person comes back after ~35k
+#: others), and filling up they grew bench.ingest's peak RSS with the load: 216 MB at
+#: 25k Patients, 236 MB at 100k (4096: 210, 221).
 CONTACT_CACHE_SIZE = 1 << 12
-#: Whole phone numbers and address-line lists memoized: the same person's come again
-#: from each of its sources, read one source after another, so this holds about one
-#: source's worth (a 25k-Patient sync meets ~10.4k distinct of each over 26k Patients;
-#: at CONTACT_CACHE_SIZE a value was evicted before its next source came). Bounded:
-#: ~7 MB for both when full (tracemalloc, keys included), whatever the load's size.
-CROSS_SOURCE_CACHE_SIZE = 1 << 14
 PHONE_SYSTEMS = frozenset({"phone", "fax", "sms", "pager"})
 _URI_SCHEMES = ("tel:", "mailto:", "sms:", "fax:")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -76,7 +75,7 @@ def _strip_scheme(value: str) -> str:
     return value
 
 
-@lru_cache(maxsize=CROSS_SOURCE_CACHE_SIZE)
+@lru_cache(maxsize=CONTACT_CACHE_SIZE)
 def normalize_phone(value: str, region: str = DEFAULT_REGION) -> str:
     """E.164 form of a phone number ("(415) 555-0123" -> "+14155550123"), or "" when it
     cannot be a phone number. Fictional 555 numbers are kept: they are possible numbers.
@@ -289,6 +288,6 @@ def normalize_address(raw: dict[str, Any]) -> Address:
     )
 
 
-@lru_cache(maxsize=CROSS_SOURCE_CACHE_SIZE)
+@lru_cache(maxsize=CONTACT_CACHE_SIZE)
 def _lines_normalized(lines: tuple[str, ...]) -> str:
     return " ".join(n for n in (normalize_line(x) for x in lines) if n)

@@ -32,11 +32,6 @@ from fhir_mapping.search import fold_name, strings
 #: and the ones that do (common given and family names) stay in a small LRU; a cache
 #: sized to the input keeps every whole name and grows the process with it.
 NAME_CACHE_SIZE = 1 << 12
-#: Whole names' features memoized: the same person's name comes again from each of its
-#: sources, one source after another, so this holds about one source's worth (see
-#: fhir_mapping.contact.CROSS_SOURCE_CACHE_SIZE); ~10 MB when full (tracemalloc, keys and
-#: the inner fold caches included), whatever the load's size.
-NAME_FEATURES_CACHE_SIZE = 1 << 14
 
 _UMLAUTS = str.maketrans(
     {"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ß": "ss", "ẞ": "SS"}
@@ -164,7 +159,7 @@ def _split_text(text: str) -> tuple[str, str, bool]:
     return words[-1], " ".join(words[:-1]), False
 
 
-@lru_cache(maxsize=NAME_FEATURES_CACHE_SIZE)
+@lru_cache(maxsize=NAME_CACHE_SIZE)  # see fhir_mapping.contact.CONTACT_CACHE_SIZE
 def _name_features(
     family: str | None, given: tuple[str, ...], text: str | None, suffix: tuple[str, ...]
 ) -> _Features:
