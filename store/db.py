@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -444,9 +444,21 @@ class StatisticsRefresher:
     :data:`VACUUM_TABLES` (on a connection of its own: VACUUM runs outside a transaction),
     so that their index-only scans stay index-only while the table grows.
 
+    With ``background=True`` (the sync's refresher) a look runs in a daemon thread of its
+    own, on a connection of its own in autocommit (``ANALYZE (SKIP_LOCKED)``: a table
+    another session is analyzing or vacuuming is left to it), while the sync goes on
+    with its next page; a look that comes due while the last one still runs waits for
+    the page after. The planner takes the new statistics as soon as each ANALYZE
+    commits, as it did before. 25k-Patient load on PostgreSQL: the looks had held the
+    Encounter pages 1.2-1.3 s of ~9.2 s (a look during Encounter pages analyzes
+    ``source_record``, ``encounter`` and ``outbox``, and whatever the Patient pages
+    before it changed), the Patient pages ~0.6 s.
+
     Measured and left out: ``VACUUM (ANALYZE)`` of the tables with many dead rows (the
     MPI rewrites golden records, provenance and search tokens): 0.3-0.5 s per
-    10k-Patient load and no difference in throughput outside this machine's noise.
+    10k-Patient load and no difference in throughput outside this machine's noise;
+    statistics target 0 on the JSON columns (nothing filters on them): ANALYZE of
+    ``source_record``, ``encounter`` and ``outbox`` took as long.
     """
 
     def __init__(
@@ -454,8 +466,13 @@ class StatisticsRefresher:
         every_rows: int = ANALYZE_EVERY_ROWS,
         first_rows: int = ANALYZE_FIRST_ROWS,
         vacuum_every_rows: int = VACUUM_EVERY_ROWS,
+        *,
+        background: bool = False,
     ) -> None:
         self.every_rows = every_rows
+        self.background = background
+        #: The running background look, if any (see :meth:`wait`).
+        self._look: threading.Thread | None = None
         #: Rows before the next look: the first comes early (:data:`ANALYZE_FIRST_ROWS`).
         self.due = min(first_rows, every_rows)
         self.pending = 0
@@ -476,19 +493,58 @@ class StatisticsRefresher:
             self.vacuum(session)
         if self.pending < self.due:
             return False
+        if not self.background:
+            self._reset()
+            self._analyze(session.connection())
+            session.commit()
+            return True
+        if self._look is not None and self._look.is_alive():
+            return False  # the last look still runs: the next page looks again
+        self._reset()
+        engine = session.get_bind().engine
+        self._look = threading.Thread(
+            target=self._look_in_background, args=(engine,), name="statistics", daemon=True
+        )
+        self._look.start()
+        return True
+
+    def wait(self) -> None:
+        """Wait for the background look, if one runs."""
+        look = self._look
+        if look is not None:
+            look.join()
+
+    def _reset(self) -> None:
         self.pending = 0
         self.due = self.every_rows
-        activity = session.execute(_TABLE_ACTIVITY, {"tables": list(SYNC_TABLES)}).all()
+
+    def _look_in_background(self, engine: Engine) -> None:
+        try:
+            with engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                try:
+                    self._analyze(conn, autocommit=True)
+                finally:
+                    conn.exec_driver_sql("RESET default_statistics_target")
+        except Exception as exc:  # the database went away, or was busy: the next look
+            log.warning("planner statistics not refreshed", extra={"error": type(exc).__name__})
+
+    @staticmethod
+    def _analyze(conn: Connection, *, autocommit: bool = False) -> None:
+        """ANALYZE each of :data:`SYNC_TABLES` that changed enough, on ``conn``: in its
+        transaction, the statistics target set for the transaction only; in autocommit
+        (``SKIP_LOCKED``), set on the connection, which the caller resets."""
+        activity = conn.execute(_TABLE_ACTIVITY, {"tables": list(SYNC_TABLES)}).all()
+        option = "(SKIP_LOCKED) " if autocommit else ""
+        scope = "" if autocommit else "LOCAL "
         analyzed = 0
         for table, live, changed in activity:
             if changed > max(ANALYZE_MIN_CHANGES, live * ANALYZE_CHANGED_FRACTION):
                 target = KEYED_TABLES_STATISTICS_TARGET if table in KEYED_TABLES else "DEFAULT"
-                session.execute(text(f"SET LOCAL default_statistics_target TO {target}"))
-                session.execute(text(f"ANALYZE {table}"))
+                conn.exec_driver_sql(f"SET {scope}default_statistics_target TO {target}")
+                conn.exec_driver_sql(f"ANALYZE {option}{table}")
                 analyzed += 1
-        session.commit()
         log.debug("planner statistics refreshed", extra={"count": analyzed})
-        return True
 
     def vacuum(self, session: Session) -> None:
         """``VACUUM`` :data:`VACUUM_TABLES` on a connection of the session's engine (in

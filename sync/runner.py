@@ -48,7 +48,7 @@ from sync.pipeline import IngestResult, ingest_page, split_page
 log = logging.getLogger(__name__)
 
 #: This process's count of rows written since PostgreSQL last analyzed the sync tables.
-_statistics = StatisticsRefresher()
+_statistics = StatisticsRefresher(background=True)
 
 SourceFactory = Callable[[SourceConfig], Source]
 #: Called with (source_id, run_id, token) to schedule the next chunk; None runs in-process.
