@@ -147,8 +147,13 @@ class _Stored:
     record_id: int
     status: str
     content_hash: str | None
-    last_updated: datetime | None
+    #: ``last_updated`` as read (converted when asked, as :class:`sync.records.StoredRecord`).
+    stored_updated: Any
     encounter_id: int | None
+
+    @property
+    def last_updated(self) -> datetime | None:
+        return stored_time(self.stored_updated)
 
 
 def parse_fhir_datetime(value: str | None) -> datetime | None:
@@ -234,7 +239,7 @@ def _load_stored(
         for rec_id, rid, status, digest, updated in rows_in(
             dbapi, False, _SQLITE_STORED_RECORDS, ids, source_id, "Encounter"
         ):
-            found[rid] = _Stored(rec_id, status, digest, stored_time(updated), None)
+            found[rid] = _Stored(rec_id, status, digest, updated, None)
         return found
     postgresql = dialect == "postgresql"
     for chunk in chunked(list(dict.fromkeys(resource_ids))):
@@ -242,7 +247,6 @@ def _load_stored(
             for rec_id, rid, status, digest, updated in _pg_rows(
                 session, _PG_STORED_RECORDS, (source_id, "Encounter", chunk)
             ):
-                updated = updated.astimezone(UTC) if updated is not None else None
                 found[rid] = _Stored(rec_id, status, digest, updated, None)
             continue
         rows = session.execute(

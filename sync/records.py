@@ -248,7 +248,15 @@ class StoredRecord:
     id: int
     status: str
     content_hash: str | None
-    last_updated: datetime | None
+    #: ``last_updated`` as the driver returned it (see :attr:`last_updated`).
+    stored_updated: Any
+
+    @property
+    def last_updated(self) -> datetime | None:
+        """Converted when asked (:func:`store.types.stored_time`): only a record whose
+        content changed is compared by time, and a re-sync's unchanged pages spent ~5% of
+        their time converting timestamps nothing read."""
+        return stored_time(self.stored_updated)
 
 
 #: :func:`load_states`'s read, through :func:`store.bulk.rows_in`.
@@ -273,7 +281,7 @@ def load_states(
     postgresql = session.get_bind().dialect.name == "postgresql"
     dbapi = session.connection().connection.driver_connection
     return {
-        resource_id: StoredRecord(record_id, status, digest, stored_time(updated))
+        resource_id: StoredRecord(record_id, status, digest, updated)
         for resource_id, record_id, status, digest, updated in rows_in(
             dbapi, postgresql, _STATES_SQL, ids, source_id, resource_type
         )
