@@ -22,13 +22,14 @@ from fhir_mapping.contact import (
     normalize_phone,
     normalize_postal_code,
 )
-from fhir_mapping.encounter import parse_encounter, subject_patient_id
+from fhir_mapping.encounter import parse_encounter, parse_encounter_core, subject_patient_id
 from fhir_mapping.errors import InvalidResource, Issue, MappingError
 from fhir_mapping.identifiers import classify_identifier, normalize_identifier, ssn_is_valid
 from fhir_mapping.model import (
     Address,
     Coding,
     ContactPoint,
+    EncounterCore,
     GoldenLink,
     GoldenRecord,
     Identifier,
@@ -68,6 +69,7 @@ __all__ = [
     "Address",
     "Coding",
     "ContactPoint",
+    "EncounterCore",
     "GoldenLink",
     "GoldenRecord",
     "Identifier",
@@ -102,6 +104,7 @@ __all__ = [
     "normalize_search_value",
     "normalize_suffix",
     "parse_encounter",
+    "parse_encounter_core",
     "parse_patient",
     "phonetic_key",
     "render_golden_patient",

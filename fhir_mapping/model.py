@@ -258,6 +258,21 @@ class Coding:
 
 
 @dataclass(slots=True)
+class EncounterCore:
+    """What a sync stores of an Encounter besides the resource itself
+    (:func:`fhir_mapping.parse_encounter_core`): :class:`SourceEncounter`'s first fields
+    and its period, without the codings, identifiers and references it also builds."""
+
+    resource_id: str
+    version_id: str | None = None
+    last_updated: str | None = None
+    patient_id: str | None = None
+    status: str | None = None
+    class_code: Coding | None = None
+    period: Period | None = None
+
+
+@dataclass(slots=True)
 class SourceEncounter:
     resource_id: str
     version_id: str | None = None

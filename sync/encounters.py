@@ -22,7 +22,7 @@ import orjson
 from sqlalchemy import ColumnElement, TextClause, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from fhir_mapping import InvalidResource, SourceEncounter, parse_encounter, subject_patient_id
+from fhir_mapping import EncounterCore, InvalidResource, parse_encounter_core, subject_patient_id
 from store.background import Background
 from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, array_sql, one_of, rows_in
 from store.models import Base, Encounter, Link, SourceRecord
@@ -126,7 +126,7 @@ def _among(
 
 
 def _subject_of(raw: Any) -> str | None:
-    """The Patient id :func:`parse_encounter` will find in ``raw`` (None for a resource
+    """The Patient id :func:`parse_encounter_core` will find in ``raw`` (None for a resource
     too malformed to have one, which validation then rejects)."""
     try:
         return subject_patient_id(raw.get("subject"))
@@ -327,8 +327,8 @@ def golden_ids_of_patients(
     return found
 
 
-def _normalized(encounter: SourceEncounter) -> dict[str, Any]:
-    """The searchable core of a SourceEncounter (``dataclasses.asdict`` costs more than
+def _normalized(encounter: EncounterCore) -> dict[str, Any]:
+    """The searchable core of an EncounterCore (``dataclasses.asdict`` costs more than
     validation at bulk rates; the full resource is kept in ``raw`` and ``encounter.resource``)."""
     period = encounter.period
     coding = encounter.class_code
@@ -364,7 +364,7 @@ class _PageWriter:
     def add(
         self,
         item: Incoming,
-        encounter: SourceEncounter,
+        encounter: EncounterCore,
         current: _Stored | None,
         golden_id: str | None,
         status: str,
@@ -749,7 +749,7 @@ def ingest_encounters(
                 invalid.append((item, current, shape_error(item)))
                 continue
             try:
-                encounter = parse_encounter(item.raw)
+                encounter = parse_encounter_core(item.raw)
             except InvalidResource as exc:
                 invalid.append((item, current, exc.to_dict()))
                 continue

@@ -16,7 +16,13 @@ from typing import Any
 
 import pytest
 
-from fhir_mapping import parse_encounter, parse_patient
+from fhir_mapping import (
+    EncounterCore,
+    InvalidResource,
+    parse_encounter,
+    parse_encounter_core,
+    parse_patient,
+)
 from fhir_mapping import patient as patient_module
 from fhir_mapping.contact import (
     DEFAULT_REGION,
@@ -343,6 +349,33 @@ def test_encounters_equal_the_keyword_construction(generated: Any) -> None:
             got = parse_encounter(variant)
             assert got == ref_encounter(variant)
             assert got.to_dict() == ref_encounter(variant).to_dict()
+            assert parse_encounter_core(variant) == EncounterCore(
+                got.resource_id,
+                got.version_id,
+                got.last_updated,
+                got.patient_id,
+                got.status,
+                got.class_code,
+                got.period,
+            )
+
+
+def test_the_encounter_core_gives_parse_encounters_verdict(generated: Any) -> None:
+    valid = generated.encounters_by_source[next(iter(generated.encounters_by_source))][0]
+    broken = [
+        {**valid, "status": "not-a-status"},
+        {**valid, "period": {"start": "yesterday"}},
+        {**valid, "subject": ["Patient/1"]},
+        {k: v for k, v in valid.items() if k != "class"},
+        {**valid, "resourceType": "Patient"},
+        {**valid, "type": [{"coding": [{"code": 7}]}]},
+    ]
+    for raw in broken:
+        with pytest.raises(InvalidResource) as full:
+            parse_encounter(raw)
+        with pytest.raises(InvalidResource) as core:
+            parse_encounter_core(raw)
+        assert core.value.to_dict() == full.value.to_dict()
 
 
 def test_birth_parts_memo_stays_bounded_and_exact(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,6 +23,7 @@ from fhir_mapping import (
     normalize_phone,
     normalize_postal_code,
     parse_encounter,
+    parse_encounter_core,
     parse_patient,
     render_golden_patient,
     validate_resource,
@@ -245,7 +246,7 @@ def mutated_patients(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def parses_or_invalid(raw: Any) -> None:
-    for parse in (parse_patient, parse_encounter, validate_resource):
+    for parse in (parse_patient, parse_encounter, parse_encounter_core, validate_resource):
         try:
             parse(raw)
         except InvalidResource as error:

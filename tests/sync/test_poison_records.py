@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import sync.encounters
 import sync.patients
 from connectors import Page
-from fhir_mapping import SourceEncounter, SourcePatient, parse_encounter, parse_patient
+from fhir_mapping import EncounterCore, SourcePatient, parse_encounter_core, parse_patient
 from sync import ingest_page
 from tests.sync.helpers import add_source, encounter, patient, records
 
@@ -60,13 +60,13 @@ def test_a_mapping_defect_quarantines_one_resource_without_phi_and_is_retried(
             raise AttributeError(f"'NoneType' has no {raw['name'][0]['family']}")
         return parse_patient(raw, **options)
 
-    def broken_encounter(raw: dict[str, Any]) -> SourceEncounter:
+    def broken_encounter(raw: dict[str, Any]) -> EncounterCore:
         if raw["id"] == "e2":
             raise KeyError(raw["subject"]["reference"])
-        return parse_encounter(raw)
+        return parse_encounter_core(raw)
 
     monkeypatch.setattr(sync.patients, "parse_patient", broken_patient)
-    monkeypatch.setattr(sync.encounters, "parse_encounter", broken_encounter)
+    monkeypatch.setattr(sync.encounters, "parse_encounter_core", broken_encounter)
     page = Page("Patient", [patient("p1"), patient("p2", "Zimmermann"), patient("p3")], "c1")
     encounters = Page("Encounter", [encounter("e1", "p1"), encounter("e2", "p2")], "e1")
     with caplog.at_level(logging.ERROR), session_factory() as session:
