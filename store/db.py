@@ -39,6 +39,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -220,7 +221,11 @@ class WalCheckpointer:
         if size == 0:
             return
         header = _wal_header(self.path)
-        connection = sqlite3.connect(self.path, timeout=SQLITE_BUSY_TIMEOUT_S)
+        # mode=rw: a checkpoint never creates the database. A file deleted since (its
+        # folder being removed, say) was made again, empty, by a plain connect.
+        connection = sqlite3.connect(
+            Path(self.path).as_uri() + "?mode=rw", timeout=SQLITE_BUSY_TIMEOUT_S, uri=True
+        )
         try:
             if self._log_estimate(size) > WAL_TRUNCATE_BYTES:
                 connection.execute(f"PRAGMA busy_timeout={WAL_TRUNCATE_BUSY_MS}")

@@ -108,3 +108,31 @@ def test_the_engines_of_one_file_share_one_checkpointer(tmp_path: Path) -> None:
     assert checkpointer._stop.is_set()
     assert str(tmp_path / "shared.db") not in db._checkpointers
     other.dispose()
+
+
+def test_a_checkpoint_never_creates_a_database_that_is_gone(tmp_path: Path) -> None:
+    # The database file was removed (its folder being deleted) while its log was still
+    # there: a checkpoint fails instead of making the file again, empty, in that folder.
+    path = tmp_path / "gone.db"
+    Path(f"{path}-wal").write_bytes(b"\0" * 4096)
+    checkpointer = WalCheckpointer(str(path), interval_s=3600)
+    checkpointer.stop()
+    with pytest.raises(sqlite3.OperationalError):
+        checkpointer.checkpoint()
+    assert not path.exists()
+    assert checkpointer.checkpoints == 0
+    # A path with characters a URI escapes still opens.
+    odd = tmp_path / "a dir#1" / "odd?name.db"
+    odd.parent.mkdir()
+    writer = sqlite3.connect(odd, isolation_level=None)
+    try:
+        writer.execute("PRAGMA journal_mode=WAL")
+        writer.execute("PRAGMA wal_autocheckpoint=0")
+        writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        writer.execute("INSERT INTO t DEFAULT VALUES")
+        other = WalCheckpointer(str(odd), interval_s=3600)
+        other.stop()
+        other.checkpoint()
+        assert other.checkpoints == 1
+    finally:
+        writer.close()
