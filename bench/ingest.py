@@ -50,7 +50,7 @@ from sqlalchemy import text
 from store import make_engine, make_session_factory, upgrade
 from store.models import SyncRun
 from store.repositories import SourceRepository
-from sync import IngestResult, TaskContext, run_source
+from sync import IngestResult, TaskContext, run_source, wait_for_statistics
 from tools.ehrgen import SOURCES_PER_PERSON
 
 DEFAULT_PATIENTS = 100_000
@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
             started = time.perf_counter()
             sync_all(context, source_ids, full=True, label="re-sync")
             resync_s = time.perf_counter() - started
+            wait_for_statistics()
             engine.dispose()
         finally:
             cleanup()

@@ -35,6 +35,7 @@ from sync.runner import (
     run_source,
     source_config,
     start_or_resume,
+    wait_for_statistics,
 )
 from sync.scheduling import InvalidScheduleError, due_sources, parse_schedule
 
@@ -60,4 +61,5 @@ __all__ = [
     "run_source",
     "source_config",
     "start_or_resume",
+    "wait_for_statistics",
 ]

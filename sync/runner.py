@@ -50,6 +50,13 @@ log = logging.getLogger(__name__)
 #: This process's count of rows written since PostgreSQL last analyzed the sync tables.
 _statistics = StatisticsRefresher(background=True)
 
+
+def wait_for_statistics() -> None:
+    """Wait for the planner-statistics look this process's syncs left running, if any
+    (before dropping or closing their database: a look cut off logs a warning)."""
+    _statistics.wait()
+
+
 SourceFactory = Callable[[SourceConfig], Source]
 #: Called with (source_id, run_id, token) to schedule the next chunk; None runs in-process.
 Requeue = Callable[[int, int, str], None]

@@ -13,8 +13,10 @@ import pytest
 from sqlalchemy import Connection, Engine, insert, text
 from sqlalchemy.orm import Session
 
+import sync.runner
 from store.db import SYNC_TABLES, StatisticsRefresher
 from store.models import BlockKey, Source, SourceRecord
+from sync import wait_for_statistics
 from tests.conftest import emptied_engine
 
 ROWS = 1500
@@ -160,3 +162,16 @@ def test_a_failed_look_is_logged_and_the_next_one_runs(
     warnings = [r for r in caplog.records if r.message == "planner statistics not refreshed"]
     assert len(warnings) == 2
     assert all(getattr(r, "error", None) == "ProgrammingError" for r in warnings)
+
+
+def test_wait_for_statistics_waits_for_the_syncs_look(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert sync.runner._statistics.background  # the sync's looks run in the background
+    refresher = StatisticsRefresher(background=True)
+    release = threading.Event()
+    look = threading.Thread(target=release.wait, args=(10,), daemon=True)
+    look.start()
+    refresher._look = look
+    monkeypatch.setattr(sync.runner, "_statistics", refresher)
+    threading.Timer(0.05, release.set).start()
+    wait_for_statistics()
+    assert not look.is_alive()
