@@ -427,6 +427,14 @@ _TABLE_ACTIVITY = text(
 )
 
 
+@contextmanager
+def _autocommit(engine: Engine) -> Iterator[Connection]:
+    """A connection of ``engine`` in autocommit, outside any session's transaction (what
+    VACUUM needs, and a background ANALYZE)."""
+    with engine.connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
 class StatisticsRefresher:
     """Keeps PostgreSQL's planner statistics current while a sync loads rows in bulk.
 
@@ -525,8 +533,7 @@ class StatisticsRefresher:
 
     def _look_in_background(self, engine: Engine) -> None:
         try:
-            with engine.connect() as conn:
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            with _autocommit(engine) as conn:
                 try:
                     self._analyze(conn, autocommit=True)
                 finally:
@@ -555,8 +562,7 @@ class StatisticsRefresher:
         """``VACUUM`` :data:`VACUUM_TABLES` on a connection of the session's engine (in
         autocommit: VACUUM cannot run in a transaction block), outside the session's
         transaction, whose own rows it could not mark visible yet."""
-        with session.get_bind().engine.connect() as conn:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        with _autocommit(session.get_bind().engine) as conn:
             for table in VACUUM_TABLES:
                 conn.exec_driver_sql(f"VACUUM (PARALLEL 0, SKIP_LOCKED) {table}")
         log.debug("tables vacuumed", extra={"count": len(VACUUM_TABLES)})

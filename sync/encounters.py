@@ -26,7 +26,7 @@ from fhir_mapping import EncounterCore, InvalidResource, parse_encounter_core, s
 from store.background import Background
 from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, array_sql, one_of, rows_in
 from store.models import Base, Encounter, Link, SourceRecord
-from store.types import stored_time, utcnow
+from store.types import utcnow
 from sync.records import (
     RECORD_COLUMNS,
     RECORD_JSON,
@@ -34,6 +34,7 @@ from sync.records import (
     STATUS_ACTIVE,
     STATUS_PENDING,
     Incoming,
+    StoredRecord,
     chunked,
     is_unchanged,
     mapping_error,
@@ -143,17 +144,11 @@ class EncounterOutcome:
 
 
 @dataclass(slots=True)
-class _Stored:
-    record_id: int
-    status: str
-    content_hash: str | None
-    #: ``last_updated`` as read (converted when asked, as :class:`sync.records.StoredRecord`).
-    stored_updated: Any
-    encounter_id: int | None
+class _Stored(StoredRecord):
+    """A stored Encounter record, with the id of its encounter row (filled in later by
+    :func:`_load_encounter_ids`)."""
 
-    @property
-    def last_updated(self) -> datetime | None:
-        return stored_time(self.stored_updated)
+    encounter_id: int | None
 
 
 def parse_fhir_datetime(value: str | None) -> datetime | None:
@@ -269,7 +264,7 @@ def _load_stored(
 
 def _load_encounter_ids(session: Session, stored: Sequence[_Stored]) -> None:
     """Fill in the encounter id of each stored record that has an encounter row."""
-    by_record = {s.record_id: s for s in stored}
+    by_record = {s.id: s for s in stored}
     for chunk in chunked(list(by_record)):
         for enc_id, record_id in session.execute(
             select(Encounter.id, Encounter.source_record_id).where(
@@ -414,10 +409,10 @@ class _PageWriter:
             if bulk.postgresql and len(self.new_records) >= PG_NEW_ROWS_PER_STATEMENT:
                 self.send_new()
             return
-        self.record_updates.append((*record, None, current.record_id))
+        self.record_updates.append((*record, None, current.id))
         if current.encounter_id is None:
             self.new_encounters[item.resource_id] = values
-            self.record_ids[item.resource_id] = current.record_id
+            self.record_ids[item.resource_id] = current.id
             return
         self.encounter_updates.append((*values[1:], current.encounter_id))
         self.event(EVENT_UPDATED, current.encounter_id, golden_id, item.resource_id)
@@ -773,7 +768,7 @@ def ingest_encounters(
         writer.background.abandon()
         raise
     for item, current, error in invalid:
-        existing = session.get(SourceRecord, current.record_id) if current else None
+        existing = session.get(SourceRecord, current.id) if current else None
         # A stored Encounter stays as last received valid; the record says why it is not newer.
         quarantine(session, source_id, item, error, existing)
         outcome.quarantined += 1

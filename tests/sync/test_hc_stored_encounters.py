@@ -64,9 +64,7 @@ def test_stored_records_equal_the_orm_read(
         ).all()
     assert len(rows) == 17
     want = {rid: (rec_id, status, digest, updated) for rid, rec_id, status, digest, updated in rows}
-    assert {
-        rid: (s.record_id, s.status, s.content_hash, s.last_updated) for rid, s in got.items()
-    } == want
+    assert {rid: (s.id, s.status, s.content_hash, s.last_updated) for rid, s in got.items()} == want
     assert {s.status for s in got.values()} == {"active", "pending", "quarantined"}
     assert any(s.last_updated is None for s in got.values())
     for stored in got.values():
