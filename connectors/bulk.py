@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from connectors.config import Page, SourceConfig, SourceOptions
+from connectors.config import Page, RawLine, SourceConfig, SourceOptions
 from connectors.cursor import Cursor, parse_instant
 from connectors.errors import BulkExportError, ConnectorError
 from connectors.http import (
@@ -30,7 +30,7 @@ from connectors.http import (
     parse_retry_after,
     url_path,
 )
-from connectors.ndjson import parse_line
+from connectors.ndjson import decode_lines, parse_line
 from connectors.source import RestSource, decode_cursor
 
 logger = logging.getLogger(__name__)
@@ -207,6 +207,12 @@ class BulkExportSource(RestSource):
         self.client = BulkExportClient(http, options, sleep=sleep)
 
     def stream(self, resource_type: str, cursor: str | None = None) -> Iterator[Page]:
+        for page in self.stream_lines(resource_type, cursor):
+            yield decode_lines(page)
+
+    def stream_lines(self, resource_type: str, cursor: str | None = None) -> Iterator[Page]:
+        """The export's pages with their output lines undecoded (:attr:`Page.lines`);
+        :meth:`stream` decodes them (:func:`connectors.ndjson.decode_lines`)."""
         start = decode_cursor(cursor)
         resume = start.resume or {}
         status_url = resume.get("job") if isinstance(resume.get("job"), str) else None
@@ -250,8 +256,7 @@ class BulkExportSource(RestSource):
             f for f in self._files(manifest, "output") if f.get("type") in (None, resource_type)
         ]
         first_file = int(resume.get("file") or 0)
-        page: list[dict[str, Any]] = []
-        outcomes: list[dict[str, Any]] = []
+        page: list[RawLine] = []
         for index in range(first_file, len(outputs)):
             item = outputs[index]
             offset = int(resume.get("offset") or 0) if index == first_file else 0
@@ -260,21 +265,19 @@ class BulkExportSource(RestSource):
             lines = self.client.lines(item["url"], requires_token=requires_token, start_byte=offset)
             for raw, end in lines:
                 line += 1
-                resource, outcome = parse_line(raw, where, line)
-                if resource is not None:
-                    page.append(resource)
-                if outcome is not None:
-                    outcomes.append(outcome)
+                if not raw.strip():
+                    continue
+                page.append((raw, where, line))
                 if len(page) >= self.options.page_size:
                     state = {"job": status_url, "file": index, "offset": end, "line": line}
                     position = Cursor(since=start.since, resume=state)
-                    yield Page(resource_type, page, position.encode(), outcomes=outcomes)
-                    page, outcomes = [], []
-            if page or outcomes:
+                    yield Page(resource_type, [], position.encode(), lines=page)
+                    page = []
+            if page:
                 state = {"job": status_url, "file": index + 1, "offset": 0, "line": 0}
                 position = Cursor(since=start.since, resume=state)
-                yield Page(resource_type, page, position.encode(), outcomes=outcomes)
-                page, outcomes = [], []
+                yield Page(resource_type, [], position.encode(), lines=page)
+                page = []
 
     def _error_outcomes(
         self, manifest: dict[str, Any], requires_token: bool

@@ -142,6 +142,12 @@ class Page:
     ``deleted`` lists ids of resources of ``resource_type`` that the server reports
     deleted. ``outcomes`` carries OperationOutcomes the server reported alongside
     the data (Bulk Data ``error[]`` files, search ``outcome`` entries).
+
+    ``lines`` (pages of :meth:`connectors.source.Source.stream_lines` only) are NDJSON
+    lines the connector left undecoded, in file order, each with the file's name and
+    its line number: their consumer decodes them
+    (:func:`connectors.ndjson.parse_line`), or recognises an unchanged one by its bytes
+    and does not.
     """
 
     resource_type: str
@@ -149,6 +155,11 @@ class Page:
     cursor: str | None
     deleted: list[str] = field(default_factory=list)
     outcomes: list[dict[str, Any]] = field(default_factory=list)
+    lines: list[RawLine] = field(default_factory=list)
+
+
+#: One undecoded NDJSON line of a :class:`Page`: its bytes, its file's name, its number.
+RawLine = tuple[bytes, str, int]
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,14 @@ from typing import Any
 
 import orjson
 
-from connectors.config import Capabilities, Page, ResourceCapability, SourceConfig, SourceOptions
+from connectors.config import (
+    Capabilities,
+    Page,
+    RawLine,
+    ResourceCapability,
+    SourceConfig,
+    SourceOptions,
+)
 from connectors.errors import PermanentError
 from connectors.source import Source
 
@@ -91,6 +98,20 @@ def read_ndjson(
         resource, outcome = parse_line(raw, where, number)
         if resource is not None or outcome is not None:
             yield number, resource, outcome
+
+
+def decode_lines(page: Page) -> Page:
+    """``page`` with its :attr:`Page.lines` decoded into resources and, for the lines that
+    are not JSON objects, OperationOutcomes (:func:`parse_line`)."""
+    resources = list(page.resources)
+    outcomes = list(page.outcomes)
+    for line, where, number in page.lines:
+        resource, outcome = parse_line(line, where, number)
+        if resource is not None:
+            resources.append(resource)
+        elif outcome is not None:
+            outcomes.append(outcome)
+    return Page(page.resource_type, resources, page.cursor, page.deleted, outcomes)
 
 
 @dataclass
@@ -166,29 +187,33 @@ class NdjsonDirectorySource(Source):
         )
 
     def stream(self, resource_type: str, cursor: str | None = None) -> Iterator[Page]:
+        for page in self.stream_lines(resource_type, cursor):
+            yield decode_lines(page)
+
+    def stream_lines(self, resource_type: str, cursor: str | None = None) -> Iterator[Page]:
+        """Pages of ``options.page_size`` non-blank lines, undecoded (:attr:`Page.lines`);
+        :meth:`stream` decodes them (:func:`decode_lines`)."""
         state = _DirCursor.decode(cursor)
-        page: list[dict[str, Any]] = []
-        outcomes: list[dict[str, Any]] = []
+        page: list[RawLine] = []
         for path in self.files_for(resource_type):
             stamp = _stamp(path)
             if state.done.get(path.name) == stamp:
                 continue
             skip = state.line if state.current == path.name and state.current_stamp == stamp else 0
             state.current, state.current_stamp, state.line = path.name, stamp, skip
+            name = path.name
             with path.open("rb") as handle:
-                lines = (line for number, line in enumerate(handle, start=1) if number > skip)
-                for number, resource, outcome in read_ndjson(lines, path.name, first_line=skip + 1):
+                for number, line in enumerate(handle, start=1):
+                    if number <= skip or not line.strip():
+                        continue
                     state.line = number
-                    if resource is not None:
-                        page.append(resource)
-                    if outcome is not None:
-                        outcomes.append(outcome)
+                    page.append((line, name, number))
                     if len(page) >= self.options.page_size:
-                        yield Page(resource_type, page, state.encode(), outcomes=outcomes)
-                        page, outcomes = [], []
-            state.done[path.name] = stamp
+                        yield Page(resource_type, [], state.encode(), lines=page)
+                        page = []
+            state.done[name] = stamp
             state.current, state.current_stamp, state.line = None, None, 0
-        yield Page(resource_type, page, state.encode(), outcomes=outcomes)
+        yield Page(resource_type, [], state.encode(), lines=page)
 
     def fetch(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
         """The last line for that id across the type's files (a linear scan)."""

@@ -40,6 +40,12 @@ class Source(abc.ABC):
     def stream(self, resource_type: str, cursor: str | None = None) -> Iterator[Page]:
         """Pages of ``resource_type`` changed since ``cursor`` (everything when None)."""
 
+    def stream_lines(self, resource_type: str, cursor: str | None = None) -> Iterator[Page]:
+        """:meth:`stream`, for a consumer that can take a page's NDJSON lines undecoded
+        (:attr:`Page.lines <connectors.config.Page.lines>`). A source that reads NDJSON
+        may leave its lines to that consumer; by default its pages are :meth:`stream`'s."""
+        return self.stream(resource_type, cursor)
+
     @abc.abstractmethod
     def fetch(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
         """The current version of one resource, or None when it does not exist."""

@@ -74,6 +74,12 @@ class SourceRecord(Base):
     __table_args__ = (
         UniqueConstraint("source_id", "resource_type", "resource_id", name="uq_source_record_key"),
         Index("ix_source_record_status", "source_id", "resource_type", "status"),
+        Index(
+            "ix_source_record_line",
+            "line_digest",
+            sqlite_where=text("line_digest IS NOT NULL"),
+            postgresql_where=text("line_digest IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -95,6 +101,9 @@ class SourceRecord(Base):
     #: A Patient's match features in the compact form of ``mpi.features`` (versioned; read
     #: instead of ``normalized`` when a candidate is only compared). Null: not written yet.
     match_features: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: :func:`sync.records.line_digest` of the NDJSON line the record was last stored
+    #: from (migration 0006); null when it came from elsewhere or its mapping failed.
+    line_digest: Mapped[str | None] = mapped_column(String(32), nullable=True)
     raw: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     normalized: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)

@@ -403,13 +403,13 @@ class _PageWriter:
         )
         if current is None:
             self.new_records.append(
-                (self.source_id, "Encounter", item.resource_id, *record, self.now)
+                (self.source_id, "Encounter", item.resource_id, *record, self.now, item.line_digest)
             )
             self.new_encounters[item.resource_id] = values
             if bulk.postgresql and len(self.new_records) >= PG_NEW_ROWS_PER_STATEMENT:
                 self.send_new()
             return
-        self.record_updates.append((*record, None, current.id))
+        self.record_updates.append((*record, None, item.line_digest, current.id))
         if current.encounter_id is None:
             self.new_encounters[item.resource_id] = values
             self.record_ids[item.resource_id] = current.id
@@ -544,13 +544,14 @@ class _PageWriter:
 _PG_INSERT_NEW = (
     "WITH c AS (SELECT CAST(%b AS INTEGER) AS source_id, CAST(%b AS TIMESTAMPTZ) AS now),"
     " u AS (SELECT * FROM unnest({arrays}) AS u(resource_id, raw, normalized, content_hash,"
-    " version_id, last_updated, status, patient_id, golden_id, encounter_status, class_code,"
-    " period_start, period_end)),"
+    " version_id, last_updated, status, line_digest, patient_id, golden_id, encounter_status,"
+    " class_code, period_start, period_end)),"
     " record AS (INSERT INTO source_record (source_id, resource_type, resource_id, raw,"
-    " normalized, content_hash, version_id, last_updated, status, updated_at, received_at)"
+    " normalized, content_hash, version_id, last_updated, status, updated_at, received_at,"
+    " line_digest)"
     " SELECT c.source_id, 'Encounter', u.resource_id, CAST(u.raw AS JSONB),"
     " CAST(u.normalized AS JSONB), u.content_hash, u.version_id, u.last_updated, u.status,"
-    " c.now, c.now FROM u CROSS JOIN c RETURNING id, resource_id, raw),"
+    " c.now, c.now, u.line_digest FROM u CROSS JOIN c RETURNING id, resource_id, raw),"
     " encounter AS (INSERT INTO encounter (source_record_id, source_id, patient_resource_id,"
     " golden_id, status, class_code, period_start, period_end, last_updated, resource)"
     " SELECT record.id, c.source_id, u.patient_id, u.golden_id, u.encounter_status,"
@@ -573,6 +574,7 @@ _PG_NEW_TYPES = (
     "VARCHAR(64)",
     "TIMESTAMPTZ",
     "VARCHAR(20)",
+    "VARCHAR(32)",
     "VARCHAR(128)",
     "VARCHAR(36)",
     "VARCHAR(30)",
@@ -593,6 +595,7 @@ _RECORD_SENT = tuple(
         "version_id",
         "last_updated",
         "status",
+        "line_digest",
     )
 )
 _ENCOUNTER_VALUES_SENT = tuple(

@@ -134,9 +134,11 @@ def ingest_patients(
             now,
         )
         if current is None:
-            new_rows.append((source_id, "Patient", item.resource_id, *values, now, encoded))
+            new_rows.append(
+                (source_id, "Patient", item.resource_id, *values, now, item.line_digest, encoded)
+            )
         else:
-            updates.append((*values, None, encoded, current.id))
+            updates.append((*values, None, item.line_digest, encoded, current.id))
         valid.append((item.resource_id, patient, features))
         outcome.stored += 1
     session.flush()  # quarantined records go out before the driver-level statements

@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connectors import Page
+from connectors.ndjson import parse_line
 from mpi import recompute_golden
 from store import CursorRepository
 from store.models import Encounter, Link, Outbox, Source, SourceRecord
@@ -40,9 +41,12 @@ from sync.patients import PatientOptions, ingest_patients
 from sync.records import (
     STATUS_DELETED,
     Incoming,
+    KnownLine,
     chunked,
     content_hash,
     describe,
+    known_lines,
+    line_digest,
     load_records,
     quarantine,
 )
@@ -96,12 +100,71 @@ def split_page(page: Page) -> list[Page]:
     the last part carries the cursor and the deletions.
     """
     limit = MAX_PATIENTS_PER_TRANSACTION
-    if page.resource_type != "Patient" or len(page.resources) <= limit:
+    if page.resource_type != "Patient" or len(page.resources) + len(page.lines) <= limit:
         return [page]
-    chunks = [page.resources[i : i + limit] for i in range(0, len(page.resources), limit)]
-    parts = [Page(page.resource_type, chunk, None) for chunk in chunks[:-1]]
-    parts.append(Page(page.resource_type, chunks[-1], page.cursor, page.deleted, page.outcomes))
+    rtype = page.resource_type
+    parts = [
+        Page(rtype, page.resources[i : i + limit], None)
+        for i in range(0, len(page.resources), limit)
+    ]
+    parts.extend(
+        Page(rtype, [], None, lines=page.lines[i : i + limit])
+        for i in range(0, len(page.lines), limit)
+    )
+    last = parts[-1]
+    parts[-1] = Page(rtype, last.resources, page.cursor, page.deleted, page.outcomes, last.lines)
     return parts
+
+
+def _read_lines(
+    session: Session, source_id: int, page: Page
+) -> tuple[list[Incoming | KnownLine], list[dict[str, Any]]]:
+    """The page's NDJSON lines (:attr:`Page.lines`), in order: a :class:`KnownLine` for each
+    line a stored record was last stored from and that needs no work (found by the
+    lines' digests, one read: :func:`sync.records.known_lines`), never decoded; the others
+    decoded and described, with their digest. And an OperationOutcome per line that is
+    not a JSON object."""
+    rtype = page.resource_type
+    digests = [line_digest(line) for line, _, _ in page.lines]
+    known = known_lines(session, source_id, rtype, digests)
+    entries: list[Incoming | KnownLine] = []
+    outcomes: list[dict[str, Any]] = []
+    for (line, where, number), digest in zip(page.lines, digests, strict=True):
+        stored = known.get(digest)
+        if stored is not None:
+            entries.append(stored)
+            continue
+        resource, outcome = parse_line(line, where, number)
+        if resource is not None:
+            entries.append(describe(resource, rtype, digest))
+        elif outcome is not None:
+            outcomes.append(outcome)
+    return entries, outcomes
+
+
+def _to_ingest(
+    entries: Sequence[Incoming | KnownLine], resource_type: str
+) -> tuple[list[Incoming], int]:
+    """The entries of a page left to ingest, one per resource id (:func:`_latest_per_id`),
+    and how many were skipped. A :class:`KnownLine` is skipped, unless another entry of
+    the page has its id: then it takes part in the choice as the stored record it stands
+    for (the newer version wins, or the later line), exactly as if it had been decoded."""
+    items = [entry for entry in entries if isinstance(entry, Incoming)]
+    if len(items) == len(entries):
+        unique = _latest_per_id(items)
+        return unique, len(entries) - len(unique)
+    decoded = {item.resource_id for item in items}
+    standing: set[int] = set()
+    sequence: list[Incoming] = []
+    for entry in entries:
+        if isinstance(entry, Incoming):
+            sequence.append(entry)
+        elif entry.resource_id in decoded:
+            stand_in = entry.incoming(resource_type)
+            standing.add(id(stand_in))
+            sequence.append(stand_in)
+    unique = [item for item in _latest_per_id(sequence) if id(item) not in standing]
+    return unique, len(entries) - len(unique)
 
 
 def _latest_per_id(items: Sequence[Incoming]) -> list[Incoming]:
@@ -155,10 +218,15 @@ def ingest_page(
     options = options or PatientOptions()
     hold_source(session, source_id)
     rtype = page.resource_type
-    items = [describe(raw, rtype) for raw in page.resources]
-    result = IngestResult(resources=len(items))
-    unique = _latest_per_id(items)
-    result.skipped += len(items) - len(unique)
+    entries: list[Incoming | KnownLine] = [describe(raw, rtype) for raw in page.resources]
+    outcomes = page.outcomes
+    if page.lines:
+        from_lines, unreadable = _read_lines(session, source_id, page)
+        entries.extend(from_lines)
+        outcomes = [*outcomes, *unreadable]
+    result = IngestResult(resources=len(entries))
+    unique, skipped = _to_ingest(entries, rtype)
+    result.skipped += skipped
     if rtype == "Patient":
         patients = ingest_patients(session, source_id, unique, options)
         result.stored += patients.stored
@@ -175,9 +243,9 @@ def ingest_page(
         result.waiting += encounters.waiting
     else:
         result.quarantined += _quarantine_unsupported(session, source_id, unique)
-    if page.outcomes:
-        result.unreadable += _quarantine_unreadable(session, source_id, rtype, page.outcomes)
-        result.quarantined += len(page.outcomes)
+    if outcomes:
+        result.unreadable += _quarantine_unreadable(session, source_id, rtype, outcomes)
+        result.quarantined += len(outcomes)
     if page.deleted:
         result.deleted += apply_deletions(session, source_id, rtype, page.deleted)
     if write_cursor and page.cursor is not None:

@@ -54,8 +54,9 @@ RECORD_COLUMNS = (
     "status",
     "updated_at",
     "received_at",
+    "line_digest",
 )
-RECORD_UPDATE_COLUMNS = (*RECORD_COLUMNS[3:10], "error")
+RECORD_UPDATE_COLUMNS = (*RECORD_COLUMNS[3:10], "error", "line_digest")
 RECORD_JSON = frozenset({"raw", "normalized", "error"})
 
 #: Ids of the ``IN (...)`` lookups are sent in chunks of this many (SQLite's
@@ -110,6 +111,16 @@ def _digest(canonical: str) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+#: Bytes of a line's digest (:func:`line_digest`): 128 bits, as hex in ``line_digest``.
+LINE_DIGEST_BYTES = 16
+
+
+def line_digest(line: bytes) -> str:
+    """The digest of one NDJSON line's bytes (its line break and trailing blanks left
+    out): equal for byte-identical lines only, whatever they hold."""
+    return hashlib.blake2b(line.rstrip(), digest_size=LINE_DIGEST_BYTES).hexdigest()
+
+
 def parse_instant(value: object) -> datetime | None:
     """A FHIR ``instant`` (``meta.lastUpdated``) as an aware datetime, or None if unusable."""
     if not isinstance(value, str) or not value:
@@ -135,6 +146,9 @@ class Incoming:
     shape_error: str | None = None
     #: :func:`canonical_body` of ``raw``, kept so that storing it costs no second rendering.
     canonical: str | None = None
+    #: :func:`line_digest` of the NDJSON line ``raw`` was decoded from (stored with the
+    #: record: see :func:`known_lines`), None for a resource from anywhere else.
+    line_digest: str | None = None
 
     def raw_json(self) -> str:
         """JSON text of ``raw`` (for a JSON column): the canonical body with ``meta`` put back.
@@ -149,13 +163,22 @@ class Incoming:
         return head + ("}" if body == "{}" else "," + body[1:])
 
 
-def describe(raw: object, page_type: str) -> Incoming:
-    """Identify a raw resource: its type, id, hash and version, without validating it."""
+def describe(raw: object, page_type: str, line: str | None = None) -> Incoming:
+    """Identify a raw resource: its type, id, hash and version, without validating it.
+
+    ``line`` is the :func:`line_digest` of the NDJSON line it was decoded from, if any."""
     if not isinstance(raw, dict):
         wrapped: dict[str, Any] = {"value": raw}
         digest = content_hash(wrapped)
         return Incoming(
-            wrapped, page_type, MISSING_ID_PREFIX + digest[:40], digest, None, None, "not an object"
+            wrapped,
+            page_type,
+            MISSING_ID_PREFIX + digest[:40],
+            digest,
+            None,
+            None,
+            "not an object",
+            line_digest=line,
         )
     canonical = canonical_body(raw)
     error: str | None = None
@@ -187,6 +210,7 @@ def describe(raw: object, page_type: str) -> Incoming:
         parse_instant(meta.get("lastUpdated")),
         error,
         canonical,
+        line,
     )
 
 
@@ -288,6 +312,63 @@ def load_states(
     }
 
 
+#: :func:`known_lines`' read. The source and type are compared as expressions (``+ 0``,
+#: ``|| ''``) so that no planner picks their index over the digest's, which finds a
+#: page's few rows wherever the statistics stand.
+_KNOWN_LINES_SQL = (
+    "SELECT line_digest, resource_id, status, content_hash, last_updated FROM source_record"
+    " WHERE line_digest {in} AND source_id + 0 = {p} AND resource_type || '' = {p}"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KnownLine:
+    """A stored record an NDJSON line was last stored from (see :func:`known_lines`)."""
+
+    resource_id: str
+    content_hash: str
+    #: ``last_updated`` as the driver returned it (:func:`store.types.stored_time`).
+    stored_updated: Any
+
+    def incoming(self, resource_type: str) -> Incoming:
+        """The line as an :class:`Incoming` that stands for the stored record (no resource:
+        what page-level de-duplication compares, and what :func:`is_unchanged` skips)."""
+        return Incoming(
+            {},
+            resource_type,
+            self.resource_id,
+            self.content_hash,
+            None,
+            stored_time(self.stored_updated),
+        )
+
+
+def known_lines(
+    session: Session, source_id: int, resource_type: str, digests: Sequence[str]
+) -> dict[str, KnownLine]:
+    """The lines among ``digests`` (:func:`line_digest`) that a stored record of the source
+    was last stored from and that need no work: the record is active, quarantined or
+    pending, so the line's resource would be skipped by :func:`is_unchanged` (same bytes,
+    same content hash) and nothing needs to decode it."""
+    if not digests:
+        return {}
+    session.flush()
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    dbapi = session.connection().connection.driver_connection
+    return {
+        digest: KnownLine(resource_id, hashed, updated)
+        for digest, resource_id, status, hashed, updated in rows_in(
+            dbapi,
+            postgresql,
+            _KNOWN_LINES_SQL,
+            list(dict.fromkeys(digests)),
+            source_id,
+            resource_type,
+        )
+        if status in UNCHANGED_SKIPPABLE and hashed
+    }
+
+
 class StoredState(Protocol):
     """What is compared to decide whether an incoming resource changed."""
 
@@ -334,6 +415,7 @@ def quarantine(
     # A mapping defect is not the resource's fault: no hash, so the next sync retries it.
     failed = error.get("error") == MAPPING_FAILED
     record.content_hash = "" if failed else incoming.content_hash
+    record.line_digest = None if failed else incoming.line_digest
     record.version_id = incoming.version_id
     record.last_updated = incoming.last_updated
     record.status = STATUS_QUARANTINED

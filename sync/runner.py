@@ -416,7 +416,7 @@ def _ingest_stream(
     on_page: PageCallback | None,
 ) -> bool:
     """Ingest pages; True when the type is done (stream ended or came back to a known cursor)."""
-    stream = connector.stream(rtype, cursor)
+    stream = connector.stream_lines(rtype, cursor)
     try:
         for page in stream:
             result = IngestResult()
