@@ -48,6 +48,7 @@ from fhir.resources.R4B.patient import Patient
 from sqlalchemy import text
 
 from store import make_engine, make_session_factory, upgrade
+from store.db import stop_checkpointers
 from store.models import SyncRun
 from store.repositories import SourceRepository
 from sync import IngestResult, TaskContext, run_source, wait_for_statistics
@@ -226,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
             resync_s = time.perf_counter() - started
             wait_for_statistics()
             engine.dispose()
+            stop_checkpointers()
         finally:
             cleanup()
     patients = first.counts.get("Patient", 0)

@@ -187,6 +187,10 @@ class WalCheckpointer:
         self._stop.set()
         self._wake.set()
 
+    def join(self, timeout_s: float | None = None) -> None:
+        """Wait for the thread to end (after :meth:`stop`)."""
+        self._thread.join(timeout_s)
+
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
@@ -298,6 +302,20 @@ def _shared_checkpointer(path: str) -> WalCheckpointer:
         checkpointer.engines += 1
         _apply_releases()
         return checkpointer
+
+
+def stop_checkpointers(timeout_s: float = 10.0) -> None:
+    """Stop every background checkpointer of this process and wait for their threads,
+    for a program about to remove its databases' folder: a checkpoint that opens a
+    database while the folder is removed makes its ``-wal`` and ``-shm`` files again
+    (seen in ``bench.ingest``: 'Directory not empty'). Engines made later start new ones."""
+    with _checkpointers_lock:
+        running = list(_checkpointers.values())
+        _checkpointers.clear()
+    for checkpointer in running:
+        checkpointer.stop()
+    for checkpointer in running:
+        checkpointer.join(timeout_s)
 
 
 def _release_checkpointer(checkpointer: WalCheckpointer) -> None:

@@ -136,3 +136,28 @@ def test_a_checkpoint_never_creates_a_database_that_is_gone(tmp_path: Path) -> N
         assert other.checkpoints == 1
     finally:
         writer.close()
+
+
+def test_stop_checkpointers_ends_their_threads_before_a_folder_is_removed(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "db"
+    folder.mkdir()
+    engine = make_engine(f"sqlite:///{folder / 'a.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+    running = db._checkpointers[str(folder / "a.db")]
+    assert running._thread.is_alive()
+    engine.dispose()
+    db.stop_checkpointers()
+    assert not running._thread.is_alive()
+    assert str(folder / "a.db") not in db._checkpointers
+    for path in folder.iterdir():
+        path.unlink()
+    folder.rmdir()  # nothing made again behind the removal
+    again = make_engine(f"sqlite:///{tmp_path / 'b.db'}")
+    with again.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER)"))
+    assert db._checkpointers[str(tmp_path / "b.db")]._thread.is_alive()
+    again.dispose()
