@@ -21,9 +21,11 @@ read by walking them), and makes the record's delete trigger (0004's) again.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from alembic import op
+from alembic.operations import BatchOperations
 
 from store.migrations.triggers import create_delete_trigger, drop_delete_trigger
 
@@ -56,21 +58,31 @@ _RECORD_CASCADE: tuple[str, ...] = importlib.import_module(
 ).RECORD_CASCADE
 
 
-def upgrade() -> None:
+def _alter(order: tuple[str, ...], change: Callable[[BatchOperations], None]) -> None:
+    """``change`` to ``source_record``; on SQLite a rebuild with its columns in ``order``,
+    the triggers naming the table dropped around it and made again."""
     postgresql = op.get_bind().dialect.name == "postgresql"
-    order = [] if postgresql else [_SMALL_FIRST]
     if not postgresql:
         drop_delete_trigger("source", postgresql)
     with op.batch_alter_table(
         "source_record",
         schema=None,
-        partial_reordering=order,
-        recreate="always" if order else "auto",
+        partial_reordering=[] if postgresql else [order],
+        recreate="auto" if postgresql else "always",
     ) as batch_op:
-        batch_op.add_column(sa.Column("line_digest", sa.String(length=32), nullable=True))
+        change(batch_op)
     if not postgresql:
         create_delete_trigger("source_record", _RECORD_CASCADE, postgresql)
         create_delete_trigger("source", (_SOURCE_CASCADE,), postgresql)
+
+
+def upgrade() -> None:
+    _alter(
+        _SMALL_FIRST,
+        lambda batch: batch.add_column(
+            sa.Column("line_digest", sa.String(length=32), nullable=True)
+        ),
+    )
     op.create_index(
         _INDEX,
         "source_record",
@@ -82,18 +94,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    postgresql = op.get_bind().dialect.name == "postgresql"
     op.drop_index(_INDEX, table_name="source_record")
-    order = [] if postgresql else [_ORDER_0005]
-    if not postgresql:
-        drop_delete_trigger("source", postgresql)
-    with op.batch_alter_table(
-        "source_record",
-        schema=None,
-        partial_reordering=order,
-        recreate="always" if order else "auto",
-    ) as batch_op:
-        batch_op.drop_column("line_digest")
-    if not postgresql:
-        create_delete_trigger("source_record", _RECORD_CASCADE, postgresql)
-        create_delete_trigger("source", (_SOURCE_CASCADE,), postgresql)
+    _alter(_ORDER_0005, lambda batch: batch.drop_column("line_digest"))
