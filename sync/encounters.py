@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from fhir_mapping import EncounterCore, InvalidResource, parse_encounter_core, subject_patient_id
 from store.background import Background
-from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, array_sql, one_of, rows_in
+from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, array_sql, one_of
 from store.models import Base, Encounter, Link, SourceRecord
 from store.types import utcnow
 from sync.records import (
@@ -39,6 +39,7 @@ from sync.records import (
     is_unchanged,
     mapping_error,
     quarantine,
+    rows_of_source,
     shape_error,
 )
 
@@ -209,7 +210,7 @@ def _pg_rows(session: Session, statement: str, params: tuple[Any, ...]) -> list[
         cursor.close()
 
 
-#: SQLite: the same lookup through :func:`store.bulk.rows_in` (see :func:`_load_stored`).
+#: SQLite: the same lookup through :func:`sync.records.rows_of_source` (see :func:`_load_stored`).
 _SQLITE_STORED_RECORDS = (
     "SELECT id, resource_id, status, content_hash, last_updated FROM source_record"
     " WHERE resource_id {in} AND source_id = {p} AND resource_type = {p}"
@@ -228,11 +229,8 @@ def _load_stored(
     found: dict[str, _Stored] = {}
     dialect = session.get_bind().dialect.name
     if dialect == "sqlite":
-        session.flush()
-        dbapi = session.connection().connection.driver_connection
-        ids = list(dict.fromkeys(resource_ids))
-        for rec_id, rid, status, digest, updated in rows_in(
-            dbapi, False, _SQLITE_STORED_RECORDS, ids, source_id, "Encounter"
+        for rec_id, rid, status, digest, updated in rows_of_source(
+            session, _SQLITE_STORED_RECORDS, resource_ids, source_id, "Encounter"
         ):
             found[rid] = _Stored(rec_id, status, digest, updated, None)
         return found

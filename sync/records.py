@@ -298,18 +298,27 @@ def load_states(
 
     Read at the driver level (:func:`store.bulk.rows_in`: plain tuples, one statement
     text whatever the number of ids), not through SQLAlchemy's result rows."""
-    ids = list(dict.fromkeys(resource_ids))
-    if not ids:
-        return {}
+    return {
+        resource_id: StoredRecord(record_id, status, digest, updated)
+        for resource_id, record_id, status, digest, updated in rows_of_source(
+            session, _STATES_SQL, resource_ids, source_id, resource_type
+        )
+    }
+
+
+def rows_of_source(
+    session: Session, template: str, values: Sequence[str], source_id: int, resource_type: str
+) -> list[tuple[Any, ...]]:
+    """Rows of ``template`` (:func:`store.bulk.rows_in`: its ``{in}`` the distinct
+    ``values``, its two ``{p}`` the source and the type), read at the driver level in the
+    session's transaction after its pending changes are flushed."""
+    distinct = list(dict.fromkeys(values))
+    if not distinct:
+        return []
     session.flush()
     postgresql = session.get_bind().dialect.name == "postgresql"
     dbapi = session.connection().connection.driver_connection
-    return {
-        resource_id: StoredRecord(record_id, status, digest, updated)
-        for resource_id, record_id, status, digest, updated in rows_in(
-            dbapi, postgresql, _STATES_SQL, ids, source_id, resource_type
-        )
-    }
+    return rows_in(dbapi, postgresql, template, distinct, source_id, resource_type)
 
 
 #: :func:`known_lines`' read. The source and type are compared as expressions (``+ 0``,
@@ -350,20 +359,10 @@ def known_lines(
     was last stored from and that need no work: the record is active, quarantined or
     pending, so the line's resource would be skipped by :func:`is_unchanged` (same bytes,
     same content hash) and nothing needs to decode it."""
-    if not digests:
-        return {}
-    session.flush()
-    postgresql = session.get_bind().dialect.name == "postgresql"
-    dbapi = session.connection().connection.driver_connection
     return {
         digest: KnownLine(resource_id, hashed, updated)
-        for digest, resource_id, status, hashed, updated in rows_in(
-            dbapi,
-            postgresql,
-            _KNOWN_LINES_SQL,
-            list(dict.fromkeys(digests)),
-            source_id,
-            resource_type,
+        for digest, resource_id, status, hashed, updated in rows_of_source(
+            session, _KNOWN_LINES_SQL, digests, source_id, resource_type
         )
         if status in UNCHANGED_SKIPPABLE and hashed
     }
