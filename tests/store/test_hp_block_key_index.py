@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, inspect, text
@@ -16,17 +15,7 @@ from mpi.reads import Reads
 from store import downgrade, make_engine, upgrade
 from store.bulk import BulkWriter
 from store.db import VACUUM_TABLES, StatisticsRefresher
-from tests.conftest import create_pg_database, drop_pg_database, emptied_engine
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'empty.db'}"
-        return
-    url = create_pg_database()
-    yield url
-    drop_pg_database(url)
+from tests.conftest import emptied_engine
 
 
 def _key_index(engine: Engine) -> tuple[list[str], list[str]]:

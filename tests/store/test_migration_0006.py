@@ -4,24 +4,9 @@ delete triggers of the record and of its source still cascade."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from sqlalchemy import Engine, inspect, text
 
 from store import downgrade, make_engine, upgrade
-from tests.conftest import create_pg_database, drop_pg_database
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'empty.db'}"
-        return
-    url = create_pg_database()
-    yield url
-    drop_pg_database(url)
 
 
 def _columns(engine: Engine) -> list[str]:
