@@ -5,8 +5,6 @@ review item names), on both backends, and the downgrade brings the keys back."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +23,6 @@ from store.models import (
     Source,
     SourceRecord,
 )
-from tests.conftest import create_pg_database, drop_pg_database
 
 #: Tables whose keys 0004 dropped.
 _TABLES = ("link", "golden_patient_version", "review_item")
@@ -138,16 +135,6 @@ def test_a_link_is_not_checked_on_insert(engine: Engine) -> None:
         assert _count(session, Link) == 1
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fresh.db'}"
-        return
-    url = create_pg_database()
-    yield url
-    drop_pg_database(url)
-
-
 def _keys(engine: Engine) -> dict[str, list[list[str]]]:
     inspector = inspect(engine)
     return {
@@ -156,16 +143,16 @@ def _keys(engine: Engine) -> dict[str, list[list[str]]]:
     }
 
 
-def test_downgrade_brings_the_keys_back_and_keeps_the_rows(fresh_url: str) -> None:
-    upgrade(fresh_url)
-    engine = make_engine(fresh_url)
+def test_downgrade_brings_the_keys_back_and_keeps_the_rows(empty_db_url: str) -> None:
+    upgrade(empty_db_url)
+    engine = make_engine(empty_db_url)
     assert _keys(engine) == {table: [] for table in _TABLES}
     with Session(engine) as session:
         _seed(session)
     engine.dispose()
 
-    downgrade(fresh_url, "0003")
-    engine = make_engine(fresh_url)
+    downgrade(empty_db_url, "0003")
+    engine = make_engine(empty_db_url)
     assert _keys(engine) == {
         "link": [["golden_id"], ["source_record_id"]],
         "golden_patient_version": [["golden_id"]],
@@ -184,7 +171,7 @@ def test_downgrade_brings_the_keys_back_and_keeps_the_rows(fresh_url: str) -> No
         assert (_count(session, Link), _count(session, ReviewItem)) == (0, 0)
     engine.dispose()
 
-    upgrade(fresh_url)
-    engine = make_engine(fresh_url)
+    upgrade(empty_db_url)
+    engine = make_engine(empty_db_url)
     assert _keys(engine) == {table: [] for table in _TABLES}
     engine.dispose()
