@@ -117,16 +117,16 @@ def split_page(page: Page) -> list[Page]:
 
 
 def _read_lines(
-    session: Session, source_id: int, page: Page
+    session: Session, source_id: int, page: Page, *, look_up: bool = True
 ) -> tuple[list[Incoming | KnownLine], list[dict[str, Any]]]:
     """The page's NDJSON lines (:attr:`Page.lines`), in order: a :class:`KnownLine` for each
     line a stored record was last stored from and that needs no work (found by the
-    lines' digests, one read: :func:`sync.records.known_lines`), never decoded; the others
-    decoded and described, with their digest. And an OperationOutcome per line that is
-    not a JSON object."""
+    lines' digests, one read: :func:`sync.records.known_lines`, left out when
+    ``look_up`` is false), never decoded; the others decoded and described, with their
+    digest. And an OperationOutcome per line that is not a JSON object."""
     rtype = page.resource_type
     digests = [line_digest(line) for line, _, _ in page.lines]
-    known = known_lines(session, source_id, rtype, digests)
+    known = known_lines(session, source_id, rtype, digests) if look_up else {}
     entries: list[Incoming | KnownLine] = []
     outcomes: list[dict[str, Any]] = []
     for (line, where, number), digest in zip(page.lines, digests, strict=True):
@@ -210,10 +210,15 @@ def ingest_page(
     *,
     options: PatientOptions | None = None,
     write_cursor: bool = True,
+    lines_stored: bool = True,
 ) -> IngestResult:
     """Ingest one page of ``source_id`` into ``session`` (the caller commits).
 
     ``write_cursor=False`` is for pushed resources, which have no place in a stream.
+    ``lines_stored=False`` says that the source had no record of the page's type when
+    the stream began (:func:`sync.records.has_records`): the page's lines are then not
+    looked up by their digests (none can be found but the stream's own repeats, which
+    the content hash skips as well).
     """
     options = options or PatientOptions()
     hold_source(session, source_id)
@@ -221,7 +226,7 @@ def ingest_page(
     entries: list[Incoming | KnownLine] = [describe(raw, rtype) for raw in page.resources]
     outcomes = page.outcomes
     if page.lines:
-        from_lines, unreadable = _read_lines(session, source_id, page)
+        from_lines, unreadable = _read_lines(session, source_id, page, look_up=lines_stored)
         entries.extend(from_lines)
         outcomes = [*outcomes, *unreadable]
     result = IngestResult(resources=len(entries))

@@ -321,6 +321,22 @@ def rows_of_source(
     return rows_in(dbapi, postgresql, template, distinct, source_id, resource_type)
 
 
+def has_records(session: Session, source_id: int, resource_type: str) -> bool:
+    """True when the source has a stored record of ``resource_type`` (one probe of its
+    key index).
+
+    A stream read while the source had none (its first sync) holds no line that a stored
+    record came from, except lines it repeats itself: :func:`known_lines` is then only
+    cost, and the caller leaves it out (a repeated line takes the decoding path, which
+    skips it by its content hash all the same)."""
+    found = session.scalar(
+        select(SourceRecord.id)
+        .where(SourceRecord.source_id == source_id, SourceRecord.resource_type == resource_type)
+        .limit(1)
+    )
+    return found is not None
+
+
 #: :func:`known_lines`' read. The source and type are compared as expressions (``+ 0``,
 #: ``|| ''``) so that no planner picks their index over the digest's, which finds a
 #: page's few rows wherever the statistics stand.

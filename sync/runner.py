@@ -44,6 +44,7 @@ from store.types import utcnow
 from sync.context import DEFAULT_REGION, TaskContext
 from sync.patients import DEFAULT_PATIENT_BATCH, PatientOptions
 from sync.pipeline import IngestResult, ingest_page, split_page
+from sync.records import has_records
 
 log = logging.getLogger(__name__)
 
@@ -415,14 +416,22 @@ def _ingest_stream(
     chunk: ChunkResult,
     on_page: PageCallback | None,
 ) -> bool:
-    """Ingest pages; True when the type is done (stream ended or came back to a known cursor)."""
+    """Ingest pages; True when the type is done (stream ended or came back to a known cursor).
+
+    A source with no record of the type yet (its first sync) has its lines decoded
+    without a look-up of their digests (see :func:`sync.pipeline.ingest_page`)."""
+    lines_stored = has_records(session, run.source_id, rtype)
     stream = connector.stream_lines(rtype, cursor)
     try:
         for page in stream:
             result = IngestResult()
             parts = split_page(page)
             for number, part in enumerate(parts, start=1):
-                result.add(ingest_page(session, run.source_id, part, options=options))
+                result.add(
+                    ingest_page(
+                        session, run.source_id, part, options=options, lines_stored=lines_stored
+                    )
+                )
                 if number < len(parts):
                     # Records only; the cursor commits with the last part. A crash in
                     # between re-reads the page, and the stored parts are skipped by hash.

@@ -23,7 +23,7 @@ from connectors.config import RawLine
 from connectors.ndjson import NdjsonDirectorySource, decode_lines
 from store.models import Outbox, SourceRecord
 from sync import IngestResult, TaskContext, apply_deletions, ingest_page, run_source
-from sync.records import line_digest
+from sync.records import has_records, line_digest
 from tests.sync.helpers import add_source, encounter, patient, records, write_ndjson
 
 
@@ -313,3 +313,74 @@ def test_a_full_resync_of_an_ndjson_folder_decodes_nothing_and_counts_as_before(
     third = run_source(context, source_id, full=True, max_pages=None)
     assert decodes == [4]
     assert (third.result.stored, third.result.skipped) == (1, 18)
+
+
+@pytest.fixture
+def look_ups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of digests of each :func:`sync.records.known_lines` read."""
+    seen: list[int] = []
+    real = pipeline.known_lines
+
+    def counting(session: Session, source_id: int, rtype: str, digests: Any) -> Any:
+        seen.append(len(digests))
+        return real(session, source_id, rtype, digests)
+
+    monkeypatch.setattr(pipeline, "known_lines", counting)
+    return seen
+
+
+def test_has_records_is_per_source_and_type(
+    session_factory: sessionmaker[Session],
+) -> None:
+    a = add_source(session_factory, name="a")
+    b = add_source(session_factory, name="b")
+    with session_factory() as session:
+        assert not has_records(session, a, "Patient")
+    ingest(session_factory, a, line_page("Patient", [patient("p1")]))
+    with session_factory() as session:
+        assert has_records(session, a, "Patient")
+        assert not has_records(session, a, "Encounter")
+        assert not has_records(session, b, "Patient")
+
+
+def test_a_first_sync_reads_no_digests_and_skips_its_own_repeated_lines_by_hash(
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+    tmp_path: Path,
+    decodes: list[int],
+    look_ups: list[int],
+) -> None:
+    folder = tmp_path / "ehr"
+    people = [patient(f"p{i}", birth=f"19{50 + i}-01-02") for i in range(5)]
+    # p1's line comes again on the second page, byte for byte.
+    write_ndjson(folder, "Patient", [*people, people[1]])
+    write_ndjson(folder, "Encounter", [encounter(f"e{i}", f"p{i}") for i in range(5)])
+    source_id = add_source(session_factory, base_url=str(folder), config={"page_size": 4})
+    context = TaskContext(engine=engine, session_factory=session_factory)
+    first = run_source(context, source_id, max_pages=None)
+    assert look_ups == []  # the source had no records: nothing to look up
+    assert decodes == [1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5]
+    assert (first.result.resources, first.result.stored, first.result.skipped) == (11, 10, 1)
+    with session_factory() as session:
+        assert len(records(session, source_id)) == 10
+    decodes.clear()
+    again = run_source(context, source_id, full=True, max_pages=None)
+    assert decodes == []
+    assert look_ups == [4, 2, 4, 1]  # each page's lines, looked up
+    assert (again.result.resources, again.result.skipped, again.result.stored) == (11, 11, 0)
+
+
+def test_a_stream_looks_up_its_lines_once_the_source_has_records_of_the_type(
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+    tmp_path: Path,
+    look_ups: list[int],
+) -> None:
+    folder = tmp_path / "ehr"
+    write_ndjson(folder, "Patient", [patient("p1"), patient("p2", "Lee")])
+    source_id = add_source(session_factory, base_url=str(folder), config={"page_size": 10})
+    # A resource pushed before the first sync: the source has a Patient, so lines are looked up.
+    ingest(session_factory, source_id, Page("Patient", [patient("p0", "Ng")], None))
+    context = TaskContext(engine=engine, session_factory=session_factory)
+    run_source(context, source_id, max_pages=None)
+    assert look_ups == [2]
