@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,3 +20,12 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     url = create_pg_database()
     yield url
     drop_pg_database(url)
+
+
+def wal_writer(path: str | Path) -> sqlite3.Connection:
+    """A connection (autocommit) to a SQLite file in WAL mode whose log is never
+    checkpointed by the writes themselves, so that a test decides when it is."""
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    return writer

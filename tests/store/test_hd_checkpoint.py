@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from store import db
 from store.db import WalCheckpointer, make_engine
+from tests.store.conftest import wal_writer
 
 #: Rows of ~1 KB written per transaction: ~1 MB of log.
 ROWS = 1000
@@ -68,10 +69,8 @@ def test_a_restarted_log_in_a_large_file_is_not_truncated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = str(tmp_path / "restart.db")
-    writer = sqlite3.connect(path, isolation_level=None)
+    writer = wal_writer(path)
     try:
-        writer.execute("PRAGMA journal_mode=WAL")
-        writer.execute("PRAGMA wal_autocheckpoint=0")
         writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)")
         writer.execute("BEGIN")
         writer.executemany("INSERT INTO t (body) VALUES (?)", [("x" * 1000,)] * ROWS)
@@ -124,10 +123,8 @@ def test_a_checkpoint_never_creates_a_database_that_is_gone(tmp_path: Path) -> N
     # A path with characters a URI escapes still opens.
     odd = tmp_path / "a dir#1" / "odd?name.db"
     odd.parent.mkdir()
-    writer = sqlite3.connect(odd, isolation_level=None)
+    writer = wal_writer(odd)
     try:
-        writer.execute("PRAGMA journal_mode=WAL")
-        writer.execute("PRAGMA wal_autocheckpoint=0")
         writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
         writer.execute("INSERT INTO t DEFAULT VALUES")
         other = WalCheckpointer(str(odd), interval_s=3600)

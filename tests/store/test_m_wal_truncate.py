@@ -13,15 +13,14 @@ import pytest
 
 from store import db
 from store.db import WalCheckpointer
+from tests.store.conftest import wal_writer
 
 
 @pytest.fixture
 def wal_db(tmp_path: Path) -> Iterator[tuple[str, sqlite3.Connection]]:
     """A WAL database holding ~1 MB of log (no automatic checkpoint), and its writer."""
     path = str(tmp_path / "wal.db")
-    writer = sqlite3.connect(path, isolation_level=None)
-    writer.execute("PRAGMA journal_mode=WAL")
-    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer = wal_writer(path)
     writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)")
     writer.execute("BEGIN")
     writer.executemany("INSERT INTO t (body) VALUES (?)", [("x" * 1000,) for _ in range(1000)])
