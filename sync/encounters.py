@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from fhir_mapping import EncounterCore, InvalidResource, parse_encounter_core, subject_patient_id
 from store.background import Background
 from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, array_sql, one_of
-from store.models import Base, Encounter, Link, SourceRecord
+from store.models import Base, Encounter, SourceRecord
 from store.types import utcnow
 from sync.records import (
     RECORD_COLUMNS,
@@ -85,6 +85,17 @@ _MISSING = object()
 #: statement finished (50 rows at least), were 2-5% slower per page, not faster; a
 #: 0.5 ms switch interval changed nothing (psycopg waits without the GIL; the page waits
 #: for the server, not for the GIL).
+#: SQLite writes its new Encounters in line, by ``executemany``. Tried and left out: the
+#: same overlap on SQLite, each 250 rows sent as one JSON array through three
+#: ``INSERT … SELECT … FROM json_each(?)`` (records, encounters copying the record's
+#: ``raw``, events), as the block keys go (:func:`mpi.resolve._send_block_keys`). An
+#: Encounter row has 14 values, and SQLite 3.40 parses the row's JSON once per
+#: ``json_extract``: it keeps no parse of a value that changes from row to row. That made
+#: 42-49 us of C per row against 27 us for the three ``executemany`` with their Python.
+#: The thread fell behind the validation it was to overlap. Over three interleaved 25k
+#: runs, Encounters fell from 7.7-8.3k to 6.5-6.7k/s and peak RSS rose by 30-48 MB.
+#: Passing one JSON array per column is worse: a bound parameter's parse is not kept
+#: either, so every value re-parses its whole column.
 PG_NEW_ROWS_PER_STATEMENT = 250
 
 
@@ -272,13 +283,21 @@ def _load_encounter_ids(session: Session, stored: Sequence[_Stored]) -> None:
             by_record[record_id].encounter_id = enc_id
 
 
-#: ``source_record`` is active, checked in the status index (whose entries end with the rowid).
-_SQLITE_ACTIVE = (
-    "EXISTS (SELECT 1 FROM source_record AS active_record"
+#: SQLite: :data:`_PG_GOLDEN_IDS` through :func:`sync.records.rows_of_source`. The ids are
+#: looked up in the (source, type, id) key, and the status in the status index by rowid
+#: (the ``EXISTS``): both covering, so no record row is read (its ``status`` sits behind
+#: the resource JSON, often in overflow pages), and no scan of every active Patient of
+#: the source per page.
+_SQLITE_GOLDEN_IDS = (
+    "SELECT source_record.resource_id, link.golden_id FROM source_record"
+    " JOIN link ON link.source_record_id = source_record.id"
+    " WHERE source_record.resource_id {in} AND source_record.source_id = {p}"
+    " AND source_record.resource_type = {p}"
+    " AND EXISTS (SELECT 1 FROM source_record AS active_record"
     " INDEXED BY ix_source_record_status"
     " WHERE active_record.source_id = source_record.source_id"
     " AND active_record.resource_type = source_record.resource_type"
-    " AND active_record.status = :active_status"
+    f" AND active_record.status = '{STATUS_ACTIVE}'"
     " AND active_record.id = source_record.id)"
 )
 
@@ -288,36 +307,16 @@ def golden_ids_of_patients(
 ) -> dict[str, str]:
     """Source Patient resource id -> golden id, for the linked active Patients among them.
 
-    On SQLite the ids are looked up in the (source, type, id) key and the status in the
-    status index, by rowid (:data:`_SQLITE_ACTIVE`): both covering, so no record row is
-    read (its ``status`` sits behind the resource JSON, often in overflow pages), and
-    not a scan of every active Patient of the source per page. On PostgreSQL it is one
-    ``= ANY(array)`` statement per chunk (:func:`_pg_rows`)."""
-    found: dict[str, str] = {}
+    Read at the driver level: on SQLite by :data:`_SQLITE_GOLDEN_IDS` (its rows as plain
+    tuples: the ORM's select of the same two columns took 4.6 us an Encounter); on
+    PostgreSQL one ``= ANY(array)`` statement per chunk (:func:`_pg_rows`)."""
     if session.get_bind().dialect.name == "postgresql":
+        found: dict[str, str] = {}
         for chunk in chunked(list(dict.fromkeys(patient_ids))):
             params = (source_id, "Patient", STATUS_ACTIVE, chunk)
             found.update({rid: golden for rid, golden in _pg_rows(session, _PG_GOLDEN_IDS, params)})
         return found
-    sqlite = session.get_bind().dialect.name == "sqlite"
-    active = (
-        text(_SQLITE_ACTIVE).bindparams(active_status=STATUS_ACTIVE)
-        if sqlite
-        else SourceRecord.status == STATUS_ACTIVE
-    )
-    for chunk in chunked(list(dict.fromkeys(patient_ids))):
-        rows = session.execute(
-            select(SourceRecord.resource_id, Link.golden_id)
-            .join(Link, Link.source_record_id == SourceRecord.id)
-            .where(
-                SourceRecord.source_id == source_id,
-                SourceRecord.resource_type == "Patient",
-                active,
-                _among(session, SourceRecord.resource_id, chunk),
-            )
-        )
-        found.update({rid: golden for rid, golden in rows})
-    return found
+    return dict(rows_of_source(session, _SQLITE_GOLDEN_IDS, patient_ids, source_id, "Patient"))
 
 
 def _normalized(encounter: EncounterCore) -> dict[str, Any]:
