@@ -23,6 +23,6 @@ COPY gateway ./gateway
 RUN pip install -c requirements.lock .
 
 USER askonce
-EXPOSE 8000
+EXPOSE 8000 2575
 ENV ASKONCE_HOST=0.0.0.0 ASKONCE_PORT=8000
 CMD ["askonce", "serve"]

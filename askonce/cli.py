@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from askonce.cli_consumers import consumers_app, openapi_command
 from askonce.cli_match import links_app, match_app
-from askonce.cli_sources import sources_app, sync_command
+from askonce.cli_sources import mllp_command, sources_app, sync_command
 from askonce.logging import configure_logging
 from askonce.runtime import Runtime, build_runtime
 from askonce.settings import PlaceholderSecretError, Settings, get_settings
@@ -35,6 +35,7 @@ app.add_typer(consumers_app, name="consumers")
 app.command("openapi")(openapi_command)
 app.add_typer(sources_app, name="sources")
 app.command("sync")(sync_command)
+app.command("mllp")(mllp_command)
 
 console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("askonce.cli")

@@ -2,14 +2,16 @@
 
 Other tools script these names, so they are a contract:
 
-* ``askonce sources add NAME --kind fhir|history|bulk|ndjson --url URL_OR_PATH
+* ``askonce sources add NAME --kind fhir|history|bulk|ndjson|hl7v2 --url URL_OR_PATH
   [--auth ...] [--schedule ...]``
 * ``askonce sources list`` and ``askonce sources status [NAME]``
 * ``askonce sync NAME [--full]``
+* ``askonce mllp [--source NAME ...]``: the MLLP listener of the ``hl7v2`` sources
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any
 
@@ -38,11 +40,12 @@ from askonce.sources import (
     parse_option,
     record_counts,
 )
-from connectors import TransientError
+from connectors import PUSH_ONLY_KINDS, TransientError
 from store import NotFoundError, SchemaNotAtHeadError, SourceRepository, SyncRunRepository
 from store.models import Source as SourceRow
 from store.models import SourceRecord, SyncRun
 from sync import IngestResult, TaskContext, run_source, start_or_resume
+from sync.hl7intake import Hl7v2ConfigError, listeners, serve_forever
 from sync.scheduling import InvalidScheduleError
 
 sources_app = typer.Typer(
@@ -163,8 +166,13 @@ def _runtime() -> Runtime:
 @sources_app.command("add")
 def sources_add(
     name: Annotated[str, typer.Argument(help="A unique name for the source.")],
-    kind: Annotated[str, typer.Option(help="fhir | history | bulk | ndjson")],
-    url: Annotated[str, typer.Option(help="FHIR base URL, or a folder of <Type>.ndjson files.")],
+    kind: Annotated[str, typer.Option(help="fhir | history | bulk | ndjson | hl7v2")],
+    url: Annotated[
+        str,
+        typer.Option(
+            help="FHIR base URL, a folder of <Type>.ndjson files, or mllp://HOST:PORT (hl7v2)."
+        ),
+    ],
     auth: Annotated[
         str | None,
         typer.Option(help="none | bearer:TOKEN | basic:USER:PASS | JSON object | @file.json"),
@@ -290,10 +298,17 @@ def sync_command(
     runtime = _runtime()
     with runtime.session_factory() as session:
         try:
-            source_id = SourceRepository(session).get_by_name(name).id
+            source = SourceRepository(session).get_by_name(name)
         except NotFoundError as exc:
             console.print(f"[red]error:[/red] no source named {name!r}")
             raise typer.Exit(code=2) from exc
+        source_id, kind = source.id, source.kind
+    if kind in PUSH_ONLY_KINDS:
+        console.print(
+            f"[red]error:[/red] {name} is a {kind} source: nothing is pulled from it, its"
+            " messages arrive on its port (askonce mllp)"
+        )
+        raise typer.Exit(code=2)
     try:
         run = sync_with_progress(runtime, source_id, name, full=full)
     except TransientError as exc:
@@ -306,3 +321,42 @@ def sync_command(
     print_run_summary(run, name)
     if run.status != "ok":
         raise typer.Exit(code=1)
+
+
+def mllp_command(
+    source: Annotated[
+        list[str] | None,
+        typer.Option("--source", help="Only this hl7v2 source (repeatable; default: all)."),
+    ] = None,
+) -> None:
+    """Receive HL7 v2 ADT messages over MLLP: listen on the port of every enabled hl7v2
+    source, ingest each message and acknowledge it once it is committed (Ctrl+C stops)."""
+    runtime = _runtime()
+    with runtime.session_factory() as session:
+        try:
+            targets = listeners(session, source or ())
+        except Hl7v2ConfigError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(code=2) from exc
+    if not targets:
+        console.print(
+            "[red]error:[/red] no enabled hl7v2 source"
+            + (f" named {', '.join(source)}" if source else "")
+            + " (askonce sources add NAME --kind hl7v2 --url mllp://0.0.0.0:2575)"
+        )
+        raise typer.Exit(code=2)
+    for target in targets:
+        console.print(f"{target.name}: listening on mllp://{target.host}:{target.port}")
+    try:
+        asyncio.run(
+            serve_forever(
+                runtime.session_factory,
+                targets,
+                default_region=runtime.settings.default_region,
+            )
+        )
+    except KeyboardInterrupt:
+        console.print("stopped")
+    except OSError as exc:  # the port is taken, or not ours to bind
+        console.print(f"[red]error:[/red] cannot listen: {exc.strerror or exc}")
+        raise typer.Exit(code=1) from exc

@@ -40,6 +40,7 @@ ALLOWED_EXTRA_KEYS = frozenset(
         "method",
         "path",
         "url",
+        "port",
         "principal",
         "consumer_id",
         "event",

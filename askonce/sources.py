@@ -13,9 +13,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from askonce.runtime import Runtime
-from connectors import SOURCE_KINDS, SourceConfig, SourceOptions
+from connectors import PUSH_ONLY_KINDS, SOURCE_KINDS, SourceConfig, SourceOptions
 from store import SourceRepository
 from store.models import GoldenPatient, ReviewItem, SourceRecord
+from sync.hl7intake import KIND as HL7V2_KIND
+from sync.hl7intake import Hl7v2ConfigError, listen_address, mapping_options
 from sync.intake import hash_intake_token
 from sync.runner import INTAKE_TOKEN_KEY, PIPELINE_CONFIG_KEYS
 from sync.scheduling import parse_schedule
@@ -72,9 +74,17 @@ def add_source(
     """Validate and store a source; returns its id. Raises ValueError on bad input."""
     if kind not in SOURCE_KINDS:
         raise ValueError(f"kind must be one of {', '.join(SOURCE_KINDS)}")
+    if schedule and kind in PUSH_ONLY_KINDS:
+        raise ValueError(f"a {kind} source is push-only: it takes no --schedule")
     if schedule:
         parse_schedule(schedule)
     config = dict(config or {})
+    if kind == HL7V2_KIND:
+        try:
+            listen_address(url)
+            mapping_options(config)
+        except Hl7v2ConfigError as exc:
+            raise ValueError(str(exc)) from exc
     if INTAKE_TOKEN_OPTION in config:  # keep only its hash; the sender presents the token
         config[INTAKE_TOKEN_KEY] = hash_intake_token(str(config.pop(INTAKE_TOKEN_OPTION)))
     connector_options = {k: v for k, v in config.items() if k not in PIPELINE_CONFIG_KEYS}

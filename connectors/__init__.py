@@ -28,6 +28,7 @@ from connectors.auth import (
 from connectors.build import build_source
 from connectors.bulk import BulkExportClient, BulkExportSource
 from connectors.config import (
+    PUSH_ONLY_KINDS,
     SOURCE_KINDS,
     Capabilities,
     Page,
@@ -53,6 +54,7 @@ from connectors.search import FhirSearchSource
 from connectors.source import RestSource, Source
 
 __all__ = [
+    "PUSH_ONLY_KINDS",
     "SOURCE_KINDS",
     "AuthenticationError",
     "BearerTokenAuth",

@@ -8,7 +8,8 @@ import httpx
 
 from connectors.auth import build_auth
 from connectors.bulk import BulkExportSource
-from connectors.config import SOURCE_KINDS, SourceConfig, SourceOptions
+from connectors.config import PUSH_ONLY_KINDS, SOURCE_KINDS, SourceConfig, SourceOptions
+from connectors.errors import PermanentError
 from connectors.history import HistorySource
 from connectors.http import FhirHttp, Sleep
 from connectors.ndjson import NdjsonDirectorySource
@@ -30,6 +31,11 @@ def build_source(
     """
     if config.kind not in SOURCE_KINDS:
         raise ValueError(f"source kind must be one of {SOURCE_KINDS}")
+    if config.kind in PUSH_ONLY_KINDS:
+        raise PermanentError(
+            f"a {config.kind} source is push-only: nothing is pulled from it"
+            " (its messages arrive on its port, served by askonce mllp)"
+        )
     options = SourceOptions.from_dict(dict(config.options))
     if config.kind == "ndjson":
         return NdjsonDirectorySource(config, options)

@@ -29,10 +29,13 @@ DEFAULT_MAX_RETRY_AFTER_S = 300.0
 DEFAULT_POLL_INTERVAL_S = 2.0
 DEFAULT_MAX_POLL_S = 3600.0
 
-SourceKind = Literal["fhir", "history", "bulk", "ndjson"]
+SourceKind = Literal["fhir", "history", "bulk", "ndjson", "hl7v2"]
 VendorProfile = Literal["standard", "patient-scoped"]
 BulkLevel = Literal["system", "patient", "group"]
-SOURCE_KINDS: tuple[str, ...] = ("fhir", "history", "bulk", "ndjson")
+SOURCE_KINDS: tuple[str, ...] = ("fhir", "history", "bulk", "ndjson", "hl7v2")
+#: Kinds nothing is pulled from: their data is pushed to askonce (``hl7v2``: ADT over MLLP,
+#: ``askonce mllp``), so they have no connector and no schedule.
+PUSH_ONLY_KINDS: tuple[str, ...] = ("hl7v2",)
 VENDOR_PROFILES: tuple[str, ...] = ("standard", "patient-scoped")
 BULK_LEVELS: tuple[str, ...] = ("system", "patient", "group")
 DEFAULT_RESOURCE_TYPES: tuple[str, ...] = ("Patient", "Encounter")

@@ -74,7 +74,15 @@ SOURCE_LOCK_CLASS = 0x41534B  # "ASK"
 INTAKE_TOKEN_KEY = "intake_token_sha256"  # noqa: S105 - a config key, not a secret
 #: Source config keys read by the pipeline; every other key goes to the connector.
 PIPELINE_CONFIG_KEYS = frozenset(
-    {"default_region", "mrn_system", "patient_batch", INTAKE_TOKEN_KEY}
+    {
+        "default_region",
+        "mrn_system",
+        "patient_batch",
+        INTAKE_TOKEN_KEY,
+        # hl7v2 sources (sync.hl7intake)
+        "timezone",
+        "identifier_systems",
+    }
 )
 #: Length of the cursor fingerprints kept in a run to notice a stream that came back around.
 CURSOR_FINGERPRINT_CHARS = 16

@@ -13,7 +13,7 @@ import yaml
 from askonce.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-ASKONCE_SERVICES = {"gateway", "worker", "beat"}
+ASKONCE_SERVICES = {"gateway", "worker", "beat", "mllp"}
 
 _STRING_LIST = {"type": "array", "items": {"type": "string"}}
 _SERVICE = {
@@ -26,6 +26,7 @@ _SERVICE = {
         "restart": {"enum": ["no", "always", "on-failure", "unless-stopped"]},
         "environment": {"type": "object", "additionalProperties": {"type": ["string", "number"]}},
         "ports": _STRING_LIST,
+        "profiles": _STRING_LIST,
         "volumes": _STRING_LIST,
         "depends_on": {
             "type": "object",
@@ -134,3 +135,11 @@ def test_urls_point_at_the_compose_services() -> None:
     )
     assert env["ASKONCE_REDIS_URL"].startswith("redis://redis:6379/")
     assert Settings(database_url=url).is_postgres
+
+
+def test_mllp_listener_is_an_opt_in_profile_on_the_default_port() -> None:
+    mllp = _compose()["services"]["mllp"]
+    assert mllp["command"] == ["askonce", "mllp"]
+    assert mllp["profiles"] == ["hl7v2"]
+    assert mllp["ports"] == ["2575:2575"]
+    assert mllp["depends_on"] == {"gateway": {"condition": "service_healthy"}}

@@ -1,0 +1,389 @@
+"""Push intake: HL7 v2 ADT messages over MLLP, fed to the same pipeline as pulled resources.
+
+A source of kind ``hl7v2`` (``askonce sources add adt --kind hl7v2 --url
+mllp://0.0.0.0:2575``) is a port an interface engine sends its ADT feed to;
+``askonce mllp`` listens on the port of every such source. Each message is, in order:
+
+1. framed by MLLP (``<VT> message <FS><CR>``, :mod:`hl7.mllp`) and decoded (UTF-8, else
+   ISO-8859-1, so no message is refused for its bytes);
+2. mapped by :mod:`fhir_mapping.hl7v2`: PID to a Patient, PV1 to an Encounter; A29 and
+   A23 delete the person or the visit, A40 (and the other MRG events) merge the prior
+   patient into the surviving one;
+3. ingested in one transaction through :func:`sync.pipeline.ingest_page` (validation,
+   quarantine, content hash, the MPI, Encounter attachment, outbox events);
+4. acknowledged (original mode) once that transaction has committed: ``AA``; ``AE`` with
+   an ERR when something the message carried was quarantined (kept, with its reason,
+   for ``askonce sources status``); ``AR`` when it is not an ADT message, or when the
+   database failed (nothing was kept: the sender is to send it again).
+
+A message that cannot be parsed or mapped at all is kept too, quarantined as an
+``unreadable-…`` Patient record whose raw JSON holds the message's text. Logs carry the
+source id, the event and the acknowledgment code, never a value of the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from hl7.mllp import InvalidBlockError, start_hl7_server
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from connectors import Page
+from fhir_mapping.hl7v2 import (
+    ERR_APPLICATION,
+    ERR_UNSUPPORTED_MESSAGE_TYPE,
+    AdtMessage,
+    Hl7v2Error,
+    MappingOptions,
+    ack,
+    map_adt,
+    parse_hl7,
+    reject,
+)
+from store.models import Encounter, SourceRecord
+from store.models import Source as SourceRow
+from sync.encounters import attach_waiting, golden_ids_of_patients
+from sync.patients import PatientOptions
+from sync.pipeline import IngestResult, apply_deletions, ingest_page
+from sync.records import STATUS_QUARANTINED
+from sync.runner import SyncError, lock_source, patient_options
+
+log = logging.getLogger(__name__)
+
+KIND = "hl7v2"
+SCHEME = "mllp"
+DEFAULT_PORT = 2575
+#: Largest message taken (bytes between the MLLP start and end characters).
+MAX_MESSAGE_BYTES = 1 << 20
+#: Source config keys this module reads (``--option KEY=VALUE``).
+TIMEZONE_KEY = "timezone"
+IDENTIFIER_SYSTEMS_KEY = "identifier_systems"
+CONTROL_ID_BYTES = 10
+ACK_ACCEPT, ACK_ERROR, ACK_REJECT = "AA", "AE", "AR"
+
+
+class Hl7v2ConfigError(SyncError):
+    """An hl7v2 source whose address or options cannot be used."""
+
+
+def listen_address(url: str) -> tuple[str, int]:
+    """(host, port) of an hl7v2 source's ``mllp://host:port`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme != SCHEME or not parts.hostname:
+        raise Hl7v2ConfigError("an hl7v2 source's URL is mllp://HOST:PORT")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise Hl7v2ConfigError("an hl7v2 source's port is a number from 1 to 65535") from None
+    return parts.hostname, port
+
+
+def mapping_options(config: dict[str, Any] | None) -> MappingOptions:
+    """A source's ``timezone`` (IANA name; DTMs without an offset) and
+    ``identifier_systems`` (CX-4 namespace id -> identifier system URI)."""
+    config = config or {}
+    zone_name = config.get(TIMEZONE_KEY) or "UTC"
+    try:
+        zone = ZoneInfo(str(zone_name))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise Hl7v2ConfigError("timezone must be an IANA time zone name") from None
+    systems = config.get(IDENTIFIER_SYSTEMS_KEY) or {}
+    if not isinstance(systems, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in systems.items()
+    ):
+        raise Hl7v2ConfigError("identifier_systems must be an object of namespace: system URI")
+    return MappingOptions(identifier_systems=dict(systems), zone=zone)
+
+
+@dataclass
+class AdtResult:
+    """What one message did, and the acknowledgment sent back."""
+
+    code: str
+    ack: str
+    event: str = ""
+    ingest: IngestResult = field(default_factory=IngestResult)
+    #: The error the ACK's ERR reports (also for AA: None).
+    error: Hl7v2Error | None = None
+
+
+def _move_encounters(session: Session, source_id: int, prior: str, survivor: str) -> None:
+    """Point a merged patient's Encounters at the surviving patient (A40 and the like)."""
+    session.execute(
+        update(Encounter)
+        .where(Encounter.source_id == source_id, Encounter.patient_resource_id == prior)
+        .values(patient_resource_id=survivor)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def handle_adt(
+    session: Session, source_id: int, adt: AdtMessage, options: PatientOptions
+) -> IngestResult:
+    """Ingest one mapped ADT message into ``session`` (the caller commits)."""
+    result = IngestResult()
+    if adt.patient is not None:
+        page = Page("Patient", [adt.patient], None)
+        result.add(ingest_page(session, source_id, page, options=options, write_cursor=False))
+    if adt.merged_patient_ids and adt.patient is not None:
+        survivor = str(adt.patient["id"])
+        for prior in adt.merged_patient_ids:
+            _move_encounters(session, source_id, prior, survivor)
+        golden = golden_ids_of_patients(session, source_id, [survivor])
+        result.attached += attach_waiting(session, source_id, golden)
+        result.deleted += apply_deletions(session, source_id, "Patient", adt.merged_patient_ids)
+    if adt.encounter is not None:
+        page = Page("Encounter", [adt.encounter], None)
+        result.add(ingest_page(session, source_id, page, options=options, write_cursor=False))
+    if adt.deleted_encounter_ids:
+        result.deleted += apply_deletions(
+            session, source_id, "Encounter", adt.deleted_encounter_ids
+        )
+    if adt.deleted_patient_ids:
+        result.deleted += apply_deletions(session, source_id, "Patient", adt.deleted_patient_ids)
+    return result
+
+
+def _quarantine_message(
+    session: Session, source_id: int, text: str, error: Hl7v2Error
+) -> IngestResult:
+    """Keep a message that could not be mapped, as an unreadable record with its reason."""
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "structure",
+                "diagnostics": f"HL7 v2 {error.location}: {error.reason}",
+                "location": [error.location],
+            }
+        ],
+        "hl7v2": text,
+    }
+    page = Page("Patient", [], None, outcomes=[outcome])
+    return ingest_page(session, source_id, page, write_cursor=False)
+
+
+def _quarantine_reason(session: Session, source_id: int, adt: AdtMessage) -> Hl7v2Error:
+    """The ERR of an AE: the first quarantined resource of the message, by FHIR path."""
+    for resource in (adt.patient, adt.encounter):
+        if resource is None:
+            continue
+        error = session.scalar(
+            select(SourceRecord.error).where(
+                SourceRecord.source_id == source_id,
+                SourceRecord.resource_type == resource["resourceType"],
+                SourceRecord.resource_id == str(resource["id"]),
+                SourceRecord.status == STATUS_QUARANTINED,
+            )
+        )
+        if error:
+            issues = error.get("issues") or [{}]
+            path = str(issues[0].get("path") or resource["resourceType"])
+            segment = "PID" if resource["resourceType"] == "Patient" else "PV1"
+            reason = f"quarantined: {path}: {issues[0].get('reason') or 'invalid'}"
+            return Hl7v2Error(segment, reason, code="102")
+    return Hl7v2Error("MSH", "quarantined", code=ERR_APPLICATION)
+
+
+def decode(block: bytes) -> str:
+    """A message's text: UTF-8 (ASCII included), else ISO-8859-1 (every byte a character)."""
+    try:
+        return block.decode("utf-8")
+    except UnicodeDecodeError:
+        return block.decode("latin-1")
+
+
+def receive_message(
+    session_factory: Callable[[], Session],
+    source_id: int,
+    text: str,
+    *,
+    default_region: str | None = None,
+) -> AdtResult:
+    """Map, ingest and commit one message of an hl7v2 source; returns its acknowledgment.
+
+    Never raises for the message's content: a database failure answers ``AR`` (the
+    transaction rolled back, nothing kept), and the sender sends it again.
+    """
+    control_id = secrets.token_hex(CONTROL_ID_BYTES)
+    try:
+        message = parse_hl7(text)
+    except Hl7v2Error as exc:
+        message = None
+        parse_error: Hl7v2Error | None = exc
+    else:
+        parse_error = None
+    result = AdtResult(code=ACK_ACCEPT, ack="")
+    try:
+        with session_factory() as session:
+            source = session.get(SourceRow, source_id)
+            if source is None or not source.enabled:
+                raise Hl7v2ConfigError("the source is gone or disabled")
+            options = patient_options(source, default_region or "US")
+            lock_source(session, source_id)
+            adt: AdtMessage | None = None
+            error = parse_error
+            if message is not None:
+                try:
+                    adt = map_adt(message, mapping_options(source.config))
+                    result.event = adt.event
+                except Hl7v2Error as exc:
+                    error = exc
+            if error is not None and error.code == ERR_UNSUPPORTED_MESSAGE_TYPE:
+                # Not an ADT message: not this port's to keep; the sender routes it elsewhere.
+                result.code, result.error = ACK_REJECT, error
+                result.ack = ack(message, ACK_REJECT, error, control_id=control_id)
+                return _logged(source_id, result)
+            if adt is None:
+                assert error is not None
+                result.ingest = _quarantine_message(session, source_id, text, error)
+                result.code, result.error = ACK_ERROR, error
+            else:
+                result.ingest = handle_adt(session, source_id, adt, options)
+                if result.ingest.quarantined:
+                    result.code = ACK_ERROR
+                    result.error = _quarantine_reason(session, source_id, adt)
+            session.commit()
+    except Exception as exc:
+        log.exception(
+            "hl7v2 message not taken", extra={"source_id": source_id, "reason": type(exc).__name__}
+        )
+        failure = Hl7v2Error(
+            "MSH", "the message could not be stored; send it again", code=ERR_APPLICATION
+        )
+        result.code, result.error = ACK_REJECT, failure
+        if message is None:
+            result.ack = reject(text, failure, control_id=control_id)
+        else:
+            result.ack = ack(message, ACK_REJECT, failure, control_id=control_id)
+        return _logged(source_id, result)
+    if message is None:
+        assert result.error is not None
+        result.ack = ack(None, result.code, result.error, control_id=control_id)
+    else:
+        result.ack = ack(message, result.code, result.error, control_id=control_id)
+    return _logged(source_id, result)
+
+
+def _logged(source_id: int, result: AdtResult) -> AdtResult:
+    log.info(
+        "hl7v2 message",
+        extra={
+            "source_id": source_id,
+            "event": result.event or None,
+            "status": result.code,
+            "resources": result.ingest.resources,
+            "quarantined": result.ingest.quarantined,
+        },
+    )
+    return result
+
+
+# -- the MLLP listener ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One hl7v2 source's port."""
+
+    source_id: int
+    name: str
+    host: str
+    port: int
+
+
+def listeners(session: Session, names: Sequence[str] = ()) -> list[Listener]:
+    """The enabled hl7v2 sources (those named, if any) and where each listens."""
+    stmt = select(SourceRow).where(SourceRow.kind == KIND, SourceRow.enabled.is_(True))
+    if names:
+        stmt = stmt.where(SourceRow.name.in_(list(names)))
+    out = []
+    for source in session.scalars(stmt.order_by(SourceRow.id)):
+        host, port = listen_address(source.base_url)
+        out.append(Listener(source.id, source.name, host, port))
+    return out
+
+
+async def _serve_connection(
+    reader: Any,
+    writer: Any,
+    handle: Callable[[str], AdtResult],
+) -> None:
+    """Messages of one connection, one at a time: each is acknowledged after its commit."""
+    try:
+        while True:
+            try:
+                block = await reader.readblock()
+            except asyncio.IncompleteReadError:
+                return  # the peer closed the connection (between or inside a message)
+            except InvalidBlockError:
+                log.warning("mllp framing error: no start block; closing the connection")
+                return
+            except ValueError:  # the message passed MAX_MESSAGE_BYTES
+                too_big = Hl7v2Error(
+                    "MSH", f"the message exceeds {MAX_MESSAGE_BYTES} bytes", code="100"
+                )
+                reply = ack(
+                    None, ACK_REJECT, too_big, control_id=secrets.token_hex(CONTROL_ID_BYTES)
+                )
+                writer.writeblock(reply.encode("utf-8"))
+                await writer.drain()
+                log.warning("mllp message too large; closing the connection")
+                return
+            result = await asyncio.to_thread(handle, decode(block))
+            writer.writeblock(result.ack.encode("utf-8"))
+            await writer.drain()
+    except ConnectionError:
+        return
+    finally:
+        writer.close()
+
+
+async def start_listeners(
+    session_factory: Callable[[], Session],
+    targets: Sequence[Listener],
+    *,
+    default_region: str | None = None,
+) -> list[asyncio.Server]:
+    """Start an MLLP server on each target's port (port 0: any free one)."""
+    servers = []
+    for target in targets:
+
+        def handle(text: str, source_id: int = target.source_id) -> AdtResult:
+            return receive_message(session_factory, source_id, text, default_region=default_region)
+
+        async def connected(
+            reader: Any, writer: Any, handle: Callable[[str], AdtResult] = handle
+        ) -> None:
+            await _serve_connection(reader, writer, handle)
+
+        server = await start_hl7_server(
+            connected, target.host, target.port, limit=MAX_MESSAGE_BYTES
+        )
+        servers.append(server)
+        log.info("mllp listening", extra={"source_id": target.source_id, "port": target.port})
+    return servers
+
+
+async def serve_forever(
+    session_factory: Callable[[], Session],
+    targets: Sequence[Listener],
+    *,
+    default_region: str | None = None,
+) -> None:
+    """Listen until cancelled (Ctrl+C, SIGTERM)."""
+    servers = await start_listeners(session_factory, targets, default_region=default_region)
+    try:
+        await asyncio.gather(*(server.serve_forever() for server in servers))
+    finally:
+        for server in servers:
+            server.close()

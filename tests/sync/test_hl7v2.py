@@ -1,0 +1,440 @@
+"""HL7 v2 ADT over MLLP: the mapping to FHIR, the pipeline, the acknowledgments, the listener."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from fhir.resources.R4B.encounter import Encounter as FhirEncounter
+from fhir.resources.R4B.patient import Patient as FhirPatient
+from hl7.mllp import open_hl7_connection
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
+
+from askonce.cli import app
+from fhir_mapping.hl7v2 import (
+    SSN_SYSTEM,
+    Hl7v2Error,
+    MappingOptions,
+    ack,
+    fhir_id,
+    map_adt,
+    parse_hl7,
+)
+from store import upgrade
+from store.models import Encounter, GoldenPatient, Link, SourceRecord
+from sync import hl7intake
+from sync.hl7intake import Listener, listen_address, receive_message, start_listeners
+from tests.sync.helpers import add_source, events, records
+
+MSH = "MSH|^~\\&|EPIC|GENHOSP|ASKONCE|HUB|{ts}||ADT^{event}^ADT_A01|{control}|P|2.5.1"
+
+
+def pid(
+    mrn: str = "MRN001",
+    *,
+    name: str = "Okafor^Ada^Ngozi^^^^L",
+    birth: str = "19800402",
+    sex: str = "F",
+    address: str = "12 Main St^Apt 4^Boston^MA^02115^USA^H",
+    home: str = "(617)555-0100^PRN^PH~^NET^Internet^ada@example.org",
+    ssn: str = "",
+    language: str = "",
+) -> str:
+    fields = [""] * 31
+    fields[0] = "PID"
+    fields[1] = "1"
+    fields[3] = f"{mrn}^^^GENHOSP^MR"
+    fields[5] = name
+    fields[7] = birth
+    fields[8] = sex
+    fields[11] = address
+    fields[13] = home
+    fields[15] = language
+    fields[19] = ssn
+    return "|".join(fields).rstrip("|")
+
+
+def pv1(
+    visit: str = "V100",
+    patient_class: str = "I",
+    admit: str = "20250301080000",
+    discharge: str = "",
+) -> str:
+    fields = [""] * 46
+    fields[0] = "PV1"
+    fields[1] = "1"
+    fields[2] = patient_class
+    fields[19] = f"{visit}^^^GENHOSP^VN" if visit else ""
+    fields[44] = admit
+    fields[45] = discharge
+    return "|".join(fields).rstrip("|")
+
+
+def message(event: str, *segments: str, ts: str = "20250301080500", control: str = "C1") -> str:
+    head = MSH.format(ts=ts, event=event, control=control)
+    evn = f"EVN|{event}|{ts}"
+    return "\r".join([head, evn, *segments]) + "\r"
+
+
+def adt(text: str, **options: Any) -> Any:
+    return map_adt(parse_hl7(text), MappingOptions(**options))
+
+
+# -- mapping --------------------------------------------------------------------------------
+
+
+def test_pid_maps_to_a_valid_patient() -> None:
+    text = message(
+        "A04",
+        pid(
+            ssn="123-45-6789",
+            language="en^English",
+            name="Okafor^Ada^Ngozi^Jr^Dr^^L~Oka^Adie^^^^^N",
+        ),
+        pv1(),
+    )
+    result = adt(text)
+    patient = result.patient
+    FhirPatient.model_validate(patient)
+    assert patient["id"] == "MRN001"
+    assert patient["meta"] == {"lastUpdated": "2025-03-01T08:05:00Z"}
+    mrn, ssn = patient["identifier"]
+    assert mrn["value"] == "MRN001" and mrn["type"]["coding"][0]["code"] == "MR"
+    assert mrn["system"].endswith(":GENHOSP")
+    assert ssn == {
+        "value": "123-45-6789",
+        "system": SSN_SYSTEM,
+        "type": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "SS"}]
+        },
+    }
+    official, nickname = patient["name"]
+    assert official == {
+        "family": "Okafor",
+        "given": ["Ada", "Ngozi"],
+        "suffix": ["Jr"],
+        "prefix": ["Dr"],
+        "use": "official",
+    }
+    assert nickname["use"] == "nickname" and nickname["given"] == ["Adie"]
+    assert patient["gender"] == "female" and patient["birthDate"] == "1980-04-02"
+    assert patient["address"] == [
+        {
+            "line": ["12 Main St", "Apt 4"],
+            "city": "Boston",
+            "state": "MA",
+            "postalCode": "02115",
+            "country": "USA",
+            "use": "home",
+        }
+    ]
+    assert patient["telecom"] == [
+        {"system": "phone", "value": "(617)555-0100", "use": "home"},
+        {"system": "email", "value": "ada@example.org"},
+    ]
+    assert patient["communication"][0]["language"]["coding"][0]["code"] == "en"
+    encounter = result.encounter
+    FhirEncounter.model_validate(encounter)
+    assert encounter["id"] == "V100" and encounter["status"] == "in-progress"
+    assert encounter["class"]["code"] == "IMP"
+    assert encounter["subject"] == {"reference": "Patient/MRN001"}
+    assert encounter["period"] == {"start": "2025-03-01T08:00:00Z"}
+
+
+def test_escapes_line_endings_and_identifier_systems() -> None:
+    text = message("A08", pid(name="O\\S\\Brien\\T\\Co^Se\\F\\n")).replace("\r", "\n")
+    result = adt(text, identifier_systems={"GENHOSP": "urn:oid:1.2.3.4"})
+    assert result.patient["name"][0] == {"family": "O^Brien&Co", "given": ["Se|n"]}
+    assert result.patient["identifier"][0]["system"] == "urn:oid:1.2.3.4"
+    assert result.encounter is None  # no PV1
+
+
+def test_times_without_offset_are_read_in_the_source_zone() -> None:
+    text = message("A03", pid(), pv1(admit="20250301080000", discharge="202503021530-0500"))
+    result = adt(text, zone=ZoneInfo("America/Chicago"))
+    assert result.encounter["status"] == "finished"
+    assert result.encounter["period"] == {
+        "start": "2025-03-01T08:00:00-06:00",
+        "end": "2025-03-02T15:30:00-05:00",
+    }
+    assert result.patient["meta"]["lastUpdated"] == "2025-03-01T08:05:00-06:00"
+
+
+@pytest.mark.parametrize(
+    ("event", "patient_class", "discharge", "status", "code"),
+    [
+        ("A01", "I", "", "in-progress", "IMP"),
+        ("A04", "O", "", "in-progress", "AMB"),
+        ("A04", "E", "", "in-progress", "EMER"),
+        ("A05", "P", "", "planned", "PRENC"),
+        ("A03", "I", "20250302", "finished", "IMP"),
+        ("A08", "I", "20250302", "finished", "IMP"),
+        ("A11", "I", "", "cancelled", "IMP"),
+        ("A13", "I", "", "in-progress", "IMP"),
+        ("A01", "Z", "", "in-progress", "UNK"),
+    ],
+)
+def test_visit_status_and_class(
+    event: str, patient_class: str, discharge: str, status: str, code: str
+) -> None:
+    result = adt(message(event, pid(), pv1(patient_class=patient_class, discharge=discharge)))
+    assert result.encounter["status"] == status
+    assert result.encounter["class"]["code"] == code
+    FhirEncounter.model_validate(result.encounter)
+
+
+def test_person_updates_deletes_and_merges() -> None:
+    assert adt(message("A28", pid(), pv1(patient_class="N"))).encounter is None
+    assert adt(message("A31", pid(), pv1(visit=""))).encounter is None
+    deleted = adt(message("A29", pid()))
+    assert deleted.patient is None and deleted.deleted_patient_ids == ["MRN001"]
+    visit = adt(message("A23", pid(), pv1()))
+    assert visit.deleted_encounter_ids == ["V100"] and visit.encounter is None
+    merged = adt(message("A40", pid("MRN002"), "MRG|MRN001^^^GENHOSP^MR"))
+    assert merged.patient["id"] == "MRN002" and merged.merged_patient_ids == ["MRN001"]
+
+
+@pytest.mark.parametrize(
+    ("text", "location", "code"),
+    [
+        ("PID|1||X", "MSH", "100"),
+        ("MSH|^~\\&|A|B|C|D|20250101||ORU^R01|1|P|2.5.1\rPID|1||X^^^A^MR", "MSH-9", "200"),
+        (message("A04", "PV1|1|I"), "PID", "101"),
+        (message("A04", pid(mrn="")), "PID-3", "101"),
+        (message("A04", pid(birth="19801345")), "PID-7", "102"),
+        (message("A04", pid(birth="1980-04-02")), "PID-7", "102"),
+        (message("A40", pid()), "MRG", "101"),
+        (message("A23", pid()), "PV1-19", "101"),
+    ],
+)
+def test_unmappable_messages_name_the_field(text: str, location: str, code: str) -> None:
+    with pytest.raises(Hl7v2Error) as raised:
+        adt(text)
+    assert raised.value.location == location and raised.value.code == code
+    assert "1980" not in raised.value.reason and "X^" not in raised.value.reason
+
+
+def test_ids_that_are_not_fhir_ids_are_hashed_stably() -> None:
+    assert fhir_id("MRN-001.a") == "MRN-001.a"
+    hashed = fhir_id("000 123/45")
+    assert hashed == fhir_id("000 123/45") and hashed != fhir_id("000 123/46")
+    assert hashed.startswith("h") and len(hashed) == 41
+    assert adt(message("A04", pid(mrn="A B"))).patient["id"] == fhir_id("A B")
+
+
+def test_acknowledgment_swaps_sender_and_receiver() -> None:
+    parsed = parse_hl7(message("A04", pid(), control="MSG-77"))
+    accepted = ack(parsed, "AA", control_id="ACK1").split("\r")
+    assert accepted[0].startswith("MSH|^~\\&|ASKONCE|HUB|EPIC|GENHOSP|")
+    assert accepted[0].split("|")[8:12] == ["ACK^A04^ACK", "ACK1", "P", "2.5.1"]
+    assert accepted[1] == "MSA|AA|MSG-77" and accepted[2] == ""
+    error = ack(parsed, "AE", Hl7v2Error("PID-7", "bad | date", code="102"), control_id="A2")
+    assert error.split("\r")[2] == "ERR||PID^1^7|102^^HL70357|E||||bad \\F\\ date"
+
+
+# -- the pipeline ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def source_id(session_factory: sessionmaker[Session]) -> int:
+    return add_source(session_factory, "adt", kind="hl7v2", base_url="mllp://127.0.0.1:2575")
+
+
+def receive(session_factory: sessionmaker[Session], source: int, text: str) -> hl7intake.AdtResult:
+    return receive_message(session_factory, source, text)
+
+
+def golden_of(session: Session, source: int, resource_id: str) -> str | None:
+    return session.scalar(
+        select(Link.golden_id)
+        .join(SourceRecord, SourceRecord.id == Link.source_record_id)
+        .where(SourceRecord.source_id == source, SourceRecord.resource_id == resource_id)
+    )
+
+
+def test_admission_update_discharge(session_factory: sessionmaker[Session], source_id: int) -> None:
+    first = receive(session_factory, source_id, message("A01", pid(), pv1(), control="M1"))
+    assert first.code == "AA", first.ack
+    assert "MSA|AA|M1" in first.ack and first.ingest.stored == 2
+    with session_factory() as session:
+        golden = golden_of(session, source_id, "MRN001")
+        assert golden is not None
+        encounter = session.scalar(select(Encounter))
+        assert encounter.golden_id == golden and encounter.status == "in-progress"
+        assert events(session, "patient.created") == 1
+    # A later update reaches the golden record and emits an event.
+    update = message(
+        "A08", pid(address="9 Elm Rd^^Cambridge^MA^02139^USA^H"), pv1(), ts="20250301090000"
+    )
+    assert receive(session_factory, source_id, update).code == "AA"
+    # The same message again changes nothing; an older one does not overwrite.
+    assert receive(session_factory, source_id, update).ingest.skipped == 2
+    old = message("A08", pid(address="1 Old St^^Boston^MA^02115^USA^H"), ts="20240101000000")
+    assert receive(session_factory, source_id, old).code == "AA"
+    with session_factory() as session:
+        stored = session.get(GoldenPatient, golden)
+        assert stored.resource["address"][0]["city"] == "Cambridge"
+        assert events(session, "patient.updated") >= 1
+    discharge = message("A03", pid(), pv1(discharge="20250302120000"), ts="20250302120500")
+    assert receive(session_factory, source_id, discharge).code == "AA"
+    with session_factory() as session:
+        encounter = session.scalar(select(Encounter))
+        assert encounter.status == "finished" and encounter.period_end is not None
+        assert events(session, "encounter.updated") >= 1
+
+
+def test_visit_delete_person_delete_and_merge(
+    session_factory: sessionmaker[Session], source_id: int
+) -> None:
+    receive(session_factory, source_id, message("A04", pid("MRN001"), pv1("V1")))
+    receive(session_factory, source_id, message("A04", pid("MRN001"), pv1("V2")))
+    receive(
+        session_factory,
+        source_id,
+        message("A04", pid("MRN002", name="Okafor^Ada^N^^^^L", home=""), pv1("V3")),
+    )
+    assert (
+        receive(session_factory, source_id, message("A23", pid("MRN001"), pv1("V2"))).code == "AA"
+    )
+    merged = receive(
+        session_factory,
+        source_id,
+        message("A40", pid("MRN002"), "MRG|MRN001^^^GENHOSP^MR", ts="20250301090000"),
+    )
+    assert merged.code == "AA" and merged.ingest.deleted == 1
+    with session_factory() as session:
+        by_id = {r.resource_id: r.status for r in records(session, source_id)}
+        assert by_id == {
+            "MRN001": "deleted",
+            "MRN002": "active",
+            "V1": "active",
+            "V2": "deleted",
+            "V3": "active",
+        }
+        survivor = golden_of(session, source_id, "MRN002")
+        moved = {e.patient_resource_id: e.golden_id for e in session.scalars(select(Encounter))}
+        assert moved == {"MRN002": survivor}  # V1 moved to the survivor, V2 gone
+        assert events(session, "encounter.deleted") == 1
+    assert receive(session_factory, source_id, message("A29", pid("MRN002"))).code == "AA"
+    with session_factory() as session:
+        assert records(session, source_id, resource_id="MRN002")[0].status == "deleted"
+
+
+def test_bad_messages_are_kept_and_answered(
+    session_factory: sessionmaker[Session], source_id: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    no_id = message("A04", pid(mrn="", name="Secretname^Ada"), control="BAD1")
+    result = receive(session_factory, source_id, no_id)
+    assert result.code == "AE" and "MSA|AE|BAD1" in result.ack and "ERR||PID^1^3|101" in result.ack
+    invalid = message("A04", pid(mrn="MRN9", language="en  US"), control="BAD2")
+    flagged = receive(session_factory, source_id, invalid)
+    assert flagged.code == "AE" and "communication" in flagged.ack
+    not_hl7 = receive(session_factory, source_id, "hello")
+    assert not_hl7.code == "AE" and "MSA|AE|\r" in not_hl7.ack
+    wrong_type = "MSH|^~\\&|A|B|C|D|20250101||ORU^R01|OR1|P|2.5.1\rPID|1||X^^^A^MR\r"
+    rejected = receive(session_factory, source_id, wrong_type)
+    assert rejected.code == "AR" and "MSA|AR|OR1" in rejected.ack
+    with session_factory() as session:
+        kept = records(session, source_id, status="quarantined")
+        assert len(kept) == 3
+        texts = [r.raw.get("hl7v2") for r in kept if r.resource_id.startswith("unreadable-")]
+        assert any(t and "Secretname" in t for t in texts) and "hello" in texts
+        assert {r.resource_id for r in kept if not r.resource_id.startswith("unreadable-")} == {
+            "MRN9"
+        }
+    assert "Secretname" not in caplog.text and "MRN9" not in caplog.text
+
+
+def test_a_database_failure_rejects_and_keeps_nothing(
+    session_factory: sessionmaker[Session], source_id: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(hl7intake, "handle_adt", broken)
+    result = receive(session_factory, source_id, message("A04", pid(), control="R1"))
+    assert result.code == "AR" and "MSA|AR|R1" in result.ack and "send it again" in result.ack
+    with session_factory() as session:
+        assert records(session, source_id) == []
+
+
+# -- MLLP ----------------------------------------------------------------------------------
+
+
+def test_mllp_listener_acknowledges_each_message(
+    session_factory: sessionmaker[Session], source_id: int
+) -> None:
+    async def scenario() -> list[str]:
+        target = Listener(source_id, "adt", "127.0.0.1", 0)
+        (server,) = await start_listeners(session_factory, [target])
+        port = server.sockets[0].getsockname()[1]
+        replies = []
+        try:
+            reader, writer = await open_hl7_connection("127.0.0.1", port)
+            for text in (message("A04", pid(), pv1(), control="T1"), "garbage"):
+                writer.writeblock(text.encode("utf-8"))
+                await writer.drain()
+                replies.append((await asyncio.wait_for(reader.readblock(), 30)).decode())
+            writer.close()
+            # A connection that breaks the framing is closed; one too large is rejected.
+            raw_reader, raw_writer = await asyncio.open_connection("127.0.0.1", port)
+            raw_writer.write(b"MSH|no start block\x1c\r")
+            await raw_writer.drain()
+            assert await asyncio.wait_for(raw_reader.read(), 30) == b""
+            raw_writer.close()
+            big_reader, big_writer = await open_hl7_connection("127.0.0.1", port)
+            big_writer.writeblock(b"x" * (hl7intake.MAX_MESSAGE_BYTES + 10))
+            await big_writer.drain()
+            replies.append((await asyncio.wait_for(big_reader.readblock(), 30)).decode())
+            big_writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+        return replies
+
+    accepted, quarantined, too_big = asyncio.run(scenario())
+    assert "MSA|AA|T1" in accepted
+    assert "MSA|AE|" in quarantined
+    assert "MSA|AR|" in too_big and "exceeds" in too_big
+    with session_factory() as session:
+        assert golden_of(session, source_id, "MRN001") is not None
+
+
+# -- configuration and CLI -------------------------------------------------------------------
+
+
+def test_listen_address() -> None:
+    assert listen_address("mllp://0.0.0.0:2576") == ("0.0.0.0", 2576)
+    assert listen_address("mllp://adt.local") == ("adt.local", 2575)
+    for bad in ("http://x:1", "mllp://:2575", "mllp://h:99999"):
+        with pytest.raises(hl7intake.Hl7v2ConfigError):
+            listen_address(bad)
+
+
+def test_cli_hl7v2_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("ASKONCE_DATABASE_URL", url)
+    monkeypatch.setenv("ASKONCE_LOG_LEVEL", "WARNING")
+    upgrade(url)
+    runner = CliRunner()
+    base = ["sources", "add", "adt", "--kind", "hl7v2"]
+    scheduled = runner.invoke(app, [*base, "--url", "mllp://127.0.0.1:2575", "--schedule", "15m"])
+    assert scheduled.exit_code == 2 and "push-only" in scheduled.output
+    assert runner.invoke(app, [*base, "--url", "http://127.0.0.1:2575"]).exit_code == 2
+    zone = runner.invoke(
+        app, [*base, "--url", "mllp://127.0.0.1:2575", "--option", "timezone=Mars/Base"]
+    )
+    assert zone.exit_code == 2 and "time zone" in zone.output
+    added = runner.invoke(
+        app, [*base, "--url", "mllp://127.0.0.1:2575", "--option", "timezone=America/Chicago"]
+    )
+    assert added.exit_code == 0, added.output
+    synced = runner.invoke(app, ["sync", "adt"])
+    assert synced.exit_code == 2 and "askonce mllp" in synced.output
+    assert runner.invoke(app, ["mllp", "--source", "nope"]).exit_code == 2
