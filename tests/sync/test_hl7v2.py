@@ -34,6 +34,14 @@ from tests.sync.helpers import add_source, events, records
 MSH = "MSH|^~\\&|EPIC|GENHOSP|ASKONCE|HUB|{ts}||ADT^{event}^ADT_A01|{control}|P|2.5.1"
 
 
+def segment(name: str, values: dict[int, str]) -> str:
+    """A segment with the given fields (by their 1-based numbers), the rest empty."""
+    fields = [name] + [""] * max(values)
+    for number, value in values.items():
+        fields[number] = value
+    return "|".join(fields).rstrip("|")
+
+
 def pid(
     mrn: str = "MRN001",
     *,
@@ -45,18 +53,9 @@ def pid(
     ssn: str = "",
     language: str = "",
 ) -> str:
-    fields = [""] * 31
-    fields[0] = "PID"
-    fields[1] = "1"
-    fields[3] = f"{mrn}^^^GENHOSP^MR"
-    fields[5] = name
-    fields[7] = birth
-    fields[8] = sex
-    fields[11] = address
-    fields[13] = home
-    fields[15] = language
-    fields[19] = ssn
-    return "|".join(fields).rstrip("|")
+    ids = f"{mrn}^^^GENHOSP^MR"
+    values = {1: "1", 3: ids, 5: name, 7: birth, 8: sex, 11: address, 13: home}
+    return segment("PID", {**values, 15: language, 19: ssn})
 
 
 def pv1(
@@ -65,14 +64,8 @@ def pv1(
     admit: str = "20250301080000",
     discharge: str = "",
 ) -> str:
-    fields = [""] * 46
-    fields[0] = "PV1"
-    fields[1] = "1"
-    fields[2] = patient_class
-    fields[19] = f"{visit}^^^GENHOSP^VN" if visit else ""
-    fields[44] = admit
-    fields[45] = discharge
-    return "|".join(fields).rstrip("|")
+    number = f"{visit}^^^GENHOSP^VN" if visit else ""
+    return segment("PV1", {1: "1", 2: patient_class, 19: number, 44: admit, 45: discharge})
 
 
 def message(event: str, *segments: str, ts: str = "20250301080500", control: str = "C1") -> str:
