@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -431,3 +437,45 @@ def test_cli_hl7v2_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     synced = runner.invoke(app, ["sync", "adt"])
     assert synced.exit_code == 2 and "askonce mllp" in synced.output
     assert runner.invoke(app, ["mllp", "--source", "nope"]).exit_code == 2
+
+
+def test_askonce_mllp_process(tmp_path: Path) -> None:
+    """The real command: a separate process listens, takes a message, ACKs it, stops on SIGINT."""
+    url = f"sqlite:///{tmp_path / 'mllp.db'}"
+    upgrade(url)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "ASKONCE_DATABASE_URL": url, "ASKONCE_LOG_LEVEL": "WARNING"}
+    add = [sys.executable, "-m", "askonce", "sources", "add", "adt", "--kind", "hl7v2"]
+    subprocess.run([*add, "--url", f"mllp://127.0.0.1:{port}"], env=env, check=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "askonce", "mllp"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+                break
+            except OSError:
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                assert time.monotonic() < deadline, "askonce mllp did not start listening"
+                time.sleep(0.2)
+        with connection:
+            body = message("A04", pid(), control="P1").encode()
+            connection.sendall(b"\x0b" + body + b"\x1c\r")
+            reply = b""
+            while not reply.endswith(b"\x1c\r"):
+                chunk = connection.recv(4096)
+                assert chunk, "connection closed before the ACK"
+                reply += chunk
+        assert reply.startswith(b"\x0bMSH|") and b"\rMSA|AA|P1\r" in reply
+    finally:
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=30)[0].decode()
+    assert process.returncode == 0, output
+    assert f"adt: listening on mllp://127.0.0.1:{port}" in output
