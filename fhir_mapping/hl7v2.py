@@ -502,6 +502,11 @@ def header(message: Any) -> tuple[str, str, str]:
     return message_type, event, control_id
 
 
+def accept_ack_type(message: Any) -> str:
+    """MSH-15, the accept acknowledgment type (AL, NE, ER, SU): set means enhanced mode."""
+    return _first(repetitions(message, _segment(message, "MSH"), 15)).upper()
+
+
 def map_adt(message: Any, options: MappingOptions | None = None) -> AdtMessage:
     """What an ADT message means, as FHIR resources (see the module's docstring)."""
     options = options or MappingOptions()
@@ -604,12 +609,3 @@ def _escape(text: str) -> str:
     for char, escape in (("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\")):
         out = out.replace(char, escape)
     return out
-
-
-def reject(text: str, error: Hl7v2Error, *, control_id: str) -> str:
-    """An ``AR`` for a message too broken to be taken (its MSH echoed where readable)."""
-    try:
-        message: Any | None = parse_hl7(text)
-    except Hl7v2Error:
-        message = None
-    return ack(message, "AR", error, control_id=control_id)

@@ -43,10 +43,10 @@ from fhir_mapping.hl7v2 import (
     AdtMessage,
     Hl7v2Error,
     MappingOptions,
+    accept_ack_type,
     ack,
     map_adt,
     parse_hl7,
-    reject,
 )
 from store.models import Encounter, SourceRecord
 from store.models import Source as SourceRow
@@ -68,6 +68,7 @@ TIMEZONE_KEY = "timezone"
 IDENTIFIER_SYSTEMS_KEY = "identifier_systems"
 CONTROL_ID_BYTES = 10
 ACK_ACCEPT, ACK_ERROR, ACK_REJECT = "AA", "AE", "AR"
+COMMIT_ACCEPT, COMMIT_REJECT = "CA", "CR"
 
 
 class Hl7v2ConfigError(SyncError):
@@ -214,7 +215,6 @@ def receive_message(
     Never raises for the message's content: a database failure answers ``AR`` (the
     transaction rolled back, nothing kept), and the sender sends it again.
     """
-    control_id = secrets.token_hex(CONTROL_ID_BYTES)
     try:
         message = parse_hl7(text)
     except Hl7v2Error as exc:
@@ -241,8 +241,7 @@ def receive_message(
             if error is not None and error.code == ERR_UNSUPPORTED_MESSAGE_TYPE:
                 # Not an ADT message: not this port's to keep; the sender routes it elsewhere.
                 result.code, result.error = ACK_REJECT, error
-                result.ack = ack(message, ACK_REJECT, error, control_id=control_id)
-                return _logged(source_id, result)
+                return _answered(source_id, message, result)
             if adt is None:
                 assert error is not None
                 result.ingest = _quarantine_message(session, source_id, text, error)
@@ -257,20 +256,44 @@ def receive_message(
         log.exception(
             "hl7v2 message not taken", extra={"source_id": source_id, "reason": type(exc).__name__}
         )
-        failure = Hl7v2Error(
+        result.code = ACK_REJECT
+        result.error = Hl7v2Error(
             "MSH", "the message could not be stored; send it again", code=ERR_APPLICATION
         )
-        result.code, result.error = ACK_REJECT, failure
-        if message is None:
-            result.ack = reject(text, failure, control_id=control_id)
-        else:
-            result.ack = ack(message, ACK_REJECT, failure, control_id=control_id)
-        return _logged(source_id, result)
-    if message is None:
-        assert result.error is not None
-        result.ack = ack(None, result.code, result.error, control_id=control_id)
-    else:
+    return _answered(source_id, message, result)
+
+
+#: MSH-15 accept acknowledgment types (v2 table 0155): whether a commit ACK is sent,
+#: given that the message was committed (CA) or not (CR).
+_ACCEPT_ACK_SENT = {
+    "AL": (True, True),
+    "NE": (False, False),
+    "ER": (False, True),
+    "SU": (True, False),
+}
+
+
+def _answered(source_id: int, message: Any | None, result: AdtResult) -> AdtResult:
+    """``result`` with its acknowledgment (logged, ids and codes only).
+
+    Original mode (MSH-15 empty): AA, AE or AR. Enhanced mode (MSH-15 set, v2 section
+    2.9.3): a commit acknowledgment, CA once the message is committed (quarantined parts
+    included: they are kept) or CR when it is not, sent as MSH-15 asks (AL always, NE
+    never, ER only a CR, SU only a CA); ``ack`` is then empty when none is due.
+    Application acknowledgments (MSH-16) would go back on a connection of our own to the
+    sender, which the feed does not give us; the ERR of a quarantined part is then only
+    in ``askonce sources status``."""
+    control_id = secrets.token_hex(CONTROL_ID_BYTES)
+    mode = accept_ack_type(message) if message is not None else ""
+    if not mode:
         result.ack = ack(message, result.code, result.error, control_id=control_id)
+    else:
+        committed = result.code != ACK_REJECT
+        send_if_committed, send_if_not = _ACCEPT_ACK_SENT.get(mode, (True, True))
+        if committed and send_if_committed:
+            result.ack = ack(message, COMMIT_ACCEPT, control_id=control_id)
+        elif not committed and send_if_not:
+            result.ack = ack(message, COMMIT_REJECT, result.error, control_id=control_id)
     return _logged(source_id, result)
 
 
@@ -340,8 +363,9 @@ async def _serve_connection(
                 log.warning("mllp message too large; closing the connection")
                 return
             result = await asyncio.to_thread(handle, decode(block))
-            writer.writeblock(result.ack.encode("utf-8"))
-            await writer.drain()
+            if result.ack:  # enhanced mode may ask for none
+                writer.writeblock(result.ack.encode("utf-8"))
+                await writer.drain()
     except ConnectionError:
         return
     finally:

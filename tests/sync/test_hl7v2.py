@@ -74,8 +74,10 @@ def pv1(
     return segment("PV1", {1: "1", 2: patient_class, 19: number, 44: admit, 45: discharge})
 
 
-def message(event: str, *segments: str, ts: str = "20250301080500", control: str = "C1") -> str:
-    head = MSH.format(ts=ts, event=event, control=control)
+def message(
+    event: str, *segments: str, ts: str = "20250301080500", control: str = "C1", accept: str = ""
+) -> str:
+    head = MSH.format(ts=ts, event=event, control=control) + (f"|||{accept}" if accept else "")
     evn = f"EVN|{event}|{ts}"
     return "\r".join([head, evn, *segments]) + "\r"
 
@@ -363,6 +365,38 @@ def test_a_database_failure_rejects_and_keeps_nothing(
         assert records(session, source_id) == []
 
 
+@pytest.mark.parametrize(
+    ("mode", "committed", "failed"),
+    [("AL", "CA", "CR"), ("NE", None, None), ("ER", None, "CR"), ("SU", "CA", None)],
+)
+def test_enhanced_mode_commit_acknowledgments(
+    session_factory: sessionmaker[Session],
+    source_id: int,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+    committed: str | None,
+    failed: str | None,
+) -> None:
+    def msa(result: hl7intake.AdtResult) -> str | None:
+        return result.ack.split("\rMSA|", 1)[1][:2] if result.ack else None
+
+    stored = receive(session_factory, source_id, message("A04", pid(), accept=mode))
+    assert stored.code == "AA" and msa(stored) == committed
+    with session_factory() as session:
+        assert len(records(session, source_id)) == 1  # committed whatever the answer
+    kept = receive(session_factory, source_id, message("A04", pid(mrn=""), accept=mode))
+    assert kept.code == "AE" and msa(kept) == committed  # kept, quarantined: committed
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(hl7intake, "handle_adt", broken)
+    lost = receive(session_factory, source_id, message("A08", pid(), accept=mode))
+    assert lost.code == "AR" and msa(lost) == failed
+    if failed:
+        assert "ERR||MSH|207^^HL70357" in lost.ack
+
+
 # -- MLLP ----------------------------------------------------------------------------------
 
 
@@ -376,6 +410,8 @@ def test_mllp_listener_acknowledges_each_message(
         replies = []
         try:
             reader, writer = await open_hl7_connection("127.0.0.1", port)
+            # An enhanced-mode message that asks for no acknowledgment gets none; the next does.
+            writer.writeblock(message("A31", pid(), accept="NE").encode("utf-8"))
             for text in (message("A04", pid(), pv1(), control="T1"), "garbage"):
                 writer.writeblock(text.encode("utf-8"))
                 await writer.drain()
