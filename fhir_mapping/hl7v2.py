@@ -143,7 +143,20 @@ class AdtMessage:
 
 # -- reading the parsed message ------------------------------------------------------------
 
-Repetition = list[str]  # one repetition of a field: its components (first subcomponents)
+
+class Component(str):
+    """A component's text: its first subcomponent (``street&name&number`` reads as
+    ``street``), with every subcomponent in ``subs`` (an HD's ``namespace&oid&ISO``)."""
+
+    subs: tuple[str, ...]
+
+    def __new__(cls, subs: tuple[str, ...]) -> Component:
+        text = super().__new__(cls, subs[0] if subs else "")
+        text.subs = subs
+        return text
+
+
+Repetition = list[str]  # one repetition of a field: its components (Component or str)
 
 
 def _text(message: Any, value: Any) -> str:
@@ -153,10 +166,9 @@ def _text(message: Any, value: Any) -> str:
 
 
 def _component(message: Any, component: Any) -> str:
-    # A component holding subcomponents (``street&name&number``) reads as its first.
     if isinstance(component, str):
         return _text(message, component)
-    return _text(message, component[0]) if len(component) else ""
+    return Component(tuple(_text(message, sub) for sub in component))
 
 
 def repetitions(message: Any, segment: Any, number: int) -> list[Repetition]:
@@ -249,16 +261,22 @@ def fhir_id(value: str) -> str:
 
 
 def _system(rep: Repetition, systems: Mapping[str, str]) -> str | None:
-    """The identifier system of a CX: its assigning authority (CX-4: HD namespace id,
-    universal id, universal id type), through the source's ``identifier_systems``."""
-    authority = _part(rep, 3)
-    # CX-4 is an HD whose parts arrive as subcomponents; only the namespace id is the
-    # component's first subcomponent, so the universal id is looked up by namespace.
-    if not authority:
-        return None
-    if authority in systems:
-        return systems[authority]
-    return NAMESPACE_SYSTEM_PREFIX + authority
+    """The identifier system of a CX's assigning authority (CX-4, an HD: namespace id &
+    universal id & universal id type): the source's ``identifier_systems`` entry for the
+    namespace, else the universal id (``urn:oid:`` for type ISO, itself for URI), else
+    :data:`NAMESPACE_SYSTEM_PREFIX` + the namespace."""
+    authority = rep[3] if len(rep) > 3 else ""
+    subs = [part.strip() for part in getattr(authority, "subs", (authority,))]
+    namespace = subs[0] if subs else ""
+    universal = subs[1] if len(subs) > 1 else ""
+    kind = subs[2].upper() if len(subs) > 2 else ""
+    if namespace and namespace in systems:
+        return systems[namespace]
+    if universal and kind == "ISO":
+        return universal if universal.startswith("urn:oid:") else "urn:oid:" + universal
+    if universal and kind in ("URI", "URL"):
+        return universal
+    return NAMESPACE_SYSTEM_PREFIX + namespace if namespace else None
 
 
 def _identifier(

@@ -152,6 +152,12 @@ def test_escapes_line_endings_and_identifier_systems() -> None:
     result = adt(text, identifier_systems={"GENHOSP": "urn:oid:1.2.3.4"})
     assert result.patient["name"][0] == {"family": "O^Brien&Co", "given": ["Se|n"]}
     assert result.patient["identifier"][0]["system"] == "urn:oid:1.2.3.4"
+    universal = message("A08", pid(mrn="M7^^^GENHOSP&2.16.840.1.113883.3.7&ISO^MR~X"))
+    assert adt(universal).patient["identifier"][0]["system"] == "urn:oid:2.16.840.1.113883.3.7"
+    by_uri = message("A08", pid(mrn="M7^^^&https://ehr.example/mrn&URI^MR~X"))
+    assert adt(by_uri).patient["identifier"][0]["system"] == "https://ehr.example/mrn"
+    sub = message("A08", pid(address="12 Main St&Main St&12^^Boston^MA^02115"))
+    assert adt(sub).patient["address"][0]["line"] == ["12 Main St"]
     assert result.encounter is None  # no PV1
 
 
