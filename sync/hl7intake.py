@@ -39,6 +39,8 @@ from sqlalchemy.orm import Session
 from connectors import Page
 from fhir_mapping.hl7v2 import (
     ERR_APPLICATION,
+    ERR_DATA_TYPE,
+    ERR_SEGMENT_SEQUENCE,
     ERR_UNSUPPORTED_MESSAGE_TYPE,
     AdtMessage,
     Hl7v2Error,
@@ -191,7 +193,7 @@ def _quarantine_reason(session: Session, source_id: int, adt: AdtMessage) -> Hl7
             path = str(issues[0].get("path") or resource["resourceType"])
             segment = "PID" if resource["resourceType"] == "Patient" else "PV1"
             reason = f"quarantined: {path}: {issues[0].get('reason') or 'invalid'}"
-            return Hl7v2Error(segment, reason, code="102")
+            return Hl7v2Error(segment, reason, code=ERR_DATA_TYPE)
     return Hl7v2Error("MSH", "quarantined", code=ERR_APPLICATION)
 
 
@@ -352,9 +354,8 @@ async def _serve_connection(
                 log.warning("mllp framing error: no start block; closing the connection")
                 return
             except ValueError:  # the message passed MAX_MESSAGE_BYTES
-                too_big = Hl7v2Error(
-                    "MSH", f"the message exceeds {MAX_MESSAGE_BYTES} bytes", code="100"
-                )
+                reason = f"the message exceeds {MAX_MESSAGE_BYTES} bytes"
+                too_big = Hl7v2Error("MSH", reason, code=ERR_SEGMENT_SEQUENCE)
                 reply = ack(
                     None, ACK_REJECT, too_big, control_id=secrets.token_hex(CONTROL_ID_BYTES)
                 )
