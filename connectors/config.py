@@ -35,7 +35,8 @@ BulkLevel = Literal["system", "patient", "group"]
 SOURCE_KINDS: tuple[str, ...] = ("fhir", "history", "bulk", "ndjson", "hl7v2")
 #: Kinds nothing is pulled from: their data is pushed to askonce (``hl7v2``: ADT over MLLP,
 #: ``askonce mllp``), so they have no connector and no schedule.
-PUSH_ONLY_KINDS: tuple[str, ...] = ("hl7v2",)
+HL7V2_KIND = "hl7v2"
+PUSH_ONLY_KINDS: tuple[str, ...] = (HL7V2_KIND,)
 VENDOR_PROFILES: tuple[str, ...] = ("standard", "patient-scoped")
 BULK_LEVELS: tuple[str, ...] = ("system", "patient", "group")
 DEFAULT_RESOURCE_TYPES: tuple[str, ...] = ("Patient", "Encounter")

@@ -128,11 +128,8 @@ ERR_APPLICATION = "207"
 class AdtMessage:
     """What one ADT message asks for, as FHIR resources and ids."""
 
-    control_id: str
-    message_type: str
+    #: The trigger event (MSH-9.2, else EVN-1): ``A01``…
     event: str
-    #: The message's header, kept for the ACK (the parsed ``hl7.Message``).
-    parsed: Any = field(repr=False, default=None)
     patient: dict[str, Any] | None = None
     encounter: dict[str, Any] | None = None
     #: Patient ids merged into (or replaced by) ``patient`` (MRG-1 of A40, A47…).
@@ -528,12 +525,12 @@ def accept_ack_type(message: Any) -> str:
 def map_adt(message: Any, options: MappingOptions | None = None) -> AdtMessage:
     """What an ADT message means, as FHIR resources (see the module's docstring)."""
     options = options or MappingOptions()
-    message_type, event, control_id = header(message)
+    message_type, event, _ = header(message)
     if message_type != "ADT":
         raise Hl7v2Error("MSH-9", "only ADT messages are taken", code=ERR_UNSUPPORTED_MESSAGE_TYPE)
     if not event:
         raise Hl7v2Error("MSH-9", "no trigger event", code=ERR_REQUIRED_FIELD_MISSING)
-    adt = AdtMessage(control_id, message_type, event, parsed=message)
+    adt = AdtMessage(event)
     msh = _segment(message, "MSH")
     evn = _segment(message, "EVN")
     updated = parse_dtm(_first(repetitions(message, evn, 2)), "EVN-2", options.zone) or parse_dtm(

@@ -36,7 +36,8 @@ from hl7.mllp import InvalidBlockError, start_hl7_server
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from connectors import Page
+from connectors.config import HL7V2_KIND as KIND
+from connectors.config import Page
 from fhir_mapping.hl7v2 import (
     ERR_APPLICATION,
     ERR_DATA_TYPE,
@@ -60,7 +61,6 @@ from sync.runner import SyncError, lock_source, patient_options
 
 log = logging.getLogger(__name__)
 
-KIND = "hl7v2"
 SCHEME = "mllp"
 DEFAULT_PORT = 2575
 #: Largest message taken (bytes between the MLLP start and end characters).
