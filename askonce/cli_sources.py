@@ -5,6 +5,7 @@ Other tools script these names, so they are a contract:
 * ``askonce sources add NAME --kind fhir|history|bulk|ndjson|hl7v2 --url URL_OR_PATH
   [--auth ...] [--schedule ...]``
 * ``askonce sources list`` and ``askonce sources status [NAME]``
+* ``askonce sources reprocess NAME [--type Patient|Encounter] [--id ID ...]``
 * ``askonce sync NAME [--full]``
 * ``askonce mllp [--source NAME ...]``: the MLLP listener of the ``hl7v2`` sources
 """
@@ -44,7 +45,14 @@ from connectors import PUSH_ONLY_KINDS, TransientError
 from store import NotFoundError, SchemaNotAtHeadError, SourceRepository, SyncRunRepository
 from store.models import Source as SourceRow
 from store.models import SourceRecord, SyncRun
-from sync import IngestResult, TaskContext, run_source, start_or_resume
+from sync import (
+    IngestResult,
+    ReprocessError,
+    TaskContext,
+    reprocess_quarantined,
+    run_source,
+    start_or_resume,
+)
 from sync.hl7intake import Hl7v2ConfigError, listeners, serve_forever
 from sync.scheduling import InvalidScheduleError
 
@@ -266,6 +274,45 @@ def sources_status(
                 "  records: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
             )
             _print_quarantine(out, session, source.id)
+
+
+@sources_app.command("reprocess")
+def sources_reprocess(
+    name: Annotated[str, typer.Argument(help="The source whose quarantined records to retry.")],
+    resource_type: Annotated[
+        str | None, typer.Option("--type", help="Only Patient or only Encounter records.")
+    ] = None,
+    record_ids: Annotated[
+        list[int] | None,
+        typer.Option("--id", help="Only this quarantined source record (repeatable)."),
+    ] = None,
+) -> None:
+    """Run the source's quarantined records through the pipeline again, after the cause was
+    fixed on this side (a source option, a setting, an upgrade); still invalid ones stay."""
+    runtime = _runtime()
+    with runtime.session_factory() as session:
+        try:
+            source_id = SourceRepository(session).get_by_name(name).id
+        except NotFoundError as exc:
+            console.print(f"[red]error:[/red] no source named {name!r}")
+            raise typer.Exit(code=2) from exc
+    try:
+        result = reprocess_quarantined(
+            runtime.session_factory,
+            source_id,
+            resource_type=resource_type,
+            record_ids=record_ids or None,
+        )
+    except ReprocessError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    colour = "green" if not result.quarantined else "yellow"
+    console.print(
+        f"[{colour}]{name}: reprocessed {result.reprocessed:,}[/{colour}]  "
+        f"stored {result.stored:,}  still quarantined {result.quarantined:,}  "
+        f"encounters attached {result.attached:,}  golden records created "
+        f"{result.golden_created:,}  review items {result.review_items:,}"
+    )
 
 
 def _print_quarantine(out: Console, session: Any, source_id: int) -> None:

@@ -5,7 +5,8 @@ deduplicated by content hash, invalid ones quarantined), resolves Patients
 through :mod:`mpi`, attaches Encounters, applies deletions and writes the cursor,
 all in the caller's transaction. :func:`run_source` drives a whole run, chunk by
 chunk, resumable after a crash; :mod:`sync.tasks` wraps it for Celery and beat;
-:mod:`sync.intake` feeds pushed FHIR Subscription notifications to the same pipeline.
+:mod:`sync.intake` feeds pushed FHIR Subscription notifications to the same pipeline;
+:func:`reprocess_quarantined` runs a source's quarantined records through it again.
 
 Errors::
 
@@ -14,7 +15,8 @@ Errors::
           ├── SourceUnavailableError   the source does not exist or is disabled
           └── NotificationError        a push notification that cannot be read
     ValueError
-     └── InvalidScheduleError       a source schedule that is neither interval nor cron
+     ├── InvalidScheduleError       a source schedule that is neither interval nor cron
+     └── ReprocessError             reprocessing asked for a type that is not synced
 
 Connector errors (:class:`connectors.TransientError`, :class:`connectors.PermanentError`)
 pass through: a transient one retries the chunk, a permanent one fails the run.
@@ -27,6 +29,7 @@ from sync.context import TaskContext, bind_task_context, current_task_context
 from sync.patients import PatientOptions
 from sync.pipeline import IngestResult, apply_deletions, ingest_page
 from sync.records import content_hash
+from sync.reprocess import ReprocessError, ReprocessResult, reprocess_quarantined
 from sync.runner import (
     ChunkResult,
     SourceUnavailableError,
@@ -45,6 +48,8 @@ __all__ = [
     "IngestResult",
     "InvalidScheduleError",
     "PatientOptions",
+    "ReprocessError",
+    "ReprocessResult",
     "SourceUnavailableError",
     "SyncError",
     "TaskContext",
@@ -57,6 +62,7 @@ __all__ = [
     "due_sources",
     "ingest_page",
     "parse_schedule",
+    "reprocess_quarantined",
     "run_chunk",
     "run_source",
     "source_config",

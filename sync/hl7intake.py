@@ -57,7 +57,7 @@ from sync.encounters import attach_waiting, golden_ids_of_patients
 from sync.patients import PatientOptions
 from sync.pipeline import IngestResult, apply_deletions, ingest_page
 from sync.records import STATUS_QUARANTINED
-from sync.runner import SyncError, lock_source, patient_options
+from sync.runner import SyncError, bound_patient_options, lock_source
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def receive_message(
             source = session.get(SourceRow, source_id)
             if source is None or not source.enabled:
                 raise Hl7v2ConfigError("the source is gone or disabled")
-            options = patient_options(source, default_region or "US")
+            options = bound_patient_options(source, default_region)
             lock_source(session, source_id)
             adt: AdtMessage | None = None
             error = parse_error

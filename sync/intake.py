@@ -35,15 +35,14 @@ from sqlalchemy.orm import Session
 from connectors import Page, Source, build_source
 from store import CursorRepository
 from store.models import Source as SourceRow
-from sync.context import DEFAULT_REGION, bound_task_context
 from sync.patients import PatientOptions
 from sync.pipeline import IngestResult, apply_deletions, ingest_page
 from sync.runner import (
     INTAKE_TOKEN_KEY,
     SourceFactory,
     SyncError,
+    bound_patient_options,
     lock_source,
-    patient_options,
     source_config,
 )
 
@@ -316,14 +315,6 @@ def hash_intake_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def _patient_options(source: SourceRow, default_region: str | None) -> PatientOptions:
-    """A source's options over this process's defaults (the bound task context, if any)."""
-    context = bound_task_context()
-    if context is None:
-        return patient_options(source, default_region or DEFAULT_REGION)
-    return patient_options(source, default_region or context.default_region, context.match_settings)
-
-
 def receive_notification(
     session_factory: Callable[[], Session],
     source_name: str,
@@ -362,7 +353,11 @@ def receive_notification(
         lock_source(session, source.id)  # a sync chunk of the same source waits, or we do
         try:
             result = handle_notification(
-                session, source.id, body, fetch, options=_patient_options(source, default_region)
+                session,
+                source.id,
+                body,
+                fetch,
+                options=bound_patient_options(source, default_region),
             )
             session.commit()
         finally:

@@ -65,6 +65,9 @@ LOOKUP_CHUNK = 2000
 #: Prefix of the id given to a resource that arrived without one, so that it can
 #: still be kept (quarantined) rather than dropped.
 MISSING_ID_PREFIX = "missing-id-"
+#: The quarantine reason of a resource whose text held an unpaired UTF-16 surrogate (it is
+#: kept with U+FFFD in its place).
+SURROGATE_ERROR = "text holds an unpaired UTF-16 surrogate (not valid Unicode)"
 #: Longest resource id the table holds (FHIR ids are at most 64 characters).
 MAX_RESOURCE_ID = 128
 
@@ -190,7 +193,7 @@ def describe(raw: object, page_type: str, line: str | None = None) -> Incoming:
         raw = _without_lone_surrogates(raw)
         canonical = canonical_body(raw)
         digest = _digest(canonical)
-        error = "text holds an unpaired UTF-16 surrogate (not valid Unicode)"
+        error = SURROGATE_ERROR
     rtype = raw.get("resourceType")
     rid = raw.get("id")
     if rtype != page_type:

@@ -41,7 +41,7 @@ from store.db import StatisticsRefresher
 from store.models import Source as SourceRow
 from store.models import SyncRun
 from store.types import utcnow
-from sync.context import DEFAULT_REGION, TaskContext
+from sync.context import DEFAULT_REGION, TaskContext, bound_task_context
 from sync.patients import DEFAULT_PATIENT_BATCH, PatientOptions
 from sync.pipeline import IngestResult, ingest_page, split_page
 from sync.records import has_records
@@ -160,6 +160,16 @@ def patient_options(
         mrn_system=config.get("mrn_system"),
         batch_size=int(config.get("patient_batch") or DEFAULT_PATIENT_BATCH),
     )
+
+
+def bound_patient_options(source: SourceRow, default_region: str | None = None) -> PatientOptions:
+    """A source's options over this process's defaults: those of the bound task context
+    (its default region and match settings), if the process bound one, else the built-in
+    ones. For work outside a sync run (push intake, MLLP, reprocessing)."""
+    context = bound_task_context()
+    if context is None:
+        return patient_options(source, default_region or DEFAULT_REGION)
+    return patient_options(source, default_region or context.default_region, context.match_settings)
 
 
 def lock_source(session: Session, source_id: int) -> None:

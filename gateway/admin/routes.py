@@ -41,6 +41,8 @@ from mpi import (
     record_decision,
 )
 from store.models import Consumer, GoldenPatient
+from sync import ReprocessError, reprocess_quarantined
+from sync.pipeline import MAX_PATIENTS_PER_TRANSACTION, UnknownSourceError
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 Limit = Annotated[int, Query(ge=1, le=MAX_ADMIN_LIMIT)]
@@ -83,6 +85,46 @@ def quarantine(
         items = list_quarantine(session, source_id, after_id, limit, with_raw=raw)
         entry["ids"] = [i["id"] for i in items]
     return items
+
+
+class Reprocess(BaseModel):
+    source_id: int = Field(ge=1, le=MAX_INT)
+    #: Only this type (Patient or Encounter); both when omitted, Patients first.
+    resource_type: str | None = Field(default=None, pattern="^(Patient|Encounter)$")
+    #: Only these quarantined source records (the ``id`` of ``GET /admin/quarantine``).
+    ids: list[Annotated[int, Field(ge=1, le=MAX_BIGINT)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_ADMIN_LIMIT
+    )
+    #: At most this many records in this request; ``remaining`` says how many are left.
+    limit: int = Field(default=MAX_PATIENTS_PER_TRANSACTION, ge=1, le=MAX_PATIENTS_PER_TRANSACTION)
+
+
+@router.post(
+    "/quarantine/reprocess",
+    summary="Run a source's quarantined resources through the pipeline again (after a fix)",
+)
+def reprocess(
+    body: Reprocess,
+    request: Request,
+    state: StateDep,
+    principal: AdminPrincipal,
+    audit: AuditDep,
+) -> dict[str, Any]:
+    with audited(audit, principal, "admin-reprocess", request, "SourceRecord") as entry:
+        try:
+            result = reprocess_quarantined(
+                state.session_factory,
+                body.source_id,
+                resource_type=body.resource_type,
+                record_ids=body.ids,
+                limit=body.limit,
+            )
+        except UnknownSourceError as exc:
+            raise OutcomeError(not_found(f"No source with id {body.source_id}.")) from exc
+        except ReprocessError as exc:
+            raise OutcomeError(bad_request(str(exc), "resource_type")) from exc
+        entry["ids"] = result.record_ids
+    return result.as_dict()
 
 
 @router.get("/review", summary="The review queue (possible matches awaiting a steward)")
