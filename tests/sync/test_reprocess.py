@@ -13,14 +13,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
+import sync.context
 import sync.patients
 from askonce.cli import app
 from connectors import Page
 from fhir_mapping import InvalidResource, Issue
+from mpi import MatchSettings
 from store import upgrade
 from store.models import Encounter, Link
-from sync import ReprocessError, ingest_page, reprocess_quarantined
+from store.models import Source as SourceRow
+from sync import ReprocessError, TaskContext, ingest_page, reprocess_quarantined
 from sync.pipeline import UnknownSourceError
+from sync.runner import bound_patient_options
 from tests.sync.helpers import add_source, encounter, events, patient, records, write_ndjson
 
 #: Resource ids an over-strict release of the Patient mapping rejects (see ``strict``).
@@ -206,3 +210,32 @@ def test_the_cli_reprocesses_a_source(
     assert missing.exit_code == 2 and "no source named" in missing.output
     with_ids = runner.invoke(app, ["sources", "reprocess", "ehr-x", "--id", "999999"])
     assert with_ids.exit_code == 0 and "reprocessed 0" in with_ids.output
+
+
+def test_work_outside_a_run_takes_the_bound_context_settings(
+    session_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Push intake, MLLP and reprocessing read a source's options through one function:
+    the source's own, over the process's bound context (region, match settings)."""
+    source_id = add_source(session_factory, config={"mrn_system": "urn:mrn"})
+    with session_factory() as session:
+        source = session.get(SourceRow, source_id)
+        assert source is not None
+        monkeypatch.setattr(sync.context, "_current", None)
+        plain = bound_patient_options(source)
+        assert (plain.default_region, plain.match_settings, plain.mrn_system) == (
+            "US",
+            None,
+            "urn:mrn",
+        )
+        settings = MatchSettings(certain=99.0)
+        context = TaskContext(
+            engine=session.get_bind(),  # type: ignore[arg-type]
+            session_factory=session_factory,
+            default_region="GB",
+            match_settings=settings,
+        )
+        monkeypatch.setattr(sync.context, "_current", context)
+        bound = bound_patient_options(source)
+        assert (bound.default_region, bound.match_settings) == ("GB", settings)
+        assert bound_patient_options(source, "FR").default_region == "FR"
