@@ -306,12 +306,13 @@ def sources_reprocess(
     except ReprocessError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=2) from exc
-    colour = "green" if not result.quarantined else "yellow"
+    done = result.ingest
+    colour = "green" if not done.quarantined else "yellow"
     console.print(
         f"[{colour}]{name}: reprocessed {result.reprocessed:,}[/{colour}]  "
-        f"stored {result.stored:,}  still quarantined {result.quarantined:,}  "
-        f"encounters attached {result.attached:,}  golden records created "
-        f"{result.golden_created:,}  review items {result.review_items:,}"
+        f"stored {done.stored:,}  still quarantined {done.quarantined:,}  "
+        f"encounters attached {done.attached:,}  golden records created "
+        f"{done.golden_created:,}  review items {done.review_items:,}"
     )
 
 

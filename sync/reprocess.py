@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, not_, select
 from sqlalchemy.orm import Session
@@ -36,6 +37,7 @@ from sync.pipeline import (
     MAX_PATIENTS_PER_TRANSACTION,
     SUPPORTED_TYPES,
     UNREADABLE_ID_PREFIX,
+    IngestResult,
     UnknownSourceError,
     ingest_page,
 )
@@ -44,27 +46,31 @@ from sync.runner import bound_patient_options, lock_source
 
 log = logging.getLogger(__name__)
 
+#: What a reprocessing reports of the pipeline's counts.
+REPORTED = ("stored", "quarantined", "attached", "golden_created", "review_items")
+
 
 @dataclass
 class ReprocessResult:
-    """What one call did. ``reprocessed`` = ``stored`` + ``quarantined`` (+ the records a
-    newer version of the same resource in the call superseded)."""
+    """What one call did: how many quarantined records it took up (``reprocessed``), what
+    the pipeline did with them (``ingest``: ``stored``, still ``quarantined``, Encounters
+    ``attached``, ``golden_created``, ``review_items``) and how many it did not reach
+    (``remaining``, past its ``limit``)."""
 
     reprocessed: int = 0
-    #: Now stored (active, or an Encounter waiting for its Patient).
-    stored: int = 0
-    #: Still invalid: quarantined again, with the error as of now.
-    quarantined: int = 0
-    attached: int = 0
-    golden_created: int = 0
-    review_items: int = 0
-    #: Quarantined records this call could have taken and did not reach (its ``limit``).
     remaining: int = 0
+    ingest: IngestResult = field(default_factory=IngestResult)
     #: Ids of the source records taken up (for the audit trail; never logged).
     record_ids: list[int] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, int | list[int]]:
-        return asdict(self)
+    def as_dict(self) -> dict[str, Any]:
+        counts = self.ingest.as_dict()
+        return {
+            "reprocessed": self.reprocessed,
+            **{key: counts[key] for key in REPORTED},
+            "remaining": self.remaining,
+            "record_ids": self.record_ids,
+        }
 
 
 class ReprocessError(ValueError):
@@ -158,11 +164,7 @@ def reprocess_quarantined(
                 budget -= read
             result.reprocessed += len(taken_ids)
             result.record_ids.extend(taken_ids)
-            result.quarantined += ingested.quarantined
-            result.stored += ingested.stored
-            result.attached += ingested.attached
-            result.golden_created += ingested.golden_created
-            result.review_items += ingested.review_items
+            result.ingest.add(ingested)
     with session_factory() as session:
         for rtype in types:
             result.remaining += (
@@ -180,7 +182,7 @@ def reprocess_quarantined(
         extra={
             "source_id": source_id,
             "count": result.reprocessed,
-            "quarantined": result.quarantined,
+            "quarantined": result.ingest.quarantined,
         },
     )
     return result

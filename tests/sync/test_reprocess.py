@@ -82,8 +82,8 @@ def test_a_fixed_cause_releases_quarantined_patients_and_their_waiting_encounter
 
     result = reprocess_quarantined(session_factory, source_id)
 
-    assert (result.reprocessed, result.stored, result.quarantined) == (2, 2, 0)
-    assert (result.attached, result.remaining) == (1, 0)
+    assert (result.reprocessed, result.ingest.stored, result.ingest.quarantined) == (2, 2, 0)
+    assert (result.ingest.attached, result.remaining) == (1, 0)
     with session_factory() as session:
         assert records(session, source_id, status="quarantined") == []
         active = records(session, source_id, status="active")
@@ -115,7 +115,7 @@ def test_what_is_still_invalid_stays_quarantined_with_its_error_as_of_now(
         (before,) = records(session, source_id, status="quarantined")
         record_id, first_error = before.id, before.error
     result = reprocess_quarantined(session_factory, source_id)
-    assert (result.reprocessed, result.stored, result.quarantined) == (1, 0, 1)
+    assert (result.reprocessed, result.ingest.stored, result.ingest.quarantined) == (1, 0, 1)
     with session_factory() as session:
         (after,) = records(session, source_id)
         assert (after.id, after.status) == (record_id, "quarantined")
@@ -130,7 +130,7 @@ def test_limit_type_and_ids_choose_what_is_reprocessed(
         ids = {r.resource_id: r.id for r in records(session, source_id, status="quarantined")}
 
     only = reprocess_quarantined(session_factory, source_id, record_ids=[ids["p2"]])
-    assert (only.reprocessed, only.stored, only.remaining) == (1, 1, 0)
+    assert (only.reprocessed, only.ingest.stored, only.remaining) == (1, 1, 0)
     none = reprocess_quarantined(session_factory, source_id, resource_type="Encounter")
     assert (none.reprocessed, none.remaining) == (0, 0)
     with session_factory() as session:
@@ -138,7 +138,7 @@ def test_limit_type_and_ids_choose_what_is_reprocessed(
 
     strict.add("p1")  # the cause is not fixed for p1: it stays, counted, not left waiting
     capped = reprocess_quarantined(session_factory, source_id, limit=1)
-    assert (capped.reprocessed, capped.quarantined, capped.remaining) == (1, 1, 0)
+    assert (capped.reprocessed, capped.ingest.quarantined, capped.remaining) == (1, 1, 0)
 
 
 def test_limit_leaves_the_rest_counted(
@@ -146,9 +146,9 @@ def test_limit_leaves_the_rest_counted(
 ) -> None:
     source_id = quarantine_two(session_factory, strict)
     first = reprocess_quarantined(session_factory, source_id, limit=1)
-    assert (first.reprocessed, first.stored, first.remaining) == (1, 1, 1)
+    assert (first.reprocessed, first.ingest.stored, first.remaining) == (1, 1, 1)
     second = reprocess_quarantined(session_factory, source_id, limit=1)
-    assert (second.reprocessed, second.stored, second.remaining) == (1, 1, 0)
+    assert (second.reprocessed, second.ingest.stored, second.remaining) == (1, 1, 0)
 
 
 def test_entries_without_a_resource_or_an_id_are_left_alone(
