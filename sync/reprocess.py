@@ -96,6 +96,8 @@ def _replayable(
 
 def _kept_as_sent(record: SourceRecord) -> bool:
     """False for a record whose stored resource is not what the source sent."""
+    if not isinstance(record.raw, dict):
+        return False
     issues = (record.error or {}).get("issues") or []
     return not any(isinstance(i, dict) and i.get("reason") == SURROGATE_ERROR for i in issues)
 
@@ -155,7 +157,7 @@ def reprocess_quarantined(
                     record.content_hash = ""
                     record.line_digest = None
                 session.flush()
-                page = Page(rtype, [dict(r.raw) for r in taken if isinstance(r.raw, dict)], None)
+                page = Page(rtype, [dict(r.raw or {}) for r in taken], None)
                 ingested = ingest_page(
                     session, source_id, page, options=options, write_cursor=False
                 )

@@ -24,6 +24,7 @@ from store.models import Encounter, Link
 from store.models import Source as SourceRow
 from sync import ReprocessError, TaskContext, ingest_page, reprocess_quarantined
 from sync.pipeline import UnknownSourceError
+from sync.records import SURROGATE_ERROR
 from sync.runner import bound_patient_options
 from tests.sync.helpers import add_source, encounter, events, patient, records, write_ndjson
 
@@ -239,3 +240,21 @@ def test_work_outside_a_run_takes_the_bound_context_settings(
         bound = bound_patient_options(source)
         assert (bound.default_region, bound.match_settings) == ("GB", settings)
         assert bound_patient_options(source, "FR").default_region == "FR"
+
+
+def test_a_resource_not_kept_as_sent_is_left_alone(session_factory: sessionmaker[Session]) -> None:
+    """A lone surrogate was replaced by U+FFFD to keep the resource: replaying that copy
+    could store text the source never sent."""
+    source_id = add_source(session_factory)
+    with session_factory() as session:
+        page = Page("Patient", [patient("p1", "Ok\ud800afor")], "c")
+        ingest_page(session, source_id, page)
+        session.commit()
+        (kept,) = records(session, source_id, status="quarantined")
+        assert kept.error["issues"][0]["reason"] == SURROGATE_ERROR
+        before = (kept.content_hash, kept.updated_at)
+    result = reprocess_quarantined(session_factory, source_id)
+    assert (result.reprocessed, result.ingest.stored) == (0, 0)
+    with session_factory() as session:
+        (kept,) = records(session, source_id)
+        assert (kept.status, kept.content_hash, kept.updated_at) == ("quarantined", *before)
