@@ -53,7 +53,7 @@ from mpi.operations import (
 )
 from mpi.resolve import Resolution, resolve_patients
 from mpi.settings import MatchSettings
-from mpi.storage import load_active_model, save_model
+from mpi.storage import load_active_model, recompute_goldens, save_model
 from mpi.train import train_model
 
 __all__ = [
@@ -87,6 +87,7 @@ __all__ = [
     "match_patient",
     "merge_golden",
     "recompute_golden",
+    "recompute_goldens",
     "record_decision",
     "repoint_encounters",
     "resolve_batch",

@@ -16,7 +16,14 @@ from sqlalchemy.orm import Session
 
 from mpi.errors import GoldenNotFound, InvalidOperation, RecordNotFound
 from mpi.settings import MatchSettings
-from mpi.storage import create_golden, emit, linked_record_ids, member_records, write_golden
+from mpi.storage import (
+    create_golden,
+    emit,
+    linked_record_ids,
+    member_records,
+    recomputed_status,
+    write_golden,
+)
 from store.models import (
     Encounter,
     GoldenPatient,
@@ -108,11 +115,7 @@ def recompute_golden(
     settings = settings or MatchSettings()
     golden = _golden(session, golden_id, active=False)
     members = member_records(session, linked_record_ids(session, golden_id))
-    status = golden.status
-    if golden.status == "active" and not members:
-        status = "deleted"
-    elif golden.status == "deleted" and members:
-        status = "active"
+    status = recomputed_status(golden.status, bool(members))
     golden = write_golden(session, settings, golden_id, status=status)
     emit(session, "patient.updated", golden_id, version=golden.version, status=golden.status)
     return golden

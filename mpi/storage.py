@@ -285,6 +285,31 @@ def provenance_rows(golden_id: str, provenance: Iterable[ProvenanceEntry]) -> li
     ]
 
 
+def _render(
+    session: Session,
+    settings: MatchSettings,
+    golden: GoldenPatient | None,
+    golden_id: str,
+    members: Sequence[MemberRecord],
+    status: str,
+) -> tuple[dict[str, Any], list[ProvenanceEntry]]:
+    """The FHIR Patient of a golden record with ``members`` and ``status``, and the
+    provenance of its fields."""
+    links = _golden_links(golden, session) if golden is not None else []
+    record, provenance = build_golden(golden_id, members, settings.survivorship, links=links)
+    record.active = status == "active"
+    return render_golden_patient(record), provenance
+
+
+def _replace_provenance(
+    session: Session, golden_id: str, provenance: Iterable[ProvenanceEntry]
+) -> None:
+    session.execute(delete(FieldProvenance).where(FieldProvenance.golden_id == golden_id))
+    rows = provenance_rows(golden_id, provenance)
+    if rows:
+        session.execute(insert(FieldProvenance), rows)
+
+
 def _save(
     session: Session,
     settings: MatchSettings,
@@ -295,24 +320,19 @@ def _save(
     status: str | None,
     merged_into: str | None,
 ) -> GoldenPatient:
-    links: list[GoldenLink] = []
-    if golden is not None:
-        if merged_into is not None:
-            golden.merged_into = merged_into
-        links = _golden_links(golden, session)
-    record, provenance = build_golden(golden_id, members, settings.survivorship, links=links)
+    if golden is not None and merged_into is not None:
+        golden.merged_into = merged_into
     effective_status = status or (golden.status if golden is not None else "active")
-    record.active = effective_status == "active"
-    resource = render_golden_patient(record)
+    resource, provenance = _render(session, settings, golden, golden_id, members, effective_status)
     tokens = search_tokens(resource) if effective_status == "active" else []
     if golden is None:
         golden = repository.create(resource, tokens, golden_id=golden_id)
+        rows = provenance_rows(golden_id, provenance)
+        if rows:
+            session.execute(insert(FieldProvenance), rows)
     else:
         golden = repository.save(golden, resource, tokens, status=status, merged_into=merged_into)
-        session.execute(delete(FieldProvenance).where(FieldProvenance.golden_id == golden_id))
-    rows = provenance_rows(golden_id, provenance)
-    if rows:
-        session.execute(insert(FieldProvenance), rows)
+        _replace_provenance(session, golden_id, provenance)
     return golden
 
 
@@ -336,10 +356,15 @@ def write_goldens(
     plans: Sequence[GoldenPlan],
     *,
     known: dict[int, SourcePatient] | None = None,
+    skip_unchanged: bool = False,
 ) -> dict[str, int]:
     """Render and save many golden records at once (each once, whatever happened to it
     before): a handful of statements for the whole set, not per record. Field
-    provenance is rewritten with them. Returns the new version of each record.
+    provenance is rewritten with them. Returns the new version of each record written.
+
+    With ``skip_unchanged`` a stored record whose status and rendering come out as they
+    are stored keeps its version (only its field provenance is rewritten): for a
+    recomputation whose cause lies outside the members (a source's trust rank).
 
     The rendered Patient is not validated again here (that second ``fhir.resources``
     pass cost as much as validating the incoming record): every part of a golden record
@@ -381,6 +406,16 @@ def write_goldens(
             member_ids[plan.golden_id] = plan.members
     everyone = sorted({r for records in member_ids.values() for r in records})
     by_id = {m.record_id: m for m in member_records(session, everyone, known=known)}
+    stored_resources: dict[str, dict[str, Any]] = {}
+    if skip_unchanged and stored_ids:
+        stored_resources = {
+            gid: {k: v for k, v in (resource or {}).items() if k != "meta"}
+            for gid, resource in session.execute(
+                select(GoldenPatient.id, GoldenPatient.resource).where(
+                    GoldenPatient.id.in_(stored_ids)
+                )
+            )
+        }
     writes: list[GoldenWrite] = []
     bulk = BulkWriter(session)
     all_provenance: list[tuple[Any, ...]] = []
@@ -399,9 +434,11 @@ def write_goldens(
         )
         record.active = status == "active"
         resource = render_golden_patient(record, validate=False)
-        tokens = search_tokens(resource) if status == "active" else []
-        writes.append(GoldenWrite(plan.golden_id, resource, tokens, status, merged_into, version))
         golden_id = plan.golden_id
+        stored = stored_resources.get(golden_id)
+        if stored is None or status != stored_status or _rendered(resource, golden_id) != stored:
+            tokens = search_tokens(resource) if status == "active" else []
+            writes.append(GoldenWrite(golden_id, resource, tokens, status, merged_into, version))
         for field, value, record_id, rule, observed in provenance:
             stamp = stamps.get(observed, stamps)
             if stamp is stamps:  # the members' timestamps repeat across the batch
@@ -420,6 +457,70 @@ def write_goldens(
     # 4000 rows into a 100k-row SQLite table took 34 instead of 45 ms (best of 9).
     all_provenance.sort(key=_GOLDEN_ID)
     bulk.insert("field_provenance", _PROVENANCE_COLUMNS, all_provenance, json_columns=_VALUE_JSON)
+    return versions
+
+
+def _rendered(resource: dict[str, Any], golden_id: str) -> dict[str, Any]:
+    """``resource`` as the repository stores it, without ``meta`` (to compare)."""
+    out = {k: v for k, v in resource.items() if k != "meta"}
+    out["resourceType"], out["id"] = "Patient", golden_id
+    return out
+
+
+def recomputed_status(status: str, has_members: bool) -> str:
+    """A golden record's status once its active members were counted again: one left
+    with none is ``deleted`` (all deleted at their source), a deleted one that has some
+    again is ``active``; a merged one stays merged."""
+    if status == "active" and not has_members:
+        return "deleted"
+    if status == "deleted" and has_members:
+        return "active"
+    return status
+
+
+def recompute_goldens(
+    session: Session,
+    golden_ids: Iterable[str],
+    *,
+    settings: MatchSettings | None = None,
+    skip_unchanged: bool = False,
+) -> dict[str, int]:
+    """Rebuild many golden records from their active members at once (what
+    :func:`mpi.recompute_golden` does for one), with a ``patient.updated`` event for each
+    new version. ``skip_unchanged``: see :func:`write_goldens`. Returns the new versions."""
+    ids = sorted(set(golden_ids))
+    if not ids:
+        return {}
+    session.flush()
+    statuses: dict[str, str] = {}
+    members: dict[str, list[int]] = {}
+    for start in range(0, len(ids), _DELETE_CHUNK):
+        chunk = ids[start : start + _DELETE_CHUNK]
+        for golden_id, status in session.execute(
+            select(GoldenPatient.id, GoldenPatient.status).where(GoldenPatient.id.in_(chunk))
+        ):
+            statuses[golden_id] = status
+        for golden_id, record_id in session.execute(
+            select(Link.golden_id, Link.source_record_id)
+            .join(SourceRecord, SourceRecord.id == Link.source_record_id)
+            .where(Link.golden_id.in_(chunk), SourceRecord.status == "active")
+            .order_by(Link.id)
+        ):
+            members.setdefault(golden_id, []).append(record_id)
+    plans = [
+        GoldenPlan(gid, members.get(gid, []), status=recomputed_status(status, gid in members))
+        for gid, status in sorted(statuses.items())
+    ]
+    versions = write_goldens(
+        session, settings or MatchSettings(), plans, skip_unchanged=skip_unchanged
+    )
+    status_of = {plan.golden_id: plan.status for plan in plans}
+    events = [
+        event_row("patient.updated", gid, version=version, status=status_of[gid])
+        for gid, version in sorted(versions.items())
+    ]
+    if events:
+        session.execute(insert(Outbox), events)
     return versions
 
 

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from connectors import Page
 from connectors.ndjson import parse_line
-from mpi import recompute_golden
+from mpi import recompute_goldens
 from store import CursorRepository
 from store.models import Encounter, Link, Outbox, Source, SourceRecord
 from store.types import utcnow
@@ -320,8 +320,9 @@ def apply_deletions(
     """Mark the source's records deleted; recompute the golden records they fed.
 
     A deleted Patient's golden record is rebuilt from its remaining active records
-    (:func:`mpi.recompute_golden` writes the ``patient.updated`` event); a deleted
-    Encounter leaves the ``encounter`` table with an ``encounter.deleted`` event.
+    (:func:`mpi.recompute_goldens`, all of them at once, with their ``patient.updated``
+    events); a deleted Encounter leaves the ``encounter`` table with an
+    ``encounter.deleted`` event.
     Returns how many stored records changed to deleted.
     """
     changed = 0
@@ -363,8 +364,7 @@ def apply_deletions(
                 )
                 session.delete(encounter)
     session.flush()
-    for golden_id in sorted(goldens):
-        recompute_golden(session, golden_id)
+    recompute_goldens(session, goldens)
     for event in events:
         session.add(Outbox(**event))
     if changed:
