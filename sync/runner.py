@@ -36,6 +36,7 @@ from connectors import (
     build_source,
 )
 from mpi import MatchSettings
+from mpi.storage import PATIENT_CONFIRMED_FLAG
 from store import CursorRepository, SourceRepository, SyncRunRepository
 from store.db import StatisticsRefresher
 from store.models import Source as SourceRow
@@ -79,6 +80,8 @@ PIPELINE_CONFIG_KEYS = frozenset(
         "mrn_system",
         "patient_batch",
         INTAKE_TOKEN_KEY,
+        # survivorship (mpi.storage): values from this source were confirmed by the patient
+        PATIENT_CONFIRMED_FLAG,
         # hl7v2 sources (sync.hl7intake)
         "timezone",
         "identifier_systems",
@@ -254,7 +257,7 @@ def start_or_resume(session: Session, source_id: int, *, full: bool = False) -> 
     token = uuid.uuid4().hex
     if run is None or full:
         if run is not None:
-            _finish(run, RUN_FAILED, reason="superseded by a full run")
+            finish_run(run, RUN_FAILED, reason="superseded by a full run")
         run = SyncRunRepository(session).start(source_id, full=full)
         run.detail = {"types": list(source.resource_types), "index": 0, "seen": {}}
         if full:
@@ -268,7 +271,7 @@ def start_or_resume(session: Session, source_id: int, *, full: bool = False) -> 
     return run, token
 
 
-def _finish(run: SyncRun, status: str, *, reason: str | None = None) -> None:
+def finish_run(run: SyncRun, status: str, *, reason: str | None = None) -> None:
     run.status = status
     run.finished_at = utcnow()
     if reason:
@@ -333,7 +336,7 @@ def run_chunk(
         types: list[str] = list((run.detail or {}).get("types") or source_row.resource_types)
         index = int((run.detail or {}).get("index", 0))
         if index >= len(types):
-            _finish(run, RUN_OK)
+            finish_run(run, RUN_OK)
             session.commit()
             chunk.done, chunk.status = True, RUN_OK
             log.info("sync run finished", extra={"source_id": source_id, "run_id": run_id})
@@ -498,7 +501,7 @@ def _record_error(
     }
     run.detail = detail
     if fatal:
-        _finish(run, RUN_FAILED)
+        finish_run(run, RUN_FAILED)
     session.commit()
     log.warning(
         "sync chunk failed",
