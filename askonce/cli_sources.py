@@ -6,6 +6,10 @@ Other tools script these names, so they are a contract:
   [--auth ...] [--schedule ...]``
 * ``askonce sources list`` and ``askonce sources status [NAME]``
 * ``askonce sources reprocess NAME [--type Patient|Encounter] [--id ID ...]``
+* ``askonce sources update NAME [--url ...] [--auth ...] [--schedule ... | --no-schedule]
+  [--types ...] [--option K=V ...] [--unset-option K ...] [--trust-rank N] [--rename NEW]``
+* ``askonce sources disable NAME`` / ``askonce sources enable NAME``
+* ``askonce sources remove NAME [--yes]``
 * ``askonce sync NAME [--full]``
 * ``askonce mllp [--source NAME ...]``: the MLLP listener of the ``hl7v2`` sources
 """
@@ -30,9 +34,10 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from askonce.logging import configure_logging
-from askonce.runtime import Runtime, build_runtime
+from askonce.runtime import Runtime, build_runtime, match_settings
 from askonce.settings import get_settings
 from askonce.sources import (
     DEFAULT_TRUST_RANK,
@@ -48,10 +53,16 @@ from store.models import SourceRecord, SyncRun
 from sync import (
     IngestResult,
     ReprocessError,
+    SourceChange,
+    SourceSettingsError,
     TaskContext,
+    refresh_goldens,
+    removal_plan,
+    remove_source,
     reprocess_quarantined,
     run_source,
     start_or_resume,
+    update_source,
 )
 from sync.hl7intake import Hl7v2ConfigError, listeners, serve_forever
 from sync.scheduling import InvalidScheduleError
@@ -291,11 +302,7 @@ def sources_reprocess(
     fixed on this side (a source option, a setting, an upgrade); still invalid ones stay."""
     runtime = _runtime()
     with runtime.session_factory() as session:
-        try:
-            source_id = SourceRepository(session).get_by_name(name).id
-        except NotFoundError as exc:
-            console.print(f"[red]error:[/red] no source named {name!r}")
-            raise typer.Exit(code=2) from exc
+        source_id = _source_named(session, name).id
     try:
         result = reprocess_quarantined(
             runtime.session_factory,
@@ -313,6 +320,166 @@ def sources_reprocess(
         f"stored {done.stored:,}  still quarantined {done.quarantined:,}  "
         f"encounters attached {done.attached:,}  golden records created "
         f"{done.golden_created:,}  review items {done.review_items:,}"
+    )
+
+
+def _source_named(session: Session, name: str) -> SourceRow:
+    """The source called ``name``, or exit 2 saying there is none."""
+    try:
+        return SourceRepository(session).get_by_name(name)
+    except NotFoundError as exc:
+        console.print(f"[red]error:[/red] no source named {name!r}")
+        raise typer.Exit(code=2) from exc
+
+
+@sources_app.command("update")
+def sources_update(
+    name: Annotated[str, typer.Argument(help="The source to change.")],
+    url: Annotated[
+        str | None,
+        typer.Option(help="A new base URL or folder (its cursors are cleared: read again)."),
+    ] = None,
+    auth: Annotated[
+        str | None,
+        typer.Option(help="New credentials: none | bearer:TOKEN | basic:USER:PASS | JSON | @file"),
+    ] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help="A new schedule: seconds, 15m/2h/1d, or cron.")
+    ] = None,
+    no_schedule: Annotated[
+        bool, typer.Option("--no-schedule", help="Remove the schedule (on demand or push only).")
+    ] = False,
+    types: Annotated[
+        str | None, typer.Option(help="Resource types to sync, comma-separated.")
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", help="Set a connector or pipeline option KEY=VALUE."),
+    ] = None,
+    unset_option: Annotated[
+        list[str] | None, typer.Option("--unset-option", help="Remove an option (repeatable).")
+    ] = None,
+    trust_rank: Annotated[
+        int | None,
+        typer.Option(help="A new survivorship rank; its golden records are rendered again."),
+    ] = None,
+    rename: Annotated[str | None, typer.Option(help="A new name for the source.")] = None,
+) -> None:
+    """Change a registered source. A new URL clears its cursors (the next sync reads
+    everything again, skipping what is unchanged); a new trust rank or patient_confirmed
+    flag renders its golden records again. The rest applies from the next page on."""
+    if schedule is not None and no_schedule:
+        console.print("[red]error:[/red] --schedule and --no-schedule contradict each other")
+        raise typer.Exit(code=2)
+    try:
+        change = SourceChange(
+            name=rename,
+            url=url,
+            auth=parse_auth(auth) if auth is not None else None,
+            resource_types=(
+                [t.strip() for t in types.split(",") if t.strip()] if types is not None else None
+            ),
+            options=dict(parse_option(item) for item in option or []),
+            unset_options=tuple(unset_option or ()),
+            trust_rank=trust_rank,
+        )
+    except (ValueError, OSError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    if schedule is not None or no_schedule:
+        change.schedule = schedule
+    _change_source(_runtime(), name, change)
+
+
+@sources_app.command("disable")
+def sources_disable(name: Annotated[str, typer.Argument(help="The source to pause.")]) -> None:
+    """Pause a source: its running sync stops after the page in flight, and no schedule,
+    push notification, MLLP message or ``askonce sync`` is taken until it is enabled."""
+    _change_source(_runtime(), name, SourceChange(enabled=False))
+
+
+@sources_app.command("enable")
+def sources_enable(name: Annotated[str, typer.Argument(help="The source to resume.")]) -> None:
+    """Resume a disabled source (its next sync goes on from its cursors)."""
+    _change_source(_runtime(), name, SourceChange(enabled=True))
+
+
+def _change_source(runtime: Runtime, name: str, change: SourceChange) -> None:
+    with runtime.unit_of_work() as session:
+        source_id = _source_named(session, name).id
+        try:
+            update = update_source(session, source_id, change)
+        except SourceSettingsError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(code=2) from exc
+    shown = change.name or name
+    if not update.changed:
+        console.print(f"{shown}: nothing to change")
+        return
+    console.print(f"[green]{shown}: changed {', '.join(update.changed)}[/green]")
+    if update.stopped_run is not None:
+        console.print(f"  run {update.stopped_run} stopped after its last committed page")
+    if update.cursors_cleared:
+        console.print("  cursors cleared: the next sync reads every type from the start")
+    if update.survivorship_changed:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]golden records rendered again"),
+            TextColumn("{task.completed:,.0f}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task("refresh", total=None)
+            refreshed = refresh_goldens(
+                runtime.session_factory,
+                source_id,
+                settings=match_settings(runtime.settings),
+                on_batch=lambda done: progress.update(task, completed=done.examined),
+            )
+        console.print(
+            f"  golden records: {refreshed.examined:,} rendered again, "
+            f"{refreshed.rewritten:,} changed (new version and patient.updated event)"
+        )
+
+
+@sources_app.command("remove")
+def sources_remove(
+    name: Annotated[str, typer.Argument(help="The source to remove.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove a source: its records leave the golden records (which are rebuilt from the
+    other sources, with events for consumers), then the source and its records are
+    erased. An interrupted removal is finished by running it again."""
+    runtime = _runtime()
+    with runtime.session_factory() as session:
+        source_id = _source_named(session, name).id
+        plan = removal_plan(session, source_id)
+    live = sum(plan.records.values())
+    counts = ", ".join(f"{n:,} {rtype}" for rtype, n in sorted(plan.records.items())) or "none"
+    console.print(
+        f"{name}: live records {counts}; {plan.golden_records:,} golden records are "
+        "rebuilt from the other sources (those fed by this source alone become deleted)"
+    )
+    if not yes and not typer.confirm(f"Remove {name} and erase its records?", default=False):
+        console.print("nothing removed")
+        raise typer.Exit(code=1)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.completed:,.0f} of {task.total:,.0f} records"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(f"removing {name}", total=live)
+        result = remove_source(
+            runtime.session_factory,
+            source_id,
+            on_batch=lambda done: progress.update(task, completed=sum(done.deleted.values())),
+        )
+    deleted = ", ".join(f"{n:,} {rtype}" for rtype, n in sorted(result.deleted.items()))
+    console.print(
+        f"[green]{name} removed[/green]: deleted from the golden records {deleted or 'none'}; "
+        f"{result.erased:,} source records erased"
     )
 
 
@@ -345,12 +512,11 @@ def sync_command(
     """Sync one source now, in the foreground, with progress; then print a summary."""
     runtime = _runtime()
     with runtime.session_factory() as session:
-        try:
-            source = SourceRepository(session).get_by_name(name)
-        except NotFoundError as exc:
-            console.print(f"[red]error:[/red] no source named {name!r}")
-            raise typer.Exit(code=2) from exc
-        source_id, kind = source.id, source.kind
+        source = _source_named(session, name)
+        source_id, kind, enabled = source.id, source.kind, source.enabled
+    if not enabled:
+        console.print(f"[red]error:[/red] {name} is disabled (askonce sources enable {name})")
+        raise typer.Exit(code=2)
     if kind in PUSH_ONLY_KINDS:
         console.print(
             f"[red]error:[/red] {name} is a {kind} source: nothing is pulled from it, its"

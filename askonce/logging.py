@@ -41,6 +41,7 @@ ALLOWED_EXTRA_KEYS = frozenset(
         "path",
         "url",
         "port",
+        "fields",
         "principal",
         "consumer_id",
         "event",

@@ -13,19 +13,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from askonce.runtime import Runtime
-from connectors import PUSH_ONLY_KINDS, SOURCE_KINDS, SourceConfig, SourceOptions
 from store import SourceRepository
 from store.models import GoldenPatient, ReviewItem, SourceRecord
-from sync.hl7intake import KIND as HL7V2_KIND
-from sync.hl7intake import Hl7v2ConfigError, listen_address, mapping_options
-from sync.intake import hash_intake_token
-from sync.runner import INTAKE_TOKEN_KEY, PIPELINE_CONFIG_KEYS
-from sync.scheduling import parse_schedule
+from sync.sources import checked_settings
 
 #: Default trust rank of a new source (higher wins survivorship ties).
 DEFAULT_TRUST_RANK = 50
-#: ``--option intake_token=…`` switches push intake on; only its SHA-256 is stored.
-INTAKE_TOKEN_OPTION = "intake_token"  # noqa: S105 - an option name, not a secret
 
 
 def parse_auth(value: str | None) -> dict[str, Any]:
@@ -71,38 +64,21 @@ def add_source(
     config: dict[str, Any] | None = None,
     trust_rank: int = DEFAULT_TRUST_RANK,
 ) -> int:
-    """Validate and store a source; returns its id. Raises ValueError on bad input."""
-    if kind not in SOURCE_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(SOURCE_KINDS)}")
-    if schedule and kind in PUSH_ONLY_KINDS:
-        raise ValueError(f"a {kind} source is push-only: it takes no --schedule")
-    if schedule:
-        parse_schedule(schedule)
-    config = dict(config or {})
-    if kind == HL7V2_KIND:
-        try:
-            listen_address(url)
-            mapping_options(config)
-        except Hl7v2ConfigError as exc:
-            raise ValueError(str(exc)) from exc
-    if INTAKE_TOKEN_OPTION in config:  # keep only its hash; the sender presents the token
-        config[INTAKE_TOKEN_KEY] = hash_intake_token(str(config.pop(INTAKE_TOKEN_OPTION)))
-    connector_options = {k: v for k, v in config.items() if k not in PIPELINE_CONFIG_KEYS}
-    SourceOptions.from_dict(connector_options)
-    if kind == "ndjson":
-        url = str(Path(url).expanduser().resolve())
-    types = resource_types or ["Patient", "Encounter"]
-    SourceConfig(kind=kind, base_url=url, auth=auth or {"kind": "none"}, resource_types=types)  # type: ignore[arg-type]
+    """Validate and store a source; returns its id. Raises
+    :class:`sync.sources.SourceSettingsError` (a ValueError) on bad input."""
+    settings = checked_settings(
+        kind, url, auth=auth, schedule=schedule, resource_types=resource_types, config=config
+    )
     with runtime.unit_of_work() as session:
         source = SourceRepository(session).add(
             name=name,
             kind=kind,
-            base_url=url,
-            auth=auth or {"kind": "none"},
-            resource_types=types,
-            schedule=schedule,
+            base_url=settings.url,
+            auth=settings.auth,
+            resource_types=settings.resource_types,
+            schedule=settings.schedule,
             trust_rank=trust_rank,
-            config=config,
+            config=settings.config,
         )
         return source.id
 

@@ -6,7 +6,10 @@ through :mod:`mpi`, attaches Encounters, applies deletions and writes the cursor
 all in the caller's transaction. :func:`run_source` drives a whole run, chunk by
 chunk, resumable after a crash; :mod:`sync.tasks` wraps it for Celery and beat;
 :mod:`sync.intake` feeds pushed FHIR Subscription notifications to the same pipeline;
-:func:`reprocess_quarantined` runs a source's quarantined records through it again.
+:func:`reprocess_quarantined` runs a source's quarantined records through it again;
+:func:`update_source` changes a registered source (and :func:`refresh_goldens` renders
+its golden records again when survivorship's inputs changed); :func:`remove_source`
+takes a source's records out of the golden records and erases it.
 
 Errors::
 
@@ -16,6 +19,7 @@ Errors::
           └── NotificationError        a push notification that cannot be read
     ValueError
      ├── InvalidScheduleError       a source schedule that is neither interval nor cron
+     ├── SourceSettingsError        a source setting that cannot be stored
      └── ReprocessError             reprocessing asked for a type that is not synced
 
 Connector errors (:class:`connectors.TransientError`, :class:`connectors.PermanentError`)
@@ -30,6 +34,7 @@ from sync.patients import PatientOptions
 from sync.pipeline import IngestResult, apply_deletions, ingest_page
 from sync.records import content_hash
 from sync.reprocess import ReprocessError, ReprocessResult, reprocess_quarantined
+from sync.retire import RemovalResult, removal_plan, remove_source
 from sync.runner import (
     ChunkResult,
     SourceUnavailableError,
@@ -41,6 +46,14 @@ from sync.runner import (
     wait_for_statistics,
 )
 from sync.scheduling import InvalidScheduleError, due_sources, parse_schedule
+from sync.sources import (
+    SourceChange,
+    SourceSettingsError,
+    SourceUpdate,
+    checked_settings,
+    refresh_goldens,
+    update_source,
+)
 
 __all__ = [
     "DEFAULT_QUEUE",
@@ -48,24 +61,33 @@ __all__ = [
     "IngestResult",
     "InvalidScheduleError",
     "PatientOptions",
+    "RemovalResult",
     "ReprocessError",
     "ReprocessResult",
+    "SourceChange",
+    "SourceSettingsError",
     "SourceUnavailableError",
+    "SourceUpdate",
     "SyncError",
     "TaskContext",
     "apply_deletions",
     "beat_schedule",
     "bind_task_context",
+    "checked_settings",
     "content_hash",
     "create_celery",
     "current_task_context",
     "due_sources",
     "ingest_page",
     "parse_schedule",
+    "refresh_goldens",
+    "removal_plan",
+    "remove_source",
     "reprocess_quarantined",
     "run_chunk",
     "run_source",
     "source_config",
     "start_or_resume",
+    "update_source",
     "wait_for_statistics",
 ]

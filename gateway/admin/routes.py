@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -40,8 +40,16 @@ from mpi import (
     ReviewItemNotFound,
     record_decision,
 )
+from store import NotFoundError
 from store.models import Consumer, GoldenPatient
-from sync import ReprocessError, reprocess_quarantined
+from sync import (
+    ReprocessError,
+    SourceChange,
+    SourceSettingsError,
+    refresh_goldens,
+    reprocess_quarantined,
+    update_source,
+)
 from sync.pipeline import MAX_PATIENTS_PER_TRANSACTION, UnknownSourceError
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -58,6 +66,54 @@ SourceId = Annotated[int | None, Query(ge=1, le=MAX_INT)]
 @router.get("/sources", summary="Connected sources, their cursors and latest run")
 def sources(session: SessionDep, _principal: AdminPrincipal) -> list[dict[str, Any]]:
     return list_sources(session)
+
+
+class SourcePatch(BaseModel):
+    """The operational settings of a source; a field left out is kept."""
+
+    model_config = {"extra": "forbid"}
+
+    #: False pauses the source (its running sync stops after the page in flight).
+    enabled: bool | None = None
+    #: Seconds, 15m/2h/1d or a 5-field cron expression; null removes the schedule.
+    schedule: str | None = Field(default=None, max_length=100)
+    #: Survivorship rank (higher wins); its golden records are rendered again.
+    trust_rank: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
+
+
+@router.patch(
+    "/sources/{source_id}",
+    summary="Pause or resume a source, change its schedule or its survivorship rank",
+)
+def patch_source(
+    source_id: Annotated[int, Path(ge=1, le=MAX_INT)],
+    body: SourcePatch,
+    request: Request,
+    session: SessionDep,
+    state: StateDep,
+    principal: AdminPrincipal,
+    audit: AuditDep,
+    background: BackgroundTasks,
+) -> dict[str, Any]:
+    if "enabled" in body.model_fields_set and body.enabled is None:
+        raise OutcomeError(bad_request("enabled must be true or false.", "enabled"))
+    if "trust_rank" in body.model_fields_set and body.trust_rank is None:
+        raise OutcomeError(bad_request("trust_rank must be an integer.", "trust_rank"))
+    change = SourceChange(enabled=body.enabled, trust_rank=body.trust_rank)
+    if "schedule" in body.model_fields_set:
+        change.schedule = body.schedule
+    with audited(audit, principal, "admin-source-update", request, "Source", str(source_id)):
+        try:
+            update = update_source(session, source_id, change)
+        except NotFoundError as exc:
+            raise OutcomeError(not_found(f"No source with id {source_id}.")) from exc
+        except SourceSettingsError as exc:
+            raise OutcomeError(bad_request(str(exc), "schedule")) from exc
+        session.commit()
+    if update.survivorship_changed:
+        # Every golden record the source feeds is rendered again, after the response.
+        background.add_task(refresh_goldens, state.session_factory, source_id)
+    return update.as_dict()
 
 
 @router.get("/runs", summary="Sync runs, newest first")

@@ -1,0 +1,174 @@
+"""Removing a source: its records leave the golden records, then the source is erased.
+
+A hospital retires an EHR, or a source was registered by mistake. Deleting the source
+row alone would take its records with it (the ``source`` table's delete trigger) but
+leave every golden record it fed as it was, with values, identifiers and encounters of
+a system that is gone, and tell no consumer. :func:`remove_source` does it in the order
+that keeps the golden records right at every commit:
+
+1. the source is disabled and its running run stopped (no sync, push or MLLP message
+   of it is taken from then on);
+2. its live records are deleted exactly as a source's own deletion would do it
+   (:func:`sync.pipeline.apply_deletions`): Encounters first, each leaving with an
+   ``encounter.deleted`` event, then Patients, whose golden records are rebuilt from
+   what the other sources hold (``patient.updated``; a golden record fed by this source
+   alone becomes ``deleted``), in transactions of :data:`REMOVE_BATCH` under the
+   source's writer lock;
+3. its source records are erased (with their links, review items, block keys and
+   encounters, by the record's delete trigger), then the source row, its cursors and
+   its runs.
+
+Every step commits as it goes and skips what an earlier attempt did, so an interrupted
+removal is finished by running it again. The golden records' versions, the link history
+and the outbox keep what happened; nothing of the removed source is read again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from store.models import Link, SourceRecord
+from store.models import Source as SourceRow
+from sync.pipeline import MAX_PATIENTS_PER_TRANSACTION, UnknownSourceError, apply_deletions
+from sync.records import STATUS_DELETED
+from sync.runner import lock_source
+from sync.sources import stop_running
+
+log = logging.getLogger(__name__)
+
+#: Records deleted from the golden records per transaction.
+REMOVE_BATCH = MAX_PATIENTS_PER_TRANSACTION
+#: Deleted source records erased per statement (their delete triggers run per row).
+ERASE_BATCH = 2_000
+
+
+@dataclass
+class RemovalResult:
+    """What :func:`remove_source` did."""
+
+    source_id: int
+    #: Live records deleted from the golden records, by resource type.
+    deleted: dict[str, int] = field(default_factory=dict)
+    #: Source records erased (every record of the source, deleted ones included).
+    erased: int = 0
+    #: The source row is gone: the removal is complete.
+    removed: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source_id": self.source_id,
+            "deleted": dict(self.deleted),
+            "erased": self.erased,
+            "removed": self.removed,
+        }
+
+
+@dataclass(frozen=True)
+class RemovalPlan:
+    """What removing a source will touch (for a confirmation prompt)."""
+
+    #: Live records by resource type.
+    records: dict[str, int]
+    #: Golden records an active Patient record of the source is linked to.
+    golden_records: int
+
+
+def removal_plan(session: Session, source_id: int) -> RemovalPlan:
+    live = SourceRecord.status != STATUS_DELETED
+    records = dict(
+        session.execute(
+            select(SourceRecord.resource_type, func.count())
+            .where(SourceRecord.source_id == source_id, live)
+            .group_by(SourceRecord.resource_type)
+        ).all()
+    )
+    goldens = session.scalar(
+        select(func.count(func.distinct(Link.golden_id)))
+        .join(SourceRecord, SourceRecord.id == Link.source_record_id)
+        .where(SourceRecord.source_id == source_id, live)
+    )
+    return RemovalPlan(records, goldens or 0)
+
+
+def _type_order(resource_type: str) -> tuple[int, str]:
+    """Encounters before Patients: an Encounter leaves while its golden record is still
+    the one its event names; Patients last."""
+    return ({"Encounter": 0, "Patient": 2}.get(resource_type, 1), resource_type)
+
+
+def remove_source(
+    session_factory: sessionmaker[Session],
+    source_id: int,
+    *,
+    batch: int = REMOVE_BATCH,
+    on_batch: Callable[[RemovalResult], None] | None = None,
+) -> RemovalResult:
+    """Take the source's records out of the golden records, then erase the source (see the
+    module docstring). Raises :class:`~sync.pipeline.UnknownSourceError` for an unknown
+    source."""
+    result = RemovalResult(source_id)
+    with session_factory() as session:
+        lock_source(session, source_id)
+        source = session.get(SourceRow, source_id)
+        if source is None:
+            raise UnknownSourceError(f"source {source_id} is not registered")
+        source.enabled = False
+        stop_running(session, source_id, "the source is being removed")
+        types = session.scalars(
+            select(SourceRecord.resource_type)
+            .where(SourceRecord.source_id == source_id, SourceRecord.status != STATUS_DELETED)
+            .group_by(SourceRecord.resource_type)
+        ).all()
+        session.commit()
+    log.info("source removal started", extra={"source_id": source_id})
+    for resource_type in sorted(types, key=_type_order):
+        while True:
+            with session_factory() as session:
+                lock_source(session, source_id)
+                ids = session.scalars(
+                    select(SourceRecord.resource_id)
+                    .where(
+                        SourceRecord.source_id == source_id,
+                        SourceRecord.resource_type == resource_type,
+                        SourceRecord.status != STATUS_DELETED,
+                    )
+                    .order_by(SourceRecord.id)
+                    .limit(batch)
+                ).all()
+                if not ids:
+                    break
+                done = apply_deletions(session, source_id, resource_type, ids)
+                session.commit()
+            result.deleted[resource_type] = result.deleted.get(resource_type, 0) + done
+            if on_batch is not None:
+                on_batch(result)
+    while True:
+        with session_factory() as session:
+            lock_source(session, source_id)
+            record_ids = session.scalars(
+                select(SourceRecord.id)
+                .where(SourceRecord.source_id == source_id)
+                .order_by(SourceRecord.id)
+                .limit(ERASE_BATCH)
+            ).all()
+            if not record_ids:
+                session.execute(delete(SourceRow).where(SourceRow.id == source_id))
+                session.commit()
+                break
+            session.execute(delete(SourceRecord).where(SourceRecord.id.in_(record_ids)))
+            session.commit()
+        result.erased += len(record_ids)
+        if on_batch is not None:
+            on_batch(result)
+    result.removed = True
+    log.info(
+        "source removed",
+        extra={"source_id": source_id, "count": sum(result.deleted.values())},
+    )
+    return result
