@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fhir.resources.R4B.patient import Patient
 from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
 
 from store import make_engine, make_session_factory, upgrade
 from store.db import stop_checkpointers
@@ -183,6 +184,24 @@ def sync_all(
     return timer
 
 
+def register_sources(sessions: sessionmaker[Session], data: Path) -> dict[str, int]:
+    """The three generated NDJSON folders as sources; their ids by name."""
+    with sessions() as session:
+        source_ids = {
+            name: SourceRepository(session)
+            .add(
+                name=name,
+                kind="ndjson",
+                base_url=str(data / name),
+                config={"page_size": PAGE_SIZE},
+            )
+            .id
+            for name in SOURCES
+        }
+        session.commit()
+    return source_ids
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--patients", type=int, default=DEFAULT_PATIENTS)
@@ -206,19 +225,7 @@ def main(argv: list[str] | None = None) -> None:
             engine = make_engine(url)
             sessions = make_session_factory(engine)
             context = TaskContext(engine=engine, session_factory=sessions)
-            with sessions() as session:
-                source_ids = {
-                    name: SourceRepository(session)
-                    .add(
-                        name=name,
-                        kind="ndjson",
-                        base_url=str(data / name),
-                        config={"page_size": PAGE_SIZE},
-                    )
-                    .id
-                    for name in SOURCES
-                }
-                session.commit()
+            source_ids = register_sources(sessions, data)
             started = time.perf_counter()
             first = sync_all(context, source_ids, full=False, label="first sync")
             first_s = time.perf_counter() - started

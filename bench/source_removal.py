@@ -30,15 +30,13 @@ from bench.ingest import (
     DEFAULT_PG_ADMIN_URL,
     DEFAULT_SEED,
     KIB_PER_MIB,
-    PAGE_SIZE,
-    SOURCES,
     database_url,
     generate_data,
+    register_sources,
     sync_all,
 )
 from store import make_engine, make_session_factory
 from store.db import stop_checkpointers
-from store.repositories import SourceRepository
 from sync import (
     SourceChange,
     TaskContext,
@@ -68,19 +66,7 @@ def main(argv: list[str] | None = None) -> None:
             engine = make_engine(url)
             sessions = make_session_factory(engine)
             context = TaskContext(engine=engine, session_factory=sessions)
-            with sessions() as session:
-                source_ids = {
-                    name: SourceRepository(session)
-                    .add(
-                        name=name,
-                        kind="ndjson",
-                        base_url=str(data / name),
-                        config={"page_size": PAGE_SIZE},
-                    )
-                    .id
-                    for name in SOURCES
-                }
-                session.commit()
+            source_ids = register_sources(sessions, data)
             sync_all(context, source_ids, full=False, label="sync")
             with sessions() as session:
                 update_source(session, source_ids["ehr-b"], SourceChange(trust_rank=99))
