@@ -239,6 +239,16 @@ class CursorTrail:
         return {"recent": list(self.recent), "anchor": self.anchor, "pages": self.pages}
 
 
+def running_run(session: Session, source_id: int) -> SyncRun | None:
+    """The source's run in progress, if any (the newest, should there be several)."""
+    return session.scalar(
+        select(SyncRun)
+        .where(SyncRun.source_id == source_id, SyncRun.status == RUN_RUNNING)
+        .order_by(SyncRun.id.desc())
+        .limit(1)
+    )
+
+
 def start_or_resume(session: Session, source_id: int, *, full: bool = False) -> tuple[SyncRun, str]:
     """Take over the source's running run with a new token, or start a new one (no commit).
 
@@ -248,12 +258,7 @@ def start_or_resume(session: Session, source_id: int, *, full: bool = False) -> 
     source = SourceRepository(session).get(source_id)
     if not source.enabled:
         raise SourceUnavailableError(f"source {source_id} is disabled")
-    run = session.scalar(
-        select(SyncRun)
-        .where(SyncRun.source_id == source_id, SyncRun.status == RUN_RUNNING)
-        .order_by(SyncRun.id.desc())
-        .limit(1)
-    )
+    run = running_run(session, source_id)
     token = uuid.uuid4().hex
     if run is None or full:
         if run is not None:

@@ -37,7 +37,7 @@ from connectors.config import HL7V2_KIND
 from mpi import MatchSettings, recompute_goldens
 from mpi.storage import PATIENT_CONFIRMED_FLAG
 from store import CursorRepository, SourceRepository
-from store.models import Link, SourceRecord, SyncRun
+from store.models import Link, SourceRecord
 from sync.hl7intake import Hl7v2ConfigError, listen_address, mapping_options
 from sync.intake import hash_intake_token
 from sync.records import STATUS_DELETED
@@ -45,9 +45,9 @@ from sync.runner import (
     INTAKE_TOKEN_KEY,
     PIPELINE_CONFIG_KEYS,
     RUN_FAILED,
-    RUN_RUNNING,
     finish_run,
     lock_source,
+    running_run,
 )
 from sync.scheduling import parse_schedule
 
@@ -168,12 +168,7 @@ class SourceUpdate:
 def stop_running(session: Session, source_id: int, reason: str) -> int | None:
     """Fail the source's running run with ``reason`` (its chain of chunks then stops at
     its next claim); the caller holds the source's lock. Returns the run's id."""
-    run = session.scalar(
-        select(SyncRun)
-        .where(SyncRun.source_id == source_id, SyncRun.status == RUN_RUNNING)
-        .order_by(SyncRun.id.desc())
-        .limit(1)
-    )
+    run = running_run(session, source_id)
     if run is None:
         return None
     finish_run(run, RUN_FAILED, reason=reason)
