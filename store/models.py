@@ -256,7 +256,11 @@ class FieldProvenance(Base):
     """Where each golden field's value came from, and by which survivorship rule."""
 
     __tablename__ = "field_provenance"
-    __table_args__ = (Index("ix_field_provenance_golden", "golden_id", "field"),)
+    __table_args__ = (
+        Index("ix_field_provenance_golden", "golden_id", "field"),
+        # A deleted record's trigger finds its rows (migration 0007).
+        Index("ix_field_provenance_record", "source_record_id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     # No foreign keys (migration 0002): written only with its golden record, from the
