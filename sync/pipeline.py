@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from connectors import Page
@@ -330,43 +330,48 @@ def apply_deletions(
     events: list[dict[str, object]] = []
     now = utcnow()
     for chunk in chunked(list(dict.fromkeys(resource_ids))):
-        records = session.scalars(
-            select(SourceRecord).where(
+        # One UPDATE ... RETURNING per chunk (objects the session holds follow it).
+        marked = session.execute(
+            update(SourceRecord)
+            .where(
                 SourceRecord.source_id == source_id,
                 SourceRecord.resource_type == resource_type,
                 SourceRecord.resource_id.in_(chunk),
                 SourceRecord.status != STATUS_DELETED,
             )
+            .values(status=STATUS_DELETED, updated_at=now)
+            .returning(SourceRecord.id, SourceRecord.resource_id)
         ).all()
-        for record in records:
-            record.status = STATUS_DELETED
-            record.updated_at = now
-            changed += 1
-        ids = [r.id for r in records]
-        if not ids:
+        if not marked:
             continue
+        changed += len(marked)
+        ids = [row[0] for row in marked]
         if resource_type == "Patient":
             goldens.update(
                 session.scalars(select(Link.golden_id).where(Link.source_record_id.in_(ids)))
             )
         elif resource_type == "Encounter":
-            for encounter in session.scalars(
-                select(Encounter).where(Encounter.source_record_id.in_(ids))
-            ):
-                events.append(
-                    outbox_row(
-                        EVENT_DELETED,
-                        encounter.id,
-                        golden_id=encounter.golden_id,
-                        source_id=source_id,
-                        resource_id=encounter.resource["id"] if encounter.resource else None,
-                    )
+            resource_id_of = dict(marked)
+            leaving = session.execute(
+                select(Encounter.id, Encounter.golden_id, Encounter.source_record_id).where(
+                    Encounter.source_record_id.in_(ids)
                 )
-                session.delete(encounter)
-    session.flush()
+            ).all()
+            events.extend(
+                outbox_row(
+                    EVENT_DELETED,
+                    encounter_id,
+                    now=now,
+                    golden_id=golden_id,
+                    source_id=source_id,
+                    resource_id=resource_id_of[record_id],
+                )
+                for encounter_id, golden_id, record_id in leaving
+            )
+            session.execute(delete(Encounter).where(Encounter.id.in_([row[0] for row in leaving])))
     recompute_goldens(session, goldens)
-    for event in events:
-        session.add(Outbox(**event))
+    if events:
+        session.execute(insert(Outbox), events)
     if changed:
         log.info(
             "records deleted",
