@@ -52,6 +52,7 @@ from mpi.operations import (
     unmerge_golden,
 )
 from mpi.resolve import Resolution, resolve_patients
+from mpi.review import WITHDRAWN, settle_review_items
 from mpi.settings import MatchSettings
 from mpi.storage import load_active_model, recompute_goldens, save_model
 from mpi.train import train_model
@@ -59,6 +60,7 @@ from mpi.train import train_model
 __all__ = [
     "COMPARISONS",
     "CROSSWALK_COLUMNS",
+    "WITHDRAWN",
     "BatchResult",
     "Comparison",
     "Evaluation",
@@ -94,6 +96,7 @@ __all__ = [
     "resolve_patients",
     "review_item_dict",
     "save_model",
+    "settle_review_items",
     "train_from_database",
     "train_model",
     "unlink_record",

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from fhir_mapping import SourcePatient
 from mpi.blocking import block_keys
-from mpi.decision import score_candidates
+from mpi.decision import DUPLICATE_GOLDEN, score_candidates
 from mpi.errors import InvalidOperation, RecordNotFound, ReviewItemNotFound
 from mpi.evaluate import Evaluation, evaluate_clusters
 from mpi.features import MatchFeatures, extract_features
@@ -28,6 +28,7 @@ from mpi.operations import (
     unlink_record,
 )
 from mpi.resolve import candidate_members
+from mpi.review import WITHDRAWN, settle_review_items
 from mpi.settings import MatchSettings
 from mpi.storage import features_of, linked_record_ids, load_active_model, save_model
 from mpi.train import train_model
@@ -175,8 +176,16 @@ def _decide_item(
         raise ReviewItemNotFound(item_id)
     if item.status != "open":
         raise InvalidOperation(f"review item {item_id} is already {item.status}")
+    # Decided against what its golden records are now: a merged one stands for its
+    # survivor; an item whose question has gone is withdrawn, not decided.
+    if settle_review_items(session, item_ids=[item_id]):
+        return {
+            "action": WITHDRAWN,
+            "golden_id": item.golden_id,
+            "reason": item.evidence.get(WITHDRAWN),
+        }
     result: dict[str, Any]
-    if item.kind == "duplicate-golden" and item.golden_id and item.other_golden_id:
+    if item.kind == DUPLICATE_GOLDEN and item.golden_id and item.other_golden_id:
         if decision == "match":
             merge_golden(
                 session, item.other_golden_id, item.golden_id, actor=actor, settings=settings
@@ -187,11 +196,17 @@ def _decide_item(
             result = {"action": "recorded", "golden_id": item.golden_id}
     elif item.source_record_id is not None and item.golden_id is not None:
         record = item.source_record_id
+        members = linked_record_ids(session, item.golden_id)
         if decision == "match":
             link_record(session, record, item.golden_id, actor=actor, settings=settings)
             result = {"action": "linked", "golden_id": item.golden_id}
+        elif record in members and len(members) > 1:
+            # A merge brought the record into the golden record since it was queued:
+            # "no-match" takes it out again, for good.
+            new_id = unlink_record(session, record, actor=actor, settings=settings)
+            result = {"action": "unlinked", "golden_id": new_id}
         else:
-            for other in linked_record_ids(session, item.golden_id)[:MAX_DECISION_PAIRS]:
+            for other in members[:MAX_DECISION_PAIRS]:
                 if other != record:
                     store_decision(session, record, other, "no-match", actor, note)
             result = {"action": "recorded", "golden_id": item.golden_id}

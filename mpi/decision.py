@@ -32,6 +32,9 @@ from mpi.guards import LOOKALIKE_REASONS, guard_reasons, supported_lookalikes
 from mpi.model import MatchModel, Score
 from mpi.settings import MatchSettings
 
+#: The kind of review item that asks whether two golden records are one person.
+DUPLICATE_GOLDEN = "duplicate-golden"
+
 AUTO_GRADES = frozenset({"certain", "probable"})
 #: Comparisons two different people can share by coincidence (namesakes).
 IDENTITY_COMPARISONS = frozenset({"given", "family", "birth_date", "gender"})
@@ -348,7 +351,7 @@ def decide(
         else:
             reviews.append(
                 ReviewSpec(
-                    "duplicate-golden",
+                    DUPLICATE_GOLDEN,
                     best.golden_id,
                     other.golden_id,
                     other.grade,

@@ -15,6 +15,7 @@ from sqlalchemy import and_, delete, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from mpi.errors import GoldenNotFound, InvalidOperation, RecordNotFound
+from mpi.review import settle_review_items
 from mpi.settings import MatchSettings
 from mpi.storage import (
     create_golden,
@@ -158,6 +159,7 @@ def link_record(
     else:  # the old golden record has no record left: it is replaced by the target
         write_golden(session, settings, old, status="merged", merged_into=golden_id)
         emit(session, "patient.merged", golden_id, merged=old)
+        settle_review_items(session, golden_ids=[old])
     updated = write_golden(session, settings, golden_id)
     emit(session, "patient.updated", golden_id, version=updated.version)
 
@@ -232,6 +234,7 @@ def merge_golden(
     write_golden(session, settings, loser_id, status="merged", merged_into=survivor_id)
     survivor = write_golden(session, settings, survivor_id)
     emit(session, "patient.merged", survivor_id, merged=loser_id, version=survivor.version)
+    settle_review_items(session, golden_ids=[loser_id])
     return survivor
 
 

@@ -67,6 +67,7 @@ from mpi.features import (
 )
 from mpi.model import MatchModel
 from mpi.reads import Reads, decode, decode_for_features
+from mpi.review import settle_review_items
 from mpi.settings import MatchSettings
 from mpi.storage import (
     GoldenPlan,
@@ -991,6 +992,8 @@ def _write(
         )
     bulk.insert("outbox", OUTBOX_COLUMNS, events, json_columns=OUTBOX_JSON)
     _repoint_encounters(session, bulk, state, writes, items)
+    if writes.merges:  # open items naming a loser now name its survivor
+        settle_review_items(session, golden_ids=[merge.loser for merge in writes.merges])
     out: list[Resolution] = []
     for position, resolution in enumerate(resolutions):
         golden = state.golden_now(resolution.source_record_id) or resolution.golden_id

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from connectors import Page
 from connectors.ndjson import parse_line
-from mpi import recompute_goldens
+from mpi import recompute_goldens, settle_review_items
 from store import CursorRepository
 from store.models import Encounter, Link, Outbox, Source, SourceRecord
 from store.types import utcnow
@@ -327,6 +327,7 @@ def apply_deletions(
     """
     changed = 0
     goldens: set[str] = set()
+    deleted_records: list[int] = []
     events: list[dict[str, object]] = []
     now = utcnow()
     for chunk in chunked(list(dict.fromkeys(resource_ids))):
@@ -346,6 +347,7 @@ def apply_deletions(
             continue
         changed += len(marked)
         ids = [row[0] for row in marked]
+        deleted_records.extend(ids)
         if resource_type == "Patient":
             goldens.update(
                 session.scalars(select(Link.golden_id).where(Link.source_record_id.in_(ids)))
@@ -370,6 +372,8 @@ def apply_deletions(
             )
             session.execute(delete(Encounter).where(Encounter.id.in_([row[0] for row in leaving])))
     recompute_goldens(session, goldens)
+    if resource_type == "Patient":  # review items of the records and of deleted goldens
+        settle_review_items(session, golden_ids=goldens, record_ids=deleted_records)
     if events:
         session.execute(insert(Outbox), events)
     if changed:
