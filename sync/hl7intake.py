@@ -57,7 +57,7 @@ from sync.encounters import attach_waiting, golden_ids_of_patients
 from sync.patients import PatientOptions
 from sync.pipeline import IngestResult, apply_deletions, ingest_page
 from sync.records import STATUS_QUARANTINED
-from sync.runner import SyncError, bound_patient_options, lock_source
+from sync.runner import SourceUnavailableError, SyncError, bound_patient_options, lock_source
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def receive_message(
         with session_factory() as session:
             source = session.get(SourceRow, source_id)
             if source is None or not source.enabled:
-                raise Hl7v2ConfigError("the source is gone or disabled")
+                raise SourceUnavailableError(f"source {source_id} is gone or disabled")
             options = bound_patient_options(source, default_region)
             lock_source(session, source_id)
             adt: AdtMessage | None = None
@@ -254,6 +254,14 @@ def receive_message(
                     result.code = ACK_ERROR
                     result.error = _quarantine_reason(session, source_id, adt)
             session.commit()
+    except SourceUnavailableError:
+        # Expected while a steward has the source disabled (or removed it): the sender
+        # keeps the message and sends it again, which is taken once the source is enabled.
+        log.warning("hl7v2 message not taken: source disabled", extra={"source_id": source_id})
+        result.code = ACK_REJECT
+        result.error = Hl7v2Error(
+            "MSH", "the receiving source is disabled; send it again later", code=ERR_APPLICATION
+        )
     except Exception as exc:
         log.exception(
             "hl7v2 message not taken", extra={"source_id": source_id, "reason": type(exc).__name__}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -33,7 +34,7 @@ from fhir_mapping.hl7v2 import (
 )
 from store import upgrade
 from store.models import Encounter, GoldenPatient, Link, SourceRecord
-from sync import hl7intake
+from sync import SourceChange, hl7intake, update_source
 from sync.hl7intake import Listener, listen_address, receive_message, start_listeners
 from tests.sync.helpers import add_source, events, records
 
@@ -369,6 +370,27 @@ def test_a_database_failure_rejects_and_keeps_nothing(
     assert result.code == "AR" and "MSA|AR|R1" in result.ack and "send it again" in result.ack
     with session_factory() as session:
         assert records(session, source_id) == []
+
+
+def test_a_disabled_source_rejects_without_a_traceback_and_takes_the_resend(
+    session_factory: sessionmaker[Session], source_id: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    with session_factory() as session:
+        update_source(session, source_id, SourceChange(enabled=False))
+        session.commit()
+    text = message("A04", pid(), control="D1")
+    with caplog.at_level(logging.WARNING, logger=hl7intake.__name__):
+        refused = receive(session_factory, source_id, text)
+    assert refused.code == "AR" and "MSA|AR|D1" in refused.ack and "disabled" in refused.ack
+    [entry] = [r for r in caplog.records if r.name == hl7intake.__name__]
+    assert entry.levelno == logging.WARNING and entry.exc_info is None
+    with session_factory() as session:
+        assert records(session, source_id) == []
+        update_source(session, source_id, SourceChange(enabled=True))
+        session.commit()
+    assert receive(session_factory, source_id, text).code == "AA"  # the sender's resend
+    with session_factory() as session:
+        assert len(records(session, source_id)) == 1
 
 
 @pytest.mark.parametrize(
