@@ -119,6 +119,8 @@ def recompute_golden(
     status = recomputed_status(golden.status, bool(members))
     golden = write_golden(session, settings, golden_id, status=status)
     emit(session, "patient.updated", golden_id, version=golden.version, status=golden.status)
+    if golden.status == "deleted":
+        settle_review_items(session, golden_ids=[golden_id])
     return golden
 
 

@@ -20,8 +20,11 @@ A record that a merge brought into the golden record it was queued against keeps
 item: the merge was the MPI's answer, and a steward's "no-match" still takes the record
 out again (:func:`mpi.admin.record_decision`).
 
-The writers call it for what they changed (deletions, merges, steward links), and a
-decision calls it for its item first, so that an item left behind by anything else is
+The writers call it for what they changed: every merge (automatic in
+:mod:`mpi.resolve`, a steward's in :mod:`mpi.operations`), a golden record recomputed to
+``deleted`` (:func:`mpi.recompute_goldens`, :func:`mpi.recompute_golden`) and a source's
+Patient deletions (:func:`sync.pipeline.apply_deletions`). A decision calls it for its
+item first, so that an item left behind by anything else is
 settled before it is decided, never decided against a golden record that is gone.
 """
 

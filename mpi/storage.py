@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from fhir_mapping import GoldenLink, SourcePatient, render_golden_patient, search_tokens
 from mpi.features import MatchFeatures, extract_features
 from mpi.model import MatchModel
+from mpi.review import settle_review_items
 from mpi.settings import MatchSettings
 from mpi.survivorship import MemberRecord, ProvenanceEntry, build_golden
 from store.bulk import BulkWriter, in_list, one_of, rows_in
@@ -521,6 +522,8 @@ def recompute_goldens(
     ]
     if events:
         session.execute(insert(Outbox), events)
+    deleted = [plan.golden_id for plan in plans if plan.status == "deleted"]
+    settle_review_items(session, golden_ids=deleted)  # their open items are withdrawn
     return versions
 
 

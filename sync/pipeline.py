@@ -372,8 +372,8 @@ def apply_deletions(
             )
             session.execute(delete(Encounter).where(Encounter.id.in_([row[0] for row in leaving])))
     recompute_goldens(session, goldens)
-    if resource_type == "Patient":  # review items of the records and of deleted goldens
-        settle_review_items(session, golden_ids=goldens, record_ids=deleted_records)
+    if resource_type == "Patient":  # the deleted records' open review items
+        settle_review_items(session, record_ids=deleted_records)
     if events:
         session.execute(insert(Outbox), events)
     if changed:
