@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from gateway import admin, health, intake
+from gateway import admin, health, intake, metrics
 from gateway.audit import AuditLog
 from gateway.auth.router import router as auth_router
 from gateway.auth.tokens import TokenService
@@ -53,9 +53,11 @@ def create_app(state: GatewayState) -> FastAPI:
     app.state.audit = audit
     app.state.reader = reader
     app.state.tokens = TokenService(state.secret_key, state.token_lifetime_s)
+    app.state.metrics = metrics.registry_for(state.session_factory)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=state.max_body_bytes)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(auth_router)
     app.include_router(metadata.router)
     app.include_router(patient.router)

@@ -1,0 +1,214 @@
+"""``GET /metrics``: the state of the sync, the MPI and the outbox for Prometheus.
+
+Every value is read from the database when the scraper asks (a collector, not counters
+kept in this process): the workers, beat, the MLLP listener and each API process write
+the same tables, so any one API process tells the whole deployment's state. Only counts,
+timestamps and source names: no patient data, so the route needs no token, like the
+health probes. The text is Prometheus' exposition format
+(https://prometheus.io/docs/instrumenting/exposition_formats/), rendered by
+``prometheus_client``.
+
+What an operator alerts on:
+
+- ``time() - askonce_sync_last_success_timestamp_seconds > 2 * schedule``: a source
+  stopped syncing (and ``askonce_sync_last_run_failed``: its last run failed);
+- ``askonce_source_records{status="quarantined"}`` rising: a source sends what does not
+  validate;
+- ``askonce_outbox_oldest_undelivered_age_seconds``: consumers are not being told;
+- ``askonce_review_items_open``: the stewards' queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from store.models import GoldenPatient, Outbox, ReviewItem, Source, SourceRecord, SyncRun
+from store.types import utcnow
+from sync.runner import RUN_FAILED, RUN_OK, RUN_RUNNING
+
+router = APIRouter(tags=["health"])
+
+#: The OpenMetrics media type a scraper may ask for instead of the text format.
+OPENMETRICS = "application/openmetrics-text"
+
+
+def _seconds(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def read_metrics(session: Session, now: datetime | None = None) -> list[Metric]:
+    """The metric families, read in one session (see the module docstring)."""
+    now = now or utcnow()
+    sources = session.execute(
+        select(Source.id, Source.name, Source.kind, Source.enabled).order_by(Source.name)
+    ).all()
+    names = {source_id: name for source_id, name, _kind, _enabled in sources}
+    families: list[Metric] = []
+
+    enabled = GaugeMetricFamily(
+        "askonce_source_enabled", "1 while the source is enabled.", labels=["source", "kind"]
+    )
+    for _id, name, kind, is_enabled in sources:
+        enabled.add_metric([name, kind], 1.0 if is_enabled else 0.0)
+    families.append(enabled)
+
+    records = GaugeMetricFamily(
+        "askonce_source_records",
+        "Source records by source, resource type and status (active, quarantined, pending, "
+        "deleted).",
+        labels=["source", "resource_type", "status"],
+    )
+    for source_id, resource_type, status, count in session.execute(
+        select(
+            SourceRecord.source_id, SourceRecord.resource_type, SourceRecord.status, func.count()
+        ).group_by(SourceRecord.source_id, SourceRecord.resource_type, SourceRecord.status)
+    ):
+        if source_id in names:
+            records.add_metric([names[source_id], resource_type, status], count)
+    families.append(records)
+
+    families.extend(_run_families(session, names))
+
+    goldens = GaugeMetricFamily(
+        "askonce_golden_records", "Golden records by status.", labels=["status"]
+    )
+    for status, count in session.execute(
+        select(GoldenPatient.status, func.count()).group_by(GoldenPatient.status)
+    ):
+        goldens.add_metric([status], count)
+    families.append(goldens)
+
+    review = GaugeMetricFamily(
+        "askonce_review_items_open", "Open review items by kind.", labels=["kind"]
+    )
+    for kind, count in session.execute(
+        select(ReviewItem.kind, func.count())
+        .where(ReviewItem.status == "open")
+        .group_by(ReviewItem.kind)
+    ):
+        review.add_metric([kind], count)
+    families.append(review)
+
+    undelivered = Outbox.delivered_at.is_(None)  # the partial index ix_outbox_undelivered
+    pending = session.scalar(select(func.count()).select_from(Outbox).where(undelivered))
+    oldest = session.scalar(
+        select(Outbox.created_at).where(undelivered).order_by(Outbox.id).limit(1)
+    )
+    families.append(
+        GaugeMetricFamily(
+            "askonce_outbox_undelivered", "Change events not delivered yet.", value=pending or 0
+        )
+    )
+    oldest_s = _seconds(oldest)
+    families.append(
+        GaugeMetricFamily(
+            "askonce_outbox_oldest_undelivered_age_seconds",
+            "Age of the oldest undelivered change event (0 when none).",
+            value=max(0.0, now.timestamp() - oldest_s) if oldest_s is not None else 0.0,
+        )
+    )
+    return families
+
+
+def _run_families(session: Session, names: dict[int, str]) -> Iterator[Metric]:
+    """Each source's latest run, its last successful one, and whether one is running."""
+    labels = ["source"]
+    running = GaugeMetricFamily(
+        "askonce_sync_running", "1 while a run of the source is in progress.", labels=labels
+    )
+    started = GaugeMetricFamily(
+        "askonce_sync_last_run_start_timestamp_seconds",
+        "When the source's latest run started (Unix time).",
+        labels=labels,
+    )
+    failed = GaugeMetricFamily(
+        "askonce_sync_last_run_failed", "1 when the source's latest run failed.", labels=labels
+    )
+    resources = GaugeMetricFamily(
+        "askonce_sync_last_run_resources",
+        "Resources the source's latest run read.",
+        labels=labels,
+    )
+    quarantined = GaugeMetricFamily(
+        "askonce_sync_last_run_quarantined",
+        "Resources the source's latest run quarantined.",
+        labels=labels,
+    )
+    errors = GaugeMetricFamily(
+        "askonce_sync_last_run_errors", "Errors of the source's latest run.", labels=labels
+    )
+    success = GaugeMetricFamily(
+        "askonce_sync_last_success_timestamp_seconds",
+        "When the source's latest successful run finished (Unix time).",
+        labels=labels,
+    )
+    latest_ids = select(func.max(SyncRun.id)).group_by(SyncRun.source_id).scalar_subquery()
+    latest = {
+        run.source_id: run
+        for run in session.scalars(select(SyncRun).where(SyncRun.id.in_(latest_ids)))
+    }
+    in_progress = set(
+        session.scalars(select(SyncRun.source_id).where(SyncRun.status == RUN_RUNNING).distinct())
+    )
+    for source_id, name in sorted(names.items(), key=lambda item: item[1]):
+        running.add_metric([name], 1.0 if source_id in in_progress else 0.0)
+        run = latest.get(source_id)
+        if run is None:
+            continue
+        started_s = _seconds(run.started_at)
+        if started_s is not None:
+            started.add_metric([name], started_s)
+        failed.add_metric([name], 1.0 if run.status == RUN_FAILED else 0.0)
+        resources.add_metric([name], run.resources)
+        quarantined.add_metric([name], run.quarantined)
+        errors.add_metric([name], run.errors)
+    for source_id, finished in session.execute(
+        select(SyncRun.source_id, func.max(SyncRun.finished_at))
+        .where(SyncRun.status == RUN_OK)
+        .group_by(SyncRun.source_id)
+    ):
+        finished_s = _seconds(finished)
+        if source_id in names and finished_s is not None:
+            success.add_metric([names[source_id]], finished_s)
+    yield from (running, started, failed, resources, quarantined, errors, success)
+
+
+class StoreCollector(Collector):
+    """Reads :func:`read_metrics` from the database at each scrape."""
+
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self._session_factory = session_factory
+
+    def collect(self) -> Iterator[Metric]:
+        with self._session_factory() as session:
+            yield from read_metrics(session)
+
+
+def registry_for(session_factory: sessionmaker[Session]) -> CollectorRegistry:
+    """A registry of its own per app (the process-wide default one would collect the
+    first app's database for every app of a test run)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(session_factory))
+    return registry
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics: sources, sync runs, records, golden records, review, outbox",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}, OPENMETRICS: {}}}},
+)
+def metrics(request: Request) -> Response:
+    """Prometheus' text format, or OpenMetrics when the scraper's ``Accept`` asks for it."""
+    registry: CollectorRegistry = request.app.state.metrics
+    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encoder(registry), headers={"Content-Type": content_type})
