@@ -122,7 +122,7 @@ def serve(
         int | None, typer.Option(min=1, help="Server processes (default ASKONCE_SERVE_WORKERS).")
     ] = None,
 ) -> None:
-    """Serve the FHIR API, the admin API and the health probes."""
+    """Serve the FHIR API, the admin API, the health probes and the metrics."""
     settings = _settings()
     _serve(settings, host, port, workers or settings.serve_workers)
 
@@ -131,7 +131,7 @@ def serve(
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
 ) -> None:
-    """Run a Celery worker that consumes sync and delivery tasks from Redis."""
+    """Run a Celery worker that consumes the sync tasks from Redis."""
     settings = _settings()
     if settings.embedded:
         console.print(

@@ -56,7 +56,8 @@ def print_demo_access(console: Console, credentials: Credentials, base_url: str)
       'import json,sys; print(json.load(sys.stdin)["access_token"])')
   curl -s -H "Authorization: Bearer $TOKEN" "{base_url}/fhir/Patient?_count=5"
   curl -s -H "Authorization: Bearer $TOKEN" "{base_url}/admin/review"
-  OpenAPI: {base_url}/docs   CapabilityStatement: {base_url}/fhir/metadata"""
+  OpenAPI: {base_url}/docs   CapabilityStatement: {base_url}/fhir/metadata
+  Prometheus metrics: {base_url}/metrics"""
     )
 
 
