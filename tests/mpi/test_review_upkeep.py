@@ -64,6 +64,26 @@ def _source_id(session: Session, name: str) -> int:
     return source_id
 
 
+def _queue(
+    session: Session, kind: str, record_id: int, goldens: list[str], other: str
+) -> list[ReviewItem]:
+    """Open items of ``kind`` on ``record_id``, one per golden record of ``goldens``."""
+    items = [
+        ReviewItem(
+            kind=kind,
+            source_record_id=record_id,
+            golden_id=golden,
+            other_golden_id=other,
+            reason="queued by the test",
+            evidence={},
+        )
+        for golden in goldens
+    ]
+    session.add_all(items)
+    session.flush()
+    return items
+
+
 def test_a_steward_merge_moves_the_item_to_the_survivor(session: Session) -> None:
     jen, becky, item = _twins(session)
     [maria] = _ingest(session, "ehr-c", fhir_patient("c1", **OTHER_PERSON))
@@ -138,16 +158,7 @@ def test_no_match_takes_out_a_record_a_merge_brought_in(session: Session) -> Non
 def test_a_duplicate_pair_merged_by_a_steward_is_withdrawn(session: Session) -> None:
     [rob] = _ingest(session, "ehr-a", fhir_patient("a1"))
     [maria] = _ingest(session, "ehr-b", fhir_patient("b1", **OTHER_PERSON))
-    pair = ReviewItem(
-        kind="duplicate-golden",
-        source_record_id=_record_id(session, "a1"),
-        golden_id=rob,
-        other_golden_id=maria,
-        reason="possible-duplicate-golden",
-        evidence={},
-    )
-    session.add(pair)
-    session.flush()
+    [pair] = _queue(session, "duplicate-golden", _record_id(session, "a1"), [rob], maria)
     merge_golden(session, maria, rob, actor="steward")
     session.commit()
     session.refresh(pair)
@@ -166,19 +177,7 @@ def test_an_automatic_merge_moves_the_items_of_the_loser(session: Session) -> No
     first = [r.golden_id for r in resolve_patients(session, [phone_only, email_only])]
     assert first[0] != first[1]
     [maria] = _ingest(session, "c", fhir_patient("c1", **OTHER_PERSON))
-    items = [
-        ReviewItem(
-            kind="possible-match",
-            source_record_id=_record_id(session, "c1"),
-            golden_id=golden,
-            other_golden_id=maria,
-            reason="test",
-            evidence={},
-        )
-        for golden in first
-    ]
-    session.add_all(items)
-    session.flush()
+    items = _queue(session, "possible-match", _record_id(session, "c1"), first, maria)
     # Rob with both his phone and his email bridges the two golden records.
     [survivor] = _ingest(session, "d", fhir_patient("d1", email="rob@example.com"))
     session.commit()

@@ -29,3 +29,12 @@ def wal_writer(path: str | Path) -> sqlite3.Connection:
     writer.execute("PRAGMA journal_mode=WAL")
     writer.execute("PRAGMA wal_autocheckpoint=0")
     return writer
+
+
+#: Source 1 as plain SQL, for migration tests whose models describe the head schema
+#: (the columns every migration since 0001 has).
+SOURCE_ROW_SQL = (
+    "INSERT INTO source (id, name, kind, base_url, auth, resource_types, trust_rank, config,"
+    " enabled, created_at, updated_at) VALUES (1, 'ehr', 'ndjson', '/x', '{\"kind\": \"none\"}',"
+    " '[\"Patient\"]', 50, '{}', true, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+)

@@ -23,13 +23,12 @@ from store.models import (
     SourceRecord,
 )
 from tests.conftest import create_pg_database, drop_pg_database
+from tests.store.conftest import SOURCE_ROW_SQL
 
 #: Rows of an 0002 database that reference ``source_record`` (inserted by plain SQL: the
 #: models describe the head schema).
 _SEED = (
-    "INSERT INTO source (id, name, kind, base_url, auth, resource_types, trust_rank, config,"
-    " enabled, created_at, updated_at) VALUES (1, 'one', 'ndjson', '/x', '{}', '[]', 50,"
-    " '{}', true, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    SOURCE_ROW_SQL,
     "INSERT INTO source_record (id, source_id, resource_type, resource_id, status,"
     " received_at, updated_at) VALUES (10, 1, 'Patient', 'p1', 'active', CURRENT_TIMESTAMP,"
     " CURRENT_TIMESTAMP), (11, 1, 'Patient', 'p2', 'active', CURRENT_TIMESTAMP,"

@@ -7,6 +7,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, inspect, text
 
 from store import downgrade, make_engine, upgrade
+from tests.store.conftest import SOURCE_ROW_SQL
 
 
 def _columns(engine: Engine) -> list[str]:
@@ -23,14 +24,7 @@ def _line_index(engine: Engine) -> list[str]:
 
 def _insert(engine: Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO source (id, name, kind, base_url, auth, resource_types, trust_rank,"
-                " config, enabled, created_at, updated_at) VALUES (1, 'ehr', 'ndjson', '/x',"
-                " '{\"kind\": \"none\"}', '[\"Patient\"]', 50, '{}', true, '2026-01-01',"
-                " '2026-01-01')"
-            )
-        )
+        conn.execute(text(SOURCE_ROW_SQL))
         for rid in ("p1", "p2"):
             conn.execute(
                 text(

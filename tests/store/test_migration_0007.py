@@ -7,6 +7,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, inspect, text
 
 from store import downgrade, make_engine, upgrade
+from tests.store.conftest import SOURCE_ROW_SQL
 
 INDEX = "ix_field_provenance_record"
 
@@ -17,14 +18,7 @@ def _indexes(engine: Engine) -> set[str]:
 
 def _insert(engine: Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO source (id, name, kind, base_url, auth, resource_types, trust_rank,"
-                " config, enabled, created_at, updated_at) VALUES (1, 'ehr', 'ndjson', '/x',"
-                " '{\"kind\": \"none\"}', '[\"Patient\"]', 50, '{}', true, '2026-01-01',"
-                " '2026-01-01')"
-            )
-        )
+        conn.execute(text(SOURCE_ROW_SQL))
         for record_id in (1, 2):
             conn.execute(
                 text(
