@@ -90,7 +90,7 @@ def settle_review_items(
         if reason is not None:
             item.status, item.resolution, item.resolved_by = "resolved", WITHDRAWN, SYSTEM_ACTOR
             item.resolved_at = now
-            item.evidence = {**(item.evidence or {}), "withdrawn": reason}
+            item.evidence = {**(item.evidence or {}), WITHDRAWN: reason}
             withdrawn += 1
     session.flush()
     return withdrawn
@@ -181,7 +181,8 @@ def _settle(
         status, now = goldens[named]
         if now is None or status == "deleted":
             if pair or attribute == "golden_id":
-                return f"golden record {named} was deleted: no active source record is left in it"
+                gone = now or named
+                return f"golden record {gone} was deleted: no active source record is left in it"
             continue
         if now != named:
             setattr(item, attribute, now)
