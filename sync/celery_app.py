@@ -62,4 +62,9 @@ def create_celery(broker_url: str | None, *, queue: str = DEFAULT_QUEUE) -> Cele
             task_store_eager_result=True,
             **common,
         )
+    # The process's default app, not only the current app of the thread that made it:
+    # a task sent from another thread (a request's background task in the API's thread
+    # pool: the push intake's catch-up, a source's removal) otherwise went to Celery's
+    # own default app, which knows no broker but amqp://localhost and is never eager.
+    app.set_default()
     return app
