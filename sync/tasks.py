@@ -11,8 +11,9 @@ from typing import Any
 from celery import current_app, shared_task
 
 from connectors import TransientError
-from sync import runner, scheduling, system
+from sync import retire, runner, scheduling, system
 from sync.context import current_task_context
+from sync.pipeline import UnknownSourceError
 
 #: Retries of a chunk that hit a TransientError: exponential backoff with jitter, capped.
 RUN_SOURCE_MAX_RETRIES = 8
@@ -61,3 +62,14 @@ def schedule_due() -> list[int]:
 
 def _trigger(source_id: int) -> None:
     run_source.apply_async(kwargs={"source_id": source_id})
+
+
+# acks_late is safe: a removal skips what an earlier attempt did, so a redelivered task
+# (its worker died) finishes the removal.
+@shared_task(name="askonce.sync.remove_source", acks_late=True)
+def remove_source(source_id: int) -> dict[str, Any]:
+    """Take a source's records out of the golden records, then erase the source."""
+    try:
+        return retire.remove_source(current_task_context().session_factory, source_id).as_dict()
+    except UnknownSourceError:  # an earlier delivery finished it
+        return retire.RemovalResult(source_id, removed=True).as_dict()

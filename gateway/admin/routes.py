@@ -7,10 +7,10 @@ audited like FHIR reads.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Path, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -42,11 +42,13 @@ from mpi import (
 )
 from store import NotFoundError
 from store.models import Consumer, GoldenPatient
+from store.models import Source as SourceRow
 from sync import (
     ReprocessError,
     SourceChange,
     SourceSettingsError,
     refresh_goldens,
+    removal_plan,
     reprocess_quarantined,
     update_source,
 )
@@ -61,6 +63,7 @@ AfterId = Annotated[
     int, Query(ge=0, le=MAX_BIGINT, description="Keyset: return rows with a larger id")
 ]
 SourceId = Annotated[int | None, Query(ge=1, le=MAX_INT)]
+HTTP_ACCEPTED = 202
 
 
 @router.get("/sources", summary="Connected sources, their cursors and latest run")
@@ -114,6 +117,71 @@ def patch_source(
         # Every golden record the source feeds is rendered again, after the response.
         background.add_task(refresh_goldens, state.session_factory, source_id)
     return update.as_dict()
+
+
+Removal = Callable[[int], None]
+
+
+def queue_removal(source_id: int) -> None:
+    """Remove the source through the task queue (a worker in services mode, where a
+    redelivered task finishes an interrupted removal; in-process when embedded)."""
+    from sync.tasks import remove_source
+
+    remove_source.apply_async(kwargs={"source_id": source_id})
+
+
+def removal_trigger() -> Removal:
+    """The dependency that starts a removal; tests override it."""
+    return queue_removal
+
+
+@router.delete(
+    "/sources/{source_id}",
+    status_code=HTTP_ACCEPTED,
+    summary="Remove a source: its records leave the golden records, then it is erased",
+)
+def delete_source(
+    source_id: Annotated[int, Path(ge=1, le=MAX_INT)],
+    request: Request,
+    session: SessionDep,
+    principal: AdminPrincipal,
+    audit: AuditDep,
+    background: BackgroundTasks,
+    trigger: Annotated[Removal, Depends(removal_trigger)],
+    confirm: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            description="The source's name, repeated: nothing is removed by an id alone",
+        ),
+    ] = None,
+) -> dict[str, Any]:
+    """The source is disabled (its running sync stopped) before the answer; the removal
+    itself (:func:`sync.remove_source`) runs after it. ``GET /admin/sources`` lists the
+    source, disabled, until it is gone; repeating the request finishes a removal that
+    was interrupted."""
+    source = session.get(SourceRow, source_id)
+    if source is None:
+        raise OutcomeError(not_found(f"No source with id {source_id}."))
+    if confirm != source.name:
+        raise OutcomeError(
+            bad_request(
+                f"Removing a source erases its records: repeat its name, ?confirm={source.name}.",
+                "confirm",
+            )
+        )
+    with audited(audit, principal, "admin-source-remove", request, "Source", str(source_id)):
+        update_source(session, source_id, SourceChange(enabled=False))
+        plan = removal_plan(session, source_id)
+        session.commit()
+    background.add_task(trigger, source_id)
+    return {
+        "source_id": source_id,
+        "name": source.name,
+        "status": "removing",
+        "records": plan.records,
+        "golden_records": plan.golden_records,
+    }
 
 
 @router.get("/runs", summary="Sync runs, newest first")

@@ -1,5 +1,6 @@
-"""``PATCH /admin/sources/{id}``: pause, resume, reschedule and re-rank a source (the work
-itself: tests/sync/test_source_lifecycle.py)."""
+"""``PATCH /admin/sources/{id}``: pause, resume, reschedule and re-rank a source;
+``DELETE /admin/sources/{id}``: remove it (the work itself:
+tests/sync/test_source_lifecycle.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from askonce.runtime import build_runtime
+from askonce.settings import Settings
+from gateway.admin.routes import removal_trigger
 from store.models import Audit, GoldenPatient
 from store.models import Source as SourceRow
+from sync import remove_source
 from tests.sync.helpers import add_source
 from tests.sync.test_source_lifecycle import golden_of, lines, two_sources
 
@@ -68,3 +73,69 @@ def test_a_new_rank_through_the_api_renders_the_golden_records_again(
     with session_factory() as session:
         golden: GoldenPatient = golden_of(session, b, "r9")
         assert lines(golden) == ["9 Elm St", "12 Harbor Way"]
+
+
+def test_delete_removes_a_source_after_the_answer_and_asks_for_its_name(
+    client: TestClient,
+    auth_for: Callable[..., dict[str, str]],
+    session_factory: sessionmaker[Session],
+) -> None:
+    a, b = two_sources(session_factory)
+    started: list[int] = []
+
+    def remove_now(source_id: int) -> None:
+        started.append(source_id)
+        remove_source(session_factory, source_id)
+
+    client.app.dependency_overrides[removal_trigger] = lambda: remove_now  # type: ignore[attr-defined]
+    admin = auth_for("askonce.admin", client_id="operator")
+    path = f"/admin/sources/{a}"
+    assert (
+        client.delete(f"{path}?confirm=a", headers=auth_for("system/Patient.rs")).status_code == 403
+    )
+    for bad_path, status in (
+        (path, 400),  # no name
+        (f"{path}?confirm=b", 400),  # another source's name
+        (f"/admin/sources/{b + 100}?confirm=a", 404),
+        ("/admin/sources/0?confirm=a", 400),
+    ):
+        refused = client.delete(bad_path, headers=admin)
+        assert refused.status_code == status, (bad_path, refused.text)
+        assert refused.json()["resourceType"] == "OperationOutcome"
+    assert started == []
+    with session_factory() as session:
+        rosalind_id = golden_of(session, b, "r9").id
+    reply = client.delete(f"{path}?confirm=a", headers=admin)
+    assert reply.status_code == 202, reply.text
+    assert reply.json() == {
+        "source_id": a,
+        "name": "a",
+        "status": "removing",
+        "records": {"Patient": 2, "Encounter": 2},
+        "golden_records": 2,
+    }
+    assert started == [a]  # after the answer (the test client waits for it)
+    with session_factory() as session:
+        assert session.get(SourceRow, a) is None
+        rosalind = session.get(GoldenPatient, rosalind_id)
+        assert rosalind is not None and lines(rosalind) == ["9 Elm St"]
+    assert [s["name"] for s in client.get("/admin/sources", headers=admin).json()] == ["b"]
+    assert client.delete(f"{path}?confirm=a", headers=admin).status_code == 404
+    client.app.state.audit.flush()  # type: ignore[attr-defined]
+    with session_factory() as session:
+        actions = session.scalars(select(Audit.action).where(Audit.principal == "operator"))
+        assert "admin-source-remove" in set(actions)
+
+
+def test_delete_runs_the_removal_task_in_the_embedded_runtime(db_url: str) -> None:
+    runtime = build_runtime(Settings(database_url=db_url, secret_key="s" * 40))
+    a, _b = two_sources(runtime.session_factory)
+    with TestClient(runtime.create_app()) as client:
+        tokens = client.app.state.tokens  # type: ignore[attr-defined]
+        token = tokens.issue("operator", ["askonce.admin"])
+        reply = client.delete(
+            f"/admin/sources/{a}?confirm=a", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert reply.status_code == 202, reply.text
+    with runtime.session_factory() as session:
+        assert session.get(SourceRow, a) is None
