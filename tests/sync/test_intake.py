@@ -10,9 +10,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from askonce.runtime import build_runtime
+from askonce.settings import Settings
 from gateway import GatewayState, create_app
 from gateway.intake import catch_up_trigger
-from store.models import Encounter
+from store.models import Encounter, SyncRun
 from sync.intake import hash_intake_token, parse_notification
 from tests.sync.helpers import add_source, encounter, patient, records, write_ndjson
 
@@ -211,3 +213,30 @@ def test_parse_notification_reads_both_dialects() -> None:
             [("Patient", "x")],
         )
         assert note.subscription == SUBSCRIPTION
+
+
+def test_a_gap_syncs_the_source_through_the_runtimes_task_queue(db_url: str, tmp_path: Any) -> None:
+    """The real catch-up trigger, in an embedded runtime: the task is sent from the API's
+    thread pool (a background task) and runs in-process, reading what was missed."""
+    runtime = build_runtime(Settings(database_url=db_url, secret_key="s" * 40))
+    folder = tmp_path / "ehr"
+    write_ndjson(folder, "Patient", [patient("p-missed", "Missed"), patient("p2", "Second")])
+    source_id = add_source(
+        runtime.session_factory,
+        name="ehr-push",
+        base_url=str(folder),
+        config={"intake_token_sha256": hash_intake_token(TOKEN)},
+    )
+    with TestClient(runtime.create_app()) as client:
+        client.post("/intake/ehr-push", json=backport_bundle("handshake", since=0), headers=AUTH)
+        gap = backport_bundle(
+            "event-notification",
+            since=3,
+            events=[(3, "Patient/p2")],
+            resources=[patient("p2", "Second")],
+        )
+        assert client.post("/intake/ehr-push", json=gap, headers=AUTH).status_code == 200
+    with runtime.session_factory() as session:
+        assert [r.resource_id for r in records(session, source_id)] == ["p-missed", "p2"]
+        run = session.scalars(select(SyncRun).where(SyncRun.source_id == source_id)).one()
+        assert run.status == "ok"
