@@ -247,7 +247,7 @@ def sources_list() -> None:
                 source.kind,
                 source.base_url,
                 source.schedule or "-",
-                "yes" if source.enabled else "no",
+                "removing" if source.removing_since else "yes" if source.enabled else "no",
                 run.started_at.isoformat(timespec="seconds") if run else "never",
                 run.status if run else "-",
             )

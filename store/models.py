@@ -65,6 +65,8 @@ class Source(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    #: When its removal began (``sync.remove_source``); it stays disabled until it is gone.
+    removing_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class SourceRecord(Base):

@@ -20,6 +20,7 @@ Errors::
     ValueError
      ├── InvalidScheduleError       a source schedule that is neither interval nor cron
      ├── SourceSettingsError        a source setting that cannot be stored
+     │   └── SourceRemovingError    the source is being removed: nothing changes it
      └── ReprocessError             reprocessing asked for a type that is not synced
 
 Connector errors (:class:`connectors.TransientError`, :class:`connectors.PermanentError`)
@@ -34,7 +35,7 @@ from sync.patients import PatientOptions
 from sync.pipeline import IngestResult, apply_deletions, ingest_page
 from sync.records import content_hash
 from sync.reprocess import ReprocessError, ReprocessResult, reprocess_quarantined
-from sync.retire import RemovalResult, removal_plan, remove_source
+from sync.retire import RemovalResult, begin_removal, removal_plan, remove_source
 from sync.runner import (
     ChunkResult,
     SourceUnavailableError,
@@ -48,6 +49,7 @@ from sync.runner import (
 from sync.scheduling import InvalidScheduleError, due_sources, parse_schedule
 from sync.sources import (
     SourceChange,
+    SourceRemovingError,
     SourceSettingsError,
     SourceUpdate,
     checked_settings,
@@ -65,6 +67,7 @@ __all__ = [
     "ReprocessError",
     "ReprocessResult",
     "SourceChange",
+    "SourceRemovingError",
     "SourceSettingsError",
     "SourceUnavailableError",
     "SourceUpdate",
@@ -72,6 +75,7 @@ __all__ = [
     "TaskContext",
     "apply_deletions",
     "beat_schedule",
+    "begin_removal",
     "bind_task_context",
     "checked_settings",
     "content_hash",

@@ -6,8 +6,9 @@ leave every golden record it fed as it was, with values, identifiers and encount
 a system that is gone, and tell no consumer. :func:`remove_source` does it in the order
 that keeps the golden records right at every commit:
 
-1. the source is disabled and its running run stopped (no sync, push or MLLP message
-   of it is taken from then on);
+1. the source is disabled, its running run stopped and ``source.removing_since`` set
+   (:func:`begin_removal`): no sync, push or MLLP message of it is taken from then on,
+   and nothing enables or changes it again;
 2. its live records are deleted exactly as a source's own deletion would do it
    (:func:`sync.pipeline.apply_deletions`): Encounters first, each leaving with an
    ``encounter.deleted`` event, then Patients, whose golden records are rebuilt from
@@ -35,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from store.models import Link, SourceRecord
 from store.models import Source as SourceRow
+from store.types import utcnow
 from sync.pipeline import MAX_PATIENTS_PER_TRANSACTION, UnknownSourceError, apply_deletions
 from sync.records import STATUS_DELETED
 from sync.runner import lock_source
@@ -102,6 +104,22 @@ def _type_order(resource_type: str) -> tuple[int, str]:
     return ({"Encounter": 0, "Patient": 2}.get(resource_type, 1), resource_type)
 
 
+def begin_removal(session: Session, source_id: int) -> SourceRow:
+    """Step 1, under the source's writer lock (no commit): the source is disabled, its
+    running run stopped and ``removing_since`` set (kept from an earlier attempt), after
+    which :func:`sync.update_source` refuses to change it. Raises
+    :class:`~sync.pipeline.UnknownSourceError` for an unknown source."""
+    lock_source(session, source_id)
+    source = session.get(SourceRow, source_id)
+    if source is None:
+        raise UnknownSourceError(f"source {source_id} is not registered")
+    source.enabled = False
+    if source.removing_since is None:
+        source.removing_since = utcnow()
+    stop_running(session, source_id, "the source is being removed")
+    return source
+
+
 def remove_source(
     session_factory: sessionmaker[Session],
     source_id: int,
@@ -114,12 +132,7 @@ def remove_source(
     source."""
     result = RemovalResult(source_id)
     with session_factory() as session:
-        lock_source(session, source_id)
-        source = session.get(SourceRow, source_id)
-        if source is None:
-            raise UnknownSourceError(f"source {source_id} is not registered")
-        source.enabled = False
-        stop_running(session, source_id, "the source is being removed")
+        begin_removal(session, source_id)
         types = session.scalars(
             select(SourceRecord.resource_type)
             .where(SourceRecord.source_id == source_id, SourceRecord.status != STATUS_DELETED)

@@ -63,6 +63,10 @@ class SourceSettingsError(ValueError):
     """A source setting that cannot be stored (the message says which and why)."""
 
 
+class SourceRemovingError(SourceSettingsError):
+    """The source is being removed: nothing changes it until the removal is finished."""
+
+
 @dataclass(frozen=True)
 class SourceSettings:
     """What a source is registered with, validated (see :func:`checked_settings`)."""
@@ -177,9 +181,16 @@ def stop_running(session: Session, source_id: int, reason: str) -> int | None:
 
 def update_source(session: Session, source_id: int, change: SourceChange) -> SourceUpdate:
     """Apply ``change`` to the source (no commit); raise :class:`SourceSettingsError` for a
-    setting that cannot be stored, :class:`store.NotFoundError` for an unknown source."""
+    setting that cannot be stored (:class:`SourceRemovingError` for a source whose removal
+    began), :class:`store.NotFoundError` for an unknown source."""
     lock_source(session, source_id)
     source = SourceRepository(session).get(source_id)
+    if source.removing_since is not None:
+        since = source.removing_since.isoformat(timespec="seconds")
+        raise SourceRemovingError(
+            f"source {source.name!r} is being removed (since {since}): "
+            "run the removal again to finish it"
+        )
     config = dict(source.config or {})
     for key in change.unset_options:
         stored_key = INTAKE_TOKEN_KEY if key == INTAKE_TOKEN_OPTION else key

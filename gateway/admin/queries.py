@@ -70,6 +70,7 @@ def list_sources(session: Session) -> list[dict[str, Any]]:
                 "schedule": source.schedule,
                 "trust_rank": source.trust_rank,
                 "enabled": source.enabled,
+                "removing_since": _iso(source.removing_since),
                 "auth_kind": (source.auth or {}).get("kind"),
                 "cursors": {c.resource_type: _iso(c.updated_at) for c in cursors},
                 "latest_run": run_json(latest) if latest else None,

@@ -46,7 +46,9 @@ from store.models import Source as SourceRow
 from sync import (
     ReprocessError,
     SourceChange,
+    SourceRemovingError,
     SourceSettingsError,
+    begin_removal,
     refresh_goldens,
     removal_plan,
     reprocess_quarantined,
@@ -110,6 +112,8 @@ def patch_source(
             update = update_source(session, source_id, change)
         except NotFoundError as exc:
             raise OutcomeError(not_found(f"No source with id {source_id}.")) from exc
+        except SourceRemovingError as exc:
+            raise OutcomeError(conflict(str(exc))) from exc
         except SourceSettingsError as exc:
             raise OutcomeError(bad_request(str(exc), "schedule")) from exc
         session.commit()
@@ -156,8 +160,9 @@ def delete_source(
         ),
     ] = None,
 ) -> dict[str, Any]:
-    """The source is disabled (its running sync stopped) before the answer; the removal
-    itself (:func:`sync.remove_source`) runs after it. ``GET /admin/sources`` lists the
+    """The source is disabled (its running sync stopped, ``removing_since`` set:
+    :func:`sync.begin_removal`) before the answer; the removal itself
+    (:func:`sync.remove_source`) runs after it. ``GET /admin/sources`` lists the
     source, disabled, until it is gone; repeating the request finishes a removal that
     was interrupted."""
     source = session.get(SourceRow, source_id)
@@ -171,7 +176,7 @@ def delete_source(
             )
         )
     with audited(audit, principal, "admin-source-remove", request, "Source", str(source_id)):
-        update_source(session, source_id, SourceChange(enabled=False))
+        begin_removal(session, source_id)
         plan = removal_plan(session, source_id)
         session.commit()
     background.add_task(trigger, source_id)

@@ -139,3 +139,25 @@ def test_delete_runs_the_removal_task_in_the_embedded_runtime(db_url: str) -> No
         assert reply.status_code == 202, reply.text
     with runtime.session_factory() as session:
         assert session.get(SourceRow, a) is None
+
+
+def test_a_source_being_removed_is_not_enabled_again_and_a_new_delete_finishes_it(
+    client: TestClient,
+    auth_for: Callable[..., dict[str, str]],
+    session_factory: sessionmaker[Session],
+) -> None:
+    a, _b = two_sources(session_factory)
+    overrides = client.app.dependency_overrides  # type: ignore[attr-defined]
+    overrides[removal_trigger] = lambda: lambda source_id: None  # the worker died at once
+    admin = auth_for("askonce.admin")
+    assert client.delete(f"/admin/sources/{a}?confirm=a", headers=admin).status_code == 202
+    listed = {s["name"]: s for s in client.get("/admin/sources", headers=admin).json()}
+    assert listed["a"]["enabled"] is False and listed["a"]["removing_since"] is not None
+    assert listed["b"]["removing_since"] is None
+    refused = client.patch(f"/admin/sources/{a}", json={"enabled": True}, headers=admin)
+    assert refused.status_code == 409, refused.text
+    assert "being removed" in refused.json()["issue"][0]["diagnostics"]
+    overrides[removal_trigger] = lambda: lambda source_id: remove_source(session_factory, source_id)
+    assert client.delete(f"/admin/sources/{a}?confirm=a", headers=admin).status_code == 202
+    with session_factory() as session:
+        assert session.get(SourceRow, a) is None

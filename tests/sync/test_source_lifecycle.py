@@ -19,8 +19,10 @@ from store.models import Encounter, GoldenPatient, Link, Outbox, SourceRecord, S
 from store.models import Source as SourceRow
 from sync import (
     SourceChange,
+    SourceRemovingError,
     SourceSettingsError,
     SourceUnavailableError,
+    begin_removal,
     ingest_page,
     refresh_goldens,
     removal_plan,
@@ -164,7 +166,17 @@ def test_an_interrupted_removal_is_finished_by_running_it_again(
         assert len(records(session, a, status="deleted")) == 2  # both Encounters
         with pytest.raises(SourceUnavailableError):
             start_or_resume(session, a)
+        # Half removed: nothing enables it (or changes it) until the removal is finished.
+        since = source.removing_since
+        assert since is not None
+        for change in (SourceChange(enabled=True), SourceChange(trust_rank=1)):
+            with pytest.raises(SourceRemovingError, match="run the removal again"):
+                update_source(session, a, change)
+            session.rollback()
     monkeypatch.setattr(sync.retire, "apply_deletions", real)
+    with session_factory() as session:  # a second start keeps the first's time
+        assert begin_removal(session, a).removing_since == since
+        session.rollback()
     result = remove_source(session_factory, a, batch=1)
     assert result.deleted == {"Patient": 2} and result.erased == 4
     with session_factory() as session:
