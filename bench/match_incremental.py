@@ -33,7 +33,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from mpi import MatchSettings, extract_features, resolve_batch, resolve_patients
 from mpi.blocking import block_keys
 from mpi.storage import clear_caches, save_model
 from store import make_engine, make_session_factory, upgrade
+from store.bulk import chunks
 from store.models import BlockKey, GoldenPatient, Link, Source, SourceRecord, new_uuid
 from tools.ehrgen import generate
 
@@ -62,11 +62,6 @@ DEFAULT_PROBES = 1_000
 DEFAULT_SEED = 7
 #: ehrgen people generated per golden record wanted (some appear only in the second EHR).
 PEOPLE_PER_GOLDEN = 1.0
-
-
-def _chunks(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    for start in range(0, len(rows), BULK_BATCH):
-        yield rows[start : start + BULK_BATCH]
 
 
 def build_base(path: Path, golden: int, seed: int) -> tuple[str, list[dict[str, Any]], int]:
@@ -105,7 +100,7 @@ def build_base(path: Path, golden: int, seed: int) -> tuple[str, list[dict[str, 
             }
             for i, (r, p) in enumerate(zip(base, patients, strict=True))
         ]
-        for chunk in _chunks(records):
+        for chunk in chunks(records, BULK_BATCH):
             session.execute(insert(SourceRecord), chunk)
         goldens = []
         for g, members in result.clusters.items():
@@ -120,7 +115,7 @@ def build_base(path: Path, golden: int, seed: int) -> tuple[str, list[dict[str, 
                     "gender": resource.get("gender"),
                 }
             )
-        for chunk in _chunks(goldens):
+        for chunk in chunks(goldens, BULK_BATCH):
             session.execute(insert(GoldenPatient), chunk)
         links = [
             {
@@ -133,14 +128,14 @@ def build_base(path: Path, golden: int, seed: int) -> tuple[str, list[dict[str, 
             }
             for i, g in enumerate(result.golden_ids)
         ]
-        for chunk in _chunks(links):
+        for chunk in chunks(links, BULK_BATCH):
             session.execute(insert(Link), chunk)
         keys = [
             {"key": k, "source_record_id": i + 1}
             for i, f in enumerate(features)
             for k in block_keys(f)
         ]
-        for chunk in _chunks(keys):
+        for chunk in chunks(keys, BULK_BATCH):
             session.execute(insert(BlockKey), chunk)
         session.commit()
     engine.dispose()

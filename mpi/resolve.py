@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -80,6 +80,7 @@ from store.bulk import (
     OUTBOX_COLUMNS,
     OUTBOX_JSON,
     BulkWriter,
+    chunks,
     in_list,
     update_where,
 )
@@ -122,11 +123,6 @@ class Resolution:
     score: float | None
     created: bool
     review_item_id: int | None = None
-
-
-def _chunks(values: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
 
 
 def lock_slots(keys: Sequence[str]) -> list[int]:
@@ -550,7 +546,7 @@ def _records_for(
             out[record_id] = cached
         else:
             missing.append(record_id)
-    for chunk in _chunks(missing):
+    for chunk in chunks(missing, IN_CHUNK):
         rows = session.execute(
             select(SourceRecord.id, SourceRecord.content_hash, SourceRecord.normalized).where(
                 SourceRecord.id.in_(chunk)
@@ -630,7 +626,7 @@ def _passes(
     one record at a time would, so where the cuts fall changes no decision.
     """
     if len(prepared) <= MIN_PASS_RECORDS:
-        return list(_chunks(prepared, chunk_size))
+        return list(chunks(prepared, chunk_size))
     if known is not None:  # the sizes of the page's keys, read with their members
         sizes = known.sizes
     else:
@@ -723,7 +719,7 @@ def _send_block_keys(
     connection = bulk.connection
     postgresql = bulk.postgresql
     deletes = []
-    for chunk in _chunks(rekeyed):
+    for chunk in chunks(rekeyed, IN_CHUNK):
         ids, listed = in_list(postgresql, chunk)
         deletes.append((f"DELETE FROM block_key WHERE source_record_id {ids}", (listed,)))
     inserted = None if postgresql or not keys else orjson.dumps(keys).decode()

@@ -30,13 +30,13 @@ settled before it is decided, never decided against a golden record that is gone
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
-from typing import Any
+from collections.abc import Collection
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from mpi.decision import DUPLICATE_GOLDEN
+from store.bulk import chunks
 from store.models import GoldenPatient, ReviewItem, SourceRecord
 from store.types import utcnow
 
@@ -50,11 +50,6 @@ STATUS_DELETED = "deleted"
 _CHUNK = 500
 #: Merges followed at most from one golden record (a chain this long means a cycle).
 _MAX_CHAIN = 64
-
-
-def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(values), _CHUNK):
-        yield values[start : start + _CHUNK]
 
 
 def settle_review_items(
@@ -77,7 +72,7 @@ def settle_review_items(
     )
     records = sorted({item.source_record_id for item in items if item.source_record_id})
     status_of: dict[int, str] = {}
-    for chunk in _chunks(records):
+    for chunk in chunks(records, _CHUNK):
         status_of.update(
             session.execute(
                 select(SourceRecord.id, SourceRecord.status).where(SourceRecord.id.in_(chunk))
@@ -104,21 +99,18 @@ def _open_items(
 ) -> list[ReviewItem]:
     found: dict[int, ReviewItem] = {}
     open_ = ReviewItem.status == "open"
-    for chunk in _chunks(sorted(set(golden_ids))):
+    for golden_chunk in chunks(sorted(set(golden_ids)), _CHUNK):
+        named = or_(
+            ReviewItem.golden_id.in_(golden_chunk), ReviewItem.other_golden_id.in_(golden_chunk)
+        )
         found.update(
-            (item.id, item)
-            for item in session.scalars(
-                select(ReviewItem).where(
-                    open_,
-                    or_(ReviewItem.golden_id.in_(chunk), ReviewItem.other_golden_id.in_(chunk)),
-                )
-            )
+            (item.id, item) for item in session.scalars(select(ReviewItem).where(open_, named))
         )
     for column, values in (
         (ReviewItem.source_record_id, record_ids),
         (ReviewItem.id, item_ids),
     ):
-        for chunk in _chunks(sorted(set(values))):
+        for chunk in chunks(sorted(set(values)), _CHUNK):
             found.update(
                 (item.id, item)
                 for item in session.scalars(select(ReviewItem).where(open_, column.in_(chunk)))
@@ -135,7 +127,7 @@ def _follow_merges(session: Session, golden_ids: set[str]) -> dict[str, tuple[st
         wanted -= rows.keys()
         if not wanted:
             break
-        for chunk in _chunks(sorted(wanted)):
+        for chunk in chunks(sorted(wanted), _CHUNK):
             rows.update(
                 (golden_id, (status, merged_into))
                 for golden_id, status, merged_into in session.execute(

@@ -23,7 +23,7 @@ from mpi.model import MatchModel
 from mpi.review import settle_review_items
 from mpi.settings import MatchSettings
 from mpi.survivorship import MemberRecord, ProvenanceEntry, build_golden
-from store.bulk import BulkWriter, in_list, one_of, rows_in
+from store.bulk import BulkWriter, chunks, in_list, one_of, rows_in
 from store.golden import GoldenPatientRepository, GoldenWrite
 from store.jsontext import json_text
 from store.models import FieldProvenance, GoldenPatient, Link, Outbox, Source, SourceRecord
@@ -451,8 +451,8 @@ def write_goldens(
     # a second one, every field's rule stops being "only-source"): the diff kept 1 row in
     # 5, and its read and comparison took 0.9 s for 0.6 s of writes saved (SQLite, 25k
     # Patients), 1.1 s for 0.1 s (PostgreSQL, 10k).
-    for start in range(0, len(stored_ids), _DELETE_CHUNK):
-        listed, ids = in_list(postgresql, stored_ids[start : start + _DELETE_CHUNK])
+    for chunk in chunks(stored_ids, _DELETE_CHUNK):
+        listed, ids = in_list(postgresql, chunk)
         connection.exec_driver_sql(_DELETE_PROVENANCE.format(ids=listed), (ids,))
     # In the order of their index (golden_id, field), each record's rows in its order:
     # 4000 rows into a 100k-row SQLite table took 34 instead of 45 ms (best of 9).
@@ -495,8 +495,7 @@ def recompute_goldens(
     session.flush()
     statuses: dict[str, str] = {}
     members: dict[str, list[int]] = {}
-    for start in range(0, len(ids), _DELETE_CHUNK):
-        chunk = ids[start : start + _DELETE_CHUNK]
+    for chunk in chunks(ids, _DELETE_CHUNK):
         for golden_id, status in session.execute(
             select(GoldenPatient.id, GoldenPatient.status).where(GoldenPatient.id.in_(chunk))
         ):

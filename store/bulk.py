@@ -27,9 +27,9 @@ and aware datetimes on PostgreSQL.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import ColumnElement, String, any_, func, literal, select
@@ -181,8 +181,20 @@ def one_of(session: Session, column: Any, values: Collection[Any]) -> ColumnElem
     return column.in_(select(each.c.value))
 
 
-#: Values per list sent in one statement by :func:`rows_in`.
+#: Values per list sent in one statement by :func:`rows_in` (and :func:`chunks`' default).
 ROWS_IN_CHUNK = 5000
+
+T = TypeVar("T")
+
+
+def chunks(values: Sequence[T], size: int | None = None) -> Iterator[Sequence[T]]:
+    """``values`` in consecutive slices of ``size`` (:data:`ROWS_IN_CHUNK` by default): the
+    lists of ``IN (...)`` lookups and of batched writes."""
+    size = size or ROWS_IN_CHUNK
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
 #: Statements rendered by :func:`rows_in`, per template and dialect (a fixed set).
 _ROWS_IN_SQL: dict[tuple[str, bool], str] = {}
 
@@ -213,8 +225,8 @@ def rows_in(
         sql = _ROWS_IN_SQL[key] = template.format(**marks)
     lists = template.count("{in}")
     out: list[tuple[Any, ...]] = []
-    for start in range(0, len(values), ROWS_IN_CHUNK):
-        _, listed = in_list(postgresql, values[start : start + ROWS_IN_CHUNK])
+    for chunk in chunks(values):
+        _, listed = in_list(postgresql, chunk)
         if listed is None:
             raise TypeError("rows_in lists hold ints or strs only")
         cursor = dbapi.cursor()

@@ -24,10 +24,11 @@ from sqlalchemy.orm import Session
 
 from fhir_mapping import EncounterCore, InvalidResource, parse_encounter_core, subject_patient_id
 from store.background import Background
-from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, array_sql, one_of
+from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, array_sql, chunks, one_of
 from store.models import Base, Encounter, SourceRecord
 from store.types import utcnow
 from sync.records import (
+    LOOKUP_CHUNK,
     RECORD_COLUMNS,
     RECORD_JSON,
     RECORD_UPDATE_COLUMNS,
@@ -35,7 +36,6 @@ from sync.records import (
     STATUS_PENDING,
     Incoming,
     StoredRecord,
-    chunked,
     is_unchanged,
     mapping_error,
     quarantine,
@@ -223,7 +223,7 @@ def _load_stored(
 def _load_encounter_ids(session: Session, stored: Sequence[_Stored]) -> None:
     """Fill in the encounter id of each stored record that has an encounter row."""
     by_record = {s.id: s for s in stored}
-    for chunk in chunked(list(by_record)):
+    for chunk in chunks(list(by_record), LOOKUP_CHUNK):
         for enc_id, record_id in session.execute(
             select(Encounter.id, Encounter.source_record_id).where(
                 _among(session, Encounter.source_record_id, chunk)
@@ -425,7 +425,7 @@ class _PageWriter:
             returned = _sqlite_inserted_ids(bulk, "source_record", _RECORD_KEY, keys)
         if returned is None:
             returned = []
-            for chunk in chunked([row[2] for row in self.new_records]):
+            for chunk in chunks([row[2] for row in self.new_records], LOOKUP_CHUNK):
                 returned.extend(
                     session.execute(
                         select(SourceRecord.id, SourceRecord.resource_id).where(
@@ -471,7 +471,7 @@ class _PageWriter:
                     ]
             if inserted is None:
                 inserted = []
-                for chunk in chunked(list(rid_by_record)):
+                for chunk in chunks(list(rid_by_record), LOOKUP_CHUNK):
                     inserted.extend(
                         session.execute(
                             select(
@@ -737,7 +737,7 @@ def attach_waiting(session: Session, source_id: int, golden_by_patient: Mapping[
     if not golden_by_patient:
         return 0
     changes: list[tuple[int, int, str, str]] = []
-    for chunk in chunked(list(golden_by_patient)):
+    for chunk in chunks(list(golden_by_patient), LOOKUP_CHUNK):
         rows = session.execute(
             select(
                 Encounter.id,
@@ -762,10 +762,10 @@ def attach_waiting(session: Session, source_id: int, golden_by_patient: Mapping[
         update(Encounter), [{"id": enc_id, "golden_id": g} for enc_id, _, g, _ in changes]
     )
     record_ids = [record_id for _, record_id, _, _ in changes]
-    for chunk in chunked(record_ids):
+    for id_chunk in chunks(record_ids, LOOKUP_CHUNK):
         session.execute(
             update(SourceRecord)
-            .where(SourceRecord.id.in_(chunk), SourceRecord.status == STATUS_PENDING)
+            .where(SourceRecord.id.in_(id_chunk), SourceRecord.status == STATUS_PENDING)
             .values(status=STATUS_ACTIVE, updated_at=utcnow())
             .execution_options(synchronize_session=False)
         )

@@ -29,6 +29,7 @@ from connectors import Page
 from connectors.ndjson import parse_line
 from mpi import recompute_goldens, settle_review_items
 from store import CursorRepository
+from store.bulk import chunks
 from store.models import Encounter, Link, Outbox, Source, SourceRecord
 from store.types import utcnow
 from sync.encounters import (
@@ -39,10 +40,10 @@ from sync.encounters import (
 )
 from sync.patients import PatientOptions, ingest_patients
 from sync.records import (
+    LOOKUP_CHUNK,
     STATUS_DELETED,
     Incoming,
     KnownLine,
-    chunked,
     content_hash,
     describe,
     known_lines,
@@ -330,7 +331,7 @@ def apply_deletions(
     deleted_records: list[int] = []
     events: list[dict[str, object]] = []
     now = utcnow()
-    for chunk in chunked(list(dict.fromkeys(resource_ids))):
+    for chunk in chunks(list(dict.fromkeys(resource_ids)), LOOKUP_CHUNK):
         # One UPDATE ... RETURNING per chunk (objects the session holds follow it).
         marked = session.execute(
             update(SourceRecord)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fhir_mapping import InvalidResource, Issue
-from store.bulk import one_of, rows_in
+from store.bulk import chunks, one_of, rows_in
 from store.models import SourceRecord
 from store.types import stored_time
 
@@ -245,17 +245,12 @@ def mapping_error(incoming: Incoming, exc: Exception) -> dict[str, Any]:
     return error
 
 
-def chunked(values: Sequence[Any], size: int = LOOKUP_CHUNK) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
-
-
 def load_records(
     session: Session, source_id: int, resource_type: str, resource_ids: Sequence[str]
 ) -> dict[str, SourceRecord]:
     """The stored source records among ``resource_ids``, keyed by resource id."""
     found: dict[str, SourceRecord] = {}
-    for chunk in chunked(list(dict.fromkeys(resource_ids))):
+    for chunk in chunks(list(dict.fromkeys(resource_ids)), LOOKUP_CHUNK):
         rows = session.scalars(
             select(SourceRecord).where(
                 SourceRecord.source_id == source_id,
