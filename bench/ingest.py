@@ -144,9 +144,14 @@ class TypeTimer:
         self.mark = now
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (every bench's ``peak_rss_mb``)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB
+
+
 def rss_mb() -> tuple[float, float]:
     """This process's resident memory now and its peak so far, in MiB (Linux ``/proc``)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB
+    peak = peak_rss_mb()
     try:
         with open("/proc/self/statm") as statm:
             pages = int(statm.read().split()[1])
@@ -251,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         "first_sync_s": round(first_s, 2),
         "resync_s": round(resync_s, 2),
         "resync_speedup": round(first_s / resync_s, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "backend": args.backend,
     }
     print(json.dumps(summary))

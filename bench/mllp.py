@@ -27,7 +27,6 @@ import asyncio
 import json
 import logging
 import random
-import resource
 import socket
 import statistics
 import subprocess
@@ -39,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.ingest import DEFAULT_PG_ADMIN_URL, KIB_PER_MIB, database_url
+from bench.ingest import DEFAULT_PG_ADMIN_URL, database_url, peak_rss_mb
 from store import make_engine, make_session_factory
 from store.db import stop_checkpointers
 from store.repositories import SourceRepository
@@ -163,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         "ack_p50_ms": round(statistics.median(times_ms), 2),
         "ack_p99_ms": round(times_ms[int(len(times_ms) * 0.99) - 1], 2),
         "accepted": sum(code == "AA" for code in result["codes"]),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "backend": args.backend,
     }
     print(json.dumps(summary))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -29,9 +28,9 @@ from bench.ingest import (
     DEFAULT_ENCOUNTERS_PER_PATIENT,
     DEFAULT_PG_ADMIN_URL,
     DEFAULT_SEED,
-    KIB_PER_MIB,
     database_url,
     generate_data,
+    peak_rss_mb,
     register_sources,
     sync_all,
 )
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         "records_removed": deleted,
         "remove_s": round(remove_s, 2),
         "records_removed_per_s": round(deleted / remove_s, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "backend": args.backend,
     }
     print(json.dumps(summary))
