@@ -262,12 +262,7 @@ def sources_status(
     runtime = _runtime()
     out = Console(soft_wrap=True)
     with runtime.session_factory() as session:
-        repo = SourceRepository(session)
-        try:
-            sources: list[SourceRow] = [repo.get_by_name(name)] if name else list(repo.list())
-        except NotFoundError as exc:
-            console.print(f"[red]error:[/red] no source named {name!r}")
-            raise typer.Exit(code=2) from exc
+        sources = [_source_named(session, name)] if name else list(SourceRepository(session).list())
         for source in sources:
             run = SyncRunRepository(session).latest(source.id)
             counts = record_counts(session, source.id)

@@ -196,26 +196,37 @@ def _decide_item(
             result = {"action": "recorded", "golden_id": item.golden_id}
     elif item.source_record_id is not None and item.golden_id is not None:
         record = item.source_record_id
-        members = linked_record_ids(session, item.golden_id)
         if decision == "match":
             link_record(session, record, item.golden_id, actor=actor, settings=settings)
             result = {"action": "linked", "golden_id": item.golden_id}
-        elif record in members and len(members) > 1:
-            # A merge brought the record into the golden record since it was queued:
-            # "no-match" takes it out again, for good.
-            new_id = unlink_record(session, record, actor=actor, settings=settings)
-            result = {"action": "unlinked", "golden_id": new_id}
         else:
-            for other in members[:MAX_DECISION_PAIRS]:
-                if other != record:
-                    store_decision(session, record, other, "no-match", actor, note)
-            result = {"action": "recorded", "golden_id": item.golden_id}
+            result = _keep_apart(session, record, item.golden_id, actor, note, settings)
     else:
         raise InvalidOperation(f"review item {item_id} names nothing to decide on")
     item.status, item.resolution, item.resolved_by = "resolved", decision, actor
     item.resolved_at = utcnow()
     session.flush()
     return result
+
+
+def _keep_apart(
+    session: Session,
+    record: int,
+    golden_id: str,
+    actor: str,
+    note: str | None,
+    settings: MatchSettings,
+) -> dict[str, Any]:
+    """A steward's "no-match" between a record and a golden record: never linked by the
+    algorithm; if a merge brought the record in since it was queued, taken out again."""
+    members = linked_record_ids(session, golden_id)
+    if record in members and len(members) > 1:
+        new_id = unlink_record(session, record, actor=actor, settings=settings)
+        return {"action": "unlinked", "golden_id": new_id}
+    for other in members[:MAX_DECISION_PAIRS]:
+        if other != record:
+            store_decision(session, record, other, "no-match", actor, note)
+    return {"action": "recorded", "golden_id": golden_id}
 
 
 def _separate(session: Session, a: str, b: str, actor: str, note: str | None) -> None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -63,12 +63,7 @@ class RemovalResult:
     removed: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "source_id": self.source_id,
-            "deleted": dict(self.deleted),
-            "erased": self.erased,
-            "removed": self.removed,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -160,13 +160,7 @@ class SourceUpdate:
     survivorship_changed: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "source_id": self.source_id,
-            "changed": self.changed,
-            "cursors_cleared": self.cursors_cleared,
-            "stopped_run": self.stopped_run,
-            "survivorship_changed": self.survivorship_changed,
-        }
+        return asdict(self)
 
 
 def stop_running(session: Session, source_id: int, reason: str) -> int | None:
