@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import uuid
+from contextlib import nullcontext
 from typing import Annotated, Any
 
 import typer
@@ -20,6 +22,7 @@ from askonce.runtime import Runtime, build_runtime
 from askonce.settings import PlaceholderSecretError, Settings, get_settings
 from store import SchemaNotAtHeadError
 from store import migrate as migrations
+from sync.delivery import DeliveryReport
 
 app = typer.Typer(
     name="askonce",
@@ -105,11 +108,46 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int 
         "access_log": False,
         "log_config": None,
     }
-    if workers > 1:
-        # Each worker process builds its own app from the environment.
-        uvicorn.run("askonce.asgi:create_app", factory=True, workers=workers, **options)
-    else:
-        uvicorn.run(runtime.create_app(), **options)
+    # Embedded mode has no beat: this process delivers the change events itself.
+    delivering = runtime.delivery_loop() if settings.embedded else nullcontext()
+    with delivering:
+        if workers > 1:
+            # Each worker process builds its own app from the environment.
+            uvicorn.run("askonce.asgi:create_app", factory=True, workers=workers, **options)
+        else:
+            uvicorn.run(runtime.create_app(), **options)
+
+
+@app.command()
+def deliver(
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Keep delivering every ASKONCE_DELIVERY_INTERVAL_S.")
+    ] = False,
+) -> None:
+    """Send the change events to Subscriptions and webhooks now (until nothing is due), and
+    print what was sent."""
+    settings = _settings()
+    runtime = _runtime(settings)
+    total = DeliveryReport()
+    while True:
+        report = runtime.deliver()
+        if watch:
+            if report.busy:
+                console.print(_delivered(report))
+            time.sleep(settings.delivery_interval_s)
+            continue
+        total.add(report)
+        if not report.busy:
+            break
+    console.print(_delivered(total))
+
+
+def _delivered(report: DeliveryReport) -> str:
+    return (
+        f"events handed out {report.events_fanned_out}, notifications {report.notifications} "
+        f"({report.events_delivered} events, {report.handshakes} handshakes, "
+        f"{report.heartbeats} heartbeats), failed sends {report.failures}"
+    )
 
 
 @app.command()

@@ -36,16 +36,26 @@ def add(
     from gateway.auth import ConsumerExistsError, InvalidScopeError, register_consumer
 
     wanted = " ".join(scopes or [DEFAULT_SCOPES]).split()
-    runtime = _runtime(_settings())
+    settings = _settings()
+    runtime = _runtime(settings)
     try:
         with runtime.unit_of_work() as session:
-            creds = register_consumer(session, name, kind, wanted, webhook_url)
+            creds = register_consumer(
+                session,
+                name,
+                kind,
+                wanted,
+                webhook_url,
+                allow_http=settings.delivery_allow_http,
+            )
     except (ConsumerExistsError, InvalidScopeError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=2) from exc
     out.print(f"client_id={creds.client_id}")
     out.print(f"client_secret={creds.client_secret}")
     out.print(f"scopes={' '.join(creds.scopes)}")
+    if creds.webhook_secret:
+        out.print(f"webhook_secret={creds.webhook_secret}")
     console.print("[yellow]Store the secret now: only its hash is kept.[/yellow]")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,9 +18,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from askonce.settings import Settings, get_settings
 from fhir_mapping import parse_patient
 from gateway import GatewayState, create_app
+from gateway.operations.notify import render_focus
 from mpi import MatchSettings, match_patient
 from store import check_schema_at_head, make_engine, make_session_factory, unit_of_work
-from sync import TaskContext, bind_task_context, create_celery
+from sync import TaskContext, bind_task_context, create_celery, current_task_context
+from sync.delivery import DEFAULT_DELIVER_S, DeliveryReport, deliver_with
+
+log = logging.getLogger(__name__)
 
 #: How long the readiness probe waits for Redis.
 BROKER_CHECK_TIMEOUT_S = 2.0
@@ -35,6 +41,36 @@ class Runtime:
     def unit_of_work(self) -> Iterator[Session]:
         with unit_of_work(self.session_factory) as session:
             yield session
+
+    def deliver(self, max_seconds: float | None = None) -> DeliveryReport:
+        """Hand the outbox's new events to Subscriptions and webhooks and send what is due
+        (what beat's tick does on a worker)."""
+        return deliver_with(
+            current_task_context(),
+            max_seconds=DEFAULT_DELIVER_S if max_seconds is None else max_seconds,
+        )
+
+    @contextmanager
+    def delivery_loop(self) -> Iterator[threading.Event]:
+        """Embedded mode has no beat: a daemon thread delivers every
+        ``delivery_interval_s`` while the block runs. Set the yielded event to stop it."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(self.settings.delivery_interval_s):
+                try:
+                    self.deliver()
+                except Exception as exc:  # one failed pass must not end delivery for good
+                    # The type only: a database error's text can carry bound values.
+                    log.warning("delivery pass failed", extra={"error": type(exc).__name__})
+
+        thread = threading.Thread(target=loop, name="askonce-delivery", daemon=True)
+        thread.start()
+        try:
+            yield stop
+        finally:
+            stop.set()
+            thread.join(timeout=self.settings.delivery_interval_s + 30)
 
     def broker_check(self) -> Callable[[], None] | None:
         url = self.settings.redis_url
@@ -63,6 +99,7 @@ class Runtime:
                 default_page_size=self.settings.page_size_default,
                 max_page_size=self.settings.page_size_max,
                 public_base_url=self.settings.public_base_url,
+                delivery_allow_http=self.settings.delivery_allow_http,
                 patient_parser=partial(parse_patient, default_region=self.settings.default_region),
                 matcher=partial(match_patient, settings=match_settings(self.settings)),
             )
@@ -87,13 +124,21 @@ def build_runtime(settings: Settings | None = None, *, check_schema: bool = True
     if check_schema:
         check_schema_at_head(engine)
     session_factory = make_session_factory(engine)
-    celery = create_celery(settings.redis_url, queue=settings.task_queue)
+    celery = create_celery(
+        settings.redis_url,
+        queue=settings.task_queue,
+        delivery_interval_s=settings.delivery_interval_s,
+    )
     bind_task_context(
         TaskContext(
             engine=engine,
             session_factory=session_factory,
             default_region=settings.default_region,
             match_settings=match_settings(settings),
+            render_focus=render_focus,
+            fhir_base=f"{settings.public_base_url.rstrip('/')}/fhir"
+            if settings.public_base_url
+            else "",
         )
     )
     return Runtime(settings=settings, engine=engine, session_factory=session_factory, celery=celery)

@@ -73,6 +73,18 @@ class Settings(BaseSettings):
         default=None,
         description="URL consumers reach the gateway at (behind a proxy); unset: from requests.",
     )
+    delivery_allow_http: bool = Field(
+        default=False,
+        description=(
+            "Let Subscriptions and webhooks deliver to plain-http endpoints on other hosts "
+            "(a private network); false: https only, http to a loopback host."
+        ),
+    )
+    delivery_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often change events are handed to Subscriptions and webhooks (s).",
+    )
     match_certain: float = Field(
         default=18.0, description="Match weight (log2 Bayes factor) at or above: certain."
     )

@@ -43,6 +43,8 @@ class GatewayState:
     max_page_size: int = MAX_PAGE_SIZE
     #: The public URL the gateway is reached at (behind a proxy); None: from the request.
     public_base_url: str | None = None
+    #: Subscriptions and webhooks may name plain-http endpoints on other hosts.
+    delivery_allow_http: bool = False
     #: ``$match`` scoring: ``mpi.match_patient`` (session, patient, count=, only_certain=).
     matcher: Callable[..., Any] = match_patient
     #: Parses the ``$match`` input Patient (``fhir_mapping.parse_patient``).

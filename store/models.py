@@ -414,6 +414,34 @@ class Subscription(Base):
     resource: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: A webhook's Standard Webhooks signing secret (``whsec_…``); None for FHIR channels.
+    secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    #: Backport ``heartbeatPeriod``: send a heartbeat after this long without a notification.
+    heartbeat_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: Backport ``maxCount``: events in one notification at most.
+    max_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: The receiver acknowledged every event up to this number.
+    delivered_through: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: Not before: a failed send's backoff, or a sender's lease. None is due now.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Failed sends in a row.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class SubscriptionEvent(Base):
+    """A subscription's queue: its event number for an outbox event it matched."""
+
+    __tablename__ = "subscription_event"
+
+    subscription_id: Mapped[str] = mapped_column(
+        ForeignKey("subscription.id", ondelete="CASCADE"), primary_key=True
+    )
+    event_number: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    outbox_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("outbox.id", ondelete="CASCADE"), index=True
+    )
 
 
 class Audit(Base):

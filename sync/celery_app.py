@@ -17,20 +17,34 @@ PREFETCH_MULTIPLIER = 1
 #: Beat asks this often which sources are due (see :mod:`sync.scheduling`); a tick
 #: not picked up before the next one is worthless, so it expires.
 SCHEDULER_TICK_S = 30.0
+#: Beat sends the outbox's events to Subscriptions and webhooks this often by default.
+DELIVERY_TICK_S = 5.0
 
 
-def beat_schedule() -> dict[str, dict[str, object]]:
-    """The beat entries: one tick that dispatches every due source's run."""
+def beat_schedule(delivery_interval_s: float = DELIVERY_TICK_S) -> dict[str, dict[str, object]]:
+    """The beat entries: one tick that dispatches every due source's run, and one that
+    delivers the change events (each expires: a tick not picked up before the next one
+    is worthless)."""
     return {
         "askonce-sync-due-sources": {
             "task": "askonce.sync.schedule_due",
             "schedule": SCHEDULER_TICK_S,
             "options": {"expires": SCHEDULER_TICK_S},
-        }
+        },
+        "askonce-deliver-events": {
+            "task": "askonce.sync.deliver",
+            "schedule": delivery_interval_s,
+            "options": {"expires": delivery_interval_s},
+        },
     }
 
 
-def create_celery(broker_url: str | None, *, queue: str = DEFAULT_QUEUE) -> Celery:
+def create_celery(
+    broker_url: str | None,
+    *,
+    queue: str = DEFAULT_QUEUE,
+    delivery_interval_s: float = DELIVERY_TICK_S,
+) -> Celery:
     """A Celery app: Redis broker and result backend when ``broker_url`` is set, else eager."""
     app = Celery("askonce", include=["sync.tasks"])
     common = {
@@ -50,7 +64,7 @@ def create_celery(broker_url: str | None, *, queue: str = DEFAULT_QUEUE) -> Cele
             worker_prefetch_multiplier=PREFETCH_MULTIPLIER,
             broker_connection_retry_on_startup=True,
             task_reject_on_worker_lost=True,
-            beat_schedule=beat_schedule(),
+            beat_schedule=beat_schedule(delivery_interval_s),
             **common,
         )
     else:

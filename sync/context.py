@@ -5,7 +5,9 @@ Tasks take ids, never ORM objects; they find the database through this context.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,6 +25,11 @@ class TaskContext:
     default_region: str = DEFAULT_REGION
     #: Match thresholds from settings; None means the engine's defaults.
     match_settings: MatchSettings | None = None
+    #: ``render(session, type, id)``: a resource as consumers read it, for ``full-resource``
+    #: notifications (the gateway's rendering, wired by the composition root).
+    render_focus: Callable[[Session, str, str], dict[str, Any] | None] | None = None
+    #: The FHIR base notifications refer to (``<public URL>/fhir``); "" for relative ones.
+    fhir_base: str = ""
 
 
 class TaskContextMissingError(RuntimeError):

@@ -11,7 +11,7 @@ from typing import Any
 from celery import current_app, shared_task
 
 from connectors import TransientError
-from sync import retire, runner, scheduling, system
+from sync import delivery, retire, runner, scheduling, system
 from sync.context import current_task_context
 from sync.pipeline import UnknownSourceError
 
@@ -73,3 +73,11 @@ def remove_source(source_id: int) -> dict[str, Any]:
         return retire.remove_source(current_task_context().session_factory, source_id).as_dict()
     except UnknownSourceError:  # an earlier delivery finished it
         return retire.RemovalResult(source_id, removed=True).as_dict()
+
+
+# No acks_late: a tick lost with its worker is replaced by the next one, and a send that
+# died mid-way is sent again once its lease expires (delivery is at least once either way).
+@shared_task(name="askonce.sync.deliver")
+def deliver() -> dict[str, Any]:
+    """Beat's delivery tick: hand out the outbox's new events and send what is due."""
+    return delivery.deliver_with(current_task_context()).as_dict()

@@ -54,6 +54,7 @@ from sync import (
     reprocess_quarantined,
     update_source,
 )
+from sync.delivery import SubscriptionSettingsError
 from sync.pipeline import MAX_PATIENTS_PER_TRANSACTION, UnknownSourceError
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -376,12 +377,21 @@ class NewConsumer(BaseModel):
     summary="Register a consumer; the client secret is shown only in this response",
 )
 def add_consumer(
-    body: NewConsumer, session: SessionDep, _principal: AdminPrincipal
+    body: NewConsumer, session: SessionDep, state: StateDep, _principal: AdminPrincipal
 ) -> JSONResponse:
     try:
-        creds = register_consumer(session, body.name, body.kind, body.scopes, body.webhook_url)
+        creds = register_consumer(
+            session,
+            body.name,
+            body.kind,
+            body.scopes,
+            body.webhook_url,
+            allow_http=state.delivery_allow_http,
+        )
     except ConsumerExistsError as exc:
         raise OutcomeError(conflict(f"Consumer {body.name!r} already exists.")) from exc
+    except SubscriptionSettingsError as exc:
+        raise OutcomeError(bad_request(str(exc), "webhook_url")) from exc
     except (InvalidScopeError, ValueError) as exc:
         raise OutcomeError(bad_request(str(exc), "scopes")) from exc
     session.commit()
@@ -392,6 +402,7 @@ def add_consumer(
             "client_id": creds.client_id,
             "client_secret": creds.client_secret,
             "scopes": creds.scopes,
+            "webhook_secret": creds.webhook_secret,
         },
         status_code=201,
         headers={"Cache-Control": "no-store"},

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.auth.scopes import validate_scopes
+from gateway.auth.scopes import ScopeSet, validate_scopes
 from gateway.auth.secrets import hash_secret, new_client_id, new_client_secret, verify_secret
 from store.models import Consumer
+from sync.delivery import TOPICS, add_webhook
 
 CONSUMER_KINDS = ("crm", "portal", "messaging", "steward")
 
@@ -27,12 +28,31 @@ class Credentials:
     #: Shown once, at registration; only its hash is stored.
     client_secret: str
     scopes: list[str]
+    #: The webhook's Standard Webhooks signing secret (``whsec_…``), when it has one.
+    webhook_secret: str | None = None
+
+
+def webhook_types(scopes: Sequence[str]) -> list[str]:
+    """The resource types whose change events a consumer's webhook carries: those its
+    scopes may read."""
+    granted = ScopeSet.of(scopes)
+    return [t.resource_type for t in TOPICS.values() if granted.allows(t.resource_type, "r")]
 
 
 def register_consumer(
-    session: Session, name: str, kind: str, scopes: Sequence[str], webhook_url: str | None = None
+    session: Session,
+    name: str,
+    kind: str,
+    scopes: Sequence[str],
+    webhook_url: str | None = None,
+    *,
+    allow_http: bool = False,
 ) -> Credentials:
-    """Register a consumer and return its credentials (the secret is not retrievable later)."""
+    """Register a consumer and return its credentials (the secret is not retrievable later).
+
+    With ``webhook_url`` its webhook receives the change events its scopes may read,
+    signed with the returned ``webhook_secret``. Raises ValueError (a
+    :class:`sync.delivery.SubscriptionSettingsError` for the URL) on bad input."""
     if kind not in CONSUMER_KINDS:
         raise ValueError(f"kind must be one of {', '.join(CONSUMER_KINDS)}")
     clean = validate_scopes(scopes)
@@ -52,7 +72,12 @@ def register_consumer(
     )
     session.add(consumer)
     session.flush()
-    return Credentials(consumer.id, name, consumer.client_id, secret, clean)
+    webhook_secret = None
+    if webhook_url:
+        _, webhook_secret = add_webhook(
+            session, consumer.id, webhook_url, webhook_types(clean), allow_http=allow_http
+        )
+    return Credentials(consumer.id, name, consumer.client_id, secret, clean, webhook_secret)
 
 
 def authenticate_client(session: Session, client_id: str, secret: str) -> Consumer | None:

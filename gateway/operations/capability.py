@@ -13,16 +13,29 @@ from typing import Any
 
 from gateway.operations.encounters import ENCOUNTER_SEARCH_PARAMS
 from gateway.operations.search_patient import PATIENT_SEARCH_PARAMS
+from sync.delivery import SUBSCRIPTION_PROFILE, SUBSCRIPTION_SEARCH_PARAMS, TOPICS
 
 FHIR_VERSION = "4.0.1"
 SEARCH_PARAMS: dict[str, dict[str, tuple[str, str]]] = {
     "Patient": PATIENT_SEARCH_PARAMS,
     "Encounter": ENCOUNTER_SEARCH_PARAMS,
+    "Subscription": SUBSCRIPTION_SEARCH_PARAMS,
 }
 OPERATION_DEFINITIONS = {
     "match": "http://hl7.org/fhir/OperationDefinition/Patient-match",
     "everything": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+    "status": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/"
+    "backport-subscription-status",
 }
+#: What a server of topic-based Subscriptions in R4 declares (Subscriptions R5 Backport).
+BACKPORT_SERVER = (
+    "http://hl7.org/fhir/uv/subscriptions-backport/CapabilityStatement/"
+    "backport-subscription-server-r4"
+)
+TOPIC_CANONICAL_URL = (
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+    "capabilitystatement-subscriptiontopic-canonical"
+)
 REVINCLUDES = {"Patient": ["Encounter:subject"]}
 SMART_SERVICE = {
     "coding": [
@@ -74,7 +87,13 @@ def capability_statement(
                 out["searchRevInclude"] = REVINCLUDES[rtype]
         if entry["operation"]:
             out["operation"] = sorted(entry["operation"], key=lambda o: o["name"])
+        if rtype == "Subscription":
+            out["supportedProfile"] = [SUBSCRIPTION_PROFILE]
+            out["extension"] = [
+                {"url": TOPIC_CANONICAL_URL, "valueCanonical": url} for url in sorted(TOPICS)
+            ]
         rest_resources.append(out)
+    subscriptions = "Subscription" in resources
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -82,6 +101,7 @@ def capability_statement(
         "kind": "instance",
         "software": {"name": software, "version": version},
         "implementation": {"description": "askonce golden Patient records", "url": f"{base}/fhir"},
+        **({"instantiates": [BACKPORT_SERVER]} if subscriptions else {}),
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "application/json"],
         "rest": [

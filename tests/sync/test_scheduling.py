@@ -57,6 +57,6 @@ def test_due_sources(session_factory: sessionmaker[Session]) -> None:
 
 
 def test_beat_ticks_with_an_expiry() -> None:
-    (entry,) = beat_schedule().values()
+    entry = beat_schedule()["askonce-sync-due-sources"]
     assert entry["task"] == "askonce.sync.schedule_due"
     assert entry["options"]["expires"] == entry["schedule"]
