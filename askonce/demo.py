@@ -25,9 +25,15 @@ from store.models import Consumer
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 #: The bundled EHRs and their survivorship trust rank (higher wins ties).
 DEMO_SOURCES = {"ehr-a": 70, "ehr-b": 50, "ehr-c": 30}
-#: The demo's own consumer: it may read patients and encounters and use the admin API.
+#: The demo's own consumer: it may read patients and encounters, subscribe to their
+#: changes and use the admin API.
 DEMO_CONSUMER = "demo"
-DEMO_SCOPES = ("system/Patient.rs", "system/Encounter.rs", "askonce.admin")
+DEMO_SCOPES = (
+    "system/Patient.rs",
+    "system/Encounter.rs",
+    "system/Subscription.cruds",
+    "askonce.admin",
+)
 
 
 def demo_credentials(runtime: Runtime) -> Credentials:
@@ -42,6 +48,7 @@ def demo_credentials(runtime: Runtime) -> Credentials:
         secret = new_client_secret()
         consumer.secret_hash = hash_secret(secret)
         consumer.active = True
+        consumer.scopes = list(DEMO_SCOPES)
         return Credentials(
             consumer.id, consumer.name, consumer.client_id, secret, list(consumer.scopes)
         )
@@ -57,6 +64,7 @@ def print_demo_access(console: Console, credentials: Credentials, base_url: str)
   curl -s -H "Authorization: Bearer $TOKEN" "{base_url}/fhir/Patient?_count=5"
   curl -s -H "Authorization: Bearer $TOKEN" "{base_url}/admin/review"
   OpenAPI: {base_url}/docs   CapabilityStatement: {base_url}/fhir/metadata
+  Change notifications: POST {base_url}/fhir/Subscription (README: "Change notifications")
   Prometheus metrics: {base_url}/metrics"""
     )
 

@@ -14,7 +14,11 @@ What an operator alerts on:
   stopped syncing (and ``askonce_sync_last_run_failed``: its last run failed);
 - ``askonce_source_records{status="quarantined"}`` rising: a source sends what does not
   validate;
-- ``askonce_outbox_oldest_undelivered_age_seconds``: consumers are not being told;
+- ``askonce_outbox_oldest_undelivered_age_seconds``: change events are not being handed
+  to the subscriptions (no worker or beat runs the delivery tick);
+- ``askonce_subscription_oldest_pending_age_seconds`` and
+  ``askonce_subscription_status{status="error"}``: a consumer's endpoint is not taking
+  its notifications;
 - ``askonce_review_items_open``: the stewards' queue.
 """
 
@@ -31,7 +35,17 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.models import GoldenPatient, Outbox, ReviewItem, Source, SourceRecord, SyncRun
+from store.models import (
+    Consumer,
+    GoldenPatient,
+    Outbox,
+    ReviewItem,
+    Source,
+    SourceRecord,
+    Subscription,
+    SubscriptionEvent,
+    SyncRun,
+)
 from store.types import utcnow
 from sync.runner import RUN_FAILED, RUN_OK, RUN_RUNNING
 
@@ -105,18 +119,75 @@ def read_metrics(session: Session, now: datetime | None = None) -> list[Metric]:
     )
     families.append(
         GaugeMetricFamily(
-            "askonce_outbox_undelivered", "Change events not delivered yet.", value=pending or 0
+            "askonce_outbox_undelivered",
+            "Change events not handed to the subscriptions yet.",
+            value=pending or 0,
         )
     )
     oldest_s = _seconds(oldest)
     families.append(
         GaugeMetricFamily(
             "askonce_outbox_oldest_undelivered_age_seconds",
-            "Age of the oldest undelivered change event (0 when none).",
+            "Age of the oldest change event not handed to the subscriptions (0 when none).",
             value=max(0.0, now.timestamp() - oldest_s) if oldest_s is not None else 0.0,
         )
     )
+    families.extend(_subscription_families(session, now))
     return families
+
+
+def _subscription_families(session: Session, now: datetime) -> Iterator[Metric]:
+    """Each subscription's status, queue, failures and last send (ids, never endpoints)."""
+    labels = ["consumer", "subscription", "channel"]
+    status = GaugeMetricFamily(
+        "askonce_subscription_status",
+        "1 for the subscription's status (requested, active, error, off).",
+        labels=[*labels, "status"],
+    )
+    pending = GaugeMetricFamily(
+        "askonce_subscription_pending_events",
+        "Events handed to the subscription and not acknowledged by its endpoint yet.",
+        labels=labels,
+    )
+    oldest = GaugeMetricFamily(
+        "askonce_subscription_oldest_pending_age_seconds",
+        "Age of the subscription's oldest unacknowledged event (0 when none).",
+        labels=labels,
+    )
+    attempts = GaugeMetricFamily(
+        "askonce_subscription_failed_attempts",
+        "Failed sends in a row (0 after a success).",
+        labels=labels,
+    )
+    sent = GaugeMetricFamily(
+        "askonce_subscription_last_sent_timestamp_seconds",
+        "When the endpoint last acknowledged a notification (Unix time).",
+        labels=labels,
+    )
+    next_event = (
+        select(Outbox.created_at)
+        .join(SubscriptionEvent, SubscriptionEvent.outbox_id == Outbox.id)
+        .where(
+            SubscriptionEvent.subscription_id == Subscription.id,
+            SubscriptionEvent.event_number == Subscription.delivered_through + 1,
+        )
+        .scalar_subquery()
+    )
+    for sub, consumer, first_pending in session.execute(
+        select(Subscription, Consumer.name, next_event)
+        .join(Consumer, Consumer.id == Subscription.consumer_id)
+        .order_by(Consumer.name, Subscription.created_at, Subscription.id)
+    ):
+        values = [consumer, sub.id, sub.channel_type]
+        status.add_metric([*values, sub.status], 1.0)
+        pending.add_metric(values, max(0, sub.events_since_start - sub.delivered_through))
+        first_s = _seconds(first_pending)
+        oldest.add_metric(values, max(0.0, now.timestamp() - first_s) if first_s else 0.0)
+        attempts.add_metric(values, sub.attempts)
+        last_s = _seconds(sub.last_sent_at)
+        if last_s is not None:
+            sent.add_metric(values, last_s)
+    yield from (status, pending, oldest, attempts, sent)
 
 
 def _run_families(session: Session, names: dict[int, str]) -> Iterator[Metric]:

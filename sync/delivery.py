@@ -52,7 +52,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import ColumnElement, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
@@ -112,6 +112,8 @@ DEFAULT_DELIVER_S = 25.0
 #: PostgreSQL advisory lock class of the fan-out ("DLV").
 DELIVERY_LOCK_CLASS = 0x444C56
 WEBHOOK_SECRET_BYTES = 32
+#: Webhook messages sent in one round, their progress recorded once.
+WEBHOOK_BATCH = 100
 #: Hosts a plain-http endpoint may name (a receiver on the same machine).
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 SUCCESS_FIRST, SUCCESS_LAST = 200, 299
@@ -417,6 +419,17 @@ class EventRow:
     created_at: datetime
 
 
+#: The outbox columns an :class:`EventRow` is made of, in its order.
+EVENT_COLUMNS = (
+    Outbox.id,
+    Outbox.event_type,
+    Outbox.aggregate_type,
+    Outbox.aggregate_id,
+    Outbox.payload,
+    Outbox.created_at,
+)
+
+
 def _patients_of(event: EventRow) -> set[str]:
     """The golden Patient ids an event concerns."""
     payload = event.payload or {}
@@ -477,14 +490,7 @@ def fan_out(session: Session, *, limit: int = FAN_OUT_BATCH, now: datetime | Non
     _lock_fan_out(session)
     now = now or utcnow()
     rows = session.execute(
-        select(
-            Outbox.id,
-            Outbox.event_type,
-            Outbox.aggregate_type,
-            Outbox.aggregate_id,
-            Outbox.payload,
-            Outbox.created_at,
-        )
+        select(*EVENT_COLUMNS)
         .where(Outbox.delivered_at.is_(None))
         .order_by(Outbox.next_attempt_at, Outbox.id)
         .limit(limit)
@@ -726,13 +732,18 @@ def backoff_s(attempts: int, *, rng: random.Random | None = None) -> float:
     return ceiling / 2 + (rng or random).random() * ceiling / 2
 
 
+def _free(now: datetime) -> ColumnElement[bool]:
+    """No sender holds the subscription and no backoff is running."""
+    return or_(Subscription.next_attempt_at.is_(None), Subscription.next_attempt_at <= now)
+
+
 def _claim(session_factory: sessionmaker[Session], sub_id: str, now: datetime) -> bool:
     with unit_of_work(session_factory) as session:
         claimed = session.execute(
             update(Subscription)
             .where(
                 Subscription.id == sub_id,
-                (Subscription.next_attempt_at.is_(None)) | (Subscription.next_attempt_at <= now),
+                _free(now),
             )
             .values(next_attempt_at=now + timedelta(seconds=LEASE_S))
         )
@@ -741,15 +752,7 @@ def _claim(session_factory: sessionmaker[Session], sub_id: str, now: datetime) -
 
 def _pending(session: Session, sub: Subscription, limit: int) -> list[tuple[int, EventRow]]:
     rows = session.execute(
-        select(
-            SubscriptionEvent.event_number,
-            Outbox.id,
-            Outbox.event_type,
-            Outbox.aggregate_type,
-            Outbox.aggregate_id,
-            Outbox.payload,
-            Outbox.created_at,
-        )
+        select(SubscriptionEvent.event_number, *EVENT_COLUMNS)
         .join(Outbox, Outbox.id == SubscriptionEvent.outbox_id)
         .where(
             SubscriptionEvent.subscription_id == sub.id,
@@ -812,7 +815,31 @@ class Message:
     events: int
 
 
-def _next_message(
+def _next_messages(
+    session: Session,
+    sub: Subscription,
+    now: datetime,
+    *,
+    base: str,
+    render: Render | None,
+) -> list[Message]:
+    """What ``sub`` should be sent now, in order: a webhook's next events, one message
+    each; or a FHIR subscription's one notification. Empty when nothing is due."""
+    if sub.channel_type == CHANNEL_WEBHOOK:
+        if not sub.secret:
+            return []
+        messages = []
+        for number, event in _pending(session, sub, WEBHOOK_BATCH):
+            body = json.dumps(webhook_message(event), separators=(",", ":"))
+            headers = {"Content-Type": "application/json"}
+            headers.update(webhook_headers(sub.secret, f"msg_{event.id}", body, now))
+            messages.append(Message(KIND_EVENT, body, headers, number, 1))
+        return messages
+    message = _next_notification(session, sub, now, base=base, render=render)
+    return [message] if message is not None else []
+
+
+def _next_notification(
     session: Session,
     sub: Subscription,
     now: datetime,
@@ -820,16 +847,8 @@ def _next_message(
     base: str,
     render: Render | None,
 ) -> Message | None:
-    """What ``sub`` should be sent now, or None."""
-    if sub.channel_type == CHANNEL_WEBHOOK:
-        pending = _pending(session, sub, 1)
-        if not pending or not sub.secret:
-            return None
-        number, event = pending[0]
-        body = json.dumps(webhook_message(event), separators=(",", ":"))
-        headers = {"Content-Type": "application/json"}
-        headers.update(webhook_headers(sub.secret, f"msg_{event.id}", body, now))
-        return Message(KIND_EVENT, body, headers, number, 1)
+    """A FHIR subscription's next notification: its handshake, its next events or a
+    heartbeat."""
     fhir_headers = {"Content-Type": "application/fhir+json", **_channel_headers(sub)}
     if needs_handshake(sub):
         bundle = notification_bundle(sub, KIND_HANDSHAKE, base=base, status=STATUS_REQUESTED)
@@ -857,32 +876,32 @@ def _next_message(
 def _record(
     session_factory: sessionmaker[Session],
     sub_id: str,
-    message: Message,
-    result: SendResult,
+    sent: Message | None,
+    failed: SendResult | None,
     now: datetime,
-) -> bool:
-    """Store a send's outcome; True when the sender may go on with this subscription."""
+) -> None:
+    """Store what a round of sends did: the last message the endpoint acknowledged
+    (``sent``), then the failure that ended the round (``failed``: the backoff)."""
     with unit_of_work(session_factory) as session:
         sub = session.get(Subscription, sub_id)
         if sub is None:
-            return False
-        if result.ok:
-            sub.status = STATUS_ACTIVE if sub.status != STATUS_OFF else STATUS_OFF
+            return
+        if sent is not None:
+            if sub.status != STATUS_OFF:
+                sub.status = STATUS_ACTIVE
             sub.attempts = 0
             sub.error = None
             sub.last_sent_at = now
-            if message.through > sub.delivered_through:
-                sub.delivered_through = message.through
+            sub.delivered_through = max(sub.delivered_through, sent.through)
             sub.next_attempt_at = now + timedelta(seconds=LEASE_S)  # still ours
-            return True
-        sub.attempts += 1
-        sub.error = result.error
-        if sub.status != STATUS_OFF and (
-            sub.attempts >= ERROR_AFTER_ATTEMPTS or not result.retryable
-        ):
-            sub.status = STATUS_ERROR
-        sub.next_attempt_at = now + timedelta(seconds=backoff_s(sub.attempts))
-        return False
+        if failed is not None:
+            sub.attempts += 1
+            sub.error = failed.error
+            if sub.status != STATUS_OFF and (
+                sub.attempts >= ERROR_AFTER_ATTEMPTS or not failed.retryable
+            ):
+                sub.status = STATUS_ERROR
+            sub.next_attempt_at = now + timedelta(seconds=backoff_s(sub.attempts))
 
 
 def _release(session_factory: sessionmaker[Session], sub_id: str, now: datetime) -> None:
@@ -908,7 +927,7 @@ def _due(session: Session, now: datetime) -> list[str]:
         .where(
             Subscription.status != STATUS_OFF,
             Consumer.active.is_(True),
-            (Subscription.next_attempt_at.is_(None)) | (Subscription.next_attempt_at <= now),
+            _free(now),
         )
         .order_by(Subscription.created_at, Subscription.id)
     ).all()
@@ -933,38 +952,49 @@ def send_subscription(
     render: Render | None = None,
     clock: Callable[[], datetime] = utcnow,
 ) -> None:
-    """Send what ``sub_id`` is due, message after message, until its queue is empty, a
-    send fails, or ``deadline``."""
+    """Send what ``sub_id`` is due, round after round, until its queue is empty, a send
+    fails, or ``deadline``. A round is one FHIR notification, or up to
+    :data:`WEBHOOK_BATCH` webhook messages recorded together (a sender that dies in a
+    round sends that round again: at least once)."""
     if not _claim(session_factory, sub_id, clock()):
         return
     report.subscriptions.append(sub_id)
-    while True:
-        now = clock()
-        if now >= deadline:
-            break
+    while clock() < deadline:
         with session_factory() as session:
             sub = session.get(Subscription, sub_id)
             if sub is None or sub.status == STATUS_OFF:
                 break
-            message = _next_message(session, sub, now, base=base, render=render)
+            messages = _next_messages(session, sub, clock(), base=base, render=render)
             url = sub.endpoint
             timeout = _timeout(sub)
-        if message is None:
+        if not messages:
             break
-        result = post(client, url, message.body, message.headers, timeout)
-        if not _record(session_factory, sub_id, message, result, clock()):
+        sent: Message | None = None
+        failed: SendResult | None = None
+        for message in messages:
+            result = post(client, url, message.body, message.headers, timeout)
+            if not result.ok:
+                failed = result
+                log.warning(
+                    "delivery failed",
+                    extra={
+                        "subscription": sub_id,
+                        "kind": message.kind,
+                        "status": result.status_code,
+                    },
+                )
+                break
+            sent = message
+            report.notifications += 1
+            report.events_delivered += message.events
+            if message.kind == KIND_HANDSHAKE:
+                report.handshakes += 1
+            elif message.kind == KIND_HEARTBEAT:
+                report.heartbeats += 1
+        _record(session_factory, sub_id, sent, failed, clock())
+        if failed is not None:
             report.failures += 1
-            log.warning(
-                "delivery failed",
-                extra={"subscription": sub_id, "kind": message.kind, "status": result.status_code},
-            )
             return  # the backoff holds the claim
-        report.notifications += 1
-        report.events_delivered += message.events
-        if message.kind == KIND_HANDSHAKE:
-            report.handshakes += 1
-        elif message.kind == KIND_HEARTBEAT:
-            report.heartbeats += 1
     _release(session_factory, sub_id, clock())
 
 

@@ -18,6 +18,7 @@ from store.models import (
     ReviewItem,
     Source,
     SourceRecord,
+    Subscription,
     SyncCursor,
     SyncRun,
 )
@@ -181,6 +182,39 @@ def consumer_json(consumer: Consumer) -> dict[str, Any]:
         "active": consumer.active,
         "created_at": _iso(consumer.created_at),
     }
+
+
+def subscription_json(sub: Subscription, consumer: str) -> dict[str, Any]:
+    """A subscription as an operator sees it: state and counts, never its secret or
+    channel headers (the endpoint, which the operator must be able to check, is shown)."""
+    return {
+        "id": sub.id,
+        "consumer": consumer,
+        "channel": sub.channel_type,
+        "topic": sub.topic,
+        "endpoint": sub.endpoint,
+        "status": sub.status,
+        "payload": sub.payload_content,
+        "events_since_start": sub.events_since_start,
+        "delivered_through": sub.delivered_through,
+        "pending": max(0, sub.events_since_start - sub.delivered_through),
+        "failed_attempts": sub.attempts,
+        "error": sub.error,
+        "next_attempt_at": _iso(sub.next_attempt_at),
+        "last_sent_at": _iso(sub.last_sent_at),
+        "created_at": _iso(sub.created_at),
+    }
+
+
+def list_subscriptions(session: Session, status: str | None = None) -> list[dict[str, Any]]:
+    query = (
+        select(Subscription, Consumer.name)
+        .join(Consumer, Consumer.id == Subscription.consumer_id)
+        .order_by(Consumer.name, Subscription.created_at, Subscription.id)
+    )
+    if status:
+        query = query.where(Subscription.status == status)
+    return [subscription_json(sub, name) for sub, name in session.execute(query)]
 
 
 def list_consumers(session: Session) -> list[dict[str, Any]]:

@@ -26,6 +26,8 @@ from gateway.admin.queries import (
     list_review,
     list_runs,
     list_sources,
+    list_subscriptions,
+    subscription_json,
 )
 from gateway.audit import audited
 from gateway.auth.consumers import ConsumerExistsError, register_consumer
@@ -41,7 +43,7 @@ from mpi import (
     record_decision,
 )
 from store import NotFoundError
-from store.models import Consumer, GoldenPatient
+from store.models import Consumer, GoldenPatient, Subscription
 from store.models import Source as SourceRow
 from sync import (
     ReprocessError,
@@ -419,3 +421,37 @@ def deactivate_consumer(
     consumer.active = False
     session.commit()
     return consumer_json(consumer)
+
+
+@router.get(
+    "/subscriptions", summary="Every consumer's Subscriptions and webhooks, with their queues"
+)
+def subscriptions(
+    session: SessionDep,
+    _principal: AdminPrincipal,
+    status: Annotated[str | None, Query(pattern="^(requested|active|error|off)$")] = None,
+) -> list[dict[str, Any]]:
+    return list_subscriptions(session, status)
+
+
+@router.post(
+    "/subscriptions/{subscription_id}/retry",
+    summary="Send to a subscription now, without waiting out its backoff (its endpoint is fixed)",
+)
+def retry_subscription(
+    subscription_id: str, session: SessionDep, _principal: AdminPrincipal
+) -> dict[str, Any]:
+    row = session.execute(
+        select(Subscription, Consumer.name)
+        .join(Consumer, Consumer.id == Subscription.consumer_id)
+        .where(Subscription.id == subscription_id)
+    ).first()
+    if row is None:
+        raise OutcomeError(not_found("No such subscription."))
+    sub, consumer = row
+    if sub.status == "off":
+        raise OutcomeError(conflict("The subscription is off; its owner turns it on."))
+    if sub.attempts:  # in a backoff; otherwise it is due already, or a sender holds it
+        sub.next_attempt_at = None
+        session.commit()
+    return subscription_json(sub, consumer)

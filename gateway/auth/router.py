@@ -100,7 +100,12 @@ def smart_configuration(request: Request) -> JSONResponse:
             "token_endpoint": f"{base}/auth/token",
             "grant_types_supported": [GRANT_TYPE],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-            "scopes_supported": ["system/Patient.rs", "system/Encounter.rs", "askonce.admin"],
+            "scopes_supported": [
+                "system/Patient.rs",
+                "system/Encounter.rs",
+                "system/Subscription.cruds",
+                "askonce.admin",
+            ],
             "capabilities": ["client-confidential-symmetric", "permission-v2", "permission-v1"],
         }
     )

@@ -110,8 +110,8 @@ def capability_statement(
                 "security": {
                     "service": [SMART_SERVICE],
                     "description": "Bearer tokens from POST /auth/token (client credentials); "
-                    "SMART v2 scopes system/Patient.rs and system/Encounter.rs (v1 "
-                    ".read accepted).",
+                    "SMART v2 scopes system/Patient.rs, system/Encounter.rs and "
+                    "system/Subscription.cruds (v1 .read accepted).",
                     "extension": [
                         {
                             "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",

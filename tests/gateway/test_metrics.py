@@ -9,7 +9,17 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.models import GoldenPatient, Outbox, ReviewItem, Source, SourceRecord, SyncRun
+from store.models import (
+    Consumer,
+    GoldenPatient,
+    Outbox,
+    ReviewItem,
+    Source,
+    SourceRecord,
+    Subscription,
+    SubscriptionEvent,
+    SyncRun,
+)
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 SECRET_NAME = "Oyelaran-Whitfield"
@@ -166,3 +176,69 @@ def test_metrics_of_an_empty_database_and_openmetrics(client: TestClient) -> Non
     response = client.get("/metrics", headers={"Accept": "application/openmetrics-text"})
     assert response.headers["content-type"].startswith("application/openmetrics-text")
     assert response.text.endswith("# EOF\n")
+
+
+def test_subscription_metrics(session_factory: sessionmaker[Session], client: TestClient) -> None:
+    with session_factory() as session:
+        crm = Consumer(name="crm", kind="crm", client_id="c1", secret_hash="h", scopes=[])
+        session.add(crm)
+        session.flush()
+        failing = Subscription(
+            id="s-failing",
+            consumer_id=crm.id,
+            status="error",
+            topic="t",
+            endpoint="https://crm.example.org/secret-path",
+            events_since_start=5,
+            delivered_through=3,
+            attempts=4,
+            last_sent_at=NOW - timedelta(hours=1),
+        )
+        idle = Subscription(
+            id="s-idle",
+            consumer_id=crm.id,
+            status="active",
+            topic="*",
+            channel_type="webhook",
+            endpoint="https://crm.example.org/events",
+        )
+        session.add_all([failing, idle])
+        session.flush()
+        for number, minutes in ((3, 40), (4, 20), (5, 10)):
+            event = Outbox(
+                event_type="patient.updated",
+                aggregate_type="Patient",
+                aggregate_id="g1",
+                payload={},
+                created_at=NOW - timedelta(minutes=minutes),
+                delivered_at=NOW,
+            )
+            session.add(event)
+            session.flush()
+            session.add(
+                SubscriptionEvent(
+                    subscription_id="s-failing", event_number=number, outbox_id=event.id
+                )
+            )
+        session.commit()
+    response = client.get("/metrics")
+    assert "secret-path" not in response.text
+    got = _samples(response.text)
+    failing_labels = {"consumer": "crm", "subscription": "s-failing", "channel": "rest-hook"}
+    idle_labels = {"consumer": "crm", "subscription": "s-idle", "channel": "webhook"}
+
+    def value(name: str, **labels: str) -> float:
+        return got[(name, tuple(sorted(labels.items())))]
+
+    assert value("askonce_subscription_status", **failing_labels, status="error") == 1
+    assert value("askonce_subscription_status", **idle_labels, status="active") == 1
+    assert value("askonce_subscription_pending_events", **failing_labels) == 2
+    assert value("askonce_subscription_pending_events", **idle_labels) == 0
+    age = value("askonce_subscription_oldest_pending_age_seconds", **failing_labels)
+    assert 1200 <= age < 1200 + 120  # event 4, the first not acknowledged
+    assert value("askonce_subscription_oldest_pending_age_seconds", **idle_labels) == 0
+    assert value("askonce_subscription_failed_attempts", **failing_labels) == 4
+    assert (
+        value("askonce_subscription_last_sent_timestamp_seconds", **failing_labels)
+        == (NOW - timedelta(hours=1)).timestamp()
+    )

@@ -526,7 +526,7 @@ def test_concurrent_fan_outs_number_each_event_once(
                     session.commit()
                 if not step.events:
                     return
-        except BaseException as exc:  # noqa: BLE001 (reported below)
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(3)]
@@ -591,3 +591,23 @@ def test_http_is_allowed_to_loopback_or_when_the_deployment_says_so() -> None:
         subscription_resource(endpoint="http://crm.internal/h"), allow_http=True
     )
     assert spec.endpoint == "http://crm.internal/h"
+
+
+def test_a_webhook_round_that_fails_midway_keeps_what_was_acknowledged(
+    session_factory: sessionmaker[Session], endpoint: Endpoint, http: httpx.Client
+) -> None:
+    clock = Clock()
+    add_consumer(session_factory, webhook="https://crm.example.org/events")
+    for n in range(4):
+        patient_event(session_factory, "patient.created", f"g{n}")
+    endpoint.answers = [200, 200, 500]
+    report = deliver(session_factory, client=http, clock=clock)
+    assert (report.events_delivered, report.failures) == (2, 1)
+    with session_factory() as session:
+        (sub,) = session.scalars(select(Subscription)).all()
+        assert (sub.delivered_through, sub.attempts, sub.status) == (2, 1, "active")
+    clock.advance(BACKOFF_MAX_S)
+    assert deliver(session_factory, client=http, clock=clock).events_delivered == 2
+    ids = [r.headers["webhook-id"] for r in endpoint.requests]
+    assert len(ids) == 5 and ids[2] == ids[3]  # the failed one again, with its own id
+    assert len(set(ids)) == 4

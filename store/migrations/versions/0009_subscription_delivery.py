@@ -23,6 +23,7 @@ shows a new one.
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import uuid
 
@@ -93,23 +94,29 @@ def upgrade() -> None:
 
 
 def _webhooks_of_existing_consumers() -> None:
+    # The types a webhook carries follow from its consumer's SMART scopes, read by the
+    # gateway's own rule (a pure function of the scope strings).
+    from gateway.auth.consumers import webhook_types
+
     conn = op.get_bind()
     consumers = conn.execute(
-        sa.text("SELECT id, webhook_url FROM consumer WHERE webhook_url IS NOT NULL")
+        sa.text("SELECT id, webhook_url, scopes FROM consumer WHERE webhook_url IS NOT NULL")
     ).all()
-    for consumer_id, url in consumers:
+    for consumer_id, url, scopes in consumers:
+        granted = json.loads(scopes) if isinstance(scopes, str) else scopes
         conn.execute(
             sa.text(
                 "INSERT INTO subscription (id, consumer_id, status, topic, filters, channel_type,"
                 " endpoint, headers, payload_content, events_since_start, resource, created_at,"
                 " secret, delivered_through, attempts)"
-                " VALUES (:id, :consumer, 'active', '*', '{}', 'webhook', :url, '[]', 'id-only',"
-                " 0, '{}', CURRENT_TIMESTAMP, :secret, 0, 0)"
+                " VALUES (:id, :consumer, 'active', '*', :filters, 'webhook', :url, '[]',"
+                " 'id-only', 0, '{}', CURRENT_TIMESTAMP, :secret, 0, 0)"
             ),
             {
                 "id": str(uuid.uuid4()),
                 "consumer": consumer_id,
                 "url": url,
+                "filters": json.dumps({"types": webhook_types(granted or [])}),
                 "secret": "whsec_" + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode(),
             },
         )

@@ -1,0 +1,282 @@
+"""``/fhir/Subscription``: a consumer's topic-based Subscriptions (R4 backport), each
+consumer seeing only its own; errors are OperationOutcomes naming the element."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.subscription import Subscription as FhirSubscription
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.auth.consumers import register_consumer
+from store.models import Subscription
+from store.types import utcnow
+from sync.delivery import ENCOUNTER_TOPIC, PATIENT_TOPIC, SUBSCRIPTION_PROFILE
+from tests.sync.test_delivery import subscription_resource
+
+FHIR_JSON = {"Content-Type": "application/fhir+json"}
+ALL = ("system/Patient.rs", "system/Encounter.rs", "system/Subscription.cruds")
+Auth = Callable[..., dict[str, str]]
+
+
+@pytest.fixture
+def consumer_auth(session_factory: sessionmaker[Session], auth_for: Auth) -> Auth:
+    """Headers of a registered consumer with ``scopes`` (registered once per name)."""
+    client_ids: dict[str, str] = {}
+
+    def make(*scopes: str, name: str = "crm") -> dict[str, str]:
+        if name not in client_ids:
+            with session_factory() as session:
+                creds = register_consumer(session, name, "crm", list(ALL))
+                session.commit()
+            client_ids[name] = creds.client_id
+        return {**auth_for(*(scopes or ALL), client_id=client_ids[name]), **FHIR_JSON}
+
+    return make
+
+
+def create(client: TestClient, headers: dict[str, str], **fields: Any) -> dict[str, Any]:
+    reply = client.post("/fhir/Subscription", json=subscription_resource(**fields), headers=headers)
+    assert reply.status_code == 201, reply.text
+    body: dict[str, Any] = reply.json()
+    assert reply.headers["location"] == f"http://testserver/fhir/Subscription/{body['id']}"
+    return body
+
+
+def test_a_consumer_creates_reads_and_searches_its_subscriptions(
+    client: TestClient, consumer_auth: Auth, session_factory: sessionmaker[Session]
+) -> None:
+    headers = consumer_auth()
+    made = create(client, headers, filters=("Patient?_id=g1",), heartbeat_s=120)
+    FhirSubscription.model_validate(made)
+    assert made["status"] == "requested"
+    assert made["meta"]["profile"] == [SUBSCRIPTION_PROFILE]
+    assert made["criteria"] == PATIENT_TOPIC.url
+    assert made["channel"]["endpoint"] == "https://crm.example.org/fhir-hook"
+    with session_factory() as session:
+        row = session.get(Subscription, made["id"])
+        assert row is not None
+        assert (row.filters, row.heartbeat_s, row.payload_content) == (
+            {"patients": ["g1"]},
+            120,
+            "id-only",
+        )
+
+    read = client.get(f"/fhir/Subscription/{made['id']}", headers=headers)
+    assert read.status_code == 200
+    assert read.json() == made
+
+    other = create(client, headers, topic=ENCOUNTER_TOPIC.url, status="off")
+    found = client.get("/fhir/Subscription", headers=headers).json()
+    Bundle.model_validate(found)
+    assert [e["resource"]["id"] for e in found["entry"]] == [made["id"], other["id"]]
+    only_off = client.get("/fhir/Subscription", params={"status": "off"}, headers=headers).json()
+    assert [e["resource"]["id"] for e in only_off["entry"]] == [other["id"]]
+    bad = client.get("/fhir/Subscription", params={"topic": "x"}, headers=headers)
+    assert bad.status_code == 400
+    assert bad.json()["resourceType"] == "OperationOutcome"
+
+
+def test_another_consumers_subscription_does_not_exist_for_it(
+    client: TestClient, consumer_auth: Auth
+) -> None:
+    mine = create(client, consumer_auth())
+    theirs = consumer_auth(name="portal")
+    for method in ("get", "delete"):
+        reply = getattr(client, method)(f"/fhir/Subscription/{mine['id']}", headers=theirs)
+        assert reply.status_code == 404, method
+    reply = client.put(
+        f"/fhir/Subscription/{mine['id']}",
+        json={**subscription_resource(), "id": mine["id"]},
+        headers=theirs,
+    )
+    assert reply.status_code == 404
+    assert client.get("/fhir/Subscription", headers=theirs).json().get("entry") is None
+    assert client.get(f"/fhir/Subscription/{mine['id']}/$status", headers=theirs).status_code == 404
+
+
+def test_update_pauses_and_restarts_and_delete_ends(
+    client: TestClient, consumer_auth: Auth, session_factory: sessionmaker[Session]
+) -> None:
+    headers = consumer_auth()
+    made = create(client, headers)
+    with session_factory() as session:  # as if the handshake and some events went out
+        row = session.get(Subscription, made["id"])
+        assert row is not None
+        row.status, row.events_since_start, row.delivered_through = "active", 4, 4
+        session.commit()
+
+    paused = client.put(
+        f"/fhir/Subscription/{made['id']}",
+        json={**subscription_resource(status="off"), "id": made["id"]},
+        headers=headers,
+    )
+    assert paused.status_code == 200, paused.text
+    assert paused.json()["status"] == "off"
+
+    moved = client.put(
+        f"/fhir/Subscription/{made['id']}",
+        json=subscription_resource(endpoint="https://crm.example.org/new-hook"),
+        headers=headers,
+    )
+    assert moved.json()["status"] == "requested"  # a new handshake first
+    with session_factory() as session:
+        row = session.get(Subscription, made["id"])
+        assert row is not None
+        # the event numbers go on: a receiver's gap detection keeps working
+        assert (row.endpoint, row.events_since_start) == ("https://crm.example.org/new-hook", 4)
+
+    wrong_id = client.put(
+        f"/fhir/Subscription/{made['id']}",
+        json={**subscription_resource(), "id": "another"},
+        headers=headers,
+    )
+    assert wrong_id.status_code == 400
+
+    assert client.delete(f"/fhir/Subscription/{made['id']}", headers=headers).status_code == 204
+    assert client.get(f"/fhir/Subscription/{made['id']}", headers=headers).status_code == 404
+
+
+def test_status_operation(client: TestClient, consumer_auth: Auth) -> None:
+    headers = consumer_auth()
+    made = create(client, headers)
+    reply = client.get(f"/fhir/Subscription/{made['id']}/$status", headers=headers)
+    assert reply.status_code == 200
+    bundle = reply.json()
+    Bundle.model_validate(bundle)
+    assert bundle["type"] == "searchset"
+    params = {
+        p["name"]: next(v for k, v in p.items() if k.startswith("value"))
+        for p in bundle["entry"][0]["resource"]["parameter"]
+    }
+    assert params["type"] == "query-status"
+    assert params["status"] == "requested"
+    assert params["events-since-subscription-start"] == "0"
+    assert params["subscription"] == {
+        "reference": f"http://testserver/fhir/Subscription/{made['id']}"
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "expression"),
+    [
+        ({"criteria": "Patient?name=smith"}, "Subscription.criteria"),
+        ({"channel": {"type": "websocket"}}, "Subscription.channel.type"),
+        ({"channel": {"type": "rest-hook", "endpoint": "http://crm.example.org/h"}}, "endpoint"),
+        ({"status": 7}, "Subscription.status"),
+    ],
+)
+def test_a_subscription_that_cannot_be_honoured_is_a_400_naming_the_element(
+    client: TestClient, consumer_auth: Auth, change: dict[str, Any], expression: str
+) -> None:
+    body = {**subscription_resource(), **change}
+    reply = client.post("/fhir/Subscription", json=body, headers=consumer_auth())
+    assert reply.status_code == 400, reply.text
+    outcome = reply.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert expression in outcome["issue"][0]["expression"][0]
+
+
+def test_malformed_and_oversized_bodies(client: TestClient, consumer_auth: Auth) -> None:
+    headers = consumer_auth()
+    reply = client.post("/fhir/Subscription", content=b"{not json", headers=headers)
+    assert reply.status_code == 400
+    reply = client.post("/fhir/Subscription", json={"resourceType": "Patient"}, headers=headers)
+    assert reply.status_code == 400
+    huge = {**subscription_resource(), "reason": "x" * (70 * 1024)}
+    assert client.post("/fhir/Subscription", json=huge, headers=headers).status_code == 413
+
+
+def test_scopes(client: TestClient, consumer_auth: Auth, auth_for: Auth) -> None:
+    body = subscription_resource()
+    # no Subscription scope
+    reply = client.post("/fhir/Subscription", json=body, headers=consumer_auth("system/Patient.rs"))
+    assert reply.status_code == 403
+    # the topic's resource must be readable: notifications disclose what changed
+    reply = client.post(
+        "/fhir/Subscription",
+        json=subscription_resource(topic=ENCOUNTER_TOPIC.url),
+        headers=consumer_auth("system/Patient.rs", "system/Subscription.cruds"),
+    )
+    assert reply.status_code == 403
+    assert "Encounter" in reply.json()["issue"][0]["diagnostics"]
+    # a token whose client is not a registered consumer cannot own Subscriptions
+    stranger = {**auth_for(*ALL, client_id="nobody"), **FHIR_JSON}
+    assert client.post("/fhir/Subscription", json=body, headers=stranger).status_code == 403
+    assert client.post("/fhir/Subscription", json=body, headers=FHIR_JSON).status_code == 401
+
+
+def test_admin_registers_a_consumer_with_a_webhook_and_gets_its_secret_once(
+    client: TestClient, auth_for: Auth, session_factory: sessionmaker[Session]
+) -> None:
+    admin = auth_for("askonce.admin")
+    reply = client.post(
+        "/admin/consumers",
+        json={
+            "name": "messaging",
+            "kind": "messaging",
+            "scopes": ["system/Patient.rs"],
+            "webhook_url": "https://sms.example.org/askonce",
+        },
+        headers=admin,
+    )
+    assert reply.status_code == 201, reply.text
+    secret = reply.json()["webhook_secret"]
+    assert secret.startswith("whsec_")
+    with session_factory() as session:
+        (row,) = session.query(Subscription).all()
+        assert (row.channel_type, row.status, row.filters) == (
+            "webhook",
+            "active",
+            {"types": ["Patient"]},
+        )
+    # a webhook is not a FHIR Subscription: the FHIR API does not show it
+    listed = client.get("/admin/consumers", headers=admin).json()
+    assert "webhook_secret" not in listed[0]
+    bad = client.post(
+        "/admin/consumers",
+        json={
+            "name": "other",
+            "kind": "crm",
+            "scopes": ["system/Patient.rs"],
+            "webhook_url": "http://sms.example.org/askonce",
+        },
+        headers=admin,
+    )
+    assert bad.status_code == 400
+    assert bad.json()["issue"][0]["expression"] == ["webhook_url"]
+
+
+def test_admin_lists_subscriptions_and_retries_one_in_backoff(
+    client: TestClient,
+    consumer_auth: Auth,
+    auth_for: Auth,
+    session_factory: sessionmaker[Session],
+) -> None:
+    made = create(client, consumer_auth())
+    admin = auth_for("askonce.admin")
+    with session_factory() as session:
+        row = session.get(Subscription, made["id"])
+        assert row is not None
+        row.status, row.attempts, row.error = "error", 3, "the endpoint answered 503"
+        row.next_attempt_at = utcnow() + timedelta(hours=1)
+        row.events_since_start, row.delivered_through = 9, 4
+        session.commit()
+    listed = client.get("/admin/subscriptions", headers=admin).json()
+    assert [(s["id"], s["consumer"], s["status"], s["pending"]) for s in listed] == [
+        (made["id"], "crm", "error", 5)
+    ]
+    assert "headers" not in listed[0] and "secret" not in listed[0]
+    assert client.get("/admin/subscriptions?status=active", headers=admin).json() == []
+    assert client.get("/admin/subscriptions?status=bogus", headers=admin).status_code == 400
+
+    retried = client.post(f"/admin/subscriptions/{made['id']}/retry", headers=admin)
+    assert retried.status_code == 200
+    assert retried.json()["next_attempt_at"] is None
+    assert client.post("/admin/subscriptions/nope/retry", headers=admin).status_code == 404
+    assert client.get("/admin/subscriptions", headers=consumer_auth()).status_code == 403
