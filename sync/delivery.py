@@ -52,13 +52,13 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
-from sqlalchemy import ColumnElement, func, insert, or_, select, text, update
+from sqlalchemy import ColumnElement, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from fhir_mapping import InvalidResource, validate_resource
 from store import unit_of_work
-from store.bulk import chunks
+from store.bulk import BulkWriter, chunks
 from store.models import Consumer, Outbox, Subscription, SubscriptionEvent
 from store.types import utcnow
 from sync.context import TaskContext
@@ -372,6 +372,12 @@ def render_subscription(sub: Subscription) -> dict[str, Any]:
     return resource
 
 
+def delete_subscription(session: Session, sub: Subscription) -> None:
+    """End a subscription: it and its queue go (the queue has no foreign key to cascade)."""
+    session.execute(delete(SubscriptionEvent).where(SubscriptionEvent.subscription_id == sub.id))
+    session.delete(sub)
+
+
 def new_webhook_secret() -> str:
     """A Standard Webhooks signing secret: ``whsec_`` and base64 of 32 random bytes."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(WEBHOOK_SECRET_BYTES)).decode()
@@ -504,21 +510,17 @@ def fan_out(session: Session, *, limit: int = FAN_OUT_BATCH, now: datetime | Non
         .where(Subscription.status != STATUS_OFF, Consumer.active.is_(True))
         .order_by(Subscription.created_at, Subscription.id)
     ).all()
-    queue: list[dict[str, Any]] = []
+    queue: list[tuple[str, int, int]] = []
     for event in sorted(events, key=lambda e: e.id):
         for sub in subs:
             if matches(sub, event):
                 sub.events_since_start += 1
-                queue.append(
-                    {
-                        "subscription_id": sub.id,
-                        "event_number": sub.events_since_start,
-                        "outbox_id": event.id,
-                    }
-                )
+                queue.append((sub.id, sub.events_since_start, event.id))
                 _follow_merge(sub, event)
-    for part in chunks(queue):
-        session.execute(insert(SubscriptionEvent), part)
+    # COPY on PostgreSQL: an ORM insert took ~125 us a row there (the bench's fan-out).
+    BulkWriter(session).insert(
+        "subscription_event", ("subscription_id", "event_number", "outbox_id"), queue
+    )
     for ids in chunks([e.id for e in events]):
         session.execute(update(Outbox).where(Outbox.id.in_(ids)).values(delivered_at=now))
     return FanOut(events=len(events), queued=len(queue))
@@ -756,7 +758,11 @@ def _pending(session: Session, sub: Subscription, limit: int) -> list[tuple[int,
         .join(Outbox, Outbox.id == SubscriptionEvent.outbox_id)
         .where(
             SubscriptionEvent.subscription_id == sub.id,
+            # Event numbers are dense (the fan-out gives 1, 2, 3... under its lock), so the
+            # next ``limit`` events are this range: an index range scan whatever the
+            # planner's statistics say (without them PostgreSQL read the whole backlog).
             SubscriptionEvent.event_number > sub.delivered_through,
+            SubscriptionEvent.event_number <= sub.delivered_through + limit,
         )
         .order_by(SubscriptionEvent.event_number)
         .limit(limit)

@@ -32,6 +32,7 @@ from sync.delivery import (
     TOPICS,
     SubscriptionSettingsError,
     apply_spec,
+    delete_subscription,
     render_subscription,
     subscription_spec,
     subscription_status,
@@ -229,7 +230,7 @@ def delete(
     audit: AuditDep,
 ) -> Response:
     with audited(audit, principal, "delete", request, "Subscription", subscription_id):
-        session.delete(_own(session, principal, subscription_id))
+        delete_subscription(session, _own(session, principal, subscription_id))
         session.commit()
     return Response(status_code=204)
 

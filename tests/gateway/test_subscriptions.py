@@ -14,7 +14,7 @@ from fhir.resources.R4B.subscription import Subscription as FhirSubscription
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.auth.consumers import register_consumer
-from store.models import Subscription
+from store.models import Subscription, SubscriptionEvent
 from store.types import utcnow
 from sync.delivery import ENCOUNTER_TOPIC, PATIENT_TOPIC, SUBSCRIPTION_PROFILE
 from tests.sync.test_delivery import subscription_resource
@@ -138,8 +138,16 @@ def test_update_pauses_and_restarts_and_delete_ends(
     )
     assert wrong_id.status_code == 400
 
+    with session_factory() as session:  # its queue
+        session.add_all(
+            SubscriptionEvent(subscription_id=made["id"], event_number=n, outbox_id=n)
+            for n in (5, 6)
+        )
+        session.commit()
     assert client.delete(f"/fhir/Subscription/{made['id']}", headers=headers).status_code == 204
     assert client.get(f"/fhir/Subscription/{made['id']}", headers=headers).status_code == 404
+    with session_factory() as session:  # the queue went with it
+        assert session.query(SubscriptionEvent).count() == 0
 
 
 def test_status_operation(client: TestClient, consumer_auth: Auth) -> None:
