@@ -57,7 +57,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from fhir_mapping import InvalidResource, validate_resource
-from store import unit_of_work
+from store import AuditRepository, unit_of_work
 from store.bulk import BulkWriter, chunks
 from store.models import Consumer, Outbox, Subscription, SubscriptionEvent
 from store.types import utcnow
@@ -819,6 +819,9 @@ class Message:
     #: The event number this message acknowledges when it succeeds (0: none).
     through: int
     events: int
+    #: The resources a ``full-resource`` notification carries, (type, id): a disclosure of
+    #: patient data, audited when the endpoint takes it.
+    disclosed: tuple[tuple[str, str], ...] = ()
 
 
 def _next_messages(
@@ -872,7 +875,14 @@ def _next_notification(
         bundle = notification_bundle(
             sub, KIND_EVENT, base=base, events=pending, resources=resources
         )
-        return Message(KIND_EVENT, json.dumps(bundle), fhir_headers, pending[-1][0], len(pending))
+        return Message(
+            KIND_EVENT,
+            json.dumps(bundle),
+            fhir_headers,
+            pending[-1][0],
+            len(pending),
+            tuple(resources),
+        )
     if heartbeat_due(sub, now):
         bundle = notification_bundle(sub, KIND_HEARTBEAT, base=base)
         return Message(KIND_HEARTBEAT, json.dumps(bundle), fhir_headers, 0, 0)
@@ -892,6 +902,8 @@ def _record(
         sub = session.get(Subscription, sub_id)
         if sub is None:
             return
+        if sent is not None and sent.disclosed:
+            _audit_disclosure(session, sub, sent)
         if sent is not None:
             if sub.status != STATUS_OFF:
                 sub.status = STATUS_ACTIVE
@@ -908,6 +920,23 @@ def _record(
             ):
                 sub.status = STATUS_ERROR
             sub.next_attempt_at = now + timedelta(seconds=backoff_s(sub.attempts))
+
+
+def _audit_disclosure(session: Session, sub: Subscription, sent: Message) -> None:
+    """Audit a ``full-resource`` notification like a read: the consumer, the resources
+    it was given (ids), and the subscription that gave them."""
+    client_id = session.scalar(select(Consumer.client_id).where(Consumer.id == sub.consumer_id))
+    by_type: dict[str, list[str]] = {}
+    for rtype, rid in sent.disclosed:
+        by_type.setdefault(rtype, []).append(rid)
+    for rtype, ids in by_type.items():
+        AuditRepository(session).record(
+            client_id or f"consumer:{sub.consumer_id}",
+            "notify",
+            resource_type=rtype,
+            resource_id=ids[0] if len(ids) == 1 else None,
+            detail={"ids": ids, "subscription": sub.id},
+        )
 
 
 def _release(session_factory: sessionmaker[Session], sub_id: str, now: datetime) -> None:

@@ -24,7 +24,7 @@ from standardwebhooks.webhooks import Webhook
 
 from gateway.auth.consumers import register_consumer
 from mpi.storage import emit
-from store.models import Outbox, Subscription, SubscriptionEvent
+from store.models import Audit, Consumer, Outbox, Subscription, SubscriptionEvent
 from store.types import utcnow
 from sync.delivery import (
     BACKOFF_MAX_S,
@@ -313,8 +313,6 @@ def test_a_subscription_hears_only_events_after_it_began_and_off_or_inactive_hea
     gone_consumer, _ = add_consumer(session_factory, "old-crm")
     gone = subscribe(session_factory, gone_consumer)
     with session_factory() as session:
-        from store.models import Consumer
-
         row = session.get(Consumer, gone_consumer)
         assert row is not None
         row.active = False
@@ -425,6 +423,13 @@ def test_full_resource_and_empty_payloads(
     entries = by_sub[full]["entry"][1:]
     assert entries[0]["resource"] == rendered
     assert "resource" not in entries[1]  # a resource that cannot be read is left out
+    # the disclosure is audited like a read: the consumer, what it was given, from where
+    with session_factory() as session:
+        audits = session.scalars(select(Audit).where(Audit.action == "notify")).all()
+        consumer = session.scalar(select(Consumer.client_id))
+    assert [(a.principal, a.resource_type, a.resource_id, a.detail) for a in audits] == [
+        (consumer, "Patient", "g1", {"ids": ["g1"], "subscription": full})
+    ]
     _, events = notification(by_sub[empty])
     assert len(by_sub[empty]["entry"]) == 1  # empty: the status only, no focus
     assert all(p["name"] != "focus" for e in events for p in e["part"])
