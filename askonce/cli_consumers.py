@@ -76,6 +76,59 @@ def list_() -> None:
     out.print(table)
 
 
+@consumers_app.command("webhook")
+def webhook(
+    name: Annotated[str, typer.Argument(help="The consumer's name.")],
+    url: Annotated[
+        str | None, typer.Option(help="Where its change events go (a new webhook, or a move).")
+    ] = None,
+    off: Annotated[
+        bool, typer.Option("--off", help="End its webhook (and drop its queue).")
+    ] = False,
+    rotate_secret: Annotated[
+        bool,
+        typer.Option("--rotate-secret", help="Replace its signing secret (printed once)."),
+    ] = False,
+) -> None:
+    """Give a consumer a webhook, move it, rotate its signing secret or end it."""
+    from sqlalchemy import select
+
+    from askonce.cli import _runtime, _settings
+    from gateway.auth.consumers import set_webhook
+    from store.models import Consumer
+    from sync.delivery import SubscriptionSettingsError
+
+    if (off and (url or rotate_secret)) or not (off or url or rotate_secret):
+        console.print("[red]error:[/red] give --url URL and/or --rotate-secret, or --off alone")
+        raise typer.Exit(code=2)
+    settings = _settings()
+    runtime = _runtime(settings)
+    try:
+        with runtime.unit_of_work() as session:
+            consumer = session.scalar(select(Consumer).where(Consumer.name == name))
+            if consumer is None:
+                console.print(f"[red]error:[/red] no consumer named {name!r}")
+                raise typer.Exit(code=2)
+            target = None if off else (url or consumer.webhook_url)
+            if target is None and not off:
+                console.print(f"[red]error:[/red] {name!r} has no webhook; give --url URL")
+                raise typer.Exit(code=2)
+            change = set_webhook(
+                session,
+                consumer,
+                target,
+                rotate_secret=rotate_secret,
+                allow_http=settings.delivery_allow_http,
+            )
+    except SubscriptionSettingsError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    out.print(f"webhook_url={change.url or ''}")
+    if change.secret:
+        out.print(f"webhook_secret={change.secret}")
+        console.print("[yellow]Store the signing secret now: it is not shown again.[/yellow]")
+
+
 def openapi_command(
     out_path: Annotated[
         Path | None, typer.Option("--out", help="Write here instead of stdout.")

@@ -30,7 +30,7 @@ from gateway.admin.queries import (
     subscription_json,
 )
 from gateway.audit import audited
-from gateway.auth.consumers import ConsumerExistsError, register_consumer
+from gateway.auth.consumers import ConsumerExistsError, register_consumer, set_webhook
 from gateway.auth.scopes import InvalidScopeError
 from gateway.auth.tokens import Principal
 from gateway.deps import AdminPrincipal, AuditDep, SessionDep, StateDep
@@ -407,6 +407,43 @@ def add_consumer(
             "webhook_secret": creds.webhook_secret,
         },
         status_code=201,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+class WebhookBody(BaseModel):
+    #: Where the consumer's change events go; null ends its webhook.
+    url: str | None
+    rotate_secret: bool = False
+
+
+@router.put(
+    "/consumers/{client_id}/webhook",
+    summary="Give a consumer a webhook, move it, rotate its signing secret, or end it (url null)",
+)
+def put_webhook(
+    client_id: str,
+    body: WebhookBody,
+    session: SessionDep,
+    state: StateDep,
+    _principal: AdminPrincipal,
+) -> JSONResponse:
+    consumer = session.scalar(select(Consumer).where(Consumer.client_id == client_id))
+    if consumer is None:
+        raise OutcomeError(not_found("No such consumer."))
+    try:
+        change = set_webhook(
+            session,
+            consumer,
+            body.url,
+            rotate_secret=body.rotate_secret,
+            allow_http=state.delivery_allow_http,
+        )
+    except SubscriptionSettingsError as exc:
+        raise OutcomeError(bad_request(str(exc), "url")) from exc
+    session.commit()
+    return JSONResponse(
+        {"webhook_url": change.url, "webhook_secret": change.secret},
         headers={"Cache-Control": "no-store"},
     )
 

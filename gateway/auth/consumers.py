@@ -10,8 +10,16 @@ from sqlalchemy.orm import Session
 
 from gateway.auth.scopes import ScopeSet, validate_scopes
 from gateway.auth.secrets import hash_secret, new_client_id, new_client_secret, verify_secret
-from store.models import Consumer
-from sync.delivery import TOPICS, add_webhook
+from store.models import Consumer, Subscription
+from store.types import utcnow
+from sync.delivery import (
+    CHANNEL_WEBHOOK,
+    TOPICS,
+    add_webhook,
+    check_endpoint,
+    delete_subscription,
+    new_webhook_secret,
+)
 
 CONSUMER_KINDS = ("crm", "portal", "messaging", "steward")
 
@@ -101,3 +109,47 @@ def granted_scopes(consumer: Consumer, requested: str | None) -> list[str] | Non
     if any(s not in allowed for s in wanted):
         return None
     return list(dict.fromkeys(wanted))
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookChange:
+    """What :func:`set_webhook` did. ``secret`` is shown once: a new webhook's, or a
+    rotated one."""
+
+    url: str | None
+    secret: str | None = None
+
+
+def set_webhook(
+    session: Session,
+    consumer: Consumer,
+    url: str | None,
+    *,
+    rotate_secret: bool = False,
+    allow_http: bool = False,
+) -> WebhookChange:
+    """Give a consumer a webhook at ``url``, move it there, or (``url`` None) end it; with
+    ``rotate_secret`` its signing secret is replaced. A moved webhook keeps its queue and
+    its secret (unless rotated); an ended one drops its queue."""
+    current = session.scalar(
+        select(Subscription).where(
+            Subscription.consumer_id == consumer.id, Subscription.channel_type == CHANNEL_WEBHOOK
+        )
+    )
+    if url is None:
+        if current is not None:
+            delete_subscription(session, current)
+        consumer.webhook_url = None
+        return WebhookChange(None)
+    secret = None
+    if current is None:
+        _, secret = add_webhook(
+            session, consumer.id, url, webhook_types(consumer.scopes or []), allow_http=allow_http
+        )
+    else:
+        current.endpoint = check_endpoint(url, allow_http=allow_http, path="webhook_url")
+        current.updated_at = utcnow()
+        if rotate_secret:
+            secret = current.secret = new_webhook_secret()
+    consumer.webhook_url = url
+    return WebhookChange(url, secret)

@@ -51,3 +51,40 @@ def test_openapi_command_writes_the_committed_document(tmp_path: Path) -> None:
     assert runner.invoke(app, ["openapi", "--out", str(out)]).exit_code == 0
     committed = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
     assert out.read_text() == committed.read_text()
+
+
+def test_consumers_webhook_gives_rotates_and_ends_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    upgrade(url)
+    monkeypatch.setenv("ASKONCE_DATABASE_URL", url)
+    added = runner.invoke(
+        app,
+        [
+            "consumers",
+            "add",
+            "sms",
+            "--kind",
+            "messaging",
+            "--webhook-url",
+            "https://sms.example.org/askonce",
+        ],
+    )
+    assert added.exit_code == 0, added.output
+    first = re.search(r"webhook_secret=(whsec_\S+)", added.output)
+    assert first is not None
+    rotated = runner.invoke(app, ["consumers", "webhook", "sms", "--rotate-secret"])
+    assert rotated.exit_code == 0, rotated.output
+    second = re.search(r"webhook_secret=(whsec_\S+)", rotated.output)
+    assert second is not None and second.group(1) != first.group(1)
+    assert "webhook_url=https://sms.example.org/askonce" in rotated.output
+    bad = runner.invoke(app, ["consumers", "webhook", "sms", "--url", "http://sms.example.org/x"])
+    assert bad.exit_code == 2 and "https" in bad.output
+    both = runner.invoke(app, ["consumers", "webhook", "sms", "--off", "--url", "https://x.org/"])
+    assert both.exit_code == 2
+    assert runner.invoke(app, ["consumers", "webhook", "nobody", "--off"]).exit_code == 2
+    ended = runner.invoke(app, ["consumers", "webhook", "sms", "--off"])
+    assert ended.exit_code == 0 and "webhook_url=\n" in ended.output
+    again = runner.invoke(app, ["consumers", "webhook", "sms", "--rotate-secret"])
+    assert again.exit_code == 2 and "has no webhook" in again.output

@@ -288,3 +288,44 @@ def test_admin_lists_subscriptions_and_retries_one_in_backoff(
     assert retried.json()["next_attempt_at"] is None
     assert client.post("/admin/subscriptions/nope/retry", headers=admin).status_code == 404
     assert client.get("/admin/subscriptions", headers=consumer_auth()).status_code == 403
+
+
+def test_admin_gives_moves_rotates_and_ends_a_consumers_webhook(
+    client: TestClient,
+    consumer_auth: Auth,
+    auth_for: Auth,
+    session_factory: sessionmaker[Session],
+) -> None:
+    consumer_auth()  # registers "crm", with no webhook
+    admin = auth_for("askonce.admin")
+    (crm,) = client.get("/admin/consumers", headers=admin).json()
+    route = f"/admin/consumers/{crm['client_id']}/webhook"
+
+    given = client.put(route, json={"url": "https://crm.example.org/a"}, headers=admin).json()
+    assert given["webhook_url"] == "https://crm.example.org/a"
+    first_secret = given["webhook_secret"]
+    assert first_secret.startswith("whsec_")
+
+    def webhook() -> Subscription:
+        with session_factory() as session:
+            (row,) = session.query(Subscription).filter_by(channel_type="webhook").all()
+            return row
+
+    row = webhook()
+    assert row.filters == {"types": ["Encounter", "Patient"]}
+    moved = client.put(route, json={"url": "https://crm.example.org/b"}, headers=admin).json()
+    assert moved == {"webhook_url": "https://crm.example.org/b", "webhook_secret": None}
+    assert (webhook().id, webhook().secret) == (row.id, first_secret)  # same queue, same key
+    rotated = client.put(
+        route, json={"url": "https://crm.example.org/b", "rotate_secret": True}, headers=admin
+    ).json()
+    assert rotated["webhook_secret"] not in (None, first_secret)
+    assert webhook().secret == rotated["webhook_secret"]
+    bad = client.put(route, json={"url": "http://crm.example.org/c"}, headers=admin)
+    assert bad.status_code == 400
+    assert client.put(route, json={"url": None}, headers=admin).json()["webhook_url"] is None
+    with session_factory() as session:
+        assert session.query(Subscription).filter_by(channel_type="webhook").count() == 0
+    assert client.get("/admin/consumers", headers=admin).json()[0]["webhook_url"] is None
+    unknown = client.put("/admin/consumers/nope/webhook", json={"url": None}, headers=admin)
+    assert unknown.status_code == 404
