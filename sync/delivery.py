@@ -94,6 +94,7 @@ KIND_HANDSHAKE = "handshake"
 KIND_HEARTBEAT = "heartbeat"
 KIND_EVENT = "event-notification"
 KIND_QUERY_STATUS = "query-status"
+KIND_QUERY_EVENT = "query-event"
 
 DEFAULT_MAX_COUNT = 50
 MAX_MAX_COUNT = 500
@@ -548,8 +549,10 @@ def status_parameters(
     base: str = "",
     events: Sequence[tuple[int, EventRow]] = (),
     status: str | None = None,
+    content: str | None = None,
 ) -> dict[str, Any]:
-    """The ``backport-subscription-status-r4`` Parameters of a notification or a $status."""
+    """The ``backport-subscription-status-r4`` Parameters of a notification or a $status
+    (``content``: the payload content, when not the subscription's own)."""
     params: list[dict[str, Any]] = [
         {
             "name": "subscription",
@@ -565,7 +568,7 @@ def status_parameters(
             {"name": "event-number", "valueString": str(number)},
             {"name": "timestamp", "valueInstant": _instant(event.created_at)},
         ]
-        if sub.payload_content != PAYLOAD_EMPTY:
+        if (content or sub.payload_content) != PAYLOAD_EMPTY:
             focus = {"reference": _ref(base, *_focus(event))}
             parts.append({"name": "focus", "valueReference": focus})
         params.append({"name": "notification-event", "part": parts})
@@ -595,10 +598,14 @@ def notification_bundle(
     events: Sequence[tuple[int, EventRow]] = (),
     resources: dict[tuple[str, str], dict[str, Any]] | None = None,
     status: str | None = None,
+    content: str | None = None,
 ) -> dict[str, Any]:
     """A backport notification: a ``history`` Bundle, the status first, then one entry per
     event's focus (``id-only``: its URL; ``full-resource``: the resource too)."""
-    status_resource = status_parameters(sub, kind, base=base, events=events, status=status)
+    content = content or sub.payload_content
+    status_resource = status_parameters(
+        sub, kind, base=base, events=events, status=status, content=content
+    )
     entries: list[dict[str, Any]] = [
         {
             "fullUrl": f"urn:uuid:{status_resource['id']}",
@@ -607,7 +614,7 @@ def notification_bundle(
             "response": {"status": "200"},
         }
     ]
-    if sub.payload_content != PAYLOAD_EMPTY:
+    if content != PAYLOAD_EMPTY:
         seen: set[tuple[str, str]] = set()
         for _, event in events:
             focus = _focus(event)
@@ -752,22 +759,70 @@ def _claim(session_factory: sessionmaker[Session], sub_id: str, now: datetime) -
         return bool(getattr(claimed, "rowcount", 0))
 
 
-def _pending(session: Session, sub: Subscription, limit: int) -> list[tuple[int, EventRow]]:
+def numbered_events(
+    session: Session, sub_id: str, first: int, last: int
+) -> list[tuple[int, EventRow]]:
+    """A subscription's events numbered ``first`` to ``last`` (inclusive), in order."""
     rows = session.execute(
         select(SubscriptionEvent.event_number, *EVENT_COLUMNS)
         .join(Outbox, Outbox.id == SubscriptionEvent.outbox_id)
         .where(
-            SubscriptionEvent.subscription_id == sub.id,
-            # Event numbers are dense (the fan-out gives 1, 2, 3... under its lock), so the
-            # next ``limit`` events are this range: an index range scan whatever the
-            # planner's statistics say (without them PostgreSQL read the whole backlog).
-            SubscriptionEvent.event_number > sub.delivered_through,
-            SubscriptionEvent.event_number <= sub.delivered_through + limit,
+            SubscriptionEvent.subscription_id == sub_id,
+            # Event numbers are dense (the fan-out gives 1, 2, 3... under its lock), so a
+            # range of them is an index range scan whatever the planner's statistics say
+            # (a "> n ORDER BY LIMIT" read and sorted the whole backlog on PostgreSQL).
+            SubscriptionEvent.event_number >= first,
+            SubscriptionEvent.event_number <= last,
         )
         .order_by(SubscriptionEvent.event_number)
-        .limit(limit)
     ).all()
     return [(row[0], EventRow(*row[1:])) for row in rows]
+
+
+def _pending(session: Session, sub: Subscription, limit: int) -> list[tuple[int, EventRow]]:
+    first = sub.delivered_through + 1
+    return numbered_events(session, sub.id, first, first + limit - 1)
+
+
+def _rendered(
+    session: Session, events: Sequence[tuple[int, EventRow]], render: Render | None
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The resources of the events' focus, as consumers read them (those that are gone
+    are left out)."""
+    resources: dict[tuple[str, str], dict[str, Any]] = {}
+    if render is None:
+        return resources
+    for _, event in events:
+        focus = _focus(event)
+        if focus not in resources:
+            found = render(session, *focus)
+            if found is not None:
+                resources[focus] = found
+    return resources
+
+
+def query_events(
+    session: Session,
+    sub: Subscription,
+    *,
+    since: int | None = None,
+    until: int | None = None,
+    content: str | None = None,
+    base: str = "",
+    render: Render | None = None,
+) -> tuple[dict[str, Any], tuple[tuple[str, str], ...]]:
+    """``$events``: the notification bundle (``query-event``) of the subscription's events
+    ``since`` to ``until`` (inclusive; at most :data:`MAX_MAX_COUNT` from ``since``), and
+    the resources it discloses. The events are those queued for it, acknowledged or not."""
+    last = sub.events_since_start if until is None else min(until, sub.events_since_start)
+    first = max(1, since if since is not None else last - MAX_MAX_COUNT + 1)
+    events = numbered_events(session, sub.id, first, min(last, first + MAX_MAX_COUNT - 1))
+    content = content or sub.payload_content
+    resources = _rendered(session, events, render) if content == PAYLOAD_FULL else {}
+    bundle = notification_bundle(
+        sub, KIND_QUERY_EVENT, base=base, events=events, resources=resources, content=content
+    )
+    return bundle, tuple(resources)
 
 
 def _timeout(sub: Subscription) -> float:
@@ -864,14 +919,9 @@ def _next_notification(
         return Message(KIND_HANDSHAKE, json.dumps(bundle), fhir_headers, 0, 0)
     pending = _pending(session, sub, sub.max_count or DEFAULT_MAX_COUNT)
     if pending:
-        resources: dict[tuple[str, str], dict[str, Any]] = {}
-        if sub.payload_content == PAYLOAD_FULL and render is not None:
-            for _, event in pending:
-                focus = _focus(event)
-                if focus not in resources:
-                    found = render(session, *focus)
-                    if found is not None:
-                        resources[focus] = found
+        resources = (
+            _rendered(session, pending, render) if sub.payload_content == PAYLOAD_FULL else {}
+        )
         bundle = notification_bundle(
             sub, KIND_EVENT, base=base, events=pending, resources=resources
         )

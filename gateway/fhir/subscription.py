@@ -22,17 +22,21 @@ from gateway.deps import AuditDep, SessionDep, StateDep, check_scope, require
 from gateway.fhir.context import fhir_extra
 from gateway.fhir.http import fhir_response, negotiated, read_json_body
 from gateway.operations.bundle import searchset
+from gateway.operations.notify import render_focus
 from gateway.operations.read import check_id
 from gateway.outcomes import OutcomeError, bad_request, forbidden, not_found
 from gateway.state import GatewayState
 from store.models import Consumer, Subscription
 from sync.delivery import (
     CHANNEL_REST_HOOK,
+    PAYLOAD_CONTENTS,
+    PAYLOAD_FULL,
     SUBSCRIPTION_SEARCH_PARAMS,
     TOPICS,
     SubscriptionSettingsError,
     apply_spec,
     delete_subscription,
+    query_events,
     render_subscription,
     subscription_spec,
     subscription_status,
@@ -253,3 +257,56 @@ def status_operation(
     with audited(audit, principal, "read", request, "Subscription", subscription_id):
         sub = _own(session, principal, subscription_id)
     return fhir_response(subscription_status(sub, base=_base(state, request)), media)
+
+
+def _event_number(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 18:
+        raise OutcomeError(bad_request(f"{name} must be an event number.", name))
+    return int(value)
+
+
+@router.get(
+    "/Subscription/{subscription_id}/$events",
+    summary="Notifications already triggered for a Subscription, by event number (backport)",
+    responses=RESPONSE,
+    openapi_extra=fhir_extra("Subscription", "operation", "events"),
+)
+def events_operation(
+    subscription_id: str,
+    request: Request,
+    session: SessionDep,
+    state: StateDep,
+    principal: Reader,
+    audit: AuditDep,
+    media: MediaType,
+    eventsSinceNumber: str | None = None,
+    eventsUntilNumber: str | None = None,
+    content: str | None = None,
+) -> Response:
+    """``eventsSinceNumber`` to ``eventsUntilNumber`` inclusive (at most 500 from the
+    first; by default the latest 500), with ``content`` empty, id-only or full-resource
+    (default: the Subscription's own)."""
+    with audited(audit, principal, "read", request, "Subscription", subscription_id) as entry:
+        since = _event_number(eventsSinceNumber, "eventsSinceNumber")
+        until = _event_number(eventsUntilNumber, "eventsUntilNumber")
+        if content is not None and content not in PAYLOAD_CONTENTS:
+            raise OutcomeError(
+                bad_request("content is empty, id-only or full-resource.", "content")
+            )
+        sub = _own(session, principal, subscription_id)
+        if content == PAYLOAD_FULL:
+            check_scope(principal, TOPICS[sub.topic].resource_type, "r")
+        bundle, disclosed = query_events(
+            session,
+            sub,
+            since=since,
+            until=until,
+            content=content,
+            base=_base(state, request),
+            render=render_focus,
+        )
+        if disclosed:
+            entry["ids"] = [rid for _, rid in disclosed]
+    return fhir_response(bundle, media)

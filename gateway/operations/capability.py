@@ -26,6 +26,8 @@ OPERATION_DEFINITIONS = {
     "everything": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
     "status": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/"
     "backport-subscription-status",
+    "events": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/"
+    "backport-subscription-events",
 }
 #: What a server of topic-based Subscriptions in R4 declares (Subscriptions R5 Backport).
 BACKPORT_SERVER = (

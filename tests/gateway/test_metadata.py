@@ -55,6 +55,7 @@ def test_capability_statement_matches_the_registered_routes(
         ("Subscription", "update"),
         ("Subscription", "delete"),
         ("Subscription", "$status"),
+        ("Subscription", "$events"),
     }
     (subscription,) = [r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription"]
     assert subscription["supportedProfile"] == [

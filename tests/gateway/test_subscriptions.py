@@ -14,9 +14,11 @@ from fhir.resources.R4B.subscription import Subscription as FhirSubscription
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.auth.consumers import register_consumer
+from mpi.storage import emit
 from store.models import Subscription, SubscriptionEvent
 from store.types import utcnow
-from sync.delivery import ENCOUNTER_TOPIC, PATIENT_TOPIC, SUBSCRIPTION_PROFILE
+from sync.delivery import ENCOUNTER_TOPIC, PATIENT_TOPIC, SUBSCRIPTION_PROFILE, fan_out
+from sync.intake import parse_notification
 from tests.sync.test_delivery import subscription_resource
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -329,3 +331,42 @@ def test_admin_gives_moves_rotates_and_ends_a_consumers_webhook(
     assert client.get("/admin/consumers", headers=admin).json()[0]["webhook_url"] is None
     unknown = client.put("/admin/consumers/nope/webhook", json={"url": None}, headers=admin)
     assert unknown.status_code == 404
+
+
+def test_events_operation_returns_past_notifications_by_number(
+    client: TestClient,
+    consumer_auth: Auth,
+    session_factory: sessionmaker[Session],
+    add_patient: Callable[..., str],
+) -> None:
+    headers = consumer_auth()
+    made = create(client, headers)
+    golden_id = add_patient(family="Okafor")
+    with session_factory() as session:
+        for n in range(3):
+            emit(session, "patient.updated", golden_id if n == 1 else f"g{n}", version=n)
+        fan_out(session)
+        session.commit()
+    route = f"/fhir/Subscription/{made['id']}/$events"
+
+    reply = client.get(route, params={"eventsSinceNumber": "2"}, headers=headers)
+    assert reply.status_code == 200, reply.text
+    bundle = reply.json()
+    Bundle.model_validate(bundle)
+    note = parse_notification(bundle)
+    assert note.kind == "query-event"
+    assert note.event_numbers == [2, 3]
+    assert note.focus == [("Patient", golden_id), ("Patient", "g2")]
+
+    full = client.get(
+        route,
+        params={"eventsSinceNumber": "2", "eventsUntilNumber": "2", "content": "full-resource"},
+        headers=headers,
+    ).json()
+    (entry,) = full["entry"][1:]
+    assert entry["resource"]["id"] == golden_id
+    assert entry["resource"]["name"][0]["family"] == "Okafor"
+    everything = client.get(route, headers=headers).json()
+    assert parse_notification(everything).event_numbers == [1, 2, 3]
+    for bad in ({"eventsSinceNumber": "x"}, {"content": "all"}):
+        assert client.get(route, params=bad, headers=headers).status_code == 400
