@@ -20,7 +20,7 @@ from gateway.audit import audited
 from gateway.auth.tokens import Principal
 from gateway.deps import AuditDep, SessionDep, StateDep, check_scope, require
 from gateway.fhir.context import fhir_extra
-from gateway.fhir.http import fhir_response, negotiated, read_json_body
+from gateway.fhir.http import fhir_response, negotiated, read_json_body, strict_handling
 from gateway.operations.bundle import searchset
 from gateway.operations.notify import render_focus
 from gateway.operations.read import check_id
@@ -159,14 +159,13 @@ def search(
     status: str | None = None,
 ) -> Response:
     with audited(audit, principal, "search", request, "Subscription") as entry:
-        known = {k for k, _ in request.query_params.multi_items()} - {
+        unknown = {k for k, _ in request.query_params.multi_items()} - {
             *SUBSCRIPTION_SEARCH_PARAMS,
             "_format",
         }
-        if known:
-            raise OutcomeError(
-                bad_request(f"Unknown search parameter: {sorted(known)[0]}.", sorted(known)[0])
-            )
+        if unknown and strict_handling(request):  # ignored otherwise, as FHIR searches do
+            name = sorted(unknown)[0]
+            raise OutcomeError(bad_request(f"Unknown search parameter: {name}.", name))
         query = (
             select(Subscription)
             .where(

@@ -79,8 +79,11 @@ def test_a_consumer_creates_reads_and_searches_its_subscriptions(
     assert [e["resource"]["id"] for e in found["entry"]] == [made["id"], other["id"]]
     only_off = client.get("/fhir/Subscription", params={"status": "off"}, headers=headers).json()
     assert [e["resource"]["id"] for e in only_off["entry"]] == [other["id"]]
-    bad = client.get("/fhir/Subscription", params={"topic": "x"}, headers=headers)
-    assert bad.status_code == 400
+    lenient = client.get("/fhir/Subscription", params={"topic": "x"}, headers=headers)
+    assert lenient.json()["total"] == 2  # an unknown parameter is ignored...
+    strict = {**headers, "Prefer": "handling=strict"}
+    bad = client.get("/fhir/Subscription", params={"topic": "x"}, headers=strict)
+    assert bad.status_code == 400  # ...unless the client asks for strict handling
     assert bad.json()["resourceType"] == "OperationOutcome"
 
 
