@@ -17,12 +17,17 @@ from store import upgrade
 runner = CliRunner()
 
 
-def test_consumers_add_prints_credentials_that_get_a_token(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def cli_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A migrated SQLite file the CLI uses (through ASKONCE_DATABASE_URL)."""
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     upgrade(url)
     monkeypatch.setenv("ASKONCE_DATABASE_URL", url)
+    return url
+
+
+def test_consumers_add_prints_credentials_that_get_a_token(cli_db: str) -> None:
+    url = cli_db
     added = runner.invoke(
         app,
         ["consumers", "add", "crm-main", "--kind", "crm", "--scopes", "system/Patient.rs"],
@@ -53,12 +58,7 @@ def test_openapi_command_writes_the_committed_document(tmp_path: Path) -> None:
     assert out.read_text() == committed.read_text()
 
 
-def test_consumers_webhook_gives_rotates_and_ends_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    upgrade(url)
-    monkeypatch.setenv("ASKONCE_DATABASE_URL", url)
+def test_consumers_webhook_gives_rotates_and_ends_it(cli_db: str) -> None:
     added = runner.invoke(
         app,
         [

@@ -157,6 +157,16 @@ def subscribe(session_factory: sessionmaker[Session], consumer_id: int, **fields
         return sub.id
 
 
+def handshaken(
+    session_factory: sessionmaker[Session], http: httpx.Client, clock: Clock, **fields: Any
+) -> str:
+    """A new consumer's Subscription, its handshake sent and taken: active."""
+    consumer, _ = add_consumer(session_factory)
+    sub_id = subscribe(session_factory, consumer, **fields)
+    deliver(session_factory, client=http, clock=clock)
+    return sub_id
+
+
 def patient_event(
     session_factory: sessionmaker[Session], event: str, golden_id: str, **payload: Any
 ) -> None:
@@ -330,9 +340,7 @@ def test_failures_back_off_and_lose_nothing_then_the_status_recovers(
     session_factory: sessionmaker[Session], endpoint: Endpoint, http: httpx.Client
 ) -> None:
     clock = Clock()
-    consumer, _ = add_consumer(session_factory)
-    sub_id = subscribe(session_factory, consumer)
-    deliver(session_factory, client=http, clock=clock)  # handshake
+    sub_id = handshaken(session_factory, http, clock)
     patient_event(session_factory, "patient.created", "g1")
     patient_event(session_factory, "patient.created", "g2")
     endpoint.answers = [503, httpx.ReadTimeout("slow"), httpx.ConnectError("refused")]
@@ -385,9 +393,7 @@ def test_heartbeats_come_when_nothing_else_was_sent(
     session_factory: sessionmaker[Session], endpoint: Endpoint, http: httpx.Client
 ) -> None:
     clock = Clock()
-    consumer, _ = add_consumer(session_factory)
-    subscribe(session_factory, consumer, heartbeat_s=60)
-    deliver(session_factory, client=http, clock=clock)  # handshake
+    handshaken(session_factory, http, clock, heartbeat_s=60)
     clock.advance(30)
     assert not deliver(session_factory, client=http, clock=clock).busy
     clock.advance(31)
@@ -481,9 +487,7 @@ def test_one_sender_at_a_time_and_a_dead_senders_lease_expires(
     session_factory: sessionmaker[Session], endpoint: Endpoint, http: httpx.Client
 ) -> None:
     clock = Clock()
-    consumer, _ = add_consumer(session_factory)
-    sub_id = subscribe(session_factory, consumer)
-    deliver(session_factory, client=http, clock=clock)  # handshake
+    sub_id = handshaken(session_factory, http, clock)
     patient_event(session_factory, "patient.created", "g1")
     with session_factory() as session:
         fan_out(session)
