@@ -4,6 +4,8 @@ secret, and a queued event goes with its subscription."""
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import Engine, inspect, text
 
 from store import downgrade, make_engine, upgrade
@@ -27,7 +29,11 @@ def test_0009_up_down_up(empty_db_url: str) -> None:
                 " (1, 'crm', 'crm', 'c1', 'h', '[\"system/Patient.rs\"]',"
                 " 'https://crm.example.org/e', true, CURRENT_TIMESTAMP),"
                 " (2, 'portal', 'portal', 'c2', 'h', '[\"system/Patient.rs\"]',"
-                " NULL, true, CURRENT_TIMESTAMP)"
+                " NULL, true, CURRENT_TIMESTAMP),"
+                " (3, 'all', 'crm', 'c3', 'h', '[\"system/*.rs\", \"askonce.admin\"]',"
+                " 'https://all.example.org/e', true, CURRENT_TIMESTAMP),"
+                " (4, 'blind', 'crm', 'c4', 'h', '[\"system/Patient.s\"]',"
+                " 'https://blind.example.org/e', true, CURRENT_TIMESTAMP)"
             )
         )
     upgrade(empty_db_url)
@@ -37,10 +43,22 @@ def test_0009_up_down_up(empty_db_url: str) -> None:
         rows = conn.execute(
             text(
                 "SELECT consumer_id, channel_type, topic, endpoint, status, secret,"
-                " delivered_through, attempts FROM subscription"
+                " delivered_through, attempts FROM subscription ORDER BY consumer_id"
             )
         ).all()
-    assert len(rows) == 1
+        types = {
+            consumer: json.loads(filters) if isinstance(filters, str) else filters
+            for consumer, filters in conn.execute(
+                text("SELECT consumer_id, filters FROM subscription")
+            )
+        }
+    # the types each webhook carries follow from its consumer's read scopes
+    assert types == {
+        1: {"types": ["Patient"]},
+        3: {"types": ["Encounter", "Patient"]},
+        4: {"types": []},
+    }
+    rows = rows[:1]
     consumer_id, channel, topic, endpoint, status, secret, through, attempts = rows[0]
     assert (consumer_id, channel, topic, endpoint, status) == (
         1,
@@ -56,7 +74,10 @@ def test_0009_up_down_up(empty_db_url: str) -> None:
     from sqlalchemy.orm import Session
 
     with Session(engine) as session:
-        sub = session.get(Subscription, session.scalar(text("SELECT id FROM subscription")))
+        sub = session.get(
+            Subscription,
+            session.scalar(text("SELECT id FROM subscription WHERE consumer_id = 1")),
+        )
         assert sub is not None and sub.created_at is not None
         assert sub.filters == {"types": ["Patient"]}
         session.execute(
@@ -67,7 +88,7 @@ def test_0009_up_down_up(empty_db_url: str) -> None:
             ),
             {"now": utcnow().replace(tzinfo=None) if engine.dialect.name == "sqlite" else utcnow()},
         )
-        assert fan_out(session).queued == 1
+        assert fan_out(session).queued == 2  # the webhooks of consumers 1 and 3
         session.commit()
 
     downgrade(empty_db_url, "0008")
@@ -77,7 +98,7 @@ def test_0009_up_down_up(empty_db_url: str) -> None:
     assert "delivered_through" not in columns and "secret" not in columns
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM subscription")).scalar_one() == 0
-        assert conn.execute(text("SELECT count(*) FROM consumer")).scalar_one() == 2
+        assert conn.execute(text("SELECT count(*) FROM consumer")).scalar_one() == 4
     upgrade(empty_db_url)
     engine.dispose()
     assert "subscription_event" in _tables(engine)

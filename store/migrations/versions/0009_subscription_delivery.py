@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import uuid
 
@@ -45,6 +46,24 @@ depends_on = None
 
 #: Bytes of a webhook signing secret (Standard Webhooks: 24 to 64).
 SECRET_BYTES = 32
+#: A SMART scope that lets a backend consumer read a resource type: the rule of
+#: ``gateway.auth.scopes`` as of this revision, frozen here (importing the gateway would
+#: load the whole web app into every process that migrates: +20 MB in bench.ingest).
+_READ_SCOPE = re.compile(r"^(?:system|user)/(\*|Patient|Encounter)\.(?:read|\*|c?r?u?d?s?)$")
+_TYPES = ("Patient", "Encounter")
+
+
+def _readable_types(scopes: list[str]) -> list[str]:
+    """The types a webhook carries: those the consumer's scopes may read."""
+    readable: set[str] = set()
+    for scope in scopes:
+        match = _READ_SCOPE.match(scope)
+        if match is None:
+            continue
+        permissions = scope.rsplit(".", 1)[1]
+        if permissions in ("read", "*") or "r" in permissions:
+            readable.update(_TYPES if match.group(1) == "*" else (match.group(1),))
+    return sorted(readable)
 
 
 def upgrade() -> None:
@@ -84,10 +103,6 @@ def upgrade() -> None:
 
 
 def _webhooks_of_existing_consumers() -> None:
-    # The types a webhook carries follow from its consumer's SMART scopes, read by the
-    # gateway's own rule (a pure function of the scope strings).
-    from gateway.auth.consumers import webhook_types
-
     conn = op.get_bind()
     consumers = conn.execute(
         sa.text("SELECT id, webhook_url, scopes FROM consumer WHERE webhook_url IS NOT NULL")
@@ -106,7 +121,7 @@ def _webhooks_of_existing_consumers() -> None:
                 "id": str(uuid.uuid4()),
                 "consumer": consumer_id,
                 "url": url,
-                "filters": json.dumps({"types": webhook_types(granted or [])}),
+                "filters": json.dumps({"types": _readable_types(granted or [])}),
                 "secret": "whsec_" + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode(),
             },
         )
