@@ -134,23 +134,22 @@ class Topic:
     url: str
     resource_type: str
     events: frozenset[str]
-    title: str
     #: The search parameter ``backport-filter-criteria`` may use: ``Type?name=Patient/id``.
     filter_param: str
 
 
+#: A golden Patient record was created, changed (deleted included), merged or unmerged.
 PATIENT_TOPIC = Topic(
     TOPIC_BASE + "patient-change",
     "Patient",
     frozenset({"patient.created", "patient.updated", "patient.merged", "patient.unmerged"}),
-    "A golden Patient record was created, changed, merged or unmerged",
     "_id",
 )
+#: An Encounter of a golden Patient was created, changed or deleted.
 ENCOUNTER_TOPIC = Topic(
     TOPIC_BASE + "encounter-change",
     "Encounter",
     frozenset({"encounter.created", "encounter.updated", "encounter.deleted"}),
-    "An Encounter of a golden Patient was created, changed or deleted",
     "patient",
 )
 TOPICS: dict[str, Topic] = {t.url: t for t in (PATIENT_TOPIC, ENCOUNTER_TOPIC)}
@@ -1164,11 +1163,3 @@ def subscription_status(sub: Subscription, *, base: str = "") -> dict[str, Any]:
             }
         ],
     }
-
-
-def pending_events(session: Session) -> dict[str, int]:
-    """Events waiting for each subscription (handed out, not yet acknowledged)."""
-    rows = session.execute(
-        select(Subscription.id, Subscription.events_since_start - Subscription.delivered_through)
-    ).all()
-    return {sub_id: int(count) for sub_id, count in rows}
