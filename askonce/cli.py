@@ -23,6 +23,7 @@ from askonce.settings import PlaceholderSecretError, Settings, get_settings
 from store import SchemaNotAtHeadError
 from store import migrate as migrations
 from sync.delivery import DeliveryReport
+from sync.retention import prune as prune_events
 
 app = typer.Typer(
     name="askonce",
@@ -42,6 +43,8 @@ app.command("mllp")(mllp_command)
 
 console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("askonce.cli")
+#: ``askonce prune`` runs until everything past its retention is gone (a day at most).
+PRUNE_UNBOUNDED_S = 86_400.0
 
 
 def _settings() -> Settings:
@@ -148,6 +151,45 @@ def _delivered(report: DeliveryReport) -> str:
         f"({report.events_delivered} events, {report.handshakes} handshakes, "
         f"{report.heartbeats} heartbeats), failed sends {report.failures}"
     )
+
+
+@app.command()
+def prune(
+    outbox_days: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Keep delivered change events this many days (ASKONCE_OUTBOX_RETENTION_DAYS).",
+        ),
+    ] = None,
+    run_days: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Keep finished sync runs this many days (ASKONCE_RUN_RETENTION_DAYS)."
+        ),
+    ] = None,
+) -> None:
+    """Delete the change events every subscription has received, and the sync runs, that
+    are past their retention; print what was deleted and which subscriptions hold older
+    events back."""
+    settings = _settings()
+    runtime = _runtime(settings)
+    report = prune_events(
+        runtime.session_factory,
+        outbox_days=settings.outbox_retention_days if outbox_days is None else outbox_days,
+        run_days=settings.run_retention_days if run_days is None else run_days,
+        max_seconds=PRUNE_UNBOUNDED_S,
+    )
+    console.print(
+        f"change events deleted {report.outbox_events} (queue rows {report.queue_rows}), "
+        f"sync runs deleted {report.sync_runs}"
+    )
+    if report.held_by:
+        console.print(
+            "[yellow]kept:[/yellow] older events still unacknowledged by subscription(s) "
+            + ", ".join(report.held_by)
+            + " (see GET /admin/subscriptions)"
+        )
 
 
 @app.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from mpi import MatchSettings, match_patient
 from store import check_schema_at_head, make_engine, make_session_factory, unit_of_work
 from sync import TaskContext, bind_task_context, create_celery, current_task_context
 from sync.delivery import DEFAULT_DELIVER_S, DeliveryReport, deliver_with
+from sync.retention import PruneReport, prune_with
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +52,35 @@ class Runtime:
             max_seconds=DEFAULT_DELIVER_S if max_seconds is None else max_seconds,
         )
 
+    def prune(self) -> PruneReport:
+        """Delete what is past its retention (what beat's hourly tick does on a worker)."""
+        return prune_with(current_task_context())
+
     @contextmanager
     def delivery_loop(self) -> Iterator[threading.Event]:
         """Embedded mode has no beat: a daemon thread delivers every
-        ``delivery_interval_s`` while the block runs. Set the yielded event to stop it."""
+        ``delivery_interval_s``, and prunes every ``prune_interval_s``, while the block
+        runs. Set the yielded event to stop it."""
         stop = threading.Event()
 
         def loop() -> None:
+            last_prune: float | None = None
             while not stop.wait(self.settings.delivery_interval_s):
                 try:
                     self.deliver()
                 except Exception as exc:  # one failed pass must not end delivery for good
                     # The type only: a database error's text can carry bound values.
                     log.warning("delivery pass failed", extra={"error": type(exc).__name__})
+                if (
+                    last_prune is not None
+                    and time.monotonic() - last_prune < self.settings.prune_interval_s
+                ):
+                    continue
+                last_prune = time.monotonic()
+                try:
+                    self.prune()
+                except Exception as exc:
+                    log.warning("prune failed", extra={"error": type(exc).__name__})
 
         thread = threading.Thread(target=loop, name="askonce-delivery", daemon=True)
         thread.start()
@@ -128,6 +146,7 @@ def build_runtime(settings: Settings | None = None, *, check_schema: bool = True
         settings.redis_url,
         queue=settings.task_queue,
         delivery_interval_s=settings.delivery_interval_s,
+        prune_interval_s=settings.prune_interval_s,
     )
     bind_task_context(
         TaskContext(
@@ -139,6 +158,8 @@ def build_runtime(settings: Settings | None = None, *, check_schema: bool = True
             fhir_base=f"{settings.public_base_url.rstrip('/')}/fhir"
             if settings.public_base_url
             else "",
+            outbox_retention_days=settings.outbox_retention_days,
+            run_retention_days=settings.run_retention_days,
         )
     )
     return Runtime(settings=settings, engine=engine, session_factory=session_factory, celery=celery)

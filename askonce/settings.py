@@ -85,6 +85,27 @@ class Settings(BaseSettings):
         gt=0,
         description="How often change events are handed to Subscriptions and webhooks (s).",
     )
+    outbox_retention_days: int = Field(
+        default=30,
+        ge=0,
+        description=(
+            "Days a change event is kept once every subscription has received it (and how "
+            "far back a Subscription's $events reaches); 0 keeps them for ever."
+        ),
+    )
+    run_retention_days: int = Field(
+        default=90,
+        ge=0,
+        description=(
+            "Days finished sync runs are kept (each source's latest run stays); "
+            "0 keeps them for ever."
+        ),
+    )
+    prune_interval_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How often what is past its retention is deleted (s).",
+    )
     match_certain: float = Field(
         default=18.0, description="Match weight (log2 Bayes factor) at or above: certain."
     )

@@ -7,11 +7,13 @@ for one consumer that has a FHIR Subscription to each topic (``id-only``, the de
 plain HTTP server on a loopback port in a process of its own, answering 200. Timed:
 
 - the fan-out: every event handed to the subscriptions it matches (``sync.delivery.fan_out``);
-- each queue sent to its endpoint (``sync.delivery.send_subscription``).
+- each queue sent to its endpoint (``sync.delivery.send_subscription``);
+- the retention (``sync.retention.prune``) deleting every event and queue row once all
+  of them are received and past it.
 
 The last line is JSON: ``fan_out_events_per_s``, ``fhir_events_per_s`` (events of both
-topics' notifications per second), ``webhook_events_per_s``, the counts and times,
-``peak_rss_mb`` and ``backend``.
+topics' notifications per second), ``webhook_events_per_s``, ``prune_events_per_s``, the
+counts and times, ``peak_rss_mb`` and ``backend``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 
 from bench.ingest import DEFAULT_PG_ADMIN_URL, database_url, peak_rss_mb
 from gateway.auth.consumers import register_consumer
@@ -46,6 +48,7 @@ from sync.delivery import (
     send_subscription,
     subscription_spec,
 )
+from sync.retention import prune
 
 DEFAULT_EVENTS = 20_000
 SCOPES = ["system/Patient.rs", "system/Encounter.rs", "system/Subscription.cruds"]
@@ -173,6 +176,18 @@ def main(argv: list[str] | None = None) -> None:
                         f"notifications, {report.failures} failures, in {seconds:.1f} s",
                         flush=True,
                     )
+
+            # Retention: every event received by all three, then past the retention.
+            with unit_of_work(sessions) as session:
+                session.execute(update(Outbox).values(created_at=now - timedelta(days=31)))
+            started = time.perf_counter()
+            pruned = prune(sessions, outbox_days=30, run_days=0, max_seconds=3600)
+            prune_s = time.perf_counter() - started
+            print(
+                f"prune: {pruned.outbox_events} events, {pruned.queue_rows} queue rows, "
+                f"in {prune_s:.1f} s",
+                flush=True,
+            )
             engine.dispose()
             stop_checkpointers()
         finally:
@@ -190,6 +205,10 @@ def main(argv: list[str] | None = None) -> None:
         "webhook_events": webhook_events,
         "webhook_s": round(webhook_s, 2),
         "webhook_events_per_s": round(webhook_events / webhook_s, 1),
+        "prune_events": pruned.outbox_events,
+        "prune_queue_rows": pruned.queue_rows,
+        "prune_s": round(prune_s, 2),
+        "prune_events_per_s": round(pruned.outbox_events / prune_s, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "backend": args.backend,
     }

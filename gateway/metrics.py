@@ -19,6 +19,9 @@ What an operator alerts on:
 - ``askonce_subscription_oldest_pending_age_seconds`` and
   ``askonce_subscription_status{status="error"}``: a consumer's endpoint is not taking
   its notifications;
+- ``askonce_outbox_oldest_event_age_seconds`` well past the retention
+  (``ASKONCE_OUTBOX_RETENTION_DAYS``): nothing prunes (no beat), or a subscription that
+  stopped receiving holds its events back;
 - ``askonce_review_items_open``: the stewards' queue.
 """
 
@@ -130,6 +133,16 @@ def read_metrics(session: Session, now: datetime | None = None) -> list[Metric]:
             "askonce_outbox_oldest_undelivered_age_seconds",
             "Age of the oldest change event not handed to the subscriptions (0 when none).",
             value=max(0.0, now.timestamp() - oldest_s) if oldest_s is not None else 0.0,
+        )
+    )
+    kept = _seconds(session.scalar(select(Outbox.created_at).order_by(Outbox.id).limit(1)))
+    families.append(
+        GaugeMetricFamily(
+            "askonce_outbox_oldest_event_age_seconds",
+            "Age of the first change event kept, the one retention deletes next "
+            "(ASKONCE_OUTBOX_RETENTION_DAYS; a subscription that has not received it keeps "
+            "it; 0 when none).",
+            value=max(0.0, now.timestamp() - kept) if kept is not None else 0.0,
         )
     )
     families.extend(_subscription_families(session, now))

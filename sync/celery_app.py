@@ -19,12 +19,16 @@ PREFETCH_MULTIPLIER = 1
 SCHEDULER_TICK_S = 30.0
 #: Beat sends the outbox's events to Subscriptions and webhooks this often by default.
 DELIVERY_TICK_S = 5.0
+#: Beat deletes what is past its retention this often by default (see sync.retention).
+PRUNE_TICK_S = 3600.0
 
 
-def beat_schedule(delivery_interval_s: float = DELIVERY_TICK_S) -> dict[str, dict[str, object]]:
-    """The beat entries: one tick that dispatches every due source's run, and one that
-    delivers the change events (each expires: a tick not picked up before the next one
-    is worthless)."""
+def beat_schedule(
+    delivery_interval_s: float = DELIVERY_TICK_S, prune_interval_s: float = PRUNE_TICK_S
+) -> dict[str, dict[str, object]]:
+    """The beat entries: one tick that dispatches every due source's run, one that
+    delivers the change events and one that prunes what is past its retention (each
+    expires: a tick not picked up before the next one is worthless)."""
     return {
         "askonce-sync-due-sources": {
             "task": "askonce.sync.schedule_due",
@@ -36,6 +40,11 @@ def beat_schedule(delivery_interval_s: float = DELIVERY_TICK_S) -> dict[str, dic
             "schedule": delivery_interval_s,
             "options": {"expires": delivery_interval_s},
         },
+        "askonce-prune": {
+            "task": "askonce.sync.prune",
+            "schedule": prune_interval_s,
+            "options": {"expires": prune_interval_s},
+        },
     }
 
 
@@ -44,6 +53,7 @@ def create_celery(
     *,
     queue: str = DEFAULT_QUEUE,
     delivery_interval_s: float = DELIVERY_TICK_S,
+    prune_interval_s: float = PRUNE_TICK_S,
 ) -> Celery:
     """A Celery app: Redis broker and result backend when ``broker_url`` is set, else eager."""
     app = Celery("askonce", include=["sync.tasks"])
@@ -64,7 +74,7 @@ def create_celery(
             worker_prefetch_multiplier=PREFETCH_MULTIPLIER,
             broker_connection_retry_on_startup=True,
             task_reject_on_worker_lost=True,
-            beat_schedule=beat_schedule(delivery_interval_s),
+            beat_schedule=beat_schedule(delivery_interval_s, prune_interval_s),
             **common,
         )
     else:

@@ -15,6 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from mpi import MatchSettings
 
 DEFAULT_REGION = "US"
+#: Days change events (and the subscriptions' queues of them) are kept once delivered.
+DEFAULT_OUTBOX_RETENTION_DAYS = 30
+#: Days finished sync runs are kept (each source's latest run is kept whatever its age).
+DEFAULT_RUN_RETENTION_DAYS = 90
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,10 @@ class TaskContext:
     render_focus: Callable[[Session, str, str], dict[str, Any] | None] | None = None
     #: The FHIR base notifications refer to (``<public URL>/fhir``); "" for relative ones.
     fhir_base: str = ""
+    #: Retention of delivered change events, in days (0: for ever); see sync.retention.
+    outbox_retention_days: int = DEFAULT_OUTBOX_RETENTION_DAYS
+    #: Retention of finished sync runs, in days (0: for ever).
+    run_retention_days: int = DEFAULT_RUN_RETENTION_DAYS
 
 
 class TaskContextMissingError(RuntimeError):

@@ -475,7 +475,7 @@ def _follow_merge(sub: Subscription, event: EventRow) -> None:
         sub.filters = {**sub.filters, "patients": [*patients, event.aggregate_id]}
 
 
-def _lock_fan_out(session: Session) -> None:
+def lock_fan_out(session: Session) -> None:
     """One fan-out at a time: an advisory lock on PostgreSQL; on SQLite a first write takes
     the database's one writer lock before anything is read."""
     if session.get_bind().dialect.name == "postgresql":
@@ -493,7 +493,7 @@ class FanOut:
 def fan_out(session: Session, *, limit: int = FAN_OUT_BATCH, now: datetime | None = None) -> FanOut:
     """Hand up to ``limit`` outbox events to the subscriptions that match them (the
     caller commits)."""
-    _lock_fan_out(session)
+    lock_fan_out(session)
     now = now or utcnow()
     rows = session.execute(
         select(*EVENT_COLUMNS)

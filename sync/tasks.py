@@ -11,7 +11,7 @@ from typing import Any
 from celery import current_app, shared_task
 
 from connectors import TransientError
-from sync import delivery, retire, runner, scheduling, system
+from sync import delivery, retention, retire, runner, scheduling, system
 from sync.context import current_task_context
 from sync.pipeline import UnknownSourceError
 
@@ -81,3 +81,11 @@ def remove_source(source_id: int) -> dict[str, Any]:
 def deliver() -> dict[str, Any]:
     """Beat's delivery tick: hand out the outbox's new events and send what is due."""
     return delivery.deliver_with(current_task_context()).as_dict()
+
+
+# No acks_late: a prune lost with its worker is done by the next tick (it is idempotent).
+@shared_task(name="askonce.sync.prune")
+def prune() -> dict[str, Any]:
+    """Beat's hourly tick: delete the change events, queue rows and sync runs past their
+    retention (see :mod:`sync.retention`)."""
+    return retention.prune_with(current_task_context()).as_dict()

@@ -3,11 +3,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
+from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from askonce.cli import app
+from store import make_engine, make_session_factory
+from store.models import Outbox, Source, SyncRun
+from store.types import utcnow
 
 runner = CliRunner()
 
@@ -105,3 +110,41 @@ def test_serve_with_several_worker_processes(sqlite_url: str, tmp_path: Path) ->
         proc.wait(timeout=30)
         log.close()
     assert (tmp_path / "serve.log").read_text().count("Started server process") == 2
+
+
+def test_deliver_then_prune_print_what_they_did(tmp_path: Path, monkeypatch) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("ASKONCE_DATABASE_URL", url)
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    engine = make_engine(url)
+    with make_session_factory(engine)() as session:
+        source = Source(name="ehr", kind="ndjson", base_url="/nonexistent")
+        session.add(source)
+        session.flush()
+        long_ago = utcnow() - timedelta(days=200)
+        session.add_all(
+            [
+                SyncRun(source_id=source.id, status="ok", started_at=long_ago),
+                SyncRun(source_id=source.id, status="ok", started_at=long_ago),  # latest: kept
+                Outbox(
+                    event_type="patient.created",
+                    aggregate_type="Patient",
+                    aggregate_id="g1",
+                    payload={},
+                    created_at=long_ago,
+                ),
+            ]
+        )
+        session.commit()
+
+    delivered = runner.invoke(app, ["deliver"])
+    assert delivered.exit_code == 0, delivered.output
+    assert "events handed out 1, notifications 0" in delivered.output
+
+    pruned = runner.invoke(app, ["prune", "--outbox-days", "7"])
+    assert pruned.exit_code == 0, pruned.output
+    assert "change events deleted 1 (queue rows 0), sync runs deleted 1" in pruned.output
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Outbox)) == 0
+        assert conn.scalar(select(func.count()).select_from(SyncRun)) == 1
+    engine.dispose()

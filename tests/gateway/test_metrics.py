@@ -174,12 +174,16 @@ def test_metrics_read_the_tables(
     age = value("askonce_outbox_oldest_undelivered_age_seconds")
     # the 10-minute-old event, not the delivered one (NOW is when this module was imported)
     assert 600 + since - 0.01 <= age <= 600 + until + 0.01
+    # the first event kept (lowest id), which retention prunes first: the same one here
+    kept = value("askonce_outbox_oldest_event_age_seconds")
+    assert 600 + since - 0.01 <= kept <= 600 + until + 0.01
 
 
 def test_metrics_of_an_empty_database_and_openmetrics(client: TestClient) -> None:
     got = _samples(client.get("/metrics").text)
     assert got[("askonce_outbox_undelivered", ())] == 0
     assert got[("askonce_outbox_oldest_undelivered_age_seconds", ())] == 0
+    assert got[("askonce_outbox_oldest_event_age_seconds", ())] == 0
     assert not any(name == "askonce_source_records" for name, _ in got)
     response = client.get("/metrics", headers={"Accept": "application/openmetrics-text"})
     assert response.headers["content-type"].startswith("application/openmetrics-text")

@@ -1,22 +1,26 @@
 """Services mode: a real worker on real Redis and PostgreSQL syncs a source, then runs
 beat's delivery task, and the subscriber's endpoint (a real HTTP receiver) gets the
-handshake and every new golden Patient, numbered from 1."""
+handshake and every new golden Patient, numbered from 1; then the worker prunes them once
+they are past the retention."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from askonce.runtime import Runtime
 from gateway.auth.consumers import register_consumer
-from store.models import Subscription
+from store.models import Outbox, Subscription
+from store.types import utcnow
 from sync.celery_app import beat_schedule
 from sync.delivery import PATIENT_TOPIC, apply_spec, subscription_spec
 from sync.intake import parse_notification
-from sync.tasks import deliver, run_source
+from sync.tasks import deliver, prune, run_source
 from tests.integration.conftest import Worker, latest_run, wait_for
 from tests.receiver import Receiver, running_receiver
 from tests.sync.helpers import add_source, patient, write_ndjson
@@ -72,3 +76,13 @@ def test_a_worker_delivers_what_a_worker_synced(
     assert notes[0].kind == "handshake"
     assert [n for note in notes[1:] for n in note.event_numbers] == [1, 2, 3, 4]
     assert beat_schedule()["askonce-deliver-events"]["task"] == deliver.name
+
+    # Beat's hourly prune, on the worker: the events every subscription received, once
+    # past the retention (30 days), go with their queue rows.
+    with pg_sessions() as session:
+        events = session.scalar(select(func.count()).select_from(Outbox))
+        session.execute(update(Outbox).values(created_at=utcnow() - timedelta(days=31)))
+        session.commit()
+    pruned = prune.apply_async(queue=queue).get(timeout=TASK_TIMEOUT_S)
+    assert (pruned["outbox_events"], pruned["queue_rows"], pruned["held_by"]) == (events, 4, [])
+    assert beat_schedule()["askonce-prune"]["task"] == prune.name
