@@ -8,16 +8,20 @@ subscriptions that hear them), and every read of them slows down. :func:`prune` 
 1. each subscription's queue rows that its endpoint has **acknowledged**
    (``event_number <= delivered_through``) and whose event is older than the outbox
    retention (or already gone): the numbered prefix of its queue, walked from its lowest
-   number and stopped at the first recent event;
+   number and stopped at the first recent event. A subscription that is not listening
+   (``off``, or its consumer deactivated) loses its unacknowledged rows past the
+   retention too, and its acknowledgement point moves past them: switched back on, it
+   sees the gap in the event numbers, as the backport means a client to;
 2. the outbox events older than the retention that were **handed out** (``delivered_at``
-   set) and that **no subscription still has to send**: below the lowest outbox id
-   among every subscription's unacknowledged queue rows. A subscription whose endpoint
-   has been failing for longer than the retention keeps its events, and every later
-   one, until it catches up or is deleted; :attr:`PruneReport.held_by` names it;
+   set) and that **no listening subscription still has to send**: below the lowest
+   outbox id among their unacknowledged queue rows. A subscription whose endpoint has
+   been failing for longer than the retention keeps its events, and every later one,
+   until it catches up, is switched off or is deleted; :attr:`PruneReport.held_by`
+   names it;
 3. the finished sync runs older than the run retention, except the latest run of each
    source (``askonce sources status`` and the metrics show it).
 
-Nothing a consumer has not received is ever deleted. What goes is what ``$events`` can
+Nothing a listening subscription has not received is ever deleted. What goes is what ``$events`` can
 no longer answer: a Subscription's past events reach back as far as the retention.
 
 Each batch is its own transaction. The outbox batch holds the fan-out's lock
@@ -35,14 +39,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, and_, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from store import unit_of_work
-from store.models import Outbox, Subscription, SubscriptionEvent, SyncRun
+from store.models import Consumer, Outbox, Subscription, SubscriptionEvent, SyncRun
 from store.types import utcnow
 from sync.context import TaskContext
-from sync.delivery import lock_fan_out
+from sync.delivery import STATUS_OFF, lock_fan_out
 from sync.runner import RUN_RUNNING
 
 log = logging.getLogger(__name__)
@@ -73,16 +77,20 @@ def _cutoff(now: datetime, days: int) -> datetime | None:
     return now - timedelta(days=days) if days > 0 else None
 
 
-def prune_queue(session: Session, sub: Subscription, cutoff: datetime, batch: int) -> int:
-    """Delete up to ``batch`` of the acknowledged queue rows of ``sub`` whose events are
-    older than ``cutoff`` or gone (its lowest numbers first, stopping at the first recent
-    event). Returns the rows deleted."""
+def prune_queue(
+    session: Session, sub: Subscription, cutoff: datetime, batch: int, *, listening: bool = True
+) -> int:
+    """Delete up to ``batch`` of the queue rows of ``sub`` whose events are older than
+    ``cutoff`` or gone (its lowest numbers first, stopping at the first recent event):
+    acknowledged ones, or any if it is not ``listening`` (then its acknowledgement point
+    moves past them). Returns the rows deleted."""
+    through = sub.delivered_through if listening else sub.events_since_start
     rows = session.execute(
         select(SubscriptionEvent.event_number, Outbox.created_at)
         .outerjoin(Outbox, Outbox.id == SubscriptionEvent.outbox_id)
         .where(
             SubscriptionEvent.subscription_id == sub.id,
-            SubscriptionEvent.event_number <= sub.delivered_through,
+            SubscriptionEvent.event_number <= through,
         )
         .order_by(SubscriptionEvent.event_number)
         .limit(batch)
@@ -94,23 +102,30 @@ def prune_queue(session: Session, sub: Subscription, cutoff: datetime, batch: in
         last = number
     if last is None:
         return 0
-    # A range is safe here: the fan-out only appends numbers above events_since_start,
-    # and these are at most delivered_through.
+    # A range is safe here: the fan-out only appends numbers above events_since_start.
     result = session.execute(
         delete(SubscriptionEvent).where(
             SubscriptionEvent.subscription_id == sub.id,
             SubscriptionEvent.event_number <= last,
         )
     )
+    if last > sub.delivered_through:
+        sub.delivered_through = last
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+def _listening() -> ColumnElement[bool]:
+    return and_(Subscription.status != STATUS_OFF, Consumer.active.is_(True))
+
+
 def unacknowledged_pins(session: Session) -> dict[str, int]:
-    """Each subscription with unacknowledged queue rows: the lowest outbox id among them
-    (what it still has to send)."""
+    """Each listening subscription with unacknowledged queue rows: the lowest outbox id
+    among them (what it still has to send)."""
     pins: dict[str, int] = {}
     for sub_id, delivered_through in session.execute(
         select(Subscription.id, Subscription.delivered_through)
+        .join(Consumer, Consumer.id == Subscription.consumer_id)
+        .where(_listening())
     ):
         lowest = session.scalar(
             select(func.min(SubscriptionEvent.outbox_id)).where(
@@ -194,12 +209,22 @@ def prune(
     outbox_cutoff = _cutoff(now, outbox_days)
     if outbox_cutoff is not None:
         with unit_of_work(session_factory) as session:
-            subs = list(session.scalars(select(Subscription.id)))
-        for sub_id in subs:
+            subs = session.execute(
+                select(Subscription.id, _listening()).join(
+                    Consumer, Consumer.id == Subscription.consumer_id
+                )
+            ).all()
+        for sub_id, listening in subs:
             while in_time():
                 with unit_of_work(session_factory) as session:
                     sub = session.get(Subscription, sub_id)
-                    deleted = 0 if sub is None else prune_queue(session, sub, outbox_cutoff, batch)
+                    deleted = (
+                        0
+                        if sub is None
+                        else prune_queue(
+                            session, sub, outbox_cutoff, batch, listening=bool(listening)
+                        )
+                    )
                 report.queue_rows += deleted
                 if deleted < batch:
                     break

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from askonce.runtime import build_runtime
 from askonce.settings import Settings
-from store.models import Outbox, Subscription, SubscriptionEvent, SyncRun
+from store.models import Consumer, Outbox, Subscription, SubscriptionEvent, SyncRun
 from store.types import utcnow
 from sync.celery_app import beat_schedule
 from sync.delivery import deliver, query_events
@@ -184,6 +184,49 @@ def test_what_a_subscription_has_not_received_stays_and_is_still_delivered(
     pruned = prune(session_factory, outbox_days=DAYS, run_days=0)
     assert (pruned.outbox_events, pruned.queue_rows, pruned.held_by) == (4, 4, [])
     assert outbox(session_factory) == []
+
+
+def test_a_subscription_not_listening_does_not_hold_events_past_the_retention(
+    session_factory: sessionmaker[Session], endpoint: Endpoint, http: httpx.Client
+) -> None:
+    """Switched off (or its consumer deactivated) with events still queued: past the
+    retention they go, and switched back on it sees the gap in the event numbers."""
+    clock = Clock()
+    paused = handshaken(session_factory, http, clock)
+    gone_consumer, _ = add_consumer(session_factory, "old-portal")
+    gone = subscribe(session_factory, gone_consumer, endpoint=PORTAL)
+    deliver(session_factory, client=http, clock=clock)  # its handshake
+    endpoint.answers = [503, 503]  # neither takes the next events
+    events(session_factory, "g1", "g2", "g3")
+    deliver(session_factory, client=http, clock=clock)
+    with session_factory() as session:
+        sub = session.get(Subscription, paused)
+        consumer = session.get(Consumer, gone_consumer)
+        assert sub is not None and consumer is not None
+        sub.status = "off"
+        consumer.active = False
+        session.commit()
+    backdate(session_factory, {"g1", "g2", "g3"}, PAST)
+    events(session_factory, "g4")  # recent, handed out while neither hears anything
+    assert deliver(session_factory, client=http, clock=clock).events_queued == 0
+
+    pruned = prune(session_factory, outbox_days=DAYS, run_days=0)
+
+    assert (pruned.outbox_events, pruned.queue_rows, pruned.held_by) == (3, 6, [])
+    assert outbox(session_factory) == ["g4"]
+    assert queue(session_factory, paused) == queue(session_factory, gone) == []
+    assert sub_row(session_factory, paused).delivered_through == 3
+    # Back on: the next event is number 4; 1 to 3 are the gap.
+    with session_factory() as session:
+        sub = session.get(Subscription, paused)
+        assert sub is not None
+        sub.status = "active"
+        session.commit()
+    endpoint.requests.clear()
+    events(session_factory, "g5")
+    clock.advance(3600)  # past the backoff of its failed send
+    deliver(session_factory, client=http, clock=clock)
+    assert focus_of(endpoint.bodies()) == [(4, "g5")]
 
 
 def test_pruning_stops_at_the_first_event_not_handed_out(
