@@ -17,7 +17,6 @@ from store.repositories import (
     AuditRepository,
     CursorRepository,
     NotFoundError,
-    OutboxRepository,
     SourceRepository,
     SyncRunRepository,
 )
@@ -28,7 +27,6 @@ __all__ = [
     "Base",
     "CursorRepository",
     "NotFoundError",
-    "OutboxRepository",
     "SchemaNotAtHeadError",
     "SourceRepository",
     "SyncRunRepository",

@@ -7,13 +7,12 @@ unit of work decides what commits together (a page of records with its cursor).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from store.models import Audit, Outbox, Source, SyncCursor, SyncRun
+from store.models import Audit, Source, SyncCursor, SyncRun
 from store.types import utcnow
 
 
@@ -72,43 +71,6 @@ class CursorRepository:
             select(SyncCursor).where(SyncCursor.source_id == source_id)
         ):
             self.session.delete(row)
-
-
-class OutboxRepository:
-    """Change events; appended with the change, delivered at least once."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def append(
-        self, event_type: str, aggregate_type: str, aggregate_id: str, payload: dict[str, Any]
-    ) -> Outbox:
-        event = Outbox(
-            event_type=event_type,
-            aggregate_type=aggregate_type,
-            aggregate_id=aggregate_id,
-            payload=payload,
-        )
-        self.session.add(event)
-        return event
-
-    def fetch_undelivered(self, limit: int, now: datetime | None = None) -> Sequence[Outbox]:
-        now = now or utcnow()
-        stmt = (
-            select(Outbox)
-            .where(Outbox.delivered_at.is_(None), Outbox.next_attempt_at <= now)
-            .order_by(Outbox.next_attempt_at, Outbox.id)
-            .limit(limit)
-        )
-        if self.session.get_bind().dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        return self.session.scalars(stmt).all()
-
-    def mark_delivered(self, event_ids: Sequence[int]) -> None:
-        if event_ids:
-            self.session.execute(
-                update(Outbox).where(Outbox.id.in_(event_ids)).values(delivered_at=utcnow())
-            )
 
 
 class SyncRunRepository:

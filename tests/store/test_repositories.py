@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -11,13 +9,11 @@ from store import (
     AuditRepository,
     CursorRepository,
     NotFoundError,
-    OutboxRepository,
     SourceRepository,
     SyncRunRepository,
     unit_of_work,
 )
 from store.models import Audit, GoldenPatient, SourceRecord
-from store.types import utcnow
 
 
 def _source(session: Session, name: str = "ehr-a") -> int:
@@ -68,22 +64,6 @@ def test_cursor_commits_with_the_unit_of_work(session_factory: sessionmaker[Sess
         CursorRepository(s).set(sid, "Patient", "c2")
     with unit_of_work(session_factory) as s:
         assert CursorRepository(s).get(sid, "Patient") == "c2"
-
-
-def test_outbox_delivers_only_due_undelivered_events(session: Session) -> None:
-    repo = OutboxRepository(session)
-    first = repo.append("patient.created", "Patient", "g1", {"id": "g1"})
-    later = repo.append("patient.updated", "Patient", "g2", {"id": "g2"})
-    later.next_attempt_at = utcnow() + timedelta(minutes=5)
-    session.commit()
-    due = repo.fetch_undelivered(10)
-    assert [e.id for e in due] == [first.id]
-    repo.mark_delivered([first.id])
-    session.commit()
-    assert repo.fetch_undelivered(10) == []
-    assert [e.id for e in repo.fetch_undelivered(10, now=utcnow() + timedelta(hours=1))] == [
-        later.id
-    ]
 
 
 def test_sync_run_and_audit(session: Session) -> None:
