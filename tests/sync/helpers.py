@@ -1,18 +1,22 @@
-"""Small FHIR resources and a scripted source for the sync tests."""
+"""Small FHIR resources, a scripted source, and the delivery tests' clock and endpoint for
+the sync tests."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors import Capabilities, Page, Source, SourceConfig, SourceOptions
 from store import SourceRepository
 from store.models import Outbox, SourceRecord
+from store.types import utcnow
 
 LAST_UPDATED = "2026-01-10T10:00:00Z"
 
@@ -130,3 +134,37 @@ class ScriptedSource(Source):
                 if resource.get("id") == resource_id:
                     return resource
         return None
+
+
+class Clock:
+    """A clock the test moves; starts now."""
+
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class Endpoint:
+    """A MockTransport endpoint: records every request, answers from a queue (then 200)."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.answers: list[int | Exception] = []
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0) if self.answers else 200
+        if isinstance(answer, Exception):
+            raise answer
+        return httpx.Response(answer)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(transport=httpx.MockTransport(self.handler))
+
+    def bodies(self) -> list[dict[str, Any]]:
+        return [json.loads(r.content) for r in self.requests]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -25,7 +25,6 @@ from standardwebhooks.webhooks import Webhook
 from gateway.auth.consumers import register_consumer
 from mpi.storage import emit
 from store.models import Audit, Consumer, Outbox, Subscription, SubscriptionEvent
-from store.types import utcnow
 from sync.delivery import (
     BACKOFF_MAX_S,
     ENCOUNTER_TOPIC,
@@ -47,54 +46,10 @@ from sync.delivery import (
 )
 from sync.encounters import outbox_row
 from sync.intake import parse_notification
+from tests.sync.helpers import Clock, Endpoint
 
 ENDPOINT = "https://crm.example.org/fhir-hook"
 SCOPES = ["system/Patient.rs", "system/Encounter.rs", "system/Subscription.cruds"]
-
-
-class Clock:
-    """A clock the test moves; starts now."""
-
-    def __init__(self) -> None:
-        self.now = utcnow()
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-class Endpoint:
-    """A MockTransport endpoint: records every request, answers from a queue (then 200)."""
-
-    def __init__(self) -> None:
-        self.requests: list[httpx.Request] = []
-        self.answers: list[int | Exception] = []
-
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        answer = self.answers.pop(0) if self.answers else 200
-        if isinstance(answer, Exception):
-            raise answer
-        return httpx.Response(answer)
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(transport=httpx.MockTransport(self.handler))
-
-    def bodies(self) -> list[dict[str, Any]]:
-        return [json.loads(r.content) for r in self.requests]
-
-
-@pytest.fixture
-def endpoint() -> Endpoint:
-    return Endpoint()
-
-
-@pytest.fixture
-def http(endpoint: Endpoint) -> Iterator[httpx.Client]:
-    with endpoint.client() as client:
-        yield client
 
 
 def subscription_resource(

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import httpx
-import pytest
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,10 +23,8 @@ from sync.delivery import deliver, query_events
 from sync.intake import parse_notification
 from sync.retention import prune
 from sync.tasks import prune as prune_task
-from tests.sync.helpers import add_source
+from tests.sync.helpers import Clock, Endpoint, add_source
 from tests.sync.test_delivery import (
-    Clock,
-    Endpoint,
     add_consumer,
     handshaken,
     patient_event,
@@ -39,17 +35,6 @@ from tests.sync.test_delivery import (
 DAYS = 30
 PAST = timedelta(days=DAYS + 1)
 PORTAL = "https://portal.example.org/hook"
-
-
-@pytest.fixture
-def endpoint() -> Endpoint:
-    return Endpoint()
-
-
-@pytest.fixture
-def http(endpoint: Endpoint) -> Iterator[httpx.Client]:
-    with endpoint.client() as client:
-        yield client
 
 
 def events(session_factory: sessionmaker[Session], *goldens: str) -> None:
