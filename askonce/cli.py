@@ -234,7 +234,8 @@ def worker(
 
 @app.command()
 def beat() -> None:
-    """Run the scheduler that starts each source's sync on its schedule."""
+    """Run the scheduler: each source's sync on its schedule, the delivery of change events
+    every ASKONCE_DELIVERY_INTERVAL_S, the retention's prune every ASKONCE_PRUNE_INTERVAL_S."""
     settings = _settings()
     if settings.embedded:
         console.print("[red]error:[/red] ASKONCE_REDIS_URL is not set; beat needs the broker.")
