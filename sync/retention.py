@@ -21,8 +21,9 @@ subscriptions that hear them), and every read of them slows down. :func:`prune` 
 3. the finished sync runs older than the run retention, except the latest run of each
    source (``askonce sources status`` and the metrics show it).
 
-Nothing a listening subscription has not received is ever deleted. What goes is what ``$events`` can
-no longer answer: a Subscription's past events reach back as far as the retention.
+Nothing a listening subscription has not received is ever deleted. What goes is what
+``$events`` can no longer answer: a Subscription's past events reach back as far as the
+retention.
 
 Each batch is its own transaction. The outbox batch holds the fan-out's lock
 (:func:`sync.delivery.lock_fan_out`), so no fan-out hands out events between the moment
@@ -77,13 +78,13 @@ def _cutoff(now: datetime, days: int) -> datetime | None:
     return now - timedelta(days=days) if days > 0 else None
 
 
-def prune_queue(
-    session: Session, sub: Subscription, cutoff: datetime, batch: int, *, listening: bool = True
-) -> int:
+def prune_queue(session: Session, sub: Subscription, cutoff: datetime, batch: int) -> int:
     """Delete up to ``batch`` of the queue rows of ``sub`` whose events are older than
     ``cutoff`` or gone (its lowest numbers first, stopping at the first recent event):
-    acknowledged ones, or any if it is not ``listening`` (then its acknowledgement point
+    acknowledged ones, or any if it is not listening (then its acknowledgement point
     moves past them). Returns the rows deleted."""
+    consumer = session.get(Consumer, sub.consumer_id)
+    listening = sub.status != STATUS_OFF and consumer is not None and consumer.active
     through = sub.delivered_through if listening else sub.events_since_start
     rows = session.execute(
         select(SubscriptionEvent.event_number, Outbox.created_at)
@@ -209,22 +210,12 @@ def prune(
     outbox_cutoff = _cutoff(now, outbox_days)
     if outbox_cutoff is not None:
         with unit_of_work(session_factory) as session:
-            subs = session.execute(
-                select(Subscription.id, _listening()).join(
-                    Consumer, Consumer.id == Subscription.consumer_id
-                )
-            ).all()
-        for sub_id, listening in subs:
+            subs = list(session.scalars(select(Subscription.id)))
+        for sub_id in subs:
             while in_time():
                 with unit_of_work(session_factory) as session:
                     sub = session.get(Subscription, sub_id)
-                    deleted = (
-                        0
-                        if sub is None
-                        else prune_queue(
-                            session, sub, outbox_cutoff, batch, listening=bool(listening)
-                        )
-                    )
+                    deleted = 0 if sub is None else prune_queue(session, sub, outbox_cutoff, batch)
                 report.queue_rows += deleted
                 if deleted < batch:
                     break
