@@ -49,6 +49,19 @@ ALLOWED_EXTRA_KEYS = frozenset(
         "score",
         "revision",
         "reason",
+        # an exception's type name (never its message: see JsonFormatter)
+        "error",
+        # delivery and retention: counts, subscription ids and message kinds
+        "subscription",
+        "kind",
+        "notifications",
+        "events",
+        "failures",
+        "queue_rows",
+        "outbox_events",
+        "sync_runs",
+        "held_by",
+        "complete",
     }
 )
 
