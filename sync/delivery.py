@@ -52,7 +52,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
-from sqlalchemy import ColumnElement, delete, func, or_, select, text, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
@@ -475,6 +475,12 @@ def _follow_merge(sub: Subscription, event: EventRow) -> None:
         sub.filters = {**sub.filters, "patients": [*patients, event.aggregate_id]}
 
 
+def listening() -> ColumnElement[bool]:
+    """A subscription that hears events: not ``off``, of an active consumer (with
+    ``Consumer`` joined)."""
+    return and_(Subscription.status != STATUS_OFF, Consumer.active.is_(True))
+
+
 def lock_fan_out(session: Session) -> None:
     """One fan-out at a time: an advisory lock on PostgreSQL; on SQLite a first write takes
     the database's one writer lock before anything is read."""
@@ -507,7 +513,7 @@ def fan_out(session: Session, *, limit: int = FAN_OUT_BATCH, now: datetime | Non
     subs = session.scalars(
         select(Subscription)
         .join(Consumer, Consumer.id == Subscription.consumer_id)
-        .where(Subscription.status != STATUS_OFF, Consumer.active.is_(True))
+        .where(listening())
         .order_by(Subscription.created_at, Subscription.id)
     ).all()
     queue: list[tuple[str, int, int]] = []
@@ -1008,11 +1014,7 @@ def _due(session: Session, now: datetime) -> list[str]:
     rows = session.execute(
         select(Subscription, pending)
         .join(Consumer, Consumer.id == Subscription.consumer_id)
-        .where(
-            Subscription.status != STATUS_OFF,
-            Consumer.active.is_(True),
-            _free(now),
-        )
+        .where(listening(), _free(now))
         .order_by(Subscription.created_at, Subscription.id)
     ).all()
     due = []

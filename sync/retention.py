@@ -40,14 +40,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from store import unit_of_work
 from store.models import Consumer, Outbox, Subscription, SubscriptionEvent, SyncRun
 from store.types import utcnow
 from sync.context import TaskContext
-from sync.delivery import STATUS_OFF, lock_fan_out
+from sync.delivery import listening, lock_fan_out
 from sync.runner import RUN_RUNNING
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,13 @@ def prune_queue(session: Session, sub: Subscription, cutoff: datetime, batch: in
     ``cutoff`` or gone (its lowest numbers first, stopping at the first recent event):
     acknowledged ones, or any if it is not listening (then its acknowledgement point
     moves past them). Returns the rows deleted."""
-    consumer = session.get(Consumer, sub.consumer_id)
-    listening = sub.status != STATUS_OFF and consumer is not None and consumer.active
-    through = sub.delivered_through if listening else sub.events_since_start
+    hears = session.scalar(
+        select(listening())
+        .select_from(Subscription)
+        .join(Consumer, Consumer.id == Subscription.consumer_id)
+        .where(Subscription.id == sub.id)
+    )
+    through = sub.delivered_through if hears else sub.events_since_start
     rows = session.execute(
         select(SubscriptionEvent.event_number, Outbox.created_at)
         .outerjoin(Outbox, Outbox.id == SubscriptionEvent.outbox_id)
@@ -115,10 +119,6 @@ def prune_queue(session: Session, sub: Subscription, cutoff: datetime, batch: in
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def _listening() -> ColumnElement[bool]:
-    return and_(Subscription.status != STATUS_OFF, Consumer.active.is_(True))
-
-
 def unacknowledged_pins(session: Session) -> dict[str, int]:
     """Each listening subscription with unacknowledged queue rows: the lowest outbox id
     among them (what it still has to send)."""
@@ -126,7 +126,7 @@ def unacknowledged_pins(session: Session) -> dict[str, int]:
     for sub_id, delivered_through in session.execute(
         select(Subscription.id, Subscription.delivered_through)
         .join(Consumer, Consumer.id == Subscription.consumer_id)
-        .where(_listening())
+        .where(listening())
     ):
         lowest = session.scalar(
             select(func.min(SubscriptionEvent.outbox_id)).where(
