@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     )
     task_queue: str = Field(default="askonce", description="Celery queue the workers consume.")
     worker_concurrency: int = Field(default=2, ge=1, description="Worker processes per worker.")
-    log_level: LogLevel = "INFO"
+    log_level: LogLevel = Field(
+        default="INFO", description="Lowest level logged (DEBUG … CRITICAL)."
+    )
     log_json: bool = Field(default=True, description="Emit logs as one JSON object per line.")
     secret_key: SecretStr = Field(
         default=SecretStr(DEMO_SECRET),
@@ -54,8 +56,8 @@ class Settings(BaseSettings):
     serve_workers: int = Field(
         default=1, ge=1, description="Gateway server processes (`askonce serve`)."
     )
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field(default="127.0.0.1", description="Interface the API listens on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port the API listens on.")
     default_region: str = Field(
         default="US", description="Region used to parse phone numbers with no country code."
     )

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from pydantic import ValidationError
 
 from askonce.settings import DEFAULT_DATABASE_URL, PlaceholderSecretError, Settings
 
@@ -40,4 +43,22 @@ def test_secret_is_hidden_and_placeholders_are_refused(monkeypatch: pytest.Monke
 def test_invalid_log_level_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ASKONCE_LOG_LEVEL", "LOUD")
     with pytest.raises(ValueError, match="log_level"):
+        Settings()
+
+
+def test_the_readme_names_every_setting_and_the_settings_describe_themselves() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    for name, field in Settings.model_fields.items():
+        assert f"ASKONCE_{name.upper()}" in readme, name
+        assert field.description, name
+
+
+def test_retention_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings()
+    assert (settings.outbox_retention_days, settings.run_retention_days) == (30, 90)
+    assert settings.prune_interval_s == 3600
+    monkeypatch.setenv("ASKONCE_OUTBOX_RETENTION_DAYS", "0")
+    assert Settings().outbox_retention_days == 0  # kept for ever
+    monkeypatch.setenv("ASKONCE_OUTBOX_RETENTION_DAYS", "-1")
+    with pytest.raises(ValidationError):
         Settings()
