@@ -46,10 +46,10 @@ from store.models import (
     Source,
     SourceRecord,
     Subscription,
-    SubscriptionEvent,
     SyncRun,
 )
 from store.types import utcnow
+from sync.delivery import oldest_pending_at
 from sync.runner import RUN_FAILED, RUN_OK, RUN_RUNNING
 
 router = APIRouter(tags=["health"])
@@ -177,17 +177,8 @@ def _subscription_families(session: Session, now: datetime) -> Iterator[Metric]:
         "When the endpoint last acknowledged a notification (Unix time).",
         labels=labels,
     )
-    next_event = (
-        select(Outbox.created_at)
-        .join(SubscriptionEvent, SubscriptionEvent.outbox_id == Outbox.id)
-        .where(
-            SubscriptionEvent.subscription_id == Subscription.id,
-            SubscriptionEvent.event_number == Subscription.delivered_through + 1,
-        )
-        .scalar_subquery()
-    )
     for sub, consumer, first_pending in session.execute(
-        select(Subscription, Consumer.name, next_event)
+        select(Subscription, Consumer.name, oldest_pending_at())
         .join(Consumer, Consumer.id == Subscription.consumer_id)
         .order_by(Consumer.name, Subscription.created_at, Subscription.id)
     ):

@@ -52,7 +52,17 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    ScalarSelect,
+    and_,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
@@ -479,6 +489,21 @@ def listening() -> ColumnElement[bool]:
     """A subscription that hears events: not ``off``, of an active consumer (with
     ``Consumer`` joined)."""
     return and_(Subscription.status != STATUS_OFF, Consumer.active.is_(True))
+
+
+def oldest_pending_at() -> ScalarSelect[datetime]:
+    """When a subscription's first unacknowledged event was written (NULL when none): a
+    scalar subquery correlated with ``Subscription`` (the event numbers are dense, so the
+    first one is ``delivered_through + 1``)."""
+    return (
+        select(Outbox.created_at)
+        .join(SubscriptionEvent, SubscriptionEvent.outbox_id == Outbox.id)
+        .where(
+            SubscriptionEvent.subscription_id == Subscription.id,
+            SubscriptionEvent.event_number == Subscription.delivered_through + 1,
+        )
+        .scalar_subquery()
+    )
 
 
 def lock_fan_out(session: Session) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from mpi import review_item_dict
@@ -22,6 +23,7 @@ from store.models import (
     SyncCursor,
     SyncRun,
 )
+from sync.delivery import oldest_pending_at
 
 #: Rows per admin list page when ``limit`` is not given, and the most allowed.
 DEFAULT_ADMIN_LIMIT = 50
@@ -184,9 +186,13 @@ def consumer_json(consumer: Consumer) -> dict[str, Any]:
     }
 
 
-def subscription_json(sub: Subscription, consumer: str) -> dict[str, Any]:
+def subscription_json(
+    sub: Subscription, consumer: str, oldest_pending: datetime | None = None
+) -> dict[str, Any]:
     """A subscription as an operator sees it: state and counts, never its secret or
-    channel headers (the endpoint, which the operator must be able to check, is shown)."""
+    channel headers (the endpoint, which the operator must be able to check, is shown).
+    ``oldest_pending_at`` is when its first unacknowledged event was written: one older
+    than ``ASKONCE_OUTBOX_RETENTION_DAYS`` holds the retention back."""
     return {
         "id": sub.id,
         "consumer": consumer,
@@ -198,6 +204,7 @@ def subscription_json(sub: Subscription, consumer: str) -> dict[str, Any]:
         "events_since_start": sub.events_since_start,
         "delivered_through": sub.delivered_through,
         "pending": max(0, sub.events_since_start - sub.delivered_through),
+        "oldest_pending_at": _iso(oldest_pending),
         "failed_attempts": sub.attempts,
         "error": sub.error,
         "next_attempt_at": _iso(sub.next_attempt_at),
@@ -206,15 +213,21 @@ def subscription_json(sub: Subscription, consumer: str) -> dict[str, Any]:
     }
 
 
-def list_subscriptions(session: Session, status: str | None = None) -> list[dict[str, Any]]:
-    query = (
-        select(Subscription, Consumer.name)
+def subscriptions_query() -> Select[Subscription, str, datetime]:
+    """Subscriptions with their consumer's name and :func:`sync.delivery.oldest_pending_at`,
+    in the admin list's order."""
+    return (
+        select(Subscription, Consumer.name, oldest_pending_at())
         .join(Consumer, Consumer.id == Subscription.consumer_id)
         .order_by(Consumer.name, Subscription.created_at, Subscription.id)
     )
+
+
+def list_subscriptions(session: Session, status: str | None = None) -> list[dict[str, Any]]:
+    query = subscriptions_query()
     if status:
         query = query.where(Subscription.status == status)
-    return [subscription_json(sub, name) for sub, name in session.execute(query)]
+    return [subscription_json(sub, name, oldest) for sub, name, oldest in session.execute(query)]
 
 
 def list_consumers(session: Session) -> list[dict[str, Any]]:

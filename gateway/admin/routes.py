@@ -28,6 +28,7 @@ from gateway.admin.queries import (
     list_sources,
     list_subscriptions,
     subscription_json,
+    subscriptions_query,
 )
 from gateway.audit import audited
 from gateway.auth.consumers import ConsumerExistsError, register_consumer, set_webhook
@@ -478,17 +479,13 @@ def subscriptions(
 def retry_subscription(
     subscription_id: str, session: SessionDep, _principal: AdminPrincipal
 ) -> dict[str, Any]:
-    row = session.execute(
-        select(Subscription, Consumer.name)
-        .join(Consumer, Consumer.id == Subscription.consumer_id)
-        .where(Subscription.id == subscription_id)
-    ).first()
+    row = session.execute(subscriptions_query().where(Subscription.id == subscription_id)).first()
     if row is None:
         raise OutcomeError(not_found("No such subscription."))
-    sub, consumer = row
+    sub, consumer, oldest_pending = row
     if sub.status == "off":
         raise OutcomeError(conflict("The subscription is off; its owner turns it on."))
     if sub.attempts:  # in a backoff; otherwise it is due already, or a sender holds it
         sub.next_attempt_at = None
         session.commit()
-    return subscription_json(sub, consumer)
+    return subscription_json(sub, consumer, oldest_pending)

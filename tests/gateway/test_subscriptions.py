@@ -4,7 +4,7 @@ consumer seeing only its own; errors are OperationOutcomes naming the element.""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.auth.consumers import register_consumer
 from mpi.storage import emit
-from store.models import Subscription, SubscriptionEvent
+from store.models import Outbox, Subscription, SubscriptionEvent
 from store.types import utcnow
 from sync.delivery import ENCOUNTER_TOPIC, PATIENT_TOPIC, SUBSCRIPTION_PROFILE, fan_out
 from sync.intake import parse_notification
@@ -279,11 +279,24 @@ def test_admin_lists_subscriptions_and_retries_one_in_backoff(
         row.status, row.attempts, row.error = "error", 3, "the endpoint answered 503"
         row.next_attempt_at = utcnow() + timedelta(hours=1)
         row.events_since_start, row.delivered_through = 9, 4
+        # its first unacknowledged event (number 5) was written two days ago
+        written = utcnow().replace(microsecond=0) - timedelta(days=2)
+        event = Outbox(
+            event_type="patient.updated",
+            aggregate_type="Patient",
+            aggregate_id="g1",
+            payload={},
+            created_at=written,
+        )
+        session.add(event)
+        session.flush()
+        session.add(SubscriptionEvent(subscription_id=row.id, event_number=5, outbox_id=event.id))
         session.commit()
     listed = client.get("/admin/subscriptions", headers=admin).json()
     assert [(s["id"], s["consumer"], s["status"], s["pending"]) for s in listed] == [
         (made["id"], "crm", "error", 5)
     ]
+    assert datetime.fromisoformat(listed[0]["oldest_pending_at"]) == written
     assert "headers" not in listed[0] and "secret" not in listed[0]
     assert client.get("/admin/subscriptions?status=active", headers=admin).json() == []
     assert client.get("/admin/subscriptions?status=bogus", headers=admin).status_code == 400
@@ -291,6 +304,7 @@ def test_admin_lists_subscriptions_and_retries_one_in_backoff(
     retried = client.post(f"/admin/subscriptions/{made['id']}/retry", headers=admin)
     assert retried.status_code == 200
     assert retried.json()["next_attempt_at"] is None
+    assert retried.json()["oldest_pending_at"] == listed[0]["oldest_pending_at"]
     assert client.post("/admin/subscriptions/nope/retry", headers=admin).status_code == 404
     assert client.get("/admin/subscriptions", headers=consumer_auth()).status_code == 403
 
