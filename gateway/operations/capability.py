@@ -28,6 +28,7 @@ OPERATION_DEFINITIONS = {
     "backport-subscription-status",
     "events": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/"
     "backport-subscription-events",
+    "populate": "http://hl7.org/fhir/uv/sdc/OperationDefinition/Questionnaire-populate",
 }
 #: What a server of topic-based Subscriptions in R4 declares (Subscriptions R5 Backport).
 BACKPORT_SERVER = (

@@ -56,6 +56,7 @@ def test_capability_statement_matches_the_registered_routes(
         ("Subscription", "delete"),
         ("Subscription", "$status"),
         ("Subscription", "$events"),
+        ("Questionnaire", "$populate"),
     }
     (subscription,) = [r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription"]
     assert subscription["supportedProfile"] == [

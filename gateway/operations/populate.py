@@ -1,0 +1,687 @@
+"""SDC ``Questionnaire/$populate``: a QuestionnaireResponse pre-filled from the golden record.
+
+https://hl7.org/fhir/uv/sdc/OperationDefinition-Questionnaire-populate.html (SDC 3.0.0).
+This is how "ask once" reaches a portal's intake form: the portal sends its
+Questionnaire and the patient's golden id, and gets back a QuestionnaireResponse
+whose answers are what the connected EHRs already know, for the patient to review.
+
+Input: a ``Parameters`` resource with
+
+- ``questionnaire``: the Questionnaire itself. This server keeps no Questionnaires, so
+  ``identifier``, ``canonical`` and ``questionnaireRef`` are refused with a 422 that
+  says to send it inline (fetching a client-named URL would let any caller make the
+  server issue requests);
+- ``subject``: ``Patient/<golden id>`` (relative, or absolute on this server's base);
+- ``local`` (default true): false leaves the golden record unread, so only the
+  ``context`` resources and the Questionnaire's own ``initial`` values fill answers;
+- ``context`` (``name`` + ``content``): resources bound to launch-context names, a
+  Patient named by reference on this server, or any resource given inline.
+
+Population, per item (https://hl7.org/fhir/uv/sdc/populate.html):
+
+- **expression-based**: ``sdc-questionnaire-initialExpression`` (FHIRPath, through the
+  ``fhirpathpy`` library, the R4 model) over the launch context: ``%patient`` is the
+  golden Patient, and every name the Questionnaire's ``sdc-questionnaire-launchContext``
+  declares is bound from ``context``; ``variable`` extensions (FHIRPath) on the root and
+  on items are in scope for the item and its descendants; a group's
+  ``sdc-questionnaire-itemPopulationContext`` gives one repetition of the group per
+  value it finds, with the value bound to its name;
+- **definition-based**: an item whose ``definition`` is an element of Patient
+  (``…/StructureDefinition/Patient#Patient.birthDate``) is answered from the golden
+  Patient;
+- an item's ``initial`` values, where nothing else answered it.
+
+Answers are converted to the item's type (a ``choice`` answer is the matching
+``answerOption``'s coding). What cannot be used (an expression in a language other than
+FHIRPath, a value of the wrong type, several values for a non-repeating item) leaves the
+item unanswered and adds a warning to the ``issues`` OperationOutcome. The warnings
+name the item's ``linkId`` and never quote a value. The output is a ``Parameters``
+resource with ``response`` (status ``in-progress``, for the patient to review and
+complete, as the operation's comment asks) and, when there are any, ``issues``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+from antlr4 import CommonTokenStream, InputStream, ParseTreeWalker
+from antlr4.error.ErrorListener import ErrorListener
+from fhir.resources.R4B.questionnaire import Questionnaire
+from fhirpathpy import apply_parsed_path
+from fhirpathpy.engine.nodes import FP_Type
+from fhirpathpy.models import models
+from fhirpathpy.parser.ASTPathListener import ASTPathListener
+from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
+from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from gateway.operations.read import check_id, read_patient, survivor_of
+from gateway.outcomes import (
+    OutcomeError,
+    bad_request,
+    issue,
+    operation_outcome,
+    unprocessable,
+)
+
+SDC = "http://hl7.org/fhir/uv/sdc/StructureDefinition/"
+INITIAL_EXPRESSION = SDC + "sdc-questionnaire-initialExpression"
+LAUNCH_CONTEXT = SDC + "sdc-questionnaire-launchContext"
+ITEM_POPULATION_CONTEXT = SDC + "sdc-questionnaire-itemPopulationContext"
+VARIABLE = "http://hl7.org/fhir/StructureDefinition/variable"
+FHIRPATH = "text/fhirpath"
+#: ``definition`` of a Patient element: the StructureDefinition (base or profile) and a
+#: plain element path (no slices).
+_PATIENT_DEFINITION = re.compile(r"^[^#]+#(Patient(?:\.[A-Za-z]+(?:\[x\])?)+)$")
+#: The most items (at every level) a Questionnaire may have, and the deepest nesting.
+MAX_ITEMS = 2000
+MAX_DEPTH = 30
+#: The longest FHIRPath expression evaluated, and the most repetitions a population
+#: context gives one group.
+MAX_EXPRESSION_LENGTH = 4096
+MAX_REPETITIONS = 100
+#: Questionnaire parameters this server cannot resolve (it keeps no Questionnaires).
+_BY_REFERENCE = ("identifier", "canonical", "questionnaireRef")
+#: A FHIR date or dateTime, of any precision.
+_DATE_TIME = re.compile(
+    r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$"
+)
+_TIME = re.compile(r"^\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
+_R4 = models["r4"]
+
+Values = list[Any]
+Expression = Callable[[Mapping[str, Any], Mapping[str, Any]], Values]
+
+
+class ExpressionError(ValueError):
+    """A FHIRPath expression that does not parse (its text is the Questionnaire's, not PHI)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PopulateRequest:
+    questionnaire: dict[str, Any]
+    #: The golden id of ``subject``.
+    subject: str
+    local: bool
+    #: Launch-context name -> the resources given for it in ``context`` (inline ones),
+    #: or the golden ids of the Patients named there by reference.
+    contexts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    context_patients: dict[str, list[str]] = field(default_factory=dict)
+
+
+class _Strict(ErrorListener):
+    def syntaxError(
+        self, recognizer: Any, offendingSymbol: Any, line: int, column: int, msg: str, e: Any
+    ) -> None:
+        raise ExpressionError(f"column {column}: {msg}")
+
+
+@lru_cache(maxsize=512)
+def compile_expression(expression: str) -> Expression:
+    """A FHIRPath expression, parsed once (the R4 model, so choice types resolve).
+
+    ``fhirpathpy.parse`` recovers from a syntax error silently and evaluates what it
+    could make of the rest; this parse runs the same lexer and parser with a listener
+    that raises, so a malformed expression is reported, not half-evaluated."""
+    if len(expression) > MAX_EXPRESSION_LENGTH:
+        raise ExpressionError(f"longer than {MAX_EXPRESSION_LENGTH} characters")
+    lexer = FHIRPathLexer(InputStream(expression))
+    lexer.removeErrorListeners()
+    lexer.addErrorListener(_Strict())
+    parser = FHIRPathParser(CommonTokenStream(lexer))
+    parser.buildParseTrees = True
+    parser.removeErrorListeners()
+    parser.addErrorListener(_Strict())
+    listener = ASTPathListener()
+    ParseTreeWalker().walk(listener, parser.expression())
+    parsed = listener.parentStack[0]
+
+    def run(resource: Mapping[str, Any], variables: Mapping[str, Any]) -> Values:
+        return list(apply_parsed_path(resource, parsed, dict(variables), _R4))
+
+    return run
+
+
+# --- the request -----------------------------------------------------------------------
+
+
+def _subject_id(reference: Any, base: str) -> str:
+    value = reference.get("reference") if isinstance(reference, dict) else None
+    if not isinstance(value, str) or not value:
+        raise OutcomeError(bad_request("subject takes valueReference.reference.", "subject"))
+    local = value.removeprefix(f"{base}/fhir/")
+    kind, _, golden_id = local.partition("/")
+    if kind != "Patient" or not golden_id or "/" in golden_id:
+        raise OutcomeError(
+            unprocessable("subject must reference a Patient of this server.", "subject")
+        )
+    check_id("Patient", golden_id)
+    return golden_id
+
+
+def _list(value: Any) -> list[Any]:
+    """A JSON array of the request, or nothing (a malformed one is no parameter at all)."""
+    return value if isinstance(value, list) else []
+
+
+def _context_part(
+    part_list: Sequence[Any], base: str
+) -> tuple[str, dict[str, Any] | None, str | None]:
+    name, resource, patient = None, None, None
+    for part in part_list:
+        if not isinstance(part, dict):
+            continue
+        if part.get("name") == "name":
+            name = part.get("valueString")
+        elif part.get("name") == "content":
+            if isinstance(part.get("resource"), dict):
+                resource = part["resource"]
+            elif isinstance(part.get("valueReference"), dict):
+                patient = _subject_id(part["valueReference"], base)
+    if not isinstance(name, str) or not name.isidentifier():
+        raise OutcomeError(bad_request("context takes a name part (a variable name).", "context"))
+    if resource is None and patient is None:
+        raise OutcomeError(
+            bad_request("context takes a content part: a resource, or a reference.", "context")
+        )
+    return name, resource, patient
+
+
+def parse_populate_request(body: Any, base: str) -> PopulateRequest:
+    """Read the ``$populate`` input: 400 for a malformed parameter, 422 for one this server
+    cannot act on."""
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise OutcomeError(bad_request("The body must be a Parameters resource.", "Parameters"))
+    questionnaire: dict[str, Any] | None = None
+    subject: str | None = None
+    local = True
+    contexts: dict[str, list[dict[str, Any]]] = {}
+    context_patients: dict[str, list[str]] = {}
+    for param in _list(body.get("parameter")):
+        name = param.get("name") if isinstance(param, dict) else None
+        if name == "questionnaire":
+            if questionnaire is not None or not isinstance(param.get("resource"), dict):
+                raise OutcomeError(
+                    bad_request("questionnaire takes one Questionnaire resource.", name)
+                )
+            questionnaire = param["resource"]
+        elif name in _BY_REFERENCE:
+            raise OutcomeError(
+                unprocessable(
+                    f"This server keeps no Questionnaires, so {name} cannot be resolved: "
+                    "send the Questionnaire itself in the questionnaire parameter.",
+                    name,
+                )
+            )
+        elif name == "subject":
+            if subject is not None:
+                raise OutcomeError(bad_request("subject is given more than once.", name))
+            subject = _subject_id(param.get("valueReference"), base)
+        elif name == "local":
+            if not isinstance(param.get("valueBoolean"), bool):
+                raise OutcomeError(bad_request("local takes valueBoolean.", name))
+            local = param["valueBoolean"]
+        elif name == "context":
+            key, resource, patient = _context_part(_list(param.get("part")), base)
+            if resource is not None:
+                contexts.setdefault(key, []).append(resource)
+            if patient is not None:
+                context_patients.setdefault(key, []).append(patient)
+    if questionnaire is None:
+        raise OutcomeError(
+            bad_request(
+                "The questionnaire parameter (a Questionnaire) is required.", "questionnaire"
+            )
+        )
+    if subject is None:
+        raise OutcomeError(bad_request("The subject parameter is required.", "subject"))
+    _check_questionnaire(questionnaire)
+    return PopulateRequest(questionnaire, subject, local, contexts, context_patients)
+
+
+def _check_questionnaire(questionnaire: dict[str, Any]) -> None:
+    """422 unless ``questionnaire`` is a valid R4 Questionnaire this operation can walk."""
+    if questionnaire.get("resourceType") != "Questionnaire":
+        raise OutcomeError(unprocessable("questionnaire must be a Questionnaire.", "questionnaire"))
+    count = 0
+    stack: list[tuple[Any, int]] = [(questionnaire.get("item") or [], 1)]
+    while stack:
+        items, depth = stack.pop()
+        if not isinstance(items, list):
+            continue
+        if depth > MAX_DEPTH:
+            raise OutcomeError(
+                unprocessable(f"Items are nested deeper than {MAX_DEPTH} levels.", "item")
+            )
+        count += len(items)
+        if count > MAX_ITEMS:
+            raise OutcomeError(unprocessable(f"More than {MAX_ITEMS} items.", "item"))
+        stack.extend((i.get("item") or [], depth + 1) for i in items if isinstance(i, dict))
+    try:
+        Questionnaire.model_validate(questionnaire)
+    except ValidationError as exc:
+        paths = [
+            ".".join(str(p) for p in ("Questionnaire", *error["loc"])) for error in exc.errors()
+        ]
+        raise OutcomeError(
+            unprocessable("questionnaire is not a valid R4 Questionnaire.", paths[:10])
+        ) from exc
+    subject_types = questionnaire.get("subjectType")
+    if subject_types and "Patient" not in subject_types:
+        raise OutcomeError(
+            unprocessable(
+                "The Questionnaire's subjectType does not include Patient.", "subjectType"
+            )
+        )
+
+
+# --- population ------------------------------------------------------------------------
+
+
+class _Population:
+    """One QuestionnaireResponse being built: the variables in scope and the warnings."""
+
+    def __init__(self, questionnaire: dict[str, Any], variables: dict[str, Any]) -> None:
+        self.questionnaire = questionnaire
+        self.patient: dict[str, Any] | None = variables.get("patient")
+        self.variables = variables
+        self.issues: list[dict[str, Any]] = []
+
+    def warn(self, link_id: str | None, diagnostics: str, code: str = "processing") -> None:
+        where = f"Questionnaire.item.where(linkId = '{link_id}')" if link_id else "Questionnaire"
+        self.issues.append(issue(code, diagnostics, severity="warning", expression=where))
+
+    def evaluate(
+        self, value: Any, variables: Mapping[str, Any], link_id: str | None, what: str
+    ) -> Values | None:
+        """Values of a ``valueExpression`` (None, with a warning, when it cannot be used)."""
+        if not isinstance(value, dict) or not isinstance(value.get("expression"), str):
+            self.warn(link_id, f"{what} has no expression.")
+            return None
+        if value.get("language") != FHIRPATH:
+            self.warn(
+                link_id, f"{what}: only {FHIRPATH} expressions are evaluated.", "not-supported"
+            )
+            return None
+        try:
+            run = compile_expression(value["expression"])
+        except ExpressionError as exc:
+            self.warn(link_id, f"{what} does not parse ({exc}).", "invalid")
+            return None
+        except Exception as exc:  # the parser's own failure (a recursion too deep…)
+            self.warn(link_id, f"{what} does not parse ({type(exc).__name__}).", "invalid")
+            return None
+        try:
+            return [_plain(v) for v in run(self.questionnaire, variables)]
+        except Exception as exc:  # an evaluation error names the expression's fault only
+            self.warn(link_id, f"{what} failed to evaluate ({type(exc).__name__}).")
+            return None
+
+    def scope(self, element: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
+        """``variables`` plus the ``variable`` extensions declared on ``element``, in order."""
+        declared = [e for e in element.get("extension") or [] if e.get("url") == VARIABLE]
+        if not declared:
+            return variables
+        scoped = dict(variables)
+        for extension in declared:
+            value = extension.get("valueExpression") or {}
+            name = value.get("name")
+            if not isinstance(name, str) or not name.isidentifier():
+                self.warn(element.get("linkId"), "A variable has no usable name.")
+                continue
+            found = self.evaluate(value, scoped, element.get("linkId"), f"Variable {name}")
+            scoped[name] = found if found is not None else []
+        return scoped
+
+    # --- items ---------------------------------------------------------------------
+
+    def items(
+        self, items: Sequence[dict[str, Any]], variables: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for item in items:
+            scoped = self.scope(item, variables)
+            if item.get("type") == "group":
+                out.extend(self.group(item, scoped))
+            else:
+                out.append(self.question(item, scoped))
+        return out
+
+    def group(self, item: dict[str, Any], variables: dict[str, Any]) -> list[dict[str, Any]]:
+        context = _extension(item, ITEM_POPULATION_CONTEXT)
+        if context is None:
+            return [self._response_item(item, self.items(item.get("item") or [], variables))]
+        value = context.get("valueExpression") or {}
+        name = value.get("name")
+        found = self.evaluate(value, variables, item.get("linkId"), "itemPopulationContext")
+        if not found:
+            return [self._response_item(item, self.items(item.get("item") or [], variables))]
+        if not item.get("repeats") and len(found) > 1:
+            self.warn(
+                item.get("linkId"),
+                "itemPopulationContext found several values for a group that does not "
+                "repeat: the first one is used.",
+            )
+            found = found[:1]
+        if len(found) > MAX_REPETITIONS:
+            self.warn(
+                item.get("linkId"), f"Only the first {MAX_REPETITIONS} repetitions are given."
+            )
+            found = found[:MAX_REPETITIONS]
+        out = []
+        for element in found:
+            scoped = dict(variables)
+            if isinstance(name, str) and name.isidentifier():
+                scoped[name] = [element]
+            out.append(self._response_item(item, self.items(item.get("item") or [], scoped)))
+        return out
+
+    def question(self, item: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
+        link_id = item.get("linkId")
+        kind = item.get("type")
+        answers: list[dict[str, Any]] = []
+        if kind != "display":
+            values = self._values(item, variables)
+            if values:
+                if not item.get("repeats") and len(values) > 1:
+                    self.warn(
+                        link_id,
+                        "Several values were found for an item that does not repeat: "
+                        "the first one is used.",
+                    )
+                    values = values[:1]
+                for value in values:
+                    answer = answer_value(kind, value, item.get("answerOption") or [])
+                    if answer is None:
+                        self.warn(link_id, f"A value found does not fit an item of type {kind}.")
+                        continue
+                    answers.append(answer)
+            if not answers:
+                answers = [dict(i) for i in item.get("initial") or [] if isinstance(i, dict)]
+                if not answers:
+                    answers = [
+                        _option_answer(o)
+                        for o in item.get("answerOption") or []
+                        if o.get("initialSelected")
+                    ]
+        children = self.items(item.get("item") or [], variables)
+        response = self._response_item(item, [])
+        if answers:
+            if children:  # nested questions sit under the answer (qrs-1)
+                answers[0] = {**answers[0], "item": children}
+            response["answer"] = answers
+        elif children:
+            response["item"] = children
+        return response
+
+    def _values(self, item: dict[str, Any], variables: dict[str, Any]) -> Values | None:
+        link_id = item.get("linkId")
+        initial = _extension(item, INITIAL_EXPRESSION)
+        if initial is not None:
+            return self.evaluate(
+                initial.get("valueExpression"), variables, link_id, "initialExpression"
+            )
+        definition = item.get("definition")
+        if isinstance(definition, str) and self.patient is not None:
+            match = _PATIENT_DEFINITION.match(definition)
+            if match is not None:
+                path = match.group(1).replace("[x]", "")
+                try:
+                    run = compile_expression(path)
+                    return [_plain(v) for v in run(self.patient, {})]
+                except Exception as exc:
+                    self.warn(link_id, f"definition could not be read ({type(exc).__name__}).")
+        return None
+
+    @staticmethod
+    def _response_item(item: dict[str, Any], children: list[dict[str, Any]]) -> dict[str, Any]:
+        response: dict[str, Any] = {"linkId": item.get("linkId")}
+        for key in ("definition", "text"):
+            if item.get(key) is not None:
+                response[key] = item[key]
+        if children:
+            response["item"] = children
+        return response
+
+
+def _extension(element: dict[str, Any], url: str) -> dict[str, Any] | None:
+    for extension in element.get("extension") or []:
+        if isinstance(extension, dict) and extension.get("url") == url:
+            return extension
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """A FHIRPath result as JSON data (its date, time and quantity types as FHIR text)."""
+    if isinstance(value, FP_Type):
+        return str(value)
+    return value
+
+
+# --- answers ---------------------------------------------------------------------------
+
+
+def _option_answer(option: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in option.items() if k.startswith("value")}
+
+
+def _coding_key(coding: dict[str, Any]) -> tuple[Any, Any]:
+    return coding.get("system"), coding.get("code")
+
+
+def _choice(
+    value: Any, options: Sequence[dict[str, Any]], open_choice: bool
+) -> dict[str, Any] | None:
+    """A choice answer: the ``answerOption`` the value names (by coding, or by code, text
+    or number), else (``open-choice``, or no options) the value itself."""
+    codings: list[Any] = []
+    if isinstance(value, dict):  # a CodeableConcept's codings, or a Coding
+        codings = list(value.get("coding") or []) if "coding" in value else [value]
+    for coding in codings:
+        if not isinstance(coding, dict) or not coding.get("code"):
+            continue
+        for option in options:
+            offered = option.get("valueCoding")
+            if not isinstance(offered, dict):
+                continue
+            same_code = offered.get("code") == coding.get("code")
+            if same_code and (
+                coding.get("system") is None or _coding_key(offered) == _coding_key(coding)
+            ):
+                return {"valueCoding": offered}
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        for option in options:
+            offered = option.get("valueCoding")
+            if isinstance(offered, dict) and offered.get("code") == value:
+                return {"valueCoding": offered}
+            for key in ("valueString", "valueInteger", "valueDate", "valueTime"):
+                if key in option and option[key] == value:
+                    return {key: value}
+    if options and not open_choice:
+        return None
+    if codings and isinstance(codings[0], dict) and codings[0].get("code"):
+        coding = {
+            k: codings[0][k] for k in ("system", "version", "code", "display") if k in codings[0]
+        }
+        return {"valueCoding": coding}
+    if isinstance(value, str) and value:
+        return {"valueString": value}
+    return None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float, Decimal)) and not isinstance(value, bool)
+
+
+def answer_value(
+    kind: str | None, value: Any, options: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any] | None:
+    """``QuestionnaireResponse.item.answer`` for one value, by the item's type; None
+    when the value does not fit the type."""
+    if kind == "boolean":
+        return {"valueBoolean": value} if isinstance(value, bool) else None
+    if kind == "decimal":
+        return {"valueDecimal": value} if _number(value) else None
+    if kind == "integer":
+        if _number(value) and value == int(value):
+            return {"valueInteger": int(value)}
+        return None
+    if kind == "date":
+        if isinstance(value, str) and _DATE_TIME.match(value):
+            return {"valueDate": value[:10]}
+        return None
+    if kind == "dateTime":
+        if isinstance(value, str) and _DATE_TIME.match(value):
+            return {"valueDateTime": value}
+        if isinstance(value, datetime):
+            return {"valueDateTime": value.isoformat()}
+        return None
+    if kind == "time":
+        return {"valueTime": value} if isinstance(value, str) and _TIME.match(value) else None
+    if kind in ("string", "text"):
+        if isinstance(value, str) and value:
+            return {"valueString": value}
+        if _number(value) or isinstance(value, bool):
+            return {"valueString": str(value).lower() if isinstance(value, bool) else str(value)}
+        return None
+    if kind == "url":
+        return {"valueUri": value} if isinstance(value, str) and value else None
+    if kind in ("choice", "open-choice"):
+        return _choice(value, options, kind == "open-choice")
+    if kind == "attachment":
+        return {"valueAttachment": value} if isinstance(value, dict) else None
+    if kind == "reference":
+        if isinstance(value, dict) and isinstance(value.get("reference"), str):
+            return {"valueReference": value}
+        if isinstance(value, dict) and value.get("resourceType") and value.get("id"):
+            return {"valueReference": {"reference": f"{value['resourceType']}/{value['id']}"}}
+        return None
+    if kind == "quantity":
+        if isinstance(value, dict) and _number(value.get("value")):
+            return {"valueQuantity": value}
+        if _number(value):
+            return {"valueQuantity": {"value": value}}
+        return None
+    return None
+
+
+def launch_names(questionnaire: dict[str, Any]) -> list[str]:
+    """The names the Questionnaire's ``sdc-questionnaire-launchContext`` extensions declare."""
+    names = []
+    for extension in questionnaire.get("extension") or []:
+        if not isinstance(extension, dict) or extension.get("url") != LAUNCH_CONTEXT:
+            continue
+        for part in extension.get("extension") or []:
+            if part.get("url") != "name":
+                continue
+            code = (part.get("valueCoding") or {}).get("code") or part.get("valueId")
+            if isinstance(code, str):
+                names.append(code)
+    return names
+
+
+def populate_response(
+    questionnaire: dict[str, Any],
+    subject: str,
+    variables: dict[str, Any],
+    *,
+    authored: str,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The QuestionnaireResponse of ``questionnaire`` for ``Patient/<subject>`` with the
+    launch context ``variables`` (name -> resource), and the warnings (issues)."""
+    population = _Population(questionnaire, variables)
+    root = population.scope(questionnaire, {k: v for k, v in variables.items()})
+    items = population.items(questionnaire.get("item") or [], root)
+    response: dict[str, Any] = {"resourceType": "QuestionnaireResponse"}
+    url = questionnaire.get("url")
+    if isinstance(url, str):
+        version = questionnaire.get("version")
+        response["questionnaire"] = f"{url}|{version}" if version else url
+    response.update(
+        {
+            "status": "in-progress",
+            "subject": {"reference": f"Patient/{subject}"},
+            "authored": authored,
+        }
+    )
+    if items:
+        response["item"] = items
+    return response, population.issues
+
+
+def populate(
+    session: Session, body: Any, *, base: str, now: datetime
+) -> tuple[dict[str, Any], list[str]]:
+    """Run ``$populate``; the output Parameters and the golden ids whose data it disclosed."""
+    request = parse_populate_request(body, base)
+    disclosed: list[str] = []
+    issues: list[dict[str, Any]] = []
+
+    def golden(golden_id: str) -> dict[str, Any]:
+        stored = read_patient(session, golden_id)
+        if stored.resource is not None and stored.resource.get("active") is False:
+            survivor = survivor_of(session, golden_id)
+            if survivor is not None:
+                issues.append(
+                    issue(
+                        "informational",
+                        f"Patient/{golden_id} was merged into Patient/{survivor}: "
+                        "its record is the one used.",
+                        severity="information",
+                    )
+                )
+                golden_id = survivor
+                stored = read_patient(session, survivor)
+        disclosed.append(golden_id)
+        return stored.as_dict()
+
+    subject = request.subject
+    variables: dict[str, Any] = {}
+    if request.local:
+        patient = golden(subject)
+        subject = str(patient.get("id") or subject)
+        variables["patient"] = patient
+    for name, golden_ids in request.context_patients.items():
+        variables[name] = [golden(golden_id) for golden_id in golden_ids]
+    for name, resources in request.contexts.items():
+        variables[name] = resources if len(resources) > 1 else resources[0]
+    declared = launch_names(request.questionnaire)
+    for name in sorted(set(request.contexts) | set(request.context_patients)):
+        if name not in declared and name != "patient":
+            issues.append(
+                issue(
+                    "informational",
+                    f"context {name} is not a launchContext the Questionnaire declares.",
+                    severity="warning",
+                    expression="context",
+                )
+            )
+    for name in declared:
+        if name not in variables:
+            # Declared but not given (or local=false for the patient): an empty
+            # collection, so that expressions using it find nothing instead of failing.
+            variables[name] = []
+            issues.append(
+                issue(
+                    "informational",
+                    f"launchContext {name} was not given.",
+                    severity="warning",
+                    expression="context",
+                )
+            )
+    variables.setdefault("patient", [])
+    response, warnings = populate_response(
+        request.questionnaire, subject, variables, authored=now.isoformat(timespec="seconds")
+    )
+    issues.extend(warnings)
+    parameters: list[dict[str, Any]] = [{"name": "response", "resource": response}]
+    if issues:
+        parameters.append({"name": "issues", "resource": operation_outcome(issues)})
+    return {"resourceType": "Parameters", "parameter": parameters}, disclosed
