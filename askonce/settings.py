@@ -14,10 +14,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./askonce.db"
 #: Secret values that ship in examples; refused outside the demo.
+#: The demo's placeholder secret: 32 bytes or more, so that even the demo's tokens use a
+#: key as long as HS256 requires (RFC 7518 section 3.2; PyJWT warns on every token
+#: signed or checked with a shorter one).
+DEMO_SECRET = "demo-secret-not-for-production-use"  # noqa: S105 - a known placeholder
 PLACEHOLDER_SECRETS = frozenset(
-    {"", "change-me", "changeme", "secret", "demo-secret-not-for-production"}
+    {"", "change-me", "changeme", "secret", "demo-secret-not-for-production", DEMO_SECRET}
 )
-DEMO_SECRET = "demo-secret-not-for-production"  # noqa: S105 - a known placeholder
+#: The shortest ``ASKONCE_SECRET_KEY`` accepted outside the demo, in bytes: an HS256 key
+#: "of the same size as the hash output (256 bits) or larger" (RFC 7518 section 3.2).
+MIN_SECRET_BYTES = 32
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -50,7 +56,10 @@ class Settings(BaseSettings):
     log_json: bool = Field(default=True, description="Emit logs as one JSON object per line.")
     secret_key: SecretStr = Field(
         default=SecretStr(DEMO_SECRET),
-        description="Signs the access tokens the gateway issues. Must be set outside the demo.",
+        description=(
+            "Signs the access tokens the gateway issues (HS256) and its paging cursors;"
+            " outside the demo it must be set, and at least 32 bytes long."
+        ),
     )
     demo: bool = Field(default=False, description="Demo mode allows placeholder secrets.")
     serve_workers: int = Field(
@@ -143,11 +152,20 @@ class Settings(BaseSettings):
         return self.database_url.startswith("postgresql")
 
     def require_real_secrets(self) -> None:
-        """Refuse to start with a placeholder secret unless in demo mode."""
-        if not self.demo and self.secret_key.get_secret_value() in PLACEHOLDER_SECRETS:
+        """Refuse to start with a placeholder secret, or one too short for HS256, unless
+        in demo mode."""
+        if self.demo:
+            return
+        secret = self.secret_key.get_secret_value()
+        if secret in PLACEHOLDER_SECRETS:
             raise PlaceholderSecretError(
                 "ASKONCE_SECRET_KEY is unset or a placeholder; set a real secret "
                 "(or ASKONCE_DEMO=1 for the demo)."
+            )
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise PlaceholderSecretError(
+                f"ASKONCE_SECRET_KEY is shorter than {MIN_SECRET_BYTES} bytes, the least an "
+                "HS256 key may be (RFC 7518 section 3.2); e.g. openssl rand -hex 32."
             )
 
 

@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from askonce.settings import DEFAULT_DATABASE_URL, PlaceholderSecretError, Settings
+from askonce.settings import (
+    DEFAULT_DATABASE_URL,
+    DEMO_SECRET,
+    MIN_SECRET_BYTES,
+    PLACEHOLDER_SECRETS,
+    PlaceholderSecretError,
+    Settings,
+)
 
 
 def test_defaults_are_embedded_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,7 +44,15 @@ def test_secret_is_hidden_and_placeholders_are_refused(monkeypatch: pytest.Monke
         settings.require_real_secrets()
     settings.model_copy(update={"demo": True}).require_real_secrets()
     monkeypatch.setenv("ASKONCE_SECRET_KEY", "a-real-secret-of-some-length")
+    with pytest.raises(PlaceholderSecretError, match="32 bytes"):
+        Settings().require_real_secrets()  # 28 bytes: too short a key for HS256
+    monkeypatch.setenv("ASKONCE_SECRET_KEY", "a-real-secret-of-a-proper-length")
     Settings().require_real_secrets()
+
+
+def test_the_demo_secret_is_long_enough_for_hs256() -> None:
+    assert len(DEMO_SECRET.encode()) >= MIN_SECRET_BYTES
+    assert DEMO_SECRET in PLACEHOLDER_SECRETS
 
 
 def test_invalid_log_level_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
