@@ -23,6 +23,14 @@ from store import NotFoundError, SourceRepository
 from store.models import Consumer
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+#: A portal's intake form (SDC population expressions), for ``Questionnaire/$populate``.
+INTAKE_QUESTIONNAIRE = DEMO_DATA / "intake-questionnaire.json"
+#: Python that prints the ``$populate`` Parameters for a Questionnaire file and a golden id.
+POPULATE_BODY = (
+    'import json,sys; print(json.dumps({"resourceType": "Parameters", "parameter": ['
+    '{"name": "questionnaire", "resource": json.load(open(sys.argv[1]))}, '
+    '{"name": "subject", "valueReference": {"reference": "Patient/" + sys.argv[2]}}]}))'
+)
 #: The bundled EHRs and their survivorship trust rank (higher wins ties).
 DEMO_SOURCES = {"ehr-a": 70, "ehr-b": 50, "ehr-c": 30}
 #: The demo's own consumer: it may read patients and encounters, subscribe to their
@@ -63,9 +71,16 @@ def print_demo_access(console: Console, credentials: Credentials, base_url: str)
       'import json,sys; print(json.load(sys.stdin)["access_token"])')
   curl -s -H "Authorization: Bearer $TOKEN" "{base_url}/fhir/Patient?_count=5"
   curl -s -H "Authorization: Bearer $TOKEN" "{base_url}/admin/review"
+  Pre-fill the bundled intake form for the first of them (SDC $populate):
+  ID=$(curl -s -H "Authorization: Bearer $TOKEN" "{base_url}/fhir/Patient?_count=1" | \\
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["entry"][0]["resource"]["id"])')
+  python3 -c '{POPULATE_BODY}' {INTAKE_QUESTIONNAIRE} $ID | curl -s -X POST \\
+      -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/fhir+json" \\
+      --data-binary @- "{base_url}/fhir/Questionnaire/\\$populate"
   OpenAPI: {base_url}/docs   CapabilityStatement: {base_url}/fhir/metadata
   Change notifications: POST {base_url}/fhir/Subscription (README: "Change notifications")
-  Prometheus metrics: {base_url}/metrics"""
+  Prometheus metrics: {base_url}/metrics""",
+        soft_wrap=True,  # commands stay one copyable line each, however narrow the terminal
     )
 
 

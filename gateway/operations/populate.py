@@ -388,7 +388,8 @@ class _Population:
         kind = item.get("type")
         answers: list[dict[str, Any]] = []
         if kind != "display":
-            values = self._values(item, variables)
+            # An empty string is no value (``join`` of nothing, a blank element).
+            values = [v for v in self._values(item, variables) or [] if v != ""]
             if values:
                 if not item.get("repeats") and len(values) > 1:
                     self.warn(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +17,7 @@ from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from askonce.demo import DEMO_DATA, INTAKE_QUESTIONNAIRE, POPULATE_BODY
 from gateway.operations.populate import (
     INITIAL_EXPRESSION,
     ITEM_POPULATION_CONTEXT,
@@ -586,3 +589,39 @@ def test_a_questionnaire_has_at_most_max_items() -> None:
     with pytest.raises(OutcomeError) as raised:
         parse_populate_request(parameters(intake_form(*items), "Patient/x"), "http://testserver")
     assert raised.value.status == 422
+
+
+def test_the_bundled_intake_form_is_filled_from_a_demo_patient(
+    client: TestClient, headers: Headers, add_patient: Callable[..., str]
+) -> None:
+    questionnaire = json.loads(INTAKE_QUESTIONNAIRE.read_text(encoding="utf-8"))
+    with (DEMO_DATA / "ehr-a" / "Patient.ndjson").open(encoding="utf-8") as lines:
+        patient = json.loads(lines.readline())
+    golden_id = add_patient(patient)
+    response, issues = populated(client, headers, parameters(questionnaire, f"Patient/{golden_id}"))
+    assert issues == []
+    found = answers(response)
+    home = patient["address"][0]
+    assert found["about.family"] == [{"valueString": patient["name"][0]["family"]}]
+    assert found["about.given"] == [{"valueString": patient["name"][0]["given"][0]}]
+    assert found["about.birth-date"] == [{"valueDate": patient["birthDate"]}]
+    assert found["about.sex"][0]["valueCoding"]["code"] == patient["gender"]
+    assert found["contact.email"] == [
+        {"valueString": next(t["value"] for t in patient["telecom"] if t["system"] == "email")}
+    ]
+    assert found["address.line"] == [{"valueString": line} for line in home["line"]]
+    assert found["address.city"] == [{"valueString": home["city"]}]
+    assert found["visit.contact-preference"] == [{"valueString": "Email"}]
+    assert found["visit.reason"] == found["visit.consent"] == []
+
+
+def test_the_demo_prints_a_populate_body_that_the_operation_reads() -> None:
+    printed = subprocess.run(
+        [sys.executable, "-c", POPULATE_BODY, str(INTAKE_QUESTIONNAIRE), "some-golden-id"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    request = parse_populate_request(json.loads(printed), "http://127.0.0.1:8000")
+    assert request.subject == "some-golden-id" and request.local
+    assert request.questionnaire["url"] == "https://askonce.dev/fhir/Questionnaire/intake"
