@@ -9,13 +9,17 @@ keep-alive connections run each measurement for ``--seconds`` (at most 20):
 
 - read: ``GET /fhir/Patient/<random id>`` (bearer token, audit row, ETag);
 - search: ``GET /fhir/Patient?identifier=<system>|<random MRN>``;
+- populate: ``POST /fhir/Questionnaire/$populate`` of the demo's intake form
+  (``askonce/demo_data/intake-questionnaire.json``: 21 items, 14 FHIRPath expressions)
+  for a random golden record;
 - bare: ``GET /bench/bare``.
 
 The load generator is a minimal HTTP/1.1 keep-alive client on asyncio streams
 (``wrk`` is not installed here and httpx's per-request overhead would make the
 client, not the server, the bottleneck). The last line printed is the summary::
 
-    {"read_rps", "read_p99_ms", "search_rps", "search_p99_ms", "bare_rps", "ratio"}
+    {"read_rps", "read_p99_ms", "search_rps", "search_p99_ms", "populate_rps",
+     "populate_p99_ms", "bare_rps", "ratio"}
 
 with ``ratio = read_rps / bare_rps``. Targets: ratio >= 0.4, read_p99_ms <= 50.
 
@@ -34,6 +38,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from sqlalchemy import text
 
+from askonce.demo import INTAKE_QUESTIONNAIRE
 from fhir_mapping import search_tokens
 from gateway import GatewayState, create_app
 from gateway.auth import TokenService
@@ -158,13 +164,23 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def get(self, path: str) -> int:
+    async def send(self, request: str | tuple[str, bytes]) -> int:
+        """GET a path, or POST ``(path, JSON body)``; the answer's status."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
-        self.writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.headers}\r\n".encode()
-        )
+        if isinstance(request, str):
+            self.writer.write(
+                f"GET {request} HTTP/1.1\r\nHost: {self.host}\r\n{self.headers}\r\n".encode()
+            )
+        else:
+            path, body = request
+            self.writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.headers}"
+                "Content-Type: application/fhir+json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         length = 0
@@ -176,7 +192,12 @@ class Connection:
 
 
 async def measure(
-    host: str, port: int, headers: str, paths: list[str], clients: int, seconds: float
+    host: str,
+    port: int,
+    headers: str,
+    paths: Sequence[str | tuple[str, bytes]],
+    clients: int,
+    seconds: float,
 ) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
@@ -188,7 +209,7 @@ async def measure(
         rng = random.Random(n)
         while time.perf_counter() < deadline:
             start = time.perf_counter()
-            status = await conn.get(rng.choice(paths))
+            status = await conn.send(rng.choice(paths))
             latencies.append(time.perf_counter() - start)
             if status != 200:
                 errors += 1
@@ -285,8 +306,30 @@ def main() -> None:
             f"/fhir/Patient?identifier={MRN_SYSTEM}%7CMRN{rng.randrange(len(ids)):08d}"
             for _ in range(5000)
         ]
+        questionnaire = json.loads(INTAKE_QUESTIONNAIRE.read_text(encoding="utf-8"))
+        populates = [
+            (
+                "/fhir/Questionnaire/$populate",
+                json.dumps(
+                    {
+                        "resourceType": "Parameters",
+                        "parameter": [
+                            {"name": "questionnaire", "resource": questionnaire},
+                            {"name": "subject", "valueReference": {"reference": f"Patient/{i}"}},
+                        ],
+                    }
+                ).encode(),
+            )
+            for i in (rng.choice(ids) for _ in range(500))
+        ]
         results: dict[str, dict[str, float]] = {}
-        for label, paths in (("read", reads), ("search", searches), ("bare", [BARE_PATH])):
+        measurements: tuple[tuple[str, Sequence[str | tuple[str, bytes]]], ...] = (
+            ("read", reads),
+            ("search", searches),
+            ("populate", populates),
+            ("bare", [BARE_PATH]),
+        )
+        for label, paths in measurements:
             asyncio.run(measure("127.0.0.1", port, auth, paths, args.clients, WARMUP_S))
             results[label] = asyncio.run(
                 measure("127.0.0.1", port, auth, paths, args.clients, seconds)
@@ -299,6 +342,8 @@ def main() -> None:
             "read_p99_ms": round(results["read"]["p99_ms"], 2),
             "search_rps": round(results["search"]["rps"], 1),
             "search_p99_ms": round(results["search"]["p99_ms"], 2),
+            "populate_rps": round(results["populate"]["rps"], 1),
+            "populate_p99_ms": round(results["populate"]["p99_ms"], 2),
             "bare_rps": round(results["bare"]["rps"], 1),
             "ratio": round(results["read"]["rps"] / results["bare"]["rps"], 3),
         }

@@ -625,3 +625,15 @@ def test_the_demo_prints_a_populate_body_that_the_operation_reads() -> None:
     request = parse_populate_request(json.loads(printed), "http://127.0.0.1:8000")
     assert request.subject == "some-golden-id" and request.local
     assert request.questionnaire["url"] == "https://askonce.dev/fhir/Questionnaire/intake"
+
+
+def test_a_form_found_valid_is_remembered_by_its_content() -> None:
+    form = intake_form(question("family", "string", "%patient.name.family"))
+    body = parameters(form, "Patient/x")
+    assert parse_populate_request(body, "http://testserver").questionnaire == form
+    assert parse_populate_request(body, "http://testserver").questionnaire == form
+    # The same form changed into an invalid one is a new digest: validated, and refused.
+    form["item"][0].pop("linkId")
+    with pytest.raises(OutcomeError) as raised:
+        parse_populate_request(body, "http://testserver")
+    assert raised.value.status == 422
