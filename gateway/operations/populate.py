@@ -385,9 +385,15 @@ class _Population:
             return [self._response_item(item, self.items(item.get("item") or [], variables))]
         value = context.get("valueExpression") or {}
         name = value.get("name")
+        if not isinstance(name, str) or not name.isidentifier():
+            self.warn(item.get("linkId"), "itemPopulationContext has no usable name.")
+            name = None
         found = self.evaluate(value, variables, item.get("linkId"), "itemPopulationContext")
         if not found:
-            return [self._response_item(item, self.items(item.get("item") or [], variables))]
+            # One repetition, unanswered: the name is an empty collection, so that the
+            # items using it find nothing (a patient without an address) without failing.
+            scoped = {**variables, name: []} if name else variables
+            return [self._response_item(item, self.items(item.get("item") or [], scoped))]
         if not item.get("repeats") and len(found) > 1:
             self.warn(
                 item.get("linkId"),
@@ -402,9 +408,7 @@ class _Population:
             found = found[:MAX_REPETITIONS]
         out = []
         for element in found:
-            scoped = dict(variables)
-            if isinstance(name, str) and name.isidentifier():
-                scoped[name] = [element]
+            scoped = {**variables, name: [element]} if name else variables
             out.append(self._response_item(item, self.items(item.get("item") or [], scoped)))
         return out
 

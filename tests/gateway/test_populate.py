@@ -637,3 +637,22 @@ def test_a_form_found_valid_is_remembered_by_its_content() -> None:
     with pytest.raises(OutcomeError) as raised:
         parse_populate_request(body, "http://testserver")
     assert raised.value.status == 422
+
+
+def test_a_patient_without_an_address_leaves_its_group_unanswered_without_warnings(
+    client: TestClient, headers: Headers, add_patient: Callable[..., str]
+) -> None:
+    questionnaire = json.loads(INTAKE_QUESTIONNAIRE.read_text(encoding="utf-8"))
+    golden_id = add_patient(postal=None, phone=None)
+    response, issues = populated(client, headers, parameters(questionnaire, f"Patient/{golden_id}"))
+    assert issues == []
+    (address,) = [i for i in response["item"] if i["linkId"] == "address"]
+    assert [i["linkId"] for i in address["item"]] == [
+        "address.line",
+        "address.city",
+        "address.state",
+        "address.postal-code",
+        "address.country",
+    ]
+    assert all("answer" not in i for i in address["item"])
+    assert answers(response)["contact.home-phone"] == []
