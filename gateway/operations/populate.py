@@ -158,15 +158,16 @@ def compile_expression(expression: str) -> Expression:
 # --- the request -----------------------------------------------------------------------
 
 
-def _subject_id(reference: Any, base: str) -> str:
+def _subject_id(reference: Any, base: str, parameter: str = "subject") -> str:
+    """The golden id of a reference to a Patient of this server (relative or absolute)."""
     value = reference.get("reference") if isinstance(reference, dict) else None
     if not isinstance(value, str) or not value:
-        raise OutcomeError(bad_request("subject takes valueReference.reference.", "subject"))
+        raise OutcomeError(bad_request(f"{parameter} takes valueReference.reference.", parameter))
     local = value.removeprefix(f"{base}/fhir/")
     kind, _, golden_id = local.partition("/")
     if kind != "Patient" or not golden_id or "/" in golden_id:
         raise OutcomeError(
-            unprocessable("subject must reference a Patient of this server.", "subject")
+            unprocessable(f"{parameter} must reference a Patient of this server.", parameter)
         )
     check_id("Patient", golden_id)
     return golden_id
@@ -190,7 +191,7 @@ def _context_part(
             if isinstance(part.get("resource"), dict):
                 resource = part["resource"]
             elif isinstance(part.get("valueReference"), dict):
-                patient = _subject_id(part["valueReference"], base)
+                patient = _subject_id(part["valueReference"], base, "context")
     if not isinstance(name, str) or not name.isidentifier():
         raise OutcomeError(bad_request("context takes a name part (a variable name).", "context"))
     if resource is None and patient is None:

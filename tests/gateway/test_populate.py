@@ -504,6 +504,21 @@ def test_populate_is_audited_with_the_records_it_disclosed(
             400,
             "context",
         ),
+        (
+            parameters(
+                intake_form(),
+                "Patient/x",
+                {
+                    "name": "context",
+                    "part": [
+                        {"name": "name", "valueString": "encounter"},
+                        {"name": "content", "valueReference": {"reference": "Encounter/1"}},
+                    ],
+                },
+            ),
+            422,
+            "context",
+        ),
     ],
 )
 def test_bad_requests_get_an_operation_outcome(
