@@ -13,11 +13,11 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./askonce.db"
-#: Secret values that ship in examples; refused outside the demo.
 #: The demo's placeholder secret: 32 bytes or more, so that even the demo's tokens use a
 #: key as long as HS256 requires (RFC 7518 section 3.2; PyJWT warns on every token
 #: signed or checked with a shorter one).
 DEMO_SECRET = "demo-secret-not-for-production-use"  # noqa: S105 - a known placeholder
+#: Secret values that ship in examples; refused outside the demo.
 PLACEHOLDER_SECRETS = frozenset(
     {"", "change-me", "changeme", "secret", "demo-secret-not-for-production", DEMO_SECRET}
 )

@@ -10,7 +10,8 @@ keep-alive connections run each measurement for ``--seconds`` (at most 20):
 - read: ``GET /fhir/Patient/<random id>`` (bearer token, audit row, ETag);
 - search: ``GET /fhir/Patient?identifier=<system>|<random MRN>``;
 - populate: ``POST /fhir/Questionnaire/$populate`` of the demo's intake form
-  (``askonce/demo_data/intake-questionnaire.json``: 21 items, 14 FHIRPath expressions)
+  (``askonce/demo_data/intake-questionnaire.json``: 22 items, 15 FHIRPath expressions and
+  an ``x-fhir-query`` for the last visit)
   for a random golden record;
 - bare: ``GET /bench/bare``.
 

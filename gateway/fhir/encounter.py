@@ -11,7 +11,7 @@ from gateway.audit import audited
 from gateway.auth.tokens import Principal
 from gateway.deps import AuditDep, EncounterSearch, SessionDep, require
 from gateway.fhir.context import fhir_extra, search_context
-from gateway.fhir.http import fhir_response, negotiated, query_items
+from gateway.fhir.http import MediaType, fhir_response, query_items
 from gateway.operations.encounters import (
     ENCOUNTER_SEARCH_PARAMS,
     read_encounter,
@@ -19,7 +19,6 @@ from gateway.operations.encounters import (
 )
 
 router = APIRouter(prefix="/fhir", tags=["Encounter"])
-MediaType = Annotated[str, Depends(negotiated)]
 EncounterRead = Annotated[Principal, Depends(require("Encounter", "r"))]
 FHIR_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/fhir+json": {}}, "description": "FHIR JSON"}

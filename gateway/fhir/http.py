@@ -8,8 +8,9 @@ so asking only for it gets 406. ETags are weak, ``W/"<versionId>"``.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -61,6 +62,10 @@ def negotiate(request: Request) -> str:
 async def negotiated(request: Request) -> str:
     """:func:`negotiate` as a dependency (async: no I/O, so no thread-pool hop)."""
     return negotiate(request)
+
+
+#: A route parameter: the negotiated media type of the answer (:func:`negotiated`).
+MediaType = Annotated[str, Depends(negotiated)]
 
 
 def etag(version: int) -> str:

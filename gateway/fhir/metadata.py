@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
 from gateway.deps import StateDep
-from gateway.fhir.http import fhir_response, negotiated
+from gateway.fhir.http import MediaType, fhir_response
 from gateway.operations.capability import capability_statement
 
 router = APIRouter(prefix="/fhir", tags=["metadata"])
-MediaType = Annotated[str, Depends(negotiated)]
 
 
 def fhir_marks(app: FastAPI) -> list[dict[str, str]]:

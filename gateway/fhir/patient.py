@@ -26,11 +26,11 @@ from gateway.deps import (
 )
 from gateway.fhir.context import fhir_extra, search_context
 from gateway.fhir.http import (
+    MediaType,
     check_preconditions,
     etag,
     fhir_response,
     negotiate,
-    negotiated,
     not_modified,
     query_items,
     read_json_body,
@@ -49,7 +49,6 @@ from gateway.operations.search_patient import (
 from gateway.state import GatewayState
 
 router = APIRouter(prefix="/fhir", tags=["Patient"])
-MediaType = Annotated[str, Depends(negotiated)]
 EverythingReader = Annotated[Principal, Depends(require("Encounter", "s"))]
 BUNDLE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/fhir+json": {}}, "description": "A FHIR Bundle"}

@@ -7,22 +7,22 @@ whose data filled the answers) and renders the result.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from gateway.audit import audited
+from gateway.auth.tokens import Principal
 from gateway.deps import AuditDep, PatientRead, StateDep
 from gateway.fhir.context import fhir_extra
-from gateway.fhir.http import fhir_response, negotiated, read_json_body
-from gateway.operations.populate import populate
+from gateway.fhir.http import MediaType, fhir_response, read_json_body
+from gateway.operations.populate import SearchLimits, populate
 from gateway.state import GatewayState
 from store.types import utcnow
 
 router = APIRouter(prefix="/fhir", tags=["Questionnaire"])
-MediaType = Annotated[str, Depends(negotiated)]
 PARAMETERS_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"application/fhir+json": {}},
@@ -32,10 +32,13 @@ PARAMETERS_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 
 def _populate_with_session(
-    state: GatewayState, body: Any, base: str
+    state: GatewayState, body: Any, base: str, principal: Principal
 ) -> tuple[dict[str, Any], list[str]]:
+    searches = SearchLimits(
+        principal.scopes.allows, state.secret_key, state.default_page_size, state.max_page_size
+    )
     with state.session_factory() as session:
-        return populate(session, body, base=base, now=utcnow())
+        return populate(session, body, base=base, now=utcnow(), searches=searches)
 
 
 @router.post(
@@ -50,7 +53,7 @@ async def populate_route(
     body = await read_json_body(request, state.max_body_bytes)
     with audited(audit, principal, "populate", request, "Patient") as entry:
         result, ids = await run_in_threadpool(
-            _populate_with_session, state, body, state.base_url(request)
+            _populate_with_session, state, body, state.base_url(request), principal
         )
         entry["ids"] = ids
     return fhir_response(result, media)

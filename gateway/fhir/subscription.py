@@ -20,7 +20,7 @@ from gateway.audit import audited
 from gateway.auth.tokens import Principal
 from gateway.deps import AuditDep, SessionDep, StateDep, check_scope, require
 from gateway.fhir.context import fhir_extra
-from gateway.fhir.http import fhir_response, negotiated, read_json_body, strict_handling
+from gateway.fhir.http import MediaType, fhir_response, read_json_body, strict_handling
 from gateway.operations.bundle import searchset
 from gateway.operations.notify import render_focus
 from gateway.operations.read import check_id
@@ -43,7 +43,6 @@ from sync.delivery import (
 )
 
 router = APIRouter(prefix="/fhir", tags=["Subscription"])
-MediaType = Annotated[str, Depends(negotiated)]
 Creator = Annotated[Principal, Depends(require("Subscription", "c"))]
 Reader = Annotated[Principal, Depends(require("Subscription", "r"))]
 Searcher = Annotated[Principal, Depends(require("Subscription", "s"))]

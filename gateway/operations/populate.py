@@ -22,8 +22,9 @@ Population, per item (https://hl7.org/fhir/uv/sdc/populate.html):
 - **expression-based**: ``sdc-questionnaire-initialExpression`` (FHIRPath, through the
   ``fhirpathpy`` library, the R4 model) over the launch context: ``%patient`` is the
   golden Patient, and every name the Questionnaire's ``sdc-questionnaire-launchContext``
-  declares is bound from ``context``; ``variable`` extensions (FHIRPath) on the root and
-  on items are in scope for the item and its descendants; a group's
+  declares is bound from ``context``; ``variable`` extensions on the root and on items
+  are in scope for the item and its descendants: FHIRPath, or an ``x-fhir-query`` run by
+  this server's own Patient and Encounter searches (:class:`Searcher`); a group's
   ``sdc-questionnaire-itemPopulationContext`` gives one repetition of the group per
   value it finds, with the value bound to its name;
 - **definition-based**: an item whose ``definition`` is an element of Patient
@@ -32,12 +33,13 @@ Population, per item (https://hl7.org/fhir/uv/sdc/populate.html):
 - an item's ``initial`` values, where nothing else answered it.
 
 Answers are converted to the item's type (a ``choice`` answer is the matching
-``answerOption``'s coding). What cannot be used (an expression in a language other than
-FHIRPath, a value of the wrong type, several values for a non-repeating item) leaves the
-item unanswered and adds a warning to the ``issues`` OperationOutcome. The warnings
-name the item's ``linkId`` and never quote a value. The output is a ``Parameters``
-resource with ``response`` (status ``in-progress``, for the patient to review and
-complete, as the operation's comment asks) and, when there are any, ``issues``.
+``answerOption``'s coding). What cannot be used (an expression in another language, a
+search the caller's scopes do not allow, a value of the wrong type, several values for
+a non-repeating item) leaves the item unanswered and adds a warning to the ``issues``
+OperationOutcome. The warnings name the item's ``linkId`` and never quote a value.
+The output is a ``Parameters`` resource with ``response`` (status ``in-progress``, for
+the patient to review and complete, as the operation's comment asks) and, when there
+are any, ``issues``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
+from urllib.parse import parse_qsl, quote
 
 import orjson
 from antlr4 import CommonTokenStream, InputStream, ParseTreeWalker
@@ -64,7 +67,9 @@ from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from gateway.operations.encounters import search_encounters
 from gateway.operations.read import check_id, read_patient, survivor_of
+from gateway.operations.search_patient import SearchContext, search_patients
 from gateway.outcomes import (
     OutcomeError,
     bad_request,
@@ -79,6 +84,11 @@ LAUNCH_CONTEXT = SDC + "sdc-questionnaire-launchContext"
 ITEM_POPULATION_CONTEXT = SDC + "sdc-questionnaire-itemPopulationContext"
 VARIABLE = "http://hl7.org/fhir/StructureDefinition/variable"
 FHIRPATH = "text/fhirpath"
+FHIR_QUERY = "application/x-fhir-query"
+#: What an ``x-fhir-query`` may search: the types this server holds.
+QUERY_TYPES = ("Patient", "Encounter")
+#: An embedded FHIRPath expression in an ``x-fhir-query``.
+_EMBEDDED = re.compile(r"\{\{(.+?)\}\}")
 #: ``definition`` of a Patient element: the StructureDefinition (base or profile) and a
 #: plain element path (no slices).
 _PATIENT_DEFINITION = re.compile(r"^[^#]+#(Patient(?:\.[A-Za-z]+(?:\[x\])?)+)$")
@@ -311,11 +321,67 @@ def _validate_questionnaire(questionnaire: dict[str, Any]) -> None:
 # --- population ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class SearchLimits:
+    """What an ``x-fhir-query`` may do for this caller: its scopes' verdict on searching a
+    type, and the deployment's paging bounds and cursor secret."""
+
+    allows: Callable[[str, str], bool]
+    secret: str
+    default_count: int
+    max_count: int
+
+
+class Searcher:
+    """Runs an ``x-fhir-query`` through this server's own searches, in the request's
+    session, and notes the golden ids whose data the answer holds (for the audit)."""
+
+    def __init__(
+        self, session: Session, base: str, limits: SearchLimits, disclosed: list[str]
+    ) -> None:
+        self.session, self.base, self.limits, self.disclosed = session, base, limits, disclosed
+
+    def allows(self, resource_type: str) -> bool:
+        return self.limits.allows(resource_type, "s")
+
+    def search(self, resource_type: str, items: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        limits = self.limits
+        if resource_type == "Patient":
+            context = SearchContext(
+                self.base, limits.secret, True, limits.default_count, limits.max_count
+            )
+            bundle = search_patients(self.session, items, context)
+        else:
+            bundle = search_encounters(
+                self.session,
+                items,
+                base=self.base,
+                secret=limits.secret,
+                strict=True,
+                default_count=limits.default_count,
+                max_count=limits.max_count,
+            )
+        for entry in bundle.get("entry") or []:
+            resource = entry.get("resource") or {}
+            if resource.get("resourceType") == "Patient":
+                self.disclosed.append(str(resource.get("id")))
+            reference = (resource.get("subject") or {}).get("reference") or ""
+            if reference.startswith("Patient/"):
+                self.disclosed.append(reference.removeprefix("Patient/"))
+        return bundle
+
+
 class _Population:
     """One QuestionnaireResponse being built: the variables in scope and the warnings."""
 
-    def __init__(self, questionnaire: dict[str, Any], variables: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        questionnaire: dict[str, Any],
+        variables: dict[str, Any],
+        searcher: Searcher | None = None,
+    ) -> None:
         self.questionnaire = questionnaire
+        self.searcher = searcher
         self.patient: dict[str, Any] | None = variables.get("patient")
         self.variables = variables
         self.issues: list[dict[str, Any]] = []
@@ -331,13 +397,22 @@ class _Population:
         if not isinstance(value, dict) or not isinstance(value.get("expression"), str):
             self.warn(link_id, f"{what} has no expression.")
             return None
+        if value.get("language") == FHIR_QUERY:
+            return self.query(value["expression"], variables, link_id, what)
         if value.get("language") != FHIRPATH:
             self.warn(
-                link_id, f"{what}: only {FHIRPATH} expressions are evaluated.", "not-supported"
+                link_id,
+                f"{what}: only {FHIRPATH} and {FHIR_QUERY} expressions are evaluated.",
+                "not-supported",
             )
             return None
+        return self.fhirpath(value["expression"], variables, link_id, what)
+
+    def fhirpath(
+        self, expression: str, variables: Mapping[str, Any], link_id: str | None, what: str
+    ) -> Values | None:
         try:
-            run = compile_expression(value["expression"])
+            run = compile_expression(expression)
         except ExpressionError as exc:
             self.warn(link_id, f"{what} does not parse ({exc}).", "invalid")
             return None
@@ -349,6 +424,55 @@ class _Population:
         except Exception as exc:  # an evaluation error names the expression's fault only
             self.warn(link_id, f"{what} failed to evaluate ({type(exc).__name__}).")
             return None
+
+    def query(
+        self, text: str, variables: Mapping[str, Any], link_id: str | None, what: str
+    ) -> Values | None:
+        """An ``x-fhir-query`` (https://hl7.org/fhir/uv/sdc/expressions.html#x-fhir-query-enhancements)
+        run by this server's own Patient or Encounter search: one searchset Bundle.
+
+        Each ``{{expression}}`` is replaced by the first value of its FHIRPath, URL-encoded.
+        One that finds nothing (no patient in context) leaves the query unrun and the
+        value empty: run without the value, ``Encounter?patient=`` would widen to every
+        patient's encounters. The search is strict (an unknown parameter is an error,
+        never ignored) and needs the caller's search scope on the type."""
+        if self.searcher is None:
+            self.warn(link_id, f"{what}: {FHIR_QUERY} is not available here.", "not-supported")
+            return None
+        parts: list[str] = []
+        position = 0
+        for match in _EMBEDDED.finditer(text):
+            found = self.fhirpath(match.group(1), variables, link_id, what)
+            if found is None:
+                return None
+            if not found or found[0] in ("", None) or isinstance(found[0], dict | list):
+                return []
+            value = found[0]
+            value = str(value).lower() if isinstance(value, bool) else str(value)
+            parts.extend((text[position : match.start()], quote(value, safe="")))
+            position = match.end()
+        parts.append(text[position:])
+        rtype, _, query = "".join(parts).partition("?")
+        if rtype not in QUERY_TYPES:
+            self.warn(
+                link_id,
+                f"{what}: {FHIR_QUERY} searches only {' and '.join(QUERY_TYPES)} here.",
+                "not-supported",
+            )
+            return None
+        if not self.searcher.allows(rtype):
+            self.warn(
+                link_id,
+                f"{what}: searching {rtype} needs the scope system/{rtype}.s.",
+                "forbidden",
+            )
+            return None
+        try:
+            bundle = self.searcher.search(rtype, parse_qsl(query, keep_blank_values=True))
+        except OutcomeError as exc:  # its diagnostics name parameters, never values
+            self.warn(link_id, f"{what}: {exc.outcome.diagnostics}", "invalid")
+            return None
+        return [bundle]
 
     def scope(self, element: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
         """``variables`` plus the ``variable`` extensions declared on ``element``, in order."""
@@ -624,10 +748,12 @@ def populate_response(
     variables: dict[str, Any],
     *,
     authored: str,
+    searcher: Searcher | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The QuestionnaireResponse of ``questionnaire`` for ``Patient/<subject>`` with the
-    launch context ``variables`` (name -> resource), and the warnings (issues)."""
-    population = _Population(questionnaire, variables)
+    launch context ``variables`` (name -> resource), and the warnings (issues);
+    ``searcher`` runs the ``x-fhir-query`` expressions (none: they are not supported)."""
+    population = _Population(questionnaire, variables, searcher)
     root = population.scope(questionnaire, {k: v for k, v in variables.items()})
     items = population.items(questionnaire.get("item") or [], root)
     response: dict[str, Any] = {"resourceType": "QuestionnaireResponse"}
@@ -648,9 +774,17 @@ def populate_response(
 
 
 def populate(
-    session: Session, body: Any, *, base: str, now: datetime
+    session: Session,
+    body: Any,
+    *,
+    base: str,
+    now: datetime,
+    searches: SearchLimits | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Run ``$populate``; the output Parameters and the golden ids whose data it disclosed."""
+    """Run ``$populate``; the output Parameters and the golden ids whose data it disclosed.
+
+    ``searches``: the caller's scopes and the paging bounds for ``x-fhir-query``
+    expressions (None: they are not supported)."""
     request = parse_populate_request(body, base)
     disclosed: list[str] = []
     issues: list[dict[str, Any]] = []
@@ -708,8 +842,13 @@ def populate(
                 )
             )
     variables.setdefault("patient", [])
+    searcher = None if searches is None else Searcher(session, base, searches, disclosed)
     response, warnings = populate_response(
-        request.questionnaire, subject, variables, authored=now.isoformat(timespec="seconds")
+        request.questionnaire,
+        subject,
+        variables,
+        authored=now.isoformat(timespec="seconds"),
+        searcher=searcher,
     )
     issues.extend(warnings)
     parameters: list[dict[str, Any]] = [{"name": "response", "resource": response}]

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from askonce.demo import DEMO_DATA, INTAKE_QUESTIONNAIRE, POPULATE_BODY
 from gateway.operations.populate import (
+    FHIR_QUERY,
     INITIAL_EXPRESSION,
     ITEM_POPULATION_CONTEXT,
     LAUNCH_CONTEXT,
@@ -607,16 +608,21 @@ def test_a_questionnaire_has_at_most_max_items() -> None:
 
 
 def test_the_bundled_intake_form_is_filled_from_a_demo_patient(
-    client: TestClient, headers: Headers, add_patient: Callable[..., str]
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    add_encounter: Callable[..., int],
 ) -> None:
     questionnaire = json.loads(INTAKE_QUESTIONNAIRE.read_text(encoding="utf-8"))
     with (DEMO_DATA / "ehr-a" / "Patient.ndjson").open(encoding="utf-8") as lines:
         patient = json.loads(lines.readline())
     golden_id = add_patient(patient)
+    add_encounter(golden_id, start="2025-11-03T10:15:00+00:00")
     response, issues = populated(client, headers, parameters(questionnaire, f"Patient/{golden_id}"))
     assert issues == []
     found = answers(response)
     home = patient["address"][0]
+    assert found["visit.last-seen"] == [{"valueDateTime": "2025-11-03T10:15:00+00:00"}]
     assert found["about.family"] == [{"valueString": patient["name"][0]["family"]}]
     assert found["about.given"] == [{"valueString": patient["name"][0]["given"][0]}]
     assert found["about.birth-date"] == [{"valueDate": patient["birthDate"]}]
@@ -671,3 +677,88 @@ def test_a_patient_without_an_address_leaves_its_group_unanswered_without_warnin
     ]
     assert all("answer" not in i for i in address["item"])
     assert answers(response)["contact.home-phone"] == []
+
+
+def query_variable(name: str, query: str) -> dict[str, Any]:
+    return {
+        "url": VARIABLE,
+        "valueExpression": {"name": name, "language": FHIR_QUERY, "expression": query},
+    }
+
+
+def visits_form() -> dict[str, Any]:
+    """A form that asks for the last visit and the number of visits (x-fhir-query)."""
+    return intake_form(
+        question("last-visit", "dateTime", "%last.entry.resource.period.start"),
+        question("visit-count", "integer", "%visits.entry.count()"),
+        question("same-birth-date", "integer", "%twins.entry.count()"),
+        extension=[
+            PATIENT_CONTEXT,
+            query_variable("last", "Encounter?patient={{%patient.id}}&_sort=-date&_count=1"),
+            query_variable("visits", "Encounter?patient=Patient/{{%patient.id}}&_count=50"),
+            query_variable("twins", "Patient?birthdate={{%patient.birthDate}}"),
+        ],
+    )
+
+
+def test_x_fhir_query_variables_read_this_servers_encounters_and_patients(
+    client: TestClient,
+    headers: Headers,
+    person: str,
+    add_patient: Callable[..., str],
+    add_encounter: Callable[..., int],
+    session_factory: sessionmaker[Session],
+) -> None:
+    other = add_patient(family="Other", birth_date="1987-06-21")
+    add_encounter(person, start="2024-01-10T09:00:00+00:00", end=None)
+    add_encounter(person, start="2025-03-02T14:30:00+00:00", end=None)
+    add_encounter(other, start="2026-01-01T08:00:00+00:00", end=None)
+    response, issues = populated(client, headers, parameters(visits_form(), f"Patient/{person}"))
+    assert issues == []
+    found = answers(response)
+    assert found["last-visit"] == [{"valueDateTime": "2025-03-02T14:30:00+00:00"}]
+    assert found["visit-count"] == [{"valueInteger": 2}]
+    assert found["same-birth-date"] == [{"valueInteger": 2}]
+    # The audit names whose data the answers hold: the subject and the other patient found.
+    client.app.state.audit.flush()  # type: ignore[attr-defined]
+    with session_factory() as session:
+        (row,) = session.scalars(select(Audit).where(Audit.action == "populate")).all()
+    assert set(row.detail["ids"]) == {person, other}
+
+
+def test_x_fhir_query_never_widens_and_needs_the_search_scope(
+    client: TestClient,
+    headers: Headers,
+    auth_for: Callable[..., Headers],
+    person: str,
+    add_encounter: Callable[..., int],
+) -> None:
+    add_encounter(person)
+    # No patient in context: the query is not run (Encounter?patient= would be everyone's).
+    body = parameters(visits_form(), f"Patient/{person}", {"name": "local", "valueBoolean": False})
+    response, issues = populated(client, headers, body)
+    assert answers(response)["visit-count"] == [{"valueInteger": 0}]
+    assert answers(response)["last-visit"] == []
+    assert [i["diagnostics"] for i in issues] == ["launchContext patient was not given."]
+    # A token that may read patients but not search encounters: a warning, no answer.
+    patients_only = auth_for("system/Patient.rs")
+    response, issues = populated(
+        client, patients_only, parameters(visits_form(), f"Patient/{person}")
+    )
+    assert answers(response)["last-visit"] == []
+    assert answers(response)["same-birth-date"] == [{"valueInteger": 1}]
+    assert sorted(i["code"] for i in issues) == ["forbidden", "forbidden"]
+    assert "system/Encounter.s" in issues[0]["diagnostics"]
+
+
+def test_x_fhir_query_with_a_bad_parameter_is_a_warning(
+    client: TestClient, headers: Headers, person: str
+) -> None:
+    form = intake_form(
+        question("x", "integer", "%bad.entry.count()"),
+        extension=[PATIENT_CONTEXT, query_variable("bad", "Encounter?colour=blue")],
+    )
+    response, issues = populated(client, headers, parameters(form, f"Patient/{person}"))
+    assert answers(response)["x"] == [{"valueInteger": 0}]
+    assert [i["code"] for i in issues] == ["invalid"]
+    assert "colour" in issues[0]["diagnostics"]
