@@ -87,6 +87,9 @@ FHIRPATH = "text/fhirpath"
 FHIR_QUERY = "application/x-fhir-query"
 #: What an ``x-fhir-query`` may search: the types this server holds.
 QUERY_TYPES = ("Patient", "Encounter")
+#: The most ``x-fhir-query`` searches one request runs (a variable on an item inside a
+#: repeating group runs once per repetition).
+MAX_QUERIES = 20
 #: An embedded FHIRPath expression in an ``x-fhir-query``.
 _EMBEDDED = re.compile(r"\{\{(.+?)\}\}")
 #: ``definition`` of a Patient element: the StructureDefinition (base or profile) and a
@@ -340,11 +343,14 @@ class Searcher:
         self, session: Session, base: str, limits: SearchLimits, disclosed: list[str]
     ) -> None:
         self.session, self.base, self.limits, self.disclosed = session, base, limits, disclosed
+        #: Searches run so far (at most :data:`MAX_QUERIES` a request).
+        self.runs = 0
 
     def allows(self, resource_type: str) -> bool:
         return self.limits.allows(resource_type, "s")
 
     def search(self, resource_type: str, items: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        self.runs += 1
         limits = self.limits
         if resource_type == "Patient":
             context = SearchContext(
@@ -458,6 +464,11 @@ class _Population:
                 link_id,
                 f"{what}: {FHIR_QUERY} searches only {' and '.join(QUERY_TYPES)} here.",
                 "not-supported",
+            )
+            return None
+        if self.searcher.runs >= MAX_QUERIES:
+            self.warn(
+                link_id, f"{what}: more than {MAX_QUERIES} {FHIR_QUERY} searches.", "too-costly"
             )
             return None
         if not self.searcher.allows(rtype):

@@ -25,6 +25,7 @@ from gateway.operations.populate import (
     LAUNCH_CONTEXT,
     MAX_DEPTH,
     MAX_ITEMS,
+    MAX_QUERIES,
     VARIABLE,
     answer_value,
     parse_populate_request,
@@ -762,3 +763,48 @@ def test_x_fhir_query_with_a_bad_parameter_is_a_warning(
     assert answers(response)["x"] == [{"valueInteger": 0}]
     assert [i["code"] for i in issues] == ["invalid"]
     assert "colour" in issues[0]["diagnostics"]
+
+
+def test_a_request_runs_at_most_max_queries_searches(
+    client: TestClient, headers: Headers, person: str
+) -> None:
+    group = {
+        "linkId": "each",
+        "type": "group",
+        "repeats": True,
+        "extension": [
+            {
+                "url": ITEM_POPULATION_CONTEXT,
+                "valueExpression": fhirpath("(1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | 10)", "n"),
+            }
+        ],
+        "item": [
+            {
+                **question("count", "integer", "%found.entry.count()"),
+                "extension": [
+                    query_variable("found", "Patient?_id={{%patient.id}}"),
+                    *initial("%found.entry.count()"),
+                ],
+            },
+            {
+                **question("again", "integer", "%again.entry.count()"),
+                "extension": [
+                    query_variable("again", "Patient?_id={{%patient.id}}"),
+                    *initial("%again.entry.count()"),
+                ],
+            },
+            {
+                **question("more", "integer", "%more.entry.count()"),
+                "extension": [
+                    query_variable("more", "Patient?_id={{%patient.id}}"),
+                    *initial("%more.entry.count()"),
+                ],
+            },
+        ],
+    }
+    response, issues = populated(
+        client, headers, parameters(intake_form(group), f"Patient/{person}")
+    )
+    counts = [a for item in answers(response).values() for a in item]
+    assert counts.count({"valueInteger": 1}) == MAX_QUERIES
+    assert [i["code"] for i in issues] == ["too-costly"] * (30 - MAX_QUERIES)
