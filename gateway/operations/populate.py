@@ -54,6 +54,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
+import fhirpathpy.engine as fhirpath_engine
 import orjson
 from antlr4 import CommonTokenStream, InputStream, ParseTreeWalker
 from antlr4.error.ErrorListener import ErrorListener
@@ -121,6 +122,77 @@ Expression = Callable[[Mapping[str, Any], Mapping[str, Any]], Values]
 
 class ExpressionError(ValueError):
     """A FHIRPath expression that does not parse (its text is the Questionnaire's, not PHI)."""
+
+
+class BudgetExceededError(RuntimeError):
+    """A request's FHIRPath evaluation took more steps, or built a larger collection, than
+    :class:`Budget` allows."""
+
+
+class Budget:
+    """The FHIRPath work one ``$populate`` request may do.
+
+    FHIRPath has constructs that never end or grow without bound over a small input:
+    ``1.repeat($this + 1)`` loops for ever, and ``select``, ``combine`` or ``aggregate``
+    chained through variables multiply a collection's size at each step. Any caller with
+    ``system/Patient.r`` sends the expressions, so each request gets a budget of
+    evaluation steps (:data:`MAX_STEPS`, and :data:`MAX_EXPRESSION_STEPS` for one
+    expression: each node of an expression evaluated, and each value it gives) and of
+    collection size (:data:`MAX_COLLECTION`)."""
+
+    __slots__ = ("expression_steps", "steps")
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.expression_steps = 0
+
+    def next_expression(self) -> None:
+        """Start counting a new expression's own steps."""
+        self.expression_steps = 0
+
+    def spend(self, steps: int = 1) -> None:
+        self.steps += steps
+        self.expression_steps += steps
+        if self.expression_steps > MAX_EXPRESSION_STEPS:
+            raise BudgetExceededError(
+                f"more than {MAX_EXPRESSION_STEPS} evaluation steps in one expression"
+            )
+        if self.steps > MAX_STEPS:
+            raise BudgetExceededError(f"more than {MAX_STEPS} evaluation steps in this request")
+
+
+#: The variable that carries a request's :class:`Budget` into fhirpathpy's evaluation (a
+#: name no FHIRPath expression can write without backticks; it is not a FHIR value).
+_BUDGET = "askonce budget"
+MAX_STEPS = 100_000
+#: One runaway expression stops here, leaving the rest of the request's budget to the
+#: others (the demo's intake form spends ~900 steps in all).
+MAX_EXPRESSION_STEPS = 20_000
+MAX_COLLECTION = 1000
+_evaluate_node = fhirpath_engine.do_eval
+
+
+def _budgeted_do_eval(ctx: dict[str, Any], parent: Any, node: dict[str, Any]) -> Any:
+    """fhirpathpy's node evaluator, counting steps and checking collection sizes against
+    the :class:`Budget` in the evaluation's variables (evaluations without one, by other
+    callers of the library, are not affected). fhirpathpy's evaluators call
+    ``fhirpathpy.engine.do_eval`` by module attribute, so this is installed there."""
+    variables = ctx.get("vars")
+    budget = variables.get(_BUDGET) if variables else None
+    if budget is None:
+        return _evaluate_node(ctx, parent, node)
+    budget.spend()
+    result = _evaluate_node(ctx, parent, node)
+    if isinstance(result, list):
+        if len(result) > MAX_COLLECTION:
+            raise BudgetExceededError(f"a collection of more than {MAX_COLLECTION} values")
+        # Each value a node gives costs a step too: a variable of 1,000 values read inside
+        # a select over 1,000 others builds a million.
+        budget.spend(len(result))
+    return result
+
+
+fhirpath_engine.do_eval = _budgeted_do_eval
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +460,7 @@ class _Population:
     ) -> None:
         self.questionnaire = questionnaire
         self.searcher = searcher
+        self.budget = Budget()
         self.patient: dict[str, Any] | None = variables.get("patient")
         self.variables = variables
         self.issues: list[dict[str, Any]] = []
@@ -425,8 +498,12 @@ class _Population:
         except Exception as exc:  # the parser's own failure (a recursion too deep…)
             self.warn(link_id, f"{what} does not parse ({type(exc).__name__}).", "invalid")
             return None
+        self.budget.next_expression()
         try:
-            return [_plain(v) for v in run(self.questionnaire, variables)]
+            return [_plain(v) for v in run(self.questionnaire, {**variables, _BUDGET: self.budget})]
+        except BudgetExceededError as exc:
+            self.warn(link_id, f"{what} was stopped: {exc}.", "too-costly")
+            return None
         except Exception as exc:  # an evaluation error names the expression's fault only
             self.warn(link_id, f"{what} failed to evaluate ({type(exc).__name__}).")
             return None
@@ -601,7 +678,8 @@ class _Population:
                 path = match.group(1).replace("[x]", "")
                 try:
                     run = compile_expression(path)
-                    return [_plain(v) for v in run(self.patient, {})]
+                    self.budget.next_expression()
+                    return [_plain(v) for v in run(self.patient, {_BUDGET: self.budget})]
                 except Exception as exc:
                     self.warn(link_id, f"definition could not be read ({type(exc).__name__}).")
         return None

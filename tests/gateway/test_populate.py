@@ -24,8 +24,10 @@ from gateway.operations.populate import (
     ITEM_POPULATION_CONTEXT,
     LAUNCH_CONTEXT,
     MAX_DEPTH,
+    MAX_EXPRESSION_STEPS,
     MAX_ITEMS,
     MAX_QUERIES,
+    MAX_STEPS,
     VARIABLE,
     answer_value,
     parse_populate_request,
@@ -808,3 +810,42 @@ def test_a_request_runs_at_most_max_queries_searches(
     counts = [a for item in answers(response).values() for a in item]
     assert counts.count({"valueInteger": 1}) == MAX_QUERIES
     assert [i["code"] for i in issues] == ["too-costly"] * (30 - MAX_QUERIES)
+
+
+def test_expressions_that_never_end_are_stopped(
+    client: TestClient, headers: Headers, person: str
+) -> None:
+    endless = [
+        question(f"endless-{n}", "integer", f"{n}.repeat($this + 1).count()") for n in range(6)
+    ]
+    form = intake_form(*endless, question("family", "string", "%patient.name.family"))
+    response, issues = populated(client, headers, parameters(form, f"Patient/{person}"))
+    found = answers(response)
+    assert all(found[f"endless-{n}"] == [] for n in range(6))
+    # Each runaway expression stops at its own limit (20,000 steps), until the request's
+    # (100,000) is spent, during the fifth: then it, and every later expression (the
+    # family name here), stop at once.
+    per_expression = f"more than {MAX_EXPRESSION_STEPS} evaluation steps in one expression"
+    per_request = f"more than {MAX_STEPS} evaluation steps in this request"
+    assert MAX_STEPS == 5 * MAX_EXPRESSION_STEPS
+    assert [i["code"] for i in issues] == ["too-costly"] * 7
+    assert [per_expression in i["diagnostics"] for i in issues] == [True] * 4 + [False] * 3
+    assert all(per_request in i["diagnostics"] for i in issues[4:])
+    assert issues[6]["expression"] == ["Questionnaire.item.where(linkId = 'family')"]
+    assert found["family"] == []
+
+
+def test_a_collection_over_the_limit_is_stopped(
+    client: TestClient, headers: Headers, person: str
+) -> None:
+    numbers = "(" + " | ".join(str(n) for n in range(1, 41)) + ")"
+    form = intake_form(
+        question("squared", "integer", "%n.select(%n).count()"),
+        question("family", "string", "%patient.name.family"),
+        extension=[PATIENT_CONTEXT, {"url": VARIABLE, "valueExpression": fhirpath(numbers, "n")}],
+    )
+    response, issues = populated(client, headers, parameters(form, f"Patient/{person}"))
+    assert answers(response)["squared"] == []
+    assert [i["code"] for i in issues] == ["too-costly"]
+    assert "more than 1000 values" in issues[0]["diagnostics"]
+    assert answers(response)["family"] == [{"valueString": "Oyelaran"}]
