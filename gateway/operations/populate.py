@@ -124,6 +124,32 @@ class ExpressionError(ValueError):
     """A FHIRPath expression that does not parse (its text is the Questionnaire's, not PHI)."""
 
 
+class UnsupportedFunctionError(ExpressionError):
+    """An expression calling a function this server does not evaluate (see
+    :data:`UNSUPPORTED_FUNCTIONS`)."""
+
+
+#: FHIRPath functions refused: they take a regular expression, and Python's ``re`` has no
+#: time limit (``'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!'.matches('(a+)+$')`` backtracks for
+#: minutes, inside one call no budget can interrupt).
+UNSUPPORTED_FUNCTIONS = frozenset({"matches", "matchesFull", "replaceMatches"})
+
+
+def _functions(node: dict[str, Any]) -> set[str]:
+    """The names of the functions a parsed expression calls."""
+    names: set[str] = set()
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        children = current.get("children") or []
+        if current.get("type") == "Functn" and children:
+            text = children[0].get("text")
+            if isinstance(text, str):
+                names.add(text.strip("`"))
+        stack.extend(children)
+    return names
+
+
 class BudgetExceededError(RuntimeError):
     """A request's FHIRPath evaluation took more steps, or built a larger collection, than
     :class:`Budget` allows."""
@@ -137,8 +163,8 @@ class Budget:
     chained through variables multiply a collection's size at each step. Any caller with
     ``system/Patient.r`` sends the expressions, so each request gets a budget of
     evaluation steps (:data:`MAX_STEPS`, and :data:`MAX_EXPRESSION_STEPS` for one
-    expression: each node of an expression evaluated, and each value it gives) and of
-    collection size (:data:`MAX_COLLECTION`)."""
+    expression: each node of an expression evaluated, and each value it gives), of
+    collection size (:data:`MAX_COLLECTION`) and of string length (:data:`MAX_STRING`)."""
 
     __slots__ = ("expression_steps", "steps")
 
@@ -169,6 +195,9 @@ MAX_STEPS = 100_000
 #: others (the demo's intake form spends ~900 steps in all).
 MAX_EXPRESSION_STEPS = 20_000
 MAX_COLLECTION = 1000
+#: The longest string an expression may build: ``replace`` and ``+`` chained through
+#: variables grow a string geometrically, in steps the budget counts as a few.
+MAX_STRING = 10_000
 _evaluate_node = fhirpath_engine.do_eval
 
 
@@ -189,6 +218,10 @@ def _budgeted_do_eval(ctx: dict[str, Any], parent: Any, node: dict[str, Any]) ->
         # Each value a node gives costs a step too: a variable of 1,000 values read inside
         # a select over 1,000 others builds a million.
         budget.spend(len(result))
+        for value in result:
+            text = getattr(value, "data", value)
+            if isinstance(text, str) and len(text) > MAX_STRING:
+                raise BudgetExceededError(f"a string of more than {MAX_STRING} characters")
     return result
 
 
@@ -233,6 +266,10 @@ def compile_expression(expression: str) -> Expression:
     listener = ASTPathListener()
     ParseTreeWalker().walk(listener, parser.expression())
     parsed = listener.parentStack[0]
+    refused = _functions(parsed) & UNSUPPORTED_FUNCTIONS
+    if refused:
+        names = ", ".join(f"{name}()" for name in sorted(refused))
+        raise UnsupportedFunctionError(f"{names}: regular expressions are not evaluated here")
 
     def run(resource: Mapping[str, Any], variables: Mapping[str, Any]) -> Values:
         return list(apply_parsed_path(resource, parsed, dict(variables), _R4))
@@ -492,6 +529,9 @@ class _Population:
     ) -> Values | None:
         try:
             run = compile_expression(expression)
+        except UnsupportedFunctionError as exc:
+            self.warn(link_id, f"{what}: {exc}.", "not-supported")
+            return None
         except ExpressionError as exc:
             self.warn(link_id, f"{what} does not parse ({exc}).", "invalid")
             return None

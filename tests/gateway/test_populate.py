@@ -849,3 +849,24 @@ def test_a_collection_over_the_limit_is_stopped(
     assert [i["code"] for i in issues] == ["too-costly"]
     assert "more than 1000 values" in issues[0]["diagnostics"]
     assert answers(response)["family"] == [{"valueString": "Oyelaran"}]
+
+
+def test_regular_expressions_and_growing_strings_are_refused(
+    client: TestClient, headers: Headers, person: str
+) -> None:
+    grow = "'aaaaaaaaaa'" + ".replace('a', 'aaaaaaaaaa')" * 12
+    form = intake_form(
+        question(
+            "backtracking", "boolean", "'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!'.matches('(a+)+$')"
+        ),
+        question("quoted", "string", "%patient.name.family.`replaceMatches`('(a+)+$', 'b')"),
+        question("grown", "integer", f"{grow}.length()"),
+        question("family", "string", "%patient.name.family"),
+    )
+    response, issues = populated(client, headers, parameters(form, f"Patient/{person}"))
+    found = answers(response)
+    assert found["backtracking"] == found["quoted"] == found["grown"] == []
+    assert [i["code"] for i in issues] == ["not-supported", "not-supported", "too-costly"]
+    assert "regular expressions" in issues[0]["diagnostics"]
+    assert "a string of more than" in issues[2]["diagnostics"]
+    assert found["family"] == [{"valueString": "Oyelaran"}]
