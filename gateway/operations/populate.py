@@ -50,21 +50,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from functools import lru_cache
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote
 
-import fhirpathpy.engine as fhirpath_engine
 import orjson
-from antlr4 import CommonTokenStream, InputStream, ParseTreeWalker
-from antlr4.error.ErrorListener import ErrorListener
 from fhir.resources.R4B.questionnaire import Questionnaire
-from fhirpathpy import apply_parsed_path
-from fhirpathpy.engine.nodes import FP_Type
-from fhirpathpy.models import models
-from fhirpathpy.parser.ASTPathListener import ASTPathListener
-from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
-from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
@@ -78,6 +69,9 @@ from gateway.outcomes import (
     operation_outcome,
     unprocessable,
 )
+
+if TYPE_CHECKING:
+    from gateway.operations.fhirpath import Budget
 
 SDC = "http://hl7.org/fhir/uv/sdc/StructureDefinition/"
 INITIAL_EXPRESSION = SDC + "sdc-questionnaire-initialExpression"
@@ -99,9 +93,7 @@ _PATIENT_DEFINITION = re.compile(r"^[^#]+#(Patient(?:\.[A-Za-z]+(?:\[x\])?)+)$")
 #: The most items (at every level) a Questionnaire may have, and the deepest nesting.
 MAX_ITEMS = 2000
 MAX_DEPTH = 30
-#: The longest FHIRPath expression evaluated, and the most repetitions a population
-#: context gives one group.
-MAX_EXPRESSION_LENGTH = 4096
+#: The most repetitions a population context gives one group.
 MAX_REPETITIONS = 100
 #: Digests of Questionnaires found valid (see :func:`_check_questionnaire`), cleared as a
 #: whole when full.
@@ -114,118 +106,8 @@ _DATE_TIME = re.compile(
     r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
 _TIME = re.compile(r"^\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
-_R4 = models["r4"]
 
 Values = list[Any]
-Expression = Callable[[Mapping[str, Any], Mapping[str, Any]], Values]
-
-
-class ExpressionError(ValueError):
-    """A FHIRPath expression that does not parse (its text is the Questionnaire's, not PHI)."""
-
-
-class UnsupportedFunctionError(ExpressionError):
-    """An expression calling a function this server does not evaluate (see
-    :data:`UNSUPPORTED_FUNCTIONS`)."""
-
-
-#: FHIRPath functions refused: they take a regular expression, and Python's ``re`` has no
-#: time limit (``'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!'.matches('(a+)+$')`` backtracks for
-#: minutes, inside one call no budget can interrupt).
-UNSUPPORTED_FUNCTIONS = frozenset({"matches", "matchesFull", "replaceMatches"})
-
-
-def _functions(node: dict[str, Any]) -> set[str]:
-    """The names of the functions a parsed expression calls."""
-    names: set[str] = set()
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        children = current.get("children") or []
-        if current.get("type") == "Functn" and children:
-            text = children[0].get("text")
-            if isinstance(text, str):
-                names.add(text.strip("`"))
-        stack.extend(children)
-    return names
-
-
-class BudgetExceededError(RuntimeError):
-    """A request's FHIRPath evaluation took more steps, or built a larger collection, than
-    :class:`Budget` allows."""
-
-
-class Budget:
-    """The FHIRPath work one ``$populate`` request may do.
-
-    FHIRPath has constructs that never end or grow without bound over a small input:
-    ``1.repeat($this + 1)`` loops for ever, and ``select``, ``combine`` or ``aggregate``
-    chained through variables multiply a collection's size at each step. Any caller with
-    ``system/Patient.r`` sends the expressions, so each request gets a budget of
-    evaluation steps (:data:`MAX_STEPS`, and :data:`MAX_EXPRESSION_STEPS` for one
-    expression: each node of an expression evaluated, and each value it gives), of
-    collection size (:data:`MAX_COLLECTION`) and of string length (:data:`MAX_STRING`)."""
-
-    __slots__ = ("expression_steps", "steps")
-
-    def __init__(self) -> None:
-        self.steps = 0
-        self.expression_steps = 0
-
-    def next_expression(self) -> None:
-        """Start counting a new expression's own steps."""
-        self.expression_steps = 0
-
-    def spend(self, steps: int = 1) -> None:
-        self.steps += steps
-        self.expression_steps += steps
-        if self.expression_steps > MAX_EXPRESSION_STEPS:
-            raise BudgetExceededError(
-                f"more than {MAX_EXPRESSION_STEPS} evaluation steps in one expression"
-            )
-        if self.steps > MAX_STEPS:
-            raise BudgetExceededError(f"more than {MAX_STEPS} evaluation steps in this request")
-
-
-#: The variable that carries a request's :class:`Budget` into fhirpathpy's evaluation (a
-#: name no FHIRPath expression can write without backticks; it is not a FHIR value).
-_BUDGET = "askonce budget"
-MAX_STEPS = 100_000
-#: One runaway expression stops here, leaving the rest of the request's budget to the
-#: others (the demo's intake form spends ~900 steps in all).
-MAX_EXPRESSION_STEPS = 20_000
-MAX_COLLECTION = 1000
-#: The longest string an expression may build: ``replace`` and ``+`` chained through
-#: variables grow a string geometrically, in steps the budget counts as a few.
-MAX_STRING = 10_000
-_evaluate_node = fhirpath_engine.do_eval
-
-
-def _budgeted_do_eval(ctx: dict[str, Any], parent: Any, node: dict[str, Any]) -> Any:
-    """fhirpathpy's node evaluator, counting steps and checking collection sizes against
-    the :class:`Budget` in the evaluation's variables (evaluations without one, by other
-    callers of the library, are not affected). fhirpathpy's evaluators call
-    ``fhirpathpy.engine.do_eval`` by module attribute, so this is installed there."""
-    variables = ctx.get("vars")
-    budget = variables.get(_BUDGET) if variables else None
-    if budget is None:
-        return _evaluate_node(ctx, parent, node)
-    budget.spend()
-    result = _evaluate_node(ctx, parent, node)
-    if isinstance(result, list):
-        if len(result) > MAX_COLLECTION:
-            raise BudgetExceededError(f"a collection of more than {MAX_COLLECTION} values")
-        # Each value a node gives costs a step too: a variable of 1,000 values read inside
-        # a select over 1,000 others builds a million.
-        budget.spend(len(result))
-        for value in result:
-            text = getattr(value, "data", value)
-            if isinstance(text, str) and len(text) > MAX_STRING:
-                raise BudgetExceededError(f"a string of more than {MAX_STRING} characters")
-    return result
-
-
-fhirpath_engine.do_eval = _budgeted_do_eval
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,43 +120,6 @@ class PopulateRequest:
     #: or the golden ids of the Patients named there by reference.
     contexts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     context_patients: dict[str, list[str]] = field(default_factory=dict)
-
-
-class _Strict(ErrorListener):
-    def syntaxError(
-        self, recognizer: Any, offendingSymbol: Any, line: int, column: int, msg: str, e: Any
-    ) -> None:
-        raise ExpressionError(f"column {column}: {msg}")
-
-
-@lru_cache(maxsize=512)
-def compile_expression(expression: str) -> Expression:
-    """A FHIRPath expression, parsed once (the R4 model, so choice types resolve).
-
-    ``fhirpathpy.parse`` recovers from a syntax error silently and evaluates what it
-    could make of the rest; this parse runs the same lexer and parser with a listener
-    that raises, so a malformed expression is reported, not half-evaluated."""
-    if len(expression) > MAX_EXPRESSION_LENGTH:
-        raise ExpressionError(f"longer than {MAX_EXPRESSION_LENGTH} characters")
-    lexer = FHIRPathLexer(InputStream(expression))
-    lexer.removeErrorListeners()
-    lexer.addErrorListener(_Strict())
-    parser = FHIRPathParser(CommonTokenStream(lexer))
-    parser.buildParseTrees = True
-    parser.removeErrorListeners()
-    parser.addErrorListener(_Strict())
-    listener = ASTPathListener()
-    ParseTreeWalker().walk(listener, parser.expression())
-    parsed = listener.parentStack[0]
-    refused = _functions(parsed) & UNSUPPORTED_FUNCTIONS
-    if refused:
-        names = ", ".join(f"{name}()" for name in sorted(refused))
-        raise UnsupportedFunctionError(f"{names}: regular expressions are not evaluated here")
-
-    def run(resource: Mapping[str, Any], variables: Mapping[str, Any]) -> Values:
-        return list(apply_parsed_path(resource, parsed, dict(variables), _R4))
-
-    return run
 
 
 # --- the request -----------------------------------------------------------------------
@@ -486,6 +331,13 @@ class Searcher:
         return bundle
 
 
+def _fhirpath() -> ModuleType:
+    """:mod:`gateway.operations.fhirpath`, imported on first use (its docstring says why)."""
+    from gateway.operations import fhirpath
+
+    return fhirpath
+
+
 class _Population:
     """One QuestionnaireResponse being built: the variables in scope and the warnings."""
 
@@ -497,7 +349,8 @@ class _Population:
     ) -> None:
         self.questionnaire = questionnaire
         self.searcher = searcher
-        self.budget = Budget()
+        #: The request's FHIRPath budget, made with the first expression evaluated.
+        self.budget: Budget | None = None
         self.patient: dict[str, Any] | None = variables.get("patient")
         self.variables = variables
         self.issues: list[dict[str, Any]] = []
@@ -525,23 +378,32 @@ class _Population:
         return self.fhirpath(value["expression"], variables, link_id, what)
 
     def fhirpath(
-        self, expression: str, variables: Mapping[str, Any], link_id: str | None, what: str
+        self,
+        expression: str,
+        variables: Mapping[str, Any],
+        link_id: str | None,
+        what: str,
+        focus: Any = None,
     ) -> Values | None:
+        """Values of a FHIRPath expression over ``focus`` (the Questionnaire by default)
+        with ``variables`` (None, with a warning, when it cannot be used)."""
+        fhirpath = _fhirpath()
         try:
-            run = compile_expression(expression)
-        except UnsupportedFunctionError as exc:
+            run = fhirpath.compile_expression(expression)
+        except fhirpath.UnsupportedFunctionError as exc:
             self.warn(link_id, f"{what}: {exc}.", "not-supported")
             return None
-        except ExpressionError as exc:
+        except fhirpath.ExpressionError as exc:
             self.warn(link_id, f"{what} does not parse ({exc}).", "invalid")
             return None
         except Exception as exc:  # the parser's own failure (a recursion too deep…)
             self.warn(link_id, f"{what} does not parse ({type(exc).__name__}).", "invalid")
             return None
-        self.budget.next_expression()
+        if self.budget is None:
+            self.budget = fhirpath.Budget()
         try:
-            return [_plain(v) for v in run(self.questionnaire, {**variables, _BUDGET: self.budget})]
-        except BudgetExceededError as exc:
+            return run(self.questionnaire if focus is None else focus, variables, self.budget)
+        except fhirpath.BudgetExceededError as exc:
             self.warn(link_id, f"{what} was stopped: {exc}.", "too-costly")
             return None
         except Exception as exc:  # an evaluation error names the expression's fault only
@@ -716,12 +578,7 @@ class _Population:
             match = _PATIENT_DEFINITION.match(definition)
             if match is not None:
                 path = match.group(1).replace("[x]", "")
-                try:
-                    run = compile_expression(path)
-                    self.budget.next_expression()
-                    return [_plain(v) for v in run(self.patient, {_BUDGET: self.budget})]
-                except Exception as exc:
-                    self.warn(link_id, f"definition could not be read ({type(exc).__name__}).")
+                return self.fhirpath(path, {}, link_id, "definition", focus=self.patient)
         return None
 
     @staticmethod
@@ -740,13 +597,6 @@ def _extension(element: dict[str, Any], url: str) -> dict[str, Any] | None:
         if isinstance(extension, dict) and extension.get("url") == url:
             return extension
     return None
-
-
-def _plain(value: Any) -> Any:
-    """A FHIRPath result as JSON data (its date, time and quantity types as FHIR text)."""
-    if isinstance(value, FP_Type):
-        return str(value)
-    return value
 
 
 # --- answers ---------------------------------------------------------------------------

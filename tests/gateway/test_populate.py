@@ -18,16 +18,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from askonce.demo import DEMO_DATA, INTAKE_QUESTIONNAIRE, POPULATE_BODY
+from gateway.operations.fhirpath import MAX_EXPRESSION_STEPS, MAX_STEPS
 from gateway.operations.populate import (
     FHIR_QUERY,
     INITIAL_EXPRESSION,
     ITEM_POPULATION_CONTEXT,
     LAUNCH_CONTEXT,
     MAX_DEPTH,
-    MAX_EXPRESSION_STEPS,
     MAX_ITEMS,
     MAX_QUERIES,
-    MAX_STEPS,
     VARIABLE,
     answer_value,
     parse_populate_request,
