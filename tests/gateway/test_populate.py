@@ -869,3 +869,19 @@ def test_regular_expressions_and_growing_strings_are_refused(
     assert "regular expressions" in issues[0]["diagnostics"]
     assert "a string of more than" in issues[2]["diagnostics"]
     assert found["family"] == [{"valueString": "Oyelaran"}]
+
+
+def test_fhirpath_is_loaded_only_when_a_form_is_populated() -> None:
+    # The composition root imports the whole gateway (every CLI command, every worker).
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, askonce.runtime; "
+            "print(sorted(m for m in ('fhirpathpy', 'antlr4') if m in sys.modules))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert loaded == "[]"
