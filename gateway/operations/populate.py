@@ -646,7 +646,10 @@ def _choice(
         }
         return {"valueCoding": coding}
     if isinstance(value, str) and value:
-        return {"valueString": value}
+        # R4 answers a choice item with a Coding (a string only where its options are
+        # strings, matched above): a bare code, such as %patient.gender against an
+        # answerValueSet, is a Coding of that code; open-choice keeps free text.
+        return {"valueString": value} if open_choice else {"valueCoding": {"code": value}}
     return None
 
 

@@ -591,6 +591,8 @@ def test_the_capability_statement_declares_populate(client: TestClient) -> None:
             {"coding": [{"system": GENDER, "code": "female"}]},
             {"valueCoding": {"system": GENDER, "code": "female"}},
         ),
+        ("choice", "female", {"valueCoding": {"code": "female"}}),
+        ("open-choice", "female", {"valueString": "female"}),
         ("group", "x", None),
     ],
 )
