@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from askonce.settings import Settings, get_settings
 from fhir_mapping import parse_patient
 from gateway import GatewayState, create_app
+from gateway.operations.export import ExportSettings, run_export
 from gateway.operations.notify import render_focus
 from mpi import MatchSettings, match_patient
 from store import check_schema_at_head, make_engine, make_session_factory, unit_of_work
@@ -116,12 +117,23 @@ class Runtime:
                 max_body_bytes=self.settings.max_body_bytes,
                 default_page_size=self.settings.page_size_default,
                 max_page_size=self.settings.page_size_max,
+                export=export_settings(self.settings),
                 public_base_url=self.settings.public_base_url,
                 delivery_allow_http=self.settings.delivery_allow_http,
                 patient_parser=partial(parse_patient, default_region=self.settings.default_region),
                 matcher=partial(match_patient, settings=match_settings(self.settings)),
             )
         )
+
+
+def export_settings(settings: Settings) -> ExportSettings:
+    """Bulk Data ``$export``'s settings from the environment's."""
+    return ExportSettings(
+        file_resources=settings.export_file_resources,
+        retention_hours=settings.export_retention_hours,
+        max_active=settings.export_max_active,
+        outbox_retention_days=settings.outbox_retention_days,
+    )
 
 
 def match_settings(settings: Settings) -> MatchSettings:
@@ -160,6 +172,9 @@ def build_runtime(settings: Settings | None = None, *, check_schema: bool = True
             else "",
             outbox_retention_days=settings.outbox_retention_days,
             run_retention_days=settings.run_retention_days,
+            run_export=lambda job_id: run_export(
+                session_factory, job_id, export_settings(settings)
+            ).as_dict(),
         )
     )
     return Runtime(settings=settings, engine=engine, session_factory=session_factory, celery=celery)

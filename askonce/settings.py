@@ -112,6 +112,22 @@ class Settings(BaseSettings):
             "0 keeps them for ever."
         ),
     )
+    export_retention_hours: int = Field(
+        default=24,
+        ge=1,
+        description="Hours a Bulk Data export's files can be downloaded once it is complete.",
+    )
+    export_file_resources: int = Field(
+        default=10_000,
+        ge=100,
+        le=1_000_000,
+        description="Resources in one Bulk Data export file at most.",
+    )
+    export_max_active: int = Field(
+        default=4,
+        ge=1,
+        description="Bulk Data exports one client may have in progress at once (then 429).",
+    )
     prune_interval_s: float = Field(
         default=3600.0,
         gt=0,

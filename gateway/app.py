@@ -14,7 +14,7 @@ from gateway.audit import AuditLog
 from gateway.auth.router import router as auth_router
 from gateway.auth.tokens import TokenService
 from gateway.errors import install_error_handlers
-from gateway.fhir import encounter, metadata, patient, questionnaire, subscription
+from gateway.fhir import encounter, export, metadata, patient, questionnaire, subscription
 from gateway.limits import BodySizeLimit
 from gateway.reads import PatientReader
 from gateway.state import GatewayState
@@ -60,6 +60,8 @@ def create_app(state: GatewayState) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(auth_router)
     app.include_router(metadata.router)
+    # Before the Patient routes: /fhir/Patient/$export is not a read of Patient/$export.
+    app.include_router(export.router)
     app.include_router(patient.router)
     app.include_router(encounter.router)
     app.include_router(subscription.router)

@@ -167,7 +167,7 @@ def audited(
     principal: Principal,
     action: str,
     request: Request,
-    resource_type: str,
+    resource_type: str | None,
     resource_id: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Record a read (also when it fails with an OperationOutcome). The block may fill

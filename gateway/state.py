@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
 
 from fhir_mapping import parse_patient
+from gateway.operations.export import ExportSettings
 from mpi import match_patient
 
 #: Lifetime of an access token issued by ``/auth/token``.
@@ -51,6 +52,10 @@ class GatewayState:
     patient_parser: Callable[[dict[str, Any]], Any] = parse_patient
     #: How often the write-behind audit queue is written (seconds).
     audit_flush_interval_s: float = DEFAULT_AUDIT_FLUSH_INTERVAL_S
+    #: Bulk Data ``$export``: file size, retention, jobs in progress per client.
+    export: ExportSettings = field(default_factory=ExportSettings)
+    #: Hands an export job to a worker; None: the task queue (``gateway.fhir.export``).
+    export_trigger: Callable[[str], None] | None = None
     #: ``CapabilityStatement.date``: when this process started serving.
     started_at: str = field(default_factory=_now_fhir)
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -462,6 +463,51 @@ class Audit(Base):
     query: Mapped[str | None] = mapped_column(Text, nullable=True)
     outcome: Mapped[int | None] = mapped_column(Integer, nullable=True)  # HTTP status
     detail: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+class ExportJob(Base):
+    """A consumer's Bulk Data ``$export``: what it asked for, how far it got, its manifest.
+
+    Only the client that kicked a job off sees it. ``owner`` and ``lease_until`` keep one
+    worker on it at a time; a job whose lease ran out is taken over and resumes from
+    ``position``, committed with each file."""
+
+    __tablename__ = "export_job"
+    __table_args__ = (Index("ix_export_job_client", "client_id", "status"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    client_id: Mapped[str] = mapped_column(String(100))
+    #: accepted | running | completed | failed
+    status: Mapped[str] = mapped_column(String(20), default="accepted")
+    #: The kick-off URL, as the manifest's ``request`` repeats it.
+    request_url: Mapped[str] = mapped_column(Text)
+    #: What to export: types, since, elements, patients (see gateway.operations.export).
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    transaction_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: Where the next file starts: the type's index and the last key written.
+    position: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    owner: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The files are deleted after this (see sync.retention).
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ExportFile(Base):
+    """One NDJSON file of an export job: one resource type, up to a set number of lines."""
+
+    __tablename__ = "export_file"
+    __table_args__ = (Index("ix_export_file_job", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("export_job.id", ondelete="CASCADE"))
+    #: output | deleted | error (the manifest's three lists)
+    kind: Mapped[str] = mapped_column(String(10))
+    resource_type: Mapped[str] = mapped_column(String(40))
+    count: Mapped[int] = mapped_column(Integer)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class MatchModel(Base):

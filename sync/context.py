@@ -38,6 +38,9 @@ class TaskContext:
     outbox_retention_days: int = DEFAULT_OUTBOX_RETENTION_DAYS
     #: Retention of finished sync runs, in days (0: for ever).
     run_retention_days: int = DEFAULT_RUN_RETENTION_DAYS
+    #: ``run(job_id)``: writes a Bulk Data export's files (the gateway's
+    #: ``gateway.operations.export.run_export``, wired by the composition root).
+    run_export: Callable[[str], dict[str, Any]] | None = None
 
 
 class TaskContextMissingError(RuntimeError):

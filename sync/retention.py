@@ -19,7 +19,10 @@ subscriptions that hear them), and every read of them slows down. :func:`prune` 
    until it catches up, is switched off or is deleted; :attr:`PruneReport.held_by`
    names it;
 3. the finished sync runs older than the run retention, except the latest run of each
-   source (``askonce sources status`` and the metrics show it).
+   source (``askonce sources status`` and the metrics show it);
+4. the Bulk Data exports past their expiry (``export_retention_hours`` after they
+   finished) with their files, and those nobody has worked on or polled for
+   :data:`EXPORT_ABANDONED_AFTER` (a client that stopped polling a job whose worker died).
 
 Nothing a listening subscription has not received is ever deleted. What goes is what
 ``$events`` can no longer answer: a Subscription's past events reach back as far as the
@@ -44,7 +47,15 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from store import unit_of_work
-from store.models import Consumer, Outbox, Subscription, SubscriptionEvent, SyncRun
+from store.models import (
+    Consumer,
+    ExportFile,
+    ExportJob,
+    Outbox,
+    Subscription,
+    SubscriptionEvent,
+    SyncRun,
+)
 from store.types import utcnow
 from sync.context import TaskContext
 from sync.delivery import listening, lock_fan_out
@@ -56,6 +67,10 @@ log = logging.getLogger(__name__)
 PRUNE_BATCH = 5000
 #: How long one :func:`prune` call keeps deleting before it returns (a beat tick's task).
 DEFAULT_PRUNE_S = 60.0
+#: An export in progress whose lease ran out this long ago is given up.
+EXPORT_ABANDONED_AFTER = timedelta(days=1)
+#: Export jobs deleted per transaction (each with its files, up to megabytes each).
+EXPORT_BATCH = 50
 
 
 @dataclass
@@ -65,6 +80,7 @@ class PruneReport:
     queue_rows: int = 0
     outbox_events: int = 0
     sync_runs: int = 0
+    export_jobs: int = 0
     #: Subscriptions whose unacknowledged events keep outbox events past the retention.
     held_by: list[str] = field(default_factory=list)
     #: False when ``max_seconds`` ran out first (the next call goes on).
@@ -185,6 +201,34 @@ def prune_runs(session: Session, cutoff: datetime, batch: int) -> int:
     return len(ids)
 
 
+def delete_export(session: Session, job_id: str) -> None:
+    """Delete an export job and its files (a worker still writing it stops at its next
+    file: its lease is gone with the row)."""
+    session.execute(delete(ExportFile).where(ExportFile.job_id == job_id))
+    session.execute(delete(ExportJob).where(ExportJob.id == job_id))
+
+
+def prune_exports(session: Session, now: datetime, batch: int = EXPORT_BATCH) -> int:
+    """Delete up to ``batch`` export jobs past their expiry or abandoned, with their
+    files. Returns how many."""
+    ids = list(
+        session.scalars(
+            select(ExportJob.id)
+            .where(
+                (ExportJob.expires_at < now)
+                | (
+                    ExportJob.status.in_(("accepted", "running"))
+                    & (ExportJob.lease_until < now - EXPORT_ABANDONED_AFTER)
+                )
+            )
+            .limit(batch)
+        )
+    )
+    for job_id in ids:
+        delete_export(session, job_id)
+    return len(ids)
+
+
 def prune(
     session_factory: sessionmaker[Session],
     *,
@@ -234,13 +278,26 @@ def prune(
             report.sync_runs += deleted
             if deleted < batch:
                 break
-    if report.queue_rows or report.outbox_events or report.sync_runs or report.held_by:
+    while in_time():
+        with unit_of_work(session_factory) as session:
+            deleted = prune_exports(session, now)
+        report.export_jobs += deleted
+        if deleted < EXPORT_BATCH:
+            break
+    if (
+        report.queue_rows
+        or report.outbox_events
+        or report.sync_runs
+        or report.export_jobs
+        or report.held_by
+    ):
         log.info(
             "pruned",
             extra={
                 "queue_rows": report.queue_rows,
                 "outbox_events": report.outbox_events,
                 "sync_runs": report.sync_runs,
+                "export_jobs": report.export_jobs,
                 "held_by": report.held_by,
                 "complete": report.complete,
             },

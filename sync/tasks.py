@@ -83,6 +83,18 @@ def deliver() -> dict[str, Any]:
     return delivery.deliver_with(current_task_context()).as_dict()
 
 
+# acks_late is safe: a redelivered export (its worker died) finds the dead worker's lease
+# and leaves the job; once the lease runs out, the client's next status poll hands it out
+# again, and it resumes from the last file it committed.
+@shared_task(name="askonce.export.run", acks_late=True)
+def run_export(job_id: str) -> dict[str, Any]:
+    """Write a Bulk Data export's files (see gateway.operations.export)."""
+    runner_ = current_task_context().run_export
+    if runner_ is None:
+        raise RuntimeError("this process was not wired to run exports")
+    return runner_(job_id)
+
+
 # No acks_late: a prune lost with its worker is done by the next tick (it is idempotent).
 @shared_task(name="askonce.sync.prune")
 def prune() -> dict[str, Any]:

@@ -29,7 +29,16 @@ OPERATION_DEFINITIONS = {
     "events": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/"
     "backport-subscription-events",
     "populate": "http://hl7.org/fhir/uv/sdc/OperationDefinition/Questionnaire-populate",
+    "export": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
 }
+#: Where one name has a definition per resource type (Bulk Data's Patient-level export).
+TYPE_OPERATION_DEFINITIONS = {
+    ("Patient", "export"): "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+}
+#: The ``x-fhir`` type of a system-level operation (``[base]/$export``).
+SYSTEM = "system"
+#: What a Bulk Data export server declares (Bulk Data Access IG, STU 2).
+BULK_DATA_SERVER = "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
 #: What a server of topic-based Subscriptions in R4 declares (Subscriptions R5 Backport).
 BACKPORT_SERVER = (
     "http://hl7.org/fhir/uv/subscriptions-backport/CapabilityStatement/"
@@ -55,7 +64,13 @@ def capability_statement(
 ) -> dict[str, Any]:
     """``routes``: the ``x-fhir`` marks of the registered routes (type, kind, name)."""
     resources: dict[str, dict[str, Any]] = {}
+    system_operations: list[dict[str, str]] = []
     for mark in routes:
+        if mark["type"] == SYSTEM:
+            op = {"name": mark["name"], "definition": OPERATION_DEFINITIONS[mark["name"]]}
+            if op not in system_operations:
+                system_operations.append(op)
+            continue
         entry = resources.setdefault(
             mark["type"], {"type": mark["type"], "interaction": [], "operation": []}
         )
@@ -63,7 +78,10 @@ def capability_statement(
             if {"code": mark["name"]} not in entry["interaction"]:
                 entry["interaction"].append({"code": mark["name"]})
         else:
-            op = {"name": mark["name"], "definition": OPERATION_DEFINITIONS[mark["name"]]}
+            definition = TYPE_OPERATION_DEFINITIONS.get(
+                (mark["type"], mark["name"]), OPERATION_DEFINITIONS[mark["name"]]
+            )
+            op = {"name": mark["name"], "definition": definition}
             if op not in entry["operation"]:
                 entry["operation"].append(op)
     rest_resources = []
@@ -96,7 +114,11 @@ def capability_statement(
                 {"url": TOPIC_CANONICAL_URL, "valueCanonical": url} for url in sorted(TOPICS)
             ]
         rest_resources.append(out)
-    subscriptions = "Subscription" in resources
+    instantiates = []
+    if "Subscription" in resources:
+        instantiates.append(BACKPORT_SERVER)
+    if any(op["name"] == "export" for op in system_operations):
+        instantiates.append(BULK_DATA_SERVER)
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -104,7 +126,7 @@ def capability_statement(
         "kind": "instance",
         "software": {"name": software, "version": version},
         "implementation": {"description": "askonce golden Patient records", "url": f"{base}/fhir"},
-        **({"instantiates": [BACKPORT_SERVER]} if subscriptions else {}),
+        **({"instantiates": instantiates} if instantiates else {}),
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "application/json"],
         "rest": [
@@ -123,6 +145,11 @@ def capability_statement(
                     ],
                 },
                 "resource": rest_resources,
+                **(
+                    {"operation": sorted(system_operations, key=lambda o: o["name"])}
+                    if system_operations
+                    else {}
+                ),
             }
         ],
     }

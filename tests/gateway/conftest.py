@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import httpx
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fhir_mapping import parse_patient, search_tokens
 from gateway import GatewayState, create_app
 from gateway.auth import TokenService, register_consumer
+from gateway.operations.export import run_export
 from mpi import resolve_patients
 from store import make_engine, make_session_factory
 from store.golden import GoldenPatientRepository
@@ -262,7 +264,12 @@ def live_gateway(pg_url: str) -> Iterator[LiveGateway]:
             encounter_ids.append(row.id)
         creds = register_consumer(session, "live-crm", "crm", [*READER_SCOPES])
         session.commit()
-    state = GatewayState(engine=engine, session_factory=factory, secret_key=SECRET)
+    state = GatewayState(
+        engine=engine,
+        session_factory=factory,
+        secret_key=SECRET,
+        export_trigger=partial(export_now, factory),
+    )
     port = free_port()
     with serve_in_thread(create_app(state), port):
         base = f"http://127.0.0.1:{port}"
@@ -275,6 +282,11 @@ def live_gateway(pg_url: str) -> Iterator[LiveGateway]:
         yield LiveGateway(base, reply.json()["access_token"], ids, ids[0], encounter_ids)
     truncate_all(engine)
     engine.dispose()
+
+
+def export_now(factory: sessionmaker[Session], job_id: str) -> None:
+    """Write an export's files in this process (no task queue in these tests)."""
+    run_export(factory, job_id)
 
 
 def live_person(i: int) -> dict[str, Any]:

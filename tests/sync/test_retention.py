@@ -267,6 +267,7 @@ def test_zero_days_keeps_everything(
         "queue_rows": 0,
         "outbox_events": 0,
         "sync_runs": 0,
+        "export_jobs": 0,
         "held_by": [],
         "complete": True,
     }
