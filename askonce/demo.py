@@ -77,6 +77,11 @@ def print_demo_access(console: Console, credentials: Credentials, base_url: str)
   python3 -c '{POPULATE_BODY}' {INTAKE_QUESTIONNAIRE} $ID | curl -s -X POST \\
       -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/fhir+json" \\
       --data-binary @- "{base_url}/fhir/Questionnaire/\\$populate"
+  Export everyone as NDJSON (Bulk Data $export), then read its manifest:
+  LOC=$(curl -s -D - -o /dev/null -H "Authorization: Bearer $TOKEN" \\
+      -H "Prefer: respond-async" "{base_url}/fhir/\\$export" | tr -d '\\r' | \\
+      awk 'tolower($1)=="content-location:" {{print $2}}')
+  sleep 1; curl -s -H "Authorization: Bearer $TOKEN" "$LOC"
   OpenAPI: {base_url}/docs   CapabilityStatement: {base_url}/fhir/metadata
   Change notifications: POST {base_url}/fhir/Subscription (README: "Change notifications")
   Prometheus metrics: {base_url}/metrics""",

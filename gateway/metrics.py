@@ -22,7 +22,9 @@ What an operator alerts on:
 - ``askonce_outbox_oldest_event_age_seconds`` well past the retention
   (``ASKONCE_OUTBOX_RETENTION_DAYS``): nothing prunes (no beat), or a subscription that
   stopped receiving holds its events back;
-- ``askonce_review_items_open``: the stewards' queue.
+- ``askonce_review_items_open``: the stewards' queue;
+- ``askonce_export_jobs{status="running"}`` that stays up: Bulk Data exports nobody
+  works on (no worker consumes the queue).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from store.models import (
     Consumer,
+    ExportJob,
     GoldenPatient,
     Outbox,
     ReviewItem,
@@ -114,6 +117,17 @@ def read_metrics(session: Session, now: datetime | None = None) -> list[Metric]:
     ):
         review.add_metric([kind], count)
     families.append(review)
+
+    exports = GaugeMetricFamily(
+        "askonce_export_jobs",
+        "Bulk Data exports kept, by status (accepted, running, completed, failed).",
+        labels=["status"],
+    )
+    for status, count in session.execute(
+        select(ExportJob.status, func.count()).group_by(ExportJob.status)
+    ):
+        exports.add_metric([status], count)
+    families.append(exports)
 
     undelivered = Outbox.delivered_at.is_(None)  # the partial index ix_outbox_undelivered
     pending = session.scalar(select(func.count()).select_from(Outbox).where(undelivered))

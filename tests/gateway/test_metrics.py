@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from store.models import (
     Consumer,
+    ExportJob,
     GoldenPatient,
     Outbox,
     ReviewItem,
@@ -124,6 +125,12 @@ def test_metrics_read_the_tables(
     session_factory: sessionmaker[Session], client: TestClient
 ) -> None:
     _seed(session_factory)
+    with session_factory() as session:
+        for status in ("running", "completed", "completed"):
+            session.add(
+                ExportJob(client_id="crm", status=status, request_url="x", params={}, position={})
+            )
+        session.commit()
     since = _since_now()
     response = client.get("/metrics")
     until = _since_now()
@@ -170,6 +177,8 @@ def test_metrics_read_the_tables(
     assert value("askonce_golden_records", status="merged") == 1
     assert value("askonce_review_items_open", kind="possible-match") == 2
     assert value("askonce_review_items_open", kind="duplicate-golden") == 1
+    assert value("askonce_export_jobs", status="running") == 1
+    assert value("askonce_export_jobs", status="completed") == 2
     assert value("askonce_outbox_undelivered") == 2
     age = value("askonce_outbox_oldest_undelivered_age_seconds")
     # the 10-minute-old event, not the delivered one (NOW is when this module was imported)
