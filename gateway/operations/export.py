@@ -35,7 +35,8 @@ from typing import Any
 from sqlalchemy import Text, cast, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.operations.encounters import render_encounter
+from gateway.operations.bundle import subset
+from gateway.operations.encounters import RENDER_COLUMNS, render_encounter
 from gateway.operations.read import ACTIVE, DELETED, MERGED, survivor_of, with_replaced_by
 from gateway.outcomes import (
     Outcome,
@@ -78,16 +79,12 @@ RETRY_AFTER_S = 2
 DEFAULT_FILE_RESOURCES = 10_000
 DEFAULT_RETENTION_HOURS = 24
 DEFAULT_MAX_ACTIVE = 4
+#: A parameter or type name is echoed this long at most.
+MAX_NAME = 64
 #: ``patient`` references in one kick-off at most.
 MAX_PATIENTS = 1000
-#: https://hl7.org/fhir/R4/v3/ObservationValue/cs.html: a resource with elements left out.
-SUBSETTED = {
-    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
-    "code": "SUBSETTED",
-}
 #: Elements a resource keeps whatever ``_elements`` says (R4 cardinality 1..1).
-MANDATORY = {"Patient": frozenset(), "Encounter": frozenset({"status", "class"})}
-_ALWAYS = frozenset({"resourceType", "id", "meta"})
+MANDATORY = {"Encounter": ("status", "class")}
 #: A FHIR instant: https://hl7.org/fhir/R4/datatypes.html#instant
 _INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
 _ELEMENT = re.compile(r"^(?:(?P<type>[A-Z][A-Za-z]+)\.)?(?P<name>[a-z][A-Za-z0-9]*)$")
@@ -132,16 +129,15 @@ class ExportRequest:
             ignored=tuple(params.get("ignored") or ()),
         )
 
-    def kept_elements(self, resource_type: str) -> frozenset[str] | None:
-        """The root elements a resource of this type keeps; None: all of them."""
-        names = set()
+    def elements_for(self, resource_type: str) -> tuple[str, ...]:
+        """The root elements ``_elements`` keeps of this type (with the type's mandatory
+        ones: :func:`gateway.operations.bundle.subset` adds id and meta); () keeps all."""
+        names: list[str] = []
         for entry in self.elements:
             match = _ELEMENT.match(entry)
             if match and match.group("type") in (None, resource_type):
-                names.add(match.group("name"))
-        if not names:
-            return None
-        return frozenset(names) | MANDATORY.get(resource_type, frozenset()) | _ALWAYS
+                names.append(match.group("name"))
+        return (*names, *MANDATORY.get(resource_type, ())) if names else ()
 
 
 @dataclass(frozen=True)
@@ -226,7 +222,8 @@ def parse_kickoff(
 
     by_name: dict[str, list[str]] = {}
     for name, value in items:
-        by_name.setdefault(name, []).append(value)
+        # A name is echoed in the answer and the error file: a long one is cut short.
+        by_name.setdefault(name[:MAX_NAME], []).append(value)
     for name in by_name:
         if name in _UNSUPPORTED:
             unsupported(f"{name} is not supported.", name)
@@ -252,7 +249,8 @@ def parse_kickoff(
     for name in requested:
         if name not in EXPORT_TYPES:
             unsupported(
-                f"_type {name} is not held by this server (only Patient, Encounter).", "_type"
+                f"_type {name[:MAX_NAME]} is not held by this server (only Patient, Encounter).",
+                "_type",
             )
         elif not readable(name):
             raise OutcomeError(forbidden(f"Exporting {name} needs scope system/{name}.rs."))
@@ -454,16 +452,6 @@ def _plan(export: ExportRequest) -> list[tuple[str, str]]:
     return steps
 
 
-def _subset(resource: dict[str, Any], keep: frozenset[str] | None) -> dict[str, Any]:
-    if keep is None:
-        return resource
-    out = {k: v for k, v in resource.items() if k in keep}
-    meta = dict(out.get("meta") or {})
-    meta["tag"] = [*(meta.get("tag") or []), SUBSETTED]
-    out["meta"] = meta
-    return out
-
-
 def _line(resource: dict[str, Any]) -> str:
     return json.dumps(resource, separators=(",", ":"), ensure_ascii=False)
 
@@ -500,7 +488,7 @@ def _patients(
     rows = session.execute(query).all()
     late = [row[0] for row in rows if (as_utc(row[2]) or txn) > txn]
     as_of = _versions_at(session, late, txn)
-    keep = export.kept_elements("Patient")
+    elements = export.elements_for("Patient")
     lines: list[str] = []
     for golden_id, status, updated, text in rows:
         resource: dict[str, Any] | None = None
@@ -516,11 +504,11 @@ def _patients(
             survivor = survivor_of(session, golden_id)
             if survivor is not None:
                 resource = with_replaced_by(resource, survivor)
-        if resource is None and keep is None and "\n" not in text:
+        if resource is None and not elements and "\n" not in text:
             lines.append(text)
             continue
         resource = resource if resource is not None else json.loads(text)
-        lines.append(_line(_subset(resource, keep)))
+        lines.append(_line(subset(resource, elements)))
     return _Chunk(lines, rows[-1][0] if rows else after, len(rows) < limit)
 
 
@@ -556,7 +544,7 @@ def _versions_at(
 
 def _encounters(session: Session, export: ExportRequest, after: Any, limit: int) -> _Chunk:
     query = (
-        select(Encounter)
+        select(*RENDER_COLUMNS)
         .where(Encounter.golden_id.is_not(None))
         .order_by(Encounter.id)
         .limit(limit)
@@ -567,9 +555,9 @@ def _encounters(session: Session, export: ExportRequest, after: Any, limit: int)
         query = query.where(Encounter.last_updated > export.since)
     if export.patients:
         query = query.where(Encounter.golden_id.in_(export.patients))
-    rows = session.scalars(query).all()
-    keep = export.kept_elements("Encounter")
-    lines = [_line(_subset(render_encounter(row), keep)) for row in rows]
+    rows = session.execute(query).all()
+    elements = export.elements_for("Encounter")
+    lines = [_line(subset(render_encounter(row), elements)) for row in rows]
     return _Chunk(lines, rows[-1].id if rows else after, len(rows) < limit)
 
 

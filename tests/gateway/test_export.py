@@ -23,10 +23,10 @@ from fhir_mapping import search_tokens
 from gateway import GatewayState
 from gateway.auth import TokenService
 from gateway.operations import export as export_ops
+from gateway.operations.bundle import SUBSETTED
 from gateway.operations.export import (
     EXPORT_DEFINITION,
     PATIENT_EXPORT_DEFINITION,
-    SUBSETTED,
     ExportSettings,
     run_export,
 )
