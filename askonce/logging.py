@@ -62,6 +62,10 @@ ALLOWED_EXTRA_KEYS = frozenset(
         "sync_runs",
         "held_by",
         "complete",
+        "export_jobs",
+        # Bulk Data exports: the job's id and its counts
+        "job",
+        "files",
     }
 )
 

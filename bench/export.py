@@ -36,6 +36,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import insert, select, update
 
+from bench.api import synthetic_patient
 from bench.ingest import DEFAULT_PG_ADMIN_URL, database_url, rss_mb
 from gateway import GatewayState, create_app
 from gateway.auth import TokenService
@@ -50,26 +51,14 @@ ENCOUNTERS_PER_PATIENT = 3
 LOAD_CHUNK = 5000
 SECRET = "bench-export-secret-" + "e" * 32
 SCOPES = ["system/Patient.rs", "system/Encounter.rs"]
-FAMILIES = ["Nguyen", "Smith", "García", "Müller", "Okafor", "Tanaka", "Kowalski", "Haddad"]
-GIVENS = ["Anh", "John", "María", "Jürgen", "Chidi", "Yuki", "Anna", "Omar", "Li", "Sara"]
 
 
 def golden(i: int, rng: random.Random, stamp: str) -> dict[str, Any]:
-    golden_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-    return {
-        "resourceType": "Patient",
-        "id": golden_id,
-        "meta": {"versionId": "1", "lastUpdated": stamp},
-        "active": True,
-        "identifier": [{"system": "urn:oid:2.16.840.1.113883.4.1.bench", "value": f"MRN{i:08d}"}],
-        "name": [{"family": rng.choice(FAMILIES), "given": [rng.choice(GIVENS)]}],
-        "gender": rng.choice(["male", "female"]),
-        "birthDate": f"{rng.randint(1930, 2020)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
-        "telecom": [{"system": "phone", "value": f"+1415555{i % 10000:04d}", "use": "mobile"}],
-        "address": [
-            {"line": [f"{i % 900 + 1} Market St"], "city": "San Francisco", "postalCode": "94103"}
-        ],
-    }
+    """bench.api's synthetic golden Patient, with an id and a version."""
+    resource = synthetic_patient(i, rng)
+    resource["id"] = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    resource["meta"] = {"versionId": "1", "lastUpdated": stamp}
+    return resource
 
 
 def load(url: str, patients: int) -> list[str]:

@@ -17,7 +17,7 @@ from fastapi import APIRouter, BackgroundTasks, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from gateway.audit import audited
+from gateway.audit import AuditLog, audited
 from gateway.auth.tokens import Principal
 from gateway.deps import AuditDep, PrincipalDep, SessionDep, StateDep, check_scope
 from gateway.fhir.context import fhir_extra
@@ -86,15 +86,15 @@ def _kickoff(
     request: Request,
     state: GatewayState,
     principal: Principal,
-    audit: Any,
-    session: Any,
+    audit: AuditLog,
     background: BackgroundTasks,
     items: list[tuple[str, str]],
-    *,
     level: str,
-    post: bool,
 ) -> Response:
-    with audited(audit, principal, "export", request, None) as entry:
+    with (
+        audited(audit, principal, "export", request, None) as entry,
+        state.session_factory() as session,
+    ):
         if not _respond_async(request):
             raise OutcomeError(
                 bad_request("A Bulk Data kick-off needs the header Prefer: respond-async.")
@@ -104,7 +104,7 @@ def _kickoff(
             level=level,
             lenient=_lenient(request),
             readable=_readable(principal),
-            post=post,
+            post=request.method == "POST",
         )
         base = state.base_url(request)
         query = request.url.query
@@ -131,126 +131,50 @@ def _kickoff(
     )
 
 
-@router.get(
+def _kickoff_routes(path: str, level: str, resource_type: str, summary: str) -> None:
+    """``GET`` (query parameters) and ``POST`` (a Parameters body) kick-offs at ``path``."""
+
+    async def kickoff(
+        request: Request,
+        state: StateDep,
+        principal: PrincipalDep,
+        audit: AuditDep,
+        background: BackgroundTasks,
+        media: MediaType,
+    ) -> Response:
+        if request.method == "POST":
+            items = parameters_from_body(await read_json_body(request, state.max_body_bytes))
+        else:
+            items = query_items(request)
+        return await run_in_threadpool(
+            _kickoff, request, state, principal, audit, background, items, level
+        )
+
+    for method, body in (("GET", None), ("POST", "Parameters")):
+        router.add_api_route(
+            path,
+            kickoff,
+            methods=[method],
+            name=f"export_{level}_{method.lower()}",
+            status_code=202,
+            summary=summary + (" (Parameters body)" if body else ""),
+            responses=ACCEPTED_RESPONSE,
+            openapi_extra=fhir_extra(resource_type, "operation", "export", body=body),
+        )
+
+
+_kickoff_routes(
     "/$export",
-    status_code=202,
-    summary="Kick off a Bulk Data export of every golden Patient and Encounter",
-    responses=ACCEPTED_RESPONSE,
-    openapi_extra=fhir_extra("system", "operation", "export"),
+    SYSTEM,
+    "system",
+    "Kick off a Bulk Data export of every golden Patient and Encounter",
 )
-def export_system(
-    request: Request,
-    state: StateDep,
-    principal: PrincipalDep,
-    audit: AuditDep,
-    session: SessionDep,
-    background: BackgroundTasks,
-    media: MediaType,
-) -> Response:
-    return _kickoff(
-        request,
-        state,
-        principal,
-        audit,
-        session,
-        background,
-        query_items(request),
-        level=SYSTEM,
-        post=False,
-    )
-
-
-@router.post(
-    "/$export",
-    status_code=202,
-    summary="Kick off a Bulk Data export (Parameters body)",
-    responses=ACCEPTED_RESPONSE,
-    openapi_extra=fhir_extra("system", "operation", "export", body="Parameters"),
-)
-async def export_system_post(
-    request: Request,
-    state: StateDep,
-    principal: PrincipalDep,
-    audit: AuditDep,
-    background: BackgroundTasks,
-    media: MediaType,
-) -> Response:
-    items = parameters_from_body(await read_json_body(request, state.max_body_bytes))
-    return await _run_kickoff(request, state, principal, audit, background, items, SYSTEM)
-
-
-@router.get(
+_kickoff_routes(
     "/Patient/$export",
-    status_code=202,
-    summary="Kick off a Bulk Data export of every Patient and what is in their compartment",
-    responses=ACCEPTED_RESPONSE,
-    openapi_extra=fhir_extra("Patient", "operation", "export"),
+    PATIENT,
+    "Patient",
+    "Kick off a Bulk Data export of every Patient and their compartment (patient filter: POST)",
 )
-def export_patients(
-    request: Request,
-    state: StateDep,
-    principal: PrincipalDep,
-    audit: AuditDep,
-    session: SessionDep,
-    background: BackgroundTasks,
-    media: MediaType,
-) -> Response:
-    return _kickoff(
-        request,
-        state,
-        principal,
-        audit,
-        session,
-        background,
-        query_items(request),
-        level=PATIENT,
-        post=False,
-    )
-
-
-@router.post(
-    "/Patient/$export",
-    status_code=202,
-    summary="Kick off a Patient-level Bulk Data export (Parameters body; patient filter)",
-    responses=ACCEPTED_RESPONSE,
-    openapi_extra=fhir_extra("Patient", "operation", "export", body="Parameters"),
-)
-async def export_patients_post(
-    request: Request,
-    state: StateDep,
-    principal: PrincipalDep,
-    audit: AuditDep,
-    background: BackgroundTasks,
-    media: MediaType,
-) -> Response:
-    items = parameters_from_body(await read_json_body(request, state.max_body_bytes))
-    return await _run_kickoff(request, state, principal, audit, background, items, PATIENT)
-
-
-async def _run_kickoff(
-    request: Request,
-    state: GatewayState,
-    principal: Principal,
-    audit: Any,
-    background: BackgroundTasks,
-    items: list[tuple[str, str]],
-    level: str,
-) -> Response:
-    def work() -> Response:
-        with state.session_factory() as session:
-            return _kickoff(
-                request,
-                state,
-                principal,
-                audit,
-                session,
-                background,
-                items,
-                level=level,
-                post=True,
-            )
-
-    return await run_in_threadpool(work)
 
 
 def _check_types(principal: Principal, types: tuple[str, ...]) -> None:

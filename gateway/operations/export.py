@@ -695,6 +695,31 @@ class ExportReport:
         }
 
 
+def _finish(
+    session: Session,
+    job_id: str,
+    owner: str,
+    now: datetime,
+    settings: ExportSettings,
+    status: str,
+    error: str | None = None,
+) -> None:
+    """End the job ``owner`` holds: completed or failed, kept ``retention_hours``."""
+    session.execute(
+        update(ExportJob)
+        .where(ExportJob.id == job_id, ExportJob.owner == owner)
+        .values(
+            status=status,
+            owner=None,
+            lease_until=None,
+            error=error,
+            finished_at=now,
+            expires_at=now + timedelta(hours=settings.retention_hours),
+        )
+    )
+    session.commit()
+
+
 def run_export(
     session_factory: sessionmaker[Session],
     job_id: str,
@@ -733,19 +758,7 @@ def run_export(
                 if int(job.position.get("step", 0)) >= len(
                     _plan(ExportRequest.from_params(job.params))
                 ):
-                    now = clock()
-                    session.execute(
-                        update(ExportJob)
-                        .where(ExportJob.id == job_id, ExportJob.owner == owner)
-                        .values(
-                            status=COMPLETED,
-                            owner=None,
-                            lease_until=None,
-                            finished_at=now,
-                            expires_at=now + timedelta(hours=settings.retention_hours),
-                        )
-                    )
-                    session.commit()
+                    _finish(session, job_id, owner, clock(), settings, COMPLETED)
                     report.status = COMPLETED
                     log.info(
                         "export completed",
@@ -781,18 +794,7 @@ def run_export(
         # The type only: a database error's text can carry bound values.
         log.error("export failed", extra={"job": job_id, "error": type(exc).__name__})
         with session_factory() as session:
-            now = clock()
-            session.execute(
-                update(ExportJob)
-                .where(ExportJob.id == job_id, ExportJob.owner == owner)
-                .values(
-                    status=FAILED,
-                    owner=None,
-                    error=f"The export failed ({type(exc).__name__}); kick off a new one.",
-                    finished_at=now,
-                    expires_at=now + timedelta(hours=settings.retention_hours),
-                )
-            )
-            session.commit()
+            error = f"The export failed ({type(exc).__name__}); kick off a new one."
+            _finish(session, job_id, owner, clock(), settings, FAILED, error)
         report.status = FAILED
         return report
