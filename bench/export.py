@@ -11,7 +11,8 @@ database, then times, in one process:
 - an export with ``_since`` after 1% of the golden records changed.
 
 The data is loaded by a child process, so that this one's memory is the export's. The
-last line is JSON: ``resources_per_s``, ``export_s``, ``files``, ``mb``,
+last line is JSON: ``resources_per_s``, ``export_s``, ``files``, ``mb`` (the NDJSON),
+``stored_mb`` (the files as kept, gzip-compressed),
 ``download_mb_per_s``, ``since_export_s``, ``since_resources``, ``rss_before_export_mb``,
 ``export_rss_mb`` (the largest resident memory seen during the export) and ``backend``.
 ``export_rss_mb`` stays about the same from 25k to 100k Patients: a file is built,
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from bench.api import synthetic_patient
 from bench.ingest import DEFAULT_PG_ADMIN_URL, database_url, rss_mb
@@ -43,7 +44,7 @@ from gateway.auth import TokenService
 from gateway.operations.export import ExportSettings, run_export
 from store import make_engine, make_session_factory, unit_of_work
 from store.db import stop_checkpointers
-from store.models import Encounter, ExportJob, GoldenPatient, GoldenPatientVersion
+from store.models import Encounter, ExportFile, ExportJob, GoldenPatient, GoldenPatientVersion
 from store.types import utcnow
 
 DEFAULT_PATIENTS = 25_000
@@ -239,6 +240,7 @@ def main() -> None:
                 since_s = time.perf_counter() - started
                 with sessions() as session:
                     done = session.scalars(select(ExportJob.status)).all()
+                    stored = session.scalar(select(func.sum(func.length(ExportFile.content_gzip))))
                 assert done == ["completed", "completed"], done
             engine.dispose()
             stop_checkpointers()
@@ -251,6 +253,7 @@ def main() -> None:
         "export_s": round(export_s, 2),
         "resources_per_s": round(report.resources / export_s, 1),
         "mb": round(size / 1e6, 1),
+        "stored_mb": round((stored or 0) / 1e6, 1),
         "download_mb_per_s": round(size / 1e6 / download_s, 1),
         "since_resources": since_report.resources,
         "since_export_s": round(since_s, 2),

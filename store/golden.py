@@ -19,7 +19,7 @@ from store.bulk import BulkWriter, in_list, one_of, rows_in
 from store.jsontext import json_text
 from store.models import GoldenPatient, GoldenPatientVersion, GoldenSearchToken, new_uuid
 from store.repositories import NotFoundError
-from store.types import utcnow
+from store.types import fhir_instant, utcnow
 
 SearchToken = tuple[str, str | None, str]
 
@@ -54,10 +54,6 @@ _IDS_PER_STATEMENT = 5000
 
 class VersionConflictError(RuntimeError):
     """``If-Match`` named a version that is not the current one."""
-
-
-def _fhir_instant(value: Any) -> str:
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +132,7 @@ class GoldenPatientRepository:
         resource["id"] = golden.id
         meta = dict(resource.get("meta") or {})
         meta["versionId"] = str(version)
-        meta["lastUpdated"] = _fhir_instant(now)
+        meta["lastUpdated"] = fhir_instant(now)
         resource["meta"] = meta
         golden.version = version
         golden.resource = resource
@@ -184,7 +180,7 @@ class GoldenPatientRepository:
             return {}
         bulk = BulkWriter(self.session)
         now = utcnow()
-        instant = _fhir_instant(now)
+        instant = fhir_instant(now)
         stamp = bulk.timestamp(now)
         inserts: list[tuple[Any, ...]] = []
         updates: list[tuple[Any, ...]] = []

@@ -507,7 +507,9 @@ class ExportFile(Base):
     kind: Mapped[str] = mapped_column(String(10))
     resource_type: Mapped[str] = mapped_column(String(40))
     count: Mapped[int] = mapped_column(Integer)
-    content: Mapped[bytes] = mapped_column(LargeBinary)
+    #: The NDJSON, gzip-compressed (level 1: ~9x smaller, ~250 MB/s): served as it is to a
+    #: client that accepts gzip.
+    content_gzip: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class MatchModel(Base):

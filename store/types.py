@@ -55,3 +55,10 @@ def stored_time(value: Any) -> datetime | None:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def fhir_instant(value: datetime | None = None) -> str:
+    """A FHIR ``instant`` (https://hl7.org/fhir/R4/datatypes.html#instant): ``value`` (now
+    when None) in UTC, to the millisecond, with ``Z``."""
+    moment = as_utc(value) or utcnow()
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -70,7 +70,7 @@ from fhir_mapping import InvalidResource, validate_resource
 from store import AuditRepository, unit_of_work
 from store.bulk import BulkWriter, chunks
 from store.models import Consumer, Outbox, Subscription, SubscriptionEvent
-from store.types import utcnow
+from store.types import fhir_instant, utcnow
 from sync.context import TaskContext
 
 log = logging.getLogger(__name__)
@@ -372,7 +372,7 @@ def render_subscription(sub: Subscription) -> dict[str, Any]:
     resource["id"] = sub.id
     resource["meta"] = {
         "profile": [SUBSCRIPTION_PROFILE],
-        "lastUpdated": _instant(sub.updated_at or sub.created_at),
+        "lastUpdated": fhir_instant(sub.updated_at or sub.created_at),
     }
     resource["status"] = sub.status
     if sub.error:
@@ -560,10 +560,6 @@ def fan_out(session: Session, *, limit: int = FAN_OUT_BATCH, now: datetime | Non
 # --- messages --------------------------------------------------------------------------
 
 
-def _instant(value: datetime | None) -> str:
-    return (value or utcnow()).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _focus(event: EventRow) -> tuple[str, str]:
     return event.aggregate_type, event.aggregate_id
 
@@ -596,7 +592,7 @@ def status_parameters(
     for number, event in events:
         parts: list[dict[str, Any]] = [
             {"name": "event-number", "valueString": str(number)},
-            {"name": "timestamp", "valueInstant": _instant(event.created_at)},
+            {"name": "timestamp", "valueInstant": fhir_instant(event.created_at)},
         ]
         if (content or sub.payload_content) != PAYLOAD_EMPTY:
             focus = {"reference": _ref(base, *_focus(event))}
@@ -665,7 +661,7 @@ def notification_bundle(
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
         "type": "history",
-        "timestamp": _instant(utcnow()),
+        "timestamp": fhir_instant(utcnow()),
         "entry": entries,
     }
 
@@ -675,7 +671,7 @@ def webhook_message(event: EventRow) -> dict[str, Any]:
     rtype, rid = _focus(event)
     return {
         "type": event.event_type,
-        "timestamp": _instant(event.created_at),
+        "timestamp": fhir_instant(event.created_at),
         "data": {
             "resourceType": rtype,
             "id": rid,

@@ -1,6 +1,8 @@
 """Bulk Data ``$export`` routes: kick-off, status, files, cancellation.
 
-A thin adapter over :mod:`gateway.operations.export`. The kick-off answers 202 with the
+A thin adapter over :mod:`gateway.operations.export`. Files go out as stored, gzip-encoded,
+to a client that accepts gzip (``Accept-Encoding``), and as plain NDJSON otherwise or for a
+``Range``. The kick-off answers 202 with the
 status URL in ``Content-Location`` and hands the job to a worker after the response
 (:func:`queue_export`: the task queue, a worker in services mode, this process when
 embedded). Every route needs the bearer token of the client that kicked the job off.
@@ -9,6 +11,7 @@ embedded). Every route needs the bearer token of the client that kicked the job 
 from __future__ import annotations
 
 import email.utils
+import gzip
 import re
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +26,7 @@ from gateway.deps import AuditDep, PrincipalDep, SessionDep, StateDep, check_sco
 from gateway.fhir.context import fhir_extra
 from gateway.fhir.http import MediaType, fhir_response, query_items, read_json_body
 from gateway.operations.export import (
+    ERROR,
     NDJSON,
     PATIENT,
     RETRY_AFTER_S,
@@ -37,7 +41,7 @@ from gateway.operations.export import (
     redispatch,
     status_url,
 )
-from gateway.outcomes import OutcomeError, bad_request, issue, operation_outcome
+from gateway.outcomes import OutcomeError, bad_request, issue, operation_outcome, outcome
 from gateway.state import GatewayState
 from store.types import utcnow
 from sync.retention import delete_export
@@ -249,13 +253,28 @@ def export_file(
     with audited(audit, principal, "export-file", request, None, job_id) as entry:
         job = owned_job(session, job_id, principal.client_id)
         row = read_file(session, job, file_id, utcnow())
-        if row.kind != "error":
+        if row.kind != ERROR:
             _check_types(principal, (row.resource_type,))
         entry.update(
             {"file": row.id, "kind": row.kind, "type": row.resource_type, "count": row.count}
         )
-        content = bytes(row.content)
-    return ranged(content, request.headers.get("range"))
+        stored = bytes(row.content_gzip)
+    range_header = request.headers.get("range")
+    if range_header is None and _accepts_gzip(request):
+        return Response(
+            stored,
+            media_type=NDJSON,
+            headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
+        )
+    return ranged(gzip.decompress(stored), range_header)
+
+
+def _accepts_gzip(request: Request) -> bool:
+    for part in request.headers.get("accept-encoding", "").split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "x-gzip", "*"):
+            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
 
 
 _RANGE = re.compile(r"^bytes=(\d{1,19})-(\d{0,19})$")
@@ -263,7 +282,8 @@ _RANGE = re.compile(r"^bytes=(\d{1,19})-(\d{0,19})$")
 
 def ranged(content: bytes, header: str | None) -> Response:
     """The file, or the part a ``Range: bytes=start-[end]`` asks for (RFC 9110 §14): a
-    client that lost its connection resumes where it was. Other ranges get the whole."""
+    client that lost its connection resumes where it was. Other ranges get the whole.
+    Ranges count the NDJSON's own bytes, so a ranged answer is never gzip-encoded."""
     size = len(content)
     match = _RANGE.match(header.strip()) if header else None
     if match is None:
@@ -271,8 +291,13 @@ def ranged(content: bytes, header: str | None) -> Response:
     start = int(match.group(1))
     end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
     if start >= size or end < start:
-        return Response(
-            status_code=416, headers={"Content-Range": f"bytes */{size}"}, media_type=NDJSON
+        raise OutcomeError(
+            outcome(
+                416,
+                "invalid",
+                f"The file has {size} bytes: the range asks for none of them.",
+                headers={"Content-Range": f"bytes */{size}"},
+            )
         )
     return Response(
         content[start : end + 1],

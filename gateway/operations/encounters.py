@@ -31,7 +31,7 @@ from gateway.operations.read import survivor_of
 from gateway.operations.sql import SortColumn, after, date_condition, encode_value, order_by
 from gateway.outcomes import OutcomeError, not_found
 from store.models import Encounter
-from store.types import UTCDateTime, utcnow
+from store.types import UTCDateTime, fhir_instant
 
 #: System of the identifier that carries an encounter's id in its source.
 SOURCE_ID_SYSTEM = "urn:askonce:source:{source_id}:Encounter"
@@ -89,9 +89,7 @@ def render_encounter(row: EncounterRow) -> dict[str, Any]:
     resource["id"] = str(row.id)
     resource["subject"] = {"reference": f"Patient/{row.golden_id}"}
     meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId",)}
-    meta["lastUpdated"] = (
-        (row.last_updated or utcnow()).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
+    meta["lastUpdated"] = fhir_instant(row.last_updated)
     resource["meta"] = meta
     if source_id:
         system = SOURCE_ID_SYSTEM.format(source_id=row.source_id)

@@ -20,7 +20,7 @@ from gateway.operations.paging import decode_cursor, encode_cursor
 from gateway.operations.read import read_patient
 from gateway.outcomes import OutcomeError, bad_request
 from store.models import Encounter, FieldProvenance, SourceRecord
-from store.types import utcnow
+from store.types import fhir_instant
 
 SURVIVORSHIP_POLICY = "urn:askonce:survivorship:{rule}"
 SOURCE_RECORD_SYSTEM = "urn:askonce:source:{source_id}:{resource_type}"
@@ -29,10 +29,6 @@ ASSEMBLER = {
     "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
     "code": "assembler",
 }
-
-
-def _instant(value: Any) -> str:
-    return (value or utcnow()).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def provenance_of(session: Session, golden_id: str, after_record: int) -> list[dict[str, Any]]:
@@ -61,7 +57,7 @@ def provenance_of(session: Session, golden_id: str, after_record: int) -> list[d
             "resourceType": "Provenance",
             "id": f"{golden_id}-{record_id}",
             "target": [{"reference": f"Patient/{golden_id}"}],
-            "recorded": _instant(
+            "recorded": fhir_instant(
                 max((r[0].observed_at for r in group if r[0].observed_at), default=None)
             ),
             "policy": sorted({SURVIVORSHIP_POLICY.format(rule=r[0].rule) for r in group}),

@@ -23,6 +23,7 @@ the ``error`` file instead of claiming a complete list).
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import re
@@ -56,7 +57,7 @@ from store.models import (
     GoldenPatientVersion,
     Outbox,
 )
-from store.types import as_utc, utcnow
+from store.types import as_utc, fhir_instant, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -344,10 +345,6 @@ def create_job(
 # --- status, files, cancellation ------------------------------------------------------
 
 
-def _instant_text(value: datetime) -> str:
-    return (as_utc(value) or value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def owned_job(session: Session, job_id: str, client_id: str) -> ExportJob:
     """The client's job, or 404 (another client's job is not told apart from none)."""
     job = session.get(ExportJob, job_id) if len(job_id) <= 36 else None
@@ -405,7 +402,7 @@ def job_status(session: Session, job: ExportJob, *, base: str, now: datetime) ->
             {"type": resource_type, "url": file_url(base, job.id, file_id), "count": count}
         )
     manifest = {
-        "transactionTime": _instant_text(job.transaction_time),
+        "transactionTime": fhir_instant(job.transaction_time),
         "request": job.request_url,
         "requiresAccessToken": True,
         "output": lists[OUTPUT],
@@ -567,7 +564,7 @@ def _deletion(resource_type: str, resource_id: str, at: datetime) -> str:
         {
             "resourceType": "Bundle",
             "type": "transaction",
-            "meta": {"lastUpdated": _instant_text(at)},
+            "meta": {"lastUpdated": fhir_instant(at)},
             "entry": [{"request": {"method": "DELETE", "url": f"{resource_type}/{resource_id}"}}],
         }
     )
@@ -784,7 +781,9 @@ def run_export(
                             kind=kind,
                             resource_type=resource_type,
                             count=len(lines),
-                            content=("\n".join(lines) + "\n").encode(),
+                            content_gzip=gzip.compress(
+                                ("\n".join(lines) + "\n").encode(), compresslevel=1, mtime=0
+                            ),
                         )
                     )
                     report.files += 1

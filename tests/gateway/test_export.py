@@ -613,16 +613,24 @@ def test_our_bulk_connector_reads_the_export_over_http(
         engine.dispose()
 
 
-def test_a_file_download_resumes_with_a_range(
+def test_a_file_download_is_gzip_encoded_or_resumes_with_a_range(
     client: TestClient, headers: Headers, jobs: Jobs, population: dict[str, Any]
 ) -> None:
     location = kick_off(client, headers, _type="Patient")
     url = manifest_of(client, headers, location)["output"][0]["url"]
-    whole = client.get(url, headers=headers)
+    # Stored gzip-compressed, and sent so to a client that accepts it (httpx does).
+    packed = client.get(url, headers=headers)
+    assert packed.headers["content-encoding"] == "gzip"
+    whole = client.get(url, headers={**headers, "Accept-Encoding": "identity"})
+    assert "content-encoding" not in whole.headers
     assert whole.headers["accept-ranges"] == "bytes"
+    assert whole.content == packed.content
     size = len(whole.content)
     part = client.get(url, headers={**headers, "Range": "bytes=10-"})
     assert part.status_code == 206
     assert part.content == whole.content[10:]
     assert part.headers["content-range"] == f"bytes 10-{size - 1}/{size}"
-    assert client.get(url, headers={**headers, "Range": f"bytes={size}-"}).status_code == 416
+    beyond = client.get(url, headers={**headers, "Range": f"bytes={size}-"})
+    assert beyond.status_code == 416
+    assert beyond.headers["content-range"] == f"bytes */{size}"
+    OperationOutcome.model_validate(beyond.json())

@@ -9,7 +9,8 @@ worker writes its NDJSON files into ``export_file``, one transaction per file to
 with the job's ``position``, so an export interrupted anywhere resumes from its last file;
 the consumer polls the job and downloads the files until ``expires_at``, after which the
 retention job deletes them. The files live in the database, not on a disk, so that the
-API process and the workers (on other machines in services mode) see the same files.
+API process and the workers (on other machines in services mode) see the same files;
+they are kept gzip-compressed (100k Patients and 300k Encounters: ~20 MB instead of 184).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(10), nullable=False),
         sa.Column("resource_type", sa.String(40), nullable=False),
         sa.Column("count", sa.Integer(), nullable=False),
-        sa.Column("content", sa.LargeBinary(), nullable=False),
+        sa.Column("content_gzip", sa.LargeBinary(), nullable=False),
         sa.ForeignKeyConstraint(
             ["job_id"],
             ["export_job.id"],
