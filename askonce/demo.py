@@ -65,7 +65,9 @@ def demo_credentials(runtime: Runtime) -> Credentials:
 def print_demo_access(console: Console, credentials: Credentials, base_url: str) -> None:
     """How to get a token and read the golden records the demo just built."""
     console.print(
-        f"""[bold]Try it[/bold] (demo consumer, scopes: {" ".join(credentials.scopes)})
+        f"""[bold]Steward console[/bold]: {base_url}/console
+  (sign in with the demo consumer's client id and secret, below)
+[bold]Try it[/bold] (demo consumer, scopes: {" ".join(credentials.scopes)})
   TOKEN=$(curl -s -u {credentials.client_id}:{credentials.client_secret} \\
       -d grant_type=client_credentials {base_url}/auth/token | python3 -c \\
       'import json,sys; print(json.load(sys.stdin)["access_token"])')

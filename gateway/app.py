@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from gateway import admin, health, intake, metrics
+from gateway import admin, console, health, intake, metrics
 from gateway.audit import AuditLog
 from gateway.auth.router import router as auth_router
 from gateway.auth.tokens import TokenService
@@ -68,4 +68,5 @@ def create_app(state: GatewayState) -> FastAPI:
     app.include_router(questionnaire.router)
     app.include_router(admin.router)
     app.include_router(intake.router)
+    console.install(app)
     return app

@@ -286,7 +286,7 @@ class PairDecision(Decision):
     record_b_id: int = Field(ge=1, le=MAX_BIGINT)
 
 
-def _decide(
+def decide(
     session: SessionDep, principal: Principal, decision: Decision, **target: Any
 ) -> dict[str, Any]:
     """One steward decision through the mpi engine; it commits with its effects."""
@@ -312,7 +312,7 @@ def decide_review_item(
     session: SessionDep,
     principal: AdminPrincipal,
 ) -> dict[str, Any]:
-    return _decide(session, principal, body, review_item_id=item_id)
+    return decide(session, principal, body, review_item_id=item_id)
 
 
 @router.post(
@@ -322,7 +322,7 @@ def decide_review_item(
 def decide_pair(
     body: PairDecision, session: SessionDep, principal: AdminPrincipal
 ) -> dict[str, Any]:
-    return _decide(session, principal, body, record_ids=(body.record_a_id, body.record_b_id))
+    return decide(session, principal, body, record_ids=(body.record_a_id, body.record_b_id))
 
 
 @router.get("/golden/{golden_id}/links", summary="Links of a golden record and their history")

@@ -50,23 +50,34 @@ class TokenService:
         self._cache: OrderedDict[str, Principal] = OrderedDict()
         self._lock = threading.Lock()
 
-    def issue(self, client_id: str, scopes: list[str], *, now: float | None = None) -> str:
+    def issue(
+        self,
+        client_id: str,
+        scopes: list[str],
+        *,
+        now: float | None = None,
+        audience: str = AUDIENCE,
+        lifetime_s: int | None = None,
+    ) -> str:
+        """A signed token for ``audience``: the API's bearer tokens by default; the steward
+        console's session cookie has an audience of its own, so neither works as the other."""
         issued = int(now if now is not None else time.time())
         claims = {
             "iss": ISSUER,
-            "aud": AUDIENCE,
+            "aud": audience,
             "sub": client_id,
             "scope": " ".join(scopes),
             "iat": issued,
-            "exp": issued + self.lifetime_s,
+            "exp": issued + (lifetime_s if lifetime_s is not None else self.lifetime_s),
             "jti": secrets.token_hex(8),
         }
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
-    def verify(self, token: str) -> Principal:
+    def verify(self, token: str, *, audience: str = AUDIENCE) -> Principal:
         now = time.time()
+        key = token if audience == AUDIENCE else f"{audience} {token}"
         with self._lock:
-            cached = self._cache.get(token)
+            cached = self._cache.get(key)
         if cached is not None and cached.expires_at > now:
             return cached
         try:
@@ -74,7 +85,7 @@ class TokenService:
                 token,
                 self._secret,
                 algorithms=[ALGORITHM],
-                audience=AUDIENCE,
+                audience=audience,
                 issuer=ISSUER,
                 leeway=LEEWAY_S,
                 options={"require": ["exp", "iat", "sub", "aud", "iss"]},
@@ -84,7 +95,7 @@ class TokenService:
             raise InvalidTokenError(type(exc).__name__) from exc
         principal = Principal(str(claims["sub"]), scopes, float(claims["exp"]))
         with self._lock:
-            self._cache[token] = principal
+            self._cache[key] = principal
             if len(self._cache) > VERIFIED_CACHE_SIZE:
                 self._cache.popitem(last=False)
         return principal
