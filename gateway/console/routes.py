@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -48,6 +49,7 @@ from gateway.operations.search_patient import search_patients
 from gateway.outcomes import OutcomeError
 from mpi import review_item_dict
 from store.models import GoldenPatient, ReviewItem, Source
+from store.types import as_utc
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 HERE = Path(__file__).resolve().parent
@@ -73,6 +75,30 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 SEARCH_FIELDS = ("family", "given", "birthdate", "identifier", "phone", "email")
+
+
+def when(value: Any) -> str:
+    """A timestamp (a datetime, or ISO text) as ``2026-11-24 09:30 UTC``; "" for none."""
+    if not value:
+        return ""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return (as_utc(moment) or moment).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def reasons(error: Any) -> str:
+    """A quarantined record's error (``{"issues": [{"path", "reason"}]}``) as one line."""
+    if isinstance(error, dict) and isinstance(error.get("issues"), list):
+        parts = [
+            f"{i.get('path') or '(resource)'}: {i.get('reason', '')}"
+            for i in error["issues"]
+            if isinstance(i, dict)
+        ]
+        return "; ".join(parts)
+    return str(error or "")
+
+
+templates.env.filters["when"] = when
+templates.env.filters["reasons"] = reasons
 
 
 class LoginRequired(Exception):
@@ -209,7 +235,8 @@ def dashboard(request: Request, session: SessionDep) -> HTMLResponse:
     principal = steward(request)
     counts = dashboard_counts(session)
     sources = list_sources(session)
-    return page(request, "dashboard.html", {"counts": counts, "sources": sources}, principal)
+    values = {"counts": counts, "sources": sources, "quarantined": counts["quarantined"]}
+    return page(request, "dashboard.html", values, principal)
 
 
 @router.get("/review", response_class=HTMLResponse)
