@@ -353,7 +353,14 @@ def review_decision(
 
 
 @router.get("/golden/{golden_id}", response_class=HTMLResponse)
-def golden(golden_id: str, request: Request, session: SessionDep, audit: AuditDep) -> HTMLResponse:
+def golden(
+    golden_id: str,
+    request: Request,
+    session: SessionDep,
+    audit: AuditDep,
+    split: int | None = None,
+    to: str | None = None,
+) -> HTMLResponse:
     principal = steward(request)
     with audited(audit, principal, "console-golden", request, "Patient", golden_id[:64]) as entry:
         row = session.get(GoldenPatient, golden_id) if len(golden_id) <= 36 else None
@@ -375,9 +382,57 @@ def golden(golden_id: str, request: Request, session: SessionDep, audit: AuditDe
             "links": links["links"],
             "history": links["history"],
             "source_names": names,
+            "split": split,
+            "split_to": to if to and len(to) <= 36 else None,
         },
         principal,
     )
+
+
+@router.post("/golden/{golden_id}/split")
+def split(
+    golden_id: str,
+    request: Request,
+    session: SessionDep,
+    record_id: Annotated[int, Form(ge=1, lt=2**63)],
+    csrf: Annotated[str, Form()] = "",
+    note: Annotated[str, Form(max_length=1000)] = "",
+) -> Response:
+    """ "Not the same person": the record leaves this golden record for one of its own,
+    kept apart for good from the record the golden record was built on (a no-match pair
+    decision, as ``POST /admin/decisions`` makes)."""
+    principal = steward(request)
+    if not _csrf_ok(request, csrf):
+        return _expired_form(request, principal)
+    members = [
+        link["source_record_id"]
+        for link in links_of(session, golden_id[:36])["links"]
+        if link["resource_type"] == "Patient"
+    ]
+    anchor = next((m for m in members if m != record_id), None)
+    if record_id not in members or anchor is None:
+        detail = "Only a record linked to this golden record, with others, can be split off."
+        return page(
+            request, "missing.html", {"what": "This split", "detail": detail}, principal, status=409
+        )
+    try:
+        result = decide(
+            session,
+            principal,
+            Decision(decision="no-match", note=note.strip() or None),
+            record_ids=(anchor, record_id),
+        )
+    except OutcomeError as exc:
+        detail = exc.outcome.diagnostics
+        return page(
+            request,
+            "missing.html",
+            {"what": "This split", "detail": detail},
+            principal,
+            status=exc.status,
+        )
+    target = f"/console/golden/{golden_id}?split={record_id}&to={result.get('golden_id', '')}"
+    return RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
 
 
 @router.get("/search", response_class=HTMLResponse)

@@ -261,3 +261,33 @@ def test_sign_out_and_renewal(client: TestClient, world: dict[str, Any]) -> None
     assert out.status_code == 303 and out.headers["location"] == "/console/login"
     assert COOKIE not in client.cookies
     assert client.get("/console/console.css").headers["content-type"].startswith("text/css")
+
+
+def test_a_record_is_split_off_a_golden_record(
+    client: TestClient, world: dict[str, Any], session_factory: sessionmaker[Session]
+) -> None:
+    with session_factory() as session:
+        (twin,) = ingest(session, "ehr-c", [{**ADA, "id": "a2"}])
+    golden_id = world["ada"].golden_id
+    assert twin.golden_id == golden_id  # the same person in another EHR: linked
+    sign_in(client, world["steward"])
+    page = client.get(f"/console/golden/{golden_id}")
+    assert page.text.count("Not this person") == 2
+    token = csrf_of(page.text)
+    url = f"/console/golden/{golden_id}/split"
+    assert (
+        client.post(url, data={"record_id": twin.source_record_id, "csrf": "x"}).status_code == 403
+    )
+    split = client.post(
+        url, data={"record_id": twin.source_record_id, "csrf": token}, follow_redirects=False
+    )
+    assert split.status_code == 303
+    with session_factory() as session:
+        now = session.scalar(
+            select(Link.golden_id).where(Link.source_record_id == twin.source_record_id)
+        )
+    assert now is not None and now != golden_id
+    assert f"golden record {now}" in client.get(split.headers["location"]).text
+    # A record that is not linked here, or the last one left, cannot be split off.
+    lone = client.post(url, data={"record_id": world["ada"].source_record_id, "csrf": token})
+    assert lone.status_code == 409
