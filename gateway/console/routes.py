@@ -38,6 +38,7 @@ from gateway.auth.scopes import ScopeSet
 from gateway.auth.tokens import InvalidTokenError, Principal, TokenService
 from gateway.console.views import (
     dashboard_counts,
+    disagreements,
     evidence_rows,
     golden_view,
     person_view,
@@ -304,6 +305,7 @@ def review_item(
         closest = (item.evidence or {}).get("record_id")
         member = record_view(session, closest, "Its closest record") if closest else None
         comparisons, notes = evidence_rows(item.evidence)
+        differs = disagreements(left, right)
         entry["ids"] = [g for g in (item.golden_id, item.other_golden_id) if g]
     return page(
         request,
@@ -313,6 +315,7 @@ def review_item(
             "left": left,
             "right": right,
             "member": member,
+            "differs": differs,
             "comparisons": comparisons,
             "notes": notes,
             "error": None,

@@ -101,6 +101,39 @@ def golden_view(session: Session, golden_id: str | None, title: str) -> PersonVi
     )
 
 
+#: The fields a side-by-side comparison marks where the two people disagree.
+COMPARED = ("names", "birth_date", "gender", "identifiers", "telecom", "addresses")
+
+
+def disagreements(left: PersonView, right: PersonView) -> set[str]:
+    """The fields both people have and share no value of (case and spacing ignored)."""
+
+    def values(view: PersonView, name: str) -> set[str]:
+        raw = getattr(view, name)
+        items = raw if isinstance(raw, list) else [raw]
+        return {" ".join(str(v).casefold().split()) for v in items if v}
+
+    def by_system(view: PersonView) -> dict[str, set[str]]:
+        systems: dict[str, set[str]] = {}
+        for text in values(view, "identifiers"):
+            system, _, value = text.rpartition(" | ")
+            systems.setdefault(system, set()).add(value)
+        return systems
+
+    out = set()
+    for name in COMPARED:
+        a, b = values(left, name), values(right, name)
+        if a and b and not a & b:
+            out.add(name)
+    # Two EHRs' record numbers always differ: identifiers disagree only where one
+    # system (an SSN, a shared MRN) has different values on each side.
+    a_ids, b_ids = by_system(left), by_system(right)
+    out.discard("identifiers")
+    if any(not a_ids[s] & b_ids[s] for s in a_ids.keys() & b_ids.keys()):
+        out.add("identifiers")
+    return out
+
+
 @dataclass
 class Comparison:
     name: str

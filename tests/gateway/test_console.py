@@ -14,7 +14,7 @@ from gateway.auth import TokenService, register_consumer
 from gateway.console.routes import CONSOLE_AUDIENCE, COOKIE, SESSION_S
 from store.models import Audit, Link, ReviewItem, Source, SourceRecord
 from tests.gateway.conftest import SECRET
-from tests.gateway.test_mpi_wiring import ADA, MEI, ingest, person
+from tests.gateway.test_mpi_wiring import ADA, MEI, SSN, ingest, person
 
 EVIL = person("x1", "<script>alert(1)</script>", "Eve", "1970-01-01", "111-22-3333", "4155550000")
 
@@ -291,3 +291,18 @@ def test_a_record_is_split_off_a_golden_record(
     # A record that is not linked here, or the last one left, cannot be split off.
     lone = client.post(url, data={"record_id": world["ada"].source_record_id, "csrf": token})
     assert lone.status_code == 409
+
+
+def test_what_two_people_disagree_on_is_marked() -> None:
+    from gateway.console.views import disagreements, person_view
+
+    a = person_view(ADA, "a")
+    b = person_view({**ADA, "birthDate": "1984-06-20", "telecom": []}, "b")
+    c = person_view({**ADA, "name": [{"family": "OYELARAN", "given": ["adaeze"]}]}, "c")
+    assert disagreements(a, b) == {"birth_date"}  # a missing phone is no disagreement
+    assert disagreements(a, c) == set()  # case is not a difference
+    other_ehr = {"system": "urn:ehr-b:mrn", "value": "B-1"}
+    d = person_view({**ADA, "identifier": [other_ehr]}, "d")
+    assert disagreements(a, d) == set()  # no system in common: nothing to disagree on
+    e = person_view({**ADA, "identifier": [{"system": SSN, "value": "999-99-9999"}]}, "e")
+    assert disagreements(a, e) == {"identifiers"}
