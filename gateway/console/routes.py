@@ -286,7 +286,12 @@ def _golden_names(session: Session, golden_ids: list[str | None]) -> dict[str, s
 
 @router.get("/review/{item_id}", response_class=HTMLResponse)
 def review_item(
-    item_id: int, request: Request, session: SessionDep, audit: AuditDep
+    item_id: int,
+    request: Request,
+    session: SessionDep,
+    audit: AuditDep,
+    decided: int | None = None,
+    outcome: str | None = None,
 ) -> HTMLResponse:
     principal = steward(request)
     with audited(audit, principal, "console-review", request, "ReviewItem", str(item_id)) as entry:
@@ -316,6 +321,8 @@ def review_item(
             "right": right,
             "member": member,
             "differs": differs,
+            "decided": decided,
+            "outcome": outcome if outcome in ("match", "no-match") else None,
             "comparisons": comparisons,
             "notes": notes,
             "error": None,
@@ -351,7 +358,15 @@ def review_decision(
             principal,
             status=exc.status,
         )
-    target = f"/console/review?decided={item_id}&outcome={decision}"
+    # On to the next open item, as a steward works down the queue.
+    following = session.scalar(
+        select(ReviewItem.id)
+        .where(ReviewItem.status == "open", ReviewItem.id > item_id)
+        .order_by(ReviewItem.id)
+        .limit(1)
+    )
+    where = f"/console/review/{following}" if following else "/console/review"
+    target = f"{where}?decided={item_id}&outcome={decision}"
     return RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
 
 

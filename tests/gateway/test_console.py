@@ -180,8 +180,9 @@ def test_a_decision_needs_the_form_token_and_goes_through_the_engine(
         follow_redirects=False,
     )
     assert kept_apart.status_code == 303
+    # On to the next open item.
     assert kept_apart.headers["location"] == (
-        f"/console/review?decided={world['item']}&outcome=no-match"
+        f"/console/review/{world['other']}?decided={world['item']}&outcome=no-match"
     )
     assert "decided <strong>no-match</strong>" in client.get(kept_apart.headers["location"]).text
     joined = client.post(
@@ -190,6 +191,8 @@ def test_a_decision_needs_the_form_token_and_goes_through_the_engine(
         follow_redirects=False,
     )
     assert joined.status_code == 303
+    # The last open item: back to the queue.
+    assert joined.headers["location"].startswith("/console/review?decided=")
     with session_factory() as session:
         item = session.get(ReviewItem, world["item"])
         assert item is not None and item.status == "resolved"
