@@ -4,8 +4,9 @@ A data steward signs in with the credentials of a consumer that has ``askonce.ad
 (``askonce consumers add NAME --kind steward --scopes askonce.admin``). The session is a
 signed token in an ``HttpOnly``, ``SameSite=Strict`` cookie whose audience is the
 console's own, so it is no bearer token for the API (nor the reverse); it is renewed
-while the steward works and ends after :data:`SESSION_S` idle. Every form carries a
-token derived from the session (:func:`csrf_token`), checked on each POST.
+while the steward works and ends after :data:`SESSION_S` idle, or at the next page once
+the consumer is deactivated or loses ``askonce.admin``. Every form carries a token only
+the server can derive (:func:`csrf_token`), checked on each POST.
 
 Pages: the dashboard, the review queue and each item side by side with the match
 evidence (decided through the same :func:`gateway.admin.routes.decide` as the API), a
@@ -34,7 +35,7 @@ from gateway.admin.queries import links_of, list_quarantine, list_review, list_s
 from gateway.admin.routes import Decision, decide
 from gateway.audit import audited
 from gateway.auth.consumers import authenticate_client
-from gateway.auth.scopes import ScopeSet
+from gateway.auth.scopes import ADMIN_SCOPE, ScopeSet
 from gateway.auth.tokens import InvalidTokenError, Principal, TokenService
 from gateway.console.views import (
     dashboard_counts,
@@ -49,7 +50,7 @@ from gateway.fhir.context import search_context
 from gateway.operations.search_patient import search_patients
 from gateway.outcomes import OutcomeError
 from mpi import review_item_dict
-from store.models import GoldenPatient, ReviewItem, Source
+from store.models import Consumer, GoldenPatient, ReviewItem, Source
 from store.types import as_utc
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -126,18 +127,29 @@ def steward(request: Request) -> Principal:
         raise LoginRequired from exc
     if not principal.scopes.admin:
         raise LoginRequired
+    # A consumer deactivated, or no longer a steward, is signed out at its next page.
+    state = request.app.state.askonce
+    with state.session_factory() as session:
+        row = session.execute(
+            select(Consumer.active, Consumer.scopes).where(
+                Consumer.client_id == principal.client_id
+            )
+        ).first()
+    if row is None or not row.active or ADMIN_SCOPE not in (row.scopes or []):
+        raise LoginRequired
     return principal
 
 
-def csrf_token(request: Request) -> str:
-    """Bound to the session cookie: a form from another session (or site) fails."""
+def csrf_token(request: Request, principal: Principal) -> str:
+    """The form token of ``principal``'s pages: a page of another site cannot know it
+    (it needs the server's secret), and it survives the session's renewals."""
     secret = request.app.state.askonce.secret_key.encode()
-    cookie = request.cookies.get(COOKIE, "")
-    return hmac.new(secret, b"csrf:" + cookie.encode(), hashlib.sha256).hexdigest()[:40]
+    message = b"console-csrf:" + principal.client_id.encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:40]
 
 
-def _csrf_ok(request: Request, sent: str) -> bool:
-    return hmac.compare_digest(csrf_token(request), sent)
+def _csrf_ok(request: Request, principal: Principal, sent: str) -> bool:
+    return hmac.compare_digest(csrf_token(request, principal), sent)
 
 
 def _expired_form(request: Request, principal: Principal) -> HTMLResponse:
@@ -174,7 +186,11 @@ def page(
     status: int = 200,
 ) -> HTMLResponse:
     """A template rendered with the console's headers; the session renewed when due."""
-    values = {"steward": principal, "csrf": csrf_token(request) if principal else "", **context}
+    values = {
+        "steward": principal,
+        "csrf": csrf_token(request, principal) if principal else "",
+        **context,
+    }
     response = templates.TemplateResponse(
         request, name, values, status_code=status, headers=SECURITY_HEADERS
     )
@@ -207,7 +223,7 @@ def login(
         return page(
             request, "login.html", {"error": "Unknown client id or wrong secret."}, None, status=401
         )
-    if "askonce.admin" not in (consumer.scopes or []):
+    if ADMIN_SCOPE not in (consumer.scopes or []):
         return page(
             request,
             "login.html",
@@ -224,7 +240,7 @@ def login(
 @router.post("/logout")
 def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
     principal = steward(request)
-    if not _csrf_ok(request, csrf):
+    if not _csrf_ok(request, principal, csrf):
         return _expired_form(request, principal)
     response = RedirectResponse("/console/login", status_code=303, headers=SECURITY_HEADERS)
     response.delete_cookie(COOKIE, path="/console")
@@ -341,7 +357,7 @@ def review_decision(
     note: Annotated[str, Form(max_length=1000)] = "",
 ) -> Response:
     principal = steward(request)
-    if not _csrf_ok(request, csrf):
+    if not _csrf_ok(request, principal, csrf):
         return _expired_form(request, principal)
     try:
         decide(
@@ -420,7 +436,7 @@ def split(
     kept apart for good from the record the golden record was built on (a no-match pair
     decision, as ``POST /admin/decisions`` makes)."""
     principal = steward(request)
-    if not _csrf_ok(request, csrf):
+    if not _csrf_ok(request, principal, csrf):
         return _expired_form(request, principal)
     members = [
         link["source_record_id"]

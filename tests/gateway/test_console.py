@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.auth import TokenService, register_consumer
 from gateway.console.routes import CONSOLE_AUDIENCE, COOKIE, SESSION_S
-from store.models import Audit, Link, ReviewItem, Source, SourceRecord
+from store.models import Audit, Consumer, Link, ReviewItem, Source, SourceRecord
 from tests.gateway.conftest import SECRET
 from tests.gateway.test_mpi_wiring import ADA, MEI, SSN, ingest, person
 
@@ -309,3 +309,30 @@ def test_what_two_people_disagree_on_is_marked() -> None:
     assert disagreements(a, d) == set()  # no system in common: nothing to disagree on
     e = person_view({**ADA, "identifier": [{"system": SSN, "value": "999-99-9999"}]}, "e")
     assert disagreements(a, e) == {"identifiers"}
+
+
+def test_a_deactivated_steward_is_signed_out_and_renewal_keeps_the_forms(
+    client: TestClient, world: dict[str, Any], session_factory: sessionmaker[Session]
+) -> None:
+    near_end = TokenService(SECRET).issue(
+        world["steward"].client_id, ["askonce.admin"], audience=CONSOLE_AUDIENCE, lifetime_s=60
+    )
+    client.cookies.set(COOKIE, near_end, domain="testserver.local", path="/console")
+    page = client.get(f"/console/review/{world['item']}")
+    assert f"Max-Age={SESSION_S}" in page.headers["set-cookie"]  # renewed
+    token = csrf_of(page.text)
+    decided = client.post(
+        f"/console/review/{world['item']}/decision",
+        data={"decision": "no-match", "csrf": token},
+        follow_redirects=False,
+    )
+    assert decided.status_code == 303  # the form rendered before the renewal still works
+    with session_factory() as session:
+        session.execute(
+            update(Consumer)
+            .where(Consumer.client_id == world["steward"].client_id)
+            .values(active=False)
+        )
+        session.commit()
+    gone = client.get("/console", follow_redirects=False)
+    assert gone.status_code == 303 and gone.headers["location"] == "/console/login"
