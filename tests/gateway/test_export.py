@@ -30,7 +30,7 @@ from gateway.operations.export import (
     ExportSettings,
     run_export,
 )
-from store import make_engine
+from store import make_engine, make_session_factory
 from store.golden import GoldenPatientRepository
 from store.models import Audit, ExportFile, ExportJob, SourceRecord
 from store.types import utcnow
@@ -117,6 +117,12 @@ def exported(
                 VALIDATORS[item["type"]].model_validate(resource)
         out.setdefault(item["type"], []).extend(resources)
     return out
+
+
+def rows(session_factory: sessionmaker[Session], model: Any) -> int:
+    """How many rows ``model``'s table holds."""
+    with session_factory() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
 
 @pytest.fixture
@@ -339,8 +345,7 @@ def test_an_interrupted_export_resumes_from_its_last_file_without_loss_or_double
     with pytest.raises(KeyboardInterrupt):
         jobs.run(job_id)
     monkeypatch.setattr(export_ops, "next_file", real_next)
-    with session_factory() as session:
-        assert session.scalar(select(func.count()).select_from(ExportFile)) == 2
+    assert rows(session_factory, ExportFile) == 2
     # The dead worker's lease still holds: the poll waits, and nothing else takes the job.
     assert client.get(location, headers=headers).status_code == 202
     assert not jobs.run(job_id).claimed
@@ -369,8 +374,7 @@ def test_a_deleted_job_answers_404_and_its_worker_stops(
     assert client.get(location, headers=headers).status_code == 404
     assert client.get(file_url, headers=headers).status_code == 404
     assert client.delete(location, headers=headers).status_code == 404
-    with session_factory() as session:
-        assert session.scalar(select(func.count()).select_from(ExportFile)) == 0
+    assert rows(session_factory, ExportFile) == 0
     # Deleted while a worker holds it: the worker's next file finds it gone.
     jobs.hold = True
     running = kick_off(client, headers)
@@ -385,9 +389,7 @@ def test_a_deleted_job_answers_404_and_its_worker_stops(
         patch.setattr(export_ops, "next_file", delete_midway)
         report = jobs.run(job_id)
     assert report.claimed and report.status == "lost"
-    with session_factory() as session:
-        assert session.scalar(select(func.count()).select_from(ExportJob)) == 0
-        assert session.scalar(select(func.count()).select_from(ExportFile)) == 0
+    assert rows(session_factory, ExportJob) == rows(session_factory, ExportFile) == 0
 
 
 def test_only_the_client_that_kicked_off_sees_the_job(
@@ -466,8 +468,7 @@ def test_a_bad_kick_off_is_an_operation_outcome(
     assert response.status_code == status, response.text
     outcome = OperationOutcome.model_validate(response.json())
     assert outcome.issue[0].code == code
-    with session_factory() as session:
-        assert session.scalar(select(func.count()).select_from(ExportJob)) == 0
+    assert rows(session_factory, ExportJob) == 0
 
 
 def test_a_lenient_kick_off_ignores_what_it_cannot_do_and_says_so(
@@ -545,7 +546,7 @@ def test_a_failed_export_answers_500_and_an_expired_one_404_then_is_pruned(
     with session_factory() as session:
         assert prune_exports(session, utcnow()) == 2
         session.commit()
-        assert session.scalar(select(func.count()).select_from(ExportFile)) == 0
+    assert rows(session_factory, ExportFile) == 0
 
 
 def test_kick_offs_and_downloads_are_audited_without_patient_data(
@@ -607,8 +608,7 @@ def test_our_bulk_connector_reads_the_export_over_http(
     # The connector deletes each job once read: nothing is left on the server.
     engine = make_engine(pg_url)
     try:
-        with engine.connect() as conn:
-            assert conn.execute(select(func.count()).select_from(ExportJob)).scalar() == 0
+        assert rows(make_session_factory(engine), ExportJob) == 0
     finally:
         engine.dispose()
 
