@@ -131,12 +131,13 @@ def steward(request: Request) -> Principal:
     state = request.app.state.askonce
     with state.session_factory() as session:
         row = session.execute(
-            select(Consumer.active, Consumer.scopes).where(
+            select(Consumer.active, Consumer.scopes, Consumer.name).where(
                 Consumer.client_id == principal.client_id
             )
         ).first()
     if row is None or not row.active or ADMIN_SCOPE not in (row.scopes or []):
         raise LoginRequired
+    request.state.steward_name = row.name
     return principal
 
 
@@ -188,6 +189,7 @@ def page(
     """A template rendered with the console's headers; the session renewed when due."""
     values = {
         "steward": principal,
+        "steward_name": getattr(request.state, "steward_name", None),
         "csrf": csrf_token(request, principal) if principal else "",
         **context,
     }

@@ -138,6 +138,7 @@ def test_the_dashboard_and_the_queue(client: TestClient, world: dict[str, Any]) 
     assert home.status_code == 200
     assert "2</strong> open review items" in home.text
     assert "ehr-a" in home.text and "ehr-b" in home.text
+    assert '<span class="who" title="' in home.text and ">steward</span>" in home.text
     queue = client.get("/console/review")
     assert f'href="/console/review/{world["item"]}"' in queue.text
     assert "Oyelaran" in queue.text  # the candidate golden record's name
