@@ -40,6 +40,7 @@ from gateway.operations.export import (
     read_file,
     redispatch,
     status_url,
+    type_filter,
 )
 from gateway.outcomes import OutcomeError, bad_request, issue, operation_outcome, outcome
 from gateway.state import GatewayState
@@ -110,6 +111,8 @@ def _kickoff(
             readable=_readable(principal),
             post=request.method == "POST",
         )
+        for resource_type in export.types:
+            type_filter(session, export, resource_type)  # 400 now, not a failed job later
         base = state.base_url(request)
         query = request.url.query
         request_url = f"{base}{request.url.path}" + (f"?{query}" if query else "")

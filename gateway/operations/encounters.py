@@ -21,6 +21,7 @@ from gateway.operations.paging import decode_cursor, encode_cursor
 from gateway.operations.params import (
     DateRange,
     SearchRequest,
+    criteria_only,
     fail,
     parse_date,
     parse_search,
@@ -172,6 +173,19 @@ def _criterion(session: Session, name: str, raw: str) -> ColumnElement[bool]:
     if name == "status":
         return _code_condition(Encounter.status, name, raw)
     return _code_condition(Encounter.class_code, name, raw)
+
+
+def encounter_filter(session: Session, items: Sequence[tuple[str, str]]) -> ColumnElement[bool]:
+    """The Encounters an Encounter search with these criteria finds, as a condition on the
+    ``encounter`` table; 400 on an unknown or invalid parameter."""
+    criteria_only(items, "_typeFilter")
+    request = parse_search(
+        items, SUPPORTED, sortable=SORTABLE, strict=True, default_count=1, max_count=1
+    )
+    return and_(
+        Encounter.golden_id.is_not(None),
+        *(_criterion(session, name, raw) for name, _mod, raw in request.criteria),
+    )
 
 
 def search_encounters(

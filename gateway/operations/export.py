@@ -32,13 +32,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl
 
-from sqlalchemy import Text, cast, func, select, update
+from sqlalchemy import ColumnElement, Text, cast, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.operations.bundle import subset
-from gateway.operations.encounters import RENDER_COLUMNS, render_encounter
+from gateway.operations.encounters import RENDER_COLUMNS, encounter_filter, render_encounter
 from gateway.operations.read import ACTIVE, DELETED, MERGED, survivor_of, with_replaced_by
+from gateway.operations.search_patient import patient_filter
 from gateway.outcomes import (
     Outcome,
     OutcomeError,
@@ -92,7 +94,12 @@ _ELEMENT = re.compile(r"^(?:(?P<type>[A-Z][A-Za-z]+)\.)?(?P<name>[a-z][A-Za-z0-9
 _PATIENT_REF = re.compile(r"^(?:.*/)?Patient/(?P<id>[A-Za-z0-9\-.]{1,64})$")
 #: Kick-off parameters this server does not support; asked for, they are a 400, or
 #: ignored (with a note in the error file) under ``Prefer: handling=lenient``.
-_UNSUPPORTED = frozenset({"_typeFilter", "includeAssociatedData"})
+_UNSUPPORTED = frozenset({"includeAssociatedData"})
+KICKOFF_PARAMETERS = frozenset(
+    {"_outputFormat", "_since", "_type", "_elements", "patient", "_typeFilter"}
+)
+#: ``_typeFilter`` queries in one kick-off at most.
+MAX_TYPE_FILTERS = 20
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,8 @@ class ExportRequest:
     patients: tuple[str, ...] = ()
     #: What a lenient kick-off ignored, told in the error file.
     ignored: tuple[str, ...] = ()
+    #: ``_typeFilter``: (type, search query) pairs; a type's queries are ORed.
+    type_filters: tuple[tuple[str, str], ...] = ()
 
     def as_params(self) -> dict[str, Any]:
         return {
@@ -116,6 +125,7 @@ class ExportRequest:
             "elements": list(self.elements),
             "patients": list(self.patients),
             "ignored": list(self.ignored),
+            "type_filters": [list(pair) for pair in self.type_filters],
         }
 
     @classmethod
@@ -128,7 +138,16 @@ class ExportRequest:
             elements=tuple(params.get("elements") or ()),
             patients=tuple(params.get("patients") or ()),
             ignored=tuple(params.get("ignored") or ()),
+            type_filters=tuple((t, q) for t, q in params.get("type_filters") or ()),
         )
+
+    def filters_for(self, resource_type: str) -> list[list[tuple[str, str]]]:
+        """The ``_typeFilter`` queries of a type, each as its (name, value) pairs."""
+        return [
+            parse_qsl(query, keep_blank_values=True)
+            for t, query in self.type_filters
+            if t == resource_type
+        ]
 
     def elements_for(self, resource_type: str) -> tuple[str, ...]:
         """The root elements ``_elements`` keeps of this type (with the type's mandatory
@@ -228,7 +247,14 @@ def parse_kickoff(
     for name in by_name:
         if name in _UNSUPPORTED:
             unsupported(f"{name} is not supported.", name)
-        elif name not in ("_outputFormat", "_since", "_type", "_elements", "patient"):
+        elif name not in (
+            "_outputFormat",
+            "_since",
+            "_type",
+            "_elements",
+            "patient",
+            "_typeFilter",
+        ):
             unsupported(f"{name} is not a Bulk Data kick-off parameter.", name)
     for name in ("_outputFormat", "_since"):
         if len(by_name.get(name, [])) > 1:
@@ -274,6 +300,22 @@ def parse_kickoff(
                 bad_request("_elements takes root elements: name or Type.name.", "_elements")
             )
 
+    type_filters: list[tuple[str, str]] = []
+    for entry in _split(by_name.get("_typeFilter", [])):
+        resource_type, mark, query = entry.partition("?")
+        if not mark or not query:
+            raise OutcomeError(bad_request("_typeFilter takes Type?search-query.", "_typeFilter"))
+        if resource_type not in EXPORT_TYPES:
+            unsupported(
+                f"_typeFilter on {resource_type[:MAX_NAME]} (not held here).", "_typeFilter"
+            )
+        elif resource_type in types:
+            type_filters.append((resource_type, query))
+    if len(type_filters) > MAX_TYPE_FILTERS:
+        raise OutcomeError(
+            bad_request(f"At most {MAX_TYPE_FILTERS} _typeFilter queries.", "_typeFilter")
+        )
+
     patients: list[str] = []
     if "patient" in by_name:
         if level != PATIENT:
@@ -300,7 +342,21 @@ def parse_kickoff(
         elements=tuple(elements),
         patients=tuple(patients),
         ignored=tuple(ignored),
+        type_filters=tuple(type_filters),
     )
+
+
+def type_filter(
+    session: Session, export: ExportRequest, resource_type: str
+) -> ColumnElement[bool] | None:
+    """What ``_typeFilter`` lets through of a type (its queries ORed), or None for all.
+    Each query is the type's own search (strict): 400 on an unknown or invalid one."""
+    queries = export.filters_for(resource_type)
+    if not queries:
+        return None
+    if resource_type == "Patient":
+        return or_(*(patient_filter(items) for items in queries))
+    return or_(*(encounter_filter(session, items) for items in queries))
 
 
 def create_job(
@@ -482,6 +538,9 @@ def _patients(
         query = query.where(GoldenPatient.last_updated > export.since)
     if export.patients:
         query = query.where(GoldenPatient.id.in_(export.patients))
+    wanted = type_filter(session, export, "Patient")
+    if wanted is not None:
+        query = query.where(wanted)
     rows = session.execute(query).all()
     late = [row[0] for row in rows if (as_utc(row[2]) or txn) > txn]
     as_of = _versions_at(session, late, txn)
@@ -552,6 +611,9 @@ def _encounters(session: Session, export: ExportRequest, after: Any, limit: int)
         query = query.where(Encounter.last_updated > export.since)
     if export.patients:
         query = query.where(Encounter.golden_id.in_(export.patients))
+    wanted = type_filter(session, export, "Encounter")
+    if wanted is not None:
+        query = query.where(wanted)
     rows = session.execute(query).all()
     elements = export.elements_for("Encounter")
     lines = [_line(subset(render_encounter(row), elements)) for row in rows]

@@ -165,6 +165,14 @@ class SearchRequest:
         return pairs
 
 
+def criteria_only(items: Sequence[tuple[str, str]], where: str) -> None:
+    """400 unless ``items`` are search criteria only (no paging, sorting or shaping): what
+    a filter made of a search query, such as Bulk Data's ``_typeFilter``, can apply."""
+    for key, _value in items:
+        if key.partition(":")[0] in CONTROL_PARAMS:
+            raise fail(f"{where} takes search criteria only, not {key}.", where)
+
+
 def parse_search(
     items: Sequence[tuple[str, str]],
     supported: Mapping[str, frozenset[str]],

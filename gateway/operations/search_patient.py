@@ -21,6 +21,7 @@ from gateway.operations.encounters import encounters_of
 from gateway.operations.paging import decode_cursor, encode_cursor
 from gateway.operations.params import (
     SearchRequest,
+    criteria_only,
     fail,
     parse_date,
     parse_search,
@@ -140,6 +141,16 @@ def _filtered(request: SearchRequest, columns: Sequence[Any]) -> Select[Any]:
     for name, _modifier, raw in request.criteria:
         stmt = stmt.where(_criterion(name, raw))
     return stmt
+
+
+def patient_filter(items: Sequence[tuple[str, str]]) -> ColumnElement[bool]:
+    """The golden records a Patient search with these criteria finds (active ones), as a
+    condition on ``golden_patient.id``; 400 on an unknown or invalid parameter."""
+    criteria_only(items, "_typeFilter")
+    request = parse_search(
+        items, SUPPORTED, sortable=SORTABLE, strict=True, default_count=1, max_count=1
+    )
+    return GP.id.in_(_filtered(request, [GP.id]))
 
 
 def search_patients(
