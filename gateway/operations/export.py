@@ -31,10 +31,10 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
-from sqlalchemy import ColumnElement, Text, cast, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, Text, cast, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.operations.bundle import subset
@@ -516,6 +516,32 @@ class _Chunk:
     finished: bool
 
 
+_Query = TypeVar("_Query", bound=Select)
+
+
+def _narrowed(
+    query: _Query,
+    session: Session,
+    export: ExportRequest,
+    resource_type: str,
+    after: Any,
+    *,
+    key: Any,
+    updated: Any,
+    golden: Any,
+) -> _Query:
+    """``query`` past the keyset position ``after`` and within what the export asked for:
+    changed since ``_since``, of the ``patient`` list, let through by ``_typeFilter``."""
+    if after is not None:
+        query = query.where(key > after)
+    if export.since is not None:
+        query = query.where(updated > export.since)
+    if export.patients:
+        query = query.where(golden.in_(export.patients))
+    wanted = type_filter(session, export, resource_type)
+    return query if wanted is None else query.where(wanted)
+
+
 def _patients(
     session: Session, export: ExportRequest, txn: datetime, after: Any, limit: int
 ) -> _Chunk:
@@ -532,15 +558,16 @@ def _patients(
         .order_by(GoldenPatient.id)
         .limit(limit)
     )
-    if after is not None:
-        query = query.where(GoldenPatient.id > after)
-    if export.since is not None:
-        query = query.where(GoldenPatient.last_updated > export.since)
-    if export.patients:
-        query = query.where(GoldenPatient.id.in_(export.patients))
-    wanted = type_filter(session, export, "Patient")
-    if wanted is not None:
-        query = query.where(wanted)
+    query = _narrowed(
+        query,
+        session,
+        export,
+        "Patient",
+        after,
+        key=GoldenPatient.id,
+        updated=GoldenPatient.last_updated,
+        golden=GoldenPatient.id,
+    )
     rows = session.execute(query).all()
     late = [row[0] for row in rows if (as_utc(row[2]) or txn) > txn]
     as_of = _versions_at(session, late, txn)
@@ -605,15 +632,16 @@ def _encounters(session: Session, export: ExportRequest, after: Any, limit: int)
         .order_by(Encounter.id)
         .limit(limit)
     )
-    if after is not None:
-        query = query.where(Encounter.id > int(after))
-    if export.since is not None:
-        query = query.where(Encounter.last_updated > export.since)
-    if export.patients:
-        query = query.where(Encounter.golden_id.in_(export.patients))
-    wanted = type_filter(session, export, "Encounter")
-    if wanted is not None:
-        query = query.where(wanted)
+    query = _narrowed(
+        query,
+        session,
+        export,
+        "Encounter",
+        None if after is None else int(after),
+        key=Encounter.id,
+        updated=Encounter.last_updated,
+        golden=Encounter.golden_id,
+    )
     rows = session.execute(query).all()
     elements = export.elements_for("Encounter")
     lines = [_line(subset(render_encounter(row), elements)) for row in rows]
