@@ -116,13 +116,21 @@ def list_quarantine(
     return out
 
 
-def list_review(session: Session, status: str, after_id: int, limit: int) -> list[dict[str, Any]]:
+#: What a review item asks (``mpi.decision.ReviewSpec.kind``).
+REVIEW_KINDS = ("possible-match", "vetoed", "duplicate-golden")
+
+
+def list_review(
+    session: Session, status: str, after_id: int, limit: int, kind: str | None = None
+) -> list[dict[str, Any]]:
     stmt = (
         select(ReviewItem)
         .where(ReviewItem.status == status, ReviewItem.id > after_id)
         .order_by(ReviewItem.id)
         .limit(limit)
     )
+    if kind is not None:
+        stmt = stmt.where(ReviewItem.kind == kind)
     return [review_item_dict(i) for i in session.scalars(stmt)]
 
 

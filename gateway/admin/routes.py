@@ -267,11 +267,12 @@ def review(
     principal: AdminPrincipal,
     audit: AuditDep,
     status: Annotated[str, Query(pattern="^(open|resolved)$")] = "open",
+    kind: Annotated[str | None, Query(pattern="^(possible-match|vetoed|duplicate-golden)$")] = None,
     after_id: AfterId = 0,
     limit: Limit = DEFAULT_ADMIN_LIMIT,
 ) -> list[dict[str, Any]]:
     with audited(audit, principal, "admin-review", request, "ReviewItem") as entry:
-        items = list_review(session, status, after_id, limit)
+        items = list_review(session, status, after_id, limit, kind)
         entry["ids"] = [i["id"] for i in items]
     return items
 

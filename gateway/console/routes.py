@@ -31,7 +31,13 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.admin.queries import links_of, list_quarantine, list_review, list_sources
+from gateway.admin.queries import (
+    REVIEW_KINDS,
+    links_of,
+    list_quarantine,
+    list_review,
+    list_sources,
+)
 from gateway.admin.routes import Decision, decide
 from gateway.audit import audited
 from gateway.auth.consumers import authenticate_client
@@ -265,13 +271,15 @@ def review_queue(
     audit: AuditDep,
     after: int = 0,
     status: str = "open",
+    kind: str | None = None,
     decided: int | None = None,
     outcome: str | None = None,
 ) -> HTMLResponse:
     principal = steward(request)
     status = status if status in ("open", "resolved") else "open"
+    kind = kind if kind in REVIEW_KINDS else None
     with audited(audit, principal, "console-review", request, "ReviewItem") as entry:
-        items = list_review(session, status, max(after, 0), PAGE + 1)
+        items = list_review(session, status, max(after, 0), PAGE + 1, kind)
         entry["ids"] = [i["id"] for i in items[:PAGE]]
     more = items[PAGE - 1]["id"] if len(items) > PAGE else None
     names = _golden_names(session, [i["golden_id"] for i in items[:PAGE]])
@@ -282,6 +290,8 @@ def review_queue(
             "items": items[:PAGE],
             "names": names,
             "status": status,
+            "kind": kind,
+            "kinds": REVIEW_KINDS,
             "next_after": more,
             "decided": decided,
             "outcome": outcome if outcome in ("match", "no-match") else None,

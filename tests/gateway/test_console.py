@@ -143,6 +143,16 @@ def test_the_dashboard_and_the_queue(client: TestClient, world: dict[str, Any]) 
     assert f'href="/console/review/{world["item"]}"' in queue.text
     assert "Oyelaran" in queue.text  # the candidate golden record's name
     assert "<script>" not in queue.text
+    # Triage by kind, in the console and in the admin API.
+    assert (
+        f'href="/console/review/{world["item"]}"'
+        in client.get("/console/review?kind=possible-match").text
+    )
+    assert "Nothing waits for a steward." in client.get("/console/review?kind=vetoed").text
+    admin = {"Authorization": f"Bearer {TokenService(SECRET).issue('s', ['askonce.admin'])}"}
+    assert client.get("/admin/review?kind=vetoed", headers=admin).json() == []
+    assert len(client.get("/admin/review?kind=possible-match", headers=admin).json()) == 2
+    assert client.get("/admin/review?kind=maybe", headers=admin).status_code == 400
 
 
 def test_a_review_item_side_by_side_with_its_evidence(
