@@ -24,7 +24,7 @@ from gateway.audit import AuditLog, audited
 from gateway.auth.tokens import Principal
 from gateway.deps import AuditDep, PrincipalDep, SessionDep, StateDep, check_scope
 from gateway.fhir.context import fhir_extra
-from gateway.fhir.http import MediaType, fhir_response, query_items, read_json_body
+from gateway.fhir.http import MediaType, fhir_response, prefers, query_items, read_json_body
 from gateway.operations.export import (
     ERROR,
     NDJSON,
@@ -72,17 +72,6 @@ def _trigger(state: GatewayState) -> Callable[[str], None]:
     return state.export_trigger or queue_export
 
 
-def _respond_async(request: Request) -> bool:
-    prefer = request.headers.get("prefer", "")
-    return "respond-async" in {t.strip().lower() for p in prefer.split(",") for t in p.split(";")}
-
-
-def _lenient(request: Request) -> bool:
-    prefer = request.headers.get("prefer", "")
-    tokens = {t.strip().lower() for p in prefer.split(",") for t in p.split(";")}
-    return "handling=lenient" in tokens
-
-
 def _readable(principal: Principal) -> Callable[[str], bool]:
     return lambda t: principal.scopes.allows(t, "r") and principal.scopes.allows(t, "s")
 
@@ -100,14 +89,14 @@ def _kickoff(
         audited(audit, principal, "export", request, None) as entry,
         state.session_factory() as session,
     ):
-        if not _respond_async(request):
+        if not prefers(request, "respond-async"):
             raise OutcomeError(
                 bad_request("A Bulk Data kick-off needs the header Prefer: respond-async.")
             )
         export = parse_kickoff(
             items,
             level=level,
-            lenient=_lenient(request),
+            lenient=prefers(request, "handling=lenient"),
             readable=_readable(principal),
             post=request.method == "POST",
         )

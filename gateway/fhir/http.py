@@ -124,11 +124,17 @@ async def read_json_body(request: Request, limit: int) -> Any:
         raise OutcomeError(bad_request("The body is not valid JSON.")) from exc
 
 
+def prefers(request: Request, token: str) -> bool:
+    """Whether the ``Prefer`` header (RFC 7240) carries ``token`` (``respond-async``,
+    ``handling=strict``…), case-insensitively, among its comma- or semicolon-separated
+    preferences."""
+    prefer = request.headers.get("prefer", "")
+    return token in {t.strip().lower() for part in prefer.split(",") for t in part.split(";")}
+
+
 def strict_handling(request: Request) -> bool:
     """``Prefer: handling=strict`` (https://hl7.org/fhir/R4/search.html#errors)."""
-    prefer = request.headers.get("prefer", "")
-    tokens = {t.strip().lower() for part in prefer.split(",") for t in part.split(";")}
-    return "handling=strict" in tokens
+    return prefers(request, "handling=strict")
 
 
 def query_items(request: Request) -> list[tuple[str, str]]:
