@@ -95,7 +95,7 @@ MAX_ITEMS = 2000
 MAX_DEPTH = 30
 #: The most repetitions a population context gives one group.
 MAX_REPETITIONS = 100
-#: Digests of Questionnaires found valid (see :func:`_check_questionnaire`), cleared as a
+#: Digests of Questionnaires found valid (see :func:`check_questionnaire`), cleared as a
 #: whole when full.
 _VALID_QUESTIONNAIRES: set[bytes] = set()
 MAX_REMEMBERED_QUESTIONNAIRES = 1024
@@ -125,7 +125,7 @@ class PopulateRequest:
 # --- the request -----------------------------------------------------------------------
 
 
-def _subject_id(reference: Any, base: str, parameter: str = "subject") -> str:
+def subject_id(reference: Any, base: str, parameter: str = "subject") -> str:
     """The golden id of a reference to a Patient of this server (relative or absolute)."""
     value = reference.get("reference") if isinstance(reference, dict) else None
     if not isinstance(value, str) or not value:
@@ -158,7 +158,7 @@ def _context_part(
             if isinstance(part.get("resource"), dict):
                 resource = part["resource"]
             elif isinstance(part.get("valueReference"), dict):
-                patient = _subject_id(part["valueReference"], base, "context")
+                patient = subject_id(part["valueReference"], base, "context")
     if not isinstance(name, str) or not name.isidentifier():
         raise OutcomeError(bad_request("context takes a name part (a variable name).", "context"))
     if resource is None and patient is None:
@@ -197,7 +197,7 @@ def parse_populate_request(body: Any, base: str) -> PopulateRequest:
         elif name == "subject":
             if subject is not None:
                 raise OutcomeError(bad_request("subject is given more than once.", name))
-            subject = _subject_id(param.get("valueReference"), base)
+            subject = subject_id(param.get("valueReference"), base)
         elif name == "local":
             if not isinstance(param.get("valueBoolean"), bool):
                 raise OutcomeError(bad_request("local takes valueBoolean.", name))
@@ -216,11 +216,11 @@ def parse_populate_request(body: Any, base: str) -> PopulateRequest:
         )
     if subject is None:
         raise OutcomeError(bad_request("The subject parameter is required.", "subject"))
-    _check_questionnaire(questionnaire)
+    check_questionnaire(questionnaire)
     return PopulateRequest(questionnaire, subject, local, contexts, context_patients)
 
 
-def _check_questionnaire(questionnaire: dict[str, Any]) -> None:
+def check_questionnaire(questionnaire: dict[str, Any]) -> None:
     """422 unless ``questionnaire`` is a valid R4 Questionnaire this operation can walk.
 
     A portal sends the same form for patient after patient: a Questionnaire found valid
@@ -338,44 +338,19 @@ def _fhirpath() -> ModuleType:
     return fhirpath
 
 
-class _Population:
-    """One QuestionnaireResponse being built: the variables in scope and the warnings."""
+class Expressions:
+    """FHIRPath over a Questionnaire's expressions, on one request's budget, with the
+    warnings of what could not be used (shared by ``$populate`` and ``$extract``)."""
 
-    def __init__(
-        self,
-        questionnaire: dict[str, Any],
-        variables: dict[str, Any],
-        searcher: Searcher | None = None,
-    ) -> None:
+    def __init__(self, questionnaire: dict[str, Any]) -> None:
         self.questionnaire = questionnaire
-        self.searcher = searcher
         #: The request's FHIRPath budget, made with the first expression evaluated.
         self.budget: Budget | None = None
-        self.patient: dict[str, Any] | None = variables.get("patient")
-        self.variables = variables
         self.issues: list[dict[str, Any]] = []
 
     def warn(self, link_id: str | None, diagnostics: str, code: str = "processing") -> None:
         where = f"Questionnaire.item.where(linkId = '{link_id}')" if link_id else "Questionnaire"
         self.issues.append(issue(code, diagnostics, severity="warning", expression=where))
-
-    def evaluate(
-        self, value: Any, variables: Mapping[str, Any], link_id: str | None, what: str
-    ) -> Values | None:
-        """Values of a ``valueExpression`` (None, with a warning, when it cannot be used)."""
-        if not isinstance(value, dict) or not isinstance(value.get("expression"), str):
-            self.warn(link_id, f"{what} has no expression.")
-            return None
-        if value.get("language") == FHIR_QUERY:
-            return self.query(value["expression"], variables, link_id, what)
-        if value.get("language") != FHIRPATH:
-            self.warn(
-                link_id,
-                f"{what}: only {FHIRPATH} and {FHIR_QUERY} expressions are evaluated.",
-                "not-supported",
-            )
-            return None
-        return self.fhirpath(value["expression"], variables, link_id, what)
 
     def fhirpath(
         self,
@@ -409,6 +384,39 @@ class _Population:
         except Exception as exc:  # an evaluation error names the expression's fault only
             self.warn(link_id, f"{what} failed to evaluate ({type(exc).__name__}).")
             return None
+
+
+class _Population(Expressions):
+    """One QuestionnaireResponse being built: the variables in scope and the warnings."""
+
+    def __init__(
+        self,
+        questionnaire: dict[str, Any],
+        variables: dict[str, Any],
+        searcher: Searcher | None = None,
+    ) -> None:
+        super().__init__(questionnaire)
+        self.searcher = searcher
+        self.patient: dict[str, Any] | None = variables.get("patient")
+        self.variables = variables
+
+    def evaluate(
+        self, value: Any, variables: Mapping[str, Any], link_id: str | None, what: str
+    ) -> Values | None:
+        """Values of a ``valueExpression`` (None, with a warning, when it cannot be used)."""
+        if not isinstance(value, dict) or not isinstance(value.get("expression"), str):
+            self.warn(link_id, f"{what} has no expression.")
+            return None
+        if value.get("language") == FHIR_QUERY:
+            return self.query(value["expression"], variables, link_id, what)
+        if value.get("language") != FHIRPATH:
+            self.warn(
+                link_id,
+                f"{what}: only {FHIRPATH} and {FHIR_QUERY} expressions are evaluated.",
+                "not-supported",
+            )
+            return None
+        return self.fhirpath(value["expression"], variables, link_id, what)
 
     def query(
         self, text: str, variables: Mapping[str, Any], link_id: str | None, what: str
@@ -495,7 +503,7 @@ class _Population:
         return out
 
     def group(self, item: dict[str, Any], variables: dict[str, Any]) -> list[dict[str, Any]]:
-        context = _extension(item, ITEM_POPULATION_CONTEXT)
+        context = find_extension(item, ITEM_POPULATION_CONTEXT)
         if context is None:
             return [self._response_item(item, self.items(item.get("item") or [], variables))]
         value = context.get("valueExpression") or {}
@@ -568,7 +576,7 @@ class _Population:
 
     def _values(self, item: dict[str, Any], variables: dict[str, Any]) -> Values | None:
         link_id = item.get("linkId")
-        initial = _extension(item, INITIAL_EXPRESSION)
+        initial = find_extension(item, INITIAL_EXPRESSION)
         if initial is not None:
             return self.evaluate(
                 initial.get("valueExpression"), variables, link_id, "initialExpression"
@@ -592,7 +600,7 @@ class _Population:
         return response
 
 
-def _extension(element: dict[str, Any], url: str) -> dict[str, Any] | None:
+def find_extension(element: dict[str, Any], url: str) -> dict[str, Any] | None:
     for extension in element.get("extension") or []:
         if isinstance(extension, dict) and extension.get("url") == url:
             return extension
