@@ -29,14 +29,16 @@ DEFAULT_MAX_RETRY_AFTER_S = 300.0
 DEFAULT_POLL_INTERVAL_S = 2.0
 DEFAULT_MAX_POLL_S = 3600.0
 
-SourceKind = Literal["fhir", "history", "bulk", "ndjson", "hl7v2"]
+SourceKind = Literal["fhir", "history", "bulk", "ndjson", "hl7v2", "portal"]
 VendorProfile = Literal["standard", "patient-scoped"]
 BulkLevel = Literal["system", "patient", "group"]
-SOURCE_KINDS: tuple[str, ...] = ("fhir", "history", "bulk", "ndjson", "hl7v2")
+SOURCE_KINDS: tuple[str, ...] = ("fhir", "history", "bulk", "ndjson", "hl7v2", "portal")
 #: Kinds nothing is pulled from: their data is pushed to askonce (``hl7v2``: ADT over MLLP,
-#: ``askonce mllp``), so they have no connector and no schedule.
+#: ``askonce mllp``; ``portal``: a patient portal's completed forms, ``POST
+#: /fhir/QuestionnaireResponse``), so they have no connector and no schedule.
 HL7V2_KIND = "hl7v2"
-PUSH_ONLY_KINDS: tuple[str, ...] = (HL7V2_KIND,)
+PORTAL_KIND = "portal"
+PUSH_ONLY_KINDS: tuple[str, ...] = (HL7V2_KIND, PORTAL_KIND)
 VENDOR_PROFILES: tuple[str, ...] = ("standard", "patient-scoped")
 BULK_LEVELS: tuple[str, ...] = ("system", "patient", "group")
 DEFAULT_RESOURCE_TYPES: tuple[str, ...] = ("Patient", "Encounter")

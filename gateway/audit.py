@@ -169,9 +169,12 @@ def audited(
     request: Request,
     resource_type: str | None,
     resource_id: str | None = None,
+    *,
+    status: int = 200,
 ) -> Iterator[dict[str, Any]]:
-    """Record a read (also when it fails with an OperationOutcome). The block may fill
-    the yielded dict with non-PHI detail, such as the ids it disclosed."""
+    """Record a read or a write (also when it fails with an OperationOutcome; ``status``
+    when it succeeds). The block may fill the yielded dict with non-PHI detail, such as
+    the ids it disclosed."""
     detail: dict[str, Any] = {}
     # The raw query string from the ASGI scope: cheaper than building request.url.
     query = request.scope.get("query_string", b"").decode("latin-1")
@@ -193,6 +196,6 @@ def audited(
         resource_type=resource_type,
         resource_id=resource_id,
         query=query,
-        outcome=200,
+        outcome=status,
         detail=detail,
     )

@@ -6,6 +6,7 @@ here commits.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,10 +16,11 @@ from sqlalchemy.orm import Session
 
 from fhir_mapping import SourcePatient
 from mpi.blocking import block_keys
-from mpi.decision import DUPLICATE_GOLDEN, score_candidates
+from mpi.decision import DUPLICATE_GOLDEN, Member, guard_vetoes, score_candidates
 from mpi.errors import InvalidOperation, RecordNotFound, ReviewItemNotFound
 from mpi.evaluate import Evaluation, evaluate_clusters
 from mpi.features import MatchFeatures, extract_features
+from mpi.guards import LOOKALIKE_REASONS
 from mpi.model import MatchModel
 from mpi.operations import (
     MAX_DECISION_PAIRS,
@@ -30,7 +32,13 @@ from mpi.operations import (
 from mpi.resolve import candidate_members
 from mpi.review import WITHDRAWN, settle_review_items
 from mpi.settings import MatchSettings
-from mpi.storage import features_of, linked_record_ids, load_active_model, save_model
+from mpi.storage import (
+    features_of,
+    linked_record_ids,
+    load_active_model,
+    member_records,
+    save_model,
+)
 from mpi.train import train_model
 from store.models import Link, MatchDecision, ReviewItem, Source, SourceRecord
 from store.types import utcnow
@@ -79,6 +87,66 @@ def match_patient(
         grade = "possible" if c.vetoes else c.grade
         out.append(MatchCandidate(c.golden_id, round(c.score.total, 3), grade, c.evidence()))
     return out[:count]
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityCheck:
+    """Whether a record's identity could be that of a golden record's person."""
+
+    #: False when the record carries no name, birth date, gender or identifier.
+    comparable: bool
+    #: The grade of its best score against the golden record's members (identity only).
+    grade: str | None = None
+    #: The guards that fire (a conflicting strong identifier, a twin, Jr/Sr…).
+    vetoes: tuple[str, ...] = ()
+
+    @property
+    def contradicts(self) -> bool:
+        return self.comparable and (self.grade == "certainly-not" or bool(self.vetoes))
+
+
+def _identity(patient: SourcePatient) -> MatchFeatures:
+    return extract_features(dataclasses.replace(patient, telecom=[], addresses=[]))
+
+
+def check_identity(
+    session: Session,
+    patient: SourcePatient,
+    golden_id: str,
+    *,
+    settings: MatchSettings | None = None,
+) -> IdentityCheck:
+    """Compare the identity of ``patient`` (names, birth date, gender, identifiers) with
+    the person of ``golden_id``; writes nothing.
+
+    For a record that is said to be that person (a portal's form, whose subject the portal
+    authenticated) rather than one to be matched: phone numbers and addresses are left out
+    of the comparison, since a form that changes them is the point, and no corroboration
+    is asked for. What remains must not score ``certainly-not`` and no guard may fire."""
+    settings = settings or MatchSettings()
+    features = _identity(patient)
+    if not (
+        features.names
+        or features.birth_date
+        or features.birth_year
+        or features.gender
+        or features.ssns
+        or features.strong_ids
+    ):
+        return IdentityCheck(comparable=False)
+    model = load_active_model(session)
+    scored = [
+        (member, model.score(features, member.features))
+        for member in (
+            Member(m.record_id, golden_id, _identity(m.patient))
+            for m in member_records(session, golden_id=golden_id)
+        )
+    ]
+    if not scored:
+        return IdentityCheck(comparable=False)
+    best = max(score.total for _, score in scored)
+    vetoes, _cleared = guard_vetoes(features, scored, settings, LOOKALIKE_REASONS)
+    return IdentityCheck(True, settings.grade(best), tuple(vetoes))
 
 
 def review_item_dict(item: ReviewItem) -> dict[str, Any]:

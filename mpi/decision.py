@@ -138,7 +138,7 @@ def _complete_demographic_match(score: Score) -> bool:
     return given in _SAME_GIVEN and family == 0 and birth == 0 and gender == 0
 
 
-def _vetoes(
+def guard_vetoes(
     features: MatchFeatures,
     scored: list[tuple[Member, Score]],
     settings: MatchSettings,
@@ -217,7 +217,7 @@ def score_candidates(
             golden_id, record_id, score, grade, notes=notes, lookalikes=lookalikes
         )
         if grade in AUTO_GRADES:
-            candidate.vetoes, candidate.cleared = _vetoes(
+            candidate.vetoes, candidate.cleared = guard_vetoes(
                 features, by_golden[golden_id], settings, lookalikes
             )
         out.append(candidate)

@@ -512,6 +512,30 @@ class ExportFile(Base):
     content_gzip: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class FormResponse(Base):
+    """A completed form a patient portal submitted (``POST /fhir/QuestionnaireResponse``).
+
+    The answers it gave became (or updated) a source record of the portal's source, whose
+    values the patient confirmed (see :mod:`sync.forms`); the QuestionnaireResponse is
+    kept as it came, for the record of what the patient said. Removing the source
+    removes its forms."""
+
+    __tablename__ = "form_response"
+    __table_args__ = (Index("ix_form_response_golden", "golden_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    source_id: Mapped[int] = mapped_column(ForeignKey("source.id", ondelete="CASCADE"))
+    source_record_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("source_record.id", ondelete="SET NULL"), nullable=True
+    )
+    #: The golden record the form was about when it arrived (the subject's survivor).
+    golden_id: Mapped[str] = mapped_column(String(36))
+    client_id: Mapped[str] = mapped_column(String(100))
+    #: The QuestionnaireResponse, with the id and meta this server gave it.
+    resource: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class MatchModel(Base):
     """A trained matching model (plain JSON, versioned). One row is active."""
 

@@ -24,6 +24,8 @@ from sqlalchemy.orm.util import identity_key
 from fhir_mapping import InvalidResource, SourcePatient, parse_patient
 from mpi import MatchSettings, Resolution, resolve_patients
 from mpi.features import MatchFeatures, encode_features, extract_features
+from mpi.operations import store_decision
+from mpi.storage import linked_record_ids
 from store.bulk import BulkWriter
 from store.jsontext import json_text
 from store.models import SourceRecord
@@ -61,6 +63,10 @@ class PatientOptions:
     mrn_system: str | None = None
     batch_size: int = DEFAULT_PATIENT_BATCH
     match_settings: MatchSettings | None = None
+    #: Records said to be a known person rather than matched: (resource id, golden id,
+    #: actor) each. A pinned record joins that golden record as a steward's "match" would
+    #: (a portal's form, whose subject the portal authenticated: :mod:`sync.forms`).
+    pins: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass
@@ -148,6 +154,8 @@ def ingest_patients(
     ids.update(_insert_records(session, bulk, source_id, new_rows))
     bulk.update_by_id("source_record", PATIENT_UPDATE_COLUMNS, updates, json_columns=RECORD_JSON)
     _expire_records(session, [row[-1] for row in updates])
+    if options.pins:
+        _pin(session, ids, options.pins)
     # What the MPI reads of a source record: its id, source and resource id (plain
     # objects, never added to the session).
     batch = [
@@ -169,6 +177,17 @@ def ingest_patients(
     )
     _record_resolutions(outcome, batch, resolutions)
     return outcome
+
+
+def _pin(session: Session, ids: dict[str, int], pins: Sequence[tuple[str, str, str]]) -> None:
+    """A "match" decision between each pinned record and a record of its golden record,
+    so that resolving links it there (``MANUAL``) whatever its score."""
+    for resource_id, golden_id, actor in pins:
+        record_id = ids.get(resource_id)
+        anchor = next((r for r in linked_record_ids(session, golden_id) if r != record_id), None)
+        if record_id is not None and anchor is not None:
+            store_decision(session, record_id, anchor, "match", actor)
+    session.flush()
 
 
 def _quarantine(

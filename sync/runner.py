@@ -73,6 +73,9 @@ DEFAULT_PAGES_PER_CHUNK = 1
 SOURCE_LOCK_CLASS = 0x41534B  # "ASK"
 #: Source config key holding the SHA-256 of the token a push sender presents (see sync.intake).
 INTAKE_TOKEN_KEY = "intake_token_sha256"  # noqa: S105 - a config key, not a secret
+#: Portal source config key: the client id of the consumer (the portal) whose submitted forms
+#: the source receives (see sync.forms).
+PORTAL_CLIENT_KEY = "client_id"
 #: Source config keys read by the pipeline; every other key goes to the connector.
 PIPELINE_CONFIG_KEYS = frozenset(
     {
@@ -82,6 +85,8 @@ PIPELINE_CONFIG_KEYS = frozenset(
         INTAKE_TOKEN_KEY,
         # survivorship (mpi.storage): values from this source were confirmed by the patient
         PATIENT_CONFIRMED_FLAG,
+        # portal sources (sync.forms)
+        PORTAL_CLIENT_KEY,
         # hl7v2 sources (sync.hl7intake)
         "timezone",
         "identifier_systems",

@@ -33,11 +33,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors import PUSH_ONLY_KINDS, SOURCE_KINDS, SourceConfig, SourceOptions
-from connectors.config import HL7V2_KIND
+from connectors.config import HL7V2_KIND, PORTAL_KIND
 from mpi import MatchSettings, recompute_goldens
 from mpi.storage import PATIENT_CONFIRMED_FLAG
 from store import CursorRepository, SourceRepository
 from store.models import Link, SourceRecord
+from sync.forms import portal_options
 from sync.hl7intake import Hl7v2ConfigError, listen_address, mapping_options
 from sync.intake import hash_intake_token
 from sync.records import STATUS_DELETED
@@ -95,7 +96,8 @@ def checked_settings(
         raise SourceSettingsError(f"kind must be one of {', '.join(SOURCE_KINDS)}")
     if schedule and kind in PUSH_ONLY_KINDS:
         raise SourceSettingsError(f"a {kind} source is push-only: it takes no schedule")
-    types = list(resource_types) if resource_types is not None else ["Patient", "Encounter"]
+    default_types = ["Patient"] if kind == PORTAL_KIND else ["Patient", "Encounter"]
+    types = list(resource_types) if resource_types is not None else default_types
     if not types:
         raise SourceSettingsError("a source syncs at least one resource type")
     stored = dict(config or {})
@@ -105,6 +107,8 @@ def checked_settings(
         if kind == HL7V2_KIND:
             listen_address(url)
             mapping_options(stored)
+        if kind == PORTAL_KIND:
+            stored = portal_options(stored, types)
         if INTAKE_TOKEN_OPTION in stored:
             stored[INTAKE_TOKEN_KEY] = hash_intake_token(str(stored.pop(INTAKE_TOKEN_OPTION)))
         SourceOptions.from_dict({k: v for k, v in stored.items() if k not in PIPELINE_CONFIG_KEYS})

@@ -103,6 +103,7 @@ def smart_configuration(request: Request) -> JSONResponse:
             "scopes_supported": [
                 "system/Patient.rs",
                 "system/Encounter.rs",
+                "system/QuestionnaireResponse.cr",
                 "system/Subscription.cruds",
                 "askonce.admin",
             ],

@@ -1,28 +1,39 @@
-"""Questionnaire routes: SDC ``$populate`` (a QuestionnaireResponse from the golden record).
+"""Questionnaire routes: the SDC round trip of a portal's form.
 
-A thin adapter: it reads the Parameters body, calls :func:`gateway.operations.populate.populate`
-in the thread pool (FHIRPath evaluation is CPU work), audits the disclosure (the golden ids
-whose data filled the answers) and renders the result.
+- ``Questionnaire/$populate``: a QuestionnaireResponse from the golden record;
+- ``QuestionnaireResponse/$extract``: resources from a completed form (writes nothing);
+- ``POST QuestionnaireResponse``: a portal submits a completed form, whose answers reach
+  the golden record as what the patient confirmed; ``GET QuestionnaireResponse/{id}``
+  reads it back.
+
+Thin adapters: each reads the body, calls its operation (:mod:`gateway.operations.populate`,
+:mod:`~gateway.operations.extract`, :mod:`~gateway.operations.forms`) in the thread pool
+(FHIRPath evaluation and the pipeline are CPU work), audits what it disclosed or changed
+and renders the result.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from gateway.audit import audited
 from gateway.auth.tokens import Principal
-from gateway.deps import AuditDep, PatientRead, StateDep
+from gateway.deps import AuditDep, PatientRead, PrincipalDep, StateDep, require
 from gateway.fhir.context import fhir_extra
-from gateway.fhir.http import MediaType, fhir_response, read_json_body
+from gateway.fhir.http import MediaType, etag, fhir_response, prefers, read_json_body
+from gateway.operations.extract import extract
+from gateway.operations.forms import Submitted, read_form, submit_form
 from gateway.operations.populate import SearchLimits, populate
 from gateway.state import GatewayState
 from store.types import utcnow
 
 router = APIRouter(prefix="/fhir", tags=["Questionnaire"])
+FormCreate = Annotated[Principal, Depends(require("QuestionnaireResponse", "c"))]
+FormRead = Annotated[Principal, Depends(require("QuestionnaireResponse", "r"))]
 PARAMETERS_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"application/fhir+json": {}},
@@ -57,3 +68,82 @@ async def populate_route(
         )
         entry["ids"] = ids
     return fhir_response(result, media)
+
+
+@router.post(
+    "/QuestionnaireResponse/$extract",
+    summary="Resources from a completed form (SDC $extract, definition-based)",
+    responses={200: {"content": {"application/fhir+json": {}}, "description": "Parameters"}},
+    openapi_extra=fhir_extra("QuestionnaireResponse", "operation", "extract", body="Parameters"),
+)
+async def extract_route(
+    request: Request, state: StateDep, principal: PrincipalDep, media: MediaType
+) -> Response:
+    """Writes and reads nothing of the server's: the answers come in, resources go out."""
+    body = await read_json_body(request, state.max_body_bytes)
+    return fhir_response(await run_in_threadpool(extract, body), media)
+
+
+def _submit_with_session(
+    state: GatewayState, body: Any, base: str, principal: Principal
+) -> Submitted:
+    with state.session_factory() as session:
+        submitted = submit_form(session, body, base=base, client_id=principal.client_id)
+        session.commit()
+    return submitted
+
+
+@router.post(
+    "/QuestionnaireResponse",
+    status_code=201,
+    summary="Submit a completed form: its answers reach the golden record (SDC Form Receiver)",
+    responses={201: {"content": {"application/fhir+json": {}}, "description": "Created"}},
+    openapi_extra=fhir_extra(
+        "QuestionnaireResponse", "interaction", "create", body="QuestionnaireResponse"
+    ),
+)
+async def submit_route(
+    request: Request, state: StateDep, principal: FormCreate, audit: AuditDep, media: MediaType
+) -> Response:
+    body = await read_json_body(request, state.max_body_bytes)
+    with audited(
+        audit, principal, "form-submit", request, "QuestionnaireResponse", status=201
+    ) as entry:
+        submitted = await run_in_threadpool(
+            _submit_with_session, state, body, state.base_url(request), principal
+        )
+        entry["ids"] = [submitted.golden_id]
+    form_id = submitted.resource["id"]
+    headers = {
+        "Location": f"{state.base_url(request)}/fhir/QuestionnaireResponse/{form_id}/_history/1",
+        "ETag": etag(1),
+        "Last-Modified": submitted.resource["meta"]["lastUpdated"],
+    }
+    if prefers(request, "return=minimal"):
+        return Response(status_code=201, headers=headers)
+    body_out = submitted.outcome() if prefers(request, "return=operationoutcome") else None
+    return fhir_response(body_out or submitted.resource, media, status=201, headers=headers)
+
+
+def _read_with_session(state: GatewayState, form_id: str) -> dict[str, Any]:
+    with state.session_factory() as session:
+        return dict(read_form(session, form_id).resource)
+
+
+@router.get(
+    "/QuestionnaireResponse/{form_id}",
+    summary="Read a submitted form",
+    responses={200: {"content": {"application/fhir+json": {}}, "description": "The form"}},
+    openapi_extra=fhir_extra("QuestionnaireResponse", "interaction", "read"),
+)
+async def read_form_route(
+    form_id: str,
+    request: Request,
+    state: StateDep,
+    principal: FormRead,
+    audit: AuditDep,
+    media: MediaType,
+) -> Response:
+    with audited(audit, principal, "read", request, "QuestionnaireResponse", form_id):
+        resource = await run_in_threadpool(_read_with_session, state, form_id)
+    return fhir_response(resource, media, headers={"ETag": etag(1)})

@@ -29,6 +29,7 @@ OPERATION_DEFINITIONS = {
     "events": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/"
     "backport-subscription-events",
     "populate": "http://hl7.org/fhir/uv/sdc/OperationDefinition/Questionnaire-populate",
+    "extract": "http://hl7.org/fhir/uv/sdc/OperationDefinition/QuestionnaireResponse-extract",
     "export": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
 }
 #: Where one name has a definition per resource type (Bulk Data's Patient-level export).

@@ -61,6 +61,9 @@ def test_capability_statement_matches_the_registered_routes(
         ("Subscription", "$status"),
         ("Subscription", "$events"),
         ("Questionnaire", "$populate"),
+        ("QuestionnaireResponse", "create"),
+        ("QuestionnaireResponse", "read"),
+        ("QuestionnaireResponse", "$extract"),
     }
     (subscription,) = [r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription"]
     assert subscription["supportedProfile"] == [
