@@ -250,7 +250,12 @@ def demo(
     port: Annotated[int | None, typer.Option(help="Port to bind.")] = None,
 ) -> None:
     """Create the embedded database, load and sync 3 demo EHRs, then serve on :8000."""
-    from askonce.demo import demo_credentials, print_demo_access, run_demo_sync
+    from askonce.demo import (
+        demo_credentials,
+        print_demo_access,
+        register_demo_portal,
+        run_demo_sync,
+    )
 
     settings = _settings().model_copy(update={"demo": True})
     migrations.upgrade(settings.database_url)
@@ -258,7 +263,9 @@ def demo(
     runtime = _runtime(settings)
     run_demo_sync(runtime, console)
     base_url = f"http://{host or settings.host}:{port or settings.port}"
-    print_demo_access(console, demo_credentials(runtime), base_url)
+    credentials = demo_credentials(runtime)
+    register_demo_portal(runtime, credentials.client_id)
+    print_demo_access(console, credentials, base_url)
     console.print(f"serving on {base_url} (Ctrl+C stops)")
     _serve(settings, host, port)
 

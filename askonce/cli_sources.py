@@ -2,7 +2,7 @@
 
 Other tools script these names, so they are a contract:
 
-* ``askonce sources add NAME --kind fhir|history|bulk|ndjson|hl7v2 --url URL_OR_PATH
+* ``askonce sources add NAME --kind fhir|history|bulk|ndjson|hl7v2|portal --url URL_OR_PATH
   [--auth ...] [--schedule ...]``
 * ``askonce sources list`` and ``askonce sources status [NAME]``
 * ``askonce sources reprocess NAME [--type Patient|Encounter] [--id ID ...]``
@@ -47,6 +47,7 @@ from askonce.sources import (
     record_counts,
 )
 from connectors import PUSH_ONLY_KINDS, TransientError
+from connectors.config import PORTAL_KIND
 from store import NotFoundError, SchemaNotAtHeadError, SourceRepository, SyncRunRepository
 from store.models import Source as SourceRow
 from store.models import SourceRecord, SyncRun
@@ -185,11 +186,12 @@ def _runtime() -> Runtime:
 @sources_app.command("add")
 def sources_add(
     name: Annotated[str, typer.Argument(help="A unique name for the source.")],
-    kind: Annotated[str, typer.Option(help="fhir | history | bulk | ndjson | hl7v2")],
+    kind: Annotated[str, typer.Option(help="fhir | history | bulk | ndjson | hl7v2 | portal")],
     url: Annotated[
         str,
         typer.Option(
-            help="FHIR base URL, a folder of <Type>.ndjson files, or mllp://HOST:PORT (hl7v2)."
+            help="FHIR base URL, a folder of <Type>.ndjson files, mllp://HOST:PORT (hl7v2), "
+            "or the portal's address (portal; with --option client_id=<its consumer>)."
         ),
     ],
     auth: Annotated[
@@ -513,9 +515,13 @@ def sync_command(
         console.print(f"[red]error:[/red] {name} is disabled (askonce sources enable {name})")
         raise typer.Exit(code=2)
     if kind in PUSH_ONLY_KINDS:
+        arrives = (
+            "its forms arrive at POST /fhir/QuestionnaireResponse"
+            if kind == PORTAL_KIND
+            else "its messages arrive on its port (askonce mllp)"
+        )
         console.print(
-            f"[red]error:[/red] {name} is a {kind} source: nothing is pulled from it, its"
-            " messages arrive on its port (askonce mllp)"
+            f"[red]error:[/red] {name} is a {kind} source: nothing is pulled from it, {arrives}"
         )
         raise typer.Exit(code=2)
     try:

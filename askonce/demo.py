@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 
@@ -21,6 +22,7 @@ from gateway.auth import Credentials, register_consumer
 from gateway.auth.secrets import hash_secret, new_client_secret
 from store import NotFoundError, SourceRepository
 from store.models import Consumer
+from sync.runner import PORTAL_CLIENT_KEY
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 #: A portal's intake form (SDC population expressions), for ``Questionnaire/$populate``.
@@ -31,8 +33,23 @@ POPULATE_BODY = (
     '{"name": "questionnaire", "resource": json.load(open(sys.argv[1]))}, '
     '{"name": "subject", "valueReference": {"reference": "Patient/" + sys.argv[2]}}]}))'
 )
+#: Python that reads ``$populate``'s output, answers the mobile phone question with its
+#: argument and prints the completed QuestionnaireResponse, its form contained, as a
+#: portal submits it (``POST /fhir/QuestionnaireResponse``).
+SUBMIT_BODY = (
+    "import json,sys; "
+    'r=[p["resource"] for p in json.load(sys.stdin)["parameter"] if p["name"]=="response"][0]; '
+    'q=json.load(open(sys.argv[1])); q["id"]="intake"; '
+    'r.update(status="completed", questionnaire="#intake", contained=[q]); '
+    '[i.update(answer=[{"valueString": sys.argv[2]}]) for g in r["item"] '
+    'for i in g.get("item", []) if i["linkId"]=="contact.mobile"]; print(json.dumps(r))'
+)
 #: The bundled EHRs and their survivorship trust rank (higher wins ties).
 DEMO_SOURCES = {"ehr-a": 70, "ehr-b": 50, "ehr-c": 30}
+#: The demo's patient portal: the source its submitted forms become (sent by the demo
+#: consumer), with values the patient confirmed.
+DEMO_PORTAL = "portal"
+DEMO_PORTAL_RANK = 60
 #: The demo's own consumer: it may read patients and encounters, subscribe to their
 #: changes and use the admin API.
 DEMO_CONSUMER = "demo"
@@ -40,6 +57,7 @@ DEMO_SCOPES = (
     "system/Patient.rs",
     "system/Encounter.rs",
     "system/Subscription.cruds",
+    "system/QuestionnaireResponse.cr",
     "askonce.admin",
 )
 
@@ -76,9 +94,19 @@ def print_demo_access(console: Console, credentials: Credentials, base_url: str)
   Pre-fill the bundled intake form for the first of them (SDC $populate):
   ID=$(curl -s -H "Authorization: Bearer $TOKEN" "{base_url}/fhir/Patient?_count=1" | \\
       python3 -c 'import json,sys; print(json.load(sys.stdin)["entry"][0]["resource"]["id"])')
-  python3 -c '{POPULATE_BODY}' {INTAKE_QUESTIONNAIRE} $ID | curl -s -X POST \\
+  python3 -c '{escape(POPULATE_BODY)}' {INTAKE_QUESTIONNAIRE} $ID | curl -s -X POST \\
       -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/fhir+json" \\
       --data-binary @- "{base_url}/fhir/Questionnaire/\\$populate"
+  ... and submit it back with a new mobile number, as the patient portal would: the
+  number the patient confirmed now comes first in the golden record:
+  python3 -c '{escape(POPULATE_BODY)}' {INTAKE_QUESTIONNAIRE} $ID | curl -s -X POST \\
+      -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/fhir+json" \\
+      --data-binary @- "{base_url}/fhir/Questionnaire/\\$populate" | \\
+      python3 -c '{escape(SUBMIT_BODY)}' {INTAKE_QUESTIONNAIRE} "+1 415 555 0100" | \\
+      curl -s -X POST -H "Authorization: Bearer $TOKEN" \\
+      -H "Content-Type: application/fhir+json" -H "Prefer: return=OperationOutcome" \\
+      --data-binary @- "{base_url}/fhir/QuestionnaireResponse"
+  curl -s -H "Authorization: Bearer $TOKEN" "{base_url}/fhir/Patient/$ID"
   Export everyone as NDJSON (Bulk Data $export), then read its manifest:
   LOC=$(curl -s -D - -o /dev/null -H "Authorization: Bearer $TOKEN" \\
       -H "Prefer: respond-async" "{base_url}/fhir/\\$export" | tr -d '\\r' | \\
@@ -103,6 +131,27 @@ def register_demo_sources(runtime: Runtime, data: Path = DEMO_DATA) -> dict[str,
                 pass
         ids[name] = add_source(runtime, name, kind="ndjson", url=str(data / name), trust_rank=rank)
     return ids
+
+
+def register_demo_portal(runtime: Runtime, client_id: str) -> int:
+    """Register the demo's patient portal once, receiving ``client_id``'s forms."""
+    with runtime.session_factory() as session:
+        try:
+            source = SourceRepository(session).get_by_name(DEMO_PORTAL)
+        except NotFoundError:
+            pass
+        else:
+            source.config = {**(source.config or {}), PORTAL_CLIENT_KEY: client_id}
+            session.commit()
+            return source.id
+    return add_source(
+        runtime,
+        DEMO_PORTAL,
+        kind="portal",
+        url="https://portal.askonce.dev",
+        config={PORTAL_CLIENT_KEY: client_id},
+        trust_rank=DEMO_PORTAL_RANK,
+    )
 
 
 def run_demo_sync(runtime: Runtime, console: Console, data: Path = DEMO_DATA) -> dict[str, int]:

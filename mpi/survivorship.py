@@ -225,10 +225,11 @@ def build_golden(
     """The golden record of ``members`` and the provenance of each of its fields.
 
     Lists are the union of the members' lists in rank order, a value whose identity an
-    earlier one had left out (names by folded family, given names and use; identifiers
-    and telecom by system and normalized value; addresses by normalized line, postal
-    code and folded city). The unions are written out per field rather than through
-    generic helpers taking two lambdas: they were a third of the time of this function.
+    earlier one had left out (names by folded family and given names, and use when both
+    have one: :func:`_new_name`; identifiers and telecom by system and normalized value;
+    addresses by normalized line, postal code and folded city). The unions are written out
+    per field rather than through generic helpers taking two lambdas: they were a third of
+    the time of this function.
     """
     if len(members) == 1:
         return _build_alone(golden_id, members[0], links)
@@ -245,12 +246,10 @@ def _build_ranked(
 
     ranked, rule = rankings["name"]
     names = golden.names
-    seen: set[Hashable] = set()
+    seen_names: dict[Hashable, set[str | None]] = {}
     for member in ranked:
         for name in member.patient.names:
-            key: Hashable = (name.family_folded, tuple(name.given_folded), name.use)
-            if key not in seen:
-                seen.add(key)
+            if _new_name(seen_names, name):
                 names.append(name)
                 append(
                     ProvenanceEntry(
@@ -327,8 +326,18 @@ def _distinct(values: list[_T], key: Callable[[_T], Hashable]) -> list[_T]:
     return out
 
 
-def _name_identity(name: PersonName) -> Hashable:
-    return (name.family_folded, tuple(name.given_folded), name.use)
+def _new_name(seen: dict[Hashable, set[str | None]], name: PersonName) -> bool:
+    """Whether ``name`` is one the golden record does not have yet (adding it to ``seen``).
+
+    Names are the same by folded family and given names, and by ``use`` when both say one:
+    a name without a ``use`` (a portal form's, many an EHR's) repeats the same name whatever
+    use it has, while an official and a maiden name of the same spelling are two."""
+    key = (name.family_folded, tuple(name.given_folded))
+    uses = seen.get(key)
+    if uses is not None and (name.use is None or None in uses or name.use in uses):
+        return False
+    seen.setdefault(key, set()).add(name.use)
+    return True
 
 
 def _system_identity(value: Identifier | ContactPoint) -> Hashable:
@@ -351,7 +360,8 @@ def _build_alone(
     provenance: list[ProvenanceEntry] = []
     append = provenance.append
     golden = GoldenRecord(id=golden_id, links=list(links))
-    golden.names = names = _distinct(p.names, _name_identity)
+    seen_names: dict[Hashable, set[str | None]] = {}
+    golden.names = names = [n for n in p.names if _new_name(seen_names, n)]
     for name in names:
         append(
             ProvenanceEntry(

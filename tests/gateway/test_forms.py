@@ -11,6 +11,8 @@ import copy
 import json
 import logging
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +22,13 @@ from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
+from rich.console import Console
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from askonce.demo import INTAKE_QUESTIONNAIRE
+from askonce.demo import INTAKE_QUESTIONNAIRE, POPULATE_BODY, SUBMIT_BODY, print_demo_access
 from connectors import Page
+from gateway.auth import Credentials
 from gateway.operations.extract import (
     ALLOCATE_ID,
     DEFINITION_EXTRACT,
@@ -53,7 +57,7 @@ def ehr_patient(rid: str, family: str, given: str, birth: str, phone: str, **ext
         "resourceType": "Patient",
         "id": rid,
         "meta": {"lastUpdated": "2026-01-10T10:00:00Z"},
-        "name": [{"family": family, "given": [given]}],
+        "name": [{"use": "official", "family": family, "given": [given]}],
         "gender": "female",
         "birthDate": birth,
         "telecom": [{"system": "phone", "value": phone, "use": "mobile"}],
@@ -578,6 +582,8 @@ def test_a_submitted_form_reaches_the_golden_record_as_what_the_patient_confirme
     assert phones(after)[0] == "4155550177"
     assert "4155550101" in phones(after)
     assert after["address"][0]["city"] == "Berkeley"
+    # The form's name (no use) is the EHR's official name, not a second one.
+    assert [(n["family"], n["given"]) for n in after["name"]] == [("Okafor", ["Ada"])]
     assert after["meta"]["versionId"] != before["meta"]["versionId"]
     with session_factory() as session:
         record = session.scalars(
@@ -816,3 +822,39 @@ def test_the_capability_statement_declares_the_form_round_trip(
             "definition": "http://hl7.org/fhir/uv/sdc/OperationDefinition/QuestionnaireResponse-extract",
         }
     ]
+
+
+def test_the_demo_prints_commands_that_submit_a_form_back(
+    client: TestClient, portal_headers: Headers, world: World
+) -> None:
+    """The demo's printed round trip: $populate's output, through the printed Python, is a
+    submission the server takes in (and the console prints both bodies unmangled)."""
+    console = Console(record=True, width=400)
+    print_demo_access(
+        console,
+        Credentials(1, "demo", PORTAL_CLIENT, "secret", list(FORM_SCOPES)),
+        "http://127.0.0.1:8000",
+    )
+    printed = console.export_text()
+    assert SUBMIT_BODY in printed and POPULATE_BODY in printed
+    filled = client.post(
+        "/fhir/Questionnaire/$populate",
+        content=subprocess.run(
+            [sys.executable, "-c", POPULATE_BODY, str(INTAKE_QUESTIONNAIRE), world.ada],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout,
+        headers=portal_headers,
+    )
+    assert filled.status_code == 200, filled.text
+    body = subprocess.run(
+        [sys.executable, "-c", SUBMIT_BODY, str(INTAKE_QUESTIONNAIRE), "+1 415 555 0100"],
+        input=filled.text,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    created = submit(client, portal_headers, json.loads(body))
+    assert created.status_code == 201, created.text
+    assert phones(read_golden(client, portal_headers, world.ada))[0] == "4155550100"

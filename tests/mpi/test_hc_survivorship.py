@@ -75,6 +75,24 @@ def _union(
     return out
 
 
+def _name_union(ranked: Sequence[MemberRecord]) -> list[tuple[Any, MemberRecord]]:
+    """Names kept: the same folded family and given names are one name unless both name
+    a use and the uses differ (a name without a use repeats one with any use)."""
+    kept: list[tuple[Any, MemberRecord]] = []
+    for member in ranked:
+        for name in member.patient.names:
+            same = [
+                other
+                for other, _ in kept
+                if (other.family_folded, other.given_folded)
+                == (name.family_folded, name.given_folded)
+                and (other.use is None or name.use is None or other.use == name.use)
+            ]
+            if not same:
+                kept.append((name, member))
+    return kept
+
+
 Entry = tuple[str, Any, int, str, datetime | None]
 
 
@@ -87,9 +105,7 @@ def _reference_golden(
     provenance: list[Entry] = []
     golden = GoldenRecord(id=golden_id, links=list(links))
     ranked, rule = _reference_ranked(members, "name", rules)
-    for name, m in _union(
-        ranked, lambda p: p.names, lambda n: (n.family_folded, tuple(n.given_folded), n.use)
-    ):
+    for name, m in _name_union(ranked):
         golden.names.append(name)
         value = {"family": name.family, "given": name.given}
         provenance.append(("name", value, m.record_id, rule, m.observed_at))
