@@ -325,6 +325,23 @@ def answer_as(element: Element, key: str, value: Any) -> Any:
     return None
 
 
+def _parts(extension: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The sub-extensions of a complex extension by ``url`` (the first of each)."""
+    parts: dict[str, dict[str, Any]] = {}
+    for part in extension.get("extension") or []:
+        if isinstance(part, dict) and isinstance(part.get("url"), str):
+            parts.setdefault(part["url"], part)
+    return parts
+
+
+def _definition(parts: dict[str, dict[str, Any]]) -> str | None:
+    """The ``definition`` part of ``definitionExtract`` (a canonical) or of
+    ``definitionExtractValue`` (a uri)."""
+    part = parts.get("definition") or {}
+    value = part.get("valueCanonical") or part.get("valueUri")
+    return value if isinstance(value, str) else None
+
+
 def _answer(answer: Any) -> tuple[str, Any] | None:
     if not isinstance(answer, dict):
         return None
@@ -400,14 +417,11 @@ class _Extraction(Expressions):
         """(resource type, canonical, fullUrl) of a resource ``element`` starts, if any."""
         found = find_extension(element, DEFINITION_EXTRACT)
         if found is not None:
-            canonical, full_url = None, None
-            for part in found.get("extension") or []:
-                if not isinstance(part, dict):
-                    continue
-                if part.get("url") == "definition":
-                    canonical = part.get("valueCanonical") or part.get("valueUri")
-                elif part.get("url") == "fullUrl" and isinstance(part.get("valueString"), str):
-                    full_url = self.first(part["valueString"], focus, link_id, "fullUrl")
+            parts = _parts(found)
+            canonical = _definition(parts)
+            full_url = None
+            if isinstance(parts.get("fullUrl", {}).get("valueString"), str):
+                full_url = self.first(parts["fullUrl"]["valueString"], focus, link_id, "fullUrl")
             if not isinstance(canonical, str):
                 self.warn(link_id, "definitionExtract has no definition.", "required")
                 return None
@@ -485,31 +499,27 @@ class _Extraction(Expressions):
         for extension in element.get("extension") or []:
             if not isinstance(extension, dict) or extension.get("url") != DEFINITION_EXTRACT_VALUE:
                 continue
-            definition, values = None, None
-            for part in extension.get("extension") or []:
-                if not isinstance(part, dict):
-                    continue
-                if part.get("url") == "definition":
-                    definition = part.get("valueUri") or part.get("valueCanonical")
-                elif part.get("url") == "fixed-value":
-                    values = [v for k, v in part.items() if k.startswith("value")][:1]
-                elif part.get("url") == "expression":
-                    expression = part.get("valueExpression") or {}
-                    if expression.get("language") != FHIRPATH:
-                        self.warn(
-                            link_id,
-                            f"definitionExtractValue: only {FHIRPATH} is evaluated.",
-                            "not-supported",
-                        )
-                        continue
-                    found = self.fhirpath(
-                        str(expression.get("expression") or ""),
-                        self.variables,
+            parts = _parts(extension)
+            definition, values = _definition(parts), None
+            if "fixed-value" in parts:
+                values = [v for k, v in parts["fixed-value"].items() if k.startswith("value")][:1]
+            elif "expression" in parts:
+                expression = parts["expression"].get("valueExpression") or {}
+                if expression.get("language") != FHIRPATH:
+                    self.warn(
                         link_id,
-                        "definitionExtractValue",
-                        focus=focus,
+                        f"definitionExtractValue: only {FHIRPATH} is evaluated.",
+                        "not-supported",
                     )
-                    values = [] if found is None else found
+                    continue
+                found = self.fhirpath(
+                    str(expression.get("expression") or ""),
+                    self.variables,
+                    link_id,
+                    "definitionExtractValue",
+                    focus=focus,
+                )
+                values = [] if found is None else found
             match = _DEFINITION.match(str(definition or ""))
             if match is None:
                 self.warn(link_id, "definitionExtractValue has no usable definition.", "invalid")
