@@ -40,6 +40,7 @@ from gateway.operations.extract import (
 from mpi import merge_golden
 from store.models import Audit, FormResponse, Link, Outbox, Source, SourceRecord
 from sync.pipeline import ingest_page
+from sync.retire import remove_source
 from sync.sources import SourceSettingsError, checked_settings
 from tests.sync.helpers import add_source
 
@@ -858,3 +859,19 @@ def test_the_demo_prints_commands_that_submit_a_form_back(
     created = submit(client, portal_headers, json.loads(body))
     assert created.status_code == 201, created.text
     assert phones(read_golden(client, portal_headers, world.ada))[0] == "4155550100"
+
+
+def test_removing_the_portal_source_takes_its_answers_and_forms_away(
+    client: TestClient,
+    portal_headers: Headers,
+    world: World,
+    session_factory: sessionmaker[Session],
+) -> None:
+    response = populated(client, portal_headers, world.ada)
+    answer(response, "contact.mobile", {"valueString": "+1 415 555 0177"})
+    assert submit(client, portal_headers, completed(response)).status_code == 201
+    assert phones(read_golden(client, portal_headers, world.ada))[0] == "4155550177"
+    remove_source(session_factory, world.portal)
+    assert phones(read_golden(client, portal_headers, world.ada)) == ["4155550101"]
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(FormResponse)) == 0
