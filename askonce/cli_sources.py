@@ -47,7 +47,7 @@ from askonce.sources import (
     record_counts,
 )
 from connectors import PUSH_ONLY_KINDS, TransientError
-from connectors.config import PORTAL_KIND
+from connectors.config import push_arrival
 from store import NotFoundError, SchemaNotAtHeadError, SourceRepository, SyncRunRepository
 from store.models import Source as SourceRow
 from store.models import SourceRecord, SyncRun
@@ -515,13 +515,9 @@ def sync_command(
         console.print(f"[red]error:[/red] {name} is disabled (askonce sources enable {name})")
         raise typer.Exit(code=2)
     if kind in PUSH_ONLY_KINDS:
-        arrives = (
-            "its forms arrive at POST /fhir/QuestionnaireResponse"
-            if kind == PORTAL_KIND
-            else "its messages arrive on its port (askonce mllp)"
-        )
         console.print(
-            f"[red]error:[/red] {name} is a {kind} source: nothing is pulled from it, {arrives}"
+            f"[red]error:[/red] {name} is a {kind} source: nothing is pulled from it,"
+            f" {push_arrival(kind)}"
         )
         raise typer.Exit(code=2)
     try:

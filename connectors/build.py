@@ -8,7 +8,13 @@ import httpx
 
 from connectors.auth import build_auth
 from connectors.bulk import BulkExportSource
-from connectors.config import PUSH_ONLY_KINDS, SOURCE_KINDS, SourceConfig, SourceOptions
+from connectors.config import (
+    PUSH_ONLY_KINDS,
+    SOURCE_KINDS,
+    SourceConfig,
+    SourceOptions,
+    push_arrival,
+)
 from connectors.errors import PermanentError
 from connectors.history import HistorySource
 from connectors.http import FhirHttp, Sleep
@@ -34,7 +40,7 @@ def build_source(
     if config.kind in PUSH_ONLY_KINDS:
         raise PermanentError(
             f"a {config.kind} source is push-only: nothing is pulled from it"
-            " (its messages arrive on its port, served by askonce mllp)"
+            f" ({push_arrival(config.kind)})"
         )
     options = SourceOptions.from_dict(dict(config.options))
     if config.kind == "ndjson":

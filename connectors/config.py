@@ -39,6 +39,15 @@ SOURCE_KINDS: tuple[str, ...] = ("fhir", "history", "bulk", "ndjson", "hl7v2", "
 HL7V2_KIND = "hl7v2"
 PORTAL_KIND = "portal"
 PUSH_ONLY_KINDS: tuple[str, ...] = (HL7V2_KIND, PORTAL_KIND)
+
+
+def push_arrival(kind: str) -> str:
+    """Where the data of a push-only source of ``kind`` arrives (for the refusals to pull)."""
+    if kind == PORTAL_KIND:
+        return "its forms arrive at POST /fhir/QuestionnaireResponse"
+    return "its messages arrive on its port, served by askonce mllp"
+
+
 VENDOR_PROFILES: tuple[str, ...] = ("standard", "patient-scoped")
 BULK_LEVELS: tuple[str, ...] = ("system", "patient", "group")
 DEFAULT_RESOURCE_TYPES: tuple[str, ...] = ("Patient", "Encounter")
