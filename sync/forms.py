@@ -140,7 +140,8 @@ def receive_form(
     options: PatientOptions | None = None,
 ) -> FormReceipt:
     """Take in the Patient a form of ``source`` extracted for the person of ``golden_id``
-    (an active golden record); the caller commits. Raises :class:`FormRejectedError`."""
+    (an active golden record); the caller commits, or rolls back after a
+    :class:`FormRejectedError`."""
     if not any(k not in _SERVER_SET for k in answers):
         raise FormRejectedError("The form gives no Patient data.", ["QuestionnaireResponse.item"])
     lock_source(session, source.id)
@@ -191,13 +192,18 @@ def receive_form(
         )
     ).one()
     linked = session.scalar(select(Link.golden_id).where(Link.source_record_id == record.id))
+    if linked != golden_id:  # a golden record with no record of its own to pin to
+        raise FormRejectedError(
+            "The subject's record cannot take a form: it holds no source record.",
+            ["QuestionnaireResponse.subject"],
+        )
     log.info(
         "form received",
         extra={"source_id": source.id, "record_id": record.id, "golden_id": linked},
     )
     return FormReceipt(
         source.id,
-        str(linked or golden_id),
+        golden_id,
         record.id,
         resource_id,
         changed=record.content_hash != before,

@@ -875,3 +875,28 @@ def test_removing_the_portal_source_takes_its_answers_and_forms_away(
     assert phones(read_golden(client, portal_headers, world.ada)) == ["4155550101"]
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(FormResponse)) == 0
+
+
+def test_a_golden_record_without_records_takes_no_form(
+    client: TestClient,
+    portal_headers: Headers,
+    world: World,
+    add_patient: Callable[..., str],
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A golden record made without a source record (nothing to pin the form's record to)
+    refuses the form instead of letting the record be matched elsewhere."""
+    bare = add_patient(family="Okafor", given="Ada", birth_date="1980-04-02")
+    response = populated(client, portal_headers, bare)
+    refused = submit(client, portal_headers, completed(response))
+    assert refused.status_code == 422, refused.text
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(FormResponse)) == 0
+        assert (
+            session.scalar(
+                select(func.count())
+                .select_from(SourceRecord)
+                .where(SourceRecord.source_id == world.portal)
+            )
+            == 0
+        )
