@@ -360,8 +360,11 @@ def _build_alone(
     provenance: list[ProvenanceEntry] = []
     append = provenance.append
     golden = GoldenRecord(id=golden_id, links=list(links))
-    seen_names: dict[Hashable, set[str | None]] = {}
-    golden.names = names = [n for n in p.names if _new_name(seen_names, n)]
+    if len(p.names) < 2:  # nearly every record: nothing to compare
+        golden.names = names = list(p.names)
+    else:
+        seen_names: dict[Hashable, set[str | None]] = {}
+        golden.names = names = [n for n in p.names if _new_name(seen_names, n)]
     for name in names:
         append(
             ProvenanceEntry(
