@@ -217,7 +217,7 @@ def history(
 
 @router.get(
     "/Patient/{golden_id}/$everything",
-    summary="The golden Patient, its encounters and its provenance",
+    summary="The golden Patient, its encounters, its submitted forms and its provenance",
     responses=BUNDLE_RESPONSE,
     openapi_extra=fhir_extra("Patient", "operation", "everything"),
 )
@@ -241,6 +241,7 @@ def everything_route(
             secret=state.secret_key,
             count=min(count or state.default_page_size, state.max_page_size),
             cursor=cursor,
+            forms=principal.scopes.allows("QuestionnaireResponse", "r"),
         )
         entry["ids"] = ids
     return fhir_response(bundle, media)

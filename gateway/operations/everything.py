@@ -1,9 +1,12 @@
-"""``Patient/{id}/$everything``: the golden Patient, its encounters and its provenance.
+"""``Patient/{id}/$everything``: the golden Patient, its encounters, its forms and its
+provenance.
 
 https://hl7.org/fhir/R4/patient-operation-everything.html. Paged with ``_count``:
-the Patient comes first, then every encounter from every linked source (by id),
-then one Provenance per contributing source record, telling which golden fields
-came from it and by which survivorship rule (https://hl7.org/fhir/R4/provenance.html).
+the Patient comes first, then every encounter from every linked source (by id), then
+the QuestionnaireResponses a patient portal submitted for the person (when the caller
+may read them: they are in the Patient compartment), then one Provenance per
+contributing source record, telling which golden fields came from it and by which
+survivorship rule (https://hl7.org/fhir/R4/provenance.html).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from gateway.operations.encounters import render_encounter
 from gateway.operations.paging import decode_cursor, encode_cursor
 from gateway.operations.read import read_patient
 from gateway.outcomes import OutcomeError, bad_request
-from store.models import Encounter, FieldProvenance, SourceRecord
+from store.models import Encounter, FieldProvenance, FormResponse, Link, SourceRecord
 from store.types import fhir_instant
 
 SURVIVORSHIP_POLICY = "urn:askonce:survivorship:{rule}"
@@ -92,15 +95,19 @@ def everything(
     secret: str,
     count: int,
     cursor: str | None,
+    forms: bool = False,
 ) -> tuple[dict[str, Any], list[str]]:
-    """The page of ``$everything`` and the ids it disclosed (for the audit)."""
+    """The page of ``$everything`` and the ids it disclosed (for the audit); ``forms``:
+    the caller may read QuestionnaireResponses."""
     position = decode_cursor(secret, cursor) if cursor else {"phase": "patient"}
     phase = position.get("phase")
     last_encounter = position.get("e", 0)
+    last_form = position.get("f", "")
     last_record = position.get("p", -1)
     if (
-        phase not in ("patient", "encounter", "provenance")
+        phase not in ("patient", "encounter", "form", "provenance")
         or not isinstance(last_encounter, int)
+        or not isinstance(last_form, str)
         or not isinstance(last_record, int)
     ):
         raise OutcomeError(bad_request("The paging cursor is invalid.", "_cursor"))
@@ -121,6 +128,21 @@ def everything(
         if len(rows) > room:
             last_encounter = rows[room - 1].id if room else last_encounter
         else:
+            phase = "form" if forms else "provenance"
+    if phase == "form" and len(entries) < count:
+        # Through the forms' records' links, so that a merged record's forms follow it.
+        found = session.scalars(
+            select(FormResponse)
+            .join(Link, Link.source_record_id == FormResponse.source_record_id)
+            .where(Link.golden_id == golden_id, FormResponse.id > last_form)
+            .order_by(FormResponse.id)
+            .limit(count - len(entries) + 1)
+        ).all()
+        room = count - len(entries)
+        entries.extend(match_entry(base, f.resource) for f in found[:room])
+        if len(found) > room:
+            last_form = found[room - 1].id
+        else:
             phase = "provenance"
     if phase == "provenance" and len(entries) < count:
         provenance = provenance_of(session, golden_id, last_record)
@@ -133,7 +155,9 @@ def everything(
     path = f"Patient/{golden_id}/$everything"
     next_url = None
     if phase != "done":
-        token = encode_cursor(secret, {"phase": phase, "e": last_encounter, "p": last_record})
+        token = encode_cursor(
+            secret, {"phase": phase, "e": last_encounter, "f": last_form, "p": last_record}
+        )
         next_url = page_url(base, path, [("_count", str(count)), ("_cursor", token)])
     bundle = searchset(
         entries, self_url=page_url(base, path, [("_count", str(count))]), next_url=next_url

@@ -900,3 +900,36 @@ def test_a_golden_record_without_records_takes_no_form(
             )
             == 0
         )
+
+
+def test_everything_holds_the_forms_of_the_person_for_a_caller_that_may_read_them(
+    client: TestClient,
+    portal_headers: Headers,
+    auth_for: Callable[..., Headers],
+    world: World,
+    session_factory: sessionmaker[Session],
+) -> None:
+    response = populated(client, portal_headers, world.ada)
+    answer(response, "contact.mobile", {"valueString": "+1 415 555 0177"})
+    form_id = submit(client, portal_headers, completed(response)).json()["id"]
+    with session_factory() as session:  # the form follows its person into a merge
+        merge_golden(session, world.ada, world.ben, actor="steward")
+        session.commit()
+
+    def everything(headers: Headers) -> list[tuple[str, str]]:
+        found, url = [], f"/fhir/Patient/{world.ben}/$everything?_count=1"
+        while url:
+            page = client.get(url, headers=headers)
+            assert page.status_code == 200, page.text
+            bundle = page.json()
+            found += [(e["resource"]["resourceType"], e["resource"]["id"]) for e in bundle["entry"]]
+            url = next((link["url"] for link in bundle["link"] if link["relation"] == "next"), "")
+            url = url.replace("http://testserver", "")
+        return found
+
+    reader = auth_for("system/Patient.rs", "system/Encounter.rs", "system/QuestionnaireResponse.r")
+    types = [t for t, _ in everything(reader)]
+    assert ("QuestionnaireResponse", form_id) in everything(reader)
+    assert types.index("QuestionnaireResponse") < types.index("Provenance")
+    without = everything(auth_for("system/Patient.rs", "system/Encounter.rs"))
+    assert "QuestionnaireResponse" not in [t for t, _ in without]
