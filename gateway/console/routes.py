@@ -47,6 +47,7 @@ from gateway.console.views import (
     dashboard_counts,
     disagreements,
     evidence_rows,
+    form_title,
     golden_view,
     person_view,
     record_view,
@@ -56,7 +57,7 @@ from gateway.fhir.context import search_context
 from gateway.operations.search_patient import search_patients
 from gateway.outcomes import OutcomeError
 from mpi import review_item_dict
-from store.models import Consumer, GoldenPatient, ReviewItem, Source
+from store.models import Consumer, FormResponse, GoldenPatient, Link, ReviewItem, Source
 from store.types import as_utc
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -72,6 +73,8 @@ SESSION_S = 30 * 60
 #: Renewed on a page past this much of its life.
 RENEW_AFTER_S = 5 * 60
 PAGE = 50
+#: The latest forms a golden record's page lists.
+FORMS_SHOWN = 20
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
@@ -107,6 +110,7 @@ def reasons(error: Any) -> str:
 
 templates.env.filters["when"] = when
 templates.env.filters["reasons"] = reasons
+templates.env.filters["form_title"] = form_title
 
 
 class LoginRequired(Exception):
@@ -416,6 +420,13 @@ def golden(
             )
         links = links_of(session, golden_id)
         names = dict(session.execute(select(Source.id, Source.name)).all())
+        forms = session.scalars(
+            select(FormResponse)
+            .join(Link, Link.source_record_id == FormResponse.source_record_id)
+            .where(Link.golden_id == golden_id)
+            .order_by(FormResponse.received_at.desc())
+            .limit(FORMS_SHOWN)
+        ).all()
         for link in links["links"]:
             link["comparisons"], link["notes"] = evidence_rows(link.get("explanation"))
         entry["ids"] = [golden_id]
@@ -427,6 +438,7 @@ def golden(
             "row": row,
             "links": links["links"],
             "history": links["history"],
+            "forms": forms,
             "source_names": names,
             "split": split,
             "split_to": to if to and len(to) <= 36 else None,

@@ -181,3 +181,14 @@ def dashboard_counts(session: Session) -> dict[str, Any]:
         ).all()
     )
     return {"review": review, "goldens": goldens, "quarantined": quarantined}
+
+
+def form_title(resource: dict[str, Any]) -> str:
+    """What a submitted QuestionnaireResponse answered: its form's title (a contained
+    form's), else its canonical URL."""
+    reference = str(resource.get("questionnaire") or "")
+    if reference.startswith("#"):
+        for contained in resource.get("contained") or []:
+            if isinstance(contained, dict) and contained.get("id") == reference[1:]:
+                return str(contained.get("title") or contained.get("url") or "a contained form")
+    return reference

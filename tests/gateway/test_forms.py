@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from askonce.demo import INTAKE_QUESTIONNAIRE, POPULATE_BODY, SUBMIT_BODY, print_demo_access
 from connectors import Page
-from gateway.auth import Credentials
+from gateway.auth import Credentials, register_consumer
 from gateway.operations.extract import (
     ALLOCATE_ID,
     DEFINITION_EXTRACT,
@@ -42,6 +42,7 @@ from store.models import Audit, FormResponse, Link, Outbox, Source, SourceRecord
 from sync.pipeline import ingest_page
 from sync.retire import remove_source
 from sync.sources import SourceSettingsError, checked_settings
+from tests.gateway.test_console import sign_in
 from tests.sync.helpers import add_source
 
 Headers = dict[str, str]
@@ -933,3 +934,23 @@ def test_everything_holds_the_forms_of_the_person_for_a_caller_that_may_read_the
     assert types.index("QuestionnaireResponse") < types.index("Provenance")
     without = everything(auth_for("system/Patient.rs", "system/Encounter.rs"))
     assert "QuestionnaireResponse" not in [t for t, _ in without]
+
+
+def test_the_console_lists_the_forms_a_patient_submitted(
+    client: TestClient,
+    portal_headers: Headers,
+    world: World,
+    session_factory: sessionmaker[Session],
+) -> None:
+    response = populated(client, portal_headers, world.ada)
+    answer(response, "contact.mobile", {"valueString": "+1 415 555 0177"})
+    assert submit(client, portal_headers, completed(response)).status_code == 201
+    with session_factory() as session:
+        steward = register_consumer(session, "steward", "steward", ["askonce.admin"])
+        session.commit()
+    sign_in(client, steward)
+    page = client.get(f"/console/golden/{world.ada}")
+    assert page.status_code == 200
+    assert "Forms the patient submitted" in page.text
+    assert "New patient intake" in page.text and PORTAL_CLIENT in page.text
+    assert "No form yet." in client.get(f"/console/golden/{world.ben}").text
