@@ -673,6 +673,18 @@ def test_a_later_form_updates_the_same_record_element_by_element(
     assert minimal.status_code == 201 and minimal.content == b""
 
 
+def nothing_written(session_factory: sessionmaker[Session], world: World) -> bool:
+    """No form kept and no record of the portal's: a refused form left nothing behind."""
+    with session_factory() as session:
+        forms = session.scalar(select(func.count()).select_from(FormResponse))
+        records = session.scalar(
+            select(func.count())
+            .select_from(SourceRecord)
+            .where(SourceRecord.source_id == world.portal)
+        )
+    return forms == records == 0
+
+
 def test_a_form_that_describes_someone_else_is_refused_and_leaves_nothing(
     client: TestClient,
     portal_headers: Headers,
@@ -690,16 +702,7 @@ def test_a_form_that_describes_someone_else_is_refused_and_leaves_nothing(
     outcome = refused.json()
     assert outcome["issue"][0]["code"] == "business-rule"
     assert "Brennan" not in refused.text and "1955" not in refused.text
-    with session_factory() as session:
-        assert session.scalar(select(func.count()).select_from(FormResponse)) == 0
-        assert (
-            session.scalar(
-                select(func.count())
-                .select_from(SourceRecord)
-                .where(SourceRecord.source_id == world.portal)
-            )
-            == 0
-        )
+    assert nothing_written(session_factory, world)
     # A corrected spelling of the patient's own name is taken in.
     response = populated(client, portal_headers, world.ada)
     answer(response, "about.given", {"valueString": "Adah"})
@@ -891,16 +894,7 @@ def test_a_golden_record_without_records_takes_no_form(
     response = populated(client, portal_headers, bare)
     refused = submit(client, portal_headers, completed(response))
     assert refused.status_code == 422, refused.text
-    with session_factory() as session:
-        assert session.scalar(select(func.count()).select_from(FormResponse)) == 0
-        assert (
-            session.scalar(
-                select(func.count())
-                .select_from(SourceRecord)
-                .where(SourceRecord.source_id == world.portal)
-            )
-            == 0
-        )
+    assert nothing_written(session_factory, world)
 
 
 def test_everything_holds_the_forms_of_the_person_for_a_caller_that_may_read_them(
