@@ -56,6 +56,7 @@ from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
+from fhir.resources.R4B.resource import Resource
 from pydantic import ValidationError
 
 from gateway.operations.populate import (
@@ -270,12 +271,7 @@ def resource_model(resource_type: str) -> Any:
         model = get_fhir_model_class(resource_type)
     except (KeyError, ValueError):
         return None
-    return (
-        model
-        if "resourceType" in getattr(model, "model_fields", {})
-        or hasattr(model, "get_resource_type")
-        else None
-    )
+    return model if isinstance(model, type) and issubclass(model, Resource) else None
 
 
 def _choice_element(model: Any, segment: str, answer_key: str | None) -> Element | None:

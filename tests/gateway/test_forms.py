@@ -529,6 +529,7 @@ def test_the_element_model_comes_from_fhir_resources() -> None:
     assert element_of(patient, "deceasedBoolean") is not None
     assert element_of(patient, "nonsense") is None
     assert resource_model("NotAResource") is None
+    assert resource_model("HumanName") is None  # a datatype, not a resource
 
 
 # --- submitting a form ----------------------------------------------------------------------
