@@ -57,7 +57,7 @@ DEMO_SCOPES = (
     "system/Patient.rs",
     "system/Encounter.rs",
     "system/Subscription.cruds",
-    "system/QuestionnaireResponse.cr",
+    "system/QuestionnaireResponse.crs",
     "askonce.admin",
 )
 

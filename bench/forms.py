@@ -53,7 +53,7 @@ DEFAULT_FORMS = 500
 PAGE = 500
 SECRET = "bench-forms-secret-" + "f" * 32
 CLIENT = "bench-portal"
-SCOPES = ["system/Patient.rs", "system/QuestionnaireResponse.cr"]
+SCOPES = ["system/Patient.rs", "system/QuestionnaireResponse.crs"]
 FAMILIES = ["Nguyen", "Smith", "Garcia", "Mueller", "Okafor", "Tanaka", "Kowalski", "Haddad"]
 GIVENS = ["Anh", "John", "Maria", "Juergen", "Chidi", "Yuki", "Anna", "Omar", "Li", "Sara"]
 

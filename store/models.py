@@ -531,6 +531,11 @@ class FormResponse(Base):
     #: The golden record the form was about when it arrived (the subject's survivor).
     golden_id: Mapped[str] = mapped_column(String(36))
     client_id: Mapped[str] = mapped_column(String(100))
+    #: The canonical URL (``url|version``) of the form answered (a contained form's own).
+    questionnaire: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: ``completed`` | ``amended``
+    status: Mapped[str] = mapped_column(String(20))
+    authored: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: The QuestionnaireResponse, with the id and meta this server gave it.
     resource: Mapped[dict[str, Any]] = mapped_column(JSONType)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -103,7 +103,7 @@ def smart_configuration(request: Request) -> JSONResponse:
             "scopes_supported": [
                 "system/Patient.rs",
                 "system/Encounter.rs",
-                "system/QuestionnaireResponse.cr",
+                "system/QuestionnaireResponse.crs",
                 "system/Subscription.cruds",
                 "askonce.admin",
             ],

@@ -4,7 +4,7 @@
 - ``QuestionnaireResponse/$extract``: resources from a completed form (writes nothing);
 - ``POST QuestionnaireResponse``: a portal submits a completed form, whose answers reach
   the golden record as what the patient confirmed; ``GET QuestionnaireResponse/{id}``
-  reads it back.
+  reads it back, ``GET QuestionnaireResponse?…`` searches them.
 
 Thin adapters: each reads the body, calls its operation (:mod:`gateway.operations.populate`,
 :mod:`~gateway.operations.extract`, :mod:`~gateway.operations.forms`) in the thread pool
@@ -22,11 +22,24 @@ from starlette.responses import Response
 
 from gateway.audit import audited
 from gateway.auth.tokens import Principal
-from gateway.deps import AuditDep, PatientRead, PrincipalDep, StateDep, require
-from gateway.fhir.context import fhir_extra
-from gateway.fhir.http import MediaType, etag, fhir_response, prefers, read_json_body
+from gateway.deps import AuditDep, PatientRead, PrincipalDep, SessionDep, StateDep, require
+from gateway.fhir.context import fhir_extra, search_context
+from gateway.fhir.http import (
+    MediaType,
+    etag,
+    fhir_response,
+    prefers,
+    query_items,
+    read_json_body,
+)
 from gateway.operations.extract import extract
-from gateway.operations.forms import Submitted, read_form, submit_form
+from gateway.operations.forms import (
+    FORM_SEARCH_PARAMS,
+    Submitted,
+    read_form,
+    search_forms,
+    submit_form,
+)
 from gateway.operations.populate import SearchLimits, populate
 from gateway.state import GatewayState
 from store.types import utcnow
@@ -34,6 +47,7 @@ from store.types import utcnow
 router = APIRouter(prefix="/fhir", tags=["Questionnaire"])
 FormCreate = Annotated[Principal, Depends(require("QuestionnaireResponse", "c"))]
 FormRead = Annotated[Principal, Depends(require("QuestionnaireResponse", "r"))]
+FormSearch = Annotated[Principal, Depends(require("QuestionnaireResponse", "s"))]
 PARAMETERS_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"application/fhir+json": {}},
@@ -123,6 +137,36 @@ async def submit_route(
         return Response(status_code=201, headers=headers)
     body_out = submitted.outcome() if prefers(request, "return=operationoutcome") else None
     return fhir_response(body_out or submitted.resource, media, status=201, headers=headers)
+
+
+@router.get(
+    "/QuestionnaireResponse",
+    summary="Search the forms portals submitted (by subject, questionnaire, authored, status)",
+    responses={200: {"content": {"application/fhir+json": {}}, "description": "searchset"}},
+    openapi_extra=fhir_extra(
+        "QuestionnaireResponse", "interaction", "search-type", search=FORM_SEARCH_PARAMS
+    ),
+)
+def search_forms_route(
+    request: Request,
+    session: SessionDep,
+    principal: FormSearch,
+    audit: AuditDep,
+    media: MediaType,
+) -> Response:
+    ctx = search_context(request)
+    with audited(audit, principal, "search", request, "QuestionnaireResponse") as entry:
+        bundle = search_forms(
+            session,
+            query_items(request),
+            base=ctx.base,
+            secret=ctx.secret,
+            strict=ctx.strict,
+            default_count=ctx.default_count,
+            max_count=ctx.max_count,
+        )
+        entry["ids"] = [e["resource"]["id"] for e in bundle.get("entry", [])]
+    return fhir_response(bundle, media)
 
 
 def _read_with_session(state: GatewayState, form_id: str) -> dict[str, Any]:

@@ -16,8 +16,7 @@ from typing import Any, Protocol
 from sqlalchemy import ColumnElement, and_, func, literal, not_, or_, select
 from sqlalchemy.orm import Session
 
-from gateway.operations.bundle import match_entry, page_url, searchset, subset
-from gateway.operations.paging import decode_cursor, encode_cursor
+from gateway.operations.keyset import Keyset, keyset_page
 from gateway.operations.params import (
     DateRange,
     SearchRequest,
@@ -28,8 +27,8 @@ from gateway.operations.params import (
     parse_token,
     split_or,
 )
-from gateway.operations.read import survivor_of
-from gateway.operations.sql import SortColumn, after, date_condition, encode_value, order_by
+from gateway.operations.read import patient_ids
+from gateway.operations.sql import SortColumn, date_condition
 from gateway.outcomes import OutcomeError, not_found
 from store.models import Encounter
 from store.types import UTCDateTime, fhir_instant
@@ -147,22 +146,9 @@ def _code_condition(column: Any, name: str, raw: str) -> ColumnElement[bool]:
     return column.in_(codes)
 
 
-def _patient_ids(session: Session, raw: str) -> list[str]:
-    ids = []
-    for alt in split_or(raw):
-        ref = alt.removeprefix("Patient/")
-        if "/" in ref or not ref:
-            raise fail("patient takes a Patient id or Patient/<id>.", "patient")
-        ids.append(ref)
-        survivor = survivor_of(session, ref)
-        if survivor is not None:
-            ids.append(survivor)
-    return ids
-
-
 def _criterion(session: Session, name: str, raw: str) -> ColumnElement[bool]:
     if name == "patient":
-        return Encounter.golden_id.in_(_patient_ids(session, raw))
+        return Encounter.golden_id.in_(patient_ids(session, raw, name))
     if name == "_id":
         return Encounter.id.in_([int(i) for i in split_or(raw) if ROW_ID.match(i)])
     if name == "date":
@@ -206,29 +192,18 @@ def search_encounters(
         default_count=default_count,
         max_count=max_count,
     )
-    self_url = page_url(base, "Encounter", request.used_params())
     stmt = select(Encounter).where(Encounter.golden_id.is_not(None))
     for name, _mod, raw in request.criteria:
         stmt = stmt.where(_criterion(session, name, raw))
-    if request.summary_count:
-        total = session.scalar(select(func.count()).select_from(stmt.subquery()))
-        return searchset([], self_url=self_url, total=int(total or 0))
-    sort = [(_SORT[p], desc) for p, desc in request.sort if p != "_id"]
-    sort.append((_SORT["_id"], next((d for p, d in request.sort if p == "_id"), False)))
-    if request.cursor is not None:
-        stmt = stmt.where(after(sort, decode_cursor(secret, request.cursor).get("k") or []))
-    rows = session.scalars(stmt.order_by(*order_by(sort)).limit(request.count + 1)).all()
-    page, more = rows[: request.count], len(rows) > request.count
-    entries = [match_entry(base, subset(render_encounter(r), request.elements)) for r in page]
-    next_url = None
-    if more:
-        last = page[-1]
-        key = [encode_value(_value_of(last, p)) for p, _ in request.sort if p != "_id"]
-        key.append(last.id)
-        token = encode_cursor(secret, {"k": key})
-        next_url = page_url(base, "Encounter", [*request.used_params(), ("_cursor", token)])
-    return searchset(entries, self_url=self_url, next_url=next_url)
+    return keyset_page(
+        session, stmt, request, ENCOUNTER_KEYSET, path="Encounter", base=base, secret=secret
+    )
 
 
 def _value_of(row: Encounter, param: str) -> Any:
+    if param == "_id":
+        return row.id
     return row.last_updated if param == "_lastUpdated" else (row.period_start or NO_START)
+
+
+ENCOUNTER_KEYSET = Keyset(_SORT, _value_of, render_encounter)

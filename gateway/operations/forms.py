@@ -20,15 +20,20 @@ All of it is one transaction: a refused form leaves nothing behind.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.operations.extract import EXTRACTABLE_STATUSES, check_response, extract_resources
+from gateway.operations.keyset import Keyset, keyset_page
+from gateway.operations.params import parse_date, parse_search, parse_token, split_or
 from gateway.operations.populate import subject_id
-from gateway.operations.read import check_id, survivor_of
+from gateway.operations.read import check_id, patient_ids, survivor_of
+from gateway.operations.sql import SortColumn, date_condition
 from gateway.outcomes import (
     Outcome,
     OutcomeError,
@@ -40,8 +45,8 @@ from gateway.outcomes import (
     outcome,
     unprocessable,
 )
-from store.models import FormResponse, GoldenPatient, new_uuid
-from store.types import fhir_instant, utcnow
+from store.models import FormResponse, GoldenPatient, Link, new_uuid
+from store.types import UTCDateTime, fhir_instant, utcnow
 from sync.forms import FormRejectedError, portal_source_of, receive_form
 from sync.patients import PatientOptions
 
@@ -162,6 +167,9 @@ def submit_form(
             source_record_id=receipt.record_id,
             golden_id=receipt.golden_id,
             client_id=client_id,
+            questionnaire=_canonical(request.questionnaire),
+            status=body["status"],
+            authored=_authored(body.get("authored")),
             resource=stored,
             received_at=now,
         )
@@ -170,9 +178,120 @@ def submit_form(
     return Submitted(stored, receipt.golden_id, receipt.changed, issues)
 
 
+def _canonical(questionnaire: dict[str, Any]) -> str | None:
+    url, version = questionnaire.get("url"), questionnaire.get("version")
+    if not isinstance(url, str) or not url:
+        return None
+    return f"{url}|{version}" if isinstance(version, str) and version else url
+
+
+def _authored(value: Any) -> datetime | None:
+    """The start of ``authored`` (a FHIR dateTime of any precision), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_date(value, "authored").low
+    except OutcomeError:
+        return None
+
+
 def read_form(session: Session, form_id: str) -> FormResponse:
     check_id("QuestionnaireResponse", form_id)
     form = session.get(FormResponse, form_id)
     if form is None:
         raise OutcomeError(not_found(f"QuestionnaireResponse/{form_id} is not known."))
     return form
+
+
+# --- search ----------------------------------------------------------------------------
+
+FORM_SEARCH_PARAMS: dict[str, tuple[str, str]] = {
+    "_id": ("token", "The id of the QuestionnaireResponse"),
+    "_lastUpdated": ("date", "When askonce received the form"),
+    "subject": ("reference", "The golden Patient (id or Patient/id); a merged one's too"),
+    "patient": ("reference", "The same as subject"),
+    "questionnaire": ("reference", "The form's canonical URL (a version after |, optional)"),
+    "authored": ("date", "When the answers were recorded"),
+    "status": ("token", "completed | amended"),
+}
+SUPPORTED = {name: frozenset[str]() for name in FORM_SEARCH_PARAMS}
+SORTABLE = frozenset({"_id", "_lastUpdated", "authored"})
+#: Sort position of a form without ``authored`` (first ascending, last descending).
+NOT_AUTHORED = datetime(1, 1, 1, tzinfo=UTC)
+_SORT: dict[str, SortColumn] = {
+    "_id": (FormResponse.id, "str"),
+    "_lastUpdated": (FormResponse.received_at, "dt"),
+    "authored": (func.coalesce(FormResponse.authored, literal(NOT_AUTHORED, UTCDateTime)), "dt"),
+}
+
+
+def _value_of(form: FormResponse, param: str) -> Any:
+    if param == "_id":
+        return form.id
+    if param == "_lastUpdated":
+        return form.received_at
+    return form.authored or NOT_AUTHORED
+
+
+FORM_KEYSET = Keyset(_SORT, _value_of, lambda form: dict(form.resource))
+
+
+def _criterion(session: Session, name: str, raw: str) -> ColumnElement[bool]:
+    values = split_or(raw)
+    if name in ("subject", "patient"):
+        golden_ids = patient_ids(session, raw, name)
+        records = select(Link.source_record_id).where(Link.golden_id.in_(golden_ids))
+        return FormResponse.source_record_id.in_(records)
+    if name == "_id":
+        return FormResponse.id.in_(values)
+    if name == "questionnaire":
+        return or_(
+            *(
+                FormResponse.questionnaire == value
+                if "|" in value
+                else or_(
+                    FormResponse.questionnaire == value,
+                    FormResponse.questionnaire.startswith(value + "|", autoescape=True),
+                )
+                for value in values
+            )
+        )
+    if name == "status":
+        return FormResponse.status.in_([parse_token(v).code for v in values])
+    column = FormResponse.received_at if name == "_lastUpdated" else FormResponse.authored
+    return or_(*(date_condition(column, parse_date(v, name), as_date=False) for v in values))
+
+
+def search_forms(
+    session: Session,
+    items: Sequence[tuple[str, str]],
+    *,
+    base: str,
+    secret: str,
+    strict: bool,
+    default_count: int,
+    max_count: int,
+) -> dict[str, Any]:
+    """``GET /fhir/QuestionnaireResponse?…``: the forms portals submitted, in keyset pages.
+    A portal asks ``subject=<id>&questionnaire=<form>&_sort=-authored&_count=1`` whether
+    (and when) the patient last confirmed what a form asks: ask once."""
+    request = parse_search(
+        items,
+        SUPPORTED,
+        sortable=SORTABLE,
+        strict=strict,
+        default_count=default_count,
+        max_count=max_count,
+    )
+    stmt = select(FormResponse)
+    for name, _mod, raw in request.criteria:
+        stmt = stmt.where(_criterion(session, name, raw))
+    return keyset_page(
+        session,
+        stmt,
+        request,
+        FORM_KEYSET,
+        path="QuestionnaireResponse",
+        base=base,
+        secret=secret,
+    )

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from gateway.operations.bundle import page_url
 from gateway.operations.paging import decode_cursor, encode_cursor
+from gateway.operations.params import fail, split_or
 from gateway.outcomes import OutcomeError, bad_request, gone, not_found
 from store.models import GoldenPatient, GoldenPatientVersion
 
@@ -78,6 +79,21 @@ def survivor_of(session: Session | Connection, golden_id: str) -> str | None:
         current = row.merged_into
         seen.add(current)
     return None
+
+
+def patient_ids(session: Session | Connection, raw: str, parameter: str) -> list[str]:
+    """The golden ids a reference search parameter (``patient=<id>,Patient/<id>``) names,
+    each with the survivor it was merged into; 400 for a reference to anything else."""
+    ids = []
+    for alt in split_or(raw):
+        ref = alt.removeprefix("Patient/")
+        if "/" in ref or not ref:
+            raise fail(f"{parameter} takes a Patient id or Patient/<id>.", parameter)
+        ids.append(ref)
+        survivor = survivor_of(session, ref)
+        if survivor is not None:
+            ids.append(survivor)
+    return ids
 
 
 def with_replaced_by(resource: dict[str, Any], survivor: str) -> dict[str, Any]:

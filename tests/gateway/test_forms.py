@@ -50,7 +50,7 @@ P = "http://hl7.org/fhir/StructureDefinition/Patient#Patient."
 RP = "http://hl7.org/fhir/StructureDefinition/RelatedPerson#RelatedPerson."
 SSN = "http://hl7.org/fhir/sid/us-ssn"
 PORTAL_CLIENT = "portal-app"
-FORM_SCOPES = ("system/Patient.rs", "system/QuestionnaireResponse.cr")
+FORM_SCOPES = ("system/Patient.rs", "system/QuestionnaireResponse.crs")
 JSON_HEADERS = {"Content-Type": "application/fhir+json"}
 
 
@@ -821,7 +821,8 @@ def test_the_capability_statement_declares_the_form_round_trip(
     statement = client.get("/fhir/metadata").json()
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
     form = resources["QuestionnaireResponse"]
-    assert {i["code"] for i in form["interaction"]} == {"create", "read"}
+    assert {i["code"] for i in form["interaction"]} == {"create", "read", "search-type"}
+    assert {p["name"] for p in form["searchParam"]} >= {"subject", "questionnaire", "authored"}
     assert form["operation"] == [
         {
             "name": "extract",
@@ -949,3 +950,61 @@ def test_the_console_lists_the_forms_a_patient_submitted(
     assert "Forms the patient submitted" in page.text
     assert "New patient intake" in page.text and PORTAL_CLIENT in page.text
     assert "No form yet." in client.get(f"/console/golden/{world.ben}").text
+
+
+def test_a_portal_finds_what_the_patient_last_confirmed(
+    client: TestClient,
+    portal_headers: Headers,
+    auth_for: Callable[..., Headers],
+    world: World,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """``subject`` + ``questionnaire`` + ``_sort=-authored`` + ``_count=1``: whether, and
+    when, the patient last answered a form, so that the portal does not ask again."""
+    url = demo_form()["url"]
+    ids = []
+    for n, when in enumerate(("2026-10-01T09:00:00Z", "2026-11-20T09:00:00Z")):
+        response = populated(client, portal_headers, world.ada)
+        answer(response, "contact.mobile", {"valueString": f"+1 415 555 017{n}"})
+        created = submit(client, portal_headers, {**completed(response), "authored": when})
+        ids.append(created.json()["id"])
+
+    def search(query: str, headers: Headers = portal_headers) -> Any:
+        return client.get(f"/fhir/QuestionnaireResponse?{query}", headers=headers)
+
+    def found(query: str) -> list[str]:
+        answer_ = search(query)
+        assert answer_.status_code == 200, answer_.text
+        Bundle.model_validate(answer_.json())
+        return [e["resource"]["id"] for e in answer_.json().get("entry", [])]
+
+    latest = search(f"subject=Patient/{world.ada}&questionnaire={url}&_sort=-authored&_count=1")
+    bundle = latest.json()
+    assert [e["resource"]["id"] for e in bundle["entry"]] == [ids[1]]
+    assert bundle["entry"][0]["resource"]["authored"] == "2026-11-20T09:00:00Z"
+    after = next(link["url"] for link in bundle["link"] if link["relation"] == "next")
+    assert found(after.split("?", 1)[1]) == [ids[0]]
+    assert found(f"patient={world.ada}&_sort=authored") == ids
+    assert found(f"questionnaire={url}|1") == found(f"questionnaire={url}") != []
+    assert found(f"questionnaire={url}|2") == []
+    assert found("questionnaire=https://elsewhere.example/Questionnaire/intake") == []
+    assert found("authored=ge2026-11-01") == [ids[1]]
+    assert found("authored=lt2026-11") == [ids[0]]
+    assert set(found("status=completed")) == set(ids)
+    assert found("status=amended") == []
+    assert found(f"subject={world.ben}") == []
+    assert search("_summary=count").json()["total"] == 2
+    # After a merge the forms are the survivor's, and the merged id still finds them.
+    with session_factory() as session:
+        merge_golden(session, world.ada, world.ben, actor="steward")
+        session.commit()
+    assert set(found(f"subject={world.ben}")) == set(found(f"subject={world.ada}")) == set(ids)
+    strict = client.get(
+        "/fhir/QuestionnaireResponse?nonsense=1",
+        headers={**portal_headers, "Prefer": "handling=strict"},
+    )
+    assert strict.status_code == 400
+    assert search("subject=Encounter/1").status_code == 400
+    assert search("authored=yesterday").status_code == 400
+    no_scope = auth_for("system/QuestionnaireResponse.r", client_id=PORTAL_CLIENT)
+    assert search("", no_scope).status_code == 403

@@ -8,8 +8,10 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
+from gateway.auth import TokenService
 from gateway.fhir.metadata import fhir_marks
 from gateway.openapi import render_openapi
+from tests.gateway.conftest import SECRET
 
 Headers = dict[str, str]
 OPENAPI = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
@@ -63,6 +65,7 @@ def test_capability_statement_matches_the_registered_routes(
         ("Questionnaire", "$populate"),
         ("QuestionnaireResponse", "create"),
         ("QuestionnaireResponse", "read"),
+        ("QuestionnaireResponse", "search-type"),
         ("QuestionnaireResponse", "$extract"),
     }
     (subscription,) = [r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription"]
@@ -88,7 +91,10 @@ def test_capability_statement_matches_the_registered_routes(
     ]
     assert unmarked == []
     # Every claimed search parameter is accepted under strict handling.
-    strict = {**headers, "Prefer": "handling=strict"}
+    token = TokenService(SECRET).issue(
+        "reader", ["system/Patient.rs", "system/Encounter.rs", "system/QuestionnaireResponse.rs"]
+    )
+    strict = {"Authorization": f"Bearer {token}", "Prefer": "handling=strict"}
     samples = {"date": "ge2020", "token": "4155550101", "string": "x", "reference": "x"}
     for resource in statement["rest"][0]["resource"]:
         if resource["type"] == "Subscription":

@@ -8,7 +8,8 @@ A portal that pre-filled its form with ``Questionnaire/$populate`` submits the p
 answers (``POST /fhir/QuestionnaireResponse``). What the answers say about the patient
 becomes a source record of the portal's source (values the patient confirmed); the
 QuestionnaireResponse itself is kept here, as it came, with the golden record it was
-about. Removing the source removes its forms.
+about and the columns its search reads (the form's canonical URL, the status, when it was
+authored). Removing the source removes its forms.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def upgrade() -> None:
         sa.Column("source_record_id", BigId, nullable=True),
         sa.Column("golden_id", sa.String(36), nullable=False),
         sa.Column("client_id", sa.String(100), nullable=False),
+        sa.Column("questionnaire", sa.Text(), nullable=True),
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("authored", store.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("resource", store.types.JSONType, nullable=False),
         sa.Column("received_at", store.types.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
