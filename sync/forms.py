@@ -192,9 +192,13 @@ def receive_form(
         )
     ).one()
     linked = session.scalar(select(Link.golden_id).where(Link.source_record_id == record.id))
-    if linked != golden_id:  # a golden record with no record of its own to pin to
+    if linked != golden_id:
+        # Nothing to pin to (a golden record with no source record), or a steward moved
+        # this portal record to another person: never attach the answers elsewhere.
         raise FormRejectedError(
-            "The subject's record cannot take a form: it holds no source record.",
+            "The form's record could not be attached to its subject; a data steward can "
+            "say why (the subject holds no source record, or a steward moved this portal's "
+            "record of the person).",
             ["QuestionnaireResponse.subject"],
         )
     log.info(
