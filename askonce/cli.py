@@ -255,6 +255,7 @@ def demo(
         print_demo_access,
         register_demo_portal,
         run_demo_sync,
+        store_demo_form,
     )
 
     settings = _settings().model_copy(update={"demo": True})
@@ -265,6 +266,7 @@ def demo(
     base_url = f"http://{host or settings.host}:{port or settings.port}"
     credentials = demo_credentials(runtime)
     register_demo_portal(runtime, credentials.client_id)
+    store_demo_form(runtime)
     print_demo_access(console, credentials, base_url)
     console.print(f"serving on {base_url} (Ctrl+C stops)")
     _serve(settings, host, port)

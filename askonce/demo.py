@@ -8,6 +8,7 @@ serves the API. Running it again re-syncs; unchanged records are skipped.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -20,6 +21,7 @@ from askonce.runtime import Runtime
 from askonce.sources import add_source, summary_counts
 from gateway.auth import Credentials, register_consumer
 from gateway.auth.secrets import hash_secret, new_client_secret
+from gateway.operations.questionnaires import put_questionnaire
 from store import NotFoundError, SourceRepository
 from store.models import Consumer
 from sync.runner import PORTAL_CLIENT_KEY
@@ -46,6 +48,8 @@ SUBMIT_BODY = (
 )
 #: The bundled EHRs and their survivorship trust rank (higher wins ties).
 DEMO_SOURCES = {"ehr-a": 70, "ehr-b": 50, "ehr-c": 30}
+#: The id the bundled intake form is stored under (``GET /fhir/Questionnaire/intake``).
+DEMO_FORM_ID = "intake"
 #: The demo's patient portal: the source its submitted forms become (sent by the demo
 #: consumer), with values the patient confirmed.
 DEMO_PORTAL = "portal"
@@ -58,6 +62,7 @@ DEMO_SCOPES = (
     "system/Encounter.rs",
     "system/Subscription.cruds",
     "system/QuestionnaireResponse.crs",
+    "system/Questionnaire.cruds",
     "askonce.admin",
 )
 
@@ -112,6 +117,8 @@ def print_demo_access(console: Console, credentials: Credentials, base_url: str)
       -H "Prefer: respond-async" "{base_url}/fhir/\\$export" | tr -d '\\r' | \\
       awk 'tolower($1)=="content-location:" {{print $2}}')
   sleep 1; curl -s -H "Authorization: Bearer $TOKEN" "$LOC"
+  The intake form is stored as {base_url}/fhir/Questionnaire/{DEMO_FORM_ID}: a request may
+  name it ("canonical" in $populate, "questionnaire" in a QuestionnaireResponse) instead.
   OpenAPI: {base_url}/docs   CapabilityStatement: {base_url}/fhir/metadata
   Change notifications: POST {base_url}/fhir/Subscription (README: "Change notifications")
   Prometheus metrics: {base_url}/metrics""",
@@ -131,6 +138,14 @@ def register_demo_sources(runtime: Runtime, data: Path = DEMO_DATA) -> dict[str,
                 pass
         ids[name] = add_source(runtime, name, kind="ndjson", url=str(data / name), trust_rank=rank)
     return ids
+
+
+def store_demo_form(runtime: Runtime) -> None:
+    """Store the bundled intake form as ``Questionnaire/intake``, so that requests can name
+    it by its canonical URL instead of sending it."""
+    form = json.loads(INTAKE_QUESTIONNAIRE.read_text(encoding="utf-8"))
+    with runtime.unit_of_work() as session:
+        put_questionnaire(session, DEMO_FORM_ID, {**form, "id": DEMO_FORM_ID})
 
 
 def register_demo_portal(runtime: Runtime, client_id: str) -> int:

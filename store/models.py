@@ -541,6 +541,23 @@ class FormResponse(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class StoredQuestionnaire(Base):
+    """A Questionnaire kept for the SDC operations (``PUT /fhir/Questionnaire/{id}``), so that
+    a portal can name its form by canonical URL instead of sending it with each request."""
+
+    __tablename__ = "questionnaire"
+    __table_args__ = (Index("ix_questionnaire_url", "url", "version"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(20))
+    #: The Questionnaire as stored, with its id and ``meta`` (versionId, lastUpdated).
+    resource: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    version_id: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class MatchModel(Base):
     """A trained matching model (plain JSON, versioned). One row is active."""
 

@@ -104,6 +104,7 @@ def smart_configuration(request: Request) -> JSONResponse:
                 "system/Patient.rs",
                 "system/Encounter.rs",
                 "system/QuestionnaireResponse.crs",
+                "system/Questionnaire.cruds",
                 "system/Subscription.cruds",
                 "askonce.admin",
             ],

@@ -41,6 +41,14 @@ from gateway.operations.forms import (
     submit_form,
 )
 from gateway.operations.populate import SearchLimits, populate
+from gateway.operations.questionnaires import (
+    QUESTIONNAIRE_SEARCH_PARAMS,
+    StoredForms,
+    delete_questionnaire,
+    put_questionnaire,
+    read_questionnaire,
+    search_questionnaires,
+)
 from gateway.state import GatewayState
 from store.types import utcnow
 
@@ -48,6 +56,10 @@ router = APIRouter(prefix="/fhir", tags=["Questionnaire"])
 FormCreate = Annotated[Principal, Depends(require("QuestionnaireResponse", "c"))]
 FormRead = Annotated[Principal, Depends(require("QuestionnaireResponse", "r"))]
 FormSearch = Annotated[Principal, Depends(require("QuestionnaireResponse", "s"))]
+QuestionnaireWrite = Annotated[Principal, Depends(require("Questionnaire", "u"))]
+QuestionnaireDelete = Annotated[Principal, Depends(require("Questionnaire", "d"))]
+QuestionnaireRead = Annotated[Principal, Depends(require("Questionnaire", "r"))]
+QuestionnaireSearch = Annotated[Principal, Depends(require("Questionnaire", "s"))]
 PARAMETERS_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"application/fhir+json": {}},
@@ -63,7 +75,9 @@ def _populate_with_session(
         principal.scopes.allows, state.secret_key, state.default_page_size, state.max_page_size
     )
     with state.session_factory() as session:
-        return populate(session, body, base=base, now=utcnow(), searches=searches)
+        return populate(
+            session, body, base=base, now=utcnow(), searches=searches, forms=StoredForms(session)
+        )
 
 
 @router.post(
@@ -93,9 +107,15 @@ async def populate_route(
 async def extract_route(
     request: Request, state: StateDep, principal: PrincipalDep, media: MediaType
 ) -> Response:
-    """Writes and reads nothing of the server's: the answers come in, resources go out."""
+    """Writes nothing, and reads only the stored Questionnaires: the answers come in,
+    resources go out."""
     body = await read_json_body(request, state.max_body_bytes)
-    return fhir_response(await run_in_threadpool(extract, body), media)
+    return fhir_response(await run_in_threadpool(_extract_with_session, state, body), media)
+
+
+def _extract_with_session(state: GatewayState, body: Any) -> dict[str, Any]:
+    with state.session_factory() as session:
+        return extract(body, StoredForms(session))
 
 
 def _submit_with_session(
@@ -191,3 +211,100 @@ async def read_form_route(
     with audited(audit, principal, "read", request, "QuestionnaireResponse", form_id):
         resource = await run_in_threadpool(_read_with_session, state, form_id)
     return fhir_response(resource, media, headers={"ETag": etag(1)})
+
+
+# --- the stored Questionnaires -----------------------------------------------------------
+
+
+@router.put(
+    "/Questionnaire/{questionnaire_id}",
+    summary="Store a Questionnaire (create or replace), for the SDC operations to name",
+    responses={
+        200: {"content": {"application/fhir+json": {}}, "description": "Replaced"},
+        201: {"content": {"application/fhir+json": {}}, "description": "Created"},
+    },
+    openapi_extra=fhir_extra("Questionnaire", "interaction", "update", body="Questionnaire"),
+)
+async def put_questionnaire_route(
+    questionnaire_id: str,
+    request: Request,
+    state: StateDep,
+    principal: QuestionnaireWrite,
+    audit: AuditDep,
+    media: MediaType,
+) -> Response:
+    body = await read_json_body(request, state.max_body_bytes)
+
+    def store() -> tuple[dict[str, Any], bool]:
+        with state.session_factory() as session:
+            stored, created = put_questionnaire(session, questionnaire_id, body)
+            session.commit()
+        return stored, created
+
+    with audited(
+        audit, principal, "update", request, "Questionnaire", questionnaire_id[:64]
+    ) as _entry:
+        stored, created = await run_in_threadpool(store)
+    version = int(stored["meta"]["versionId"])
+    headers = {"ETag": etag(version), "Last-Modified": stored["meta"]["lastUpdated"]}
+    if created:
+        headers["Location"] = (
+            f"{state.base_url(request)}/fhir/Questionnaire/{questionnaire_id}/_history/{version}"
+        )
+    return fhir_response(stored, media, status=201 if created else 200, headers=headers)
+
+
+@router.get(
+    "/Questionnaire/{questionnaire_id}",
+    summary="Read a stored Questionnaire",
+    responses={200: {"content": {"application/fhir+json": {}}, "description": "The form"}},
+    openapi_extra=fhir_extra("Questionnaire", "interaction", "read"),
+)
+def read_questionnaire_route(
+    questionnaire_id: str, session: SessionDep, principal: QuestionnaireRead, media: MediaType
+) -> Response:
+    stored = read_questionnaire(session, questionnaire_id)
+    return fhir_response(stored, media, headers={"ETag": etag(int(stored["meta"]["versionId"]))})
+
+
+@router.delete(
+    "/Questionnaire/{questionnaire_id}",
+    status_code=204,
+    summary="Delete a stored Questionnaire",
+    openapi_extra=fhir_extra("Questionnaire", "interaction", "delete"),
+)
+def delete_questionnaire_route(
+    questionnaire_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: QuestionnaireDelete,
+    audit: AuditDep,
+) -> Response:
+    with audited(audit, principal, "delete", request, "Questionnaire", questionnaire_id[:64]):
+        delete_questionnaire(session, questionnaire_id)
+        session.commit()
+    return Response(status_code=204)
+
+
+@router.get(
+    "/Questionnaire",
+    summary="Search the stored Questionnaires (url, version, status)",
+    responses={200: {"content": {"application/fhir+json": {}}, "description": "searchset"}},
+    openapi_extra=fhir_extra(
+        "Questionnaire", "interaction", "search-type", search=QUESTIONNAIRE_SEARCH_PARAMS
+    ),
+)
+def search_questionnaires_route(
+    request: Request, session: SessionDep, principal: QuestionnaireSearch, media: MediaType
+) -> Response:
+    ctx = search_context(request)
+    bundle = search_questionnaires(
+        session,
+        query_items(request),
+        base=ctx.base,
+        secret=ctx.secret,
+        strict=ctx.strict,
+        default_count=ctx.default_count,
+        max_count=ctx.max_count,
+    )
+    return fhir_response(bundle, media)

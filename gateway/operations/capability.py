@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.operations.encounters import ENCOUNTER_SEARCH_PARAMS
 from gateway.operations.forms import FORM_SEARCH_PARAMS
+from gateway.operations.questionnaires import QUESTIONNAIRE_SEARCH_PARAMS
 from gateway.operations.search_patient import PATIENT_SEARCH_PARAMS
 from sync.delivery import SUBSCRIPTION_PROFILE, SUBSCRIPTION_SEARCH_PARAMS, TOPICS
 
@@ -22,6 +23,7 @@ SEARCH_PARAMS: dict[str, dict[str, tuple[str, str]]] = {
     "Encounter": ENCOUNTER_SEARCH_PARAMS,
     "Subscription": SUBSCRIPTION_SEARCH_PARAMS,
     "QuestionnaireResponse": FORM_SEARCH_PARAMS,
+    "Questionnaire": QUESTIONNAIRE_SEARCH_PARAMS,
 }
 OPERATION_DEFINITIONS = {
     "match": "http://hl7.org/fhir/OperationDefinition/Patient-match",

@@ -7,10 +7,10 @@ itself writes nothing (the SDC says so); a portal that wants the answers to reac
 golden record submits the QuestionnaireResponse instead (``POST /fhir/QuestionnaireResponse``,
 :mod:`gateway.operations.forms`), which runs this same extraction.
 
-Input: a ``Parameters`` resource with ``questionnaire-response`` and ``questionnaire``
-(this server keeps no Questionnaires, so the form comes along, as the operation allows),
-or a bare QuestionnaireResponse whose ``questionnaire`` names a contained Questionnaire
-(``#id``).
+Input: a ``Parameters`` resource with ``questionnaire-response`` and, unless the form is
+stored here (``PUT /fhir/Questionnaire/{id}``) under the canonical the response names,
+``questionnaire``; or a bare QuestionnaireResponse whose ``questionnaire`` names a
+contained Questionnaire (``#id``) or a stored one.
 
 **Definition-based extraction** (https://hl7.org/fhir/uv/sdc/extraction.html#definition-based-extraction):
 
@@ -63,6 +63,7 @@ from gateway.operations.populate import (
     FHIRPATH,
     SDC,
     Expressions,
+    Forms,
     check_questionnaire,
     find_extension,
 )
@@ -139,10 +140,13 @@ def _canonical_url(value: Any) -> str | None:
     return value.partition("|")[0] if isinstance(value, str) and value else None
 
 
-def check_response(response: Any, questionnaire: dict[str, Any] | None) -> ExtractRequest:
+def check_response(
+    response: Any, questionnaire: dict[str, Any] | None, forms: Forms | None = None
+) -> ExtractRequest:
     """A QuestionnaireResponse and its Questionnaire, both valid; 422 naming the problem.
 
-    The Questionnaire is ``questionnaire`` or, without it, the one the response contains."""
+    The Questionnaire is ``questionnaire``; without it, the one the response contains, or
+    the one of ``forms`` (those stored here) its ``questionnaire`` canonical names."""
     if not isinstance(response, dict) or response.get("resourceType") != "QuestionnaireResponse":
         raise OutcomeError(
             unprocessable("questionnaire-response must be a QuestionnaireResponse.", "resourceType")
@@ -162,18 +166,21 @@ def check_response(response: Any, questionnaire: dict[str, Any] | None) -> Extra
             unprocessable("The QuestionnaireResponse is not a valid R4 resource.", paths[:10])
         ) from exc
     form = questionnaire if questionnaire is not None else own
+    answered = response.get("questionnaire")
+    if form is None and forms is not None and isinstance(answered, str) and answered:
+        form = forms.by_canonical(answered) if not answered.startswith("#") else None
     if form is None:
         raise OutcomeError(
             unprocessable(
-                "This server keeps no Questionnaires: send the Questionnaire in the "
-                "questionnaire parameter, or contained in the QuestionnaireResponse.",
+                "The Questionnaire is not stored here (PUT /fhir/Questionnaire/<id>): send it "
+                "in the questionnaire parameter, or contained in the QuestionnaireResponse.",
                 "questionnaire",
             )
         )
     check_questionnaire(form)
-    answered = _canonical_url(response.get("questionnaire"))
+    answered_url = _canonical_url(answered)
     declared = _canonical_url(form.get("url"))
-    if questionnaire is not None and answered and declared and answered != declared:
+    if questionnaire is not None and answered_url and declared and answered_url != declared:
         raise OutcomeError(
             unprocessable(
                 "The QuestionnaireResponse answers another Questionnaire than the one sent.",
@@ -183,11 +190,11 @@ def check_response(response: Any, questionnaire: dict[str, Any] | None) -> Extra
     return ExtractRequest(response, form)
 
 
-def parse_extract_request(body: Any) -> ExtractRequest:
+def parse_extract_request(body: Any, forms: Forms | None = None) -> ExtractRequest:
     """Read the ``$extract`` input: 400 for a malformed request, 422 for a resource this
     server cannot extract from."""
     if isinstance(body, dict) and body.get("resourceType") == "QuestionnaireResponse":
-        return check_response(body, None)
+        return check_response(body, None, forms)
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise OutcomeError(
             bad_request(
@@ -211,7 +218,7 @@ def parse_extract_request(body: Any) -> ExtractRequest:
                 "questionnaire-response",
             )
         )
-    return check_response(found["questionnaire-response"], found.get("questionnaire"))
+    return check_response(found["questionnaire-response"], found.get("questionnaire"), forms)
 
 
 # --- the element model -----------------------------------------------------------------
@@ -893,9 +900,9 @@ def transaction(resources: Sequence[Built]) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-def extract(body: Any) -> dict[str, Any]:
+def extract(body: Any, forms: Forms | None = None) -> dict[str, Any]:
     """Run ``$extract``: the output Parameters (``return`` and, if any, ``issues``)."""
-    extracted = extract_resources(parse_extract_request(body))
+    extracted = extract_resources(parse_extract_request(body, forms))
     valid = [b for i, b in enumerate(extracted.resources) if i not in extracted.invalid]
     parameters: list[dict[str, Any]] = [{"name": "return", "resource": transaction(valid)}]
     if extracted.issues:

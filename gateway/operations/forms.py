@@ -6,7 +6,8 @@ the other half of "ask once". The portal filled its form from the golden record
 every consumer:
 
 1. the QuestionnaireResponse (``completed`` or ``amended``, ``subject`` a golden Patient
-   of this server, its Questionnaire ``contained``: this server keeps none) is checked;
+   of this server, its Questionnaire ``contained`` or stored here under the canonical its
+   ``questionnaire`` names) is checked;
 2. the answers are extracted to a Patient (``$extract``'s definition-based extraction,
    :mod:`gateway.operations.extract`);
 3. the Patient is taken in as the record of the portal's source (the ``portal`` source
@@ -32,6 +33,7 @@ from gateway.operations.extract import EXTRACTABLE_STATUSES, check_response, ext
 from gateway.operations.keyset import Keyset, keyset_page
 from gateway.operations.params import parse_date, parse_search, parse_token, split_or
 from gateway.operations.populate import subject_id
+from gateway.operations.questionnaires import StoredForms
 from gateway.operations.read import check_id, patient_ids, survivor_of
 from gateway.operations.sql import SortColumn, date_condition
 from gateway.outcomes import (
@@ -108,7 +110,7 @@ def submit_form(
                 "Only a completed (or amended) QuestionnaireResponse is taken in.", "status"
             )
         )
-    request = check_response(body, None)
+    request = check_response(body, None, StoredForms(session))
     source = portal_source_of(session, client_id)
     if source is None:
         raise OutcomeError(

@@ -7,10 +7,10 @@ whose answers are what the connected EHRs already know, for the patient to revie
 
 Input: a ``Parameters`` resource with
 
-- ``questionnaire``: the Questionnaire itself. This server keeps no Questionnaires, so
-  ``identifier``, ``canonical`` and ``questionnaireRef`` are refused with a 422 that
-  says to send it inline (fetching a client-named URL would let any caller make the
-  server issue requests);
+- ``questionnaire``: the Questionnaire itself; or ``canonical`` / ``questionnaireRef``,
+  naming one stored on this server (``PUT /fhir/Questionnaire/{id}``). A form that is not
+  stored here is a 422: a URL a client names is never fetched (that would let any caller
+  make the server issue requests), and ``identifier`` is not resolved;
 - ``subject``: ``Patient/<golden id>`` (relative, or absolute on this server's base);
 - ``local`` (default true): false leaves the golden record unread, so only the
   ``context`` resources and the Questionnaire's own ``initial`` values fill answers;
@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, quote
 
 import orjson
@@ -99,8 +99,6 @@ MAX_REPETITIONS = 100
 #: whole when full.
 _VALID_QUESTIONNAIRES: set[bytes] = set()
 MAX_REMEMBERED_QUESTIONNAIRES = 1024
-#: Questionnaire parameters this server cannot resolve (it keeps no Questionnaires).
-_BY_REFERENCE = ("identifier", "canonical", "questionnaireRef")
 #: A FHIR date or dateTime, of any precision.
 _DATE_TIME = re.compile(
     r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$"
@@ -168,7 +166,45 @@ def _context_part(
     return name, resource, patient
 
 
-def parse_populate_request(body: Any, base: str) -> PopulateRequest:
+class Forms(Protocol):
+    """The Questionnaires this server keeps (``questionnaires.StoredForms``)."""
+
+    def by_canonical(self, canonical: str) -> dict[str, Any] | None: ...
+    def by_id(self, questionnaire_id: str) -> dict[str, Any] | None: ...
+
+
+def _stored_form(
+    name: str, param: dict[str, Any], base: str, forms: Forms | None
+) -> dict[str, Any]:
+    """The stored Questionnaire ``canonical`` or ``questionnaireRef`` names; 422 when none
+    is stored (a URL is never fetched: any caller could make the server send requests)."""
+    found = None
+    if name == "canonical" and forms is not None:
+        value = param.get("valueCanonical") or param.get("valueUri")
+        if not isinstance(value, str) or not value:
+            raise OutcomeError(bad_request("canonical takes valueCanonical.", name))
+        found = forms.by_canonical(value)
+    elif name == "questionnaireRef" and forms is not None:
+        reference = (param.get("valueReference") or {}).get("reference")
+        local = str(reference or "").removeprefix(f"{base}/fhir/")
+        kind, _, questionnaire_id = local.partition("/")
+        if kind != "Questionnaire" or not questionnaire_id or "/" in questionnaire_id:
+            raise OutcomeError(
+                bad_request("questionnaireRef takes a reference to Questionnaire/<id>.", name)
+            )
+        found = forms.by_id(questionnaire_id)
+    if found is None:
+        raise OutcomeError(
+            unprocessable(
+                f"No Questionnaire stored here matches {name}: store it first "
+                "(PUT /fhir/Questionnaire/<id>), or send it in the questionnaire parameter.",
+                name,
+            )
+        )
+    return found
+
+
+def parse_populate_request(body: Any, base: str, forms: Forms | None = None) -> PopulateRequest:
     """Read the ``$populate`` input: 400 for a malformed parameter, 422 for one this server
     cannot act on."""
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
@@ -186,14 +222,10 @@ def parse_populate_request(body: Any, base: str) -> PopulateRequest:
                     bad_request("questionnaire takes one Questionnaire resource.", name)
                 )
             questionnaire = param["resource"]
-        elif name in _BY_REFERENCE:
-            raise OutcomeError(
-                unprocessable(
-                    f"This server keeps no Questionnaires, so {name} cannot be resolved: "
-                    "send the Questionnaire itself in the questionnaire parameter.",
-                    name,
-                )
-            )
+        elif name in ("canonical", "questionnaireRef", "identifier"):
+            if questionnaire is not None:
+                raise OutcomeError(bad_request("Name the Questionnaire once.", name))
+            questionnaire = _stored_form(name, param, base, forms)
         elif name == "subject":
             if subject is not None:
                 raise OutcomeError(bad_request("subject is given more than once.", name))
@@ -770,12 +802,14 @@ def populate(
     base: str,
     now: datetime,
     searches: SearchLimits | None = None,
+    forms: Forms | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Run ``$populate``; the output Parameters and the golden ids whose data it disclosed.
 
     ``searches``: the caller's scopes and the paging bounds for ``x-fhir-query``
-    expressions (None: they are not supported)."""
-    request = parse_populate_request(body, base)
+    expressions (None: they are not supported); ``forms``: the stored Questionnaires that
+    ``canonical`` and ``questionnaireRef`` name (None: only an inline one)."""
+    request = parse_populate_request(body, base, forms)
     disclosed: list[str] = []
     issues: list[dict[str, Any]] = []
 

@@ -37,6 +37,7 @@ from gateway.operations.extract import (
     element_of,
     resource_model,
 )
+from gateway.operations.questionnaires import StoredForms
 from mpi import merge_golden
 from store.models import Audit, FormResponse, Link, Outbox, Source, SourceRecord
 from sync.pipeline import ingest_page
@@ -497,7 +498,7 @@ def test_extract_refuses_malformed_requests(
     twice = {"name": "questionnaire-response", "resource": response}
     assert post({"resourceType": "Parameters", "parameter": [twice, twice]})[0] == 400
     status, text = post(response)
-    assert status == 422 and "keeps no Questionnaires" in text
+    assert status == 422 and "is not stored here" in text
     status, text = post({**response, "authored": "yesterday"})
     assert status == 422 and "QuestionnaireResponse.authored" in text
     other = {**demo_form(), "url": "https://elsewhere.example/Questionnaire/other"}
@@ -1008,3 +1009,140 @@ def test_a_portal_finds_what_the_patient_last_confirmed(
     assert search("authored=yesterday").status_code == 400
     no_scope = auth_for("system/QuestionnaireResponse.r", client_id=PORTAL_CLIENT)
     assert search("", no_scope).status_code == 403
+
+
+# --- stored Questionnaires ----------------------------------------------------------------
+
+
+def test_a_stored_form_is_named_instead_of_sent(
+    client: TestClient,
+    portal_headers: Headers,
+    auth_for: Callable[..., Headers],
+    world: World,
+) -> None:
+    """The portal stores its form once; then $populate takes ``canonical`` or
+    ``questionnaireRef``, and $extract and a submission find the form by the response's
+    ``questionnaire``, with nothing contained."""
+    admin = {**auth_for("system/Questionnaire.cruds"), **JSON_HEADERS}
+    form = {**demo_form(), "id": "intake"}
+    url, version = form["url"], form["version"]
+    created = client.put("/fhir/Questionnaire/intake", json=form, headers=admin)
+    assert created.status_code == 201, created.text
+    assert created.headers["location"].endswith("/fhir/Questionnaire/intake/_history/1")
+    assert created.json()["meta"]["versionId"] == "1"
+    replaced = client.put("/fhir/Questionnaire/intake", json=form, headers=admin)
+    assert replaced.status_code == 200 and replaced.json()["meta"]["versionId"] == "2"
+    assert replaced.headers["etag"] == 'W/"2"'
+    read = client.get("/fhir/Questionnaire/intake", headers=admin)
+    assert read.status_code == 200 and read.json()["url"] == url
+
+    def populate(named: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            "resourceType": "Parameters",
+            "parameter": [
+                named,
+                {"name": "subject", "valueReference": {"reference": f"Patient/{world.ada}"}},
+            ],
+        }
+        answer_ = client.post("/fhir/Questionnaire/$populate", json=body, headers=portal_headers)
+        assert answer_.status_code == 200, answer_.text
+        return next(p["resource"] for p in answer_.json()["parameter"] if p["name"] == "response")
+
+    by_url = populate({"name": "canonical", "valueCanonical": f"{url}|{version}"})
+    by_ref = populate(
+        {"name": "questionnaireRef", "valueReference": {"reference": "Questionnaire/intake"}}
+    )
+    assert by_url["item"] == by_ref["item"] == populated(client, portal_headers, world.ada)["item"]
+    assert by_url["questionnaire"] == f"{url}|{version}"
+
+    answer(by_url, "contact.mobile", {"valueString": "+1 415 555 0166"})
+    response = {**by_url, "status": "completed"}  # nothing contained: the stored form
+    entries, _ = extract(client, portal_headers, response)
+    assert entries[0]["resource"]["telecom"][0]["value"] == "+1 415 555 0166"
+    submitted = submit(client, portal_headers, response)
+    assert submitted.status_code == 201, submitted.text
+    assert phones(read_golden(client, portal_headers, world.ada))[0] == "4155550166"
+    found = client.get(
+        f"/fhir/QuestionnaireResponse?questionnaire={url}", headers=portal_headers
+    ).json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [submitted.json()["id"]]
+
+    # A canonical nothing stored matches is refused, never fetched.
+    unknown = {**response, "questionnaire": "https://elsewhere.example/Questionnaire/x"}
+    assert submit(client, portal_headers, unknown).status_code == 422
+    assert (
+        client.post(
+            "/fhir/QuestionnaireResponse/$extract", json=unknown, headers=portal_headers
+        ).status_code
+        == 422
+    )
+
+
+CLINIC = "https://clinic.example/Questionnaire"
+
+
+def test_stored_forms_are_validated_searched_and_deleted(
+    client: TestClient,
+    auth_for: Callable[..., Headers],
+    session_factory: sessionmaker[Session],
+) -> None:
+    admin = {**auth_for("system/Questionnaire.cruds"), **JSON_HEADERS}
+    base = {"resourceType": "Questionnaire", "status": "active", "item": []}
+    for form_id, url, version, status in (
+        ("a", f"{CLINIC}/a", "1", "retired"),
+        ("a2", f"{CLINIC}/a", "2", "active"),
+        ("b", f"{CLINIC}/b", None, "draft"),
+    ):
+        body = {**base, "id": form_id, "url": url, "status": status}
+        if version:
+            body["version"] = version
+        assert (
+            client.put(f"/fhir/Questionnaire/{form_id}", json=body, headers=admin).status_code
+            == 201
+        )
+
+    def ids(query: str) -> list[str]:
+        answer_ = client.get(f"/fhir/Questionnaire?{query}", headers=admin)
+        assert answer_.status_code == 200, answer_.text
+        return sorted(e["resource"]["id"] for e in answer_.json().get("entry", []))
+
+    assert ids(f"url={CLINIC}/a") == ["a", "a2"]
+    assert ids(f"url={CLINIC}/a&version=1") == ["a"]
+    assert ids("status=draft") == ["b"]
+    assert ids("_id=a,b") == ["a", "b"]
+    assert ids("_lastUpdated=ge2020-01-01") == ["a", "a2", "b"]
+    # A bare canonical resolves to the active version.
+    with session_factory() as session:
+        forms = StoredForms(session)
+        assert (forms.by_canonical(f"{CLINIC}/a") or {}).get("id") == "a2"
+        assert (forms.by_canonical(f"{CLINIC}/a|1") or {}).get("id") == "a"
+        assert forms.by_canonical(f"{CLINIC}/c") is None
+    # Refusals: an id that is not the URL's, a body that is not a valid Questionnaire,
+    # an invalid id, a missing scope.
+    assert (
+        client.put("/fhir/Questionnaire/c", json={**base, "id": "d"}, headers=admin).status_code
+        == 400
+    )
+    invalid = {**base, "id": "c", "item": [{"type": "string"}]}
+    assert client.put("/fhir/Questionnaire/c", json=invalid, headers=admin).status_code == 422
+    assert (
+        client.put(
+            "/fhir/Questionnaire/c", json={"resourceType": "Patient", "id": "c"}, headers=admin
+        ).status_code
+        == 400
+    )
+    assert (
+        client.put(
+            "/fhir/Questionnaire/bad id!", json={**base, "id": "bad id!"}, headers=admin
+        ).status_code
+        == 400
+    )
+    reader = {**auth_for("system/Questionnaire.rs"), **JSON_HEADERS}
+    assert (
+        client.put("/fhir/Questionnaire/c", json={**base, "id": "c"}, headers=reader).status_code
+        == 403
+    )
+    assert client.delete("/fhir/Questionnaire/a", headers=reader).status_code == 403
+    assert client.delete("/fhir/Questionnaire/a", headers=admin).status_code == 204
+    assert client.get("/fhir/Questionnaire/a", headers=admin).status_code == 404
+    assert client.delete("/fhir/Questionnaire/a", headers=admin).status_code == 204

@@ -66,6 +66,10 @@ def test_capability_statement_matches_the_registered_routes(
         ("QuestionnaireResponse", "create"),
         ("QuestionnaireResponse", "read"),
         ("QuestionnaireResponse", "search-type"),
+        ("Questionnaire", "update"),
+        ("Questionnaire", "read"),
+        ("Questionnaire", "delete"),
+        ("Questionnaire", "search-type"),
         ("QuestionnaireResponse", "$extract"),
     }
     (subscription,) = [r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription"]
@@ -92,10 +96,22 @@ def test_capability_statement_matches_the_registered_routes(
     assert unmarked == []
     # Every claimed search parameter is accepted under strict handling.
     token = TokenService(SECRET).issue(
-        "reader", ["system/Patient.rs", "system/Encounter.rs", "system/QuestionnaireResponse.rs"]
+        "reader",
+        [
+            "system/Patient.rs",
+            "system/Encounter.rs",
+            "system/QuestionnaireResponse.rs",
+            "system/Questionnaire.rs",
+        ],
     )
     strict = {"Authorization": f"Bearer {token}", "Prefer": "handling=strict"}
-    samples = {"date": "ge2020", "token": "4155550101", "string": "x", "reference": "x"}
+    samples = {
+        "date": "ge2020",
+        "token": "4155550101",
+        "string": "x",
+        "reference": "x",
+        "uri": "https://x.example/Questionnaire/x",
+    }
     for resource in statement["rest"][0]["resource"]:
         if resource["type"] == "Subscription":
             continue  # a consumer's own: tests/gateway/test_subscriptions.py searches them

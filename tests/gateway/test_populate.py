@@ -95,6 +95,14 @@ def parameters(
     return {"resourceType": "Parameters", "parameter": [*params, *extra]}
 
 
+def by_name(named: dict[str, Any], subject: str = "Patient/x") -> dict[str, Any]:
+    """``$populate`` input naming its form (``canonical``, ``questionnaireRef``…)."""
+    return {
+        "resourceType": "Parameters",
+        "parameter": [named, {"name": "subject", "valueReference": {"reference": subject}}],
+    }
+
+
 def nested(depth: int) -> dict[str, Any]:
     """A group ``depth`` levels deep."""
     item: dict[str, Any] = {"linkId": "leaf", "type": "string"}
@@ -476,19 +484,21 @@ def test_populate_is_audited_with_the_records_it_disclosed(
             400,
             "local",
         ),
+        # A form named but not stored here (a URL is never fetched).
+        (by_name({"name": "canonical", "valueUri": FORM_URL}), 422, "canonical"),
         (
-            parameters(intake_form(), "Patient/x", {"name": "canonical", "valueUri": FORM_URL}),
-            422,
-            "canonical",
-        ),
-        (
-            parameters(
-                intake_form(),
-                "Patient/x",
-                {"name": "questionnaireRef", "valueReference": {"reference": "Questionnaire/1"}},
+            by_name(
+                {"name": "questionnaireRef", "valueReference": {"reference": "Questionnaire/1"}}
             ),
             422,
             "questionnaireRef",
+        ),
+        (by_name({"name": "identifier", "valueIdentifier": {"value": "x"}}), 422, "identifier"),
+        # Both an inline form and a name: which one?
+        (
+            parameters(intake_form(), "Patient/x", {"name": "canonical", "valueUri": FORM_URL}),
+            400,
+            "canonical",
         ),
         (parameters({"resourceType": "Patient"}, "Patient/x"), 422, "questionnaire"),
         (
@@ -556,7 +566,13 @@ def test_the_capability_statement_declares_populate(client: TestClient) -> None:
             "definition": "http://hl7.org/fhir/uv/sdc/OperationDefinition/Questionnaire-populate",
         }
     ]
-    assert "interaction" not in questionnaire or questionnaire["interaction"] == []
+    # The stored forms that canonical and questionnaireRef name (tests/gateway/test_forms.py).
+    assert {i["code"] for i in questionnaire["interaction"]} == {
+        "update",
+        "read",
+        "delete",
+        "search-type",
+    }
 
 
 @pytest.mark.parametrize(
