@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.orm import Session
 from starlette.requests import Request
 
 from gateway.deps import state_of
-from gateway.fhir.http import strict_handling
+from gateway.fhir.http import query_items, strict_handling
 from gateway.operations.search_patient import SearchContext
+
+#: A search operation: ``(session, query items, *, base, secret, strict, default_count,
+#: max_count) -> searchset Bundle`` (``search_encounters``, ``search_forms``…).
+Search = Callable[..., dict[str, Any]]
 
 
 def search_context(request: Request) -> SearchContext:
@@ -17,6 +25,20 @@ def search_context(request: Request) -> SearchContext:
         strict=strict_handling(request),
         default_count=state.default_page_size,
         max_count=state.max_page_size,
+    )
+
+
+def searched(request: Request, session: Session, search: Search) -> dict[str, Any]:
+    """Run ``search`` on the request's query with the server's paging and handling."""
+    ctx = search_context(request)
+    return search(
+        session,
+        query_items(request),
+        base=ctx.base,
+        secret=ctx.secret,
+        strict=ctx.strict,
+        default_count=ctx.default_count,
+        max_count=ctx.max_count,
     )
 
 

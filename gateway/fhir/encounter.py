@@ -10,8 +10,8 @@ from starlette.responses import Response
 from gateway.audit import audited
 from gateway.auth.tokens import Principal
 from gateway.deps import AuditDep, EncounterSearch, SessionDep, require
-from gateway.fhir.context import fhir_extra, search_context
-from gateway.fhir.http import MediaType, fhir_response, query_items
+from gateway.fhir.context import fhir_extra, searched
+from gateway.fhir.http import MediaType, fhir_response
 from gateway.operations.encounters import (
     ENCOUNTER_SEARCH_PARAMS,
     read_encounter,
@@ -40,17 +40,8 @@ def search(
     audit: AuditDep,
     media: MediaType,
 ) -> Response:
-    ctx = search_context(request)
     with audited(audit, principal, "search", request, "Encounter") as entry:
-        bundle = search_encounters(
-            session,
-            query_items(request),
-            base=ctx.base,
-            secret=ctx.secret,
-            strict=ctx.strict,
-            default_count=ctx.default_count,
-            max_count=ctx.max_count,
-        )
+        bundle = searched(request, session, search_encounters)
         entry["ids"] = [e["resource"]["id"] for e in bundle.get("entry", [])]
     return fhir_response(bundle, media)
 

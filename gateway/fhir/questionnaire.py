@@ -23,13 +23,12 @@ from starlette.responses import Response
 from gateway.audit import audited
 from gateway.auth.tokens import Principal
 from gateway.deps import AuditDep, PatientRead, PrincipalDep, SessionDep, StateDep, require
-from gateway.fhir.context import fhir_extra, search_context
+from gateway.fhir.context import fhir_extra, searched
 from gateway.fhir.http import (
     MediaType,
     etag,
     fhir_response,
     prefers,
-    query_items,
     read_json_body,
 )
 from gateway.operations.extract import extract
@@ -174,17 +173,8 @@ def search_forms_route(
     audit: AuditDep,
     media: MediaType,
 ) -> Response:
-    ctx = search_context(request)
     with audited(audit, principal, "search", request, "QuestionnaireResponse") as entry:
-        bundle = search_forms(
-            session,
-            query_items(request),
-            base=ctx.base,
-            secret=ctx.secret,
-            strict=ctx.strict,
-            default_count=ctx.default_count,
-            max_count=ctx.max_count,
-        )
+        bundle = searched(request, session, search_forms)
         entry["ids"] = [e["resource"]["id"] for e in bundle.get("entry", [])]
     return fhir_response(bundle, media)
 
@@ -297,14 +287,4 @@ def delete_questionnaire_route(
 def search_questionnaires_route(
     request: Request, session: SessionDep, principal: QuestionnaireSearch, media: MediaType
 ) -> Response:
-    ctx = search_context(request)
-    bundle = search_questionnaires(
-        session,
-        query_items(request),
-        base=ctx.base,
-        secret=ctx.secret,
-        strict=ctx.strict,
-        default_count=ctx.default_count,
-        max_count=ctx.max_count,
-    )
-    return fhir_response(bundle, media)
+    return fhir_response(searched(request, session, search_questionnaires), media)

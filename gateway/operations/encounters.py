@@ -16,10 +16,9 @@ from typing import Any, Protocol
 from sqlalchemy import ColumnElement, and_, func, literal, not_, or_, select
 from sqlalchemy.orm import Session
 
-from gateway.operations.keyset import Keyset, keyset_page
+from gateway.operations.keyset import Keyset, keyset_search
 from gateway.operations.params import (
     DateRange,
-    SearchRequest,
     criteria_only,
     fail,
     parse_date,
@@ -184,19 +183,15 @@ def search_encounters(
     default_count: int,
     max_count: int,
 ) -> dict[str, Any]:
-    request: SearchRequest = parse_search(
+    return keyset_search(
+        session,
         items,
-        SUPPORTED,
-        sortable=SORTABLE,
+        ENCOUNTER_KEYSET,
+        base=base,
+        secret=secret,
         strict=strict,
         default_count=default_count,
         max_count=max_count,
-    )
-    stmt = select(Encounter).where(Encounter.golden_id.is_not(None))
-    for name, _mod, raw in request.criteria:
-        stmt = stmt.where(_criterion(session, name, raw))
-    return keyset_page(
-        session, stmt, request, ENCOUNTER_KEYSET, path="Encounter", base=base, secret=secret
     )
 
 
@@ -206,4 +201,13 @@ def _value_of(row: Encounter, param: str) -> Any:
     return row.last_updated if param == "_lastUpdated" else (row.period_start or NO_START)
 
 
-ENCOUNTER_KEYSET = Keyset(_SORT, _value_of, render_encounter)
+ENCOUNTER_KEYSET = Keyset(
+    path="Encounter",
+    rows=lambda: select(Encounter).where(Encounter.golden_id.is_not(None)),
+    supported=SUPPORTED,
+    sortable=SORTABLE,
+    criterion=_criterion,
+    sort=_SORT,
+    value_of=_value_of,
+    render=render_encounter,
+)

@@ -30,8 +30,8 @@ from sqlalchemy import ColumnElement, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.operations.extract import EXTRACTABLE_STATUSES, check_response, extract_resources
-from gateway.operations.keyset import Keyset, keyset_page
-from gateway.operations.params import parse_date, parse_search, parse_token, split_or
+from gateway.operations.keyset import Keyset, keyset_search
+from gateway.operations.params import parse_date, parse_token, split_or
 from gateway.operations.populate import subject_id
 from gateway.operations.questionnaires import StoredForms
 from gateway.operations.read import check_id, patient_ids, survivor_of
@@ -235,9 +235,6 @@ def _value_of(form: FormResponse, param: str) -> Any:
     return form.authored or NOT_AUTHORED
 
 
-FORM_KEYSET = Keyset(_SORT, _value_of, lambda form: dict(form.resource))
-
-
 def _criterion(session: Session, name: str, raw: str) -> ColumnElement[bool]:
     values = split_or(raw)
     if name in ("subject", "patient"):
@@ -277,23 +274,25 @@ def search_forms(
     """``GET /fhir/QuestionnaireResponse?…``: the forms portals submitted, in keyset pages.
     A portal asks ``subject=<id>&questionnaire=<form>&_sort=-authored&_count=1`` whether
     (and when) the patient last confirmed what a form asks: ask once."""
-    request = parse_search(
+    return keyset_search(
+        session,
         items,
-        SUPPORTED,
-        sortable=SORTABLE,
+        FORM_KEYSET,
+        base=base,
+        secret=secret,
         strict=strict,
         default_count=default_count,
         max_count=max_count,
     )
-    stmt = select(FormResponse)
-    for name, _mod, raw in request.criteria:
-        stmt = stmt.where(_criterion(session, name, raw))
-    return keyset_page(
-        session,
-        stmt,
-        request,
-        FORM_KEYSET,
-        path="QuestionnaireResponse",
-        base=base,
-        secret=secret,
-    )
+
+
+FORM_KEYSET = Keyset(
+    path="QuestionnaireResponse",
+    rows=lambda: select(FormResponse),
+    supported=SUPPORTED,
+    sortable=SORTABLE,
+    criterion=_criterion,
+    sort=_SORT,
+    value_of=_value_of,
+    render=lambda form: dict(form.resource),
+)

@@ -8,28 +8,64 @@ names ``_id``); the next link carries the last row's values in a signed cursor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session
 
 from gateway.operations.bundle import match_entry, page_url, searchset, subset
 from gateway.operations.paging import decode_cursor, encode_cursor
-from gateway.operations.params import SearchRequest
+from gateway.operations.params import SearchRequest, parse_search
 from gateway.operations.sql import SortColumn, after, encode_value, order_by
 
 
 @dataclass(frozen=True)
 class Keyset:
-    """How a resource type's rows are ordered and rendered."""
+    """A resource type's search: its parameters, how its rows are found, ordered and
+    rendered."""
 
+    #: The type's path under ``/fhir`` (the self and next links).
+    path: str
+    #: The statement of every row a search may find, before criteria.
+    rows: Callable[[], Select[Any]]
+    #: Search parameter -> the modifiers it takes; and the ``_sort`` parameters.
+    supported: Mapping[str, frozenset[str]]
+    sortable: frozenset[str]
+    #: The condition of one parameter occurrence (name, raw value); 400 when invalid.
+    criterion: Callable[[Session, str, str], ColumnElement[bool]]
     #: ``_sort`` parameter -> its column (``_id`` included: the unique tie-breaker).
     sort: Mapping[str, SortColumn]
     #: A row's value of a ``_sort`` parameter (``_id`` included), as the column orders it.
     value_of: Callable[[Any, str], Any]
     render: Callable[[Any], dict[str, Any]]
+
+
+def keyset_search(
+    session: Session,
+    items: Sequence[tuple[str, str]],
+    keyset: Keyset,
+    *,
+    base: str,
+    secret: str,
+    strict: bool,
+    default_count: int,
+    max_count: int,
+) -> dict[str, Any]:
+    """A search of ``keyset``'s type with the query ``items``: one searchset page."""
+    request = parse_search(
+        items,
+        keyset.supported,
+        sortable=keyset.sortable,
+        strict=strict,
+        default_count=default_count,
+        max_count=max_count,
+    )
+    stmt = keyset.rows()
+    for name, _mod, raw in request.criteria:
+        stmt = stmt.where(keyset.criterion(session, name, raw))
+    return keyset_page(session, stmt, request, keyset, base=base, secret=secret)
 
 
 def keyset_page(
@@ -38,11 +74,11 @@ def keyset_page(
     request: SearchRequest,
     keyset: Keyset,
     *,
-    path: str,
     base: str,
     secret: str,
 ) -> dict[str, Any]:
     """The searchset Bundle of the page ``request`` asks for among the rows of ``stmt``."""
+    path = keyset.path
     self_url = page_url(base, path, request.used_params())
     if request.summary_count:
         total = session.scalar(select(func.count()).select_from(stmt.subquery()))

@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, or_, select
 from sqlalchemy.orm import Session
 
-from gateway.operations.keyset import Keyset, keyset_page
-from gateway.operations.params import parse_date, parse_search, parse_token, split_or
+from gateway.operations.keyset import Keyset, keyset_search
+from gateway.operations.params import parse_date, parse_token, split_or
 from gateway.operations.populate import check_questionnaire
 from gateway.operations.read import FHIR_ID, check_id
 from gateway.operations.sql import SortColumn, date_condition
@@ -129,10 +129,7 @@ def _value_of(row: StoredQuestionnaire, param: str) -> Any:
     return row.id if param == "_id" else row.updated_at
 
 
-QUESTIONNAIRE_KEYSET = Keyset(_SORT, _value_of, lambda row: dict(row.resource))
-
-
-def _criterion(name: str, raw: str) -> ColumnElement[bool]:
+def _criterion(_session: Session, name: str, raw: str) -> ColumnElement[bool]:
     values = split_or(raw)
     if name == "_id":
         return StoredQuestionnaire.id.in_(values)
@@ -156,23 +153,25 @@ def search_questionnaires(
     default_count: int,
     max_count: int,
 ) -> dict[str, Any]:
-    request = parse_search(
+    return keyset_search(
+        session,
         items,
-        SUPPORTED,
-        sortable=SORTABLE,
+        QUESTIONNAIRE_KEYSET,
+        base=base,
+        secret=secret,
         strict=strict,
         default_count=default_count,
         max_count=max_count,
     )
-    stmt = select(StoredQuestionnaire)
-    for name, _mod, raw in request.criteria:
-        stmt = stmt.where(_criterion(name, raw))
-    return keyset_page(
-        session,
-        stmt,
-        request,
-        QUESTIONNAIRE_KEYSET,
-        path="Questionnaire",
-        base=base,
-        secret=secret,
-    )
+
+
+QUESTIONNAIRE_KEYSET = Keyset(
+    path="Questionnaire",
+    rows=lambda: select(StoredQuestionnaire),
+    supported=SUPPORTED,
+    sortable=SORTABLE,
+    criterion=_criterion,
+    sort=_SORT,
+    value_of=_value_of,
+    render=lambda row: dict(row.resource),
+)
