@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from sqlalchemy import ColumnElement, and_, func, literal, not_, or_, select
 from sqlalchemy.orm import Session
 
-from gateway.operations.keyset import Keyset, keyset_search
+from gateway.operations.keyset import Keyset
 from gateway.operations.params import (
     DateRange,
     criteria_only,
@@ -173,28 +173,6 @@ def encounter_filter(session: Session, items: Sequence[tuple[str, str]]) -> Colu
     )
 
 
-def search_encounters(
-    session: Session,
-    items: Sequence[tuple[str, str]],
-    *,
-    base: str,
-    secret: str,
-    strict: bool,
-    default_count: int,
-    max_count: int,
-) -> dict[str, Any]:
-    return keyset_search(
-        session,
-        items,
-        ENCOUNTER_KEYSET,
-        base=base,
-        secret=secret,
-        strict=strict,
-        default_count=default_count,
-        max_count=max_count,
-    )
-
-
 def _value_of(row: Encounter, param: str) -> Any:
     if param == "_id":
         return row.id
@@ -211,3 +189,4 @@ ENCOUNTER_KEYSET = Keyset(
     value_of=_value_of,
     render=render_encounter,
 )
+search_encounters = ENCOUNTER_KEYSET.search

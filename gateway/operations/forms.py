@@ -21,7 +21,6 @@ All of it is one transaction: a refused form leaves nothing behind.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +29,7 @@ from sqlalchemy import ColumnElement, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.operations.extract import EXTRACTABLE_STATUSES, check_response, extract_resources
-from gateway.operations.keyset import Keyset, keyset_search
+from gateway.operations.keyset import Keyset
 from gateway.operations.params import parse_date, parse_token, split_or
 from gateway.operations.populate import subject_id
 from gateway.operations.questionnaires import StoredForms
@@ -261,31 +260,6 @@ def _criterion(session: Session, name: str, raw: str) -> ColumnElement[bool]:
     return or_(*(date_condition(column, parse_date(v, name), as_date=False) for v in values))
 
 
-def search_forms(
-    session: Session,
-    items: Sequence[tuple[str, str]],
-    *,
-    base: str,
-    secret: str,
-    strict: bool,
-    default_count: int,
-    max_count: int,
-) -> dict[str, Any]:
-    """``GET /fhir/QuestionnaireResponse?…``: the forms portals submitted, in keyset pages.
-    A portal asks ``subject=<id>&questionnaire=<form>&_sort=-authored&_count=1`` whether
-    (and when) the patient last confirmed what a form asks: ask once."""
-    return keyset_search(
-        session,
-        items,
-        FORM_KEYSET,
-        base=base,
-        secret=secret,
-        strict=strict,
-        default_count=default_count,
-        max_count=max_count,
-    )
-
-
 FORM_KEYSET = Keyset(
     path="QuestionnaireResponse",
     rows=lambda: select(FormResponse),
@@ -296,3 +270,7 @@ FORM_KEYSET = Keyset(
     value_of=_value_of,
     render=lambda form: dict(form.resource),
 )
+#: ``GET /fhir/QuestionnaireResponse?…``: the forms portals submitted, in keyset pages. A portal
+#: asks ``subject=<id>&questionnaire=<form>&_sort=-authored&_count=1`` whether (and when) the
+#: patient last confirmed what a form asks: ask once.
+search_forms = FORM_KEYSET.search

@@ -1,5 +1,6 @@
-"""One page of a search, in keyset order: what the Encounter and QuestionnaireResponse
-searches share (the Patient search has its own, with ``_revinclude`` and search tokens).
+"""The searches of Encounter, QuestionnaireResponse and Questionnaire: one machinery, a
+:class:`Keyset` per type (the Patient search has its own, with ``_revinclude`` and search
+tokens).
 
 The order is the request's ``_sort`` columns, then the row id (ascending unless ``_sort``
 names ``_id``); the next link carries the last row's values in a signed cursor
@@ -41,31 +42,30 @@ class Keyset:
     value_of: Callable[[Any, str], Any]
     render: Callable[[Any], dict[str, Any]]
 
-
-def keyset_search(
-    session: Session,
-    items: Sequence[tuple[str, str]],
-    keyset: Keyset,
-    *,
-    base: str,
-    secret: str,
-    strict: bool,
-    default_count: int,
-    max_count: int,
-) -> dict[str, Any]:
-    """A search of ``keyset``'s type with the query ``items``: one searchset page."""
-    request = parse_search(
-        items,
-        keyset.supported,
-        sortable=keyset.sortable,
-        strict=strict,
-        default_count=default_count,
-        max_count=max_count,
-    )
-    stmt = keyset.rows()
-    for name, _mod, raw in request.criteria:
-        stmt = stmt.where(keyset.criterion(session, name, raw))
-    return keyset_page(session, stmt, request, keyset, base=base, secret=secret)
+    def search(
+        self,
+        session: Session,
+        items: Sequence[tuple[str, str]],
+        *,
+        base: str,
+        secret: str,
+        strict: bool,
+        default_count: int,
+        max_count: int,
+    ) -> dict[str, Any]:
+        """A search of this type with the query ``items``: one searchset page."""
+        request = parse_search(
+            items,
+            self.supported,
+            sortable=self.sortable,
+            strict=strict,
+            default_count=default_count,
+            max_count=max_count,
+        )
+        stmt = self.rows()
+        for name, _mod, raw in request.criteria:
+            stmt = stmt.where(self.criterion(session, name, raw))
+        return keyset_page(session, stmt, request, self, base=base, secret=secret)
 
 
 def keyset_page(

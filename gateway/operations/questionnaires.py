@@ -11,13 +11,12 @@ https://hl7.org/fhir/R4/questionnaire.html, https://hl7.org/fhir/R4/http.html#up
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, case, or_, select
 from sqlalchemy.orm import Session
 
-from gateway.operations.keyset import Keyset, keyset_search
+from gateway.operations.keyset import Keyset
 from gateway.operations.params import parse_date, parse_token, split_or
 from gateway.operations.populate import check_questionnaire
 from gateway.operations.read import FHIR_ID, check_id
@@ -143,28 +142,6 @@ def _criterion(_session: Session, name: str, raw: str) -> ColumnElement[bool]:
     return or_(*(date_condition(StoredQuestionnaire.updated_at, r, as_date=False) for r in ranges))
 
 
-def search_questionnaires(
-    session: Session,
-    items: Sequence[tuple[str, str]],
-    *,
-    base: str,
-    secret: str,
-    strict: bool,
-    default_count: int,
-    max_count: int,
-) -> dict[str, Any]:
-    return keyset_search(
-        session,
-        items,
-        QUESTIONNAIRE_KEYSET,
-        base=base,
-        secret=secret,
-        strict=strict,
-        default_count=default_count,
-        max_count=max_count,
-    )
-
-
 QUESTIONNAIRE_KEYSET = Keyset(
     path="Questionnaire",
     rows=lambda: select(StoredQuestionnaire),
@@ -175,3 +152,4 @@ QUESTIONNAIRE_KEYSET = Keyset(
     value_of=_value_of,
     render=lambda row: dict(row.resource),
 )
+search_questionnaires = QUESTIONNAIRE_KEYSET.search
