@@ -231,9 +231,7 @@ async def put_questionnaire_route(
             session.commit()
         return stored, created
 
-    with audited(
-        audit, principal, "update", request, "Questionnaire", questionnaire_id[:64]
-    ) as _entry:
+    with audited(audit, principal, "update", request, "Questionnaire", questionnaire_id[:64]):
         stored, created = await run_in_threadpool(store)
     version = int(stored["meta"]["versionId"])
     headers = {"ETag": etag(version), "Last-Modified": stored["meta"]["lastUpdated"]}

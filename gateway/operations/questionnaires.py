@@ -59,10 +59,15 @@ class StoredForms:
         return dict(found) if found is not None else None
 
     def by_id(self, questionnaire_id: str) -> dict[str, Any] | None:
-        if not FHIR_ID.match(questionnaire_id):
-            return None
-        row = self.session.get(StoredQuestionnaire, questionnaire_id)
+        row = _stored(self.session, questionnaire_id)
         return dict(row.resource) if row is not None else None
+
+
+def _stored(session: Session, questionnaire_id: str) -> StoredQuestionnaire | None:
+    """The stored row of an id (None for one that cannot be a FHIR id)."""
+    if not FHIR_ID.match(questionnaire_id):
+        return None
+    return session.get(StoredQuestionnaire, questionnaire_id)
 
 
 def put_questionnaire(
@@ -114,11 +119,7 @@ def read_questionnaire(session: Session, questionnaire_id: str) -> dict[str, Any
 
 def delete_questionnaire(session: Session, questionnaire_id: str) -> None:
     """Delete a Questionnaire (the caller commits); deleting one not stored is no error."""
-    row = (
-        session.get(StoredQuestionnaire, questionnaire_id)
-        if FHIR_ID.match(questionnaire_id)
-        else None
-    )
+    row = _stored(session, questionnaire_id)
     if row is not None:
         session.delete(row)
         session.flush()

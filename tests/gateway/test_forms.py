@@ -540,6 +540,18 @@ def submit(client: TestClient, headers: Headers, body: Any, **extra: str) -> Any
     return client.post("/fhir/QuestionnaireResponse", json=body, headers={**headers, **extra})
 
 
+def submit_mobile(
+    client: TestClient, headers: Headers, golden_id: str, number: str
+) -> dict[str, Any]:
+    """The demo form filled for ``golden_id``, its mobile number changed, submitted (201):
+    the stored QuestionnaireResponse."""
+    response = populated(client, headers, golden_id)
+    answer(response, "contact.mobile", {"valueString": number})
+    created = submit(client, headers, completed(response))
+    assert created.status_code == 201, created.text
+    return dict(created.json())
+
+
 def read_golden(client: TestClient, headers: Headers, golden_id: str) -> dict[str, Any]:
     answer_ = client.get(f"/fhir/Patient/{golden_id}", headers=headers)
     assert answer_.status_code == 200, answer_.text
@@ -626,9 +638,7 @@ def test_a_later_form_updates_the_same_record_element_by_element(
     world: World,
     session_factory: sessionmaker[Session],
 ) -> None:
-    response = populated(client, portal_headers, world.ada)
-    answer(response, "contact.mobile", {"valueString": "+1 415 555 0177"})
-    assert submit(client, portal_headers, completed(response)).status_code == 201
+    submit_mobile(client, portal_headers, world.ada, "+1 415 555 0177")
     # A second form asks only for the address.
     form = demo_form()
     form["item"] = [i for i in form["item"] if i["linkId"] in ("address",)]
@@ -874,9 +884,7 @@ def test_removing_the_portal_source_takes_its_answers_and_forms_away(
     world: World,
     session_factory: sessionmaker[Session],
 ) -> None:
-    response = populated(client, portal_headers, world.ada)
-    answer(response, "contact.mobile", {"valueString": "+1 415 555 0177"})
-    assert submit(client, portal_headers, completed(response)).status_code == 201
+    submit_mobile(client, portal_headers, world.ada, "+1 415 555 0177")
     assert phones(read_golden(client, portal_headers, world.ada))[0] == "4155550177"
     remove_source(session_factory, world.portal)
     assert phones(read_golden(client, portal_headers, world.ada)) == ["4155550101"]
@@ -907,9 +915,7 @@ def test_everything_holds_the_forms_of_the_person_for_a_caller_that_may_read_the
     world: World,
     session_factory: sessionmaker[Session],
 ) -> None:
-    response = populated(client, portal_headers, world.ada)
-    answer(response, "contact.mobile", {"valueString": "+1 415 555 0177"})
-    form_id = submit(client, portal_headers, completed(response)).json()["id"]
+    form_id = submit_mobile(client, portal_headers, world.ada, "+1 415 555 0177")["id"]
     with session_factory() as session:  # the form follows its person into a merge
         merge_golden(session, world.ada, world.ben, actor="steward")
         session.commit()
@@ -939,9 +945,7 @@ def test_the_console_lists_the_forms_a_patient_submitted(
     world: World,
     session_factory: sessionmaker[Session],
 ) -> None:
-    response = populated(client, portal_headers, world.ada)
-    answer(response, "contact.mobile", {"valueString": "+1 415 555 0177"})
-    assert submit(client, portal_headers, completed(response)).status_code == 201
+    submit_mobile(client, portal_headers, world.ada, "+1 415 555 0177")
     with session_factory() as session:
         steward = register_consumer(session, "steward", "steward", ["askonce.admin"])
         session.commit()
