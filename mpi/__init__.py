@@ -13,6 +13,7 @@ Errors (see :mod:`mpi.errors`)::
     ├── RecordNotFound
     ├── ReviewItemNotFound
     └── InvalidOperation
+        └── MergeRefused
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from __future__ import annotations
 from mpi.admin import (
     CROSSWALK_COLUMNS,
     MatchCandidate,
+    MergeCheck,
+    check_merge,
     crosswalk_rows,
     evaluate_links,
     get_review_item,
     list_review_items,
     match_patient,
+    merge_patients,
     record_decision,
     review_item_dict,
     train_from_database,
@@ -35,6 +39,7 @@ from mpi.comparisons import COMPARISONS, Comparison
 from mpi.errors import (
     GoldenNotFound,
     InvalidOperation,
+    MergeRefused,
     MpiError,
     RecordNotFound,
     ReviewItemNotFound,
@@ -71,12 +76,15 @@ __all__ = [
     "MatchModel",
     "MatchSettings",
     "MemoryResolver",
+    "MergeCheck",
+    "MergeRefused",
     "MpiError",
     "RecordNotFound",
     "Resolution",
     "ReviewItemNotFound",
     "Score",
     "block_keys",
+    "check_merge",
     "crosswalk_rows",
     "evaluate_clusters",
     "evaluate_links",
@@ -88,6 +96,7 @@ __all__ = [
     "load_active_model",
     "match_patient",
     "merge_golden",
+    "merge_patients",
     "recompute_golden",
     "recompute_goldens",
     "record_decision",

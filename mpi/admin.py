@@ -7,21 +7,34 @@ here commits.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from fhir_mapping import SourcePatient
 from mpi.blocking import block_keys
-from mpi.decision import DUPLICATE_GOLDEN, Member, guard_vetoes, score_candidates
-from mpi.errors import InvalidOperation, RecordNotFound, ReviewItemNotFound
+from mpi.decision import (
+    DUPLICATE_GOLDEN,
+    MAX_MERGE_GUARD_MEMBERS,
+    Member,
+    corroborated,
+    guard_vetoes,
+    score_candidates,
+)
+from mpi.errors import (
+    GoldenNotFound,
+    InvalidOperation,
+    MergeRefused,
+    RecordNotFound,
+    ReviewItemNotFound,
+)
 from mpi.evaluate import Evaluation, evaluate_clusters
 from mpi.features import MatchFeatures, extract_features
 from mpi.guards import LOOKALIKE_REASONS
-from mpi.model import MatchModel
+from mpi.model import MatchModel, Score
 from mpi.operations import (
     MAX_DECISION_PAIRS,
     link_record,
@@ -40,7 +53,7 @@ from mpi.storage import (
     save_model,
 )
 from mpi.train import train_model
-from store.models import Link, MatchDecision, ReviewItem, Source, SourceRecord
+from store.models import GoldenPatient, Link, MatchDecision, ReviewItem, Source, SourceRecord
 from store.types import utcnow
 
 #: Columns of the crosswalk CSV (``askonce links export``).
@@ -109,6 +122,16 @@ def _identity(patient: SourcePatient) -> MatchFeatures:
     return extract_features(dataclasses.replace(patient, telecom=[], addresses=[]))
 
 
+def _members(
+    session: Session, golden_id: str, features: Callable[[SourcePatient], MatchFeatures]
+) -> list[Member]:
+    """The active records of ``golden_id`` as scoring members, their features by ``features``."""
+    return [
+        Member(m.record_id, golden_id, features(m.patient))
+        for m in member_records(session, golden_id=golden_id)
+    ]
+
+
 def check_identity(
     session: Session,
     patient: SourcePatient,
@@ -137,16 +160,173 @@ def check_identity(
     model = load_active_model(session)
     scored = [
         (member, model.score(features, member.features))
-        for member in (
-            Member(m.record_id, golden_id, _identity(m.patient))
-            for m in member_records(session, golden_id=golden_id)
-        )
+        for member in _members(session, golden_id, _identity)
     ]
     if not scored:
         return IdentityCheck(comparable=False)
     best = max(score.total for _, score in scored)
     vetoes, _cleared = guard_vetoes(features, scored, settings, LOOKALIKE_REASONS)
     return IdentityCheck(True, settings.grade(best), tuple(vetoes))
+
+
+@dataclass(frozen=True, slots=True)
+class MergeCheck:
+    """What the records of two golden records say about merging one into the other."""
+
+    source_id: str
+    target_id: str
+    #: The best score between a record of one and a record of the other, and its grade
+    #: (None when one of them holds no active record).
+    score: float | None
+    grade: str | None
+    #: The guards that fire between their records (a conflicting SSN, a twin, Jr/Sr…).
+    vetoes: tuple[str, ...] = ()
+    #: Pairs of records, one of each, that a data steward said are two people.
+    declined: tuple[tuple[int, int], ...] = ()
+    #: False when the best pair agrees on names, birth date and sex alone (nothing else,
+    #: identifiers, contact data or address, speaks for it: how namesakes look too).
+    corroborated: bool = True
+
+    @property
+    def refusals(self) -> list[str]:
+        """Why the two look like two people (empty: nothing speaks against the merge)."""
+        out = []
+        if self.declined:
+            out.append("a data steward decided that records of the two are different people")
+        if self.vetoes:
+            out.append(f"guards veto it ({', '.join(self.vetoes)})")
+        if self.grade == "certainly-not":
+            out.append("their records score certainly-not")
+        return out
+
+
+def _active(session: Session, golden_id: str) -> None:
+    golden = session.get(GoldenPatient, golden_id)
+    if golden is None:
+        raise GoldenNotFound(golden_id)
+    if golden.status != "active":
+        raise InvalidOperation(f"golden record {golden_id} is {golden.status}")
+
+
+def check_merge(
+    session: Session,
+    source_id: str,
+    target_id: str,
+    *,
+    settings: MatchSettings | None = None,
+) -> MergeCheck:
+    """Score every record of ``source_id`` against those of ``target_id`` (both active
+    golden records), run the guards between them and look for a steward's "no-match"
+    between them; writes nothing.
+
+    The same rules that keep the engine from joining two people: a hard conflict (another
+    SSN or strong identifier, Jr/Sr) between any two records, a look-alike (twin,
+    household member) against every record of the other, or a ``certainly-not`` best
+    score. A steward's merge honours them unless told otherwise (:func:`merge_patients`).
+    """
+    settings = settings or MatchSettings()
+    if source_id == target_id:
+        raise InvalidOperation("a golden record cannot be merged into itself")
+    _active(session, source_id)
+    _active(session, target_id)
+    model = load_active_model(session)
+    ours = _members(session, source_id, extract_features)[:MAX_MERGE_GUARD_MEMBERS]
+    theirs = _members(session, target_id, extract_features)[:MAX_MERGE_GUARD_MEMBERS]
+    best: Score | None = None
+    vetoes: list[str] = []
+    for member in ours if theirs else ():
+        scored = [(other, model.score(member.features, other.features)) for other in theirs]
+        top = max((score for _, score in scored), key=lambda score: score.total)
+        best = top if best is None or top.total > best.total else best
+        found, _cleared = guard_vetoes(member.features, scored, settings, LOOKALIKE_REASONS)
+        vetoes.extend(v for v in found if v not in vetoes)
+    records_a = linked_record_ids(session, source_id)
+    records_b = linked_record_ids(session, target_id)
+    a, b = MatchDecision.record_a_id, MatchDecision.record_b_id
+    declined = session.execute(
+        select(a, b)
+        .where(
+            MatchDecision.decision == "no-match",
+            or_(
+                and_(a.in_(records_a), b.in_(records_b)),
+                and_(a.in_(records_b), b.in_(records_a)),
+            ),
+        )
+        .order_by(a, b)
+    ).all()
+    return MergeCheck(
+        source_id,
+        target_id,
+        round(best.total, 3) if best is not None else None,
+        settings.grade(best.total) if best is not None else None,
+        tuple(vetoes),
+        tuple((x, y) for x, y in declined),
+        corroborated(best) if best is not None else True,
+    )
+
+
+def merge_patients(
+    session: Session,
+    source_id: str,
+    target_id: str,
+    *,
+    actor: str,
+    settings: MatchSettings | None = None,
+    override: bool = False,
+    note: str | None = None,
+) -> tuple[GoldenPatient, MergeCheck]:
+    """A steward's merge of golden record ``source_id`` into ``target_id``, which survives
+    (``Patient/$merge``, the console, the admin API); does not commit.
+
+    Refused (:class:`MergeRefused`) when :func:`check_merge` finds that the records say
+    they are two people, unless ``override``: a steward who has looked at the evidence
+    may merge anyway, and a "no-match" between the two then becomes a "match" (the
+    later decision replaces the earlier one). The merge itself is
+    :func:`mpi.operations.merge_golden`: links move, the source answers ``replaced-by``,
+    a ``patient.merged`` event; :func:`mpi.operations.unmerge_golden` undoes it. Open
+    review items that asked whether a record now in the target is its person are
+    resolved as "match" by ``actor``."""
+    settings = settings or MatchSettings()
+    check = check_merge(session, source_id, target_id, settings=settings)
+    refusals = check.refusals
+    if refusals and not override:
+        raise MergeRefused(refusals, check)
+    for x, y in check.declined:
+        store_decision(session, x, y, "match", actor, note or "merged by a steward")
+    explanation: dict[str, Any] = {"steward": "merge", "grade": check.grade, "score": check.score}
+    if refusals:
+        explanation["overridden"] = refusals
+    if note:
+        explanation["note"] = note
+    survivor = merge_golden(
+        session, source_id, target_id, actor=actor, settings=settings, explanation=explanation
+    )
+    _answered(session, target_id, actor)
+    return survivor, check
+
+
+def _answered(session: Session, golden_id: str, actor: str) -> None:
+    """Resolve as "match" the open items a steward's merge answered: whether a record now
+    linked to ``golden_id`` is that person. (An automatic merge leaves them open for a
+    steward, :mod:`mpi.review`; here the steward has said it.)"""
+    now = utcnow()
+    for item in session.scalars(
+        select(ReviewItem).where(
+            ReviewItem.status == "open",
+            ReviewItem.golden_id == golden_id,
+            ReviewItem.source_record_id.in_(
+                select(Link.source_record_id).where(Link.golden_id == golden_id)
+            ),
+        )
+    ):
+        item.status, item.resolution, item.resolved_by, item.resolved_at = (
+            "resolved",
+            "match",
+            actor,
+            now,
+        )
+        item.evidence = {**(item.evidence or {}), "answered_by": "merge"}
+    session.flush()
 
 
 def review_item_dict(item: ReviewItem) -> dict[str, Any]:

@@ -5,10 +5,14 @@ MpiError
 ├── RecordNotFound        a source record id that does not exist or is not a Patient
 ├── ReviewItemNotFound    a review item id that does not exist
 └── InvalidOperation      the operation does not apply (unmerge of a record never
-                          merged, merging a record into itself, deciding twice…)
+    │                     merged, merging a record into itself, deciding twice…)
+    └── MergeRefused      a steward's merge of two golden records that the records
+                          say are two people (a guard, a "no-match", certainly-not)
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class MpiError(Exception):
@@ -35,3 +39,13 @@ class ReviewItemNotFound(MpiError):
 
 class InvalidOperation(MpiError):
     """The operation does not apply to the records named."""
+
+
+class MergeRefused(InvalidOperation):
+    """Two golden records whose records say they are two people; ``check`` is the
+    :class:`mpi.admin.MergeCheck` that says why."""
+
+    def __init__(self, reasons: list[str], check: Any) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+        self.check = check

@@ -210,8 +210,10 @@ def merge_golden(
     actor: str,
     settings: MatchSettings | None = None,
     method: str = "MANUAL",
+    explanation: dict[str, Any] | None = None,
 ) -> GoldenPatient:
     """Merge ``loser_id`` into ``survivor_id``: links move, the loser is ``replaced-by``.
+    ``explanation`` is kept with the merge in the link history.
 
     See https://hl7.org/fhir/R4/patient.html#links for ``replaced-by``/``replaces``.
     """
@@ -230,6 +232,7 @@ def merge_golden(
         other_golden_id=survivor_id,
         method=method,
         actor=actor,
+        explanation=explanation or {},
         snapshot={"records": records},
     )
     repoint_encounters(session, records, survivor_id)

@@ -39,9 +39,12 @@ from gateway.outcomes import OutcomeError, bad_request, conflict, not_found
 from mpi import (
     GoldenNotFound,
     InvalidOperation,
+    MergeRefused,
     RecordNotFound,
     ReviewItemNotFound,
+    merge_patients,
     record_decision,
+    unmerge_golden,
 )
 from store import NotFoundError
 from store.models import Consumer, GoldenPatient, Subscription
@@ -324,6 +327,104 @@ def decide_pair(
     body: PairDecision, session: SessionDep, principal: AdminPrincipal
 ) -> dict[str, Any]:
     return decide(session, principal, body, record_ids=(body.record_a_id, body.record_b_id))
+
+
+class MergeBody(BaseModel):
+    #: The golden record merged away (it answers ``replaced-by`` afterwards).
+    source_id: str = Field(min_length=1, max_length=36)
+    #: Merge although the records say these are two people (a guard, a "no-match" or a
+    #: ``certainly-not`` score): the steward has checked the evidence.
+    override: bool = False
+    note: str | None = Field(default=None, max_length=1000)
+
+
+def steward_merge(
+    session: SessionDep,
+    principal: Principal,
+    source_id: str,
+    target_id: str,
+    *,
+    override: bool = False,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """A steward's merge of ``source_id`` into ``target_id``; it commits with its effects.
+    409 when the records speak against it (unless ``override``) or it does not apply."""
+    try:
+        survivor, check = merge_patients(
+            session,
+            source_id,
+            target_id,
+            actor=principal.client_id,
+            override=override,
+            note=note,
+        )
+    except GoldenNotFound as exc:
+        raise OutcomeError(not_found(f"Golden record {exc.golden_id} is not known.")) from exc
+    except MergeRefused as exc:
+        raise OutcomeError(
+            conflict(
+                "Not merged: their records say these are two people ("
+                + "; ".join(exc.reasons)
+                + "). Merge with override after checking the evidence."
+            )
+        ) from exc
+    except InvalidOperation as exc:
+        raise OutcomeError(conflict(str(exc))) from exc
+    session.commit()
+    return {
+        "action": "merged",
+        "golden_id": survivor.id,
+        "merged": source_id,
+        "grade": check.grade,
+        "score": check.score,
+        "overridden": check.refusals if override else [],
+    }
+
+
+def steward_unmerge(session: SessionDep, principal: Principal, golden_id: str) -> dict[str, Any]:
+    """Undo the last merge of ``golden_id``; it commits with its effects."""
+    try:
+        survivor = unmerge_golden(session, golden_id, actor=principal.client_id)
+    except GoldenNotFound as exc:
+        raise OutcomeError(not_found(f"Golden record {exc.golden_id} is not known.")) from exc
+    except InvalidOperation as exc:
+        raise OutcomeError(conflict(str(exc))) from exc
+    session.commit()
+    return {"action": "unmerged", "golden_id": golden_id, "other": survivor}
+
+
+@router.post(
+    "/golden/{golden_id}/merge",
+    summary="Merge another golden record (source_id) into this one, which survives",
+)
+def merge_into(
+    golden_id: Annotated[str, Path(max_length=36)],
+    body: MergeBody,
+    request: Request,
+    session: SessionDep,
+    principal: AdminPrincipal,
+    audit: AuditDep,
+) -> dict[str, Any]:
+    with audited(audit, principal, "admin-merge", request, "Patient", golden_id) as entry:
+        entry["ids"] = [body.source_id, golden_id]
+        return steward_merge(
+            session, principal, body.source_id, golden_id, override=body.override, note=body.note
+        )
+
+
+@router.post(
+    "/golden/{golden_id}/unmerge",
+    summary="Undo the last merge of this golden record: its records come back to it",
+)
+def unmerge(
+    golden_id: Annotated[str, Path(max_length=36)],
+    request: Request,
+    session: SessionDep,
+    principal: AdminPrincipal,
+    audit: AuditDep,
+) -> dict[str, Any]:
+    with audited(audit, principal, "admin-unmerge", request, "Patient", golden_id):
+        return steward_unmerge(session, principal, golden_id)
 
 
 @router.get("/golden/{golden_id}/links", summary="Links of a golden record and their history")

@@ -38,7 +38,7 @@ from gateway.admin.queries import (
     list_review,
     list_sources,
 )
-from gateway.admin.routes import Decision, decide
+from gateway.admin.routes import Decision, decide, steward_merge, steward_unmerge
 from gateway.audit import audited
 from gateway.auth.consumers import authenticate_client
 from gateway.auth.scopes import ADMIN_SCOPE, ScopeSet
@@ -56,7 +56,7 @@ from gateway.deps import AuditDep, SessionDep
 from gateway.fhir.context import search_context
 from gateway.operations.search_patient import search_patients
 from gateway.outcomes import OutcomeError
-from mpi import review_item_dict
+from mpi import GoldenNotFound, InvalidOperation, check_merge, review_item_dict
 from store.models import Consumer, FormResponse, GoldenPatient, Link, ReviewItem, Source
 from store.types import as_utc
 
@@ -410,6 +410,8 @@ def golden(
     audit: AuditDep,
     split: int | None = None,
     to: str | None = None,
+    merged: str | None = None,
+    unmerged: str | None = None,
 ) -> HTMLResponse:
     principal = steward(request)
     with audited(audit, principal, "console-golden", request, "Patient", golden_id[:64]) as entry:
@@ -442,6 +444,8 @@ def golden(
             "source_names": names,
             "split": split,
             "split_to": to if to and len(to) <= 36 else None,
+            "merged": merged if merged and len(merged) <= 36 else None,
+            "unmerged": unmerged if unmerged and len(unmerged) <= 36 else None,
         },
         principal,
     )
@@ -490,6 +494,97 @@ def split(
             status=exc.status,
         )
     target = f"/console/golden/{golden_id}?split={record_id}&to={result.get('golden_id', '')}"
+    return RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
+
+
+def _not_possible(
+    request: Request, principal: Principal, what: str, exc: Exception
+) -> HTMLResponse:
+    if isinstance(exc, OutcomeError):
+        status, detail = exc.status, exc.outcome.diagnostics
+    else:
+        status, detail = (404 if isinstance(exc, GoldenNotFound) else 409), str(exc)
+    return page(request, "missing.html", {"what": what, "detail": detail}, principal, status=status)
+
+
+@router.get("/golden/{golden_id}/merge", response_class=HTMLResponse)
+def merge_check(
+    golden_id: str, request: Request, session: SessionDep, audit: AuditDep, source: str = ""
+) -> HTMLResponse:
+    """Before a steward merges ``source`` into this record: both side by side, what their
+    records say (best score and grade, the guards that fire, a steward's "no-match")."""
+    principal = steward(request)
+    source = source.strip()[:36]
+    with audited(audit, principal, "console-merge-check", request, "Patient", golden_id[:64]):
+        try:
+            check = check_merge(session, source, golden_id[:36])
+        except (GoldenNotFound, InvalidOperation) as exc:
+            return _not_possible(request, principal, "This merge", exc)
+        left = golden_view(session, source, "Merged away:")
+        right = golden_view(session, golden_id, "Survives:")
+    return page(
+        request,
+        "merge.html",
+        {
+            "check": check,
+            "left": left,
+            "right": right,
+            "differs": disagreements(left, right),
+        },
+        principal,
+    )
+
+
+@router.post("/golden/{golden_id}/merge")
+def merge(
+    golden_id: str,
+    request: Request,
+    session: SessionDep,
+    audit: AuditDep,
+    source: Annotated[str, Form(max_length=36)],
+    csrf: Annotated[str, Form()] = "",
+    override: Annotated[str, Form(max_length=3)] = "",
+    note: Annotated[str, Form(max_length=1000)] = "",
+) -> Response:
+    """Merge ``source`` into this record (``override``: although its records say two people)."""
+    principal = steward(request)
+    if not _csrf_ok(request, principal, csrf):
+        return _expired_form(request, principal)
+    try:
+        with audited(audit, principal, "console-merge", request, "Patient", golden_id[:64]) as e:
+            e["ids"] = [source, golden_id[:36]]
+            steward_merge(
+                session,
+                principal,
+                source,
+                golden_id[:36],
+                override=override == "yes",
+                note=note.strip() or None,
+            )
+    except OutcomeError as exc:
+        return _not_possible(request, principal, "This merge", exc)
+    target = f"/console/golden/{golden_id[:36]}?merged={source}"
+    return RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
+
+
+@router.post("/golden/{golden_id}/unmerge")
+def unmerge(
+    golden_id: str,
+    request: Request,
+    session: SessionDep,
+    audit: AuditDep,
+    csrf: Annotated[str, Form()] = "",
+) -> Response:
+    """Undo the last merge of this (merged) record: its records come back to it."""
+    principal = steward(request)
+    if not _csrf_ok(request, principal, csrf):
+        return _expired_form(request, principal)
+    try:
+        with audited(audit, principal, "console-unmerge", request, "Patient", golden_id[:64]):
+            result = steward_unmerge(session, principal, golden_id[:36])
+    except OutcomeError as exc:
+        return _not_possible(request, principal, "This unmerge", exc)
+    target = f"/console/golden/{golden_id[:36]}?unmerged={result['other']}"
     return RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
 
 

@@ -1,4 +1,5 @@
-"""``GET /fhir/metadata``: the CapabilityStatement (no token needed, as FHIR expects)."""
+"""``GET /fhir/metadata``: the CapabilityStatement, and the OperationDefinitions of
+askonce's own operations (no token needed for either, as FHIR expects)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
 from gateway.deps import StateDep
+from gateway.fhir.context import fhir_extra
 from gateway.fhir.http import MediaType, fhir_response
 from gateway.operations.capability import capability_statement
+from gateway.operations.merge import UNMERGE_DEFINITION
+from gateway.outcomes import OutcomeError, not_found
 
 router = APIRouter(prefix="/fhir", tags=["metadata"])
 
@@ -41,3 +45,22 @@ def metadata(request: Request, state: StateDep, media: MediaType) -> Response:
         date=state.started_at,
     )
     return fhir_response(statement, media)
+
+
+#: The operations askonce defines itself (the others are defined by FHIR and its IGs).
+OWN_DEFINITIONS = {UNMERGE_DEFINITION["id"]: UNMERGE_DEFINITION}
+
+
+@router.get(
+    "/OperationDefinition/{definition_id}",
+    summary="Read the definition of an operation askonce defines (Patient-unmerge)",
+    responses={200: {"content": {"application/fhir+json": {}}, "description": "FHIR JSON"}},
+    openapi_extra=fhir_extra("OperationDefinition", "interaction", "read"),
+)
+def operation_definition(definition_id: str, media: MediaType) -> Response:
+    definition = OWN_DEFINITIONS.get(definition_id)
+    if definition is None:
+        raise OutcomeError(
+            not_found(f"OperationDefinition/{definition_id[:64]} is not defined by askonce.")
+        )
+    return fhir_response(definition, media)

@@ -1,4 +1,5 @@
-"""Patient routes: read, vread, history, search, ``$match`` and ``$everything``.
+"""Patient routes: read, vread, history, search, ``$match``, ``$everything``, ``$merge``
+and ``$unmerge``.
 
 Thin adapters: each parses the request, calls one operation from
 :mod:`gateway.operations`, audits the disclosure and renders the result.
@@ -37,6 +38,7 @@ from gateway.fhir.http import (
 )
 from gateway.operations.everything import everything
 from gateway.operations.match import match
+from gateway.operations.merge import MergeResult, merge, unmerge
 from gateway.operations.read import (
     history_patient,
     vread_patient,
@@ -50,8 +52,15 @@ from gateway.state import GatewayState
 
 router = APIRouter(prefix="/fhir", tags=["Patient"])
 EverythingReader = Annotated[Principal, Depends(require("Encounter", "s"))]
+PatientUpdate = Annotated[Principal, Depends(require("Patient", "u"))]
 BUNDLE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/fhir+json": {}}, "description": "A FHIR Bundle"}
+}
+PARAMETERS_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"application/fhir+json": {}},
+        "description": "A FHIR Parameters: input, outcome and result",
+    }
 }
 RESOURCE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/fhir+json": {}}, "description": "A FHIR Patient"},
@@ -137,6 +146,56 @@ async def match_route(
         )
         entry["ids"] = _ids(bundle)
     return fhir_response(bundle, media)
+
+
+async def _merging(
+    request: Request,
+    state: GatewayState,
+    principal: Principal,
+    audit: AuditDep,
+    media: str,
+    action: str,
+) -> Response:
+    """``$merge`` or ``$unmerge``: one transaction, committed unless it was a preview."""
+    body = await read_json_body(request, state.max_body_bytes)
+    operation = merge if action == "merge" else unmerge
+    with (
+        state.session_factory() as session,
+        audited(audit, principal, action, request, "Patient") as entry,
+    ):
+        result: MergeResult = operation(
+            session, body, base=state.base_url(request), actor=principal.client_id
+        )
+        if result.preview:
+            session.rollback()
+        else:
+            session.commit()
+        entry["ids"] = [result.source_id, result.target_id]
+    return fhir_response(result.parameters, media)
+
+
+@router.post(
+    "/Patient/$merge",
+    summary="Merge a golden Patient into another (preview=true changes nothing)",
+    responses=PARAMETERS_RESPONSE,
+    openapi_extra=fhir_extra("Patient", "operation", "merge", body="Parameters"),
+)
+async def merge_route(
+    request: Request, state: StateDep, principal: PatientUpdate, audit: AuditDep, media: MediaType
+) -> Response:
+    return await _merging(request, state, principal, audit, media, "merge")
+
+
+@router.post(
+    "/Patient/$unmerge",
+    summary="Undo the last merge of a golden Patient (preview=true changes nothing)",
+    responses=PARAMETERS_RESPONSE,
+    openapi_extra=fhir_extra("Patient", "operation", "unmerge", body="Parameters"),
+)
+async def unmerge_route(
+    request: Request, state: StateDep, principal: PatientUpdate, audit: AuditDep, media: MediaType
+) -> Response:
+    return await _merging(request, state, principal, audit, media, "unmerge")
 
 
 @router.get(

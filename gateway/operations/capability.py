@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.operations.encounters import ENCOUNTER_SEARCH_PARAMS
 from gateway.operations.forms import FORM_SEARCH_PARAMS
+from gateway.operations.merge import UNMERGE_URL
 from gateway.operations.questionnaires import QUESTIONNAIRE_SEARCH_PARAMS
 from gateway.operations.search_patient import PATIENT_SEARCH_PARAMS
 from sync.delivery import SUBSCRIPTION_PROFILE, SUBSCRIPTION_SEARCH_PARAMS, TOPICS
@@ -35,6 +36,8 @@ OPERATION_DEFINITIONS = {
     "populate": "http://hl7.org/fhir/uv/sdc/OperationDefinition/Questionnaire-populate",
     "extract": "http://hl7.org/fhir/uv/sdc/OperationDefinition/QuestionnaireResponse-extract",
     "export": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+    "merge": "http://hl7.org/fhir/OperationDefinition/Patient-merge",
+    "unmerge": UNMERGE_URL,
 }
 #: Where one name has a definition per resource type (Bulk Data's Patient-level export).
 TYPE_OPERATION_DEFINITIONS = {

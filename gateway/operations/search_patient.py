@@ -87,18 +87,28 @@ def _tokens(param: str, condition: ColumnElement[bool]) -> ColumnElement[bool]:
 
 def _token_condition(param: str, raw: str) -> ColumnElement[bool]:
     token = parse_token(raw)
-    clauses: list[ColumnElement[bool]] = []
+    value = None
     if token.code is not None:
         value = normalize_search_value(param, token.code)
         if not value:
             raise fail(f"Parameter {param} has no searchable value.", param)
-        clauses.append(GST.value == value)
-    if token.system is not None:
-        clauses.append(GST.system == token.system)
-    elif token.no_system:
-        clauses.append(GST.system.is_(None))
-    if not clauses:
+    if value is None and token.system is None and not token.no_system:
         raise fail(f"Parameter {param} needs a system or a value.", param)
+    return token_condition(param, token.system, value, no_system=token.no_system)
+
+
+def token_condition(
+    param: str, system: str | None, value: str | None, *, no_system: bool = False
+) -> ColumnElement[bool]:
+    """The golden records holding a token of ``param`` (``value`` already normalized;
+    ``system`` None matches any system, unless ``no_system`` asks for none)."""
+    clauses: list[ColumnElement[bool]] = []
+    if value is not None:
+        clauses.append(GST.value == value)
+    if system is not None:
+        clauses.append(GST.system == system)
+    elif no_system:
+        clauses.append(GST.system.is_(None))
     return _tokens(param, and_(*clauses))
 
 
