@@ -54,11 +54,11 @@ DEMO_FORM_ID = "intake"
 #: consumer), with values the patient confirmed.
 DEMO_PORTAL = "portal"
 DEMO_PORTAL_RANK = 60
-#: The demo's own consumer: it may read patients and encounters, subscribe to their
-#: changes and use the admin API.
+#: The demo's own consumer: it may read patients and encounters, merge golden records,
+#: subscribe to their changes and use the admin API.
 DEMO_CONSUMER = "demo"
 DEMO_SCOPES = (
-    "system/Patient.rs",
+    "system/Patient.rus",
     "system/Encounter.rs",
     "system/Subscription.cruds",
     "system/QuestionnaireResponse.crs",
