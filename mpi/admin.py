@@ -38,6 +38,7 @@ from mpi.model import MatchModel, Score
 from mpi.operations import (
     MAX_DECISION_PAIRS,
     link_record,
+    lock_goldens,
     merge_golden,
     store_decision,
     unlink_record,
@@ -287,6 +288,7 @@ def merge_patients(
     review items that asked whether a record now in the target is its person are
     resolved as "match" by ``actor``."""
     settings = settings or MatchSettings()
+    lock_goldens(session, (source_id, target_id))  # what the check reads stays so
     check = check_merge(session, source_id, target_id, settings=settings)
     refusals = check.refusals
     if refusals and not override:

@@ -8,13 +8,14 @@ the algorithm never undoes it. Nothing here commits: the caller's unit of work d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import and_, delete, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from mpi.errors import GoldenNotFound, InvalidOperation, RecordNotFound
+from mpi.resolve import lock_block_keys
 from mpi.review import settle_review_items
 from mpi.settings import MatchSettings
 from mpi.storage import (
@@ -26,6 +27,7 @@ from mpi.storage import (
     write_golden,
 )
 from store.models import (
+    BlockKey,
     Encounter,
     GoldenPatient,
     Link,
@@ -46,6 +48,31 @@ def _golden(session: Session, golden_id: str, *, active: bool = True) -> GoldenP
     if active and golden.status != "active":
         raise InvalidOperation(f"golden record {golden_id} is {golden.status}")
     return golden
+
+
+def lock_goldens(session: Session, golden_ids: Iterable[str]) -> None:
+    """Take the advisory locks of the block keys of every record of ``golden_ids``
+    (PostgreSQL; SQLite has one writer), before an operation reads them.
+
+    An ingest holds the locks of its records' keys while it decides and writes
+    (:func:`mpi.resolve.lock_block_keys`), and a record it may link to one of these golden
+    records shares a key with one of their records (that is how it was found), as does a
+    new version of one of their records. Without this, a merge that moved the links it saw
+    would let such an ingest commit a link to the golden record merged away (or emptied by
+    an unlink): a record every consumer would lose, since reads follow ``replaced-by``."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    keys = session.scalars(
+        select(BlockKey.key)
+        .join(Link, Link.source_record_id == BlockKey.source_record_id)
+        .where(Link.golden_id.in_(sorted(set(golden_ids))))
+        .distinct()
+    ).all()
+    lock_block_keys(session, keys)
+
+
+def _golden_of(session: Session, record_id: int) -> str | None:
+    return session.scalar(select(Link.golden_id).where(Link.source_record_id == record_id))
 
 
 def _link_of(session: Session, record_id: int) -> Link:
@@ -134,6 +161,7 @@ def link_record(
 ) -> None:
     """A steward links a source record to a golden record (method MANUAL)."""
     settings = settings or MatchSettings()
+    lock_goldens(session, [golden_id, *filter(None, [_golden_of(session, record_id)])])
     target = _golden(session, golden_id)
     link = _link_of(session, record_id)
     old = link.golden_id
@@ -175,6 +203,7 @@ def unlink_record(
     decision is stored for each). Returns the new golden id.
     """
     settings = settings or MatchSettings()
+    lock_goldens(session, filter(None, [_golden_of(session, record_id)]))
     link = _link_of(session, record_id)
     old = link.golden_id
     others = [r for r in linked_record_ids(session, old) if r != record_id]
@@ -220,6 +249,7 @@ def merge_golden(
     settings = settings or MatchSettings()
     if loser_id == survivor_id:
         raise InvalidOperation("a golden record cannot be merged into itself")
+    lock_goldens(session, (loser_id, survivor_id))
     for golden_id in sorted((loser_id, survivor_id)):  # lock in a fixed order
         _golden(session, golden_id)
     records = linked_record_ids(session, loser_id)
@@ -256,6 +286,7 @@ def unmerge_golden(
     if loser.status != "merged" or loser.merged_into is None:
         raise InvalidOperation(f"golden record {loser_id} is not merged")
     survivor_id = loser.merged_into
+    lock_goldens(session, (loser_id, survivor_id))
     entry = session.scalar(
         select(LinkHistory)
         .where(LinkHistory.action == "merge", LinkHistory.golden_id == loser_id)
