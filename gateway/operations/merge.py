@@ -267,10 +267,14 @@ def _evidence(check: MergeCheck) -> str:
     return f"The engine grades their records {check.grade} (best score {check.score}){alone}."
 
 
-def _result(
-    session: Session, golden_id: str, request: MergeRequest, issues: list[dict[str, Any]]
-) -> dict[str, Any]:
-    patient = read_patient(session, golden_id).as_dict()
+def _answer(
+    session: Session, request: MergeRequest, source_id: str, target_id: str, shown: str, *notes: str
+) -> MergeResult:
+    """The output Parameters: the request, ``notes`` (and, for a preview, that nothing was
+    changed) and golden record ``shown`` as it is now in this transaction."""
+    if request.preview:
+        notes = (*notes, "Preview only: nothing was changed.")
+    patient = read_patient(session, shown).as_dict()
     if request.preview:
         # Nothing was committed: the version and time it shows would not be the ones kept.
         dropped = ("versionId", "lastUpdated")
@@ -278,7 +282,8 @@ def _result(
         patient = {k: v for k, v in patient.items() if k != "meta"}
         if meta:
             patient["meta"] = meta
-    return {
+    issues = [issue("informational", note, severity="information") for note in notes]
+    parameters = {
         "resourceType": "Parameters",
         "parameter": [
             {"name": "input", "resource": request.body},
@@ -286,6 +291,7 @@ def _result(
             {"name": "result", "resource": patient},
         ],
     }
+    return MergeResult(source_id, target_id, parameters, request.preview)
 
 
 def _refused(exc: MergeRefused) -> OutcomeError:
@@ -328,20 +334,14 @@ def merge(
     except (InvalidOperation, GoldenNotFound) as exc:
         raise OutcomeError(unprocessable(str(exc), [SOURCE, TARGET])) from exc
     done = "would be merged" if request.preview else "was merged"
-    issues = [
-        issue(
-            "informational",
-            f"Patient/{source_id} {done} into Patient/{target_id}.",
-            severity="information",
-        ),
-        issue("informational", _evidence(check), severity="information"),
-    ]
-    if request.preview:
-        issues.append(
-            issue("informational", "Preview only: nothing was changed.", severity="information")
-        )
-    return MergeResult(
-        source_id, target_id, _result(session, target_id, request, issues), request.preview
+    return _answer(
+        session,
+        request,
+        source_id,
+        target_id,
+        target_id,
+        f"Patient/{source_id} {done} into Patient/{target_id}.",
+        _evidence(check),
     )
 
 
@@ -378,20 +378,14 @@ def unmerge(
     except (InvalidOperation, GoldenNotFound) as exc:
         raise OutcomeError(unprocessable(str(exc), SOURCE)) from exc
     done = "would get" if request.preview else "got"
-    issues = [
-        issue(
-            "informational",
-            f"Patient/{source_id} {done} its records back from Patient/{survivor_id}; the "
-            "two are kept apart from now on.",
-            severity="information",
-        )
-    ]
-    if request.preview:
-        issues.append(
-            issue("informational", "Preview only: nothing was changed.", severity="information")
-        )
-    return MergeResult(
-        source_id, survivor_id, _result(session, source_id, request, issues), request.preview
+    return _answer(
+        session,
+        request,
+        source_id,
+        survivor_id,
+        source_id,
+        f"Patient/{source_id} {done} its records back from Patient/{survivor_id}; the two "
+        "are kept apart from now on.",
     )
 
 
