@@ -35,6 +35,7 @@ from gateway.auth.consumers import ConsumerExistsError, register_consumer, set_w
 from gateway.auth.scopes import InvalidScopeError
 from gateway.auth.tokens import Principal
 from gateway.deps import AdminPrincipal, AuditDep, SessionDep, StateDep
+from gateway.operations.read import FHIR_ID
 from gateway.outcomes import OutcomeError, bad_request, conflict, not_found
 from mpi import (
     GoldenNotFound,
@@ -331,7 +332,7 @@ def decide_pair(
 
 class MergeBody(BaseModel):
     #: The golden record merged away (it answers ``replaced-by`` afterwards).
-    source_id: str = Field(min_length=1, max_length=36)
+    source_id: str = Field(pattern=FHIR_ID.pattern, max_length=36)
     #: Merge although the records say these are two people (a guard, a "no-match" or a
     #: ``certainly-not`` score): the steward has checked the evidence.
     override: bool = False

@@ -54,6 +54,7 @@ from gateway.console.views import (
 )
 from gateway.deps import AuditDep, SessionDep
 from gateway.fhir.context import search_context
+from gateway.operations.read import FHIR_ID
 from gateway.operations.search_patient import search_patients
 from gateway.outcomes import OutcomeError
 from mpi import GoldenNotFound, InvalidOperation, check_merge, review_item_dict
@@ -517,6 +518,8 @@ def merge_check(
     source = source.strip()[:36]
     with audited(audit, principal, "console-merge-check", request, "Patient", golden_id[:64]):
         try:
+            if not FHIR_ID.match(source):
+                raise GoldenNotFound(source)
             check = check_merge(session, source, golden_id[:36])
         except (GoldenNotFound, InvalidOperation) as exc:
             return _not_possible(request, principal, "This merge", exc)
@@ -550,6 +553,8 @@ def merge(
     principal = steward(request)
     if not _csrf_ok(request, principal, csrf):
         return _expired_form(request, principal)
+    if not FHIR_ID.match(source):
+        return _not_possible(request, principal, "This merge", GoldenNotFound(source[:36]))
     try:
         with audited(audit, principal, "console-merge", request, "Patient", golden_id[:64]) as e:
             e["ids"] = [source, golden_id[:36]]

@@ -8,6 +8,7 @@ so asking only for it gets 406. ETags are weak, ``W/"<versionId>"``.
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any
 
 from fastapi import Depends
@@ -103,6 +104,10 @@ def not_modified(version: int) -> Response:
     return Response(status_code=304, headers={"ETag": etag(version)})
 
 
+#: ``\u0000`` in a JSON text (an escaped backslash before it, ``\\u0000``, is no NUL).
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
 async def read_json_body(request: Request, limit: int) -> Any:
     """The request's JSON body: 415 if not JSON, 413 over ``limit`` bytes, 400 if malformed."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -118,8 +123,13 @@ async def read_json_body(request: Request, limit: int) -> Any:
         if size > limit:
             raise OutcomeError(too_large(f"The body exceeds {limit} bytes."))
         chunks.append(chunk)
+    body = b"".join(chunks)
+    if _NUL_ESCAPE.search(body):
+        raise OutcomeError(
+            bad_request("The body holds a NUL character (\\u0000), which FHIR strings exclude.")
+        )
     try:
-        return json.loads(b"".join(chunks))
+        return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise OutcomeError(bad_request("The body is not valid JSON.")) from exc
 

@@ -511,6 +511,11 @@ def test_the_console_checks_merges_and_undoes_them(
     assert "guards veto it" in mei.text and "certainly-not" in mei.text
     missing = client.get(f"/console/golden/{people.ada}/merge", params={"source": "nobody"})
     assert missing.status_code == 404
+    for bad in ("a\x00b", "two words"):
+        posted = client.post(
+            f"/console/golden/{people.ada}/merge", data={"csrf": csrf, "source": bad}
+        )
+        assert posted.status_code == 404
     stale = client.post(
         f"/console/golden/{people.ada}/merge", data={"csrf": "0", "source": people.mei}
     )
@@ -547,6 +552,12 @@ def test_the_admin_api_merges_and_unmerges(
     assert reply.json() == {"action": "unmerged", "golden_id": people.ada_b, "other": people.ada}
     assert client.post(f"/admin/golden/{people.ada_b}/unmerge", headers=admin).status_code == 409
     assert client.post("/admin/golden/nobody/unmerge", headers=admin).status_code == 404
+    for bad in ("a\x00b", "not an id", ""):
+        reply = client.post(
+            f"/admin/golden/{people.ada}/merge", json={"source_id": bad}, headers=admin
+        )
+        assert reply.status_code in (400, 422), reply.text
+        assert reply.json()["resourceType"] == "OperationOutcome"
     reader = auth_for("system/Patient.rus")
     assert (
         client.post(

@@ -306,6 +306,40 @@ def test_injection_like_values_match_nothing_and_break_nothing(
     assert len(_ids(_search(client, headers, "family=safe"))) == 1
 
 
+def test_a_nul_character_is_a_bad_request_everywhere(
+    client: TestClient, headers: Headers, add_patient: Callable[..., str]
+) -> None:
+    """PostgreSQL text cannot hold NUL (it was a 500 there): the URL is refused before any
+    route runs, and a JSON body that carries one where it is read."""
+    golden_id = add_patient()
+    for url in (
+        "/fhir/Patient?identifier=a%00b",
+        "/fhir/Patient?name=a%00",
+        "/fhir/Encounter?patient=a%00",
+        "/fhir/Patient/a%00b",
+        "/admin/golden/a%00/links",
+    ):
+        reply = client.get(url, headers=headers)
+        assert reply.status_code == 400, (url, reply.text)
+        assert reply.json()["issue"][0]["diagnostics"] == "The URL holds a NUL character (%00)."
+    probe = '{"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": '
+    probe += '{"resourceType": "Patient", "name": [{"family": "Nul\\u0000"}]}}]}'
+    reply = client.post(
+        "/fhir/Patient/$match",
+        content=probe,
+        headers={**headers, "Content-Type": "application/fhir+json"},
+    )
+    assert reply.status_code == 400 and "NUL character" in reply.text
+    escaped = probe.replace("\\u0000", "\\\\u0000")  # a backslash, then "u0000": no NUL
+    reply = client.post(
+        "/fhir/Patient/$match",
+        content=escaped,
+        headers={**headers, "Content-Type": "application/fhir+json"},
+    )
+    assert reply.status_code == 200, reply.text
+    assert client.get(f"/fhir/Patient/{golden_id}", headers=headers).status_code == 200
+
+
 def test_content_negotiation(
     client: TestClient, headers: Headers, add_patient: Callable[..., str]
 ) -> None:
