@@ -363,6 +363,15 @@ def unmerge(
         raise OutcomeError(
             unprocessable(f"Patient/{source_id} is {row.status}, not merged.", SOURCE)
         )
+    into = session.get(GoldenPatient, row.merged_into)
+    if into is not None and into.status == MERGED and into.merged_into is not None:
+        raise OutcomeError(
+            unprocessable(
+                f"Patient/{source_id} was merged into Patient/{into.id}, which was merged into "
+                f"Patient/{into.merged_into} since: unmerge Patient/{into.id} first.",
+                SOURCE,
+            )
+        )
     if request.target is not None:
         target_id = _golden(session, request.target, active=False)
         if target_id != row.merged_into:

@@ -461,6 +461,19 @@ def test_unmerge_gives_the_records_back_and_keeps_the_two_apart(
     reply = client.post("/fhir/Patient/$unmerge", json=wrong, headers=merger)
     assert reply.status_code == 422
     assert f"was merged into Patient/{people.ada}, not Patient/{people.mei}" in reply.text
+    # A chain: Ada's merged into Mei's now; the first merge waits for the second's undo.
+    with session_factory() as session:
+        merge_patients(session, people.ada, people.mei, actor="steward", override=True)
+        session.commit()
+    reply = client.post("/fhir/Patient/$unmerge", json=request, headers=merger)
+    assert reply.status_code == 422
+    assert f"unmerge Patient/{people.ada} first" in reply.text
+    chain = {
+        **request,
+        "parameter": [{"name": "source-patient", "valueReference": ref(people.ada)}],
+    }
+    out(client.post("/fhir/Patient/$unmerge", json=chain, headers=merger))
+    out(client.post("/fhir/Patient/$unmerge", json=request, headers=merger))
 
 
 def test_the_console_checks_merges_and_undoes_them(
