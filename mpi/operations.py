@@ -62,13 +62,16 @@ def lock_goldens(session: Session, golden_ids: Iterable[str]) -> None:
     an unlink): a record every consumer would lose, since reads follow ``replaced-by``."""
     if session.get_bind().dialect.name != "postgresql":
         return
-    keys = session.scalars(
-        select(BlockKey.key)
-        .join(Link, Link.source_record_id == BlockKey.source_record_id)
-        .where(Link.golden_id.in_(sorted(set(golden_ids))))
-        .distinct()
+    # Two indexed reads (a join let the planner scan the whole key table: ~9 ms a merge
+    # at 5,000 people, bench.merge).
+    records = session.scalars(
+        select(Link.source_record_id).where(Link.golden_id.in_(sorted(set(golden_ids))))
     ).all()
-    lock_block_keys(session, keys)
+    if records:
+        keys = session.scalars(
+            select(BlockKey.key).where(BlockKey.source_record_id.in_(records)).distinct()
+        ).all()
+        lock_block_keys(session, keys)
 
 
 def _golden_of(session: Session, record_id: int) -> str | None:
