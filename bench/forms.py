@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from askonce.demo import INTAKE_QUESTIONNAIRE
 from bench.ingest import DEFAULT_PG_ADMIN_URL, database_url
@@ -115,6 +115,25 @@ def load(url: str, patients: int) -> list[str]:
     return list(dict.fromkeys(goldens))
 
 
+def gateway(
+    url: str, secret: str, client_id: str, scopes: list[str]
+) -> tuple[Engine, TestClient, dict[str, str]]:
+    """The real app on the database at ``url`` (its engine, to dispose), a client for it
+    (enter it to start the app) and the JSON headers of a token of ``client_id``."""
+    engine = make_engine(url)
+    state = GatewayState(
+        engine=engine,
+        session_factory=make_session_factory(engine),
+        secret_key=secret,
+        max_body_bytes=1024 * 1024,
+    )
+    headers = {
+        "Authorization": f"Bearer {TokenService(secret).issue(client_id, scopes)}",
+        "Content-Type": "application/fhir+json",
+    }
+    return engine, TestClient(create_app(state), base_url="http://bench"), headers
+
+
 def with_mobile(response: dict[str, Any], number: str) -> dict[str, Any]:
     out = copy.deepcopy(response)
     for group in out.get("item", []):
@@ -151,19 +170,9 @@ def main() -> None:
             started = time.perf_counter()
             goldens = load(url, args.patients)
             print(f"synced {args.patients} people in {time.perf_counter() - started:.1f} s")
-            engine = make_engine(url)
-            state = GatewayState(
-                engine=engine,
-                session_factory=make_session_factory(engine),
-                secret_key=SECRET,
-                max_body_bytes=1024 * 1024,
-            )
-            headers = {
-                "Authorization": f"Bearer {TokenService(SECRET).issue(CLIENT, SCOPES)}",
-                "Content-Type": "application/fhir+json",
-            }
+            engine, app_client, headers = gateway(url, SECRET, CLIENT, SCOPES)
             chosen = random.Random(9).sample(goldens, min(args.forms, len(goldens)))
-            with TestClient(create_app(state), base_url="http://bench") as client:
+            with app_client as client:
                 responses = []
                 for golden_id in chosen:  # $populate: the setup, untimed
                     body = {

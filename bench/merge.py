@@ -31,14 +31,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from bench.forms import person, timed
+from bench.forms import gateway, person, timed
 from bench.ingest import DEFAULT_PG_ADMIN_URL, database_url
 from connectors import Page
-from gateway import GatewayState, create_app
-from gateway.auth import TokenService
 from store import make_engine, make_session_factory
 from store.db import stop_checkpointers
 from store.models import Link, SourceRecord
@@ -132,18 +129,8 @@ def main() -> None:
                 f"synced {args.patients} people and {args.pairs} second registrations in "
                 f"{time.perf_counter() - started:.1f} s; {len(pairs)} pairs kept apart"
             )
-            engine = make_engine(url)
-            state = GatewayState(
-                engine=engine,
-                session_factory=make_session_factory(engine),
-                secret_key=SECRET,
-                max_body_bytes=1024 * 1024,
-            )
-            headers = {
-                "Authorization": f"Bearer {TokenService(SECRET).issue(CLIENT, SCOPES)}",
-                "Content-Type": "application/fhir+json",
-            }
-            with TestClient(create_app(state), base_url="http://bench") as client:
+            engine, app_client, headers = gateway(url, SECRET, CLIENT, SCOPES)
+            with app_client as client:
 
                 def call(path: str, body: dict[str, Any]) -> Callable[[], Any]:
                     def run() -> None:
