@@ -321,10 +321,6 @@ def merge(
     assert request.target is not None
     source_id = _golden(session, request.source)
     target_id = _golden(session, request.target)
-    if source_id == target_id:
-        raise OutcomeError(
-            unprocessable("The source and target are the same Patient.", [SOURCE, TARGET])
-        )
     try:
         _survivor, check = merge_patients(
             session, source_id, target_id, actor=actor, settings=settings

@@ -310,7 +310,7 @@ def test_a_stewards_no_match_holds_and_override_replaces_it(
 @pytest.mark.parametrize(
     ("case", "status", "expected"),
     [
-        ("same", 422, "The source and target are the same Patient."),
+        ("same", 422, "a golden record cannot be merged into itself"),
         ("unknown", 422, "is not a Patient of this server"),
         ("merged-source", 422, "was merged into Patient/"),
         ("merged-target", 422, "was merged into Patient/"),
