@@ -8,8 +8,10 @@ import pytest
 from fhirclient import client as fhirclient_client
 from fhirclient.models.patient import Patient as FCPatient
 from fhirpy import SyncFHIRClient
+from fhirpy.base.exceptions import OperationOutcome
 
-from tests.gateway.conftest import LIVE_PATIENTS, MRN, LiveGateway, live_person
+from gateway.auth import TokenService
+from tests.gateway.conftest import LIVE_PATIENTS, MRN, SECRET, LiveGateway, live_person
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -45,6 +47,31 @@ def test_fhirpy_search_paging_read_match_everything(live_gateway: LiveGateway) -
     types = [e["resource"]["resourceType"] for e in everything["entry"]]
     assert types == ["Patient", "Encounter"]
     assert any(link["relation"] == "next" for link in everything["link"])
+
+
+def test_fhirpy_merge_preview_and_its_refusal(live_gateway: LiveGateway) -> None:
+    """``$merge`` through fhirpy: two of the seeded people are two people (their SSNs
+    conflict), and the refusal is an OperationOutcome fhirpy reads as one."""
+    token = TokenService(SECRET).issue("registration-desk", ["system/Patient.rus"])
+    fhir = SyncFHIRClient(f"{live_gateway.base}/fhir", authorization=f"Bearer {token}")
+    source, target = live_gateway.golden_ids[1], live_gateway.golden_ids[2]
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "source-patient", "valueReference": {"reference": f"Patient/{source}"}},
+            {
+                "name": "target-patient-identifier",
+                "valueIdentifier": {"system": MRN, "value": "LIVE-2"},
+            },
+            {"name": "preview", "valueBoolean": True},
+        ],
+    }
+    with pytest.raises(OperationOutcome) as refused:
+        fhir.execute("Patient/$merge", method="post", data=body)
+    issue = refused.value.resource["issue"][0]
+    assert issue["code"] == "business-rule" and "two people" in issue["diagnostics"]
+    assert fhir.reference("Patient", source).to_resource()["id"] == source  # unchanged
+    assert "link" not in fhir.reference("Patient", target).to_resource()
 
 
 def test_fhirclient_search_paging_read_match_everything(live_gateway: LiveGateway) -> None:
