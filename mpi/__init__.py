@@ -49,14 +49,16 @@ from mpi.features import MatchFeatures, extract_features
 from mpi.guards import guard_reasons
 from mpi.model import MatchModel, Score
 from mpi.operations import (
+    golden_block_keys,
     link_record,
+    lock_goldens,
     merge_golden,
     recompute_golden,
     repoint_encounters,
     unlink_record,
     unmerge_golden,
 )
-from mpi.resolve import Resolution, resolve_patients
+from mpi.resolve import Resolution, holds_block_locks, resolve_patients, uses_block_locks
 from mpi.review import WITHDRAWN, settle_review_items
 from mpi.settings import MatchSettings
 from mpi.storage import load_active_model, recompute_goldens, save_model
@@ -90,10 +92,13 @@ __all__ = [
     "evaluate_links",
     "extract_features",
     "get_review_item",
+    "golden_block_keys",
     "guard_reasons",
+    "holds_block_locks",
     "link_record",
     "list_review_items",
     "load_active_model",
+    "lock_goldens",
     "match_patient",
     "merge_golden",
     "merge_patients",
@@ -110,4 +115,5 @@ __all__ = [
     "train_model",
     "unlink_record",
     "unmerge_golden",
+    "uses_block_locks",
 ]

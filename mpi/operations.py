@@ -15,7 +15,7 @@ from sqlalchemy import and_, delete, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from mpi.errors import GoldenNotFound, InvalidOperation, RecordNotFound
-from mpi.resolve import lock_block_keys
+from mpi.resolve import lock_block_keys, uses_block_locks
 from mpi.review import settle_review_items
 from mpi.settings import MatchSettings
 from mpi.storage import (
@@ -50,6 +50,22 @@ def _golden(session: Session, golden_id: str, *, active: bool = True) -> GoldenP
     return golden
 
 
+def golden_block_keys(session: Session, golden_ids: Iterable[str]) -> list[str]:
+    """The block keys of every record linked to ``golden_ids``."""
+    # Two indexed reads (a join let the planner scan the whole key table: ~9 ms a merge
+    # at 5,000 people, bench.merge).
+    records = session.scalars(
+        select(Link.source_record_id).where(Link.golden_id.in_(sorted(set(golden_ids))))
+    ).all()
+    if not records:
+        return []
+    return list(
+        session.scalars(
+            select(BlockKey.key).where(BlockKey.source_record_id.in_(records)).distinct()
+        )
+    )
+
+
 def lock_goldens(session: Session, golden_ids: Iterable[str]) -> None:
     """Take the advisory locks of the block keys of every record of ``golden_ids``
     (PostgreSQL; SQLite has one writer), before an operation reads them.
@@ -59,19 +75,10 @@ def lock_goldens(session: Session, golden_ids: Iterable[str]) -> None:
     records shares a key with one of their records (that is how it was found), as does a
     new version of one of their records. Without this, a merge that moved the links it saw
     would let such an ingest commit a link to the golden record merged away (or emptied by
-    an unlink): a record every consumer would lose, since reads follow ``replaced-by``."""
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    # Two indexed reads (a join let the planner scan the whole key table: ~9 ms a merge
-    # at 5,000 people, bench.merge).
-    records = session.scalars(
-        select(Link.source_record_id).where(Link.golden_id.in_(sorted(set(golden_ids))))
-    ).all()
-    if records:
-        keys = session.scalars(
-            select(BlockKey.key).where(BlockKey.source_record_id.in_(records)).distinct()
-        ).all()
-        lock_block_keys(session, keys)
+    an unlink or a deletion): a record every consumer would lose, since reads follow
+    ``replaced-by`` (and a deleted golden record answers 410)."""
+    if uses_block_locks(session):
+        lock_block_keys(session, golden_block_keys(session, golden_ids))
 
 
 def _golden_of(session: Session, record_id: int) -> str | None:

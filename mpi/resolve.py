@@ -130,15 +130,36 @@ def lock_slots(keys: Sequence[str]) -> list[int]:
     return sorted({zlib.crc32(key.encode()) % LOCK_SLOTS for key in keys})
 
 
+#: ``session.info`` key: the transaction that took advisory locks (:func:`holds_block_locks`).
+_LOCKED_IN = "askonce.block_locks"
+
+
 def lock_block_keys(session: Session, keys: Sequence[str]) -> None:
     """Take the transaction-scoped advisory locks of ``keys`` in one statement
-    (PostgreSQL; SQLite has one writer). ``unnest`` returns the sorted array in order."""
-    if not keys or session.get_bind().dialect.name != "postgresql":
+    (PostgreSQL; SQLite has one writer). ``unnest`` returns the sorted array in order.
+
+    A transaction takes its locks once: a second set taken later could wait for a
+    transaction that waits for the first (a deadlock), so whoever needs more locks in the
+    same transaction passes them to the first call (``resolve_patients``' ``also_lock``)
+    and checks :func:`holds_block_locks` before locking on its own."""
+    if not keys or not uses_block_locks(session):
         return
     session.execute(
         text("SELECT count(pg_advisory_xact_lock(:cls, s)) FROM unnest(CAST(:slots AS int[])) s"),
         {"cls": LOCK_CLASS, "slots": lock_slots(keys)},
     )
+    session.info[_LOCKED_IN] = session.get_transaction()
+
+
+def uses_block_locks(session: Session) -> bool:
+    """Whether writers lock block keys here: on PostgreSQL (SQLite has one writer)."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def holds_block_locks(session: Session) -> bool:
+    """Whether the session's current transaction has taken block-key locks already."""
+    locked = session.info.get(_LOCKED_IN)
+    return locked is not None and locked is session.get_transaction()
 
 
 @dataclass(slots=True)
@@ -579,13 +600,16 @@ def resolve_patients(
     model: MatchModel | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     features: Sequence[MatchFeatures] | None = None,
+    also_lock: Sequence[str] = (),
 ) -> list[Resolution]:
     """Resolve source Patient records (already stored and flushed) into golden records.
 
     Records are resolved in order, so later ones see earlier ones. The advisory locks of
     all of them are taken first, then each ``chunk_size`` records are loaded, decided and
     written set-based. ``features`` are those of ``items``, in order, when the caller has
-    extracted them already (``sync.patients`` does, to store them). Does not commit.
+    extracted them already (``sync.patients`` does, to store them). ``also_lock``: more
+    block keys the transaction will need locked (its deletions', :func:`lock_block_keys`).
+    Does not commit.
     """
     settings = settings or MatchSettings()
     reads = Reads(session)
@@ -595,7 +619,7 @@ def resolve_patients(
     prepared: list[_Item] = []
     for (row, patient), extracted in zip(items, features, strict=True):
         prepared.append(_Item(row, patient, extracted, block_keys(extracted)))
-    lock_block_keys(session, [key for item in prepared for key in item.keys])
+    lock_block_keys(session, [*(key for item in prepared for key in item.keys), *also_lock])
     out: list[Resolution] = []
     known = None
     if len(prepared) > MIN_PASS_RECORDS:  # _passes reads the page's block keys

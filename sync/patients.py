@@ -85,8 +85,11 @@ def ingest_patients(
     source_id: int,
     incoming: Sequence[Incoming],
     options: PatientOptions,
+    *,
+    also_lock: Sequence[str] = (),
 ) -> PatientOutcome:
-    """Store and resolve the Patients of one page (the caller commits).
+    """Store and resolve the Patients of one page (the caller commits). ``also_lock``:
+    block keys the transaction needs locked besides its records' (its deletions').
 
     The valid Patients' source records are written at the driver level (one insert of
     the new ones, one update of the changed ones: :class:`store.bulk.BulkWriter`, each
@@ -174,6 +177,7 @@ def ingest_patients(
         settings=options.match_settings,
         chunk_size=options.batch_size,
         features=[features for _, _, features in valid],
+        also_lock=also_lock,
     )
     _record_resolutions(outcome, batch, resolutions)
     return outcome

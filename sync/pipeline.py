@@ -27,7 +27,14 @@ from sqlalchemy.orm import Session
 
 from connectors import Page
 from connectors.ndjson import parse_line
-from mpi import recompute_goldens, settle_review_items
+from mpi import (
+    golden_block_keys,
+    holds_block_locks,
+    lock_goldens,
+    recompute_goldens,
+    settle_review_items,
+    uses_block_locks,
+)
 from store import CursorRepository
 from store.bulk import chunks
 from store.models import Encounter, Link, Outbox, Source, SourceRecord
@@ -234,7 +241,14 @@ def ingest_page(
     unique, skipped = _to_ingest(entries, rtype)
     result.skipped += skipped
     if rtype == "Patient":
-        patients = ingest_patients(session, source_id, unique, options)
+        # The golden records the page's deletions will rebuild are locked with its records'
+        # keys, in the one lock call a transaction makes (mpi.resolve.lock_block_keys).
+        also_lock = (
+            golden_block_keys(session, _goldens_of(session, source_id, page.deleted))
+            if page.deleted and uses_block_locks(session)
+            else []
+        )
+        patients = ingest_patients(session, source_id, unique, options, also_lock=also_lock)
         result.stored += patients.stored
         result.skipped += patients.skipped
         result.quarantined += patients.quarantined
@@ -315,6 +329,25 @@ def _quarantine_unreadable(
     return len(items)
 
 
+def _goldens_of(session: Session, source_id: int, resource_ids: Sequence[str]) -> set[str]:
+    """The golden records of the source's Patient records ``resource_ids`` not deleted yet."""
+    goldens: set[str] = set()
+    for chunk in chunks(list(dict.fromkeys(resource_ids)), LOOKUP_CHUNK):
+        goldens.update(
+            session.scalars(
+                select(Link.golden_id)
+                .join(SourceRecord, SourceRecord.id == Link.source_record_id)
+                .where(
+                    SourceRecord.source_id == source_id,
+                    SourceRecord.resource_type == "Patient",
+                    SourceRecord.resource_id.in_(chunk),
+                    SourceRecord.status != STATUS_DELETED,
+                )
+            )
+        )
+    return goldens
+
+
 def apply_deletions(
     session: Session, source_id: int, resource_type: str, resource_ids: Sequence[str]
 ) -> int:
@@ -331,6 +364,12 @@ def apply_deletions(
     deleted_records: list[int] = []
     events: list[dict[str, object]] = []
     now = utcnow()
+    if resource_type == "Patient" and uses_block_locks(session) and not holds_block_locks(session):
+        # Before the records change: an ingest that links a record to a golden record
+        # these deletions empty waits for them, or they wait for it (its link is then seen
+        # and the golden record stays active). A transaction that locked already (its
+        # page's records) had these golden records locked with them (ingest_page).
+        lock_goldens(session, _goldens_of(session, source_id, resource_ids))
     for chunk in chunks(list(dict.fromkeys(resource_ids)), LOOKUP_CHUNK):
         # One UPDATE ... RETURNING per chunk (objects the session holds follow it).
         marked = session.execute(
