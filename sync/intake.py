@@ -36,7 +36,7 @@ from connectors import Page, Source, build_source
 from store import CursorRepository
 from store.models import Source as SourceRow
 from sync.patients import PatientOptions
-from sync.pipeline import IngestResult, apply_deletions, ingest_page
+from sync.pipeline import IngestResult, ingest_page
 from sync.runner import (
     INTAKE_TOKEN_KEY,
     SourceFactory,
@@ -93,8 +93,8 @@ class IntakeResult:
     kind: str
     gap: bool = False
     fetched: int = 0
-    deleted: int = 0
     ignored: int = 0
+    #: What the pages did (``deleted``: the focus resources the server no longer has).
     ingest: IngestResult = field(default_factory=IngestResult)
 
     def as_dict(self) -> dict[str, Any]:
@@ -102,7 +102,6 @@ class IntakeResult:
             "kind": self.kind,
             "gap": self.gap,
             "fetched": self.fetched,
-            "deleted": self.deleted,
             "ignored": self.ignored,
             **self.ingest.as_dict(),
         }
@@ -282,13 +281,13 @@ def handle_notification(
             else:
                 by_type[rtype].append(fetched)
     for rtype in INTAKE_TYPES:  # Patients first, so their Encounters attach at once
-        if by_type[rtype]:
-            page = Page(rtype, by_type[rtype], None)
+        if by_type[rtype] or gone[rtype]:
+            # The deletions travel with the page, whose transaction locks their golden
+            # records with its own records (sync.pipeline.ingest_page).
+            page = Page(rtype, by_type[rtype], None, deleted=gone[rtype])
             result.ingest.add(
                 ingest_page(session, source_id, page, options=options, write_cursor=False)
             )
-        if gone[rtype]:
-            result.deleted += apply_deletions(session, source_id, rtype, gone[rtype])
     log.info(
         "notification received",
         extra={

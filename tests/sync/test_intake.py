@@ -14,7 +14,7 @@ from askonce.runtime import build_runtime
 from askonce.settings import Settings
 from gateway import GatewayState, create_app
 from gateway.intake import catch_up_trigger
-from store.models import Encounter, SyncRun
+from store.models import Encounter, GoldenPatient, Link, SyncRun
 from sync.intake import hash_intake_token, parse_notification
 from tests.sync.helpers import add_source, encounter, patient, records, write_ndjson
 
@@ -143,6 +143,31 @@ def test_id_only_notifications_fetch_the_resource_from_the_source(
     with session_factory() as session:
         assert [r.resource_id for r in records(session, source_id)] == ["e-fetch", "p-fetch"]
         assert session.scalars(select(Encounter)).one().golden_id is not None
+
+
+def test_a_focus_the_source_no_longer_has_is_deleted(
+    intake: Any, session_factory: sessionmaker[Session]
+) -> None:
+    client, source_id, _ = intake
+    client.post("/intake/ehr-push", json=backport_bundle("handshake", since=0), headers=AUTH)
+    pushed = backport_bundle(
+        "event-notification",
+        since=1,
+        events=[(1, "Patient/p-gone")],
+        resources=[patient("p-gone", "Gone")],
+    )
+    assert client.post("/intake/ehr-push", json=pushed, headers=AUTH).status_code == 200
+    # The next event names it, id only, and the source answers that it has no such Patient.
+    body = r4_parameters_bundle("event-notification", 2, [(2, "Patient/p-gone")])
+    assert client.post("/intake/ehr-push", json=body, headers=AUTH).status_code == 200
+    with session_factory() as session:
+        (record,) = records(session, source_id)
+        assert (record.resource_id, record.status) == ("p-gone", "deleted")
+        golden_id = session.scalars(
+            select(Link.golden_id).where(Link.source_record_id == record.id)
+        ).one()
+        golden = session.get(GoldenPatient, golden_id)
+        assert golden is not None and golden.status == "deleted"
 
 
 def test_a_gap_in_event_numbers_starts_a_catch_up_sync(intake: Any) -> None:
