@@ -42,6 +42,7 @@ from store.types import utcnow
 from sync.encounters import (
     EVENT_DELETED,
     attach_waiting,
+    golden_ids_of_patients,
     ingest_encounters,
     outbox_row,
 )
@@ -244,7 +245,9 @@ def ingest_page(
         # The golden records the page's deletions will rebuild are locked with its records'
         # keys, in the one lock call a transaction makes (mpi.resolve.lock_block_keys).
         also_lock = (
-            golden_block_keys(session, _goldens_of(session, source_id, page.deleted))
+            golden_block_keys(
+                session, golden_ids_of_patients(session, source_id, page.deleted).values()
+            )
             if page.deleted and uses_block_locks(session)
             else []
         )
@@ -329,25 +332,6 @@ def _quarantine_unreadable(
     return len(items)
 
 
-def _goldens_of(session: Session, source_id: int, resource_ids: Sequence[str]) -> set[str]:
-    """The golden records of the source's Patient records ``resource_ids`` not deleted yet."""
-    goldens: set[str] = set()
-    for chunk in chunks(list(dict.fromkeys(resource_ids)), LOOKUP_CHUNK):
-        goldens.update(
-            session.scalars(
-                select(Link.golden_id)
-                .join(SourceRecord, SourceRecord.id == Link.source_record_id)
-                .where(
-                    SourceRecord.source_id == source_id,
-                    SourceRecord.resource_type == "Patient",
-                    SourceRecord.resource_id.in_(chunk),
-                    SourceRecord.status != STATUS_DELETED,
-                )
-            )
-        )
-    return goldens
-
-
 def apply_deletions(
     session: Session, source_id: int, resource_type: str, resource_ids: Sequence[str]
 ) -> int:
@@ -369,7 +353,7 @@ def apply_deletions(
         # these deletions empty waits for them, or they wait for it (its link is then seen
         # and the golden record stays active). A transaction that locked already (its
         # page's records) had these golden records locked with them (ingest_page).
-        lock_goldens(session, _goldens_of(session, source_id, resource_ids))
+        lock_goldens(session, golden_ids_of_patients(session, source_id, resource_ids).values())
     for chunk in chunks(list(dict.fromkeys(resource_ids)), LOOKUP_CHUNK):
         # One UPDATE ... RETURNING per chunk (objects the session holds follow it).
         marked = session.execute(

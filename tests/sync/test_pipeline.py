@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors import Page
+from mpi import golden_block_keys, holds_block_locks, uses_block_locks
+from mpi.resolve import LOCK_CLASS, lock_slots
 from store import CursorRepository
-from store.models import Encounter, Link, Outbox, SourceRecord
+from store.models import Encounter, GoldenPatient, Link, Outbox, SourceRecord
 from sync import content_hash, ingest_page
+from sync.encounters import golden_ids_of_patients
 from tests.sync.helpers import add_source, encounter, events, patient, records
 
 
@@ -218,6 +221,40 @@ def test_deletions_mark_records_deleted_and_remove_encounters(
         back = ingest_page(session, source_id, Page("Patient", [patient("p2", "Lee")], "p3"))
         session.commit()
     assert back.stored == 1
+
+
+def test_a_page_locks_its_deletions_golden_records_with_its_own_records(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """One lock call per transaction (a second one could deadlock with another worker):
+    the golden record a page's deletion empties is locked by the same call as the page's
+    new records, on PostgreSQL."""
+    source_id = add_source(session_factory)
+    with session_factory() as session:
+        ingest_page(session, source_id, Page("Patient", [patient("p2", "Lee")], "p"))
+        session.commit()
+    with session_factory() as session:
+        (gone_golden,) = golden_ids_of_patients(session, source_id, ["p2"]).values()
+        wanted = lock_slots(golden_block_keys(session, [gone_golden]))
+        result = ingest_page(
+            session, source_id, Page("Patient", [patient("p1")], "p2", deleted=["p2"])
+        )
+        assert (result.stored, result.deleted) == (1, 1)
+        if uses_block_locks(session):
+            assert holds_block_locks(session)
+            held = set(
+                session.scalars(
+                    text(
+                        "SELECT objid FROM pg_locks WHERE locktype = 'advisory' "
+                        "AND pid = pg_backend_pid() AND classid = :cls"
+                    ),
+                    {"cls": LOCK_CLASS},
+                )
+            )
+            assert wanted and set(wanted) <= {int(slot) for slot in held}
+        session.commit()
+        golden = session.get(GoldenPatient, gone_golden)
+        assert golden is not None and golden.status == "deleted"
 
 
 def test_duplicates_within_a_page_keep_the_newest(session_factory: sessionmaker[Session]) -> None:
