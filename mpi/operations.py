@@ -15,7 +15,7 @@ from sqlalchemy import and_, delete, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from mpi.errors import GoldenNotFound, InvalidOperation, RecordNotFound
-from mpi.resolve import lock_block_keys, uses_block_locks
+from mpi.resolve import holds_block_locks, lock_block_keys, uses_block_locks
 from mpi.review import settle_review_items
 from mpi.settings import MatchSettings
 from mpi.storage import (
@@ -76,8 +76,13 @@ def lock_goldens(session: Session, golden_ids: Iterable[str]) -> None:
     new version of one of their records. Without this, a merge that moved the links it saw
     would let such an ingest commit a link to the golden record merged away (or emptied by
     an unlink or a deletion): a record every consumer would lose, since reads follow
-    ``replaced-by`` (and a deleted golden record answers 410)."""
-    if uses_block_locks(session):
+    ``replaced-by`` (and a deleted golden record answers 410).
+
+    A transaction that holds block locks already takes none here: a second set could
+    deadlock (:func:`mpi.resolve.lock_block_keys`), and its first call locked what it needs
+    (:func:`mpi.admin.merge_patients` before :func:`merge_golden`; an ingest page its
+    deletions' golden records with its own records)."""
+    if uses_block_locks(session) and not holds_block_locks(session):
         lock_block_keys(session, golden_block_keys(session, golden_ids))
 
 
