@@ -6,7 +6,10 @@ the Patient comes first, then every encounter from every linked source (by id), 
 the QuestionnaireResponses a patient portal submitted for the person (when the caller
 may read them: they are in the Patient compartment), then one Provenance per
 contributing source record, telling which golden fields came from it and by which
-survivorship rule (https://hl7.org/fhir/R4/provenance.html).
+survivorship rule (https://hl7.org/fhir/R4/provenance.html), then one Provenance per
+merge or unmerge the golden record took part in (activity ``merge`` / ``unmerge`` of ISO
+21089, both Patients as targets, the survivor first: what the FHIR merge operation says a
+server SHOULD record, https://build.fhir.org/patient-operation-merge.html).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from gateway.operations.bundle import match_entry, page_url, searchset
@@ -22,7 +25,14 @@ from gateway.operations.encounters import render_encounter
 from gateway.operations.paging import decode_cursor, encode_cursor
 from gateway.operations.read import read_patient
 from gateway.outcomes import OutcomeError, bad_request
-from store.models import Encounter, FieldProvenance, FormResponse, Link, SourceRecord
+from store.models import (
+    Encounter,
+    FieldProvenance,
+    FormResponse,
+    Link,
+    LinkHistory,
+    SourceRecord,
+)
 from store.types import fhir_instant
 
 SURVIVORSHIP_POLICY = "urn:askonce:survivorship:{rule}"
@@ -32,6 +42,13 @@ ASSEMBLER = {
     "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
     "code": "assembler",
 }
+AUTHOR = {
+    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+    "code": "author",
+}
+#: https://terminology.hl7.org/CodeSystem-iso-21089-lifecycle.html (``merge``, ``unmerge``).
+LIFECYCLE = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle"
+LIFECYCLE_ACTIONS = ("merge", "unmerge")
 
 
 def provenance_of(session: Session, golden_id: str, after_record: int) -> list[dict[str, Any]]:
@@ -87,6 +104,44 @@ def provenance_of(session: Session, golden_id: str, after_record: int) -> list[d
     return out
 
 
+def lifecycle_of(
+    session: Session, golden_id: str, after: int, limit: int
+) -> list[tuple[int, dict[str, Any]]]:
+    """The merges and unmerges ``golden_id`` took part in, after history entry ``after``
+    (by id), as Provenance: (history id, resource)."""
+    rows = session.scalars(
+        select(LinkHistory)
+        .where(
+            LinkHistory.action.in_(LIFECYCLE_ACTIONS),
+            or_(LinkHistory.golden_id == golden_id, LinkHistory.other_golden_id == golden_id),
+            LinkHistory.id > after,
+        )
+        .order_by(LinkHistory.id)
+        .limit(limit)
+    ).all()
+    out = []
+    for row in rows:
+        # A merge's entry names the record merged away and its survivor (other_golden_id);
+        # an unmerge's the record restored and the one it came back from.
+        targets = [row.other_golden_id, row.golden_id]
+        steward = row.method == "MANUAL" and row.actor
+        resource = {
+            "resourceType": "Provenance",
+            "id": f"{golden_id}-{row.action}-{row.id}",
+            "target": [{"reference": f"Patient/{t}"} for t in targets if t],
+            "recorded": fhir_instant(row.at),
+            "activity": {"coding": [{"system": LIFECYCLE, "code": row.action}]},
+            "agent": [
+                {
+                    "type": {"coding": [AUTHOR if steward else ASSEMBLER]},
+                    "who": {"display": row.actor if steward else "askonce mpi"},
+                }
+            ],
+        }
+        out.append((row.id, resource))
+    return out
+
+
 def everything(
     session: Session,
     golden_id: str,
@@ -104,11 +159,13 @@ def everything(
     last_encounter = position.get("e", 0)
     last_form = position.get("f", "")
     last_record = position.get("p", -1)
+    last_history = position.get("m", 0)
     if (
-        phase not in ("patient", "encounter", "form", "provenance")
+        phase not in ("patient", "encounter", "form", "provenance", "lifecycle")
         or not isinstance(last_encounter, int)
         or not isinstance(last_form, str)
         or not isinstance(last_record, int)
+        or not isinstance(last_history, int)
     ):
         raise OutcomeError(bad_request("The paging cursor is invalid.", "_cursor"))
     patient = read_patient(session, golden_id)
@@ -151,13 +208,20 @@ def everything(
         if len(provenance) > room:
             last_record = int(provenance[room - 1]["id"].rsplit("-", 1)[1])
         else:
+            phase = "lifecycle"
+    if phase == "lifecycle" and len(entries) < count:
+        room = count - len(entries)
+        events = lifecycle_of(session, golden_id, last_history, room + 1)
+        entries.extend(match_entry(base, resource) for _, resource in events[:room])
+        if len(events) > room:
+            last_history = events[room - 1][0]
+        else:
             phase = "done"
     path = f"Patient/{golden_id}/$everything"
     next_url = None
     if phase != "done":
-        token = encode_cursor(
-            secret, {"phase": phase, "e": last_encounter, "f": last_form, "p": last_record}
-        )
+        position = {"e": last_encounter, "f": last_form, "p": last_record, "m": last_history}
+        token = encode_cursor(secret, {"phase": phase, **position})
         next_url = page_url(base, path, [("_count", str(count)), ("_cursor", token)])
     bundle = searchset(
         entries, self_url=page_url(base, path, [("_count", str(count))]), next_url=next_url

@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.operationdefinition import OperationDefinition
 from fhir.resources.R4B.parameters import Parameters
+from fhir.resources.R4B.provenance import Provenance
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -474,6 +475,57 @@ def test_unmerge_gives_the_records_back_and_keeps_the_two_apart(
     }
     out(client.post("/fhir/Patient/$unmerge", json=chain, headers=merger))
     out(client.post("/fhir/Patient/$unmerge", json=request, headers=merger))
+
+
+def _everything(client: TestClient, headers: Headers, golden_id: str) -> list[dict[str, Any]]:
+    """Every resource of ``$everything``, one per page (the paging crosses every phase)."""
+    url: str | None = f"/fhir/Patient/{golden_id}/$everything?_count=1"
+    found = []
+    while url:
+        page = client.get(url, headers=headers)
+        assert page.status_code == 200, page.text
+        found.extend(e["resource"] for e in page.json().get("entry", []))
+        url = next(
+            (link["url"] for link in page.json()["link"] if link["relation"] == "next"), None
+        )
+    return found
+
+
+def test_everything_records_each_merge_and_unmerge_as_provenance(
+    client: TestClient, merger: Headers, headers: Headers, people: People
+) -> None:
+    out(client.post("/fhir/Patient/$merge", json=body(people.ada_b, people.ada), headers=merger))
+    lifecycle = [
+        r
+        for r in _everything(client, headers, people.ada)
+        if r["resourceType"] == "Provenance" and "activity" in r
+    ]
+    assert len(lifecycle) == 1
+    merge = Provenance.model_validate(lifecycle[0])
+    assert [t.reference for t in merge.target] == [
+        f"Patient/{people.ada}",
+        f"Patient/{people.ada_b}",
+    ]
+    assert merge.activity.coding[0].code == "merge"
+    assert (
+        merge.activity.coding[0].system
+        == "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle"
+    )
+    assert merge.agent[0].who.display == "registration-desk"
+    assert merge.agent[0].type.coding[0].code == "author"
+    unmerge = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "source-patient", "valueReference": ref(people.ada_b)}],
+    }
+    out(client.post("/fhir/Patient/$unmerge", json=unmerge, headers=merger))
+    for golden_id in (people.ada, people.ada_b):
+        activities = [
+            r["activity"]["coding"][0]["code"]
+            for r in _everything(client, headers, golden_id)
+            if r["resourceType"] == "Provenance" and "activity" in r
+        ]
+        assert activities == ["merge", "unmerge"], golden_id
+    assert not any("activity" in r for r in _everything(client, headers, people.mei))
 
 
 def test_the_console_checks_merges_and_undoes_them(
