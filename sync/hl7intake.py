@@ -134,7 +134,10 @@ def handle_adt(
     """Ingest one mapped ADT message into ``session`` (the caller commits)."""
     result = IngestResult()
     if adt.patient is not None:
-        page = Page("Patient", [adt.patient], None)
+        # A merge's prior patients are deleted with the survivor's page, whose transaction
+        # locks their golden records with its own record (sync.pipeline.ingest_page); their
+        # Encounters move below, whichever happens first.
+        page = Page("Patient", [adt.patient], None, deleted=list(adt.merged_patient_ids))
         result.add(ingest_page(session, source_id, page, options=options, write_cursor=False))
     if adt.merged_patient_ids and adt.patient is not None:
         survivor = str(adt.patient["id"])
@@ -142,7 +145,6 @@ def handle_adt(
             _move_encounters(session, source_id, prior, survivor)
         golden = golden_ids_of_patients(session, source_id, [survivor])
         result.attached += attach_waiting(session, source_id, golden)
-        result.deleted += apply_deletions(session, source_id, "Patient", adt.merged_patient_ids)
     if adt.encounter is not None:
         page = Page("Encounter", [adt.encounter], None)
         result.add(ingest_page(session, source_id, page, options=options, write_cursor=False))
