@@ -13,9 +13,11 @@ of becoming ``deleted`` with it linked.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from connectors import Page
 from mpi import merge_patients, resolve_patients
@@ -27,117 +29,116 @@ from tests.gateway.test_merge import ADA_B
 from tests.gateway.test_mpi_wiring import ADA, ingest
 from tests.mpi.helpers import add_record
 
-#: Seconds the merge is given to show it waits (it must still be waiting), and to finish.
+#: Seconds the locker is given to show it waits (it must still be waiting), and to finish.
 WAIT_S = 1.0
 JOIN_TIMEOUT_S = 60
 
 
-@pytest.mark.postgres
-def test_a_merge_waits_for_an_ingest_linking_to_the_record_it_merges(pg_url: str) -> None:
+@pytest.fixture
+def factory(pg_url: str) -> Iterator[sessionmaker[Session]]:
     engine = make_engine(pg_url)
     truncate_all(engine)
-    factory = make_session_factory(engine)
     try:
-        with factory() as session:
-            (ada,) = ingest(session, "ehr-a", [ADA])
-            (ada_b,) = ingest(session, "ehr-b", [ADA_B])
-            third = Source(name="ehr-c", kind="fhir", base_url="http://ehr-c.invalid")
-            session.add(third)
-            session.commit()
-            third_id = third.id
-        assert ada.golden_id != ada_b.golden_id
-
-        ingesting = factory()
-        source = ingesting.get(Source, third_id)
-        assert source is not None
-        row, patient = add_record(ingesting, source, {**ADA, "id": "c3"})
-        (linked,) = resolve_patients(ingesting, [(row, patient)])
-        assert linked.golden_id == ada.golden_id  # not committed yet
-
-        errors: list[BaseException] = []
-
-        def merge() -> None:
-            try:
-                with factory() as session:
-                    merge_patients(session, ada.golden_id, ada_b.golden_id, actor="steward")
-                    session.commit()
-            except BaseException as exc:  # reported below
-                errors.append(exc)
-
-        merging = threading.Thread(target=merge)
-        merging.start()
-        merging.join(WAIT_S)
-        assert merging.is_alive(), "the merge did not wait for the ingest's locks"
-        ingesting.commit()
-        ingesting.close()
-        merging.join(JOIN_TIMEOUT_S)
-        assert not merging.is_alive() and not errors, errors
-
-        with factory() as session:
-            golden_of = dict(session.execute(select(Link.source_record_id, Link.golden_id)).all())
-            assert golden_of[row.id] == ada_b.golden_id
-            assert golden_of[ada.source_record_id] == ada_b.golden_id
-            merged = session.get(GoldenPatient, ada.golden_id)
-            assert merged is not None and merged.status == "merged"
+        yield make_session_factory(engine)
     finally:
         truncate_all(engine)
         engine.dispose()
 
 
+def _third_source(session: Session) -> int:
+    third = Source(name="ehr-c", kind="fhir", base_url="http://ehr-c.invalid")
+    session.add(third)
+    session.commit()
+    return third.id
+
+
+def _held_ingest(
+    factory: sessionmaker[Session], source_id: int, golden_id: str
+) -> tuple[Session, int]:
+    """An ingest of Ada's third record, linked to ``golden_id`` and not committed: its
+    transaction holds the block-key locks. Returns its session and the record's id."""
+    ingesting = factory()
+    source = ingesting.get(Source, source_id)
+    assert source is not None
+    row, patient = add_record(ingesting, source, {**ADA, "id": "c3"})
+    (linked,) = resolve_patients(ingesting, [(row, patient)])
+    assert linked.golden_id == golden_id
+    return ingesting, row.id
+
+
+def _waits_for(
+    ingesting: Session, factory: sessionmaker[Session], work: Callable[[Session], object]
+) -> None:
+    """Run ``work`` in its own transaction on a thread: it must wait while the ingest holds
+    its locks, and finish, without error, once the ingest commits."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with factory() as session:
+                work(session)
+                session.commit()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(WAIT_S)
+    assert thread.is_alive(), "it did not wait for the ingest's locks"
+    ingesting.commit()
+    ingesting.close()
+    thread.join(JOIN_TIMEOUT_S)
+    assert not thread.is_alive() and not errors, errors
+
+
 @pytest.mark.postgres
-def test_a_deletion_waits_for_an_ingest_linking_to_the_record_it_empties(pg_url: str) -> None:
+def test_a_merge_waits_for_an_ingest_linking_to_the_record_it_merges(
+    factory: sessionmaker[Session],
+) -> None:
+    with factory() as session:
+        (ada,) = ingest(session, "ehr-a", [ADA])
+        (ada_b,) = ingest(session, "ehr-b", [ADA_B])
+        third_id = _third_source(session)
+    assert ada.golden_id != ada_b.golden_id
+    ingesting, record_id = _held_ingest(factory, third_id, ada.golden_id)
+
+    _waits_for(
+        ingesting,
+        factory,
+        lambda session: merge_patients(session, ada.golden_id, ada_b.golden_id, actor="steward"),
+    )
+
+    with factory() as session:
+        golden_of = dict(session.execute(select(Link.source_record_id, Link.golden_id)).all())
+        assert golden_of[record_id] == ada_b.golden_id
+        assert golden_of[ada.source_record_id] == ada_b.golden_id
+        merged = session.get(GoldenPatient, ada.golden_id)
+        assert merged is not None and merged.status == "merged"
+
+
+@pytest.mark.postgres
+def test_a_deletion_waits_for_an_ingest_linking_to_the_record_it_empties(
+    factory: sessionmaker[Session],
+) -> None:
     """A source deletes Ada's only record while another source's ingest links a new record
     of Ada to her golden record: the golden record must stay active with the new record,
     not become ``deleted`` with it linked (a 410 for every consumer)."""
-    engine = make_engine(pg_url)
-    truncate_all(engine)
-    factory = make_session_factory(engine)
-    try:
-        with factory() as session:
-            (ada,) = ingest(session, "ehr-a", [ADA])
-            other = Source(name="ehr-c", kind="fhir", base_url="http://ehr-c.invalid")
-            session.add(other)
-            session.commit()
-            other_id, ehr_a = (
-                other.id,
-                session.scalar(select(Source.id).where(Source.name == "ehr-a")),
-            )
-        assert ehr_a is not None
+    with factory() as session:
+        (ada,) = ingest(session, "ehr-a", [ADA])
+        ehr_a = session.scalar(select(Source.id).where(Source.name == "ehr-a"))
+        third_id = _third_source(session)
+    assert ehr_a is not None
+    ingesting, record_id = _held_ingest(factory, third_id, ada.golden_id)
 
-        ingesting = factory()
-        source = ingesting.get(Source, other_id)
-        assert source is not None
-        row, patient = add_record(ingesting, source, {**ADA, "id": "c3"})
-        (linked,) = resolve_patients(ingesting, [(row, patient)])
-        assert linked.golden_id == ada.golden_id  # not committed yet
+    _waits_for(
+        ingesting,
+        factory,
+        lambda session: ingest_page(session, ehr_a, Page("Patient", [], None, deleted=[ADA["id"]])),
+    )
 
-        errors: list[BaseException] = []
-
-        def delete() -> None:
-            try:
-                with factory() as session:
-                    ingest_page(session, ehr_a, Page("Patient", [], None, deleted=[ADA["id"]]))
-                    session.commit()
-            except BaseException as exc:  # reported below
-                errors.append(exc)
-
-        deleting = threading.Thread(target=delete)
-        deleting.start()
-        deleting.join(WAIT_S)
-        assert deleting.is_alive(), "the deletion did not wait for the ingest's locks"
-        ingesting.commit()
-        ingesting.close()
-        deleting.join(JOIN_TIMEOUT_S)
-        assert not deleting.is_alive() and not errors, errors
-
-        with factory() as session:
-            golden = session.get(GoldenPatient, ada.golden_id)
-            assert golden is not None and golden.status == "active"
-            assert golden.resource["identifier"][0]["value"] == ADA["identifier"][0]["value"]
-            assert (
-                session.scalar(select(Link.golden_id).where(Link.source_record_id == row.id))
-                == ada.golden_id
-            )
-    finally:
-        truncate_all(engine)
-        engine.dispose()
+    with factory() as session:
+        golden = session.get(GoldenPatient, ada.golden_id)
+        assert golden is not None and golden.status == "active"
+        assert golden.resource["identifier"][0]["value"] == ADA["identifier"][0]["value"]
+        linked = session.scalar(select(Link.golden_id).where(Link.source_record_id == record_id))
+        assert linked == ada.golden_id
