@@ -52,6 +52,7 @@ from store import NotFoundError, SchemaNotAtHeadError, SourceRepository, SyncRun
 from store.models import Source as SourceRow
 from store.models import SourceRecord, SyncRun
 from sync import (
+    DatabaseUnavailableError,
     IngestResult,
     ReprocessError,
     SourceChange,
@@ -527,6 +528,12 @@ def sync_command(
             f"[red]{name}: source unavailable[/red] ({type(exc).__name__}"
             f"{' ' + str(exc.status_code) if exc.status_code else ''}); "
             "the next sync resumes from the last committed page"
+        )
+        raise typer.Exit(code=1) from exc
+    except DatabaseUnavailableError as exc:
+        console.print(
+            f"[red]{name}: database unavailable[/red] ({type(exc.__cause__).__name__});"
+            " the next sync resumes from the last committed page"
         )
         raise typer.Exit(code=1) from exc
     print_run_summary(run, name)

@@ -157,6 +157,16 @@ def unprocessable(detail: str, expression: Sequence[str] | str | None = None) ->
     return outcome(422, "processing", detail, expression=expression)
 
 
+#: Seconds a client is asked to wait after a database failure worth retrying.
+UNAVAILABLE_RETRY_AFTER_S = 2
+
+
+def unavailable(detail: str, retry_after_s: int = UNAVAILABLE_RETRY_AFTER_S) -> Outcome:
+    """503: a failure that will most likely pass (the database restarting, a deadlock's
+    victim, a lock timeout); the request changed nothing and can be sent again."""
+    return outcome(503, "transient", detail, headers={"Retry-After": str(retry_after_s)})
+
+
 def server_error(detail: str = "Internal server error.") -> Outcome:
     """500: an unexpected failure (the cause is logged by type, never quoted here)."""
     return outcome(500, "exception", detail)

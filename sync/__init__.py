@@ -16,6 +16,8 @@ Errors::
     Exception
      └── SyncError                  base of this package's errors
           ├── SourceUnavailableError   the source does not exist or is disabled
+          ├── DatabaseUnavailableError a database failure worth retrying (lost
+          │                            connection, deadlock, lock timeout)
           └── NotificationError        a push notification that cannot be read
     ValueError
      ├── InvalidScheduleError       a source schedule that is neither interval nor cron
@@ -24,7 +26,9 @@ Errors::
      └── ReprocessError             reprocessing asked for a type that is not synced
 
 Connector errors (:class:`connectors.TransientError`, :class:`connectors.PermanentError`)
-pass through: a transient one retries the chunk, a permanent one fails the run.
+pass through: a transient one retries the chunk, a permanent one fails the run. A
+database failure worth retrying (:func:`store.errors.transient_database_error`) becomes
+a :class:`DatabaseUnavailableError`, which retries the chunk too.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from sync.reprocess import ReprocessError, ReprocessResult, reprocess_quarantine
 from sync.retire import RemovalResult, begin_removal, removal_plan, remove_source
 from sync.runner import (
     ChunkResult,
+    DatabaseUnavailableError,
     SourceUnavailableError,
     SyncError,
     run_chunk,
@@ -60,6 +65,7 @@ from sync.sources import (
 __all__ = [
     "DEFAULT_QUEUE",
     "ChunkResult",
+    "DatabaseUnavailableError",
     "IngestResult",
     "InvalidScheduleError",
     "PatientOptions",

@@ -39,6 +39,7 @@ from mpi import MatchSettings
 from mpi.storage import PATIENT_CONFIRMED_FLAG
 from store import CursorRepository, SourceRepository, SyncRunRepository
 from store.db import StatisticsRefresher
+from store.errors import transient_database_error
 from store.models import Source as SourceRow
 from store.models import SyncRun
 from store.types import utcnow
@@ -118,6 +119,11 @@ class SyncError(Exception):
 
 class SourceUnavailableError(SyncError):
     """The source does not exist or is disabled."""
+
+
+class DatabaseUnavailableError(SyncError):
+    """The database failed in a way worth retrying (see :mod:`store.errors`): the chunk's
+    transaction was rolled back, and the run resumes from its last committed page."""
 
 
 @dataclass
@@ -385,19 +391,44 @@ def run_chunk(
             raise
         except PermanentError as exc:
             session.rollback()
-            _record_error(session, run_id, token, exc, fatal=True)
+            if not _record_error(session, run_id, token, exc, fatal=True):
+                # The run is still running: the retry meets the error again and fails it.
+                raise _database_unavailable(exc) from exc
             chunk.done, chunk.status = True, RUN_FAILED
             return chunk
         except Exception as exc:
             # Not the source's fault (a database hiccup, a bug): count it, keep the run
-            # resumable from the committed cursor, and let the caller see the error.
+            # resumable from the committed cursor, and let the caller see the error. A
+            # lost connection, a deadlock or a lock timeout is retried by the task.
             session.rollback()
             _record_error(session, run_id, token, exc, fatal=False)
+            if transient_database_error(exc):
+                raise _database_unavailable(exc) from exc
             raise
         finally:
             if connector is not None:
                 connector.close()
     return chunk
+
+
+@contextmanager
+def database_retries() -> Iterator[None]:
+    """Raise a database failure worth retrying as a :class:`DatabaseUnavailableError`,
+    the class the tasks retry with backoff; any other error passes unchanged."""
+    try:
+        yield
+    except DatabaseUnavailableError:
+        raise
+    except Exception as exc:
+        if transient_database_error(exc):
+            raise _database_unavailable(exc) from exc
+        raise
+
+
+def _database_unavailable(exc: Exception) -> DatabaseUnavailableError:
+    return DatabaseUnavailableError(
+        f"the database failed ({type(exc).__name__}); the run resumes from its last committed page"
+    )
 
 
 @contextmanager
@@ -497,7 +528,27 @@ def _ingest_stream(
 
 def _record_error(
     session: Session, run_id: int, token: str, exc: Exception, *, fatal: bool
-) -> None:
+) -> bool:
+    """Count the error in the run (and fail it if ``fatal``) and log it by type; False
+    when the database could not take the record.
+
+    Best effort: a connection that is still gone (or a database still locked) must not
+    replace the error being handled with its own."""
+    try:
+        _count_error(session, run_id, token, exc, fatal=fatal)
+    except Exception as record_exc:
+        if not transient_database_error(record_exc):
+            raise
+        session.rollback()
+        log.warning(
+            "sync chunk failed; its error could not be recorded",
+            extra={"run_id": run_id, "reason": type(exc).__name__},
+        )
+        return False
+    return True
+
+
+def _count_error(session: Session, run_id: int, token: str, exc: Exception, *, fatal: bool) -> None:
     run = _claimed_run(session, run_id, token)
     if run is None:
         return
@@ -541,10 +592,11 @@ def run_source(
 
     With ``requeue`` (a queued worker) one chunk is done and the next is scheduled
     through ``requeue``; without it (embedded mode, tests) chunks run here until the
-    run is finished.
+    run is finished. A database failure worth retrying is raised as a
+    :class:`DatabaseUnavailableError`.
     """
     if run_id is None or token is None:
-        with context.session_factory() as session:
+        with database_retries(), context.session_factory() as session:
             run, token = start_or_resume(session, source_id, full=full)
             run_id = run.id
             session.commit()

@@ -14,8 +14,10 @@ from connectors import TransientError
 from sync import delivery, retention, retire, runner, scheduling, system
 from sync.context import current_task_context
 from sync.pipeline import UnknownSourceError
+from sync.runner import DatabaseUnavailableError, database_retries
 
-#: Retries of a chunk that hit a TransientError: exponential backoff with jitter, capped.
+#: Retries of a chunk that hit a TransientError (the source's) or a DatabaseUnavailableError
+#: (a lost connection, a deadlock, a lock timeout): exponential backoff with jitter, capped.
 RUN_SOURCE_MAX_RETRIES = 8
 RUN_SOURCE_BACKOFF_MAX_S = 600
 
@@ -34,7 +36,7 @@ def _requeue(source_id: int, run_id: int, token: str) -> None:
 @shared_task(
     name="askonce.sync.run_source",
     acks_late=True,
-    autoretry_for=(TransientError,),
+    autoretry_for=(TransientError, DatabaseUnavailableError),
     retry_backoff=True,
     retry_backoff_max=RUN_SOURCE_BACKOFF_MAX_S,
     retry_jitter=True,
@@ -65,12 +67,21 @@ def _trigger(source_id: int) -> None:
 
 
 # acks_late is safe: a removal skips what an earlier attempt did, so a redelivered task
-# (its worker died) finishes the removal.
-@shared_task(name="askonce.sync.remove_source", acks_late=True)
+# (its worker died) or a retried one (the database failed) finishes the removal.
+@shared_task(
+    name="askonce.sync.remove_source",
+    acks_late=True,
+    autoretry_for=(DatabaseUnavailableError,),
+    retry_backoff=True,
+    retry_backoff_max=RUN_SOURCE_BACKOFF_MAX_S,
+    retry_jitter=True,
+    max_retries=RUN_SOURCE_MAX_RETRIES,
+)
 def remove_source(source_id: int) -> dict[str, Any]:
     """Take a source's records out of the golden records, then erase the source."""
     try:
-        return retire.remove_source(current_task_context().session_factory, source_id).as_dict()
+        with database_retries():
+            return retire.remove_source(current_task_context().session_factory, source_id).as_dict()
     except UnknownSourceError:  # an earlier delivery finished it
         return retire.RemovalResult(source_id, removed=True).as_dict()
 

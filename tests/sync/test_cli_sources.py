@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
+from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
+from askonce import cli_sources
 from askonce.cli import app
 from askonce.demo import DEMO_SOURCES, run_demo_sync
 from askonce.runtime import build_runtime
 from askonce.settings import Settings
 from store import upgrade
+from sync import DatabaseUnavailableError
 from tests.sync.helpers import encounter, patient, write_ndjson
+from tests.sync.test_database_failures import locked_sqlite_error
 
 runner = CliRunner()
 
@@ -87,6 +92,24 @@ def test_a_failing_source_exits_non_zero(cli_db: str, tmp_path: Path) -> None:
     result = runner.invoke(app, ["sync", "gone"])
     assert result.exit_code == 1
     assert "gone: failed" in result.output
+
+
+def test_a_database_failure_exits_non_zero_and_says_the_run_resumes(
+    cli_db: str, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner.invoke(app, ["sources", "add", "ehr-x", "--kind", "ndjson", "--url", str(folder)])
+    locked = locked_sqlite_error(cli_db.removeprefix("sqlite:///"))
+
+    def database_locked(*_args: Any, **_kwargs: Any) -> None:
+        raise DatabaseUnavailableError("the database failed") from OperationalError(
+            "INSERT", {}, locked
+        )
+
+    monkeypatch.setattr(cli_sources, "run_source", database_locked)
+    result = runner.invoke(app, ["sync", "ehr-x"])
+    assert result.exit_code == 1
+    assert "ehr-x: database unavailable (OperationalError)" in result.output
+    assert "resumes from the last committed page" in result.output
 
 
 def test_the_demo_syncs_three_ehrs_into_golden_records(cli_db: str) -> None:
