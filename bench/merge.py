@@ -13,7 +13,14 @@ times for each pair:
 - ``$merge``: the same, committed (links moved, both golden records written, the event);
 - ``$unmerge``: the records given back, both rebuilt, the "no-match" pairs stored.
 
-The last line is JSON: ``preview_p50_ms``, ``merge_p50_ms``, ``merge_p99_ms``,
+Before the merges, the steward's lookup of each pair's likely duplicates
+(``GET /admin/golden/{target}/duplicates``, :func:`mpi.likely_duplicates`): its time,
+the share of pairs whose other half it offers (``duplicates_found``), first
+(``duplicates_first``), and how many other golden records it offers on average
+(``duplicates_others``: people who share a name part or a birth date, graded lower).
+
+The last line is JSON: ``duplicates_p50_ms``, ``duplicates_found``,
+``duplicates_first``, ``duplicates_others``, ``preview_p50_ms``, ``merge_p50_ms``, ``merge_p99_ms``,
 ``merges_per_s``, ``unmerge_p50_ms``, ``unmerges_per_s``, ``patients``, ``pairs``,
 ``backend``.
 """
@@ -36,6 +43,7 @@ from sqlalchemy import select
 from bench.forms import gateway, person, timed
 from bench.ingest import DEFAULT_PG_ADMIN_URL, database_url
 from connectors import Page
+from gateway.auth import TokenService
 from store import make_engine, make_session_factory
 from store.db import stop_checkpointers
 from store.models import Link, SourceRecord
@@ -139,6 +147,21 @@ def main() -> None:
 
                     return run
 
+                admin = {
+                    "Authorization": "Bearer "
+                    + TokenService(SECRET).issue("bench-steward", ["askonce.admin"])
+                }
+                offered: dict[str, list[str]] = {}
+
+                def duplicates_of(target: str) -> Callable[[], Any]:
+                    def run() -> None:
+                        answer = client.get(f"/admin/golden/{target}/duplicates", headers=admin)
+                        assert answer.status_code == 200, answer.text
+                        offered[target] = [d["golden_id"] for d in answer.json()["duplicates"]]
+
+                    return run
+
+                _, lookups = timed([duplicates_of(t) for _, t in pairs])
                 merge, unmerge = "/fhir/Patient/$merge", "/fhir/Patient/$unmerge"
                 _, previews = timed([call(merge, parameters(s, t, True)) for s, t in pairs])
                 merge_s, merges = timed([call(merge, parameters(s, t)) for s, t in pairs])
@@ -150,6 +173,12 @@ def main() -> None:
     summary = {
         "patients": args.patients,
         "pairs": len(pairs),
+        "duplicates_p50_ms": round(statistics.median(lookups), 2),
+        "duplicates_found": round(sum(s in offered[t] for s, t in pairs) / len(pairs), 3),
+        "duplicates_first": round(sum(offered[t][:1] == [s] for s, t in pairs) / len(pairs), 3),
+        "duplicates_others": round(
+            sum(len([g for g in offered[t] if g != s]) for s, t in pairs) / len(pairs), 3
+        ),
         "preview_p50_ms": round(statistics.median(previews), 2),
         "merge_p50_ms": round(statistics.median(merges), 2),
         "merge_p99_ms": round(statistics.quantiles(merges, n=100)[98], 2),

@@ -266,6 +266,52 @@ def check_merge(
     )
 
 
+#: Likely duplicates a steward is shown at most.
+MAX_DUPLICATES = 20
+
+
+def likely_duplicates(
+    session: Session,
+    golden_id: str,
+    *,
+    count: int = 5,
+    settings: MatchSettings | None = None,
+) -> list[MergeCheck]:
+    """Other active golden records that may be this one's person, best first; writes
+    nothing. Each is its :func:`check_merge` with this record as the target.
+
+    Every record of ``golden_id`` is matched as :func:`resolve_patients` matches a new
+    one (the same blocking, scoring and guards), against the records of every other
+    golden record; one whose best pair grades at least ``possible`` is a candidate, unless
+    its records say two people (a guard, a ``certainly-not`` pair, a steward's
+    "no-match"). The engine kept the two apart (it links at ``probable`` with
+    corroboration), so these are what a steward may want to merge, or to mark as two."""
+    settings = settings or MatchSettings()
+    _active(session, golden_id)
+    model = load_active_model(session)
+    best: dict[str, float] = {}
+    for member in _members(session, golden_id, extract_features)[:MAX_MERGE_GUARD_MEMBERS]:
+        members, _skipped = candidate_members(
+            session, settings, block_keys(member.features), member.record_id
+        )
+        others = [m for m in members if m.golden_id != golden_id]
+        for candidate in score_candidates(model, settings, member.features, others):
+            total = candidate.score.total
+            if candidate.grade != "certainly-not" and total > best.get(candidate.golden_id, -1e9):
+                best[candidate.golden_id] = total
+    out: list[MergeCheck] = []
+    for other in sorted(best, key=lambda g: (-best[g], g)):
+        if len(out) >= min(count, MAX_DUPLICATES):
+            break
+        try:
+            check = check_merge(session, other, golden_id, settings=settings)
+        except InvalidOperation:  # merged or deleted since its records were read
+            continue
+        if not check.refusals:
+            out.append(check)
+    return out
+
+
 def merge_patients(
     session: Session,
     source_id: str,

@@ -43,10 +43,12 @@ from mpi import (
     MergeRefused,
     RecordNotFound,
     ReviewItemNotFound,
+    likely_duplicates,
     merge_patients,
     record_decision,
     unmerge_golden,
 )
+from mpi.admin import MAX_DUPLICATES
 from store import NotFoundError
 from store.models import Consumer, GoldenPatient, Subscription
 from store.models import Source as SourceRow
@@ -426,6 +428,43 @@ def unmerge(
 ) -> dict[str, Any]:
     with audited(audit, principal, "admin-unmerge", request, "Patient", golden_id):
         return steward_unmerge(session, principal, golden_id)
+
+
+@router.get(
+    "/golden/{golden_id}/duplicates",
+    summary="Other golden records that may be this one's person (candidates for a merge)",
+)
+def duplicates(
+    golden_id: Annotated[str, Path(max_length=36)],
+    request: Request,
+    session: SessionDep,
+    principal: AdminPrincipal,
+    audit: AuditDep,
+    count: Annotated[int, Query(ge=1, le=MAX_DUPLICATES)] = 5,
+) -> dict[str, Any]:
+    """Each record of the golden record matched as a new one would be, against every other
+    golden record's; those whose best pair grades at least ``possible`` and whose records do
+    not say two people, best first (see :func:`mpi.likely_duplicates`)."""
+    with audited(audit, principal, "admin-duplicates", request, "Patient", golden_id) as entry:
+        try:
+            found = likely_duplicates(session, golden_id, count=count)
+        except GoldenNotFound as exc:
+            raise OutcomeError(not_found(f"Golden record {exc.golden_id} is not known.")) from exc
+        except InvalidOperation as exc:
+            raise OutcomeError(conflict(str(exc))) from exc
+        entry["ids"] = [golden_id, *(check.source_id for check in found)]
+        return {
+            "golden_id": golden_id,
+            "duplicates": [
+                {
+                    "golden_id": check.source_id,
+                    "score": check.score,
+                    "grade": check.grade,
+                    "corroborated": check.corroborated,
+                }
+                for check in found
+            ],
+        }
 
 
 @router.get("/golden/{golden_id}/links", summary="Links of a golden record and their history")

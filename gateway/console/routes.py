@@ -57,7 +57,13 @@ from gateway.fhir.context import search_context
 from gateway.operations.read import FHIR_ID
 from gateway.operations.search_patient import search_patients
 from gateway.outcomes import OutcomeError
-from mpi import GoldenNotFound, InvalidOperation, check_merge, review_item_dict
+from mpi import (
+    GoldenNotFound,
+    InvalidOperation,
+    check_merge,
+    likely_duplicates,
+    review_item_dict,
+)
 from store.models import Consumer, FormResponse, GoldenPatient, Link, ReviewItem, Source
 from store.types import as_utc
 
@@ -76,6 +82,8 @@ RENEW_AFTER_S = 5 * 60
 PAGE = 50
 #: The latest forms a golden record's page lists.
 FORMS_SHOWN = 20
+#: Likely duplicates a golden record's page lists.
+DUPLICATES_SHOWN = 5
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
@@ -432,7 +440,15 @@ def golden(
         ).all()
         for link in links["links"]:
             link["comparisons"], link["notes"] = evidence_rows(link.get("explanation"))
-        entry["ids"] = [golden_id]
+        duplicates = (
+            [
+                (check, golden_view(session, check.source_id, "Golden record"))
+                for check in likely_duplicates(session, golden_id, count=DUPLICATES_SHOWN)
+            ]
+            if row.status == "active"
+            else []
+        )
+        entry["ids"] = [golden_id, *(check.source_id for check, _view in duplicates)]
     return page(
         request,
         "golden.html",
@@ -442,6 +458,7 @@ def golden(
             "links": links["links"],
             "history": links["history"],
             "forms": forms,
+            "duplicates": duplicates,
             "source_names": names,
             "split": split,
             "split_to": to if to and len(to) <= 36 else None,

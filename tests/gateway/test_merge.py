@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.auth import register_consumer
-from mpi import MergeRefused, check_merge, merge_patients
+from mpi import MergeRefused, check_merge, likely_duplicates, merge_patients
 from mpi.operations import store_decision
 from store.models import (
     Audit,
@@ -630,6 +630,101 @@ def test_the_admin_api_merges_and_unmerges(
         ).status_code
         == 403
     )
+
+
+#: Ada's look-alike with another SSN, from a third EHR: the SSN guard keeps her apart.
+ADA_OTHER_SSN = {
+    **ADA,
+    "id": "c3",
+    "identifier": [{"system": SSN, "value": "734-56-8901"}],
+}
+
+
+def test_likely_duplicates_lead_a_steward_to_the_merge(
+    client: TestClient,
+    auth_for: Callable[..., Headers],
+    people: People,
+    session_factory: sessionmaker[Session],
+) -> None:
+    with session_factory() as session:
+        (other,) = ingest(session, "ehr-c", [ADA_OTHER_SSN])
+        assert other.golden_id not in (people.ada, people.ada_b)  # kept apart by the guard
+        found = likely_duplicates(session, people.ada)
+        # ehr-b's Ada: kept apart by the engine (nothing corroborates the names and birth
+        # date); ehr-c's look-alike: another SSN says another person; Mei: certainly-not.
+        assert [c.source_id for c in found] == [people.ada_b]
+        assert (found[0].target_id, found[0].grade, found[0].corroborated) == (
+            people.ada,
+            "certain",
+            False,
+        )
+        assert check_merge(session, other.golden_id, people.ada).vetoes
+        # ehr-b's Ada has no SSN: either SSN holder may be her person.
+        assert {c.source_id for c in likely_duplicates(session, people.ada_b)} == {
+            people.ada,
+            other.golden_id,
+        }
+        assert likely_duplicates(session, people.mei) == []
+
+    admin = auth_for("askonce.admin", client_id="steward")
+    reply = client.get(f"/admin/golden/{people.ada}/duplicates", headers=admin)
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {
+        "golden_id": people.ada,
+        "duplicates": [
+            {
+                "golden_id": people.ada_b,
+                "score": found[0].score,
+                "grade": "certain",
+                "corroborated": False,
+            }
+        ],
+    }
+    assert client.get("/admin/golden/nobody/duplicates", headers=admin).status_code == 404
+    for bad in ({"count": 0}, {"count": 21}, {"count": "x"}):
+        reply = client.get(f"/admin/golden/{people.ada}/duplicates", params=bad, headers=admin)
+        assert reply.status_code == 400 and reply.json()["resourceType"] == "OperationOutcome"
+    reader = auth_for("system/Patient.rus")
+    assert client.get(f"/admin/golden/{people.ada}/duplicates", headers=reader).status_code == 403
+
+    with session_factory() as session:
+        steward = register_consumer(session, "steward", "steward", ["askonce.admin"])
+        session.commit()
+    sign_in(client, steward)
+    page = client.get(f"/console/golden/{people.ada}")
+    check_link = f'href="/console/golden/{people.ada}/merge?source={people.ada_b}"'
+    assert check_link in page.text
+    assert f"/merge?source={other.golden_id}" not in page.text
+    assert f"/merge?source={people.mei}" not in page.text
+    check = client.get(f"/console/golden/{people.ada}/merge", params={"source": people.ada_b})
+    assert check.status_code == 200 and "Nothing in their records speaks against" in check.text
+
+    # A steward says the two are different people: no longer offered.
+    with session_factory() as session:
+        store_decision(
+            session, people.records["ada"], people.records["ada_b"], "no-match", "steward"
+        )
+        session.commit()
+    page = client.get(f"/console/golden/{people.ada}")
+    assert check_link not in page.text
+    assert "No other golden record looks like this person" in page.text
+    assert client.get(f"/admin/golden/{people.ada}/duplicates", headers=admin).json() == {
+        "golden_id": people.ada,
+        "duplicates": [],
+    }
+    # A merged record has no duplicates to offer: 409 on the API, no section in the console.
+    with session_factory() as session:
+        merge_patients(session, people.ada_b, people.ada, actor="steward", override=True)
+        session.commit()
+    assert client.get(f"/admin/golden/{people.ada_b}/duplicates", headers=admin).status_code == 409
+    assert (
+        "Merge a duplicate into this record"
+        not in client.get(f"/console/golden/{people.ada_b}").text
+    )
+    client.app.state.audit.flush()  # type: ignore[attr-defined]
+    with session_factory() as session:
+        audits = session.scalars(select(Audit).where(Audit.action == "admin-duplicates")).all()
+        assert audits[0].detail["ids"] == [people.ada, people.ada_b]
 
 
 def test_capability_statement_and_the_unmerge_definition(client: TestClient) -> None:
