@@ -58,6 +58,7 @@ from sync import (
     SourceChange,
     SourceSettingsError,
     TaskContext,
+    check_source,
     refresh_goldens,
     removal_plan,
     remove_source,
@@ -283,6 +284,38 @@ def sources_status(
                 "  records: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
             )
             _print_quarantine(out, session, source.id)
+
+
+#: How each finding's level reads in the terminal.
+_LEVEL_MARKS = {
+    "ok": "[green]ok[/green]",
+    "warning": "[yellow]warning[/yellow]",
+    "error": "[red]error[/red]",
+}
+
+
+@sources_app.command("check")
+def sources_check(
+    name: Annotated[str, typer.Argument(help="The source to check.")],
+) -> None:
+    """Check a source before (or after) syncing it: its server or folder, the credentials,
+    the FHIR version, and each resource type as its kind reads it (search by _lastUpdated,
+    _history, $export, NDJSON files), with how many resources the first sync will read.
+    Exit 1 when something would stop a sync."""
+    runtime = _runtime()
+    with runtime.session_factory() as session:
+        source = _source_named(session, name)
+        session.expunge(source)
+    report = check_source(source)
+    table = Table("", "checked", "finding")
+    for finding in report.findings:
+        table.add_row(_LEVEL_MARKS[finding.level], finding.subject, finding.message)
+    out = Console(soft_wrap=True)
+    out.print(f"[bold]{name}[/bold] ({source.kind} {source.base_url})")
+    out.print(table)
+    if not report.ok:
+        out.print(f"[red]{name}: a sync would fail[/red]; fix the errors above first")
+        raise typer.Exit(code=1)
 
 
 @sources_app.command("reprocess")

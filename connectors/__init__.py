@@ -4,6 +4,7 @@ Knows HTTP and FHIR, nothing about our database or matching. Build a source with
 :func:`build_source` from a :class:`SourceConfig`; ``check()`` reads the server's
 CapabilityStatement, ``stream(type, cursor)`` yields :class:`Page` objects whose
 cursor the caller stores with the page's data, ``fetch(type, id)`` reads one resource.
+:func:`connectors.preflight.preflight` checks a source the way a sync would read it, first.
 
 Errors (see :mod:`connectors.errors`)::
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,22 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from connectors import PUSH_ONLY_KINDS, SOURCE_KINDS, SourceConfig, SourceOptions
-from connectors.config import HL7V2_KIND, PORTAL_KIND
+from connectors import (
+    PUSH_ONLY_KINDS,
+    SOURCE_KINDS,
+    PermanentError,
+    Source,
+    SourceConfig,
+    SourceOptions,
+    build_source,
+)
+from connectors.config import HL7V2_KIND, PORTAL_KIND, push_arrival
+from connectors.preflight import Preflight, preflight
 from mpi import MatchSettings, recompute_goldens
 from mpi.storage import PATIENT_CONFIRMED_FLAG
 from store import CursorRepository, SourceRepository
 from store.models import Link, SourceRecord
+from store.models import Source as SourceRow
 from sync.forms import portal_options
 from sync.hl7intake import Hl7v2ConfigError, listen_address, mapping_options
 from sync.intake import hash_intake_token
@@ -49,6 +59,7 @@ from sync.runner import (
     finish_run,
     lock_source,
     running_run,
+    source_config,
 )
 from sync.scheduling import parse_schedule
 
@@ -298,3 +309,30 @@ def refresh_goldens(
         )
         if on_batch is not None:
             on_batch(result)
+
+
+#: A preflight asks once: a server that does not answer is the finding, not a reason to wait.
+PREFLIGHT_ATTEMPTS = 1
+
+
+def check_source(
+    source: SourceRow, *, source_factory: Callable[[SourceConfig], Source] = build_source
+) -> Preflight:
+    """The preflight of a registered source (:mod:`connectors.preflight`): its server (or
+    folder), credentials, FHIR version and each resource type, as a sync would read them;
+    writes nothing. A push-only source has nothing to pull: one finding says how its data
+    arrives."""
+    if source.kind in PUSH_ONLY_KINDS:
+        report = Preflight(source.kind)
+        report.add("ok", "server", f"nothing is pulled from it: {push_arrival(source.kind)}")
+        return report
+    config = source_config(source)
+    config = replace(config, options={**config.options, "max_attempts": PREFLIGHT_ATTEMPTS})
+    try:
+        connector = source_factory(config)
+    except (ValueError, PermanentError) as exc:
+        report = Preflight(source.kind)
+        report.add("error", "server", f"the source's settings: {exc}")
+        return report
+    with connector:
+        return preflight(connector)

@@ -58,6 +58,7 @@ from sync import (
     SourceRemovingError,
     SourceSettingsError,
     begin_removal,
+    check_source,
     refresh_goldens,
     removal_plan,
     reprocess_quarantined,
@@ -131,6 +132,29 @@ def patch_source(
         # Every golden record the source feeds is rendered again, after the response.
         background.add_task(refresh_goldens, state.session_factory, source_id)
     return update.as_dict()
+
+
+@router.post(
+    "/sources/{source_id}/check",
+    summary="Check a source: its server or folder, credentials, FHIR version and each type",
+)
+def check(
+    source_id: Annotated[int, Path(ge=1, le=MAX_INT)],
+    request: Request,
+    session: SessionDep,
+    principal: AdminPrincipal,
+    audit: AuditDep,
+) -> dict[str, Any]:
+    """The source's preflight (:func:`sync.check_source`): ``ok`` is false when something
+    would stop a sync; each finding has a level (ok, warning, error), what was checked
+    and what was found; ``counts`` are the resources the server counted per type."""
+    with audited(audit, principal, "admin-source-check", request, "Source", str(source_id)):
+        source = session.get(SourceRow, source_id)
+        if source is None:
+            raise OutcomeError(not_found(f"No source with id {source_id}."))
+        session.expunge(source)
+        session.rollback()  # no transaction stays open while the source is asked
+        return {"source_id": source_id, **check_source(source).as_dict()}
 
 
 Removal = Callable[[int], None]

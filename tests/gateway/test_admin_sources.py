@@ -5,6 +5,7 @@ tests/sync/test_source_lifecycle.py)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -16,7 +17,7 @@ from gateway.admin.routes import removal_trigger
 from store.models import Audit, GoldenPatient
 from store.models import Source as SourceRow
 from sync import remove_source
-from tests.sync.helpers import add_source
+from tests.sync.helpers import add_source, patient, write_ndjson
 from tests.sync.test_source_lifecycle import golden_of, lines, two_sources
 
 
@@ -161,3 +162,34 @@ def test_a_source_being_removed_is_not_enabled_again_and_a_new_delete_finishes_i
     assert client.delete(f"/admin/sources/{a}?confirm=a", headers=admin).status_code == 202
     with session_factory() as session:
         assert session.get(SourceRow, a) is None
+
+
+def test_the_admin_api_checks_a_source_before_it_syncs(
+    client: TestClient,
+    auth_for: Callable[..., dict[str, str]],
+    session_factory: sessionmaker[Session],
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "ehr"
+    write_ndjson(folder, "Patient", [patient("p1"), patient("p2", "Lee")])
+    ready = add_source(session_factory, "ready", base_url=str(folder))
+    missing = add_source(session_factory, "missing", base_url=str(tmp_path / "nowhere"))
+    admin = auth_for("askonce.admin", client_id="operator")
+    reply = client.post(f"/admin/sources/{ready}/check", headers=admin)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert (body["source_id"], body["kind"], body["ok"]) == (ready, "ndjson", True)
+    by_subject = {f["subject"]: f for f in body["findings"]}
+    assert by_subject["Patient"]["level"] == "ok"
+    assert by_subject["Patient"]["message"].startswith("1 file, ")
+    assert by_subject["Encounter"]["level"] == "warning"  # no Encounter file: nothing to sync
+    assert "Okafor" not in reply.text
+    failed = client.post(f"/admin/sources/{missing}/check", headers=admin).json()
+    assert failed["ok"] is False and failed["findings"][0]["level"] == "error"
+    assert client.post("/admin/sources/999/check", headers=admin).status_code == 404
+    reader = auth_for("system/Patient.rs")
+    assert client.post(f"/admin/sources/{ready}/check", headers=reader).status_code == 403
+    client.app.state.audit.flush()  # type: ignore[attr-defined]
+    with session_factory() as session:
+        actions = session.scalars(select(Audit.action).where(Audit.principal == "operator"))
+        assert list(actions).count("admin-source-check") == 3

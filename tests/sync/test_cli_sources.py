@@ -17,6 +17,7 @@ from askonce.runtime import build_runtime
 from askonce.settings import Settings
 from store import upgrade
 from sync import DatabaseUnavailableError
+from tests.sekmet_server import SekmetServer
 from tests.sync.helpers import encounter, patient, write_ndjson
 from tests.sync.test_database_failures import locked_sqlite_error
 
@@ -110,6 +111,35 @@ def test_a_database_failure_exits_non_zero_and_says_the_run_resumes(
     assert result.exit_code == 1
     assert "ehr-x: database unavailable (OperationalError)" in result.output
     assert "resumes from the last committed page" in result.output
+
+
+def test_check_says_what_a_sync_would_meet(cli_db: str, folder: Path, tmp_path: Path) -> None:
+    runner.invoke(app, ["sources", "add", "ehr-x", "--kind", "ndjson", "--url", str(folder)])
+    checked = runner.invoke(app, ["sources", "check", "ehr-x"])
+    assert checked.exit_code == 0, checked.output
+    assert "Patient" in checked.output and "1 file," in checked.output
+    for secret in ("Okafor", "1980-04-02"):  # files are measured, never printed
+        assert secret not in checked.output
+    gone = tmp_path / "gone"
+    runner.invoke(app, ["sources", "add", "gone", "--kind", "ndjson", "--url", str(gone)])
+    failed = runner.invoke(app, ["sources", "check", "gone"])
+    assert failed.exit_code == 1
+    assert "does not exist" in failed.output and "a sync would fail" in failed.output
+    runner.invoke(
+        app, ["sources", "add", "adt", "--kind", "hl7v2", "--url", "mllp://127.0.0.1:2575"]
+    )
+    pushed = runner.invoke(app, ["sources", "check", "adt"])
+    assert pushed.exit_code == 0 and "nothing is pulled" in pushed.output
+    assert runner.invoke(app, ["sources", "check", "nobody"]).exit_code == 2
+
+
+@pytest.mark.sekmet
+def test_check_a_real_fhir_server(cli_db: str, sekmet_server: SekmetServer) -> None:
+    url = sekmet_server.base_url
+    runner.invoke(app, ["sources", "add", "real", "--kind", "fhir", "--url", url])
+    checked = runner.invoke(app, ["sources", "check", "real"])
+    assert checked.exit_code == 0, checked.output
+    assert "4.0.1" in checked.output and "searchable by _lastUpdated" in checked.output
 
 
 def test_the_demo_syncs_three_ehrs_into_golden_records(cli_db: str) -> None:
