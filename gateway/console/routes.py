@@ -66,6 +66,7 @@ from mpi import (
 )
 from store.models import Consumer, FormResponse, GoldenPatient, Link, ReviewItem, Source
 from store.types import as_utc
+from sync import check_source
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 HERE = Path(__file__).resolve().parent
@@ -647,9 +648,35 @@ def sources(request: Request, session: SessionDep) -> HTMLResponse:
     return page(
         request,
         "sources.html",
-        {"sources": list_sources(session), "quarantined": counts["quarantined"]},
+        {
+            "sources": list_sources(session),
+            "quarantined": counts["quarantined"],
+            "checkable": True,
+        },
         principal,
     )
+
+
+@router.post("/sources/{source_id}/check", response_class=HTMLResponse)
+def source_check(
+    source_id: int,
+    request: Request,
+    session: SessionDep,
+    audit: AuditDep,
+    csrf: Annotated[str, Form()] = "",
+) -> HTMLResponse:
+    """The source's preflight (:func:`sync.check_source`), as ``askonce sources check``."""
+    principal = steward(request)
+    if not _csrf_ok(request, principal, csrf):
+        return _expired_form(request, principal)
+    with audited(audit, principal, "console-source-check", request, "Source", str(source_id)):
+        source = session.get(Source, source_id) if 0 < source_id < 2**31 else None
+        if source is None:
+            return page(request, "missing.html", {"what": "This source"}, principal, status=404)
+        session.expunge(source)
+        session.rollback()  # no transaction stays open while the source is asked
+        report = check_source(source)
+    return page(request, "source_check.html", {"source": source, "report": report}, principal)
 
 
 @router.get("/quarantine", response_class=HTMLResponse)

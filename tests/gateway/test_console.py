@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from gateway.console.routes import CONSOLE_AUDIENCE, COOKIE, SESSION_S
 from store.models import Audit, Consumer, Link, ReviewItem, Source, SourceRecord
 from tests.gateway.conftest import SECRET
 from tests.gateway.test_mpi_wiring import ADA, MEI, SSN, ingest, person
+from tests.sync.helpers import add_source, patient, write_ndjson
 
 EVIL = person("x1", "<script>alert(1)</script>", "Eve", "1970-01-01", "111-22-3333", "4155550000")
 
@@ -347,3 +349,36 @@ def test_a_deactivated_steward_is_signed_out_and_renewal_keeps_the_forms(
         session.commit()
     gone = client.get("/console", follow_redirects=False)
     assert gone.status_code == 303 and gone.headers["location"] == "/console/login"
+
+
+def test_a_steward_checks_a_source_from_the_sources_page(
+    client: TestClient,
+    world: dict[str, Any],
+    session_factory: sessionmaker[Session],
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "ehr"
+    write_ndjson(folder, "Patient", [patient("p1")])
+    ready = add_source(session_factory, "ehr-ndjson", base_url=str(folder))
+    gone = add_source(session_factory, "ehr-gone", base_url=str(tmp_path / "nowhere"))
+    sign_in(client, world["steward"])
+    listing = client.get("/console/sources")
+    assert f'action="/console/sources/{ready}/check"' in listing.text
+    assert 'action="/console/sources/' not in client.get("/console").text  # dashboard: no forms
+    csrf = csrf_of(listing.text)
+    checked = client.post(f"/console/sources/{ready}/check", data={"csrf": csrf})
+    assert checked.status_code == 200
+    assert (
+        "Check of ehr-ndjson" in checked.text and "Nothing here would stop a sync" in checked.text
+    )
+    assert "1 file, " in checked.text and "Okafor" not in checked.text
+    failed = client.post(f"/console/sources/{gone}/check", data={"csrf": csrf})
+    assert "A sync would fail" in failed.text and "does not exist" in failed.text
+    assert client.post("/console/sources/99999/check", data={"csrf": csrf}).status_code == 404
+    assert client.post(f"/console/sources/{ready}/check", data={"csrf": "0"}).status_code == 403
+    client.app.state.audit.flush()  # type: ignore[attr-defined]
+    with session_factory() as session:
+        actions = session.scalars(
+            select(Audit.action).where(Audit.action == "console-source-check")
+        )
+        assert len(list(actions)) == 3
