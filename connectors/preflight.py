@@ -175,25 +175,42 @@ def _rest(source: RestSource, report: Preflight) -> None:
             _search(source, capabilities, resource_type, report)
 
 
-def _listed(capabilities: Capabilities, resource_type: str, report: Preflight) -> bool:
-    if capabilities.supports(resource_type):
-        return True
-    report.add("error", resource_type, f"the CapabilityStatement does not offer {resource_type}")
-    return False
+def _offered(
+    capabilities: Capabilities,
+    resource_type: str,
+    interaction: str,
+    report: Preflight,
+    *,
+    level: Level,
+    missing: str,
+) -> bool:
+    """Whether to go on with ``resource_type``: the CapabilityStatement must list it (an
+    error), and an interaction list without ``interaction`` is a finding of ``level``
+    (a statement that lists none is taken at its word, which is no word)."""
+    if not capabilities.supports(resource_type):
+        report.add(
+            "error", resource_type, f"the CapabilityStatement does not offer {resource_type}"
+        )
+        return False
+    interactions = capabilities.resources[resource_type].interactions
+    if interactions and interaction not in interactions:
+        report.add(level, resource_type, missing)
+        return level != "error"
+    return True
 
 
 def _search(
     source: RestSource, capabilities: Capabilities, resource_type: str, report: Preflight
 ) -> None:
-    if not _listed(capabilities, resource_type, report):
+    if not _offered(
+        capabilities,
+        resource_type,
+        "search-type",
+        report,
+        level="warning",
+        missing="the CapabilityStatement does not list search-type; trying it anyway",
+    ):
         return
-    interactions = capabilities.resources[resource_type].interactions
-    if interactions and "search-type" not in interactions:
-        report.add(
-            "warning",
-            resource_type,
-            "the CapabilityStatement does not list search-type; trying it anyway",
-        )
     if source.options.vendor_profile == "patient-scoped" and resource_type == "Encounter":
         if capabilities.supports_search_param("Encounter", "patient"):
             report.add("ok", resource_type, "searched per Patient (patient-scoped profile)")
@@ -285,16 +302,15 @@ def _links(bundle: dict[str, Any]) -> Iterator[dict[str, Any]]:
 def _history(
     source: RestSource, capabilities: Capabilities, resource_type: str, report: Preflight
 ) -> None:
-    if not _listed(capabilities, resource_type, report):
-        return
-    interactions = capabilities.resources[resource_type].interactions
-    if interactions and "history-type" not in interactions:
-        report.add(
-            "error",
-            resource_type,
-            f"the CapabilityStatement does not offer {resource_type}/_history"
-            " (history-type); a fhir source reads it by search instead",
-        )
+    if not _offered(
+        capabilities,
+        resource_type,
+        "history-type",
+        report,
+        level="error",
+        missing=f"the CapabilityStatement does not offer {resource_type}/_history"
+        " (history-type); a fhir source reads it by search instead",
+    ):
         return
     found = _probe(source, f"{resource_type}/_history", [("_count", "1")], bundle_type="history")
     if isinstance(found, ConnectorError | str):
