@@ -113,7 +113,9 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int 
     }
     # Embedded mode has no beat: this process delivers the change events itself.
     delivering = runtime.delivery_loop() if settings.embedded else nullcontext()
-    with delivering:
+    # ... and it syncs the sources whose schedule is due.
+    scheduling = runtime.schedule_loop() if settings.embedded else nullcontext()
+    with delivering, scheduling:
         if workers > 1:
             # Each worker process builds its own app from the environment.
             uvicorn.run("askonce.asgi:create_app", factory=True, workers=workers, **options)

@@ -26,11 +26,15 @@ from store import check_schema_at_head, make_engine, make_session_factory, unit_
 from sync import TaskContext, bind_task_context, create_celery, current_task_context
 from sync.delivery import DEFAULT_DELIVER_S, DeliveryReport, deliver_with
 from sync.retention import PruneReport, prune_with
+from sync.runner import run_source
+from sync.scheduling import dispatch_due
 
 log = logging.getLogger(__name__)
 
 #: How long the readiness probe waits for Redis.
 BROKER_CHECK_TIMEOUT_S = 2.0
+#: How long a stopping server waits for the embedded scheduler's chunk in flight.
+SCHEDULER_STOP_WAIT_S = 60.0
 
 
 @dataclass
@@ -90,6 +94,58 @@ class Runtime:
         finally:
             stop.set()
             thread.join(timeout=self.settings.delivery_interval_s + 30)
+
+    def run_due(self, stop: threading.Event | None = None) -> list[int]:
+        """Sync every source whose schedule is due, one after another in this process (what
+        beat's tick and the workers do in services mode); returns the ids of those started.
+
+        A run goes chunk by chunk, so ``stop`` ends it between two chunks (it resumes at
+        the next tick, from its cursor). A source that fails is logged by type, and left to
+        its next tick (a transient failure) or to a fix (a permanent one fails the run)."""
+        context = current_task_context()
+
+        def sync(source_id: int) -> None:
+            chunks: list[tuple[int, int, str]] = []
+            try:
+                run_source(context, source_id, requeue=lambda *chunk: chunks.append(chunk))
+                while chunks and not (stop is not None and stop.is_set()):
+                    _, run_id, token = chunks.pop()
+                    run_source(
+                        context,
+                        source_id,
+                        run_id=run_id,
+                        token=token,
+                        requeue=lambda *chunk: chunks.append(chunk),
+                    )
+            except Exception as exc:  # one source must not stop the others' syncs
+                log.warning(
+                    "scheduled sync failed",
+                    extra={"source_id": source_id, "error": type(exc).__name__},
+                )
+
+        return dispatch_due(context, sync)
+
+    @contextmanager
+    def schedule_loop(self) -> Iterator[threading.Event]:
+        """Embedded mode has no beat and no worker: a daemon thread runs the sources whose
+        schedule is due every ``schedule_interval_s`` (beat's tick), while the block runs. Set
+        the yielded event to stop it (a run in flight stops after its chunk)."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(self.settings.schedule_interval_s):
+                try:
+                    self.run_due(stop)
+                except Exception as exc:  # the tick itself (the database) failed
+                    log.warning("scheduler tick failed", extra={"error": type(exc).__name__})
+
+        thread = threading.Thread(target=loop, name="askonce-scheduler", daemon=True)
+        thread.start()
+        try:
+            yield stop
+        finally:
+            stop.set()
+            thread.join(timeout=SCHEDULER_STOP_WAIT_S)
 
     def broker_check(self) -> Callable[[], None] | None:
         url = self.settings.redis_url
@@ -159,6 +215,7 @@ def build_runtime(settings: Settings | None = None, *, check_schema: bool = True
         queue=settings.task_queue,
         delivery_interval_s=settings.delivery_interval_s,
         prune_interval_s=settings.prune_interval_s,
+        schedule_interval_s=settings.schedule_interval_s,
     )
     bind_task_context(
         TaskContext(

@@ -91,6 +91,14 @@ class Settings(BaseSettings):
             "(a private network); false: https only, http to a loopback host."
         ),
     )
+    schedule_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "How often the sources whose schedule is due are started (s): beat's tick, or"
+            " the server's own in embedded mode."
+        ),
+    )
     delivery_interval_s: float = Field(
         default=5.0,
         gt=0,

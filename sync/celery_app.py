@@ -24,7 +24,9 @@ PRUNE_TICK_S = 3600.0
 
 
 def beat_schedule(
-    delivery_interval_s: float = DELIVERY_TICK_S, prune_interval_s: float = PRUNE_TICK_S
+    delivery_interval_s: float = DELIVERY_TICK_S,
+    prune_interval_s: float = PRUNE_TICK_S,
+    schedule_interval_s: float = SCHEDULER_TICK_S,
 ) -> dict[str, dict[str, object]]:
     """The beat entries: one tick that dispatches every due source's run, one that
     delivers the change events and one that prunes what is past its retention (each
@@ -32,8 +34,8 @@ def beat_schedule(
     return {
         "askonce-sync-due-sources": {
             "task": "askonce.sync.schedule_due",
-            "schedule": SCHEDULER_TICK_S,
-            "options": {"expires": SCHEDULER_TICK_S},
+            "schedule": schedule_interval_s,
+            "options": {"expires": schedule_interval_s},
         },
         "askonce-deliver-events": {
             "task": "askonce.sync.deliver",
@@ -54,6 +56,7 @@ def create_celery(
     queue: str = DEFAULT_QUEUE,
     delivery_interval_s: float = DELIVERY_TICK_S,
     prune_interval_s: float = PRUNE_TICK_S,
+    schedule_interval_s: float = SCHEDULER_TICK_S,
 ) -> Celery:
     """A Celery app: Redis broker and result backend when ``broker_url`` is set, else eager."""
     app = Celery("askonce", include=["sync.tasks"])
@@ -74,7 +77,7 @@ def create_celery(
             worker_prefetch_multiplier=PREFETCH_MULTIPLIER,
             broker_connection_retry_on_startup=True,
             task_reject_on_worker_lost=True,
-            beat_schedule=beat_schedule(delivery_interval_s, prune_interval_s),
+            beat_schedule=beat_schedule(delivery_interval_s, prune_interval_s, schedule_interval_s),
             **common,
         )
     else:

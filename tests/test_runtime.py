@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import threading
+import time
+from pathlib import Path
 
 from celery import current_app
+from sqlalchemy import func, select
 
 from askonce.runtime import build_runtime
 from askonce.settings import Settings
+from store import upgrade
+from store.models import SourceRecord, SyncRun
+from sync import run_source
 from sync.context import current_task_context
+from sync.runner import DEFAULT_PAGES_PER_CHUNK
+from tests.sync.helpers import add_source, encounter, patient, write_ndjson
 
 
 def test_task_context_carries_region_and_match_thresholds(sqlite_url: str) -> None:
@@ -47,3 +55,59 @@ def test_tasks_sent_from_any_thread_go_through_the_runtime_app(
         thread.start()
         thread.join()
         assert (bool(seen["eager"]), seen["broker"]) == (bool(eager), broker)
+
+
+def test_the_embedded_server_syncs_sources_on_their_schedule(tmp_path: Path) -> None:
+    """No beat, no worker: the server's scheduler thread starts each due source's run, one
+    at a time; a source that fails does not stop the others, and a source with no schedule
+    is left alone."""
+    url = f"sqlite:///{tmp_path / 'embedded.db'}"
+    upgrade(url)
+    runtime = build_runtime(Settings(database_url=url, schedule_interval_s=0.1))
+    folder = tmp_path / "ehr"
+    write_ndjson(folder, "Patient", [patient(f"p{n}", f"Fam{n}") for n in range(5)])
+    write_ndjson(folder, "Encounter", [encounter("e1", "p1")])
+    factory = runtime.session_factory
+    broken = add_source(factory, "broken", base_url=str(tmp_path / "gone"), schedule="1h")
+    ready = add_source(
+        factory, "ready", base_url=str(folder), schedule="1h", config={"page_size": 2}
+    )
+    manual = add_source(factory, "manual", base_url=str(folder))
+
+    def runs() -> dict[int, str]:
+        with factory() as session:
+            return dict(session.execute(select(SyncRun.source_id, SyncRun.status)).all())
+
+    with runtime.schedule_loop():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and runs().get(ready) != "ok":
+            time.sleep(0.05)
+    assert runs() == {broken: "failed", ready: "ok"}  # "manual" has no schedule
+    with factory() as session:
+        stored = select(func.count()).select_from(SourceRecord)
+        assert session.scalar(stored.where(SourceRecord.source_id == ready)) == 6
+        assert session.scalar(stored.where(SourceRecord.source_id == manual)) == 0
+    # The next ticks find nothing due: each ran just now.
+    assert runtime.run_due() == []
+
+
+def test_a_stopped_scheduler_leaves_the_run_between_two_chunks(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'embedded.db'}"
+    upgrade(url)
+    runtime = build_runtime(Settings(database_url=url))
+    folder = tmp_path / "ehr"
+    write_ndjson(folder, "Patient", [patient(f"p{n}", f"Fam{n}") for n in range(5)])
+    write_ndjson(folder, "Encounter", [])
+    source_id = add_source(
+        runtime.session_factory, base_url=str(folder), schedule="1h", config={"page_size": 2}
+    )
+    stop = threading.Event()
+    stop.set()  # the server is stopping: only the first chunk runs
+    assert runtime.run_due(stop) == [source_id]
+    with runtime.session_factory() as session:
+        run = session.scalars(select(SyncRun)).one()
+        assert (run.status, run.pages) == ("running", DEFAULT_PAGES_PER_CHUNK)
+    # The next tick (after the stall window, or the next start) resumes it to the end.
+    assert run_source(current_task_context(), source_id, max_pages=None).status == "ok"
+    with runtime.session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(SourceRecord)) == 5
