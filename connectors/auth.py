@@ -15,13 +15,22 @@ and register it in :func:`build_auth`.
   signed with RS384 or ES384 carrying ``kid`` and ``jti`` and expiring within 5 minutes.
 
 Token kinds cache the access token until shortly before it expires, and retry a
-request once with a fresh token when the server answers 401. Secrets never appear
-in ``repr``, log records or error messages.
+request once with a fresh token when the server answers 401. The cache belongs to the
+process, not to one connector: a sync builds its source again for every chunk (a page,
+on a worker), and a token per page would have sent a SMART client's signed assertion
+to the EHR's token endpoint thousands of times a sync (and read its discovery
+document as often), where the token lives for minutes. Entries are keyed by the kind,
+the endpoint (or FHIR base), the client, the scope and a digest of the secret or key,
+so two sources share a token only when they would have asked for the same one.
+Secrets never appear in ``repr``, log records or error messages.
 """
 
 from __future__ import annotations
 
 import abc
+import functools
+import hashlib
+import threading
 import time
 import uuid
 from collections.abc import Generator
@@ -67,24 +76,69 @@ class BearerTokenAuth(httpx.Auth):
         yield request
 
 
+class TokenCache:
+    """Access tokens by client (see the module docstring), shared by a process's connectors."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, now: float) -> str | None:
+        """The token of ``key`` while it has more than the refresh margin to live."""
+        with self._lock:
+            found = self._tokens.get(key)
+        if found is not None and now < found[1] - TOKEN_REFRESH_MARGIN_S:
+            return found[0]
+        return None
+
+    def put(self, key: str, token: str, expires_at: float) -> None:
+        with self._lock:
+            self._tokens[key] = (token, expires_at)
+
+    def drop(self, key: str, token: str) -> None:
+        """Forget ``token`` (refused with a 401), unless another request replaced it."""
+        with self._lock:
+            if self._tokens.get(key, ("",))[0] == token:
+                del self._tokens[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tokens.clear()
+
+
+#: The process's token cache.
+TOKENS = TokenCache()
+
+
 class OAuthTokenAuth(httpx.Auth, abc.ABC):
     """Base for kinds that obtain a bearer token from a token endpoint.
 
     Subclasses implement :meth:`token_request_flow`, a generator that yields the
-    token request(s) and returns the token response's JSON. Caching, expiry and the
-    single retry on 401 live here.
+    token request(s) and returns the token response's JSON, and :meth:`cache_parts`, what
+    tells their token apart from another client's. Caching (in ``cache``, the process's
+    by default), expiry and the single retry on 401 live here.
     """
 
     requires_response_body = True
 
-    def __init__(self, *, clock: Any = time.time) -> None:
-        self._token: str | None = None
-        self._expires_at = 0.0
+    def __init__(self, *, clock: Any = time.time, cache: TokenCache | None = None) -> None:
         self._clock = clock
+        self._cache = TOKENS if cache is None else cache
 
     @abc.abstractmethod
     def token_request_flow(self) -> Generator[httpx.Request, httpx.Response, dict[str, Any]]:
         """Yield the token request(s); return the token response's JSON object."""
+
+    @abc.abstractmethod
+    def cache_parts(self) -> tuple[str, ...]:
+        """What identifies the token this client gets (endpoint, client, scope, secret)."""
+
+    @functools.cached_property
+    def cache_key(self) -> str:
+        """Taken once, when the first request needs a token (a SMART client's discovered
+        endpoint does not change it)."""
+        parts = (type(self).__name__, *self.cache_parts())
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
     def _fresh_token(self) -> TokenFlow:
         body = yield from self.token_request_flow()
@@ -93,14 +147,11 @@ class OAuthTokenAuth(httpx.Auth, abc.ABC):
             raise AuthenticationError("token response has no access_token")
         lifetime = body.get("expires_in")
         seconds = float(lifetime) if isinstance(lifetime, int | float) else DEFAULT_TOKEN_LIFETIME_S
-        self._token = token
-        self._expires_at = self._clock() + seconds
+        self._cache.put(self.cache_key, token, self._clock() + seconds)
         return token
 
     def _valid_token(self) -> str | None:
-        if self._token and self._clock() < self._expires_at - TOKEN_REFRESH_MARGIN_S:
-            return self._token
-        return None
+        return self._cache.get(self.cache_key, self._clock())
 
     def auth_flow(self, request: httpx.Request) -> AuthFlow:
         token = self._valid_token()
@@ -109,7 +160,7 @@ class OAuthTokenAuth(httpx.Auth, abc.ABC):
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
         if response.status_code == HTTP_UNAUTHORIZED:
-            self._token = None
+            self._cache.drop(self.cache_key, token)
             token = yield from self._fresh_token()
             request.headers["Authorization"] = f"Bearer {token}"
             yield request
@@ -168,6 +219,10 @@ class ClientCredentialsAuth(OAuthTokenAuth):
     def __repr__(self) -> str:
         return f"ClientCredentialsAuth(client_id={self.client_id!r}, client_secret=***)"
 
+    def cache_parts(self) -> tuple[str, ...]:
+        secret = hashlib.sha256(self._secret.encode()).hexdigest()
+        return (self.token_url, self.client_id, self.scope or "", self.auth_method, secret)
+
     def token_request_flow(self) -> Generator[httpx.Request, httpx.Response, dict[str, Any]]:
         form = {"grant_type": "client_credentials"}
         if self.scope:
@@ -213,6 +268,7 @@ class SmartBackendServicesAuth(OAuthTokenAuth):
         self.alg = alg
         self.scope = scope
         self.token_url = token_url
+        self._configured_token_url = token_url
         self.jku = jku
 
     def __repr__(self) -> str:
@@ -220,6 +276,12 @@ class SmartBackendServicesAuth(OAuthTokenAuth):
             f"SmartBackendServicesAuth(client_id={self.client_id!r}, kid={self.kid!r}, "
             f"alg={self.alg})"
         )
+
+    def cache_parts(self) -> tuple[str, ...]:
+        key = hashlib.sha256(self._private_key.encode()).hexdigest()
+        # The FHIR base stands for the token endpoint it discovers (or names it outright).
+        endpoint = self._configured_token_url or self.fhir_base_url
+        return (endpoint, self.client_id, self.kid, self.alg, self.scope, key)
 
     def client_assertion(self, token_url: str) -> str:
         """The signed JWT (https://hl7.org/fhir/smart-app-launch/backend-services.html#authenticating-to-the-token-endpoint)."""

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from askonce.settings import get_settings
+from connectors.auth import TOKENS
 from store import ALL_TABLES, make_engine, make_session_factory, upgrade
 
 pytest_plugins: list[str] = ["tests.sekmet_server"]
@@ -35,6 +36,15 @@ def service_unavailable(what: str, why: object) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(message + " (ASKONCE_REQUIRE_SERVICES=1)", pytrace=False)
     pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tokens() -> Iterator[None]:
+    """Each test's sources ask their token endpoints afresh: the process-wide cache of
+    access tokens (``connectors.auth.TOKENS``) starts and ends empty."""
+    TOKENS.clear()
+    yield
+    TOKENS.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -109,6 +109,82 @@ def test_each_assertion_has_a_new_jti_and_the_token_is_refreshed_before_expiry()
     assert len(jtis) == 2
 
 
+SMART_KEY = pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+
+def smart_auth(**changes: str) -> dict[str, str]:
+    return {
+        "kind": "smart",
+        "client_id": "askonce-client",
+        "private_key_pem": SMART_KEY,
+        "kid": "key-1",
+        "scope": "system/Patient.rs",
+        **changes,
+    }
+
+
+def test_sources_built_again_share_their_clients_token() -> None:
+    """A sync builds its source again for each chunk (a page, on a worker): the token, and
+    the SMART discovery before it, are asked for once per client, not once per page."""
+    assertions: list[str] = []
+    tokens: list[str] = []
+    handler = smart_server(assertions, tokens)
+    for _chunk in range(3):
+        source = make_source(handler, auth=smart_auth())
+        list(source.stream("Patient"))
+        source.close()
+    paths = [r.url.path for r in handler.requests]
+    assert paths.count("/oauth2/token") == 1
+    assert paths.count("/fhir/.well-known/smart-configuration") == 1
+    assert {
+        r.headers["Authorization"] for r in handler.requests if r.url.path == "/fhir/Patient"
+    } == {"Bearer access-0"}
+    # Another client, scope or key is another token.
+    other_key = pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    for changes in (
+        {"client_id": "other-client"},
+        {"scope": "system/*.rs"},
+        {"private_key_pem": other_key},
+    ):
+        list(make_source(handler, auth=smart_auth(**changes)).stream("Patient"))
+    assert [r.url.path for r in handler.requests].count("/oauth2/token") == 4
+
+
+def test_a_refused_shared_token_is_replaced_for_every_source() -> None:
+    """A 401 (the EHR revoked the token) drops it from the shared cache: the next source
+    built uses the fresh one instead of meeting the 401 again."""
+    issued: list[str] = []
+    used: list[str | None] = []  # as sent (a retried request's headers change afterwards)
+
+    def answer(request: httpx.Request, _n: int) -> httpx.Response:
+        if request.url.path == "/fhir/Patient":
+            used.append(request.headers.get("Authorization"))
+        if request.url.path == "/oauth2/token":
+            issued.append(f"token-{len(issued)}")
+            return httpx.Response(200, json={"access_token": issued[-1], "expires_in": 3600})
+        if request.headers.get("Authorization") == "Bearer token-0" and len(issued) == 1:
+            return httpx.Response(401)  # token-0 was revoked after its first use
+        return httpx.Response(200, json=searchset([patient("a")]))
+
+    handler = Recorder(answer)
+    auth = {
+        "kind": "client_credentials",
+        "token_url": TOKEN_URL,
+        "client_id": "c",
+        "client_secret": "s3cret",
+    }
+    list(make_source(handler, auth=auth).stream("Patient"))  # 401, then token-1
+    list(make_source(handler, auth=auth).stream("Patient"))
+    list(make_source(handler, auth={**auth, "client_secret": "rotated"}).stream("Patient"))
+    assert issued == ["token-0", "token-1", "token-2"]  # the rotated secret asks its own
+    assert used == [
+        "Bearer token-0",
+        "Bearer token-1",  # the same request, sent again with a fresh token
+        "Bearer token-1",  # the next source: the shared, fresh token
+        "Bearer token-2",
+    ]
+
+
 def test_smart_rejects_algorithms_other_than_rs384_and_es384() -> None:
     with pytest.raises(ValueError, match="RS384"):
         build_auth(

@@ -5,16 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from connectors import Page, PermanentError, TransientError
+from connectors import Page, PermanentError, Source, SourceConfig, TransientError, build_source
 from store import CursorRepository
 from store.models import Encounter, SourceRecord, SyncRun
 from sync import TaskContext, run_source
 from sync.pipeline import split_page
 from sync.runner import CURSOR_TRAIL_WINDOW
+from tests.connectors.helpers import BASE, Recorder, searchset
+from tests.connectors.helpers import patient as connector_patient
 from tests.sync.helpers import (
     ScriptedSource,
     add_source,
@@ -254,3 +257,67 @@ def test_a_stream_that_loops_is_stopped_and_the_run_keeps_a_bounded_trail(
         trail = run.detail["seen"]["Patient"]
         assert len(trail["recent"]) == min(pages, CURSOR_TRAIL_WINDOW)
         assert trail["pages"] == pages
+
+
+def test_a_run_of_one_page_per_chunk_asks_for_one_token(
+    engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    """Each chunk builds the source again; the OAuth token it got in the first chunk serves
+    the whole run (the EHR's token endpoint is asked once, not once per page)."""
+    token_requests: list[str] = []
+    everyone = [connector_patient(f"p{n}", stamp=f"2026-01-0{n + 1}T00:00:00Z") for n in range(8)]
+
+    def answer(request: httpx.Request, _n: int) -> httpx.Response:
+        if request.url.path == "/oauth2/token":
+            token_requests.append(request.method)
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
+        assert request.headers["Authorization"] == "Bearer t"
+        if request.url.path == "/fhir/Encounter":
+            return httpx.Response(200, json=searchset([]))
+        # Honours _lastUpdated=ge… (a chunk resumes by it) and pages by two.
+        since = request.url.params.get("_lastUpdated", "ge")[2:]
+        found = [p for p in everyone if p["meta"]["lastUpdated"] >= since]
+        page = int(request.url.params.get("page", "0"))
+        following = None
+        if 2 * page + 2 < len(found):
+            following = f"{BASE}/Patient?_lastUpdated=ge{since}&page={page + 1}"
+        return httpx.Response(200, json=searchset(found[2 * page : 2 * page + 2], following))
+
+    handler = Recorder(answer)
+    source_id = add_source(
+        session_factory,
+        kind="fhir",
+        base_url=BASE,
+        auth={
+            "kind": "client_credentials",
+            "token_url": "https://ehr.example/oauth2/token",
+            "client_id": "askonce",
+            "client_secret": "s3cret",
+        },
+        config={"requests_per_s": None},
+    )
+    context = _context(engine, session_factory)
+    queue: list[tuple[int, int, str]] = []
+
+    def factory(config: SourceConfig) -> Source:
+        return build_source(config, transport=handler.transport)
+
+    chunk = run_source(
+        context, source_id, requeue=lambda *a: queue.append(a), source_factory=factory
+    )
+    chunks = 1
+    while queue:
+        sid, run_id, token = queue.pop()
+        chunk = run_source(
+            context,
+            sid,
+            run_id=run_id,
+            token=token,
+            requeue=lambda *a: queue.append(a),
+            source_factory=factory,
+        )
+        chunks += 1
+    assert chunk.status == "ok" and chunks >= 5
+    assert token_requests == ["POST"]
+    with session_factory() as session:
+        assert _counts(session, source_id) == (8, 8)
