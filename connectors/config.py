@@ -155,8 +155,11 @@ class Page:
     resource is the caller's to quarantine). ``cursor`` is opaque: store it in the
     same transaction as the page's data and pass it back to ``stream`` next time.
     ``deleted`` lists ids of resources of ``resource_type`` that the server reports
-    deleted. ``outcomes`` carries OperationOutcomes the server reported alongside
-    the data (Bulk Data ``error[]`` files, search ``outcome`` entries).
+    deleted; ``replaced`` maps ids of Patients the source merged into another Patient
+    (an HL7 v2 A40's prior patient) to the surviving one's id (a FHIR Patient that says
+    so itself, with a ``replaced-by`` link, is found by the pipeline). ``outcomes``
+    carries OperationOutcomes the server reported alongside the data (Bulk Data
+    ``error[]`` files, search ``outcome`` entries).
 
     ``lines`` (pages of :meth:`connectors.source.Source.stream_lines` only) are NDJSON
     lines the connector left undecoded, in file order, each with the file's name and
@@ -171,6 +174,7 @@ class Page:
     deleted: list[str] = field(default_factory=list)
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     lines: list[RawLine] = field(default_factory=list)
+    replaced: dict[str, str] = field(default_factory=dict)
 
 
 #: One undecoded NDJSON line of a :class:`Page`: its bytes, its file's name, its number.

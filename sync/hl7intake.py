@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hl7.mllp import InvalidBlockError, start_hl7_server
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connectors.config import HL7V2_KIND as KIND
@@ -51,9 +51,8 @@ from fhir_mapping.hl7v2 import (
     map_adt,
     parse_hl7,
 )
-from store.models import Encounter, SourceRecord
 from store.models import Source as SourceRow
-from sync.encounters import attach_waiting, golden_ids_of_patients
+from store.models import SourceRecord
 from sync.patients import PatientOptions
 from sync.pipeline import IngestResult, apply_deletions, ingest_page
 from sync.records import STATUS_QUARANTINED
@@ -118,33 +117,19 @@ class AdtResult:
     error: Hl7v2Error | None = None
 
 
-def _move_encounters(session: Session, source_id: int, prior: str, survivor: str) -> None:
-    """Point a merged patient's Encounters at the surviving patient (A40 and the like)."""
-    session.execute(
-        update(Encounter)
-        .where(Encounter.source_id == source_id, Encounter.patient_resource_id == prior)
-        .values(patient_resource_id=survivor)
-        .execution_options(synchronize_session=False)
-    )
-
-
 def handle_adt(
     session: Session, source_id: int, adt: AdtMessage, options: PatientOptions
 ) -> IngestResult:
     """Ingest one mapped ADT message into ``session`` (the caller commits)."""
     result = IngestResult()
     if adt.patient is not None:
-        # A merge's prior patients are deleted with the survivor's page, whose transaction
-        # locks their golden records with its own record (sync.pipeline.ingest_page); their
-        # Encounters move below, whichever happens first.
-        page = Page("Patient", [adt.patient], None, deleted=list(adt.merged_patient_ids))
-        result.add(ingest_page(session, source_id, page, options=options, write_cursor=False))
-    if adt.merged_patient_ids and adt.patient is not None:
+        # A merge's prior patients are retired with the survivor's page, whose transaction
+        # locks their golden records with its own record; their Encounters move to the
+        # survivor (sync.pipeline.retire_replaced, as for a FHIR replaced-by link).
         survivor = str(adt.patient["id"])
-        for prior in adt.merged_patient_ids:
-            _move_encounters(session, source_id, prior, survivor)
-        golden = golden_ids_of_patients(session, source_id, [survivor])
-        result.attached += attach_waiting(session, source_id, golden)
+        replaced = {prior: survivor for prior in adt.merged_patient_ids if prior != survivor}
+        page = Page("Patient", [adt.patient], None, replaced=replaced)
+        result.add(ingest_page(session, source_id, page, options=options, write_cursor=False))
     if adt.encounter is not None:
         page = Page("Encounter", [adt.encounter], None)
         result.add(ingest_page(session, source_id, page, options=options, write_cursor=False))

@@ -35,6 +35,7 @@ from sync.records import (
     RECORD_JSON,
     RECORD_UPDATE_COLUMNS,
     STATUS_ACTIVE,
+    STATUS_DELETED,
     Incoming,
     StoredRecord,
     is_unchanged,
@@ -78,6 +79,33 @@ class PatientOutcome:
     review_items: int = 0
     #: Resource id of each resolved Patient -> its golden id.
     golden_by_resource: dict[str, str] = field(default_factory=dict)
+    #: Stored, valid Patients that say the source replaced them (a ``replaced-by`` link):
+    #: their id -> the surviving Patient's id. Not resolved; the caller retires them.
+    replaced: dict[str, str] = field(default_factory=dict)
+
+
+def replaced_by(raw: dict[str, Any]) -> str | None:
+    """The id of the Patient that replaced this one in its own source, when it says so.
+
+    A ``link`` of type ``replaced-by`` (the source merged this Patient into another: "the
+    patient resource containing this link must no longer be used",
+    https://hl7.org/fhir/R4/codesystem-link-type.html) whose ``other`` is a relative
+    reference ``Patient/<id>``: a Patient of the same server. An absolute or logical
+    reference may name another system's record, which this source cannot vouch for."""
+    links = raw.get("link")
+    if not links or not isinstance(links, list):
+        return None
+    own = raw.get("id")
+    for link in links:
+        if not isinstance(link, dict) or link.get("type") != "replaced-by":
+            continue
+        other = link.get("other")
+        reference = other.get("reference") if isinstance(other, dict) else None
+        if isinstance(reference, str) and reference.startswith("Patient/"):
+            target = reference[len("Patient/") :]
+            if target and "/" not in target and target != own:
+                return target
+    return None
 
 
 def ingest_patients(
@@ -108,7 +136,7 @@ def ingest_patients(
     stamps: dict[Any, Any] = {None: None}
     for item in incoming:
         current = stored.get(item.resource_id)
-        if is_unchanged(current, item):
+        if is_unchanged(current, item) or _still_replaced(current, item):
             outcome.skipped += 1
             continue
         if item.shape_error is not None:
@@ -148,10 +176,14 @@ def ingest_patients(
             )
         else:
             updates.append((*values, None, item.line_digest, encoded, current.id))
-        valid.append((item.resource_id, patient, features))
         outcome.stored += 1
+        survivor = replaced_by(item.raw) if patient.links else None
+        if survivor is not None:
+            outcome.replaced[item.resource_id] = survivor  # kept, never matched
+            continue
+        valid.append((item.resource_id, patient, features))
     session.flush()  # quarantined records go out before the driver-level statements
-    if not valid:
+    if not valid and not outcome.replaced:
         return outcome
     ids = {resource_id: record.id for resource_id, record in stored.items()}
     ids.update(_insert_records(session, bulk, source_id, new_rows))
@@ -159,6 +191,8 @@ def ingest_patients(
     _expire_records(session, [row[-1] for row in updates])
     if options.pins:
         _pin(session, ids, options.pins)
+    if not valid:
+        return outcome
     # What the MPI reads of a source record: its id, source and resource id (plain
     # objects, never added to the session).
     batch = [
@@ -181,6 +215,19 @@ def ingest_patients(
     )
     _record_resolutions(outcome, batch, resolutions)
     return outcome
+
+
+def _still_replaced(current: StoredRecord | None, item: Incoming) -> bool:
+    """A retired Patient read again as it was (a re-sync): it stays retired. (A deleted
+    resource that comes back is stored again; one that still says it was replaced is not
+    back.)"""
+    return (
+        current is not None
+        and current.status == STATUS_DELETED
+        and current.content_hash == item.content_hash
+        and "link" in item.raw
+        and replaced_by(item.raw) is not None
+    )
 
 
 def _pin(session: Session, ids: dict[str, int], pins: Sequence[tuple[str, str, str]]) -> None:

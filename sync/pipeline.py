@@ -7,7 +7,9 @@ call it). For one :class:`connectors.Page` it
 2. skips the unchanged ones, and quarantines the invalid ones with their error;
 3. stores the valid ones and resolves Patients through :mod:`mpi` in batches;
 4. attaches Encounters to their patient's golden record (or lets them wait);
-5. applies the page's deletions (``_history`` DELETE entries, Bulk ``deleted``);
+5. applies the page's deletions (``_history`` DELETE entries, Bulk ``deleted``) and
+   retires the Patients the source merged into another (a ``replaced-by`` link, an HL7 v2
+   A40: :func:`retire_replaced`);
 6. writes the cursor that follows the page,
 
 all in the caller's session: the caller commits once, so the page's records and
@@ -18,11 +20,11 @@ https://hl7.org/fhir/R4/http.html#history, https://hl7.org/fhir/uv/bulkdata/expo
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from connectors import Page
@@ -31,6 +33,7 @@ from mpi import (
     golden_block_keys,
     holds_block_locks,
     lock_goldens,
+    merge_golden,
     recompute_goldens,
     settle_review_items,
     uses_block_locks,
@@ -46,9 +49,10 @@ from sync.encounters import (
     ingest_encounters,
     outbox_row,
 )
-from sync.patients import PatientOptions, ingest_patients
+from sync.patients import PatientOptions, ingest_patients, replaced_by
 from sync.records import (
     LOOKUP_CHUNK,
+    STATUS_ACTIVE,
     STATUS_DELETED,
     Incoming,
     KnownLine,
@@ -62,6 +66,8 @@ from sync.records import (
 
 log = logging.getLogger(__name__)
 
+#: Who merges a golden record into another because its source merged their Patients.
+SOURCE_MERGE_ACTOR = "mpi"
 #: Resource types the pipeline understands; resources of other types are kept quarantined.
 SUPPORTED_TYPES = ("Patient", "Encounter")
 #: Patients resolved per transaction when a page holds more (see :func:`split_page`).
@@ -106,7 +112,7 @@ def split_page(page: Page) -> list[Page]:
     The MPI holds an advisory lock on every block key of the Patients it resolves until
     the transaction ends (keys hashed into :data:`mpi.resolve.LOCK_SLOTS` slots, so the
     lock table stays bounded); a smaller transaction lets other writers in sooner. Only
-    the last part carries the cursor and the deletions.
+    the last part carries the cursor, the deletions and the replacements.
     """
     limit = MAX_PATIENTS_PER_TRANSACTION
     if page.resource_type != "Patient" or len(page.resources) + len(page.lines) <= limit:
@@ -121,7 +127,15 @@ def split_page(page: Page) -> list[Page]:
         for i in range(0, len(page.lines), limit)
     )
     last = parts[-1]
-    parts[-1] = Page(rtype, last.resources, page.cursor, page.deleted, page.outcomes, last.lines)
+    parts[-1] = Page(
+        rtype,
+        last.resources,
+        page.cursor,
+        page.deleted,
+        page.outcomes,
+        last.lines,
+        replaced=page.replaced,
+    )
     return parts
 
 
@@ -241,14 +255,16 @@ def ingest_page(
     result = IngestResult(resources=len(entries))
     unique, skipped = _to_ingest(entries, rtype)
     result.skipped += skipped
+    replaced: dict[str, str] = {}
     if rtype == "Patient":
-        # The golden records the page's deletions will rebuild are locked with its records'
-        # keys, in the one lock call a transaction makes (mpi.resolve.lock_block_keys).
+        # The golden records the page's deletions and replacements will rebuild (or merge)
+        # are locked with its records' keys, in the one lock call a transaction makes
+        # (mpi.resolve.lock_block_keys).
+        claims = {**page.replaced, **_replacement_claims(unique)}
+        touched = [*page.deleted, *claims, *claims.values()]
         also_lock = (
-            golden_block_keys(
-                session, golden_ids_of_patients(session, source_id, page.deleted).values()
-            )
-            if page.deleted and uses_block_locks(session)
+            golden_block_keys(session, golden_ids_of_patients(session, source_id, touched).values())
+            if touched and uses_block_locks(session)
             else []
         )
         patients = ingest_patients(session, source_id, unique, options, also_lock=also_lock)
@@ -258,6 +274,7 @@ def ingest_page(
         result.golden_created += patients.golden_created
         result.review_items += patients.review_items
         result.attached += attach_waiting(session, source_id, patients.golden_by_resource)
+        replaced = {**page.replaced, **patients.replaced}
     elif rtype == "Encounter":
         encounters = ingest_encounters(session, source_id, unique)
         result.stored += encounters.stored
@@ -271,6 +288,10 @@ def ingest_page(
         result.quarantined += len(outcomes)
     if page.deleted:
         result.deleted += apply_deletions(session, source_id, rtype, page.deleted)
+    if replaced:
+        retired = retire_replaced(session, source_id, replaced)
+        result.deleted += retired.deleted
+        result.attached += retired.attached
     if write_cursor and page.cursor is not None:
         CursorRepository(session).set(source_id, rtype, page.cursor)
     session.flush()
@@ -285,6 +306,95 @@ def ingest_page(
         },
     )
     return result
+
+
+def _replacement_claims(entries: Sequence[Incoming]) -> dict[str, str]:
+    """The page's Patients that say another replaced them (before they are validated: what
+    to lock; :func:`sync.patients.ingest_patients` decides on the valid ones)."""
+    claims: dict[str, str] = {}
+    for entry in entries:
+        survivor = replaced_by(entry.raw) if "link" in entry.raw else None
+        if survivor is not None:
+            claims[entry.resource_id] = survivor
+    return claims
+
+
+@dataclass
+class Retired:
+    deleted: int = 0
+    merged: int = 0
+    attached: int = 0
+
+
+def retire_replaced(session: Session, source_id: int, replaced: Mapping[str, str]) -> Retired:
+    """The source merged each Patient of ``replaced`` into the Patient it maps to (a FHIR
+    ``replaced-by`` link, an HL7 v2 A40): the replaced record is no longer used.
+
+    - When the replaced record was all its golden record held, and the survivor's golden
+      record is another, that golden record is merged into the survivor's
+      (:func:`mpi.merge_golden`: its id answers ``replaced-by``, so a consumer that knew it
+      finds the person). The source vouches for the two, and the merged golden record
+      brings nothing else: no other source's record moves on this word.
+    - The replaced record is deleted (:func:`apply_deletions`): its values leave the
+      golden record they fed.
+    - Its Encounters are the survivor's from now on, attached to the survivor's golden
+      record (or waiting for it).
+
+    The caller holds the block locks of every golden record concerned (``ingest_page``)."""
+    retired = Retired()
+    goldens = golden_ids_of_patients(session, source_id, [*replaced, *replaced.values()])
+    for prior, survivor in replaced.items():
+        loser, winner = goldens.get(prior), goldens.get(survivor)
+        if loser is None or winner is None or loser == winner:
+            continue
+        if _others_in(session, loser, source_id, prior):
+            continue
+        merge_golden(
+            session,
+            loser,
+            winner,
+            actor=SOURCE_MERGE_ACTOR,
+            method="AUTO",
+            explanation={"source_id": source_id, "reason": "replaced-by"},
+        )
+        retired.merged += 1
+        for key, golden_id in goldens.items():  # later pairs see the merge
+            if golden_id == loser:
+                goldens[key] = winner
+    retired.deleted = apply_deletions(session, source_id, "Patient", list(replaced))
+    for prior, survivor in replaced.items():
+        session.execute(
+            update(Encounter)
+            .where(Encounter.source_id == source_id, Encounter.patient_resource_id == prior)
+            .values(patient_resource_id=survivor)
+            .execution_options(synchronize_session=False)
+        )
+    survivors = golden_ids_of_patients(session, source_id, sorted(set(replaced.values())))
+    retired.attached = attach_waiting(session, source_id, survivors)
+    log.info(
+        "replaced patients retired",
+        extra={"source_id": source_id, "count": len(replaced), "merged": retired.merged},
+    )
+    return retired
+
+
+def _others_in(session: Session, golden_id: str, source_id: int, resource_id: str) -> bool:
+    """Whether ``golden_id`` holds an active record besides the source's Patient ``resource_id``."""
+    others = session.scalar(
+        select(func.count())
+        .select_from(Link)
+        .join(SourceRecord, SourceRecord.id == Link.source_record_id)
+        .where(
+            Link.golden_id == golden_id,
+            SourceRecord.status == STATUS_ACTIVE,
+            ~and_(
+                SourceRecord.source_id == source_id,
+                SourceRecord.resource_type == "Patient",
+                SourceRecord.resource_id == resource_id,
+            ),
+        )
+    )
+    return bool(others)
 
 
 def _quarantine_unsupported(session: Session, source_id: int, items: Sequence[Incoming]) -> int:

@@ -309,6 +309,9 @@ def test_visit_delete_person_delete_and_merge(
     assert (
         receive(session_factory, source_id, message("A23", pid("MRN001"), pv1("V2"))).code == "AA"
     )
+    with session_factory() as session:
+        prior_golden = golden_of(session, source_id, "MRN001")
+        assert prior_golden is not None and prior_golden != golden_of(session, source_id, "MRN002")
     merged = receive(
         session_factory,
         source_id,
@@ -328,6 +331,10 @@ def test_visit_delete_person_delete_and_merge(
         moved = {e.patient_resource_id: e.golden_id for e in session.scalars(select(Encounter))}
         assert moved == {"MRN002": survivor}  # V1 moved to the survivor, V2 gone
         assert events(session, "encounter.deleted") == 1
+        # The prior patient's golden record held only it: merged into the survivor's, so
+        # its id still finds the person (as for a FHIR replaced-by Patient).
+        prior = session.get(GoldenPatient, prior_golden)
+        assert prior is not None and (prior.status, prior.merged_into) == ("merged", survivor)
     assert receive(session_factory, source_id, message("A29", pid("MRN002"))).code == "AA"
     with session_factory() as session:
         assert records(session, source_id, resource_id="MRN002")[0].status == "deleted"

@@ -202,10 +202,13 @@ def test_a_big_patient_page_commits_in_parts_and_the_cursor_with_the_last(
 ) -> None:
     monkeypatch.setattr("sync.pipeline.MAX_PATIENTS_PER_TRANSACTION", 100)
     big = [patient(f"b{n}", f"Big{n}", f"19{50 + n % 40}-01-0{1 + n % 9}") for n in range(250)]
-    parts = split_page(Page("Patient", big, "end", deleted=["gone"]))
+    parts = split_page(
+        Page("Patient", big, "end", deleted=["gone"], replaced={"prior": "survivor"})
+    )
     assert [len(p.resources) for p in parts] == [100, 100, 50]
     assert [p.cursor for p in parts] == [None, None, "end"]
     assert [p.deleted for p in parts] == [[], [], ["gone"]]
+    assert [p.replaced for p in parts] == [{}, {}, {"prior": "survivor"}]
     source_id = add_source(session_factory)
     source = ScriptedSource({"Patient": [big]})
     done = run_source(
