@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, text
+import pytest
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors import Page
 from mpi import golden_block_keys, holds_block_locks, uses_block_locks
 from mpi.resolve import LOCK_CLASS, lock_slots
 from store.models import Encounter, GoldenPatient, LinkHistory
+from sync import TaskContext, run_source
 from sync.encounters import golden_ids_of_patients
 from sync.pipeline import ingest_page
+from tests.sekmet_server import SekmetFactory
 from tests.sync.helpers import add_source, encounter, events, patient, records
 
 #: Ada as her EHR first registered her, and again at another desk: another phone and
@@ -209,3 +212,39 @@ def test_the_page_locks_both_golden_records_in_its_one_lock_call(
             )
             assert wanted and set(wanted) <= {int(slot) for slot in held}
         session.commit()
+
+
+@pytest.mark.sekmet
+def test_a_merge_in_a_real_fhir_server_reaches_the_golden_records(
+    engine: Engine, session_factory: sessionmaker[Session], sekmet_factory: SekmetFactory
+) -> None:
+    """sekmet-fhir (a server we did not write) serves the merged-away Patient with its
+    replaced-by link; the next incremental sync retires it."""
+    server = sekmet_factory()
+    first = server.create({k: v for k, v in FIRST.items() if k not in ("id", "meta")})
+    second = server.create({k: v for k, v in SECOND.items() if k not in ("id", "meta")})
+    visit = {k: v for k, v in encounter("x", "x").items() if k not in ("id", "meta")}
+    server.create({**visit, "subject": {"reference": f"Patient/{second['id']}"}})
+    source_id = add_source(session_factory, kind="fhir", base_url=server.base_url)
+    context = TaskContext(engine=engine, session_factory=session_factory)
+    assert run_source(context, source_id, max_pages=None).status == "ok"
+    with session_factory() as session:
+        before = goldens(session, source_id, first["id"], second["id"])
+    assert len(set(before.values())) == 2
+    server.update(
+        {
+            **second,
+            "active": False,
+            "link": [{"other": {"reference": f"Patient/{first['id']}"}, "type": "replaced-by"}],
+        }
+    )
+    again = run_source(context, source_id, max_pages=None)
+    assert again.status == "ok" and again.result.deleted == 1
+    with session_factory() as session:
+        gone = session.get(GoldenPatient, before[second["id"]])
+        assert gone is not None and (gone.status, gone.merged_into) == (
+            "merged",
+            before[first["id"]],
+        )
+        moved = session.scalars(select(Encounter)).one()
+        assert (moved.patient_resource_id, moved.golden_id) == (first["id"], before[first["id"]])
