@@ -394,18 +394,28 @@ class StoredState(Protocol):
 
 
 def is_unchanged(existing: StoredState | None, incoming: Incoming) -> bool:
-    """True when ``incoming`` needs no work: same content, or older than what is stored."""
-    if existing is None or existing.status not in UNCHANGED_SKIPPABLE:
+    """True when ``incoming`` needs no work: same content, or older than what is stored.
+
+    A deleted record comes back only with a version newer than the one it had when it was
+    deleted (a resource created again): a version no newer (a push notification overtaken
+    by the deletion, a stale copy of the same version) cannot undo the deletion. Without
+    both ``lastUpdated`` values to compare, what comes back is stored."""
+    if existing is None:
         return False
-    if existing.content_hash == incoming.content_hash:
-        return True
-    # Out-of-order delivery (a push notification overtaken by a sync): never let an
-    # older version overwrite a newer one.
-    return (
+    older = (
         existing.last_updated is not None
         and incoming.last_updated is not None
         and incoming.last_updated < existing.last_updated
     )
+    if existing.status == STATUS_DELETED:
+        return older or (
+            existing.last_updated is not None and incoming.last_updated == existing.last_updated
+        )
+    if existing.status not in UNCHANGED_SKIPPABLE:
+        return False
+    # Out-of-order delivery (a push notification overtaken by a sync): never let an
+    # older version overwrite a newer one.
+    return existing.content_hash == incoming.content_hash or older
 
 
 def quarantine(

@@ -193,8 +193,13 @@ def test_a_deleted_record_line_is_decoded_and_the_record_comes_back(
         apply_deletions(session, source_id, "Patient", ["p1"])
         session.commit()
     decodes.clear()
-    result = ingest(session_factory, source_id, line_page("Patient", [patient("p1")]))
-    assert decodes == [1] and result.stored == 1
+    # The version that was deleted, read again (a stale copy): it stays deleted.
+    stale = ingest(session_factory, source_id, line_page("Patient", [patient("p1")]))
+    assert decodes == [1] and (stale.stored, stale.skipped) == (0, 1)
+    # The resource created again (a newer version): it comes back.
+    again = patient("p1", updated="2026-03-01T00:00:00Z")
+    result = ingest(session_factory, source_id, line_page("Patient", [again]))
+    assert decodes == [1, 1] and result.stored == 1
     with session_factory() as session:
         assert [r.status for r in records(session, source_id)] == ["active"]
 

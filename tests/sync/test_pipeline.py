@@ -216,11 +216,21 @@ def test_deletions_mark_records_deleted_and_remove_encounters(
         ]
         assert session.scalars(select(Encounter)).all() == []
         assert events(session, "encounter.deleted") == 1
-    # A deleted resource that comes back is stored again.
+    # The deleted version, delivered late (a push overtaken by the deletion): still deleted.
     with session_factory() as session:
-        back = ingest_page(session, source_id, Page("Patient", [patient("p2", "Lee")], "p3"))
+        late = ingest_page(session, source_id, Page("Patient", [patient("p2", "Lee")], None))
+        older = patient("p2", "Lee", updated="2025-12-01T00:00:00Z", gender="male")
+        stale = ingest_page(session, source_id, Page("Patient", [older], None))
+        session.commit()
+    assert (late.stored, late.skipped, stale.stored, stale.skipped) == (0, 1, 0, 1)
+    # A deleted resource created again (a newer version) is stored again.
+    with session_factory() as session:
+        again = patient("p2", "Lee", updated="2026-02-01T00:00:00Z")
+        back = ingest_page(session, source_id, Page("Patient", [again], "p3"))
         session.commit()
     assert back.stored == 1
+    with session_factory() as session:
+        assert records(session, source_id, resource_id="p2")[0].status == "active"
 
 
 def test_a_page_locks_its_deletions_golden_records_with_its_own_records(
