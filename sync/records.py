@@ -402,20 +402,24 @@ def is_unchanged(existing: StoredState | None, incoming: Incoming) -> bool:
     both ``lastUpdated`` values to compare, what comes back is stored."""
     if existing is None:
         return False
-    older = (
+    if existing.status == STATUS_DELETED:
+        deleted_at = existing.last_updated
+        return (
+            deleted_at is not None
+            and incoming.last_updated is not None
+            and incoming.last_updated <= deleted_at
+        )
+    if existing.status not in UNCHANGED_SKIPPABLE:
+        return False
+    if existing.content_hash == incoming.content_hash:
+        return True  # (the stored time is converted only below: a re-sync skips most here)
+    # Out-of-order delivery (a push notification overtaken by a sync): never let an
+    # older version overwrite a newer one.
+    return (
         existing.last_updated is not None
         and incoming.last_updated is not None
         and incoming.last_updated < existing.last_updated
     )
-    if existing.status == STATUS_DELETED:
-        return older or (
-            existing.last_updated is not None and incoming.last_updated == existing.last_updated
-        )
-    if existing.status not in UNCHANGED_SKIPPABLE:
-        return False
-    # Out-of-order delivery (a push notification overtaken by a sync): never let an
-    # older version overwrite a newer one.
-    return existing.content_hash == incoming.content_hash or older
 
 
 def quarantine(
