@@ -26,7 +26,7 @@ from store import check_schema_at_head, make_engine, make_session_factory, unit_
 from sync import TaskContext, bind_task_context, create_celery, current_task_context
 from sync.delivery import DEFAULT_DELIVER_S, DeliveryReport, deliver_with
 from sync.retention import PruneReport, prune_with
-from sync.runner import run_source
+from sync.runner import run_chunked
 from sync.scheduling import dispatch_due
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,32 @@ log = logging.getLogger(__name__)
 BROKER_CHECK_TIMEOUT_S = 2.0
 #: How long a stopping server waits for the embedded scheduler's chunk in flight.
 SCHEDULER_STOP_WAIT_S = 60.0
+
+
+@contextmanager
+def _ticking(
+    name: str,
+    interval_s: float,
+    tick: Callable[[threading.Event], None],
+    *,
+    stop_wait_s: float,
+) -> Iterator[threading.Event]:
+    """A daemon thread named ``name`` that calls ``tick(stop)`` every ``interval_s`` while
+    the block runs (what beat does in services mode); the block's end sets ``stop`` and
+    waits up to ``stop_wait_s`` for the tick in flight."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            tick(stop)
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        thread.join(timeout=stop_wait_s)
 
 
 @dataclass
@@ -66,34 +92,32 @@ class Runtime:
         """Embedded mode has no beat: a daemon thread delivers every
         ``delivery_interval_s``, and prunes every ``prune_interval_s``, while the block
         runs. Set the yielded event to stop it."""
-        stop = threading.Event()
+        last_prune: float | None = None
 
-        def loop() -> None:
-            last_prune: float | None = None
-            while not stop.wait(self.settings.delivery_interval_s):
-                try:
-                    self.deliver()
-                except Exception as exc:  # one failed pass must not end delivery for good
-                    # The type only: a database error's text can carry bound values.
-                    log.warning("delivery pass failed", extra={"error": type(exc).__name__})
-                if (
-                    last_prune is not None
-                    and time.monotonic() - last_prune < self.settings.prune_interval_s
-                ):
-                    continue
-                last_prune = time.monotonic()
-                try:
-                    self.prune()
-                except Exception as exc:
-                    log.warning("prune failed", extra={"error": type(exc).__name__})
+        def tick(_stop: threading.Event) -> None:
+            nonlocal last_prune
+            try:
+                self.deliver()
+            except Exception as exc:  # one failed pass must not end delivery for good
+                # The type only: a database error's text can carry bound values.
+                log.warning("delivery pass failed", extra={"error": type(exc).__name__})
+            if last_prune is not None and (
+                time.monotonic() - last_prune < self.settings.prune_interval_s
+            ):
+                return
+            last_prune = time.monotonic()
+            try:
+                self.prune()
+            except Exception as exc:
+                log.warning("prune failed", extra={"error": type(exc).__name__})
 
-        thread = threading.Thread(target=loop, name="askonce-delivery", daemon=True)
-        thread.start()
-        try:
+        with _ticking(
+            "askonce-delivery",
+            self.settings.delivery_interval_s,
+            tick,
+            stop_wait_s=self.settings.delivery_interval_s + 30,
+        ) as stop:
             yield stop
-        finally:
-            stop.set()
-            thread.join(timeout=self.settings.delivery_interval_s + 30)
 
     def run_due(self, stop: threading.Event | None = None) -> list[int]:
         """Sync every source whose schedule is due, one after another in this process (what
@@ -105,18 +129,8 @@ class Runtime:
         context = current_task_context()
 
         def sync(source_id: int) -> None:
-            chunks: list[tuple[int, int, str]] = []
             try:
-                run_source(context, source_id, requeue=lambda *chunk: chunks.append(chunk))
-                while chunks and not (stop is not None and stop.is_set()):
-                    _, run_id, token = chunks.pop()
-                    run_source(
-                        context,
-                        source_id,
-                        run_id=run_id,
-                        token=token,
-                        requeue=lambda *chunk: chunks.append(chunk),
-                    )
+                run_chunked(context, source_id, stop=lambda: stop is not None and stop.is_set())
             except Exception as exc:  # one source must not stop the others' syncs
                 log.warning(
                     "scheduled sync failed",
@@ -130,22 +144,20 @@ class Runtime:
         """Embedded mode has no beat and no worker: a daemon thread runs the sources whose
         schedule is due every ``schedule_interval_s`` (beat's tick), while the block runs. Set
         the yielded event to stop it (a run in flight stops after its chunk)."""
-        stop = threading.Event()
 
-        def loop() -> None:
-            while not stop.wait(self.settings.schedule_interval_s):
-                try:
-                    self.run_due(stop)
-                except Exception as exc:  # the tick itself (the database) failed
-                    log.warning("scheduler tick failed", extra={"error": type(exc).__name__})
+        def tick(stop: threading.Event) -> None:
+            try:
+                self.run_due(stop)
+            except Exception as exc:  # the tick itself (the database) failed
+                log.warning("scheduler tick failed", extra={"error": type(exc).__name__})
 
-        thread = threading.Thread(target=loop, name="askonce-scheduler", daemon=True)
-        thread.start()
-        try:
+        with _ticking(
+            "askonce-scheduler",
+            self.settings.schedule_interval_s,
+            tick,
+            stop_wait_s=SCHEDULER_STOP_WAIT_S,
+        ) as stop:
             yield stop
-        finally:
-            stop.set()
-            thread.join(timeout=SCHEDULER_STOP_WAIT_S)
 
     def broker_check(self) -> Callable[[], None] | None:
         url = self.settings.redis_url

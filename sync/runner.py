@@ -620,3 +620,38 @@ def run_source(
         if requeue is not None:
             requeue(source_id, run_id, token)
             return total
+
+
+def run_chunked(
+    context: TaskContext,
+    source_id: int,
+    *,
+    stop: Callable[[], bool] = lambda: False,
+    source_factory: SourceFactory = build_source,
+    on_chunk: Callable[[ChunkResult], None] | None = None,
+) -> tuple[ChunkResult, int]:
+    """Start (or resume) a run and do it chunk by chunk in this process, as a worker's
+    chain of tasks would (the embedded scheduler; tests): the last chunk's result and
+    how many chunks ran. ``stop`` is asked between two chunks: a run stopped so resumes
+    from its cursor at its next start."""
+    chunks: list[tuple[int, int, str]] = []
+    chunk = run_source(
+        context, source_id, requeue=lambda *a: chunks.append(a), source_factory=source_factory
+    )
+    count = 1
+    while chunks and not stop():
+        if on_chunk is not None:
+            on_chunk(chunk)
+        _, run_id, token = chunks.pop()
+        chunk = run_source(
+            context,
+            source_id,
+            run_id=run_id,
+            token=token,
+            requeue=lambda *a: chunks.append(a),
+            source_factory=source_factory,
+        )
+        count += 1
+    if on_chunk is not None:
+        on_chunk(chunk)
+    return chunk, count

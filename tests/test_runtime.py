@@ -11,12 +11,11 @@ from sqlalchemy import func, select
 
 from askonce.runtime import build_runtime
 from askonce.settings import Settings
-from store import upgrade
 from store.models import SourceRecord, SyncRun
 from sync import run_source
 from sync.context import current_task_context
 from sync.runner import DEFAULT_PAGES_PER_CHUNK
-from tests.sync.helpers import add_source, encounter, patient, write_ndjson
+from tests.sync.helpers import add_source, embedded, encounter, write_ndjson
 
 
 def test_task_context_carries_region_and_match_thresholds(sqlite_url: str) -> None:
@@ -61,11 +60,7 @@ def test_the_embedded_server_syncs_sources_on_their_schedule(tmp_path: Path) -> 
     """No beat, no worker: the server's scheduler thread starts each due source's run, one
     at a time; a source that fails does not stop the others, and a source with no schedule
     is left alone."""
-    url = f"sqlite:///{tmp_path / 'embedded.db'}"
-    upgrade(url)
-    runtime = build_runtime(Settings(database_url=url, schedule_interval_s=0.1))
-    folder = tmp_path / "ehr"
-    write_ndjson(folder, "Patient", [patient(f"p{n}", f"Fam{n}") for n in range(5)])
+    runtime, folder = embedded(tmp_path, schedule_interval_s=0.1)
     write_ndjson(folder, "Encounter", [encounter("e1", "p1")])
     factory = runtime.session_factory
     broken = add_source(factory, "broken", base_url=str(tmp_path / "gone"), schedule="1h")
@@ -92,12 +87,7 @@ def test_the_embedded_server_syncs_sources_on_their_schedule(tmp_path: Path) -> 
 
 
 def test_a_stopped_scheduler_leaves_the_run_between_two_chunks(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'embedded.db'}"
-    upgrade(url)
-    runtime = build_runtime(Settings(database_url=url))
-    folder = tmp_path / "ehr"
-    write_ndjson(folder, "Patient", [patient(f"p{n}", f"Fam{n}") for n in range(5)])
-    write_ndjson(folder, "Encounter", [])
+    runtime, folder = embedded(tmp_path)
     source_id = add_source(
         runtime.session_factory, base_url=str(folder), schedule="1h", config={"page_size": 2}
     )

@@ -7,16 +7,19 @@ import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors import Capabilities, Page, Source, SourceConfig, SourceOptions
 from store import SourceRepository
 from store.models import Outbox, SourceRecord
 from store.types import utcnow
+
+if TYPE_CHECKING:
+    from askonce.runtime import Runtime
 
 LAST_UPDATED = "2026-01-10T10:00:00Z"
 
@@ -74,6 +77,20 @@ def records(session: Session, source_id: int, **where: Any) -> list[SourceRecord
     for key, value in where.items():
         stmt = stmt.where(getattr(SourceRecord, key) == value)
     return list(session.scalars(stmt.order_by(SourceRecord.resource_id)))
+
+
+def held_block_slots(session: Session) -> set[int]:
+    """The block-key advisory lock slots the session's PostgreSQL backend holds now."""
+    from mpi.resolve import LOCK_CLASS
+
+    held = session.scalars(
+        text(
+            "SELECT objid FROM pg_locks WHERE locktype = 'advisory' "
+            "AND pid = pg_backend_pid() AND classid = :cls"
+        ),
+        {"cls": LOCK_CLASS},
+    )
+    return {int(slot) for slot in held}
 
 
 def events(session: Session, event_type: str) -> int:
@@ -168,3 +185,19 @@ class Endpoint:
 
     def bodies(self) -> list[dict[str, Any]]:
         return [json.loads(r.content) for r in self.requests]
+
+
+def embedded(tmp_path: Path, **settings: Any) -> tuple[Runtime, Path]:
+    """An embedded runtime (SQLite ``embedded.db``, tasks in-process) and an NDJSON folder
+    of five Patients and no Encounter."""
+    from askonce.runtime import build_runtime
+    from askonce.settings import Settings
+    from store import upgrade
+
+    url = f"sqlite:///{tmp_path / 'embedded.db'}"
+    upgrade(url)
+    runtime = build_runtime(Settings(database_url=url, **settings))
+    folder = tmp_path / "ehr"
+    write_ndjson(folder, "Patient", [patient(f"p{n}", f"Fam{n}") for n in range(5)])
+    write_ndjson(folder, "Encounter", [])
+    return runtime, folder

@@ -19,16 +19,21 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError, Programm
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from askonce.runtime import build_runtime
-from askonce.settings import Settings
 from connectors import Page
-from store import make_engine, make_session_factory, upgrade
+from store import make_engine, make_session_factory
 from store.errors import transient_database_error
 from store.models import Encounter, SourceRecord, SyncRun
 from sync import DatabaseUnavailableError, TaskContext, run_source
 from sync import runner as runner_module
 from sync.tasks import run_source as run_source_task
-from tests.sync.helpers import ScriptedSource, add_source, encounter, patient, write_ndjson
+from tests.sync.helpers import (
+    ScriptedSource,
+    add_source,
+    embedded,
+    encounter,
+    patient,
+    write_ndjson,
+)
 
 PATIENT_PAGES = [[patient(f"p{page}-{n}", f"Fam{page}{n}") for n in range(3)] for page in range(4)]
 ENCOUNTER_PAGES = [[encounter(f"e{page}", f"p{page}-0")] for page in range(4)]
@@ -302,14 +307,9 @@ def test_the_task_retries_a_chunk_the_database_failed(
 ) -> None:
     """The Celery task (in-process, as embedded mode runs it) retries a chunk that met a
     database failure and finishes the run; a failure a retry cannot cure is not retried."""
-    url = f"sqlite:///{tmp_path / 'tasks.db'}"
-    upgrade(url)
-    runtime = build_runtime(Settings(database_url=url))
-    folder = tmp_path / "ehr"
-    write_ndjson(folder, "Patient", [patient(f"p{n}", f"Fam{n}") for n in range(5)])
-    write_ndjson(folder, "Encounter", [])
+    runtime, folder = embedded(tmp_path)
     source_id = add_source(runtime.session_factory, base_url=str(folder), config={"page_size": 2})
-    locked = locked_sqlite_error(str(tmp_path / "tasks.db"))
+    locked = locked_sqlite_error(str(tmp_path / "embedded.db"))
     real_ingest = runner_module.ingest_page
     calls: list[int] = []
 
@@ -330,7 +330,7 @@ def test_the_task_retries_a_chunk_the_database_failed(
     # A bug is not a hiccup: it fails the task at once, and the run waits for a fix.
     calls.clear()
 
-    with sqlite3.connect(str(tmp_path / "tasks.db")) as conn:
+    with sqlite3.connect(str(tmp_path / "embedded.db")) as conn:
         try:
             conn.execute("SELECT * FROM no_such_table")
         except sqlite3.OperationalError as exc:

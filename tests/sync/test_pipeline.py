@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors import Page
 from mpi import golden_block_keys, holds_block_locks, uses_block_locks
-from mpi.resolve import LOCK_CLASS, lock_slots
+from mpi.resolve import lock_slots
 from store import CursorRepository
 from store.models import Encounter, GoldenPatient, Link, Outbox, SourceRecord
 from sync import content_hash, ingest_page
 from sync.encounters import golden_ids_of_patients
-from tests.sync.helpers import add_source, encounter, events, patient, records
+from tests.sync.helpers import add_source, encounter, events, held_block_slots, patient, records
 
 
 def test_new_patients_are_stored_linked_and_the_cursor_commits_with_them(
@@ -252,16 +252,7 @@ def test_a_page_locks_its_deletions_golden_records_with_its_own_records(
         assert (result.stored, result.deleted) == (1, 1)
         if uses_block_locks(session):
             assert holds_block_locks(session)
-            held = set(
-                session.scalars(
-                    text(
-                        "SELECT objid FROM pg_locks WHERE locktype = 'advisory' "
-                        "AND pid = pg_backend_pid() AND classid = :cls"
-                    ),
-                    {"cls": LOCK_CLASS},
-                )
-            )
-            assert wanted and set(wanted) <= {int(slot) for slot in held}
+            assert wanted and set(wanted) <= held_block_slots(session)
         session.commit()
         golden = session.get(GoldenPatient, gone_golden)
         assert golden is not None and golden.status == "deleted"

@@ -10,18 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors import Page
 from mpi import golden_block_keys, holds_block_locks, uses_block_locks
-from mpi.resolve import LOCK_CLASS, lock_slots
+from mpi.resolve import lock_slots
 from store.models import Encounter, GoldenPatient, LinkHistory
 from sync import TaskContext, run_source
 from sync.encounters import golden_ids_of_patients
 from sync.pipeline import ingest_page
 from tests.sekmet_server import SekmetFactory
-from tests.sync.helpers import add_source, encounter, events, patient, records
+from tests.sync.helpers import add_source, encounter, events, held_block_slots, patient, records
 
 #: Ada as her EHR first registered her, and again at another desk: another phone and
 #: address, so the engine keeps the two apart (name and birth date alone do not link).
@@ -201,16 +201,7 @@ def test_the_page_locks_both_golden_records_in_its_one_lock_call(
         assert result.deleted == 1
         if uses_block_locks(session):
             assert holds_block_locks(session)
-            held = set(
-                session.scalars(
-                    text(
-                        "SELECT objid FROM pg_locks WHERE locktype = 'advisory' "
-                        "AND pid = pg_backend_pid() AND classid = :cls"
-                    ),
-                    {"cls": LOCK_CLASS},
-                )
-            )
-            assert wanted and set(wanted) <= {int(slot) for slot in held}
+            assert wanted and set(wanted) <= held_block_slots(session)
         session.commit()
 
 

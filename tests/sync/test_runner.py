@@ -10,12 +10,12 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from connectors import Page, PermanentError, Source, SourceConfig, TransientError, build_source
+from connectors import Page, PermanentError, TransientError, build_source
 from store import CursorRepository
 from store.models import Encounter, SourceRecord, SyncRun
 from sync import TaskContext, run_source
 from sync.pipeline import split_page
-from sync.runner import CURSOR_TRAIL_WINDOW
+from sync.runner import CURSOR_TRAIL_WINDOW, run_chunked
 from tests.connectors.helpers import BASE, Recorder, searchset
 from tests.connectors.helpers import patient as connector_patient
 from tests.sync.helpers import (
@@ -83,23 +83,14 @@ def test_a_queued_run_does_one_page_per_chunk_and_requeues_itself(
     source_id = add_source(session_factory)
     source = ScriptedSource({"Patient": PATIENT_PAGES, "Encounter": ENCOUNTER_PAGES})
     context = _context(engine, session_factory)
-    queue: list[tuple[int, int, str]] = []
-    chunk = run_source(
-        context, source_id, requeue=lambda *a: queue.append(a), source_factory=lambda _c: source
+    pages: list[int] = []
+    chunk, chunks = run_chunked(
+        context,
+        source_id,
+        source_factory=lambda _c: source,
+        on_chunk=lambda done: pages.append(done.pages),
     )
-    chunks = 1
-    while queue:
-        sid, run_id, token = queue.pop()
-        chunk = run_source(
-            context,
-            sid,
-            run_id=run_id,
-            token=token,
-            requeue=lambda *a: queue.append(a),
-            source_factory=lambda _c: source,
-        )
-        assert chunk.pages <= 1
-        chunks += 1
+    assert max(pages) <= 1
     assert chunk.status == "ok"
     assert chunks >= 8
     with session_factory() as session:
@@ -299,27 +290,11 @@ def test_a_run_of_one_page_per_chunk_asks_for_one_token(
         },
         config={"requests_per_s": None},
     )
-    context = _context(engine, session_factory)
-    queue: list[tuple[int, int, str]] = []
-
-    def factory(config: SourceConfig) -> Source:
-        return build_source(config, transport=handler.transport)
-
-    chunk = run_source(
-        context, source_id, requeue=lambda *a: queue.append(a), source_factory=factory
+    chunk, chunks = run_chunked(
+        _context(engine, session_factory),
+        source_id,
+        source_factory=lambda config: build_source(config, transport=handler.transport),
     )
-    chunks = 1
-    while queue:
-        sid, run_id, token = queue.pop()
-        chunk = run_source(
-            context,
-            sid,
-            run_id=run_id,
-            token=token,
-            requeue=lambda *a: queue.append(a),
-            source_factory=factory,
-        )
-        chunks += 1
     assert chunk.status == "ok" and chunks >= 5
     assert token_requests == ["POST"]
     with session_factory() as session:

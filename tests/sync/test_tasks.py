@@ -6,22 +6,14 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from askonce.runtime import build_runtime
-from askonce.settings import Settings
-from store import upgrade
 from store.models import SyncRun
 from sync.tasks import run_source, schedule_due
-from tests.sync.helpers import add_source, patient, write_ndjson
+from tests.sync.helpers import add_source, embedded
 
 
 def test_run_source_task_runs_a_whole_run_in_process(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'tasks.db'}"
-    upgrade(url)
-    runtime = build_runtime(Settings(database_url=url))
+    runtime, folder = embedded(tmp_path)
     assert runtime.celery.conf.task_always_eager
-    folder = tmp_path / "ehr"
-    write_ndjson(folder, "Patient", [patient(f"p{n}", f"Fam{n}") for n in range(5)])
-    write_ndjson(folder, "Encounter", [])
     source_id = add_source(
         runtime.session_factory, base_url=str(folder), config={"page_size": 2}, schedule="1h"
     )
