@@ -30,13 +30,11 @@ from tests.sync.helpers import (
     ScriptedSource,
     add_source,
     embedded,
-    encounter,
     patient,
     write_ndjson,
 )
+from tests.sync.test_runner import ENCOUNTER_PAGES, PATIENT_PAGES
 
-PATIENT_PAGES = [[patient(f"p{page}-{n}", f"Fam{page}{n}") for n in range(3)] for page in range(4)]
-ENCOUNTER_PAGES = [[encounter(f"e{page}", f"p{page}-0")] for page in range(4)]
 #: How long the runner's connections wait for a lock in these tests.
 SHORT_WAIT_S = 0.3
 
