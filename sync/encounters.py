@@ -27,12 +27,14 @@ from store.background import Background
 from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, array_sql, chunks, one_of
 from store.models import Base, Encounter, SourceRecord
 from store.types import utcnow
+from sync.patients import replaced_by
 from sync.records import (
     LOOKUP_CHUNK,
     RECORD_COLUMNS,
     RECORD_JSON,
     RECORD_UPDATE_COLUMNS,
     STATUS_ACTIVE,
+    STATUS_DELETED,
     STATUS_PENDING,
     Incoming,
     StoredRecord,
@@ -257,6 +259,45 @@ _SQLITE_GOLDEN_IDS = (
 )
 
 
+#: Links of ``replaced-by`` a subject is followed through, at most (a merge of a merge...).
+MAX_REPLACEMENTS = 5
+
+
+def replacements(session: Session, source_id: int, patient_ids: Sequence[str]) -> dict[str, str]:
+    """Patient id -> the id of the Patient its source replaced it with, for the retired
+    ones among ``patient_ids`` (a deleted record whose last version has a ``replaced-by``
+    link: :func:`sync.pipeline.retire_replaced`), followed to the last survivor."""
+    direct: dict[str, str] = {}
+    frontier = list(dict.fromkeys(patient_ids))
+    for _hop in range(MAX_REPLACEMENTS):
+        if not frontier:
+            break
+        found: dict[str, str] = {}
+        for chunk in chunks(frontier, LOOKUP_CHUNK):
+            rows = session.execute(
+                select(SourceRecord.resource_id, SourceRecord.raw).where(
+                    SourceRecord.source_id == source_id,
+                    SourceRecord.resource_type == "Patient",
+                    SourceRecord.resource_id.in_(chunk),
+                    SourceRecord.status == STATUS_DELETED,
+                )
+            )
+            for resource_id, raw in rows:
+                survivor = replaced_by(raw) if isinstance(raw, dict) else None
+                if survivor is not None:
+                    found[resource_id] = survivor
+        direct.update(found)
+        frontier = [s for s in found.values() if s not in direct]
+    out: dict[str, str] = {}
+    for patient_id in patient_ids:
+        target, hops = patient_id, 0
+        while target in direct and hops < MAX_REPLACEMENTS:
+            target, hops = direct[target], hops + 1
+        if target != patient_id:
+            out[patient_id] = target
+    return out
+
+
 def golden_ids_of_patients(
     session: Session, source_id: int, patient_ids: Sequence[str]
 ) -> dict[str, str]:
@@ -310,7 +351,10 @@ class _PageWriter:
         current: _Stored | None,
         golden_id: str | None,
         status: str,
+        patient_id: str | None,
     ) -> None:
+        """``patient_id``: the Patient the row is attached through (the subject, or the
+        Patient its source replaced the subject with)."""
         bulk = self.bulk
         # The timestamps by one lookup each where they were encoded before (most are).
         stamps = _TIMESTAMPS[bulk.postgresql]
@@ -339,7 +383,7 @@ class _PageWriter:
         coding = encounter.class_code
         values = (
             self.source_id,
-            encounter.patient_id,
+            patient_id,
             golden_id,
             encounter.status,
             coding.code if coding else None,
@@ -686,6 +730,10 @@ def ingest_encounters(
     ]
     golden = golden_ids_of_patients(session, source_id, patients)
     asked = set(patients)
+    # Subjects the source merged into another Patient: the Encounter is the survivor's.
+    survivors = replacements(session, source_id, [p for p in asked if p not in golden])
+    if survivors:
+        golden.update(golden_ids_of_patients(session, source_id, list(survivors.values())))
     writer = _PageWriter(session, source_id)
     invalid: list[tuple[Incoming, _Stored | None, dict[str, Any]]] = []
     try:
@@ -706,12 +754,12 @@ def ingest_encounters(
                 writer.background.wait()
                 golden.update(golden_ids_of_patients(session, source_id, [patient_id]))
                 asked.add(patient_id)
+            patient_id = survivors.get(patient_id, patient_id) if patient_id else None
             golden_id = golden.get(patient_id) if patient_id else None
             waiting = patient_id is not None and golden_id is None
             outcome.waiting += waiting
-            writer.add(
-                item, encounter, current, golden_id, STATUS_PENDING if waiting else STATUS_ACTIVE
-            )
+            status = STATUS_PENDING if waiting else STATUS_ACTIVE
+            writer.add(item, encounter, current, golden_id, status, patient_id)
             outcome.stored += 1
         writer.send_all_new()
     except BaseException:

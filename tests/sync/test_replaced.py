@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from connectors import Page
 from mpi import golden_block_keys, holds_block_locks, uses_block_locks
 from mpi.resolve import lock_slots
-from store.models import Encounter, GoldenPatient, LinkHistory
+from store.models import Encounter, GoldenPatient, LinkHistory, SourceRecord
 from sync import TaskContext, run_source
 from sync.encounters import golden_ids_of_patients
 from sync.pipeline import ingest_page
@@ -91,6 +91,21 @@ def test_a_patient_merged_in_its_ehr_leaves_and_its_golden_record_follows(
         history = session.scalars(select(LinkHistory).where(LinkHistory.action == "merge")).one()
         assert (history.actor, history.method) == ("mpi", "AUTO")
         assert history.explanation == {"source_id": source_id, "reason": "replaced-by"}
+    # The EHR did not repoint the visit: a new version of it, and a new visit, still name
+    # the merged-away Patient. Both are the survivor's.
+    later = [encounter("e2", "p2", status="cancelled"), encounter("e3", "p2")]
+    visits = ingest(session_factory, source_id, Page("Encounter", later, "2"))
+    assert (visits.stored, visits.waiting) == (2, 0)
+    with session_factory() as session:
+        joined = select(SourceRecord.resource_id, Encounter).join(
+            Encounter, Encounter.source_record_id == SourceRecord.id
+        )
+        rows = {resource_id: row for resource_id, row in session.execute(joined)}
+        assert set(rows) == {"e2", "e3"}
+        assert {(e.patient_resource_id, e.golden_id) for e in rows.values()} == {
+            ("p1", before["p1"])
+        }
+        assert rows["e2"].status == "cancelled"
     # Read again unchanged: nothing happens twice.
     again = ingest(
         session_factory, source_id, Page("Patient", [merged_away(SECOND, "Patient/p1")], "3")
