@@ -160,8 +160,38 @@ class RateLimiter:
             self._sleep(start - now)
 
 
+class RateLimiters:
+    """The process's rate limiters, one per source base URL and rate: a sync builds its
+    source again for every chunk (a page, on a worker), and a limiter of its own would
+    let each chunk's first request go at once, whatever the last chunk's did."""
+
+    def __init__(self) -> None:
+        self._limiters: dict[tuple[str, float], RateLimiter] = {}
+        self._lock = threading.Lock()
+
+    def get(self, base_url: str, requests_per_s: float | None, sleep: Sleep) -> RateLimiter:
+        if not requests_per_s or sleep is not time.sleep:
+            # No limit, or a test's own clock: nothing to share.
+            return RateLimiter(requests_per_s, sleep=sleep)
+        with self._lock:
+            key = (base_url, float(requests_per_s))
+            limiter = self._limiters.get(key)
+            if limiter is None:
+                limiter = self._limiters[key] = RateLimiter(requests_per_s, sleep=sleep)
+            return limiter
+
+    def clear(self) -> None:
+        with self._lock:
+            self._limiters.clear()
+
+
+#: The process's rate limiters.
+LIMITERS = RateLimiters()
+
+
 class FhirHttp:
-    """A source's HTTP session. Not shared between sources (each has its own rate limit)."""
+    """A source's HTTP session. Its rate limit is shared by the sessions of the same base URL
+    and rate in the process (:class:`RateLimiters`), as its chunks follow one another."""
 
     def __init__(
         self,
@@ -174,7 +204,7 @@ class FhirHttp:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.policy = RetryPolicy.from_options(options)
-        self.limiter = RateLimiter(options.requests_per_s, sleep=sleep)
+        self.limiter = LIMITERS.get(self.base_url, options.requests_per_s, sleep)
         self._sleep = sleep
         self.client = httpx.Client(
             auth=auth,

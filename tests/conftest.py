@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from askonce.settings import get_settings
 from connectors.auth import TOKENS
+from connectors.http import LIMITERS
 from store import ALL_TABLES, make_engine, make_session_factory, upgrade
 
 pytest_plugins: list[str] = ["tests.sekmet_server"]
@@ -39,12 +40,15 @@ def service_unavailable(what: str, why: object) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_tokens() -> Iterator[None]:
-    """Each test's sources ask their token endpoints afresh: the process-wide cache of
-    access tokens (``connectors.auth.TOKENS``) starts and ends empty."""
+def _fresh_connector_state() -> Iterator[None]:
+    """Each test's sources ask their token endpoints afresh and start their rate limits
+    anew: the process's access tokens (``connectors.auth.TOKENS``) and rate limiters
+    (``connectors.http.LIMITERS``) start and end empty."""
     TOKENS.clear()
+    LIMITERS.clear()
     yield
     TOKENS.clear()
+    LIMITERS.clear()
 
 
 @pytest.fixture(autouse=True)

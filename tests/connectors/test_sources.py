@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -13,9 +14,11 @@ from connectors import (
     BulkExportError,
     Cursor,
     CursorTracker,
+    FhirHttp,
     RateLimiter,
     RestSource,
     SourceConfig,
+    SourceOptions,
     build_source,
 )
 from connectors.cursor import parse_instant
@@ -204,6 +207,24 @@ def test_rate_limit_spaces_requests_evenly() -> None:
     for _ in range(5):
         limiter.acquire()
     assert sleeps == [0.25, 0.25, 0.25, 0.25]
+
+
+def test_a_sources_rate_limit_outlives_its_chunk() -> None:
+    """Each chunk of a sync builds its source again: the rate limit is the process's per
+    base URL and rate, so a chunk's first request waits for the last chunk's spacing."""
+    options = SourceOptions.from_dict({"requests_per_s": 2.0})
+    first = FhirHttp(BASE, options)
+    second = FhirHttp(BASE, options)  # the next chunk
+    assert first.limiter is second.limiter
+    first.limiter.acquire()
+    # The next request may start half a second after the last one, whichever chunk asks.
+    assert second.limiter._next - time.monotonic() > 0.4
+    faster = FhirHttp(BASE, SourceOptions.from_dict({"requests_per_s": 5.0}))
+    elsewhere = FhirHttp("https://other.example/fhir", options)
+    unlimited = FhirHttp(BASE, SourceOptions.from_dict({"requests_per_s": None}))
+    assert len({id(h.limiter) for h in (first, faster, elsewhere, unlimited)}) == 4
+    for http in (first, second, faster, elsewhere, unlimited):
+        http.close()
 
 
 def test_source_rate_limit_applies_to_every_request() -> None:
