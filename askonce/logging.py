@@ -66,6 +66,8 @@ ALLOWED_EXTRA_KEYS = frozenset(
         # Bulk Data exports: the job's id and its counts
         "job",
         "files",
+        # a source's merges followed into the golden records: a count
+        "merged",
     }
 )
 
