@@ -298,6 +298,23 @@ def replacements(session: Session, source_id: int, patient_ids: Sequence[str]) -
     return out
 
 
+def _look_up_subjects(
+    session: Session,
+    source_id: int,
+    patient_ids: Sequence[str],
+    golden: dict[str, str],
+    survivors: dict[str, str],
+) -> None:
+    """Add the golden ids of ``patient_ids`` to ``golden``; for a subject the source merged
+    into another Patient, its survivor to ``survivors`` (the Encounter is the survivor's)
+    and the survivor's golden id to ``golden``."""
+    golden.update(golden_ids_of_patients(session, source_id, patient_ids))
+    retired = replacements(session, source_id, [p for p in patient_ids if p not in golden])
+    if retired:
+        survivors.update(retired)
+        golden.update(golden_ids_of_patients(session, source_id, list(retired.values())))
+
+
 def golden_ids_of_patients(
     session: Session, source_id: int, patient_ids: Sequence[str]
 ) -> dict[str, str]:
@@ -728,12 +745,10 @@ def ingest_encounters(
         for item, _ in changed
         if item.shape_error is None and (patient_id := _subject_of(item.raw)) is not None
     ]
-    golden = golden_ids_of_patients(session, source_id, patients)
+    golden: dict[str, str] = {}
+    survivors: dict[str, str] = {}
+    _look_up_subjects(session, source_id, patients, golden, survivors)
     asked = set(patients)
-    # Subjects the source merged into another Patient: the Encounter is the survivor's.
-    survivors = replacements(session, source_id, [p for p in asked if p not in golden])
-    if survivors:
-        golden.update(golden_ids_of_patients(session, source_id, list(survivors.values())))
     writer = _PageWriter(session, source_id)
     invalid: list[tuple[Incoming, _Stored | None, dict[str, Any]]] = []
     try:
@@ -752,7 +767,7 @@ def ingest_encounters(
             patient_id = encounter.patient_id
             if patient_id is not None and patient_id not in asked:
                 writer.background.wait()
-                golden.update(golden_ids_of_patients(session, source_id, [patient_id]))
+                _look_up_subjects(session, source_id, [patient_id], golden, survivors)
                 asked.add(patient_id)
             patient_id = survivors.get(patient_id, patient_id) if patient_id else None
             golden_id = golden.get(patient_id) if patient_id else None

@@ -218,9 +218,9 @@ def ingest_patients(
 
 
 def _still_replaced(current: StoredRecord | None, item: Incoming) -> bool:
-    """A retired Patient read again as it was (a re-sync): it stays retired. (A deleted
-    resource that comes back is stored again; one that still says it was replaced is not
-    back.)"""
+    """A retired Patient read again with the same content and a newer ``meta`` (a server
+    that touched it): it stays retired. (A deleted record that comes back as a newer
+    version is stored again; one that still says it was replaced is not back.)"""
     return (
         current is not None
         and current.status == STATUS_DELETED
