@@ -58,6 +58,7 @@ from sync import (
     SourceChange,
     SourceSettingsError,
     TaskContext,
+    catchup,
     check_source,
     refresh_goldens,
     removal_plan,
@@ -279,6 +280,13 @@ def sources_status(
                     f"  last run: {run.status}, started {started}"
                     f", pages {run.pages}, resources {run.resources}, unchanged {run.skipped}, "
                     f"quarantined {run.quarantined}, errors {run.errors}"
+                )
+            owed = catchup.owed_since(session, source.id)
+            if owed is not None:
+                out.print(
+                    f"  [yellow]catch-up owed[/yellow] since {owed.isoformat(timespec='seconds')}"
+                    ": its push notifications skipped events, and no sync has read them since"
+                    " (the next scheduler tick starts one)"
                 )
             out.print(
                 "  records: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")

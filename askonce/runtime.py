@@ -241,6 +241,7 @@ def build_runtime(settings: Settings | None = None, *, check_schema: bool = True
             else "",
             outbox_retention_days=settings.outbox_retention_days,
             run_retention_days=settings.run_retention_days,
+            stall_after_s=settings.sync_stall_after_s,
             run_export=lambda job_id: run_export(
                 session_factory, job_id, export_settings(settings)
             ).as_dict(),

@@ -99,6 +99,15 @@ class Settings(BaseSettings):
             " the server's own in embedded mode."
         ),
     )
+    sync_stall_after_s: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "A running sync with no committed page for this long counts as crashed and is"
+            " resumed by the next tick (s); also the wait before a failed catch-up sync"
+            " (a gap in a source's push notifications) is tried again."
+        ),
+    )
     delivery_interval_s: float = Field(
         default=5.0,
         gt=0,

@@ -47,10 +47,12 @@ CatchUp = Callable[[int], None]
 
 
 def queue_catch_up(source_id: int) -> None:
-    """Start (or resume) a sync of the source through the task queue (in-process when embedded)."""
-    from sync.tasks import run_source
+    """Start (or resume) a sync of the source through the task queue (in-process when
+    embedded). One that fails is owed still: the scheduler's next tick tries again
+    (:mod:`sync.catchup`)."""
+    from sync.tasks import run_source, send_after_answer
 
-    run_source.apply_async(kwargs={"source_id": source_id})
+    send_after_answer(run_source, source_id=source_id)
 
 
 def catch_up_trigger() -> CatchUp:

@@ -12,6 +12,9 @@ What an operator alerts on:
 
 - ``time() - askonce_sync_last_success_timestamp_seconds > 2 * schedule``: a source
   stopped syncing (and ``askonce_sync_last_run_failed``: its last run failed);
+- ``time() - askonce_sync_catch_up_owed_timestamp_seconds`` that keeps growing: a gap in
+  a source's push notifications whose catch-up sync has not succeeded yet (the EHR is
+  down, or refuses the credentials);
 - ``askonce_source_records{status="quarantined"}`` rising: a source sends what does not
   validate;
 - ``askonce_outbox_oldest_undelivered_age_seconds``: change events are not being handed
@@ -52,6 +55,7 @@ from store.models import (
     SyncRun,
 )
 from store.types import utcnow
+from sync import catchup
 from sync.delivery import oldest_pending_at
 from sync.runner import RUN_FAILED, RUN_OK, RUN_RUNNING
 
@@ -240,6 +244,15 @@ def _run_families(session: Session, names: dict[int, str]) -> Iterator[Metric]:
         "When the source's latest successful run finished (Unix time).",
         labels=labels,
     )
+    owed = GaugeMetricFamily(
+        "askonce_sync_catch_up_owed_timestamp_seconds",
+        "When a gap in the source's push notifications asked for the catch-up sync it still "
+        "owes (Unix time); absent when it owes none.",
+        labels=labels,
+    )
+    for source_id, at in catchup.owed(session).items():
+        if source_id in names:
+            owed.add_metric([names[source_id]], at.timestamp())
     latest_ids = select(func.max(SyncRun.id)).group_by(SyncRun.source_id).scalar_subquery()
     latest = {
         run.source_id: run
@@ -268,7 +281,7 @@ def _run_families(session: Session, names: dict[int, str]) -> Iterator[Metric]:
         finished_s = _seconds(finished)
         if source_id in names and finished_s is not None:
             success.add_metric([names[source_id]], finished_s)
-    yield from (running, started, failed, resources, quarantined, errors, success)
+    yield from (running, started, failed, resources, quarantined, errors, success, owed)
 
 
 class StoreCollector(Collector):

@@ -67,8 +67,13 @@ class CursorRepository:
             row.updated_at = utcnow()
 
     def clear(self, source_id: int) -> None:
+        """Forget where the source's reads stand (each type starts over). The state rows
+        whose key starts with ``$`` stay: a subscription's last event number, an owed
+        catch-up (``sync.intake``, ``sync.catchup``) are not read positions."""
         for row in self.session.scalars(
-            select(SyncCursor).where(SyncCursor.source_id == source_id)
+            select(SyncCursor).where(
+                SyncCursor.source_id == source_id, ~SyncCursor.resource_type.startswith("$")
+            )
         ):
             self.session.delete(row)
 

@@ -5,7 +5,8 @@ deduplicated by content hash, invalid ones quarantined), resolves Patients
 through :mod:`mpi`, attaches Encounters, applies deletions and writes the cursor,
 all in the caller's transaction. :func:`run_source` drives a whole run, chunk by
 chunk, resumable after a crash; :mod:`sync.tasks` wraps it for Celery and beat;
-:mod:`sync.intake` feeds pushed FHIR Subscription notifications to the same pipeline;
+:mod:`sync.intake` feeds pushed FHIR Subscription notifications to the same pipeline
+(a gap in them is owed a catch-up sync until one succeeds: :mod:`sync.catchup`);
 :func:`reprocess_quarantined` runs a source's quarantined records through it again;
 :func:`update_source` changes a registered source (and :func:`refresh_goldens` renders
 its golden records again when survivorship's inputs changed); :func:`remove_source`

@@ -19,6 +19,8 @@ DEFAULT_REGION = "US"
 DEFAULT_OUTBOX_RETENTION_DAYS = 30
 #: Days finished sync runs are kept (each source's latest run is kept whatever its age).
 DEFAULT_RUN_RETENTION_DAYS = 90
+#: A running run with no committed page for this long is considered crashed and resumed.
+DEFAULT_STALL_AFTER_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class TaskContext:
     outbox_retention_days: int = DEFAULT_OUTBOX_RETENTION_DAYS
     #: Retention of finished sync runs, in days (0: for ever).
     run_retention_days: int = DEFAULT_RUN_RETENTION_DAYS
+    #: A running run with no committed page for this long counts as crashed (s); also the
+    #: wait before a failed catch-up is tried again (sync.scheduling, sync.catchup).
+    stall_after_s: float = DEFAULT_STALL_AFTER_S
     #: ``run(job_id)``: writes a Bulk Data export's files (the gateway's
     #: ``gateway.operations.export.run_export``, wired by the composition root).
     run_export: Callable[[str], dict[str, Any]] | None = None

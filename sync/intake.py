@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from connectors import Page, Source, build_source
 from store import CursorRepository
 from store.models import Source as SourceRow
+from sync import catchup
 from sync.patients import PatientOptions
 from sync.pipeline import IngestResult, ingest_page
 from sync.runner import (
@@ -257,6 +258,8 @@ def handle_notification(
     result = IntakeResult(kind=note.kind, gap=note.kind == KIND_PING)
     if note.kind in NOTIFICATION_KINDS:
         result.gap = _detect_gap(session, source_id, note)
+    if result.gap:  # owed until a run started from now on finishes (sync.catchup)
+        catchup.owe(session, source_id)
     by_type: dict[str, list[dict[str, Any]]] = {t: [] for t in INTAKE_TYPES}
     carried: set[tuple[str, str]] = set()
     for resource in note.resources:

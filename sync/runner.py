@@ -43,6 +43,7 @@ from store.errors import transient_database_error
 from store.models import Source as SourceRow
 from store.models import SyncRun
 from store.types import utcnow
+from sync import catchup
 from sync.context import DEFAULT_REGION, TaskContext, bound_task_context
 from sync.patients import DEFAULT_PATIENT_BATCH, PatientOptions
 from sync.pipeline import IngestResult, ingest_page, split_page
@@ -353,6 +354,7 @@ def run_chunk(
         index = int((run.detail or {}).get("index", 0))
         if index >= len(types):
             finish_run(run, RUN_OK)
+            catchup.settle(session, run)
             session.commit()
             chunk.done, chunk.status = True, RUN_OK
             log.info("sync run finished", extra={"source_id": source_id, "run_id": run_id})

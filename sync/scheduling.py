@@ -3,9 +3,10 @@
 A source's ``schedule`` is either an interval (``"900"`` seconds, or ``"15m"``,
 ``"2h"``, ``"1d"``) or a five-field cron expression (``"*/30 * * * *"``, minute
 hour day-of-month month day-of-week, read by :class:`celery.schedules.crontab`).
-A source with no schedule syncs only when asked (``askonce sync NAME``).
-A running run whose heartbeat is older than ``stall_after_s`` counts as crashed,
-so the tick resumes it from its last committed cursor.
+A source with no schedule syncs only when asked (``askonce sync NAME``), or when its
+push notifications showed a gap and the catch-up it owes is not yet done
+(:mod:`sync.catchup`). A running run whose heartbeat is older than ``stall_after_s``
+counts as crashed, so the tick resumes it from its last committed cursor.
 """
 
 from __future__ import annotations
@@ -16,17 +17,16 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from celery.schedules import crontab
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from store.models import Source, SyncRun
 from store.types import utcnow
-from sync.context import TaskContext
+from sync import catchup
+from sync.context import DEFAULT_STALL_AFTER_S, TaskContext
 
 log = logging.getLogger(__name__)
 
-#: A running run with no committed page for this long is considered crashed and resumed.
-DEFAULT_STALL_AFTER_S = 300.0
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _INTERVAL = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 CRON_FIELDS = 5
@@ -78,8 +78,10 @@ def due_sources(
     now: datetime | None = None,
     stall_after_s: float = DEFAULT_STALL_AFTER_S,
 ) -> list[int]:
-    """Ids of the enabled, scheduled sources that should start (or resume) a run now."""
+    """Ids of the enabled sources that should start (or resume) a run now: those whose
+    schedule is due, and those that owe a catch-up (:func:`sync.catchup.is_due`)."""
     now = now or utcnow()
+    owed = catchup.owed(session)
     latest = (
         select(SyncRun.source_id, func.max(SyncRun.id).label("run_id"))
         .group_by(SyncRun.source_id)
@@ -89,21 +91,27 @@ def due_sources(
         select(Source, SyncRun)
         .outerjoin(latest, latest.c.source_id == Source.id)
         .outerjoin(SyncRun, SyncRun.id == latest.c.run_id)
-        .where(Source.enabled.is_(True), Source.schedule.is_not(None))
+        .where(
+            Source.enabled.is_(True),
+            or_(Source.schedule.is_not(None), Source.id.in_(list(owed))),
+        )
         .order_by(Source.id)
     ).all()
     due: list[int] = []
     for source, run in rows:
+        if run is not None and run.status == "running":
+            if (now - _heartbeat(run)).total_seconds() >= stall_after_s:
+                due.append(source.id)
+            continue
+        if source.id in owed and catchup.is_due(run, owed[source.id], now, stall_after_s):
+            due.append(source.id)
+            continue
         try:
             schedule = parse_schedule(source.schedule or "")
         except InvalidScheduleError:
             continue
         if run is None:
             due.append(source.id)
-            continue
-        if run.status == "running":
-            if (now - _heartbeat(run)).total_seconds() >= stall_after_s:
-                due.append(source.id)
             continue
         if isinstance(schedule, timedelta):
             if now - run.started_at >= schedule:
@@ -116,7 +124,7 @@ def due_sources(
 def dispatch_due(context: TaskContext, trigger: Callable[[int], None]) -> list[int]:
     """Call ``trigger(source_id)`` for every due source; returns their ids."""
     with context.session_factory() as session:
-        due = due_sources(session)
+        due = due_sources(session, stall_after_s=context.stall_after_s)
     for source_id in due:
         trigger(source_id)
     if due:

@@ -6,9 +6,10 @@ Tasks take ids, never ORM objects, and find the database through
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from celery import current_app, shared_task
+from celery import Task, current_app, shared_task
 
 from connectors import TransientError
 from sync import delivery, retention, retire, runner, scheduling, system
@@ -16,10 +17,36 @@ from sync.context import current_task_context
 from sync.pipeline import UnknownSourceError
 from sync.runner import DatabaseUnavailableError, database_retries
 
+log = logging.getLogger(__name__)
+
 #: Retries of a chunk that hit a TransientError (the source's) or a DatabaseUnavailableError
 #: (a lost connection, a deadlock, a lock timeout): exponential backoff with jitter, capped.
 RUN_SOURCE_MAX_RETRIES = 8
 RUN_SOURCE_BACKOFF_MAX_S = 600
+
+
+def send_after_answer(task: Task, **kwargs: Any) -> bool:
+    """Send ``task`` from an API request's background work, after the answer: to a worker
+    in services mode; embedded, it runs here and now, where Celery raises its failure
+    (a retry included: an eager task is not retried). Nobody waits for that failure, so
+    it is logged by type, not raised into the server, and the task's purpose stays
+    recorded for a later try (an owed catch-up for the scheduler, a source marked as
+    being removed for the next removal). Returns whether it went through."""
+    try:
+        task.apply_async(kwargs=kwargs)
+    except Exception as exc:
+        log.warning(
+            "background task failed; it is tried again later",
+            extra={"task": task.name, "source_id": kwargs.get("source_id"), "error": _cause(exc)},
+        )
+        return False
+    return True
+
+
+def _cause(exc: BaseException) -> str:
+    """The failure's own type: an eager retry's ``Retry`` names the error it carries."""
+    inner = getattr(exc, "exc", None)
+    return type(inner if isinstance(inner, BaseException) else exc).__name__
 
 
 @shared_task(name="askonce.system.ping", acks_late=True)

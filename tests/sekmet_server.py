@@ -104,18 +104,21 @@ class SekmetServer:
             auth["tokens"] = [*auth.get("tokens", []), self.admin_token]
             settings["server_auth"] = auth
         self.settings = settings
-        config_path = workdir / "settings.yaml"
-        config_path.write_text(yaml.safe_dump(settings))
+        self.executable = executable
+        (workdir / "settings.yaml").write_text(yaml.safe_dump(settings))
+        self._start()
+
+    def _start(self) -> None:
         env = {
             **os.environ,
-            "SEKMET_CONFIG": str(config_path),
+            "SEKMET_CONFIG": str(self.workdir / "settings.yaml"),
             "SEKMET_BASE_URL": self.base_url,
-            "SEKMET_DB": str(workdir / "sekmet.db"),
+            "SEKMET_DB": str(self.workdir / "sekmet.db"),
         }
-        self._log = (workdir / "server.log").open("wb")
+        self._log = (self.workdir / "server.log").open("ab")
         self.process = subprocess.Popen(
-            [str(executable), "serve", "--host", HOST, "--port", str(self.port)],
-            cwd=workdir,
+            [str(self.executable), "serve", "--host", HOST, "--port", str(self.port)],
+            cwd=self.workdir,
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -125,6 +128,11 @@ class SekmetServer:
             base_url=self.base_url, headers=headers, timeout=REQUEST_TIMEOUT_S
         )
         self._wait_ready()
+
+    def restart(self) -> None:
+        """Start the server again after :meth:`stop`: same port, same data (an EHR back
+        from an outage)."""
+        self._start()
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

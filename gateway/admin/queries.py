@@ -23,6 +23,7 @@ from store.models import (
     SyncCursor,
     SyncRun,
 )
+from sync import catchup
 from sync.delivery import oldest_pending_at
 
 #: Rows per admin list page when ``limit`` is not given, and the most allowed.
@@ -62,7 +63,8 @@ def list_sources(session: Session) -> list[dict[str, Any]]:
             .order_by(SyncRun.started_at.desc(), SyncRun.id.desc())
             .limit(1)
         )
-        cursors = session.scalars(select(SyncCursor).where(SyncCursor.source_id == source.id))
+        cursors = list(session.scalars(select(SyncCursor).where(SyncCursor.source_id == source.id)))
+        debt = next((c.cursor for c in cursors if c.resource_type == catchup.CATCH_UP_KEY), None)
         out.append(
             {
                 "id": source.id,
@@ -77,6 +79,7 @@ def list_sources(session: Session) -> list[dict[str, Any]]:
                 "auth_kind": (source.auth or {}).get("kind"),
                 "cursors": {c.resource_type: _iso(c.updated_at) for c in cursors},
                 "latest_run": run_json(latest) if latest else None,
+                "catch_up_owed_since": _iso(catchup.read_debt(debt)),
             }
         )
     return out

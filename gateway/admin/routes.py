@@ -162,10 +162,11 @@ Removal = Callable[[int], None]
 
 def queue_removal(source_id: int) -> None:
     """Remove the source through the task queue (a worker in services mode, where a
-    redelivered task finishes an interrupted removal; in-process when embedded)."""
-    from sync.tasks import remove_source
+    redelivered or retried task finishes an interrupted removal; in-process when embedded,
+    where a removal that failed is finished by asking for it again)."""
+    from sync.tasks import remove_source, send_after_answer
 
-    remove_source.apply_async(kwargs={"source_id": source_id})
+    send_after_answer(remove_source, source_id=source_id)
 
 
 def removal_trigger() -> Removal:

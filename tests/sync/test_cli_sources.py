@@ -15,8 +15,8 @@ from askonce.cli import app
 from askonce.demo import DEMO_SOURCES, run_demo_sync
 from askonce.runtime import build_runtime
 from askonce.settings import Settings
-from store import upgrade
-from sync import DatabaseUnavailableError
+from store import SourceRepository, upgrade
+from sync import DatabaseUnavailableError, catchup
 from tests.sekmet_server import SekmetServer
 from tests.sync.helpers import encounter, patient, write_ndjson
 from tests.sync.test_database_failures import locked_sqlite_error
@@ -63,6 +63,19 @@ def test_add_sync_status_list(cli_db: str, folder: Path) -> None:
     again = runner.invoke(app, ["sync", "ehr-x", "--full"])
     assert again.exit_code == 0
     assert "unchanged 4" in again.output
+
+
+def test_status_shows_an_owed_catch_up(cli_db: str, folder: Path) -> None:
+    runner.invoke(app, ["sources", "add", "ehr-x", "--kind", "ndjson", "--url", str(folder)])
+    runtime = build_runtime(Settings(database_url=cli_db))
+    with runtime.session_factory() as session:
+        source_id = SourceRepository(session).get_by_name("ehr-x").id
+        catchup.owe(session, source_id)
+        session.commit()
+    status = runner.invoke(app, ["sources", "status", "ehr-x"])
+    assert "catch-up owed since" in status.output
+    assert runner.invoke(app, ["sync", "ehr-x"]).exit_code == 0
+    assert "catch-up owed" not in runner.invoke(app, ["sources", "status", "ehr-x"]).output
 
 
 def test_bad_input_is_refused_with_a_reason(cli_db: str, folder: Path) -> None:
