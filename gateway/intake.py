@@ -103,7 +103,8 @@ def _receive(
         background.add_task(catch_up, source_id)
     diagnostics = (
         f"{result.kind}: {result.ingest.resources} resource(s), {result.fetched} fetched, "
-        f"{result.ingest.quarantined} quarantined"
+        + (f"{result.unfetched} not fetched (the source failed), " if result.unfetched else "")
+        + f"{result.ingest.quarantined} quarantined"
         + ("; catch-up sync started" if result.gap else "")
     )
     return JSONResponse(

@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from connectors import Page, Source, build_source
+from connectors import ConnectorError, Page, Source, build_source
 from store import CursorRepository
 from store.models import Source as SourceRow
 from sync import catchup
@@ -94,6 +94,9 @@ class IntakeResult:
     kind: str
     gap: bool = False
     fetched: int = 0
+    #: Focus resources the source could not serve right now (down, refusing): the
+    #: catch-up sync the notification then owes reads them (``gap`` is set).
+    unfetched: int = 0
     ignored: int = 0
     #: What the pages did (``deleted``: the focus resources the server no longer has).
     ingest: IngestResult = field(default_factory=IngestResult)
@@ -103,6 +106,7 @@ class IntakeResult:
             "kind": self.kind,
             "gap": self.gap,
             "fetched": self.fetched,
+            "unfetched": self.unfetched,
             "ignored": self.ignored,
             **self.ingest.as_dict(),
         }
@@ -251,15 +255,15 @@ def handle_notification(
     """Ingest one notification into ``session`` (the caller commits).
 
     ``fetch(type, id)`` reads a resource from the source for id-only payloads; a
-    None answer (404/410) means the resource is gone and it is deleted here too.
+    None answer (404/410) means the resource is gone and it is deleted here too. One
+    the source cannot serve now (a :class:`~connectors.ConnectorError`) is left to the
+    catch-up sync the notification then owes.
     ``IntakeResult.gap`` (or a classic ping) tells the caller to run a catch-up sync.
     """
     note = parse_notification(body)
     result = IntakeResult(kind=note.kind, gap=note.kind == KIND_PING)
     if note.kind in NOTIFICATION_KINDS:
         result.gap = _detect_gap(session, source_id, note)
-    if result.gap:  # owed until a run started from now on finishes (sync.catchup)
-        catchup.owe(session, source_id)
     by_type: dict[str, list[dict[str, Any]]] = {t: [] for t in INTAKE_TYPES}
     carried: set[tuple[str, str]] = set()
     for resource in note.resources:
@@ -277,7 +281,20 @@ def handle_notification(
             if rtype not in by_type:
                 result.ignored += 1
                 continue
-            fetched = fetch(rtype, rid)
+            if result.unfetched:  # the source failed: the catch-up reads the rest too
+                result.unfetched += 1
+                continue
+            try:
+                fetched = fetch(rtype, rid)
+            except ConnectorError as exc:
+                # The notification is taken all the same (an EHR whose notifications fail
+                # may stop sending them); what it names is read by the catch-up it owes.
+                result.unfetched += 1
+                log.warning(
+                    "notification focus not fetched; a catch-up sync is owed",
+                    extra={"source_id": source_id, "error": type(exc).__name__},
+                )
+                continue
             result.fetched += 1
             if fetched is None:
                 gone[rtype].append(rid)
@@ -291,6 +308,9 @@ def handle_notification(
             result.ingest.add(
                 ingest_page(session, source_id, page, options=options, write_cursor=False)
             )
+    result.gap = result.gap or result.unfetched > 0
+    if result.gap:  # owed until a run started from now on finishes (sync.catchup)
+        catchup.owe(session, source_id)
     log.info(
         "notification received",
         extra={

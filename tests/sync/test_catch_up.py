@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from askonce.runtime import build_runtime
 from askonce.settings import Settings
+from connectors import Source, SourceConfig, build_source
 from gateway.auth import TokenService
 from store.models import SyncCursor, SyncRun
 from store.types import utcnow
@@ -127,6 +129,70 @@ def test_a_failed_catch_up_is_tried_again_after_the_stall_window(
     with session_factory() as session:
         assert catchup.owed(session) == {}
         assert source_id not in due_sources(session, now=later, stall_after_s=60)
+
+
+def test_a_focus_the_ehr_cannot_serve_is_left_to_the_catch_up(
+    engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    """An id-only notification whose focus the EHR fails to serve (503, after the retries)
+    is taken all the same: the resources it carried are stored, the rest is owed to the
+    catch-up, which reads it once the EHR answers. Answering an error instead would lose
+    nothing either, but an EHR whose notifications fail may put its Subscription in error
+    and stop sending."""
+    down = {"on": True}
+    served = patient("p-late", "Late")
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": served}],
+    }
+    reads: list[str] = []
+
+    def ehr(request: httpx.Request) -> httpx.Response:
+        reads.append(request.url.path)
+        if down["on"]:
+            return httpx.Response(503)
+        if request.url.path.endswith("/Patient"):
+            return httpx.Response(200, json=bundle)
+        if request.url.path.endswith("/Encounter"):
+            return httpx.Response(200, json={**bundle, "entry": []})
+        return httpx.Response(200, json=served)
+
+    def factory(config: SourceConfig) -> Source:
+        return build_source(config, transport=httpx.MockTransport(ehr), sleep=lambda _s: None)
+
+    source_id = add_source(
+        session_factory,
+        "ehr-push",
+        kind="fhir",
+        base_url="https://ehr.example/fhir",
+        config={**PUSH_CONFIG, "max_attempts": 2, "requests_per_s": None},
+    )
+    body = backport_bundle(
+        "event-notification",
+        since=2,
+        events=[(1, "Patient/p-late"), (2, "Patient/p-carried")],
+        resources=[patient("p-carried", "Carried")],
+    )
+    result = receive_notification(session_factory, "ehr-push", body, TOKEN, source_factory=factory)[
+        1
+    ]
+    assert (result.gap, result.fetched, result.unfetched, result.ingest.resources) == (
+        True,
+        0,
+        1,
+        1,
+    )
+    assert len(reads) == 2  # one read of p-late, retried once
+    with session_factory() as session:
+        assert [r.resource_id for r in records(session, source_id)] == ["p-carried"]
+        assert catchup.owed_since(session, source_id) is not None
+    down["on"] = False
+    context = TaskContext(engine=engine, session_factory=session_factory)
+    assert run_source(context, source_id, max_pages=None, source_factory=factory).status == "ok"
+    with session_factory() as session:
+        assert [r.resource_id for r in records(session, source_id)] == ["p-carried", "p-late"]
+        assert catchup.owed(session) == {}
 
 
 @pytest.mark.sekmet
