@@ -14,6 +14,7 @@ import uvicorn
 from rich.console import Console
 from sqlalchemy import text
 
+from askonce import cli_subscriptions  # noqa: F401 - registers sources subscribe/unsubscribe
 from askonce.cli_consumers import consumers_app, openapi_command
 from askonce.cli_match import links_app, match_app
 from askonce.cli_sources import mllp_command, sources_app, sync_command

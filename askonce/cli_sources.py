@@ -70,6 +70,8 @@ from sync import (
 )
 from sync.hl7intake import Hl7v2ConfigError, listeners, serve_forever
 from sync.scheduling import InvalidScheduleError
+from sync.subscriptions import Managed
+from sync.subscriptions import managed as managed_subscriptions
 
 sources_app = typer.Typer(
     help="Register the EHRs askonce pulls from, and see how their syncs went.",
@@ -291,7 +293,28 @@ def sources_status(
             out.print(
                 "  records: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
             )
+            pushing = managed_subscriptions(session, source.id)
+            if pushing:
+                out.print("  subscriptions on the EHR:")
+                print_subscriptions(out, pushing)
             _print_quarantine(out, session, source.id)
+
+
+def print_subscriptions(out: Console, items: list[Managed]) -> None:
+    """A table of the Subscriptions askonce created on one source's EHR."""
+    table = Table("subscription", "topic or criteria", "content", "status", "checked", "heard")
+    for item in items:
+        status = item.status or "-"
+        colour = "green" if status in ("active", "requested") else "red"
+        table.add_row(
+            item.id,
+            item.what,
+            item.content,
+            f"[{colour}]{status}[/{colour}]" + (f" ({item.error})" if item.error else ""),
+            item.checked_at.isoformat(timespec="seconds") if item.checked_at else "never",
+            item.heard_at.isoformat(timespec="seconds") if item.heard_at else "never",
+        )
+    out.print(table)
 
 
 #: How each finding's level reads in the terminal.

@@ -242,6 +242,7 @@ def build_runtime(settings: Settings | None = None, *, check_schema: bool = True
             outbox_retention_days=settings.outbox_retention_days,
             run_retention_days=settings.run_retention_days,
             stall_after_s=settings.sync_stall_after_s,
+            subscription_check_s=settings.subscription_check_s,
             run_export=lambda job_id: run_export(
                 session_factory, job_id, export_settings(settings)
             ).as_dict(),

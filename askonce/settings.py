@@ -108,6 +108,14 @@ class Settings(BaseSettings):
             " (a gap in a source's push notifications) is tried again."
         ),
     )
+    subscription_check_s: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "How often the scheduler reads each Subscription askonce created on an EHR"
+            " (`askonce sources subscribe`), sooner when its heartbeat is overdue (s)."
+        ),
+    )
     delivery_interval_s: float = Field(
         default=5.0,
         gt=0,

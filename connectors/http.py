@@ -234,15 +234,23 @@ class FhirHttp:
         params: list[tuple[str, str]] | None = None,
         headers: dict[str, str] | None = None,
         allow_statuses: frozenset[int] = frozenset(),
+        body: dict[str, Any] | None = None,
     ) -> httpx.Response:
         """Send with the retry policy. Returns a 2xx/3xx response or one in ``allow_statuses``.
 
         Credentials go only to the source's own origin: a URL elsewhere (a ``next`` link
         or ``Content-Location`` pointing at another host) is requested without them.
+        ``body`` is sent as ``application/fhir+json``; a POST is sent once, since a retry
+        after a lost answer could create the resource twice.
         """
         full = self.url(url)
         auth = httpx.USE_CLIENT_DEFAULT if self.same_origin(full) else no_auth
-        for attempt in range(1, self.policy.max_attempts + 1):
+        content = None
+        if body is not None:
+            content = json.dumps(body).encode("utf-8")
+            headers = {"Content-Type": FHIR_JSON, **(headers or {})}
+        attempts = 1 if method == "POST" else self.policy.max_attempts
+        for attempt in range(1, attempts + 1):
             self.limiter.acquire()
             try:
                 response = self.client.request(
@@ -250,6 +258,7 @@ class FhirHttp:
                     full,
                     params=tuple(params) if params else None,
                     headers=headers,
+                    content=content,
                     auth=auth,
                 )
             except httpx.TimeoutException as exc:
@@ -269,7 +278,7 @@ class FhirHttp:
                 if problem is None:
                     return response
                 failure = problem
-            if attempt == self.policy.max_attempts:
+            if attempt == attempts:
                 raise failure
             if (
                 failure.retry_after is not None

@@ -15,6 +15,8 @@ What an operator alerts on:
 - ``time() - askonce_sync_catch_up_owed_timestamp_seconds`` that keeps growing: a gap in
   a source's push notifications whose catch-up sync has not succeeded yet (the EHR is
   down, or refuses the credentials);
+- ``askonce_push_subscription_status{status!~"active|requested"}``: an EHR stopped a
+  Subscription askonce created there and could not be made to start it again;
 - ``askonce_source_records{status="quarantined"}`` rising: a source sends what does not
   validate;
 - ``askonce_outbox_oldest_undelivered_age_seconds``: change events are not being handed
@@ -55,7 +57,7 @@ from store.models import (
     SyncRun,
 )
 from store.types import utcnow
-from sync import catchup
+from sync import catchup, subscriptions
 from sync.delivery import oldest_pending_at
 from sync.runner import RUN_FAILED, RUN_OK, RUN_RUNNING
 
@@ -253,6 +255,23 @@ def _run_families(session: Session, names: dict[int, str]) -> Iterator[Metric]:
     for source_id, at in catchup.owed(session).items():
         if source_id in names:
             owed.add_metric([names[source_id]], at.timestamp())
+    pushing = GaugeMetricFamily(
+        "askonce_push_subscription_status",
+        "1 for the status the EHR last reported of each Subscription askonce created there"
+        " (active, requested, error, off; gone: deleted there; unreachable: not read).",
+        labels=["source", "subscription", "status"],
+    )
+    heard = GaugeMetricFamily(
+        "askonce_push_subscription_last_notification_timestamp_seconds",
+        "When a notification of the Subscription last arrived (Unix time); absent: never.",
+        labels=["source", "subscription"],
+    )
+    for item in subscriptions.managed(session):
+        if item.source_id in names:
+            name = names[item.source_id]
+            pushing.add_metric([name, item.id, item.status or "unknown"], 1.0)
+            if item.heard_at is not None:
+                heard.add_metric([name, item.id], item.heard_at.timestamp())
     latest_ids = select(func.max(SyncRun.id)).group_by(SyncRun.source_id).scalar_subquery()
     latest = {
         run.source_id: run
@@ -282,6 +301,7 @@ def _run_families(session: Session, names: dict[int, str]) -> Iterator[Metric]:
         if source_id in names and finished_s is not None:
             success.add_metric([names[source_id]], finished_s)
     yield from (running, started, failed, resources, quarantined, errors, success, owed)
+    yield from (pushing, heard)
 
 
 class StoreCollector(Collector):

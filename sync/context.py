@@ -21,6 +21,8 @@ DEFAULT_OUTBOX_RETENTION_DAYS = 30
 DEFAULT_RUN_RETENTION_DAYS = 90
 #: A running run with no committed page for this long is considered crashed and resumed.
 DEFAULT_STALL_AFTER_S = 300.0
+#: How often the watch reads each Subscription askonce created on an EHR.
+DEFAULT_SUBSCRIPTION_CHECK_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class TaskContext:
     #: A running run with no committed page for this long counts as crashed (s); also the
     #: wait before a failed catch-up is tried again (sync.scheduling, sync.catchup).
     stall_after_s: float = DEFAULT_STALL_AFTER_S
+    #: How often the Subscriptions askonce created on the EHRs are read (s; sooner when a
+    #: heartbeat is overdue): sync.subscriptions.watch.
+    subscription_check_s: float = DEFAULT_SUBSCRIPTION_CHECK_S
     #: ``run(job_id)``: writes a Bulk Data export's files (the gateway's
     #: ``gateway.operations.export.run_export``, wired by the composition root).
     run_export: Callable[[str], dict[str, Any]] | None = None

@@ -34,9 +34,11 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from connectors import Source, build_source
 from store.models import Link, SourceRecord
 from store.models import Source as SourceRow
 from store.types import utcnow
+from sync import subscriptions
 from sync.pipeline import MAX_PATIENTS_PER_TRANSACTION, UnknownSourceError, apply_deletions
 from sync.records import STATUS_DELETED
 from sync.runner import lock_source
@@ -61,6 +63,8 @@ class RemovalResult:
     erased: int = 0
     #: The source row is gone: the removal is complete.
     removed: bool = False
+    #: Subscriptions askonce had created on the source's EHR, deleted there.
+    unsubscribed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,10 +125,12 @@ def remove_source(
     *,
     batch: int = REMOVE_BATCH,
     on_batch: Callable[[RemovalResult], None] | None = None,
+    source_factory: Callable[..., Source] = build_source,
 ) -> RemovalResult:
     """Take the source's records out of the golden records, then erase the source (see the
-    module docstring). Raises :class:`~sync.pipeline.UnknownSourceError` for an unknown
-    source."""
+    module docstring); first, the Subscriptions askonce created on its EHR are deleted
+    there (:func:`sync.subscriptions.release`). Raises
+    :class:`~sync.pipeline.UnknownSourceError` for an unknown source."""
     result = RemovalResult(source_id)
     with session_factory() as session:
         begin_removal(session, source_id)
@@ -135,6 +141,9 @@ def remove_source(
         ).all()
         session.commit()
     log.info("source removal started", extra={"source_id": source_id})
+    result.unsubscribed = subscriptions.release(
+        session_factory, source_id, source_factory=source_factory
+    )
     for resource_type in sorted(types, key=_type_order):
         while True:
             with session_factory() as session:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from store.models import Source, SyncRun
 from store.types import utcnow
-from sync import catchup
+from sync import catchup, subscriptions
 from sync.context import DEFAULT_STALL_AFTER_S, TaskContext
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,13 @@ def due_sources(
 
 
 def dispatch_due(context: TaskContext, trigger: Callable[[int], None]) -> list[int]:
-    """Call ``trigger(source_id)`` for every due source; returns their ids."""
+    """Look at the Subscriptions askonce keeps on the EHRs (:func:`sync.subscriptions.watch`:
+    one an EHR stopped owes a catch-up), then call ``trigger(source_id)`` for every due
+    source; returns their ids."""
+    try:
+        subscriptions.watch(context)
+    except Exception as exc:  # the watch must not keep the sources from their syncs
+        log.warning("subscription watch failed", extra={"error": type(exc).__name__})
     with context.session_factory() as session:
         due = due_sources(session, stall_after_s=context.stall_after_s)
     for source_id in due:

@@ -23,7 +23,7 @@ from store.models import (
     SyncCursor,
     SyncRun,
 )
-from sync import catchup
+from sync import catchup, subscriptions
 from sync.delivery import oldest_pending_at
 
 #: Rows per admin list page when ``limit`` is not given, and the most allowed.
@@ -80,6 +80,7 @@ def list_sources(session: Session) -> list[dict[str, Any]]:
                 "cursors": {c.resource_type: _iso(c.updated_at) for c in cursors},
                 "latest_run": run_json(latest) if latest else None,
                 "catch_up_owed_since": _iso(catchup.read_debt(debt)),
+                "ehr_subscriptions": [m.as_dict() for m in subscriptions.read_managed(cursors)],
             }
         )
     return out

@@ -1,0 +1,404 @@
+"""The Subscriptions askonce creates on an EHR (connectors.subscriptions) and their watch
+(sync.subscriptions): a Subscription the EHR stopped is started again and what it did
+not send is read by a catch-up sync. The whole round runs against sekmet-fhir, a FHIR
+server with a Subscriptions Backport engine that we did not write."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Delete, Engine, delete
+from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
+
+from askonce.cli import app
+from askonce.runtime import build_runtime
+from askonce.settings import Settings, get_settings
+from connectors import PermanentError, Source, SourceConfig, build_source
+from connectors.subscriptions import (
+    BACKPORT_PROFILE,
+    EXT_HEARTBEAT_PERIOD,
+    EXT_PAYLOAD_CONTENT,
+    EhrSubscriptions,
+    SubscriptionRequest,
+    SubscriptionRequestError,
+)
+from gateway.auth import TokenService
+from store import upgrade
+from store.models import Source as SourceRow
+from store.models import SyncCursor
+from store.types import utcnow
+from sync import catchup
+from sync.context import TaskContext
+from sync.intake import hash_intake_token
+from sync.retire import remove_source
+from sync.subscriptions import SubscribeError, managed, subscribe, unsubscribe, watch
+from tests.gateway.conftest import free_port, serve_in_thread
+from tests.sekmet_server import SekmetFactory
+from tests.sync.helpers import add_source, patient, records
+
+TOKEN = "ehr-push-token-" + "t" * 24
+SECRET = "subscription-test-secret-" + "s" * 24
+TOPIC = "http://sekmet.dev/fhir/SubscriptionTopic/patient-change"
+ENDPOINT = "https://askonce.example.org/intake/ehr"
+
+
+# -- the Subscription resource ---------------------------------------------------------------
+
+
+def test_a_topic_based_subscription_follows_the_backport_profile() -> None:
+    request = SubscriptionRequest(
+        endpoint=ENDPOINT,
+        token=TOKEN,
+        topic=TOPIC,
+        content="id-only",
+        heartbeat_s=60,
+        filters=("Patient?identifier=urn:mrn|",),
+    )
+    resource = request.resource()
+    assert resource["meta"]["profile"] == [BACKPORT_PROFILE]
+    assert (resource["status"], resource["criteria"]) == ("requested", TOPIC)
+    channel = resource["channel"]
+    assert (channel["type"], channel["endpoint"]) == ("rest-hook", ENDPOINT)
+    assert channel["header"] == [f"Authorization: Bearer {TOKEN}"]
+    assert channel["_payload"]["extension"] == [
+        {"url": EXT_PAYLOAD_CONTENT, "valueCode": "id-only"}
+    ]
+    assert channel["extension"] == [{"url": EXT_HEARTBEAT_PERIOD, "valueUnsignedInt": 60}]
+    assert resource["_criteria"]["extension"][0]["valueString"] == "Patient?identifier=urn:mrn|"
+    # A valid R4 Subscription (the R4B model reads R4's).
+    from fhir.resources.R4B.subscription import Subscription
+
+    Subscription.model_validate(resource)
+
+
+def test_a_classic_subscription_and_what_cannot_be_asked() -> None:
+    full = SubscriptionRequest(
+        endpoint=ENDPOINT, token=TOKEN, criteria="Patient?", content="full-resource"
+    )
+    assert full.resource()["channel"]["payload"] == "application/fhir+json"
+    assert "meta" not in full.resource()
+    ping = SubscriptionRequest(endpoint=ENDPOINT, token=TOKEN, criteria="Patient?", content="empty")
+    assert "payload" not in ping.resource()["channel"]
+    for bad in (
+        {"topic": TOPIC, "criteria": "Patient?"},
+        {},
+        {"criteria": "Patient"},
+        {"criteria": "Patient?", "content": "id-only"},
+        {"criteria": "Patient?", "content": "empty", "heartbeat_s": 60},
+        {"topic": TOPIC, "content": "everything"},
+        {"topic": TOPIC, "heartbeat_s": 0},
+    ):
+        with pytest.raises(SubscriptionRequestError):
+            SubscriptionRequest(endpoint=ENDPOINT, token=TOKEN, **bad)
+    with pytest.raises(SubscriptionRequestError):
+        SubscriptionRequest(endpoint="ftp://x", token=TOKEN, topic=TOPIC)
+
+
+# -- against a scripted EHR (httpx.MockTransport) ---------------------------------------------
+
+
+class FakeEhr:
+    """A FHIR server's Subscription endpoints, scripted: what it stores and answers."""
+
+    def __init__(self) -> None:
+        self.subscriptions: dict[str, dict[str, Any]] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.down = False
+        self.mask_headers = False
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append((request.method, request.url.path))
+        if self.down:
+            return httpx.Response(503)
+        parts = request.url.path.rstrip("/").split("/")
+        if request.method == "POST" and parts[-1] == "Subscription":
+            body = json.loads(request.content)
+            body["id"] = f"sub-{len(self.subscriptions) + 1}"
+            self.subscriptions[body["id"]] = body
+            return httpx.Response(201, json=body)
+        rid = parts[-1]
+        stored = self.subscriptions.get(rid)
+        if request.method == "DELETE":
+            self.subscriptions.pop(rid, None)
+            return httpx.Response(204)
+        if stored is None:
+            return httpx.Response(404)
+        if request.method == "PUT":
+            body = json.loads(request.content)
+            body["status"] = "active"
+            self.subscriptions[rid] = body
+            return httpx.Response(200, json=body)
+        shown = json.loads(json.dumps(stored))
+        if self.mask_headers:
+            shown["channel"]["header"] = ["Authorization: ****"]
+        return httpx.Response(200, json=shown)
+
+    def factory(self, config: SourceConfig) -> Source:
+        return build_source(
+            config, transport=httpx.MockTransport(self.handler), sleep=lambda _s: None
+        )
+
+
+def _topic(token: str) -> list[SubscriptionRequest]:
+    return [
+        SubscriptionRequest(endpoint=ENDPOINT, token=token, topic=TOPIC, heartbeat_s=30),
+        SubscriptionRequest(endpoint=ENDPOINT, token=token, criteria="Encounter?", content="empty"),
+    ]
+
+
+def test_subscribe_sets_or_checks_the_intake_token(
+    session_factory: sessionmaker[Session],
+) -> None:
+    ehr = FakeEhr()
+    source_id = add_source(session_factory, "ehr", kind="fhir", base_url="https://ehr.example/fhir")
+    done = subscribe(session_factory, "ehr", TOKEN, _topic, source_factory=ehr.factory)
+    assert done.token_set and [m.id for m in done.created] == ["sub-1", "sub-2"]
+    assert ehr.subscriptions["sub-1"]["channel"]["header"] == [f"Authorization: Bearer {TOKEN}"]
+    with session_factory() as session:
+        kept = sorted(managed(session, source_id), key=lambda m: m.id)
+        assert [(m.id, m.what, m.heartbeat_s, m.status) for m in kept] == [
+            ("sub-1", TOPIC, 30, "requested"),
+            ("sub-2", "Encounter?", None, "requested"),
+        ]
+        row = session.get(SourceRow, source_id)
+        assert row is not None and row.config["intake_token_sha256"] == hash_intake_token(TOKEN)
+        # No token in the database: only its hash.
+        assert TOKEN not in json.dumps([m.as_json() for m in kept])
+    # Another token is refused: it is not the one the EHR sends back.
+    with pytest.raises(SubscribeError):
+        subscribe(session_factory, "ehr", "another-token", _topic, source_factory=ehr.factory)
+    assert len(ehr.subscriptions) == 2
+    gone = unsubscribe(session_factory, "ehr", ["sub-2"], source_factory=ehr.factory)
+    assert [m.id for m in gone] == ["sub-2"] and list(ehr.subscriptions) == ["sub-1"]
+    with pytest.raises(SubscribeError):
+        unsubscribe(session_factory, "ehr", ["sub-9"], source_factory=ehr.factory)
+    add_source(session_factory, "files", base_url="/tmp/x")
+    with pytest.raises(SubscribeError):
+        subscribe(session_factory, "files", TOKEN, _topic)
+
+
+def test_removing_a_source_deletes_its_subscriptions_on_the_ehr(
+    session_factory: sessionmaker[Session],
+) -> None:
+    ehr = FakeEhr()
+    source_id = add_source(session_factory, "ehr", kind="fhir", base_url="https://ehr.example/fhir")
+    subscribe(session_factory, "ehr", TOKEN, _topic, source_factory=ehr.factory)
+    ehr.down = True  # an EHR that cannot delete them now does not stop the removal
+    result = remove_source(session_factory, source_id, source_factory=ehr.factory)
+    assert result.removed and result.unsubscribed == 0 and len(ehr.subscriptions) == 2
+    other = add_source(session_factory, "ehr-2", kind="fhir", base_url="https://ehr.example/fhir")
+    ehr.down = False
+    subscribe(session_factory, "ehr-2", TOKEN, _topic, source_factory=ehr.factory)
+    result = remove_source(session_factory, other, source_factory=ehr.factory)
+    assert result.removed and result.unsubscribed == 2
+    assert sorted(ehr.subscriptions) == ["sub-1", "sub-2"]  # the first source's, left there
+
+
+def test_the_watch_acts_on_what_the_ehr_says(
+    engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    ehr = FakeEhr()
+    source_id = add_source(
+        session_factory,
+        "ehr",
+        kind="fhir",
+        base_url="https://ehr.example/fhir",
+        config={"max_attempts": 1},
+    )
+    subscribe(session_factory, "ehr", TOKEN, _topic, source_factory=ehr.factory)
+    context = TaskContext(engine=engine, session_factory=session_factory, subscription_check_s=60)
+    now = utcnow()
+
+    def look(at: Any) -> dict[str, tuple[str | None, bool, bool]]:
+        return {
+            w.id: (w.status, w.owed, w.reactivated)
+            for w in watch(context, now=at, source_factory=ehr.factory)
+        }
+
+    def owed() -> bool:
+        with session_factory() as session:
+            return catchup.owed_since(session, source_id) is not None
+
+    # The EHR made them active: nothing owed. Read again only after the interval.
+    for sub in ehr.subscriptions.values():
+        sub["status"] = "active"
+    assert look(now) == {"sub-1": ("active", False, False), "sub-2": ("active", False, False)}
+    assert look(now + timedelta(seconds=10)) == {}
+    # Topic-based sub-1 has a 30 s heartbeat and nothing came for 61 s: read sooner; still
+    # "active", so the notifications are lost on the way: a catch-up is owed.
+    assert look(now + timedelta(seconds=61)) == {
+        "sub-1": ("active", True, False),
+        "sub-2": ("active", False, False),
+    }
+    assert owed()
+    with session_factory() as session:
+        session.execute(catchup_rows_deleted())
+        session.commit()
+    # The EHR stopped sub-1 after failed notifications: owed, and asked to start again.
+    ehr.subscriptions["sub-1"].update(status="error", error="delivery failed")
+    later = now + timedelta(seconds=200)
+    assert look(later)["sub-1"] == ("active", True, True)
+    assert ehr.subscriptions["sub-1"]["status"] == "active"
+    assert "error" not in json.loads(json.dumps(ehr.subscriptions["sub-1"]))
+    assert ehr.subscriptions["sub-1"]["channel"]["header"] == [f"Authorization: Bearer {TOKEN}"]
+    # The EHR deleted sub-2: owed, "gone" (the operator subscribes again).
+    del ehr.subscriptions["sub-2"]
+    assert look(later + timedelta(seconds=300))["sub-2"] == ("gone", True, False)
+    # A server that masks the header when read is not given the mask back.
+    ehr.mask_headers = True
+    ehr.subscriptions["sub-1"]["status"] = "off"
+    seen = look(later + timedelta(seconds=600))["sub-1"]
+    assert seen == ("off", True, False)
+    assert ehr.subscriptions["sub-1"]["status"] == "off"
+    with session_factory() as session:
+        one = next(m for m in managed(session, source_id) if m.id == "sub-1")
+        assert one.error == "not restarted: PermanentError"
+    # The EHR is down: nothing is decided on no answer.
+    with session_factory() as session:
+        session.execute(catchup_rows_deleted())
+        session.commit()
+    ehr.down = True
+    assert look(later + timedelta(seconds=900))["sub-1"] == ("unreachable", False, False)
+    assert not owed()
+
+
+def catchup_rows_deleted() -> Delete:
+    return delete(SyncCursor).where(SyncCursor.resource_type == catchup.CATCH_UP_KEY)
+
+
+def test_reactivation_needs_the_header_back() -> None:
+    ehr = FakeEhr()
+    http = build_source(
+        SourceConfig(kind="fhir", base_url="https://ehr.example/fhir"),
+        transport=httpx.MockTransport(ehr.handler),
+    )
+    client = EhrSubscriptions(http.http)  # type: ignore[attr-defined]
+    created = client.create(_topic(TOKEN)[0])
+    ehr.subscriptions[created.id]["status"] = "error"
+    ehr.mask_headers = True
+    with pytest.raises(PermanentError):
+        client.reactivate(created.id, lambda token: token == TOKEN)
+    ehr.mask_headers = False
+    assert client.reactivate(created.id, lambda token: token == TOKEN).status == "active"
+    assert client.read("nope").status is None
+
+
+# -- against sekmet-fhir, a real Subscriptions Backport server ------------------------------
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.sekmet
+def test_an_ehr_that_stopped_notifying_is_started_again_and_nothing_is_lost(
+    engine: Engine, db_url: str, sekmet_factory: SekmetFactory
+) -> None:
+    """sekmet-fhir pushes Patient changes to a live askonce over HTTP (id-only, topic-based).
+    askonce goes down; the change made meanwhile is not delivered and sekmet puts the
+    Subscription in error, after which it sends nothing more. Back up, the scheduler's tick
+    finds the error, starts the Subscription again and reads the missed Patient with a
+    catch-up sync; the next change is pushed again."""
+    server = sekmet_factory({"subscriptions": {"retries": 1}})
+    runtime = build_runtime(Settings(database_url=db_url, secret_key=SECRET))
+    factory = runtime.session_factory
+    source_id = add_source(
+        factory, "ehr-live", kind="fhir", base_url=server.base_url, config={"max_attempts": 2}
+    )
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}/intake/ehr-live"
+
+    def stored() -> set[str]:
+        with factory() as session:
+            return {r.resource_id for r in records(session, source_id)}
+
+    def ehr_status(sub_id: str) -> str:
+        return str(server.read("Subscription", sub_id)["status"])
+
+    def new_patient(family: str) -> str:
+        body = {k: v for k, v in patient("x", family).items() if k not in ("id", "meta")}
+        return str(server.create(body)["id"])
+
+    with serve_in_thread(runtime.create_app(), port):
+        done = subscribe(
+            factory,
+            "ehr-live",
+            TOKEN,
+            lambda t: [SubscriptionRequest(endpoint=endpoint, token=t, topic=TOPIC)],
+        )
+        sub_id = done.created[0].id
+        wait_for(lambda: ehr_status(sub_id) == "active", "the handshake")
+        first = new_patient("Pushed")
+        wait_for(lambda: first in stored(), "the first push")
+    missed = new_patient("Missed")  # askonce is down
+    wait_for(lambda: ehr_status(sub_id) == "error", "sekmet to stop the Subscription")
+    with serve_in_thread(runtime.create_app(), port):
+        assert runtime.run_due() == [source_id]
+        assert missed in stored()
+        with factory() as session:
+            assert catchup.owed(session) == {}
+        wait_for(lambda: ehr_status(sub_id) == "active", "the new handshake")
+        again = new_patient("PushedAgain")
+        wait_for(lambda: again in stored(), "the push after the restart")
+        # What an operator sees.
+        admin = TokenService(SECRET).issue("operator", ["askonce.admin"])
+        listed = httpx.get(
+            f"http://127.0.0.1:{port}/admin/sources",
+            headers={"Authorization": f"Bearer {admin}"},
+        ).json()
+        watched = next(s for s in listed if s["name"] == "ehr-live")["ehr_subscriptions"]
+        assert [(w["id"], w["what"]) for w in watched] == [(sub_id, TOPIC)]
+        assert watched[0]["heard_at"] is not None
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        shown = re.findall(
+            rf'askonce_push_subscription_status{{source="ehr-live",status="(\w+)",'
+            rf'subscription="{sub_id}"}} 1.0',
+            metrics,
+        )
+        assert shown in (["active"], ["requested"])
+    assert unsubscribe(factory, "ehr-live")[0].id == sub_id
+    assert server.client.get(f"/Subscription/{sub_id}").status_code in (404, 410)
+
+
+@pytest.mark.sekmet
+def test_the_subscribe_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sekmet_factory: SekmetFactory
+) -> None:
+    server = sekmet_factory()
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("ASKONCE_DATABASE_URL", url)
+    monkeypatch.setenv("ASKONCE_LOG_LEVEL", "WARNING")
+    upgrade(url)
+    runner = CliRunner()
+    runner.invoke(app, ["sources", "add", "ehr", "--kind", "fhir", "--url", server.base_url])
+    no_endpoint = runner.invoke(app, ["sources", "subscribe", "ehr", "--token", TOKEN])
+    assert no_endpoint.exit_code == 2 and "--endpoint" in no_endpoint.output
+    monkeypatch.setenv("ASKONCE_PUBLIC_BASE_URL", "http://127.0.0.1:9")
+    get_settings.cache_clear()
+    bad = runner.invoke(
+        app, ["sources", "subscribe", "ehr", "--token", TOKEN, "--criteria", "Patient"]
+    )
+    assert bad.exit_code == 2 and "Type?params" in bad.output
+    made = runner.invoke(app, ["sources", "subscribe", "ehr", "--token", TOKEN])
+    assert made.exit_code == 0, made.output
+    assert "2 subscription(s) created" in made.output and "Patient?" in made.output
+    assert "http://127.0.0.1:9/intake/ehr" in made.output
+    status = runner.invoke(app, ["sources", "status", "ehr"])
+    assert "subscriptions on the EHR" in status.output and "Encounter?" in status.output
+    assert TOKEN not in status.output
+    removed = runner.invoke(app, ["sources", "unsubscribe", "ehr"])
+    assert removed.exit_code == 0 and "2 subscription(s) deleted" in removed.output
