@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from connectors.errors import PermanentError
-from connectors.http import FHIR_JSON, FhirHttp, parse_json_object
+from connectors.http import FHIR_JSON, parse_json_object
+from connectors.source import RestSource
 
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
 BACKPORT_PROFILE = f"{BACKPORT}/backport-subscription"
@@ -161,8 +162,9 @@ def _state(resource: dict[str, Any], fallback_id: str | None = None) -> Subscrip
 class EhrSubscriptions:
     """Subscriptions on one FHIR server, through the source's HTTP client."""
 
-    def __init__(self, http: FhirHttp) -> None:
-        self.http = http
+    def __init__(self, source: RestSource) -> None:
+        self.source = source
+        self.http = source.http
 
     def create(self, request: SubscriptionRequest) -> SubscriptionState:
         """POST the Subscription (once: a retry could create two)."""
@@ -185,14 +187,7 @@ class EhrSubscriptions:
         return SubscriptionState(subscription_id, None) if raw is None else _state(raw)
 
     def _read(self, subscription_id: str) -> dict[str, Any] | None:
-        response = self.http.request(
-            "GET",
-            f"Subscription/{subscription_id}",
-            allow_statuses=frozenset({HTTP_NOT_FOUND, HTTP_GONE}),
-        )
-        if response.status_code in (HTTP_NOT_FOUND, HTTP_GONE):
-            return None
-        return parse_json_object(response)
+        return self.source.fetch("Subscription", subscription_id)
 
     def reactivate(
         self, subscription_id: str, holds_token: Callable[[str], bool]

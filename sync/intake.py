@@ -226,6 +226,9 @@ def _detect_gap(session: Session, source_id: int, note: Notification) -> bool:
     newest: int | None
     if note.kind == KIND_HANDSHAKE:
         newest = note.events_since_start or 0
+        # A Subscription started again (after an error) handshakes with its count so far:
+        # more than we received is a gap, as for a heartbeat.
+        gap = last is not None and newest > last
     elif note.kind in (KIND_HEARTBEAT, KIND_QUERY_STATUS):
         newest = note.events_since_start if note.events_since_start is not None else last
         gap = newest is not None and newest > (last or 0)

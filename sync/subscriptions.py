@@ -138,8 +138,10 @@ def _from_row(row: SyncCursor) -> Managed | None:
         data = json.loads(row.cursor or "")
     except ValueError:
         return None
+    if not isinstance(data, dict) or not data.get("id"):
+        return None
     created = _time(data.get("created_at"))
-    if not isinstance(data, dict) or not data.get("id") or created is None:
+    if created is None:
         return None
     heartbeat = data.get("heartbeat_s")
     return Managed(
@@ -243,7 +245,7 @@ def subscribe(
     wanted = list(requests(token))
     connector = source_factory(config)
     try:
-        ehr = EhrSubscriptions(_rest_source(connector).http)
+        ehr = EhrSubscriptions(_rest_source(connector))
         for request in wanted:
             state = ehr.create(request)
             item = Managed(
@@ -324,7 +326,7 @@ def _delete(
     deleted: list[Managed] = []
     connector = source_factory(config)
     try:
-        ehr = EhrSubscriptions(_rest_source(connector).http)
+        ehr = EhrSubscriptions(_rest_source(connector))
         for item in items:
             try:
                 ehr.delete(item.id)
@@ -401,7 +403,7 @@ def watch(
             )
             continue
         try:
-            ehr = EhrSubscriptions(_rest_source(connector).http)
+            ehr = EhrSubscriptions(_rest_source(connector))
             for item in items:
                 out.append(_look(context, ehr, item, now, holds))
         finally:

@@ -106,6 +106,21 @@ def test_a_full_sync_keeps_the_event_numbers_and_the_debt(
         assert [r.resource_id for r in records(session, source_id)] == ["p1"]
 
 
+def test_a_subscription_that_handshakes_again_past_what_arrived_owes_a_catch_up(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """An EHR that stopped a Subscription (event 2 undelivered) and started it again
+    handshakes with its count so far: 2 events, of which 1 arrived."""
+    add_source(session_factory, "ehr-push", config=PUSH_CONFIG)
+    assert notify(session_factory, "ehr-push", backport_bundle("handshake", since=0)) is False
+    first = backport_bundle("event-notification", since=1, events=[(1, "Patient/p1")])
+    first["entry"] = first["entry"][:1]
+    first["entry"][0]["resource"]["notificationEvent"] = [{"eventNumber": "1"}]
+    assert notify(session_factory, "ehr-push", first) is False
+    assert notify(session_factory, "ehr-push", backport_bundle("handshake", since=2)) is True
+    assert notify(session_factory, "ehr-push", backport_bundle("handshake", since=2)) is False
+
+
 def test_a_failed_catch_up_is_tried_again_after_the_stall_window(
     engine: Engine, session_factory: sessionmaker[Session], tmp_path: Path
 ) -> None:

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from askonce.cli import app
 from askonce.runtime import build_runtime
 from askonce.settings import Settings, get_settings
-from connectors import PermanentError, Source, SourceConfig, build_source
+from connectors import PermanentError, RestSource, Source, SourceConfig, build_source
 from connectors.subscriptions import (
     BACKPORT_PROFILE,
     EXT_HEARTBEAT_PERIOD,
@@ -277,11 +277,12 @@ def catchup_rows_deleted() -> Delete:
 
 def test_reactivation_needs_the_header_back() -> None:
     ehr = FakeEhr()
-    http = build_source(
+    source = build_source(
         SourceConfig(kind="fhir", base_url="https://ehr.example/fhir"),
         transport=httpx.MockTransport(ehr.handler),
     )
-    client = EhrSubscriptions(http.http)  # type: ignore[attr-defined]
+    assert isinstance(source, RestSource)
+    client = EhrSubscriptions(source)
     created = client.create(_topic(TOKEN)[0])
     ehr.subscriptions[created.id]["status"] = "error"
     ehr.mask_headers = True
