@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.auth import TokenService, register_consumer
 from gateway.console.routes import CONSOLE_AUDIENCE, COOKIE, SESSION_S
+from store import CursorRepository
 from store.models import Audit, Consumer, Link, ReviewItem, Source, SourceRecord
+from sync import catchup
+from sync.subscriptions import subscription_key
 from tests.gateway.conftest import SECRET
 from tests.gateway.test_mpi_wiring import ADA, MEI, SSN, ingest, person
 from tests.sync.helpers import add_source, patient, write_ndjson
@@ -376,6 +380,26 @@ def test_a_steward_checks_a_source_from_the_sources_page(
     assert "A sync would fail" in failed.text and "does not exist" in failed.text
     assert client.post("/console/sources/99999/check", data={"csrf": csrf}).status_code == 404
     assert client.post(f"/console/sources/{ready}/check", data={"csrf": "0"}).status_code == 403
+    # What push intake owes shows too: a catch-up not yet done, the EHR's Subscriptions.
+    with session_factory() as session:
+        catchup.owe(session, gone)
+        CursorRepository(session).set(
+            ready,
+            subscription_key("sub-9"),
+            json.dumps(
+                {
+                    "id": "sub-9",
+                    "what": "Patient?",
+                    "created_at": "2026-01-01T00:00:00+00:00",
+                    "status": "error",
+                    "error": "delivery failed",
+                }
+            ),
+        )
+        session.commit()
+    pushed = client.get("/console/sources").text
+    assert "catch-up owed since" in pushed
+    assert 'title="Patient?: delivery failed">error</span>' in pushed
     client.app.state.audit.flush()  # type: ignore[attr-defined]
     with session_factory() as session:
         actions = session.scalars(
