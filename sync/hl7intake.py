@@ -53,6 +53,7 @@ from fhir_mapping.hl7v2 import (
 )
 from store.models import Source as SourceRow
 from store.models import SourceRecord
+from sync.encounters import replacements
 from sync.patients import PatientOptions
 from sync.pipeline import IngestResult, apply_deletions, ingest_page
 from sync.records import STATUS_QUARANTINED
@@ -128,8 +129,15 @@ def handle_adt(
         # survivor (sync.pipeline.retire_replaced, as for a FHIR replaced-by link).
         survivor = str(adt.patient["id"])
         replaced = {prior: survivor for prior in adt.merged_patient_ids if prior != survivor}
-        page = Page("Patient", [adt.patient], None, replaced=replaced)
-        result.add(ingest_page(session, source_id, page, options=options, write_cursor=False))
+        if not replaced and replacements(session, source_id, [survivor]):
+            # A message about a patient this feed merged away (A40) after the merge: the
+            # retired record stays retired (its PID is not applied, as a FHIR server's
+            # merged-away Patient is not read again); its visit goes to the survivor.
+            result.resources += 1
+            result.skipped += 1
+        else:
+            page = Page("Patient", [adt.patient], None, replaced=replaced)
+            result.add(ingest_page(session, source_id, page, options=options, write_cursor=False))
     if adt.encounter is not None:
         page = Page("Encounter", [adt.encounter], None)
         result.add(ingest_page(session, source_id, page, options=options, write_cursor=False))

@@ -362,6 +362,7 @@ def retire_replaced(session: Session, source_id: int, replaced: Mapping[str, str
             if golden_id == loser:
                 goldens[key] = winner
     retired.deleted = apply_deletions(session, source_id, "Patient", list(replaced))
+    _say_replaced(session, source_id, replaced)
     for prior, survivor in replaced.items():
         session.execute(
             update(Encounter)
@@ -376,6 +377,48 @@ def retire_replaced(session: Session, source_id: int, replaced: Mapping[str, str
         extra={"source_id": source_id, "count": len(replaced), "merged": retired.merged},
     )
     return retired
+
+
+def _say_replaced(session: Session, source_id: int, replaced: Mapping[str, str]) -> None:
+    """Each retired record says which Patient replaced it, as a FHIR server's merged-away
+    Patient does (its ``replaced-by`` link), so that whatever later names it goes to the
+    survivor (:func:`sync.encounters.replacements`). A FHIR record says so already. An HL7
+    v2 feed's record (the Patient its PID maps to) is given the link its A40 stated, and
+    a prior patient the feed never sent gets a retired record of its own."""
+    stored = {
+        record.resource_id: record
+        for record in session.scalars(
+            select(SourceRecord).where(
+                SourceRecord.source_id == source_id,
+                SourceRecord.resource_type == "Patient",
+                SourceRecord.resource_id.in_(list(replaced)),
+            )
+        )
+    }
+    for prior, survivor in replaced.items():
+        record = stored.get(prior)
+        if record is not None and record.raw is not None and replaced_by(record.raw) == survivor:
+            continue
+        link = {"other": {"reference": f"Patient/{survivor}"}, "type": "replaced-by"}
+        if record is None:
+            session.add(
+                SourceRecord(
+                    source_id=source_id,
+                    resource_type="Patient",
+                    resource_id=prior,
+                    status=STATUS_DELETED,
+                    raw={"resourceType": "Patient", "id": prior, "active": False, "link": [link]},
+                )
+            )
+        else:
+            raw = record.raw or {"resourceType": "Patient", "id": prior}
+            kept = [
+                other
+                for other in raw.get("link") or []
+                if not (isinstance(other, dict) and other.get("type") == "replaced-by")
+            ]
+            record.raw = {**raw, "link": [*kept, link]}
+    session.flush()
 
 
 def _others_in(session: Session, golden_id: str, source_id: int, resource_id: str) -> bool:

@@ -340,6 +340,55 @@ def test_visit_delete_person_delete_and_merge(
         assert records(session, source_id, resource_id="MRN002")[0].status == "deleted"
 
 
+def test_a_late_message_about_a_merged_away_patient_goes_to_the_survivor(
+    session_factory: sessionmaker[Session], source_id: int
+) -> None:
+    """After an A40, a message that still names the prior patient (a discharge queued
+    before the merge) does not bring the retired record back into the golden record:
+    its visit is the survivor's. A prior the feed never sent is remembered as retired."""
+    receive(session_factory, source_id, message("A04", pid("MRN001"), pv1("V1")))
+    receive(
+        session_factory,
+        source_id,
+        message("A04", pid("MRN002", name="Okafor^Ada^N^^^^L", home=""), pv1("V3")),
+    )
+    for prior in ("MRN001", "MRN077"):
+        merged = message("A40", pid("MRN002"), f"MRG|{prior}^^^GENHOSP^MR", ts="20250301090000")
+        assert receive(session_factory, source_id, merged).code == "AA"
+    late = message("A03", pid("MRN001"), pv1("V1", discharge="20250301100000"), ts="20250301100500")
+    result = receive(session_factory, source_id, late)
+    assert result.code == "AA" and result.ingest.skipped == 1
+    never_sent = message("A04", pid("MRN077"), pv1("V9"), ts="20250301110000")
+    assert receive(session_factory, source_id, never_sent).code == "AA"
+    with session_factory() as session:
+        by_id = {r.resource_id: r.status for r in records(session, source_id)}
+        assert by_id == {
+            "MRN001": "deleted",
+            "MRN002": "active",
+            "MRN077": "deleted",
+            "V1": "active",
+            "V3": "active",
+            "V9": "active",
+        }
+        survivor = golden_of(session, source_id, "MRN002")
+        visits = {
+            e.patient_resource_id: (e.golden_id, e.status)
+            for e in session.scalars(select(Encounter).order_by(Encounter.id))
+        }
+        assert set(visits) == {"MRN002"}
+        assert {golden for golden, _ in visits.values()} == {survivor}
+        finished = session.scalars(
+            select(Encounter.status)
+            .join(SourceRecord, SourceRecord.id == Encounter.source_record_id)
+            .where(SourceRecord.resource_id == "V1")
+        ).one()
+        assert finished == "finished"
+        golden = session.get(GoldenPatient, survivor)
+        assert golden is not None
+        identifiers = {i.get("value") for i in golden.resource.get("identifier", [])}
+        assert "MRN001" not in identifiers and "MRN077" not in identifiers
+
+
 def test_bad_messages_are_kept_and_answered(
     session_factory: sessionmaker[Session], source_id: int, caplog: pytest.LogCaptureFixture
 ) -> None:
