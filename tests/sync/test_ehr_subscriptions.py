@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from sync.intake import hash_intake_token
 from sync.retire import remove_source
 from sync.subscriptions import SubscribeError, managed, subscribe, unsubscribe, watch
 from tests.gateway.conftest import free_port, serve_in_thread
+from tests.integration.conftest import wait_for
 from tests.sekmet_server import SekmetFactory
 from tests.sync.helpers import add_source, patient, records
 
@@ -296,15 +295,6 @@ def test_reactivation_needs_the_header_back() -> None:
 # -- against sekmet-fhir, a real Subscriptions Backport server ------------------------------
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.sekmet
 def test_an_ehr_that_stopped_notifying_is_started_again_and_nothing_is_lost(
     engine: Engine, db_url: str, sekmet_factory: SekmetFactory
@@ -342,19 +332,21 @@ def test_an_ehr_that_stopped_notifying_is_started_again_and_nothing_is_lost(
             lambda t: [SubscriptionRequest(endpoint=endpoint, token=t, topic=TOPIC)],
         )
         sub_id = done.created[0].id
-        wait_for(lambda: ehr_status(sub_id) == "active", "the handshake")
+        wait_for(lambda: ehr_status(sub_id) == "active", timeout_s=30, what="the handshake")
         first = new_patient("Pushed")
-        wait_for(lambda: first in stored(), "the first push")
+        wait_for(lambda: first in stored(), timeout_s=30, what="the first push")
     missed = new_patient("Missed")  # askonce is down
-    wait_for(lambda: ehr_status(sub_id) == "error", "sekmet to stop the Subscription")
+    wait_for(
+        lambda: ehr_status(sub_id) == "error", timeout_s=30, what="sekmet to stop the Subscription"
+    )
     with serve_in_thread(runtime.create_app(), port):
         assert runtime.run_due() == [source_id]
         assert missed in stored()
         with factory() as session:
             assert catchup.owed(session) == {}
-        wait_for(lambda: ehr_status(sub_id) == "active", "the new handshake")
+        wait_for(lambda: ehr_status(sub_id) == "active", timeout_s=30, what="the new handshake")
         again = new_patient("PushedAgain")
-        wait_for(lambda: again in stored(), "the push after the restart")
+        wait_for(lambda: again in stored(), timeout_s=30, what="the push after the restart")
         # What an operator sees.
         admin = TokenService(SECRET).issue("operator", ["askonce.admin"])
         listed = httpx.get(
