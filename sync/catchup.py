@@ -4,8 +4,9 @@ A jump in a subscription's event numbers (or an R4 classic ping) means the sourc
 changed something we were not told about. The notification's transaction records that
 a catch-up is owed (:func:`owe`), with the time; the sync it starts at once reads what
 was missed. Only a run that *started after* that time and finished ``ok`` settles the
-debt (:func:`settle`): a run already in flight may have read past the missed change,
-and a run that failed (the EHR down, its token refused) read nothing.
+debt (:func:`settle`): a run already in flight may have read past the missed change
+(when it finishes, the next run starts at once), and a run that failed (the EHR down,
+its token refused) read nothing.
 
 Until then the source counts as due (:func:`sync.scheduling.due_sources`), with or
 without a schedule: beat's tick, or the embedded server's scheduler, starts another
@@ -77,16 +78,18 @@ def owed(session: Session) -> dict[int, datetime]:
 
 def settle(session: Session, run: SyncRun) -> bool:
     """A run of the source finished ``ok``: the debt is paid if the run started after it
-    was recorded (the caller commits, with the run). Returns whether a debt was paid."""
+    was recorded (the caller commits, with the run). Returns whether a debt this run
+    cannot pay remains (a gap recorded after it started): the caller starts another run
+    at once, rather than leave it to the scheduler's next tick."""
     row = session.get(SyncCursor, (run.source_id, CATCH_UP_KEY))
     if row is None:
         return False
     at = read_debt(row.cursor)
     if at is not None and at > run.started_at:
-        return False  # a later gap: this run may have read past what was missed
+        return True  # a later gap: this run may have read past what was missed
     session.delete(row)
     log.info("catch-up settled", extra={"source_id": run.source_id, "run_id": run.id})
-    return True
+    return False
 
 
 def is_due(run: SyncRun | None, at: datetime, now: datetime, retry_after_s: float) -> bool:

@@ -354,9 +354,13 @@ def run_chunk(
         index = int((run.detail or {}).get("index", 0))
         if index >= len(types):
             finish_run(run, RUN_OK)
-            catchup.settle(session, run)
-            session.commit()
             chunk.done, chunk.status = True, RUN_OK
+            if catchup.settle(session, run):
+                # A gap came in after this run started: the next run starts now, in the
+                # same transaction (the caller goes on with it, or requeues it).
+                follow, follow_token = start_or_resume(session, source_id)
+                chunk.done, chunk.run_id, chunk.token = False, follow.id, follow_token
+            session.commit()
             log.info("sync run finished", extra={"source_id": source_id, "run_id": run_id})
             return chunk
         rtype = types[index]
@@ -619,6 +623,8 @@ def run_source(
         total.done, total.status = chunk.done, chunk.status
         if chunk.done:
             return total
+        run_id, token = chunk.run_id, chunk.token  # a catch-up run may follow a finished one
+        total.run_id, total.token = run_id, token
         if requeue is not None:
             requeue(source_id, run_id, token)
             return total

@@ -62,18 +62,39 @@ def test_a_gap_is_owed_until_a_run_started_after_it_finishes(
         assert owed is not None and abs((utcnow() - owed).total_seconds()) < 60
         assert due_sources(session) == []  # the run in flight is not stalled
     # The catch-up takes the run over: it finishes, but it started before the gap, so it
-    # may have read past the missed change. The debt stays, and the source is due at once
-    # (it has no schedule).
-    assert run_source(context, source_id, max_pages=None).status == "ok"
-    with session_factory() as session:
-        assert catchup.owed_since(session, source_id) == owed
-        assert due_sources(session) == [source_id]
-    # A run started now settles it.
-    assert run_source(context, source_id, max_pages=None).status == "ok"
+    # may have read past the missed change. The debt stays, and the next run starts at
+    # once: it settles the debt.
+    done = run_source(context, source_id, max_pages=None)
+    assert done.status == "ok"
     with session_factory() as session:
         assert catchup.owed(session) == {}
         assert due_sources(session) == []
-        assert session.scalars(select(SyncRun.status)).all() == ["ok", "ok"]
+        runs = session.scalars(select(SyncRun).order_by(SyncRun.id)).all()
+        assert [r.status for r in runs] == ["ok", "ok"]
+        assert done.run_id == runs[1].id and runs[1].started_at >= owed
+
+
+def test_a_queued_worker_requeues_the_run_that_pays_a_later_debt(
+    engine: Engine, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    folder = tmp_path / "ehr"
+    write_ndjson(folder, "Patient", [patient("p1", "First")])
+    write_ndjson(folder, "Encounter", [])
+    source_id = add_source(session_factory, "ehr-push", base_url=str(folder), config=PUSH_CONFIG)
+    context = TaskContext(engine=engine, session_factory=session_factory)
+    queued: list[tuple[int, int, str]] = []
+    first = run_source(context, source_id, requeue=lambda *a: queued.append(a))
+    with session_factory() as session:
+        catchup.owe(session, source_id)  # a gap while the run is in flight
+        session.commit()
+    while queued:
+        _, run_id, token = queued.pop()
+        last = run_source(
+            context, source_id, run_id=run_id, token=token, requeue=lambda *a: queued.append(a)
+        )
+    assert last.done and last.status == "ok" and last.run_id != first.run_id
+    with session_factory() as session:
+        assert catchup.owed(session) == {}
 
 
 def test_a_full_sync_keeps_the_event_numbers_and_the_debt(
