@@ -355,7 +355,7 @@ def run_chunk(
         if index >= len(types):
             finish_run(run, RUN_OK)
             chunk.done, chunk.status = True, RUN_OK
-            if catchup.settle(session, run):
+            if catchup.settle(session, run) and SourceRepository(session).get(source_id).enabled:
                 # A gap came in after this run started: the next run starts now, in the
                 # same transaction (the caller goes on with it, or requeues it).
                 follow, follow_token = start_or_resume(session, source_id)
