@@ -123,8 +123,11 @@ def sources_subscribe(
     out = Console(soft_wrap=True)
     if done.token_set:
         out.print(f"push intake switched on for {name} with this token")
-    print_subscriptions(out, done.created)
-    out.print(f"[green]{len(done.created)} subscription(s) created[/green], notifying {target}")
+    print_subscriptions(out, [*done.created, *done.kept])
+    out.print(
+        f"[green]{len(done.created)} subscription(s) created[/green], notifying {target}"
+        + (f"; {len(done.kept)} already there, left as they are" if done.kept else "")
+    )
 
 
 @sources_app.command("unsubscribe")

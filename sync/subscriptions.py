@@ -195,6 +195,19 @@ def _save(session: Session, item: Managed) -> None:
     CursorRepository(session).set(item.source_id, item.key, json.dumps(item.as_json()))
 
 
+def _forget(session: Session, item: Managed) -> None:
+    row = session.get(SyncCursor, (item.source_id, item.key))
+    if row is not None:
+        session.delete(row)
+
+
+def _named(session: Session, name: str) -> SourceRow:
+    try:
+        return SourceRepository(session).get_by_name(name)
+    except LookupError as exc:
+        raise SourceUnavailableError(f"no source named {name!r}") from exc
+
+
 def _rest_source(source: Source) -> RestSource:
     if not isinstance(source, RestSource):
         raise SubscribeError("only a FHIR server's source can hold Subscriptions")
@@ -206,6 +219,8 @@ class Subscribed:
     """What ``subscribe`` did."""
 
     created: list[Managed] = field(default_factory=list)
+    #: Asked for again while askonce's Subscription for it is there: left as it is.
+    kept: list[Managed] = field(default_factory=list)
     #: Whether the token became the source's intake token (push intake switched on).
     token_set: bool = False
 
@@ -223,13 +238,13 @@ def subscribe(
     on). ``requests(token)`` gives what to create. The token is committed before the
     first Subscription exists, since a topic-based one handshakes at once; each one
     created is committed as soon as the EHR answers, so a failure half-way leaves none
-    unknown."""
+    unknown. Asking again is safe: a topic or criteria askonce already has a
+    Subscription for, at that endpoint, is left as it is, unless the EHR deleted it
+    (``gone``), which is created again."""
     done = Subscribed()
     with session_factory() as session:
-        try:
-            source = SourceRepository(session).get_by_name(name)
-        except LookupError as exc:
-            raise SourceUnavailableError(f"no source named {name!r}") from exc
+        source = _named(session, name)
+        existing = {(m.what, m.endpoint): m for m in managed(session, source.id)}
         if source.removing_since is not None or not source.enabled:
             raise SourceUnavailableError(f"source {name!r} is disabled")
         expected = (source.config or {}).get(INTAKE_TOKEN_KEY)
@@ -247,6 +262,10 @@ def subscribe(
     try:
         ehr = EhrSubscriptions(_rest_source(connector))
         for request in wanted:
+            before = existing.get((request.what, request.endpoint))
+            if before is not None and before.status != STATUS_GONE:
+                done.kept.append(before)
+                continue
             state = ehr.create(request)
             item = Managed(
                 source_id=source_id,
@@ -260,6 +279,8 @@ def subscribe(
                 error=state.error,
             )
             with session_factory() as session:
+                if before is not None and before.key != item.key:
+                    _forget(session, before)
                 _save(session, item)
                 session.commit()
             done.created.append(item)
@@ -282,10 +303,7 @@ def unsubscribe(
     """Delete the Subscriptions askonce created on the source's EHR (``ids``, or all) and
     forget them. One the EHR no longer has is forgotten too."""
     with session_factory() as session:
-        try:
-            source = SourceRepository(session).get_by_name(name)
-        except LookupError as exc:
-            raise SourceUnavailableError(f"no source named {name!r}") from exc
+        source = _named(session, name)
         items = [m for m in managed(session, source.id) if not ids or m.id in ids]
         unknown = sorted(set(ids) - {m.id for m in items})
         if unknown:
@@ -339,9 +357,7 @@ def _delete(
                 )
                 continue
             with session_factory() as session:
-                row = session.get(SyncCursor, (item.source_id, item.key))
-                if row is not None:
-                    session.delete(row)
+                _forget(session, item)
                 session.commit()
             deleted.append(item)
     finally:

@@ -5,6 +5,7 @@ server with a Subscriptions Backport engine that we did not write."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from datetime import timedelta
@@ -30,7 +31,7 @@ from connectors.subscriptions import (
     SubscriptionRequestError,
 )
 from gateway.auth import TokenService
-from store import upgrade
+from store import CursorRepository, upgrade
 from store.models import Source as SourceRow
 from store.models import SyncCursor
 from store.types import utcnow
@@ -113,6 +114,7 @@ class FakeEhr:
         self.requests: list[tuple[str, str]] = []
         self.down = False
         self.mask_headers = False
+        self.ids = itertools.count(1)
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.requests.append((request.method, request.url.path))
@@ -121,7 +123,7 @@ class FakeEhr:
         parts = request.url.path.rstrip("/").split("/")
         if request.method == "POST" and parts[-1] == "Subscription":
             body = json.loads(request.content)
-            body["id"] = f"sub-{len(self.subscriptions) + 1}"
+            body["id"] = f"sub-{next(self.ids)}"
             self.subscriptions[body["id"]] = body
             return httpx.Response(201, json=body)
         rid = parts[-1]
@@ -172,12 +174,25 @@ def test_subscribe_sets_or_checks_the_intake_token(
         assert row is not None and row.config["intake_token_sha256"] == hash_intake_token(TOKEN)
         # No token in the database: only its hash.
         assert TOKEN not in json.dumps([m.as_json() for m in kept])
+    # Asking again changes nothing; one the EHR deleted ("gone") is created again.
+    again = subscribe(session_factory, "ehr", TOKEN, _topic, source_factory=ehr.factory)
+    assert again.created == [] and sorted(m.id for m in again.kept) == ["sub-1", "sub-2"]
+    del ehr.subscriptions["sub-2"]
+    with session_factory() as session:
+        lost = next(m for m in managed(session, source_id) if m.id == "sub-2")
+        lost.status = "gone"
+        CursorRepository(session).set(source_id, lost.key, json.dumps(lost.as_json()))
+        session.commit()
+    renewed = subscribe(session_factory, "ehr", TOKEN, _topic, source_factory=ehr.factory)
+    assert [m.id for m in renewed.created] == ["sub-3"]
+    with session_factory() as session:
+        assert sorted(m.id for m in managed(session, source_id)) == ["sub-1", "sub-3"]
     # Another token is refused: it is not the one the EHR sends back.
     with pytest.raises(SubscribeError):
         subscribe(session_factory, "ehr", "another-token", _topic, source_factory=ehr.factory)
     assert len(ehr.subscriptions) == 2
-    gone = unsubscribe(session_factory, "ehr", ["sub-2"], source_factory=ehr.factory)
-    assert [m.id for m in gone] == ["sub-2"] and list(ehr.subscriptions) == ["sub-1"]
+    gone = unsubscribe(session_factory, "ehr", ["sub-3"], source_factory=ehr.factory)
+    assert [m.id for m in gone] == ["sub-3"] and list(ehr.subscriptions) == ["sub-1"]
     with pytest.raises(SubscribeError):
         unsubscribe(session_factory, "ehr", ["sub-9"], source_factory=ehr.factory)
     add_source(session_factory, "files", base_url="/tmp/x")
