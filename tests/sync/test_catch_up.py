@@ -38,6 +38,14 @@ def notify(factory: sessionmaker[Session], name: str, body: dict[str, Any]) -> b
     return receive_notification(factory, name, body, TOKEN)[1].gap
 
 
+def push_source(session_factory: sessionmaker[Session], tmp_path: Path) -> int:
+    """A source "ehr-push" with push intake on, over a folder holding one Patient."""
+    folder = tmp_path / "ehr"
+    write_ndjson(folder, "Patient", [patient("p1", "First")])
+    write_ndjson(folder, "Encounter", [])
+    return add_source(session_factory, "ehr-push", base_url=str(folder), config=PUSH_CONFIG)
+
+
 def heartbeat(since: int) -> dict[str, Any]:
     return backport_bundle("heartbeat", since=since)
 
@@ -45,10 +53,7 @@ def heartbeat(since: int) -> dict[str, Any]:
 def test_a_gap_is_owed_until_a_run_started_after_it_finishes(
     engine: Engine, session_factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "ehr"
-    write_ndjson(folder, "Patient", [patient("p1", "First")])
-    write_ndjson(folder, "Encounter", [])
-    source_id = add_source(session_factory, "ehr-push", base_url=str(folder), config=PUSH_CONFIG)
+    source_id = push_source(session_factory, tmp_path)
     context = TaskContext(engine=engine, session_factory=session_factory)
     assert notify(session_factory, "ehr-push", backport_bundle("handshake", since=0)) is False
     with session_factory() as session:
@@ -77,10 +82,7 @@ def test_a_gap_is_owed_until_a_run_started_after_it_finishes(
 def test_a_queued_worker_requeues_the_run_that_pays_a_later_debt(
     engine: Engine, session_factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "ehr"
-    write_ndjson(folder, "Patient", [patient("p1", "First")])
-    write_ndjson(folder, "Encounter", [])
-    source_id = add_source(session_factory, "ehr-push", base_url=str(folder), config=PUSH_CONFIG)
+    source_id = push_source(session_factory, tmp_path)
     context = TaskContext(engine=engine, session_factory=session_factory)
     queued: list[tuple[int, int, str]] = []
     first = run_source(context, source_id, requeue=lambda *a: queued.append(a))
@@ -102,10 +104,7 @@ def test_a_full_sync_keeps_the_event_numbers_and_the_debt(
 ) -> None:
     """Clearing a source's read positions (a full run, a new URL) is not a gap: the
     subscriptions' event numbers stay, and so does a debt no run has paid yet."""
-    folder = tmp_path / "ehr"
-    write_ndjson(folder, "Patient", [patient("p1", "First")])
-    write_ndjson(folder, "Encounter", [])
-    source_id = add_source(session_factory, "ehr-push", base_url=str(folder), config=PUSH_CONFIG)
+    source_id = push_source(session_factory, tmp_path)
     context = TaskContext(engine=engine, session_factory=session_factory)
     notify(session_factory, "ehr-push", backport_bundle("handshake", since=0))
     assert notify(session_factory, "ehr-push", heartbeat(3)) is True
