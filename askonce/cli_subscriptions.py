@@ -98,16 +98,14 @@ def sources_subscribe(
                 endpoint=target,
                 token=bearer,
                 topic=url,
-                content=content or "id-only",
+                content=content or "",
                 heartbeat_s=heartbeat,
                 filters=tuple(filter_ or ()),
             )
             for url in topics
         ]
         return made + [
-            SubscriptionRequest(
-                endpoint=target, token=bearer, criteria=q, content=content or "full-resource"
-            )
+            SubscriptionRequest(endpoint=target, token=bearer, criteria=q, content=content or "")
             for q in searches
         ]
 

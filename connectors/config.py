@@ -190,6 +190,10 @@ class ResourceCapability:
     operations: frozenset[str]
 
 
+#: The Subscriptions Backport's extension listing a server's SubscriptionTopic canonicals.
+TOPIC_CANONICAL_EXTENSION = "/capabilitystatement-subscriptiontopic-canonical"
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """The parts of a `CapabilityStatement <https://hl7.org/fhir/R4/capabilitystatement.html>`_
@@ -200,6 +204,9 @@ class Capabilities:
     resources: dict[str, ResourceCapability]
     system_operations: frozenset[str]
     system_interactions: frozenset[str]
+    #: SubscriptionTopic canonicals the server offers (the Subscriptions Backport's
+    #: ``capabilitystatement-subscriptiontopic-canonical`` extension on ``Subscription``).
+    subscription_topics: frozenset[str] = frozenset()
 
     @property
     def resource_types(self) -> list[str]:
@@ -222,6 +229,7 @@ class Capabilities:
     @classmethod
     def from_capability_statement(cls, statement: dict[str, Any]) -> Capabilities:
         resources: dict[str, ResourceCapability] = {}
+        topics: set[str] = set()
         system_ops: set[str] = set()
         system_interactions: set[str] = set()
         for rest in statement.get("rest") or []:
@@ -232,6 +240,14 @@ class Capabilities:
             for resource in rest.get("resource") or []:
                 if not isinstance(resource, dict) or not isinstance(resource.get("type"), str):
                     continue
+                if resource["type"] == "Subscription":
+                    topics.update(
+                        str(e.get("valueCanonical"))
+                        for e in resource.get("extension") or []
+                        if isinstance(e, dict)
+                        and str(e.get("url", "")).endswith(TOPIC_CANONICAL_EXTENSION)
+                        and e.get("valueCanonical")
+                    )
                 resources[resource["type"]] = ResourceCapability(
                     search_params=frozenset(_names(resource.get("searchParam"), "name")),
                     interactions=frozenset(_names(resource.get("interaction"), "code")),
@@ -244,6 +260,7 @@ class Capabilities:
             resources=resources,
             system_operations=frozenset(system_ops),
             system_interactions=frozenset(system_interactions),
+            subscription_topics=frozenset(topics),
         )
 
 

@@ -173,6 +173,27 @@ def _rest(source: RestSource, report: Preflight) -> None:
             _history(source, capabilities, resource_type, report)
         else:
             _search(source, capabilities, resource_type, report)
+    _push(capabilities, report)
+
+
+def _push(capabilities: Capabilities, report: Preflight) -> None:
+    """Whether ``askonce sources subscribe`` can ask this server to push (never an error:
+    a sync pulls)."""
+    if not capabilities.supports("Subscription"):
+        report.add(
+            "ok",
+            "Subscription",
+            "not offered: changes are pulled (push intake takes Subscriptions made elsewhere)",
+        )
+        return
+    topics = sorted(capabilities.subscription_topics)
+    report.add(
+        "ok",
+        "Subscription",
+        f"offered, with {len(topics)} Subscriptions Backport topic(s): {', '.join(topics)}"
+        if topics
+        else "offered (classic R4 criteria; no Subscriptions Backport topic listed)",
+    )
 
 
 def _offered(

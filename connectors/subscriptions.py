@@ -54,8 +54,9 @@ class SubscriptionRequest:
     topic: str | None = None
     #: Classic: a search such as ``Patient?``; topic-based: None.
     criteria: str | None = None
-    #: ``empty``, ``id-only`` or ``full-resource`` (classic: ``empty`` or ``full-resource``).
-    content: str = "id-only"
+    #: ``empty``, ``id-only`` or ``full-resource`` (classic: ``empty`` or ``full-resource``);
+    #: "" for the default: ``id-only`` for a topic, ``full-resource`` for a criteria.
+    content: str = ""
     heartbeat_s: int | None = None
     #: Topic-based: the topic's filters (``Patient?identifier=...``).
     filters: tuple[str, ...] = ()
@@ -63,6 +64,9 @@ class SubscriptionRequest:
     def __post_init__(self) -> None:
         if (self.topic is None) == (self.criteria is None):
             raise SubscriptionRequestError("give either a topic or a criteria")
+        if not self.content:
+            default = "id-only" if self.topic is not None else "full-resource"
+            object.__setattr__(self, "content", default)
         if not self.endpoint.startswith(("https://", "http://")):
             raise SubscriptionRequestError("the endpoint must be an http(s) URL")
         if self.content not in CONTENTS:

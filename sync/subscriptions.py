@@ -195,6 +195,18 @@ def _save(session: Session, item: Managed) -> None:
     CursorRepository(session).set(item.source_id, item.key, json.dumps(item.as_json()))
 
 
+def _offered(source: RestSource, wanted: Sequence[SubscriptionRequest]) -> None:
+    """A topic the server does not list among those it offers is refused before anything
+    is created (a server that lists none is taken at its word, which is no word)."""
+    offered = source.capabilities().subscription_topics
+    unknown = sorted({r.topic for r in wanted if r.topic and offered and r.topic not in offered})
+    if unknown:
+        raise SubscribeError(
+            f"the EHR does not offer the topic {unknown[0]};"
+            f" it offers: {', '.join(sorted(offered))}"
+        )
+
+
 def _forget(session: Session, item: Managed) -> None:
     row = session.get(SyncCursor, (item.source_id, item.key))
     if row is not None:
@@ -261,12 +273,21 @@ def subscribe(
     connector = source_factory(config)
     try:
         ehr = EhrSubscriptions(_rest_source(connector))
+        _offered(_rest_source(connector), wanted)
         for request in wanted:
             before = existing.get((request.what, request.endpoint))
             if before is not None and before.status != STATUS_GONE:
                 done.kept.append(before)
                 continue
             state = ehr.create(request)
+            if not state.live:
+                state = ehr.read(state.id)  # a server may refuse it once stored
+            if not state.live:
+                ehr.delete(state.id)
+                raise SubscribeError(
+                    f"the EHR did not take the Subscription to {request.what}"
+                    f" ({state.status or 'gone'}): {state.error or 'no reason given'}"
+                )
             item = Managed(
                 source_id=source_id,
                 id=state.id,

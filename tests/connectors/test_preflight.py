@@ -103,6 +103,33 @@ def test_a_standard_fhir_server_passes_and_counts_what_a_first_sync_reads() -> N
     assert any("_summary=count" in url and "_lastUpdated=ge1900" in url for url in asked)
     assert any("_sort=_lastUpdated" in url and "_count=1" in url for url in asked)
     assert report.as_dict()["ok"] is True
+    assert found["Subscription"] == [
+        ("ok", "not offered: changes are pulled (push intake takes Subscriptions made elsewhere)")
+    ]
+
+
+def test_the_subscriptions_a_server_offers_are_reported() -> None:
+    classic = preflight(make_source(server(statement(types=("Patient", "Subscription")))))
+    assert levels(classic)["Subscription"] == [
+        ("ok", "offered (classic R4 criteria; no Subscriptions Backport topic listed)")
+    ]
+    topics = statement(types=("Patient", "Subscription"))
+    topics["rest"][0]["resource"][1]["extension"] = [
+        {
+            "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+            "capabilitystatement-subscriptiontopic-canonical",
+            "valueCanonical": url,
+        }
+        for url in ("http://ehr.example/topic/b", "http://ehr.example/topic/a")
+    ]
+    report = preflight(make_source(server(topics)))
+    assert levels(report)["Subscription"] == [
+        (
+            "ok",
+            "offered, with 2 Subscriptions Backport topic(s): "
+            "http://ehr.example/topic/a, http://ehr.example/topic/b",
+        )
+    ]
 
 
 def test_a_server_that_ignores_the_incremental_parameters_is_warned_about() -> None:

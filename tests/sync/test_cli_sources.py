@@ -153,6 +153,9 @@ def test_check_a_real_fhir_server(cli_db: str, sekmet_server: SekmetServer) -> N
     checked = runner.invoke(app, ["sources", "check", "real"])
     assert checked.exit_code == 0, checked.output
     assert "4.0.1" in checked.output and "searchable by _lastUpdated" in checked.output
+    # What `sources subscribe` can ask of it: sekmet lists its Backport topics.
+    assert "Subscriptions Backport topic(s)" in checked.output
+    assert "http://sekmet.dev/fhir/SubscriptionTopic/patient-change" in checked.output
 
 
 def test_the_demo_syncs_three_ehrs_into_golden_records(cli_db: str) -> None:

@@ -23,6 +23,7 @@ from askonce.runtime import build_runtime
 from askonce.settings import Settings, get_settings
 from connectors import PermanentError, RestSource, Source, SourceConfig, build_source
 from connectors.subscriptions import (
+    BACKPORT,
     BACKPORT_PROFILE,
     EXT_HEARTBEAT_PERIOD,
     EXT_PAYLOAD_CONTENT,
@@ -115,15 +116,21 @@ class FakeEhr:
         self.down = False
         self.mask_headers = False
         self.ids = itertools.count(1)
+        self.topics = [TOPIC]
+        self.refuse: str | None = None
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.requests.append((request.method, request.url.path))
         if self.down:
             return httpx.Response(503)
         parts = request.url.path.rstrip("/").split("/")
+        if parts[-1] == "metadata":
+            return httpx.Response(200, json=self.statement())
         if request.method == "POST" and parts[-1] == "Subscription":
             body = json.loads(request.content)
             body["id"] = f"sub-{next(self.ids)}"
+            if self.refuse:
+                body.update(status="error", error=self.refuse)
             self.subscriptions[body["id"]] = body
             return httpx.Response(201, json=body)
         rid = parts[-1]
@@ -142,6 +149,21 @@ class FakeEhr:
         if self.mask_headers:
             shown["channel"]["header"] = ["Authorization: ****"]
         return httpx.Response(200, json=shown)
+
+    def statement(self) -> dict[str, Any]:
+        subscription: dict[str, Any] = {"type": "Subscription", "interaction": [{"code": "create"}]}
+        subscription["extension"] = [
+            {
+                "url": f"{BACKPORT}/capabilitystatement-subscriptiontopic-canonical",
+                "valueCanonical": t,
+            }
+            for t in self.topics
+        ]
+        return {
+            "resourceType": "CapabilityStatement",
+            "fhirVersion": "4.0.1",
+            "rest": [{"mode": "server", "resource": [{"type": "Patient"}, subscription]}],
+        }
 
     def factory(self, config: SourceConfig) -> Source:
         return build_source(
@@ -187,6 +209,17 @@ def test_subscribe_sets_or_checks_the_intake_token(
     assert [m.id for m in renewed.created] == ["sub-3"]
     with session_factory() as session:
         assert sorted(m.id for m in managed(session, source_id)) == ["sub-1", "sub-3"]
+    # A topic the EHR does not offer is refused before anything is created; one the EHR
+    # stores in error (a filter it cannot evaluate) is deleted there and reported.
+    other_topic = [SubscriptionRequest(endpoint=ENDPOINT, token=TOKEN, topic=TOPIC + "-other")]
+    with pytest.raises(SubscribeError, match="does not offer the topic"):
+        subscribe(session_factory, "ehr", TOKEN, lambda _t: other_topic, source_factory=ehr.factory)
+    ehr.refuse = "Unsupported filter"
+    other = [SubscriptionRequest(endpoint=ENDPOINT, token=TOKEN, criteria="Patient?gender=x")]
+    with pytest.raises(SubscribeError, match="Unsupported filter"):
+        subscribe(session_factory, "ehr", TOKEN, lambda _t: other, source_factory=ehr.factory)
+    ehr.refuse = None
+    assert sorted(ehr.subscriptions) == ["sub-1", "sub-3"]
     # Another token is refused: it is not the one the EHR sends back.
     with pytest.raises(SubscribeError):
         subscribe(session_factory, "ehr", "another-token", _topic, source_factory=ehr.factory)
