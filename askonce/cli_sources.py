@@ -301,15 +301,15 @@ def sources_status(
 
 
 def print_subscriptions(out: Console, items: list[Managed]) -> None:
-    """A table of the Subscriptions askonce created on one source's EHR."""
+    """A table of the Subscriptions askonce created (or watches) on one source's EHR."""
     table = Table("subscription", "topic or criteria", "content", "status", "checked", "heard")
     for item in items:
         status = item.status or "-"
         colour = "green" if status in ("active", "requested") else "red"
         table.add_row(
             item.id,
-            item.what,
-            item.content,
+            (item.what or "-") + (" (made elsewhere, watched)" if item.adopted else ""),
+            item.content or "-",
             f"[{colour}]{status}[/{colour}]" + (f" ({item.error})" if item.error else ""),
             item.checked_at.isoformat(timespec="seconds") if item.checked_at else "never",
             item.heard_at.isoformat(timespec="seconds") if item.heard_at else "never",

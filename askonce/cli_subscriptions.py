@@ -10,10 +10,9 @@ from rich.console import Console
 
 from askonce.cli_sources import _runtime, console, print_subscriptions, sources_app
 from connectors import ConnectorError
-from connectors.subscriptions import SubscriptionRequest, SubscriptionRequestError
-from store import SourceRepository
+from connectors.subscriptions import SubscriptionRequestError
 from sync.runner import SourceUnavailableError
-from sync.subscriptions import SubscribeError, subscribe, unsubscribe
+from sync.subscriptions import Plan, Subscribed, SubscribeError, subscribe, unsubscribe
 
 
 def _endpoint(name: str, endpoint: str | None, base: str | None) -> str:
@@ -56,8 +55,9 @@ def sources_subscribe(
     criteria: Annotated[
         list[str] | None,
         typer.Option(
-            help="A classic R4 criteria such as 'Patient?' (repeatable). Default, when no"
-            " --topic is given: one per resource type the source syncs."
+            help="A classic R4 criteria such as 'Patient?' (repeatable). Default, when neither"
+            " is given: for each type the source syncs, a topic the EHR offers that pushes"
+            " every create and update of it, else 'Type?'."
         ),
     ] = None,
     content: Annotated[
@@ -81,37 +81,16 @@ def sources_subscribe(
     The scheduler then watches them: one the EHR stopped (an error, a restart of askonce)
     is asked to start again, and a catch-up sync reads what it did not send."""
     runtime = _runtime()
-    target = _endpoint(name, endpoint, runtime.settings.public_base_url)
-    with runtime.session_factory() as session:
-        try:
-            types = list(SourceRepository(session).get_by_name(name).resource_types)
-        except LookupError as exc:
-            console.print(f"[red]error:[/red] no source named {name!r}")
-            raise typer.Exit(code=2) from exc
-    topics, searches = list(topic or []), list(criteria or [])
-    if not topics and not searches:
-        searches = [f"{rtype}?" for rtype in types]
-
-    def requests(bearer: str) -> list[SubscriptionRequest]:
-        made = [
-            SubscriptionRequest(
-                endpoint=target,
-                token=bearer,
-                topic=url,
-                content=content or "",
-                heartbeat_s=heartbeat,
-                filters=tuple(filter_ or ()),
-            )
-            for url in topics
-        ]
-        return made + [
-            SubscriptionRequest(endpoint=target, token=bearer, criteria=q, content=content or "")
-            for q in searches
-        ]
-
+    plan = Plan(
+        endpoint=_endpoint(name, endpoint, runtime.settings.public_base_url),
+        topics=tuple(topic or ()),
+        criteria=tuple(criteria or ()),
+        content=content or "",
+        heartbeat_s=heartbeat,
+        filters=tuple(filter_ or ()),
+    )
     try:
-        requests("check")  # every request is valid before anything changes
-        done = subscribe(runtime.session_factory, name, token, requests)
+        done = subscribe(runtime.session_factory, name, token, plan)
     except (SubscriptionRequestError, SubscribeError, SourceUnavailableError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=2) from exc
@@ -121,11 +100,36 @@ def sources_subscribe(
     out = Console(soft_wrap=True)
     if done.token_set:
         out.print(f"push intake switched on for {name} with this token")
+    _print_choice(out, done)
     print_subscriptions(out, [*done.created, *done.kept])
     out.print(
-        f"[green]{len(done.created)} subscription(s) created[/green], notifying {target}"
+        f"[green]{len(done.created)} subscription(s) created[/green], notifying {plan.endpoint}"
         + (f"; {len(done.kept)} already there, left as they are" if done.kept else "")
     )
+    classic = [m.what for m in [*done.created, *done.kept] if not m.topic_based]
+    if classic and not done.scheduled:
+        out.print(
+            f"[yellow]note:[/yellow] classic Subscriptions ({', '.join(classic)}) do not number"
+            " their events, so a lost notification cannot be seen; a schedule reads what they"
+            f" miss: askonce sources update {name} --schedule 1h"
+        )
+
+
+def _print_choice(out: Console, done: Subscribed) -> None:
+    """What an automatic plan chose for each type, and why."""
+    if done.choice is None:
+        return
+    if done.topics_unread:
+        out.print(
+            f"the EHR's topic definitions could not be read ({done.topics_unread}):"
+            " classic Subscriptions only"
+        )
+    for rtype, url in done.choice.topics.items():
+        out.print(f"{rtype}: topic {url} (every create and update, numbered events)")
+    for rtype in done.choice.uncovered:
+        out.print(
+            f"{rtype}: no topic the EHR offers pushes every change; classic criteria {rtype}?"
+        )
 
 
 @sources_app.command("unsubscribe")

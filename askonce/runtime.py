@@ -25,7 +25,9 @@ from mpi import MatchSettings, match_patient
 from store import check_schema_at_head, make_engine, make_session_factory, unit_of_work
 from sync import TaskContext, bind_task_context, create_celery, current_task_context
 from sync.delivery import DEFAULT_DELIVER_S, DeliveryReport, deliver_with
+from sync.pipeline import UnknownSourceError
 from sync.retention import PruneReport, prune_with
+from sync.retire import remove_source
 from sync.runner import run_chunked
 from sync.scheduling import dispatch_due
 
@@ -125,7 +127,8 @@ class Runtime:
 
         A run goes chunk by chunk, so ``stop`` ends it between two chunks (it resumes at
         the next tick, from its cursor). A source that fails is logged by type, and left to
-        its next tick (a transient failure) or to a fix (a permanent one fails the run)."""
+        its next tick (a transient failure) or to a fix (a permanent one fails the run).
+        A source removal that stopped half-way is finished here too."""
         context = current_task_context()
 
         def sync(source_id: int) -> None:
@@ -137,7 +140,18 @@ class Runtime:
                     extra={"source_id": source_id, "error": type(exc).__name__},
                 )
 
-        return dispatch_due(context, sync)
+        def remove(source_id: int) -> None:
+            try:
+                remove_source(context.session_factory, source_id)
+            except UnknownSourceError:
+                pass  # finished meanwhile
+            except Exception as exc:  # its heartbeat stays old: the next tick tries again
+                log.warning(
+                    "source removal failed",
+                    extra={"source_id": source_id, "error": type(exc).__name__},
+                )
+
+        return dispatch_due(context, sync, remove)
 
     @contextmanager
     def schedule_loop(self) -> Iterator[threading.Event]:

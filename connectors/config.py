@@ -39,6 +39,9 @@ SOURCE_KINDS: tuple[str, ...] = ("fhir", "history", "bulk", "ndjson", "hl7v2", "
 HL7V2_KIND = "hl7v2"
 PORTAL_KIND = "portal"
 PUSH_ONLY_KINDS: tuple[str, ...] = (HL7V2_KIND, PORTAL_KIND)
+#: Kinds read from a FHIR server (a :class:`connectors.RestSource`), which can hold
+#: Subscriptions.
+SERVER_KINDS: tuple[str, ...] = ("fhir", "history", "bulk")
 
 
 def push_arrival(kind: str) -> str:

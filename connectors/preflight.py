@@ -35,6 +35,7 @@ from connectors.config import Capabilities
 from connectors.errors import AuthenticationError, ConnectorError, TransientError
 from connectors.ndjson import NdjsonDirectorySource
 from connectors.source import RestSource, Source
+from connectors.topics import choose_topics, read_topics
 
 logger = logging.getLogger(__name__)
 
@@ -173,12 +174,12 @@ def _rest(source: RestSource, report: Preflight) -> None:
             _history(source, capabilities, resource_type, report)
         else:
             _search(source, capabilities, resource_type, report)
-    _push(capabilities, report)
+    _push(source, capabilities, report)
 
 
-def _push(capabilities: Capabilities, report: Preflight) -> None:
-    """Whether ``askonce sources subscribe`` can ask this server to push (never an error:
-    a sync pulls)."""
+def _push(source: RestSource, capabilities: Capabilities, report: Preflight) -> None:
+    """Whether ``askonce sources subscribe`` can ask this server to push, and with which
+    topics (never an error: a sync pulls)."""
     if not capabilities.supports("Subscription"):
         report.add(
             "ok",
@@ -194,6 +195,31 @@ def _push(capabilities: Capabilities, report: Preflight) -> None:
         if topics
         else "offered (classic R4 criteria; no Subscriptions Backport topic listed)",
     )
+    if topics:
+        _topics(source, capabilities, report)
+
+
+def _topics(source: RestSource, capabilities: Capabilities, report: Preflight) -> None:
+    """Which of the synced types a listed topic pushes every change of: what ``askonce
+    sources subscribe`` chooses when it is not told (:mod:`connectors.topics`)."""
+    try:
+        definitions = read_topics(source)
+    except ConnectorError as exc:
+        report.add(
+            "ok",
+            "Subscription",
+            f"the topics' definitions could not be read ({_failure(exc)}): name a topic"
+            " with --topic, or subscribe gives each type a classic Subscription",
+        )
+        return
+    types = list(source.config.resource_types)
+    choice = choose_topics(definitions, types, capabilities.subscription_topics)
+    parts = [f"{rtype} by the topic {url}" for rtype, url in choice.topics.items()]
+    parts += [
+        f"{rtype} by a classic Subscription (no listed topic pushes its every change)"
+        for rtype in choice.uncovered
+    ]
+    report.add("ok", "Subscription", "subscribe without --topic: " + "; ".join(parts))
 
 
 def _offered(

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from connectors.config import as_object
 from connectors.errors import PermanentError
 from connectors.http import FHIR_JSON, parse_json_object
 from connectors.source import RestSource
@@ -132,6 +133,11 @@ class SubscriptionState:
     status: str | None
     #: The server's ``error`` text, if any. It describes the channel, never a patient.
     error: str | None = None
+    #: Its topic or criteria, endpoint, payload content and heartbeat period, as stored.
+    what: str | None = None
+    endpoint: str | None = None
+    content: str | None = None
+    heartbeat_s: int | None = None
 
     @property
     def live(self) -> bool:
@@ -158,9 +164,30 @@ def _state(resource: dict[str, Any], fallback_id: str | None = None) -> Subscrip
     if not isinstance(rid, str) or not rid:
         raise PermanentError("the server's Subscription has no id")
     error = resource.get("error")
+    channel = as_object(resource.get("channel"))
+    endpoint, criteria = channel.get("endpoint"), resource.get("criteria")
+    heartbeat = _extension(channel, EXT_HEARTBEAT_PERIOD, "valueUnsignedInt")
+    content = _extension(channel.get("_payload"), EXT_PAYLOAD_CONTENT, "valueCode")
     return SubscriptionState(
-        rid, str(resource.get("status") or "") or None, error if isinstance(error, str) else None
+        rid,
+        str(resource.get("status") or "") or None,
+        error if isinstance(error, str) else None,
+        what=criteria if isinstance(criteria, str) else None,
+        endpoint=endpoint if isinstance(endpoint, str) else None,
+        content=content
+        if isinstance(content, str)
+        else ("full-resource" if channel.get("payload") else "empty"),
+        heartbeat_s=heartbeat if isinstance(heartbeat, int) and heartbeat > 0 else None,
     )
+
+
+def _extension(element: Any, url: str, key: str) -> Any:
+    """The value of ``element``'s extension ``url`` (None when absent)."""
+    extensions = element.get("extension") if isinstance(element, dict) else None
+    for extension in extensions if isinstance(extensions, list) else []:
+        if isinstance(extension, dict) and extension.get("url") == url:
+            return extension.get(key)
+    return None
 
 
 class EhrSubscriptions:
@@ -219,6 +246,21 @@ class EhrSubscriptions:
         if response.content.strip():
             return _state(parse_json_object(response), subscription_id)
         return self.read(subscription_id)
+
+    def status(self, subscription_id: str) -> dict[str, Any] | None:
+        """The Backport's ``Subscription/{id}/$status``: a ``query-status`` with the count of
+        events so far. None when the server does not list the operation, or no longer has
+        the Subscription."""
+        if not self.source.capabilities().supports_operation("status", "Subscription"):
+            return None
+        response = self.http.request(
+            "GET",
+            f"Subscription/{subscription_id}/$status",
+            allow_statuses=frozenset({HTTP_NOT_FOUND, HTTP_GONE}),
+        )
+        if response.status_code in (HTTP_NOT_FOUND, HTTP_GONE):
+            return None
+        return parse_json_object(response)
 
     def delete(self, subscription_id: str) -> None:
         self.http.request(

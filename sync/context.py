@@ -46,7 +46,7 @@ class TaskContext:
     #: wait before a failed catch-up is tried again (sync.scheduling, sync.catchup).
     stall_after_s: float = DEFAULT_STALL_AFTER_S
     #: How often the Subscriptions askonce created on the EHRs are read (s; sooner when a
-    #: heartbeat is overdue): sync.subscriptions.watch.
+    #: heartbeat is overdue): sync.ehr_watch.watch.
     subscription_check_s: float = DEFAULT_SUBSCRIPTION_CHECK_S
     #: ``run(job_id)``: writes a Bulk Data export's files (the gateway's
     #: ``gateway.operations.export.run_export``, wired by the composition root).

@@ -27,6 +27,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -35,6 +36,8 @@ from sqlalchemy.orm import Session
 from connectors import ConnectorError, Page, Source, build_source
 from store import CursorRepository
 from store.models import Source as SourceRow
+from store.models import SyncCursor
+from store.types import as_utc, utcnow
 from sync import catchup
 from sync.patients import PatientOptions
 from sync.pipeline import IngestResult, ingest_page
@@ -216,12 +219,19 @@ def _state_key(subscription: str | None) -> str:
     return PUSH_STATE_PREFIX + digest
 
 
-def _detect_gap(session: Session, source_id: int, note: Notification) -> bool:
-    """Compare the event numbers with the last one seen for the subscription; remember the new."""
-    cursors = CursorRepository(session)
+def _detect_gap(
+    session: Session, source_id: int, note: Notification, *, heard: bool = True
+) -> bool:
+    """Compare the event numbers with the last one seen for the subscription; remember the
+    new. ``heard``: the notification arrived from the EHR (it is when the subscription was
+    last heard from); False for a ``$status`` the watch read (the time is kept)."""
     key = _state_key(note.subscription)
-    stored = cursors.get(source_id, key)
-    last: int | None = json.loads(stored).get("last_event") if stored else None
+    row = session.get(SyncCursor, (source_id, key))
+    state: dict[str, Any] = json.loads(row.cursor or "{}") if row is not None else {}
+    last: int | None = state.get("last_event")
+    if row is not None and "heard_at" not in state:  # kept before "heard_at" was
+        updated = as_utc(row.updated_at)
+        state["heard_at"] = updated.isoformat() if updated else None
     gap = False
     newest: int | None
     if note.kind == KIND_HANDSHAKE:
@@ -238,12 +248,36 @@ def _detect_gap(session: Session, source_id: int, note: Notification) -> bool:
         if numbers:
             expected = (last or 0) + 1
             gap = numbers[0] > expected or any(b - a > 1 for a, b in itertools.pairwise(numbers))
-    if newest is not None and (last is None or newest >= last):
-        cursors.set(
-            source_id,
-            key,
-            json.dumps({"subscription": note.subscription, "last_event": newest}),
-        )
+    if newest is not None and (last is None or newest >= last) and (heard or newest != last):
+        state = {
+            "subscription": note.subscription,
+            "last_event": newest,
+            "heard_at": utcnow().isoformat() if heard else state.get("heard_at"),
+        }
+        CursorRepository(session).set(source_id, key, json.dumps(state))
+    return gap
+
+
+def note_status(
+    session: Session,
+    source_id: int,
+    body: dict[str, Any],
+    *,
+    reference: str | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """A Subscription's ``$status`` (Subscriptions Backport), read from the EHR by the watch:
+    whether it counts events we never received. Such a gap is owed a catch-up
+    (:mod:`sync.catchup`), and the count is kept as the last event, so it is owed once.
+    ``reference``: the Subscription as its notifications name it (the same state row)."""
+    note = parse_notification(body)
+    if note.kind != KIND_QUERY_STATUS or note.events_since_start is None:
+        raise NotificationError("expected a query-status with events-since-subscription-start")
+    if reference:
+        note.subscription = reference
+    gap = _detect_gap(session, source_id, note, heard=False)
+    if gap:
+        catchup.owe(session, source_id, now=now)
     return gap
 
 

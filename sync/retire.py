@@ -22,22 +22,32 @@ that keeps the golden records right at every commit:
 Every step commits as it goes and skips what an earlier attempt did, so an interrupted
 removal is finished by running it again. The golden records' versions, the link history
 and the outbox keep what happened; nothing of the removed source is read again.
+
+Each of those commits also records the removal's heartbeat (a ``sync_cursor`` state row,
+:data:`REMOVAL_STATE_KEY`). A removal whose heartbeat is older than the scheduler's
+``stall_after_s`` has stopped: its process died, the database failed under an embedded
+server that ran it after the answer, or a worker gave up its retries.
+:func:`stalled_removals` finds them, and the scheduler's tick finishes them
+(:func:`sync.scheduling.dispatch_due`), as it resumes a crashed sync.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import and_, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors import Source, build_source
-from store.models import Link, SourceRecord
+from store import CursorRepository
+from store.models import Link, SourceRecord, SyncCursor
 from store.models import Source as SourceRow
-from store.types import utcnow
+from store.types import as_utc, utcnow
 from sync import subscriptions
 from sync.pipeline import MAX_PATIENTS_PER_TRANSACTION, UnknownSourceError, apply_deletions
 from sync.records import STATUS_DELETED
@@ -50,6 +60,9 @@ log = logging.getLogger(__name__)
 REMOVE_BATCH = MAX_PATIENTS_PER_TRANSACTION
 #: Deleted source records erased per statement (their delete triggers run per row).
 ERASE_BATCH = 2_000
+#: ``sync_cursor.resource_type`` of a removal's heartbeat (a state row: see
+#: :meth:`store.CursorRepository.clear`).
+REMOVAL_STATE_KEY = "$removal"
 
 
 @dataclass
@@ -116,7 +129,49 @@ def begin_removal(session: Session, source_id: int) -> SourceRow:
     if source.removing_since is None:
         source.removing_since = utcnow()
     stop_running(session, source_id, "the source is being removed")
+    beat(session, source_id)
     return source
+
+
+def beat(session: Session, source_id: int) -> None:
+    """Record that the removal is alive, in the transaction of the step it took."""
+    CursorRepository(session).set(
+        source_id, REMOVAL_STATE_KEY, json.dumps({"heartbeat": utcnow().isoformat()})
+    )
+
+
+def stalled_removals(
+    session: Session, *, stall_after_s: float, now: datetime | None = None
+) -> list[int]:
+    """Ids of the sources being removed whose removal took no step for ``stall_after_s``
+    (its last heartbeat, else when it began)."""
+    now = now or utcnow()
+    rows = session.execute(
+        select(SourceRow.id, SourceRow.removing_since, SyncCursor.cursor)
+        .outerjoin(
+            SyncCursor,
+            and_(
+                SyncCursor.source_id == SourceRow.id,
+                SyncCursor.resource_type == REMOVAL_STATE_KEY,
+            ),
+        )
+        .where(SourceRow.removing_since.is_not(None))
+        .order_by(SourceRow.id)
+    ).all()
+    stalled = []
+    for source_id, since, state in rows:
+        last = _heartbeat(state) or as_utc(since)
+        if last is not None and (now - last).total_seconds() >= stall_after_s:
+            stalled.append(source_id)
+    return stalled
+
+
+def _heartbeat(state: str | None) -> datetime | None:
+    try:
+        stamp = json.loads(state or "{}").get("heartbeat")
+        return as_utc(datetime.fromisoformat(stamp)) if isinstance(stamp, str) else None
+    except (ValueError, AttributeError):
+        return None
 
 
 def remove_source(
@@ -161,6 +216,7 @@ def remove_source(
                 if not ids:
                     break
                 done = apply_deletions(session, source_id, resource_type, ids)
+                beat(session, source_id)
                 session.commit()
             result.deleted[resource_type] = result.deleted.get(resource_type, 0) + done
             if on_batch is not None:
@@ -179,6 +235,7 @@ def remove_source(
                 session.commit()
                 break
             session.execute(delete(SourceRecord).where(SourceRecord.id.in_(record_ids)))
+            beat(session, source_id)
             session.commit()
         result.erased += len(record_ids)
         if on_batch is not None:

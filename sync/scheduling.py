@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from store.models import Source, SyncRun
 from store.types import utcnow
-from sync import catchup, subscriptions
+from sync import catchup, ehr_watch, retire
 from sync.context import DEFAULT_STALL_AFTER_S, TaskContext
 
 log = logging.getLogger(__name__)
@@ -121,18 +121,28 @@ def due_sources(
     return due
 
 
-def dispatch_due(context: TaskContext, trigger: Callable[[int], None]) -> list[int]:
-    """Look at the Subscriptions askonce keeps on the EHRs (:func:`sync.subscriptions.watch`:
+def dispatch_due(
+    context: TaskContext,
+    trigger: Callable[[int], None],
+    remove: Callable[[int], None] | None = None,
+) -> list[int]:
+    """Look at the Subscriptions askonce keeps on the EHRs (:func:`sync.ehr_watch.watch`:
     one an EHR stopped owes a catch-up), then call ``trigger(source_id)`` for every due
-    source; returns their ids."""
+    source, and ``remove(source_id)`` for every removal that stopped half-way
+    (:func:`sync.retire.stalled_removals`); returns the ids of the due sources."""
     try:
-        subscriptions.watch(context)
+        ehr_watch.watch(context)
     except Exception as exc:  # the watch must not keep the sources from their syncs
         log.warning("subscription watch failed", extra={"error": type(exc).__name__})
     with context.session_factory() as session:
         due = due_sources(session, stall_after_s=context.stall_after_s)
+        stalled = retire.stalled_removals(session, stall_after_s=context.stall_after_s)
     for source_id in due:
         trigger(source_id)
     if due:
         log.info("sources due", extra={"count": len(due)})
+    if remove is not None:
+        for source_id in stalled:
+            log.warning("stalled source removal resumed", extra={"source_id": source_id})
+            remove(source_id)
     return due

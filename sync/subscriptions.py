@@ -1,4 +1,4 @@
-"""The Subscriptions askonce keeps on its sources' EHRs, and their watch.
+"""The Subscriptions askonce keeps on its sources' EHRs.
 
 ``askonce sources subscribe NAME`` creates, on the source's FHIR server, the Subscriptions
 that push its changes to our intake (:mod:`connectors.subscriptions`; the notifications
@@ -6,21 +6,11 @@ are :mod:`sync.intake`'s). Each one we created is remembered as a ``sync_cursor`
 (``$sub:<digest of its id>``) with what it asks for, its heartbeat period and what the EHR
 last said of it.
 
-An EHR stops notifying a Subscription whose notifications failed (the Subscriptions
-Backport lets it put one in ``error``; askonce was restarting, the network was down),
-and nothing tells us so. :func:`watch` is the scheduler tick's look at each of them, every
-``subscription_check_s``, or sooner when a heartbeat is overdue:
+Their watch, the scheduler tick's look at each of them, is :mod:`sync.ehr_watch`.
 
-* ``active`` (or ``requested``) and heard from: nothing to do;
-* ``active`` but silent past two heartbeat periods: notifications are lost on the way,
-  so a catch-up sync is owed (:mod:`sync.catchup`);
-* ``error`` or ``off``: a catch-up is owed (what it did not send), and the Subscription is
-  asked to start again (``requested``; a topic-based one handshakes again). One whose
-  header the server does not give back is left for the operator to subscribe again;
-* gone from the server: a catch-up is owed, and the operator subscribes again;
-* the server cannot be reached: nothing changes (its syncs fail and say so).
-
-The owed catch-up is then started by the same tick.
+Without named topics or criteria, :func:`subscribe` chooses them (:class:`Plan`): for each
+type the source syncs, a topic whose definition says it pushes every create and update of
+that type (:mod:`connectors.topics`), else a classic ``Type?`` criteria.
 """
 
 from __future__ import annotations
@@ -38,13 +28,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors import ConnectorError, RestSource, Source, SourceConfig, build_source
-from connectors.subscriptions import EhrSubscriptions, SubscriptionRequest
+from connectors.subscriptions import (
+    EhrSubscriptions,
+    SubscriptionRequest,
+    SubscriptionRequestError,
+)
+from connectors.topics import TopicChoice, choose_topics, read_topics
 from store import CursorRepository, SourceRepository
 from store.models import Source as SourceRow
 from store.models import SyncCursor
 from store.types import as_utc, utcnow
-from sync import catchup
-from sync.context import TaskContext
 from sync.intake import PUSH_STATE_PREFIX, hash_intake_token, parse_reference
 from sync.runner import INTAKE_TOKEN_KEY, SourceUnavailableError, SyncError, source_config
 
@@ -80,6 +73,16 @@ class Managed:
     error: str | None = None
     #: When one of its notifications last arrived (from the intake's state rows).
     heard_at: datetime | None = None
+    #: Made elsewhere (by hand on the EHR), found by its notifications and watched like
+    #: ours; askonce never deletes it unless told to by its id.
+    adopted: bool = False
+    #: How its notifications name it (from the intake's state rows), if they came.
+    reference: str | None = None
+
+    @property
+    def topic_based(self) -> bool:
+        """Its ``criteria`` is a topic's canonical URL, not a ``Type?params`` search."""
+        return self.what.startswith(("http://", "https://", "urn:"))
 
     @property
     def key(self) -> str:
@@ -96,6 +99,7 @@ class Managed:
             "checked_at": self.checked_at.isoformat() if self.checked_at else None,
             "status": self.status,
             "error": self.error,
+            "adopted": self.adopted,
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -110,9 +114,14 @@ class Managed:
         return now - since > timedelta(seconds=MISSED_HEARTBEATS * self.heartbeat_s)
 
     def due(self, now: datetime, interval_s: float) -> bool:
-        """Whether the watch should read it now."""
+        """Whether the watch should read it now (one made elsewhere that the EHR no longer
+        has is not read again: it was deleted on purpose, or replaced)."""
+        if self.adopted and self.status == STATUS_GONE:
+            return False
         if self.checked_at is None:
             return True
+        if self.status == "requested" and self.heard_at and self.heard_at > self.checked_at:
+            return True  # a handshake came: the EHR has made it active (or not) since
         waited = (now - self.checked_at).total_seconds()
         if waited >= interval_s:
             return True
@@ -155,43 +164,77 @@ def _from_row(row: SyncCursor) -> Managed | None:
         checked_at=_time(data.get("checked_at")),
         status=data.get("status"),
         error=data.get("error"),
+        adopted=data.get("adopted") is True,
     )
 
 
-def managed(session: Session, source_id: int | None = None) -> list[Managed]:
-    """The Subscriptions askonce created (of one source, or of all), with when each was
-    last heard from."""
+def state_rows(session: Session, source_id: int | None = None) -> list[SyncCursor]:
+    """The sources' state rows (of one source, or of all): ours and the intake's."""
     stmt = select(SyncCursor).where(SyncCursor.resource_type.startswith("$"))
     if source_id is not None:
         stmt = stmt.where(SyncCursor.source_id == source_id)
-    rows = list(session.scalars(stmt.order_by(SyncCursor.source_id, SyncCursor.resource_type)))
-    return read_managed(rows)
+    return list(session.scalars(stmt.order_by(SyncCursor.source_id, SyncCursor.resource_type)))
 
 
-def read_managed(rows: Sequence[SyncCursor]) -> list[Managed]:
-    """:func:`managed` from a source's state rows already read (the admin list)."""
-    heard: dict[tuple[int, str], datetime] = {}
+def managed(session: Session, source_id: int | None = None) -> list[Managed]:
+    """The Subscriptions askonce created or watches (of one source, or of all), with when
+    each was last heard from."""
+    return read_managed(state_rows(session, source_id))
+
+
+@dataclass(frozen=True)
+class Heard:
+    """A Subscription the intake took notifications of (its ``$push:`` state row)."""
+
+    source_id: int
+    id: str
+    #: The notification's reference to it, as sent (relative or absolute).
+    reference: str
+    #: When its last notification arrived (None: only its ``$status`` was read).
+    at: datetime | None
+    #: The state row's key.
+    key: str
+
+
+def heard_from(rows: Sequence[SyncCursor]) -> dict[tuple[int, str], Heard]:
+    """The Subscriptions that notified us, by (source id, Subscription id), from the
+    intake's state rows among ``rows``."""
+    heard: dict[tuple[int, str], Heard] = {}
     for row in rows:
         if not row.resource_type.startswith(PUSH_STATE_PREFIX):
             continue
         try:
-            reference = json.loads(row.cursor or "{}").get("subscription")
+            state = json.loads(row.cursor or "{}")
+            reference = state.get("subscription")
         except (ValueError, AttributeError):
             continue
         parsed = parse_reference(reference if isinstance(reference, str) else None)
         if parsed and parsed[0] == "Subscription":
-            heard[(row.source_id, parsed[1])] = row.updated_at
+            # Rows kept before "heard_at" were heard when last written.
+            at = _time(state["heard_at"]) if "heard_at" in state else as_utc(row.updated_at)
+            heard[(row.source_id, parsed[1])] = Heard(
+                row.source_id, parsed[1], str(reference), at, row.resource_type
+            )
+    return heard
+
+
+def read_managed(rows: Sequence[SyncCursor]) -> list[Managed]:
+    """:func:`managed` from a source's state rows already read (the admin list)."""
+    heard = heard_from(rows)
     out = []
     for row in rows:
         if row.resource_type.startswith(SUBSCRIPTION_STATE_PREFIX):
             item = _from_row(row)
             if item is not None:
-                item.heard_at = heard.get((row.source_id, item.id))
+                last = heard.get((row.source_id, item.id))
+                item.heard_at = last.at if last else None
+                item.reference = last.reference if last else None
                 out.append(item)
     return out
 
 
-def _save(session: Session, item: Managed) -> None:
+def save(session: Session, item: Managed) -> None:
+    """Record what is known of a Subscription askonce created."""
     CursorRepository(session).set(item.source_id, item.key, json.dumps(item.as_json()))
 
 
@@ -208,9 +251,16 @@ def _offered(source: RestSource, wanted: Sequence[SubscriptionRequest]) -> None:
 
 
 def _forget(session: Session, item: Managed) -> None:
-    row = session.get(SyncCursor, (item.source_id, item.key))
-    if row is not None:
-        session.delete(row)
+    """Forget a Subscription: its state and the intake's event numbers of it (which would
+    otherwise make the watch take it for one made elsewhere)."""
+    keys = [item.key]
+    keys += [
+        h.key for h in heard_from(state_rows(session, item.source_id)).values() if h.id == item.id
+    ]
+    for key in keys:
+        row = session.get(SyncCursor, (item.source_id, key))
+        if row is not None:
+            session.delete(row)
 
 
 def _named(session: Session, name: str) -> SourceRow:
@@ -220,10 +270,66 @@ def _named(session: Session, name: str) -> SourceRow:
         raise SourceUnavailableError(f"no source named {name!r}") from exc
 
 
-def _rest_source(source: Source) -> RestSource:
+def rest_source(source: Source) -> RestSource:
     if not isinstance(source, RestSource):
         raise SubscribeError("only a FHIR server's source can hold Subscriptions")
     return source
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``subscribe`` asks the EHR for, and where the notifications go.
+
+    Named ``topics`` and ``criteria`` are asked for as given. With neither, askonce
+    chooses (:meth:`requests` with the EHR's :class:`~connectors.topics.TopicChoice`): for
+    each type the source syncs, a topic the EHR offers that pushes every create and
+    update of it (its events are numbered, so a lost one shows), else a classic
+    ``Type?`` criteria. ``content`` applies to every request it fits; an ``id-only``
+    payload, which classic Subscriptions do not have, leaves the classic ones to their
+    default (the resource). ``heartbeat_s`` and ``filters`` apply to the topics, and
+    ``filters`` only to named ones (a filter is written for one topic)."""
+
+    endpoint: str
+    topics: tuple[str, ...] = ()
+    criteria: tuple[str, ...] = ()
+    content: str = ""
+    heartbeat_s: int | None = None
+    filters: tuple[str, ...] = ()
+
+    @property
+    def automatic(self) -> bool:
+        return not self.topics and not self.criteria
+
+    def requests(
+        self, token: str, resource_types: Sequence[str], choice: TopicChoice | None = None
+    ) -> list[SubscriptionRequest]:
+        """The Subscriptions to create (raises :class:`SubscriptionRequestError` for one
+        that cannot be asked). Automatic without a ``choice``: classic ones only."""
+        topics, searches, classic_content = list(self.topics), list(self.criteria), self.content
+        if self.filters and not self.topics:
+            raise SubscriptionRequestError("a filter belongs to a topic: name it with --topic")
+        if self.automatic:
+            topics = choice.urls if choice else []
+            uncovered = choice.uncovered if choice else resource_types
+            searches = [f"{rtype}?" for rtype in uncovered]
+            classic_content = "" if self.content == "id-only" else self.content
+        made = [
+            SubscriptionRequest(
+                endpoint=self.endpoint,
+                token=token,
+                topic=url,
+                content=self.content,
+                heartbeat_s=self.heartbeat_s,
+                filters=self.filters,
+            )
+            for url in topics
+        ]
+        return made + [
+            SubscriptionRequest(
+                endpoint=self.endpoint, token=token, criteria=q, content=classic_content
+            )
+            for q in searches
+        ]
 
 
 @dataclass
@@ -235,19 +341,40 @@ class Subscribed:
     kept: list[Managed] = field(default_factory=list)
     #: Whether the token became the source's intake token (push intake switched on).
     token_set: bool = False
+    #: What an automatic plan chose: the topic of each type, and the types no topic covers
+    #: (None when the plan named its topics or criteria).
+    choice: TopicChoice | None = None
+    #: An automatic plan could not read the EHR's topic definitions (the error's type).
+    topics_unread: str | None = None
+    #: The source syncs on a schedule (which reads what unnumbered notifications lose).
+    scheduled: bool = False
+
+
+def _choose(plan: Plan, source: RestSource, types: Sequence[str], done: Subscribed) -> None:
+    """An automatic plan's topics: those of the EHR's definitions that cover a type. The
+    definitions are only read if the server takes Subscriptions at all."""
+    if not plan.automatic or not source.capabilities().supports("Subscription"):
+        return
+    try:
+        topics = read_topics(source)
+    except ConnectorError as exc:
+        done.topics_unread = type(exc).__name__
+        topics = []
+    done.choice = choose_topics(topics, types, source.capabilities().subscription_topics)
 
 
 def subscribe(
     session_factory: sessionmaker[Session],
     name: str,
     token: str,
-    requests: Callable[[str], Sequence[SubscriptionRequest]],
+    plan: Plan,
     *,
     source_factory: Callable[..., Source] = build_source,
 ) -> Subscribed:
     """Create Subscriptions on the EHR of source ``name``, pushing to our intake with
     ``token``: the source's intake token, or its first one (push intake is then switched
-    on). ``requests(token)`` gives what to create. The token is committed before the
+    on). ``plan`` says what to create (its topics are chosen here when it names none).
+    Every request is checked before anything changes. The token is committed before the
     first Subscription exists, since a topic-based one handshakes at once; each one
     created is committed as soon as the EHR answers, so a failure half-way leaves none
     unknown. Asking again is safe: a topic or criteria askonce already has a
@@ -256,6 +383,8 @@ def subscribe(
     done = Subscribed()
     with session_factory() as session:
         source = _named(session, name)
+        types = list(source.resource_types)
+        plan.requests(token, types)  # raises before anything changes
         existing = {(m.what, m.endpoint): m for m in managed(session, source.id)}
         if source.removing_since is not None or not source.enabled:
             raise SourceUnavailableError(f"source {name!r} is disabled")
@@ -264,16 +393,23 @@ def subscribe(
             raise SubscribeError(
                 "the token is not this source's intake token (give the one it was added with)"
             )
-        if not expected:
-            source.config = {**(source.config or {}), INTAKE_TOKEN_KEY: hash_intake_token(token)}
-            session.commit()
-            done.token_set = True
         source_id, config = source.id, source_config(source)
-    wanted = list(requests(token))
+        done.scheduled = bool(source.schedule)
     connector = source_factory(config)
     try:
-        ehr = EhrSubscriptions(_rest_source(connector))
-        _offered(_rest_source(connector), wanted)
+        rest = rest_source(connector)
+        _choose(plan, rest, types, done)
+        wanted = plan.requests(token, types, done.choice)
+        _offered(rest, wanted)
+        if not expected:
+            with session_factory() as session:
+                row = session.get(SourceRow, source_id)
+                if row is None:
+                    raise SourceUnavailableError(f"source {name!r} is gone")
+                row.config = {**(row.config or {}), INTAKE_TOKEN_KEY: hash_intake_token(token)}
+                session.commit()
+            done.token_set = True
+        ehr = EhrSubscriptions(rest)
         for request in wanted:
             before = existing.get((request.what, request.endpoint))
             if before is not None and before.status != STATUS_GONE:
@@ -302,7 +438,7 @@ def subscribe(
             with session_factory() as session:
                 if before is not None and before.key != item.key:
                     _forget(session, before)
-                _save(session, item)
+                save(session, item)
                 session.commit()
             done.created.append(item)
             log.info(
@@ -322,10 +458,11 @@ def unsubscribe(
     source_factory: Callable[..., Source] = build_source,
 ) -> list[Managed]:
     """Delete the Subscriptions askonce created on the source's EHR (``ids``, or all) and
-    forget them. One the EHR no longer has is forgotten too."""
+    forget them. One the EHR no longer has is forgotten too. One made elsewhere, which
+    askonce only watches, is deleted only when named by its id."""
     with session_factory() as session:
         source = _named(session, name)
-        items = [m for m in managed(session, source.id) if not ids or m.id in ids]
+        items = [m for m in managed(session, source.id) if m.id in ids or not (ids or m.adopted)]
         unknown = sorted(set(ids) - {m.id for m in items})
         if unknown:
             raise SubscribeError(f"askonce did not create Subscription {unknown[0]!r} here")
@@ -344,7 +481,7 @@ def release(
     cannot delete now is logged by type (its state goes with the source). Returns how
     many were deleted."""
     with session_factory() as session:
-        items = managed(session, source_id)
+        items = [m for m in managed(session, source_id) if not m.adopted]
         source = session.get(SourceRow, source_id) if items else None
         config = source_config(source) if source is not None else None
     if config is None:
@@ -365,7 +502,7 @@ def _delete(
     deleted: list[Managed] = []
     connector = source_factory(config)
     try:
-        ehr = EhrSubscriptions(_rest_source(connector))
+        ehr = EhrSubscriptions(rest_source(connector))
         for item in items:
             try:
                 ehr.delete(item.id)
@@ -384,112 +521,3 @@ def _delete(
     finally:
         connector.close()
     return deleted
-
-
-@dataclass
-class Watched:
-    """What one look at a Subscription found, and what it did about it."""
-
-    source_id: int
-    id: str
-    status: str | None
-    owed: bool = False
-    reactivated: bool = False
-
-
-def watch(
-    context: TaskContext,
-    *,
-    now: datetime | None = None,
-    source_factory: Callable[..., Source] = build_source,
-) -> list[Watched]:
-    """Read each due Subscription askonce created on an enabled source's EHR and act on
-    what it says (see the module). Network calls hold no database transaction."""
-    now = now or utcnow()
-    with context.session_factory() as session:
-        enabled = dict(
-            session.execute(
-                select(SourceRow.id, SourceRow).where(
-                    SourceRow.enabled.is_(True), SourceRow.removing_since.is_(None)
-                )
-            ).all()
-        )
-        due = [
-            m
-            for m in managed(session)
-            if m.source_id in enabled and m.due(now, context.subscription_check_s)
-        ]
-        configs = {m.source_id: source_config(enabled[m.source_id]) for m in due}
-        tokens = {
-            m.source_id: (enabled[m.source_id].config or {}).get(INTAKE_TOKEN_KEY) for m in due
-        }
-    out: list[Watched] = []
-    for source_id, config in configs.items():
-        items = [m for m in due if m.source_id == source_id]
-        expected = str(tokens[source_id] or "")
-
-        def holds(token: str, expected: str = expected) -> bool:
-            return bool(expected) and hmac.compare_digest(hash_intake_token(token), expected)
-
-        try:
-            connector = source_factory(config)
-        except (ConnectorError, ValueError) as exc:
-            log.warning(
-                "ehr subscriptions not checked",
-                extra={"source_id": source_id, "error": type(exc).__name__},
-            )
-            continue
-        try:
-            ehr = EhrSubscriptions(_rest_source(connector))
-            for item in items:
-                out.append(_look(context, ehr, item, now, holds))
-        finally:
-            connector.close()
-    return out
-
-
-def _look(
-    context: TaskContext,
-    ehr: EhrSubscriptions,
-    item: Managed,
-    now: datetime,
-    holds: Callable[[str], bool],
-) -> Watched:
-    silent = item.overdue(now)
-    try:
-        state = ehr.read(item.id)
-    except ConnectorError as exc:
-        item.status, item.error = STATUS_UNREACHABLE, type(exc).__name__
-        state = None
-    seen = Watched(item.source_id, item.id, item.status)
-    if state is not None:
-        stopped = not state.live
-        seen.owed = stopped or silent
-        item.status, item.error = state.status or STATUS_GONE, state.error
-        if stopped and state.status is not None:
-            try:
-                again = ehr.reactivate(item.id, holds)
-            except ConnectorError as exc:
-                item.error = f"not restarted: {type(exc).__name__}"
-            else:
-                item.status, item.error = again.status or STATUS_GONE, again.error
-                seen.reactivated = again.live
-        seen.status = item.status
-    item.checked_at = now
-    with context.session_factory() as session:
-        if seen.owed:
-            catchup.owe(session, item.source_id, now=now)
-        _save(session, item)
-        session.commit()
-    level = logging.WARNING if seen.owed else logging.DEBUG
-    log.log(
-        level,
-        "ehr subscription checked",
-        extra={
-            "source_id": item.source_id,
-            "status": item.status,
-            "reason": "silent" if silent else None,
-            "event": "reactivated" if seen.reactivated else None,
-        },
-    )
-    return seen

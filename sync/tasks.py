@@ -86,11 +86,15 @@ def run_source(
 @shared_task(name="askonce.sync.schedule_due", acks_late=True)
 def schedule_due() -> list[int]:
     """Beat's tick: start (or resume) every source whose schedule is due."""
-    return scheduling.dispatch_due(current_task_context(), _trigger)
+    return scheduling.dispatch_due(current_task_context(), _trigger, _remove)
 
 
 def _trigger(source_id: int) -> None:
     run_source.apply_async(kwargs={"source_id": source_id})
+
+
+def _remove(source_id: int) -> None:
+    remove_source.apply_async(kwargs={"source_id": source_id})
 
 
 # acks_late is safe: a removal skips what an earlier attempt did, so a redelivered task

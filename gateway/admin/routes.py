@@ -162,8 +162,9 @@ Removal = Callable[[int], None]
 
 def queue_removal(source_id: int) -> None:
     """Remove the source through the task queue (a worker in services mode, where a
-    redelivered or retried task finishes an interrupted removal; in-process when embedded,
-    where a removal that failed is finished by asking for it again)."""
+    redelivered or retried task finishes an interrupted removal; in-process when embedded).
+    A removal that failed anyway is finished by the scheduler once its heartbeat is old
+    (:func:`sync.retire.stalled_removals`), or by asking for it again."""
     from sync.tasks import remove_source, send_after_answer
 
     send_after_answer(remove_source, source_id=source_id)

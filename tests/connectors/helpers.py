@@ -83,3 +83,51 @@ def make_source(
         options={**FAST_OPTIONS, **(options or {})},
     )
     return build_source(config, transport=handler.transport, sleep=recorded.append)
+
+
+R5_TOPIC_EXTENSION = "http://hl7.org/fhir/5.0/StructureDefinition/extension-SubscriptionTopic"
+R4B_TOPIC_EXTENSION = "http://hl7.org/fhir/4.3/StructureDefinition/extension-SubscriptionTopic"
+FHIR_TYPES = "http://hl7.org/fhir/fhir-types"
+
+
+def basic_topic(
+    url: str,
+    resource: str,
+    *,
+    prefix: str = R5_TOPIC_EXTENSION,
+    interactions: tuple[str, ...] = ("create", "update"),
+    fhirpath: str | None = None,
+    current: str | None = None,
+    status: str | None = "active",
+) -> dict[str, Any]:
+    """A topic kept as an R4 Basic, as the Backport IG's R4 examples write one."""
+    trigger: list[dict[str, Any]] = [
+        {"url": "description", "valueMarkdown": "a change"},
+        {"url": "resource", "valueUri": f"http://hl7.org/fhir/StructureDefinition/{resource}"},
+        *[{"url": "supportedInteraction", "valueCode": i} for i in interactions],
+    ]
+    if fhirpath is not None:
+        trigger.append({"url": "fhirPathCriteria", "valueString": fhirpath})
+    if current is not None:
+        trigger.append(
+            {
+                "url": "queryCriteria",
+                "extension": [
+                    {"url": "current", "valueString": current},
+                    {"url": "requireBoth", "valueBoolean": False},
+                ],
+            }
+        )
+    basic: dict[str, Any] = {
+        "resourceType": "Basic",
+        "id": url.rsplit("/", 1)[-1],
+        "code": {"coding": [{"system": FHIR_TYPES, "code": "SubscriptionTopic"}]},
+        "extension": [
+            {"url": f"{prefix}.url", "valueUri": url},
+            {"url": f"{prefix}.title", "valueString": f"Title of {url.rsplit('/', 1)[-1]}"},
+            {"url": f"{prefix}.resourceTrigger", "extension": trigger},
+        ],
+    }
+    if status is not None:
+        basic["modifierExtension"] = [{"url": f"{prefix}.status", "valueCode": status}]
+    return basic

@@ -128,7 +128,13 @@ def test_the_subscriptions_a_server_offers_are_reported() -> None:
             "ok",
             "offered, with 2 Subscriptions Backport topic(s): "
             "http://ehr.example/topic/a, http://ehr.example/topic/b",
-        )
+        ),
+        (
+            "ok",
+            "subscribe without --topic: Patient by a classic Subscription (no listed topic"
+            " pushes its every change); Encounter by a classic Subscription (no listed topic"
+            " pushes its every change)",
+        ),
     ]
 
 
@@ -226,5 +232,12 @@ def test_a_real_fhir_server_passes(sekmet_server: SekmetServer) -> None:
     assert found["fhirVersion"] == [("ok", "4.0.1")]
     assert found["Patient"][0][0] == "ok" and len(found["Patient"]) == 1  # sorted as asked
     assert report.counts["Patient"] >= 2 and report.counts["Encounter"] >= 2
+    # sekmet's Patient topic fires on every change; its Encounter ones on one status each.
+    assert found["Subscription"][1] == (
+        "ok",
+        "subscribe without --topic: Patient by the topic"
+        " http://sekmet.dev/fhir/SubscriptionTopic/patient-change; Encounter by a classic"
+        " Subscription (no listed topic pushes its every change)",
+    )
     history = preflight(build_source(SourceConfig(kind="history", base_url=config.base_url)))
     assert history.ok and levels(history)["Patient"][0][1].startswith("Patient/_history answers")

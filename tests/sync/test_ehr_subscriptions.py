@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Delete, Engine, delete
+from sqlalchemy import Delete, Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
@@ -33,18 +33,30 @@ from connectors.subscriptions import (
 )
 from gateway.auth import TokenService
 from store import CursorRepository, upgrade
+from store.models import Encounter as EncounterRow
+from store.models import Link, SourceRecord, SyncCursor
 from store.models import Source as SourceRow
-from store.models import SyncCursor
 from store.types import utcnow
 from sync import catchup
 from sync.context import TaskContext
-from sync.intake import hash_intake_token
+from sync.ehr_watch import watch
+from sync.intake import hash_intake_token, receive_notification
 from sync.retire import remove_source
-from sync.subscriptions import SubscribeError, managed, subscribe, unsubscribe, watch
+from sync.subscriptions import (
+    Managed,
+    Plan,
+    SubscribeError,
+    managed,
+    release,
+    subscribe,
+    unsubscribe,
+)
+from tests.connectors.helpers import basic_topic, searchset
 from tests.gateway.conftest import free_port, serve_in_thread
 from tests.integration.conftest import wait_for
 from tests.sekmet_server import SekmetFactory
-from tests.sync.helpers import add_source, patient, records
+from tests.sync.helpers import add_source, encounter, patient, records
+from tests.sync.test_intake import r4_parameters_bundle
 
 TOKEN = "ehr-push-token-" + "t" * 24
 SECRET = "subscription-test-secret-" + "s" * 24
@@ -117,6 +129,11 @@ class FakeEhr:
         self.mask_headers = False
         self.ids = itertools.count(1)
         self.topics = [TOPIC]
+        #: The topics' definitions, as R4 Basics (its ``Basic?code=SubscriptionTopic``).
+        self.definitions: list[dict[str, Any]] | None = None
+        #: Events counted per Subscription (its ``$status``; None: the operation is not
+        #: offered).
+        self.counts: dict[str, int] | None = {}
         self.refuse: str | None = None
 
     def handler(self, request: httpx.Request) -> httpx.Response:
@@ -126,6 +143,19 @@ class FakeEhr:
         parts = request.url.path.rstrip("/").split("/")
         if parts[-1] == "metadata":
             return httpx.Response(200, json=self.statement())
+        if parts[-1] == "$status" and self.counts is not None:
+            rid = parts[-2]
+            if rid not in self.subscriptions:
+                return httpx.Response(404)
+            status = r4_parameters_bundle("query-status", self.counts.get(rid, 0), [])
+            status["type"] = "searchset"
+            reference = status["entry"][0]["resource"]["parameter"][0]["valueReference"]
+            reference["reference"] = f"https://ehr.example/fhir/Subscription/{rid}"
+            return httpx.Response(200, json=status)
+        if parts[-1] == "Basic":
+            if self.definitions is None:
+                return httpx.Response(403)
+            return httpx.Response(200, json=searchset(self.definitions))
         if request.method == "POST" and parts[-1] == "Subscription":
             body = json.loads(request.content)
             body["id"] = f"sub-{next(self.ids)}"
@@ -152,6 +182,8 @@ class FakeEhr:
 
     def statement(self) -> dict[str, Any]:
         subscription: dict[str, Any] = {"type": "Subscription", "interaction": [{"code": "create"}]}
+        if self.counts is not None:
+            subscription["operation"] = [{"name": "status", "definition": "x"}]
         subscription["extension"] = [
             {
                 "url": f"{BACKPORT}/capabilitystatement-subscriptiontopic-canonical",
@@ -162,7 +194,12 @@ class FakeEhr:
         return {
             "resourceType": "CapabilityStatement",
             "fhirVersion": "4.0.1",
-            "rest": [{"mode": "server", "resource": [{"type": "Patient"}, subscription]}],
+            "rest": [
+                {
+                    "mode": "server",
+                    "resource": [{"type": "Patient"}, {"type": "Basic"}, subscription],
+                }
+            ],
         }
 
     def factory(self, config: SourceConfig) -> Source:
@@ -171,11 +208,8 @@ class FakeEhr:
         )
 
 
-def _topic(token: str) -> list[SubscriptionRequest]:
-    return [
-        SubscriptionRequest(endpoint=ENDPOINT, token=token, topic=TOPIC, heartbeat_s=30),
-        SubscriptionRequest(endpoint=ENDPOINT, token=token, criteria="Encounter?", content="empty"),
-    ]
+#: A topic with a 30 s heartbeat, and a classic Subscription to Encounters.
+PLAN = Plan(endpoint=ENDPOINT, topics=(TOPIC,), criteria=("Encounter?",), heartbeat_s=30)
 
 
 def test_subscribe_sets_or_checks_the_intake_token(
@@ -183,7 +217,7 @@ def test_subscribe_sets_or_checks_the_intake_token(
 ) -> None:
     ehr = FakeEhr()
     source_id = add_source(session_factory, "ehr", kind="fhir", base_url="https://ehr.example/fhir")
-    done = subscribe(session_factory, "ehr", TOKEN, _topic, source_factory=ehr.factory)
+    done = subscribe(session_factory, "ehr", TOKEN, PLAN, source_factory=ehr.factory)
     assert done.token_set and [m.id for m in done.created] == ["sub-1", "sub-2"]
     assert ehr.subscriptions["sub-1"]["channel"]["header"] == [f"Authorization: Bearer {TOKEN}"]
     with session_factory() as session:
@@ -197,7 +231,7 @@ def test_subscribe_sets_or_checks_the_intake_token(
         # No token in the database: only its hash.
         assert TOKEN not in json.dumps([m.as_json() for m in kept])
     # Asking again changes nothing; one the EHR deleted ("gone") is created again.
-    again = subscribe(session_factory, "ehr", TOKEN, _topic, source_factory=ehr.factory)
+    again = subscribe(session_factory, "ehr", TOKEN, PLAN, source_factory=ehr.factory)
     assert again.created == [] and sorted(m.id for m in again.kept) == ["sub-1", "sub-2"]
     del ehr.subscriptions["sub-2"]
     with session_factory() as session:
@@ -205,24 +239,24 @@ def test_subscribe_sets_or_checks_the_intake_token(
         lost.status = "gone"
         CursorRepository(session).set(source_id, lost.key, json.dumps(lost.as_json()))
         session.commit()
-    renewed = subscribe(session_factory, "ehr", TOKEN, _topic, source_factory=ehr.factory)
+    renewed = subscribe(session_factory, "ehr", TOKEN, PLAN, source_factory=ehr.factory)
     assert [m.id for m in renewed.created] == ["sub-3"]
     with session_factory() as session:
         assert sorted(m.id for m in managed(session, source_id)) == ["sub-1", "sub-3"]
     # A topic the EHR does not offer is refused before anything is created; one the EHR
     # stores in error (a filter it cannot evaluate) is deleted there and reported.
-    other_topic = [SubscriptionRequest(endpoint=ENDPOINT, token=TOKEN, topic=TOPIC + "-other")]
+    other_topic = Plan(endpoint=ENDPOINT, topics=(TOPIC + "-other",))
     with pytest.raises(SubscribeError, match="does not offer the topic"):
-        subscribe(session_factory, "ehr", TOKEN, lambda _t: other_topic, source_factory=ehr.factory)
+        subscribe(session_factory, "ehr", TOKEN, other_topic, source_factory=ehr.factory)
     ehr.refuse = "Unsupported filter"
-    other = [SubscriptionRequest(endpoint=ENDPOINT, token=TOKEN, criteria="Patient?gender=x")]
+    other = Plan(endpoint=ENDPOINT, criteria=("Patient?gender=x",))
     with pytest.raises(SubscribeError, match="Unsupported filter"):
-        subscribe(session_factory, "ehr", TOKEN, lambda _t: other, source_factory=ehr.factory)
+        subscribe(session_factory, "ehr", TOKEN, other, source_factory=ehr.factory)
     ehr.refuse = None
     assert sorted(ehr.subscriptions) == ["sub-1", "sub-3"]
     # Another token is refused: it is not the one the EHR sends back.
     with pytest.raises(SubscribeError):
-        subscribe(session_factory, "ehr", "another-token", _topic, source_factory=ehr.factory)
+        subscribe(session_factory, "ehr", "another-token", PLAN, source_factory=ehr.factory)
     assert len(ehr.subscriptions) == 2
     gone = unsubscribe(session_factory, "ehr", ["sub-3"], source_factory=ehr.factory)
     assert [m.id for m in gone] == ["sub-3"] and list(ehr.subscriptions) == ["sub-1"]
@@ -230,7 +264,140 @@ def test_subscribe_sets_or_checks_the_intake_token(
         unsubscribe(session_factory, "ehr", ["sub-9"], source_factory=ehr.factory)
     add_source(session_factory, "files", base_url="/tmp/x")
     with pytest.raises(SubscribeError):
-        subscribe(session_factory, "files", TOKEN, _topic)
+        subscribe(session_factory, "files", TOKEN, PLAN)
+
+
+def test_subscribe_chooses_the_topics_that_push_every_change(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Without named topics or criteria: a topic for each synced type whose definition
+    fires on every create and update, else a classic ``Type?`` (an id-only payload, which
+    classic Subscriptions lack, leaves them the resource)."""
+    ehr = FakeEhr()
+    started = "http://ehr.example/topic/encounter-start"
+    ehr.topics = [TOPIC, started, "http://ehr.example/topic/unlisted"]
+    ehr.definitions = [
+        basic_topic(TOPIC, "Patient", interactions=("create", "update", "delete")),
+        basic_topic(started, "Encounter", fhirpath="%current.status = 'in-progress'"),
+    ]
+    add_source(
+        session_factory,
+        "ehr",
+        kind="fhir",
+        base_url="https://ehr.example/fhir",
+        resource_types=["Patient", "Encounter"],
+    )
+    plan = Plan(endpoint=ENDPOINT, content="id-only", heartbeat_s=60)
+    done = subscribe(session_factory, "ehr", TOKEN, plan, source_factory=ehr.factory)
+    assert done.choice is not None and done.topics_unread is None
+    assert done.choice.topics == {"Patient": TOPIC} and done.choice.uncovered == ("Encounter",)
+    made = {m.what: (m.content, m.heartbeat_s) for m in done.created}
+    assert made == {TOPIC: ("id-only", 60), "Encounter?": ("full-resource", None)}
+    assert ("GET", "/fhir/Basic") in ehr.requests
+    # Definitions the EHR does not let us read: classic Subscriptions, and the reason.
+    ehr.definitions = None
+    add_source(
+        session_factory,
+        "ehr-2",
+        kind="fhir",
+        base_url="https://ehr.example/fhir",
+        config={"max_attempts": 1},
+    )
+    done = subscribe(
+        session_factory, "ehr-2", TOKEN, Plan(endpoint=ENDPOINT + "-2"), source_factory=ehr.factory
+    )
+    assert done.topics_unread == "PermanentError"
+    assert [m.what for m in done.created] == ["Patient?", "Encounter?"]
+    # A plan that cannot be asked for is refused before the EHR is asked anything.
+    ehr.requests.clear()
+    for bad in (
+        Plan(endpoint=ENDPOINT, criteria=("Patient?",), content="id-only"),
+        Plan(endpoint=ENDPOINT, filters=("Patient?identifier=urn:mrn|",)),
+    ):
+        with pytest.raises(SubscriptionRequestError):
+            subscribe(session_factory, "ehr", TOKEN, bad, source_factory=ehr.factory)
+    assert ehr.requests == []
+
+
+def test_a_requested_subscription_is_read_again_once_its_handshake_came() -> None:
+    now = utcnow()
+    item = Managed(
+        source_id=1,
+        id="s",
+        what=TOPIC,
+        content="id-only",
+        heartbeat_s=None,
+        endpoint=ENDPOINT,
+        created_at=now - timedelta(seconds=60),
+        checked_at=now - timedelta(seconds=30),
+    )
+    assert not item.due(now, 300)
+    item.heard_at = now - timedelta(seconds=10)  # the handshake, after the last look
+    assert item.due(now, 300)
+    item.status = "active"
+    assert not item.due(now, 300)
+
+
+def test_a_subscription_made_by_hand_is_watched_once_it_notified_us(
+    engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    """An EHR admin made the Subscription by hand. Once it has notified us, the watch
+    reads it like one of ours: stopped, it is started again and a catch-up is owed. Nothing
+    askonce does on its own deletes it."""
+    ehr = FakeEhr()
+    made = SubscriptionRequest(endpoint=ENDPOINT, token=TOKEN, topic=TOPIC, heartbeat_s=60)
+    ehr.subscriptions["sub-1"] = {**made.resource(), "id": "sub-1", "status": "active"}
+    push = {"max_attempts": 1, "intake_token_sha256": hash_intake_token(TOKEN)}
+    base = "https://ehr.example/fhir"
+    source_id = add_source(session_factory, "ehr", kind="fhir", base_url=base, config=push)
+    # A folder source, and a server source named by another server's reference: not adopted.
+    files = add_source(session_factory, "files", config=push)
+    other = "https://other.example/fhir"
+    elsewhere = add_source(session_factory, "elsewhere", kind="fhir", base_url=other, config=push)
+    context = TaskContext(engine=engine, session_factory=session_factory, subscription_check_s=60)
+
+    def look(at: Any) -> list[tuple[int, str, str | None, bool, bool]]:
+        return [
+            (w.source_id, w.id, w.status, w.owed, w.reactivated)
+            for w in watch(context, now=at, source_factory=ehr.factory)
+        ]
+
+    now = utcnow()
+    assert look(now) == []  # nothing heard yet
+    for name in ("ehr", "files", "elsewhere"):
+        receive_notification(session_factory, name, r4_parameters_bundle("handshake", 0, []), TOKEN)
+    assert look(now) == [(source_id, "sub-1", "active", False, False)]
+    with session_factory() as session:
+        [item] = managed(session, source_id)
+        assert item.adopted and item.heard_at is not None
+        assert (item.what, item.endpoint, item.content, item.heartbeat_s) == (
+            TOPIC,
+            ENDPOINT,
+            "id-only",
+            60,
+        )
+        assert managed(session, files) == [] and managed(session, elsewhere) == []
+    # The EHR stopped it: a catch-up is owed, and it is asked to start again.
+    ehr.subscriptions["sub-1"]["status"] = "error"
+    assert look(now + timedelta(seconds=61)) == [(source_id, "sub-1", "active", True, True)]
+    # Subscribing to its topic at its endpoint keeps it rather than making a second one.
+    plan = Plan(endpoint=ENDPOINT, topics=(TOPIC,))
+    done = subscribe(session_factory, "ehr", TOKEN, plan, source_factory=ehr.factory)
+    assert done.created == [] and [m.id for m in done.kept] == ["sub-1"]
+    # Neither "unsubscribe" without ids nor the source's removal deletes it.
+    assert unsubscribe(session_factory, "ehr", source_factory=ehr.factory) == []
+    assert release(session_factory, source_id, source_factory=ehr.factory) == 0
+    assert list(ehr.subscriptions) == ["sub-1"]
+    # Deleted on the EHR: "gone", one catch-up owed, and it is not read again.
+    del ehr.subscriptions["sub-1"]
+    assert look(now + timedelta(seconds=200)) == [(source_id, "sub-1", "gone", True, False)]
+    assert look(now + timedelta(seconds=400)) == []
+    # Named by its id, it is forgotten with the intake's event numbers of it.
+    gone = unsubscribe(session_factory, "ehr", ["sub-1"], source_factory=ehr.factory)
+    assert [m.id for m in gone] == ["sub-1"]
+    assert look(now + timedelta(seconds=600)) == []
+    with session_factory() as session:
+        assert managed(session, source_id) == []
 
 
 def test_removing_a_source_deletes_its_subscriptions_on_the_ehr(
@@ -238,13 +405,13 @@ def test_removing_a_source_deletes_its_subscriptions_on_the_ehr(
 ) -> None:
     ehr = FakeEhr()
     source_id = add_source(session_factory, "ehr", kind="fhir", base_url="https://ehr.example/fhir")
-    subscribe(session_factory, "ehr", TOKEN, _topic, source_factory=ehr.factory)
+    subscribe(session_factory, "ehr", TOKEN, PLAN, source_factory=ehr.factory)
     ehr.down = True  # an EHR that cannot delete them now does not stop the removal
     result = remove_source(session_factory, source_id, source_factory=ehr.factory)
     assert result.removed and result.unsubscribed == 0 and len(ehr.subscriptions) == 2
     other = add_source(session_factory, "ehr-2", kind="fhir", base_url="https://ehr.example/fhir")
     ehr.down = False
-    subscribe(session_factory, "ehr-2", TOKEN, _topic, source_factory=ehr.factory)
+    subscribe(session_factory, "ehr-2", TOKEN, PLAN, source_factory=ehr.factory)
     result = remove_source(session_factory, other, source_factory=ehr.factory)
     assert result.removed and result.unsubscribed == 2
     assert sorted(ehr.subscriptions) == ["sub-1", "sub-2"]  # the first source's, left there
@@ -261,7 +428,7 @@ def test_the_watch_acts_on_what_the_ehr_says(
         base_url="https://ehr.example/fhir",
         config={"max_attempts": 1},
     )
-    subscribe(session_factory, "ehr", TOKEN, _topic, source_factory=ehr.factory)
+    subscribe(session_factory, "ehr", TOKEN, PLAN, source_factory=ehr.factory)
     context = TaskContext(engine=engine, session_factory=session_factory, subscription_check_s=60)
     now = utcnow()
 
@@ -318,6 +485,66 @@ def test_the_watch_acts_on_what_the_ehr_says(
     assert not owed()
 
 
+def test_the_watch_reads_the_count_of_events_and_owes_what_never_arrived(
+    engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    """No heartbeat, no error: the EHR counted two events whose notifications never came
+    (askonce's database was restored from last night's backup, or a proxy dropped them).
+    Its ``$status`` shows it at the next look, not at the next event, hours later."""
+    ehr = FakeEhr()
+    push = {"max_attempts": 1}
+    base = "https://ehr.example/fhir"
+    source_id = add_source(session_factory, "ehr", kind="fhir", base_url=base, config=push)
+    no_heartbeat = Plan(endpoint=ENDPOINT, topics=(TOPIC,), criteria=("Encounter?",))
+    subscribe(session_factory, "ehr", TOKEN, no_heartbeat, source_factory=ehr.factory)
+    for sub in ehr.subscriptions.values():
+        sub["status"] = "active"
+    # The handshake (0 events so far) names sub-1 as r4_parameters_bundle does.
+    receive_notification(session_factory, "ehr", r4_parameters_bundle("handshake", 0, []), TOKEN)
+    context = TaskContext(engine=engine, session_factory=session_factory, subscription_check_s=60)
+
+    def look(at: Any) -> dict[str, tuple[bool, bool]]:
+        seen = watch(context, now=at, source_factory=ehr.factory)
+        return {w.id: (w.owed, w.lost) for w in seen}
+
+    def heard() -> Any:
+        with session_factory() as session:
+            return next(m for m in managed(session, source_id) if m.id == "sub-1").heard_at
+
+    def owed() -> bool:
+        with session_factory() as session:
+            return catchup.owed_since(session, source_id) is not None
+
+    now = utcnow()
+    handshake = heard()
+    assert handshake is not None
+    assert look(now) == {"sub-1": (False, False), "sub-2": (False, False)}
+    assert not owed() and heard() == handshake  # reading the count is not hearing from it
+    ehr.counts = {"sub-1": 2}
+    assert look(now + timedelta(seconds=61))["sub-1"] == (True, True)
+    assert owed() and heard() == handshake
+    with session_factory() as session:
+        session.execute(catchup_rows_deleted())
+        session.commit()
+    # Owed once: the count is now the last event, and event 3 is no gap.
+    assert look(now + timedelta(seconds=122))["sub-1"] == (False, False)
+    assert not owed()
+    third = r4_parameters_bundle("event-notification", 3, [(3, "Patient/p3")])
+    assert (
+        receive_notification(session_factory, "ehr", third, TOKEN, source_factory=ehr.factory)[
+            1
+        ].gap
+        is False
+    )
+    # The classic Subscription has no count to read.
+    asked = [path for method, path in ehr.requests if path.endswith("$status")]
+    assert asked and all("sub-1" in path for path in asked)
+    # A server that does not offer $status is not asked.
+    ehr.counts, ehr.requests = None, []
+    watch(context, now=now + timedelta(seconds=400), source_factory=ehr.factory)
+    assert not [path for _m, path in ehr.requests if path.endswith("$status")]
+
+
 def catchup_rows_deleted() -> Delete:
     return delete(SyncCursor).where(SyncCursor.resource_type == catchup.CATCH_UP_KEY)
 
@@ -330,7 +557,7 @@ def test_reactivation_needs_the_header_back() -> None:
     )
     assert isinstance(source, RestSource)
     client = EhrSubscriptions(source)
-    created = client.create(_topic(TOKEN)[0])
+    created = client.create(PLAN.requests(TOKEN, [])[0])
     ehr.subscriptions[created.id]["status"] = "error"
     ehr.mask_headers = True
     with pytest.raises(PermanentError):
@@ -377,7 +604,7 @@ def test_an_ehr_that_stopped_notifying_is_started_again_and_nothing_is_lost(
             factory,
             "ehr-live",
             TOKEN,
-            lambda t: [SubscriptionRequest(endpoint=endpoint, token=t, topic=TOPIC)],
+            Plan(endpoint=endpoint, topics=(TOPIC,)),
         )
         sub_id = done.created[0].id
         wait_for(lambda: ehr_status(sub_id) == "active", timeout_s=30, what="the handshake")
@@ -423,6 +650,75 @@ def test_an_ehr_that_stopped_notifying_is_started_again_and_nothing_is_lost(
 
 
 @pytest.mark.sekmet
+def test_subscriptions_askonce_chooses_push_patients_and_encounters(
+    engine: Engine, db_url: str, sekmet_factory: SekmetFactory
+) -> None:
+    """Told nothing, subscribe reads sekmet-fhir's topics: Patients go by its
+    ``patient-change`` topic (numbered, id-only), Encounters, which no topic of it covers
+    whole, by a classic ``Encounter?`` Subscription that PUTs each one to
+    /intake/NAME/Encounter/ID. A new Patient and its Encounter both arrive by push, and the
+    Encounter is attached to the Patient's golden record."""
+    server = sekmet_factory()
+    runtime = build_runtime(Settings(database_url=db_url, secret_key=SECRET))
+    factory = runtime.session_factory
+    source_id = add_source(factory, "ehr-auto", kind="fhir", base_url=server.base_url)
+    port = free_port()
+    with serve_in_thread(runtime.create_app(), port):
+        plan = Plan(endpoint=f"http://127.0.0.1:{port}/intake/ehr-auto")
+        done = subscribe(factory, "ehr-auto", TOKEN, plan)
+        assert done.choice is not None and done.choice.uncovered == ("Encounter",)
+        assert sorted((m.what, m.content) for m in done.created) == [
+            ("Encounter?", "full-resource"),
+            (TOPIC, "id-only"),
+        ]
+        topic_id = next(m.id for m in done.created if m.what == TOPIC)
+        wait_for(
+            lambda: server.read("Subscription", topic_id)["status"] == "active",
+            timeout_s=30,
+            what="the handshake",
+        )
+        body = {k: v for k, v in patient("x", "Autochosen").items() if k not in ("id", "meta")}
+        patient_id = str(server.create(body)["id"])
+        visit = {k: v for k, v in encounter("x", patient_id).items() if k not in ("id", "meta")}
+        encounter_id = str(server.create(visit)["id"])
+
+        def arrived() -> bool:
+            with factory() as session:
+                stored = {(r.resource_type, r.resource_id) for r in records(session, source_id)}
+            return {("Patient", patient_id), ("Encounter", encounter_id)} <= stored
+
+        wait_for(arrived, timeout_s=30, what="the pushed Patient and Encounter")
+        with factory() as session:
+            golden = session.scalar(
+                select(Link.golden_id)
+                .join(SourceRecord, SourceRecord.id == Link.source_record_id)
+                .where(SourceRecord.source_id == source_id, SourceRecord.resource_id == patient_id)
+            )
+            attached = session.scalar(
+                select(EncounterRow.golden_id).where(EncounterRow.source_id == source_id)
+            )
+            assert golden is not None and attached == golden
+            assert catchup.owed(session) == {}  # nothing was lost on the way
+        # askonce's database is restored from a backup older than the last event: sekmet's
+        # $status counts an event the intake never saw, and a catch-up is owed for it.
+        with factory() as session:
+            row = next(
+                r
+                for r in session.scalars(select(SyncCursor))
+                if r.resource_type.startswith("$push:") and topic_id in (r.cursor or "")
+            )
+            row.cursor = json.dumps({**json.loads(row.cursor or "{}"), "last_event": 0})
+            session.commit()
+        context = TaskContext(engine=engine, session_factory=factory, subscription_check_s=0)
+        seen = {w.id: w for w in watch(context, now=utcnow() + timedelta(seconds=1))}
+        assert (seen[topic_id].status, seen[topic_id].lost) == ("active", True)
+        assert not seen[next(m.id for m in done.created if m.id != topic_id)].lost
+        with factory() as session:
+            assert catchup.owed_since(session, source_id) is not None
+    assert len(unsubscribe(factory, "ehr-auto")) == 2
+
+
+@pytest.mark.sekmet
 def test_the_subscribe_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sekmet_factory: SekmetFactory
 ) -> None:
@@ -443,7 +739,15 @@ def test_the_subscribe_command(
     assert bad.exit_code == 2 and "Type?params" in bad.output
     made = runner.invoke(app, ["sources", "subscribe", "ehr", "--token", TOKEN])
     assert made.exit_code == 0, made.output
-    assert "2 subscription(s) created" in made.output and "Patient?" in made.output
+    # sekmet's Patient topic fires on every change; its Encounter topics on one status
+    # each, so Encounters take a classic Subscription.
+    assert "2 subscription(s) created" in made.output
+    assert f"Patient: topic {TOPIC}" in made.output
+    assert "Encounter: no topic the EHR offers pushes every change" in made.output
+    # The Encounters' classic Subscription cannot show a lost notification: the source
+    # has no schedule to read what it misses, and the command says so.
+    assert "do not number their events" in made.output
+    assert "askonce sources update ehr --schedule" in made.output
     assert "http://127.0.0.1:9/intake/ehr" in made.output
     status = runner.invoke(app, ["sources", "status", "ehr"])
     assert "subscriptions on the EHR" in status.output and "Encounter?" in status.output

@@ -3,6 +3,8 @@ sync.retire, ``askonce sources update|disable|enable|remove``)."""
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +15,13 @@ from typer.testing import CliRunner
 
 import sync.retire
 from askonce.cli import app
+from askonce.runtime import build_runtime
+from askonce.settings import Settings
 from connectors import Page
 from store import CursorRepository, SyncRunRepository, upgrade
 from store.models import Encounter, GoldenPatient, Link, Outbox, SourceRecord, SyncRun
 from store.models import Source as SourceRow
+from store.types import utcnow
 from sync import (
     SourceChange,
     SourceRemovingError,
@@ -31,7 +36,9 @@ from sync import (
     update_source,
 )
 from sync.pipeline import UnknownSourceError
+from sync.retire import REMOVAL_STATE_KEY, stalled_removals
 from sync.runner import INTAKE_TOKEN_KEY
+from sync.tasks import schedule_due
 from tests.sync.helpers import add_source, encounter, events, patient, records, write_ndjson
 
 SSN = "http://hl7.org/fhir/sid/us-ssn"
@@ -183,6 +190,57 @@ def test_an_interrupted_removal_is_finished_by_running_it_again(
         assert session.get(SourceRow, a) is None
         assert events(session, "encounter.deleted") == 2  # once each, not again
         assert len(records(session, b, status="active")) == 2
+
+
+def test_a_removal_that_stopped_is_finished_by_the_schedulers_tick(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A removal run after an API answer (embedded) or by a worker that gave up its
+    retries fails, and nobody asks again: once its heartbeat is older than the stall
+    window, beat's tick (a Celery task) or the embedded scheduler's finishes it."""
+    runtime = build_runtime(
+        Settings(database_url=db_url, secret_key="s" * 40, sync_stall_after_s=300)
+    )
+    factory = runtime.session_factory
+    a, b = two_sources(factory)
+    real = sync.retire.apply_deletions
+
+    def fails(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("the database failed")
+
+    monkeypatch.setattr(sync.retire, "apply_deletions", fails)
+    with pytest.raises(RuntimeError):
+        remove_source(factory, a)
+    with factory() as session:
+        assert stalled_removals(session, stall_after_s=300) == []  # it may still be running
+        later = utcnow() + timedelta(seconds=301)
+        assert stalled_removals(session, stall_after_s=300, now=later) == [a]
+    assert runtime.run_due() == []  # not yet stalled: left alone
+    with factory() as session:
+        assert session.get(SourceRow, a) is not None
+    monkeypatch.setattr(sync.retire, "apply_deletions", real)
+
+    def age(source_id: int) -> None:
+        old = (utcnow() - timedelta(seconds=301)).isoformat()
+        with factory() as session:
+            state = json.dumps({"heartbeat": old})
+            CursorRepository(session).set(source_id, REMOVAL_STATE_KEY, state)
+            session.commit()
+
+    age(a)
+    assert schedule_due.delay().get(timeout=60) == []  # beat's tick sends the removal task
+    with factory() as session:
+        assert session.get(SourceRow, a) is None
+        assert len(records(session, b, status="active")) == 2
+    # The admin API began removing b, and its worker died before the first step.
+    with factory() as session:
+        begin_removal(session, b)
+        session.commit()
+    age(b)
+    runtime.run_due()  # the embedded scheduler's tick
+    with factory() as session:
+        assert session.get(SourceRow, b) is None
+        assert stalled_removals(session, stall_after_s=0) == []
 
 
 def test_a_new_url_clears_the_cursors_and_stops_the_running_run(
