@@ -14,7 +14,7 @@ from gateway.audit import AuditLog
 from gateway.auth.router import router as auth_router
 from gateway.auth.tokens import TokenService
 from gateway.errors import install_error_handlers
-from gateway.fhir import encounter, export, metadata, patient, questionnaire, subscription
+from gateway.fhir import basic, encounter, export, metadata, patient, questionnaire, subscription
 from gateway.limits import BodySizeLimit
 from gateway.reads import PatientReader
 from gateway.state import GatewayState
@@ -65,6 +65,7 @@ def create_app(state: GatewayState) -> FastAPI:
     app.include_router(patient.router)
     app.include_router(encounter.router)
     app.include_router(subscription.router)
+    app.include_router(basic.router)
     app.include_router(questionnaire.router)
     app.include_router(admin.router)
     app.include_router(intake.router)

@@ -16,6 +16,7 @@ from gateway.operations.forms import FORM_SEARCH_PARAMS
 from gateway.operations.merge import UNMERGE_URL
 from gateway.operations.questionnaires import QUESTIONNAIRE_SEARCH_PARAMS
 from gateway.operations.search_patient import PATIENT_SEARCH_PARAMS
+from gateway.operations.topics import TOPIC_SEARCH_PARAMS
 from sync.delivery import SUBSCRIPTION_PROFILE, SUBSCRIPTION_SEARCH_PARAMS, TOPICS
 
 FHIR_VERSION = "4.0.1"
@@ -25,6 +26,7 @@ SEARCH_PARAMS: dict[str, dict[str, tuple[str, str]]] = {
     "Subscription": SUBSCRIPTION_SEARCH_PARAMS,
     "QuestionnaireResponse": FORM_SEARCH_PARAMS,
     "Questionnaire": QUESTIONNAIRE_SEARCH_PARAMS,
+    "Basic": TOPIC_SEARCH_PARAMS,
 }
 OPERATION_DEFINITIONS = {
     "match": "http://hl7.org/fhir/OperationDefinition/Patient-match",

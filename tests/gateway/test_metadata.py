@@ -74,6 +74,8 @@ def test_capability_statement_matches_the_registered_routes(
         ("Questionnaire", "delete"),
         ("Questionnaire", "search-type"),
         ("QuestionnaireResponse", "$extract"),
+        ("Basic", "read"),
+        ("Basic", "search-type"),
     }
     (subscription,) = [r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription"]
     assert subscription["supportedProfile"] == [
@@ -105,6 +107,7 @@ def test_capability_statement_matches_the_registered_routes(
             "system/Encounter.rs",
             "system/QuestionnaireResponse.rs",
             "system/Questionnaire.rs",
+            "system/Basic.rs",
         ],
     )
     strict = {"Authorization": f"Bearer {token}", "Prefer": "handling=strict"}

@@ -9,16 +9,22 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from fhir.resources.R4B.basic import Basic as FhirBasic
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.subscription import Subscription as FhirSubscription
 from sqlalchemy.orm import Session, sessionmaker
 
+from connectors import RestSource, SourceConfig, build_source
+from connectors.topics import choose_topics, parse_topic, read_topics
+from gateway import GatewayState, create_app
+from gateway.auth import TokenService
 from gateway.auth.consumers import register_consumer
 from mpi.storage import emit
 from store.models import Outbox, Subscription, SubscriptionEvent
 from store.types import utcnow
 from sync.delivery import ENCOUNTER_TOPIC, PATIENT_TOPIC, SUBSCRIPTION_PROFILE, fan_out
 from sync.intake import parse_notification
+from tests.gateway.conftest import free_port, serve_in_thread
 from tests.sync.test_delivery import subscription_resource
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -387,3 +393,73 @@ def test_events_operation_returns_past_notifications_by_number(
     assert parse_notification(everything).event_numbers == [1, 2, 3]
     for bad in ({"eventsSinceNumber": "x"}, {"content": "all"}):
         assert client.get(route, params=bad, headers=headers).status_code == 400
+
+
+def test_the_topics_are_read_as_backport_basic_resources(
+    client: TestClient, auth_for: Auth
+) -> None:
+    """What each topic fires on, as the Backport IG keeps topics on an R4 server: whoever
+    may subscribe (or read Basic) reads them, and askonce's own topic reader (the one
+    ``askonce sources subscribe`` uses on an EHR) finds that each pushes every change."""
+    subscriber = auth_for("system/Subscription.rs")
+    reply = client.get("/fhir/Basic", params={"code": "SubscriptionTopic"}, headers=subscriber)
+    assert reply.status_code == 200, reply.text
+    bundle = reply.json()
+    Bundle.model_validate(bundle)
+    assert bundle["total"] == 2
+    topics = {}
+    for entry in bundle["entry"]:
+        FhirBasic.model_validate(entry["resource"])
+        topic = parse_topic(entry["resource"])
+        assert topic is not None and entry["fullUrl"].endswith(f"/Basic/{entry['resource']['id']}")
+        topics[topic.url] = topic
+    assert set(topics) == {PATIENT_TOPIC.url, ENCOUNTER_TOPIC.url}
+    assert topics[PATIENT_TOPIC.url].covers("Patient")
+    assert topics[ENCOUNTER_TOPIC.url].covers("Encounter")
+    choice = choose_topics(topics.values(), ["Patient", "Encounter"])
+    assert choice.topics == {"Patient": PATIENT_TOPIC.url, "Encounter": ENCOUNTER_TOPIC.url}
+    # The CapabilityStatement's canonicals are these topics.
+    statement = client.get("/fhir/metadata").json()
+    subscription = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription")
+    assert {e["valueCanonical"] for e in subscription["extension"]} == set(topics)
+    # One read by its id; the search narrowed, and a Basic of any other kind not found.
+    read = client.get("/fhir/Basic/patient-change", headers=auth_for("system/Basic.r"))
+    assert read.status_code == 200 and parse_topic(read.json()) == topics[PATIENT_TOPIC.url]
+    typed = "http://hl7.org/fhir/fhir-types|SubscriptionTopic"
+    for params, total in (
+        ({"code": typed, "_id": "encounter-change"}, 1),
+        ({"code": "referral"}, 0),
+        ({"code": "|SubscriptionTopic"}, 0),
+        ({}, 2),
+    ):
+        found = client.get("/fhir/Basic", params=params, headers=subscriber).json()
+        assert found["total"] == total, params
+    missing = client.get("/fhir/Basic/nope", headers=subscriber)
+    assert missing.status_code == 404 and missing.json()["resourceType"] == "OperationOutcome"
+    strict = {**subscriber, "Prefer": "handling=strict"}
+    assert client.get("/fhir/Basic", params={"name": "x"}, headers=strict).status_code == 400
+    # Without the Basic or the Subscription scope: refused.
+    refused = client.get("/fhir/Basic", headers=auth_for("system/Patient.rs"))
+    assert refused.status_code == 403
+
+
+def test_askonce_reads_the_topics_of_another_askonce(
+    state: GatewayState, tokens: TokenService
+) -> None:
+    """A clinic's askonce subscribing to a hospital's: the connector finds the hospital's
+    topics over HTTP, through a bearer token, and both cover their type."""
+    port = free_port()
+    token = tokens.issue("clinic", ["system/Subscription.rs"])
+    with serve_in_thread(create_app(state), port):
+        config = SourceConfig(
+            kind="fhir",
+            base_url=f"http://127.0.0.1:{port}/fhir",
+            auth={"kind": "bearer", "token": token},
+        )
+        source = build_source(config)
+        assert isinstance(source, RestSource)
+        with source:
+            found = read_topics(source)
+            offered = source.capabilities().subscription_topics
+    choice = choose_topics(found, ["Patient", "Encounter"], offered)
+    assert choice.uncovered == () and set(choice.urls) == set(offered)
