@@ -21,7 +21,7 @@ from gateway.auth.tokens import Principal
 from gateway.deps import AuditDep, SessionDep, StateDep, check_scope, require
 from gateway.fhir.context import fhir_extra
 from gateway.fhir.http import MediaType, fhir_response, read_json_body, strict_handling
-from gateway.operations.bundle import searchset
+from gateway.operations.bundle import match_entry, searchset
 from gateway.operations.notify import render_focus
 from gateway.operations.read import check_id
 from gateway.outcomes import OutcomeError, bad_request, forbidden, not_found
@@ -177,16 +177,9 @@ def search(
             query = query.where(Subscription.status.in_(status.split(",")))
         subs = session.scalars(query).all()
         entry["ids"] = [s.id for s in subs]
-    base = _base(state, request)
+    base = state.base_url(request)
     bundle = searchset(
-        [
-            {
-                "fullUrl": f"{base}/Subscription/{s.id}",
-                "resource": render_subscription(s),
-                "search": {"mode": "match"},
-            }
-            for s in subs
-        ],
+        [match_entry(base, render_subscription(s)) for s in subs],
         self_url=str(request.url),
         total=len(subs),
     )
