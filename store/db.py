@@ -329,6 +329,19 @@ def _release_checkpointer(checkpointer: WalCheckpointer) -> None:
             _checkpointers_lock.release()
 
 
+def take_sqlite_write_lock(session: Session) -> None:
+    """On SQLite, take the database's write lock now (``BEGIN IMMEDIATE``) rather than at
+    the transaction's first write, so that nothing it reads before writing can be changed
+    by another writer before it commits. It waits like any writer (the busy timeout). A
+    transaction already open (it wrote) holds the lock already; other databases: nothing."""
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        return
+    dbapi = connection.connection.dbapi_connection
+    if dbapi is not None and not dbapi.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def make_engine(url: str, *, background_checkpoint: bool = True, **kwargs: Any) -> Engine:
     """An engine for ``url``: SQLite in WAL mode with foreign keys, or PostgreSQL via psycopg 3.
 

@@ -38,7 +38,7 @@ from connectors import (
 from mpi import MatchSettings
 from mpi.storage import PATIENT_CONFIRMED_FLAG
 from store import CursorRepository, SourceRepository, SyncRunRepository
-from store.db import StatisticsRefresher
+from store.db import StatisticsRefresher, take_sqlite_write_lock
 from store.errors import transient_database_error
 from store.models import Source as SourceRow
 from store.models import SyncRun
@@ -188,12 +188,21 @@ def bound_patient_options(source: SourceRow, default_region: str | None = None) 
 
 
 def lock_source(session: Session, source_id: int) -> None:
-    """Serialize writers of one source's records (PostgreSQL; SQLite has one writer)."""
+    """Serialize writers of one source's records, until the transaction ends: what it
+    reads from here on (an Encounter's Patient, a Patient's candidates, the records a
+    page replaces) no other writer of the source changes before it commits. PostgreSQL:
+    the source's advisory lock. SQLite, which has one writer: the database's write lock,
+    taken now. Taken at the first write instead, it would let an Encounter pushed while
+    its Patient was being taken in find no Patient, and wait, pending, for a Patient
+    whose transaction looked for waiting Encounters before it was stored. Hold it for
+    database work only: on SQLite every other writer waits."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(
             text("SELECT pg_advisory_xact_lock(:cls, :key)"),
             {"cls": SOURCE_LOCK_CLASS, "key": source_id},
         )
+    else:
+        take_sqlite_write_lock(session)
 
 
 def _fingerprint(cursor: str | None) -> str:
@@ -369,6 +378,7 @@ def run_chunk(
         )
         cursor = CursorRepository(session).get(source_id, rtype)
         trail = CursorTrail.of(run.detail, rtype, cursor)
+        session.commit()  # nothing written: the lock is not held while the source answers
         connector: Source | None = None
         try:
             connector = source_factory(source_config(source_row))
@@ -389,6 +399,10 @@ def run_chunk(
                 chunk.done = True
                 return chunk
             if exhausted:
+                lock_source(session, source_id)
+                if _claimed_run(session, run_id, token) is None:
+                    chunk.done, chunk.status = True, "superseded"
+                    return chunk
                 _advance(run)
             session.commit()
         except TransientError as exc:
@@ -492,6 +506,11 @@ def _ingest_stream(
     stream = connector.stream_lines(rtype, cursor)
     try:
         for page in stream:
+            # Locked once the page is read, so that no writer waits while the source answers.
+            lock_source(session, run.source_id)
+            if _claimed_run(session, run.id, chunk.token) is None:
+                chunk.status = "superseded"
+                return False
             result = IngestResult()
             parts = split_page(page)
             for number, part in enumerate(parts, start=1):
@@ -520,10 +539,6 @@ def _ingest_stream(
             if looped:
                 return True  # no cursor to go on from, or a loop (incremental overlap re-read)
             if max_pages is not None and chunk.pages >= max_pages:
-                return False
-            lock_source(session, run.source_id)
-            if _claimed_run(session, run.id, chunk.token) is None:
-                chunk.status = "superseded"
                 return False
     finally:
         close = getattr(stream, "close", None)

@@ -25,6 +25,7 @@ from store.errors import transient_database_error
 from store.models import Encounter, SourceRecord, SyncRun
 from sync import DatabaseUnavailableError, TaskContext, run_source
 from sync import runner as runner_module
+from sync.runner import SOURCE_LOCK_CLASS
 from sync.tasks import run_source as run_source_task
 from tests.sync.helpers import (
     ScriptedSource,
@@ -203,21 +204,46 @@ def _counts(session: Session, source_id: int) -> tuple[int, int, int]:
 def test_a_run_the_database_fails_under_is_retried_and_loses_nothing(
     engine: Engine, db_url: str
 ) -> None:
-    """PostgreSQL: every connection of the database is terminated in the middle of the run.
-    SQLite: another process holds the file's write lock past the runner's busy timeout, and
-    still holds it when the run tries to record its error."""
+    """PostgreSQL: every connection of the database is terminated in the middle of the
+    run, while the runner waits for its source's lock in a transaction (one terminated
+    between transactions is replaced unnoticed: the pool pings it first). SQLite: another
+    process holds the file's write lock past the runner's busy timeout, and still holds it
+    when the run tries to record its error."""
+    terminator: threading.Thread | None = None
     if engine.dialect.name == "postgresql":
         runner_engine = make_engine(db_url)
-        release: Callable[[], None] = lambda: None  # noqa: E731
+        blocker = engine.connect()
 
-        def hiccup() -> None:
+        def release() -> None:
+            blocker.invalidate()  # terminated with the others, which freed its lock
+            blocker.close()
+
+        def terminate() -> None:
             with engine.connect() as admin:
+                for _ in range(1000):  # the runner's lock request, waiting
+                    if admin.scalar(
+                        text(
+                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                            " AND NOT granted"
+                        )
+                    ):
+                        break
+                    threading.Event().wait(0.01)
                 admin.execute(
                     text(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                         " WHERE datname = current_database() AND pid <> pg_backend_pid()"
                     )
                 )
+
+        def hiccup() -> None:
+            nonlocal terminator
+            blocker.execute(
+                text("SELECT pg_advisory_lock(:cls, :key)"),
+                {"cls": SOURCE_LOCK_CLASS, "key": source_id},
+            )
+            terminator = threading.Thread(target=terminate)
+            terminator.start()
     else:
         runner_engine = make_engine(db_url, connect_args={"timeout": SHORT_WAIT_S})
         holder = sqlite3.connect(_sqlite_path(engine), timeout=5)
@@ -238,6 +264,8 @@ def test_a_run_the_database_fails_under_is_retried_and_loses_nothing(
         assert transient_database_error(failed.value)
         assert isinstance(failed.value.__cause__, OperationalError)
     finally:
+        if terminator is not None:
+            terminator.join(30)
         release()
     with factory() as session:
         run = session.scalars(select(SyncRun)).one()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,10 +13,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from askonce.runtime import build_runtime
 from askonce.settings import Settings
+from connectors import Source, SourceConfig, build_source
 from gateway import GatewayState, create_app
 from gateway.intake import catch_up_trigger
 from store.models import Encounter, GoldenPatient, Link, SyncRun
-from sync.intake import hash_intake_token, parse_notification
+from sync.intake import hash_intake_token, parse_notification, receive_notification
 from tests.sync.helpers import add_source, encounter, patient, records, write_ndjson
 
 TOKEN = "intake-token-" + "z" * 24
@@ -265,3 +267,70 @@ def test_a_gap_syncs_the_source_through_the_runtimes_task_queue(db_url: str, tmp
         assert [r.resource_id for r in records(session, source_id)] == ["p-missed", "p2"]
         run = session.scalars(select(SyncRun).where(SyncRun.source_id == source_id)).one()
         assert run.status == "ok"
+
+
+class _HeldFetch:
+    """A source whose ``fetch`` waits until the test lets it answer."""
+
+    def __init__(self, config: SourceConfig, fetching: threading.Event, answer: threading.Event):
+        self.inner: Source = build_source(config)
+        self.fetching, self.answer = fetching, answer
+
+    def fetch(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        self.fetching.set()
+        assert self.answer.wait(30)
+        return self.inner.fetch(resource_type, resource_id)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_an_encounter_pushed_while_its_patient_is_taken_in_is_attached(
+    session_factory: sessionmaker[Session], tmp_path: Any
+) -> None:
+    """An id-only Patient notification is being taken in (its Patient read from the EHR)
+    when the Patient's Encounter is pushed whole. The Encounter's intake waits for the
+    source's lock and then finds its Patient. Had it looked for the Patient first and
+    waited only to write, it would have found none and been left pending: the Patient's
+    intake looked for waiting Encounters before the Encounter was stored."""
+    folder = tmp_path / "ehr"
+    write_ndjson(folder, "Patient", [patient("p-slow", "Slow")])
+    add_source(
+        session_factory,
+        name="ehr-race",
+        base_url=str(folder),
+        config={"intake_token_sha256": hash_intake_token(TOKEN)},
+    )
+    fetching, answer = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def take(body: dict[str, Any], **kwargs: Any) -> None:
+        try:
+            receive_notification(session_factory, "ehr-race", body, TOKEN, **kwargs)
+        except BaseException as exc:
+            errors.append(exc)
+
+    note = r4_parameters_bundle("event-notification", 1, [(1, "Patient/p-slow")])
+    held = threading.Thread(
+        target=take,
+        args=(note,),
+        kwargs={"source_factory": lambda config: _HeldFetch(config, fetching, answer)},
+    )
+    pushed = threading.Thread(target=take, args=(encounter("e-slow", "p-slow"),))
+    held.start()
+    try:
+        assert fetching.wait(30)
+        pushed.start()
+        pushed.join(0.5)  # the Encounter's intake looks (and waits) now
+        assert pushed.is_alive()  # for the source's lock
+    finally:
+        answer.set()
+        held.join(60)
+        pushed.join(60)
+    assert errors == []
+    with session_factory() as session:
+        stored = session.scalars(select(Encounter)).one()
+        golden = session.scalars(select(Link.golden_id)).one()
+        assert stored.golden_id == golden
+        statuses = {(r.resource_type, r.status) for r in records(session, stored.source_id)}
+        assert statuses == {("Patient", "active"), ("Encounter", "active")}
