@@ -15,7 +15,7 @@ from gateway.auth.tokens import Principal
 from gateway.deps import PrincipalDep, StateDep, check_scope
 from gateway.fhir.context import fhir_extra
 from gateway.fhir.http import MediaType, fhir_response, query_items, strict_handling
-from gateway.operations.bundle import match_entry, searchset
+from gateway.operations.bundle import every_match
 from gateway.operations.read import check_id
 from gateway.operations.topics import TOPIC_SEARCH_PARAMS, read_topic, search_topics
 from gateway.outcomes import OutcomeError, bad_request, not_found
@@ -52,12 +52,7 @@ def search(request: Request, state: StateDep, _principal: Searcher, media: Media
     if unknown and strict_handling(request):  # ignored otherwise, as FHIR searches do
         raise OutcomeError(bad_request(f"Unknown search parameter: {unknown[0]}.", unknown[0]))
     found = search_topics([v for k, v in items if k == "code"], [v for k, v in items if k == "_id"])
-    base = state.base_url(request)
-    bundle = searchset(
-        [match_entry(base, b) for b in found],
-        self_url=str(request.url),
-        total=len(found),
-    )
+    bundle = every_match(state.base_url(request), found, self_url=str(request.url))
     return fhir_response(bundle, media)
 
 

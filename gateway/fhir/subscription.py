@@ -21,7 +21,7 @@ from gateway.auth.tokens import Principal
 from gateway.deps import AuditDep, SessionDep, StateDep, check_scope, require
 from gateway.fhir.context import fhir_extra
 from gateway.fhir.http import MediaType, fhir_response, read_json_body, strict_handling
-from gateway.operations.bundle import match_entry, searchset
+from gateway.operations.bundle import every_match
 from gateway.operations.notify import render_focus
 from gateway.operations.read import check_id
 from gateway.outcomes import OutcomeError, bad_request, forbidden, not_found
@@ -177,12 +177,8 @@ def search(
             query = query.where(Subscription.status.in_(status.split(",")))
         subs = session.scalars(query).all()
         entry["ids"] = [s.id for s in subs]
-    base = state.base_url(request)
-    bundle = searchset(
-        [match_entry(base, render_subscription(s)) for s in subs],
-        self_url=str(request.url),
-        total=len(subs),
-    )
+    rendered = [render_subscription(s) for s in subs]
+    bundle = every_match(state.base_url(request), rendered, self_url=str(request.url))
     return fhir_response(bundle, media)
 
 

@@ -50,6 +50,13 @@ def searchset(
     return bundle
 
 
+def every_match(base: str, resources: Sequence[dict[str, Any]], *, self_url: str) -> dict[str, Any]:
+    """A searchset of all ``resources`` in one page (a search short enough not to page)."""
+    return searchset(
+        [match_entry(base, r) for r in resources], self_url=self_url, total=len(resources)
+    )
+
+
 def subset(resource: dict[str, Any], elements: Sequence[str]) -> dict[str, Any]:
     """The resource with only ``elements`` (plus the mandatory ones), tagged SUBSETTED."""
     if not elements:
