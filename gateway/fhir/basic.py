@@ -14,11 +14,11 @@ from starlette.responses import Response
 from gateway.auth.tokens import Principal
 from gateway.deps import PrincipalDep, StateDep, check_scope
 from gateway.fhir.context import fhir_extra
-from gateway.fhir.http import MediaType, fhir_response, query_items, strict_handling
+from gateway.fhir.http import MediaType, fhir_response, known_params_only
 from gateway.operations.bundle import every_match
 from gateway.operations.read import check_id
 from gateway.operations.topics import TOPIC_SEARCH_PARAMS, read_topic, search_topics
-from gateway.outcomes import OutcomeError, bad_request, not_found
+from gateway.outcomes import OutcomeError, not_found
 
 router = APIRouter(prefix="/fhir", tags=["SubscriptionTopic"])
 RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -47,10 +47,7 @@ Searcher = Annotated[Principal, Depends(_topic_reader("s"))]
     openapi_extra=fhir_extra("Basic", "interaction", "search-type", search=TOPIC_SEARCH_PARAMS),
 )
 def search(request: Request, state: StateDep, _principal: Searcher, media: MediaType) -> Response:
-    items = query_items(request)
-    unknown = sorted({k for k, _ in items} - set(TOPIC_SEARCH_PARAMS))
-    if unknown and strict_handling(request):  # ignored otherwise, as FHIR searches do
-        raise OutcomeError(bad_request(f"Unknown search parameter: {unknown[0]}.", unknown[0]))
+    items = known_params_only(request, TOPIC_SEARCH_PARAMS)
     found = search_topics([v for k, v in items if k == "code"], [v for k, v in items if k == "_id"])
     bundle = every_match(state.base_url(request), found, self_url=str(request.url))
     return fhir_response(bundle, media)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from fastapi import Depends
@@ -149,3 +150,13 @@ def strict_handling(request: Request) -> bool:
 
 def query_items(request: Request) -> list[tuple[str, str]]:
     return [(k, v) for k, v in request.query_params.multi_items() if k != "_format"]
+
+
+def known_params_only(request: Request, known: Iterable[str]) -> list[tuple[str, str]]:
+    """The search's parameters; one not in ``known`` is refused under ``Prefer:
+    handling=strict`` and ignored otherwise, as FHIR searches do."""
+    items = query_items(request)
+    unknown = sorted({k for k, _ in items} - set(known))
+    if unknown and strict_handling(request):
+        raise OutcomeError(bad_request(f"Unknown search parameter: {unknown[0]}.", unknown[0]))
+    return items

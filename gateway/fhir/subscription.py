@@ -20,7 +20,7 @@ from gateway.audit import audited
 from gateway.auth.tokens import Principal
 from gateway.deps import AuditDep, SessionDep, StateDep, check_scope, require
 from gateway.fhir.context import fhir_extra
-from gateway.fhir.http import MediaType, fhir_response, read_json_body, strict_handling
+from gateway.fhir.http import MediaType, fhir_response, known_params_only, read_json_body
 from gateway.operations.bundle import every_match
 from gateway.operations.notify import render_focus
 from gateway.operations.read import check_id
@@ -158,13 +158,7 @@ def search(
     status: str | None = None,
 ) -> Response:
     with audited(audit, principal, "search", request, "Subscription") as entry:
-        unknown = {k for k, _ in request.query_params.multi_items()} - {
-            *SUBSCRIPTION_SEARCH_PARAMS,
-            "_format",
-        }
-        if unknown and strict_handling(request):  # ignored otherwise, as FHIR searches do
-            name = sorted(unknown)[0]
-            raise OutcomeError(bad_request(f"Unknown search parameter: {name}.", name))
+        known_params_only(request, SUBSCRIPTION_SEARCH_PARAMS)
         query = (
             select(Subscription)
             .where(
