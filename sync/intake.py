@@ -281,67 +281,97 @@ def note_status(
     return gap
 
 
-def handle_notification(
-    session: Session,
-    source_id: int,
-    body: dict[str, Any] | None,
-    fetch: Fetch,
-    *,
-    options: PatientOptions | None = None,
-) -> IntakeResult:
-    """Ingest one notification into ``session`` (the caller commits).
+@dataclass
+class Payload:
+    """The resources a notification brings: those it carries and, for an id-only
+    payload, those read from the source (:func:`read_payload`, before any lock)."""
 
-    ``fetch(type, id)`` reads a resource from the source for id-only payloads; a
-    None answer (404/410) means the resource is gone and it is deleted here too. One
-    the source cannot serve now (a :class:`~connectors.ConnectorError`) is left to the
-    catch-up sync the notification then owes.
-    ``IntakeResult.gap`` (or a classic ping) tells the caller to run a catch-up sync.
-    """
-    note = parse_notification(body)
-    result = IntakeResult(kind=note.kind, gap=note.kind == KIND_PING)
-    if note.kind in NOTIFICATION_KINDS:
-        result.gap = _detect_gap(session, source_id, note)
-    by_type: dict[str, list[dict[str, Any]]] = {t: [] for t in INTAKE_TYPES}
+    found: dict[str, list[dict[str, Any]]] = field(
+        default_factory=lambda: {t: [] for t in INTAKE_TYPES}
+    )
+    #: Focus resources the source no longer has (404/410): deleted here too.
+    gone: dict[str, list[str]] = field(default_factory=lambda: {t: [] for t in INTAKE_TYPES})
+    fetched: int = 0
+    unfetched: int = 0
+    ignored: int = 0
+
+
+def read_payload(note: Notification, fetch: Fetch, source_id: int) -> Payload:
+    """Collect what ``note`` brings, fetching an id-only payload's focus from the source.
+
+    ``fetch(type, id)`` reads one resource; a None answer (404/410) means it is gone. One
+    the source cannot serve now (a :class:`~connectors.ConnectorError`) is left, with the
+    rest of the focus, to the catch-up sync the notification then owes. Nothing here
+    touches the database, so the source's lock is not held while the EHR answers (on
+    SQLite every other writer would wait for it). A version read here that a sync stores
+    a newer one of meanwhile is skipped by its ``lastUpdated``
+    (:func:`sync.records.is_unchanged`)."""
+    payload = Payload()
     carried: set[tuple[str, str]] = set()
     for resource in note.resources:
         rtype = resource.get("resourceType")
-        if rtype in by_type:
-            by_type[str(rtype)].append(resource)
+        if rtype in payload.found:
+            payload.found[str(rtype)].append(resource)
             carried.add((str(rtype), str(resource.get("id"))))
         else:
-            result.ignored += 1
-    gone: dict[str, list[str]] = {t: [] for t in INTAKE_TYPES}
-    if note.kind in (KIND_EVENT, KIND_QUERY_EVENT):
-        for rtype, rid in dict.fromkeys(note.focus):
-            if (rtype, rid) in carried:
-                continue
-            if rtype not in by_type:
-                result.ignored += 1
-                continue
-            if result.unfetched:  # the source failed: the catch-up reads the rest too
-                result.unfetched += 1
-                continue
-            try:
-                fetched = fetch(rtype, rid)
-            except ConnectorError as exc:
-                # The notification is taken all the same (an EHR whose notifications fail
-                # may stop sending them); what it names is read by the catch-up it owes.
-                result.unfetched += 1
-                log.warning(
-                    "notification focus not fetched; a catch-up sync is owed",
-                    extra={"source_id": source_id, "error": type(exc).__name__},
-                )
-                continue
-            result.fetched += 1
-            if fetched is None:
-                gone[rtype].append(rid)
-            else:
-                by_type[rtype].append(fetched)
+            payload.ignored += 1
+    if note.kind not in (KIND_EVENT, KIND_QUERY_EVENT):
+        return payload
+    for rtype, rid in dict.fromkeys(note.focus):
+        if (rtype, rid) in carried:
+            continue
+        if rtype not in payload.found:
+            payload.ignored += 1
+            continue
+        if payload.unfetched:  # the source failed: the catch-up reads the rest too
+            payload.unfetched += 1
+            continue
+        try:
+            fetched = fetch(rtype, rid)
+        except ConnectorError as exc:
+            # The notification is taken all the same (an EHR whose notifications fail
+            # may stop sending them); what it names is read by the catch-up it owes.
+            payload.unfetched += 1
+            log.warning(
+                "notification focus not fetched; a catch-up sync is owed",
+                extra={"source_id": source_id, "error": type(exc).__name__},
+            )
+            continue
+        payload.fetched += 1
+        if fetched is None:
+            payload.gone[rtype].append(rid)
+        else:
+            payload.found[rtype].append(fetched)
+    return payload
+
+
+def handle_notification(
+    session: Session,
+    source_id: int,
+    note: Notification,
+    payload: Payload,
+    *,
+    options: PatientOptions | None = None,
+) -> IntakeResult:
+    """Ingest one notification and what it brought into ``session``, which holds the
+    source's lock (the caller commits).
+
+    ``IntakeResult.gap`` (or a classic ping) tells the caller to run a catch-up sync.
+    """
+    result = IntakeResult(
+        kind=note.kind,
+        gap=note.kind == KIND_PING,
+        fetched=payload.fetched,
+        unfetched=payload.unfetched,
+        ignored=payload.ignored,
+    )
+    if note.kind in NOTIFICATION_KINDS:
+        result.gap = _detect_gap(session, source_id, note)
     for rtype in INTAKE_TYPES:  # Patients first, so their Encounters attach at once
-        if by_type[rtype] or gone[rtype]:
+        if payload.found[rtype] or payload.gone[rtype]:
             # The deletions travel with the page, whose transaction locks their golden
             # records with its own records (sync.pipeline.ingest_page).
-            page = Page(rtype, by_type[rtype], None, deleted=gone[rtype])
+            page = Page(rtype, payload.found[rtype], None, deleted=payload.gone[rtype])
             result.ingest.add(
                 ingest_page(session, source_id, page, options=options, write_cursor=False)
             )
@@ -401,25 +431,28 @@ def receive_notification(
             hash_intake_token(bearer_token), str(expected)
         ):
             raise IntakeDeniedError("a valid intake token is required", status=401)
+        source_id = source.id
+        options = bound_patient_options(source, default_region)
+        config = source_config(source)
+        note = parse_notification(body)
+        session.commit()  # no transaction stays open while the EHR answers
         connector: Source | None = None
 
         def fetch(resource_type: str, resource_id: str) -> dict[str, Any] | None:
             nonlocal connector
             if connector is None:
-                connector = source_factory(source_config(source))
+                connector = source_factory(config)
             return connector.fetch(resource_type, resource_id)
 
-        lock_source(session, source.id)  # a sync chunk of the same source waits, or we do
         try:
-            result = handle_notification(
-                session,
-                source.id,
-                body,
-                fetch,
-                options=bound_patient_options(source, default_region),
-            )
-            session.commit()
+            payload = read_payload(note, fetch, source_id)
         finally:
             if connector is not None:
                 connector.close()
-        return source.id, result
+        lock_source(session, source_id)  # a sync chunk of the same source waits, or we do
+        # The source may have been disabled or removed while the EHR answered.
+        if not session.scalar(select(SourceRow.enabled).where(SourceRow.id == source_id)):
+            raise IntakeDeniedError("no such source", status=HTTP_NOT_FOUND)
+        result = handle_notification(session, source_id, note, payload, options=options)
+        session.commit()
+        return source_id, result

@@ -13,11 +13,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from askonce.runtime import build_runtime
 from askonce.settings import Settings
-from connectors import Source, SourceConfig, build_source
+from connectors import Page, Source, SourceConfig, build_source
 from gateway import GatewayState, create_app
 from gateway.intake import catch_up_trigger
-from store.models import Encounter, GoldenPatient, Link, SyncRun
-from sync.intake import hash_intake_token, parse_notification, receive_notification
+from store.models import Encounter, GoldenPatient, Link, SyncCursor, SyncRun
+from store.models import Source as SourceRow
+from sync.intake import (
+    IntakeDeniedError,
+    hash_intake_token,
+    parse_notification,
+    receive_notification,
+)
+from sync.pipeline import ingest_page
+from sync.runner import lock_source
 from tests.sync.helpers import add_source, encounter, patient, records, write_ndjson
 
 TOKEN = "intake-token-" + "z" * 24
@@ -285,52 +293,122 @@ class _HeldFetch:
         self.inner.close()
 
 
-def test_an_encounter_pushed_while_its_patient_is_taken_in_is_attached(
-    session_factory: sessionmaker[Session], tmp_path: Any
-) -> None:
-    """An id-only Patient notification is being taken in (its Patient read from the EHR)
-    when the Patient's Encounter is pushed whole. The Encounter's intake waits for the
-    source's lock and then finds its Patient. Had it looked for the Patient first and
-    waited only to write, it would have found none and been left pending: the Patient's
-    intake looked for waiting Encounters before the Encounter was stored."""
+def _race_source(session_factory: sessionmaker[Session], tmp_path: Any) -> int:
     folder = tmp_path / "ehr"
     write_ndjson(folder, "Patient", [patient("p-slow", "Slow")])
-    add_source(
+    return add_source(
         session_factory,
         name="ehr-race",
         base_url=str(folder),
         config={"intake_token_sha256": hash_intake_token(TOKEN)},
     )
-    fetching, answer = threading.Event(), threading.Event()
-    errors: list[BaseException] = []
 
+
+def _taker(session_factory: sessionmaker[Session], errors: list[BaseException]) -> Any:
     def take(body: dict[str, Any], **kwargs: Any) -> None:
         try:
             receive_notification(session_factory, "ehr-race", body, TOKEN, **kwargs)
         except BaseException as exc:
             errors.append(exc)
 
-    note = r4_parameters_bundle("event-notification", 1, [(1, "Patient/p-slow")])
-    held = threading.Thread(
-        target=take,
-        args=(note,),
-        kwargs={"source_factory": lambda config: _HeldFetch(config, fetching, answer)},
-    )
-    pushed = threading.Thread(target=take, args=(encounter("e-slow", "p-slow"),))
-    held.start()
-    try:
-        assert fetching.wait(30)
-        pushed.start()
-        pushed.join(0.5)  # the Encounter's intake looks (and waits) now
-        assert pushed.is_alive()  # for the source's lock
-    finally:
-        answer.set()
-        held.join(60)
-        pushed.join(60)
-    assert errors == []
+    return take
+
+
+def _assert_attached(session_factory: sessionmaker[Session]) -> None:
     with session_factory() as session:
         stored = session.scalars(select(Encounter)).one()
         golden = session.scalars(select(Link.golden_id)).one()
         assert stored.golden_id == golden
         statuses = {(r.resource_type, r.status) for r in records(session, stored.source_id)}
         assert statuses == {("Patient", "active"), ("Encounter", "active")}
+
+
+def test_an_encounter_pushed_while_its_patient_is_taken_in_is_attached(
+    session_factory: sessionmaker[Session], tmp_path: Any
+) -> None:
+    """A page of Patients is being taken in (its transaction holds the source's lock) when
+    one Patient's Encounter is pushed whole. The Encounter's intake waits for the lock and
+    then finds its Patient. Had it looked for the Patient first and waited only to write
+    (SQLite's lock taken at the first write), it would have found none and been left
+    pending: the Patient's page looked for waiting Encounters before it was stored."""
+    source_id = _race_source(session_factory, tmp_path)
+    errors: list[BaseException] = []
+    pushed = threading.Thread(
+        target=_taker(session_factory, errors), args=(encounter("e-slow", "p-slow"),)
+    )
+    with session_factory() as page_session:
+        lock_source(page_session, source_id)
+        ingest_page(page_session, source_id, Page("Patient", [patient("p-slow", "Slow")], None))
+        pushed.start()
+        try:
+            pushed.join(0.5)  # the Encounter's intake looks (and waits) now
+            assert pushed.is_alive()  # for the source's lock
+        finally:
+            page_session.commit()
+    pushed.join(60)
+    assert errors == []
+    _assert_attached(session_factory)
+
+
+def test_a_focus_is_read_from_the_ehr_before_the_source_is_locked(
+    session_factory: sessionmaker[Session], tmp_path: Any
+) -> None:
+    """An id-only Patient notification waits on a slow EHR. It holds no lock meanwhile
+    (on SQLite every writer would wait): the Patient's Encounter, pushed whole, is taken in
+    at once and waits, pending, until the Patient arrives and attaches it."""
+    source_id = _race_source(session_factory, tmp_path)
+    fetching, answer = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    take = _taker(session_factory, errors)
+    note = r4_parameters_bundle("event-notification", 1, [(1, "Patient/p-slow")])
+    held = threading.Thread(
+        target=take,
+        args=(note,),
+        kwargs={"source_factory": lambda config: _HeldFetch(config, fetching, answer)},
+    )
+    held.start()
+    try:
+        assert fetching.wait(30)
+        pushed = threading.Thread(target=take, args=(encounter("e-slow", "p-slow"),))
+        pushed.start()
+        pushed.join(20)
+        assert not pushed.is_alive()  # it did not wait for the held intake
+        assert errors == []
+        with session_factory() as session:
+            assert session.scalars(select(Encounter.golden_id)).one() is None
+            assert [r.status for r in records(session, source_id)] == ["pending"]
+    finally:
+        answer.set()
+        held.join(60)
+    assert errors == []
+    _assert_attached(session_factory)
+
+
+def test_a_source_disabled_while_the_ehr_answers_takes_nothing(
+    session_factory: sessionmaker[Session], tmp_path: Any
+) -> None:
+    """The source is checked again once its lock is held: a notification whose source was
+    disabled while its focus was being read stores nothing."""
+    source_id = _race_source(session_factory, tmp_path)
+    fetching, answer = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    note = r4_parameters_bundle("event-notification", 1, [(1, "Patient/p-slow")])
+    held = threading.Thread(
+        target=_taker(session_factory, errors),
+        args=(note,),
+        kwargs={"source_factory": lambda config: _HeldFetch(config, fetching, answer)},
+    )
+    held.start()
+    try:
+        assert fetching.wait(30)
+        with session_factory() as session:
+            session.get_one(SourceRow, source_id).enabled = False
+            session.commit()
+    finally:
+        answer.set()
+        held.join(60)
+    assert [type(e) for e in errors] == [IntakeDeniedError]
+    assert isinstance(errors[0], IntakeDeniedError) and errors[0].status == 404
+    with session_factory() as session:
+        assert records(session, source_id) == []
+        assert session.scalars(select(SyncCursor)).all() == []
