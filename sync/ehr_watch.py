@@ -11,7 +11,10 @@ and nothing tells us so. :func:`watch` is the scheduler tick's look at each of t
   counts more events than the intake received: those notifications were lost without the
   EHR noticing (a proxy dropped them, or askonce's database was restored from a backup),
   so a catch-up is owed, at the next look rather than at the next event. The count becomes
-  the last event seen (owed once), and reading it is not hearing from the Subscription;
+  the last event seen (owed once), and reading it is not hearing from the Subscription.
+  The count is compared under the source's lock, as the intake writes the last event: a
+  notification being taken in is counted first (one still on the wire may still owe a
+  catch-up it did not need);
 * ``active`` but silent past two heartbeat periods: notifications are lost on the way,
   so a catch-up sync is owed (:mod:`sync.catchup`);
 * ``error`` or ``off``: a catch-up is owed (what it did not send), and the Subscription is
@@ -51,7 +54,7 @@ from store.types import utcnow
 from sync import catchup
 from sync.context import TaskContext
 from sync.intake import NotificationError, hash_intake_token, note_status
-from sync.runner import INTAKE_TOKEN_KEY, source_config
+from sync.runner import INTAKE_TOKEN_KEY, lock_source, source_config
 from sync.subscriptions import (
     STATUS_GONE,
     STATUS_UNREACHABLE,
@@ -228,6 +231,8 @@ def _look(
     counted = _count(ehr, item) if state is not None and state.status == "active" else None
     item.checked_at = now
     with context.session_factory() as session:
+        # As a notification's intake does: its count and ours are read and written whole.
+        lock_source(session, item.source_id)
         if seen.owed:
             catchup.owe(session, item.source_id, now=now)
         if counted is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,15 @@ from store.types import utcnow
 from sync import catchup
 from sync.context import TaskContext
 from sync.ehr_watch import watch
-from sync.intake import hash_intake_token, receive_notification
+from sync.intake import (
+    Payload,
+    handle_notification,
+    hash_intake_token,
+    parse_notification,
+    receive_notification,
+)
 from sync.retire import remove_source
+from sync.runner import lock_source
 from sync.subscriptions import (
     Managed,
     Plan,
@@ -543,6 +551,57 @@ def test_the_watch_reads_the_count_of_events_and_owes_what_never_arrived(
     ehr.counts, ehr.requests = None, []
     watch(context, now=now + timedelta(seconds=400), source_factory=ehr.factory)
     assert not [path for _m, path in ehr.requests if path.endswith("$status")]
+
+
+def test_the_watch_reads_the_count_after_a_notification_in_flight_is_taken_in(
+    engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    """The EHR counts one event when the watch reads ``$status``, and that event's
+    notification is being taken in at the same moment. The watch compares the count with
+    the last event under the source's lock, as the intake writes it: it waits for the
+    intake and finds nothing lost. Read before the intake committed, the count would have
+    owed a catch-up for an event that arrived."""
+    ehr = FakeEhr()
+    source_id = add_source(
+        session_factory, "ehr", kind="fhir", base_url="https://ehr.example/fhir", config={}
+    )
+    plan = Plan(endpoint=ENDPOINT, topics=(TOPIC,), criteria=("Encounter?",))
+    subscribe(session_factory, "ehr", TOKEN, plan, source_factory=ehr.factory)
+    for sub in ehr.subscriptions.values():
+        sub["status"] = "active"
+    receive_notification(session_factory, "ehr", r4_parameters_bundle("handshake", 0, []), TOKEN)
+    ehr.counts = {"sub-1": 1}
+    context = TaskContext(engine=engine, session_factory=session_factory, subscription_check_s=60)
+    seen: list[Any] = []
+    errors: list[BaseException] = []
+
+    def look() -> None:
+        try:
+            seen.extend(watch(context, now=utcnow(), source_factory=ehr.factory))
+        except BaseException as exc:
+            errors.append(exc)
+
+    looking = threading.Thread(target=look)
+    with session_factory() as intake:
+        lock_source(intake, source_id)
+        note = parse_notification(r4_parameters_bundle("event-notification", 1, []))
+        handle_notification(intake, source_id, note, Payload())
+        looking.start()
+        try:
+            wait_for(
+                lambda: any(path.endswith("$status") for _m, path in ehr.requests),
+                timeout_s=30,
+                what="the watch reading $status",
+            )
+            looking.join(0.5)
+            assert looking.is_alive()  # waiting for the source's lock
+        finally:
+            intake.commit()
+    looking.join(30)
+    assert errors == []
+    assert {w.id: (w.owed, w.lost) for w in seen}["sub-1"] == (False, False)
+    with session_factory() as session:
+        assert catchup.owed_since(session, source_id) is None
 
 
 def catchup_rows_deleted() -> Delete:

@@ -314,6 +314,21 @@ def _taker(session_factory: sessionmaker[Session], errors: list[BaseException]) 
     return take
 
 
+def _held_patient_intake(
+    take: Any, fetching: threading.Event, answer: threading.Event
+) -> threading.Thread:
+    """An id-only notification of Patient p-slow, taken in a thread whose read of the
+    Patient from the EHR waits for ``answer``; started."""
+    note = r4_parameters_bundle("event-notification", 1, [(1, "Patient/p-slow")])
+    held = threading.Thread(
+        target=take,
+        args=(note,),
+        kwargs={"source_factory": lambda config: _HeldFetch(config, fetching, answer)},
+    )
+    held.start()
+    return held
+
+
 def _assert_attached(session_factory: sessionmaker[Session]) -> None:
     with session_factory() as session:
         stored = session.scalars(select(Encounter)).one()
@@ -360,13 +375,7 @@ def test_a_focus_is_read_from_the_ehr_before_the_source_is_locked(
     fetching, answer = threading.Event(), threading.Event()
     errors: list[BaseException] = []
     take = _taker(session_factory, errors)
-    note = r4_parameters_bundle("event-notification", 1, [(1, "Patient/p-slow")])
-    held = threading.Thread(
-        target=take,
-        args=(note,),
-        kwargs={"source_factory": lambda config: _HeldFetch(config, fetching, answer)},
-    )
-    held.start()
+    held = _held_patient_intake(take, fetching, answer)
     try:
         assert fetching.wait(30)
         pushed = threading.Thread(target=take, args=(encounter("e-slow", "p-slow"),))
@@ -392,13 +401,7 @@ def test_a_source_disabled_while_the_ehr_answers_takes_nothing(
     source_id = _race_source(session_factory, tmp_path)
     fetching, answer = threading.Event(), threading.Event()
     errors: list[BaseException] = []
-    note = r4_parameters_bundle("event-notification", 1, [(1, "Patient/p-slow")])
-    held = threading.Thread(
-        target=_taker(session_factory, errors),
-        args=(note,),
-        kwargs={"source_factory": lambda config: _HeldFetch(config, fetching, answer)},
-    )
-    held.start()
+    held = _held_patient_intake(_taker(session_factory, errors), fetching, answer)
     try:
         assert fetching.wait(30)
         with session_factory() as session:
