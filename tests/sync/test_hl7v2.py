@@ -566,7 +566,13 @@ def test_askonce_mllp_process(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "ASKONCE_DATABASE_URL": url, "ASKONCE_LOG_LEVEL": "WARNING"}
+    # PYTHONFAULTHANDLER: a process that does not stop dumps its threads on SIGABRT.
+    env = {
+        **os.environ,
+        "ASKONCE_DATABASE_URL": url,
+        "ASKONCE_LOG_LEVEL": "WARNING",
+        "PYTHONFAULTHANDLER": "1",
+    }
     add = [sys.executable, "-m", "askonce", "sources", "add", "adt", "--kind", "hl7v2"]
     subprocess.run([*add, "--url", f"mllp://127.0.0.1:{port}"], env=env, check=True)
     process = subprocess.Popen(
@@ -596,6 +602,11 @@ def test_askonce_mllp_process(tmp_path: Path) -> None:
         assert reply.startswith(b"\x0bMSH|") and b"\rMSA|AA|P1\r" in reply
     finally:
         process.send_signal(signal.SIGINT)
-        output = process.communicate(timeout=30)[0].decode()
+        try:
+            output = process.communicate(timeout=30)[0].decode()
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            dump = process.communicate(timeout=30)[0].decode()
+            pytest.fail(f"askonce mllp did not stop on SIGINT; its threads:\n{dump}")
     assert process.returncode == 0, output
     assert f"adt: listening on mllp://127.0.0.1:{port}" in output
