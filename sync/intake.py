@@ -25,7 +25,7 @@ import hmac
 import itertools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -296,8 +296,16 @@ class Payload:
     ignored: int = 0
 
 
-def read_payload(note: Notification, fetch: Fetch, source_id: int) -> Payload:
+def read_payload(
+    note: Notification,
+    fetch: Fetch,
+    source_id: int,
+    types: Collection[str] = INTAKE_TYPES,
+) -> Payload:
     """Collect what ``note`` brings, fetching an id-only payload's focus from the source.
+
+    ``types``: the resource types the source is synced for (its ``--types``); a resource
+    of another type, carried or named, is ignored as a sync would not read it.
 
     ``fetch(type, id)`` reads one resource; a None answer (404/410) means it is gone. One
     the source cannot serve now (a :class:`~connectors.ConnectorError`) is left, with the
@@ -310,7 +318,7 @@ def read_payload(note: Notification, fetch: Fetch, source_id: int) -> Payload:
     carried: set[tuple[str, str]] = set()
     for resource in note.resources:
         rtype = resource.get("resourceType")
-        if rtype in payload.found:
+        if rtype in payload.found and rtype in types:
             payload.found[str(rtype)].append(resource)
             carried.add((str(rtype), str(resource.get("id"))))
         else:
@@ -320,7 +328,7 @@ def read_payload(note: Notification, fetch: Fetch, source_id: int) -> Payload:
     for rtype, rid in dict.fromkeys(note.focus):
         if (rtype, rid) in carried:
             continue
-        if rtype not in payload.found:
+        if rtype not in payload.found or rtype not in types:
             payload.ignored += 1
             continue
         if payload.unfetched:  # the source failed: the catch-up reads the rest too
@@ -434,6 +442,7 @@ def receive_notification(
         source_id = source.id
         options = bound_patient_options(source, default_region)
         config = source_config(source)
+        types = frozenset(source.resource_types)
         note = parse_notification(body)
         session.commit()  # no transaction stays open while the EHR answers
         connector: Source | None = None
@@ -445,7 +454,7 @@ def receive_notification(
             return connector.fetch(resource_type, resource_id)
 
         try:
-            payload = read_payload(note, fetch, source_id)
+            payload = read_payload(note, fetch, source_id, types)
         finally:
             if connector is not None:
                 connector.close()

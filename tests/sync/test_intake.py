@@ -155,6 +155,30 @@ def test_id_only_notifications_fetch_the_resource_from_the_source(
         assert session.scalars(select(Encounter)).one().golden_id is not None
 
 
+def test_a_type_the_source_is_not_synced_for_is_ignored(
+    intake: Any, session_factory: sessionmaker[Session]
+) -> None:
+    """A source synced for Patients only (``--types Patient``; its Encounters come from
+    elsewhere) takes no Encounter by push either: neither one named by an id-only
+    notification nor one a classic rest-hook PUTs."""
+    client, source_id, _ = intake
+    with session_factory() as session:
+        session.get_one(SourceRow, source_id).resource_types = ["Patient"]
+        session.commit()
+    client.post("/intake/ehr-push", json=backport_bundle("handshake", since=0), headers=AUTH)
+    body = r4_parameters_bundle(
+        "event-notification", 2, [(1, "Patient/p-fetch"), (2, "Encounter/e-fetch")]
+    )
+    assert client.post("/intake/ehr-push", json=body, headers=AUTH).status_code == 200
+    put = client.put(
+        "/intake/ehr-push/Encounter/e-put", json=encounter("e-put", "p-fetch"), headers=AUTH
+    )
+    assert put.status_code == 200
+    with session_factory() as session:
+        assert [r.resource_id for r in records(session, source_id)] == ["p-fetch"]
+        assert session.scalars(select(Encounter)).all() == []
+
+
 def test_a_focus_the_source_no_longer_has_is_deleted(
     intake: Any, session_factory: sessionmaker[Session]
 ) -> None:
