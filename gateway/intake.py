@@ -105,6 +105,7 @@ def _receive(
         f"{result.kind}: {result.ingest.resources} resource(s), {result.fetched} fetched, "
         + (f"{result.unfetched} not fetched (the source failed), " if result.unfetched else "")
         + f"{result.ingest.quarantined} quarantined"
+        + (f", {result.ignored} ignored (not a type the source takes)" if result.ignored else "")
         + ("; catch-up sync started" if result.gap else "")
     )
     return JSONResponse(

@@ -318,9 +318,9 @@ def read_payload(
     carried: set[tuple[str, str]] = set()
     for resource in note.resources:
         rtype = resource.get("resourceType")
+        carried.add((str(rtype), str(resource.get("id"))))  # its focus entry is the same
         if rtype in payload.found and rtype in types:
             payload.found[str(rtype)].append(resource)
-            carried.add((str(rtype), str(resource.get("id"))))
         else:
             payload.ignored += 1
     if note.kind not in (KIND_EVENT, KIND_QUERY_EVENT):

@@ -169,11 +169,21 @@ def test_a_type_the_source_is_not_synced_for_is_ignored(
     body = r4_parameters_bundle(
         "event-notification", 2, [(1, "Patient/p-fetch"), (2, "Encounter/e-fetch")]
     )
-    assert client.post("/intake/ehr-push", json=body, headers=AUTH).status_code == 200
+    named = client.post("/intake/ehr-push", json=body, headers=AUTH)
+    assert named.status_code == 200
+    assert "1 fetched" in named.text and "1 ignored" in named.text
     put = client.put(
         "/intake/ehr-push/Encounter/e-put", json=encounter("e-put", "p-fetch"), headers=AUTH
     )
-    assert put.status_code == 200
+    assert put.status_code == 200 and "1 ignored" in put.text
+    carried = backport_bundle(
+        "event-notification",
+        since=3,
+        events=[(3, "Encounter/e-full")],
+        resources=[encounter("e-full", "p-fetch")],
+    )
+    full = client.post("/intake/ehr-push", json=carried, headers=AUTH)
+    assert full.status_code == 200 and "1 ignored" in full.text  # the resource and its focus
     with session_factory() as session:
         assert [r.resource_id for r in records(session, source_id)] == ["p-fetch"]
         assert session.scalars(select(Encounter)).all() == []
