@@ -68,7 +68,7 @@ from sync import (
     start_or_resume,
     update_source,
 )
-from sync.hl7intake import Hl7v2ConfigError, listeners, serve_forever
+from sync.hl7intake import Hl7v2ConfigError, listen_until_signalled, listeners
 from sync.scheduling import InvalidScheduleError
 from sync.subscriptions import Managed
 from sync.subscriptions import managed as managed_subscriptions
@@ -612,7 +612,8 @@ def mllp_command(
     ] = None,
 ) -> None:
     """Receive HL7 v2 ADT messages over MLLP: listen on the port of every enabled hl7v2
-    source, ingest each message and acknowledge it once it is committed (Ctrl+C stops)."""
+    source, ingest each message and acknowledge it once it is committed (Ctrl+C or SIGTERM
+    stops, once the messages being taken in are acknowledged; a second one at once)."""
     runtime = _runtime()
     with runtime.session_factory() as session:
         try:
@@ -630,15 +631,19 @@ def mllp_command(
     for target in targets:
         console.print(f"{target.name}: listening on mllp://{target.host}:{target.port}")
     try:
-        asyncio.run(
-            serve_forever(
+        cut = asyncio.run(
+            listen_until_signalled(
                 runtime.session_factory,
                 targets,
                 default_region=runtime.settings.default_region,
             )
         )
-    except KeyboardInterrupt:
-        console.print("stopped")
+    except KeyboardInterrupt:  # before the listener's own handlers were in place
+        cut = 0
     except OSError as exc:  # the port is taken, or not ours to bind
         console.print(f"[red]error:[/red] cannot listen: {exc.strerror or exc}")
         raise typer.Exit(code=1) from exc
+    if cut:
+        console.print(f"stopped ({cut} message(s) not acknowledged: their senders send them again)")
+    else:
+        console.print("stopped")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,9 @@ IDENTIFIER_SYSTEMS_KEY = "identifier_systems"
 CONTROL_ID_BYTES = 10
 ACK_ACCEPT, ACK_ERROR, ACK_REJECT = "AA", "AE", "AR"
 COMMIT_ACCEPT, COMMIT_REJECT = "CA", "CR"
+#: How long a stopping listener waits for the messages being taken in to be committed
+#: and acknowledged (below ``docker stop``'s 10 s before it kills the process).
+STOP_GRACE_S = 8.0
 
 
 class Hl7v2ConfigError(SyncError):
@@ -341,16 +345,42 @@ def listeners(session: Session, names: Sequence[str] = ()) -> list[Listener]:
     return out
 
 
+async def _next_block(reader: Any, stopping: asyncio.Event | None) -> bytes | None:
+    """The connection's next MLLP block, or None once ``stopping`` is set first (a
+    message that has arrived whole by then is still returned, and then taken in)."""
+    if stopping is None:
+        block: bytes = await reader.readblock()
+        return block
+    if stopping.is_set():
+        return None
+    read = asyncio.ensure_future(reader.readblock())
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait((read, stop), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this connection is being cancelled
+        read.cancel()
+        raise
+    finally:
+        stop.cancel()
+    if read.done():
+        return read.result()  # its IncompleteReadError, InvalidBlockError… included
+    read.cancel()  # a message cut off here was not acknowledged: the sender sends it again
+    return None
+
+
 async def _serve_connection(
     reader: Any,
     writer: Any,
     handle: Callable[[str], AdtResult],
+    stopping: asyncio.Event | None = None,
 ) -> None:
-    """Messages of one connection, one at a time: each is acknowledged after its commit."""
+    """Messages of one connection, one at a time: each is acknowledged after its commit.
+    Once ``stopping`` is set the connection is closed between two messages: the one
+    being taken in is committed and acknowledged first."""
     try:
         while True:
             try:
-                block = await reader.readblock()
+                block = await _next_block(reader, stopping)
             except asyncio.IncompleteReadError:
                 return  # the peer closed the connection (between or inside a message)
             except InvalidBlockError:
@@ -365,6 +395,8 @@ async def _serve_connection(
                 writer.writeblock(reply.encode("utf-8"))
                 await writer.drain()
                 log.warning("mllp message too large; closing the connection")
+                return
+            if block is None:
                 return
             result = await asyncio.to_thread(handle, decode(block))
             if result.ack:  # enhanced mode may ask for none
@@ -381,8 +413,12 @@ async def start_listeners(
     targets: Sequence[Listener],
     *,
     default_region: str | None = None,
+    stopping: asyncio.Event | None = None,
+    connections: set[asyncio.Task[Any]] | None = None,
 ) -> list[asyncio.Server]:
-    """Start an MLLP server on each target's port (port 0: any free one)."""
+    """Start an MLLP server on each target's port (port 0: any free one). With
+    ``stopping``, each connection closes between two messages once it is set; with
+    ``connections``, each connection's task is in that set while it runs."""
     servers = []
     for target in targets:
 
@@ -392,7 +428,11 @@ async def start_listeners(
         async def connected(
             reader: Any, writer: Any, handle: Callable[[str], AdtResult] = handle
         ) -> None:
-            await _serve_connection(reader, writer, handle)
+            task = asyncio.current_task()
+            if connections is not None and task is not None:
+                connections.add(task)
+                task.add_done_callback(connections.discard)
+            await _serve_connection(reader, writer, handle, stopping)
 
         server = await start_hl7_server(
             connected, target.host, target.port, limit=MAX_MESSAGE_BYTES
@@ -402,16 +442,86 @@ async def start_listeners(
     return servers
 
 
-async def serve_forever(
+async def serve_until(
+    session_factory: Callable[[], Session],
+    targets: Sequence[Listener],
+    stop: asyncio.Event,
+    *,
+    default_region: str | None = None,
+    hurry: asyncio.Event | None = None,
+    grace_s: float = STOP_GRACE_S,
+) -> int:
+    """Listen until ``stop`` is set, then stop between messages: the ports close, idle
+    connections are closed, and each message being taken in is committed and
+    acknowledged before its connection closes. Waits for those at most ``grace_s``, or
+    until ``hurry`` is set; a connection still busy then is closed without its
+    acknowledgment (its transaction commits or rolls back whole, and the sender sends the
+    message again). Returns how many connections were closed that way."""
+    connections: set[asyncio.Task[Any]] = set()
+    servers = await start_listeners(
+        session_factory,
+        targets,
+        default_region=default_region,
+        stopping=stop,
+        connections=connections,
+    )
+    try:
+        await stop.wait()
+    finally:
+        for server in servers:
+            server.close()
+    busy = set(connections)
+    waits = [asyncio.ensure_future(hurry.wait())] if hurry is not None else []
+    deadline = asyncio.get_running_loop().time() + grace_s
+    try:
+        while busy and not (hurry is not None and hurry.is_set()):
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            await asyncio.wait({*busy, *waits}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            busy = {task for task in busy if not task.done()}
+    finally:
+        for wait in waits:
+            wait.cancel()
+    for task in busy:
+        task.cancel()
+    if busy:
+        log.warning("mllp stopped before acknowledging", extra={"count": len(busy)})
+    return len(busy)
+
+
+async def listen_until_signalled(
     session_factory: Callable[[], Session],
     targets: Sequence[Listener],
     *,
     default_region: str | None = None,
-) -> None:
-    """Listen until cancelled (Ctrl+C, SIGTERM)."""
-    servers = await start_listeners(session_factory, targets, default_region=default_region)
+    grace_s: float = STOP_GRACE_S,
+) -> int:
+    """:func:`serve_until` SIGINT or SIGTERM (``docker stop``); a second one hurries.
+
+    The handlers are the event loop's own (``loop.add_signal_handler``), which wake the
+    loop through its self-pipe whichever thread the kernel delivers the signal to. The
+    interpreter's default SIGINT handler only runs in the main thread, and does not
+    wake a loop blocked in ``epoll_wait`` when another thread (an executor's, the SQLite
+    checkpointer's) took the signal: the listener then never stopped."""
+    loop = asyncio.get_running_loop()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def signalled() -> None:
+        (hurry if stop.is_set() else stop).set()
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for number in signals:
+        loop.add_signal_handler(number, signalled)
     try:
-        await asyncio.gather(*(server.serve_forever() for server in servers))
+        return await serve_until(
+            session_factory,
+            targets,
+            stop,
+            default_region=default_region,
+            hurry=hurry,
+            grace_s=grace_s,
+        )
     finally:
-        for server in servers:
-            server.close()
+        for number in signals:
+            loop.remove_signal_handler(number)
