@@ -629,7 +629,7 @@ def mllp_command(
         )
         raise typer.Exit(code=2)
     for target in targets:
-        console.print(f"{target.name}: listening on mllp://{target.host}:{target.port}")
+        console.print(f"{target.name}: listening on {target.describe()}")
     try:
         cut = asyncio.run(
             listen_until_signalled(

@@ -24,11 +24,14 @@ source id, the event and the acknowledgment code, never a value of the message.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets
 import signal
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -39,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from connectors.config import HL7V2_KIND as KIND
 from connectors.config import Page
+from connectors.preflight import Preflight
 from fhir_mapping.hl7v2 import (
     ERR_APPLICATION,
     ERR_DATA_TYPE,
@@ -54,6 +58,7 @@ from fhir_mapping.hl7v2 import (
 )
 from store.models import Source as SourceRow
 from store.models import SourceRecord
+from store.types import utcnow
 from sync.encounters import replacements
 from sync.patients import PatientOptions
 from sync.pipeline import IngestResult, apply_deletions, ingest_page
@@ -69,6 +74,14 @@ MAX_MESSAGE_BYTES = 1 << 20
 #: Source config keys this module reads (``--option KEY=VALUE``).
 TIMEZONE_KEY = "timezone"
 IDENTIFIER_SYSTEMS_KEY = "identifier_systems"
+#: Source options of a listener over TLS (``--option tls_cert=PATH``…): the PEM
+#: certificate chain it presents, its private key when that file does not hold it, and
+#: the PEM CA bundle its clients' certificates must chain to (mutual TLS, as IHE ATNA's
+#: secure nodes use; without it any client that speaks TLS is served).
+TLS_CERT_KEY, TLS_KEY_KEY, TLS_CLIENT_CA_KEY = "tls_cert", "tls_key", "tls_client_ca"
+TLS_KEYS = (TLS_CERT_KEY, TLS_KEY_KEY, TLS_CLIENT_CA_KEY)
+#: ``askonce sources check`` warns this many days before the listener's certificate expires.
+CERT_EXPIRY_WARNING_DAYS = 30
 CONTROL_ID_BYTES = 10
 ACK_ACCEPT, ACK_ERROR, ACK_REJECT = "AA", "AE", "AR"
 COMMIT_ACCEPT, COMMIT_REJECT = "CA", "CR"
@@ -108,6 +121,106 @@ def mapping_options(config: dict[str, Any] | None) -> MappingOptions:
     ):
         raise Hl7v2ConfigError("identifier_systems must be an object of namespace: system URI")
     return MappingOptions(identifier_systems=dict(systems), zone=zone)
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why a PEM file did not load (the OS's or OpenSSL's words: no file content)."""
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc.strerror or type(exc).__name__)
+    if isinstance(exc, OSError):
+        return str(exc.strerror or type(exc).__name__)
+    return type(exc).__name__
+
+
+def tls_context(config: dict[str, Any] | None) -> ssl.SSLContext | None:
+    """The server TLS context an hl7v2 source's options ask for (None: plain MLLP).
+
+    TLS 1.2 at least; with ``tls_client_ca``, a client must present a certificate that
+    chains to that bundle (and to nothing else: the system's CAs are not trusted)."""
+    config = config or {}
+    cert, key, client_ca = (config.get(name) for name in TLS_KEYS)
+    for name, value in zip(TLS_KEYS, (cert, key, client_ca), strict=True):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise Hl7v2ConfigError(f"{name} must be the path of a PEM file")
+    if cert is None:
+        if key is not None or client_ca is not None:
+            raise Hl7v2ConfigError(f"{TLS_KEY_KEY} and {TLS_CLIENT_CA_KEY} go with {TLS_CERT_KEY}")
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise Hl7v2ConfigError(
+            f"{TLS_CERT_KEY}/{TLS_KEY_KEY}: cannot load the certificate chain and its key "
+            f"({_load_failure(exc)})"
+        ) from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (OSError, ValueError) as exc:
+            raise Hl7v2ConfigError(
+                f"{TLS_CLIENT_CA_KEY}: cannot load the CA bundle ({_load_failure(exc)})"
+            ) from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _expiry(path: str) -> datetime:
+    """When the first certificate of the PEM file at ``path`` expires."""
+    from cryptography import x509  # only a check reads a certificate: not every import
+
+    with open(path, "rb") as handle:
+        first = x509.load_pem_x509_certificates(handle.read())[0]
+    return first.not_valid_after_utc
+
+
+def check_listener(url: str, config: dict[str, Any] | None, report: Preflight) -> None:
+    """An hl7v2 source's findings for ``askonce sources check``: its address, and its TLS
+    (the files load, the certificate's expiry: an error once it has expired, a warning
+    within :data:`CERT_EXPIRY_WARNING_DAYS`; plain MLLP off the loopback is a warning)."""
+    try:
+        host, _ = listen_address(url)
+    except Hl7v2ConfigError as exc:
+        report.add("error", "address", str(exc))
+        return
+    try:
+        context = tls_context(config)
+    except Hl7v2ConfigError as exc:
+        report.add("error", "tls", str(exc))
+        return
+    if context is None:
+        if _loopback(host):
+            report.add("ok", "tls", "plain MLLP, on the loopback only")
+        else:
+            report.add(
+                "warning",
+                "tls",
+                "plain MLLP: messages cross the network unencrypted "
+                f"(options {TLS_CERT_KEY} and {TLS_KEY_KEY} serve TLS)",
+            )
+        return
+    expires = _expiry(str((config or {})[TLS_CERT_KEY]))
+    left = expires - utcnow()
+    clients = (
+        f", clients need a certificate of {TLS_CLIENT_CA_KEY}"
+        if context.verify_mode == ssl.CERT_REQUIRED
+        else ""
+    )
+    when = expires.date().isoformat()
+    if left <= timedelta(0):
+        report.add("error", "tls", f"the listener's certificate expired on {when}")
+    elif left <= timedelta(days=CERT_EXPIRY_WARNING_DAYS):
+        report.add("warning", "tls", f"TLS; the certificate expires on {when}{clients}")
+    else:
+        report.add("ok", "tls", f"TLS, the certificate valid until {when}{clients}")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 @dataclass
@@ -325,12 +438,22 @@ def _logged(source_id: int, result: AdtResult) -> AdtResult:
 
 @dataclass(frozen=True)
 class Listener:
-    """One hl7v2 source's port."""
+    """One hl7v2 source's port, and its TLS context (None: plain MLLP)."""
 
     source_id: int
     name: str
     host: str
     port: int
+    tls: ssl.SSLContext | None = field(default=None, compare=False)
+
+    def describe(self) -> str:
+        """Where it listens, and how (for the operator)."""
+        where = f"mllp://{self.host}:{self.port}"
+        if self.tls is None:
+            return where
+        if self.tls.verify_mode == ssl.CERT_REQUIRED:
+            return f"{where} over TLS, client certificates required"
+        return f"{where} over TLS"
 
 
 def listeners(session: Session, names: Sequence[str] = ()) -> list[Listener]:
@@ -341,7 +464,7 @@ def listeners(session: Session, names: Sequence[str] = ()) -> list[Listener]:
     out = []
     for source in session.scalars(stmt.order_by(SourceRow.id)):
         host, port = listen_address(source.base_url)
-        out.append(Listener(source.id, source.name, host, port))
+        out.append(Listener(source.id, source.name, host, port, tls_context(source.config)))
     return out
 
 
@@ -402,7 +525,7 @@ async def _serve_connection(
             if result.ack:  # enhanced mode may ask for none
                 writer.writeblock(result.ack.encode("utf-8"))
                 await writer.drain()
-    except ConnectionError:
+    except (ConnectionError, ssl.SSLError):  # the peer went away, or broke the TLS session
         return
     finally:
         writer.close()
@@ -435,7 +558,7 @@ async def start_listeners(
             await _serve_connection(reader, writer, handle, stopping)
 
         server = await start_hl7_server(
-            connected, target.host, target.port, limit=MAX_MESSAGE_BYTES
+            connected, target.host, target.port, limit=MAX_MESSAGE_BYTES, ssl=target.tls
         )
         servers.append(server)
         log.info("mllp listening", extra={"source_id": target.source_id, "port": target.port})

@@ -92,6 +92,9 @@ PIPELINE_CONFIG_KEYS = frozenset(
         # hl7v2 sources (sync.hl7intake)
         "timezone",
         "identifier_systems",
+        "tls_cert",
+        "tls_key",
+        "tls_client_ca",
     }
 )
 #: Length of the cursor fingerprints kept in a run to notice a stream that came back around.

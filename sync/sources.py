@@ -49,7 +49,13 @@ from store import CursorRepository, SourceRepository
 from store.models import Link, SourceRecord
 from store.models import Source as SourceRow
 from sync.forms import portal_options
-from sync.hl7intake import Hl7v2ConfigError, listen_address, mapping_options
+from sync.hl7intake import (
+    Hl7v2ConfigError,
+    check_listener,
+    listen_address,
+    mapping_options,
+    tls_context,
+)
 from sync.intake import hash_intake_token
 from sync.records import STATUS_DELETED
 from sync.runner import (
@@ -118,6 +124,7 @@ def checked_settings(
         if kind == HL7V2_KIND:
             listen_address(url)
             mapping_options(stored)
+            tls_context(stored)
         if kind == PORTAL_KIND:
             stored = portal_options(stored, types)
         if INTAKE_TOKEN_OPTION in stored:
@@ -325,6 +332,8 @@ def check_source(
     if source.kind in PUSH_ONLY_KINDS:
         report = Preflight(source.kind)
         report.add("ok", "server", f"nothing is pulled from it: {push_arrival(source.kind)}")
+        if source.kind == HL7V2_KIND:
+            check_listener(source.base_url, source.config, report)
         return report
     config = source_config(source)
     config = replace(config, options={**config.options, "max_attempts": PREFLIGHT_ATTEMPTS})

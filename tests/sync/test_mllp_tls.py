@@ -1,0 +1,349 @@
+"""HL7 v2 over MLLP inside TLS: the listener's certificate, and its clients' (mutual TLS)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from hl7.mllp import open_hl7_connection
+from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
+
+from askonce.cli import app
+from connectors.preflight import Preflight
+from store import make_engine, make_session_factory, upgrade
+from sync.hl7intake import (
+    TLS_KEYS,
+    Hl7v2ConfigError,
+    Listener,
+    check_listener,
+    listeners,
+    start_listeners,
+    tls_context,
+)
+from sync.runner import PIPELINE_CONFIG_KEYS
+from tests.sync.helpers import add_source
+from tests.sync.test_hl7v2 import golden_of, message, pid
+
+Key = ec.EllipticCurvePrivateKey
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _certificate(
+    subject: str,
+    key: Key,
+    issuer: tuple[str, Key] | None = None,
+    *,
+    ip: str | None = None,
+    days: float = 365,
+) -> x509.Certificate:
+    """A certificate for ``key``: a CA's (self-signed) without ``issuer``, else one
+    ``issuer`` signs for an end entity (``ip`` as its subject alternative name); it
+    expires in ``days`` (expired when negative)."""
+    issuer_name, issuer_key = issuer or (subject, key)
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=30))
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False,
+        )
+    )
+    if issuer is None:
+        usage = dict.fromkeys(
+            (
+                "digital_signature",
+                "content_commitment",
+                "key_encipherment",
+                "data_encipherment",
+                "key_agreement",
+                "encipher_only",
+                "decipher_only",
+            ),
+            False,
+        )
+        builder = builder.add_extension(
+            x509.KeyUsage(key_cert_sign=True, crl_sign=True, **usage), critical=True
+        )
+    if ip is not None:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write(folder: Path, name: str, cert: x509.Certificate, key: Key | None = None) -> Path:
+    path = folder / f"{name}.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    if key is not None:
+        (folder / f"{name}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A CA, the listener's certificate, a client's, and a client of another CA."""
+
+    folder: Path
+
+    def path(self, name: str) -> str:
+        return str(self.folder / name)
+
+    def client(self, name: str | None) -> ssl.SSLContext:
+        """A client that trusts the CA and presents ``name``'s certificate (or none)."""
+        context = ssl.create_default_context(cafile=self.path("ca.pem"))
+        if name is not None:
+            context.load_cert_chain(self.path(f"{name}.pem"), self.path(f"{name}.key"))
+        return context
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    folder = tmp_path_factory.mktemp("pki")
+    keys = {name: ec.generate_private_key(ec.SECP256R1()) for name in ("ca", "other", "a", "b")}
+    keys["listener"] = ec.generate_private_key(ec.SECP256R1())
+    ca = ("askonce test CA", keys["ca"])
+    other = ("another CA", keys["other"])
+    _write(folder, "ca", _certificate(ca[0], keys["ca"]))
+    _write(folder, "other-ca", _certificate(other[0], keys["other"]))
+    listener = _certificate("mllp listener", keys["listener"], ca, ip="127.0.0.1")
+    _write(folder, "listener", listener, keys["listener"])
+    _write(folder, "engine", _certificate("interface engine", keys["a"], ca), keys["a"])
+    _write(folder, "stranger", _certificate("stranger", keys["b"], other), keys["b"])
+    for name, days in (("expiring", 10), ("expired", -1)):
+        mine = _certificate(name, keys["listener"], ca, ip="127.0.0.1", days=days)
+        _write(folder, name, mine, keys["listener"])
+    (folder / "garbage.pem").write_text("not a certificate\n")
+    return Pki(folder)
+
+
+def test_tls_options_are_checked(pki: Pki) -> None:
+    assert set(TLS_KEYS) <= PIPELINE_CONFIG_KEYS  # not handed to a connector as unknown
+    assert tls_context(None) is None and tls_context({"timezone": "UTC"}) is None
+    bad = [
+        ({"tls_key": pki.path("listener.key")}, "go with tls_cert"),
+        ({"tls_cert": pki.path("listener.pem"), "tls_key": 5}, "path of a PEM file"),
+        ({"tls_cert": " "}, "path of a PEM file"),
+        ({"tls_cert": pki.path("missing.pem")}, "No such file"),
+        ({"tls_cert": pki.path("garbage.pem")}, "cannot load the certificate chain"),
+        ({"tls_cert": pki.path("listener.pem")}, "cannot load"),  # no key in that file
+        ({"tls_cert": pki.path("listener.pem"), "tls_key": pki.path("engine.key")}, "cannot load"),
+        (
+            {
+                "tls_cert": pki.path("listener.pem"),
+                "tls_key": pki.path("listener.key"),
+                "tls_client_ca": pki.path("garbage.pem"),
+            },
+            "tls_client_ca: cannot load the CA bundle",
+        ),
+    ]
+    for options, said in bad:
+        with pytest.raises(Hl7v2ConfigError, match=said):
+            tls_context(options)
+    served = {"tls_cert": pki.path("listener.pem"), "tls_key": pki.path("listener.key")}
+    server = tls_context(served)
+    assert server is not None and server.verify_mode == ssl.CERT_NONE
+    assert server.minimum_version == ssl.TLSVersion.TLSv1_2
+    mutual = tls_context({**served, "tls_client_ca": pki.path("ca.pem")})
+    assert mutual is not None and mutual.verify_mode == ssl.CERT_REQUIRED
+    where = Listener(1, "adt", "127.0.0.1", 2575)
+    assert where.describe() == "mllp://127.0.0.1:2575"
+    assert Listener(1, "adt", "127.0.0.1", 2575, server).describe().endswith(" over TLS")
+    assert (
+        Listener(1, "adt", "127.0.0.1", 2575, mutual)
+        .describe()
+        .endswith("over TLS, client certificates required")
+    )
+
+
+def test_sources_check_reports_the_listener(pki: Pki) -> None:
+    """``askonce sources check``: the address, plain MLLP off the loopback, files that do
+    not load, and the certificate's expiry."""
+
+    def findings(url: str, **options: str) -> list[tuple[str, str, str]]:
+        report = Preflight("hl7v2")
+        check_listener(url, options, report)
+        return [(f.level, f.subject, f.message) for f in report.findings]
+
+    local, anywhere = "mllp://127.0.0.1:2575", "mllp://0.0.0.0:2575"
+    assert findings("http://x:1")[0][:2] == ("error", "address")
+    assert findings(local) == [("ok", "tls", "plain MLLP, on the loopback only")]
+    ((level, subject, said),) = findings(anywhere)
+    assert (level, subject) == ("warning", "tls") and "unencrypted" in said
+    ((level, _, said),) = findings(anywhere, tls_cert=pki.path("garbage.pem"))
+    assert level == "error" and "cannot load" in said
+    key = pki.path("listener.key")
+    valid = findings(anywhere, tls_cert=pki.path("listener.pem"), tls_key=key)
+    ((level, _, said),) = valid
+    assert level == "ok" and said.startswith("TLS, the certificate valid until ")
+    mutual = findings(
+        anywhere,
+        tls_cert=pki.path("listener.pem"),
+        tls_key=key,
+        tls_client_ca=pki.path("ca.pem"),
+    )
+    assert mutual[0][2].endswith("clients need a certificate of tls_client_ca")
+    soon = (datetime.now(UTC) + timedelta(days=10)).date().isoformat()
+    ((level, _, said),) = findings(anywhere, tls_cert=pki.path("expiring.pem"), tls_key=key)
+    assert level == "warning" and soon in said
+    ((level, _, said),) = findings(anywhere, tls_cert=pki.path("expired.pem"), tls_key=key)
+    assert level == "error" and "expired on" in said
+
+
+async def _send(port: int, text: str, client: ssl.SSLContext | None) -> str | None:
+    """``text`` sent as one MLLP message (inside TLS with ``client``); the ACK, or None
+    when the listener closed the connection instead of answering."""
+    tls: dict[str, Any] = {} if client is None else {"ssl": client, "server_hostname": "127.0.0.1"}
+    try:
+        reader, writer = await open_hl7_connection("127.0.0.1", port, **tls)
+    except (ssl.SSLError, ConnectionError):
+        return None  # refused during the handshake (TLS 1.2)
+    try:
+        writer.writeblock(text.encode("utf-8"))
+        await writer.drain()
+        return (await asyncio.wait_for(reader.readblock(), 30)).decode()
+    except (asyncio.IncompleteReadError, ssl.SSLError, ConnectionError):
+        return None  # TLS 1.3 refuses a client's certificate after the client's handshake
+    finally:
+        writer.close()
+
+
+def _serve(
+    session_factory: sessionmaker[Session],
+    source_id: int,
+    tls: ssl.SSLContext | None,
+    sends: list[tuple[str, ssl.SSLContext | None]],
+) -> list[str | None]:
+    """Each (MRN, client) of ``sends`` in turn, one message each, to a listener over ``tls``."""
+
+    async def scenario() -> list[str | None]:
+        target = Listener(source_id, "adt", "127.0.0.1", 0, tls)
+        (server,) = await start_listeners(session_factory, [target])
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return [
+                await _send(port, message("A04", pid(mrn), control=mrn), client)
+                for mrn, client in sends
+            ]
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    return asyncio.run(scenario())
+
+
+@pytest.fixture
+def source_id(session_factory: sessionmaker[Session]) -> int:
+    return add_source(session_factory, "adt", kind="hl7v2", base_url="mllp://127.0.0.1:2575")
+
+
+def test_mllp_over_tls(pki: Pki, session_factory: sessionmaker[Session], source_id: int) -> None:
+    """A listener with a certificate speaks only TLS: a plain MLLP sender is not answered
+    and nothing it sent is kept; one that trusts the CA is acknowledged."""
+    tls = tls_context({"tls_cert": pki.path("listener.pem"), "tls_key": pki.path("listener.key")})
+    plain, anonymous, engine = _serve(
+        session_factory,
+        source_id,
+        tls,
+        [("PLAIN1", None), ("ANON1", pki.client(None)), ("ENGINE1", pki.client("engine"))],
+    )
+    assert plain is None
+    assert anonymous is not None and "MSA|AA|ANON1" in anonymous
+    assert engine is not None and "MSA|AA|ENGINE1" in engine
+    with session_factory() as session:
+        assert golden_of(session, source_id, "PLAIN1") is None
+        assert golden_of(session, source_id, "ANON1") is not None
+
+
+def test_mllp_over_mutual_tls(
+    pki: Pki, session_factory: sessionmaker[Session], source_id: int
+) -> None:
+    """With ``tls_client_ca`` a sender must present a certificate of that CA: none, or
+    another CA's, and the connection is closed unanswered with nothing kept."""
+    tls = tls_context(
+        {
+            "tls_cert": pki.path("listener.pem"),
+            "tls_key": pki.path("listener.key"),
+            "tls_client_ca": pki.path("ca.pem"),
+        }
+    )
+    answers = _serve(
+        session_factory,
+        source_id,
+        tls,
+        [
+            ("ANON2", pki.client(None)),
+            ("STRANGER2", pki.client("stranger")),
+            ("PLAIN2", None),
+            ("ENGINE2", pki.client("engine")),
+        ],
+    )
+    assert answers[:3] == [None, None, None]
+    assert answers[3] is not None and "MSA|AA|ENGINE2" in answers[3]
+    with session_factory() as session:
+        for refused in ("ANON2", "STRANGER2", "PLAIN2"):
+            assert golden_of(session, source_id, refused) is None
+        assert golden_of(session, source_id, "ENGINE2") is not None
+
+
+def test_tls_options_through_the_cli(
+    pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sources add`` refuses TLS files that do not load; the listener of a source added
+    with good ones serves TLS."""
+    url = f"sqlite:///{tmp_path / 'tls.db'}"
+    monkeypatch.setenv("ASKONCE_DATABASE_URL", url)
+    monkeypatch.setenv("ASKONCE_LOG_LEVEL", "WARNING")
+    upgrade(url)
+    runner = CliRunner()
+    base = ["sources", "add", "adt", "--kind", "hl7v2", "--url", "mllp://127.0.0.1:2575"]
+    missing = runner.invoke(app, [*base, "--option", f"tls_cert={pki.path('missing.pem')}"])
+    assert missing.exit_code == 2 and "cannot load" in missing.output
+    alone = runner.invoke(app, [*base, "--option", f"tls_client_ca={pki.path('ca.pem')}"])
+    assert alone.exit_code == 2 and "go with tls_cert" in alone.output
+    options = {
+        "tls_cert": pki.path("listener.pem"),
+        "tls_key": pki.path("listener.key"),
+        "tls_client_ca": pki.path("ca.pem"),
+    }
+    flags = [arg for key, value in options.items() for arg in ("--option", f"{key}={value}")]
+    added = runner.invoke(app, [*base, *flags])
+    assert added.exit_code == 0, added.output
+    checked = runner.invoke(app, ["sources", "check", "adt"])
+    assert checked.exit_code == 0, checked.output
+    assert "valid until" in checked.output and "tls_client_ca" in checked.output
+    engine = make_engine(url)
+    try:
+        with make_session_factory(engine)() as session:
+            (target,) = listeners(session)
+        assert target.tls is not None and target.tls.verify_mode == ssl.CERT_REQUIRED
+    finally:
+        engine.dispose()
