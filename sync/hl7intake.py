@@ -633,9 +633,13 @@ async def listen_until_signalled(
     def signalled() -> None:
         (hurry if stop.is_set() else stop).set()
 
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for number in signals:
-        loop.add_signal_handler(number, signalled)
+    signals: list[signal.Signals] = []
+    for number in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(number, signalled)
+        except NotImplementedError:  # Windows' loops: Ctrl+C cancels, as asyncio.run does
+            break
+        signals.append(number)
     try:
         return await serve_until(
             session_factory,
