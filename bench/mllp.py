@@ -13,11 +13,14 @@ outbox, commit) before its ACK goes out.
 The last line printed is the JSON summary::
 
     {"messages": ..., "messages_per_s": ..., "ack_p50_ms": ..., "ack_p99_ms": ...,
-     "accepted": ..., "peak_rss_mb": ..., "backend": "sqlite" | "postgresql"}
+     "accepted": ..., "peak_rss_mb": ..., "backend": "sqlite" | "postgresql", "tls": ...}
 
 Usage::
 
-    .venv/bin/python -m bench.mllp [--people 500] [--backend sqlite|postgresql]
+    .venv/bin/python -m bench.mllp [--people 500] [--backend sqlite|postgresql] [--tls]
+
+``--tls`` serves the feed inside TLS (a throwaway CA and listener certificate,
+:mod:`tools.pki`), so the handshake and each message's encryption are in the times.
 """
 
 from __future__ import annotations
@@ -42,8 +45,9 @@ from bench.ingest import DEFAULT_PG_ADMIN_URL, database_url, peak_rss_mb
 from store import make_engine, make_session_factory
 from store.db import stop_checkpointers
 from store.repositories import SourceRepository
-from sync.hl7intake import Listener, start_listeners
+from sync.hl7intake import TLS_CERT_KEY, TLS_KEY_KEY, Listener, start_listeners, tls_context
 from tools.ehrgen_data import CITIES, FAMILY, GIVEN, STREETS
+from tools.pki import loopback_listener
 
 DEFAULT_PEOPLE = 500
 DEFAULT_SEED = 20261123
@@ -88,10 +92,13 @@ def feed(people: int, seed: int) -> list[str]:
 
 
 CLIENT = r"""
-import json, socket, sys, time
+import json, socket, ssl, sys, time
 port, path = int(sys.argv[1]), sys.argv[2]
 messages = json.load(open(path))
 sock = socket.create_connection(("127.0.0.1", port))
+if len(sys.argv) > 3:  # the CA that signed the listener's certificate: TLS
+    tls = ssl.create_default_context(cafile=sys.argv[3])
+    sock = tls.wrap_socket(sock, server_hostname="127.0.0.1")
 times, codes, buffer = [], [], b""
 for text in messages:
     start = time.perf_counter()
@@ -109,7 +116,9 @@ print(json.dumps({"times": times, "codes": codes}))
 """
 
 
-async def serve_and_send(url: str, messages: list[str], workdir: Path) -> dict[str, Any]:
+async def serve_and_send(
+    url: str, messages: list[str], workdir: Path, *, tls: bool = False
+) -> dict[str, Any]:
     engine = make_engine(url)
     factory = make_session_factory(engine)
     with factory() as session:
@@ -118,13 +127,20 @@ async def serve_and_send(url: str, messages: list[str], workdir: Path) -> dict[s
         )
         session.commit()
         source_id = source.id
-    (server,) = await start_listeners(factory, [Listener(source_id, "adt", "127.0.0.1", 0)])
+    trust: list[str] = []
+    context = None
+    if tls:
+        ca, cert, key = loopback_listener(workdir)
+        context = tls_context({TLS_CERT_KEY: str(cert), TLS_KEY_KEY: str(key)})
+        trust = [str(ca)]
+    target = Listener(source_id, "adt", "127.0.0.1", 0, context)
+    (server,) = await start_listeners(factory, [target])
     port = server.sockets[0].getsockname()[1]
     feed_path = workdir / "feed.json"
     feed_path.write_text(json.dumps(messages))
     started = time.perf_counter()
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CLIENT, str(port), str(feed_path), stdout=subprocess.PIPE
+        sys.executable, "-c", CLIENT, str(port), str(feed_path), *trust, stdout=subprocess.PIPE
     )
     out, _ = await child.communicate()
     wall = time.perf_counter() - started
@@ -145,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--pg-url", default=DEFAULT_PG_ADMIN_URL)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--tls", action="store_true", help="MLLP inside TLS (a throwaway CA)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     messages = feed(args.people, args.seed)
@@ -152,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         workdir = Path(tmp)
         url, drop = database_url(args.backend, args.pg_url, workdir)
         try:
-            result = asyncio.run(serve_and_send(url, messages, workdir))
+            result = asyncio.run(serve_and_send(url, messages, workdir, tls=args.tls))
         finally:
             drop()
     times_ms = sorted(t * 1000 for t in result["times"])
@@ -164,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         "accepted": sum(code == "AA" for code in result["codes"]),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "backend": args.backend,
+        "tls": args.tls,
     }
     print(json.dumps(summary))
 

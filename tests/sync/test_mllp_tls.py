@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -11,10 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hl7.mllp import open_hl7_connection
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
@@ -34,78 +29,7 @@ from sync.hl7intake import (
 from sync.runner import PIPELINE_CONFIG_KEYS
 from tests.sync.helpers import add_source
 from tests.sync.test_hl7v2 import golden_of, message, pid
-
-Key = ec.EllipticCurvePrivateKey
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _certificate(
-    subject: str,
-    key: Key,
-    issuer: tuple[str, Key] | None = None,
-    *,
-    ip: str | None = None,
-    days: float = 365,
-) -> x509.Certificate:
-    """A certificate for ``key``: a CA's (self-signed) without ``issuer``, else one
-    ``issuer`` signs for an end entity (``ip`` as its subject alternative name); it
-    expires in ``days`` (expired when negative)."""
-    issuer_name, issuer_key = issuer or (subject, key)
-    now = datetime.now(UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(_name(issuer_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=30))
-        .not_valid_after(now + timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-            critical=False,
-        )
-    )
-    if issuer is None:
-        usage = dict.fromkeys(
-            (
-                "digital_signature",
-                "content_commitment",
-                "key_encipherment",
-                "data_encipherment",
-                "key_agreement",
-                "encipher_only",
-                "decipher_only",
-            ),
-            False,
-        )
-        builder = builder.add_extension(
-            x509.KeyUsage(key_cert_sign=True, crl_sign=True, **usage), critical=True
-        )
-    if ip is not None:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _write(folder: Path, name: str, cert: x509.Certificate, key: Key | None = None) -> Path:
-    path = folder / f"{name}.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    if key is not None:
-        (folder / f"{name}.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return path
+from tools.pki import certificate, new_key, write_pem
 
 
 @dataclass(frozen=True)
@@ -128,19 +52,16 @@ class Pki:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     folder = tmp_path_factory.mktemp("pki")
-    keys = {name: ec.generate_private_key(ec.SECP256R1()) for name in ("ca", "other", "a", "b")}
-    keys["listener"] = ec.generate_private_key(ec.SECP256R1())
-    ca = ("askonce test CA", keys["ca"])
-    other = ("another CA", keys["other"])
-    _write(folder, "ca", _certificate(ca[0], keys["ca"]))
-    _write(folder, "other-ca", _certificate(other[0], keys["other"]))
-    listener = _certificate("mllp listener", keys["listener"], ca, ip="127.0.0.1")
-    _write(folder, "listener", listener, keys["listener"])
-    _write(folder, "engine", _certificate("interface engine", keys["a"], ca), keys["a"])
-    _write(folder, "stranger", _certificate("stranger", keys["b"], other), keys["b"])
-    for name, days in (("expiring", 10), ("expired", -1)):
-        mine = _certificate(name, keys["listener"], ca, ip="127.0.0.1", days=days)
-        _write(folder, name, mine, keys["listener"])
+    ca_key, other_key, listener_key = new_key(), new_key(), new_key()
+    ca, other = ("askonce test CA", ca_key), ("another CA", other_key)
+    write_pem(folder, "ca", certificate(ca[0], ca_key))
+    write_pem(folder, "other-ca", certificate(other[0], other_key))
+    for name, days in (("listener", 365), ("expiring", 10), ("expired", -1)):
+        mine = certificate(name, listener_key, ca, ip="127.0.0.1", days=days)
+        write_pem(folder, name, mine, listener_key)
+    for name, issuer in (("engine", ca), ("stranger", other)):
+        key = new_key()
+        write_pem(folder, name, certificate(name, key, issuer), key)
     (folder / "garbage.pem").write_text("not a certificate\n")
     return Pki(folder)
 
