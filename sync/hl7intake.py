@@ -445,6 +445,8 @@ class Listener:
     host: str
     port: int
     tls: ssl.SSLContext | None = field(default=None, compare=False)
+    #: The source's TLS options the context was made from (:func:`reload_certificates`).
+    tls_config: dict[str, Any] | None = field(default=None, compare=False)
 
     def describe(self) -> str:
         """Where it listens, and how (for the operator)."""
@@ -464,7 +466,9 @@ def listeners(session: Session, names: Sequence[str] = ()) -> list[Listener]:
     out = []
     for source in session.scalars(stmt.order_by(SourceRow.id)):
         host, port = listen_address(source.base_url)
-        out.append(Listener(source.id, source.name, host, port, tls_context(source.config)))
+        tls = tls_context(source.config)
+        files = {k: v for k, v in (source.config or {}).items() if k in TLS_KEYS}
+        out.append(Listener(source.id, source.name, host, port, tls, files if tls else None))
     return out
 
 
@@ -613,6 +617,32 @@ async def serve_until(
     return len(busy)
 
 
+def reload_certificates(targets: Sequence[Listener]) -> int:
+    """Each TLS listener's certificate chain and key read again from their files (SIGHUP):
+    a renewed certificate is presented from the next connection on, while open ones go
+    on. Files that do not load (checked on a context of their own first) leave that
+    listener presenting what it had. The client CA bundle is read only at start. Returns
+    how many listeners took their files again."""
+    reloaded = 0
+    for target in targets:
+        if target.tls is None or not target.tls_config:
+            continue
+        try:
+            tls_context(target.tls_config)
+            target.tls.load_cert_chain(
+                target.tls_config[TLS_CERT_KEY], target.tls_config.get(TLS_KEY_KEY)
+            )
+        except (Hl7v2ConfigError, OSError, ValueError) as exc:
+            log.warning(
+                "mllp certificate not reloaded",
+                extra={"source_id": target.source_id, "error": type(exc).__name__},
+            )
+            continue
+        reloaded += 1
+    log.info("mllp certificates reloaded", extra={"count": reloaded})
+    return reloaded
+
+
 async def listen_until_signalled(
     session_factory: Callable[[], Session],
     targets: Sequence[Listener],
@@ -621,6 +651,7 @@ async def listen_until_signalled(
     grace_s: float = STOP_GRACE_S,
 ) -> int:
     """:func:`serve_until` SIGINT or SIGTERM (``docker stop``); a second one hurries.
+    SIGHUP reloads the listeners' certificates (:func:`reload_certificates`).
 
     The handlers are the event loop's own (``loop.add_signal_handler``), which wake the
     loop through its self-pipe whichever thread the kernel delivers the signal to. The
@@ -640,6 +671,10 @@ async def listen_until_signalled(
         except NotImplementedError:  # Windows' loops: Ctrl+C cancels, as asyncio.run does
             break
         signals.append(number)
+    hangup = getattr(signal, "SIGHUP", None)
+    if signals and hangup is not None:
+        loop.add_signal_handler(hangup, reload_certificates, targets)
+        signals.append(hangup)
     try:
         return await serve_until(
             session_factory,

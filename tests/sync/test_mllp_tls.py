@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import signal
+import socket
 import ssl
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -268,3 +275,76 @@ def test_tls_options_through_the_cli(
         assert target.tls is not None and target.tls.verify_mode == ssl.CERT_REQUIRED
     finally:
         engine.dispose()
+
+
+def _presented(port: int, pki: Pki, mrn: str) -> tuple[str, str]:
+    """A TLS connection's view of the listener: its certificate's expiry, and the ACK of
+    one message."""
+    client = pki.client(None)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+        client.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        expiry = str((tls.getpeercert() or {}).get("notAfter"))
+        body = message("A04", pid(mrn), control=mrn).encode()
+        tls.sendall(b"\x0b" + body + b"\x1c\r")
+        reply = b""
+        while not reply.endswith(b"\x1c\r"):
+            chunk = tls.recv(4096)
+            assert chunk, "connection closed before the ACK"
+            reply += chunk
+    return expiry, reply.decode()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="SIGHUP")
+def test_sighup_reloads_the_certificate(pki: Pki, tmp_path: Path) -> None:
+    """The real ``askonce mllp``: SIGHUP makes it present a renewed certificate from the
+    next connection on; files that do not load leave it presenting the one it had."""
+    live = tmp_path / "live"
+    live.mkdir()
+    shutil.copy(pki.path("listener.pem"), live / "cert.pem")
+    shutil.copy(pki.path("listener.key"), live / "key.pem")
+    url = f"sqlite:///{tmp_path / 'mllp.db'}"
+    upgrade(url)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "ASKONCE_DATABASE_URL": url, "ASKONCE_LOG_LEVEL": "WARNING"}
+    add = [sys.executable, "-m", "askonce", "sources", "add", "adt", "--kind", "hl7v2"]
+    tls = ["--option", f"tls_cert={live / 'cert.pem'}", "--option", f"tls_key={live / 'key.pem'}"]
+    subprocess.run([*add, "--url", f"mllp://127.0.0.1:{port}", *tls], env=env, check=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "askonce", "mllp"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                first, reply = _presented(port, pki, "HUP1")
+                break
+            except (OSError, ssl.SSLError):
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                assert time.monotonic() < deadline, "askonce mllp did not start listening"
+                time.sleep(0.2)
+        assert "MSA|AA|HUP1" in reply
+        shutil.copy(pki.path("expiring.pem"), live / "cert.pem")  # renewed: another expiry
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while (renewed := _presented(port, pki, "HUP2"))[0] == first:
+            assert time.monotonic() < deadline, "the renewed certificate was not presented"
+            time.sleep(0.1)
+        assert "MSA|AA|HUP2" in renewed[1]
+        (live / "cert.pem").write_text("not a certificate\n")
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert process.poll() is None
+        kept, reply = _presented(port, pki, "HUP3")
+        assert kept == renewed[0] and "MSA|AA|HUP3" in reply
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0].decode()
+    assert process.returncode == 0, output
+    assert "over TLS" in output and output.rstrip().endswith("stopped")
