@@ -12,8 +12,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -45,6 +46,8 @@ from sync.hl7intake import (
     start_listeners,
 )
 from tests.sync.helpers import add_source, events, records
+
+T = TypeVar("T")
 
 MSH = "MSH|^~\\&|EPIC|GENHOSP|ASKONCE|HUB|{ts}||ADT^{event}^ADT_A01|{control}|P|2.5.1"
 
@@ -689,6 +692,55 @@ def test_cli_hl7v2_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert runner.invoke(app, ["mllp", "--source", "nope"]).exit_code == 2
 
 
+def start_askonce_mllp(tmp_path: Path, *options: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A real ``askonce mllp`` process on a new SQLite database, for one hl7v2 source
+    ``adt`` (added with ``options``, ``--option`` arguments) on a free loopback port; its
+    output in ``stdout``. PYTHONFAULTHANDLER: one that does not stop dumps its threads on
+    SIGABRT."""
+    url = f"sqlite:///{tmp_path / 'mllp.db'}"
+    upgrade(url)
+    port = free_port()
+    env = {
+        **os.environ,
+        "ASKONCE_DATABASE_URL": url,
+        "ASKONCE_LOG_LEVEL": "WARNING",
+        "PYTHONFAULTHANDLER": "1",
+    }
+    add = [sys.executable, "-m", "askonce", "sources", "add", "adt", "--kind", "hl7v2"]
+    subprocess.run([*add, "--url", f"mllp://127.0.0.1:{port}", *options], env=env, check=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "askonce", "mllp"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    return process, port
+
+
+def exchange(connection: socket.socket, text: str) -> bytes:
+    """``text`` sent as one MLLP block on a blocking socket; the block that answers it,
+    framing included."""
+    connection.sendall(b"\x0b" + text.encode() + b"\x1c\r")
+    reply = b""
+    while not reply.endswith(b"\x1c\r"):
+        chunk = connection.recv(4096)
+        assert chunk, "connection closed before the ACK"
+        reply += chunk
+    return reply
+
+
+def until_listening(process: subprocess.Popen[bytes], attempt: Callable[[], T]) -> T:
+    """``attempt()``, tried again while ``process`` is not listening yet (up to 60 s)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return attempt()
+        except OSError:  # refused (ssl.SSLError is an OSError too)
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline, "askonce mllp did not start listening"
+            time.sleep(0.2)
+
+
 def _signal_another_thread(pid: int, number: int) -> None:
     """Send signal ``number`` to a thread of process ``pid`` other than its main one
     (tgkill(2)), as the kernel may deliver a signal sent to the process."""
@@ -705,44 +757,13 @@ def test_askonce_mllp_process(tmp_path: Path, how: str) -> None:
     on SIGINT (Ctrl+C) or SIGTERM (``docker stop``), whichever of its threads the signal
     reaches (the interpreter's own SIGINT handler left the loop asleep when another
     thread took it: a rare hang of this test)."""
-    url = f"sqlite:///{tmp_path / 'mllp.db'}"
-    upgrade(url)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    # PYTHONFAULTHANDLER: a process that does not stop dumps its threads on SIGABRT.
-    env = {
-        **os.environ,
-        "ASKONCE_DATABASE_URL": url,
-        "ASKONCE_LOG_LEVEL": "WARNING",
-        "PYTHONFAULTHANDLER": "1",
-    }
-    add = [sys.executable, "-m", "askonce", "sources", "add", "adt", "--kind", "hl7v2"]
-    subprocess.run([*add, "--url", f"mllp://127.0.0.1:{port}"], env=env, check=True)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "askonce", "mllp"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    process, port = start_askonce_mllp(tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                connection = socket.create_connection(("127.0.0.1", port), timeout=30)
-                break
-            except OSError:
-                assert process.poll() is None, process.stdout.read() if process.stdout else ""
-                assert time.monotonic() < deadline, "askonce mllp did not start listening"
-                time.sleep(0.2)
-        with connection:
-            body = message("A04", pid(), control="P1").encode()
-            connection.sendall(b"\x0b" + body + b"\x1c\r")
-            reply = b""
-            while not reply.endswith(b"\x1c\r"):
-                chunk = connection.recv(4096)
-                assert chunk, "connection closed before the ACK"
-                reply += chunk
+        address = ("127.0.0.1", port)
+        with until_listening(process, lambda: socket.create_connection(address, timeout=30)) as (
+            connection
+        ):
+            reply = exchange(connection, message("A04", pid(), control="P1"))
         assert reply.startswith(b"\x0bMSH|") and b"\rMSA|AA|P1\r" in reply
     finally:
         if how == "SIGINT to another thread":

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,7 +32,14 @@ from sync.hl7intake import (
 )
 from sync.runner import PIPELINE_CONFIG_KEYS
 from tests.sync.helpers import add_source
-from tests.sync.test_hl7v2 import golden_of, message, pid
+from tests.sync.test_hl7v2 import (
+    exchange,
+    golden_of,
+    message,
+    pid,
+    start_askonce_mllp,
+    until_listening,
+)
 from tools.pki import certificate, new_key, write_pem
 
 
@@ -286,13 +290,7 @@ def _presented(port: int, pki: Pki, mrn: str) -> tuple[str, str]:
         client.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
     ):
         expiry = str((tls.getpeercert() or {}).get("notAfter"))
-        body = message("A04", pid(mrn), control=mrn).encode()
-        tls.sendall(b"\x0b" + body + b"\x1c\r")
-        reply = b""
-        while not reply.endswith(b"\x1c\r"):
-            chunk = tls.recv(4096)
-            assert chunk, "connection closed before the ACK"
-            reply += chunk
+        reply = exchange(tls, message("A04", pid(mrn), control=mrn))
     return expiry, reply.decode()
 
 
@@ -304,31 +302,10 @@ def test_sighup_reloads_the_certificate(pki: Pki, tmp_path: Path) -> None:
     live.mkdir()
     shutil.copy(pki.path("listener.pem"), live / "cert.pem")
     shutil.copy(pki.path("listener.key"), live / "key.pem")
-    url = f"sqlite:///{tmp_path / 'mllp.db'}"
-    upgrade(url)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "ASKONCE_DATABASE_URL": url, "ASKONCE_LOG_LEVEL": "WARNING"}
-    add = [sys.executable, "-m", "askonce", "sources", "add", "adt", "--kind", "hl7v2"]
     tls = ["--option", f"tls_cert={live / 'cert.pem'}", "--option", f"tls_key={live / 'key.pem'}"]
-    subprocess.run([*add, "--url", f"mllp://127.0.0.1:{port}", *tls], env=env, check=True)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "askonce", "mllp"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    process, port = start_askonce_mllp(tmp_path, *tls)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                first, reply = _presented(port, pki, "HUP1")
-                break
-            except (OSError, ssl.SSLError):
-                assert process.poll() is None, process.stdout.read() if process.stdout else ""
-                assert time.monotonic() < deadline, "askonce mllp did not start listening"
-                time.sleep(0.2)
+        first, reply = until_listening(process, lambda: _presented(port, pki, "HUP1"))
         assert "MSA|AA|HUP1" in reply
         shutil.copy(pki.path("expiring.pem"), live / "cert.pem")  # renewed: another expiry
         process.send_signal(signal.SIGHUP)
