@@ -29,6 +29,7 @@ import logging
 import secrets
 import signal
 import ssl
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -665,16 +666,13 @@ async def listen_until_signalled(
         (hurry if stop.is_set() else stop).set()
 
     signals: list[signal.Signals] = []
-    for number in (signal.SIGINT, signal.SIGTERM):
-        try:
+    # Windows' event loops take no signal handlers: there Ctrl+C cancels, as asyncio.run does.
+    if sys.platform != "win32":
+        for number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(number, signalled)
-        except NotImplementedError:  # Windows' loops: Ctrl+C cancels, as asyncio.run does
-            break
-        signals.append(number)
-    hangup = getattr(signal, "SIGHUP", None)
-    if signals and hangup is not None:
-        loop.add_signal_handler(hangup, reload_certificates, targets)
-        signals.append(hangup)
+            signals.append(number)
+        loop.add_signal_handler(signal.SIGHUP, reload_certificates, targets)
+        signals.append(signal.SIGHUP)
     try:
         return await serve_until(
             session_factory,
