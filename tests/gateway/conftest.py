@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ from mpi import resolve_patients
 from store import make_engine, make_session_factory
 from store.golden import GoldenPatientRepository
 from store.models import Encounter, Source, SourceRecord
+from tests.sekmet_server import free_port
 
 SECRET = "gateway-test-secret-" + "y" * 32
 READER_SCOPES = ["system/Patient.rs", "system/Encounter.rs"]
@@ -181,12 +181,6 @@ class LiveGateway:
 #: Seconds a live server may take to start or stop.
 LIVE_TIMEOUT_S = 15.0
 LIVE_PATIENTS = 23
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

@@ -45,6 +45,7 @@ from sync.hl7intake import (
     serve_until,
     start_listeners,
 )
+from tests.sekmet_server import free_port
 from tests.sync.helpers import add_source, events, records
 
 T = TypeVar("T")
@@ -534,13 +535,6 @@ def test_mllp_listener_acknowledges_each_message(
     assert "MSA|AR|" in too_big and "exceeds" in too_big
     with session_factory() as session:
         assert golden_of(session, source_id, "MRN001") is not None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def _connect(port: int, opener: Any = asyncio.open_connection) -> Any:
