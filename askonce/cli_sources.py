@@ -68,7 +68,8 @@ from sync import (
     start_or_resume,
     update_source,
 )
-from sync.hl7intake import Hl7v2ConfigError, listen_until_signalled, listeners
+from sync.hl7intake import Hl7v2ConfigError
+from sync.mllp_listener import Listener, MllpService, listen_until_signalled, listeners
 from sync.scheduling import InvalidScheduleError
 from sync.subscriptions import Managed
 from sync.subscriptions import managed as managed_subscriptions
@@ -612,8 +613,10 @@ def mllp_command(
     ] = None,
 ) -> None:
     """Receive HL7 v2 ADT messages over MLLP: listen on the port of every enabled hl7v2
-    source, ingest each message and acknowledge it once it is committed (Ctrl+C or SIGTERM
-    stops, once the messages being taken in are acknowledged; a second one at once)."""
+    source, ingest each message and acknowledge it once it is committed. The sources are
+    read again every ASKONCE_MLLP_REFRESH_S and on SIGHUP (new, disabled, moved sources;
+    replaced certificate files). Ctrl+C or SIGTERM stops, once the messages being taken
+    in are acknowledged; a second one at once."""
     runtime = _runtime()
     with runtime.session_factory() as session:
         try:
@@ -630,13 +633,19 @@ def mllp_command(
         raise typer.Exit(code=2)
     for target in targets:
         console.print(f"{target.name}: listening on {target.describe()}")
+
+    def announce(target: Listener, what: str) -> None:
+        console.print(f"{target.name}: {what}")
+
+    service = MllpService(
+        runtime.session_factory,
+        default_region=runtime.settings.default_region,
+        names=source or (),
+        announce=announce,
+    )
     try:
         cut = asyncio.run(
-            listen_until_signalled(
-                runtime.session_factory,
-                targets,
-                default_region=runtime.settings.default_region,
-            )
+            listen_until_signalled(service, targets, refresh_s=runtime.settings.mllp_refresh_s)
         )
     except KeyboardInterrupt:  # before the listener's own handlers were in place
         cut = 0

@@ -41,6 +41,8 @@ ALLOWED_EXTRA_KEYS = frozenset(
         "path",
         "url",
         "port",
+        # the address of a system connecting to a port of ours (an interface engine's)
+        "peer",
         "fields",
         "principal",
         "consumer_id",

@@ -116,6 +116,15 @@ class Settings(BaseSettings):
             " (`askonce sources subscribe`), sooner when its heartbeat is overdue (s)."
         ),
     )
+    mllp_refresh_s: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "How often `askonce mllp` reads the hl7v2 sources again (s): a new or enabled"
+            " source starts listening, a disabled, removed or moved one stops, and"
+            " certificate files replaced on disk are loaded. 0: only on SIGHUP."
+        ),
+    )
     delivery_interval_s: float = Field(
         default=5.0,
         gt=0,

@@ -3,7 +3,7 @@
 A hospital's interface engine sends one message, waits for its ACK, then sends the
 next (original-mode acknowledgment over one connection). This benchmark plays that
 engine from a child process (so its work does not share this process's GIL) against
-:func:`sync.hl7intake.start_listeners` on a free loopback port, and times each message
+:class:`sync.mllp_listener.MllpService` on a free loopback port, and times each message
 from the moment it is written to the moment its ACK has been read. The feed: ``--people``
 people, each registered (A04), admitted with a visit (A01), updated (A08, a new phone)
 and discharged (A03): four messages a person, so about a quarter of them create a
@@ -45,7 +45,8 @@ from bench.ingest import DEFAULT_PG_ADMIN_URL, database_url, peak_rss_mb
 from store import make_engine, make_session_factory
 from store.db import stop_checkpointers
 from store.repositories import SourceRepository
-from sync.hl7intake import TLS_CERT_KEY, TLS_KEY_KEY, Listener, start_listeners, tls_context
+from sync.hl7intake import TLS_CERT_KEY, TLS_KEY_KEY, tls_context
+from sync.mllp_listener import Listener, MllpService
 from tools.ehrgen_data import CITIES, FAMILY, GIVEN, STREETS
 from tools.pki import loopback_listener
 
@@ -134,8 +135,9 @@ async def serve_and_send(
         context = tls_context({TLS_CERT_KEY: str(cert), TLS_KEY_KEY: str(key)})
         trust = [str(ca)]
     target = Listener(source_id, "adt", "127.0.0.1", 0, context)
-    (server,) = await start_listeners(factory, [target])
-    port = server.sockets[0].getsockname()[1]
+    service = MllpService(factory)
+    await service.open([target])
+    port = service.address(source_id)[1]
     feed_path = workdir / "feed.json"
     feed_path.write_text(json.dumps(messages))
     started = time.perf_counter()
@@ -144,8 +146,7 @@ async def serve_and_send(
     )
     out, _ = await child.communicate()
     wall = time.perf_counter() - started
-    server.close()
-    await server.wait_closed()
+    await service.close()
     stop_checkpointers()
     engine.dispose()
     if child.returncode != 0:

@@ -2,7 +2,8 @@
 
 A source of kind ``hl7v2`` (``askonce sources add adt --kind hl7v2 --url
 mllp://0.0.0.0:2575``) is a port an interface engine sends its ADT feed to;
-``askonce mllp`` listens on the port of every such source. Each message is, in order:
+``askonce mllp`` (:mod:`sync.mllp_listener`) listens on the port of every such source.
+Each message is, in order:
 
 1. framed by MLLP (``<VT> message <FS><CR>``, :mod:`hl7.mllp`) and decoded (UTF-8, else
    ISO-8859-1, so no message is refused for its bytes);
@@ -23,31 +24,25 @@ source id, the event and the acknowledgment code, never a value of the message.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import secrets
-import signal
 import ssl
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from hl7.mllp import InvalidBlockError, start_hl7_server
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from connectors.config import HL7V2_KIND as KIND
 from connectors.config import Page
 from connectors.preflight import Preflight
 from fhir_mapping.hl7v2 import (
     ERR_APPLICATION,
     ERR_DATA_TYPE,
-    ERR_SEGMENT_SEQUENCE,
     ERR_UNSUPPORTED_MESSAGE_TYPE,
     AdtMessage,
     Hl7v2Error,
@@ -86,9 +81,6 @@ CERT_EXPIRY_WARNING_DAYS = 30
 CONTROL_ID_BYTES = 10
 ACK_ACCEPT, ACK_ERROR, ACK_REJECT = "AA", "AE", "AR"
 COMMIT_ACCEPT, COMMIT_REJECT = "CA", "CR"
-#: How long a stopping listener waits for the messages being taken in to be committed
-#: and acknowledged (below ``docker stop``'s 10 s before it kills the process).
-STOP_GRACE_S = 8.0
 
 
 class Hl7v2ConfigError(SyncError):
@@ -432,256 +424,3 @@ def _logged(source_id: int, result: AdtResult) -> AdtResult:
         },
     )
     return result
-
-
-# -- the MLLP listener ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Listener:
-    """One hl7v2 source's port, and its TLS context (None: plain MLLP)."""
-
-    source_id: int
-    name: str
-    host: str
-    port: int
-    tls: ssl.SSLContext | None = field(default=None, compare=False)
-    #: The source's TLS options the context was made from (:func:`reload_certificates`).
-    tls_config: dict[str, Any] | None = field(default=None, compare=False)
-
-    def describe(self) -> str:
-        """Where it listens, and how (for the operator)."""
-        where = f"mllp://{self.host}:{self.port}"
-        if self.tls is None:
-            return where
-        if self.tls.verify_mode == ssl.CERT_REQUIRED:
-            return f"{where} over TLS, client certificates required"
-        return f"{where} over TLS"
-
-
-def listeners(session: Session, names: Sequence[str] = ()) -> list[Listener]:
-    """The enabled hl7v2 sources (those named, if any) and where each listens."""
-    stmt = select(SourceRow).where(SourceRow.kind == KIND, SourceRow.enabled.is_(True))
-    if names:
-        stmt = stmt.where(SourceRow.name.in_(list(names)))
-    out = []
-    for source in session.scalars(stmt.order_by(SourceRow.id)):
-        host, port = listen_address(source.base_url)
-        tls = tls_context(source.config)
-        files = {k: v for k, v in (source.config or {}).items() if k in TLS_KEYS}
-        out.append(Listener(source.id, source.name, host, port, tls, files if tls else None))
-    return out
-
-
-async def _next_block(reader: Any, stopping: asyncio.Event | None) -> bytes | None:
-    """The connection's next MLLP block, or None once ``stopping`` is set first (a
-    message that has arrived whole by then is still returned, and then taken in)."""
-    if stopping is None:
-        block: bytes = await reader.readblock()
-        return block
-    if stopping.is_set():
-        return None
-    read = asyncio.ensure_future(reader.readblock())
-    stop = asyncio.ensure_future(stopping.wait())
-    try:
-        await asyncio.wait((read, stop), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # this connection is being cancelled
-        read.cancel()
-        raise
-    finally:
-        stop.cancel()
-    if read.done():
-        return read.result()  # its IncompleteReadError, InvalidBlockError… included
-    read.cancel()  # a message cut off here was not acknowledged: the sender sends it again
-    return None
-
-
-async def _serve_connection(
-    reader: Any,
-    writer: Any,
-    handle: Callable[[str], AdtResult],
-    stopping: asyncio.Event | None = None,
-) -> None:
-    """Messages of one connection, one at a time: each is acknowledged after its commit.
-    Once ``stopping`` is set the connection is closed between two messages: the one
-    being taken in is committed and acknowledged first."""
-    try:
-        while True:
-            try:
-                block = await _next_block(reader, stopping)
-            except asyncio.IncompleteReadError:
-                return  # the peer closed the connection (between or inside a message)
-            except InvalidBlockError:
-                log.warning("mllp framing error: no start block; closing the connection")
-                return
-            except ValueError:  # the message passed MAX_MESSAGE_BYTES
-                reason = f"the message exceeds {MAX_MESSAGE_BYTES} bytes"
-                too_big = Hl7v2Error("MSH", reason, code=ERR_SEGMENT_SEQUENCE)
-                reply = ack(
-                    None, ACK_REJECT, too_big, control_id=secrets.token_hex(CONTROL_ID_BYTES)
-                )
-                writer.writeblock(reply.encode("utf-8"))
-                await writer.drain()
-                log.warning("mllp message too large; closing the connection")
-                return
-            if block is None:
-                return
-            result = await asyncio.to_thread(handle, decode(block))
-            if result.ack:  # enhanced mode may ask for none
-                writer.writeblock(result.ack.encode("utf-8"))
-                await writer.drain()
-    except (ConnectionError, ssl.SSLError):  # the peer went away, or broke the TLS session
-        return
-    finally:
-        writer.close()
-
-
-async def start_listeners(
-    session_factory: Callable[[], Session],
-    targets: Sequence[Listener],
-    *,
-    default_region: str | None = None,
-    stopping: asyncio.Event | None = None,
-    connections: set[asyncio.Task[Any]] | None = None,
-) -> list[asyncio.Server]:
-    """Start an MLLP server on each target's port (port 0: any free one). With
-    ``stopping``, each connection closes between two messages once it is set; with
-    ``connections``, each connection's task is in that set while it runs."""
-    servers = []
-    for target in targets:
-
-        def handle(text: str, source_id: int = target.source_id) -> AdtResult:
-            return receive_message(session_factory, source_id, text, default_region=default_region)
-
-        async def connected(
-            reader: Any, writer: Any, handle: Callable[[str], AdtResult] = handle
-        ) -> None:
-            task = asyncio.current_task()
-            if connections is not None and task is not None:
-                connections.add(task)
-                task.add_done_callback(connections.discard)
-            await _serve_connection(reader, writer, handle, stopping)
-
-        server = await start_hl7_server(
-            connected, target.host, target.port, limit=MAX_MESSAGE_BYTES, ssl=target.tls
-        )
-        servers.append(server)
-        log.info("mllp listening", extra={"source_id": target.source_id, "port": target.port})
-    return servers
-
-
-async def serve_until(
-    session_factory: Callable[[], Session],
-    targets: Sequence[Listener],
-    stop: asyncio.Event,
-    *,
-    default_region: str | None = None,
-    hurry: asyncio.Event | None = None,
-    grace_s: float = STOP_GRACE_S,
-) -> int:
-    """Listen until ``stop`` is set, then stop between messages: the ports close, idle
-    connections are closed, and each message being taken in is committed and
-    acknowledged before its connection closes. Waits for those at most ``grace_s``, or
-    until ``hurry`` is set; a connection still busy then is closed without its
-    acknowledgment (its transaction commits or rolls back whole, and the sender sends the
-    message again). Returns how many connections were closed that way."""
-    connections: set[asyncio.Task[Any]] = set()
-    servers = await start_listeners(
-        session_factory,
-        targets,
-        default_region=default_region,
-        stopping=stop,
-        connections=connections,
-    )
-    try:
-        await stop.wait()
-    finally:
-        for server in servers:
-            server.close()
-    busy = set(connections)
-    waits = [asyncio.ensure_future(hurry.wait())] if hurry is not None else []
-    deadline = asyncio.get_running_loop().time() + grace_s
-    try:
-        while busy and not (hurry is not None and hurry.is_set()):
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                break
-            await asyncio.wait({*busy, *waits}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            busy = {task for task in busy if not task.done()}
-    finally:
-        for wait in waits:
-            wait.cancel()
-    for task in busy:
-        task.cancel()
-    if busy:
-        log.warning("mllp stopped before acknowledging", extra={"count": len(busy)})
-    return len(busy)
-
-
-def reload_certificates(targets: Sequence[Listener]) -> int:
-    """Each TLS listener's certificate chain and key read again from their files (SIGHUP):
-    a renewed certificate is presented from the next connection on, while open ones go
-    on. Files that do not load (checked on a context of their own first) leave that
-    listener presenting what it had. The client CA bundle is read only at start. Returns
-    how many listeners took their files again."""
-    reloaded = 0
-    for target in targets:
-        if target.tls is None or not target.tls_config:
-            continue
-        try:
-            tls_context(target.tls_config)
-            target.tls.load_cert_chain(
-                target.tls_config[TLS_CERT_KEY], target.tls_config.get(TLS_KEY_KEY)
-            )
-        except (Hl7v2ConfigError, OSError, ValueError) as exc:
-            log.warning(
-                "mllp certificate not reloaded",
-                extra={"source_id": target.source_id, "error": type(exc).__name__},
-            )
-            continue
-        reloaded += 1
-    log.info("mllp certificates reloaded", extra={"count": reloaded})
-    return reloaded
-
-
-async def listen_until_signalled(
-    session_factory: Callable[[], Session],
-    targets: Sequence[Listener],
-    *,
-    default_region: str | None = None,
-    grace_s: float = STOP_GRACE_S,
-) -> int:
-    """:func:`serve_until` SIGINT or SIGTERM (``docker stop``); a second one hurries.
-    SIGHUP reloads the listeners' certificates (:func:`reload_certificates`).
-
-    The handlers are the event loop's own (``loop.add_signal_handler``), which wake the
-    loop through its self-pipe whichever thread the kernel delivers the signal to. The
-    interpreter's default SIGINT handler only runs in the main thread, and does not
-    wake a loop blocked in ``epoll_wait`` when another thread (an executor's, the SQLite
-    checkpointer's) took the signal: the listener then never stopped."""
-    loop = asyncio.get_running_loop()
-    stop, hurry = asyncio.Event(), asyncio.Event()
-
-    def signalled() -> None:
-        (hurry if stop.is_set() else stop).set()
-
-    signals: list[signal.Signals] = []
-    # Windows' event loops take no signal handlers: there Ctrl+C cancels, as asyncio.run does.
-    if sys.platform != "win32":
-        for number in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(number, signalled)
-            signals.append(number)
-        loop.add_signal_handler(signal.SIGHUP, reload_certificates, targets)
-        signals.append(signal.SIGHUP)
-    try:
-        return await serve_until(
-            session_factory,
-            targets,
-            stop,
-            default_region=default_region,
-            hurry=hurry,
-            grace_s=grace_s,
-        )
-    finally:
-        for number in signals:
-            loop.remove_signal_handler(number)

@@ -38,13 +38,8 @@ from fhir_mapping.hl7v2 import (
 from store import upgrade
 from store.models import Encounter, GoldenPatient, Link, SourceRecord
 from sync import SourceChange, hl7intake, update_source
-from sync.hl7intake import (
-    Listener,
-    listen_address,
-    receive_message,
-    serve_until,
-    start_listeners,
-)
+from sync.hl7intake import listen_address, receive_message
+from sync.mllp_listener import Listener, MllpService, serve_until
 from tests.sekmet_server import free_port
 from tests.sync.helpers import add_source, events, records
 
@@ -496,13 +491,20 @@ def test_enhanced_mode_commit_acknowledgments(
 # -- MLLP ----------------------------------------------------------------------------------
 
 
+async def serving(
+    session_factory: Callable[[], Session], *targets: Listener
+) -> tuple[MllpService, int]:
+    """A service listening on ``targets``; the port the first one was bound to."""
+    service = MllpService(session_factory)
+    await service.open(targets)
+    return service, service.address(targets[0].source_id)[1]
+
+
 def test_mllp_listener_acknowledges_each_message(
     session_factory: sessionmaker[Session], source_id: int
 ) -> None:
     async def scenario() -> list[str]:
-        target = Listener(source_id, "adt", "127.0.0.1", 0)
-        (server,) = await start_listeners(session_factory, [target])
-        port = server.sockets[0].getsockname()[1]
+        service, port = await serving(session_factory, Listener(source_id, "adt", "127.0.0.1", 0))
         replies = []
         try:
             reader, writer = await open_hl7_connection("127.0.0.1", port)
@@ -525,8 +527,7 @@ def test_mllp_listener_acknowledges_each_message(
             replies.append((await asyncio.wait_for(big_reader.readblock(), 30)).decode())
             big_writer.close()
         finally:
-            server.close()
-            await server.wait_closed()
+            await service.close()
         return replies
 
     accepted, quarantined, too_big = asyncio.run(scenario())
@@ -535,17 +536,6 @@ def test_mllp_listener_acknowledges_each_message(
     assert "MSA|AR|" in too_big and "exceeds" in too_big
     with session_factory() as session:
         assert golden_of(session, source_id, "MRN001") is not None
-
-
-async def _connect(port: int, opener: Any = asyncio.open_connection) -> Any:
-    """A connection (``opener``'s) to a listener that is starting, retried for up to 30 s."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            return await opener("127.0.0.1", port)
-        except OSError:
-            assert time.monotonic() < deadline, "the listener did not start"
-            await asyncio.sleep(0.05)
 
 
 def _held_receive(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
@@ -562,7 +552,7 @@ def _held_receive(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, thr
     return started, release
 
 
-async def _closed(reader: asyncio.StreamReader) -> bool:
+async def peer_closed(reader: asyncio.StreamReader) -> bool:
     """Whether the peer closed the connection (within 30 s)."""
     try:
         return await asyncio.wait_for(reader.read(), 30) == b""
@@ -579,22 +569,22 @@ def test_a_stopping_listener_acknowledges_the_message_in_flight(
 
     async def scenario() -> tuple[int, str]:
         stop = asyncio.Event()
-        target = Listener(source_id, "adt", "127.0.0.1", free_port())
-        serving = asyncio.create_task(serve_until(session_factory, [target], stop))
-        idle_reader, idle_writer = await _connect(target.port)
-        busy_reader, busy_writer = await open_hl7_connection("127.0.0.1", target.port)
+        service, port = await serving(session_factory, Listener(source_id, "adt", "127.0.0.1", 0))
+        served = asyncio.create_task(serve_until(service, stop))
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        busy_reader, busy_writer = await open_hl7_connection("127.0.0.1", port)
         busy_writer.writeblock(message("A04", pid(), control="S1").encode("utf-8"))
         await busy_writer.drain()
         assert await asyncio.to_thread(started.wait, 30)
         stop.set()
-        assert await _closed(idle_reader)
+        assert await peer_closed(idle_reader)
         with pytest.raises(OSError):
-            await asyncio.open_connection("127.0.0.1", target.port)
-        assert not serving.done()  # waiting for the message in flight
+            await asyncio.open_connection("127.0.0.1", port)
+        assert not served.done()  # waiting for the message in flight
         release.set()
         reply = (await asyncio.wait_for(busy_reader.readblock(), 30)).decode()
-        assert await _closed(busy_reader)
-        cut = await asyncio.wait_for(serving, 30)
+        assert await peer_closed(busy_reader)
+        cut = await asyncio.wait_for(served, 30)
         idle_writer.close()
         busy_writer.close()
         return cut, reply
@@ -623,22 +613,20 @@ def test_a_stopping_listener_waits_for_a_message_only_so_long(
 
     async def scenario() -> tuple[int, bool]:
         stop, hurry = asyncio.Event(), asyncio.Event()
-        target = Listener(source_id, "adt", "127.0.0.1", free_port())
+        service, port = await serving(session_factory, Listener(source_id, "adt", "127.0.0.1", 0))
         grace = 0.2 if how == "grace" else 60.0
-        serving = asyncio.create_task(
-            serve_until(session_factory, [target], stop, hurry=hurry, grace_s=grace)
-        )
-        reader, writer = await _connect(target.port, open_hl7_connection)
+        served = asyncio.create_task(serve_until(service, stop, hurry=hurry, grace_s=grace))
+        reader, writer = await open_hl7_connection("127.0.0.1", port)
         writer.writeblock(message("A04", pid(), control="S2").encode("utf-8"))
         await writer.drain()
         assert await asyncio.to_thread(started.wait, 30)
         stop.set()
         if how == "hurry":
             await asyncio.sleep(0.2)
-            assert not serving.done()
+            assert not served.done()
             hurry.set()
-        cut = await asyncio.wait_for(serving, 30)
-        closed = await _closed(reader)
+        cut = await asyncio.wait_for(served, 30)
+        closed = await peer_closed(reader)
         writer.close()
         release.set()  # the transaction goes on in its thread, and commits
         return cut, closed
@@ -686,20 +674,28 @@ def test_cli_hl7v2_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert runner.invoke(app, ["mllp", "--source", "nope"]).exit_code == 2
 
 
-def start_askonce_mllp(tmp_path: Path, *options: str) -> tuple[subprocess.Popen[bytes], int]:
-    """A real ``askonce mllp`` process on a new SQLite database, for one hl7v2 source
-    ``adt`` (added with ``options``, ``--option`` arguments) on a free loopback port; its
-    output in ``stdout``. PYTHONFAULTHANDLER: one that does not stop dumps its threads on
-    SIGABRT."""
-    url = f"sqlite:///{tmp_path / 'mllp.db'}"
-    upgrade(url)
-    port = free_port()
-    env = {
+def askonce_env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """The environment of a real ``askonce`` process on the SQLite database of
+    :func:`start_askonce_mllp` (``settings``: more variables)."""
+    return {
         **os.environ,
-        "ASKONCE_DATABASE_URL": url,
+        "ASKONCE_DATABASE_URL": f"sqlite:///{tmp_path / 'mllp.db'}",
         "ASKONCE_LOG_LEVEL": "WARNING",
         "PYTHONFAULTHANDLER": "1",
+        **settings,
     }
+
+
+def start_askonce_mllp(
+    tmp_path: Path, *options: str, **settings: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A real ``askonce mllp`` process on a new SQLite database, for one hl7v2 source
+    ``adt`` (added with ``options``, ``--option`` arguments) on a free loopback port; its
+    output in ``stdout``. ``settings``: more environment variables. PYTHONFAULTHANDLER:
+    one that does not stop dumps its threads on SIGABRT."""
+    env = askonce_env(tmp_path, **settings)
+    upgrade(env["ASKONCE_DATABASE_URL"])
+    port = free_port()
     add = [sys.executable, "-m", "askonce", "sources", "add", "adt", "--kind", "hl7v2"]
     subprocess.run([*add, "--url", f"mllp://127.0.0.1:{port}", *options], env=env, check=True)
     process = subprocess.Popen(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import signal
 import socket
 import ssl
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,62 +19,23 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from askonce.cli import app
+from askonce.logging import JsonFormatter
 from connectors.preflight import Preflight
 from store import make_engine, make_session_factory, upgrade
-from sync.hl7intake import (
-    TLS_KEYS,
-    Hl7v2ConfigError,
-    Listener,
-    check_listener,
-    listeners,
-    start_listeners,
-    tls_context,
-)
+from sync.hl7intake import TLS_KEYS, Hl7v2ConfigError, check_listener, tls_context
+from sync.mllp_listener import Listener, listeners
 from sync.runner import PIPELINE_CONFIG_KEYS
+from tests.sync.conftest import Pki
 from tests.sync.helpers import add_source
 from tests.sync.test_hl7v2 import (
     exchange,
     golden_of,
     message,
     pid,
+    serving,
     start_askonce_mllp,
     until_listening,
 )
-from tools.pki import certificate, new_key, write_pem
-
-
-@dataclass(frozen=True)
-class Pki:
-    """A CA, the listener's certificate, a client's, and a client of another CA."""
-
-    folder: Path
-
-    def path(self, name: str) -> str:
-        return str(self.folder / name)
-
-    def client(self, name: str | None) -> ssl.SSLContext:
-        """A client that trusts the CA and presents ``name``'s certificate (or none)."""
-        context = ssl.create_default_context(cafile=self.path("ca.pem"))
-        if name is not None:
-            context.load_cert_chain(self.path(f"{name}.pem"), self.path(f"{name}.key"))
-        return context
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    folder = tmp_path_factory.mktemp("pki")
-    ca_key, other_key, listener_key = new_key(), new_key(), new_key()
-    ca, other = ("askonce test CA", ca_key), ("another CA", other_key)
-    write_pem(folder, "ca", certificate(ca[0], ca_key))
-    write_pem(folder, "other-ca", certificate(other[0], other_key))
-    for name, days in (("listener", 365), ("expiring", 10), ("expired", -1)):
-        mine = certificate(name, listener_key, ca, ip="127.0.0.1", days=days)
-        write_pem(folder, name, mine, listener_key)
-    for name, issuer in (("engine", ca), ("stranger", other)):
-        key = new_key()
-        write_pem(folder, name, certificate(name, key, issuer), key)
-    (folder / "garbage.pem").write_text("not a certificate\n")
-    return Pki(folder)
 
 
 def test_tls_options_are_checked(pki: Pki) -> None:
@@ -150,7 +111,7 @@ def test_sources_check_reports_the_listener(pki: Pki) -> None:
     assert level == "error" and "expired on" in said
 
 
-async def _send(port: int, text: str, client: ssl.SSLContext | None) -> str | None:
+async def send_one(port: int, text: str, client: ssl.SSLContext | None) -> str | None:
     """``text`` sent as one MLLP message (inside TLS with ``client``); the ACK, or None
     when the listener closed the connection instead of answering."""
     tls: dict[str, Any] = {} if client is None else {"ssl": client, "server_hostname": "127.0.0.1"}
@@ -177,17 +138,16 @@ def _serve(
     """Each (MRN, client) of ``sends`` in turn, one message each, to a listener over ``tls``."""
 
     async def scenario() -> list[str | None]:
-        target = Listener(source_id, "adt", "127.0.0.1", 0, tls)
-        (server,) = await start_listeners(session_factory, [target])
-        port = server.sockets[0].getsockname()[1]
+        service, port = await serving(
+            session_factory, Listener(source_id, "adt", "127.0.0.1", 0, tls)
+        )
         try:
             return [
-                await _send(port, message("A04", pid(mrn), control=mrn), client)
+                await send_one(port, message("A04", pid(mrn), control=mrn), client)
                 for mrn, client in sends
             ]
         finally:
-            server.close()
-            await server.wait_closed()
+            await service.close()
 
     return asyncio.run(scenario())
 
@@ -216,10 +176,14 @@ def test_mllp_over_tls(pki: Pki, session_factory: sessionmaker[Session], source_
 
 
 def test_mllp_over_mutual_tls(
-    pki: Pki, session_factory: sessionmaker[Session], source_id: int
+    pki: Pki,
+    session_factory: sessionmaker[Session],
+    source_id: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """With ``tls_client_ca`` a sender must present a certificate of that CA: none, or
-    another CA's, and the connection is closed unanswered with nothing kept."""
+    another CA's, and the connection is closed unanswered with nothing kept. Each
+    refusal is logged with its reason and the sender's address."""
     tls = tls_context(
         {
             "tls_cert": pki.path("listener.pem"),
@@ -227,6 +191,7 @@ def test_mllp_over_mutual_tls(
             "tls_client_ca": pki.path("ca.pem"),
         }
     )
+    caplog.set_level(logging.INFO, logger="sync.mllp_listener")
     answers = _serve(
         session_factory,
         source_id,
@@ -244,6 +209,47 @@ def test_mllp_over_mutual_tls(
         for refused in ("ANON2", "STRANGER2", "PLAIN2"):
             assert golden_of(session, source_id, refused) is None
         assert golden_of(session, source_id, "ENGINE2") is not None
+    refusals = [r for r in caplog.records if r.getMessage() == "mllp TLS handshake refused"]
+    assert [r.levelno for r in refusals] == [logging.WARNING] * 3
+    assert {getattr(r, "source_id", None) for r in refusals} == {source_id}
+    assert {getattr(r, "peer", None) for r in refusals} == {"127.0.0.1"}
+    anonymous, stranger, plain = (str(getattr(r, "reason", "")) for r in refusals)
+    assert "certificate" in anonymous  # OpenSSL: "peer did not return a certificate"
+    assert stranger.startswith("certificate verify failed")
+    assert plain and "certificate" not in plain  # not TLS at all ("wrong version number")
+    logged = "\n".join(JsonFormatter().format(r) for r in refusals)
+    assert "STRANGER2" not in logged and "PLAIN2" not in logged
+
+
+def test_a_port_probe_is_not_a_refusal(
+    pki: Pki,
+    session_factory: sessionmaker[Session],
+    source_id: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A connection closed before any handshake (a load balancer's probe) is logged at
+    INFO, not as a refusal to look into; the port goes on serving."""
+    tls = tls_context({"tls_cert": pki.path("listener.pem"), "tls_key": pki.path("listener.key")})
+    caplog.set_level(logging.INFO, logger="sync.mllp_listener")
+
+    async def scenario() -> str | None:
+        service, port = await serving(
+            session_factory, Listener(source_id, "adt", "127.0.0.1", 0, tls)
+        )
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            text = message("A04", pid("PROBE1"), control="P1")
+            return await send_one(port, text, pki.client(None))
+        finally:
+            await service.close()
+
+    reply = asyncio.run(scenario())
+    assert reply is not None and "MSA|AA|P1" in reply
+    (probe,) = [r for r in caplog.records if r.getMessage() == "mllp TLS handshake refused"]
+    assert probe.levelno == logging.INFO
+    assert getattr(probe, "reason", None) == "closed by the peer during the handshake"
 
 
 def test_tls_options_through_the_cli(
