@@ -419,6 +419,7 @@ class MllpService:
             if self._closed:
                 return
             wanted = {row[0] for row in rows}
+            self._trouble = {k: v for k, v in self._trouble.items() if k in wanted}
             for source_id in sorted(set(self._ports) - wanted):
                 self._retire(source_id, "stopped listening: the source is disabled or removed")
             for source_id, name, url, config in rows:
@@ -443,6 +444,7 @@ class MllpService:
                         current.target = replace(was, name=name)
                     if was.tls is not None and (certificates or _files(options) != current.files):
                         await self._reload(current, config)
+                    self._trouble.pop(source_id, None)
                     return
             target = await asyncio.to_thread(listener_of, source_id, name, url, config)
         except Hl7v2ConfigError as exc:  # files deleted or spoilt since they were checked
@@ -458,6 +460,7 @@ class MllpService:
             # opened under the old ones close between messages and the sender reconnects.
             current.target, current.files = target, _files(target.tls_config)
             current.close_connections()
+            self._trouble.pop(source_id, None)
             log.info("mllp TLS options changed", extra={"source_id": source_id})
             self._announce(target, f"now {target.describe()}")
             return
