@@ -69,7 +69,7 @@ from sync import (
     update_source,
 )
 from sync.hl7intake import Hl7v2ConfigError
-from sync.mllp_listener import Listener, MllpService, listen_until_signalled, listeners
+from sync.mllp_listener import MllpService, listen_until_signalled, listeners
 from sync.scheduling import InvalidScheduleError
 from sync.subscriptions import Managed
 from sync.subscriptions import managed as managed_subscriptions
@@ -634,8 +634,8 @@ def mllp_command(
     for target in targets:
         console.print(f"{target.name}: listening on {target.describe()}")
 
-    def announce(target: Listener, what: str) -> None:
-        console.print(f"{target.name}: {what}")
+    def announce(name: str, what: str) -> None:
+        console.print(f"{name}: {what}")
 
     service = MllpService(
         runtime.session_factory,

@@ -64,8 +64,8 @@ STOP_GRACE_S = 8.0
 #: How long a connection to a TLS port may take to finish its handshake.
 TLS_HANDSHAKE_TIMEOUT_S = 30.0
 
-#: Called with a listener and what happened to its port (for the operator's terminal).
-Announce = Callable[["Listener", str], None]
+#: Called with a source's name and what happened to its port (for the operator's terminal).
+Announce = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -225,11 +225,11 @@ class _TlsHandshake(asyncio.Protocol):
     def __init__(
         self,
         stream: Callable[[], asyncio.Protocol],
-        context: ssl.SSLContext,
         target: Listener,
         handshakes: set[asyncio.Task[None]],
     ) -> None:
-        self._stream, self._context, self._target = stream, context, target
+        assert target.tls is not None
+        self._stream, self._context, self._target = stream, target.tls, target
         self._handshakes = handshakes
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -278,9 +278,9 @@ class _Port:
     event of the moment it was accepted: setting it closes that connection between
     messages (stop, a disabled source, changed TLS options)."""
 
-    def __init__(self, target: Listener, server: asyncio.Server | None = None) -> None:
+    def __init__(self, target: Listener) -> None:
         self.target = target
-        self.server = server
+        self.server: asyncio.Server | None = None
         self.files = _files(target.tls_config)
         self.stopping = asyncio.Event()
 
@@ -316,7 +316,7 @@ class MllpService:
         self._session_factory = session_factory
         self._default_region = default_region
         self._names = tuple(names)
-        self._announce = announce or (lambda target, what: None)
+        self._announce = announce or (lambda name, what: None)
         self._ports: dict[int, _Port] = {}
         self._connections: set[asyncio.Task[Any]] = set()
         self._handshakes: set[asyncio.Task[None]] = set()
@@ -370,7 +370,7 @@ class MllpService:
         stream = self._stream_factory(port)
         if port.target.tls is None:
             return stream()
-        return _TlsHandshake(stream, port.target.tls, port.target, self._handshakes)
+        return _TlsHandshake(stream, port.target, self._handshakes)
 
     # -- opening and refreshing ---------------------------------------------------------------
 
@@ -462,7 +462,7 @@ class MllpService:
             current.close_connections()
             self._trouble.pop(source_id, None)
             log.info("mllp TLS options changed", extra={"source_id": source_id})
-            self._announce(target, f"now {target.describe()}")
+            self._announce(name, f"now {target.describe()}")
             return
         try:
             port = await self._bind(target)
@@ -483,7 +483,7 @@ class MllpService:
             self._retire(source_id, f"moved to {target.describe()}")
         self._ports[source_id] = port
         self._trouble.pop(source_id, None)
-        self._announce(target, f"listening on {target.describe()}")
+        self._announce(name, f"listening on {target.describe()}")
 
     def _trouble_with(
         self,
@@ -505,8 +505,7 @@ class MllpService:
             extra={"source_id": source_id, "port": port, "error": error},
         )
         if not repeated:
-            current = self._ports.get(source_id)
-            self._announce(current.target if current else Listener(source_id, name, "", 0), what)
+            self._announce(name, what)
 
     async def _reload(self, port: _Port, config: dict[str, Any] | None) -> None:
         """The port's TLS files loaded again on a context of their own; presented from
@@ -517,7 +516,7 @@ class MllpService:
             context = await asyncio.to_thread(tls_context, config)
         except Hl7v2ConfigError:
             log.warning("mllp certificate not reloaded", extra={"source_id": source_id})
-            self._announce(port.target, "certificate not reloaded: its files do not load")
+            self._announce(port.target.name, "certificate not reloaded: its files do not load")
             return
         port.target = replace(port.target, tls=context)
         log.info("mllp certificate reloaded", extra={"source_id": source_id})
@@ -526,7 +525,7 @@ class MllpService:
         port = self._ports.pop(source_id)
         port.close()
         log.info("mllp stopped listening", extra={"source_id": source_id, "port": port.target.port})
-        self._announce(port.target, why)
+        self._announce(port.target.name, why)
 
     # -- stopping --------------------------------------------------------------------------
 

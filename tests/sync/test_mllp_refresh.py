@@ -21,7 +21,7 @@ from hl7.mllp import open_hl7_connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from sync import SourceChange, update_source
-from sync.mllp_listener import Listener, MllpService, listeners, serve_until
+from sync.mllp_listener import MllpService, listeners, serve_until
 from tests.sekmet_server import free_port
 from tests.sync.conftest import Pki
 from tests.sync.helpers import add_source
@@ -59,8 +59,8 @@ def _service(
     """A service that records what it announces, as (source name, what happened)."""
     announced: list[tuple[str, str]] = []
 
-    def announce(target: Listener, what: str) -> None:
-        announced.append((target.name, what))
+    def announce(name: str, what: str) -> None:
+        announced.append((name, what))
 
     return MllpService(session_factory, announce=announce), announced
 
