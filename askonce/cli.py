@@ -6,13 +6,15 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Annotated, Any
 
 import typer
 import uvicorn
 from rich.console import Console
-from sqlalchemy import text
+from sqlalchemy import make_url, text
+from sqlalchemy.exc import DBAPIError
 
 from askonce import cli_subscriptions  # noqa: F401 - registers sources subscribe/unsubscribe
 from askonce.cli_consumers import consumers_app, openapi_command
@@ -23,7 +25,9 @@ from askonce.runtime import Runtime, build_runtime
 from askonce.settings import PlaceholderSecretError, Settings, get_settings
 from store import SchemaNotAtHeadError
 from store import migrate as migrations
+from store.errors import unreachable_database
 from sync.delivery import DeliveryReport
+from sync.mllp_listener import probe
 from sync.retention import prune as prune_events
 
 app = typer.Typer(
@@ -280,13 +284,27 @@ def check(
     worker: Annotated[
         bool, typer.Option("--worker", help="Also round-trip a task through a worker.")
     ] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the worker.")] = 10.0,
+    mllp: Annotated[
+        bool,
+        typer.Option(
+            "--mllp",
+            help="Also connect to the port of every enabled hl7v2 source (askonce mllp's "
+            "healthcheck, run beside it).",
+        ),
+    ] = False,
+    source: Annotated[
+        list[str] | None,
+        typer.Option("--source", help="With --mllp: only this hl7v2 source (repeatable)."),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the worker, or for a port.")
+    ] = 10.0,
 ) -> None:
     """Check the database, the schema and the broker (a container healthcheck); exit 1 if not ok."""
     settings = _settings()
-    runtime = _runtime(settings)
-    broker_check = runtime.broker_check()
     try:
+        runtime = _runtime(settings)
+        broker_check = runtime.broker_check()
         with runtime.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         if broker_check is not None:
@@ -298,11 +316,58 @@ def check(
             reply = ping.apply_async(args=[token]).get(timeout=timeout)
             if reply.get("token") != token:
                 raise RuntimeError("worker answered with the wrong token")
+        if mllp:
+            _check_ports(runtime, source or (), timeout)
+    except typer.Exit:
+        raise
     except Exception as exc:
-        console.print(f"[red]not ok:[/red] {type(exc).__name__}")
+        reason = unreachable_database(exc)
+        if reason:
+            said = f"the database is unavailable ({reason})"
+        elif isinstance(exc, PortsNotListeningError):
+            said = str(exc)
+        else:  # the broker's or a worker's error may quote what it carried: its class only
+            said = type(exc).__name__
+        console.print(f"[red]not ok:[/red] {said}")
         raise typer.Exit(code=1) from exc
     console.print("[green]ok[/green]")
 
 
+class PortsNotListeningError(RuntimeError):
+    """``askonce check --mllp``: some hl7v2 source's port accepts no connection."""
+
+
+def _check_ports(runtime: Runtime, names: Sequence[str], timeout: float) -> None:
+    with runtime.session_factory() as session:
+        found = probe(session, names, timeout_s=timeout)
+    for port in found:
+        if port.trouble is None:
+            console.print(f"{port.name}: listening ({port.address})")
+        else:
+            trouble = f"on {port.address} ({port.trouble})"
+            console.print(f"{port.name}: [red]not listening[/red] {trouble}")
+    missing = sorted(set(names) - {port.name for port in found})
+    if missing:
+        console.print(f"no enabled hl7v2 source named {', '.join(missing)}")
+    elif not found:
+        console.print("no enabled hl7v2 source: no port to check")
+    down = len(missing) + sum(1 for port in found if port.trouble)
+    if down:
+        raise PortsNotListeningError(f"{down} hl7v2 source(s) not listening")
+
+
 def main() -> None:
-    app()
+    """The ``askonce`` command: a database that cannot be reached is one line saying so
+    (and where it was looked for), not a traceback."""
+    try:
+        app()
+    except DBAPIError as exc:
+        reason = unreachable_database(exc)
+        if reason is None:
+            raise
+        where = make_url(get_settings().database_url).render_as_string(hide_password=True)
+        console.print(
+            f"[red]error:[/red] the database is unavailable ({reason}); "
+            f"ASKONCE_DATABASE_URL is {where}"
+        )
+        raise SystemExit(1) from None

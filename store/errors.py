@@ -17,6 +17,7 @@ extended result code (``sqlite3.Error.sqlite_errorname``, Python 3.11+).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 
 import psycopg
 from sqlalchemy.exc import DBAPIError
@@ -38,16 +39,49 @@ TRANSIENT_SQLSTATES = frozenset(
 TRANSIENT_SQLITE_CODES = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED"})
 
 
-def transient_database_error(exc: BaseException) -> bool:
-    """True when ``exc`` (or what it was raised from) is a database failure worth retrying."""
+#: SQLite result codes of a database file that cannot be opened as one.
+UNOPENABLE_SQLITE_CODES = frozenset({"SQLITE_CANTOPEN", "SQLITE_NOTADB"})
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was raised from, each once."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if _transient(current):
-            return True
+        yield current
         current = current.__cause__ or current.__context__
-    return False
+
+
+def transient_database_error(exc: BaseException) -> bool:
+    """True when ``exc`` (or what it was raised from) is a database failure worth retrying."""
+    return any(_transient(current) for current in _chain(exc))
+
+
+def unreachable_database(exc: BaseException) -> str | None:
+    """Why the database could not be reached, when that is what ``exc`` (or what it was
+    raised from) says: a server that is down, refuses the connection, does not know the
+    database or the role, or went away; a SQLite file that cannot be opened. None for any
+    other failure. The reason is the driver's first line, which names the server and the
+    database, never a row."""
+    for current in _chain(exc):
+        if isinstance(current, psycopg.OperationalError) and (
+            current.sqlstate is None or current.sqlstate.startswith(("08", "57P"))
+        ):
+            first = (str(current).splitlines() or [type(current).__name__])[0]
+            return first.removeprefix("connection failed: ").strip()
+        if _sqlite_code_in(current, UNOPENABLE_SQLITE_CODES):
+            return str(current)
+    return None
+
+
+def _sqlite_code_in(exc: BaseException, codes: frozenset[str]) -> bool:
+    """True for a SQLite error of one of ``codes``, extended codes too (SQLITE_BUSY_SNAPSHOT,
+    SQLITE_LOCKED_SHAREDCACHE...)."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    return any(name == code or name.startswith(code + "_") for code in codes)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -59,8 +93,6 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(sqlstate, str):
         return sqlstate in TRANSIENT_SQLSTATES or sqlstate.startswith(TRANSIENT_SQLSTATE_PREFIXES)
     if isinstance(exc, sqlite3.Error):
-        name = getattr(exc, "sqlite_errorname", None) or ""
-        # Extended codes too: SQLITE_BUSY_SNAPSHOT, SQLITE_LOCKED_SHAREDCACHE...
-        return any(name == code or name.startswith(code + "_") for code in TRANSIENT_SQLITE_CODES)
+        return _sqlite_code_in(exc, TRANSIENT_SQLITE_CODES)
     # psycopg raises OperationalError without a SQLSTATE when the connection is gone.
     return isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None

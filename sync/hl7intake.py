@@ -183,7 +183,7 @@ def check_listener(url: str, config: dict[str, Any] | None, report: Preflight) -
         report.add("error", "tls", str(exc))
         return
     if context is None:
-        if _loopback(host):
+        if loopback(host):
             report.add("ok", "tls", "plain MLLP, on the loopback only")
         else:
             report.add(
@@ -209,7 +209,8 @@ def check_listener(url: str, config: dict[str, Any] | None, report: Preflight) -
         report.add("ok", "tls", f"TLS, the certificate valid until {when}{clients}")
 
 
-def _loopback(host: str) -> bool:
+def loopback(host: str) -> bool:
+    """True for a loopback address (or ``localhost``)."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -30,6 +30,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Callable, Sequence
@@ -53,6 +54,7 @@ from sync.hl7intake import (
     Hl7v2ConfigError,
     decode,
     listen_address,
+    loopback,
     tls_context,
 )
 
@@ -116,6 +118,44 @@ def listeners(session: Session, names: Sequence[str] = ()) -> list[Listener]:
     ]
 
 
+#: Where a listener bound to every address is reached from its own host.
+_WILDCARD_PROBES = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - probed, not bound
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Whether an hl7v2 source's port accepts connections (``askonce check --mllp``)."""
+
+    name: str
+    #: The address connected to: the source's, or the loopback for a wildcard one.
+    address: str
+    #: Why nothing accepted the connection (None: something did).
+    trouble: str | None = None
+
+
+def probe(session: Session, names: Sequence[str] = (), *, timeout_s: float = 5.0) -> list[Probe]:
+    """Connect to the port of every enabled hl7v2 source (those named, if any), as a
+    container's healthcheck does from the listener's own host, and close at once: nothing
+    is sent, so nothing is taken in, and a TLS port sees a connection closed before its
+    handshake (logged at DEBUG from the loopback)."""
+    found = []
+    for source in _enabled_sources(session, names):
+        try:
+            host, port = listen_address(source.base_url)
+        except Hl7v2ConfigError as exc:
+            found.append(Probe(source.name, source.base_url, str(exc)))
+            continue
+        host = _WILDCARD_PROBES.get(host, host)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+        except OSError as exc:
+            found.append(Probe(source.name, address, exc.strerror or type(exc).__name__))
+        else:
+            found.append(Probe(source.name, address))
+    return found
+
+
 def _files(options: dict[str, Any] | None) -> tuple[tuple[str, int, int], ...]:
     """What the TLS files look like on disk (path, modification time, size): a
     replaced certificate changes it."""
@@ -148,6 +188,18 @@ def handshake_failure(exc: BaseException) -> str:
     if isinstance(exc, ConnectionResetError):
         return "closed by the peer during the handshake"
     return type(exc).__name__
+
+
+def refusal_level(exc: OSError, peer: str | None) -> int:
+    """How loud a failed TLS handshake is logged. A refusal (an ``ssl.SSLError``) is the
+    operator's to know: WARNING. A peer that went away before finishing (a load
+    balancer's port probe) is not worth a warning: INFO; from this host (a healthcheck,
+    ``askonce check --mllp``) not worth a line: DEBUG."""
+    if isinstance(exc, ssl.SSLError):
+        return logging.WARNING
+    if isinstance(exc, ConnectionResetError) and peer is not None and loopback(peer):
+        return logging.DEBUG
+    return logging.INFO
 
 
 # -- one connection --------------------------------------------------------------------------
@@ -251,16 +303,14 @@ class _TlsHandshake(asyncio.Protocol):
                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S,
             )
         except OSError as exc:  # ssl.SSLError, a reset, asyncio's handshake timeout
-            # A refusal is the operator's to know; a peer that went away (a port probe)
-            # is not worth a warning.
-            level = logging.WARNING if isinstance(exc, ssl.SSLError) else logging.INFO
+            address = peer[0] if isinstance(peer, tuple) and peer else None
             log.log(
-                level,
+                refusal_level(exc, address),
                 "mllp TLS handshake refused",
                 extra={
                     "source_id": self._target.source_id,
                     "port": self._target.port,
-                    "peer": peer[0] if isinstance(peer, tuple) and peer else None,
+                    "peer": address,
                     "reason": handshake_failure(exc),
                 },
             )

@@ -6,13 +6,16 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from askonce.cli import app
+from askonce.settings import get_settings
 from store import make_engine, make_session_factory
 from store.models import Outbox, Source, SyncRun
 from store.types import utcnow
+from tests.sekmet_server import free_port
 
 runner = CliRunner()
 
@@ -148,3 +151,60 @@ def test_deliver_then_prune_print_what_they_did(tmp_path: Path, monkeypatch) -> 
         assert conn.scalar(select(func.count()).select_from(Outbox)) == 0
         assert conn.scalar(select(func.count()).select_from(SyncRun)) == 1
     engine.dispose()
+
+
+def _askonce(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ASKONCE_DATABASE_URL": database_url, "ASKONCE_LOG_LEVEL": "WARNING"}
+    return subprocess.run(
+        [sys.executable, "-m", "askonce", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("command", [["sources", "list"], ["db", "current"], ["serve"]])
+def test_a_database_that_cannot_be_reached_is_one_line_not_a_traceback(
+    command: list[str], tmp_path: Path
+) -> None:
+    """Every command says the database is unavailable, why (the driver's words) and where
+    it was looked for, password masked; no traceback."""
+    url = f"postgresql+psycopg://askonce:s3cret@127.0.0.1:{free_port()}/askonce"
+    refused = _askonce(url, *command)
+    assert refused.returncode == 1, refused.stderr
+    assert "Traceback" not in refused.stderr and "s3cret" not in refused.stderr
+    assert "error: the database is unavailable (connection to server at" in refused.stderr
+    assert "Connection refused); ASKONCE_DATABASE_URL is" in refused.stderr
+    assert "postgresql+psycopg://askonce:***@127.0.0.1" in refused.stderr
+    unopenable = _askonce(f"sqlite:///{tmp_path / 'no-such-folder' / 'x.db'}", *command)
+    assert unopenable.returncode == 1, unopenable.stderr
+    assert "Traceback" not in unopenable.stderr
+    assert "the database is unavailable (unable to open database file)" in unopenable.stderr
+
+
+def test_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``askonce check``: ok on a database at head; not ok (exit 1) when it cannot be
+    reached; exit 2 naming the command that fixes a stale schema. ``--mllp`` with no
+    hl7v2 source has nothing to check; a source named but not there is not ok."""
+    url = f"sqlite:///{tmp_path / 'check.db'}"
+    monkeypatch.setenv("ASKONCE_DATABASE_URL", url)
+    stale = runner.invoke(app, ["check"])
+    assert stale.exit_code == 2 and "askonce db upgrade" in stale.output
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    ok = runner.invoke(app, ["check"])
+    assert ok.exit_code == 0 and ok.output.strip() == "ok"
+    ports = runner.invoke(app, ["check", "--mllp"])
+    assert ports.exit_code == 0, ports.output
+    assert "no enabled hl7v2 source: no port to check" in ports.output
+    named = runner.invoke(app, ["check", "--mllp", "--source", "adt"])
+    assert named.exit_code == 1
+    assert "no enabled hl7v2 source named adt" in named.output
+    assert "not ok: 1 hl7v2 source(s) not listening" in named.output
+    monkeypatch.setenv(
+        "ASKONCE_DATABASE_URL", f"postgresql+psycopg://askonce@127.0.0.1:{free_port()}/askonce"
+    )
+    get_settings.cache_clear()
+    down = runner.invoke(app, ["check"])
+    assert down.exit_code == 1
+    assert "not ok: the database is unavailable (connection to server at" in down.output

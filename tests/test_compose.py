@@ -143,3 +143,5 @@ def test_mllp_listener_is_an_opt_in_profile_on_the_default_port() -> None:
     assert mllp["profiles"] == ["hl7v2"]
     assert mllp["ports"] == ["2575:2575"]
     assert mllp["depends_on"] == {"gateway": {"condition": "service_healthy"}}
+    # Healthy when its ports accept connections, not only when the database answers.
+    assert mllp["healthcheck"]["test"][:4] == ["CMD", "askonce", "check", "--mllp"]

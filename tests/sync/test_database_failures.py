@@ -14,14 +14,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, make_url, select, text
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from connectors import Page
 from store import make_engine, make_session_factory
-from store.errors import transient_database_error
+from store.errors import transient_database_error, unreachable_database
 from store.models import Encounter, SourceRecord, SyncRun
 from sync import DatabaseUnavailableError, TaskContext, run_source
 from sync import runner as runner_module
@@ -97,7 +97,22 @@ def test_sqlite_errors_a_retry_can_cure_are_told_from_the_others(tmp_path: Path)
         conn.execute(text("INSERT INTO t VALUES (1)"))
     assert not transient_database_error(duplicate.value)
     assert not transient_database_error(ValueError("not a database error"))
+    # Reachable all along: none of these says the database is unavailable.
+    for reachable in (locked, waited.value, missing.value, duplicate.value):
+        assert unreachable_database(reachable) is None
     engine.dispose()
+    # A file that cannot be opened (its folder is missing), or is not a database.
+    nowhere = make_engine(f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
+    with pytest.raises(OperationalError) as unopenable, nowhere.connect():
+        pass
+    assert unreachable_database(unopenable.value) == "unable to open database file"
+    nowhere.dispose()
+    (tmp_path / "text.db").write_text("not a database, but long enough to have a header" * 4)
+    garbled = make_engine(f"sqlite:///{tmp_path / 'text.db'}")
+    with pytest.raises(Exception) as not_a_database, garbled.connect() as conn:
+        conn.execute(text("SELECT * FROM sqlite_master"))
+    assert unreachable_database(not_a_database.value) == "file is not a database"
+    garbled.dispose()
 
 
 @pytest.fixture
@@ -108,7 +123,9 @@ def pg_engine(pg_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def test_postgresql_errors_a_retry_can_cure_are_told_from_the_others(pg_engine: Engine) -> None:
+def test_postgresql_errors_a_retry_can_cure_are_told_from_the_others(
+    pg_engine: Engine, pg_url: str
+) -> None:
     # A lock timeout (55P03).
     with pg_engine.connect() as holder, pg_engine.connect() as waiter:
         holder.execute(text("BEGIN"))
@@ -159,6 +176,22 @@ def test_postgresql_errors_a_retry_can_cure_are_told_from_the_others(pg_engine: 
     with pytest.raises(psycopg.OperationalError) as refused:
         psycopg.connect("postgresql://postgres@127.0.0.1:1/test", connect_timeout=2)
     assert transient_database_error(refused.value)
+    reason = unreachable_database(refused.value)
+    assert reason is not None and reason.endswith("Connection refused"), reason
+    assert unreachable_database(dropped.value) is not None
+    # A server that is up but knows no such database.
+    with pytest.raises(psycopg.OperationalError) as unknown:
+        psycopg.connect(
+            make_url(pg_url)
+            .set(drivername="postgresql", database="askonce_no_such_db")
+            .render_as_string(hide_password=False)
+        )
+    assert 'database "askonce_no_such_db" does not exist' in str(
+        unreachable_database(unknown.value)
+    )
+    # Reachable: a lock timeout and a deadlock are not an unavailable database.
+    assert unreachable_database(timed_out.value) is None
+    assert unreachable_database(deadlock) is None
 
     # Bugs and bad data are not.
     with pg_engine.connect() as conn, pytest.raises(ProgrammingError) as missing:
@@ -167,6 +200,8 @@ def test_postgresql_errors_a_retry_can_cure_are_told_from_the_others(pg_engine: 
         conn.execute(text("SELECT 'x'::int"))
     assert not transient_database_error(missing.value)
     assert not transient_database_error(not_a_number.value)
+    assert unreachable_database(missing.value) is None
+    assert unreachable_database(not_a_number.value) is None
 
 
 class DatabaseHiccup(ScriptedSource):

@@ -21,7 +21,7 @@ from hl7.mllp import open_hl7_connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from sync import SourceChange, update_source
-from sync.mllp_listener import MllpService, listeners, serve_until
+from sync.mllp_listener import MllpService, Probe, listeners, probe, serve_until
 from tests.sekmet_server import free_port
 from tests.sync.conftest import Pki
 from tests.sync.helpers import add_source
@@ -301,7 +301,8 @@ def test_a_refresh_applies_tls_options_and_replaced_files(
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="SIGHUP")
 def test_sighup_refreshes_the_ports(tmp_path: Path) -> None:
     """The real ``askonce mllp``, its periodic refresh off: a source added and one
-    disabled with the CLI take effect at the next SIGHUP, without a restart."""
+    disabled with the CLI take effect at the next SIGHUP, without a restart. Its
+    healthcheck, ``askonce check --mllp``, sees each enabled source's port as it is."""
     process, port = start_askonce_mllp(tmp_path, ASKONCE_MLLP_REFRESH_S="0")
     env = askonce_env(tmp_path)
     other = free_port()
@@ -311,20 +312,62 @@ def test_sighup_refreshes_the_ports(tmp_path: Path) -> None:
         with socket.create_connection(("127.0.0.1", where), timeout=30) as connection:
             return exchange(connection, message("A04", pid(control), control=control))
 
+    def check() -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "askonce", "check", "--mllp", "--timeout", "5"]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
     try:
         assert b"MSA|AA|H1" in until_listening(process, lambda: ack(port, "H1"))
+        healthy = check()
+        assert healthy.returncode == 0, healthy.stderr
+        assert f"adt: listening (127.0.0.1:{port})" in healthy.stderr
         add = [*cli, "add", "adt2", "--kind", "hl7v2", "--url", f"mllp://127.0.0.1:{other}"]
         subprocess.run(add, env=env, check=True, capture_output=True)
         subprocess.run([*cli, "disable", "adt"], env=env, check=True, capture_output=True)
         with pytest.raises(OSError):
             ack(other, "H2")  # not before the SIGHUP
+        behind = check()
+        assert behind.returncode == 1
+        assert f"adt2: not listening on 127.0.0.1:{other} (Connection refused)" in behind.stderr
+        assert "adt:" not in behind.stderr  # disabled: not the listener's to serve
+        assert "not ok: 1 hl7v2 source(s) not listening" in behind.stderr
         process.send_signal(signal.SIGHUP)
         assert b"MSA|AA|H3" in until_listening(process, lambda: ack(other, "H3"))
         with pytest.raises(OSError):
             ack(port, "H4")
+        caught_up = check()
+        assert caught_up.returncode == 0, caught_up.stderr
+        assert f"adt2: listening (127.0.0.1:{other})" in caught_up.stderr
     finally:
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=30)[0].decode()
     assert process.returncode == 0, output
     assert f"adt2: listening on mllp://127.0.0.1:{other}" in output
     assert "adt: stopped listening: the source is disabled or removed" in output
+    stopped = check()
+    assert stopped.returncode == 1 and "adt2: not listening" in stopped.stderr
+
+
+def test_a_probe_of_a_wildcard_address_goes_to_the_loopback(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A source bound to every address (``0.0.0.0``, ``::``) is probed on the loopback,
+    as a healthcheck inside the listener's container reaches it; a URL that is not an
+    MLLP address is reported, not raised."""
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    port = listening.getsockname()[1]
+    add_source(session_factory, "wild", kind="hl7v2", base_url=f"mllp://0.0.0.0:{port}")
+    add_source(session_factory, "six", kind="hl7v2", base_url=f"mllp://[::]:{free_port()}")
+    add_source(session_factory, "odd", kind="hl7v2", base_url="http://example.org/")
+    try:
+        with session_factory() as session:
+            found = {p.name: p for p in probe(session, timeout_s=5)}
+            only = probe(session, ["wild"], timeout_s=5)
+    finally:
+        listening.close()
+    assert found["wild"] == Probe("wild", f"127.0.0.1:{port}")
+    assert found["six"].address.startswith("[::1]:") and found["six"].trouble
+    assert found["odd"].trouble == "an hl7v2 source's URL is mllp://HOST:PORT"
+    assert only == [found["wild"]]

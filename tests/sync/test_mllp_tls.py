@@ -23,7 +23,7 @@ from askonce.logging import JsonFormatter
 from connectors.preflight import Preflight
 from store import make_engine, make_session_factory, upgrade
 from sync.hl7intake import TLS_KEYS, Hl7v2ConfigError, check_listener, tls_context
-from sync.mllp_listener import Listener, listeners
+from sync.mllp_listener import Listener, listeners, refusal_level
 from sync.runner import PIPELINE_CONFIG_KEYS
 from tests.sync.conftest import Pki
 from tests.sync.helpers import add_source
@@ -227,10 +227,11 @@ def test_a_port_probe_is_not_a_refusal(
     source_id: int,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A connection closed before any handshake (a load balancer's probe) is logged at
-    INFO, not as a refusal to look into; the port goes on serving."""
+    """A connection closed before any handshake (a port probe) is not a refusal to look
+    into: from this host (a healthcheck) it is logged at DEBUG only, from elsewhere at
+    INFO; the port goes on serving."""
     tls = tls_context({"tls_cert": pki.path("listener.pem"), "tls_key": pki.path("listener.key")})
-    caplog.set_level(logging.INFO, logger="sync.mllp_listener")
+    caplog.set_level(logging.DEBUG, logger="sync.mllp_listener")
 
     async def scenario() -> str | None:
         service, port = await serving(
@@ -248,8 +249,17 @@ def test_a_port_probe_is_not_a_refusal(
     reply = asyncio.run(scenario())
     assert reply is not None and "MSA|AA|P1" in reply
     (probe,) = [r for r in caplog.records if r.getMessage() == "mllp TLS handshake refused"]
-    assert probe.levelno == logging.INFO
+    assert probe.levelno == logging.DEBUG
     assert getattr(probe, "reason", None) == "closed by the peer during the handshake"
+    assert getattr(probe, "peer", None) == "127.0.0.1"
+    # The same from another host (a load balancer), and a real refusal, from anywhere.
+    gone = ConnectionResetError("Connection lost")
+    assert refusal_level(gone, "10.1.2.3") == logging.INFO
+    assert refusal_level(gone, "::1") == logging.DEBUG
+    assert refusal_level(gone, None) == logging.INFO
+    refused = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    assert refusal_level(refused, "127.0.0.1") == logging.WARNING
+    assert refusal_level(ConnectionAbortedError(), "127.0.0.1") == logging.INFO
 
 
 def test_tls_options_through_the_cli(
