@@ -14,14 +14,13 @@ import typer
 import uvicorn
 from rich.console import Console
 from sqlalchemy import make_url, text
-from sqlalchemy.exc import DBAPIError
 
 from askonce import cli_subscriptions  # noqa: F401 - registers sources subscribe/unsubscribe
 from askonce.cli_consumers import consumers_app, openapi_command
 from askonce.cli_match import links_app, match_app
 from askonce.cli_sources import mllp_command, sources_app, sync_command
 from askonce.logging import configure_logging
-from askonce.runtime import Runtime, build_runtime
+from askonce.runtime import Runtime, build_runtime, unreachable_broker
 from askonce.settings import PlaceholderSecretError, Settings, get_settings
 from store import SchemaNotAtHeadError
 from store import migrate as migrations
@@ -321,13 +320,10 @@ def check(
     except typer.Exit:
         raise
     except Exception as exc:
-        reason = unreachable_database(exc)
-        if reason:
-            said = f"the database is unavailable ({reason})"
-        elif isinstance(exc, PortsNotListeningError):
+        if isinstance(exc, PortsNotListeningError):
             said = str(exc)
-        else:  # the broker's or a worker's error may quote what it carried: its class only
-            said = type(exc).__name__
+        else:  # a worker's error may quote what it carried: its class only
+            said = unavailable(exc, settings, where=False) or type(exc).__name__
         console.print(f"[red]not ok:[/red] {said}")
         raise typer.Exit(code=1) from exc
     console.print("[green]ok[/green]")
@@ -356,18 +352,33 @@ def _check_ports(runtime: Runtime, names: Sequence[str], timeout: float) -> None
         raise PortsNotListeningError(f"{down} hl7v2 source(s) not listening")
 
 
+def unavailable(exc: BaseException, settings: Settings, *, where: bool = True) -> str | None:
+    """What to tell the operator when ``exc`` says the database or the broker cannot be
+    reached: which, the driver's reason and (``where``) the URL it tried, password
+    masked. None for any other failure."""
+    services = (
+        ("database", unreachable_database, "ASKONCE_DATABASE_URL", settings.database_url),
+        ("broker", unreachable_broker, "ASKONCE_REDIS_URL", settings.redis_url),
+    )
+    for name, unreachable, variable, url in services:
+        reason = unreachable(exc)
+        if reason is None:
+            continue
+        said = f"the {name} is unavailable ({reason})"
+        if where and url:
+            said += f"; {variable} is {make_url(url).render_as_string(hide_password=True)}"
+        return said
+    return None
+
+
 def main() -> None:
-    """The ``askonce`` command: a database that cannot be reached is one line saying so
-    (and where it was looked for), not a traceback."""
+    """The ``askonce`` command: a database or a broker that cannot be reached is one line
+    saying so (and where it was looked for), not a traceback."""
     try:
         app()
-    except DBAPIError as exc:
-        reason = unreachable_database(exc)
-        if reason is None:
+    except Exception as exc:
+        said = unavailable(exc, get_settings())
+        if said is None:
             raise
-        where = make_url(get_settings().database_url).render_as_string(hide_password=True)
-        console.print(
-            f"[red]error:[/red] the database is unavailable ({reason}); "
-            f"ASKONCE_DATABASE_URL is {where}"
-        )
+        console.print(f"[red]error:[/red] {said}")
         raise SystemExit(1) from None

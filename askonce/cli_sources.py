@@ -586,6 +586,11 @@ def sync_command(
             f" {push_arrival(kind)}"
         )
         raise typer.Exit(code=2)
+    broker_check = None if runtime.settings.embedded else runtime.broker_check()
+    if broker_check is not None:
+        # Before a run is started that no worker could be handed (the askonce command
+        # says that the broker is unavailable, and where it was looked for).
+        broker_check()
     try:
         run = sync_with_progress(runtime, source_id, name, full=full)
     except TransientError as exc:

@@ -23,6 +23,7 @@ from gateway.operations.export import ExportSettings, run_export
 from gateway.operations.notify import render_focus
 from mpi import MatchSettings, match_patient
 from store import check_schema_at_head, make_engine, make_session_factory, unit_of_work
+from store.errors import error_chain
 from sync import TaskContext, bind_task_context, create_celery, current_task_context
 from sync.delivery import DEFAULT_DELIVER_S, DeliveryReport, deliver_with
 from sync.pipeline import UnknownSourceError
@@ -206,6 +207,16 @@ class Runtime:
                 matcher=partial(match_patient, settings=match_settings(self.settings)),
             )
         )
+
+
+def unreachable_broker(exc: BaseException) -> str | None:
+    """Why the broker (Redis) could not be reached, when that is what ``exc`` (or what it
+    was raised from: kombu wraps redis-py's errors) says; None for any other failure.
+    redis-py's words name the host and the port, never a task's arguments."""
+    for current in error_chain(exc):
+        if isinstance(current, redis.ConnectionError | redis.TimeoutError):
+            return str(current) or type(current).__name__
+    return None
 
 
 def export_settings(settings: Settings) -> ExportSettings:

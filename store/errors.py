@@ -43,7 +43,7 @@ TRANSIENT_SQLITE_CODES = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED"})
 UNOPENABLE_SQLITE_CODES = frozenset({"SQLITE_CANTOPEN", "SQLITE_NOTADB"})
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def error_chain(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and what it was raised from, each once."""
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -55,7 +55,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def transient_database_error(exc: BaseException) -> bool:
     """True when ``exc`` (or what it was raised from) is a database failure worth retrying."""
-    return any(_transient(current) for current in _chain(exc))
+    return any(_transient(current) for current in error_chain(exc))
 
 
 def unreachable_database(exc: BaseException) -> str | None:
@@ -64,7 +64,7 @@ def unreachable_database(exc: BaseException) -> str | None:
     database or the role, or went away; a SQLite file that cannot be opened. None for any
     other failure. The reason is the driver's first line, which names the server and the
     database, never a row."""
-    for current in _chain(exc):
+    for current in error_chain(exc):
         if isinstance(current, psycopg.OperationalError) and (
             current.sqlstate is None or current.sqlstate.startswith(("08", "57P"))
         ):

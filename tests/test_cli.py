@@ -16,6 +16,7 @@ from store import make_engine, make_session_factory
 from store.models import Outbox, Source, SyncRun
 from store.types import utcnow
 from tests.sekmet_server import free_port
+from tests.sync.helpers import patient, write_ndjson
 
 runner = CliRunner()
 
@@ -153,8 +154,13 @@ def test_deliver_then_prune_print_what_they_did(tmp_path: Path, monkeypatch) -> 
     engine.dispose()
 
 
-def _askonce(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ASKONCE_DATABASE_URL": database_url, "ASKONCE_LOG_LEVEL": "WARNING"}
+def _askonce(database_url: str, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "ASKONCE_DATABASE_URL": database_url,
+        "ASKONCE_LOG_LEVEL": "WARNING",
+        **settings,
+    }
     return subprocess.run(
         [sys.executable, "-m", "askonce", *args],
         env=env,
@@ -208,3 +214,29 @@ def test_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     down = runner.invoke(app, ["check"])
     assert down.exit_code == 1
     assert "not ok: the database is unavailable (connection to server at" in down.output
+
+
+def test_a_broker_that_cannot_be_reached_is_one_line_and_starts_no_run(tmp_path: Path) -> None:
+    """Services mode, Redis down: ``askonce sync`` says so before a run is started that no
+    worker could be handed; ``askonce check`` is not ok, naming the broker."""
+    url = f"sqlite:///{tmp_path / 'broker.db'}"
+    assert _askonce(url, "db", "upgrade").returncode == 0
+    folder = tmp_path / "ehr"
+    write_ndjson(folder, "Patient", [patient("p1", "Fam")])
+    added = _askonce(url, "sources", "add", "ehr", "--kind", "ndjson", "--url", str(folder))
+    assert added.returncode == 0, added.stderr
+    broker = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    for command, said in (
+        (["sync", "ehr"], "error: the broker is unavailable (Error 111 connecting to"),
+        (["check"], "not ok: the broker is unavailable (Error 111 connecting to"),
+    ):
+        refused = _askonce(url, *command, ASKONCE_REDIS_URL=broker)
+        assert refused.returncode == 1, refused.stderr
+        assert said in refused.stderr
+        assert "Traceback" not in refused.stderr and "s3cret" not in refused.stderr
+        if command[0] == "sync":
+            assert "; ASKONCE_REDIS_URL is redis://:***@127.0.0.1:" in refused.stderr
+    engine = make_engine(url)
+    with make_session_factory(engine)() as session:
+        assert session.scalar(select(func.count()).select_from(SyncRun)) == 0
+    engine.dispose()
