@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import sys
 import time
 import uuid
@@ -101,6 +103,25 @@ def db_current() -> None:
     console.print(f"current: {current or '(empty)'}   head: {migrations.head_revision()}")
 
 
+def _require_free_port(host: str, port: int) -> None:
+    """Exit at once, saying so, when ``host:port`` cannot be listened on (another server
+    holds it): before anything is done that the server was for, and before uvicorn's own
+    error, a log line among log lines, once everything is done."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:  # an unknown host name too (socket.gaierror)
+        why = str(exc.strerror or exc)
+        if exc.errno == errno.EADDRINUSE:
+            why += " (another askonce serve or demo?); free it, or use --port"
+        console.print(f"[red]error:[/red] cannot listen on {host}:{port}: {why.lower()}")
+        raise typer.Exit(code=1) from exc
+
+
 def _serve(settings: Settings, host: str | None, port: int | None, workers: int = 1) -> None:
     try:
         settings.require_real_secrets()
@@ -108,10 +129,12 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int 
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=2) from exc
     runtime = _runtime(settings)
+    host, port = host or settings.host, port or settings.port
+    _require_free_port(host, port)
     # Access logs carry query strings (search parameters are patient data): off.
     options: dict[str, Any] = {
-        "host": host or settings.host,
-        "port": port or settings.port,
+        "host": host,
+        "port": port,
         "access_log": False,
         "log_config": None,
     }
@@ -265,6 +288,9 @@ def demo(
     )
 
     settings = _settings().model_copy(update={"demo": True})
+    # A demo already serving keeps its port and its credentials (a second one would
+    # rotate them, then fail to serve).
+    _require_free_port(host or settings.host, port or settings.port)
     migrations.upgrade(settings.database_url)
     console.print(f"[green]database ready[/green] ({settings.database_url})")
     runtime = _runtime(settings)

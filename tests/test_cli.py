@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from datetime import timedelta
@@ -240,3 +241,30 @@ def test_a_broker_that_cannot_be_reached_is_one_line_and_starts_no_run(tmp_path:
     with make_session_factory(engine)() as session:
         assert session.scalar(select(func.count()).select_from(SyncRun)) == 0
     engine.dispose()
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_a_port_in_use_is_said_before_anything_is_done(command: str, tmp_path: Path) -> None:
+    """``serve`` and ``demo`` on a port another server holds stop at once with one line;
+    the demo before it syncs anything or rotates the credentials a running demo handed
+    out."""
+    url = f"sqlite:///{tmp_path / 'port.db'}"
+    if command == "serve":
+        assert _askonce(url, "db", "upgrade").returncode == 0
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        port = held.getsockname()[1]
+        refused = _askonce(
+            url,
+            command,
+            "--port",
+            str(port),
+            ASKONCE_SECRET_KEY="k" * 32,
+            ASKONCE_HOST="127.0.0.1",
+        )
+    assert refused.returncode == 1, refused.stderr
+    assert (
+        f"error: cannot listen on 127.0.0.1:{port}: address already in use "
+        "(another askonce serve or demo?); free it, or use --port"
+    ) in refused.stderr
+    assert "database ready" not in refused.stderr
+    assert (tmp_path / "port.db").exists() == (command == "serve")
