@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 import uvicorn
+from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy import make_url, text
 
@@ -23,7 +24,7 @@ from askonce.cli_match import links_app, match_app
 from askonce.cli_sources import mllp_command, sources_app, sync_command
 from askonce.logging import configure_logging
 from askonce.runtime import Runtime, build_runtime, unreachable_broker
-from askonce.settings import PlaceholderSecretError, Settings, get_settings
+from askonce.settings import ENV_PREFIX, PlaceholderSecretError, Settings, get_settings
 from store import SchemaNotAtHeadError
 from store import migrate as migrations
 from store.errors import unreachable_database
@@ -397,14 +398,30 @@ def unavailable(exc: BaseException, settings: Settings, *, where: bool = True) -
     return None
 
 
+def settings_errors(exc: ValidationError) -> list[str]:
+    """The settings a :class:`Settings` validation refused, one line each: the variable
+    and what is wrong with it, never its value (it may be a secret)."""
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = f"{ENV_PREFIX}{str(error['loc'][0]).upper()}: " if error["loc"] else ""
+        lines.append(f"{where}{error['msg']}")
+    return lines
+
+
 def main() -> None:
-    """The ``askonce`` command: a database or a broker that cannot be reached is one line
-    saying so (and where it was looked for), not a traceback."""
+    """The ``askonce`` command. A setting that is not valid, and a database or a broker
+    that cannot be reached, are said in one line each (where it was looked for, too),
+    not in a traceback."""
     try:
         app()
-    except Exception as exc:
-        said = unavailable(exc, get_settings())
-        if said is None:
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
             raise
-        console.print(f"[red]error:[/red] {said}")
+        for line in settings_errors(exc):
+            console.print(f"[red]error:[/red] {line}")
+        raise SystemExit(2) from None
+    except Exception as exc:
+        if unreachable_database(exc) is None and unreachable_broker(exc) is None:
+            raise
+        console.print(f"[red]error:[/red] {unavailable(exc, get_settings())}")
         raise SystemExit(1) from None

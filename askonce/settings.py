@@ -28,6 +28,10 @@ MIN_SECRET_BYTES = 32
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
+#: Every setting's environment variable starts with it.
+ENV_PREFIX = "ASKONCE_"
+
+
 class PlaceholderSecretError(RuntimeError):
     """A placeholder secret is configured while demo mode is off."""
 
@@ -36,7 +40,7 @@ class Settings(BaseSettings):
     """askonce settings, read from ``ASKONCE_*`` environment variables."""
 
     model_config = SettingsConfigDict(
-        env_prefix="ASKONCE_", env_file=".env", extra="ignore", validate_default=True
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", validate_default=True
     )
 
     database_url: str = Field(

@@ -268,3 +268,19 @@ def test_a_port_in_use_is_said_before_anything_is_done(command: str, tmp_path: P
     ) in refused.stderr
     assert "database ready" not in refused.stderr
     assert (tmp_path / "port.db").exists() == (command == "serve")
+
+
+def test_a_setting_that_is_not_valid_is_named_not_quoted(tmp_path: Path) -> None:
+    """Every refused setting is one line naming its variable and what is wrong, never its
+    value (a secret, say); exit 2, no traceback."""
+    refused = _askonce(
+        f"sqlite:///{tmp_path / 'x.db'}",
+        "check",
+        ASKONCE_PORT="not-a-port-4711",
+        ASKONCE_LOG_LEVEL="LOUD",
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "error: ASKONCE_PORT: Input should be a valid integer" in refused.stderr
+    assert "error: ASKONCE_LOG_LEVEL: Input should be 'DEBUG'" in refused.stderr
+    assert "not-a-port-4711" not in refused.stderr and "LOUD" not in refused.stderr
+    assert "Traceback" not in refused.stderr
