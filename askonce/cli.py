@@ -347,10 +347,13 @@ def check(
     except typer.Exit:
         raise
     except Exception as exc:
-        if isinstance(exc, PortsNotListeningError):
+        found = unreachable(exc)
+        if found is not None:
+            said = f"the {found[0]} is unavailable ({found[1]})"
+        elif isinstance(exc, PortsNotListeningError):
             said = str(exc)
         else:  # a worker's error may quote what it carried: its class only
-            said = unavailable(exc, settings, where=False) or type(exc).__name__
+            said = type(exc).__name__
         console.print(f"[red]not ok:[/red] {said}")
         raise typer.Exit(code=1) from exc
     console.print("[green]ok[/green]")
@@ -379,22 +382,21 @@ def _check_ports(runtime: Runtime, names: Sequence[str], timeout: float) -> None
         raise PortsNotListeningError(f"{down} hl7v2 source(s) not listening")
 
 
-def unavailable(exc: BaseException, settings: Settings, *, where: bool = True) -> str | None:
-    """What to tell the operator when ``exc`` says the database or the broker cannot be
-    reached: which, the driver's reason and (``where``) the URL it tried, password
-    masked. None for any other failure."""
-    services = (
-        ("database", unreachable_database, "ASKONCE_DATABASE_URL", settings.database_url),
-        ("broker", unreachable_broker, "ASKONCE_REDIS_URL", settings.redis_url),
-    )
-    for name, unreachable, variable, url in services:
-        reason = unreachable(exc)
-        if reason is None:
-            continue
-        said = f"the {name} is unavailable ({reason})"
-        if where and url:
-            said += f"; {variable} is {make_url(url).render_as_string(hide_password=True)}"
-        return said
+#: What the command line needs and how it tells one cannot be reached: the service's
+#: name, the function that says why (or None: that is not the trouble) and its setting.
+_SERVICES = (
+    ("database", unreachable_database, "database_url"),
+    ("broker", unreachable_broker, "redis_url"),
+)
+
+
+def unreachable(exc: BaseException) -> tuple[str, str, str] | None:
+    """When ``exc`` says the database or the broker cannot be reached: which, the
+    driver's reason and the setting that says where it is. None for any other failure."""
+    for name, why, setting in _SERVICES:
+        reason = why(exc)
+        if reason is not None:
+            return name, reason, setting
     return None
 
 
@@ -421,7 +423,13 @@ def main() -> None:
             console.print(f"[red]error:[/red] {line}")
         raise SystemExit(2) from None
     except Exception as exc:
-        if unreachable_database(exc) is None and unreachable_broker(exc) is None:
+        found = unreachable(exc)
+        if found is None:
             raise
-        console.print(f"[red]error:[/red] {unavailable(exc, get_settings())}")
+        name, reason, setting = found
+        url = make_url(getattr(get_settings(), setting)).render_as_string(hide_password=True)
+        console.print(
+            f"[red]error:[/red] the {name} is unavailable ({reason}); "
+            f"{ENV_PREFIX}{setting.upper()} is {url}"
+        )
         raise SystemExit(1) from None

@@ -586,7 +586,7 @@ def sync_command(
             f" {push_arrival(kind)}"
         )
         raise typer.Exit(code=2)
-    broker_check = None if runtime.settings.embedded else runtime.broker_check()
+    broker_check = runtime.broker_check()  # None when embedded
     if broker_check is not None:
         # Before a run is started that no worker could be handed (the askonce command
         # says that the broker is unavailable, and where it was looked for).
