@@ -59,6 +59,7 @@ from sync.encounters import replacements
 from sync.patients import PatientOptions
 from sync.pipeline import IngestResult, apply_deletions, ingest_page
 from sync.records import STATUS_QUARANTINED
+from sync.repeats import Repeats
 from sync.runner import SourceUnavailableError, SyncError, bound_patient_options, lock_source
 
 log = logging.getLogger(__name__)
@@ -317,11 +318,14 @@ def receive_message(
     text: str,
     *,
     default_region: str | None = None,
+    repeats: Repeats | None = None,
 ) -> AdtResult:
     """Map, ingest and commit one message of an hl7v2 source; returns its acknowledgment.
 
     Never raises for the message's content: a database failure answers ``AR`` (the
-    transaction rolled back, nothing kept), and the sender sends it again.
+    transaction rolled back, nothing kept), and the sender sends it again. A message for
+    a disabled source, which the sender sends again and again, is logged as ``repeats``
+    admits (the listener's: once a minute per source); every one without it.
     """
     try:
         message = parse_hl7(text)
@@ -363,7 +367,11 @@ def receive_message(
     except SourceUnavailableError:
         # Expected while a steward has the source disabled (or removed it): the sender
         # keeps the message and sends it again, which is taken once the source is enabled.
-        log.warning("hl7v2 message not taken: source disabled", extra={"source_id": source_id})
+        if count := (repeats.admit(("disabled", source_id)) if repeats else 1):
+            log.warning(
+                "hl7v2 message not taken: source disabled",
+                extra={"source_id": source_id, "count": count},
+            )
         result.code = ACK_REJECT
         result.error = Hl7v2Error(
             "MSH", "the receiving source is disabled; send it again later", code=ERR_APPLICATION

@@ -20,6 +20,11 @@ once committed. :class:`MllpService` owns the ports:
   own server-side TLS reports those only in debug mode.
 
 Logs carry source ids, ports, peers' addresses and reasons, never a value of a message.
+What a sender can repeat at will (a refused handshake, broken framing, a message too
+large, a message for a disabled source) is logged once, then at most once a minute per
+source, peer and reason, each line counting the occurrences it stands for
+(:class:`sync.repeats.Repeats`): an engine that retries every second is one line a
+minute, not a flood.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from sync.hl7intake import (
     loopback,
     tls_context,
 )
+from sync.repeats import Repeats
 
 log = logging.getLogger(__name__)
 
@@ -228,15 +234,26 @@ async def _next_block(reader: Any, stopping: asyncio.Event | None) -> bytes | No
     return None
 
 
+def _peer_of(transport: Any) -> str | None:
+    """The address of the system at the other end of a connection (no port)."""
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
+
 async def _serve_connection(
     reader: Any,
     writer: Any,
     handle: Callable[[str], AdtResult],
-    stopping: asyncio.Event | None = None,
+    stopping: asyncio.Event | None,
+    *,
+    source_id: int,
+    repeats: Repeats,
 ) -> None:
     """Messages of one connection, one at a time: each is acknowledged after its commit.
     Once ``stopping`` is set the connection is closed between two messages: the one
-    being taken in is committed and acknowledged first."""
+    being taken in is committed and acknowledged first. A connection closed for breaking
+    the protocol is logged as ``repeats`` admits."""
+    peer = _peer_of(writer)
     try:
         while True:
             try:
@@ -244,7 +261,11 @@ async def _serve_connection(
             except asyncio.IncompleteReadError:
                 return  # the peer closed the connection (between or inside a message)
             except InvalidBlockError:
-                log.warning("mllp framing error: no start block; closing the connection")
+                if count := repeats.admit(("framing", source_id, peer)):
+                    log.warning(
+                        "mllp framing error: no start block; closing the connection",
+                        extra={"source_id": source_id, "peer": peer, "count": count},
+                    )
                 return
             except ValueError:  # the message passed MAX_MESSAGE_BYTES
                 reason = f"the message exceeds {MAX_MESSAGE_BYTES} bytes"
@@ -254,7 +275,11 @@ async def _serve_connection(
                 )
                 writer.writeblock(reply.encode("utf-8"))
                 await writer.drain()
-                log.warning("mllp message too large; closing the connection")
+                if count := repeats.admit(("too large", source_id, peer)):
+                    log.warning(
+                        "mllp message too large; closing the connection",
+                        extra={"source_id": source_id, "peer": peer, "count": count},
+                    )
                 return
             if block is None:
                 return
@@ -272,17 +297,19 @@ class _TlsHandshake(asyncio.Protocol):
     """A connection to a TLS port until its handshake is done. Reading is paused as the
     connection is made, before any byte is read, so the whole ClientHello reaches the
     TLS layer :meth:`asyncio.loop.start_tls` puts in place; a refused handshake is
-    logged, and a good one hands the connection to the MLLP stream."""
+    logged (as ``repeats`` admits), and a good one hands the connection to the MLLP
+    stream."""
 
     def __init__(
         self,
         stream: Callable[[], asyncio.Protocol],
         target: Listener,
         handshakes: set[asyncio.Task[None]],
+        repeats: Repeats,
     ) -> None:
         assert target.tls is not None
         self._stream, self._context, self._target = stream, target.tls, target
-        self._handshakes = handshakes
+        self._handshakes, self._repeats = handshakes, repeats
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -292,7 +319,7 @@ class _TlsHandshake(asyncio.Protocol):
         task.add_done_callback(self._handshakes.discard)
 
     async def _handshake(self, transport: asyncio.Transport) -> None:
-        peer = transport.get_extra_info("peername")
+        peer = _peer_of(transport)
         stream = self._stream()
         try:
             secured = await asyncio.get_running_loop().start_tls(
@@ -303,17 +330,19 @@ class _TlsHandshake(asyncio.Protocol):
                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S,
             )
         except OSError as exc:  # ssl.SSLError, a reset, asyncio's handshake timeout
-            address = peer[0] if isinstance(peer, tuple) and peer else None
-            log.log(
-                refusal_level(exc, address),
-                "mllp TLS handshake refused",
-                extra={
-                    "source_id": self._target.source_id,
-                    "port": self._target.port,
-                    "peer": address,
-                    "reason": handshake_failure(exc),
-                },
-            )
+            source_id, reason = self._target.source_id, handshake_failure(exc)
+            if count := self._repeats.admit(("handshake", source_id, peer, reason)):
+                log.log(
+                    refusal_level(exc, peer),
+                    "mllp TLS handshake refused",
+                    extra={
+                        "source_id": source_id,
+                        "port": self._target.port,
+                        "peer": peer,
+                        "reason": reason,
+                        "count": count,
+                    },
+                )
             return
         if secured is None:  # the loop closed the connection meanwhile
             return
@@ -368,6 +397,8 @@ class MllpService:
         self._names = tuple(names)
         self._announce = announce or (lambda name, what: None)
         self._ports: dict[int, _Port] = {}
+        #: What senders repeat at will, logged once a minute per source, peer and reason.
+        self.repeats = Repeats()
         self._connections: set[asyncio.Task[Any]] = set()
         self._handshakes: set[asyncio.Task[None]] = set()
         self._refreshing: asyncio.Lock | None = None
@@ -393,12 +424,12 @@ class MllpService:
         :func:`hl7.mllp.start_hl7_server`), bound to the port's stop event of now."""
         loop = asyncio.get_running_loop()
         source_id, stopping = port.target.source_id, port.stopping
-        default_region = self._default_region
+        default_region, repeats = self._default_region, self.repeats
         session_factory = self._session_factory
 
         def handle(text: str) -> AdtResult:
             return hl7intake.receive_message(
-                session_factory, source_id, text, default_region=default_region
+                session_factory, source_id, text, default_region=default_region, repeats=repeats
             )
 
         async def connected(reader: Any, writer: Any) -> None:
@@ -406,7 +437,9 @@ class MllpService:
             if task is not None:
                 self._connections.add(task)
                 task.add_done_callback(self._connections.discard)
-            await _serve_connection(reader, writer, handle, stopping)
+            await _serve_connection(
+                reader, writer, handle, stopping, source_id=source_id, repeats=repeats
+            )
 
         def stream() -> asyncio.Protocol:
             reader = HL7StreamReader(limit=MAX_MESSAGE_BYTES, loop=loop)
@@ -420,7 +453,7 @@ class MllpService:
         stream = self._stream_factory(port)
         if port.target.tls is None:
             return stream()
-        return _TlsHandshake(stream, port.target, self._handshakes)
+        return _TlsHandshake(stream, port.target, self._handshakes, self.repeats)
 
     # -- opening and refreshing ---------------------------------------------------------------
 

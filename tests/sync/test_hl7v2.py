@@ -40,6 +40,7 @@ from store.models import Encounter, GoldenPatient, Link, SourceRecord
 from sync import SourceChange, hl7intake, update_source
 from sync.hl7intake import listen_address, receive_message
 from sync.mllp_listener import Listener, MllpService, serve_until
+from sync.repeats import Repeats
 from tests.sekmet_server import free_port
 from tests.sync.helpers import add_source, events, records
 
@@ -536,6 +537,96 @@ def test_mllp_listener_acknowledges_each_message(
     assert "MSA|AR|" in too_big and "exceeds" in too_big
     with session_factory() as session:
         assert golden_of(session, source_id, "MRN001") is not None
+
+
+def test_a_sender_breaking_the_protocol_again_and_again_is_logged_once_a_minute(
+    session_factory: sessionmaker[Session], source_id: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Broken framing and messages too large close the connection every time; each is
+    logged with the source and the sender's address, once a minute per sender, the line
+    counting the times it stands for. A disabled source's ``AR`` is logged the same way."""
+    caplog.set_level(logging.WARNING)
+    now = [50.0]
+    framing = "mllp framing error: no start block; closing the connection"
+    too_large = "mllp message too large; closing the connection"
+
+    async def broken_framing(port: int) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"MSH|no start block\x1c\r")
+        await writer.drain()
+        closed = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+        return closed
+
+    async def oversized(port: int) -> str:
+        reader, writer = await open_hl7_connection("127.0.0.1", port)
+        writer.writeblock(b"x" * (hl7intake.MAX_MESSAGE_BYTES + 10))
+        await writer.drain()
+        reply = (await asyncio.wait_for(reader.readblock(), 30)).decode()
+        writer.close()
+        return reply
+
+    async def scenario() -> list[Any]:
+        service, port = await serving(session_factory, Listener(source_id, "adt", "127.0.0.1", 0))
+        service.repeats = Repeats(clock=lambda: now[0])
+        try:
+            answers = [await broken_framing(port) for _ in range(4)]
+            answers += [await oversized(port) for _ in range(2)]
+            now[0] += 60
+            answers += [await broken_framing(port), await oversized(port)]
+        finally:
+            await service.close()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers[:4] + answers[6:7] == [b""] * 5  # each connection closed unanswered
+    assert all("MSA|AR|" in reply for reply in answers[4:6] + answers[7:])
+    lines = [(r.getMessage(), getattr(r, "count", None)) for r in caplog.records]
+    assert lines == [(framing, 1), (too_large, 1), (framing, 4), (too_large, 2)]
+    assert {getattr(r, "source_id", None) for r in caplog.records} == {source_id}
+    assert {getattr(r, "peer", None) for r in caplog.records} == {"127.0.0.1"}
+
+    # A disabled source: the engine's every resend is answered AR, logged once a minute.
+    caplog.clear()
+    with session_factory() as session:
+        update_source(session, source_id, SourceChange(enabled=False))
+        session.commit()
+    repeats, text = Repeats(clock=lambda: now[0]), message("A04", pid(), control="D2")
+    for _ in range(3):
+        answer = receive_message(session_factory, source_id, text, repeats=repeats)
+        assert answer.code == "AR"
+    now[0] += 60
+    assert receive_message(session_factory, source_id, text, repeats=repeats).code == "AR"
+    disabled = [r for r in caplog.records if r.name == hl7intake.__name__]
+    assert [getattr(r, "count", None) for r in disabled] == [1, 3]
+
+
+def test_repeats_admits_once_a_window_per_key_and_forgets_the_oldest_keys() -> None:
+    now = [0.0]
+    repeats = Repeats(window_s=10.0, keys=2, clock=lambda: now[0])
+    assert [repeats.admit("a") for _ in range(3)] == [1, 0, 0]
+    assert repeats.admit("b") == 1  # another key has a line of its own
+    now[0] = 9.9
+    assert repeats.admit("a") == 0
+    now[0] = 10.0  # the window is counted from the last line, not the last occurrence
+    assert repeats.admit("a") == 4 and repeats.admit("a") == 0
+    assert repeats.admit("c") == 1  # three keys: "b", seen least recently, is forgotten
+    assert repeats.admit("b") == 1 and repeats.admit("a") == 1
+    # Many threads at once: each occurrence is counted once, in one line or another.
+    many = Repeats(window_s=10.0, clock=lambda: now[0])
+    counts: list[int] = []
+
+    def hammer() -> None:
+        counts.extend(many.admit("k") for _ in range(5000))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    now[0] += 10.0
+    assert counts.count(1) == 1 and sum(counts) == 1
+    assert many.admit("k") == 20_000  # the 19,999 left out, and this one
 
 
 def _held_receive(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:

@@ -24,6 +24,7 @@ from connectors.preflight import Preflight
 from store import make_engine, make_session_factory, upgrade
 from sync.hl7intake import TLS_KEYS, Hl7v2ConfigError, check_listener, tls_context
 from sync.mllp_listener import Listener, listeners, refusal_level
+from sync.repeats import Repeats
 from sync.runner import PIPELINE_CONFIG_KEYS
 from tests.sync.conftest import Pki
 from tests.sync.helpers import add_source
@@ -341,3 +342,65 @@ def test_sighup_reloads_the_certificate(pki: Pki, tmp_path: Path) -> None:
         output = process.communicate(timeout=30)[0].decode()
     assert process.returncode == 0, output
     assert "over TLS" in output and output.rstrip().endswith("stopped")
+
+
+def test_a_refusal_repeated_by_a_sender_is_logged_once_a_minute(
+    pki: Pki,
+    session_factory: sessionmaker[Session],
+    source_id: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An engine retrying with the wrong setup is refused every time, but logged once per
+    minute per reason, each line counting the refusals it stands for: a line a minute,
+    not a line a retry."""
+    tls = tls_context(
+        {
+            "tls_cert": pki.path("listener.pem"),
+            "tls_key": pki.path("listener.key"),
+            "tls_client_ca": pki.path("ca.pem"),
+        }
+    )
+    caplog.set_level(logging.INFO, logger="sync.mllp_listener")
+    now = [1000.0]
+
+    def refusals() -> list[logging.LogRecord]:
+        said = "mllp TLS handshake refused"
+        return [r for r in caplog.records if r.getMessage() == said]
+
+    async def logged(count: int) -> None:
+        for _ in range(300):  # the listener logs in its own task, after the client gave up
+            if len(refusals()) >= count:
+                return
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> list[str | None]:
+        service, port = await serving(
+            session_factory, Listener(source_id, "adt", "127.0.0.1", 0, tls)
+        )
+        service.repeats = Repeats(clock=lambda: now[0])
+        answers = []
+        try:
+            for mrn, client in [("PLAIN3", None)] * 3 + [("ANON3", pki.client(None))]:
+                text = message("A04", pid(mrn), control=mrn)
+                answers.append(await send_one(port, text, client))
+                await asyncio.sleep(0.05)
+            await logged(2)
+            now[0] += 61  # a minute later, the plain sender tries once more
+            answers.append(await send_one(port, message("A04", pid("PLAIN3")), None))
+            await logged(3)
+            text = message("A04", pid("ENGINE3"), control="ENGINE3")
+            answers.append(await send_one(port, text, pki.client("engine")))
+        finally:
+            await service.close()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers[:5] == [None] * 5  # every attempt refused, logged or not
+    assert answers[5] is not None and "MSA|AA|ENGINE3" in answers[5]
+    plain, anonymous, again = refusals()
+    assert "certificate" not in str(getattr(plain, "reason", ""))
+    assert "certificate" in str(getattr(anonymous, "reason", ""))
+    assert getattr(again, "reason", None) == getattr(plain, "reason", None)
+    # The first of each reason stands for itself; the next plain one for two left out too.
+    assert [getattr(r, "count", None) for r in (plain, anonymous, again)] == [1, 1, 3]
+    assert '"count": 3' in JsonFormatter().format(again)
