@@ -43,6 +43,7 @@ from connectors.preflight import Preflight
 from fhir_mapping.hl7v2 import (
     ERR_APPLICATION,
     ERR_DATA_TYPE,
+    ERR_SEGMENT_SEQUENCE,
     ERR_UNSUPPORTED_MESSAGE_TYPE,
     AdtMessage,
     Hl7v2Error,
@@ -325,8 +326,16 @@ def receive_message(
     Never raises for the message's content: a database failure answers ``AR`` (the
     transaction rolled back, nothing kept), and the sender sends it again. A message for
     a disabled source, which the sender sends again and again, is logged as ``repeats``
-    admits (the listener's: once a minute per source); every one without it.
+    admits (the listener's: once a minute per source); every one without it. So is an
+    empty message (a block with nothing but white space in it, as some engines send to
+    keep a connection open): it is answered ``AR`` and nothing is kept, since there is
+    nothing to keep.
     """
+    if not text.strip():
+        if count := (repeats.admit(("empty", source_id)) if repeats else 1):
+            log.warning("hl7v2 message empty", extra={"source_id": source_id, "count": count})
+        empty = Hl7v2Error("MSH", "the message is empty", code=ERR_SEGMENT_SEQUENCE)
+        return _answered(source_id, None, AdtResult(code=ACK_REJECT, ack="", error=empty))
     try:
         message = parse_hl7(text)
     except Hl7v2Error as exc:

@@ -412,6 +412,10 @@ def test_bad_messages_are_kept_and_answered(
     wrong_type = "MSH|^~\\&|A|B|C|D|20250101||ORU^R01|OR1|P|2.5.1\rPID|1||X^^^A^MR\r"
     rejected = receive(session_factory, source_id, wrong_type)
     assert rejected.code == "AR" and "MSA|AR|OR1" in rejected.ack
+    # An empty block (a keep-alive) holds nothing to keep: rejected, not quarantined.
+    for empty in ("", "\r\n", "  \r"):
+        nothing = receive(session_factory, source_id, empty)
+        assert nothing.code == "AR" and "MSA|AR|\r" in nothing.ack and "is empty" in nothing.ack
     with session_factory() as session:
         kept = records(session, source_id, status="quarantined")
         assert len(kept) == 3
