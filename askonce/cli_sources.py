@@ -47,7 +47,7 @@ from askonce.sources import (
     record_counts,
 )
 from connectors import PUSH_ONLY_KINDS, TransientError
-from connectors.config import push_arrival
+from connectors.config import HL7V2_KIND, push_arrival
 from store import NotFoundError, SchemaNotAtHeadError, SourceRepository, SyncRunRepository
 from store.models import Source as SourceRow
 from store.models import SourceRecord, SyncRun
@@ -68,6 +68,7 @@ from sync import (
     start_or_resume,
     update_source,
 )
+from sync.feed import Feed, feeds
 from sync.hl7intake import Hl7v2ConfigError
 from sync.mllp_listener import MllpService, listen_until_signalled, listeners
 from sync.scheduling import InvalidScheduleError
@@ -248,16 +249,23 @@ def sources_list() -> None:
     runtime = _runtime()
     table = Table("name", "kind", "url", "schedule", "enabled", "last run", "status")
     with runtime.session_factory() as session:
+        fed = feeds(session)
         for source in SourceRepository(session).list():
             run = SyncRunRepository(session).latest(source.id)
+            last, status = "never", "-"
+            if run is not None:
+                last, status = run.started_at.isoformat(timespec="seconds"), run.status
+            elif source.kind == HL7V2_KIND:  # a feed has no runs: its last message
+                at = fed[source.id].last_message_at if source.id in fed else None
+                last = f"message {at.isoformat(timespec='seconds')}" if at else "no message"
             table.add_row(
                 source.name,
                 source.kind,
                 source.base_url,
                 source.schedule or "-",
                 "removing" if source.removing_since else "yes" if source.enabled else "no",
-                run.started_at.isoformat(timespec="seconds") if run else "never",
-                run.status if run else "-",
+                last,
+                status,
             )
     Console(soft_wrap=True).print(table)
 
@@ -275,15 +283,17 @@ def sources_status(
             run = SyncRunRepository(session).latest(source.id)
             counts = record_counts(session, source.id)
             out.print(f"[bold]{source.name}[/bold] ({source.kind} {source.base_url})")
-            if run is None:
-                out.print("  last run: never")
-            else:
+            if source.kind == HL7V2_KIND:
+                out.print("  " + describe_feed(feeds(session, source.id).get(source.id)))
+            if run is not None:
                 started = run.started_at.isoformat(timespec="seconds")
                 out.print(
                     f"  last run: {run.status}, started {started}"
                     f", pages {run.pages}, resources {run.resources}, unchanged {run.skipped}, "
                     f"quarantined {run.quarantined}, errors {run.errors}"
                 )
+            elif source.kind != HL7V2_KIND:  # a feed has no runs to speak of
+                out.print("  last run: never")
             owed = catchup.owed_since(session, source.id)
             if owed is not None:
                 out.print(
@@ -299,6 +309,17 @@ def sources_status(
                 out.print("  subscriptions on the EHR:")
                 print_subscriptions(out, pushing)
             _print_quarantine(out, session, source.id)
+
+
+def describe_feed(feed: Feed | None) -> str:
+    """One line on an HL7 v2 feed: its last message and how its messages were answered."""
+    if feed is None or feed.last_message_at is None:
+        return "feed: no message received yet"
+    at = feed.last_message_at.isoformat(timespec="seconds")
+    return (
+        f"feed: last message {at}, {feed.messages} messages (accepted {feed.accepted}, "
+        f"quarantined {feed.quarantined}, rejected {feed.rejected})"
+    )
 
 
 def print_subscriptions(out: Console, items: list[Managed]) -> None:

@@ -19,6 +19,10 @@ What an operator alerts on:
   Subscription askonce created there and could not be made to start it again;
 - ``askonce_source_records{status="quarantined"}`` rising: a source sends what does not
   validate;
+- ``time() - askonce_hl7v2_last_message_timestamp_seconds`` above what the feed is ever
+  quiet for: an HL7 v2 feed went silent (the interface engine stopped, or cannot reach
+  the listener); ``rate(askonce_hl7v2_messages_total{answer="rejected"}[1h])``: it sends
+  what is not ADT;
 - ``askonce_outbox_oldest_undelivered_age_seconds``: change events are not being handed
   to the subscriptions (no worker or beat runs the delivery tick);
 - ``askonce_subscription_oldest_pending_age_seconds`` and
@@ -39,7 +43,7 @@ from datetime import datetime
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -57,7 +61,7 @@ from store.models import (
     SyncRun,
 )
 from store.types import utcnow
-from sync import catchup, subscriptions
+from sync import catchup, feed, subscriptions
 from sync.delivery import oldest_pending_at
 from sync.runner import RUN_FAILED, RUN_OK, RUN_RUNNING
 
@@ -103,6 +107,7 @@ def read_metrics(session: Session, now: datetime | None = None) -> list[Metric]:
     families.append(records)
 
     families.extend(_run_families(session, names))
+    families.extend(_feed_families(session, names))
 
     goldens = GaugeMetricFamily(
         "askonce_golden_records", "Golden records by status.", labels=["status"]
@@ -167,6 +172,31 @@ def read_metrics(session: Session, now: datetime | None = None) -> list[Metric]:
     )
     families.extend(_subscription_families(session, now))
     return families
+
+
+def _feed_families(session: Session, names: dict[int, str]) -> Iterator[Metric]:
+    """Each HL7 v2 feed's last message and its messages by answer (:mod:`sync.feed`)."""
+    last = GaugeMetricFamily(
+        "askonce_hl7v2_last_message_timestamp_seconds",
+        "When the HL7 v2 feed's last message was taken in or refused (Unix time); absent: "
+        "none yet.",
+        labels=["source"],
+    )
+    messages = CounterMetricFamily(
+        "askonce_hl7v2_messages",
+        "HL7 v2 messages the feed sent, by answer: accepted (AA), quarantined (AE: kept "
+        "with what could not be taken in), rejected (AR: not an ADT message).",
+        labels=["source", "answer"],
+    )
+    for source_id, fed in sorted(feed.feeds(session).items()):
+        if source_id not in names:
+            continue
+        name = names[source_id]
+        if fed.last_message_at is not None:
+            last.add_metric([name], fed.last_message_at.timestamp())
+        for answer in feed.COUNTS:
+            messages.add_metric([name, answer], getattr(fed, answer))
+    yield from (last, messages)
 
 
 def _subscription_families(session: Session, now: datetime) -> Iterator[Metric]:

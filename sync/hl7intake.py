@@ -18,8 +18,11 @@ Each message is, in order:
    database failed (nothing was kept: the sender is to send it again).
 
 A message that cannot be parsed or mapped at all is kept too, quarantined as an
-``unreadable-…`` Patient record whose raw JSON holds the message's text. Logs carry the
-source id, the event and the acknowledgment code, never a value of the message.
+``unreadable-…`` Patient record whose raw JSON holds the message's text. An empty one (a
+keep-alive) is answered ``AR`` and kept nowhere. Each message answered is counted in the
+source's feed (:mod:`sync.feed`) in the same transaction: its time and its answer, which
+is what shows a feed is alive. Logs carry the source id, the event and the
+acknowledgment code, never a value of the message.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from fhir_mapping.hl7v2 import (
 from store.models import Source as SourceRow
 from store.models import SourceRecord
 from store.types import utcnow
+from sync import feed
 from sync.encounters import replacements
 from sync.patients import PatientOptions
 from sync.pipeline import IngestResult, apply_deletions, ingest_page
@@ -362,6 +366,8 @@ def receive_message(
             if error is not None and error.code == ERR_UNSUPPORTED_MESSAGE_TYPE:
                 # Not an ADT message: not this port's to keep; the sender routes it elsewhere.
                 result.code, result.error = ACK_REJECT, error
+                feed.note_message(session, source_id, result.code)
+                session.commit()
                 return _answered(source_id, message, result)
             if adt is None:
                 assert error is not None
@@ -372,6 +378,7 @@ def receive_message(
                 if result.ingest.quarantined:
                     result.code = ACK_ERROR
                     result.error = _quarantine_reason(session, source_id, adt)
+            feed.note_message(session, source_id, result.code)
             session.commit()
     except SourceUnavailableError:
         # Expected while a steward has the source disabled (or removed it): the sender

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
+from connectors.config import HL7V2_KIND
 from mpi import review_item_dict
 from store.models import (
     Consumer,
@@ -23,7 +24,7 @@ from store.models import (
     SyncCursor,
     SyncRun,
 )
-from sync import catchup, subscriptions
+from sync import catchup, feed, subscriptions
 from sync.delivery import oldest_pending_at
 
 #: Rows per admin list page when ``limit`` is not given, and the most allowed.
@@ -65,6 +66,7 @@ def list_sources(session: Session) -> list[dict[str, Any]]:
         )
         cursors = list(session.scalars(select(SyncCursor).where(SyncCursor.source_id == source.id)))
         debt = next((c.cursor for c in cursors if c.resource_type == catchup.CATCH_UP_KEY), None)
+        fed = feed.read_feed(source.id, cursors) if source.kind == HL7V2_KIND else None
         out.append(
             {
                 "id": source.id,
@@ -81,6 +83,8 @@ def list_sources(session: Session) -> list[dict[str, Any]]:
                 "latest_run": run_json(latest) if latest else None,
                 "catch_up_owed_since": _iso(catchup.read_debt(debt)),
                 "ehr_subscriptions": [m.as_dict() for m in subscriptions.read_managed(cursors)],
+                # An HL7 v2 feed's last message and answers (sync.feed); null for others.
+                "hl7v2_feed": fed.as_dict() if fed is not None else None,
             }
         )
     return out

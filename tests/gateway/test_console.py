@@ -16,7 +16,7 @@ from gateway.auth import TokenService, register_consumer
 from gateway.console.routes import CONSOLE_AUDIENCE, COOKIE, SESSION_S
 from store import CursorRepository
 from store.models import Audit, Consumer, Link, ReviewItem, Source, SourceRecord
-from sync import catchup
+from sync import catchup, feed
 from sync.subscriptions import subscription_key
 from tests.gateway.conftest import SECRET
 from tests.gateway.test_mpi_wiring import ADA, MEI, SSN, ingest, person
@@ -247,6 +247,25 @@ def test_search_sources_and_quarantine(client: TestClient, world: dict[str, Any]
     assert "ehr-b" in client.get("/console/sources").text
     quarantine = client.get("/console/quarantine")
     assert "broken" in quarantine.text and "invalid date" in quarantine.text
+
+
+def test_the_sources_page_shows_each_hl7v2_feeds_last_message(
+    client: TestClient, world: dict[str, Any], session_factory: sessionmaker[Session]
+) -> None:
+    """A feed has no runs: the page gives its last message and how many it sent."""
+    adt = add_source(session_factory, "adt", kind="hl7v2", base_url="mllp://127.0.0.1:2575")
+    add_source(session_factory, "adt-quiet", kind="hl7v2", base_url="mllp://127.0.0.1:2576")
+    with session_factory() as session:
+        for answer in ("AA", "AA", "AE"):
+            feed.note_message(session, adt, answer)
+        session.commit()
+    sign_in(client, world["steward"])
+    page = client.get("/console/sources").text
+    row = next(r for r in page.split("<tr>") if "<td>adt</td>" in r)
+    assert "last message" in row and "3 messages" in row
+    assert "accepted 2, quarantined 1, rejected 0" in row
+    quiet = next(r for r in page.split("<tr>") if "<td>adt-quiet</td>" in r)
+    assert "no message yet" in quiet and "never synced" not in quiet
 
 
 def test_console_reads_are_audited(

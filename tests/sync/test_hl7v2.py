@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -21,6 +22,8 @@ import pytest
 from fhir.resources.R4B.encounter import Encounter as FhirEncounter
 from fhir.resources.R4B.patient import Patient as FhirPatient
 from hl7.mllp import open_hl7_connection
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
@@ -35,9 +38,11 @@ from fhir_mapping.hl7v2 import (
     map_adt,
     parse_hl7,
 )
-from store import upgrade
+from gateway.admin.queries import list_sources
+from gateway.metrics import registry_for
+from store import CursorRepository, upgrade
 from store.models import Encounter, GoldenPatient, Link, SourceRecord
-from sync import SourceChange, hl7intake, update_source
+from sync import SourceChange, feed, hl7intake, update_source
 from sync.hl7intake import listen_address, receive_message
 from sync.mllp_listener import Listener, MllpService, serve_until
 from sync.repeats import Repeats
@@ -603,6 +608,87 @@ def test_a_sender_breaking_the_protocol_again_and_again_is_logged_once_a_minute(
     assert receive_message(session_factory, source_id, text, repeats=repeats).code == "AR"
     disabled = [r for r in caplog.records if r.name == hl7intake.__name__]
     assert [getattr(r, "count", None) for r in disabled] == [1, 3]
+
+
+def test_a_feed_says_when_its_last_message_came_and_how_each_was_answered(
+    db_url: str,
+    session_factory: sessionmaker[Session],
+    source_id: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ADT feed has no runs: what shows that it is alive is its last message, counted
+    with each message's answer in the transaction that takes it in. ``sources list``,
+    ``sources status``, the admin API and ``/metrics`` say it."""
+    quiet_id = add_source(session_factory, "quiet", kind="hl7v2", base_url="mllp://127.0.0.1:2")
+    before = datetime.now(UTC)
+    wrong_type = "MSH|^~\\&|A|B|C|D|20250101||ORU^R01|OR9|P|2.5.1\rPID|1||X^^^A^MR\r"
+    answers = [
+        receive(session_factory, source_id, text).code
+        for text in (
+            message("A04", pid("MRN7"), control="F1"),
+            message("A08", pid("MRN7"), control="F2"),  # the same again: accepted, unchanged
+            message("A04", pid(mrn="MRN8", language="en  US"), control="F3"),  # quarantined
+            "hello",  # quarantined whole
+            wrong_type,  # not ADT: rejected, nothing kept
+            "",  # a keep-alive: not a message
+        )
+    ]
+    assert answers == ["AA", "AA", "AE", "AE", "AR", "AR"]
+    with session_factory() as session:
+        update_source(session, source_id, SourceChange(enabled=False))
+        session.commit()
+    assert receive(session_factory, source_id, message("A04", pid("MRN9"))).code == "AR"
+    with session_factory() as session:  # what was not taken in while disabled is not counted
+        update_source(session, source_id, SourceChange(enabled=True))
+        session.commit()
+        assert set(feed.feeds(session)) == {source_id}
+        fed = feed.feeds(session, source_id)[source_id]
+        listed = {s["id"]: s["hl7v2_feed"] for s in list_sources(session)}
+    assert (fed.accepted, fed.quarantined, fed.rejected, fed.messages) == (2, 2, 1, 5)
+    assert fed.last_message_at is not None
+    assert before <= fed.last_message_at <= datetime.now(UTC)
+    assert listed[source_id] == fed.as_dict() and listed[source_id]["messages"] == 5
+    assert listed[quiet_id] == feed.Feed(quiet_id, None).as_dict()
+
+    monkeypatch.setenv("ASKONCE_DATABASE_URL", db_url)
+    monkeypatch.setenv("ASKONCE_LOG_LEVEL", "WARNING")
+    monkeypatch.setenv("COLUMNS", "200")
+    runner = CliRunner()
+    status = runner.invoke(app, ["sources", "status"])
+    assert status.exit_code == 0, status.output
+    at = fed.last_message_at.isoformat(timespec="seconds")
+    said = f"feed: last message {at}, 5 messages (accepted 2, quarantined 2, rejected 1)"
+    assert said in status.output and "feed: no message received yet" in status.output
+    assert "last run" not in status.output  # a feed has no runs to speak of
+    listing = runner.invoke(app, ["sources", "list"]).output
+    assert f"message {at}" in listing and "no message" in listing
+
+    scrape = generate_latest(registry_for(session_factory)).decode()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(scrape)
+        for sample in family.samples
+    }
+    last = samples[("askonce_hl7v2_last_message_timestamp_seconds", (("source", "adt"),))]
+    assert last == pytest.approx(fed.last_message_at.timestamp())
+    for answer, count in (("accepted", 2), ("quarantined", 2), ("rejected", 1)):
+        key = ("askonce_hl7v2_messages_total", (("answer", answer), ("source", "adt")))
+        assert samples[key] == count
+
+
+def test_a_feed_row_that_cannot_be_read_counts_again_from_zero(
+    session_factory: sessionmaker[Session], source_id: int
+) -> None:
+    """A damaged ``$feed`` row never stops a message from being taken in."""
+    with session_factory() as session:
+        CursorRepository(session).set(source_id, feed.FEED_STATE_KEY, '["not", "a", "feed"]')
+        session.commit()
+        assert feed.feeds(session)[source_id] == feed.Feed(source_id, None)
+    assert receive(session_factory, source_id, message("A04", pid("MRN5"))).code == "AA"
+    with session_factory() as session:
+        assert feed.feeds(session)[source_id].accepted == 1
+        with pytest.raises(ValueError, match="acknowledgment code"):
+            feed.note_message(session, source_id, "CA")  # enhanced mode's codes are not kept
 
 
 def test_repeats_admits_once_a_window_per_key_and_forgets_the_oldest_keys() -> None:

@@ -1,0 +1,113 @@
+"""What an HL7 v2 feed has sent: when its last message came, and how each was answered.
+
+A pulled source has its runs to look at; a pushed ADT feed has none, and a feed that
+went silent (the interface engine stopped, a firewall changed, the EHR's outbound queue
+is stuck) shows nothing at all: no error, only patients whose admissions never arrive.
+So each message the listener takes in is counted in the source's ``$feed`` state row
+(``sync_cursor``, like the intake's ``$push:`` rows), in the transaction that takes the
+message in and under the source's lock, so the counts never disagree with what was kept:
+
+- ``last_message_at``: when the last message was answered with something kept or
+  refused (an empty keep-alive, a message for a disabled source and one the database
+  could not take are not counted: nothing about them could be kept);
+- ``accepted`` (``AA``, or ``CA`` in enhanced mode), ``quarantined`` (``AE``: kept with
+  what could not be taken in) and ``rejected`` (``AR``: not an ADT message, nothing kept).
+
+``askonce sources status``, the admin API's source list and ``/metrics``
+(``askonce_hl7v2_last_message_timestamp_seconds``, ``askonce_hl7v2_messages``) read it:
+an alert on ``time() - askonce_hl7v2_last_message_timestamp_seconds`` catches a silent
+feed. The row stays when the source's URL changes (it is not a read position) and goes
+with the source.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from store import CursorRepository
+from store.models import SyncCursor
+from store.types import as_utc, utcnow
+
+#: ``sync_cursor.resource_type`` of a feed's state row.
+FEED_STATE_KEY = "$feed"
+#: How a message was answered -> the count it adds to.
+_COUNTED = {"AA": "accepted", "AE": "quarantined", "AR": "rejected"}
+COUNTS = tuple(_COUNTED.values())
+
+
+@dataclass(frozen=True)
+class Feed:
+    """What one feed has sent so far."""
+
+    source_id: int
+    last_message_at: datetime | None
+    accepted: int = 0
+    quarantined: int = 0
+    rejected: int = 0
+
+    @property
+    def messages(self) -> int:
+        return self.accepted + self.quarantined + self.rejected
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "last_message_at": self.last_message_at.isoformat() if self.last_message_at else None,
+            "messages": self.messages,
+            "accepted": self.accepted,
+            "quarantined": self.quarantined,
+            "rejected": self.rejected,
+        }
+
+
+def _read(row: SyncCursor) -> Feed:
+    try:
+        state = json.loads(row.cursor or "{}")
+    except ValueError:
+        state = {}
+    if not isinstance(state, dict):
+        state = {}
+    at = state.get("last_message_at")
+    try:
+        last = as_utc(datetime.fromisoformat(at)) if isinstance(at, str) else None
+    except ValueError:
+        last = None
+    counts = {k: v for k in COUNTS if isinstance(v := state.get(k), int) and v >= 0}
+    return Feed(row.source_id, last, **counts)
+
+
+def note_message(
+    session: Session, source_id: int, answer: str, *, now: datetime | None = None
+) -> None:
+    """Count a message answered ``answer`` (``AA``, ``AE`` or ``AR``) in ``session``, the
+    transaction that takes it in; the caller holds the source's lock and commits."""
+    counted = _COUNTED.get(answer)
+    if counted is None:
+        raise ValueError(f"not an original-mode acknowledgment code: {answer!r}")
+    row = session.get(SyncCursor, (source_id, FEED_STATE_KEY))
+    feed = _read(row) if row is not None else Feed(source_id, None)
+    state = feed.as_dict()
+    del state["messages"]
+    state[counted] += 1
+    state["last_message_at"] = (now or utcnow()).isoformat()
+    CursorRepository(session).set(source_id, FEED_STATE_KEY, json.dumps(state))
+
+
+def read_feed(source_id: int, rows: Sequence[SyncCursor]) -> Feed:
+    """A source's feed from its state rows already read (no message yet: zero counts)."""
+    row = next((r for r in rows if r.resource_type == FEED_STATE_KEY), None)
+    return _read(row) if row is not None else Feed(source_id, None)
+
+
+def feeds(session: Session, source_id: int | None = None) -> dict[int, Feed]:
+    """The feeds that have sent something, by source id (of one source, or of all)."""
+    stmt = select(SyncCursor).where(SyncCursor.resource_type == FEED_STATE_KEY)
+    if source_id is not None:
+        stmt = stmt.where(SyncCursor.source_id == source_id)
+    return {row.source_id: _read(row) for row in session.scalars(stmt)}
