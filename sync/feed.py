@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from store import CursorRepository
-from store.models import SyncCursor
+from store.models import Base, SyncCursor
 from store.types import as_utc, utcnow
 
 #: ``sync_cursor.resource_type`` of a feed's state row.
@@ -40,6 +39,17 @@ FEED_STATE_KEY = "$feed"
 #: How a message was answered -> the count it adds to.
 _COUNTED = {"AA": "accepted", "AE": "quarantined", "AR": "rejected"}
 COUNTS = tuple(_COUNTED.values())
+_TABLE = Base.metadata.tables["sync_cursor"]
+_ROW = (_TABLE.c.source_id == bindparam("sid")) & (_TABLE.c.resource_type == FEED_STATE_KEY)
+#: Built once: building and hashing a statement per message costs more than running it.
+_READ = select(_TABLE.c.cursor).where(_ROW)
+_WRITE = update(_TABLE).where(_ROW).values(cursor=bindparam("cursor"), updated_at=bindparam("at"))
+_CREATE = insert(_TABLE).values(
+    source_id=bindparam("sid"),
+    resource_type=FEED_STATE_KEY,
+    cursor=bindparam("cursor"),
+    updated_at=bindparam("at"),
+)
 
 
 @dataclass(frozen=True)
@@ -66,9 +76,10 @@ class Feed:
         }
 
 
-def _read(row: SyncCursor) -> Feed:
+def _state(text: str | None, source_id: int) -> Feed:
+    """A feed from its row's text (what cannot be read counts from zero again)."""
     try:
-        state = json.loads(row.cursor or "{}")
+        state = json.loads(text or "{}")
     except ValueError:
         state = {}
     if not isinstance(state, dict):
@@ -79,24 +90,32 @@ def _read(row: SyncCursor) -> Feed:
     except ValueError:
         last = None
     counts = {k: v for k in COUNTS if isinstance(v := state.get(k), int) and v >= 0}
-    return Feed(row.source_id, last, **counts)
+    return Feed(source_id, last, **counts)
+
+
+def _read(row: SyncCursor) -> Feed:
+    return _state(row.cursor, row.source_id)
 
 
 def note_message(
     session: Session, source_id: int, answer: str, *, now: datetime | None = None
 ) -> None:
     """Count a message answered ``answer`` (``AA``, ``AE`` or ``AR``) in ``session``, the
-    transaction that takes it in; the caller holds the source's lock and commits."""
+    transaction that takes it in; the caller holds the source's lock and commits. Two
+    statements built once, on the session's connection: the ORM's load and flush, and
+    statements built per call, cost a tenth of a message's time."""
     counted = _COUNTED.get(answer)
     if counted is None:
         raise ValueError(f"not an original-mode acknowledgment code: {answer!r}")
-    row = session.get(SyncCursor, (source_id, FEED_STATE_KEY))
-    feed = _read(row) if row is not None else Feed(source_id, None)
-    state = feed.as_dict()
+    connection = session.connection()
+    stored = connection.execute(_READ, {"sid": source_id}).first()
+    state = _state(stored[0] if stored is not None else None, source_id).as_dict()
     del state["messages"]
     state[counted] += 1
-    state["last_message_at"] = (now or utcnow()).isoformat()
-    CursorRepository(session).set(source_id, FEED_STATE_KEY, json.dumps(state))
+    at = now or utcnow()
+    state["last_message_at"] = at.isoformat()
+    values = {"sid": source_id, "cursor": json.dumps(state), "at": at}
+    connection.execute(_WRITE if stored is not None else _CREATE, values)
 
 
 def read_feed(source_id: int, rows: Sequence[SyncCursor]) -> Feed:
