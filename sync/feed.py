@@ -10,11 +10,14 @@ message in and under the source's lock, so the counts never disagree with what w
 - ``last_message_at``: when the last message was answered with something kept or
   refused (an empty keep-alive, a message for a disabled source and one the database
   could not take are not counted: nothing about them could be kept);
-- ``accepted`` (``AA``, or ``CA`` in enhanced mode), ``quarantined`` (``AE``: kept with
-  what could not be taken in) and ``rejected`` (``AR``: not an ADT message, nothing kept).
+- ``accepted`` (``AA``), ``quarantined`` (``AE``: kept with what could not be taken in)
+  and ``rejected`` (``AR``: not an ADT message, nothing kept), by the original-mode
+  answer whatever the mode the sender asked for (enhanced mode's ``CA`` covers the first
+  two).
 
-``askonce sources status``, the admin API's source list and ``/metrics``
-(``askonce_hl7v2_last_message_timestamp_seconds``, ``askonce_hl7v2_messages``) read it:
+``askonce sources status`` and ``list``, the console, the admin API's source list and
+``/metrics`` (``askonce_hl7v2_last_message_timestamp_seconds``,
+``askonce_hl7v2_messages_total``) read it:
 an alert on ``time() - askonce_hl7v2_last_message_timestamp_seconds`` catches a silent
 feed. The row stays when the source's URL changes (it is not a read position) and goes
 with the source.

@@ -21,7 +21,7 @@ once committed. :class:`MllpService` owns the ports:
 
 Logs carry source ids, ports, peers' addresses and reasons, never a value of a message.
 What a sender can repeat at will (a refused handshake, broken framing, a message too
-large, a message for a disabled source) is logged once, then at most once a minute per
+large or empty, a message for a disabled source) is logged once, then at most once a minute per
 source, peer and reason, each line counting the occurrences it stands for
 (:class:`sync.repeats.Repeats`): an engine that retries every second is one line a
 minute, not a flood.
