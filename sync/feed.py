@@ -96,10 +96,6 @@ def _state(text: str | None, source_id: int) -> Feed:
     return Feed(source_id, last, **counts)
 
 
-def _read(row: SyncCursor) -> Feed:
-    return _state(row.cursor, row.source_id)
-
-
 def note_message(
     session: Session, source_id: int, answer: str, *, now: datetime | None = None
 ) -> None:
@@ -112,8 +108,8 @@ def note_message(
         raise ValueError(f"not an original-mode acknowledgment code: {answer!r}")
     connection = session.connection()
     stored = connection.execute(_READ, {"sid": source_id}).first()
-    state = _state(stored[0] if stored is not None else None, source_id).as_dict()
-    del state["messages"]
+    current = _state(stored[0] if stored is not None else None, source_id)
+    state: dict[str, Any] = {k: getattr(current, k) for k in COUNTS}
     state[counted] += 1
     at = now or utcnow()
     state["last_message_at"] = at.isoformat()
@@ -124,7 +120,7 @@ def note_message(
 def read_feed(source_id: int, rows: Sequence[SyncCursor]) -> Feed:
     """A source's feed from its state rows already read (no message yet: zero counts)."""
     row = next((r for r in rows if r.resource_type == FEED_STATE_KEY), None)
-    return _read(row) if row is not None else Feed(source_id, None)
+    return _state(row.cursor, source_id) if row is not None else Feed(source_id, None)
 
 
 def feeds(session: Session, source_id: int | None = None) -> dict[int, Feed]:
@@ -132,4 +128,4 @@ def feeds(session: Session, source_id: int | None = None) -> dict[int, Feed]:
     stmt = select(SyncCursor).where(SyncCursor.resource_type == FEED_STATE_KEY)
     if source_id is not None:
         stmt = stmt.where(SyncCursor.source_id == source_id)
-    return {row.source_id: _read(row) for row in session.scalars(stmt)}
+    return {row.source_id: _state(row.cursor, row.source_id) for row in session.scalars(stmt)}
