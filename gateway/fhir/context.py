@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 
-from gateway.deps import state_of
+from gateway.auth.tokens import Principal
+from gateway.deps import check_scope, state_of
 from gateway.fhir.http import query_items, strict_handling
+from gateway.operations.includes import included_types
 from gateway.operations.search_patient import SearchContext
 
 #: A search operation: ``(session, query items, *, base, secret, strict, default_count,
@@ -40,6 +42,16 @@ def searched(request: Request, session: Session, search: Search) -> dict[str, An
         default_count=ctx.default_count,
         max_count=ctx.max_count,
     )
+
+
+def check_included(
+    principal: Principal, resource_type: str, items: Sequence[tuple[str, str]]
+) -> None:
+    """403 unless ``principal`` may search every type the query's ``_include`` and
+    ``_revinclude`` add to a search of ``resource_type``, as a search of that type would
+    need: no scope is bypassed through another type's search."""
+    for added in included_types(resource_type, items):
+        check_scope(principal, added, "s")
 
 
 def fhir_extra(
@@ -89,4 +101,5 @@ CONTROL_DOCS: dict[str, tuple[str, str]] = {
     "_elements": ("string", "Comma-separated top-level elements to return"),
     "_format": ("string", "json, application/fhir+json or application/json"),
     "_cursor": ("string", "Opaque paging position (follow next links verbatim)"),
+    "_total": ("string", "accurate or estimate: the Bundle's total (a count); none: no total"),
 }

@@ -10,8 +10,9 @@ from starlette.responses import Response
 from gateway.audit import audited
 from gateway.auth.tokens import Principal
 from gateway.deps import AuditDep, EncounterSearch, SessionDep, require
-from gateway.fhir.context import fhir_extra, searched
-from gateway.fhir.http import MediaType, fhir_response
+from gateway.fhir.context import check_included, fhir_extra, searched
+from gateway.fhir.http import MediaType, fhir_response, query_items
+from gateway.operations.bundle import disclosed
 from gateway.operations.encounters import (
     ENCOUNTER_SEARCH_PARAMS,
     read_encounter,
@@ -30,7 +31,13 @@ FHIR_RESPONSE: dict[int | str, dict[str, Any]] = {
     summary="Search encounters across every source linked to a golden Patient",
     responses=FHIR_RESPONSE,
     openapi_extra=fhir_extra(
-        "Encounter", "interaction", "search-type", search=ENCOUNTER_SEARCH_PARAMS
+        "Encounter",
+        "interaction",
+        "search-type",
+        search={
+            **ENCOUNTER_SEARCH_PARAMS,
+            "_include": ("string", "Encounter:subject: the golden Patients, in the same Bundle"),
+        },
     ),
 )
 def search(
@@ -41,8 +48,9 @@ def search(
     media: MediaType,
 ) -> Response:
     with audited(audit, principal, "search", request, "Encounter") as entry:
+        check_included(principal, "Encounter", query_items(request))
         bundle = searched(request, session, search_encounters)
-        entry["ids"] = [e["resource"]["id"] for e in bundle.get("entry", [])]
+        entry.update(disclosed(bundle))
     return fhir_response(bundle, media)
 
 

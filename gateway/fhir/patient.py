@@ -25,7 +25,7 @@ from gateway.deps import (
     authorize_inline,
     require,
 )
-from gateway.fhir.context import fhir_extra, search_context
+from gateway.fhir.context import check_included, fhir_extra, search_context
 from gateway.fhir.http import (
     MediaType,
     check_preconditions,
@@ -36,6 +36,7 @@ from gateway.fhir.http import (
     query_items,
     read_json_body,
 )
+from gateway.operations.bundle import disclosed
 from gateway.operations.everything import everything
 from gateway.operations.match import match
 from gateway.operations.merge import MergeResult, merge, unmerge
@@ -75,10 +76,6 @@ def _search_with_session(
         return search_patients(session, items, ctx)
 
 
-def _ids(bundle: dict[str, Any]) -> list[str]:
-    return [e["resource"]["id"] for e in bundle.get("entry", [])]
-
-
 @router.get(
     "/Patient",
     summary="Search golden Patients",
@@ -99,10 +96,12 @@ async def search(
 ) -> Response:
     # async route, no sync dependencies: the search itself is the one thread-pool hop.
     with audited(audit, principal, "search", request, "Patient") as entry:
+        items = query_items(request)
+        check_included(principal, "Patient", items)
         bundle = await run_in_threadpool(
-            _search_with_session, state, query_items(request), search_context(request)
+            _search_with_session, state, items, search_context(request)
         )
-        entry["ids"] = _ids(bundle)
+        entry.update(disclosed(bundle))
     return fhir_response(bundle, media)
 
 
@@ -121,8 +120,9 @@ async def search_post(
         state.session_factory() as session,
         audited(audit, principal, "search", request, "Patient") as entry,
     ):
+        check_included(principal, "Patient", items)
         bundle = search_patients(session, items, search_context(request))
-        entry["ids"] = _ids(bundle)
+        entry.update(disclosed(bundle))
     return fhir_response(bundle, media)
 
 
@@ -144,7 +144,7 @@ async def match_route(
         bundle = match(
             session, body, base=state.base_url(request), matcher=matcher, parse_patient=parser
         )
-        entry["ids"] = _ids(bundle)
+        entry.update(disclosed(bundle))
     return fhir_response(bundle, media)
 
 

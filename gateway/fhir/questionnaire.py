@@ -31,6 +31,7 @@ from gateway.fhir.http import (
     prefers,
     read_json_body,
 )
+from gateway.operations.bundle import disclosed
 from gateway.operations.extract import extract
 from gateway.operations.forms import (
     FORM_SEARCH_PARAMS,
@@ -175,7 +176,7 @@ def search_forms_route(
 ) -> Response:
     with audited(audit, principal, "search", request, "QuestionnaireResponse") as entry:
         bundle = searched(request, session, search_forms)
-        entry["ids"] = [e["resource"]["id"] for e in bundle.get("entry", [])]
+        entry.update(disclosed(bundle))
     return fhir_response(bundle, media)
 
 

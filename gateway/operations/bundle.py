@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
 
+from gateway.outcomes import issue, operation_outcome
+
 #: https://hl7.org/fhir/R4/v3/ObservationValue/cs.html#v3-ObservationValue-SUBSETTED
 SUBSETTED = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -31,13 +33,33 @@ def match_entry(base: str, resource: dict[str, Any], mode: str = "match") -> dic
     }
 
 
+def ignored_entry(ignored: Sequence[str]) -> dict[str, Any]:
+    """The ``search.mode = outcome`` entry that tells which parameters a lenient search
+    did not apply (https://hl7.org/fhir/R4/search.html#errors): a client that does not
+    read the self link still learns that its result is wider than it asked."""
+    issues = [
+        issue(
+            "not-supported",
+            f"Search parameter {name} is not supported here and was ignored.",
+            severity="warning",
+            expression=name,
+        )
+        for name in dict.fromkeys(ignored)
+    ]
+    return {"resource": operation_outcome(issues), "search": {"mode": "outcome"}}
+
+
 def searchset(
     entries: list[dict[str, Any]],
     *,
     self_url: str,
     next_url: str | None = None,
     total: int | None = None,
+    ignored: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """A searchset Bundle; ``ignored``: the parameters a lenient search did not apply."""
+    if ignored:
+        entries = [*entries, ignored_entry(ignored)]
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if total is not None:
         bundle["total"] = total
@@ -48,6 +70,19 @@ def searchset(
     if entries:
         bundle["entry"] = entries
     return bundle
+
+
+def disclosed(bundle: dict[str, Any]) -> dict[str, list[str]]:
+    """What a searchset disclosed, for its audit row: ``ids`` of its matches and, when it
+    has any, ``included`` (``Type/id``) of what its ``_include``/``_revinclude`` added."""
+    found: dict[str, list[str]] = {"ids": []}
+    for entry in bundle.get("entry", ()):
+        mode, resource = entry.get("search", {}).get("mode"), entry["resource"]
+        if mode == "match":
+            found["ids"].append(resource["id"])
+        elif mode == "include":
+            found.setdefault("included", []).append(f"{resource['resourceType']}/{resource['id']}")
+    return found
 
 
 def every_match(base: str, resources: Sequence[dict[str, Any]], *, self_url: str) -> dict[str, Any]:

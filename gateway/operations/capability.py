@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.operations.encounters import ENCOUNTER_SEARCH_PARAMS
 from gateway.operations.forms import FORM_SEARCH_PARAMS
+from gateway.operations.includes import ADDED_BY
 from gateway.operations.merge import UNMERGE_URL
 from gateway.operations.questionnaires import QUESTIONNAIRE_SEARCH_PARAMS
 from gateway.operations.search_patient import PATIENT_SEARCH_PARAMS
@@ -58,7 +59,8 @@ TOPIC_CANONICAL_URL = (
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
     "capabilitystatement-subscriptiontopic-canonical"
 )
-REVINCLUDES = {"Patient": ["Encounter:subject"]}
+#: ``CapabilityStatement.rest.resource`` element of each ``_include`` kind.
+INCLUDE_ELEMENTS = {"_include": "searchInclude", "_revinclude": "searchRevInclude"}
 SMART_SERVICE = {
     "coding": [
         {
@@ -114,8 +116,8 @@ def capability_statement(
                 }
                 for name, (kind, doc) in SEARCH_PARAMS.get(rtype, {}).items()
             ]
-            if rtype in REVINCLUDES:
-                out["searchRevInclude"] = REVINCLUDES[rtype]
+            for kind, values in ADDED_BY.get(rtype, {}).items():
+                out[INCLUDE_ELEMENTS[kind]] = sorted(values)
         if entry["operation"]:
             out["operation"] = sorted(entry["operation"], key=lambda o: o["name"])
         if rtype == "Subscription":

@@ -26,7 +26,7 @@ from gateway.operations.params import (
     parse_token,
     split_or,
 )
-from gateway.operations.read import patient_ids
+from gateway.operations.read import patient_ids, patients_by_id
 from gateway.operations.sql import SortColumn, date_condition
 from gateway.outcomes import OutcomeError, not_found
 from store.models import Encounter
@@ -38,12 +38,20 @@ ENCOUNTER_SEARCH_PARAMS: dict[str, tuple[str, str]] = {
     "_id": ("token", "askonce id of the encounter"),
     "_lastUpdated": ("date", "When askonce last received the encounter"),
     "patient": ("reference", "The golden Patient (id or Patient/id); all linked sources"),
+    "subject": ("reference", "The same as patient: the golden Patient (id or Patient/id)"),
     "date": ("date", "A date within the period of the encounter"),
     "status": ("token", "planned | arrived | in-progress | finished | cancelled | …"),
     "class": ("token", "Classification of the encounter (v3 ActCode, e.g. AMB, IMP)"),
 }
 SUPPORTED = {name: frozenset[str]() for name in ENCOUNTER_SEARCH_PARAMS}
 SORTABLE = frozenset({"_id", "_lastUpdated", "date"})
+#: ``_include`` values of an Encounter search -> the type they add (every one the subject).
+INCLUDES = {
+    "Encounter:subject": "Patient",
+    "Encounter:patient": "Patient",
+    "Encounter:subject:Patient": "Patient",
+    "Encounter:patient:Patient": "Patient",
+}
 #: Encounter ids are askonce row ids: digits that fit a BIGINT.
 ROW_ID = re.compile(r"^[0-9]{1,18}$")
 #: Sort position of an encounter without a start date (first ascending, last descending).
@@ -146,7 +154,7 @@ def _code_condition(column: Any, name: str, raw: str) -> ColumnElement[bool]:
 
 
 def _criterion(session: Session, name: str, raw: str) -> ColumnElement[bool]:
-    if name == "patient":
+    if name in ("patient", "subject"):
         return Encounter.golden_id.in_(patient_ids(session, raw, name))
     if name == "_id":
         return Encounter.id.in_([int(i) for i in split_or(raw) if ROW_ID.match(i)])
@@ -179,6 +187,11 @@ def _value_of(row: Encounter, param: str) -> Any:
     return row.last_updated if param == "_lastUpdated" else (row.period_start or NO_START)
 
 
+def _subjects(session: Session, rows: Sequence[Encounter]) -> list[dict[str, Any]]:
+    """The golden Patients a page of encounters points at (``_include=Encounter:subject``)."""
+    return patients_by_id(session, [row.golden_id for row in rows if row.golden_id])
+
+
 ENCOUNTER_KEYSET = Keyset(
     path="Encounter",
     rows=lambda: select(Encounter).where(Encounter.golden_id.is_not(None)),
@@ -188,5 +201,6 @@ ENCOUNTER_KEYSET = Keyset(
     sort=_SORT,
     value_of=_value_of,
     render=render_encounter,
+    includes=dict.fromkeys(INCLUDES, _subjects),
 )
 search_encounters = ENCOUNTER_KEYSET.search

@@ -10,7 +10,7 @@ names ``_id``); the next link carries the last row's values in a signed cursor
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, select
@@ -41,6 +41,10 @@ class Keyset:
     #: A row's value of a ``_sort`` parameter (``_id`` included), as the column orders it.
     value_of: Callable[[Any, str], Any]
     render: Callable[[Any], dict[str, Any]]
+    #: ``_include`` value -> the resources it adds for a page's rows (``search.mode`` include).
+    includes: Mapping[str, Callable[[Session, Sequence[Any]], list[dict[str, Any]]]] = field(
+        default_factory=dict
+    )
 
     def search(
         self,
@@ -58,6 +62,7 @@ class Keyset:
             items,
             self.supported,
             sortable=self.sortable,
+            includes=frozenset(self.includes),
             strict=strict,
             default_count=default_count,
             max_count=max_count,
@@ -80,9 +85,11 @@ def keyset_page(
     """The searchset Bundle of the page ``request`` asks for among the rows of ``stmt``."""
     path = keyset.path
     self_url = page_url(base, path, request.used_params())
+    total = None
+    if request.counted:
+        total = int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
     if request.summary_count:
-        total = session.scalar(select(func.count()).select_from(stmt.subquery()))
-        return searchset([], self_url=self_url, total=int(total or 0))
+        return searchset([], self_url=self_url, total=total, ignored=request.ignored)
     params = [(p, desc) for p, desc in request.sort if p != "_id"]
     params.append(("_id", next((d for p, d in request.sort if p == "_id"), False)))
     sort = [(keyset.sort[p], desc) for p, desc in params]
@@ -91,9 +98,15 @@ def keyset_page(
     rows = session.scalars(stmt.order_by(*order_by(sort)).limit(request.count + 1)).all()
     page, more = rows[: request.count], len(rows) > request.count
     entries = [match_entry(base, subset(keyset.render(r), request.elements)) for r in page]
+    for include in request.include:
+        if page:
+            found = keyset.includes[include](session, page)
+            entries.extend(match_entry(base, resource, "include") for resource in found)
     next_url = None
     if more:
         key = [encode_value(keyset.value_of(page[-1], p)) for p, _ in params]
         token = encode_cursor(secret, {"k": key})
         next_url = page_url(base, path, [*request.used_params(), ("_cursor", token)])
-    return searchset(entries, self_url=self_url, next_url=next_url)
+    return searchset(
+        entries, self_url=self_url, next_url=next_url, total=total, ignored=request.ignored
+    )

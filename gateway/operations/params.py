@@ -20,10 +20,23 @@ from gateway.outcomes import OutcomeError, bad_request
 
 #: Parameters every search understands besides the resource's own.
 CONTROL_PARAMS = frozenset(
-    {"_count", "_sort", "_summary", "_elements", "_revinclude", "_format", "_cursor", "_total"}
+    {
+        "_count",
+        "_sort",
+        "_summary",
+        "_elements",
+        "_include",
+        "_revinclude",
+        "_format",
+        "_cursor",
+        "_total",
+    }
 )
 DATE_PREFIXES = ("eq", "ne", "lt", "le", "gt", "ge", "sa", "eb", "ap")
 SUMMARY_VALUES = frozenset({"count", "false"})
+#: https://hl7.org/fhir/R4/search.html#total: ``estimate`` is answered with the exact count
+#: (an estimate may be exact), ``none`` with none, as a search without ``_total`` is.
+TOTAL_VALUES = frozenset({"none", "estimate", "accurate"})
 #: Search values longer than this are refused (the index keeps 255 characters).
 MAX_VALUE_LENGTH = 255
 
@@ -143,10 +156,19 @@ class SearchRequest:
     sort: list[tuple[str, bool]] = field(default_factory=list)  # (param, descending)
     summary_count: bool = False
     elements: list[str] = field(default_factory=list)
+    include: list[str] = field(default_factory=list)
     revinclude: list[str] = field(default_factory=list)
+    #: ``_total`` as asked (None: not asked); :attr:`counted` says whether it is given.
+    total: str | None = None
     cursor: str | None = None
     #: Parameters ignored under lenient handling (reported, not applied).
     ignored: list[str] = field(default_factory=list)
+
+    @property
+    def counted(self) -> bool:
+        """Whether the Bundle carries ``total``: ``_summary=count`` (or ``_count=0``), or
+        ``_total`` of ``estimate`` or ``accurate``."""
+        return self.summary_count or self.total in ("estimate", "accurate")
 
     def values(self, name: str) -> list[tuple[str | None, str]]:
         return [(mod, value) for n, mod, value in self.criteria if n == name]
@@ -160,7 +182,10 @@ class SearchRequest:
             pairs.append(("_summary", "count"))
         if self.elements:
             pairs.append(("_elements", ",".join(self.elements)))
+        pairs.extend(("_include", r) for r in self.include)
         pairs.extend(("_revinclude", r) for r in self.revinclude)
+        if self.total is not None:
+            pairs.append(("_total", self.total))
         pairs.append(("_count", str(self.count)))
         return pairs
 
@@ -178,6 +203,7 @@ def parse_search(
     supported: Mapping[str, frozenset[str]],
     *,
     sortable: frozenset[str],
+    includes: frozenset[str] = frozenset(),
     revincludes: frozenset[str] = frozenset(),
     strict: bool,
     default_count: int,
@@ -193,7 +219,7 @@ def parse_search(
     for key, value in items:
         name, _, modifier = key.partition(":")
         if name in CONTROL_PARAMS:
-            _apply_control(request, name, value, sortable, revincludes, max_count)
+            _apply_control(request, name, value, sortable, includes, revincludes, max_count)
             continue
         if name not in supported:
             if strict:
@@ -215,6 +241,7 @@ def _apply_control(
     name: str,
     value: str,
     sortable: frozenset[str],
+    includes: frozenset[str],
     revincludes: frozenset[str],
     max_count: int,
 ) -> None:
@@ -242,11 +269,20 @@ def _apply_control(
         if not all(re.fullmatch(r"[a-zA-Z][a-zA-Z0-9]*", e) for e in elements):
             raise fail("_elements takes top-level element names.", "_elements")
         request.elements = elements
-    elif name == "_revinclude":
-        if value not in revincludes:
-            raise fail(f"_revinclude supports {', '.join(sorted(revincludes))}.", "_revinclude")
-        if value not in request.revinclude:
-            request.revinclude.append(value)
+    elif name in ("_include", "_revinclude"):
+        # ``_include:iterate`` asks for nothing more here: no included type has includes.
+        allowed, chosen = (
+            (includes, request.include) if name == "_include" else (revincludes, request.revinclude)
+        )
+        if value not in allowed:
+            supported = ", ".join(sorted(allowed)) or "nothing"
+            raise fail(f"{name} supports {supported}.", name)
+        if value not in chosen:
+            chosen.append(value)
+    elif name == "_total":
+        if value not in TOTAL_VALUES:
+            raise fail("_total supports none, estimate and accurate.", "_total")
+        request.total = value
     elif name == "_cursor":
         request.cursor = value
-    # _format is content negotiation (handled by the router); _total is advisory.
+    # _format is content negotiation (handled by the router).

@@ -60,6 +60,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from gateway.operations.encounters import search_encounters
+from gateway.operations.includes import included_types
 from gateway.operations.read import check_id, read_patient, survivor_of
 from gateway.operations.search_patient import SearchContext, search_patients
 from gateway.outcomes import (
@@ -490,15 +491,18 @@ class _Population(Expressions):
                 link_id, f"{what}: more than {MAX_QUERIES} {FHIR_QUERY} searches.", "too-costly"
             )
             return None
-        if not self.searcher.allows(rtype):
-            self.warn(
-                link_id,
-                f"{what}: searching {rtype} needs the scope system/{rtype}.s.",
-                "forbidden",
-            )
-            return None
+        items = parse_qsl(query, keep_blank_values=True)
+        # The types its _include/_revinclude add need the caller's scopes too.
+        for needed in (rtype, *included_types(rtype, items)):
+            if not self.searcher.allows(needed):
+                self.warn(
+                    link_id,
+                    f"{what}: searching {needed} needs the scope system/{needed}.s.",
+                    "forbidden",
+                )
+                return None
         try:
-            bundle = self.searcher.search(rtype, parse_qsl(query, keep_blank_values=True))
+            bundle = self.searcher.search(rtype, items)
         except OutcomeError as exc:  # its diagnostics name parameters, never values
             self.warn(link_id, f"{what}: {exc.outcome.diagnostics}", "invalid")
             return None

@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, Text, bindparam, cast, select
@@ -136,6 +137,36 @@ def read_patient(session: Session | Connection, golden_id: str) -> StoredResourc
         tuple(row) if row is not None else None,
         survivor=lambda: survivor_of(session, golden_id),
     )
+
+
+def patients_by_id(
+    session: Session | Connection, golden_ids: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The current version of each of ``golden_ids`` (in their order, each once) as a read
+    answers it, for a searchset's included Patients: merged ones ``replaced-by`` their
+    survivor; unknown and deleted ones left out (an include finds what exists)."""
+    wanted = list(dict.fromkeys(golden_ids))
+    if not wanted:
+        return []
+    rows = {
+        row.id: (row.version, row.status, row.text)
+        for row in session.execute(
+            select(
+                GoldenPatient.id,
+                GoldenPatient.version,
+                GoldenPatient.status,
+                cast(GoldenPatient.resource, Text).label("text"),
+            ).where(GoldenPatient.id.in_(wanted))
+        )
+    }
+    found = []
+    for golden_id in wanted:
+        row = rows.get(golden_id)
+        if row is None or row[1] == DELETED:
+            continue
+        stored = stored_from_row(golden_id, row, survivor=partial(survivor_of, session, golden_id))
+        found.append(stored.as_dict())
+    return found
 
 
 def parse_version(raw: str) -> int:

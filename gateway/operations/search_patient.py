@@ -58,7 +58,16 @@ PATIENT_SEARCH_PARAMS: dict[str, tuple[str, str]] = {
 }
 SUPPORTED: dict[str, frozenset[str]] = {name: frozenset() for name in PATIENT_SEARCH_PARAMS}
 SORTABLE = frozenset({"_id", "_lastUpdated", "birthdate"})
-REVINCLUDES = frozenset({"Encounter:subject", "Encounter:patient"})
+#: ``_revinclude`` values -> the type they add.
+REVINCLUDES = dict.fromkeys(
+    (
+        "Encounter:subject",
+        "Encounter:patient",
+        "Encounter:subject:Patient",
+        "Encounter:patient:Patient",
+    ),
+    "Encounter",
+)
 GENDERS = frozenset({"male", "female", "other", "unknown"})
 TOKEN_PARAMS = ("identifier", "phone", "email")
 STRING_PARAMS = ("name", "family", "given", "address-postalcode")
@@ -171,17 +180,18 @@ def search_patients(
         items,
         SUPPORTED,
         sortable=SORTABLE,
-        revincludes=REVINCLUDES,
+        revincludes=frozenset(REVINCLUDES),
         strict=ctx.strict,
         default_count=ctx.default_count,
         max_count=ctx.max_count,
     )
     self_url = page_url(ctx.base, "Patient", request.used_params())
+    total = None
+    if request.counted:
+        counting = select(func.count()).select_from(_filtered(request, [GP.id]).subquery())
+        total = int(session.scalar(counting) or 0)
     if request.summary_count:
-        total = session.scalar(
-            select(func.count()).select_from(_filtered(request, [GP.id]).subquery())
-        )
-        return searchset([], self_url=self_url, total=int(total or 0))
+        return searchset([], self_url=self_url, total=total, ignored=request.ignored)
     sort = [(_SORT[p], desc) for p, desc in request.sort if p != "_id"]
     id_desc = next((desc for p, desc in request.sort if p == "_id"), False)
     sort.append((_SORT["_id"], id_desc))
@@ -204,4 +214,6 @@ def search_patients(
         key = [encode_value(v) for v in tuple(last)[2:]]
         token = encode_cursor(ctx.secret, {"k": key})
         next_url = page_url(ctx.base, "Patient", [*request.used_params(), ("_cursor", token)])
-    return searchset(entries, self_url=self_url, next_url=next_url)
+    return searchset(
+        entries, self_url=self_url, next_url=next_url, total=total, ignored=request.ignored
+    )

@@ -769,6 +769,22 @@ def test_x_fhir_query_never_widens_and_needs_the_search_scope(
     assert answers(response)["same-birth-date"] == [{"valueInteger": 1}]
     assert sorted(i["code"] for i in issues) == ["forbidden", "forbidden"]
     assert "system/Encounter.s" in issues[0]["diagnostics"]
+    # Nor through a Patient search that brings the encounters in with _revinclude.
+    revincluded = intake_form(
+        question("visit-count", "integer", "%me.entry.where(search.mode = 'include').count()"),
+        extension=[
+            PATIENT_CONTEXT,
+            query_variable("me", "Patient?_id={{%patient.id}}&_revinclude=Encounter:subject"),
+        ],
+    )
+    response, issues = populated(
+        client, patients_only, parameters(revincluded, f"Patient/{person}")
+    )
+    assert answers(response)["visit-count"] == [{"valueInteger": 0}]
+    assert [i["code"] for i in issues] == ["forbidden"]
+    assert "searching Encounter needs the scope system/Encounter.s" in issues[0]["diagnostics"]
+    response, issues = populated(client, headers, parameters(revincluded, f"Patient/{person}"))
+    assert (answers(response)["visit-count"], issues) == ([{"valueInteger": 1}], [])
 
 
 def test_x_fhir_query_with_a_bad_parameter_is_a_warning(
