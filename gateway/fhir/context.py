@@ -12,6 +12,7 @@ from gateway.auth.tokens import Principal
 from gateway.deps import check_scope, state_of
 from gateway.fhir.http import query_items, strict_handling
 from gateway.operations.includes import included_types
+from gateway.operations.params import SearchRequest, parse_shape
 from gateway.operations.search_patient import SearchContext
 
 #: A search operation: ``(session, query items, *, base, secret, strict, default_count,
@@ -60,14 +61,18 @@ def fhir_extra(
     name: str,
     *,
     search: dict[str, tuple[str, str]] | None = None,
+    shaped: bool = False,
     body: str | None = None,
 ) -> dict[str, object]:
     """OpenAPI extras of a FHIR route: the ``x-fhir`` mark the CapabilityStatement is built
     from (``kind``: interaction | operation), the search parameters it reads from the query
-    string, and the FHIR JSON body it takes (``body``: the resource type)."""
+    string (``shaped``: a read's ``_elements`` and ``_summary``), and the FHIR JSON body it
+    takes (``body``: the resource type)."""
     extra: dict[str, object] = {"x-fhir": {"type": resource_type, "kind": kind, "name": name}}
-    if search is not None:
-        params = {**search, **CONTROL_DOCS}
+    params = {**search, **CONTROL_DOCS} if search is not None else {}
+    if shaped:
+        params.update(SHAPE_DOCS)
+    if params:
         extra["parameters"] = [
             {
                 "name": param,
@@ -97,9 +102,22 @@ def fhir_extra(
 CONTROL_DOCS: dict[str, tuple[str, str]] = {
     "_count": ("number", "Page size (capped at the server maximum)"),
     "_sort": ("string", "Sort order, e.g. -_lastUpdated"),
-    "_summary": ("string", "count: only the total"),
+    "_summary": ("string", "count: only the total; true, text or data: each match cut down"),
     "_elements": ("string", "Comma-separated top-level elements to return"),
     "_format": ("string", "json, application/fhir+json or application/json"),
     "_cursor": ("string", "Opaque paging position (follow next links verbatim)"),
     "_total": ("string", "accurate or estimate: the Bundle's total (a count); none: no total"),
 }
+SHAPE_DOCS: dict[str, tuple[str, str]] = {
+    "_summary": ("string", "true (the summary elements), text or data"),
+    "_elements": ("string", "Comma-separated top-level elements to return"),
+}
+
+
+def read_shape(request: Request) -> SearchRequest | None:
+    """The ``_elements`` or ``_summary`` a read asks for; None when it asks for neither
+    (the read's hot path then sends the stored text as is). 400 when invalid."""
+    params = request.query_params
+    if "_elements" not in params and "_summary" not in params:
+        return None
+    return parse_shape(query_items(request))

@@ -10,9 +10,9 @@ from starlette.responses import Response
 from gateway.audit import audited
 from gateway.auth.tokens import Principal
 from gateway.deps import AuditDep, EncounterSearch, SessionDep, require
-from gateway.fhir.context import check_included, fhir_extra, searched
+from gateway.fhir.context import check_included, fhir_extra, read_shape, searched
 from gateway.fhir.http import MediaType, fhir_response, query_items
-from gateway.operations.bundle import disclosed
+from gateway.operations.bundle import disclosed, shape
 from gateway.operations.encounters import (
     ENCOUNTER_SEARCH_PARAMS,
     read_encounter,
@@ -58,7 +58,7 @@ def search(
     "/Encounter/{encounter_id}",
     summary="Read an encounter",
     responses=FHIR_RESPONSE,
-    openapi_extra=fhir_extra("Encounter", "interaction", "read"),
+    openapi_extra=fhir_extra("Encounter", "interaction", "read", shaped=True),
 )
 def read(
     encounter_id: str,
@@ -69,5 +69,8 @@ def read(
     media: MediaType,
 ) -> Response:
     with audited(audit, principal, "read", request, "Encounter", encounter_id):
+        asked = read_shape(request)
         resource = read_encounter(session, encounter_id)
+    if asked is not None:
+        resource = shape(resource, asked.elements, asked.summary)
     return fhir_response(resource, media)

@@ -25,7 +25,7 @@ from gateway.deps import (
     authorize_inline,
     require,
 )
-from gateway.fhir.context import check_included, fhir_extra, search_context
+from gateway.fhir.context import check_included, fhir_extra, read_shape, search_context
 from gateway.fhir.http import (
     MediaType,
     check_preconditions,
@@ -36,7 +36,7 @@ from gateway.fhir.http import (
     query_items,
     read_json_body,
 )
-from gateway.operations.bundle import disclosed
+from gateway.operations.bundle import disclosed, shape
 from gateway.operations.everything import everything
 from gateway.operations.match import match
 from gateway.operations.merge import MergeResult, merge, unmerge
@@ -203,7 +203,7 @@ async def unmerge_route(
     summary="Read a golden Patient",
     responses=RESOURCE_RESPONSE,
     openapi_extra={
-        **fhir_extra("Patient", "interaction", "read"),
+        **fhir_extra("Patient", "interaction", "read", shaped=True),
         "security": BEARER_SECURITY,
     },
 )
@@ -214,11 +214,14 @@ async def read(golden_id: str, request: Request) -> Response:
     media = negotiate(request)
     app_state = request.app.state
     with audited(app_state.audit, principal, "read", request, "Patient", golden_id):
+        asked = read_shape(request)
         stored = await app_state.reader.read(golden_id)
         unchanged = check_preconditions(request, stored.version)
     if unchanged:
         return not_modified(stored.version)
-    body = stored.text if stored.text is not None else stored.as_dict()
+    body: str | dict[str, Any] = stored.text if stored.text is not None else stored.as_dict()
+    if asked is not None:
+        body = shape(stored.as_dict(), asked.elements, asked.summary)
     return fhir_response(body, media, headers={"ETag": etag(stored.version)})
 
 
@@ -226,7 +229,7 @@ async def read(golden_id: str, request: Request) -> Response:
     "/Patient/{golden_id}/_history/{version_id}",
     summary="Read one version of a golden Patient",
     responses=RESOURCE_RESPONSE,
-    openapi_extra=fhir_extra("Patient", "interaction", "vread"),
+    openapi_extra=fhir_extra("Patient", "interaction", "vread", shaped=True),
 )
 def vread(
     golden_id: str,
@@ -238,11 +241,15 @@ def vread(
     media: MediaType,
 ) -> Response:
     with audited(audit, principal, "vread", request, "Patient", golden_id):
+        asked = read_shape(request)
         stored = vread_patient(session, golden_id, version_id)
         unchanged = check_preconditions(request, stored.version)
     if unchanged:
         return not_modified(stored.version)
-    return fhir_response(stored.as_dict(), media, headers={"ETag": etag(stored.version)})
+    body = stored.as_dict()
+    if asked is not None:
+        body = shape(body, asked.elements, asked.summary)
+    return fhir_response(body, media, headers={"ETag": etag(stored.version)})
 
 
 @router.get(
@@ -261,6 +268,7 @@ def history(
     media: MediaType,
     count: Annotated[int | None, Query(alias="_count", ge=1)] = None,
     cursor: Annotated[str | None, Query(alias="_cursor")] = None,
+    since: Annotated[str | None, Query(alias="_since")] = None,
 ) -> Response:
     with audited(audit, principal, "history", request, "Patient", golden_id):
         bundle = history_patient(
@@ -270,6 +278,7 @@ def history(
             count=min(count or state.default_page_size, state.max_page_size),
             cursor=cursor,
             secret=state.secret_key,
+            since=since,
         )
     return fhir_response(bundle, media)
 

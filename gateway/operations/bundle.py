@@ -1,4 +1,4 @@
-"""Bundles: searchset and history, and the ``_elements`` subset of a resource.
+"""Bundles: searchset and history, and a resource cut down by ``_elements`` or ``_summary``.
 
 https://hl7.org/fhir/R4/bundle.html, https://hl7.org/fhir/R4/search.html#elements
 """
@@ -6,8 +6,11 @@ https://hl7.org/fhir/R4/bundle.html, https://hl7.org/fhir/R4/search.html#element
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 from urllib.parse import urlencode
+
+from fhir.resources.R4B import get_fhir_model_class
 
 from gateway.outcomes import issue, operation_outcome
 
@@ -92,13 +95,43 @@ def every_match(base: str, resources: Sequence[dict[str, Any]], *, self_url: str
     )
 
 
-def subset(resource: dict[str, Any], elements: Sequence[str]) -> dict[str, Any]:
-    """The resource with only ``elements`` (plus the mandatory ones), tagged SUBSETTED."""
-    if not elements:
+def shape(
+    resource: dict[str, Any], elements: Sequence[str] = (), summary: str | None = None
+) -> dict[str, Any]:
+    """The resource as ``_elements`` or ``_summary`` (``true``, ``text``, ``data``) ask:
+    the top-level elements kept (with the mandatory ones, and each kept primitive's
+    ``_name`` extension twin), tagged SUBSETTED; unchanged when neither is asked.
+
+    ``_summary=true`` keeps the elements the FHIR definition marks as summary (read from
+    the ``fhir.resources`` model), ``text`` the narrative and the elements of minimum
+    cardinality 1, ``data`` everything but the narrative
+    (https://hl7.org/fhir/R4/search.html#summary)."""
+    if elements:
+        keep = set(elements) | set(MANDATORY_ELEMENTS)
+    elif summary in ("true", "text"):
+        summary_elements, mandatory = _top_level(str(resource.get("resourceType")))
+        keep = set(summary_elements) if summary == "true" else {"text", *mandatory}
+    elif summary == "data":
+        keep = set(resource) - {"text"}
+    else:
         return resource
-    keep = set(elements) | set(MANDATORY_ELEMENTS)
-    out = {k: v for k, v in resource.items() if k in keep}
+    out = {k: v for k, v in resource.items() if k in keep or (k[:1] == "_" and k[1:] in keep)}
     meta = dict(out.get("meta") or {})
     meta["tag"] = [*meta.get("tag", []), SUBSETTED]
     out["meta"] = meta
     return out
+
+
+@cache
+def _top_level(resource_type: str) -> tuple[frozenset[str], frozenset[str]]:
+    """The summary elements and the mandatory ones (minimum cardinality 1) of a type's top
+    level, as JSON names (``class``, ``deceasedBoolean``), from its ``fhir.resources`` model."""
+    summary, mandatory = set(MANDATORY_ELEMENTS), set(MANDATORY_ELEMENTS)
+    for name, info in get_fhir_model_class(resource_type).model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        key = info.alias or name
+        if extra.get("summary_element_property"):
+            summary.add(key)
+        if info.is_required() or extra.get("element_required"):
+            mandatory.add(key)
+    return frozenset(summary), frozenset(mandatory)

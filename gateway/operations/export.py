@@ -37,7 +37,7 @@ from urllib.parse import parse_qsl
 from sqlalchemy import ColumnElement, Select, Text, cast, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.operations.bundle import subset
+from gateway.operations.bundle import shape
 from gateway.operations.encounters import RENDER_COLUMNS, encounter_filter, render_encounter
 from gateway.operations.read import ACTIVE, DELETED, MERGED, survivor_of, with_replaced_by
 from gateway.operations.search_patient import patient_filter
@@ -151,7 +151,7 @@ class ExportRequest:
 
     def elements_for(self, resource_type: str) -> tuple[str, ...]:
         """The root elements ``_elements`` keeps of this type (with the type's mandatory
-        ones: :func:`gateway.operations.bundle.subset` adds id and meta); () keeps all."""
+        ones: :func:`gateway.operations.bundle.shape` adds id and meta); () keeps all."""
         names: list[str] = []
         for entry in self.elements:
             match = _ELEMENT.match(entry)
@@ -591,7 +591,7 @@ def _patients(
             lines.append(text)
             continue
         resource = resource if resource is not None else json.loads(text)
-        lines.append(_line(subset(resource, elements)))
+        lines.append(_line(shape(resource, elements)))
     return _Chunk(lines, rows[-1][0] if rows else after, len(rows) < limit)
 
 
@@ -644,7 +644,7 @@ def _encounters(session: Session, export: ExportRequest, after: Any, limit: int)
     )
     rows = session.execute(query).all()
     elements = export.elements_for("Encounter")
-    lines = [_line(subset(render_encounter(row), elements)) for row in rows]
+    lines = [_line(shape(render_encounter(row), elements)) for row in rows]
     return _Chunk(lines, rows[-1].id if rows else after, len(rows) < limit)
 
 

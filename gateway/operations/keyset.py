@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session
 
-from gateway.operations.bundle import match_entry, page_url, searchset, subset
+from gateway.operations.bundle import match_entry, page_url, searchset, shape
 from gateway.operations.paging import decode_cursor, encode_cursor
 from gateway.operations.params import SearchRequest, parse_search
 from gateway.operations.sql import SortColumn, after, encode_value, order_by
@@ -97,7 +97,9 @@ def keyset_page(
         stmt = stmt.where(after(sort, decode_cursor(secret, request.cursor).get("k") or []))
     rows = session.scalars(stmt.order_by(*order_by(sort)).limit(request.count + 1)).all()
     page, more = rows[: request.count], len(rows) > request.count
-    entries = [match_entry(base, subset(keyset.render(r), request.elements)) for r in page]
+    entries = [
+        match_entry(base, shape(keyset.render(r), request.elements, request.summary)) for r in page
+    ]
     for include in request.include:
         if page:
             found = keyset.includes[include](session, page)

@@ -33,7 +33,8 @@ CONTROL_PARAMS = frozenset(
     }
 )
 DATE_PREFIXES = ("eq", "ne", "lt", "le", "gt", "ge", "sa", "eb", "ap")
-SUMMARY_VALUES = frozenset({"count", "false"})
+#: https://hl7.org/fhir/R4/search.html#summary
+SUMMARY_VALUES = frozenset({"true", "text", "data", "count", "false"})
 #: https://hl7.org/fhir/R4/search.html#total: ``estimate`` is answered with the exact count
 #: (an estimate may be exact), ``none`` with none, as a search without ``_total`` is.
 TOTAL_VALUES = frozenset({"none", "estimate", "accurate"})
@@ -155,6 +156,8 @@ class SearchRequest:
     count: int = 0
     sort: list[tuple[str, bool]] = field(default_factory=list)  # (param, descending)
     summary_count: bool = False
+    #: ``_summary`` of ``true``, ``text`` or ``data``: how each match is cut down.
+    summary: str | None = None
     elements: list[str] = field(default_factory=list)
     include: list[str] = field(default_factory=list)
     revinclude: list[str] = field(default_factory=list)
@@ -180,6 +183,8 @@ class SearchRequest:
             pairs.append(("_sort", ",".join(("-" if d else "") + p for p, d in self.sort)))
         if self.summary_count:
             pairs.append(("_summary", "count"))
+        elif self.summary is not None:
+            pairs.append(("_summary", self.summary))
         if self.elements:
             pairs.append(("_elements", ",".join(self.elements)))
         pairs.extend(("_include", r) for r in self.include)
@@ -233,6 +238,22 @@ def parse_search(
         if value == "" or len(value) > MAX_VALUE_LENGTH:
             raise fail(f"Parameter {key} needs a value of 1 to 255 characters.", key)
         request.criteria.append((name, modifier or None, value))
+    if request.elements and request.summary is not None:
+        raise fail("_summary and _elements cannot be combined.", "_summary")
+    return request
+
+
+def parse_shape(items: Sequence[tuple[str, str]]) -> SearchRequest:
+    """``_elements`` and ``_summary`` of a read or vread (the search's rules, without
+    ``count``, which only a search can answer); every other parameter is left alone."""
+    request = SearchRequest()
+    for key, value in items:
+        if key in ("_elements", "_summary"):
+            _apply_control(request, key, value, frozenset(), frozenset(), frozenset(), 0)
+    if request.summary_count:
+        raise fail("_summary=count counts a search's matches; a read has none.", "_summary")
+    if request.elements and request.summary is not None:
+        raise fail("_summary and _elements cannot be combined.", "_summary")
     return request
 
 
@@ -262,8 +283,9 @@ def _apply_control(
             request.sort.append((param, desc))
     elif name == "_summary":
         if value not in SUMMARY_VALUES:
-            raise fail("_summary supports count and false.", "_summary")
+            raise fail("_summary supports true, text, data, count and false.", "_summary")
         request.summary_count = value == "count"
+        request.summary = value if value in ("true", "text", "data") else None
     elif name == "_elements":
         elements = [e.strip() for e in value.split(",") if e.strip()]
         if not all(re.fullmatch(r"[a-zA-Z][a-zA-Z0-9]*", e) for e in elements):

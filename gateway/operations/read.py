@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from gateway.operations.bundle import page_url
 from gateway.operations.paging import decode_cursor, encode_cursor
-from gateway.operations.params import fail, split_or
+from gateway.operations.params import DATE_PREFIXES, fail, parse_date, split_or
 from gateway.outcomes import OutcomeError, bad_request, gone, not_found
 from store.models import GoldenPatient, GoldenPatientVersion
 
@@ -196,12 +196,21 @@ def history_patient(
     count: int,
     cursor: str | None,
     secret: str,
+    since: str | None = None,
 ) -> dict[str, Any]:
-    """A ``history`` Bundle, newest version first, paged by version number."""
+    """A ``history`` Bundle, newest version first, paged by version number; ``since``
+    (``_since``, https://hl7.org/fhir/R4/http.html#history): only the versions recorded
+    at or after that instant (a date stands for its first instant, UTC)."""
     check_id("Patient", golden_id)
+    params = [("_count", str(count))]
+    stmt = select(GoldenPatientVersion).where(GoldenPatientVersion.golden_id == golden_id)
+    if since is not None:
+        if since[:2] in DATE_PREFIXES:
+            raise OutcomeError(bad_request("_since takes an instant, without a prefix.", "_since"))
+        stmt = stmt.where(GoldenPatientVersion.recorded_at >= parse_date(since, "_since").low)
+        params.insert(0, ("_since", since))
     if session.get(GoldenPatient, golden_id) is None:
         raise OutcomeError(not_found(f"Patient/{golden_id} is not known."))
-    stmt = select(GoldenPatientVersion).where(GoldenPatientVersion.golden_id == golden_id)
     if cursor is not None:
         before = decode_cursor(secret, cursor).get("v")
         if not isinstance(before, int):
@@ -227,14 +236,11 @@ def history_patient(
             }
         )
     path = f"Patient/{golden_id}/_history"
-    links = [{"relation": "self", "url": page_url(base, path, [("_count", str(count))])}]
+    links = [{"relation": "self", "url": page_url(base, path, params)}]
     if more:
         token = encode_cursor(secret, {"v": page[-1].version})
         links.append(
-            {
-                "relation": "next",
-                "url": page_url(base, path, [("_count", str(count)), ("_cursor", token)]),
-            }
+            {"relation": "next", "url": page_url(base, path, [*params, ("_cursor", token)])}
         )
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "link": links}
     if entries:

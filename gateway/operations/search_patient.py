@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, Select, Text, and_, cast, func, or_, selec
 from sqlalchemy.orm import Session
 
 from fhir_mapping.search import normalize_search_value
-from gateway.operations.bundle import match_entry, page_url, searchset, subset
+from gateway.operations.bundle import match_entry, page_url, searchset, shape
 from gateway.operations.encounters import encounters_of
 from gateway.operations.paging import decode_cursor, encode_cursor
 from gateway.operations.params import (
@@ -202,7 +202,10 @@ def search_patients(
         stmt = stmt.where(after(sort, decode_cursor(ctx.secret, request.cursor).get("k") or []))
     rows = session.execute(stmt.order_by(*order_by(sort)).limit(request.count + 1)).all()
     page, more = rows[: request.count], len(rows) > request.count
-    entries = [match_entry(ctx.base, subset(json.loads(r.text), request.elements)) for r in page]
+    entries = [
+        match_entry(ctx.base, shape(json.loads(r.text), request.elements, request.summary))
+        for r in page
+    ]
     if request.revinclude and page:
         entries.extend(
             match_entry(ctx.base, enc, "include")

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fhir_mapping import search_tokens
 from store.golden import GoldenPatientRepository
-from store.models import Audit
+from store.models import Audit, GoldenPatientVersion
 from tests.gateway.conftest import MRN, patient_resource
 
 Headers = dict[str, str]
@@ -62,6 +63,51 @@ def test_read_vread_and_history(
     second = client.get(_next(history) or "", headers=headers).json()
     assert [e["response"]["etag"] for e in second["entry"]] == ['W/"1"']
     assert _next(second) is None
+
+
+def test_history_since_keeps_the_versions_recorded_from_that_instant(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    session_factory: sessionmaker[Session],
+) -> None:
+    golden_id = add_patient(family="Since")
+    with session_factory() as session:
+        repo = GoldenPatientRepository(session)
+        for family in ("Since-Two", "Since-Three"):
+            resource = patient_resource(family=family)
+            repo.save(repo.read(golden_id), resource, search_tokens(resource))
+        session.flush()
+        for version, at in ((1, "2024-01-01T00:00:00"), (2, "2025-06-01T12:00:00")):
+            session.execute(
+                update(GoldenPatientVersion)
+                .where(GoldenPatientVersion.golden_id == golden_id)
+                .where(GoldenPatientVersion.version == version)
+                .values(recorded_at=datetime.fromisoformat(at).replace(tzinfo=UTC))
+            )
+        session.commit()
+
+    def versions(query: str) -> list[str]:
+        reply = client.get(f"/fhir/Patient/{golden_id}/_history?{query}", headers=headers)
+        assert reply.status_code == 200, reply.text
+        pages, bundle = [], reply.json()
+        while True:
+            pages.extend(e["response"]["etag"] for e in bundle.get("entry", []))
+            url = _next(bundle)
+            if url is None:
+                return pages
+            assert "_since=" in url or "_since" not in query
+            bundle = client.get(url, headers=headers).json()
+
+    assert versions("") == ['W/"3"', 'W/"2"', 'W/"1"']
+    assert versions("_since=2025-06-01T12:00:00Z&_count=1") == ['W/"3"', 'W/"2"']
+    assert versions("_since=2025-06-01T13:00:00%2B01:00") == ['W/"3"', 'W/"2"']
+    assert versions("_since=2025-06-01T12:00:01Z") == ['W/"3"']
+    assert versions("_since=2024") == ['W/"3"', 'W/"2"', 'W/"1"']
+    assert versions("_since=2999-01-01") == []
+    for bad in ("2025-13-01", "ge2025-01-01", "yesterday"):
+        reply = client.get(f"/fhir/Patient/{golden_id}/_history?_since={bad}", headers=headers)
+        assert reply.status_code == 400 and reply.json()["issue"][0]["expression"] == ["_since"]
 
 
 def test_conditional_read_honours_if_none_match_and_if_match(
@@ -247,7 +293,7 @@ def test_huge_count_is_capped(
         "_count=-1",
         "_count=ten",
         "_sort=name",
-        "_summary=text",
+        "_summary=everything",
         "_revinclude=Observation:subject",
         "gender=robot",
         "family:exact=Smith",
