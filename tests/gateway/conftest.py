@@ -33,6 +33,16 @@ READER_SCOPES = ["system/Patient.rs", "system/Encounter.rs"]
 MRN = "urn:oid:1.2.36.146.595.217.0.1"
 
 
+def fhir_get(
+    client: TestClient, headers: dict[str, str], url: str, status: int = 200
+) -> dict[str, Any]:
+    """The JSON answer of ``GET url``, which must have ``status``."""
+    reply = client.get(url, headers=headers)
+    assert reply.status_code == status, reply.text
+    body: dict[str, Any] = reply.json()
+    return body
+
+
 def patient_resource(
     family: str = "Nguyen",
     given: str = "Anh",

@@ -14,15 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from store.golden import GoldenPatientRepository
 from store.models import Audit
+from tests.gateway.conftest import fhir_get
 
 Headers = dict[str, str]
-
-
-def _get(client: TestClient, headers: Headers, url: str, status: int = 200) -> dict[str, Any]:
-    reply = client.get(url, headers=headers)
-    assert reply.status_code == status, reply.text
-    body: dict[str, Any] = reply.json()
-    return body
 
 
 def _mode(bundle: dict[str, Any], mode: str) -> list[str]:
@@ -47,13 +41,13 @@ def test_encounter_subject_is_searched_not_ignored(
     mine = add_encounter(person)
     add_encounter(other)
     for query in (f"subject={person}", f"subject=Patient/{person}", f"patient={person}"):
-        bundle = _get(client, headers, f"/fhir/Encounter?{query}")
+        bundle = fhir_get(client, headers, f"/fhir/Encounter?{query}")
         assert _mode(bundle, "match") == [f"Encounter/{mine}"], query
         assert _mode(bundle, "outcome") == []
-    assert _get(client, headers, f"/fhir/Encounter?subject={person}")["link"][0]["url"].endswith(
-        f"subject={person}&_count=5"
-    )
-    _get(client, headers, "/fhir/Encounter?subject=Group/1", status=400)
+    assert fhir_get(client, headers, f"/fhir/Encounter?subject={person}")["link"][0][
+        "url"
+    ].endswith(f"subject={person}&_count=5")
+    fhir_get(client, headers, "/fhir/Encounter?subject=Group/1", status=400)
 
 
 def test_include_adds_each_pages_patients_once(
@@ -74,14 +68,14 @@ def test_include_adds_each_pages_patients_once(
         repo.save(repo.read(gone), repo.read(gone).resource, [], status="deleted")
         session.commit()
     for value in ("Encounter:subject", "Encounter:patient", "Encounter:subject:Patient"):
-        bundle = _get(client, headers, f"/fhir/Encounter?_include={value}&_count=50")
+        bundle = fhir_get(client, headers, f"/fhir/Encounter?_include={value}&_count=50")
         assert _mode(bundle, "match") == [f"Encounter/{e}" for e in made]
         # Each once, in the order first referred to; a deleted record is left out.
         assert _mode(bundle, "include") == [f"Patient/{ada}", f"Patient/{bob}"], value
         Bundle.model_validate(bundle)
     merged = next(
         e["resource"]
-        for e in _get(client, headers, "/fhir/Encounter?_include=Encounter:subject")["entry"]
+        for e in fhir_get(client, headers, "/fhir/Encounter?_include=Encounter:subject")["entry"]
         if e["resource"]["id"] == bob
     )
     assert merged["active"] is False
@@ -93,7 +87,7 @@ def test_include_adds_each_pages_patients_once(
     pages, url = [], "/fhir/Encounter?_include=Encounter:subject&_count=2"
     next_url: str | None = url
     while next_url:
-        page = _get(client, headers, next_url)
+        page = fhir_get(client, headers, next_url)
         pages.append((_mode(page, "match"), _mode(page, "include")))
         next_url = _next(page)
         assert next_url is None or "_include=Encounter%3Asubject" in next_url
@@ -103,8 +97,8 @@ def test_include_adds_each_pages_patients_once(
         ([f"Encounter/{made[4]}", f"Encounter/{made[5]}"], [f"Patient/{bob}"]),
     ]
     for bad in ("Encounter:location", "Patient:link", "*"):
-        _get(client, headers, f"/fhir/Encounter?_include={bad}", status=400)
-    _get(client, headers, "/fhir/Patient?_include=Encounter:subject", status=400)
+        fhir_get(client, headers, f"/fhir/Encounter?_include={bad}", status=400)
+    fhir_get(client, headers, "/fhir/Patient?_include=Encounter:subject", status=400)
 
 
 def test_includes_need_the_scope_of_the_type_they_add(
@@ -117,15 +111,15 @@ def test_includes_need_the_scope_of_the_type_they_add(
     add_encounter(person)
     patients_only = auth_for("system/Patient.rs")
     encounters_only = auth_for("system/Encounter.rs")
-    _get(client, patients_only, f"/fhir/Patient?_id={person}")
+    fhir_get(client, patients_only, f"/fhir/Patient?_id={person}")
     for query in ("_revinclude=Encounter:subject", "_revinclude=Encounter:patient:Patient"):
-        refused = _get(client, patients_only, f"/fhir/Patient?_id={person}&{query}", status=403)
+        refused = fhir_get(client, patients_only, f"/fhir/Patient?_id={person}&{query}", status=403)
         assert "system/Encounter.s" in refused["issue"][0]["diagnostics"]
     form = {"_id": person, "_revinclude": "Encounter:subject"}
     reply = client.post("/fhir/Patient/_search", data=form, headers=patients_only)
     assert reply.status_code == 403, reply.text
-    _get(client, encounters_only, f"/fhir/Encounter?patient={person}")
-    refused = _get(
+    fhir_get(client, encounters_only, f"/fhir/Encounter?patient={person}")
+    refused = fhir_get(
         client,
         encounters_only,
         f"/fhir/Encounter?patient={person}&_include=Encounter:subject",
@@ -133,10 +127,12 @@ def test_includes_need_the_scope_of_the_type_they_add(
     )
     assert "system/Patient.s" in refused["issue"][0]["diagnostics"]
     both = auth_for("system/Patient.rs", "system/Encounter.rs")
-    included = _get(client, both, f"/fhir/Encounter?patient={person}&_include=Encounter:subject")
+    included = fhir_get(
+        client, both, f"/fhir/Encounter?patient={person}&_include=Encounter:subject"
+    )
     assert _mode(included, "include") == [f"Patient/{person}"]
     # A value no search supports is the search's 400, whatever the scopes.
-    _get(client, patients_only, "/fhir/Patient?_revinclude=Observation:subject", status=400)
+    fhir_get(client, patients_only, "/fhir/Patient?_revinclude=Observation:subject", status=400)
 
 
 def test_total_counts_what_the_search_finds(
@@ -150,19 +146,19 @@ def test_total_counts_what_the_search_finds(
     for person in people[:3]:
         add_encounter(person)
     for total in ("accurate", "estimate"):
-        bundle = _get(client, headers, f"/fhir/Patient?family=totalson&_total={total}&_count=2")
+        bundle = fhir_get(client, headers, f"/fhir/Patient?family=totalson&_total={total}&_count=2")
         assert (bundle["total"], len(_mode(bundle, "match"))) == (7, 2)
         assert f"_total={total}" in bundle["link"][0]["url"]
         # The total stays the search's, not the page's, on every page.
-        assert _get(client, headers, str(_next(bundle)))["total"] == 7
-    assert "total" not in _get(client, headers, "/fhir/Patient?family=totalson")
-    assert "total" not in _get(client, headers, "/fhir/Patient?family=totalson&_total=none")
-    encounters = _get(client, headers, "/fhir/Encounter?_total=accurate&_count=1")
+        assert fhir_get(client, headers, str(_next(bundle)))["total"] == 7
+    assert "total" not in fhir_get(client, headers, "/fhir/Patient?family=totalson")
+    assert "total" not in fhir_get(client, headers, "/fhir/Patient?family=totalson&_total=none")
+    encounters = fhir_get(client, headers, "/fhir/Encounter?_total=accurate&_count=1")
     assert (encounters["total"], len(_mode(encounters, "match"))) == (3, 1)
-    counted = _get(client, headers, "/fhir/Encounter?_summary=count&_total=none")
+    counted = fhir_get(client, headers, "/fhir/Encounter?_summary=count&_total=none")
     assert counted["total"] == 3
     for url in ("/fhir/Patient?_total=exact", "/fhir/Encounter?_total="):
-        outcome = _get(client, headers, url, status=400)
+        outcome = fhir_get(client, headers, url, status=400)
         assert outcome["issue"][0]["expression"] == ["_total"]
 
 
@@ -175,7 +171,7 @@ def test_ignored_parameters_are_named_in_an_outcome_entry(
 ) -> None:
     person = add_patient(family="Lenient")
     add_encounter(person)
-    bundle = _get(client, headers, "/fhir/Patient?family=lenient&address-city=Springfield&x=1")
+    bundle = fhir_get(client, headers, "/fhir/Patient?family=lenient&address-city=Springfield&x=1")
     assert _mode(bundle, "match") == [f"Patient/{person}"]
     (outcome,) = [e for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
     issues = outcome["resource"]["issue"]
@@ -185,13 +181,13 @@ def test_ignored_parameters_are_named_in_an_outcome_entry(
     ]
     assert "Springfield" not in str(bundle)  # the value is never echoed: it may be PHI
     Bundle.model_validate(bundle)
-    counted = _get(client, headers, "/fhir/Encounter?_summary=count&location=Room-1")
+    counted = fhir_get(client, headers, "/fhir/Encounter?_summary=count&location=Room-1")
     assert counted["total"] == 1 and _mode(counted, "outcome") == ["OperationOutcome/None"]
-    assert _mode(_get(client, headers, "/fhir/Patient?family=lenient"), "outcome") == []
+    assert _mode(fhir_get(client, headers, "/fhir/Patient?family=lenient"), "outcome") == []
     strict = {**headers, "Prefer": "handling=strict"}
-    _get(client, strict, "/fhir/Encounter?location=Room-1", status=400)
+    fhir_get(client, strict, "/fhir/Encounter?location=Room-1", status=400)
     # The audit row of a search with an outcome entry and includes: matches and includes.
-    _get(client, headers, f"/fhir/Encounter?patient={person}&x=1&_include=Encounter:subject")
+    fhir_get(client, headers, f"/fhir/Encounter?patient={person}&x=1&_include=Encounter:subject")
     client.app.state.audit.flush()  # type: ignore[attr-defined]
     with session_factory() as session:
         row = session.scalars(select(Audit).order_by(Audit.id.desc()).limit(1)).one()
@@ -203,8 +199,8 @@ def test_capability_and_bundles_stay_valid(
     client: TestClient, headers: Headers, add_patient: Callable[..., str], query: str
 ) -> None:
     add_patient()
-    Bundle.model_validate(_get(client, headers, f"/fhir/Patient?{query}"))
-    capability = _get(client, headers, "/fhir/metadata")
+    Bundle.model_validate(fhir_get(client, headers, f"/fhir/Patient?{query}"))
+    capability = fhir_get(client, headers, "/fhir/metadata")
     kinds = {r["type"]: r for r in capability["rest"][0]["resource"]}
     assert "Encounter:subject" in kinds["Encounter"]["searchInclude"]
     assert "Encounter:subject" in kinds["Patient"]["searchRevInclude"]

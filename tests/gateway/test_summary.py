@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.patient import Patient
+
+from tests.gateway.conftest import fhir_get, patient_resource
 
 Headers = dict[str, str]
 SUBSETTED = {
@@ -30,17 +31,8 @@ PATIENT_SUMMARY = {
 }
 
 
-def _get(client: TestClient, headers: Headers, url: str, status: int = 200) -> dict[str, Any]:
-    reply = client.get(url, headers=headers)
-    assert reply.status_code == status, reply.text
-    body: dict[str, Any] = reply.json()
-    return body
-
-
 @pytest.fixture
 def person(add_patient: Callable[..., str]) -> str:
-    from tests.gateway.conftest import patient_resource
-
     resource = patient_resource(family="Summers", mrn="MRN-1")
     resource["text"] = {
         "status": "generated",
@@ -56,19 +48,19 @@ def person(add_patient: Callable[..., str]) -> str:
 def test_summary_true_keeps_the_summary_elements(
     client: TestClient, headers: Headers, person: str
 ) -> None:
-    full = _get(client, headers, f"/fhir/Patient/{person}")
+    full = fhir_get(client, headers, f"/fhir/Patient/{person}")
     assert {"text", "communication"} <= set(full)
     for url in (
         f"/fhir/Patient/{person}?_summary=true",
         f"/fhir/Patient?_id={person}&_summary=true",
     ):
-        body = _get(client, headers, url)
+        body = fhir_get(client, headers, url)
         resource = body if body["resourceType"] == "Patient" else body["entry"][0]["resource"]
         # A kept primitive keeps its extensions (_birthDate); text and communication go.
         assert set(resource) == PATIENT_SUMMARY | {"_birthDate"}, url
         assert resource["meta"]["tag"][-1] == SUBSETTED
         Patient.model_validate(resource)
-    searched = _get(client, headers, f"/fhir/Patient?_id={person}&_summary=true")
+    searched = fhir_get(client, headers, f"/fhir/Patient?_id={person}&_summary=true")
     assert "_summary=true" in searched["link"][0]["url"]
     Bundle.model_validate(searched)
 
@@ -79,34 +71,34 @@ def test_summary_text_and_data(
     person: str,
     add_encounter: Callable[..., int],
 ) -> None:
-    text = _get(client, headers, f"/fhir/Patient/{person}?_summary=text")
+    text = fhir_get(client, headers, f"/fhir/Patient/{person}?_summary=text")
     assert set(text) == {"resourceType", "id", "meta", "text"}
-    data = _get(client, headers, f"/fhir/Patient/{person}?_summary=data")
-    full = _get(client, headers, f"/fhir/Patient/{person}")
+    data = fhir_get(client, headers, f"/fhir/Patient/{person}?_summary=data")
+    full = fhir_get(client, headers, f"/fhir/Patient/{person}")
     assert set(data) == set(full) - {"text"} and data["meta"]["tag"][-1] == SUBSETTED
-    assert _get(client, headers, f"/fhir/Patient/{person}?_summary=false") == full
+    assert fhir_get(client, headers, f"/fhir/Patient/{person}?_summary=false") == full
     # Encounter: class and status are mandatory (1..1), so text keeps them.
     encounter = add_encounter(person)
-    kept = _get(client, headers, f"/fhir/Encounter/{encounter}?_summary=text")
+    kept = fhir_get(client, headers, f"/fhir/Encounter/{encounter}?_summary=text")
     assert set(kept) == {"resourceType", "id", "meta", "status", "class"}
     Encounter.model_validate(kept)
-    summary = _get(client, headers, f"/fhir/Encounter?_id={encounter}&_summary=true")
+    summary = fhir_get(client, headers, f"/fhir/Encounter?_id={encounter}&_summary=true")
     resource = summary["entry"][0]["resource"]
     assert {"status", "class", "subject", "identifier"} <= set(resource)
     assert "period" not in resource  # Encounter.period is not a summary element
-    assert _get(client, headers, f"/fhir/Encounter/{encounter}?_elements=period")["period"]
+    assert fhir_get(client, headers, f"/fhir/Encounter/{encounter}?_elements=period")["period"]
 
 
 def test_elements_on_reads_and_what_is_refused(
     client: TestClient, headers: Headers, person: str
 ) -> None:
-    slim = _get(client, headers, f"/fhir/Patient/{person}?_elements=birthDate,gender")
+    slim = fhir_get(client, headers, f"/fhir/Patient/{person}?_elements=birthDate,gender")
     assert set(slim) == {"resourceType", "id", "meta", "birthDate", "_birthDate", "gender"}
-    version = _get(client, headers, f"/fhir/Patient/{person}")["meta"]["versionId"]
-    vread = _get(client, headers, f"/fhir/Patient/{person}/_history/{version}?_elements=gender")
+    version = fhir_get(client, headers, f"/fhir/Patient/{person}")["meta"]["versionId"]
+    vread = fhir_get(client, headers, f"/fhir/Patient/{person}/_history/{version}?_elements=gender")
     assert set(vread) == {"resourceType", "id", "meta", "gender"}
     # The hot path without either parameter sends the stored text unchanged.
-    assert "communication" in _get(client, headers, f"/fhir/Patient/{person}?x=1")
+    assert "communication" in fhir_get(client, headers, f"/fhir/Patient/{person}?x=1")
     for url in (
         f"/fhir/Patient/{person}?_summary=count",
         f"/fhir/Patient/{person}?_summary=everything",
@@ -114,5 +106,5 @@ def test_elements_on_reads_and_what_is_refused(
         "/fhir/Patient?_summary=true&_elements=name",
         f"/fhir/Patient/{person}?_elements=name.given",
     ):
-        outcome = _get(client, headers, url, status=400)
+        outcome = fhir_get(client, headers, url, status=400)
         assert outcome["issue"][0]["expression"][0] in ("_summary", "_elements"), url
