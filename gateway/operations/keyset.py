@@ -100,10 +100,12 @@ def keyset_page(
     entries = [
         match_entry(base, shape(keyset.render(r), request.elements, request.summary)) for r in page
     ]
-    for include in request.include:
-        if page:
-            found = keyset.includes[include](session, page)
-            entries.extend(match_entry(base, resource, "include") for resource in found)
+    # Each resource once, however many _include values name it (a fullUrl is unique).
+    included: dict[tuple[str, str], dict[str, Any]] = {}
+    for include in request.include if page else ():
+        for resource in keyset.includes[include](session, page):
+            included.setdefault((resource["resourceType"], resource["id"]), resource)
+    entries.extend(match_entry(base, resource, "include") for resource in included.values())
     next_url = None
     if more:
         key = [encode_value(keyset.value_of(page[-1], p)) for p, _ in params]

@@ -238,6 +238,10 @@ def parse_search(
         if value == "" or len(value) > MAX_VALUE_LENGTH:
             raise fail(f"Parameter {key} needs a value of 1 to 255 characters.", key)
         request.criteria.append((name, modifier or None, value))
+    return _one_shape(request)
+
+
+def _one_shape(request: SearchRequest) -> SearchRequest:
     if request.elements and request.summary is not None:
         raise fail("_summary and _elements cannot be combined.", "_summary")
     return request
@@ -252,9 +256,7 @@ def parse_shape(items: Sequence[tuple[str, str]]) -> SearchRequest:
             _apply_control(request, key, value, frozenset(), frozenset(), frozenset(), 0)
     if request.summary_count:
         raise fail("_summary=count counts a search's matches; a read has none.", "_summary")
-    if request.elements and request.summary is not None:
-        raise fail("_summary and _elements cannot be combined.", "_summary")
-    return request
+    return _one_shape(request)
 
 
 def _apply_control(

@@ -96,6 +96,11 @@ def test_include_adds_each_pages_patients_once(
         ([f"Encounter/{made[2]}", f"Encounter/{made[3]}"], [f"Patient/{bob}", f"Patient/{ada}"]),
         ([f"Encounter/{made[4]}", f"Encounter/{made[5]}"], [f"Patient/{bob}"]),
     ]
+    both = "_include=Encounter:subject&_include=Encounter:patient&_count=50"
+    assert _mode(fhir_get(client, headers, f"/fhir/Encounter?{both}"), "include") == [
+        f"Patient/{ada}",
+        f"Patient/{bob}",
+    ]
     for bad in ("Encounter:location", "Patient:link", "*"):
         fhir_get(client, headers, f"/fhir/Encounter?_include={bad}", status=400)
     fhir_get(client, headers, "/fhir/Patient?_include=Encounter:subject", status=400)
