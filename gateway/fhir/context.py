@@ -110,7 +110,7 @@ CONTROL_DOCS: dict[str, tuple[str, str]] = {
 }
 SHAPE_DOCS: dict[str, tuple[str, str]] = {
     "_summary": ("string", "true (the summary elements), text or data"),
-    "_elements": ("string", "Comma-separated top-level elements to return"),
+    "_elements": CONTROL_DOCS["_elements"],
 }
 
 

@@ -219,9 +219,11 @@ async def read(golden_id: str, request: Request) -> Response:
         unchanged = check_preconditions(request, stored.version)
     if unchanged:
         return not_modified(stored.version)
-    body: str | dict[str, Any] = stored.text if stored.text is not None else stored.as_dict()
+    body: str | dict[str, Any]
     if asked is not None:
         body = shape(stored.as_dict(), asked.elements, asked.summary)
+    else:
+        body = stored.text if stored.text is not None else stored.as_dict()
     return fhir_response(body, media, headers={"ETag": etag(stored.version)})
 
 
