@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from gateway import admin, console, health, intake, metrics
 from gateway.audit import AuditLog
 from gateway.auth.router import router as auth_router
 from gateway.auth.tokens import TokenService
-from gateway.errors import install_error_handlers
+from gateway.errors import install_error_handlers, render
 from gateway.fhir import basic, encounter, export, metadata, patient, questionnaire, subscription
 from gateway.limits import BodySizeLimit
+from gateway.outcomes import method_not_allowed
 from gateway.reads import PatientReader
 from gateway.state import GatewayState
 
 API_TITLE = "askonce"
 API_VERSION = "0.1.0"
+#: A type-level operation's path: ``/fhir/Patient/$match``.
+_TYPE_OPERATION = re.compile(r"^/fhir/[A-Z][A-Za-z]*/\$[A-Za-z-]+$")
 
 
 def create_app(state: GatewayState) -> FastAPI:
@@ -61,13 +69,43 @@ def create_app(state: GatewayState) -> FastAPI:
     app.include_router(auth_router)
     app.include_router(metadata.router)
     # Before the Patient routes: /fhir/Patient/$export is not a read of Patient/$export.
-    app.include_router(export.router)
-    app.include_router(patient.router)
-    app.include_router(encounter.router)
-    app.include_router(subscription.router)
-    app.include_router(basic.router)
-    app.include_router(questionnaire.router)
+    fhir_routers = (
+        export.router,
+        patient.router,
+        encounter.router,
+        subscription.router,
+        basic.router,
+        questionnaire.router,
+    )
+    for router in fhir_routers:
+        app.include_router(router)
     app.include_router(admin.router)
     app.include_router(intake.router)
     console.install(app)
+    _operations_answer_get(app, fhir_routers)
     return app
+
+
+def _operations_answer_get(app: FastAPI, routers: Sequence[APIRouter]) -> None:
+    """``GET /fhir/Patient/$match`` is a 405 that names the methods the operation takes,
+    not a read of a Patient whose id would be ``$match`` (a 404): a route for each
+    type-level operation of ``routers`` that has no ``GET``, ahead of the reads."""
+    allowed: dict[str, set[str]] = {}
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, APIRoute) and _TYPE_OPERATION.match(route.path):
+                allowed.setdefault(route.path, set()).update(route.methods)
+    for path, methods in allowed.items():
+        if "GET" not in methods:
+            app.router.routes.insert(
+                0, Route(path, _refuse(path, sorted(methods)), methods=["GET"])
+            )
+
+
+def _refuse(path: str, allow: list[str]) -> Callable[[Request], Awaitable[Response]]:
+    outcome = method_not_allowed(f"{path} is invoked with {', '.join(allow)}, not GET.", allow)
+
+    async def refuse(_request: Request) -> Response:
+        return render(outcome)
+
+    return refuse

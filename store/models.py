@@ -136,6 +136,10 @@ class GoldenPatientVersion(Base):
     """Every version of a golden record, for vread and ``_history``."""
 
     __tablename__ = "golden_patient_version"
+    #: ``GET /fhir/Patient/_history`` pages newest first by (time, id, version).
+    __table_args__ = (
+        Index("ix_golden_patient_version_recorded", "recorded_at", "golden_id", "version"),
+    )
 
     # No foreign key (migration 0004): copied from its golden record's row by the
     # statement that writes it; a golden record's delete still takes its versions.

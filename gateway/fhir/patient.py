@@ -41,7 +41,9 @@ from gateway.operations.everything import everything
 from gateway.operations.match import match
 from gateway.operations.merge import MergeResult, merge, unmerge
 from gateway.operations.read import (
+    check_history_params,
     history_patient,
+    history_patients,
     vread_patient,
 )
 from gateway.operations.search_patient import (
@@ -123,6 +125,39 @@ async def search_post(
         check_included(principal, "Patient", items)
         bundle = search_patients(session, items, search_context(request))
         entry.update(disclosed(bundle))
+    return fhir_response(bundle, media)
+
+
+@router.get(
+    "/Patient/_history",
+    summary="Every version of every golden Patient, newest first (deletions included)",
+    responses=BUNDLE_RESPONSE,
+    openapi_extra=fhir_extra("Patient", "interaction", "history-type"),
+)
+def type_history(
+    request: Request,
+    session: SessionDep,
+    state: StateDep,
+    principal: PatientSearch,
+    audit: AuditDep,
+    media: MediaType,
+    count: Annotated[int | None, Query(alias="_count", ge=1)] = None,
+    cursor: Annotated[str | None, Query(alias="_cursor")] = None,
+    since: Annotated[str | None, Query(alias="_since")] = None,
+) -> Response:
+    # A search of every record's versions: the search scope (SMART's "s" covers
+    # history-type), each disclosed record in the audit row.
+    with audited(audit, principal, "history", request, "Patient") as entry:
+        check_history_params(request.query_params)
+        bundle, ids = history_patients(
+            session,
+            base=state.base_url(request),
+            count=min(count or state.default_page_size, state.max_page_size),
+            cursor=cursor,
+            secret=state.secret_key,
+            since=since,
+        )
+        entry["ids"] = ids
     return fhir_response(bundle, media)
 
 
@@ -273,6 +308,7 @@ def history(
     since: Annotated[str | None, Query(alias="_since")] = None,
 ) -> Response:
     with audited(audit, principal, "history", request, "Patient", golden_id):
+        check_history_params(request.query_params)
         bundle = history_patient(
             session,
             golden_id,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, Text, bindparam, cast, select
+from sqlalchemy import Connection, Text, bindparam, cast, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from gateway.operations.bundle import page_url
@@ -24,12 +25,14 @@ from gateway.operations.paging import decode_cursor, encode_cursor
 from gateway.operations.params import DATE_PREFIXES, fail, parse_date, split_or
 from gateway.outcomes import OutcomeError, bad_request, gone, not_found
 from store.models import GoldenPatient, GoldenPatientVersion
+from store.types import UTCDateTime, fhir_instant
 
 #: A merge chain (A merged into B merged into C) is followed at most this far.
 MAX_MERGE_HOPS = 16
 REPLACED_BY = "replaced-by"
 #: https://hl7.org/fhir/R4/datatypes.html#id
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+OPERATION_NAME = re.compile(r"^\$[A-Za-z-]{1,64}$")
 ACTIVE, MERGED, DELETED = "active", "merged", "deleted"
 
 
@@ -60,6 +63,9 @@ _READ = select(
 def check_id(resource_type: str, raw: str) -> str:
     """``raw`` if it is a valid FHIR id; otherwise no such resource can exist (404)."""
     if not FHIR_ID.match(raw):
+        if OPERATION_NAME.match(raw):  # GET /fhir/Patient/$nosuch: not an id, an operation
+            detail = f"{resource_type} has no operation {raw} (GET /fhir/metadata lists them)."
+            raise OutcomeError(not_found(detail))
         raise OutcomeError(not_found(f"{resource_type}/<id>: not a valid FHIR id."))
     return raw
 
@@ -188,6 +194,71 @@ def vread_patient(session: Session, golden_id: str, version_raw: str) -> StoredR
     return StoredResource("Patient", golden_id, version, resource=dict(row.resource))
 
 
+def _since_bound(since: str | None) -> datetime | None:
+    """The first instant ``_since`` names (https://hl7.org/fhir/R4/http.html#history):
+    versions recorded at or after it; a date stands for its first instant, UTC."""
+    if since is None:
+        return None
+    if since[:2] in DATE_PREFIXES:
+        raise OutcomeError(bad_request("_since takes an instant, without a prefix.", "_since"))
+    return parse_date(since, "_since").low
+
+
+def _history_entry(base: str, golden_id: str, row: Any) -> dict[str, Any]:
+    """One version as a ``history`` entry: created (the first), updated, or a deletion
+    (no resource, ``DELETE``), with its version as the ``etag``."""
+    url = f"Patient/{golden_id}"
+    response = {"etag": f'W/"{row.version}"', "lastModified": fhir_instant(row.recorded_at)}
+    if row.status == DELETED:
+        return {
+            "fullUrl": f"{base}/fhir/{url}",
+            "request": {"method": "DELETE", "url": url},
+            "response": {"status": "204 No Content", **response},
+        }
+    first = row.version == 1
+    return {
+        "fullUrl": f"{base}/fhir/{url}",
+        "resource": row.resource,
+        "request": {"method": "POST" if first else "PUT", "url": "Patient" if first else url},
+        "response": {"status": "201 Created" if first else "200 OK", **response},
+    }
+
+
+def _history_bundle(
+    base: str,
+    path: str,
+    params: list[tuple[str, str]],
+    entries: list[dict[str, Any]],
+    next_cursor: str | None,
+) -> dict[str, Any]:
+    links = [{"relation": "self", "url": page_url(base, path, params)}]
+    if next_cursor is not None:
+        links.append(
+            {"relation": "next", "url": page_url(base, path, [*params, ("_cursor", next_cursor)])}
+        )
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "link": links}
+    if entries:
+        bundle["entry"] = entries
+    return bundle
+
+
+#: History parameters not supported: ignoring one would answer with more than was asked.
+UNSUPPORTED_HISTORY_PARAMS = ("_at", "_list")
+
+
+def check_history_params(names: Iterable[str]) -> None:
+    """400 for a ``_history`` parameter askonce does not support (``_at``, ``_list``)."""
+    for name in names:
+        if name in UNSUPPORTED_HISTORY_PARAMS:
+            raise OutcomeError(
+                bad_request(f"{name} is not supported on _history; _since and _count are.", name)
+            )
+
+
+def _history_params(count: int, since: str | None) -> list[tuple[str, str]]:
+    return [("_since", since), ("_count", str(count))] if since else [("_count", str(count))]
+
+
 def history_patient(
     session: Session,
     golden_id: str,
@@ -198,17 +269,13 @@ def history_patient(
     secret: str,
     since: str | None = None,
 ) -> dict[str, Any]:
-    """A ``history`` Bundle, newest version first, paged by version number; ``since``
-    (``_since``, https://hl7.org/fhir/R4/http.html#history): only the versions recorded
-    at or after that instant (a date stands for its first instant, UTC)."""
+    """The ``history-instance`` Bundle of one golden record, newest version first, paged
+    by version number; ``since`` (``_since``): only the versions recorded from then on."""
     check_id("Patient", golden_id)
-    params = [("_count", str(count))]
     stmt = select(GoldenPatientVersion).where(GoldenPatientVersion.golden_id == golden_id)
-    if since is not None:
-        if since[:2] in DATE_PREFIXES:
-            raise OutcomeError(bad_request("_since takes an instant, without a prefix.", "_since"))
-        stmt = stmt.where(GoldenPatientVersion.recorded_at >= parse_date(since, "_since").low)
-        params.insert(0, ("_since", since))
+    bound = _since_bound(since)
+    if bound is not None:
+        stmt = stmt.where(GoldenPatientVersion.recorded_at >= bound)
     if session.get(GoldenPatient, golden_id) is None:
         raise OutcomeError(not_found(f"Patient/{golden_id} is not known."))
     if cursor is not None:
@@ -219,30 +286,70 @@ def history_patient(
     rows = session.scalars(
         stmt.order_by(GoldenPatientVersion.version.desc()).limit(count + 1)
     ).all()
-    page, more = rows[:count], len(rows) > count
-    entries = []
-    for row in page:
-        url = f"Patient/{golden_id}"
-        entries.append(
-            {
-                "fullUrl": f"{base}/fhir/{url}",
-                "resource": row.resource,
-                "request": {"method": "POST" if row.version == 1 else "PUT", "url": url},
-                "response": {
-                    "status": "201 Created" if row.version == 1 else "200 OK",
-                    "etag": f'W/"{row.version}"',
-                    "lastModified": row.resource.get("meta", {}).get("lastUpdated"),
-                },
-            }
+    page = rows[:count]
+    token = encode_cursor(secret, {"v": page[-1].version}) if len(rows) > count else None
+    entries = [_history_entry(base, golden_id, row) for row in page]
+    return _history_bundle(
+        base, f"Patient/{golden_id}/_history", _history_params(count, since), entries, token
+    )
+
+
+#: The order of ``history-type``: newest first; ties (one write's records share their
+#: time) in a fixed order, so that a keyset cursor is exact.
+_TYPE_HISTORY_ORDER = (
+    GoldenPatientVersion.recorded_at.desc(),
+    GoldenPatientVersion.golden_id.desc(),
+    GoldenPatientVersion.version.desc(),
+)
+
+
+def history_patients(
+    session: Session,
+    *,
+    base: str,
+    count: int,
+    cursor: str | None,
+    secret: str,
+    since: str | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """The ``history-type`` Bundle of every golden record: each version, newest first,
+    deletions included (https://hl7.org/fhir/R4/http.html#history), paged by a keyset
+    cursor on (time, id, version), read through ``ix_golden_patient_version_recorded``.
+    Versions written while a client pages come before its first page, so its pages do
+    not shift; a client that follows changes asks again with ``_since`` the time of its
+    last request. Returns the Bundle and the ids of the records it discloses."""
+    stmt = select(GoldenPatientVersion)
+    bound = _since_bound(since)
+    if bound is not None:
+        stmt = stmt.where(GoldenPatientVersion.recorded_at >= bound)
+    if cursor is not None:
+        position = decode_cursor(secret, cursor)
+        at, golden_id, version = position.get("t"), position.get("g"), position.get("v")
+        if not (isinstance(at, str) and isinstance(golden_id, str) and isinstance(version, int)):
+            raise OutcomeError(bad_request("The paging cursor is invalid.", "_cursor"))
+        stmt = stmt.where(
+            tuple_(
+                GoldenPatientVersion.recorded_at,
+                GoldenPatientVersion.golden_id,
+                GoldenPatientVersion.version,
+            )
+            < tuple_(
+                literal(datetime.fromisoformat(at), UTCDateTime()),
+                literal(golden_id),
+                literal(version),
+            )
         )
-    path = f"Patient/{golden_id}/_history"
-    links = [{"relation": "self", "url": page_url(base, path, params)}]
-    if more:
-        token = encode_cursor(secret, {"v": page[-1].version})
-        links.append(
-            {"relation": "next", "url": page_url(base, path, [*params, ("_cursor", token)])}
+    rows = session.scalars(stmt.order_by(*_TYPE_HISTORY_ORDER).limit(count + 1)).all()
+    page = rows[:count]
+    token = None
+    if len(rows) > count:
+        last = page[-1]
+        token = encode_cursor(
+            secret,
+            {"t": last.recorded_at.isoformat(), "g": last.golden_id, "v": last.version},
         )
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "link": links}
-    if entries:
-        bundle["entry"] = entries
-    return bundle
+    entries = [_history_entry(base, row.golden_id, row) for row in page]
+    bundle = _history_bundle(
+        base, "Patient/_history", _history_params(count, since), entries, token
+    )
+    return bundle, list(dict.fromkeys(row.golden_id for row in page))

@@ -48,6 +48,7 @@ def test_capability_statement_matches_the_registered_routes(
         ("Patient", "read"),
         ("Patient", "vread"),
         ("Patient", "history-instance"),
+        ("Patient", "history-type"),
         ("Patient", "search-type"),
         ("Patient", "$match"),
         ("Patient", "$everything"),
@@ -135,3 +136,27 @@ def test_committed_openapi_matches_the_app() -> None:
         "openapi/openapi.json is stale: run `askonce openapi --out openapi/openapi.json`"
     )
     assert "/fhir/Patient/{golden_id}" in json.loads(committed)["paths"]
+
+
+def test_a_post_operation_asked_with_get_is_a_405_not_a_read(
+    client: TestClient, headers: Headers
+) -> None:
+    """``GET /fhir/Patient/$match`` names the method the operation takes; before, it was
+    read as a Patient with the id ``$match`` and answered 404 "not a valid FHIR id"."""
+    for path in (
+        "/fhir/Patient/$match",
+        "/fhir/Patient/$merge",
+        "/fhir/Questionnaire/$populate",
+        "/fhir/QuestionnaireResponse/$extract",
+    ):
+        reply = client.get(path, headers=headers)
+        assert reply.status_code == 405, path
+        assert reply.headers["allow"] == "POST"
+        issue = reply.json()["issue"][0]
+        assert issue["code"] == "not-supported" and path in issue["diagnostics"]
+    unknown = client.get("/fhir/Patient/$nosuch", headers=headers)
+    assert unknown.status_code == 404
+    assert "no operation $nosuch" in unknown.json()["issue"][0]["diagnostics"]
+    # A GET operation is still itself (the kick-off answers, not the refusal).
+    assert client.get("/fhir/Patient/$export", headers=headers).status_code != 405
+    assert client.post("/fhir/Patient/$match", headers=headers, json={}).status_code != 405

@@ -1,0 +1,169 @@
+"""``_history`` of golden Patients: the type-level history a consumer follows changes
+with, and deletions as FHIR history entries (https://hl7.org/fhir/R4/http.html#history)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from fhir_mapping import search_tokens
+from store.golden import GoldenPatientRepository
+from store.models import Audit, GoldenPatientVersion
+from tests.gateway.conftest import fhir_get, patient_resource
+
+Headers = dict[str, str]
+Factory = sessionmaker[Session]
+
+
+def _next(bundle: dict[str, Any]) -> str | None:
+    return next((link["url"] for link in bundle["link"] if link["relation"] == "next"), None)
+
+
+def _walk(client: TestClient, headers: Headers, url: str) -> list[dict[str, Any]]:
+    """Every entry of a history, page after page."""
+    entries: list[dict[str, Any]] = []
+    next_url: str | None = url
+    while next_url is not None:
+        bundle = fhir_get(client, headers, next_url)
+        assert bundle["type"] == "history"
+        entries.extend(bundle.get("entry", []))
+        next_url = _next(bundle)
+    return entries
+
+
+def _key(entry: dict[str, Any]) -> tuple[str, str]:
+    """(id, etag) of an entry."""
+    return entry["fullUrl"].rsplit("/", 1)[1], entry["response"]["etag"]
+
+
+def _update(factory: Factory, golden_id: str, family: str, status: str | None = None) -> None:
+    with factory() as session:
+        repo = GoldenPatientRepository(session)
+        resource = patient_resource(family=family)
+        repo.save(repo.read(golden_id), resource, search_tokens(resource), status=status)
+        session.commit()
+
+
+def _recorded(factory: Factory, at: dict[tuple[str, int], str]) -> None:
+    """Set the time of chosen versions."""
+    with factory() as session:
+        for (golden_id, version), when in at.items():
+            session.execute(
+                update(GoldenPatientVersion)
+                .where(GoldenPatientVersion.golden_id == golden_id)
+                .where(GoldenPatientVersion.version == version)
+                .values(recorded_at=datetime.fromisoformat(when).replace(tzinfo=UTC))
+            )
+        session.commit()
+
+
+def test_type_history_lists_every_version_newest_first_with_deletions(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    session_factory: Factory,
+) -> None:
+    first, second, third = add_patient(family="One"), add_patient(family="Two"), add_patient()
+    _update(session_factory, first, "One-Updated")
+    _update(session_factory, third, "Three", status="deleted")
+    _recorded(
+        session_factory,
+        {
+            (first, 1): "2025-01-01T00:00:00",
+            (second, 1): "2025-01-02T00:00:00",
+            (third, 1): "2025-01-03T00:00:00",
+            (first, 2): "2025-01-04T00:00:00",
+            (third, 2): "2025-01-05T00:00:00",
+        },
+    )
+    entries = _walk(client, headers, "/fhir/Patient/_history?_count=2")
+    assert [_key(e) for e in entries] == [
+        (third, 'W/"2"'),
+        (first, 'W/"2"'),
+        (third, 'W/"1"'),
+        (second, 'W/"1"'),
+        (first, 'W/"1"'),
+    ]
+    deletion, update_, created = entries[0], entries[1], entries[4]
+    assert "resource" not in deletion
+    assert deletion["request"] == {"method": "DELETE", "url": f"Patient/{third}"}
+    assert deletion["response"]["lastModified"] == "2025-01-05T00:00:00.000Z"
+    assert update_["request"] == {"method": "PUT", "url": f"Patient/{first}"}
+    assert update_["resource"]["name"][0]["family"] == "One-Updated"
+    assert update_["response"]["status"] == "200 OK"
+    assert created["request"] == {"method": "POST", "url": "Patient"}
+    assert created["response"]["status"] == "201 Created"
+    assert created["resource"]["name"][0]["family"] == "One"
+    assert created["fullUrl"] == f"http://testserver/fhir/Patient/{first}"
+
+    since = _walk(client, headers, "/fhir/Patient/_history?_since=2025-01-03T00:00:00Z&_count=1")
+    assert [_key(e) for e in since] == [(third, 'W/"2"'), (first, 'W/"2"'), (third, 'W/"1"')]
+    assert _walk(client, headers, "/fhir/Patient/_history?_since=2999-01-01") == []
+
+    # The instance history shows the same deletion the same way.
+    own = _walk(client, headers, f"/fhir/Patient/{third}/_history")
+    assert [e["request"]["method"] for e in own] == ["DELETE", "POST"]
+    assert own[1]["request"]["url"] == "Patient"
+
+
+def test_type_history_pages_are_exact_when_versions_share_a_time_and_new_ones_arrive(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    session_factory: Factory,
+) -> None:
+    """One write's records share their time: the cursor still gives each version once.
+    A version written while a client pages comes before its first page, not in a later
+    one, so nothing is doubled or skipped."""
+    ids = [add_patient(family=f"Tie{i}") for i in range(5)]
+    _recorded(session_factory, {(golden_id, 1): "2025-03-01T08:00:00" for golden_id in ids})
+    page = fhir_get(client, headers, "/fhir/Patient/_history?_count=2")
+    seen = [_key(e) for e in page["entry"]]
+    _update(session_factory, ids[0], "Tie0-Later")  # newer than every listed version
+    seen += [_key(e) for e in _walk(client, headers, _next(page) or "")]
+    assert sorted(seen) == sorted((golden_id, 'W/"1"') for golden_id in ids)
+    assert len(set(seen)) == 5
+    newest = fhir_get(client, headers, "/fhir/Patient/_history?_count=1")["entry"]
+    assert [_key(e) for e in newest] == [(ids[0], 'W/"2"')]
+
+
+def test_type_history_needs_the_search_scope_and_is_audited(
+    client: TestClient,
+    headers: Headers,
+    auth_for: Callable[..., Headers],
+    add_patient: Callable[..., str],
+    session_factory: Factory,
+) -> None:
+    golden_id = add_patient()
+    read_only = auth_for("system/Patient.r")
+    refused = fhir_get(client, read_only, "/fhir/Patient/_history", status=403)
+    assert refused["resourceType"] == "OperationOutcome"
+    fhir_get(client, headers, "/fhir/Patient/_history")
+    client.app.state.audit.flush()  # type: ignore[attr-defined]
+    with session_factory() as session:
+        row = session.scalars(
+            select(Audit).where(Audit.action == "history").order_by(Audit.id.desc())
+        ).first()
+    assert row is not None and row.resource_id is None
+    assert row.detail["ids"] == [golden_id]
+
+
+def test_history_refuses_what_it_does_not_support(
+    client: TestClient, headers: Headers, add_patient: Callable[..., str]
+) -> None:
+    golden_id = add_patient()
+    for url in ("/fhir/Patient/_history", f"/fhir/Patient/{golden_id}/_history"):
+        for query, param in (
+            ("_at=2025", "_at"),
+            ("_list=x", "_list"),
+            ("_since=ge2025", "_since"),
+            ("_since=soon", "_since"),
+            ("_cursor=bogus", "_cursor"),
+        ):
+            outcome = fhir_get(client, headers, f"{url}?{query}", status=400)
+            assert outcome["issue"][0]["expression"] == [param], (url, query)
