@@ -22,6 +22,10 @@ MAX_TOKEN_LENGTH = 255
 #: (the repeating ones stay in the LRU; unique lines and names would only grow the process).
 FOLD_CACHE_SIZE = 1 << 13
 
+#: Address parts searched as strings (starts with, case- and accent-insensitive), by the
+#: parameter that searches each.
+ADDRESS_PARTS = {"city": "address-city", "state": "address-state", "country": "address-country"}
+
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 _DIGITS = re.compile(r"\D+")
 
@@ -68,6 +72,8 @@ def normalize_search_value(param: str, value: str) -> str:
         return value.strip().casefold()
     if param == "address-postalcode":
         return value.replace(" ", "").upper()
+    if param in ADDRESS_PARTS.values():
+        return fold_text(value)
     if param == "identifier":
         return value.strip()
     return value.strip()
@@ -132,4 +138,10 @@ def search_tokens(resource: dict[str, Any]) -> list[SearchToken]:
             value = postal.replace(" ", "").upper()
             if value:
                 add(("address-postalcode", None, value[:limit]))
+        for part, param in ADDRESS_PARTS.items():
+            text = address.get(part)
+            if text:
+                folded = fold_text(text)
+                if folded:
+                    add((param, None, folded[:limit]))
     return list(dict.fromkeys(found))

@@ -54,7 +54,11 @@ PATIENT_SEARCH_PARAMS: dict[str, tuple[str, str]] = {
     "gender": ("token", "administrative gender"),
     "phone": ("token", "Phone number (digits compared, punctuation ignored)"),
     "email": ("token", "Email address (case-insensitive)"),
+    "telecom": ("token", "phone|value, email|value, or a value matching either"),
     "address-postalcode": ("string", "Postal code (starts with, spaces ignored)"),
+    "address-city": ("string", "City (starts with, case and accent insensitive)"),
+    "address-state": ("string", "State or province (starts with, case and accent insensitive)"),
+    "address-country": ("string", "Country (starts with, case and accent insensitive)"),
 }
 SUPPORTED: dict[str, frozenset[str]] = {name: frozenset() for name in PATIENT_SEARCH_PARAMS}
 SORTABLE = frozenset({"_id", "_lastUpdated", "birthdate"})
@@ -70,7 +74,17 @@ REVINCLUDES = dict.fromkeys(
 )
 GENDERS = frozenset({"male", "female", "other", "unknown"})
 TOKEN_PARAMS = ("identifier", "phone", "email")
-STRING_PARAMS = ("name", "family", "given", "address-postalcode")
+STRING_PARAMS = (
+    "name",
+    "family",
+    "given",
+    "address-postalcode",
+    "address-city",
+    "address-state",
+    "address-country",
+)
+#: ContactPoint systems whose values are indexed, each under the parameter of its name.
+TELECOM_SYSTEMS = ("phone", "email")
 
 _SORT: dict[str, SortColumn] = {
     "_id": (GP.id, "str"),
@@ -121,6 +135,27 @@ def token_condition(
     return _tokens(param, and_(*clauses))
 
 
+def _telecom_condition(raw: str) -> ColumnElement[bool]:
+    """``telecom``, a token on ContactPoint whose system is ``ContactPoint.system``
+    (https://hl7.org/fhir/R4/search.html#token): ``phone|…`` and ``email|…`` match as
+    ``phone`` and ``email`` do, ``phone|`` any phone, a bare value either kind."""
+    token = parse_token(raw)
+    if token.no_system or (token.system is not None and token.system not in TELECOM_SYSTEMS):
+        raise fail(
+            "telecom takes phone|value, email|value or a value: only phones and emails"
+            " are indexed.",
+            "telecom",
+        )
+    systems = (token.system,) if token.system is not None else TELECOM_SYSTEMS
+    if token.code is None:
+        return or_(*(_tokens(system, GST.param == system) for system in systems))
+    values = [(system, normalize_search_value(system, token.code)) for system in systems]
+    conditions = [token_condition(system, None, value) for system, value in values if value]
+    if not conditions:
+        raise fail("Parameter telecom has no searchable value.", "telecom")
+    return or_(*conditions)
+
+
 def _string_condition(param: str, raw: str) -> ColumnElement[bool]:
     value = normalize_search_value(param, raw)
     if not value:
@@ -152,6 +187,8 @@ def _criterion(name: str, raw: str) -> ColumnElement[bool]:
         )
     if name in TOKEN_PARAMS:
         return or_(*(_token_condition(name, a) for a in alternatives))
+    if name == "telecom":
+        return or_(*(_telecom_condition(a) for a in alternatives))
     return or_(*(_string_condition(name, a) for a in alternatives))
 
 

@@ -221,6 +221,70 @@ def test_search_parameters(
     assert sorted(_ids(found)) == sorted(ids[k] for k in expected)
 
 
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("address-city=sao", ["br"]),
+        ("address-city=SÃO PAULO", ["br"]),
+        ("address-city=san", ["us", "at"]),
+        ("address-city=sankt", ["at"]),
+        ("address-state=ca", ["us"]),
+        ("address-state=nieder", ["at"]),
+        ("address-country=us", ["us"]),
+        ("address-country=brazil,at", ["br", "at"]),
+        ("address-city=san&address-country=at", ["at"]),
+        ("telecom=phone|(415) 555-0199", ["us"]),
+        ("telecom=email|JOAO@example.com", ["br"]),
+        ("telecom=joao@example.com", ["br"]),
+        ("telecom=415.555.0199", ["us"]),
+        ("telecom=phone|", ["br", "us"]),
+        ("telecom=email|", ["br"]),
+        ("telecom=email|4155550199", []),
+        ("telecom=phone|4155550199,email|joao@example.com", ["br", "us"]),
+    ],
+)
+def test_address_part_and_telecom_search(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    query: str,
+    expected: list[str],
+) -> None:
+    def person(city: str, state: str, country: str, telecom: list[dict[str, str]]) -> str:
+        resource = patient_resource(phone=None, postal=None)
+        resource["address"] = [{"city": city, "state": state, "country": country}]
+        if telecom:
+            resource["telecom"] = telecom
+        return add_patient(resource)
+
+    ids = {
+        "br": person(
+            "São Paulo",
+            "SP",
+            "Brazil",
+            [
+                {"system": "phone", "value": "+55 11 5555 0101"},
+                {"system": "email", "value": "Joao@Example.com"},
+            ],
+        ),
+        "us": person("San Francisco", "CA", "US", [{"system": "phone", "value": "+14155550199"}]),
+        "at": person("Sankt Pölten", "Niederösterreich", "AT", []),
+    }
+    found = _search(client, headers, query + "&_count=50")
+    assert sorted(_ids(found)) == sorted(ids[k] for k in expected)
+
+
+def test_telecom_of_a_system_not_indexed_is_a_bad_request(
+    client: TestClient, headers: Headers
+) -> None:
+    """Fax, pager, URL and SMS values are not indexed: a search for one is refused, not
+    answered with nothing (which would say that no one has that number)."""
+    for value in ("fax|4155550100", "sms|4155550100", "|4155550100", "phone|---"):
+        reply = client.get("/fhir/Patient", params={"telecom": value}, headers=headers)
+        assert reply.status_code == 400, value
+        assert reply.json()["issue"][0]["expression"] == ["telecom"]
+
+
 def test_paging_visits_every_record_once(
     client: TestClient, headers: Headers, add_patient: Callable[..., str]
 ) -> None:
@@ -344,7 +408,19 @@ def test_injection_like_values_match_nothing_and_break_nothing(
     client: TestClient, headers: Headers, add_patient: Callable[..., str], value: str
 ) -> None:
     add_patient(family="Safe")
-    for param in ("family", "name", "identifier", "email", "phone", "_id", "address-postalcode"):
+    for param in (
+        "family",
+        "name",
+        "identifier",
+        "email",
+        "phone",
+        "telecom",
+        "_id",
+        "address-postalcode",
+        "address-city",
+        "address-state",
+        "address-country",
+    ):
         reply = client.get("/fhir/Patient", params={param: value}, headers=headers)
         assert reply.status_code in (200, 400), (param, reply.text)
         if reply.status_code == 200:
