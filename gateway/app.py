@@ -94,7 +94,7 @@ def _operations_answer_get(app: FastAPI, routers: Sequence[APIRouter]) -> None:
     for router in routers:
         for route in router.routes:
             if isinstance(route, APIRoute) and _TYPE_OPERATION.match(route.path):
-                allowed.setdefault(route.path, set()).update(route.methods)
+                allowed.setdefault(route.path, set()).update(route.methods or ())
     for path, methods in allowed.items():
         if "GET" not in methods:
             app.router.routes.insert(

@@ -52,6 +52,8 @@ INCLUDES = {
     "Encounter:subject:Patient": "Patient",
     "Encounter:patient:Patient": "Patient",
 }
+#: Reference parameters that take a chained Patient parameter (``patient.identifier=…``).
+CHAINS = {"patient": "Patient", "subject": "Patient"}
 #: Encounter ids are askonce row ids: digits that fit a BIGINT.
 ROW_ID = re.compile(r"^[0-9]{1,18}$")
 #: Sort position of an encounter without a start date (first ascending, last descending).
@@ -154,6 +156,12 @@ def _code_condition(column: Any, name: str, raw: str) -> ColumnElement[bool]:
 
 
 def _criterion(session: Session, name: str, raw: str) -> ColumnElement[bool]:
+    reference, chained, param = name.partition(".")
+    if chained:  # patient.identifier=…: the encounters of the Patients that search finds
+        # Imported here: the Patient search imports this module (for its _revinclude).
+        from gateway.operations.search_patient import matching_patients
+
+        return Encounter.golden_id.in_(matching_patients([(param, raw)], reference))
     if name in ("patient", "subject"):
         return Encounter.golden_id.in_(patient_ids(session, raw, name))
     if name == "_id":
@@ -173,7 +181,13 @@ def encounter_filter(session: Session, items: Sequence[tuple[str, str]]) -> Colu
     ``encounter`` table; 400 on an unknown or invalid parameter."""
     criteria_only(items, "_typeFilter")
     request = parse_search(
-        items, SUPPORTED, sortable=SORTABLE, strict=True, default_count=1, max_count=1
+        items,
+        SUPPORTED,
+        sortable=SORTABLE,
+        chains=CHAINS,
+        strict=True,
+        default_count=1,
+        max_count=1,
     )
     return and_(
         Encounter.golden_id.is_not(None),
@@ -202,5 +216,6 @@ ENCOUNTER_KEYSET = Keyset(
     value_of=_value_of,
     render=render_encounter,
     includes=dict.fromkeys(INCLUDES, _subjects),
+    chains=CHAINS,
 )
 search_encounters = ENCOUNTER_KEYSET.search

@@ -45,6 +45,8 @@ class Keyset:
     includes: Mapping[str, Callable[[Session, Sequence[Any]], list[dict[str, Any]]]] = field(
         default_factory=dict
     )
+    #: Reference parameters that take chained parameters -> their target type.
+    chains: Mapping[str, str] = field(default_factory=dict)
 
     def search(
         self,
@@ -63,6 +65,7 @@ class Keyset:
             self.supported,
             sortable=self.sortable,
             includes=frozenset(self.includes),
+            chains=self.chains,
             strict=strict,
             default_count=default_count,
             max_count=max_count,

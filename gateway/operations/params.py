@@ -210,6 +210,7 @@ def parse_search(
     sortable: frozenset[str],
     includes: frozenset[str] = frozenset(),
     revincludes: frozenset[str] = frozenset(),
+    chains: Mapping[str, str] | None = None,
     strict: bool,
     default_count: int,
     max_count: int,
@@ -219,9 +220,14 @@ def parse_search(
     Unknown parameters and modifiers raise 400 under ``strict`` handling and are
     ignored (listed in ``ignored``) otherwise. ``_count`` above ``max_count`` is
     capped (https://hl7.org/fhir/R4/search.html#count: the server may return fewer).
+    ``chains``: reference parameters that take a chained parameter of their target type
+    (``patient.identifier=…``, also ``patient:Patient.identifier``), each kept as the
+    criterion ``patient.identifier``; the target's search judges the chained name.
     """
     request = SearchRequest(count=default_count)
     for key, value in items:
+        if chains and "." in key and _chained(request, key, value, chains):
+            continue
         name, _, modifier = key.partition(":")
         if name in CONTROL_PARAMS:
             _apply_control(request, name, value, sortable, includes, revincludes, max_count)
@@ -239,6 +245,23 @@ def parse_search(
             raise fail(f"Parameter {key} needs a value of 1 to 255 characters.", key)
         request.criteria.append((name, modifier or None, value))
     return _one_shape(request)
+
+
+def _chained(request: SearchRequest, key: str, value: str, chains: Mapping[str, str]) -> bool:
+    """Add ``key`` as a chained criterion (https://hl7.org/fhir/R4/search.html#chaining)
+    when it chains one of ``chains`` {reference parameter: target type}; False if not."""
+    link, _, chained = key.partition(".")
+    reference, _, target = link.partition(":")
+    if reference not in chains:
+        return False
+    if target and target != chains[reference]:
+        raise fail(f"{reference} refers to a {chains[reference]} only.", key)
+    if not chained or "." in chained or ":" in chained:
+        raise fail(f"{key}: one chained parameter, without a modifier, is supported.", key)
+    if value == "" or len(value) > MAX_VALUE_LENGTH:
+        raise fail(f"Parameter {key} needs a value of 1 to 255 characters.", key)
+    request.criteria.append((f"{reference}.{chained}", None, value))
+    return True
 
 
 def _one_shape(request: SearchRequest) -> SearchRequest:

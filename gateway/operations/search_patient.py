@@ -201,12 +201,19 @@ def _filtered(request: SearchRequest, columns: Sequence[Any]) -> Select[Any]:
 
 def patient_filter(items: Sequence[tuple[str, str]]) -> ColumnElement[bool]:
     """The golden records a Patient search with these criteria finds (active ones), as a
-    condition on ``golden_patient.id``; 400 on an unknown or invalid parameter."""
-    criteria_only(items, "_typeFilter")
+    condition on ``golden_patient.id`` (a ``_typeFilter``); 400 on an unknown or invalid
+    parameter."""
+    return GP.id.in_(matching_patients(items, "_typeFilter"))
+
+
+def matching_patients(items: Sequence[tuple[str, str]], where: str) -> Select[Any]:
+    """The ids of the golden records a Patient search with these criteria finds (active
+    ones); 400, naming ``where``, for anything else than a valid criterion."""
+    criteria_only(items, where)
     request = parse_search(
         items, SUPPORTED, sortable=SORTABLE, strict=True, default_count=1, max_count=1
     )
-    return GP.id.in_(_filtered(request, [GP.id]))
+    return _filtered(request, [GP.id])
 
 
 def search_patients(
