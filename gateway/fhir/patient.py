@@ -41,6 +41,7 @@ from gateway.operations.everything import everything
 from gateway.operations.match import match
 from gateway.operations.merge import MergeResult, merge, unmerge
 from gateway.operations.read import (
+    HistoryPage,
     check_history_params,
     history_patient,
     history_patients,
@@ -128,6 +129,24 @@ async def search_post(
     return fhir_response(bundle, media)
 
 
+def _history_page(
+    request: Request,
+    state: GatewayState,
+    count: int | None,
+    cursor: str | None,
+    since: str | None,
+) -> HistoryPage:
+    """The page a ``_history`` request asks for; 400 for ``_at`` or ``_list``."""
+    check_history_params(request.query_params)
+    return HistoryPage(
+        base=state.base_url(request),
+        count=min(count or state.default_page_size, state.max_page_size),
+        cursor=cursor,
+        secret=state.secret_key,
+        since=since,
+    )
+
+
 @router.get(
     "/Patient/_history",
     summary="Every version of every golden Patient, newest first (deletions included)",
@@ -148,15 +167,7 @@ def type_history(
     # A search of every record's versions: the search scope (SMART's "s" covers
     # history-type), each disclosed record in the audit row.
     with audited(audit, principal, "history", request, "Patient") as entry:
-        check_history_params(request.query_params)
-        bundle, ids = history_patients(
-            session,
-            base=state.base_url(request),
-            count=min(count or state.default_page_size, state.max_page_size),
-            cursor=cursor,
-            secret=state.secret_key,
-            since=since,
-        )
+        bundle, ids = history_patients(session, _history_page(request, state, count, cursor, since))
         entry["ids"] = ids
     return fhir_response(bundle, media)
 
@@ -308,15 +319,8 @@ def history(
     since: Annotated[str | None, Query(alias="_since")] = None,
 ) -> Response:
     with audited(audit, principal, "history", request, "Patient", golden_id):
-        check_history_params(request.query_params)
         bundle = history_patient(
-            session,
-            golden_id,
-            base=state.base_url(request),
-            count=min(count or state.default_page_size, state.max_page_size),
-            cursor=cursor,
-            secret=state.secret_key,
-            since=since,
+            session, golden_id, _history_page(request, state, count, cursor, since)
         )
     return fhir_response(bundle, media)
 

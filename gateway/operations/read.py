@@ -17,7 +17,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, Text, bindparam, cast, literal, select, tuple_
+from sqlalchemy import Connection, Select, Text, bindparam, cast, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from gateway.operations.bundle import page_url
@@ -194,20 +194,10 @@ def vread_patient(session: Session, golden_id: str, version_raw: str) -> StoredR
     return StoredResource("Patient", golden_id, version, resource=dict(row.resource))
 
 
-def _since_bound(since: str | None) -> datetime | None:
-    """The first instant ``_since`` names (https://hl7.org/fhir/R4/http.html#history):
-    versions recorded at or after it; a date stands for its first instant, UTC."""
-    if since is None:
-        return None
-    if since[:2] in DATE_PREFIXES:
-        raise OutcomeError(bad_request("_since takes an instant, without a prefix.", "_since"))
-    return parse_date(since, "_since").low
-
-
-def _history_entry(base: str, golden_id: str, row: Any) -> dict[str, Any]:
+def _history_entry(base: str, row: GoldenPatientVersion) -> dict[str, Any]:
     """One version as a ``history`` entry: created (the first), updated, or a deletion
     (no resource, ``DELETE``), with its version as the ``etag``."""
-    url = f"Patient/{golden_id}"
+    url = f"Patient/{row.golden_id}"
     response = {"etag": f'W/"{row.version}"', "lastModified": fhir_instant(row.recorded_at)}
     if row.status == DELETED:
         return {
@@ -224,24 +214,6 @@ def _history_entry(base: str, golden_id: str, row: Any) -> dict[str, Any]:
     }
 
 
-def _history_bundle(
-    base: str,
-    path: str,
-    params: list[tuple[str, str]],
-    entries: list[dict[str, Any]],
-    next_cursor: str | None,
-) -> dict[str, Any]:
-    links = [{"relation": "self", "url": page_url(base, path, params)}]
-    if next_cursor is not None:
-        links.append(
-            {"relation": "next", "url": page_url(base, path, [*params, ("_cursor", next_cursor)])}
-        )
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "link": links}
-    if entries:
-        bundle["entry"] = entries
-    return bundle
-
-
 #: History parameters not supported: ignoring one would answer with more than was asked.
 UNSUPPORTED_HISTORY_PARAMS = ("_at", "_list")
 
@@ -255,42 +227,36 @@ def check_history_params(names: Iterable[str]) -> None:
             )
 
 
-def _history_params(count: int, since: str | None) -> list[tuple[str, str]]:
-    return [("_since", since), ("_count", str(count))] if since else [("_count", str(count))]
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """What a ``_history`` request asks for (its page size, paging cursor and ``_since``)
+    and the base URL its links start with."""
+
+    base: str
+    count: int
+    cursor: str | None
+    secret: str
+    since: str | None = None
 
 
-def history_patient(
-    session: Session,
-    golden_id: str,
-    *,
-    base: str,
-    count: int,
-    cursor: str | None,
-    secret: str,
-    since: str | None = None,
-) -> dict[str, Any]:
+def history_patient(session: Session, golden_id: str, asked: HistoryPage) -> dict[str, Any]:
     """The ``history-instance`` Bundle of one golden record, newest version first, paged
-    by version number; ``since`` (``_since``): only the versions recorded from then on."""
+    by version number; ``_since``: only the versions recorded from then on."""
     check_id("Patient", golden_id)
-    stmt = select(GoldenPatientVersion).where(GoldenPatientVersion.golden_id == golden_id)
-    bound = _since_bound(since)
-    if bound is not None:
-        stmt = stmt.where(GoldenPatientVersion.recorded_at >= bound)
+    stmt = _since_filtered(select(GoldenPatientVersion), asked.since)
+    stmt = stmt.where(GoldenPatientVersion.golden_id == golden_id)
     if session.get(GoldenPatient, golden_id) is None:
         raise OutcomeError(not_found(f"Patient/{golden_id} is not known."))
-    if cursor is not None:
-        before = decode_cursor(secret, cursor).get("v")
+    if asked.cursor is not None:
+        before = decode_cursor(asked.secret, asked.cursor).get("v")
         if not isinstance(before, int):
             raise OutcomeError(bad_request("The paging cursor is invalid.", "_cursor"))
         stmt = stmt.where(GoldenPatientVersion.version < before)
     rows = session.scalars(
-        stmt.order_by(GoldenPatientVersion.version.desc()).limit(count + 1)
+        stmt.order_by(GoldenPatientVersion.version.desc()).limit(asked.count + 1)
     ).all()
-    page = rows[:count]
-    token = encode_cursor(secret, {"v": page[-1].version}) if len(rows) > count else None
-    entries = [_history_entry(base, golden_id, row) for row in page]
     return _history_bundle(
-        base, f"Patient/{golden_id}/_history", _history_params(count, since), entries, token
+        asked, f"Patient/{golden_id}/_history", rows, lambda row: {"v": row.version}
     )
 
 
@@ -303,27 +269,16 @@ _TYPE_HISTORY_ORDER = (
 )
 
 
-def history_patients(
-    session: Session,
-    *,
-    base: str,
-    count: int,
-    cursor: str | None,
-    secret: str,
-    since: str | None = None,
-) -> tuple[dict[str, Any], list[str]]:
+def history_patients(session: Session, asked: HistoryPage) -> tuple[dict[str, Any], list[str]]:
     """The ``history-type`` Bundle of every golden record: each version, newest first,
     deletions included (https://hl7.org/fhir/R4/http.html#history), paged by a keyset
     cursor on (time, id, version), read through ``ix_golden_patient_version_recorded``.
     Versions written while a client pages come before its first page, so its pages do
     not shift; a client that follows changes asks again with ``_since`` the time of its
     last request. Returns the Bundle and the ids of the records it discloses."""
-    stmt = select(GoldenPatientVersion)
-    bound = _since_bound(since)
-    if bound is not None:
-        stmt = stmt.where(GoldenPatientVersion.recorded_at >= bound)
-    if cursor is not None:
-        position = decode_cursor(secret, cursor)
+    stmt = _since_filtered(select(GoldenPatientVersion), asked.since)
+    if asked.cursor is not None:
+        position = decode_cursor(asked.secret, asked.cursor)
         at, golden_id, version = position.get("t"), position.get("g"), position.get("v")
         if not (isinstance(at, str) and isinstance(golden_id, str) and isinstance(version, int)):
             raise OutcomeError(bad_request("The paging cursor is invalid.", "_cursor"))
@@ -339,17 +294,45 @@ def history_patients(
                 literal(version),
             )
         )
-    rows = session.scalars(stmt.order_by(*_TYPE_HISTORY_ORDER).limit(count + 1)).all()
-    page = rows[:count]
-    token = None
-    if len(rows) > count:
-        last = page[-1]
-        token = encode_cursor(
-            secret,
-            {"t": last.recorded_at.isoformat(), "g": last.golden_id, "v": last.version},
-        )
-    entries = [_history_entry(base, row.golden_id, row) for row in page]
+    rows = session.scalars(stmt.order_by(*_TYPE_HISTORY_ORDER).limit(asked.count + 1)).all()
     bundle = _history_bundle(
-        base, "Patient/_history", _history_params(count, since), entries, token
+        asked,
+        "Patient/_history",
+        rows,
+        lambda row: {"t": row.recorded_at.isoformat(), "g": row.golden_id, "v": row.version},
     )
-    return bundle, list(dict.fromkeys(row.golden_id for row in page))
+    return bundle, list(dict.fromkeys(row.golden_id for row in rows[: asked.count]))
+
+
+def _since_filtered(stmt: Select[Any], since: str | None) -> Select[Any]:
+    """``stmt`` limited to the versions recorded at or after ``_since``
+    (https://hl7.org/fhir/R4/http.html#history; a date stands for its first instant, UTC)."""
+    if since is None:
+        return stmt
+    if since[:2] in DATE_PREFIXES:
+        raise OutcomeError(bad_request("_since takes an instant, without a prefix.", "_since"))
+    return stmt.where(GoldenPatientVersion.recorded_at >= parse_date(since, "_since").low)
+
+
+def _history_bundle(
+    asked: HistoryPage,
+    path: str,
+    rows: Sequence[GoldenPatientVersion],
+    position: Callable[[GoldenPatientVersion], dict[str, Any]],
+) -> dict[str, Any]:
+    """A ``history`` Bundle of the first ``count`` of ``rows`` (one more was read: then a
+    next link carries ``position`` of the page's last row in a signed cursor)."""
+    page = rows[: asked.count]
+    params = [("_count", str(asked.count))]
+    if asked.since:
+        params.insert(0, ("_since", asked.since))
+    links = [{"relation": "self", "url": page_url(asked.base, path, params)}]
+    if len(rows) > asked.count:
+        token = encode_cursor(asked.secret, position(page[-1]))
+        links.append(
+            {"relation": "next", "url": page_url(asked.base, path, [*params, ("_cursor", token)])}
+        )
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "link": links}
+    if page:
+        bundle["entry"] = [_history_entry(asked.base, row) for row in page]
+    return bundle
