@@ -131,10 +131,10 @@ async def search_post(
 
 def _history_page(
     request: Request,
-    state: GatewayState,
-    count: int | None,
-    cursor: str | None,
-    since: str | None,
+    state: StateDep,
+    count: Annotated[int | None, Query(alias="_count", ge=1)] = None,
+    cursor: Annotated[str | None, Query(alias="_cursor")] = None,
+    since: Annotated[str | None, Query(alias="_since")] = None,
 ) -> HistoryPage:
     """The page a ``_history`` request asks for; 400 for ``_at`` or ``_list``."""
     check_history_params(request.query_params)
@@ -147,6 +147,9 @@ def _history_page(
     )
 
 
+HistoryAsked = Annotated[HistoryPage, Depends(_history_page)]
+
+
 @router.get(
     "/Patient/_history",
     summary="Every version of every golden Patient, newest first (deletions included)",
@@ -156,18 +159,15 @@ def _history_page(
 def type_history(
     request: Request,
     session: SessionDep,
-    state: StateDep,
     principal: PatientSearch,
     audit: AuditDep,
     media: MediaType,
-    count: Annotated[int | None, Query(alias="_count", ge=1)] = None,
-    cursor: Annotated[str | None, Query(alias="_cursor")] = None,
-    since: Annotated[str | None, Query(alias="_since")] = None,
+    asked: HistoryAsked,
 ) -> Response:
     # A search of every record's versions: the search scope (SMART's "s" covers
     # history-type), each disclosed record in the audit row.
     with audited(audit, principal, "history", request, "Patient") as entry:
-        bundle, ids = history_patients(session, _history_page(request, state, count, cursor, since))
+        bundle, ids = history_patients(session, asked)
         entry["ids"] = ids
     return fhir_response(bundle, media)
 
@@ -310,18 +310,13 @@ def history(
     golden_id: str,
     request: Request,
     session: SessionDep,
-    state: StateDep,
     principal: PatientRead,
     audit: AuditDep,
     media: MediaType,
-    count: Annotated[int | None, Query(alias="_count", ge=1)] = None,
-    cursor: Annotated[str | None, Query(alias="_cursor")] = None,
-    since: Annotated[str | None, Query(alias="_since")] = None,
+    asked: HistoryAsked,
 ) -> Response:
     with audited(audit, principal, "history", request, "Patient", golden_id):
-        bundle = history_patient(
-            session, golden_id, _history_page(request, state, count, cursor, since)
-        )
+        bundle = history_patient(session, golden_id, asked)
     return fhir_response(bundle, media)
 
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fhir_mapping import parse_patient, search_tokens
@@ -25,7 +26,7 @@ from gateway.operations.export import run_export
 from mpi import resolve_patients
 from store import make_engine, make_session_factory
 from store.golden import GoldenPatientRepository
-from store.models import Encounter, Source, SourceRecord
+from store.models import Encounter, GoldenPatientVersion, Source, SourceRecord
 from tests.sekmet_server import free_port
 
 SECRET = "gateway-test-secret-" + "y" * 32
@@ -41,6 +42,19 @@ def fhir_get(
     assert reply.status_code == status, reply.text
     body: dict[str, Any] = reply.json()
     return body
+
+
+def set_recorded(factory: sessionmaker[Session], at: dict[tuple[str, int], str]) -> None:
+    """Set the time of chosen versions: {(golden id, version): ISO instant, UTC}."""
+    with factory() as session:
+        for (golden_id, version), when in at.items():
+            session.execute(
+                update(GoldenPatientVersion)
+                .where(GoldenPatientVersion.golden_id == golden_id)
+                .where(GoldenPatientVersion.version == version)
+                .values(recorded_at=datetime.fromisoformat(when).replace(tzinfo=UTC))
+            )
+        session.commit()
 
 
 def patient_resource(

@@ -4,17 +4,16 @@ with, and deletions as FHIR history entries (https://hl7.org/fhir/R4/http.html#h
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fhir_mapping import search_tokens
 from store.golden import GoldenPatientRepository
-from store.models import Audit, GoldenPatientVersion
-from tests.gateway.conftest import fhir_get, patient_resource
+from store.models import Audit
+from tests.gateway.conftest import fhir_get, patient_resource, set_recorded
 
 Headers = dict[str, str]
 Factory = sessionmaker[Session]
@@ -49,19 +48,6 @@ def _update(factory: Factory, golden_id: str, family: str, status: str | None = 
         session.commit()
 
 
-def _recorded(factory: Factory, at: dict[tuple[str, int], str]) -> None:
-    """Set the time of chosen versions."""
-    with factory() as session:
-        for (golden_id, version), when in at.items():
-            session.execute(
-                update(GoldenPatientVersion)
-                .where(GoldenPatientVersion.golden_id == golden_id)
-                .where(GoldenPatientVersion.version == version)
-                .values(recorded_at=datetime.fromisoformat(when).replace(tzinfo=UTC))
-            )
-        session.commit()
-
-
 def test_type_history_lists_every_version_newest_first_with_deletions(
     client: TestClient,
     headers: Headers,
@@ -71,7 +57,7 @@ def test_type_history_lists_every_version_newest_first_with_deletions(
     first, second, third = add_patient(family="One"), add_patient(family="Two"), add_patient()
     _update(session_factory, first, "One-Updated")
     _update(session_factory, third, "Three", status="deleted")
-    _recorded(
+    set_recorded(
         session_factory,
         {
             (first, 1): "2025-01-01T00:00:00",
@@ -121,7 +107,7 @@ def test_type_history_pages_are_exact_when_versions_share_a_time_and_new_ones_ar
     A version written while a client pages comes before its first page, not in a later
     one, so nothing is doubled or skipped."""
     ids = [add_patient(family=f"Tie{i}") for i in range(5)]
-    _recorded(session_factory, {(golden_id, 1): "2025-03-01T08:00:00" for golden_id in ids})
+    set_recorded(session_factory, {(golden_id, 1): "2025-03-01T08:00:00" for golden_id in ids})
     page = fhir_get(client, headers, "/fhir/Patient/_history?_count=2")
     seen = [_key(e) for e in page["entry"]]
     _update(session_factory, ids[0], "Tie0-Later")  # newer than every listed version

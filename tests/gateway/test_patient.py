@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fhir_mapping import search_tokens
 from store.golden import GoldenPatientRepository
-from store.models import Audit, GoldenPatientVersion
-from tests.gateway.conftest import MRN, patient_resource
+from store.models import Audit
+from tests.gateway.conftest import MRN, patient_resource, set_recorded
 
 Headers = dict[str, str]
 
@@ -77,15 +76,11 @@ def test_history_since_keeps_the_versions_recorded_from_that_instant(
         for family in ("Since-Two", "Since-Three"):
             resource = patient_resource(family=family)
             repo.save(repo.read(golden_id), resource, search_tokens(resource))
-        session.flush()
-        for version, at in ((1, "2024-01-01T00:00:00"), (2, "2025-06-01T12:00:00")):
-            session.execute(
-                update(GoldenPatientVersion)
-                .where(GoldenPatientVersion.golden_id == golden_id)
-                .where(GoldenPatientVersion.version == version)
-                .values(recorded_at=datetime.fromisoformat(at).replace(tzinfo=UTC))
-            )
         session.commit()
+    set_recorded(
+        session_factory,
+        {(golden_id, 1): "2024-01-01T00:00:00", (golden_id, 2): "2025-06-01T12:00:00"},
+    )
 
     def versions(query: str) -> list[str]:
         reply = client.get(f"/fhir/Patient/{golden_id}/_history?{query}", headers=headers)
