@@ -12,11 +12,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gateway.operations.encounters import ENCOUNTER_SEARCH_PARAMS
+from gateway.operations.encounters import SUPPORTED as ENCOUNTER_MODIFIERS
 from gateway.operations.forms import FORM_SEARCH_PARAMS
 from gateway.operations.includes import ADDED_BY
 from gateway.operations.merge import UNMERGE_URL
 from gateway.operations.questionnaires import QUESTIONNAIRE_SEARCH_PARAMS
 from gateway.operations.search_patient import PATIENT_SEARCH_PARAMS
+from gateway.operations.search_patient import SUPPORTED as PATIENT_MODIFIERS
 from gateway.operations.topics import TOPIC_SEARCH_PARAMS
 from sync.delivery import SUBSCRIPTION_PROFILE, SUBSCRIPTION_SEARCH_PARAMS, TOPICS
 
@@ -28,6 +30,12 @@ SEARCH_PARAMS: dict[str, dict[str, tuple[str, str]]] = {
     "QuestionnaireResponse": FORM_SEARCH_PARAMS,
     "Questionnaire": QUESTIONNAIRE_SEARCH_PARAMS,
     "Basic": TOPIC_SEARCH_PARAMS,
+}
+#: The modifiers each parameter takes, named in its documentation (R4's searchParam has no
+#: element for them).
+SEARCH_MODIFIERS: dict[str, Mapping[str, frozenset[str]]] = {
+    "Patient": PATIENT_MODIFIERS,
+    "Encounter": ENCOUNTER_MODIFIERS,
 }
 OPERATION_DEFINITIONS = {
     "match": "http://hl7.org/fhir/OperationDefinition/Patient-match",
@@ -108,11 +116,12 @@ def capability_statement(
             "conditionalRead": "full-support" if "vread" in codes else "not-supported",
         }
         if "search-type" in codes:
+            modifiers = SEARCH_MODIFIERS.get(rtype, {})
             out["searchParam"] = [
                 {
                     "name": name,
                     "type": kind,
-                    "documentation": doc,
+                    "documentation": _with_modifiers(doc, modifiers.get(name, frozenset())),
                 }
                 for name, (kind, doc) in SEARCH_PARAMS.get(rtype, {}).items()
             ]
@@ -165,3 +174,9 @@ def capability_statement(
             }
         ],
     }
+
+
+def _with_modifiers(doc: str, modifiers: frozenset[str]) -> str:
+    if not modifiers:
+        return doc
+    return f"{doc}. Modifiers: {', '.join(':' + m for m in sorted(modifiers))}"

@@ -27,7 +27,7 @@ from gateway.operations.params import (
     split_or,
 )
 from gateway.operations.read import patient_ids, patients_by_id
-from gateway.operations.sql import SortColumn, date_condition
+from gateway.operations.sql import SortColumn, date_condition, missing_condition, not_in
 from gateway.outcomes import OutcomeError, not_found
 from store.models import Encounter
 from store.types import UTCDateTime, fhir_instant
@@ -44,6 +44,13 @@ ENCOUNTER_SEARCH_PARAMS: dict[str, tuple[str, str]] = {
     "class": ("token", "Classification of the encounter (v3 ActCode, e.g. AMB, IMP)"),
 }
 SUPPORTED = {name: frozenset[str]() for name in ENCOUNTER_SEARCH_PARAMS}
+#: Modifiers (https://hl7.org/fhir/R4/search.html#modifiers): a code that isn't, and an
+#: encounter without a period (``status`` and ``class`` are required in R4).
+SUPPORTED |= {
+    "status": frozenset({"not"}),
+    "class": frozenset({"not"}),
+    "date": frozenset({"missing"}),
+}
 SORTABLE = frozenset({"_id", "_lastUpdated", "date"})
 #: ``_include`` values of an Encounter search -> the type they add (every one the subject).
 INCLUDES = {
@@ -145,17 +152,17 @@ def _period_condition(rng: DateRange) -> ColumnElement[bool]:
     )
 
 
-def _code_condition(column: Any, name: str, raw: str) -> ColumnElement[bool]:
+def _code_condition(column: Any, name: str, modifier: str | None, raw: str) -> Any:
     codes = []
     for alt in split_or(raw):
         token = parse_token(alt)
         if token.code is None:
             raise fail(f"Parameter {name} needs a code.", name)
         codes.append(token.code)
-    return column.in_(codes)
+    return not_in(column, codes) if modifier == "not" else column.in_(codes)
 
 
-def _criterion(session: Session, name: str, raw: str) -> ColumnElement[bool]:
+def _criterion(session: Session, name: str, modifier: str | None, raw: str) -> ColumnElement[bool]:
     reference, chained, param = name.partition(".")
     if chained:  # patient.identifier=…: the encounters of the Patients that search finds
         # Imported here: the Patient search imports this module (for its _revinclude).
@@ -167,13 +174,15 @@ def _criterion(session: Session, name: str, raw: str) -> ColumnElement[bool]:
     if name == "_id":
         return Encounter.id.in_([int(i) for i in split_or(raw) if ROW_ID.match(i)])
     if name == "date":
+        if modifier == "missing":
+            return missing_condition(Encounter.period_start.is_not(None), raw, name)
         return or_(*(_period_condition(parse_date(a, name)) for a in split_or(raw)))
     if name == "_lastUpdated":
         ranges = [parse_date(a, name) for a in split_or(raw)]
         return or_(*(date_condition(Encounter.last_updated, r, as_date=False) for r in ranges))
     if name == "status":
-        return _code_condition(Encounter.status, name, raw)
-    return _code_condition(Encounter.class_code, name, raw)
+        return _code_condition(Encounter.status, name, modifier, raw)
+    return _code_condition(Encounter.class_code, name, modifier, raw)
 
 
 def encounter_filter(session: Session, items: Sequence[tuple[str, str]]) -> ColumnElement[bool]:
@@ -191,7 +200,7 @@ def encounter_filter(session: Session, items: Sequence[tuple[str, str]]) -> Colu
     )
     return and_(
         Encounter.golden_id.is_not(None),
-        *(_criterion(session, name, raw) for name, _mod, raw in request.criteria),
+        *(_criterion(session, name, mod, raw) for name, mod, raw in request.criteria),
     )
 
 

@@ -234,7 +234,7 @@ def _value_of(form: FormResponse, param: str) -> Any:
     return form.authored or NOT_AUTHORED
 
 
-def _criterion(session: Session, name: str, raw: str) -> ColumnElement[bool]:
+def _criterion(session: Session, name: str, _modifier: str | None, raw: str) -> ColumnElement[bool]:
     values = split_or(raw)
     if name in ("subject", "patient"):
         golden_ids = patient_ids(session, raw, name)

@@ -34,8 +34,9 @@ class Keyset:
     #: Search parameter -> the modifiers it takes; and the ``_sort`` parameters.
     supported: Mapping[str, frozenset[str]]
     sortable: frozenset[str]
-    #: The condition of one parameter occurrence (name, raw value); 400 when invalid.
-    criterion: Callable[[Session, str, str], ColumnElement[bool]]
+    #: The condition of one parameter occurrence (name, modifier, raw value); 400 when
+    #: invalid.
+    criterion: Callable[[Session, str, str | None, str], ColumnElement[bool]]
     #: ``_sort`` parameter -> its column (``_id`` included: the unique tie-breaker).
     sort: Mapping[str, SortColumn]
     #: A row's value of a ``_sort`` parameter (``_id`` included), as the column orders it.
@@ -71,8 +72,8 @@ class Keyset:
             max_count=max_count,
         )
         stmt = self.rows()
-        for name, _mod, raw in request.criteria:
-            stmt = stmt.where(self.criterion(session, name, raw))
+        for name, modifier, raw in request.criteria:
+            stmt = stmt.where(self.criterion(session, name, modifier, raw))
         return keyset_page(session, stmt, request, self, base=base, secret=secret)
 
 

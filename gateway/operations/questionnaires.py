@@ -129,7 +129,9 @@ def _value_of(row: StoredQuestionnaire, param: str) -> Any:
     return row.id if param == "_id" else row.updated_at
 
 
-def _criterion(_session: Session, name: str, raw: str) -> ColumnElement[bool]:
+def _criterion(
+    _session: Session, name: str, _modifier: str | None, raw: str
+) -> ColumnElement[bool]:
     values = split_or(raw)
     if name == "_id":
         return StoredQuestionnaire.id.in_(values)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Text, and_, cast, func, or_, select
+from sqlalchemy import ColumnElement, Select, Text, and_, cast, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from fhir_mapping.search import normalize_search_value
@@ -33,6 +33,8 @@ from gateway.operations.sql import (
     after,
     date_condition,
     encode_value,
+    missing_condition,
+    not_in,
     order_by,
     partial_date_bounds,
     range_condition,
@@ -60,7 +62,19 @@ PATIENT_SEARCH_PARAMS: dict[str, tuple[str, str]] = {
     "address-state": ("string", "State or province (starts with, case and accent insensitive)"),
     "address-country": ("string", "Country (starts with, case and accent insensitive)"),
 }
-SUPPORTED: dict[str, frozenset[str]] = {name: frozenset() for name in PATIENT_SEARCH_PARAMS}
+#: Modifiers (https://hl7.org/fhir/R4/search.html#modifiers) by parameter. ``telecom`` takes
+#: no ``:missing``: fax, pager and URL values are not indexed, so "no telecom" can't be told.
+#: ``:exact`` is not offered: the index keeps folded values only.
+MODIFIERS = {
+    "token": frozenset({"missing", "not"}),
+    "string": frozenset({"missing", "contains"}),
+    "date": frozenset({"missing"}),
+}
+SUPPORTED: dict[str, frozenset[str]] = {
+    name: frozenset() if name.startswith("_") else MODIFIERS[kind]
+    for name, (kind, _doc) in PATIENT_SEARCH_PARAMS.items()
+}
+SUPPORTED["telecom"] = frozenset({"not"})
 SORTABLE = frozenset({"_id", "_lastUpdated", "birthdate"})
 #: ``_revinclude`` values -> the type they add.
 REVINCLUDES = dict.fromkeys(
@@ -156,25 +170,47 @@ def _telecom_condition(raw: str) -> ColumnElement[bool]:
     return or_(*conditions)
 
 
-def _string_condition(param: str, raw: str) -> ColumnElement[bool]:
+def _string_condition(param: str, raw: str, *, contains: bool) -> ColumnElement[bool]:
+    """Starts with (https://hl7.org/fhir/R4/search.html#string), or anywhere with
+    ``:contains``, on the folded values."""
     value = normalize_search_value(param, raw)
     if not value:
         raise fail(f"Parameter {param} has no searchable characters.", param)
-    # Folded values are [a-z0-9 ] only, so no LIKE wildcard can be smuggled in.
+    # Folded values are [a-z0-9 ] only, and postal codes are escaped: no LIKE wildcard
+    # can be smuggled in.
     escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return _tokens(param, GST.value.like(escaped + "%", escape="\\"))
+    pattern = f"%{escaped}%" if contains else escaped + "%"
+    return _tokens(param, GST.value.like(pattern, escape="\\"))
 
 
-def _criterion(name: str, raw: str) -> ColumnElement[bool]:
+def _present(name: str) -> ColumnElement[bool]:
+    """The golden records with a value of ``name`` (what ``:missing`` asks about)."""
+    if name == "birthdate":
+        return GP.birth_date.is_not(None)
+    if name == "gender":
+        return GP.gender.is_not(None)
+    return _tokens(name, GST.param == name)
+
+
+def _criterion(name: str, modifier: str | None, raw: str) -> ColumnElement[bool]:
+    if modifier == "missing":
+        return missing_condition(_present(name), raw, name)
     alternatives = split_or(raw)
     if not alternatives:
         raise fail(f"Parameter {name} needs a value.", name)
-    if name == "_id":
-        return GP.id.in_(alternatives)
     if name == "gender":
         if not set(alternatives) <= GENDERS:
             raise fail("gender must be male, female, other or unknown.", "gender")
-        return GP.gender.in_(alternatives)
+        return not_in(GP.gender, alternatives) if modifier == "not" else GP.gender.in_(alternatives)
+    condition = _matching(name, alternatives, contains=modifier == "contains")
+    # :not on a token: none of the values, which includes having none at all; the
+    # subqueries select non-null golden ids, so NOT IN is exact.
+    return not_(condition) if modifier == "not" else condition
+
+
+def _matching(name: str, alternatives: list[str], *, contains: bool) -> ColumnElement[bool]:
+    if name == "_id":
+        return GP.id.in_(alternatives)
     if name == "birthdate":
         low, high = partial_date_bounds(GP.birth_date)
         return or_(*(range_condition(low, high, parse_date(a, name)) for a in alternatives))
@@ -189,13 +225,13 @@ def _criterion(name: str, raw: str) -> ColumnElement[bool]:
         return or_(*(_token_condition(name, a) for a in alternatives))
     if name == "telecom":
         return or_(*(_telecom_condition(a) for a in alternatives))
-    return or_(*(_string_condition(name, a) for a in alternatives))
+    return or_(*(_string_condition(name, a, contains=contains) for a in alternatives))
 
 
 def _filtered(request: SearchRequest, columns: Sequence[Any]) -> Select[Any]:
     stmt = select(*columns).where(GP.status == "active")
-    for name, _modifier, raw in request.criteria:
-        stmt = stmt.where(_criterion(name, raw))
+    for name, modifier, raw in request.criteria:
+        stmt = stmt.where(_criterion(name, modifier, raw))
     return stmt
 
 

@@ -95,3 +95,17 @@ def range_condition(low: Any, high: Any, rng: DateRange) -> Any:
         "sa": low >= end,
         "eb": high < start,
     }[rng.prefix]
+
+
+def missing_condition(present: ColumnElement[bool], raw: str, parameter: str) -> Any:
+    """``:missing=true`` (no value: not ``present``) or ``:missing=false`` (``present``),
+    https://hl7.org/fhir/R4/search.html#modifiers; 400 on any other value."""
+    if raw not in ("true", "false"):
+        raise fail(f"{parameter}:missing takes true or false.", f"{parameter}:missing")
+    return not_(present) if raw == "true" else present
+
+
+def not_in(column: Any, values: Sequence[Any]) -> Any:
+    """A code column's ``:not`` (https://hl7.org/fhir/R4/search.html#token): none of
+    ``values``, which includes having no value at all."""
+    return or_(column.is_(None), column.not_in(list(values)))

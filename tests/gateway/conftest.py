@@ -142,7 +142,7 @@ def add_encounter(session_factory: sessionmaker[Session]) -> Callable[..., int]:
     def add(
         golden_id: str,
         *,
-        start: str = "2024-05-01T09:00:00+00:00",
+        start: str | None = "2024-05-01T09:00:00+00:00",
         end: str | None = "2024-05-01T10:00:00+00:00",
         status: str = "finished",
         class_code: str = "AMB",
@@ -170,7 +170,7 @@ def add_encounter(session_factory: sessionmaker[Session]) -> Callable[..., int]:
                     "code": class_code,
                 },
                 "subject": {"reference": "Patient/source-patient-1"},
-                "period": {"start": start, **({"end": end} if end else {})},
+                **({"period": {"start": start, **({"end": end} if end else {})}} if start else {}),
             }
             row = Encounter(
                 source_record_id=record.id,
@@ -179,7 +179,7 @@ def add_encounter(session_factory: sessionmaker[Session]) -> Callable[..., int]:
                 golden_id=golden_id,
                 status=status,
                 class_code=class_code,
-                period_start=datetime.fromisoformat(start),
+                period_start=datetime.fromisoformat(start) if start else None,
                 period_end=datetime.fromisoformat(end) if end else None,
                 resource=resource,
                 last_updated=datetime.now(UTC),

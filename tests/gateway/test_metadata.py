@@ -119,6 +119,7 @@ def test_capability_statement_matches_the_registered_routes(
         "reference": "x",
         "uri": "https://x.example/Questionnaire/x",
     }
+    checked: set[tuple[str, str]] = set()
     for resource in statement["rest"][0]["resource"]:
         if resource["type"] == "Subscription":
             continue  # a consumer's own: tests/gateway/test_subscriptions.py searches them
@@ -128,6 +129,17 @@ def test_capability_statement_matches_the_registered_routes(
                 f"/fhir/{resource['type']}", params={param["name"]: value}, headers=strict
             )
             assert reply.status_code == 200, (resource["type"], param["name"], reply.text)
+            # And so is every modifier its documentation names.
+            _, _, named = param["documentation"].partition("Modifiers: ")
+            for modifier in filter(None, named.split(", ")):
+                key = param["name"] + modifier
+                modified = "true" if modifier == ":missing" else value
+                reply = client.get(
+                    f"/fhir/{resource['type']}", params={key: modified}, headers=strict
+                )
+                assert reply.status_code == 200, (resource["type"], key, reply.text)
+                checked.add((resource["type"], key))
+    assert {("Patient", "email:missing"), ("Encounter", "status:not")} <= checked
 
 
 def test_committed_openapi_matches_the_app() -> None:

@@ -80,6 +80,33 @@ def test_encounter_search_spans_every_source_of_one_person(
     assert client.get("/fhir/Encounter?date=2024-99", headers=headers).status_code == 400
 
 
+def test_encounter_search_modifiers(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    add_encounter: Callable[..., int],
+) -> None:
+    """``status:not``, ``class:not`` and ``date:missing`` on Encounter."""
+    person = add_patient()
+    done = add_encounter(person, status="finished", class_code="AMB")
+    inpatient = add_encounter(person, status="in-progress", class_code="IMP")
+    undated = add_encounter(person, start=None, end=None, status="planned", class_code="AMB")
+
+    def search(query: str) -> list[str]:
+        reply = client.get(f"/fhir/Encounter?patient={person}&{query}", headers=headers)
+        assert reply.status_code == 200, reply.text
+        return sorted(_ids(reply.json()))
+
+    assert search("status:not=finished") == sorted([str(inpatient), str(undated)])
+    assert search("status:not=finished,planned") == [str(inpatient)]
+    assert search("class:not=AMB") == [str(inpatient)]
+    assert search("date:missing=true") == [str(undated)]
+    assert search("date:missing=false") == sorted([str(done), str(inpatient)])
+    for bad in ("date:missing=yes", "status:missing=true", "date:not=2024", "class:above=A"):
+        reply = client.get(f"/fhir/Encounter?{bad}", headers=headers)
+        assert reply.status_code == 400, bad
+
+
 def test_encounter_paging(
     client: TestClient,
     headers: Headers,

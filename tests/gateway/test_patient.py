@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from fastapi.testclient import TestClient
@@ -278,6 +279,101 @@ def test_telecom_of_a_system_not_indexed_is_a_bad_request(
         reply = client.get("/fhir/Patient", params={"telecom": value}, headers=headers)
         assert reply.status_code == 400, value
         assert reply.json()["issue"][0]["expression"] == ["telecom"]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("email:missing=true", ["bare", "male"]),
+        ("email:missing=false", ["full"]),
+        ("birthdate:missing=true", ["bare"]),
+        ("birthdate:missing=false", ["full", "male"]),
+        ("gender:missing=true", ["bare"]),
+        ("address-city:missing=true", ["bare"]),
+        ("name:missing=false", ["full", "bare", "male"]),
+        ("identifier:missing=true", []),
+        ("gender:not=male", ["full", "bare"]),
+        ("gender:not=male,female", ["bare"]),
+        ("phone:not=415-555-0101", ["bare", "male"]),
+        (f"identifier:not={MRN}|MRN-A", ["bare", "male"]),
+        (f"identifier:not={MRN}|", []),
+        ("telecom:not=email|anna@example.org", ["bare", "male"]),
+        ("telecom:not=phone|", ["bare"]),
+        ("family:contains=KWO", ["bare"]),
+        ("family:contains=kwo,arc", ["bare", "male"]),
+        ("name:contains=ull", ["full"]),
+        ("given:contains=os", ["male"]),
+        ("family:contains=adeyemi", ["bare"]),
+        ("address-postalcode:contains=110", ["full"]),
+        ("family=kwo", []),
+        ("email:missing=true&gender:not=male", ["bare"]),
+    ],
+)
+def test_search_modifiers(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    query: str,
+    expected: list[str],
+) -> None:
+    """``:missing``, ``:not`` and ``:contains`` (https://hl7.org/fhir/R4/search.html#modifiers):
+    a CRM asks who has no email on file, or everyone but one identifier."""
+    bare = {
+        "resourceType": "Patient",
+        "name": [{"family": "Okonkwo-Adeyemi", "given": ["Chidi"]}],
+        "identifier": [{"system": MRN, "value": "MRN-BARE"}],
+    }
+    ids = {
+        "full": add_patient(
+            family="Müller",
+            given="Anna",
+            mrn="MRN-A",
+            phone="+1 415 555 0101",
+            email="anna@example.org",
+            postal="94110",
+        ),
+        "bare": add_patient(bare),
+        "male": add_patient(
+            family="García",
+            given="José",
+            birth_date="1992-07-01",
+            gender="male",
+            mrn="MRN-M",
+            phone="+1 (415) 555-0199",
+            postal="94103",
+        ),
+    }
+    found = _search(client, headers, query + "&_count=50")
+    assert sorted(_ids(found)) == sorted(ids[k] for k in expected)
+    # The modifier is kept in the self link, so the next page asks the same question.
+    assert query.split("=")[0] in unquote(found["link"][0]["url"])
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "family:exact=Smith",
+        "email:missing=maybe",
+        "email:missing=",
+        "telecom:missing=true",
+        "_id:not=abc",
+        "birthdate:not=1980",
+        "gender:contains=ma",
+        "gender:not=robot",
+        "identifier:text=MRN",
+        "given:contains=%20",
+    ],
+)
+def test_unsupported_or_invalid_modifiers_are_400(
+    client: TestClient, headers: Headers, query: str
+) -> None:
+    """A modifier askonce can't apply is refused, in lenient handling too: ignoring it
+    would widen the answer."""
+    reply = client.get(f"/fhir/Patient?{query}", headers=headers)
+    assert reply.status_code == 400, query
+    outcome = reply.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["expression"][0].startswith(query.split(":")[0])
 
 
 def test_paging_visits_every_record_once(
