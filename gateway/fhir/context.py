@@ -11,7 +11,7 @@ from starlette.requests import Request
 from gateway.auth.tokens import Principal
 from gateway.deps import check_scope, state_of
 from gateway.fhir.http import query_items, strict_handling
-from gateway.operations.includes import included_types
+from gateway.operations.includes import other_types
 from gateway.operations.params import SearchRequest, parse_shape
 from gateway.operations.search_patient import SearchContext
 
@@ -48,10 +48,10 @@ def searched(request: Request, session: Session, search: Search) -> dict[str, An
 def check_included(
     principal: Principal, resource_type: str, items: Sequence[tuple[str, str]]
 ) -> None:
-    """403 unless ``principal`` may search every type the query's ``_include`` and
-    ``_revinclude`` add to a search of ``resource_type``, as a search of that type would
-    need: no scope is bypassed through another type's search."""
-    for added in included_types(resource_type, items):
+    """403 unless ``principal`` may search every other type a search of ``resource_type``
+    with the query reads (``_include``, ``_revinclude``, a chain, ``_has``), as a search of
+    that type would need: no scope is bypassed through another type's search."""
+    for added in other_types(resource_type, items):
         check_scope(principal, added, "s")
 
 

@@ -42,6 +42,7 @@ from gateway.operations.export import (
     status_url,
     type_filter,
 )
+from gateway.operations.includes import other_types
 from gateway.outcomes import OutcomeError, bad_request, issue, operation_outcome, outcome
 from gateway.state import GatewayState
 from store.types import utcnow
@@ -102,6 +103,9 @@ def _kickoff(
         )
         for resource_type in export.types:
             type_filter(session, export, resource_type)  # 400 now, not a failed job later
+            for items in export.filters_for(resource_type):  # a chain or _has reads a type too
+                for other in other_types(resource_type, items):
+                    check_scope(principal, other, "s")
         base = state.base_url(request)
         query = request.url.query
         request_url = f"{base}{request.url.path}" + (f"?{query}" if query else "")

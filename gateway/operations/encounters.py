@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, and_, func, literal, not_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, func, literal, not_, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.operations.keyset import Keyset
@@ -61,6 +61,9 @@ INCLUDES = {
 }
 #: Reference parameters that take a chained Patient parameter (``patient.identifier=…``).
 CHAINS = {"patient": "Patient", "subject": "Patient"}
+#: The parameters that refer to the golden Patient: what a Patient search's ``_has``
+#: reverse-chains through (``_has:Encounter:patient:status=finished``).
+REFERENCES_TO_PATIENT = frozenset(CHAINS)
 #: Encounter ids are askonce row ids: digits that fit a BIGINT.
 ROW_ID = re.compile(r"^[0-9]{1,18}$")
 #: Sort position of an encounter without a start date (first ascending, last descending).
@@ -169,8 +172,13 @@ def _criterion(session: Session, name: str, modifier: str | None, raw: str) -> C
         from gateway.operations.search_patient import matching_patients
 
         return Encounter.golden_id.in_(matching_patients([(param, raw)], reference))
-    if name in ("patient", "subject"):
+    if name in REFERENCES_TO_PATIENT:
         return Encounter.golden_id.in_(patient_ids(session, raw, name))
+    return _condition(name, modifier, raw)
+
+
+def _condition(name: str, modifier: str | None, raw: str) -> ColumnElement[bool]:
+    """A criterion on the encounter's own columns (any but a reference or a chain)."""
     if name == "_id":
         return Encounter.id.in_([int(i) for i in split_or(raw) if ROW_ID.match(i)])
     if name == "date":
@@ -202,6 +210,19 @@ def encounter_filter(session: Session, items: Sequence[tuple[str, str]]) -> Colu
         Encounter.golden_id.is_not(None),
         *(_criterion(session, name, mod, raw) for name, mod, raw in request.criteria),
     )
+
+
+def patients_with_encounters(items: Sequence[tuple[str, str]], where: str) -> Select[Any]:
+    """The golden ids with an encounter an Encounter search with these criteria finds: a
+    Patient search's ``_has:Encounter:patient:…`` (https://hl7.org/fhir/R4/search.html#has).
+    400, naming ``where``, on anything but a valid criterion of the encounter's own."""
+    criteria_only(items, where)
+    own = {k: v for k, v in SUPPORTED.items() if k not in REFERENCES_TO_PATIENT}
+    request = parse_search(items, own, sortable=SORTABLE, strict=True, default_count=1, max_count=1)
+    stmt = select(Encounter.golden_id).where(Encounter.golden_id.is_not(None))
+    for name, modifier, raw in request.criteria:
+        stmt = stmt.where(_condition(name, modifier, raw))
+    return stmt
 
 
 def _value_of(row: Encounter, param: str) -> Any:

@@ -118,6 +118,14 @@ def parse_date(raw: str, parameter: str) -> DateRange:
     return DateRange(prefix, low, high)
 
 
+def parse_since(raw: str, parameter: str = "_since") -> datetime:
+    """The instant of a ``_since`` (https://hl7.org/fhir/R4/http.html#history), without a
+    prefix; a date stands for its first instant, UTC. 400 when malformed."""
+    if raw[:2] in DATE_PREFIXES:
+        raise fail(f"{parameter} takes an instant, without a prefix.", parameter)
+    return parse_date(raw, parameter).low
+
+
 def _offset(sign: int, hours: str, minutes: str) -> timezone:
     return timezone(sign * timedelta(hours=int(hours), minutes=int(minutes)))
 
@@ -211,6 +219,7 @@ def parse_search(
     includes: frozenset[str] = frozenset(),
     revincludes: frozenset[str] = frozenset(),
     chains: Mapping[str, str] | None = None,
+    reverse: Mapping[str, frozenset[str]] | None = None,
     strict: bool,
     default_count: int,
     max_count: int,
@@ -223,9 +232,15 @@ def parse_search(
     ``chains``: reference parameters that take a chained parameter of their target type
     (``patient.identifier=…``, also ``patient:Patient.identifier``), each kept as the
     criterion ``patient.identifier``; the target's search judges the chained name.
+    ``reverse``: the types whose references to this one ``_has`` follows {type: its
+    reference parameters} (``_has:Encounter:patient:status=finished``), each kept whole as
+    a criterion; the other type's search judges the parameter after the reference.
     """
     request = SearchRequest(count=default_count)
     for key, value in items:
+        if reverse and key.startswith("_has:"):
+            _reverse_chained(request, key, value, reverse)
+            continue
         if chains and "." in key and _chained(request, key, value, chains):
             continue
         name, _, modifier = key.partition(":")
@@ -262,6 +277,20 @@ def _chained(request: SearchRequest, key: str, value: str, chains: Mapping[str, 
         raise fail(f"Parameter {key} needs a value of 1 to 255 characters.", key)
     request.criteria.append((f"{reference}.{chained}", None, value))
     return True
+
+
+def _reverse_chained(
+    request: SearchRequest, key: str, value: str, reverse: Mapping[str, frozenset[str]]
+) -> None:
+    """Add ``_has:Type:reference:parameter`` as a criterion
+    (https://hl7.org/fhir/R4/search.html#has), or 400."""
+    _has, rtype, reference, param = [*key.split(":", 3), "", "", ""][:4]
+    if rtype not in reverse or reference not in reverse[rtype] or not param:
+        forms = ", ".join(f"_has:{t}:{r}:<parameter>" for t in reverse for r in sorted(reverse[t]))
+        raise fail(f"_has supports {forms}.", key)
+    if value == "" or len(value) > MAX_VALUE_LENGTH:
+        raise fail(f"Parameter {key} needs a value of 1 to 255 characters.", key)
+    request.criteria.append((key, None, value))
 
 
 def _one_shape(request: SearchRequest) -> SearchRequest:

@@ -60,7 +60,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from gateway.operations.encounters import search_encounters
-from gateway.operations.includes import included_types
+from gateway.operations.includes import other_types
 from gateway.operations.read import check_id, read_patient, survivor_of
 from gateway.operations.search_patient import SearchContext, search_patients
 from gateway.outcomes import (
@@ -492,8 +492,8 @@ class _Population(Expressions):
             )
             return None
         items = parse_qsl(query, keep_blank_values=True)
-        # The types its _include/_revinclude add need the caller's scopes too.
-        for needed in (rtype, *included_types(rtype, items)):
+        # The other types it reads (includes, chains, _has) need the caller's scopes too.
+        for needed in (rtype, *other_types(rtype, items)):
             if not self.searcher.allows(needed):
                 self.warn(
                     link_id,

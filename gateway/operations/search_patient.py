@@ -17,7 +17,11 @@ from sqlalchemy.orm import Session
 
 from fhir_mapping.search import normalize_search_value
 from gateway.operations.bundle import match_entry, page_url, searchset, shape
-from gateway.operations.encounters import encounters_of
+from gateway.operations.encounters import (
+    REFERENCES_TO_PATIENT,
+    encounters_of,
+    patients_with_encounters,
+)
 from gateway.operations.paging import decode_cursor, encode_cursor
 from gateway.operations.params import (
     SearchRequest,
@@ -86,6 +90,8 @@ REVINCLUDES = dict.fromkeys(
     ),
     "Encounter",
 )
+#: ``_has`` (reverse chaining): the types whose references to a Patient it follows.
+REVERSE = {"Encounter": REFERENCES_TO_PATIENT}
 GENDERS = frozenset({"male", "female", "other", "unknown"})
 TOKEN_PARAMS = ("identifier", "phone", "email")
 STRING_PARAMS = (
@@ -193,6 +199,9 @@ def _present(name: str) -> ColumnElement[bool]:
 
 
 def _criterion(name: str, modifier: str | None, raw: str) -> ColumnElement[bool]:
+    if name.startswith("_has:"):  # _has:Encounter:patient:status=finished
+        param = name.split(":", 3)[3]
+        return GP.id.in_(patients_with_encounters([(param, raw)], name))
     if modifier == "missing":
         return missing_condition(_present(name), raw, name)
     alternatives = split_or(raw)
@@ -247,7 +256,13 @@ def matching_patients(items: Sequence[tuple[str, str]], where: str) -> Select[An
     ones); 400, naming ``where``, for anything else than a valid criterion."""
     criteria_only(items, where)
     request = parse_search(
-        items, SUPPORTED, sortable=SORTABLE, strict=True, default_count=1, max_count=1
+        items,
+        SUPPORTED,
+        sortable=SORTABLE,
+        reverse=REVERSE,
+        strict=True,
+        default_count=1,
+        max_count=1,
     )
     return _filtered(request, [GP.id])
 
@@ -261,6 +276,7 @@ def search_patients(
         SUPPORTED,
         sortable=SORTABLE,
         revincludes=frozenset(REVINCLUDES),
+        reverse=REVERSE,
         strict=ctx.strict,
         default_count=ctx.default_count,
         max_count=ctx.max_count,

@@ -660,3 +660,33 @@ def test_type_filters_export_what_their_searches_find(
     # A filter on a type that is not exported changes nothing.
     only = kick_off(client, headers, _type="Encounter", _typeFilter="Patient?family=Fam1")
     assert len(exported(client, headers, manifest_of(client, headers, only))["Encounter"]) == 3
+
+
+def test_type_filters_chain_and_reverse_chain_with_the_scopes_a_search_needs(
+    client: TestClient,
+    headers: Headers,
+    auth_for: Callable[..., Headers],
+    jobs: Jobs,
+    population: dict[str, Any],
+) -> None:
+    """``Patient?_has:Encounter:…`` exports the people with such encounters, and
+    ``Encounter?patient.…`` the encounters of such people; each reads the other type, so
+    the caller needs its search scope, as the search itself would."""
+    ids = population["patients"]
+    location = kick_off(
+        client,
+        headers,
+        _typeFilter="Patient?_has:Encounter:patient:class=AMB,Encounter?patient.family=Fam3",
+    )
+    resources = exported(client, headers, manifest_of(client, headers, location))
+    assert sorted(p["id"] for p in resources["Patient"]) == sorted([ids[0], ids[3]])
+    assert [e["subject"]["reference"] for e in resources["Encounter"]] == [f"Patient/{ids[3]}"]
+    encounters_only = auth_for("system/Encounter.rs")
+    refused = client.get(
+        "/fhir/$export",
+        params={"_type": "Encounter", "_typeFilter": "Encounter?patient.family=Fam3"},
+        headers={**encounters_only, **ASYNC},
+    )
+    assert refused.status_code == 403, refused.text
+    assert "system/Patient.s" in refused.json()["issue"][0]["diagnostics"]
+    kick_off(client, encounters_only, _type="Encounter", _typeFilter="Encounter?status=finished")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from fastapi.testclient import TestClient
@@ -86,6 +87,66 @@ def test_encounter_patient_chains_a_patient_search(
         ("patient._count=3", "patient"),
     ):
         outcome = fhir_get(client, headers, f"/fhir/Encounter?{bad}", status=400)
+        assert outcome["issue"][0]["expression"] == [expression], bad
+
+
+def test_patient_has_reverse_chains_an_encounter_search(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    add_encounter: Callable[..., int],
+) -> None:
+    """``Patient?_has:Encounter:patient:…`` (https://hl7.org/fhir/R4/search.html#has): the
+    people with an encounter that Encounter search finds (a CRM's "everyone admitted this
+    year"). Before, ``_has`` was ignored and everyone came back."""
+    inpatient = add_patient(family="Admitted")
+    outpatient = add_patient(family="Visited")
+    add_patient(family="Never")  # no encounter at all
+    add_encounter(
+        inpatient, class_code="IMP", status="in-progress", start="2026-02-01T08:00:00Z", end=None
+    )
+    add_encounter(inpatient, class_code="AMB", start="2023-05-01T08:00:00Z", end=None)
+    add_encounter(outpatient, class_code="AMB", start="2026-03-01T08:00:00Z", end=None)
+
+    def found(query: str) -> list[str]:
+        bundle = fhir_get(client, headers, f"/fhir/Patient?{query}&_count=50")
+        assert _mode(bundle, "outcome") == [], query
+        return sorted(_mode(bundle, "match"))
+
+    assert found("_has:Encounter:patient:class=IMP") == [f"Patient/{inpatient}"]
+    assert found("_has:Encounter:subject:date=ge2026-01-01") == sorted(
+        [f"Patient/{inpatient}", f"Patient/{outpatient}"]
+    )
+    assert found("_has:Encounter:patient:status=in-progress,planned") == [f"Patient/{inpatient}"]
+    assert found("_has:Encounter:patient:status:not=finished") == [f"Patient/{inpatient}"]
+    # Two _has criteria are two questions: each may be answered by another encounter.
+    assert found("_has:Encounter:patient:class=AMB&_has:Encounter:patient:date=lt2024") == [
+        f"Patient/{inpatient}"
+    ]
+    assert found("_has:Encounter:patient:class=AMB&family=visited") == [f"Patient/{outpatient}"]
+    assert found("_has:Encounter:patient:class=EMER") == []
+    counted = fhir_get(
+        client, headers, "/fhir/Patient?_has:Encounter:patient:class=AMB&_summary=count"
+    )
+    assert counted["total"] == 2
+    paged = fhir_get(client, headers, "/fhir/Patient?_has:Encounter:patient:class=AMB&_count=1")
+    assert "_has:Encounter:patient:class=AMB" in unquote(_next(paged) or "")
+    second = fhir_get(client, headers, _next(paged) or "")
+    assert sorted(_mode(paged, "match") + _mode(second, "match")) == sorted(
+        [f"Patient/{inpatient}", f"Patient/{outpatient}"]
+    )
+    for bad, expression in (
+        ("_has:Observation:patient:code=x", "_has:Observation:patient:code"),
+        ("_has:Encounter:participant:class=IMP", "_has:Encounter:participant:class"),
+        ("_has:Encounter:patient=x", "_has:Encounter:patient"),
+        ("_has:Encounter:patient:bogus=x", "bogus"),
+        ("_has:Encounter:patient:patient=x", "patient"),
+        ("_has:Encounter:patient:patient.family=x", "patient.family"),
+        ("_has:Encounter:patient:_has:Encounter:patient:class=x", "_has:Encounter:patient:class"),
+        ("_has:Encounter:patient:date=2024-99", "date"),
+        ("_has:Encounter:patient:class:exact=x", "class:exact"),
+    ):
+        outcome = fhir_get(client, headers, f"/fhir/Patient?{bad}", status=400)
         assert outcome["issue"][0]["expression"] == [expression], bad
 
 
@@ -177,6 +238,16 @@ def test_includes_need_the_scope_of_the_type_they_add(
     assert _mode(included, "include") == [f"Patient/{person}"]
     # A value no search supports is the search's 400, whatever the scopes.
     fhir_get(client, patients_only, "/fhir/Patient?_revinclude=Observation:subject", status=400)
+    # A chain and _has search another type: they need its scope as an include does, or
+    # a caller could learn who is named Garcia with Encounter scopes alone.
+    for headers, query, needed in (
+        (encounters_only, "/fhir/Encounter?patient.family=garcia", "system/Patient.s"),
+        (encounters_only, "/fhir/Encounter?subject:Patient.identifier=X", "system/Patient.s"),
+        (patients_only, "/fhir/Patient?_has:Encounter:patient:class=IMP", "system/Encounter.s"),
+    ):
+        refused = fhir_get(client, headers, query, status=403)
+        assert needed in refused["issue"][0]["diagnostics"], query
+        fhir_get(client, both, query)
 
 
 def test_total_counts_what_the_search_finds(
