@@ -37,7 +37,7 @@ from gateway.fhir.http import (
     read_json_body,
 )
 from gateway.operations.bundle import disclosed, shape
-from gateway.operations.everything import everything
+from gateway.operations.everything import everything, everything_scope
 from gateway.operations.match import match
 from gateway.operations.merge import MergeResult, merge, unmerge
 from gateway.operations.read import (
@@ -337,8 +337,22 @@ def everything_route(
     media: MediaType,
     count: Annotated[int | None, Query(alias="_count", ge=1)] = None,
     cursor: Annotated[str | None, Query(alias="_cursor")] = None,
+    types: Annotated[
+        list[str] | None,
+        Query(alias="_type", description="Resource types to return (comma-separated)"),
+    ] = None,
+    since: Annotated[
+        str | None, Query(alias="_since", description="Only resources changed at or after")
+    ] = None,
+    start: Annotated[
+        str | None, Query(description="Care date start: encounters ending on or after it")
+    ] = None,
+    end: Annotated[
+        str | None, Query(description="Care date end: encounters starting on or before it")
+    ] = None,
 ) -> Response:
     with audited(audit, principal, "everything", request, "Patient", golden_id) as entry:
+        scope = everything_scope(types or [], since, start, end)
         bundle, ids = everything(
             session,
             golden_id,
@@ -347,6 +361,7 @@ def everything_route(
             count=min(count or state.default_page_size, state.max_page_size),
             cursor=cursor,
             forms=principal.scopes.allows("QuestionnaireResponse", "r"),
+            scope=scope,
         )
         entry["ids"] = ids
     return fhir_response(bundle, media)

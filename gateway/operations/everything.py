@@ -15,25 +15,33 @@ server SHOULD record, https://build.fhir.org/patient-operation-merge.html).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B.domainresource import DomainResource
+from fhir.resources.R4B.resource import Resource
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.operations.bundle import match_entry, page_url, searchset
 from gateway.operations.encounters import render_encounter
 from gateway.operations.paging import decode_cursor, encode_cursor
+from gateway.operations.params import DATE_PREFIXES, parse_date, parse_since
 from gateway.operations.read import read_patient
 from gateway.outcomes import OutcomeError, bad_request
 from store.models import (
     Encounter,
     FieldProvenance,
     FormResponse,
+    GoldenPatient,
     Link,
     LinkHistory,
     SourceRecord,
 )
-from store.types import fhir_instant
+from store.types import as_utc, fhir_instant
 
 SURVIVORSHIP_POLICY = "urn:askonce:survivorship:{rule}"
 SOURCE_RECORD_SYSTEM = "urn:askonce:source:{source_id}:{resource_type}"
@@ -51,8 +59,11 @@ LIFECYCLE = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle"
 LIFECYCLE_ACTIONS = ("merge", "unmerge")
 
 
-def provenance_of(session: Session, golden_id: str, after_record: int) -> list[dict[str, Any]]:
-    """One Provenance per source record that contributed fields, ordered by record id."""
+def provenance_of(
+    session: Session, golden_id: str, after_record: int, since: datetime | None = None
+) -> list[dict[str, Any]]:
+    """One Provenance per source record that contributed fields, ordered by record id
+    (with ``since``: those recorded at or after it)."""
     rows = session.execute(
         select(
             FieldProvenance,
@@ -73,13 +84,14 @@ def provenance_of(session: Session, golden_id: str, after_record: int) -> list[d
     for record_id in sorted(grouped):
         group = grouped[record_id]
         first = group[0]
+        recorded = as_utc(max((r[0].observed_at for r in group if r[0].observed_at), default=None))
+        if since is not None and (recorded is None or recorded < since):
+            continue
         resource: dict[str, Any] = {
             "resourceType": "Provenance",
             "id": f"{golden_id}-{record_id}",
             "target": [{"reference": f"Patient/{golden_id}"}],
-            "recorded": fhir_instant(
-                max((r[0].observed_at for r in group if r[0].observed_at), default=None)
-            ),
+            "recorded": fhir_instant(recorded),
             "policy": sorted({SURVIVORSHIP_POLICY.format(rule=r[0].rule) for r in group}),
             "agent": [
                 {"type": {"coding": [ASSEMBLER]}, "who": {"display": "askonce survivorship"}}
@@ -105,20 +117,18 @@ def provenance_of(session: Session, golden_id: str, after_record: int) -> list[d
 
 
 def lifecycle_of(
-    session: Session, golden_id: str, after: int, limit: int
+    session: Session, golden_id: str, after: int, limit: int, since: datetime | None = None
 ) -> list[tuple[int, dict[str, Any]]]:
     """The merges and unmerges ``golden_id`` took part in, after history entry ``after``
-    (by id), as Provenance: (history id, resource)."""
-    rows = session.scalars(
-        select(LinkHistory)
-        .where(
-            LinkHistory.action.in_(LIFECYCLE_ACTIONS),
-            or_(LinkHistory.golden_id == golden_id, LinkHistory.other_golden_id == golden_id),
-            LinkHistory.id > after,
-        )
-        .order_by(LinkHistory.id)
-        .limit(limit)
-    ).all()
+    (by id; with ``since``, at or after it), as Provenance: (history id, resource)."""
+    stmt = select(LinkHistory).where(
+        LinkHistory.action.in_(LIFECYCLE_ACTIONS),
+        or_(LinkHistory.golden_id == golden_id, LinkHistory.other_golden_id == golden_id),
+        LinkHistory.id > after,
+    )
+    if since is not None:
+        stmt = stmt.where(LinkHistory.at >= since)
+    rows = session.scalars(stmt.order_by(LinkHistory.id).limit(limit)).all()
     out = []
     for row in rows:
         # A merge's entry names the record merged away and its survivor (other_golden_id);
@@ -142,6 +152,99 @@ def lifecycle_of(
     return out
 
 
+#: The phases of ``$everything``, in order, and the type each returns.
+PHASES = {
+    "patient": "Patient",
+    "encounter": "Encounter",
+    "form": "QuestionnaireResponse",
+    "provenance": "Provenance",
+    "lifecycle": "Provenance",
+}
+EVERYTHING_TYPES = frozenset(PHASES.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What of the record ``$everything`` is asked for: ``_type``, ``_since``, and the care
+    dates ``start`` and ``end`` (https://hl7.org/fhir/R4/patient-operation-everything.html)."""
+
+    types: frozenset[str] = EVERYTHING_TYPES
+    since: datetime | None = None
+    #: The care-date range: an encounter is in it when its period overlaps [start, end).
+    start: datetime | None = None
+    end: datetime | None = None
+    #: The parameters as asked, for the self and next links.
+    params: tuple[tuple[str, str], ...] = ()
+
+
+def everything_scope(
+    types: Sequence[str], since: str | None, start: str | None, end: str | None
+) -> Scope:
+    """The :class:`Scope` of ``$everything``'s parameters; 400 on a malformed one.
+
+    ``_type`` names FHIR resource types (comma-separated, or repeated); those this server
+    holds no resources of add nothing, a name that is no resource type is a 400."""
+    named: list[str] = []
+    for value in types:
+        for name in filter(None, (part.strip() for part in value.split(","))):
+            if not _is_resource_type(name):
+                raise OutcomeError(
+                    bad_request(f"_type {name[:64]!r} is not a FHIR resource type.", "_type")
+                )
+            if name not in named:
+                named.append(name)
+    params: list[tuple[str, str]] = []
+    if named:
+        params.append(("_type", ",".join(named)))
+    low = high = None
+    for key, raw, bound in (("start", start, "low"), ("end", end, "high")):
+        if raw is None:
+            continue
+        if raw[:2] in DATE_PREFIXES:
+            raise OutcomeError(bad_request(f"{key} takes a date, without a prefix.", key))
+        rng = parse_date(raw, key)
+        if bound == "low":
+            low = rng.low
+        else:
+            high = rng.high
+        params.append((key, raw))
+    if low is not None and high is not None and low >= high:
+        raise OutcomeError(bad_request("start is after end.", "start"))
+    if since is not None:
+        params.append(("_since", since))
+    return Scope(
+        types=frozenset(named) if named else EVERYTHING_TYPES,
+        since=parse_since(since) if since is not None else None,
+        start=low,
+        end=high,
+        params=tuple(params),
+    )
+
+
+def _is_resource_type(name: str) -> bool:
+    try:
+        model = get_fhir_model_class(name)
+    except (KeyError, ValueError):
+        return False
+    # Resource and DomainResource are abstract: no resource has them as its type.
+    return issubclass(model, Resource) and model not in (Resource, DomainResource)
+
+
+def _encounters_in(scope: Scope) -> list[ColumnElement[bool]]:
+    conditions = []
+    if scope.since is not None:
+        conditions.append(Encounter.last_updated >= scope.since)
+    if scope.start is not None or scope.end is not None:
+        # An encounter without a period has no care date: it can't be shown to fall inside.
+        conditions.append(Encounter.period_start.is_not(None))
+    if scope.end is not None:
+        conditions.append(Encounter.period_start < scope.end)
+    if scope.start is not None:
+        ends = func.coalesce(Encounter.period_end, Encounter.period_start)
+        conditions.append(ends >= scope.start)
+    return conditions
+
+
 def everything(
     session: Session,
     golden_id: str,
@@ -151,9 +254,10 @@ def everything(
     count: int,
     cursor: str | None,
     forms: bool = False,
+    scope: Scope = Scope(),
 ) -> tuple[dict[str, Any], list[str]]:
     """The page of ``$everything`` and the ids it disclosed (for the audit); ``forms``:
-    the caller may read QuestionnaireResponses."""
+    the caller may read QuestionnaireResponses; ``scope``: what of the record is asked."""
     position = decode_cursor(secret, cursor) if cursor else {"phase": "patient"}
     phase = position.get("phase")
     last_encounter = position.get("e", 0)
@@ -161,7 +265,7 @@ def everything(
     last_record = position.get("p", -1)
     last_history = position.get("m", 0)
     if (
-        phase not in ("patient", "encounter", "form", "provenance", "lifecycle")
+        phase not in PHASES
         or not isinstance(last_encounter, int)
         or not isinstance(last_form, str)
         or not isinstance(last_record, int)
@@ -169,14 +273,31 @@ def everything(
     ):
         raise OutcomeError(bad_request("The paging cursor is invalid.", "_cursor"))
     patient = read_patient(session, golden_id)
+    wanted = [
+        name for name, rtype in PHASES.items() if rtype in scope.types and (name != "form" or forms)
+    ]
+
+    def after(current: str) -> str:
+        """The next phase asked for after ``current`` ("done" after the last)."""
+        order = list(PHASES)
+        return next((p for p in order[order.index(current) + 1 :] if p in wanted), "done")
+
+    if phase not in wanted:
+        phase = after(phase)
     entries: list[dict[str, Any]] = []
+    since = scope.since
     if phase == "patient":
-        entries.append(match_entry(base, patient.as_dict()))
-        phase = "encounter"
+        changed = session.scalar(
+            select(GoldenPatient.last_updated).where(GoldenPatient.id == golden_id)
+        )
+        if since is None or changed is None or changed >= since:
+            entries.append(match_entry(base, patient.as_dict()))
+        phase = after("patient")
     if phase == "encounter":
         rows = session.scalars(
             select(Encounter)
             .where(Encounter.golden_id == golden_id, Encounter.id > last_encounter)
+            .where(*_encounters_in(scope))
             .order_by(Encounter.id)
             .limit(count - len(entries) + 1)
         ).all()
@@ -185,45 +306,47 @@ def everything(
         if len(rows) > room:
             last_encounter = rows[room - 1].id if room else last_encounter
         else:
-            phase = "form" if forms else "provenance"
+            phase = after("encounter")
     if phase == "form" and len(entries) < count:
         # Through the forms' records' links, so that a merged record's forms follow it.
-        found = session.scalars(
+        stmt = (
             select(FormResponse)
             .join(Link, Link.source_record_id == FormResponse.source_record_id)
             .where(Link.golden_id == golden_id, FormResponse.id > last_form)
-            .order_by(FormResponse.id)
-            .limit(count - len(entries) + 1)
+        )
+        if since is not None:
+            stmt = stmt.where(FormResponse.received_at >= since)
+        found = session.scalars(
+            stmt.order_by(FormResponse.id).limit(count - len(entries) + 1)
         ).all()
         room = count - len(entries)
         entries.extend(match_entry(base, f.resource) for f in found[:room])
         if len(found) > room:
             last_form = found[room - 1].id
         else:
-            phase = "provenance"
+            phase = after("form")
     if phase == "provenance" and len(entries) < count:
-        provenance = provenance_of(session, golden_id, last_record)
+        provenance = provenance_of(session, golden_id, last_record, since)
         room = count - len(entries)
         entries.extend(match_entry(base, p) for p in provenance[:room])
         if len(provenance) > room:
             last_record = int(provenance[room - 1]["id"].rsplit("-", 1)[1])
         else:
-            phase = "lifecycle"
+            phase = after("provenance")
     if phase == "lifecycle" and len(entries) < count:
         room = count - len(entries)
-        events = lifecycle_of(session, golden_id, last_history, room + 1)
+        events = lifecycle_of(session, golden_id, last_history, room + 1, since)
         entries.extend(match_entry(base, resource) for _, resource in events[:room])
         if len(events) > room:
             last_history = events[room - 1][0]
         else:
             phase = "done"
     path = f"Patient/{golden_id}/$everything"
+    asked = [*scope.params, ("_count", str(count))]
     next_url = None
     if phase != "done":
         position = {"e": last_encounter, "f": last_form, "p": last_record, "m": last_history}
         token = encode_cursor(secret, {"phase": phase, **position})
-        next_url = page_url(base, path, [("_count", str(count)), ("_cursor", token)])
-    bundle = searchset(
-        entries, self_url=page_url(base, path, [("_count", str(count))]), next_url=next_url
-    )
+        next_url = page_url(base, path, [*asked, ("_cursor", token)])
+    bundle = searchset(entries, self_url=page_url(base, path, asked), next_url=next_url)
     return bundle, [e["resource"]["id"] for e in entries]

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from gateway.operations.bundle import page_url
 from gateway.operations.paging import decode_cursor, encode_cursor
-from gateway.operations.params import DATE_PREFIXES, fail, parse_date, split_or
+from gateway.operations.params import fail, parse_since, split_or
 from gateway.outcomes import OutcomeError, bad_request, gone, not_found
 from store.models import GoldenPatient, GoldenPatientVersion
 from store.types import UTCDateTime, fhir_instant
@@ -309,9 +309,7 @@ def _since_filtered(stmt: Select[Any], since: str | None) -> Select[Any]:
     (https://hl7.org/fhir/R4/http.html#history; a date stands for its first instant, UTC)."""
     if since is None:
         return stmt
-    if since[:2] in DATE_PREFIXES:
-        raise OutcomeError(bad_request("_since takes an instant, without a prefix.", "_since"))
-    return stmt.where(GoldenPatientVersion.recorded_at >= parse_date(since, "_since").low)
+    return stmt.where(GoldenPatientVersion.recorded_at >= parse_since(since))
 
 
 def _history_bundle(

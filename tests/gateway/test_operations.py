@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import GatewayState
 from store.golden import GoldenPatientRepository
-from store.models import FieldProvenance, Source, SourceRecord
+from store.models import Encounter, FieldProvenance, GoldenPatient, Source, SourceRecord
 from tests.gateway.conftest import patient_resource
 
 Headers = dict[str, str]
@@ -181,6 +183,103 @@ def test_everything_pages_through_patient_encounters_and_provenance(
 
     Provenance.model_validate(provenance)
     assert client.get("/fhir/Patient/unknown/$everything", headers=headers).status_code == 404
+
+
+def test_everything_takes_type_since_and_the_care_dates(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    add_encounter: Callable[..., int],
+    session_factory: sessionmaker[Session],
+) -> None:
+    """``_type``, ``_since``, ``start`` and ``end``
+    (https://hl7.org/fhir/R4/patient-operation-everything.html): before, each was ignored
+    and the whole record came back, a wider answer than asked."""
+    person = add_patient()
+    early = add_encounter(person, start="2023-01-10T08:00:00Z", end="2023-01-10T09:00:00Z")
+    stay = add_encounter(person, start="2025-06-01T08:00:00Z", end="2025-06-03T12:00:00Z")
+    undated = add_encounter(person, start=None, end=None)
+    old, new = datetime(2020, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC)
+    with session_factory() as session:
+        source = session.query(Source).one()
+        for rid, observed in (("p-old", old), ("p-new", new)):
+            record = SourceRecord(source_id=source.id, resource_type="Patient", resource_id=rid)
+            session.add(record)
+            session.flush()
+            session.add(
+                FieldProvenance(
+                    golden_id=person,
+                    field="name",
+                    value="x",
+                    source_record_id=record.id,
+                    rule="trust",
+                    observed_at=observed,
+                )
+            )
+        for encounter_id, changed in ((early, old), (stay, new), (undated, new)):
+            session.execute(
+                update(Encounter).where(Encounter.id == encounter_id).values(last_updated=changed)
+            )
+        session.execute(
+            update(GoldenPatient).where(GoldenPatient.id == person).values(last_updated=old)
+        )
+        session.commit()
+
+    def everything(query: str) -> list[str]:
+        url = f"/fhir/Patient/{person}/$everything?{query}"
+        out = []
+        for entry in _follow(client, headers, url):
+            resource = entry["resource"]
+            if resource["resourceType"] == "Provenance":
+                out.append("Provenance/" + resource["entity"][0]["what"]["identifier"]["value"])
+            else:
+                out.append(f"{resource['resourceType']}/{resource['id']}")
+        return out
+
+    enc = {e: f"Encounter/{e}" for e in (early, stay, undated)}
+    everyone = [f"Patient/{person}", enc[early], enc[stay], enc[undated]]
+    assert everything("") == [*everyone, "Provenance/p-old", "Provenance/p-new"]
+    assert everything("_type=Encounter") == [enc[early], enc[stay], enc[undated]]
+    assert everything("_type=Patient,Provenance") == [
+        f"Patient/{person}",
+        "Provenance/p-old",
+        "Provenance/p-new",
+    ]
+    assert everything("_type=Patient&_type=Encounter") == everyone
+    assert everything("_type=Observation") == []
+    assert everything("_type=Encounter,,") == [enc[early], enc[stay], enc[undated]]
+    assert everything("start=2025-01-01") == [
+        f"Patient/{person}",
+        enc[stay],
+        "Provenance/p-old",
+        "Provenance/p-new",
+    ]
+    assert everything("end=2024&_type=Encounter") == [enc[early]]
+    assert everything("start=2025-06-03&end=2025-06-03&_type=Encounter") == [enc[stay]]
+    assert everything("_since=2025-01-01T00:00:00Z") == [
+        enc[stay],
+        enc[undated],
+        "Provenance/p-new",
+    ]
+    # The parameters ride along in every next link: one encounter per page, all three.
+    assert everything("_type=Encounter&_count=1") == [enc[early], enc[stay], enc[undated]]
+    first = client.get(
+        f"/fhir/Patient/{person}/$everything?_type=Encounter&start=2020&_count=1", headers=headers
+    ).json()
+    nxt = next(x["url"] for x in first["link"] if x["relation"] == "next")
+    assert "_type=Encounter" in nxt and "start=2020" in nxt
+    for bad, expression in (
+        ("_type=Encouter", "_type"),
+        ("_type=HumanName", "_type"),
+        ("_type=DomainResource", "_type"),
+        ("start=ge2025", "start"),
+        ("end=2025-13", "end"),
+        ("start=2026&end=2025", "start"),
+        ("_since=gt2025", "_since"),
+    ):
+        reply = client.get(f"/fhir/Patient/{person}/$everything?{bad}", headers=headers)
+        assert reply.status_code == 400, bad
+        assert reply.json()["issue"][0]["expression"] == [expression], bad
 
 
 @dataclass
