@@ -40,6 +40,7 @@ from gateway.operations.bundle import disclosed, shape
 from gateway.operations.everything import everything, everything_scope
 from gateway.operations.match import match
 from gateway.operations.merge import MergeResult, merge, unmerge
+from gateway.operations.params import parse_shape
 from gateway.operations.read import (
     HistoryPage,
     check_history_params,
@@ -136,14 +137,19 @@ def _history_page(
     cursor: Annotated[str | None, Query(alias="_cursor")] = None,
     since: Annotated[str | None, Query(alias="_since")] = None,
 ) -> HistoryPage:
-    """The page a ``_history`` request asks for; 400 for ``_at`` or ``_list``."""
+    """The page a ``_history`` request asks for; 400 for ``_at`` or ``_list``, or an invalid
+    ``_summary`` or ``_elements``."""
     check_history_params(request.query_params)
+    shaped = parse_shape(query_items(request), countable=True)
     return HistoryPage(
         base=state.base_url(request),
         count=min(count or state.default_page_size, state.max_page_size),
         cursor=cursor,
         secret=state.secret_key,
         since=since,
+        counted=shaped.summary_count,
+        elements=tuple(shaped.elements),
+        summary=shaped.summary,
     )
 
 
@@ -154,7 +160,7 @@ HistoryAsked = Annotated[HistoryPage, Depends(_history_page)]
     "/Patient/_history",
     summary="Every version of every golden Patient, newest first (deletions included)",
     responses=BUNDLE_RESPONSE,
-    openapi_extra=fhir_extra("Patient", "interaction", "history-type"),
+    openapi_extra=fhir_extra("Patient", "interaction", "history-type", shaped=True),
 )
 def type_history(
     request: Request,
@@ -304,7 +310,7 @@ def vread(
     "/Patient/{golden_id}/_history",
     summary="Every version of a golden Patient, newest first",
     responses=BUNDLE_RESPONSE,
-    openapi_extra=fhir_extra("Patient", "interaction", "history-instance"),
+    openapi_extra=fhir_extra("Patient", "interaction", "history-instance", shaped=True),
 )
 def history(
     golden_id: str,

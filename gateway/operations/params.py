@@ -299,14 +299,15 @@ def _one_shape(request: SearchRequest) -> SearchRequest:
     return request
 
 
-def parse_shape(items: Sequence[tuple[str, str]]) -> SearchRequest:
+def parse_shape(items: Sequence[tuple[str, str]], *, countable: bool = False) -> SearchRequest:
     """``_elements`` and ``_summary`` of a read or vread (the search's rules, without
-    ``count``, which only a search can answer); every other parameter is left alone."""
+    ``count``, which only a search, or a history (``countable``), can answer); every other
+    parameter is left alone."""
     request = SearchRequest()
     for key, value in items:
         if key in ("_elements", "_summary"):
             _apply_control(request, key, value, frozenset(), frozenset(), frozenset(), 0)
-    if request.summary_count:
+    if request.summary_count and not countable:
         raise fail("_summary=count counts a search's matches; a read has none.", "_summary")
     return _one_shape(request)
 

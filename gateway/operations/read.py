@@ -17,10 +17,10 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, Select, Text, bindparam, cast, literal, select, tuple_
+from sqlalchemy import Connection, Select, Text, bindparam, cast, func, literal, select, tuple_
 from sqlalchemy.orm import Session
 
-from gateway.operations.bundle import page_url
+from gateway.operations.bundle import page_url, shape
 from gateway.operations.paging import decode_cursor, encode_cursor
 from gateway.operations.params import fail, parse_since, split_or
 from gateway.outcomes import OutcomeError, bad_request, gone, not_found
@@ -194,9 +194,11 @@ def vread_patient(session: Session, golden_id: str, version_raw: str) -> StoredR
     return StoredResource("Patient", golden_id, version, resource=dict(row.resource))
 
 
-def _history_entry(base: str, row: GoldenPatientVersion) -> dict[str, Any]:
+def _history_entry(asked: HistoryPage, row: GoldenPatientVersion) -> dict[str, Any]:
     """One version as a ``history`` entry: created (the first), updated, or a deletion
-    (no resource, ``DELETE``), with its version as the ``etag``."""
+    (no resource, ``DELETE``), with its version as the ``etag``; the resource cut down as
+    ``_elements`` or ``_summary`` ask."""
+    base = asked.base
     url = f"Patient/{row.golden_id}"
     response = {"etag": f'W/"{row.version}"', "lastModified": fhir_instant(row.recorded_at)}
     if row.status == DELETED:
@@ -208,7 +210,7 @@ def _history_entry(base: str, row: GoldenPatientVersion) -> dict[str, Any]:
     first = row.version == 1
     return {
         "fullUrl": f"{base}/fhir/{url}",
-        "resource": row.resource,
+        "resource": shape(row.resource, asked.elements, asked.summary),
         "request": {"method": "POST" if first else "PUT", "url": "Patient" if first else url},
         "response": {"status": "201 Created" if first else "200 OK", **response},
     }
@@ -223,7 +225,11 @@ def check_history_params(names: Iterable[str]) -> None:
     for name in names:
         if name in UNSUPPORTED_HISTORY_PARAMS:
             raise OutcomeError(
-                bad_request(f"{name} is not supported on _history; _since and _count are.", name)
+                bad_request(
+                    f"{name} is not supported on _history; _since, _count, _summary and"
+                    " _elements are.",
+                    name,
+                )
             )
 
 
@@ -237,6 +243,22 @@ class HistoryPage:
     cursor: str | None
     secret: str
     since: str | None = None
+    #: ``_summary=count``: the number of versions only.
+    counted: bool = False
+    #: ``_elements`` or ``_summary`` (true, text, data): how each version is cut down.
+    elements: tuple[str, ...] = ()
+    summary: str | None = None
+
+    def params(self) -> list[tuple[str, str]]:
+        """The parameters of the self and next links."""
+        params = [("_since", self.since)] if self.since else []
+        if self.counted:
+            params.append(("_summary", "count"))
+        elif self.summary is not None:
+            params.append(("_summary", self.summary))
+        if self.elements:
+            params.append(("_elements", ",".join(self.elements)))
+        return [*params, ("_count", str(self.count))]
 
 
 def history_patient(session: Session, golden_id: str, asked: HistoryPage) -> dict[str, Any]:
@@ -247,6 +269,8 @@ def history_patient(session: Session, golden_id: str, asked: HistoryPage) -> dic
     stmt = stmt.where(GoldenPatientVersion.golden_id == golden_id)
     if session.get(GoldenPatient, golden_id) is None:
         raise OutcomeError(not_found(f"Patient/{golden_id} is not known."))
+    if asked.counted:
+        return _history_total(session, asked, f"Patient/{golden_id}/_history", stmt)
     if asked.cursor is not None:
         before = decode_cursor(asked.secret, asked.cursor).get("v")
         if not isinstance(before, int):
@@ -277,6 +301,8 @@ def history_patients(session: Session, asked: HistoryPage) -> tuple[dict[str, An
     not shift; a client that follows changes asks again with ``_since`` the time of its
     last request. Returns the Bundle and the ids of the records it discloses."""
     stmt = _since_filtered(select(GoldenPatientVersion), asked.since)
+    if asked.counted:
+        return _history_total(session, asked, "Patient/_history", stmt), []
     if asked.cursor is not None:
         position = decode_cursor(asked.secret, asked.cursor)
         at, golden_id, version = position.get("t"), position.get("g"), position.get("v")
@@ -321,9 +347,7 @@ def _history_bundle(
     """A ``history`` Bundle of the first ``count`` of ``rows`` (one more was read: then a
     next link carries ``position`` of the page's last row in a signed cursor)."""
     page = rows[: asked.count]
-    params = [("_count", str(asked.count))]
-    if asked.since:
-        params.insert(0, ("_since", asked.since))
+    params = asked.params()
     links = [{"relation": "self", "url": page_url(asked.base, path, params)}]
     if len(rows) > asked.count:
         token = encode_cursor(asked.secret, position(page[-1]))
@@ -332,5 +356,18 @@ def _history_bundle(
         )
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "link": links}
     if page:
-        bundle["entry"] = [_history_entry(asked.base, row) for row in page]
+        bundle["entry"] = [_history_entry(asked, row) for row in page]
     return bundle
+
+
+def _history_total(
+    session: Session, asked: HistoryPage, path: str, stmt: Select[Any]
+) -> dict[str, Any]:
+    """``_summary=count``: a ``history`` Bundle with the number of versions, no entries."""
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    return {
+        "resourceType": "Bundle",
+        "type": "history",
+        "total": int(total),
+        "link": [{"relation": "self", "url": page_url(asked.base, path, asked.params())}],
+    }

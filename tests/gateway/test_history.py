@@ -97,6 +97,49 @@ def test_type_history_lists_every_version_newest_first_with_deletions(
     assert own[1]["request"]["url"] == "Patient"
 
 
+def test_history_counts_and_cuts_down_as_summary_and_elements_ask(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    session_factory: Factory,
+) -> None:
+    """``_summary=count`` is a cheap "how many changes since"; ``_summary`` and
+    ``_elements`` cut each version down, as on a search. Before, both were ignored and
+    every version came back whole."""
+    first, second = add_patient(family="One"), add_patient(family="Two")
+    _update(session_factory, first, "One-Updated")
+    _update(session_factory, second, "Two", status="deleted")
+    set_recorded(
+        session_factory,
+        {
+            (first, 1): "2025-01-01T00:00:00",
+            (second, 1): "2025-01-02T00:00:00",
+            (first, 2): "2025-01-03T00:00:00",
+            (second, 2): "2025-01-04T00:00:00",
+        },
+    )
+    counted = fhir_get(client, headers, "/fhir/Patient/_history?_summary=count")
+    assert counted["total"] == 4 and "entry" not in counted and counted["type"] == "history"
+    assert "_summary=count" in counted["link"][0]["url"]
+    since = fhir_get(
+        client, headers, "/fhir/Patient/_history?_summary=count&_since=2025-01-02T12:00:00Z"
+    )
+    assert since["total"] == 2
+    own = fhir_get(client, headers, f"/fhir/Patient/{first}/_history?_summary=count")
+    assert own["total"] == 2 and "entry" not in own
+    cut = _walk(client, headers, "/fhir/Patient/_history?_elements=birthDate&_count=1")
+    assert [e["request"]["method"] for e in cut] == ["DELETE", "PUT", "POST", "POST"]
+    for entry in cut[1:]:
+        resource = entry["resource"]
+        assert "birthDate" in resource and "name" not in resource and "identifier" not in resource
+        assert resource["meta"]["tag"][0]["code"] == "SUBSETTED"
+    summary = _walk(client, headers, f"/fhir/Patient/{first}/_history?_summary=true")
+    assert [e["resource"]["name"][0]["family"] for e in summary] == ["One-Updated", "One"]
+    assert all(e["resource"]["meta"]["tag"][0]["code"] == "SUBSETTED" for e in summary)
+    fhir_get(client, headers, "/fhir/Patient/_history?_summary=bogus", status=400)
+    fhir_get(client, headers, "/fhir/Patient/_history?_summary=true&_elements=name", status=400)
+
+
 def test_type_history_pages_are_exact_when_versions_share_a_time_and_new_ones_arrive(
     client: TestClient,
     headers: Headers,
