@@ -24,6 +24,13 @@ def _ids(bundle: dict[str, Any]) -> list[str]:
     return [e["resource"]["id"] for e in bundle.get("entry", [])]
 
 
+def _encounters(client: TestClient, headers: Headers, query: str) -> list[str]:
+    """The ids an Encounter search with ``query`` finds (one page), sorted."""
+    reply = client.get(f"/fhir/Encounter?{query}", headers=headers)
+    assert reply.status_code == 200, reply.text
+    return sorted(_ids(reply.json()))
+
+
 def _follow(client: TestClient, headers: Headers, url: str) -> list[dict[str, Any]]:
     """Every entry of every page, following next links verbatim."""
     entries: list[dict[str, Any]] = []
@@ -61,9 +68,7 @@ def test_encounter_search_spans_every_source_of_one_person(
     add_encounter(other, source_name="ehr-a")
 
     def search(query: str) -> list[str]:
-        reply = client.get(f"/fhir/Encounter?{query}", headers=headers)
-        assert reply.status_code == 200, reply.text
-        return sorted(_ids(reply.json()))
+        return _encounters(client, headers, query)
 
     assert search(f"patient={person}") == sorted([str(a), str(b)])
     assert search(f"patient=Patient/{person}") == sorted([str(a), str(b)])
@@ -95,9 +100,7 @@ def test_encounter_search_modifiers(
     undated = add_encounter(person, start=None, end=None, status="planned", class_code="AMB")
 
     def search(query: str) -> list[str]:
-        reply = client.get(f"/fhir/Encounter?patient={person}&{query}", headers=headers)
-        assert reply.status_code == 200, reply.text
-        return sorted(_ids(reply.json()))
+        return _encounters(client, headers, f"patient={person}&{query}")
 
     assert search("status:not=finished") == sorted([str(inpatient), str(undated)])
     assert search("status:not=finished,planned") == [str(inpatient)]
