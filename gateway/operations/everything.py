@@ -230,6 +230,13 @@ def _is_resource_type(name: str) -> bool:
     return issubclass(model, Resource) and model not in (Resource, DomainResource)
 
 
+def _changed_since(session: Session, golden_id: str, since: datetime) -> bool:
+    changed = session.scalar(
+        select(GoldenPatient.last_updated).where(GoldenPatient.id == golden_id)
+    )
+    return changed is None or changed >= since
+
+
 def _encounters_in(scope: Scope) -> list[ColumnElement[bool]]:
     conditions = []
     if scope.since is not None:
@@ -287,10 +294,7 @@ def everything(
     entries: list[dict[str, Any]] = []
     since = scope.since
     if phase == "patient":
-        changed = session.scalar(
-            select(GoldenPatient.last_updated).where(GoldenPatient.id == golden_id)
-        )
-        if since is None or changed is None or changed >= since:
+        if since is None or _changed_since(session, golden_id, since):
             entries.append(match_entry(base, patient.as_dict()))
         phase = after("patient")
     if phase == "encounter":
