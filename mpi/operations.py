@@ -26,6 +26,7 @@ from mpi.storage import (
     recomputed_status,
     write_golden,
 )
+from store.db import write_time
 from store.models import (
     BlockKey,
     Encounter,
@@ -98,7 +99,8 @@ def _link_of(session: Session, record_id: int) -> Link:
 
 
 def repoint_encounters(session: Session, record_ids: Sequence[int], golden_id: str) -> None:
-    """Encounters follow their patient: those of ``record_ids`` now belong to ``golden_id``."""
+    """Encounters follow their patient: those of ``record_ids`` now belong to ``golden_id``.
+    Each one that moves is changed (its ``lastUpdated``: a new subject)."""
     if not record_ids:
         return
     pairs = session.execute(
@@ -112,21 +114,11 @@ def repoint_encounters(session: Session, record_ids: Sequence[int], golden_id: s
             .where(
                 tuple_(Encounter.source_id, Encounter.patient_resource_id).in_(
                     [(s, r) for s, r in pairs]
-                )
+                ),
+                Encounter.golden_id.is_distinct_from(golden_id),
             )
-            .values(golden_id=golden_id)
+            .values(golden_id=golden_id, last_updated=write_time(session))
         )
-
-
-def repoint_encounters_of(
-    session: Session, source_id: int, resource_id: str, golden_id: str
-) -> None:
-    """Encounters of one source Patient now belong to ``golden_id`` (one statement)."""
-    session.execute(
-        update(Encounter)
-        .where(Encounter.source_id == source_id, Encounter.patient_resource_id == resource_id)
-        .values(golden_id=golden_id)
-    )
 
 
 def store_decision(

@@ -84,6 +84,7 @@ from store.bulk import (
     in_list,
     update_where,
 )
+from store.db import write_time
 from store.jsontext import json_text
 from store.models import (
     Link,
@@ -1038,7 +1039,9 @@ def _repoint_encounters(
     items: Sequence[_Item],
 ) -> None:
     """Encounters follow their patient: those of the batch's records and of the records
-    of merged golden records point at the golden record each ended up in."""
+    of merged golden records point at the golden record each ended up in. Each one that
+    moves is changed (its ``lastUpdated``: a new subject); the others are not written."""
+    now = bulk.timestamp(write_time(session))
     rows = []
     seen: set[int] = set()
     for item in items:
@@ -1047,25 +1050,25 @@ def _repoint_encounters(
         seen.add(item.row.id)
         golden = state.golden_now(item.row.id)
         if golden is not None:
-            rows.append((golden, item.row.source_id, item.row.resource_id))
-    update_where(bulk, "encounter", ("golden_id",), ("source_id", "patient_resource_id"), rows)
+            rows.append((golden, now, item.row.source_id, item.row.resource_id))
     moved: dict[int, str] = {}  # record of a merged golden record -> where it ended up
     for merge in writes.merges:
         golden = state.survivor_of(merge.survivor)
         for record in merge.records:
             if record not in seen:
                 moved[record] = golden
-    if moved:
-        update_where(
-            bulk,
-            "encounter",
-            ("golden_id",),
-            ("source_id", "patient_resource_id"),
-            [
-                (moved[record], source_id, resource_id)
-                for record, source_id, resource_id in state.reads.patient_keys(sorted(moved))
-            ],
-        )
+    rows += [
+        (moved[record], now, source_id, resource_id)
+        for record, source_id, resource_id in state.reads.patient_keys(sorted(moved))
+    ]
+    update_where(
+        bulk,
+        "encounter",
+        ("golden_id", "last_updated"),
+        ("source_id", "patient_resource_id"),
+        rows,
+        changed=("golden_id",),
+    )
 
 
 #: Columns of the batch's driver-level inserts (see :func:`_write`), and their JSON ones.

@@ -483,17 +483,26 @@ def update_where(
     columns: Sequence[str],
     keys: Sequence[str],
     rows: Sequence[tuple[Any, ...]],
+    *,
+    changed: Sequence[str] = (),
 ) -> None:
     """``UPDATE table SET columns… WHERE key = … AND …`` per row, through ``writer``: each
     tuple holds the values in ``columns`` order, then those of ``keys`` (no JSON columns).
+    ``changed``: columns of ``columns`` a row must change; a stored row that holds its
+    values of all of them already is left as it is (its other columns too).
 
     SQLite: ``executemany``; PostgreSQL: one ``UPDATE … FROM unnest(…)``. The keys should
     be indexed (each row is one lookup)."""
     if not rows:
         return
+    guarded = [columns.index(column) for column in changed]
     if not writer.postgresql:
         assignments = ", ".join(f"{column} = ?" for column in columns)
         matches = " AND ".join(f"{key} = ?" for key in keys)
+        if guarded:
+            differs = " OR ".join(f"{columns[i]} IS NOT ?" for i in guarded)
+            matches = f"{matches} AND ({differs})"
+            rows = [(*row, *(row[i] for i in guarded)) for row in rows]
         writer.connection.exec_driver_sql(
             f"UPDATE {table} SET {assignments} WHERE {matches}", list(rows)
         )
@@ -503,5 +512,8 @@ def update_where(
     unnest, _, parameters = writer._unnest(table, all_columns, (), (), arrays)
     assignments = ", ".join(f"{column} = u.c{i}" for i, column in enumerate(columns))
     matches = " AND ".join(f"{table}.{key} = u.c{len(columns) + i}" for i, key in enumerate(keys))
+    if guarded:
+        differs = " OR ".join(f"{table}.{columns[i]} IS DISTINCT FROM u.c{i}" for i in guarded)
+        matches = f"{matches} AND ({differs})"
     statement = f"UPDATE {table} SET {assignments} {unnest} WHERE {matches}"
     writer.connection.exec_driver_sql(statement, parameters)

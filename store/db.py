@@ -39,12 +39,15 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from store.types import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -340,6 +343,60 @@ def take_sqlite_write_lock(session: Session) -> None:
     dbapi = connection.connection.dbapi_connection
     if dbapi is not None and not dbapi.in_transaction:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+#: Every session of the database but the caller's with a transaction open, and the
+#: earliest of their starts; with the database's clock (PostgreSQL).
+_OPEN_TRANSACTIONS = text(
+    "SELECT clock_timestamp(), min(xact_start) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+    "AND backend_type = 'client backend' AND xact_start IS NOT NULL"
+)
+#: How far :func:`settled_time` stays before the instant it finds: a change stamped
+#: then counts as changed after it (``_since`` compares with ``>``; a manifest's
+#: ``transactionTime`` is written to the millisecond).
+_SETTLED_MARGIN = timedelta(milliseconds=1)
+
+
+def write_time(session: Session) -> datetime:
+    """The time the transaction of ``session`` stamps on what it changes and what clients
+    follow with ``_since``: a golden record's ``lastUpdated`` and versions, an
+    Encounter's ``lastUpdated``, an ``encounter.deleted`` event.
+
+    It is read once the transaction holds what :func:`settled_time` watches for: on
+    PostgreSQL it is the transaction's start (``now()``, which opens it); on SQLite, the
+    clock read once the transaction holds the write lock. So a change stamped before
+    an instant is either committed or in a transaction that was open at that instant.
+    """
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        started = session.scalar(text("SELECT now()"))
+        assert isinstance(started, datetime)
+        return started.astimezone(UTC)
+    take_sqlite_write_lock(session)
+    return utcnow()
+
+
+def settled_time(session: Session) -> datetime:
+    """An instant before which every change stamped by :func:`write_time` is committed:
+    what a read that starts after this call does not see then never appears later with
+    an earlier stamp. A client that asks again with ``_since`` this instant misses
+    nothing, however long the transactions that were writing took to commit.
+
+    PostgreSQL: the earliest start of the transactions open in other sessions (the
+    database's clock; a session idle in a transaction holds it back, which only makes
+    the next ``_since`` repeat more), or now. SQLite: it waits for the write lock (the
+    one writer has committed) and holds it until the caller's transaction ends.
+    """
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        now, oldest = session.execute(_OPEN_TRANSACTIONS).one()
+        settled = now if oldest is None else min(now, oldest)
+    else:
+        take_sqlite_write_lock(session)
+        settled = utcnow()
+    settled = settled.astimezone(UTC)
+    return settled.replace(microsecond=settled.microsecond // 1000 * 1000) - _SETTLED_MARGIN
 
 
 def make_engine(url: str, *, background_checkpoint: bool = True, **kwargs: Any) -> Engine:

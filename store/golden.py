@@ -16,10 +16,11 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from store.bulk import BulkWriter, in_list, one_of, rows_in
+from store.db import write_time
 from store.jsontext import json_text
 from store.models import GoldenPatient, GoldenPatientVersion, GoldenSearchToken, new_uuid
 from store.repositories import NotFoundError
-from store.types import fhir_instant, utcnow
+from store.types import fhir_instant
 
 SearchToken = tuple[str, str | None, str]
 
@@ -125,7 +126,7 @@ class GoldenPatientRepository:
             raise VersionConflictError(
                 f"Patient/{golden.id} is at version {golden.version}, not {if_match}"
             )
-        now = utcnow()
+        now = write_time(self.session)
         version = golden.version + 1
         resource = copy.deepcopy(resource)
         resource["resourceType"] = "Patient"
@@ -178,8 +179,8 @@ class GoldenPatientRepository:
         """
         if not writes:
             return {}
+        now = write_time(self.session)
         bulk = BulkWriter(self.session)
-        now = utcnow()
         instant = fhir_instant(now)
         stamp = bulk.timestamp(now)
         inserts: list[tuple[Any, ...]] = []

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from fhir_mapping import EncounterCore, InvalidResource, parse_encounter_core, subject_patient_id
 from store.background import Background
 from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, array_sql, chunks, one_of
+from store.db import write_time
 from store.models import Base, Encounter, SourceRecord
 from store.types import utcnow
 from sync.patients import replaced_by
@@ -349,7 +350,7 @@ class _PageWriter:
     def __init__(self, session: Session, source_id: int) -> None:
         self.bulk = BulkWriter(session)
         self.source_id = source_id
-        self.now = self.bulk.timestamp(utcnow())
+        self.now = self.bulk.timestamp(write_time(session))
         self.new_records: list[tuple[Any, ...]] = []
         self.record_updates: list[tuple[Any, ...]] = []
         #: Resource id -> encounter columns after ``source_record_id`` (new encounter rows).
@@ -821,18 +822,20 @@ def attach_waiting(session: Session, source_id: int, golden_by_patient: Mapping[
                 changes.append((enc_id, record_id, target, resource_id))
     if not changes:
         return 0
+    now = write_time(session)
+    # A new subject is a change of the Encounter: its lastUpdated moves (``_since``).
     session.execute(
-        update(Encounter), [{"id": enc_id, "golden_id": g} for enc_id, _, g, _ in changes]
+        update(Encounter),
+        [{"id": enc_id, "golden_id": g, "last_updated": now} for enc_id, _, g, _ in changes],
     )
     record_ids = [record_id for _, record_id, _, _ in changes]
     for id_chunk in chunks(record_ids, LOOKUP_CHUNK):
         session.execute(
             update(SourceRecord)
             .where(SourceRecord.id.in_(id_chunk), SourceRecord.status == STATUS_PENDING)
-            .values(status=STATUS_ACTIVE, updated_at=utcnow())
+            .values(status=STATUS_ACTIVE, updated_at=now)
             .execution_options(synchronize_session=False)
         )
-    now = utcnow()
     session.execute(
         insert(_OUTBOX_TABLE),
         [

@@ -40,8 +40,8 @@ from mpi import (
 )
 from store import CursorRepository
 from store.bulk import chunks
+from store.db import write_time
 from store.models import Encounter, Link, Outbox, Source, SourceRecord
-from store.types import utcnow
 from sync.encounters import (
     EVENT_DELETED,
     attach_waiting,
@@ -500,7 +500,7 @@ def apply_deletions(
     goldens: set[str] = set()
     deleted_records: list[int] = []
     events: list[dict[str, object]] = []
-    now = utcnow()
+    now = write_time(session)
     if resource_type == "Patient" and uses_block_locks(session) and not holds_block_locks(session):
         # Before the records change: an ingest that links a record to a golden record
         # these deletions empty waits for them, or they wait for it (its link is then seen

@@ -3,15 +3,19 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import UTC, datetime
+
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from mpi import record_decision, resolve_patients
+from mpi import record_decision, resolve_patients, unlink_record
 from store.models import Encounter, GoldenPatient, Link, Source, SourceRecord
+from store.types import as_utc
 from tests.mpi.helpers import add_record, add_source, fhir_patient
 
 EMAIL = "rob@example.com"
 OTHER_EMAIL = "robert.o@example.org"
+LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
 
 
 def _phone_only(rid: str) -> dict:
@@ -64,6 +68,7 @@ def test_a_merge_moves_the_losers_links_and_encounters(session: Session) -> None
     assert first[0].golden_id != first[1].golden_id  # nothing corroborates: apart
     _encounter(session, a, "a1", first[0].golden_id)
     _encounter(session, b, "b1", first[1].golden_id)
+    session.execute(update(Encounter).values(last_updated=LONG_AGO))
     both = add_record(session, add_source(session, "c"), fhir_patient("c1", email=EMAIL))
     [merged] = resolve_patients(session, [both])
     survivor = merged.golden_id
@@ -72,6 +77,34 @@ def test_a_merge_moves_the_losers_links_and_encounters(session: Session) -> None
     assert session.get(GoldenPatient, loser).status == "merged"  # type: ignore[union-attr]
     assert set(_links(session).values()) == {survivor}
     assert _golden_of_encounters(session) == {"a1": survivor, "b1": survivor}
+    # The encounter that moved changed (a new subject); the survivor's own did not.
+    moved = "a1" if first[0].golden_id == loser else "b1"
+    assert {
+        e.patient_resource_id: as_utc(e.last_updated) > LONG_AGO  # type: ignore[operator]
+        for e in session.scalars(select(Encounter))
+    } == {"a1": moved == "a1", "b1": moved == "b1"}
+
+
+def test_a_stewards_unlink_moves_the_records_encounters_and_changes_them(
+    session: Session,
+) -> None:
+    a, b = add_source(session, "a"), add_source(session, "b")
+    records = [
+        add_record(session, a, fhir_patient("a1")),
+        add_record(session, b, fhir_patient("b1")),
+    ]
+    resolved = resolve_patients(session, records)
+    golden = resolved[0].golden_id
+    assert resolved[1].golden_id == golden
+    _encounter(session, a, "a1", golden)
+    _encounter(session, b, "b1", golden)
+    session.execute(update(Encounter).values(last_updated=LONG_AGO))
+    new_id = unlink_record(session, records[1][0].id, actor="steward")
+    assert _golden_of_encounters(session) == {"a1": golden, "b1": new_id}
+    assert {
+        e.patient_resource_id: as_utc(e.last_updated) > LONG_AGO  # type: ignore[operator]
+        for e in session.scalars(select(Encounter))
+    } == {"a1": False, "b1": True}
 
 
 def test_chained_merges_in_one_batch_end_at_the_last_survivor(session: Session) -> None:

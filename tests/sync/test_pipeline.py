@@ -12,6 +12,7 @@ from mpi import golden_block_keys, holds_block_locks, uses_block_locks
 from mpi.resolve import lock_slots
 from store import CursorRepository
 from store.models import Encounter, GoldenPatient, Link, Outbox, SourceRecord
+from store.types import as_utc
 from sync import content_hash, ingest_page
 from sync.encounters import golden_ids_of_patients
 from tests.sync.helpers import add_source, encounter, events, held_block_slots, patient, records
@@ -99,6 +100,7 @@ def test_an_encounter_waits_for_its_patient_then_is_attached(
     with session_factory() as session:
         (waiting,) = session.scalars(select(Encounter)).all()
         assert waiting.golden_id is None
+        arrived = as_utc(waiting.last_updated)
         assert records(session, source_id, resource_type="Encounter")[0].status == "pending"
         assert events(session, "encounter.created") == 1
         ingest_page(session, source_id, Page("Patient", [patient("p1")], "p"))
@@ -111,6 +113,8 @@ def test_an_encounter_waits_for_its_patient_then_is_attached(
             .where(SourceRecord.resource_id == "p1")
         )
         assert attached.golden_id == golden is not None
+        # Its subject changed: so did its lastUpdated (a client following _since sees it).
+        assert arrived is not None and as_utc(attached.last_updated) > arrived  # type: ignore[operator]
         assert records(session, source_id, resource_type="Encounter")[0].status == "active"
         assert events(session, "encounter.updated") == 1
 
