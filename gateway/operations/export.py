@@ -11,6 +11,12 @@ lists, and may delete the job. Only the client that kicked a job off sees it.
 export interrupted anywhere (a worker killed) resumes from its last file once its lease
 runs out: the task is redelivered, or the next status poll hands the job out again.
 
+The manifest's ``transactionTime`` is :func:`store.db.settled_time`: every change
+stamped up to it was committed before the files are read, however long the sync
+transactions that were writing at the kick-off took to commit (the kick-off's own clock
+would leave out a change stamped before it and committed after it, from this export and
+from the next one, ``_since`` this time, too).
+
 What a file holds is exact as of the manifest's ``transactionTime``: a golden record
 changed after it is written as the version it had then (``golden_patient_version``), one
 created after it is left out. Encounters keep no versions: one changed during the export
@@ -51,6 +57,7 @@ from gateway.outcomes import (
     operation_outcome,
     outcome,
 )
+from store.db import settled_time
 from store.models import (
     Encounter,
     ExportFile,
@@ -387,7 +394,9 @@ def create_job(
         status=ACCEPTED,
         request_url=request_url,
         params=export.as_params(),
-        transaction_time=now,
+        # Not the kick-off's clock: a change stamped before it may not be committed yet,
+        # and the next export, _since this time, would never see it.
+        transaction_time=settled_time(session),
         position={"step": 0, "after": None},
         owner=None,
         # Not handed out again by a status poll before a worker had its chance.

@@ -24,6 +24,7 @@ from gateway.operations.bundle import page_url, shape
 from gateway.operations.paging import decode_cursor, encode_cursor
 from gateway.operations.params import fail, parse_since, split_or
 from gateway.outcomes import OutcomeError, bad_request, gone, not_found
+from store.db import settled_time
 from store.models import GoldenPatient, GoldenPatientVersion
 from store.types import UTCDateTime, fhir_instant
 
@@ -271,8 +272,9 @@ def history_patient(session: Session, golden_id: str, asked: HistoryPage) -> dic
         raise OutcomeError(not_found(f"Patient/{golden_id} is not known."))
     if asked.counted:
         return _history_total(session, asked, f"Patient/{golden_id}/_history", stmt)
-    if asked.cursor is not None:
-        before = decode_cursor(asked.secret, asked.cursor).get("v")
+    position, as_of = _history_position(session, asked)
+    if position:
+        before = position.get("v")
         if not isinstance(before, int):
             raise OutcomeError(bad_request("The paging cursor is invalid.", "_cursor"))
         stmt = stmt.where(GoldenPatientVersion.version < before)
@@ -280,7 +282,7 @@ def history_patient(session: Session, golden_id: str, asked: HistoryPage) -> dic
         stmt.order_by(GoldenPatientVersion.version.desc()).limit(asked.count + 1)
     ).all()
     return _history_bundle(
-        asked, f"Patient/{golden_id}/_history", rows, lambda row: {"v": row.version}
+        asked, f"Patient/{golden_id}/_history", rows, as_of, lambda row: {"v": row.version}
     )
 
 
@@ -298,13 +300,14 @@ def history_patients(session: Session, asked: HistoryPage) -> tuple[dict[str, An
     deletions included (https://hl7.org/fhir/R4/http.html#history), paged by a keyset
     cursor on (time, id, version), read through ``ix_golden_patient_version_recorded``.
     Versions written while a client pages come before its first page, so its pages do
-    not shift; a client that follows changes asks again with ``_since`` the time of its
-    last request. Returns the Bundle and the ids of the records it discloses."""
+    not shift; a client that follows changes asks again with ``_since`` the Bundle's
+    ``meta.lastUpdated`` (see :func:`_history_position`). Returns the Bundle and the
+    ids of the records it discloses."""
     stmt = _since_filtered(select(GoldenPatientVersion), asked.since)
     if asked.counted:
         return _history_total(session, asked, "Patient/_history", stmt), []
-    if asked.cursor is not None:
-        position = decode_cursor(asked.secret, asked.cursor)
+    position, as_of = _history_position(session, asked)
+    if position:
         at, golden_id, version = position.get("t"), position.get("g"), position.get("v")
         if not (isinstance(at, str) and isinstance(golden_id, str) and isinstance(version, int)):
             raise OutcomeError(bad_request("The paging cursor is invalid.", "_cursor"))
@@ -325,9 +328,29 @@ def history_patients(session: Session, asked: HistoryPage) -> tuple[dict[str, An
         asked,
         "Patient/_history",
         rows,
+        as_of,
         lambda row: {"t": row.recorded_at.isoformat(), "g": row.golden_id, "v": row.version},
     )
     return bundle, list(dict.fromkeys(row.golden_id for row in rows[: asked.count]))
+
+
+#: The key of a history cursor that carries the first page's ``meta.lastUpdated``.
+_AS_OF = "as_of"
+
+
+def _history_position(session: Session, asked: HistoryPage) -> tuple[dict[str, Any], str]:
+    """Where the page starts (the cursor's position; empty on the first page) and the
+    instant the Bundle's ``meta.lastUpdated`` gives: on the first page
+    :func:`store.db.settled_time` (every version recorded up to it was committed before
+    the page was read, so ``_since`` it misses none that commit later), carried by the
+    cursor to the next pages."""
+    if asked.cursor is None:
+        return {}, fhir_instant(settled_time(session))
+    position = decode_cursor(asked.secret, asked.cursor)
+    as_of = position.pop(_AS_OF, None)
+    if not isinstance(as_of, str) or not position:
+        raise OutcomeError(bad_request("The paging cursor is invalid.", "_cursor"))
+    return position, as_of
 
 
 def _since_filtered(stmt: Select[Any], since: str | None) -> Select[Any]:
@@ -342,19 +365,26 @@ def _history_bundle(
     asked: HistoryPage,
     path: str,
     rows: Sequence[GoldenPatientVersion],
+    as_of: str,
     position: Callable[[GoldenPatientVersion], dict[str, Any]],
 ) -> dict[str, Any]:
     """A ``history`` Bundle of the first ``count`` of ``rows`` (one more was read: then a
-    next link carries ``position`` of the page's last row in a signed cursor)."""
+    next link carries ``position`` of the page's last row, and ``as_of``, in a signed
+    cursor)."""
     page = rows[: asked.count]
     params = asked.params()
     links = [{"relation": "self", "url": page_url(asked.base, path, params)}]
     if len(rows) > asked.count:
-        token = encode_cursor(asked.secret, position(page[-1]))
+        token = encode_cursor(asked.secret, {**position(page[-1]), _AS_OF: as_of})
         links.append(
             {"relation": "next", "url": page_url(asked.base, path, [*params, ("_cursor", token)])}
         )
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "link": links}
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "meta": {"lastUpdated": as_of},
+        "type": "history",
+        "link": links,
+    }
     if page:
         bundle["entry"] = [_history_entry(asked, row) for row in page]
     return bundle

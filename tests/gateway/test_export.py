@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -18,7 +19,7 @@ from fhir.resources.R4B.patient import Patient as FhirPatient
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from connectors import SourceConfig, build_source
+from connectors import Page, SourceConfig, build_source
 from connectors.source import decode_cursor
 from fhir_mapping import search_tokens
 from gateway import GatewayState
@@ -35,9 +36,12 @@ from store import make_engine, make_session_factory
 from store.golden import GoldenPatientRepository
 from store.models import Audit, ExportFile, ExportJob, SourceRecord
 from store.types import utcnow
-from sync.pipeline import apply_deletions
+from sync.pipeline import apply_deletions, ingest_page
 from sync.retention import prune_exports
 from tests.gateway.conftest import READER_SCOPES, SECRET, LiveGateway
+from tests.sync.helpers import add_source
+from tests.sync.helpers import encounter as source_encounter
+from tests.sync.helpers import patient as source_patient
 
 Headers = dict[str, str]
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
@@ -323,6 +327,71 @@ def test_a_record_changed_during_the_export_is_written_as_it_was_at_the_transact
     assert late not in by_id
     assert by_id[target]["name"][0]["family"] == "Fam2"
     assert by_id[target]["meta"]["versionId"] == "1"
+
+
+def test_an_encounter_attached_after_an_export_is_in_the_next_one_since_then(
+    client: TestClient,
+    headers: Headers,
+    jobs: Jobs,
+    population: dict[str, Any],
+    session_factory: sessionmaker[Session],
+) -> None:
+    # The Encounter arrives before its Patient: it waits, out of every export.
+    source_id = add_source(session_factory)
+    with session_factory() as session:
+        ingest_page(
+            session, source_id, Page("Encounter", [source_encounter("late", "p-late")], "e")
+        )
+        session.commit()
+    first = manifest_of(client, headers, kick_off(client, headers, _type="Encounter"))
+    known = {int(e["id"]) for e in exported(client, headers, first).get("Encounter", [])}
+    assert known == set(population["encounters"])
+    # Its Patient arrives: the Encounter now has a subject, a change since the export.
+    with session_factory() as session:
+        ingest_page(session, source_id, Page("Patient", [source_patient("p-late")], "p"))
+        session.commit()
+    since = first["transactionTime"]
+    then = manifest_of(client, headers, kick_off(client, headers, _type="Encounter", _since=since))
+    [attached] = exported(client, headers, then)["Encounter"]
+    assert attached["identifier"][-1]["value"] == "late"
+    assert attached["subject"]["reference"].startswith("Patient/")
+    assert attached["meta"]["lastUpdated"] > since
+
+
+def test_a_change_committed_after_the_kick_off_is_in_that_export_or_the_next_one(
+    client: TestClient,
+    headers: Headers,
+    jobs: Jobs,
+    population: dict[str, Any],
+    session_factory: sessionmaker[Session],
+) -> None:
+    """A sync transaction stamps its changes when it writes them and commits later; an
+    export kicked off in between must not place its transactionTime after the stamps of
+    changes it cannot see (the next export, _since that time, would skip them too)."""
+    target = population["patients"][2]
+    writer = session_factory()
+    repo = GoldenPatientRepository(writer)
+    golden = repo.read(target)
+    resource = {**golden.resource, "gender": "other"}
+    repo.save(golden, resource, search_tokens(resource))
+    writer.flush()  # written and stamped, not committed
+    # It commits a moment later (on SQLite the kick-off waits for it: one writer at a time).
+    committer = threading.Timer(0.5, writer.commit)
+    committer.start()
+    try:
+        first = manifest_of(client, headers, kick_off(client, headers, _type="Patient"))
+    finally:
+        committer.join()
+        writer.close()
+    since = first["transactionTime"]
+    then = manifest_of(client, headers, kick_off(client, headers, _type="Patient", _since=since))
+    seen = [
+        p
+        for manifest in (first, then)
+        for p in exported(client, headers, manifest).get("Patient", [])
+        if p["id"] == target
+    ]
+    assert seen and seen[-1]["gender"] == "other"
 
 
 def test_an_interrupted_export_resumes_from_its_last_file_without_loss_or_doubles(

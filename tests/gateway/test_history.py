@@ -3,6 +3,7 @@ with, and deletions as FHIR history entries (https://hl7.org/fhir/R4/http.html#h
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -159,6 +160,42 @@ def test_type_history_pages_are_exact_when_versions_share_a_time_and_new_ones_ar
     assert len(set(seen)) == 5
     newest = fhir_get(client, headers, "/fhir/Patient/_history?_count=1")["entry"]
     assert [_key(e) for e in newest] == [(ids[0], 'W/"2"')]
+
+
+def test_following_changes_since_the_bundles_time_misses_no_late_commit(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    session_factory: Factory,
+) -> None:
+    """A client polls the history, then asks again with _since the Bundle's
+    meta.lastUpdated. A version stamped before that poll and committed after it (a long
+    sync transaction) is in the first answer or the next one, never in neither."""
+    golden_id = add_patient(family="Before")
+    add_patient(family="Other")
+    writer = session_factory()
+    repo = GoldenPatientRepository(writer)
+    resource = patient_resource(family="Late")
+    repo.save(repo.read(golden_id), resource, search_tokens(resource))
+    writer.flush()  # written and stamped, not committed
+    # It commits a moment later (on SQLite the poll waits for it: one writer at a time).
+    committer = threading.Timer(0.5, writer.commit)
+    committer.start()
+    try:
+        first = fhir_get(client, headers, "/fhir/Patient/_history?_count=1")
+    finally:
+        committer.join()
+        writer.close()
+    as_of = first["meta"]["lastUpdated"]
+    entries = [*first.get("entry", [])]
+    next_url = _next(first)
+    while next_url is not None:  # every page gives the first page's instant
+        bundle = fhir_get(client, headers, next_url)
+        assert bundle["meta"]["lastUpdated"] == as_of
+        entries.extend(bundle.get("entry", []))
+        next_url = _next(bundle)
+    entries += _walk(client, headers, f"/fhir/Patient/_history?_since={as_of}")
+    assert (golden_id, 'W/"2"') in {_key(e) for e in entries}
 
 
 def test_type_history_needs_the_search_scope_and_is_audited(
