@@ -370,7 +370,8 @@ def write_time(session: Session) -> datetime:
     """
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        started = session.scalar(text("SELECT now()"))
+        # On the connection: the session's pending objects are not flushed for it.
+        started = connection.execute(text("SELECT now()")).scalar()
         assert isinstance(started, datetime)
         return started.astimezone(UTC)
     take_sqlite_write_lock(session)
@@ -390,7 +391,7 @@ def settled_time(session: Session) -> datetime:
     """
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        now, oldest = session.execute(_OPEN_TRANSACTIONS).one()
+        now, oldest = connection.execute(_OPEN_TRANSACTIONS).one()
         settled = now if oldest is None else min(now, oldest)
     else:
         take_sqlite_write_lock(session)
