@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, select, tuple_, update
+from sqlalchemy import and_, delete, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from mpi.errors import GoldenNotFound, InvalidOperation, RecordNotFound
@@ -26,7 +26,9 @@ from mpi.storage import (
     recomputed_status,
     write_golden,
 )
+from store.bulk import chunks
 from store.db import write_time
+from store.events import ENCOUNTER_UPDATED, outbox_row
 from store.models import (
     BlockKey,
     Encounter,
@@ -34,6 +36,7 @@ from store.models import (
     Link,
     LinkHistory,
     MatchDecision,
+    Outbox,
     SourceRecord,
     new_uuid,
 )
@@ -100,7 +103,8 @@ def _link_of(session: Session, record_id: int) -> Link:
 
 def repoint_encounters(session: Session, record_ids: Sequence[int], golden_id: str) -> None:
     """Encounters follow their patient: those of ``record_ids`` now belong to ``golden_id``.
-    Each one that moves is changed (its ``lastUpdated``: a new subject)."""
+    Each one that moves is changed (its ``lastUpdated``: a new subject) and gets an
+    ``encounter.updated`` event."""
     if not record_ids:
         return
     pairs = session.execute(
@@ -108,17 +112,42 @@ def repoint_encounters(session: Session, record_ids: Sequence[int], golden_id: s
             SourceRecord.id.in_(list(record_ids))
         )
     ).all()
-    if pairs:
-        session.execute(
-            update(Encounter)
-            .where(
-                tuple_(Encounter.source_id, Encounter.patient_resource_id).in_(
-                    [(s, r) for s, r in pairs]
-                ),
-                Encounter.golden_id.is_distinct_from(golden_id),
-            )
-            .values(golden_id=golden_id, last_updated=write_time(session))
+    if not pairs:
+        return
+    now = write_time(session)
+    moved = session.execute(
+        update(Encounter)
+        .where(
+            tuple_(Encounter.source_id, Encounter.patient_resource_id).in_(
+                [(s, r) for s, r in pairs]
+            ),
+            Encounter.golden_id.is_distinct_from(golden_id),
         )
+        .values(golden_id=golden_id, last_updated=now)
+        .returning(Encounter.id, Encounter.source_id, Encounter.source_record_id)
+    ).all()
+    if not moved:
+        return
+    resource_ids: dict[int, str] = {}
+    for chunk in chunks([record for _, _, record in moved]):
+        rows = session.execute(
+            select(SourceRecord.id, SourceRecord.resource_id).where(SourceRecord.id.in_(chunk))
+        )
+        resource_ids.update((record, resource_id) for record, resource_id in rows)
+    session.execute(
+        insert(Outbox),
+        [
+            outbox_row(
+                ENCOUNTER_UPDATED,
+                enc_id,
+                now=now,
+                golden_id=golden_id,
+                source_id=source_id,
+                resource_id=resource_ids[record],
+            )
+            for enc_id, source_id, record in sorted(moved)
+        ],
+    )
 
 
 def store_decision(

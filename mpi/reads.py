@@ -161,6 +161,20 @@ class Reads:
             "SELECT id, source_id, resource_id FROM source_record WHERE id {in}", records
         )
 
+    def encounters_of_patients(
+        self, source_id: int, patients: Sequence[str]
+    ) -> list[tuple[int, str | None, str | None, str, str]]:
+        """(encounter id, patient resource id, golden id, the encounter's source resource
+        id, its record's status) of the Encounters of ``source_id``'s Patients
+        ``patients``."""
+        return self._rows(
+            "SELECT e.id, e.patient_resource_id, e.golden_id, s.resource_id, s.status "
+            "FROM encounter e JOIN source_record s ON s.id = e.source_record_id "
+            "WHERE e.patient_resource_id {in} AND e.source_id = {p}",
+            patients,
+            source_id,
+        )
+
     def active_goldens(self, records: Sequence[int]) -> list[tuple[int, str]]:
         """(record, golden id) of ``records`` linked to an active golden record."""
         return self._rows(

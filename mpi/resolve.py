@@ -85,6 +85,7 @@ from store.bulk import (
     update_where,
 )
 from store.db import write_time
+from store.events import ENCOUNTER_UPDATED, outbox_values
 from store.jsontext import json_text
 from store.models import (
     Link,
@@ -1040,10 +1041,16 @@ def _repoint_encounters(
 ) -> None:
     """Encounters follow their patient: those of the batch's records and of the records
     of merged golden records point at the golden record each ended up in. Each one that
-    moves is changed (its ``lastUpdated``: a new subject); the others are not written."""
+    moves is changed (its ``lastUpdated``: a new subject); the others are not written.
+
+    Those that move from one golden record to another (a merge, a re-link) get an
+    ``encounter.updated`` event: :func:`_moved_encounter_events`."""
     now = bulk.timestamp(write_time(session))
     rows = []
     seen: set[int] = set()
+    #: (source id, patient resource id) -> its new golden record, for the patients of
+    #: the batch that left a golden record, and those of merged golden records.
+    relinked: dict[tuple[int, str], str] = {}
     for item in items:
         if item.row.id in seen:
             continue
@@ -1051,16 +1058,20 @@ def _repoint_encounters(
         golden = state.golden_now(item.row.id)
         if golden is not None:
             rows.append((golden, now, item.row.source_id, item.row.resource_id))
+            before = state.links.get(item.row.id)
+            if before is not None and before[0] != golden:
+                relinked[(item.row.source_id, item.row.resource_id)] = golden
     moved: dict[int, str] = {}  # record of a merged golden record -> where it ended up
     for merge in writes.merges:
         golden = state.survivor_of(merge.survivor)
         for record in merge.records:
             if record not in seen:
                 moved[record] = golden
-    rows += [
-        (moved[record], now, source_id, resource_id)
-        for record, source_id, resource_id in state.reads.patient_keys(sorted(moved))
-    ]
+    for record, source_id, resource_id in state.reads.patient_keys(sorted(moved)):
+        rows.append((moved[record], now, source_id, resource_id))
+        relinked[(source_id, resource_id)] = moved[record]
+    events = _moved_encounter_events(state.reads, relinked, now)
+    bulk.insert("outbox", OUTBOX_COLUMNS, events, json_columns=OUTBOX_JSON)
     update_where(
         bulk,
         "encounter",
@@ -1069,6 +1080,38 @@ def _repoint_encounters(
         rows,
         changed=("golden_id",),
     )
+
+
+def _moved_encounter_events(
+    reads: Reads, relinked: dict[tuple[int, str], str], now: Any
+) -> list[tuple[Any, ...]]:
+    """``encounter.updated`` events (:data:`store.bulk.OUTBOX_COLUMNS` values) of the
+    stored Encounters of ``relinked``'s patients that are about to move to another golden
+    record: a subscriber to Encounters hears of the new subject. A pending Encounter (its
+    Patient had not arrived) gets its event when the pipeline attaches it
+    (:func:`sync.encounters.attach_waiting`). Read before the move, and only for patients
+    that changed golden record, so a batch of new or unchanged patients reads nothing."""
+    by_source: dict[int, list[str]] = {}
+    for source_id, resource_id in relinked:
+        by_source.setdefault(source_id, []).append(resource_id)
+    events = []
+    for source_id, patients in sorted(by_source.items()):
+        for enc_id, patient, current, resource_id, status in reads.encounters_of_patients(
+            source_id, sorted(patients)
+        ):
+            golden = relinked[(source_id, patient or "")]
+            if current != golden and status != "pending":
+                events.append(
+                    outbox_values(
+                        ENCOUNTER_UPDATED,
+                        enc_id,
+                        now,
+                        golden_id=golden,
+                        source_id=source_id,
+                        resource_id=resource_id,
+                    )
+                )
+    return events
 
 
 #: Columns of the batch's driver-level inserts (see :func:`_write`), and their JSON ones.

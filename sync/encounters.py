@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
 
-import orjson
 from sqlalchemy import ColumnElement, TextClause, insert, select, text, update
 from sqlalchemy.orm import Session
 
@@ -26,8 +25,11 @@ from fhir_mapping import EncounterCore, InvalidResource, parse_encounter_core, s
 from store.background import Background
 from store.bulk import OUTBOX_COLUMNS, OUTBOX_JSON, BulkWriter, array_sql, chunks, one_of
 from store.db import write_time
+from store.events import ENCOUNTER_CREATED as EVENT_CREATED
+from store.events import ENCOUNTER_UPDATED as EVENT_UPDATED
+from store.events import outbox_row, outbox_values
+from store.jsontext import json_text
 from store.models import Base, Encounter, SourceRecord
-from store.types import utcnow
 from sync.patients import replaced_by
 from sync.records import (
     LOOKUP_CHUNK,
@@ -45,10 +47,6 @@ from sync.records import (
     rows_of_source,
     shape_error,
 )
-
-EVENT_CREATED = "encounter.created"
-EVENT_UPDATED = "encounter.updated"
-EVENT_DELETED = "encounter.deleted"
 
 #: Columns of the page's bulk statements (see :class:`_PageWriter`), and their JSON ones.
 _ENCOUNTER_COLUMNS = (
@@ -102,16 +100,6 @@ _MISSING = object()
 PG_NEW_ROWS_PER_STATEMENT = 250
 
 
-def _json_text(value: Any) -> str:
-    """JSON text of ``value`` for a JSON column, through orjson (the same JSON value as
-    ``BulkWriter.json``, several times faster); what orjson refuses (a lone surrogate,
-    an int beyond 64 bits) goes through ``BulkWriter.json``."""
-    try:
-        return orjson.dumps(value).decode()
-    except (orjson.JSONEncodeError, TypeError):
-        return BulkWriter.json(value)
-
-
 def _timestamp(bulk: BulkWriter, value: str | datetime | None) -> Any:
     """``bulk.timestamp`` of a FHIR dateTime text (see :func:`parse_fhir_datetime`) or of a
     datetime, memoized."""
@@ -138,7 +126,7 @@ def _among(
         return one_of(session, column, values)
     return text(
         f"{column.table.name}.{column.name} IN (SELECT value FROM json_each(:among_values))"
-    ).bindparams(among_values=_json_text(list(values)))
+    ).bindparams(among_values=json_text(list(values)))
 
 
 def _subject_of(raw: Any) -> str | None:
@@ -178,22 +166,6 @@ def parse_fhir_datetime(value: str | None) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def outbox_row(
-    event_type: str, encounter_id: int, *, now: datetime | None = None, **payload: Any
-) -> dict[str, Any]:
-    """An outbox row for an Encounter event (ids only: the payload never carries PHI)."""
-    now = now or utcnow()
-    return {
-        "event_type": event_type,
-        "aggregate_type": "Encounter",
-        "aggregate_id": str(encounter_id),
-        "payload": {"encounter_id": encounter_id, **payload},
-        "created_at": now,
-        "next_attempt_at": now,
-        "attempts": 0,
-    }
 
 
 #: A page's stored records by key, through :func:`sync.records.rows_of_source` (both
@@ -391,7 +363,7 @@ class _PageWriter:
         raw_json = item.raw_json()
         record = (
             raw_json,
-            _json_text(_normalized(encounter)),
+            json_text(_normalized(encounter)),
             item.content_hash,
             item.version_id,
             last_updated,
@@ -429,21 +401,14 @@ class _PageWriter:
     def event(
         self, event_type: str, encounter_id: int, golden_id: str | None, resource_id: str
     ) -> None:
-        payload = {
-            "encounter_id": encounter_id,
-            "golden_id": golden_id,
-            "source_id": self.source_id,
-            "resource_id": resource_id,
-        }
         self.events.append(
-            (
+            outbox_values(
                 event_type,
-                "Encounter",
-                str(encounter_id),
-                _json_text(payload),
+                encounter_id,
                 self.now,
-                self.now,
-                0,
+                golden_id=golden_id,
+                source_id=self.source_id,
+                resource_id=resource_id,
             )
         )
 

@@ -41,14 +41,9 @@ from mpi import (
 from store import CursorRepository
 from store.bulk import chunks
 from store.db import write_time
+from store.events import ENCOUNTER_DELETED, outbox_row
 from store.models import Encounter, Link, Outbox, Source, SourceRecord
-from sync.encounters import (
-    EVENT_DELETED,
-    attach_waiting,
-    golden_ids_of_patients,
-    ingest_encounters,
-    outbox_row,
-)
+from sync.encounters import attach_waiting, golden_ids_of_patients, ingest_encounters
 from sync.patients import PatientOptions, ingest_patients, replaced_by
 from sync.records import (
     LOOKUP_CHUNK,
@@ -538,7 +533,7 @@ def apply_deletions(
             ).all()
             events.extend(
                 outbox_row(
-                    EVENT_DELETED,
+                    ENCOUNTER_DELETED,
                     encounter_id,
                     now=now,
                     golden_id=golden_id,

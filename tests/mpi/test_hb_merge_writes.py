@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from mpi import record_decision, resolve_patients, unlink_record
-from store.models import Encounter, GoldenPatient, Link, Source, SourceRecord
+from store.models import Encounter, GoldenPatient, Link, Outbox, Source, SourceRecord
 from store.types import as_utc
 from tests.mpi.helpers import add_record, add_source, fhir_patient
 
@@ -56,6 +56,18 @@ def _golden_of_encounters(session: Session) -> dict[str, str | None]:
     }
 
 
+def _encounter_events(session: Session) -> list[tuple[str, dict]]:
+    """(event type, payload) of the Encounter events, in order."""
+    return [
+        (event, payload)
+        for event, payload in session.execute(
+            select(Outbox.event_type, Outbox.payload)
+            .where(Outbox.aggregate_type == "Encounter")
+            .order_by(Outbox.id)
+        )
+    ]
+
+
 def _links(session: Session) -> dict[int, str]:
     return dict(session.execute(select(Link.source_record_id, Link.golden_id)).all())
 
@@ -66,8 +78,10 @@ def test_a_merge_moves_the_losers_links_and_encounters(session: Session) -> None
     email = add_record(session, b, _email_only("b1"))
     first = resolve_patients(session, [phone, email])
     assert first[0].golden_id != first[1].golden_id  # nothing corroborates: apart
-    _encounter(session, a, "a1", first[0].golden_id)
-    _encounter(session, b, "b1", first[1].golden_id)
+    encounters = {
+        "a1": _encounter(session, a, "a1", first[0].golden_id).id,
+        "b1": _encounter(session, b, "b1", first[1].golden_id).id,
+    }
     session.execute(update(Encounter).values(last_updated=LONG_AGO))
     both = add_record(session, add_source(session, "c"), fhir_patient("c1", email=EMAIL))
     [merged] = resolve_patients(session, [both])
@@ -83,6 +97,19 @@ def test_a_merge_moves_the_losers_links_and_encounters(session: Session) -> None
         e.patient_resource_id: as_utc(e.last_updated) > LONG_AGO  # type: ignore[operator]
         for e in session.scalars(select(Encounter))
     } == {"a1": moved == "a1", "b1": moved == "b1"}
+    # Its subscribers hear of the new subject, once; the survivor's own is not an event.
+    source = a.id if moved == "a1" else b.id
+    assert _encounter_events(session) == [
+        (
+            "encounter.updated",
+            {
+                "encounter_id": encounters[moved],
+                "golden_id": survivor,
+                "source_id": source,
+                "resource_id": f"enc-{moved}",
+            },
+        )
+    ]
 
 
 def test_a_stewards_unlink_moves_the_records_encounters_and_changes_them(
@@ -97,7 +124,7 @@ def test_a_stewards_unlink_moves_the_records_encounters_and_changes_them(
     golden = resolved[0].golden_id
     assert resolved[1].golden_id == golden
     _encounter(session, a, "a1", golden)
-    _encounter(session, b, "b1", golden)
+    moved = _encounter(session, b, "b1", golden).id
     session.execute(update(Encounter).values(last_updated=LONG_AGO))
     new_id = unlink_record(session, records[1][0].id, actor="steward")
     assert _golden_of_encounters(session) == {"a1": golden, "b1": new_id}
@@ -105,6 +132,17 @@ def test_a_stewards_unlink_moves_the_records_encounters_and_changes_them(
         e.patient_resource_id: as_utc(e.last_updated) > LONG_AGO  # type: ignore[operator]
         for e in session.scalars(select(Encounter))
     } == {"a1": False, "b1": True}
+    assert _encounter_events(session) == [
+        (
+            "encounter.updated",
+            {
+                "encounter_id": moved,
+                "golden_id": new_id,
+                "source_id": b.id,
+                "resource_id": "enc-b1",
+            },
+        )
+    ]
 
 
 def test_chained_merges_in_one_batch_end_at_the_last_survivor(session: Session) -> None:
@@ -130,6 +168,14 @@ def test_chained_merges_in_one_batch_end_at_the_last_survivor(session: Session) 
     assert resolutions[0].golden_id == final
     assert set(_links(session).values()) == {final}
     assert set(_golden_of_encounters(session).values()) == {final}
+    # One event per Encounter that moved, naming where it ended up (not a loser between).
+    events = _encounter_events(session)
+    assert sorted(payload["resource_id"] for _, payload in events) == sorted(
+        f"enc-{record}"
+        for record, golden in zip(("a1", "b1", "c1"), goldens, strict=True)
+        if golden != final
+    )
+    assert {payload["golden_id"] for _, payload in events} == {final}
     statuses = {g: session.get(GoldenPatient, g).status for g in goldens}  # type: ignore[union-attr]
     assert sorted(statuses.values()).count("merged") == (2 if final in goldens else 3)
 

@@ -24,6 +24,7 @@ from standardwebhooks.webhooks import Webhook
 
 from gateway.auth.consumers import register_consumer
 from mpi.storage import emit
+from store.events import outbox_row
 from store.models import Audit, Consumer, Outbox, Subscription, SubscriptionEvent
 from sync.delivery import (
     BACKOFF_MAX_S,
@@ -44,7 +45,6 @@ from sync.delivery import (
     send_subscription,
     subscription_spec,
 )
-from sync.encounters import outbox_row
 from sync.intake import parse_notification
 from tests.sync.helpers import Clock, Endpoint
 

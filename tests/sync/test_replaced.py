@@ -88,6 +88,8 @@ def test_a_patient_merged_in_its_ehr_leaves_and_its_golden_record_follows(
         moved = session.scalars(select(Encounter)).one()
         assert (moved.patient_resource_id, moved.golden_id) == ("p1", survivor.id)
         assert events(session, "patient.merged") == 1
+        # Its subscribers hear of the visit's new subject.
+        assert events(session, "encounter.updated") == 1
         history = session.scalars(select(LinkHistory).where(LinkHistory.action == "merge")).one()
         assert (history.actor, history.method) == ("mpi", "AUTO")
         assert history.explanation == {"source_id": source_id, "reason": "replaced-by"}
