@@ -100,10 +100,10 @@ class Reads:
         self.background.wait()
         return rows_in(self.dbapi, self.postgresql, template, values, *extra)
 
-    def links(self, records: Sequence[int]) -> list[tuple[int, str, str, float | None]]:
-        """(record, golden id, grade, score) of the stored links of ``records``."""
+    def links(self, records: Sequence[int]) -> list[tuple[int, str, str, float | None, str]]:
+        """(record, golden id, grade, score, method) of the stored links of ``records``."""
         return self._rows(
-            "SELECT source_record_id, golden_id, grade, score FROM link "
+            "SELECT source_record_id, golden_id, grade, score, method FROM link "
             "WHERE source_record_id {in}",
             records,
         )

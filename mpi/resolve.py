@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import (
+    delete,
     insert,
     select,
     text,
@@ -58,7 +59,7 @@ from sqlalchemy.orm import Session
 from fhir_mapping import SourcePatient
 from mpi.batch import MAX_MEMBERS_PER_GOLDEN, MemoryResolver
 from mpi.blocking import block_keys
-from mpi.decision import Decision, Member
+from mpi.decision import AUTO_GRADES, Candidate, Decision, Member, score_candidates
 from mpi.features import (
     MatchFeatures,
     decode_features,
@@ -191,6 +192,9 @@ class _Writes:
     merges: list[_Merge] = field(default_factory=list)
     created: set[str] = field(default_factory=set)
     touched: dict[str, None] = field(default_factory=dict)  # golden ids, in order
+    #: Linked records that left their golden record (:func:`_detach`): their stored link
+    #: is deleted before the batch's links are inserted.
+    detached: list[int] = field(default_factory=list)
 
 
 class _KnownBlocks:
@@ -272,6 +276,9 @@ class BatchState:
         self.resolver = MemoryResolver(model, settings, new_golden=lambda _record: new_uuid())
         #: Stored link of each record we know of (any status): golden id, grade, score.
         self.links: dict[int, tuple[str, str, float | None]] = {}
+        #: Records of the batch whose stored link a steward or the portal made (MANUAL):
+        #: a new version of one is never moved (:func:`_leaves_its_golden`).
+        self.manual: set[int] = set()
         #: Golden records whose members are loaded (or that were created by this batch).
         self.loaded: set[str] = set()
         #: Inactive source records still linked to a loaded golden record.
@@ -317,8 +324,10 @@ class BatchState:
     ) -> None:
         reads, resolver = self.reads, self.resolver
         ids = [record_id for record_id, _, _ in records]
-        for record_id, golden_id, grade, score in reads.links(ids):
+        for record_id, golden_id, grade, score, method in reads.links(ids):
             self.links[record_id] = (golden_id, grade, score)
+            if method == "MANUAL":
+                self.manual.add(record_id)
         stored = self.stored = {r for r in ids if r in self.links}
         keys = sorted(
             {key for _, _, ks in records for key in ks} | {k for ks in probes for k in ks}
@@ -383,7 +392,7 @@ class BatchState:
                     self.decisions.setdefault(record, {})[other] = decision
                     others.add(other)
         missing = sorted(others - self.links.keys())
-        for record_id, golden_id, grade, score in self.reads.links(missing):
+        for record_id, golden_id, grade, score, _ in self.reads.links(missing):
             self.links[record_id] = (golden_id, grade, score)
 
     def load_goldens(self, goldens: set[str]) -> None:
@@ -782,8 +791,11 @@ def _decide_and_write(
     for position, item in enumerate(items):
         record_id = item.row.id
         if record_id in linked or record_id in state.links:
-            resolutions.append(_refresh(state, writes, item, linked, batch_keys))
-            continue
+            left = None if record_id in linked else _leaves_its_golden(state, item)
+            if left is None:
+                resolutions.append(_refresh(state, writes, item, linked, batch_keys))
+                continue
+            _detach(state, writes, item, left)
         found = state.ensure(item.keys, record_id)
         skipped = state.skipped_keys(item.keys)
         manual, blocked = state.steward(record_id)
@@ -812,6 +824,72 @@ def _decide_and_write(
         )
     state.parse_members(writes.touched)
     return _write(session, settings, state, writes, items, resolutions)
+
+
+def _leaves_its_golden(state: BatchState, item: _Item) -> Candidate | None:
+    """A new version of a linked record that is no longer its golden record's person: its
+    golden record as a candidate, scored against its other active records, when that is
+    ``certainly-not`` or vetoed by a guard (another birth date, a twin's given name,
+    another identifier of one system…): what would keep the record out if it came new.
+    Otherwise None, and the link stays (a ``possible`` one too: not clear enough to split).
+
+    Never for a link a steward or the portal made, a steward's "match" decision, or the
+    only record of its golden record (nothing to compare it with)."""
+    record_id = item.row.id
+    golden = state.golden_now(record_id)
+    if golden is None or record_id in state.manual or state.steward(record_id)[0] is not None:
+        return None
+    resolver = state.resolver
+    others = [
+        Member(other, golden, resolver.features[other])
+        for other in resolver.members.get(golden, [])[: MAX_MEMBERS_PER_GOLDEN + 1]
+        if other != record_id and other in resolver.features
+    ][:MAX_MEMBERS_PER_GOLDEN]
+    if not others:
+        return None
+    [candidate] = score_candidates(resolver.model, resolver.settings, item.features, others)
+    if candidate.grade == "possible" or (candidate.grade in AUTO_GRADES and not candidate.vetoes):
+        return None
+    return candidate
+
+
+def _detach(state: BatchState, writes: _Writes, item: _Item, left: Candidate) -> None:
+    """Take ``item``'s record out of the golden record it left (:func:`_leaves_its_golden`),
+    so that it is decided like a new record: it may join another golden record or get
+    its own (with a review item where it is a ``possible`` match). Its old link is
+    replaced (:attr:`_Writes.detached`), the golden record it left is recomputed from
+    the records that remain, and the link history keeps an ``unlink`` with the evidence."""
+    record_id = item.row.id
+    resolver = state.resolver
+    golden = state.golden_now(record_id)
+    assert golden is not None  # see _leaves_its_golden
+    resolver.members[golden].remove(record_id)
+    del resolver.golden_of[record_id]
+    old = state.old_keys.pop(record_id, [])
+    for key in old:
+        members = resolver.index.members.get(key)
+        if members is not None and record_id in members:
+            members.remove(record_id)
+    state.rekeyed(old)
+    writes.detached.append(record_id)
+    writes.touched[golden] = None
+    grade, score = state.links[record_id][1:]
+    writes.history.append(
+        _history_row(
+            action="unlink",
+            source_record_id=record_id,
+            golden_id=golden,
+            grade=grade,
+            score=score,
+            actor="mpi",
+            explanation={
+                "reason": "update-no-longer-matches",
+                "grade": left.grade,
+                **left.evidence(),
+            },
+        )
+    )
+    writes.events.append(("patient.updated", golden, {"source_record_id": record_id}, True))
 
 
 def _refresh(
@@ -955,6 +1033,12 @@ def _write(
         for obj in list(session.identity_map.values()):
             if isinstance(obj, Link):
                 session.expire(obj)
+    for chunk in chunks(writes.detached):  # their new links are inserted below
+        session.execute(
+            delete(Link)
+            .where(Link.source_record_id.in_(chunk))
+            .execution_options(synchronize_session=False)
+        )
     now = bulk.timestamp(utcnow())
     bulk.insert(
         "link",
