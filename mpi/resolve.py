@@ -863,8 +863,10 @@ def _detach(state: BatchState, writes: _Writes, item: _Item, left: Candidate) ->
     resolver = state.resolver
     golden = state.golden_now(record_id)
     assert golden is not None  # see _leaves_its_golden
-    resolver.members[golden].remove(record_id)
-    del resolver.golden_of[record_id]
+    for group in (resolver.members.get(golden), state.inactive.get(golden)):
+        if group is not None and record_id in group:
+            group.remove(record_id)
+    resolver.golden_of.pop(record_id, None)
     old = state.old_keys.pop(record_id, [])
     for key in old:
         members = resolver.index.members.get(key)
@@ -1033,12 +1035,18 @@ def _write(
         for obj in list(session.identity_map.values()):
             if isinstance(obj, Link):
                 session.expire(obj)
-    for chunk in chunks(writes.detached):  # their new links are inserted below
-        session.execute(
-            delete(Link)
-            .where(Link.source_record_id.in_(chunk))
-            .execution_options(synchronize_session=False)
-        )
+    if writes.detached:  # their new links are inserted below
+        detached = set(writes.detached)
+        for obj in list(session.identity_map.values()):
+            # (read from the instance's state: an expired one would be loaded again)
+            if isinstance(obj, Link) and obj.__dict__.get("source_record_id", 0) in detached:
+                session.expunge(obj)
+        for chunk in chunks(writes.detached):
+            session.execute(
+                delete(Link)
+                .where(Link.source_record_id.in_(chunk))
+                .execution_options(synchronize_session=False)
+            )
     now = bulk.timestamp(utcnow())
     bulk.insert(
         "link",

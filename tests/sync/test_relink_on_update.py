@@ -167,3 +167,20 @@ def test_a_link_a_steward_made_and_the_only_record_of_a_golden_record_stay(
         assert golden_of(session, b, "q1") == adas
         assert golden_of(session, alone, "x1") == own
         assert not session.scalars(select(LinkHistory).where(LinkHistory.action == "unlink")).all()
+
+
+def test_a_deleted_record_that_comes_back_as_someone_else_leaves(
+    session_factory: sessionmaker[Session],
+) -> None:
+    a, b = add_source(session_factory, "a"), add_source(session_factory, "b")
+    ingest(session_factory, a, Page("Patient", [ada("p1")], "1"))
+    ingest(session_factory, b, Page("Patient", [ada("q1")], "1"))
+    ingest(session_factory, a, Page("Patient", [], "2", deleted=["p1"]))
+    with session_factory() as session:
+        shared = golden_of(session, b, "q1")
+    # The EHR reuses the chart id for another person.
+    ingest(session_factory, a, Page("Patient", [sven("p1", updated="2026-03-01T09:00:00Z")], "3"))
+    with session_factory() as session:
+        assert golden_of(session, a, "p1") != shared
+        assert golden_of(session, b, "q1") == shared
+        assert family_names(session, shared) == {"Okafor"}
