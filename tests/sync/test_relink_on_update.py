@@ -61,6 +61,17 @@ def family_names(session: Session, golden_id: str) -> set[str]:
     return {name.get("family") for name in golden.resource.get("name", [])}
 
 
+def two_records_of_ada(session_factory: sessionmaker[Session]) -> tuple[int, int, str]:
+    """Sources a and b, each with a record of Ada (p1, q1), and their one golden record."""
+    a, b = add_source(session_factory, "a"), add_source(session_factory, "b")
+    ingest(session_factory, a, Page("Patient", [ada("p1")], "1"))
+    ingest(session_factory, b, Page("Patient", [ada("q1")], "1"))
+    with session_factory() as session:
+        shared = golden_of(session, a, "p1")
+        assert golden_of(session, b, "q1") == shared
+    return a, b, shared
+
+
 def encounter_events(session: Session) -> list[dict[str, Any]]:
     return list(
         session.scalars(
@@ -112,11 +123,7 @@ def test_an_update_that_makes_a_record_someone_else_takes_it_out_of_its_golden_r
 def test_an_update_that_leaves_no_match_gets_a_golden_record_of_its_own(
     session_factory: sessionmaker[Session],
 ) -> None:
-    a, b = add_source(session_factory, "a"), add_source(session_factory, "b")
-    ingest(session_factory, a, Page("Patient", [ada("p1")], "1"))
-    ingest(session_factory, b, Page("Patient", [ada("q1")], "1"))
-    with session_factory() as session:
-        shared = golden_of(session, a, "p1")
+    a, b, shared = two_records_of_ada(session_factory)
     ingest(session_factory, a, Page("Patient", [sven("p1")], "2"))
     with session_factory() as session:
         own = golden_of(session, a, "p1")
@@ -128,11 +135,7 @@ def test_an_update_that_leaves_no_match_gets_a_golden_record_of_its_own(
 def test_an_update_of_the_same_person_keeps_the_link(
     session_factory: sessionmaker[Session],
 ) -> None:
-    a, b = add_source(session_factory, "a"), add_source(session_factory, "b")
-    ingest(session_factory, a, Page("Patient", [ada("p1")], "1"))
-    ingest(session_factory, b, Page("Patient", [ada("q1")], "1"))
-    with session_factory() as session:
-        shared = golden_of(session, a, "p1")
+    a, b, shared = two_records_of_ada(session_factory)
     moved = ada("p1", meta={"versionId": "2", "lastUpdated": LATER}, **SVEN)  # moved house
     corrected = ada("q1", meta={"versionId": "2", "lastUpdated": LATER}, birthDate="1980-04-20")
     ingest(session_factory, a, Page("Patient", [moved], "2"))
@@ -172,12 +175,8 @@ def test_a_link_a_steward_made_and_the_only_record_of_a_golden_record_stay(
 def test_a_deleted_record_that_comes_back_as_someone_else_leaves(
     session_factory: sessionmaker[Session],
 ) -> None:
-    a, b = add_source(session_factory, "a"), add_source(session_factory, "b")
-    ingest(session_factory, a, Page("Patient", [ada("p1")], "1"))
-    ingest(session_factory, b, Page("Patient", [ada("q1")], "1"))
+    a, b, shared = two_records_of_ada(session_factory)
     ingest(session_factory, a, Page("Patient", [], "2", deleted=["p1"]))
-    with session_factory() as session:
-        shared = golden_of(session, b, "q1")
     # The EHR reuses the chart id for another person.
     ingest(session_factory, a, Page("Patient", [sven("p1", updated="2026-03-01T09:00:00Z")], "3"))
     with session_factory() as session:
