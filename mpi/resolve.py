@@ -534,6 +534,15 @@ class BatchState:
         under them, or a stored record gave them back)."""
         self.changed_keys.update(keys)
 
+    def unfile(self, record_id: int, keys: Sequence[str]) -> None:
+        """Take ``record_id`` out of the resolver's index under ``keys`` (its old ones)."""
+        index_members = self.resolver.index.members
+        for key in keys:
+            members = index_members.get(key)
+            if members is not None and record_id in members:
+                members.remove(record_id)
+        self.rekeyed(keys)
+
     def skipped_keys(self, keys: list[str]) -> int:
         index = self.resolver.index
         return sum(1 for key in keys if len(index.members.get(key, ())) > index.max_block_size)
@@ -867,12 +876,7 @@ def _detach(state: BatchState, writes: _Writes, item: _Item, left: Candidate) ->
         if group is not None and record_id in group:
             group.remove(record_id)
     resolver.golden_of.pop(record_id, None)
-    old = state.old_keys.pop(record_id, [])
-    for key in old:
-        members = resolver.index.members.get(key)
-        if members is not None and record_id in members:
-            members.remove(record_id)
-    state.rekeyed(old)
+    state.unfile(record_id, state.old_keys.pop(record_id, []))
     writes.detached.append(record_id)
     writes.touched[golden] = None
     grade, score = state.links[record_id][1:]
@@ -907,12 +911,8 @@ def _refresh(
     old = batch_keys.pop(record_id, None)
     if old is None:
         old = state.old_keys.pop(record_id, [])
-    for key in old:
-        members = index.members.get(key)
-        if members is not None and record_id in members:
-            members.remove(record_id)
+    state.unfile(record_id, old)
     index.add(record_id, item.keys)
-    state.rekeyed(old)
     state.rekeyed(item.keys)
     batch_keys[record_id] = item.keys
     state.resolver.features[record_id] = item.features
