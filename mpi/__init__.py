@@ -59,7 +59,13 @@ from mpi.operations import (
     unlink_record,
     unmerge_golden,
 )
-from mpi.resolve import Resolution, holds_block_locks, resolve_patients, uses_block_locks
+from mpi.resolve import (
+    Resolution,
+    holds_block_locks,
+    resolve_patients,
+    stored_features,
+    uses_block_locks,
+)
 from mpi.review import WITHDRAWN, settle_review_items
 from mpi.settings import MatchSettings
 from mpi.storage import load_active_model, recompute_goldens, save_model
@@ -113,6 +119,7 @@ __all__ = [
     "review_item_dict",
     "save_model",
     "settle_review_items",
+    "stored_features",
     "train_from_database",
     "train_model",
     "unlink_record",

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -68,7 +68,7 @@ from mpi.features import (
 )
 from mpi.model import MatchModel
 from mpi.reads import Reads, decode, decode_for_features
-from mpi.review import settle_review_items
+from mpi.review import settle_review_items, withdraw_review_items
 from mpi.settings import MatchSettings
 from mpi.storage import (
     GoldenPlan,
@@ -109,6 +109,9 @@ DEFAULT_CHUNK = 1000
 #: Block-key members a set-based pass of a batch reads at most (see :func:`_passes`):
 #: about what a pass of 500 Patients reads at 25k Patients in bench.ingest.
 PASS_BLOCK_ROWS = 12_000
+#: ``review_item.reason`` of a linked record whose new version is only a ``possible``
+#: match for the rest of its golden record (:func:`_doubt`).
+UPDATE_LESS_SURE = "update-less-sure"
 #: Records a pass holds at least, whatever its block keys hold (a pass costs a few
 #: statements of its own).
 MIN_PASS_RECORDS = 50
@@ -192,9 +195,14 @@ class _Writes:
     merges: list[_Merge] = field(default_factory=list)
     created: set[str] = field(default_factory=set)
     touched: dict[str, None] = field(default_factory=dict)  # golden ids, in order
-    #: Linked records that left their golden record (:func:`_detach`): their stored link
-    #: is deleted before the batch's links are inserted.
-    detached: list[int] = field(default_factory=list)
+    #: Linked records that left their golden record (:func:`_detach`), with the golden
+    #: record they left: their stored link is deleted before the batch's links are
+    #: inserted, and their open review items are withdrawn.
+    detached: dict[int, str] = field(default_factory=dict)
+    #: Review items for linked records whose new version is only a ``possible`` match for
+    #: the rest of their golden record (:func:`_doubt`), as in :attr:`reviews`; written
+    #: unless the record already has an open item about that golden record.
+    doubts: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
 
 class _KnownBlocks:
@@ -277,7 +285,7 @@ class BatchState:
         #: Stored link of each record we know of (any status): golden id, grade, score.
         self.links: dict[int, tuple[str, str, float | None]] = {}
         #: Records of the batch whose stored link a steward or the portal made (MANUAL):
-        #: a new version of one is never moved (:func:`_leaves_its_golden`).
+        #: a new version of one is never moved (:func:`_checked_against_its_golden`).
         self.manual: set[int] = set()
         #: Golden records whose members are loaded (or that were created by this batch).
         self.loaded: set[str] = set()
@@ -598,6 +606,28 @@ def _records_for(
     return out
 
 
+def stored_features(
+    session: Session, hashes: Sequence[tuple[int, str | None]]
+) -> dict[int, MatchFeatures]:
+    """The features of stored records given as (id, content hash), by id: decoded from
+    ``match_features``, else extracted from the normalized JSON. Read before the records
+    are overwritten with new versions, for ``resolve_patients``' ``previous``."""
+    wanted = dict(hashes)
+    out: dict[int, MatchFeatures] = {}
+    for chunk in chunks(list(wanted), IN_CHUNK):
+        rows = session.execute(
+            select(SourceRecord.id, SourceRecord.match_features, SourceRecord.normalized).where(
+                SourceRecord.id.in_(chunk)
+            )
+        )
+        for record_id, encoded, normalized in rows:
+            features = decode_features(encoded, wanted[record_id])
+            if features is None:
+                features = features_from_normalized(normalized or {})
+            out[record_id] = features
+    return out
+
+
 def candidate_members(
     session: Session, settings: MatchSettings, keys: Sequence[str], exclude: int | None
 ) -> tuple[list[Member], int]:
@@ -621,6 +651,7 @@ def resolve_patients(
     chunk_size: int = DEFAULT_CHUNK,
     features: Sequence[MatchFeatures] | None = None,
     also_lock: Sequence[str] = (),
+    previous: Mapping[int, MatchFeatures] | None = None,
 ) -> list[Resolution]:
     """Resolve source Patient records (already stored and flushed) into golden records.
 
@@ -629,6 +660,10 @@ def resolve_patients(
     written set-based. ``features`` are those of ``items``, in order, when the caller has
     extracted them already (``sync.patients`` does, to store them). ``also_lock``: more
     block keys the transaction will need locked (its deletions', :func:`lock_block_keys`).
+    ``previous``: the features of the versions that updated records had before
+    (:func:`stored_features`, read before they were overwritten), by record id; a
+    linked record whose name, birth date or gender changed into a mere ``possible``
+    match for its golden record is queued for review (:func:`_in_doubt`).
     Does not commit.
     """
     settings = settings or MatchSettings()
@@ -646,7 +681,7 @@ def resolve_patients(
         keys = sorted({key for item in prepared for key in item.keys})
         known = _KnownBlocks(reads, keys, settings.max_block_size)
     for chunk in _passes(reads, settings, prepared, max(1, chunk_size), known):
-        out.extend(_resolve_chunk(session, settings, model, chunk, reads, known))
+        out.extend(_resolve_chunk(session, settings, model, chunk, reads, known, previous or {}))
     return out
 
 
@@ -706,6 +741,7 @@ def _resolve_chunk(
     items: Sequence[_Item],
     reads: Reads | None = None,
     known: _KnownBlocks | None = None,
+    previous: Mapping[int, MatchFeatures] | None = None,
 ) -> list[Resolution]:
     state = BatchState(
         session,
@@ -717,7 +753,7 @@ def _resolve_chunk(
     )
     _send_block_keys(session, state, items, known)
     try:
-        return _decide_and_write(session, settings, state, items)
+        return _decide_and_write(session, settings, state, items, previous or {})
     except BaseException:
         state.reads.background.abandon()  # the caller rolls back once the statement returned
         raise
@@ -791,6 +827,7 @@ def _decide_and_write(
     settings: MatchSettings,
     state: BatchState,
     items: Sequence[_Item],
+    previous: Mapping[int, MatchFeatures],
 ) -> list[Resolution]:
     resolver = state.resolver
     writes = _Writes()
@@ -800,11 +837,15 @@ def _decide_and_write(
     for position, item in enumerate(items):
         record_id = item.row.id
         if record_id in linked or record_id in state.links:
-            left = None if record_id in linked else _leaves_its_golden(state, item)
-            if left is None:
-                resolutions.append(_refresh(state, writes, item, linked, batch_keys))
+            checked = None if record_id in linked else _checked_against_its_golden(state, item)
+            if checked is None or not _no_longer_its_person(checked):
+                before = previous.get(record_id)
+                resolution = _refresh(state, writes, item, linked, batch_keys)
+                if checked is not None and _in_doubt(checked, before, item.features):
+                    _doubt(writes, position, resolution, checked)
+                resolutions.append(resolution)
                 continue
-            _detach(state, writes, item, left)
+            _detach(state, writes, item, checked)
         found = state.ensure(item.keys, record_id)
         skipped = state.skipped_keys(item.keys)
         manual, blocked = state.steward(record_id)
@@ -835,15 +876,14 @@ def _decide_and_write(
     return _write(session, settings, state, writes, items, resolutions)
 
 
-def _leaves_its_golden(state: BatchState, item: _Item) -> Candidate | None:
-    """A new version of a linked record that is no longer its golden record's person: its
-    golden record as a candidate, scored against its other active records, when that is
-    ``certainly-not`` or vetoed by a guard (another birth date, a twin's given name,
-    another identifier of one system…): what would keep the record out if it came new.
-    Otherwise None, and the link stays (a ``possible`` one too: not clear enough to split).
+def _checked_against_its_golden(state: BatchState, item: _Item) -> Candidate | None:
+    """A new version of a linked record, scored against the other active records of its
+    golden record (its golden record as a candidate): is it still that person?
+    (:func:`_no_longer_its_person`, :func:`_doubt`.)
 
-    Never for a link a steward or the portal made, a steward's "match" decision, or the
-    only record of its golden record (nothing to compare it with)."""
+    None, and the link stays unchecked, for a link a steward or the portal made, a
+    steward's "match" decision, or the only record of its golden record (nothing to
+    compare it with)."""
     record_id = item.row.id
     golden = state.golden_now(record_id)
     if golden is None or record_id in state.manual or state.steward(record_id)[0] is not None:
@@ -857,13 +897,59 @@ def _leaves_its_golden(state: BatchState, item: _Item) -> Candidate | None:
     if not others:
         return None
     [candidate] = score_candidates(resolver.model, resolver.settings, item.features, others)
-    if candidate.grade == "possible" or (candidate.grade in AUTO_GRADES and not candidate.vetoes):
-        return None
     return candidate
 
 
+def _no_longer_its_person(checked: Candidate) -> bool:
+    """True when what keeps a new record out keeps this version out of its golden record:
+    ``certainly-not``, or an automatic grade vetoed by a guard (another birth date, a
+    twin's given name, another identifier of one system…). A ``possible`` version stays:
+    not clear enough to split, but a steward is asked (:func:`_doubt`)."""
+    if checked.grade == "possible":
+        return False
+    return checked.grade not in AUTO_GRADES or bool(checked.vetoes)
+
+
+def _in_doubt(checked: Candidate, before: MatchFeatures | None, now: MatchFeatures) -> bool:
+    """True when a version that stays (:func:`_no_longer_its_person`) is only a
+    ``possible`` match for the rest of its golden record *and* its identity changed: a
+    name, the birth date or the gender. A move (a new address and phone, a ``possible``
+    match too for lack of corroboration) is what charts do; the same chart with another
+    name or birth date and nothing else to vouch for it is for a steward to judge."""
+    if checked.grade != "possible" or before is None:
+        return False
+    return (before.names, before.birth_date, before.gender) != (
+        now.names,
+        now.birth_date,
+        now.gender,
+    )
+
+
+def _doubt(writes: _Writes, position: int, resolution: Resolution, checked: Candidate) -> None:
+    """A linked record whose new version is only a ``possible`` match for the rest of its
+    golden record stays linked, and a steward is asked about it: a ``possible-match``
+    review item naming the record and its golden record, reason ``update-less-sure``.
+    "match" confirms the link (a steward's link is never checked again), "no-match"
+    takes the record out (:func:`mpi.admin.record_decision`)."""
+    writes.doubts.append(
+        (
+            position,
+            {
+                "kind": "possible-match",
+                "source_record_id": resolution.source_record_id,
+                "golden_id": resolution.golden_id,
+                "other_golden_id": None,
+                "grade": checked.grade,
+                "score": checked.score.total,
+                "reason": UPDATE_LESS_SURE,
+                "evidence": checked.evidence(),
+            },
+        )
+    )
+
+
 def _detach(state: BatchState, writes: _Writes, item: _Item, left: Candidate) -> None:
-    """Take ``item``'s record out of the golden record it left (:func:`_leaves_its_golden`),
+    """Take ``item``'s record out of the golden record it left (:func:`_no_longer_its_person`),
     so that it is decided like a new record: it may join another golden record or get
     its own (with a review item where it is a ``possible`` match). Its old link is
     replaced (:attr:`_Writes.detached`), the golden record it left is recomputed from
@@ -871,13 +957,13 @@ def _detach(state: BatchState, writes: _Writes, item: _Item, left: Candidate) ->
     record_id = item.row.id
     resolver = state.resolver
     golden = state.golden_now(record_id)
-    assert golden is not None  # see _leaves_its_golden
+    assert golden is not None  # see _checked_against_its_golden
     for group in (resolver.members.get(golden), state.inactive.get(golden)):
         if group is not None and record_id in group:
             group.remove(record_id)
     resolver.golden_of.pop(record_id, None)
     state.unfile(record_id, state.old_keys.pop(record_id, []))
-    writes.detached.append(record_id)
+    writes.detached[record_id] = golden
     writes.touched[golden] = None
     grade, score = state.links[record_id][1:]
     writes.history.append(
@@ -896,6 +982,27 @@ def _detach(state: BatchState, writes: _Writes, item: _Item, left: Candidate) ->
         )
     )
     writes.events.append(("patient.updated", golden, {"source_record_id": record_id}, True))
+
+
+def _unasked(
+    session: Session, doubts: Sequence[tuple[int, dict[str, Any]]]
+) -> list[tuple[int, dict[str, Any]]]:
+    """The ``doubts`` whose record has no open review item about its golden record yet
+    (a record that keeps changing is asked about once)."""
+    asked: set[tuple[int | None, str | None]] = set()
+    records = [row["source_record_id"] for _, row in doubts]
+    for chunk in chunks(records, IN_CHUNK):
+        rows = session.execute(
+            select(ReviewItem.source_record_id, ReviewItem.golden_id).where(
+                ReviewItem.status == "open", ReviewItem.source_record_id.in_(chunk)
+            )
+        )
+        asked.update((record, golden) for record, golden in rows)
+    return [
+        (position, row)
+        for position, row in doubts
+        if (row["source_record_id"], row["golden_id"]) not in asked
+    ]
 
 
 def _refresh(
@@ -1041,7 +1148,7 @@ def _write(
             # (read from the instance's state: an expired one would be loaded again)
             if isinstance(obj, Link) and obj.__dict__.get("source_record_id", 0) in detached:
                 session.expunge(obj)
-        for chunk in chunks(writes.detached):
+        for chunk in chunks(list(writes.detached)):
             session.execute(
                 delete(Link)
                 .where(Link.source_record_id.in_(chunk))
@@ -1081,6 +1188,17 @@ def _write(
         ],
         json_columns=_HISTORY_JSON,
     )
+    if writes.detached:  # asked of a version that was someone else
+        withdraw_review_items(
+            session,
+            {
+                record: f"source record {record} changed into another person and left"
+                f" golden record {golden}"
+                for record, golden in writes.detached.items()
+            },
+        )
+    if writes.doubts:
+        writes.reviews.extend(_unasked(session, writes.doubts))
     first_review: dict[int, int] = {}
     if writes.reviews:
         ids = session.scalars(

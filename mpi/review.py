@@ -30,7 +30,8 @@ settled before it is decided, never decided against a golden record that is gone
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from datetime import datetime
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -83,12 +84,30 @@ def settle_review_items(
     for item in items:
         reason = _settle(item, goldens, status_of)
         if reason is not None:
-            item.status, item.resolution, item.resolved_by = "resolved", WITHDRAWN, SYSTEM_ACTOR
-            item.resolved_at = now
-            item.evidence = {**(item.evidence or {}), WITHDRAWN: reason}
+            _withdraw(item, reason, now)
             withdrawn += 1
     session.flush()
     return withdrawn
+
+
+def withdraw_review_items(session: Session, reasons: Mapping[int, str]) -> int:
+    """Withdraw every open review item of the source records in ``reasons``, each with
+    its record's reason: items asked of a version of the record that is gone (a record
+    that changed into another person, :func:`mpi.resolve._detach`). Returns how many.
+    Nothing here commits."""
+    items = _open_items(session, (), list(reasons), ())
+    now = utcnow()
+    for item in items:
+        assert item.source_record_id is not None  # found by it
+        _withdraw(item, reasons[item.source_record_id], now)
+    session.flush()
+    return len(items)
+
+
+def _withdraw(item: ReviewItem, reason: str, now: datetime) -> None:
+    item.status, item.resolution, item.resolved_by = "resolved", WITHDRAWN, SYSTEM_ACTOR
+    item.resolved_at = now
+    item.evidence = {**(item.evidence or {}), WITHDRAWN: reason}
 
 
 def _open_items(

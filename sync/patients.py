@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
 from fhir_mapping import InvalidResource, SourcePatient, parse_patient
-from mpi import MatchSettings, Resolution, resolve_patients
+from mpi import MatchSettings, Resolution, resolve_patients, stored_features
 from mpi.features import MatchFeatures, encode_features, extract_features
 from mpi.operations import store_decision
 from mpi.storage import linked_record_ids
@@ -131,6 +131,7 @@ def ingest_patients(
     now = bulk.timestamp(utcnow())
     new_rows: list[tuple[Any, ...]] = []
     updates: list[tuple[Any, ...]] = []
+    replaced: list[tuple[int, str | None]] = []  # (id, content hash) of the updated records
     valid: list[tuple[str, SourcePatient, MatchFeatures]] = []
     # Encoded lastUpdated values of the page (a source stamps many records alike).
     stamps: dict[Any, Any] = {None: None}
@@ -176,6 +177,7 @@ def ingest_patients(
             )
         else:
             updates.append((*values, None, item.line_digest, encoded, current.id))
+            replaced.append((current.id, current.content_hash))
         outcome.stored += 1
         survivor = replaced_by(item.raw) if patient.links else None
         if survivor is not None:
@@ -187,6 +189,9 @@ def ingest_patients(
         return outcome
     ids = {resource_id: record.id for resource_id, record in stored.items()}
     ids.update(_insert_records(session, bulk, source_id, new_rows))
+    # What the updated records said before, for the MPI's re-check of their links (read
+    # only when a page updates records: a first sync or an unchanged re-sync reads nothing).
+    previous = stored_features(session, replaced)
     bulk.update_by_id("source_record", PATIENT_UPDATE_COLUMNS, updates, json_columns=RECORD_JSON)
     _expire_records(session, [row[-1] for row in updates])
     if options.pins:
@@ -212,6 +217,7 @@ def ingest_patients(
         chunk_size=options.batch_size,
         features=[features for _, _, features in valid],
         also_lock=also_lock,
+        previous=previous,
     )
     _record_resolutions(outcome, batch, resolutions)
     return outcome

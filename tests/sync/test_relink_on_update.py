@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors import Page
-from mpi import link_record
-from store.models import Encounter, GoldenPatient, Link, LinkHistory, Outbox
+from mpi import link_record, record_decision
+from store.models import Encounter, GoldenPatient, Link, LinkHistory, Outbox, ReviewItem
 from sync import ingest_page
 from sync.encounters import golden_ids_of_patients
 from tests.sync.helpers import add_source, encounter, patient, records
@@ -70,6 +70,14 @@ def two_records_of_ada(session_factory: sessionmaker[Session]) -> tuple[int, int
         shared = golden_of(session, a, "p1")
         assert golden_of(session, b, "q1") == shared
     return a, b, shared
+
+
+def open_items(session: Session) -> list[ReviewItem]:
+    return list(
+        session.scalars(
+            select(ReviewItem).where(ReviewItem.status == "open").order_by(ReviewItem.id)
+        )
+    )
 
 
 def encounter_events(session: Session) -> list[dict[str, Any]]:
@@ -138,11 +146,103 @@ def test_an_update_of_the_same_person_keeps_the_link(
     a, b, shared = two_records_of_ada(session_factory)
     moved = ada("p1", meta={"versionId": "2", "lastUpdated": LATER}, **SVEN)  # moved house
     corrected = ada("q1", meta={"versionId": "2", "lastUpdated": LATER}, birthDate="1980-04-20")
-    ingest(session_factory, a, Page("Patient", [moved], "2"))
     ingest(session_factory, b, Page("Patient", [corrected], "2"))
+    ingest(session_factory, a, Page("Patient", [moved], "2"))
     with session_factory() as session:
         assert golden_of(session, a, "p1") == golden_of(session, b, "q1") == shared
         assert not session.scalars(select(LinkHistory).where(LinkHistory.action == "unlink")).all()
+        # A move is what charts do, even if it leaves only name and birth date to compare:
+        # nothing for a steward.
+        assert not open_items(session)
+
+
+def test_a_new_identity_that_is_only_a_possible_match_stays_and_asks_a_steward(
+    session_factory: sessionmaker[Session],
+) -> None:
+    a, b, shared = two_records_of_ada(session_factory)
+    # A new family name, phone and address: the same person married and moved, or
+    # another Ada born the same day. Not clear enough to split; a steward is asked.
+    married = ada("p1", meta={"versionId": "2", "lastUpdated": LATER}, **SVEN)
+    married["name"] = [{"family": "Smith", "given": ["Ada"]}]
+    ingest(session_factory, a, Page("Patient", [married], "2"))
+    with session_factory() as session:
+        assert golden_of(session, a, "p1") == golden_of(session, b, "q1") == shared
+        (p1,) = records(session, a, resource_id="p1")
+        (item,) = open_items(session)
+        assert (item.kind, item.source_record_id, item.golden_id) == (
+            "possible-match",
+            p1.id,
+            shared,
+        )
+        assert (item.reason, item.grade) == ("update-less-sure", "possible")
+        assert item.evidence["comparisons"]["family"]["level"] != "exact"
+    # A record that keeps changing is asked about once.
+    again = {**married, "meta": {"versionId": "3", "lastUpdated": "2026-03-01T09:00:00Z"}}
+    again["name"] = [{"family": "Smyth", "given": ["Ada"]}]
+    ingest(session_factory, a, Page("Patient", [again], "3"))
+    with session_factory() as session:
+        assert [i.id for i in open_items(session)] == [item.id]
+        # The steward says they are not the same person: the record leaves.
+        result = record_decision(session, "no-match", actor="steward", review_item_id=item.id)
+        session.commit()
+        assert result["action"] == "unlinked"
+        assert golden_of(session, a, "p1") == result["golden_id"] != shared
+        assert golden_of(session, b, "q1") == shared
+
+
+def test_a_steward_who_confirms_a_doubted_link_is_not_asked_again(
+    session_factory: sessionmaker[Session],
+) -> None:
+    a, _b, shared = two_records_of_ada(session_factory)
+    corrected = ada("p1", meta={"versionId": "2", "lastUpdated": LATER}, **SVEN)
+    corrected["birthDate"] = "1980-04-20"  # moved, and a corrected birth date
+    ingest(session_factory, a, Page("Patient", [corrected], "2"))
+    with session_factory() as session:
+        (item,) = open_items(session)
+        assert item.reason == "update-less-sure"
+        record_decision(session, "match", actor="steward", review_item_id=item.id)
+        session.commit()
+    renamed = {**corrected, "meta": {"versionId": "3", "lastUpdated": "2026-03-01T09:00:00Z"}}
+    renamed["name"] = [{"family": "Smith", "given": ["Ada"]}]
+    ingest(session_factory, a, Page("Patient", [renamed], "3"))
+    with session_factory() as session:
+        assert golden_of(session, a, "p1") == shared
+        assert not open_items(session)
+
+
+def test_a_record_that_becomes_someone_else_withdraws_its_open_review_items(
+    session_factory: sessionmaker[Session],
+) -> None:
+    a, b, c = (add_source(session_factory, name) for name in ("a", "b", "c"))
+    ingest(session_factory, b, Page("Patient", [ada("q1")], "1"))
+    # Ada with other contact details in a, then in c: p1 founds a golden record of its
+    # own, a possible match for q1's (a review item), and r1 joins it.
+    elsewhere = {
+        "telecom": [{"system": "phone", "value": "+1 510 555 0142"}],
+        "address": [{"line": ["9 Oak Rd"], "city": "Berkeley", "postalCode": "94704"}],
+    }
+    ingest(session_factory, a, Page("Patient", [patient("p1", **elsewhere)], "1"))
+    ingest(session_factory, c, Page("Patient", [patient("r1", **elsewhere)], "1"))
+    with session_factory() as session:
+        adas, others = golden_of(session, b, "q1"), golden_of(session, a, "p1")
+        assert golden_of(session, c, "r1") == others != adas
+        (p1,) = records(session, a, resource_id="p1")
+        (item,) = open_items(session)
+        assert (item.source_record_id, item.golden_id) == (p1.id, adas)
+    # Chart p1 is overwritten with Sven's registration: whether Ada's p1 is q1's person
+    # is no longer a question.
+    ingest(session_factory, a, Page("Patient", [sven("p1")], "2"))
+    with session_factory() as session:
+        assert golden_of(session, a, "p1") not in (adas, others)
+        assert not open_items(session)
+        withdrawn = session.get(ReviewItem, item.id)
+        assert withdrawn is not None
+        assert (withdrawn.status, withdrawn.resolution, withdrawn.resolved_by) == (
+            "resolved",
+            "withdrawn",
+            "mpi",
+        )
+        assert "changed into another person" in withdrawn.evidence["withdrawn"]
 
 
 def test_a_link_a_steward_made_and_the_only_record_of_a_golden_record_stay(
