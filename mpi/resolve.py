@@ -614,17 +614,23 @@ def stored_features(
     are overwritten with new versions, for ``resolve_patients``' ``previous``."""
     wanted = dict(hashes)
     out: dict[int, MatchFeatures] = {}
+    stale: list[int] = []
     for chunk in chunks(list(wanted), IN_CHUNK):
         rows = session.execute(
-            select(SourceRecord.id, SourceRecord.match_features, SourceRecord.normalized).where(
-                SourceRecord.id.in_(chunk)
-            )
+            select(SourceRecord.id, SourceRecord.match_features).where(SourceRecord.id.in_(chunk))
         )
-        for record_id, encoded, normalized in rows:
+        for record_id, encoded in rows:
             features = decode_features(encoded, wanted[record_id])
             if features is None:
-                features = features_from_normalized(normalized or {})
-            out[record_id] = features
+                stale.append(record_id)
+            else:
+                out[record_id] = features
+    for chunk in chunks(stale, IN_CHUNK):
+        documents = session.execute(
+            select(SourceRecord.id, SourceRecord.normalized).where(SourceRecord.id.in_(chunk))
+        )
+        for record_id, normalized in documents:
+            out[record_id] = features_from_normalized(normalized or {})
     return out
 
 

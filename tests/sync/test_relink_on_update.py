@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors import Page
-from mpi import link_record, record_decision
+from mpi import link_record, record_decision, stored_features
 from store.models import Encounter, GoldenPatient, Link, LinkHistory, Outbox, ReviewItem
 from sync import ingest_page
 from sync.encounters import golden_ids_of_patients
@@ -283,3 +283,17 @@ def test_a_deleted_record_that_comes_back_as_someone_else_leaves(
         assert golden_of(session, a, "p1") != shared
         assert golden_of(session, b, "q1") == shared
         assert family_names(session, shared) == {"Okafor"}
+
+
+def test_the_version_before_is_read_from_its_json_when_its_stored_features_are_stale(
+    session_factory: sessionmaker[Session],
+) -> None:
+    a, _b, _shared = two_records_of_ada(session_factory)
+    with session_factory() as session:
+        (p1,) = records(session, a, resource_id="p1")
+        stored = stored_features(session, [(p1.id, p1.content_hash)])
+        # Features written for another content hash (or version) are not trusted.
+        from_json = stored_features(session, [(p1.id, "another-hash")])
+    assert stored == from_json
+    assert stored[p1.id].birth_date == "19800402"
+    assert [name.family for name in stored[p1.id].names] == ["okafor"]
