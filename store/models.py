@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    literal_column,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -305,6 +306,16 @@ class Encounter(Base):
     __table_args__ = (
         Index("ix_encounter_golden", "golden_id", "period_start"),
         Index("ix_encounter_patient_ref", "source_id", "patient_resource_id"),
+        # PostgreSQL: the identifier and type searches' containment (migration 0015).
+        *(
+            Index(
+                f"ix_encounter_{element}",
+                literal_column(f"(resource -> '{element}')").label(element),
+                postgresql_using="gin",
+                postgresql_ops={element: "jsonb_path_ops"},
+            ).ddl_if(dialect="postgresql")
+            for element in ("identifier", "type")
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

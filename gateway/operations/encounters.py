@@ -13,12 +13,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Select, and_, func, literal, not_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, func, literal, not_, or_, select, union
 from sqlalchemy.orm import Session
 
+from gateway.operations.json_tokens import HasElement
 from gateway.operations.keyset import Keyset
 from gateway.operations.params import (
     DateRange,
+    Token,
     criteria_only,
     fail,
     parse_date,
@@ -29,7 +31,7 @@ from gateway.operations.params import (
 from gateway.operations.read import patient_ids, patients_by_id
 from gateway.operations.sql import SortColumn, date_condition, missing_condition, not_in
 from gateway.outcomes import OutcomeError, not_found
-from store.models import Encounter
+from store.models import Encounter, Source, SourceRecord
 from store.types import UTCDateTime, fhir_instant
 
 #: System of the identifier that carries an encounter's id in its source.
@@ -42,6 +44,12 @@ ENCOUNTER_SEARCH_PARAMS: dict[str, tuple[str, str]] = {
     "date": ("date", "A date within the period of the encounter"),
     "status": ("token", "planned | arrived | in-progress | finished | cancelled | …"),
     "class": ("token", "Classification of the encounter (v3 ActCode, e.g. AMB, IMP)"),
+    "identifier": (
+        "token",
+        "An identifier of the encounter; its source's own id is"
+        " urn:askonce:source:<source id>:Encounter|<id>",
+    ),
+    "type": ("token", "Specific type of encounter (a coding of Encounter.type)"),
 }
 SUPPORTED = {name: frozenset[str]() for name in ENCOUNTER_SEARCH_PARAMS}
 #: Modifiers (https://hl7.org/fhir/R4/search.html#modifiers): a code that isn't, and an
@@ -49,6 +57,7 @@ SUPPORTED = {name: frozenset[str]() for name in ENCOUNTER_SEARCH_PARAMS}
 SUPPORTED |= {
     "status": frozenset({"not"}),
     "class": frozenset({"not"}),
+    "type": frozenset({"not", "missing"}),
     "date": frozenset({"missing"}),
 }
 SORTABLE = frozenset({"_id", "_lastUpdated", "date"})
@@ -64,6 +73,8 @@ CHAINS = {"patient": "Patient", "subject": "Patient"}
 #: The parameters that refer to the golden Patient: what a Patient search's ``_has``
 #: reverse-chains through (``_has:Encounter:patient:status=finished``).
 REFERENCES_TO_PATIENT = frozenset(CHAINS)
+#: :data:`SOURCE_ID_SYSTEM` as searched: the source's id.
+SOURCE_ID_PATTERN = re.compile(r"^urn:askonce:source:([0-9]{1,9}):Encounter$")
 #: Encounter ids are askonce row ids: digits that fit a BIGINT.
 ROW_ID = re.compile(r"^[0-9]{1,18}$")
 #: Sort position of an encounter without a start date (first ascending, last descending).
@@ -190,7 +201,62 @@ def _condition(name: str, modifier: str | None, raw: str) -> ColumnElement[bool]
         return or_(*(date_condition(Encounter.last_updated, r, as_date=False) for r in ranges))
     if name == "status":
         return _code_condition(Encounter.status, name, modifier, raw)
+    if name == "identifier":
+        return or_(*(_identifier_condition(parse_token(alt), name) for alt in split_or(raw)))
+    if name == "type":
+        if modifier == "missing":
+            return missing_condition(HasElement(Encounter.resource, "type", {}), raw, name)
+        tokens = [parse_token(alt) for alt in split_or(raw)]
+        if modifier == "not":  # none of them: no such coding, or no type at all
+            return and_(*(_type_condition(token, name).negated() for token in tokens))
+        return or_(*(_type_condition(token, name) for token in tokens))
     return _code_condition(Encounter.class_code, name, modifier, raw)
+
+
+def _token_fields(token: Token, name: str, key: str) -> dict[str, str | None]:
+    """What an element matching ``token`` holds: its ``system`` and its ``key`` (the
+    identifier's ``value``, the coding's ``code``); a None value must be absent."""
+    if token.code is None and token.system is None:
+        raise fail(f"Parameter {name} needs a value.", name)
+    fields: dict[str, str | None] = {} if token.code is None else {key: token.code}
+    if token.system is not None or token.no_system:
+        fields["system"] = token.system
+    return fields
+
+
+def _identifier_condition(token: Token, name: str) -> ColumnElement[bool]:
+    """``identifier``: an identifier the source gave the encounter, or the one askonce
+    serves with its source's own id (:data:`SOURCE_ID_SYSTEM`), found by that id."""
+    fields = _token_fields(token, name, "value")
+    own = SOURCE_ID_PATTERN.match(token.system or "")
+    if own is not None:
+        source = Encounter.source_id == int(own.group(1))
+        return source if token.code is None else and_(source, _with_source_id(token.code))
+    stored = HasElement(Encounter.resource, "identifier", fields)
+    if token.system is None and not token.no_system and token.code is not None:
+        # The value in any system: one id list of both lookups, so that each uses its
+        # index (an OR of the two would read every Encounter on PostgreSQL).
+        either = union(
+            select(Encounter.id).where(stored),
+            select(Encounter.id).where(_with_source_id(token.code)),
+        )
+        return Encounter.id.in_(either)
+    return stored
+
+
+def _with_source_id(resource_id: str) -> ColumnElement[bool]:
+    """Encounters whose source calls them ``resource_id`` (the source record's key)."""
+    return Encounter.source_record_id.in_(
+        select(SourceRecord.id).where(
+            SourceRecord.source_id.in_(select(Source.id)),  # the unique index's first column
+            SourceRecord.resource_type == "Encounter",
+            SourceRecord.resource_id == resource_id,
+        )
+    )
+
+
+def _type_condition(token: Token, name: str) -> HasElement:
+    return HasElement(Encounter.resource, "type", _token_fields(token, name, "code"), "coding")
 
 
 def encounter_filter(session: Session, items: Sequence[tuple[str, str]]) -> ColumnElement[bool]:

@@ -147,7 +147,9 @@ def add_encounter(session_factory: sessionmaker[Session]) -> Callable[..., int]:
         status: str = "finished",
         class_code: str = "AMB",
         source_name: str = "ehr-a",
+        **elements: Any,
     ) -> int:
+        """``elements``: more of the Encounter resource (identifier, type…)."""
         n = next(counter)
         with session_factory() as session:
             source = session.query(Source).filter_by(name=source_name).one_or_none()
@@ -171,6 +173,7 @@ def add_encounter(session_factory: sessionmaker[Session]) -> Callable[..., int]:
                 },
                 "subject": {"reference": "Patient/source-patient-1"},
                 **({"period": {"start": start, **({"end": end} if end else {})}} if start else {}),
+                **elements,
             }
             row = Encounter(
                 source_record_id=record.id,

@@ -112,6 +112,69 @@ def test_encounter_search_modifiers(
         assert reply.status_code == 400, bad
 
 
+ACT = "http://www.ama-assn.org/go/cpt"
+VISIT = "https://ehr-a.example.org/visit-number"
+
+
+def test_encounter_search_by_identifier_and_type(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    add_encounter: Callable[..., int],
+) -> None:
+    """US Core's ``identifier`` (the source's own, and the source id askonce serves) and
+    ``type`` (any coding of any type, ``:not``, ``:missing``)."""
+    person, other = add_patient(), add_patient()
+    office = add_encounter(
+        person,
+        identifier=[{"system": VISIT, "value": "V-100"}, {"value": "loose-7"}],
+        type=[{"coding": [{"system": ACT, "code": "99213", "display": "Office visit"}]}],
+    )
+    checkup = add_encounter(
+        other,
+        source_name="ehr-b",
+        identifier=[{"system": "https://ehr-b.example.org/visit", "value": "V-100"}],
+        type=[
+            {"text": "no coding"},
+            {"coding": [{"code": "local-1"}, {"system": ACT, "code": "99396"}]},
+        ],
+    )
+    untyped = add_encounter(person)
+
+    def search(query: str) -> list[str]:
+        return _encounters(client, headers, query)
+
+    assert search(f"identifier={VISIT}|V-100") == [str(office)]
+    assert search("identifier=V-100") == sorted([str(office), str(checkup)])
+    assert search(f"identifier={VISIT}|") == [str(office)]
+    assert search("identifier=|loose-7") == [str(office)]
+    assert search(f"identifier=|V-100,{VISIT}|nope") == []
+    assert search(f"identifier={VISIT}|V-100&patient={other}") == []
+    assert search(f"type={ACT}|99213") == [str(office)]
+    assert search("type=99396,99213") == sorted([str(office), str(checkup)])
+    assert search("type=|local-1") == [str(checkup)]
+    assert search(f"type=|99396&identifier={VISIT}|V-100") == []
+    assert search(f"patient={person}&type:not={ACT}|99213") == [str(untyped)]
+    assert search(f"patient={person}&type:missing=true") == [str(untyped)]
+    assert search("type:missing=false") == sorted([str(office), str(checkup)])
+    # The identifier askonce serves with the source's own id finds the encounter.
+    served = client.get(f"/fhir/Encounter/{checkup}", headers=headers).json()
+    own = served["identifier"][-1]
+    assert own["system"].startswith("urn:askonce:source:")
+    assert search(f"identifier={own['system']}|{own['value']}") == [str(checkup)]
+    assert search(f"identifier={own['value']}") == [str(checkup)]
+    assert search(f"identifier={own['system']}|") == [str(checkup)]
+    assert search(f"identifier={own['system']}|{own['value']}x") == []
+    # Through a Patient search: the people with such an encounter.
+    reply = client.get(f"/fhir/Patient?_has:Encounter:patient:type={ACT}|99396", headers=headers)
+    assert reply.status_code == 200, reply.text
+    assert _ids(reply.json()) == [other]
+    for bad in ("identifier=", "identifier=|", "type:exact=x", "identifier:missing=true"):
+        reply = client.get(f"/fhir/Encounter?{bad}", headers=headers)
+        assert reply.status_code == 400, bad
+        assert reply.json()["resourceType"] == "OperationOutcome"
+
+
 def test_encounter_paging(
     client: TestClient,
     headers: Headers,
