@@ -14,7 +14,9 @@ mean something and every one of them can be decided:
 - the item is *withdrawn* (resolved, ``resolution = "withdrawn"``, by ``mpi``, the
   reason in its evidence) when its question has gone: its source record was deleted,
   a golden record it asks about was deleted, or the two golden records it asks about
-  are now one.
+  are now one. A record whose new version is someone else's (it left its golden
+  record, :func:`mpi.resolve._detach`) has its items withdrawn too
+  (:func:`withdraw_review_items`): they were asked of the person it was.
 
 A record that a merge brought into the golden record it was queued against keeps its
 item: the merge was the MPI's answer, and a steward's "no-match" still takes the record
