@@ -673,6 +673,7 @@ def resolve_patients(
     Does not commit.
     """
     settings = settings or MatchSettings()
+    previous = previous or {}
     reads = Reads(session)
     model = model or reads.active_model()
     if features is None:
@@ -687,7 +688,7 @@ def resolve_patients(
         keys = sorted({key for item in prepared for key in item.keys})
         known = _KnownBlocks(reads, keys, settings.max_block_size)
     for chunk in _passes(reads, settings, prepared, max(1, chunk_size), known):
-        out.extend(_resolve_chunk(session, settings, model, chunk, reads, known, previous or {}))
+        out.extend(_resolve_chunk(session, settings, model, chunk, reads, known, previous))
     return out
 
 
@@ -745,9 +746,9 @@ def _resolve_chunk(
     settings: MatchSettings,
     model: MatchModel,
     items: Sequence[_Item],
-    reads: Reads | None = None,
-    known: _KnownBlocks | None = None,
-    previous: Mapping[int, MatchFeatures] | None = None,
+    reads: Reads | None,
+    known: _KnownBlocks | None,
+    previous: Mapping[int, MatchFeatures],
 ) -> list[Resolution]:
     state = BatchState(
         session,
@@ -759,7 +760,7 @@ def _resolve_chunk(
     )
     _send_block_keys(session, state, items, known)
     try:
-        return _decide_and_write(session, settings, state, items, previous or {})
+        return _decide_and_write(session, settings, state, items, previous)
     except BaseException:
         state.reads.background.abandon()  # the caller rolls back once the statement returned
         raise

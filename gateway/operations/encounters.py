@@ -216,8 +216,7 @@ def _condition(name: str, modifier: str | None, raw: str) -> ColumnElement[bool]
 def _token_fields(token: Token, name: str, key: str) -> dict[str, str | None]:
     """What an element matching ``token`` holds: its ``system`` and its ``key`` (the
     identifier's ``value``, the coding's ``code``); a None value must be absent."""
-    if token.code is None and token.system is None:
-        raise fail(f"Parameter {name} needs a value.", name)
+    token.require(name)
     fields: dict[str, str | None] = {} if token.code is None else {key: token.code}
     if token.system is not None or token.no_system:
         fields["system"] = token.system

@@ -139,6 +139,11 @@ class Token:
     #: True when the value said explicitly that the system must be absent (``|code``).
     no_system: bool = False
 
+    def require(self, param: str) -> None:
+        """400 unless the value says something: a system, a code, or ``|`` (no system)."""
+        if self.code is None and self.system is None and not self.no_system:
+            raise fail(f"Parameter {param} needs a system or a value.", param)
+
 
 def parse_token(raw: str) -> Token:
     if "|" not in raw:

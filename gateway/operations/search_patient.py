@@ -135,8 +135,7 @@ def _token_condition(param: str, raw: str) -> ColumnElement[bool]:
         value = normalize_search_value(param, token.code)
         if not value:
             raise fail(f"Parameter {param} has no searchable value.", param)
-    if value is None and token.system is None and not token.no_system:
-        raise fail(f"Parameter {param} needs a system or a value.", param)
+    token.require(param)
     return token_condition(param, token.system, value, no_system=token.no_system)
 
 

@@ -148,6 +148,7 @@ def test_encounter_search_by_identifier_and_type(
     assert search("identifier=V-100") == sorted([str(office), str(checkup)])
     assert search(f"identifier={VISIT}|") == [str(office)]
     assert search("identifier=|loose-7") == [str(office)]
+    assert search("identifier=|") == [str(office)]  # any identifier without a system
     assert search(f"identifier=|V-100,{VISIT}|nope") == []
     assert search(f"identifier={VISIT}|V-100&patient={other}") == []
     assert search(f"type={ACT}|99213") == [str(office)]
@@ -169,7 +170,7 @@ def test_encounter_search_by_identifier_and_type(
     reply = client.get(f"/fhir/Patient?_has:Encounter:patient:type={ACT}|99396", headers=headers)
     assert reply.status_code == 200, reply.text
     assert _ids(reply.json()) == [other]
-    for bad in ("identifier=", "identifier=|", "type:exact=x", "identifier:missing=true"):
+    for bad in ("identifier=", "type=", "type:exact=x", "identifier:missing=true"):
         reply = client.get(f"/fhir/Encounter?{bad}", headers=headers)
         assert reply.status_code == 400, bad
         assert reply.json()["resourceType"] == "OperationOutcome"
