@@ -25,6 +25,10 @@ FOLD_CACHE_SIZE = 1 << 13
 #: Address parts searched as strings (starts with, case- and accent-insensitive), by the
 #: parameter that searches each.
 ADDRESS_PARTS = {"city": "address-city", "state": "address-state", "country": "address-country"}
+#: The other string parts of an Address, indexed under ``address`` (which also searches
+#: the parts above and the postal code, https://hl7.org/fhir/R4/patient.html#search):
+#: each line whole, the district, the text.
+ADDRESS_OTHER_PARTS = ("district", "text")
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 _DIGITS = re.compile(r"\D+")
@@ -72,7 +76,7 @@ def normalize_search_value(param: str, value: str) -> str:
         return value.strip().casefold()
     if param == "address-postalcode":
         return value.replace(" ", "").upper()
-    if param in ADDRESS_PARTS.values():
+    if param == "address" or param in ADDRESS_PARTS.values():
         return fold_text(value)
     if param == "identifier":
         return value.strip()
@@ -144,4 +148,10 @@ def search_tokens(resource: dict[str, Any]) -> list[SearchToken]:
                 folded = fold_text(text)
                 if folded:
                     add((param, None, folded[:limit]))
+        others = strings(address.get("line"))
+        others += [address[part] for part in ADDRESS_OTHER_PARTS if address.get(part)]
+        for text in others:
+            folded = fold_text(text)
+            if folded:
+                add(("address", None, folded[:limit]))
     return list(dict.fromkeys(found))

@@ -28,7 +28,8 @@ class HasElement(ColumnElement[bool]):
     """True when the JSON array ``path`` of ``column`` (the elements of the arrays
     ``nested`` inside its elements, for a CodeableConcept's codings) has an element whose
     keys in ``fields`` equal their values (a None value: the key is absent). No
-    ``fields``: the array has any element at all."""
+    ``fields``: the array has any element at all. ``fields`` a string: an element that is
+    that string (a HumanName's ``given``, an Address's ``line``)."""
 
     type = Boolean()
     inherit_cache = False  # its values are bound at compile time
@@ -42,12 +43,14 @@ class HasElement(ColumnElement[bool]):
         self,
         column: Any,
         path: str,
-        fields: Mapping[str, str | None],
+        fields: Mapping[str, str | None] | str,
         nested: str | None = None,
     ) -> None:
         self.column = column
         self.path = path
-        self.fields = dict(fields)
+        self.fields: dict[str, str | None] | str = (
+            fields if isinstance(fields, str) else dict(fields)
+        )
         self.nested = nested
 
 
@@ -59,16 +62,20 @@ def _bound(compiler: SQLCompiler, value: str, **kw: Any) -> str:
 def _postgresql(element: HasElement, compiler: SQLCompiler, **kw: Any) -> str:
     column = compiler.process(element.column, **kw)
     array = f"({column} -> {_bound(compiler, element.path, **kw)})"
-    if not element.fields:
+    fields = element.fields
+    if not fields:
         return (
             f"COALESCE(jsonb_typeof({array}) = 'array' AND jsonb_array_length({array}) > 0, false)"
         )
-    present = {key: value for key, value in element.fields.items() if value is not None}
+    present: Any = fields
+    absent: list[str] = []
+    if not isinstance(fields, str):
+        present = {key: value for key, value in fields.items() if value is not None}
+        absent = [key for key, value in fields.items() if value is None]
     pattern: Any = [present]
     if element.nested is not None:
         pattern = [{element.nested: pattern}]
     sql = f"({array} @> CAST({_bound(compiler, json.dumps(pattern), **kw)} AS JSONB))"
-    absent = [key for key, value in element.fields.items() if value is None]
     if absent:  # containment cannot say "without": a JSON path over the few it found
         steps = f"$.{element.path}[*]" + (f".{element.nested}[*]" if element.nested else "")
         tests = [f"@.{key} == ${key}" for key in present] + [f"!exists(@.{key})" for key in absent]
@@ -93,10 +100,14 @@ def _sqlite(element: HasElement, compiler: SQLCompiler, **kw: Any) -> str:
         sources += f", json_each(outer_.value, {nested}) AS inner_"
         alias = "inner_"
     tests = ["1 = 1"]
-    for key, value in element.fields.items():
-        extracted = f"json_extract({alias}.value, {_bound(compiler, '$.' + key, **kw)})"
-        if value is None:
-            tests.append(f"{extracted} IS NULL")
-        else:
-            tests.append(f"{extracted} = {_bound(compiler, value, **kw)}")
+    if isinstance(element.fields, str):  # the element itself, a JSON string
+        value = _bound(compiler, element.fields, **kw)
+        tests += [f"{alias}.type = 'text'", f"{alias}.value = {value}"]
+    else:
+        for key, wanted in element.fields.items():
+            extracted = f"json_extract({alias}.value, {_bound(compiler, '$.' + key, **kw)})"
+            if wanted is None:
+                tests.append(f"{extracted} IS NULL")
+            else:
+                tests.append(f"{extracted} = {_bound(compiler, wanted, **kw)}")
     return f"EXISTS (SELECT 1 FROM {sources} WHERE {' AND '.join(tests)})"

@@ -15,13 +15,14 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, Text, and_, cast, func, not_, or_, select
 from sqlalchemy.orm import Session
 
-from fhir_mapping.search import normalize_search_value
+from fhir_mapping.search import MAX_TOKEN_LENGTH, normalize_search_value
 from gateway.operations.bundle import match_entry, page_url, searchset, shape
 from gateway.operations.encounters import (
     REFERENCES_TO_PATIENT,
     encounters_of,
     patients_with_encounters,
 )
+from gateway.operations.json_tokens import HasElement
 from gateway.operations.paging import decode_cursor, encode_cursor
 from gateway.operations.params import (
     SearchRequest,
@@ -61,6 +62,11 @@ PATIENT_SEARCH_PARAMS: dict[str, tuple[str, str]] = {
     "phone": ("token", "Phone number (digits compared, punctuation ignored)"),
     "email": ("token", "Email address (case-insensitive)"),
     "telecom": ("token", "phone|value, email|value, or a value matching either"),
+    "address": (
+        "string",
+        "Any part of any address: a line, the city, district, state, country, postal code"
+        " or text (starts with, case and accent insensitive)",
+    ),
     "address-postalcode": ("string", "Postal code (starts with, spaces ignored)"),
     "address-city": ("string", "City (starts with, case and accent insensitive)"),
     "address-state": ("string", "State or province (starts with, case and accent insensitive)"),
@@ -68,10 +74,10 @@ PATIENT_SEARCH_PARAMS: dict[str, tuple[str, str]] = {
 }
 #: Modifiers (https://hl7.org/fhir/R4/search.html#modifiers) by parameter. ``telecom`` takes
 #: no ``:missing``: fax, pager and URL values are not indexed, so "no telecom" can't be told.
-#: ``:exact`` is not offered: the index keeps folded values only.
+#: A string's ``:exact`` meets the folded index first, then the stored resource.
 MODIFIERS = {
     "token": frozenset({"missing", "not"}),
-    "string": frozenset({"missing", "contains"}),
+    "string": frozenset({"missing", "contains", "exact"}),
     "date": frozenset({"missing"}),
 }
 SUPPORTED: dict[str, frozenset[str]] = {
@@ -98,6 +104,7 @@ STRING_PARAMS = (
     "name",
     "family",
     "given",
+    "address",
     "address-postalcode",
     "address-city",
     "address-state",
@@ -105,6 +112,36 @@ STRING_PARAMS = (
 )
 #: ContactPoint systems whose values are indexed, each under the parameter of its name.
 TELECOM_SYSTEMS = ("phone", "email")
+#: The indexed parameters ``address`` searches: its own tokens (lines, district, text)
+#: and those of the address parts that have a parameter of their own.
+ADDRESS_SEARCHES = ("address", "address-city", "address-state", "address-country")
+POSTAL = "address-postalcode"
+#: What ``:exact`` compares, as (array, element key, nested array of strings) in the
+#: stored resource: a HumanName's family, given names and text; an Address's parts.
+Place = tuple[str, str | None, str | None]
+_EXACT_NAME: list[Place] = [
+    ("name", "family", None),
+    ("name", None, "given"),
+    ("name", "text", None),
+]
+_EXACT_ADDRESS: dict[str, list[Place]] = {
+    "address-city": [("address", "city", None)],
+    "address-state": [("address", "state", None)],
+    "address-country": [("address", "country", None)],
+    "address-postalcode": [("address", "postalCode", None)],
+}
+EXACT: dict[str, list[Place]] = {
+    "name": _EXACT_NAME,
+    "family": _EXACT_NAME[:1],
+    "given": _EXACT_NAME[1:2],
+    **_EXACT_ADDRESS,
+    "address": [
+        ("address", None, "line"),
+        ("address", "district", None),
+        ("address", "text", None),
+        *(place for places in _EXACT_ADDRESS.values() for place in places),
+    ],
+}
 
 _SORT: dict[str, SortColumn] = {
     "_id": (GP.id, "str"),
@@ -175,17 +212,50 @@ def _telecom_condition(raw: str) -> ColumnElement[bool]:
     return or_(*conditions)
 
 
-def _string_condition(param: str, raw: str, *, contains: bool) -> ColumnElement[bool]:
-    """Starts with (https://hl7.org/fhir/R4/search.html#string), or anywhere with
-    ``:contains``, on the folded values."""
-    value = normalize_search_value(param, raw)
-    if not value:
-        raise fail(f"Parameter {param} has no searchable characters.", param)
+def _like(value: str, *, contains: bool) -> str:
     # Folded values are [a-z0-9 ] only, and postal codes are escaped: no LIKE wildcard
     # can be smuggled in.
     escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    pattern = f"%{escaped}%" if contains else escaped + "%"
-    return _tokens(param, GST.value.like(pattern, escape="\\"))
+    return f"%{escaped}%" if contains else escaped + "%"
+
+
+def _string_condition(param: str, raw: str, *, contains: bool) -> ColumnElement[bool]:
+    """Starts with (https://hl7.org/fhir/R4/search.html#string), or anywhere with
+    ``:contains``, on the folded values. ``address`` looks in the tokens of every part
+    of an address (its postal codes in their own form)."""
+    params = ADDRESS_SEARCHES if param == "address" else (param,)
+    folded = normalize_search_value(params[0], raw)[:MAX_TOKEN_LENGTH]
+    postal = normalize_search_value(POSTAL, raw)[:MAX_TOKEN_LENGTH] if param == "address" else ""
+    if not folded and not postal:
+        raise fail(f"Parameter {param} has no searchable characters.", param)
+    clauses = []
+    if folded:
+        which = GST.param == param if len(params) == 1 else GST.param.in_(params)
+        clauses.append(and_(which, GST.value.like(_like(folded, contains=contains), escape="\\")))
+    if postal:
+        clauses.append(
+            and_(GST.param == POSTAL, GST.value.like(_like(postal, contains=contains), escape="\\"))
+        )
+    return GP.id.in_(select(GST.golden_id).where(or_(*clauses)))
+
+
+def _exact_condition(param: str, raw: str) -> ColumnElement[bool]:
+    """``:exact``: the whole string, case and accents as given
+    (https://hl7.org/fhir/R4/search.html#modifiers), in any of the elements
+    :data:`EXACT` names. The folded index narrows first (an exact value starts with its
+    own folded form; a name's text is indexed word by word, so its first word), and the
+    stored resource decides."""
+    folded = normalize_search_value(param, raw)
+    narrowing = folded.split(" ", 1)[0] if param == "name" else raw
+    return and_(
+        _string_condition(param, narrowing, contains=False),
+        or_(
+            *(
+                HasElement(GP.resource, array, raw if key is None else {key: raw}, nested)
+                for array, key, nested in EXACT[param]
+            )
+        ),
+    )
 
 
 def _present(name: str) -> ColumnElement[bool]:
@@ -194,6 +264,8 @@ def _present(name: str) -> ColumnElement[bool]:
         return GP.birth_date.is_not(None)
     if name == "gender":
         return GP.gender.is_not(None)
+    if name == "address":  # an address with no indexed part is still an address
+        return HasElement(GP.resource, "address", {})
     return _tokens(name, GST.param == name)
 
 
@@ -210,6 +282,8 @@ def _criterion(name: str, modifier: str | None, raw: str) -> ColumnElement[bool]
         if not set(alternatives) <= GENDERS:
             raise fail("gender must be male, female, other or unknown.", "gender")
         return not_in(GP.gender, alternatives) if modifier == "not" else GP.gender.in_(alternatives)
+    if modifier == "exact":
+        return or_(*(_exact_condition(name, a) for a in alternatives))
     condition = _matching(name, alternatives, contains=modifier == "contains")
     # :not on a token: none of the values, which includes having none at all; the
     # subqueries select non-null golden ids, so NOT IN is exact.

@@ -15,7 +15,14 @@ PATIENT = {
         {"system": "phone", "value": "+1 (415) 555-0123"},
         {"system": "email", "value": "Siobhan@Example.org"},
     ],
-    "address": [{"postalCode": "sw1a 1aa"}],
+    "address": [
+        {
+            "postalCode": "sw1a 1aa",
+            "line": ["Flat 2", None, "10 Downing St."],
+            "district": "Westminster",
+            "text": "Flat 2, 10 Downing St., London",
+        }
+    ],
 }
 
 
@@ -30,6 +37,10 @@ PATIENT = {
         ("phone", "415-555-0123"),
         ("email", "SIOBHAN@example.org"),
         ("address-postalcode", "SW1A1AA"),
+        ("address", "flat 2"),
+        ("address", "10 DOWNING ST"),
+        ("address", "westminster"),
+        ("address", "Flat 2, 10 Downing St., London"),
     ],
 )
 def test_what_a_user_types_finds_the_indexed_value(param: str, typed: str) -> None:
@@ -39,3 +50,14 @@ def test_what_a_user_types_finds_the_indexed_value(param: str, typed: str) -> No
 
 def test_identifier_token_keeps_its_system() -> None:
     assert ("identifier", "urn:oid:1.2.3", "MRN-7") in search_tokens(PATIENT)
+
+
+def test_address_tokens_are_the_parts_without_a_parameter_of_their_own() -> None:
+    """``address`` also searches the city, state, country and postal code tokens; its own
+    are each line whole (a ``null`` placeholder skipped), the district and the text."""
+    assert sorted(v for p, _, v in search_tokens(PATIENT) if p == "address") == [
+        "10 downing st",
+        "flat 2",
+        "flat 2 10 downing st london",
+        "westminster",
+    ]

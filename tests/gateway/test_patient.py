@@ -270,6 +270,104 @@ def test_address_part_and_telecom_search(
     assert sorted(_ids(found)) == sorted(ids[k] for k in expected)
 
 
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("address=flat", ["uk"]),
+        ("address=10 downing", ["uk"]),
+        ("address=downing", []),
+        ("address:contains=downing", ["uk"]),
+        ("address=westminster", ["uk"]),
+        ("address=LONDON", ["uk"]),
+        ("address=gb", ["uk"]),
+        ("address=sw1a", ["uk"]),
+        ("address=sw1a 2aa", ["uk"]),
+        ("address=san", ["us"]),
+        ("address=ca", ["us"]),
+        ("address=94105", ["us"]),
+        ("address=hauptstrasse", ["de"]),
+        ("address=berlin", []),
+        ("address:contains=berlin", ["de"]),
+        ("address=london,94105", ["uk", "us"]),
+        ("address:missing=true", ["none"]),
+        ("address:missing=false", ["uk", "us", "de"]),
+        ("family:exact=O'Brien", ["uk"]),
+        ("family:exact=o'brien", []),
+        ("family:exact=Obrien", ["us"]),
+        ("family:exact=O'Brien,Müller", ["uk", "de"]),
+        ("given:exact=Siobhán", ["uk"]),
+        ("given:exact=Siobhan", ["us"]),
+        ("given:exact=Mary Ann", ["uk"]),
+        ("given:exact=Mary", []),
+        ("name:exact=Siobhán O'Brien", ["uk"]),
+        ("name:exact=Obrien", ["us"]),
+        ("name:exact=Mary Ann", ["uk"]),
+        ("name:exact=Müller", ["de"]),
+        ("name:exact=Muller", []),
+        ("name:exact=O'Brien&address-city=london", ["uk"]),
+        ("address-city:exact=London", ["uk"]),
+        ("address-city:exact=london", []),
+        ("address-state:exact=CA", ["us"]),
+        ("address-country:exact=US", ["us"]),
+        ("address-postalcode:exact=SW1A 2AA", ["uk"]),
+        ("address-postalcode:exact=SW1A2AA", []),
+        ("address:exact=Flat 2", ["uk"]),
+        ("address:exact=10 Downing St.", ["uk"]),
+        ("address:exact=10 Downing St", []),
+        ("address:exact=Westminster", ["uk"]),
+        ("address:exact=San Francisco", ["us"]),
+        ("address:exact=94105", ["us"]),
+        ("address:exact=Hauptstraße 5\\, 10115 Berlin", ["de"]),  # an escaped comma
+    ],
+)
+def test_address_and_exact_string_search(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    query: str,
+    expected: list[str],
+) -> None:
+    """``address`` matches any part of any address, starting with the value; ``:exact``
+    matches a whole string, case and accents as given
+    (https://hl7.org/fhir/R4/search.html#string)."""
+
+    def person(name: dict[str, Any], address: dict[str, Any] | None) -> str:
+        resource: dict[str, Any] = {"resourceType": "Patient", "name": [name]}
+        if address is not None:
+            resource["address"] = [address]
+        return add_patient(resource)
+
+    ids = {
+        "uk": person(
+            {"family": "O'Brien", "given": ["Siobhán", "Mary Ann"], "text": "Siobhán O'Brien"},
+            {
+                "line": ["10 Downing St.", "Flat 2"],
+                "city": "London",
+                "district": "Westminster",
+                "postalCode": "SW1A 2AA",
+                "country": "GB",
+            },
+        ),
+        "us": person(
+            {"family": "Obrien", "given": ["Siobhan"]},
+            {
+                "line": ["1 Market St"],
+                "city": "San Francisco",
+                "state": "CA",
+                "postalCode": "94105",
+                "country": "US",
+            },
+        ),
+        "de": person(
+            {"family": "Müller", "given": ["Anna"]},
+            {"use": "home", "text": "Hauptstraße 5, 10115 Berlin"},
+        ),
+        "none": person({"family": "Nowhere"}, None),
+    }
+    found = _search(client, headers, query + "&_count=50")
+    assert sorted(_ids(found)) == sorted(ids[k] for k in expected)
+
+
 def test_telecom_of_a_system_not_indexed_is_a_bad_request(
     client: TestClient, headers: Headers
 ) -> None:
@@ -352,7 +450,9 @@ def test_search_modifiers(
 @pytest.mark.parametrize(
     "query",
     [
-        "family:exact=Smith",
+        "gender:exact=male",
+        "identifier:exact=MRN-A",
+        "name:exact=---",
         "email:missing=maybe",
         "email:missing=",
         "telecom:missing=true",
@@ -451,7 +551,7 @@ def test_huge_count_is_capped(
         "_summary=everything",
         "_revinclude=Observation:subject",
         "gender=robot",
-        "family:exact=Smith",
+        "given:text=Ann",
         "family=",
         "_cursor=forged.cursor",
         "_elements=name.given",
