@@ -195,14 +195,28 @@ def link_record(
     actor: str,
     settings: MatchSettings | None = None,
 ) -> None:
-    """A steward links a source record to a golden record (method MANUAL)."""
+    """A steward links a source record to a golden record (method MANUAL). A record
+    already there is confirmed: its link becomes MANUAL (never checked again) and the
+    link history says who confirmed it."""
     settings = settings or MatchSettings()
     lock_goldens(session, [golden_id, *filter(None, [_golden_of(session, record_id)])])
     target = _golden(session, golden_id)
     link = _link_of(session, record_id)
     old = link.golden_id
     if old == target.id:
-        link.method = "MANUAL"
+        if link.method != "MANUAL":
+            link.method, link.grade, link.flagged = "MANUAL", "certain", False
+            link.explanation = {"steward": "confirm", "actor": actor, "before": link.explanation}
+            _history(
+                session,
+                "link",
+                source_record_id=record_id,
+                golden_id=golden_id,
+                method="MANUAL",
+                actor=actor,
+                grade="certain",
+                explanation={"steward": "confirm"},
+            )
         return
     for other in linked_record_ids(session, golden_id)[:1]:
         store_decision(session, record_id, other, "match", actor)

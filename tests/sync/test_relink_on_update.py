@@ -200,8 +200,23 @@ def test_a_steward_who_confirms_a_doubted_link_is_not_asked_again(
     with session_factory() as session:
         (item,) = open_items(session)
         assert item.reason == "update-less-sure"
-        record_decision(session, "match", actor="steward", review_item_id=item.id)
+        result = record_decision(session, "match", actor="steward", review_item_id=item.id)
         session.commit()
+        assert result == {"action": "linked", "golden_id": shared}
+        # The link is the steward's now, and its history says who confirmed it.
+        link = session.scalars(
+            select(Link).where(Link.source_record_id == item.source_record_id)
+        ).one()
+        assert (link.method, link.grade) == ("MANUAL", "certain")
+        confirmed = session.scalars(
+            select(LinkHistory).where(
+                LinkHistory.source_record_id == item.source_record_id,
+                LinkHistory.actor == "steward",
+            )
+        ).all()
+        assert [(h.action, h.golden_id, h.method) for h in confirmed] == [
+            ("link", shared, "MANUAL")
+        ]
     renamed = {**corrected, "meta": {"versionId": "3", "lastUpdated": "2026-03-01T09:00:00Z"}}
     renamed["name"] = [{"family": "Smith", "given": ["Ada"]}]
     ingest(session_factory, a, Page("Patient", [renamed], "3"))
