@@ -85,7 +85,10 @@ SUPPORTED: dict[str, frozenset[str]] = {
     for name, (kind, _doc) in PATIENT_SEARCH_PARAMS.items()
 }
 SUPPORTED["telecom"] = frozenset({"not"})
-SORTABLE = frozenset({"_id", "_lastUpdated", "birthdate"})
+#: Parameters sorted on their indexed (folded) values: a record with several sorts by the
+#: first of them in the order asked (https://hl7.org/fhir/R4/search.html#sort).
+SORTED_BY_TOKENS = frozenset({"family", "given", "name"})
+SORTABLE = frozenset({"_id", "_lastUpdated", "birthdate", "gender", *SORTED_BY_TOKENS})
 #: ``_revinclude`` values -> the type they add.
 REVINCLUDES = dict.fromkeys(
     (
@@ -147,7 +150,22 @@ _SORT: dict[str, SortColumn] = {
     "_id": (GP.id, "str"),
     "_lastUpdated": (GP.last_updated, "dt"),
     "birthdate": (func.coalesce(GP.birth_date, ""), "str"),
+    "gender": (func.coalesce(GP.gender, ""), "str"),
 }
+
+
+def _sort_column(param: str, desc: bool) -> SortColumn:
+    """What ``_sort=param`` orders by. A string parameter: the record's smallest folded
+    value ascending, its largest descending ("the item that comes earliest in the
+    specified sort order"), so "Müller" sorts as "muller"; a record without one sorts
+    as "" (first ascending, last descending, as a missing birth date does)."""
+    if param not in SORTED_BY_TOKENS:
+        return _SORT[param]
+    pick = func.max if desc else func.min
+    value = (
+        select(pick(GST.value)).where(GST.golden_id == GP.id, GST.param == param).scalar_subquery()
+    )
+    return (func.coalesce(value, ""), "str")
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +379,7 @@ def search_patients(
         total = int(session.scalar(counting) or 0)
     if request.summary_count:
         return searchset([], self_url=self_url, total=total, ignored=request.ignored)
-    sort = [(_SORT[p], desc) for p, desc in request.sort if p != "_id"]
+    sort = [(_sort_column(p, desc), desc) for p, desc in request.sort if p != "_id"]
     id_desc = next((desc for p, desc in request.sort if p == "_id"), False)
     sort.append((_SORT["_id"], id_desc))
     stmt = _filtered(

@@ -506,6 +506,50 @@ def test_sort_by_birthdate_descending(
     assert _ids(_search(client, headers, "family=order&_sort=birthdate")) == [old, young]
 
 
+def test_sort_by_names_and_gender(
+    client: TestClient, headers: Headers, add_patient: Callable[..., str]
+) -> None:
+    """``_sort`` on a string parameter orders by the folded values; a record with two
+    family names sorts by its first in the order asked (its smallest ascending, its
+    largest descending); a record without one sorts as "" (first ascending)."""
+
+    def person(families: list[str], given: str, gender: str | None) -> str:
+        resource: dict[str, Any] = {
+            "resourceType": "Patient",
+            "name": [{"family": f, "given": [given]} for f in families] or [{"given": [given]}],
+            "identifier": [{"system": MRN, "value": "SORT-" + given}],
+        }
+        if gender:
+            resource["gender"] = gender
+        return add_patient(resource)
+
+    zed = person(["Zed"], "Ylva", "female")
+    muller = person(["Müller"], "Bo", "male")
+    both = person(["Adams", "Young"], "Cy", None)  # married name and maiden name
+    nameless = person([], "Ann", "other")
+    abel = person(["Muller"], "Al", "male")  # folds like Müller: ties go by id
+
+    def order(sort: str) -> list[str]:
+        return _ids(_search(client, headers, f"identifier={MRN}|&_sort={sort}&_count=50"))
+
+    tied = sorted([muller, abel])
+    assert order("family") == [nameless, both, *tied, zed]
+    assert order("-family") == [zed, both, *tied, nameless]  # "young" is its largest; ties by id
+    assert order("given") == [abel, nameless, muller, both, zed]
+    assert order("family,given") == [nameless, both, abel, muller, zed]
+    assert order("family,-given") == [nameless, both, muller, abel, zed]
+    assert order("gender,given")[:2] == [both, zed]  # no gender first, then female
+    assert order("name")[0] == both  # "adams" is the smallest name part of all
+    # Paged, the keyset cursor carries the sort values: every record once, in order.
+    seen, url = [], f"/fhir/Patient?identifier={MRN}|&_sort=-family&_count=2"
+    while url:
+        reply = client.get(url, headers=headers)
+        assert reply.status_code == 200, reply.text
+        seen += _ids(reply.json())
+        url = _next(reply.json())
+    assert seen == order("-family")
+
+
 def test_summary_count_elements_and_revinclude(
     client: TestClient,
     headers: Headers,
@@ -547,7 +591,7 @@ def test_huge_count_is_capped(
         "_lastUpdated=2024-01-01T10:00:00",
         "_count=-1",
         "_count=ten",
-        "_sort=name",
+        "_sort=phone",
         "_summary=everything",
         "_revinclude=Observation:subject",
         "gender=robot",
