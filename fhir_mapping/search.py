@@ -34,17 +34,22 @@ _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 _DIGITS = re.compile(r"\D+")
 
 
-@lru_cache(maxsize=FOLD_CACHE_SIZE)
-def fold_text(value: str) -> str:
+def fold_unique(value: str) -> str:
     """Case- and accent-insensitive form of a string: "Müller-Šimkus" -> "muller simkus".
 
     Non-Latin scripts are transliterated with ``anyascii`` ("Шевченко" -> "shevchenko").
-    Idempotent: folding a folded string changes nothing."""
+    Idempotent: folding a folded string changes nothing. Not memoized: for values that
+    rarely repeat (an address line), which would only push the repeating ones out of
+    :func:`fold_text`'s cache."""
     if value.isascii():  # the common case: nothing to decompose or transliterate
         return _NON_ALNUM.sub(" ", value.lower()).strip()
     decomposed = unicodedata.normalize("NFKD", value)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
     return _NON_ALNUM.sub(" ", anyascii(stripped).casefold()).strip()
+
+
+#: :func:`fold_unique`, memoized: for values that repeat across records (cities, names).
+fold_text = lru_cache(maxsize=FOLD_CACHE_SIZE)(fold_unique)
 
 
 #: Apostrophes and modifier letters that join a name's parts ("O'Brien", "D\u2019Angelo",
@@ -151,7 +156,7 @@ def search_tokens(resource: dict[str, Any]) -> list[SearchToken]:
         others = strings(address.get("line"))
         others += [address[part] for part in ADDRESS_OTHER_PARTS if address.get(part)]
         for text in others:
-            folded = fold_text(text)
+            folded = fold_unique(text)
             if folded:
                 add(("address", None, folded[:limit]))
     return list(dict.fromkeys(found))
