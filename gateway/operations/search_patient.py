@@ -263,8 +263,7 @@ def _exact_condition(param: str, raw: str) -> ColumnElement[bool]:
     :data:`EXACT` names. The folded index narrows first (an exact value starts with its
     own folded form; a name's text is indexed word by word, so its first word), and the
     stored resource decides."""
-    folded = normalize_search_value(param, raw)
-    narrowing = folded.split(" ", 1)[0] if param == "name" else raw
+    narrowing = normalize_search_value(param, raw).split(" ", 1)[0] if param == "name" else raw
     return and_(
         _string_condition(param, narrowing, contains=False),
         or_(

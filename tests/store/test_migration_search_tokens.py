@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from store import downgrade, make_engine, upgrade
@@ -52,45 +53,76 @@ def _tokens(url: str) -> set[tuple[str, str, str]]:
     return {(row[0], row[1], row[2]) for row in rows}
 
 
-def test_0014_adds_the_address_part_tokens_and_downgrade_removes_them(empty_db_url: str) -> None:
-    upgrade(empty_db_url, "0013")
-    address = {"city": "Saint-Étienne", "state": "Loire", "country": "FR", "postalCode": "42000"}
-    resources = {
-        "g1": ("active", {"resourceType": "Patient", "address": [address, {"city": "Lyon"}]}),
-        "g2": ("active", {"resourceType": "Patient", "name": [{"family": "Noaddress"}]}),
+_0014 = (
+    "0013",
+    "0014",
+    {
+        "g1": (
+            "active",
+            {
+                "resourceType": "Patient",
+                "address": [
+                    {
+                        "city": "Saint-Étienne",
+                        "state": "Loire",
+                        "country": "FR",
+                        "postalCode": "42000",
+                    },
+                    {"city": "Lyon"},
+                ],
+            },
+        ),
         "g3": ("merged", {"resourceType": "Patient", "address": [{"city": "Merged"}]}),
-    }
-    _insert(empty_db_url, resources, "address-postalcode:42000")
-    upgrade(empty_db_url, "0014")
-    assert _tokens(empty_db_url) == {
-        ("g1", "address-postalcode", "42000"),
+    },
+    "address-postalcode:42000",
+    {
         ("g1", "address-city", "saint etienne"),
         ("g1", "address-state", "loire"),
         ("g1", "address-country", "fr"),
         ("g1", "address-city", "lyon"),
-    }
-    downgrade(empty_db_url, "0013")
-    assert _tokens(empty_db_url) == {("g1", "address-postalcode", "42000")}
-
-
-def test_0016_adds_the_address_line_tokens_and_downgrade_removes_them(empty_db_url: str) -> None:
-    upgrade(empty_db_url, "0015")
-    lines = {"line": ["12 Rue de la Paix", None], "district": "IIe", "city": "Paris"}
-    resources = {
+    },
+)
+_0016 = (
+    "0015",
+    "0016",
+    {
         "g1": (
             "active",
-            {"resourceType": "Patient", "address": [lines, {"text": "Boîte postale 7, Lyon"}]},
+            {
+                "resourceType": "Patient",
+                "address": [
+                    {"line": ["12 Rue de la Paix", None], "district": "IIe", "city": "Paris"},
+                    {"text": "Boîte postale 7, Lyon"},
+                ],
+            },
         ),
-        "g2": ("active", {"resourceType": "Patient", "name": [{"family": "Noaddress"}]}),
         "g3": ("merged", {"resourceType": "Patient", "address": [{"line": ["1 Merged Way"]}]}),
-    }
-    _insert(empty_db_url, resources, "address-city:paris")
-    upgrade(empty_db_url, "0016")
-    assert _tokens(empty_db_url) == {
-        ("g1", "address-city", "paris"),
+    },
+    "address-city:paris",
+    {
         ("g1", "address", "12 rue de la paix"),
         ("g1", "address", "iie"),
         ("g1", "address", "boite postale 7 lyon"),
-    }
-    downgrade(empty_db_url, "0015")
-    assert _tokens(empty_db_url) == {("g1", "address-city", "paris")}
+    },
+)
+
+
+@pytest.mark.parametrize(("before", "revision", "resources", "kept", "added"), [_0014, _0016])
+def test_the_migration_adds_the_tokens_of_active_records_and_downgrade_removes_them(
+    empty_db_url: str,
+    before: str,
+    revision: str,
+    resources: dict[str, tuple[str, dict[str, Any]]],
+    kept: str,
+    added: set[tuple[str, str, str]],
+) -> None:
+    """A record without an address gets nothing, a merged one nothing either; the token
+    ``kept`` (one of another parameter) is untouched both ways."""
+    upgrade(empty_db_url, before)
+    no_address = ("active", {"resourceType": "Patient", "name": [{"family": "Noaddress"}]})
+    _insert(empty_db_url, {**resources, "g2": no_address}, kept)
+    param, value = kept.split(":")
+    upgrade(empty_db_url, revision)
+    assert _tokens(empty_db_url) == {("g1", param, value), *added}
+    downgrade(empty_db_url, before)
+    assert _tokens(empty_db_url) == {("g1", param, value)}
