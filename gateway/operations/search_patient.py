@@ -54,9 +54,21 @@ PATIENT_SEARCH_PARAMS: dict[str, tuple[str, str]] = {
     "_id": ("token", "Logical id of the golden record"),
     "_lastUpdated": ("date", "When the golden record last changed"),
     "identifier": ("token", "Any identifier (system|value) from any linked source"),
-    "name": ("string", "Any part of any name (starts with, case and accent insensitive)"),
-    "family": ("string", "Family name (starts with, case and accent insensitive)"),
-    "given": ("string", "Given name (starts with, case and accent insensitive)"),
+    "name": (
+        "string",
+        "Any part of any name (starts with, case and accent insensitive; with several"
+        " words, each starts a part)",
+    ),
+    "family": (
+        "string",
+        "Family name (starts with, case and accent insensitive; with several words, each"
+        " starts a family name)",
+    ),
+    "given": (
+        "string",
+        "Given name (starts with, case and accent insensitive; with several words, each"
+        " starts a given name)",
+    ),
     "birthdate": ("date", "Date of birth, with eq/ne/lt/le/gt/ge/sa/eb prefixes"),
     "gender": ("token", "administrative gender"),
     "phone": ("token", "Phone number (digits compared, punctuation ignored)"),
@@ -72,9 +84,8 @@ PATIENT_SEARCH_PARAMS: dict[str, tuple[str, str]] = {
     "address-state": ("string", "State or province (starts with, case and accent insensitive)"),
     "address-country": ("string", "Country (starts with, case and accent insensitive)"),
 }
-#: Modifiers (https://hl7.org/fhir/R4/search.html#modifiers) by parameter. ``telecom`` takes
-#: no ``:missing``: fax, pager and URL values are not indexed, so "no telecom" can't be told.
-#: A string's ``:exact`` meets the folded index first, then the stored resource.
+#: Modifiers (https://hl7.org/fhir/R4/search.html#modifiers) by parameter. A string's
+#: ``:exact`` meets the folded index first, then the stored resource.
 MODIFIERS = {
     "token": frozenset({"missing", "not"}),
     "string": frozenset({"missing", "contains", "exact"}),
@@ -84,7 +95,6 @@ SUPPORTED: dict[str, frozenset[str]] = {
     name: frozenset() if name.startswith("_") else MODIFIERS[kind]
     for name, (kind, _doc) in PATIENT_SEARCH_PARAMS.items()
 }
-SUPPORTED["telecom"] = frozenset({"not"})
 #: Parameters sorted on their indexed (folded) values: a record with several sorts by the
 #: first of them in the order asked (https://hl7.org/fhir/R4/search.html#sort).
 SORTED_BY_TOKENS = frozenset({"family", "given", "name"})
@@ -119,6 +129,13 @@ TELECOM_SYSTEMS = ("phone", "email")
 #: and those of the address parts that have a parameter of their own.
 ADDRESS_SEARCHES = ("address", "address-city", "address-state", "address-country")
 POSTAL = "address-postalcode"
+#: Parameters on people's names. A value of several words matches a record whose name
+#: starts with it, or one each of whose words starts one of its names: ``name=ada
+#: lovelace`` finds given "Ada" + family "Lovelace", ``given=mary ann`` given "Mary" +
+#: "Ann" (R4 leaves what ``name`` matches to the server). Beyond :data:`MAX_NAME_WORDS`
+#: words, only the whole value is looked for (each word is one more token subquery).
+NAME_PARAMS = frozenset({"name", "family", "given"})
+MAX_NAME_WORDS = 6
 #: What ``:exact`` compares, as (array, element key, nested array of strings) in the
 #: stored resource: a HumanName's family, given names and text; an Address's parts.
 Place = tuple[str, str | None, str | None]
@@ -240,7 +257,8 @@ def _like(value: str, *, contains: bool) -> str:
 def _string_condition(param: str, raw: str, *, contains: bool) -> ColumnElement[bool]:
     """Starts with (https://hl7.org/fhir/R4/search.html#string), or anywhere with
     ``:contains``, on the folded values. ``address`` looks in the tokens of every part
-    of an address (its postal codes in their own form)."""
+    of an address (its postal codes in their own form); a name's words may each match
+    a different name (:data:`NAME_PARAMS`)."""
     params = ADDRESS_SEARCHES if param == "address" else (param,)
     folded = normalize_search_value(params[0], raw)[:MAX_TOKEN_LENGTH]
     postal = normalize_search_value(POSTAL, raw)[:MAX_TOKEN_LENGTH] if param == "address" else ""
@@ -254,7 +272,15 @@ def _string_condition(param: str, raw: str, *, contains: bool) -> ColumnElement[
         clauses.append(
             and_(GST.param == POSTAL, GST.value.like(_like(postal, contains=contains), escape="\\"))
         )
-    return GP.id.in_(select(GST.golden_id).where(or_(*clauses)))
+    whole = GP.id.in_(select(GST.golden_id).where(or_(*clauses)))
+    words = list(dict.fromkeys(folded.split())) if param in NAME_PARAMS else []
+    if not 1 < len(words) <= MAX_NAME_WORDS:
+        return whole
+    each = [
+        _tokens(param, GST.value.like(_like(word, contains=contains), escape="\\"))
+        for word in words
+    ]
+    return or_(whole, and_(*each))
 
 
 def _exact_condition(param: str, raw: str) -> ColumnElement[bool]:
@@ -281,8 +307,10 @@ def _present(name: str) -> ColumnElement[bool]:
         return GP.birth_date.is_not(None)
     if name == "gender":
         return GP.gender.is_not(None)
-    if name == "address":  # an address with no indexed part is still an address
-        return HasElement(GP.resource, "address", {})
+    if name in ("address", "telecom"):
+        # An address with no indexed part is still an address, and a fax number (not
+        # indexed) still a telecom: the stored resource tells.
+        return HasElement(GP.resource, name, {})
     return _tokens(name, GST.param == name)
 
 

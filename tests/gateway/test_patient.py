@@ -237,6 +237,8 @@ def test_search_parameters(
         ("telecom=email|", ["br"]),
         ("telecom=email|4155550199", []),
         ("telecom=phone|4155550199,email|joao@example.com", ["br", "us"]),
+        ("telecom:missing=true", ["at"]),
+        ("telecom:missing=false", ["br", "us", "fax"]),  # a fax number is a telecom too
     ],
 )
 def test_address_part_and_telecom_search(
@@ -265,6 +267,7 @@ def test_address_part_and_telecom_search(
         ),
         "us": person("San Francisco", "CA", "US", [{"system": "phone", "value": "+14155550199"}]),
         "at": person("Sankt Pölten", "Niederösterreich", "AT", []),
+        "fax": person("Lyon", "ARA", "FR", [{"system": "fax", "value": "+33 4 55 55 01 00"}]),
     }
     found = _search(client, headers, query + "&_count=50")
     assert sorted(_ids(found)) == sorted(ids[k] for k in expected)
@@ -289,7 +292,7 @@ def test_address_part_and_telecom_search(
         ("address=berlin", []),
         ("address:contains=berlin", ["de"]),
         ("address=london,94105", ["uk", "us"]),
-        ("address:missing=true", ["none"]),
+        ("address:missing=true", ["none", "nl"]),
         ("address:missing=false", ["uk", "us", "de"]),
         ("family:exact=O'Brien", ["uk"]),
         ("family:exact=o'brien", []),
@@ -318,6 +321,25 @@ def test_address_part_and_telecom_search(
         ("address:exact=San Francisco", ["us"]),
         ("address:exact=94105", ["us"]),
         ("address:exact=Hauptstraße 5\\, 10115 Berlin", ["de"]),  # an escaped comma
+        # Several words: the whole starts a name, or each word starts one of them.
+        ("name=siobhan obrien", ["uk", "us"]),
+        ("name=obrien siobhan", ["uk", "us"]),
+        ("name=SIO O'BR", ["uk", "us"]),
+        ("name=mary ann", ["uk"]),
+        ("name=mary siobhan", ["uk"]),
+        ("name=anna obrien", []),
+        ("name=anna müller", ["de"]),
+        ("name=anna muller nowhere", []),
+        ("name:contains=obh rie", ["uk", "us"]),
+        ("given=mary ann", ["uk"]),
+        ("given=siobhan mary", ["uk"]),
+        ("given=siobhan obrien", []),
+        ("family=obrien siobhan", []),
+        ("family=van der", ["nl"]),
+        ("family=der van", []),
+        ("name=der van", ["nl"]),
+        ("name=o ob obr obri obrie siobhan", ["uk", "us"]),
+        ("name=o ob obr obri obrie obrien siobhan", []),  # beyond 6 words: the whole only
     ],
 )
 def test_address_and_exact_string_search(
@@ -363,6 +385,7 @@ def test_address_and_exact_string_search(
             {"use": "home", "text": "Hauptstraße 5, 10115 Berlin"},
         ),
         "none": person({"family": "Nowhere"}, None),
+        "nl": person({"family": "van der Berg", "given": ["Els"]}, None),
     }
     found = _search(client, headers, query + "&_count=50")
     assert sorted(_ids(found)) == sorted(ids[k] for k in expected)
@@ -455,7 +478,7 @@ def test_search_modifiers(
         "name:exact=---",
         "email:missing=maybe",
         "email:missing=",
-        "telecom:missing=true",
+        "telecom:missing=maybe",
         "_id:not=abc",
         "birthdate:not=1980",
         "gender:contains=ma",
