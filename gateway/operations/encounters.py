@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Select, and_, func, literal, not_, or_, select, union
+from sqlalchemy import ColumnElement, Select, and_, func, literal, not_, or_, select, true, union
 from sqlalchemy.orm import Session
 
 from gateway.operations.json_tokens import HasElement
@@ -52,12 +52,14 @@ ENCOUNTER_SEARCH_PARAMS: dict[str, tuple[str, str]] = {
     "type": ("token", "Specific type of encounter (a coding of Encounter.type)"),
 }
 SUPPORTED = {name: frozenset[str]() for name in ENCOUNTER_SEARCH_PARAMS}
-#: Modifiers (https://hl7.org/fhir/R4/search.html#modifiers): a code that isn't, and an
-#: encounter without a period (``status`` and ``class`` are required in R4).
+#: Modifiers (https://hl7.org/fhir/R4/search.html#modifiers): a code or an identifier that
+#: isn't, and an encounter without a period or a type (``status`` and ``class`` are
+#: required in R4; an identifier is always served, the one carrying the source's own id).
 SUPPORTED |= {
     "status": frozenset({"not"}),
     "class": frozenset({"not"}),
     "type": frozenset({"not", "missing"}),
+    "identifier": frozenset({"not", "missing"}),
     "date": frozenset({"missing"}),
 }
 SORTABLE = frozenset({"_id", "_lastUpdated", "date"})
@@ -202,7 +204,14 @@ def _condition(name: str, modifier: str | None, raw: str) -> ColumnElement[bool]
     if name == "status":
         return _code_condition(Encounter.status, name, modifier, raw)
     if name == "identifier":
-        return or_(*(_identifier_condition(parse_token(alt), name) for alt in split_or(raw)))
+        if modifier == "missing":  # every encounter is served with its source's own id
+            return missing_condition(true(), raw, name)
+        found = or_(*(_identifier_condition(parse_token(alt), name) for alt in split_or(raw)))
+        # :not, none of them: the ids of those that have one left out (NULL-safe, where
+        # a JSON test on an encounter without identifiers is NULL, not false).
+        if modifier == "not":
+            return Encounter.id.not_in(select(Encounter.id).where(found))
+        return found
     if name == "type":
         if modifier == "missing":
             return missing_condition(HasElement(Encounter.resource, "type", {}), raw, name)

@@ -166,11 +166,20 @@ def test_encounter_search_by_identifier_and_type(
     assert search(f"identifier={own['value']}") == [str(checkup)]
     assert search(f"identifier={own['system']}|") == [str(checkup)]
     assert search(f"identifier={own['system']}|{own['value']}x") == []
+    # :not, none of the values (an encounter without any from its source included);
+    # :missing, never: each is served with the identifier carrying its source's own id.
+    assert search(f"identifier:not={VISIT}|V-100") == sorted([str(checkup), str(untyped)])
+    assert search("identifier:not=V-100,|loose-7") == [str(untyped)]
+    assert search(f"identifier:not={own['system']}|{own['value']}") == sorted(
+        [str(office), str(untyped)]
+    )
+    assert search("identifier:missing=true") == []
+    assert search("identifier:missing=false") == sorted([str(office), str(checkup), str(untyped)])
     # Through a Patient search: the people with such an encounter.
     reply = client.get(f"/fhir/Patient?_has:Encounter:patient:type={ACT}|99396", headers=headers)
     assert reply.status_code == 200, reply.text
     assert _ids(reply.json()) == [other]
-    for bad in ("identifier=", "type=", "type:exact=x", "identifier:missing=true"):
+    for bad in ("identifier=", "type=", "type:exact=x", "identifier:missing=1", "identifier:not="):
         reply = client.get(f"/fhir/Encounter?{bad}", headers=headers)
         assert reply.status_code == 400, bad
         assert reply.json()["resourceType"] == "OperationOutcome"
