@@ -59,6 +59,11 @@ def _kind_from_system(system: str) -> str | None:
     return None
 
 
+def v2_type(type_code: str) -> dict[str, Any]:
+    """An identifier type that is the v2-0203 code ``type_code`` and nothing more."""
+    return {"coding": [{"system": V2_0203, "code": type_code}]}
+
+
 def _type_code(raw_type: dict[str, Any] | None) -> str | None:
     if not raw_type:
         return None
@@ -125,4 +130,7 @@ def normalize_identifier(raw: dict[str, Any], mrn_system: str | None = None) -> 
         type_code,
         valid,
         Period(period.get("start"), period.get("end")) if period else None,
+        # Kept as the source gave it unless it is just the v2-0203 code (the common
+        # case, rebuilt from type_code): a local code system must not be served as v2.
+        raw_type if raw_type and (type_code is None or raw_type != v2_type(type_code)) else None,
     )

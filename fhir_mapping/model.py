@@ -66,6 +66,10 @@ class Identifier:
     #: False for values known to be invalid (an SSN with area 000, 666 or 9xx…).
     valid: bool = True
     period: Period | None = None
+    #: The source's ``type`` (a CodeableConcept, FHIR JSON) where it says more than the
+    #: v2-0203 coding of ``type_code`` (another code system, a text, a display); None
+    #: where that coding is all it is (:func:`fhir_mapping.identifiers.normalize_identifier`).
+    type: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -375,6 +379,7 @@ def _identifier_dict(i: Identifier) -> dict[str, Any]:
         "type_code": i.type_code,
         "valid": i.valid,
         "period": _period_dict(i.period),
+        "type": None if i.type is None else _copy_json(i.type),
     }
 
 
@@ -475,6 +480,8 @@ def _compact_identifier(i: Identifier) -> dict[str, Any]:
         out["valid"] = i.valid
     if i.period is not None:
         out["period"] = _compact_period(i.period)
+    if i.type is not None:
+        out["type"] = _copy_json(i.type)
     return out
 
 
@@ -570,6 +577,7 @@ def _identifier_from(data: dict[str, Any]) -> Identifier:
         get("type_code"),
         get("valid", True),
         _period_from(get("period")),
+        get("type"),
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_mapping.identifiers import V2_0203
+from fhir_mapping.identifiers import v2_type
 from fhir_mapping.model import (
     Address,
     ContactPoint,
@@ -55,8 +55,10 @@ def _identifier(ident: Identifier) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if ident.use is not None:
         out["use"] = ident.use
-    if ident.type_code:
-        out["type"] = {"coding": [{"system": V2_0203, "code": ident.type_code}]}
+    if ident.type is not None:
+        out["type"] = ident.type
+    elif ident.type_code:
+        out["type"] = v2_type(ident.type_code)
     if ident.system is not None:
         out["system"] = ident.system
     if ident.value is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fhir_mapping import (
@@ -104,3 +106,42 @@ def test_invalid_golden_record_is_refused() -> None:
     with pytest.raises(InvalidResource) as caught:
         render_golden_patient(GoldenRecord(id=GOLDEN_ID, gender="M"))
     assert {i.path for i in caught.value.issues} == {"Patient.gender"}
+
+
+def test_identifier_types_are_served_as_the_source_gave_them() -> None:
+    """A type coded in the source's own code system, or given as text only, is served
+    as it came: only a v2-0203 code is served as one (it once was rebuilt from the code
+    alone, which served Oracle Health's codeSet/4 code "10" as v2-0203 "10")."""
+    v2 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+    local = {
+        "coding": [{"system": "https://ehr.example.org/codeSet/4", "code": "10", "display": "MRN"}],
+        "text": "MRN",
+    }
+    types = [
+        local,
+        {"text": "EPI"},
+        {"coding": [{"system": v2, "code": "SS"}]},
+        {"coding": [{"code": "DL"}]},
+        None,
+    ]
+    resource = {
+        "resourceType": "Patient",
+        "identifier": [
+            {"system": f"urn:x:{n}", "value": f"V{n}", **({"type": t} if t else {})}
+            for n, t in enumerate(types)
+        ],
+    }
+    source = parse_patient(resource)
+    # Just the v2-0203 code is not kept twice: the code says it all.
+    assert [i.type for i in source.identifiers] == [local, {"text": "EPI"}, None, types[3], None]
+    assert [i.type_code for i in source.identifiers] == ["10", None, "SS", "DL", None]
+    again = type(source).from_dict(json.loads(json.dumps(source.to_compact_dict())))
+    assert again == source
+    rendered = render_golden_patient(golden_record_from_patient(again, GOLDEN_ID))
+    served = {i["value"]: i.get("type") for i in rendered["identifier"]}
+    assert served == {f"V{n}": t for n, t in enumerate(types)}
+    validate_resource(rendered, "Patient")
+    # A type that was the v2-0203 code with more to it (a display) is kept whole.
+    displayed = {"coding": [{"system": v2, "code": "MR", "display": "Medical record number"}]}
+    resource["identifier"] = [{"system": "urn:x:mr", "value": "M", "type": displayed}]
+    assert parse_patient(resource).identifiers[0].type == displayed
