@@ -246,7 +246,9 @@ def _every_field_set() -> SourcePatient:
         gender="male",
         deceased=True,
         deceased_datetime="2020-01-01T00:00:00Z",
-        identifiers=[Identifier("urn:x", "A-1", "A1", "mrn", "usual", "MR", False, period, {"text": "Chart"})],
+        identifiers=[
+            Identifier("urn:x", "A-1", "A1", "mrn", "usual", "MR", False, period, {"text": "Chart"})
+        ],
         telecom=[ContactPoint("phone", "(415) 555-0123", "+14155550123", "home", 0, period)],
         addresses=[
             Address(
