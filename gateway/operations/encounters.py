@@ -24,6 +24,7 @@ from gateway.operations.params import (
     criteria_only,
     fail,
     parse_date,
+    parse_of_type,
     parse_search,
     parse_token,
     split_or,
@@ -47,7 +48,8 @@ ENCOUNTER_SEARCH_PARAMS: dict[str, tuple[str, str]] = {
     "identifier": (
         "token",
         "An identifier of the encounter; its source's own id is"
-        " urn:askonce:source:<source id>:Encounter|<id>",
+        " urn:askonce:source:<source id>:Encounter|<id>; :of-type=system|code|value by a"
+        " coding of its type",
     ),
     "type": ("token", "Specific type of encounter (a coding of Encounter.type)"),
 }
@@ -59,7 +61,7 @@ SUPPORTED |= {
     "status": frozenset({"not"}),
     "class": frozenset({"not"}),
     "type": frozenset({"not", "missing"}),
-    "identifier": frozenset({"not", "missing"}),
+    "identifier": frozenset({"not", "missing", "of-type"}),
     "date": frozenset({"missing"}),
 }
 SORTABLE = frozenset({"_id", "_lastUpdated", "date"})
@@ -206,6 +208,8 @@ def _condition(name: str, modifier: str | None, raw: str) -> ColumnElement[bool]
     if name == "identifier":
         if modifier == "missing":  # every encounter is served with its source's own id
             return missing_condition(true(), raw, name)
+        if modifier == "of-type":  # the source's identifiers: askonce's own has no type
+            return or_(*(_of_type_condition(alt, name) for alt in split_or(raw)))
         found = or_(*(_identifier_condition(parse_token(alt), name) for alt in split_or(raw)))
         # :not, none of them: the ids of those that have one left out (NULL-safe, where
         # a JSON test on an encounter without identifiers is NULL, not false).
@@ -250,6 +254,14 @@ def _identifier_condition(token: Token, name: str) -> ColumnElement[bool]:
         )
         return Encounter.id.in_(either)
     return stored
+
+
+def _of_type_condition(raw: str, name: str) -> HasElement:
+    """``identifier:of-type=system|code|value``: an identifier of that value whose type
+    has that coding."""
+    system, code, value = parse_of_type(raw, name)
+    fields = {"system": system, "code": code}
+    return HasElement(Encounter.resource, "identifier", fields, "type.coding", {"value": value})
 
 
 def _with_source_id(resource_id: str) -> ColumnElement[bool]:

@@ -26,10 +26,13 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 class HasElement(ColumnElement[bool]):
     """True when the JSON array ``path`` of ``column`` (the elements of the arrays
-    ``nested`` inside its elements, for a CodeableConcept's codings) has an element whose
+    ``nested`` inside its elements, for a CodeableConcept's codings; a dotted path
+    through objects, ``type.coding`` for an Identifier's type) has an element whose
     keys in ``fields`` equal their values (a None value: the key is absent). No
     ``fields``: the array has any element at all. ``fields`` a string: an element that is
-    that string (a HumanName's ``given``, an Address's ``line``)."""
+    that string (a HumanName's ``given``, an Address's ``line``). ``outer``, with
+    ``nested``: what the element of ``path`` holding that nested one must hold too (an
+    Identifier's ``value`` for a coding of its type)."""
 
     type = Boolean()
     inherit_cache = False  # its values are bound at compile time
@@ -45,6 +48,7 @@ class HasElement(ColumnElement[bool]):
         path: str,
         fields: Mapping[str, str | None] | str,
         nested: str | None = None,
+        outer: Mapping[str, str] | None = None,
     ) -> None:
         self.column = column
         self.path = path
@@ -52,6 +56,11 @@ class HasElement(ColumnElement[bool]):
             fields if isinstance(fields, str) else dict(fields)
         )
         self.nested = nested
+        self.outer = dict(outer or {})
+        if self.outer and nested is None:
+            raise ValueError("outer fields need a nested array")
+        if self.outer and isinstance(self.fields, dict) and None in self.fields.values():
+            raise ValueError("outer fields and absent keys are not tested together")
 
 
 def _bound(compiler: SQLCompiler, value: str, **kw: Any) -> str:
@@ -74,7 +83,10 @@ def _postgresql(element: HasElement, compiler: SQLCompiler, **kw: Any) -> str:
         absent = [key for key, value in fields.items() if value is None]
     pattern: Any = [present]
     if element.nested is not None:
-        pattern = [{element.nested: pattern}]
+        inner: Any = pattern
+        for step in reversed(element.nested.split(".")):
+            inner = {step: inner}
+        pattern = [{**element.outer, **inner}]
     sql = f"({array} @> CAST({_bound(compiler, json.dumps(pattern), **kw)} AS JSONB))"
     if absent:  # containment cannot say "without": a JSON path over the few it found
         steps = f"$.{element.path}[*]" + (f".{element.nested}[*]" if element.nested else "")
@@ -100,6 +112,9 @@ def _sqlite(element: HasElement, compiler: SQLCompiler, **kw: Any) -> str:
         sources += f", json_each(outer_.value, {nested}) AS inner_"
         alias = "inner_"
     tests = ["1 = 1"]
+    for key, value in element.outer.items():
+        extracted = f"json_extract(outer_.value, {_bound(compiler, '$.' + key, **kw)})"
+        tests.append(f"{extracted} = {_bound(compiler, value, **kw)}")
     if isinstance(element.fields, str):  # the element itself, a JSON string
         value = _bound(compiler, element.fields, **kw)
         tests += [f"{alias}.type = 'text'", f"{alias}.value = {value}"]

@@ -154,6 +154,19 @@ def parse_token(raw: str) -> Token:
     return Token(system, code or None)
 
 
+def parse_of_type(raw: str, param: str) -> tuple[str, str, str]:
+    """``:of-type`` (https://hl7.org/fhir/R4/search.html#token): ``system|code|value``,
+    a coding of an identifier's type and the identifier's value, all three given."""
+    parts = raw.split("|", 2)
+    if len(parts) != 3 or not all(part.strip() for part in parts):
+        raise fail(
+            f"{param}:of-type takes system|code|value: a coding of the identifier's type"
+            " and its value.",
+            f"{param}:of-type",
+        )
+    return parts[0], parts[1], parts[2]
+
+
 def split_or(raw: str) -> list[str]:
     r"""Comma-separated alternatives; ``\,`` is a literal comma."""
     parts = re.split(r"(?<!\\),", raw)

@@ -29,6 +29,7 @@ from gateway.operations.params import (
     criteria_only,
     fail,
     parse_date,
+    parse_of_type,
     parse_search,
     parse_token,
     split_or,
@@ -53,7 +54,11 @@ GST = GoldenSearchToken
 PATIENT_SEARCH_PARAMS: dict[str, tuple[str, str]] = {
     "_id": ("token", "Logical id of the golden record"),
     "_lastUpdated": ("date", "When the golden record last changed"),
-    "identifier": ("token", "Any identifier (system|value) from any linked source"),
+    "identifier": (
+        "token",
+        "Any identifier (system|value) from any linked source; :of-type=system|code|value"
+        " by a coding of its type",
+    ),
     "name": (
         "string",
         "Any part of any name (starts with, case and accent insensitive; with several"
@@ -95,6 +100,7 @@ SUPPORTED: dict[str, frozenset[str]] = {
     name: frozenset() if name.startswith("_") else MODIFIERS[kind]
     for name, (kind, _doc) in PATIENT_SEARCH_PARAMS.items()
 }
+SUPPORTED["identifier"] |= {"of-type"}
 #: Parameters sorted on their indexed (folded) values: a record with several sorts by the
 #: first of them in the order asked (https://hl7.org/fhir/R4/search.html#sort).
 SORTED_BY_TOKENS = frozenset({"family", "given", "name"})
@@ -301,6 +307,18 @@ def _exact_condition(param: str, raw: str) -> ColumnElement[bool]:
     )
 
 
+def _of_type_condition(raw: str) -> ColumnElement[bool]:
+    """``identifier:of-type=system|code|value``: an identifier of that value whose type
+    has that coding (``http://terminology.hl7.org/CodeSystem/v2-0203|MR|12345``). The
+    token index narrows by the value, the stored resource decides."""
+    system, code, value = parse_of_type(raw, "identifier")
+    indexed = normalize_search_value("identifier", value)[:MAX_TOKEN_LENGTH]
+    typed = HasElement(
+        GP.resource, "identifier", {"system": system, "code": code}, "type.coding", {"value": value}
+    )
+    return and_(token_condition("identifier", None, indexed), typed)
+
+
 def _present(name: str) -> ColumnElement[bool]:
     """The golden records with a value of ``name`` (what ``:missing`` asks about)."""
     if name == "birthdate":
@@ -329,6 +347,8 @@ def _criterion(name: str, modifier: str | None, raw: str) -> ColumnElement[bool]
         return not_in(GP.gender, alternatives) if modifier == "not" else GP.gender.in_(alternatives)
     if modifier == "exact":
         return or_(*(_exact_condition(name, a) for a in alternatives))
+    if modifier == "of-type":
+        return or_(*(_of_type_condition(a) for a in alternatives))
     condition = _matching(name, alternatives, contains=modifier == "contains")
     # :not on a token: none of the values, which includes having none at all; the
     # subqueries select non-null golden ids, so NOT IN is exact.

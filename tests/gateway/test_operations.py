@@ -114,6 +114,7 @@ def test_encounter_search_modifiers(
 
 ACT = "http://www.ama-assn.org/go/cpt"
 VISIT = "https://ehr-a.example.org/visit-number"
+V2 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 
 
 def test_encounter_search_by_identifier_and_type(
@@ -127,7 +128,10 @@ def test_encounter_search_by_identifier_and_type(
     person, other = add_patient(), add_patient()
     office = add_encounter(
         person,
-        identifier=[{"system": VISIT, "value": "V-100"}, {"value": "loose-7"}],
+        identifier=[
+            {"system": VISIT, "value": "V-100", "type": {"coding": [{"system": V2, "code": "VN"}]}},
+            {"value": "loose-7"},
+        ],
         type=[{"coding": [{"system": ACT, "code": "99213", "display": "Office visit"}]}],
     )
     checkup = add_encounter(
@@ -174,12 +178,23 @@ def test_encounter_search_by_identifier_and_type(
         [str(office), str(untyped)]
     )
     assert search("identifier:missing=true") == []
+    assert search(f"identifier:of-type={V2}|VN|V-100") == [str(office)]
+    assert search(f"identifier:of-type={V2}|VN|V-100,{V2}|VN|loose-7") == [str(office)]
+    assert search(f"identifier:of-type={V2}|MR|V-100") == []
+    assert search(f"identifier:of-type={V2}|VN|loose-7") == []  # typed, but not that one
     assert search("identifier:missing=false") == sorted([str(office), str(checkup), str(untyped)])
     # Through a Patient search: the people with such an encounter.
     reply = client.get(f"/fhir/Patient?_has:Encounter:patient:type={ACT}|99396", headers=headers)
     assert reply.status_code == 200, reply.text
     assert _ids(reply.json()) == [other]
-    for bad in ("identifier=", "type=", "type:exact=x", "identifier:missing=1", "identifier:not="):
+    for bad in (
+        "identifier=",
+        "type=",
+        "type:exact=x",
+        "identifier:missing=1",
+        "identifier:not=",
+        "identifier:of-type=VN|V-100",
+    ):
         reply = client.get(f"/fhir/Encounter?{bad}", headers=headers)
         assert reply.status_code == 400, bad
         assert reply.json()["resourceType"] == "OperationOutcome"

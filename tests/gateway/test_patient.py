@@ -391,6 +391,55 @@ def test_address_and_exact_string_search(
     assert sorted(_ids(found)) == sorted(ids[k] for k in expected)
 
 
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (f"{V2_0203}|MR|A-1", ["mr", "local"]),
+        ("urn:codes|10|A-1", ["local"]),
+        (f"{V2_0203}|SS|A-1", ["ss"]),
+        (f"{V2_0203}|MR|A-2", []),
+        (f"{V2_0203}|MR|A-1,{V2_0203}|SS|A-1", ["mr", "local", "ss"]),
+        (f"{V2_0203}|SS|A-9", ["split"]),
+        (f"{V2_0203}|MR|A-9", []),  # the type must be that identifier's, not another's
+        (f"{V2_0203}|mr|A-1", []),
+        (f"{V2_0203}|MR|a-1", []),
+    ],
+)
+def test_identifier_of_type(
+    client: TestClient,
+    headers: Headers,
+    add_patient: Callable[..., str],
+    query: str,
+    expected: list[str],
+) -> None:
+    """``identifier:of-type=system|code|value`` (https://hl7.org/fhir/R4/search.html#token):
+    a medical record number whatever system each EHR files it under."""
+
+    def person(*identifiers: tuple[str, str, list[dict[str, str]]]) -> str:
+        resource = {
+            "resourceType": "Patient",
+            "identifier": [
+                {"system": system, "value": value, "type": {"coding": codings}}
+                for system, value, codings in identifiers
+            ],
+        }
+        return add_patient(resource)
+
+    mr = {"system": V2_0203, "code": "MR"}
+    ss = {"system": V2_0203, "code": "SS"}
+    ids = {
+        "mr": person(("urn:ehr-a", "A-1", [mr])),
+        "local": person(("urn:ehr-b", "A-1", [{"system": "urn:codes", "code": "10"}, mr])),
+        "ss": person(("urn:ehr-c", "A-1", [ss])),
+        "split": person(("urn:ehr-a", "A-9", [ss]), ("urn:ehr-a", "B-1", [mr])),
+    }
+    found = _search(client, headers, f"identifier:of-type={query}&_count=50")
+    assert sorted(_ids(found)) == sorted(ids[k] for k in expected)
+
+
 def test_telecom_of_a_system_not_indexed_is_a_bad_request(
     client: TestClient, headers: Headers
 ) -> None:
@@ -484,6 +533,10 @@ def test_search_modifiers(
         "gender:contains=ma",
         "gender:not=robot",
         "identifier:text=MRN",
+        "identifier:of-type=MR|A-1",
+        f"identifier:of-type={V2_0203}||A-1",
+        "identifier:of-type=",
+        "phone:of-type=a|b|c",
         "given:contains=%20",
     ],
 )
