@@ -70,6 +70,23 @@ PATIENT_CLASS = {
 NO_VISIT_CLASS = "N"
 #: PID-8 administrative sex (v2 table 0001) -> Patient.gender.
 GENDER = {"M": "male", "F": "female", "O": "other", "A": "other", "U": "unknown", "N": "unknown"}
+#: PID-16 marital status (v2 table 0002) -> the FHIR value set's code of the same meaning
+#: (http://hl7.org/fhir/R4/valueset-marital-status.html), where one has it; the v2 code
+#: is kept beside it either way.
+V2_0002 = "http://terminology.hl7.org/CodeSystem/v2-0002"
+V3_MARITAL_STATUS = "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus"
+MARITAL_STATUS = {
+    "D": (V3_MARITAL_STATUS, "D", "Divorced"),
+    "E": (V3_MARITAL_STATUS, "L", "Legally Separated"),
+    "I": (V3_MARITAL_STATUS, "I", "Interlocutory"),
+    "M": (V3_MARITAL_STATUS, "M", "Married"),
+    "N": (V3_MARITAL_STATUS, "A", "Annulled"),
+    "S": (V3_MARITAL_STATUS, "S", "Never Married"),
+    "W": (V3_MARITAL_STATUS, "W", "Widowed"),
+    "U": ("http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "UNK", "unknown"),
+}
+#: Coding systems (CWE-3) that name v2 table 0002.
+V2_0002_NAMES = frozenset({"", "HL70002"})
 #: XPN-7 name type (v2 table 0200) -> HumanName.use.
 NAME_USE = {
     "L": "official",
@@ -368,6 +385,27 @@ class MappingOptions:
     zone: tzinfo = UTC
 
 
+def _marital_status(reps: list[Repetition]) -> dict[str, Any] | None:
+    """PID-16 (CWE) as ``maritalStatus``: a table 0002 code as its FHIR code (where one
+    means the same) and as itself, another system's code or a text as given."""
+    if not reps:
+        return None
+    code, text, system = (_part(reps[0], i) for i in range(3))
+    concept: dict[str, Any] = {}
+    if code and system.upper() in V2_0002_NAMES:
+        codings = []
+        mapped = MARITAL_STATUS.get(code.upper())
+        if mapped is not None:
+            codings.append({"system": mapped[0], "code": mapped[1], "display": mapped[2]})
+        codings.append({"system": V2_0002, "code": code.upper()})
+        concept["coding"] = codings
+    elif code:
+        concept["coding"] = [{"code": code}]
+    if text:
+        concept["text"] = text
+    return concept or None
+
+
 def patient_id_of(reps: list[Repetition]) -> str | None:
     """The FHIR id of the Patient a PID-3 (or MRG-1) names: its MR identifier, else the first."""
     usable = [rep for rep in reps if _part(rep, 0)]
@@ -424,6 +462,15 @@ def map_pid(message: Any, pid: Any, updated: str | None, options: MappingOptions
         if _part(language[0], 1):
             coding["display"] = _part(language[0], 1)
         patient["communication"] = [{"language": {"coding": [coding]}, "preferred": True}]
+    marital = _marital_status(repetitions(message, pid, 16))
+    if marital:
+        patient["maritalStatus"] = marital
+    twin = _first(repetitions(message, pid, 24)).upper()
+    order = _first(repetitions(message, pid, 25))
+    if order.isdigit() and int(order) > 0 and twin != "N":
+        patient["multipleBirthInteger"] = int(order)
+    elif twin in ("Y", "N"):
+        patient["multipleBirthBoolean"] = twin == "Y"
     died = parse_dtm(_first(repetitions(message, pid, 29)), "PID-29", options.zone)
     if died:
         patient["deceasedDateTime"] = died

@@ -144,6 +144,8 @@ class SourcePatient:
     #: The source's own ``Patient.link`` entries (its merges: "replaced-by", "replaces",
     #: "seealso"), as JSON (https://hl7.org/fhir/R4/patient.html#link).
     links: list[dict[str, Any]] = field(default_factory=list)
+    #: ``maritalStatus``, a CodeableConcept as JSON.
+    marital_status: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """``dataclasses.asdict(self)``, field by field (a sixth of its cost): the
@@ -177,6 +179,7 @@ class SourcePatient:
             "modifier_extensions": _copy_json(p.modifier_extensions),
             "primitive_extensions": _copy_json(p.primitive_extensions),
             "links": _copy_json(p.links),
+            "marital_status": _copy_json(p.marital_status),
         }
 
     def to_compact_dict(self) -> dict[str, Any]:
@@ -242,6 +245,8 @@ class SourcePatient:
             out["primitive_extensions"] = _copy_json(p.primitive_extensions)
         if p.links:
             out["links"] = _copy_json(p.links)
+        if p.marital_status is not None:
+            out["marital_status"] = _copy_json(p.marital_status)
         return out
 
     @classmethod
@@ -666,6 +671,7 @@ def _patient_from_keys(data: dict[str, Any]) -> SourcePatient:
         get("modifier_extensions", []),
         get("primitive_extensions", {}),
         get("links", []),
+        get("marital_status"),
     )
 
 
@@ -785,3 +791,5 @@ class GoldenRecord:
     multiple_birth: bool | int | None = None
     #: ``Patient.contact`` entries (next of kin…), as FHIR JSON.
     contacts: list[dict[str, Any]] = field(default_factory=list)
+    #: ``maritalStatus``, a CodeableConcept as FHIR JSON.
+    marital_status: dict[str, Any] | None = None

@@ -141,4 +141,5 @@ def parse_patient(
             else {}
         ),
         list(get("link") or ()),
+        get("maritalStatus"),
     )

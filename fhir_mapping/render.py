@@ -207,6 +207,8 @@ def render_golden_patient(
     addresses = [a for a in (_address(x) for x in golden.addresses) if a]
     if addresses:
         resource["address"] = addresses
+    if golden.marital_status is not None:
+        resource["maritalStatus"] = golden.marital_status
     if isinstance(golden.multiple_birth, bool):
         resource["multipleBirthBoolean"] = golden.multiple_birth
     elif golden.multiple_birth is not None:
@@ -245,4 +247,5 @@ def golden_record_from_patient(patient: SourcePatient, golden_id: str) -> Golden
         active=patient.active is not False,
         multiple_birth=patient.multiple_birth,
         contacts=list(patient.contacts),
+        marital_status=patient.marital_status,
     )

@@ -67,7 +67,7 @@ def _completeness(member: MemberRecord, field: str) -> int:
 
 
 #: The fields :func:`build_golden` ranks the members for ("other": languages, US Core
-#: extensions, deceased).
+#: extensions, marital status, multiple birth, contacts, deceased).
 _RANKED_FIELDS = ("name", "birthDate", "gender", "identifier", "telecom", "address", "other")
 #: The rules of a field the settings do not name.
 _DEFAULT_RULES = ("trust", "recency")
@@ -296,9 +296,7 @@ def _build_ranked(
                 )
     ranked, rule = rankings["other"]
     if ranked:
-        p = ranked[0].patient
-        golden.languages = list(p.languages)
-        golden.race, golden.ethnicity, golden.birth_sex = p.race, p.ethnicity, p.birth_sex
+        _carry_details(golden, [member.patient for member in ranked])
         dead = next((m for m in ranked if m.patient.deceased or m.patient.deceased_datetime), None)
         if dead is not None:
             golden.deceased = True
@@ -310,6 +308,30 @@ def _build_ranked(
 #: The rule of every field of a golden record with one member.
 _ALONE = "only-source"
 _T = TypeVar("_T")
+
+
+def _carry_details(golden: GoldenRecord, ranked: Sequence[SourcePatient]) -> None:
+    """The details no match compares (languages, US Core race, ethnicity and birth sex,
+    marital status, multiple birth, contacts), each from the first of the ``ranked``
+    records that has it: a source that does not know one must not hide what another
+    knows (a twin's birth order, a next of kin)."""
+    if len(ranked) == 1:  # a lone record (nearly every golden write of a first sync)
+        p = ranked[0]
+        golden.languages, golden.contacts = list(p.languages), list(p.contacts)
+        golden.race, golden.ethnicity, golden.birth_sex = p.race, p.ethnicity, p.birth_sex
+        golden.marital_status, golden.multiple_birth = p.marital_status, p.multiple_birth
+        return
+    golden.languages = list(next((p.languages for p in ranked if p.languages), ()))
+    golden.race = next((p.race for p in ranked if p.race is not None), None)
+    golden.ethnicity = next((p.ethnicity for p in ranked if p.ethnicity is not None), None)
+    golden.birth_sex = next((p.birth_sex for p in ranked if p.birth_sex is not None), None)
+    golden.marital_status = next(
+        (p.marital_status for p in ranked if p.marital_status is not None), None
+    )
+    golden.multiple_birth = next(
+        (p.multiple_birth for p in ranked if p.multiple_birth is not None), None
+    )
+    golden.contacts = list(next((p.contacts for p in ranked if p.contacts), ()))
 
 
 def _distinct(values: list[_T], key: Callable[[_T], Hashable]) -> list[_T]:
@@ -390,8 +412,7 @@ def _build_alone(
     golden.addresses = addresses = _distinct(p.addresses, _address_identity)
     for address in addresses:
         append(ProvenanceEntry("address", {"use": address.use}, record_id, _ALONE, observed))
-    golden.languages = list(p.languages)
-    golden.race, golden.ethnicity, golden.birth_sex = p.race, p.ethnicity, p.birth_sex
+    _carry_details(golden, [p])
     if p.deceased or p.deceased_datetime:
         golden.deceased = True
         golden.deceased_datetime = p.deceased_datetime

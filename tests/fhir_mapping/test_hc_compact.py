@@ -189,7 +189,8 @@ def test_the_old_full_form_reads_back_as_before() -> None:
     patient = SourcePatient.from_dict(OLD_ROW)
     expected = json.loads(json.dumps(OLD_ROW))
     for identifier in expected["identifiers"]:
-        identifier["type"] = None  # a field added since: its default
+        identifier["type"] = None  # fields added since: their defaults
+    expected["marital_status"] = None
     assert patient.to_dict() == expected
     assert SourcePatient.from_dict(patient.to_compact_dict()) == patient
     assert patient.identifiers[1].use is None and patient.names[0].period is None
@@ -279,6 +280,7 @@ def _every_field_set() -> SourcePatient:
         modifier_extensions=[{"url": "modifier", "valueBoolean": True}],
         primitive_extensions={"_birthDate": {"extension": [{"url": "time"}]}},
         links=[{"other": {"reference": "Patient/2"}, "type": "seealso"}],
+        marital_status={"coding": [{"code": "M"}]},
     )
 
 
@@ -321,6 +323,7 @@ _identifiers = st.builds(
     _texts,
     st.booleans(),
     _periods,
+    _json_objects,
 )
 _contact_points = st.builds(
     ContactPoint,
@@ -377,6 +380,7 @@ _patients = st.builds(
     _json_lists,
     st.dictionaries(st.text(max_size=3), _json, max_size=2),
     _json_lists,
+    _json_objects,
 )
 
 

@@ -1,7 +1,8 @@
 """render_golden_patient writes the same JSON text, key order included, as the top level
 it had before it was written key by key: one ``_compact`` of the whole dict (kept below as
 the reference), for golden records of the recorded Patient sample and for what only a
-golden record carries (links, deceased, multiple birth, contacts, an inactive record)."""
+golden record carries (links, deceased, multiple birth, contacts, marital status, an
+inactive record)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ def _reference(
             "deceasedDateTime": golden.deceased_datetime,
             "deceasedBoolean": golden.deceased if golden.deceased_datetime is None else None,
             "address": [a for a in (_address(x) for x in golden.addresses) if a],
+            "maritalStatus": golden.marital_status,
             "multipleBirthBoolean": (
                 golden.multiple_birth if isinstance(golden.multiple_birth, bool) else None
             ),
@@ -98,6 +100,7 @@ def _variants(rng: random.Random, golden: GoldenRecord) -> list[GoldenRecord]:
                 deceased_datetime=rng.choice([None, "2020-02-02"]),
                 multiple_birth=rng.choice([None, True, False, 0, 2]),
                 contacts=rng.choice([[], [{"relationship": [{"text": "mother"}]}]]),
+                marital_status=rng.choice([golden.marital_status, None, {"text": "Widowed"}]),
                 gender=rng.choice([golden.gender, None]),
                 birth_date=rng.choice([golden.birth_date, None]),
             )

@@ -140,9 +140,11 @@ def _reference_golden(
         provenance.append(("address", {"use": address.use}, m.record_id, rule, m.observed_at))
     ranked, rule = _reference_ranked(members, "other", rules)
     if ranked:
-        p = ranked[0].patient
-        golden.languages = list(p.languages)
-        golden.race, golden.ethnicity, golden.birth_sex = p.race, p.ethnicity, p.birth_sex
+        # Each detail from the first member that has one.
+        for attribute, empty in _DETAILS.items():
+            values = [getattr(m.patient, attribute) for m in ranked]
+            value = next((v for v in values if v not in (None, [])), empty)
+            setattr(golden, attribute, list(value) if isinstance(value, list) else value)
         dead = next((m for m in ranked if m.patient.deceased or m.patient.deceased_datetime), None)
         if dead is not None:
             golden.deceased = True
@@ -151,10 +153,22 @@ def _reference_golden(
     return golden, provenance
 
 
+_DETAILS: dict[str, Any] = {
+    "languages": [],
+    "race": None,
+    "ethnicity": None,
+    "birth_sex": None,
+    "marital_status": None,
+    "multiple_birth": None,
+    "contacts": [],
+}
+
+
 def _people(seed: int) -> list[list[SourcePatient]]:
     """Generated people with their source records (duplicates, typos, look-alikes), and
-    hand-made ones with what the generator does not write (deceased, languages, repeated
-    identifiers, names without a family or given name)."""
+    hand-made ones with what the generator does not write (deceased, languages, marital
+    status, multiple birth, contacts, repeated identifiers, names without a family or
+    given name)."""
     generated = generate(60, seed=seed)
     by_id = {r["id"]: r for rs in generated.patients_by_source.values() for r in rs}
     people: dict[str, list[SourcePatient]] = {}
@@ -189,6 +203,17 @@ def _people(seed: int) -> list[list[SourcePatient]]:
                 resource["communication"] = [
                     {"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": code}]}}
                 ]
+            if rng.random() < 0.3:
+                code = rng.choice(["M", "S"])
+                system = "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus"
+                resource["maritalStatus"] = {"coding": [{"system": system, "code": code}]}
+            birth_order = rng.choice([None, None, False, 1, 2])
+            if isinstance(birth_order, bool):
+                resource["multipleBirthBoolean"] = birth_order
+            elif birth_order is not None:
+                resource["multipleBirthInteger"] = birth_order
+            if rng.random() < 0.3:
+                resource["contact"] = [{"name": {"family": rng.choice(["Adeyemi", "Lee"])}}]
             records.append(parse_patient(resource))
         people[f"h{n}"] = records
     return list(people.values())

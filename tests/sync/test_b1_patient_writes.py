@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -181,3 +182,34 @@ def test_ingest_gc_leaves_objects_frozen_by_someone_else_frozen() -> None:
         assert gc.get_freeze_count() > frozen // 2 > 0
     finally:
         gc.unfreeze()
+
+
+def test_a_golden_record_keeps_what_any_of_its_sources_knows(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Marital status, a twin's birth order, next of kin and languages reach the golden
+    record, and a newer source record that lacks them does not take them away."""
+    details: dict[str, Any] = {
+        "maritalStatus": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "M"}
+            ]
+        },
+        "multipleBirthInteger": 2,
+        "contact": [{"name": {"family": "Okafor", "given": ["Chidi"]}}],
+        "communication": [{"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "yo"}]}}],
+    }
+    first, second = add_source(session_factory, "ehr-a"), add_source(session_factory, "ehr-b")
+    with session_factory() as session:
+        ingest_page(session, first, Page("Patient", [patient("a1", telecom=PHONE, **details)], "c"))
+        session.commit()
+        alone = session.scalars(select(GoldenPatient)).one().resource
+    assert {key: alone.get(key) for key in details} == details
+    newer = patient("b1", telecom=PHONE, updated="2026-03-01T00:00:00Z")
+    with session_factory() as session:
+        ingest_page(session, second, Page("Patient", [newer], "c"))
+        session.commit()
+        [golden_id] = set(session.scalars(select(Link.golden_id)))  # one person
+        golden = session.get(GoldenPatient, golden_id)
+        assert golden is not None and golden.version == 2
+    assert {key: golden.resource.get(key) for key in details} == details

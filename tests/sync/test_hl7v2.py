@@ -161,6 +161,66 @@ def test_pid_maps_to_a_valid_patient() -> None:
     assert encounter["period"] == {"start": "2025-03-01T08:00:00Z"}
 
 
+@pytest.mark.parametrize(
+    ("fields", "marital", "multiple_birth"),
+    [
+        (
+            {16: "M^Married^HL70002", 24: "Y", 25: "2"},
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus",
+                        "code": "M",
+                        "display": "Married",
+                    },
+                    {"system": "http://terminology.hl7.org/CodeSystem/v2-0002", "code": "M"},
+                ],
+                "text": "Married",
+            },
+            ("multipleBirthInteger", 2),
+        ),
+        (
+            {16: "e", 24: "Y"},
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus",
+                        "code": "L",
+                        "display": "Legally Separated",
+                    },
+                    {"system": "http://terminology.hl7.org/CodeSystem/v2-0002", "code": "E"},
+                ],
+            },
+            ("multipleBirthBoolean", True),
+        ),
+        (
+            {16: "G", 24: "N", 25: "1"},
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0002", "code": "G"}]},
+            ("multipleBirthBoolean", False),
+        ),
+        (
+            {16: "7^Partnered^LOCAL", 25: "x"},
+            {"coding": [{"code": "7"}], "text": "Partnered"},
+            None,
+        ),
+        ({16: "^Separated"}, {"text": "Separated"}, None),
+        ({}, None, None),
+    ],
+)
+def test_marital_status_and_multiple_birth(
+    fields: dict[int, str], marital: dict[str, Any] | None, multiple_birth: tuple[str, Any] | None
+) -> None:
+    """PID-16 as ``maritalStatus`` (a table 0002 code also as the FHIR value set's code of
+    the same meaning), PID-24/25 as ``multipleBirth[x]``: the birth order a twins guard
+    reads (https://build.fhir.org/ig/HL7/v2-to-fhir/, "PID to Patient")."""
+    base = {1: "1", 3: "MRN001^^^GENHOSP^MR", 5: "Okafor^Ada", 7: "19800402", 8: "F"}
+    patient = adt(message("A08", segment("PID", {**base, **fields}))).patient
+    FhirPatient.model_validate(patient)
+    assert patient.get("maritalStatus") == marital
+    births = {k: v for k, v in patient.items() if k.startswith("multipleBirth")}
+    assert births == (dict([multiple_birth]) if multiple_birth else {})
+
+
 def test_escapes_line_endings_and_identifier_systems() -> None:
     text = message("A08", pid(name="O\\S\\Brien\\T\\Co^Se\\F\\n")).replace("\r", "\n")
     result = adt(text, identifier_systems={"GENHOSP": "urn:oid:1.2.3.4"})
