@@ -133,13 +133,19 @@ def test_capability_statement_matches_the_registered_routes(
             _, _, named = param["documentation"].partition("Modifiers: ")
             for modifier in filter(None, named.split(", ")):
                 key = param["name"] + modifier
-                modified = "true" if modifier == ":missing" else value
+                modified = {":missing": "true", ":of-type": "urn:x|MR|1"}.get(modifier, value)
                 reply = client.get(
                     f"/fhir/{resource['type']}", params={key: modified}, headers=strict
                 )
                 assert reply.status_code == 200, (resource["type"], key, reply.text)
                 checked.add((resource["type"], key))
-    assert {("Patient", "email:missing"), ("Encounter", "status:not")} <= checked
+    assert {
+        ("Patient", "email:missing"),
+        ("Encounter", "status:not"),
+        ("Patient", "identifier:of-type"),
+        ("Patient", "telecom:missing"),
+        ("Encounter", "identifier:not"),
+    } <= checked
 
 
 def test_committed_openapi_matches_the_app() -> None:
