@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from sqlalchemy import ColumnElement, Select, and_, func, literal, not_, or_, select, true, union
 from sqlalchemy.orm import Session
 
-from gateway.operations.json_tokens import HasElement
+from gateway.operations.json_tokens import HasElement, identifier_of_type
 from gateway.operations.keyset import Keyset
 from gateway.operations.params import (
     DateRange,
@@ -209,7 +209,8 @@ def _condition(name: str, modifier: str | None, raw: str) -> ColumnElement[bool]
         if modifier == "missing":  # every encounter is served with its source's own id
             return missing_condition(true(), raw, name)
         if modifier == "of-type":  # the source's identifiers: askonce's own has no type
-            return or_(*(_of_type_condition(alt, name) for alt in split_or(raw)))
+            typed = [parse_of_type(alt, name) for alt in split_or(raw)]
+            return or_(*(identifier_of_type(Encounter.resource, *t) for t in typed))
         found = or_(*(_identifier_condition(parse_token(alt), name) for alt in split_or(raw)))
         # :not, none of them: the ids of those that have one left out (NULL-safe, where
         # a JSON test on an encounter without identifiers is NULL, not false).
@@ -254,14 +255,6 @@ def _identifier_condition(token: Token, name: str) -> ColumnElement[bool]:
         )
         return Encounter.id.in_(either)
     return stored
-
-
-def _of_type_condition(raw: str, name: str) -> HasElement:
-    """``identifier:of-type=system|code|value``: an identifier of that value whose type
-    has that coding."""
-    system, code, value = parse_of_type(raw, name)
-    fields = {"system": system, "code": code}
-    return HasElement(Encounter.resource, "identifier", fields, "type.coding", {"value": value})
 
 
 def _with_source_id(resource_id: str) -> ColumnElement[bool]:

@@ -63,6 +63,14 @@ class HasElement(ColumnElement[bool]):
             raise ValueError("outer fields and absent keys are not tested together")
 
 
+def identifier_of_type(column: Any, system: str, code: str, value: str) -> HasElement:
+    """An identifier of ``value`` whose type has the coding ``system|code`` (what
+    ``identifier:of-type`` asks, https://hl7.org/fhir/R4/search.html#token)."""
+    return HasElement(
+        column, "identifier", {"system": system, "code": code}, "type.coding", {"value": value}
+    )
+
+
 def _bound(compiler: SQLCompiler, value: str, **kw: Any) -> str:
     return compiler.process(literal(value), **kw)
 

@@ -22,7 +22,7 @@ from gateway.operations.encounters import (
     encounters_of,
     patients_with_encounters,
 )
-from gateway.operations.json_tokens import HasElement
+from gateway.operations.json_tokens import HasElement, identifier_of_type
 from gateway.operations.paging import decode_cursor, encode_cursor
 from gateway.operations.params import (
     SearchRequest,
@@ -313,9 +313,7 @@ def _of_type_condition(raw: str) -> ColumnElement[bool]:
     token index narrows by the value, the stored resource decides."""
     system, code, value = parse_of_type(raw, "identifier")
     indexed = normalize_search_value("identifier", value)[:MAX_TOKEN_LENGTH]
-    typed = HasElement(
-        GP.resource, "identifier", {"system": system, "code": code}, "type.coding", {"value": value}
-    )
+    typed = identifier_of_type(GP.resource, system, code, value)
     return and_(token_condition("identifier", None, indexed), typed)
 
 
