@@ -27,6 +27,7 @@ from store.errors import error_chain
 from sync import TaskContext, bind_task_context, create_celery, current_task_context
 from sync.delivery import DEFAULT_DELIVER_S, DeliveryReport, deliver_with
 from sync.pipeline import UnknownSourceError
+from sync.reparse import REPARSE_SLICE_S, reparse_source
 from sync.retention import PruneReport, prune_with
 from sync.retire import remove_source
 from sync.runner import run_chunked
@@ -129,7 +130,8 @@ class Runtime:
         A run goes chunk by chunk, so ``stop`` ends it between two chunks (it resumes at
         the next tick, from its cursor). A source that fails is logged by type, and left to
         its next tick (a transient failure) or to a fix (a permanent one fails the run).
-        A source removal that stopped half-way is finished here too."""
+        A source removal that stopped half-way is finished here too, and a slice of the
+        stored Patients that are to be read again is read (:mod:`sync.reparse`)."""
         context = current_task_context()
 
         def sync(source_id: int) -> None:
@@ -152,7 +154,22 @@ class Runtime:
                     extra={"source_id": source_id, "error": type(exc).__name__},
                 )
 
-        return dispatch_due(context, sync, remove)
+        def reread(source_id: int) -> None:
+            try:
+                reparse_source(
+                    context.session_factory,
+                    source_id,
+                    default_region=context.default_region,
+                    max_seconds=REPARSE_SLICE_S,
+                    stop=lambda: stop is not None and stop.is_set(),
+                )
+            except Exception as exc:  # it keeps its place: the next tick goes on
+                log.warning(
+                    "reading stored patients again failed",
+                    extra={"source_id": source_id, "error": type(exc).__name__},
+                )
+
+        return dispatch_due(context, sync, remove, reread)
 
     @contextmanager
     def schedule_loop(self) -> Iterator[threading.Event]:

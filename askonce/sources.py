@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 from askonce.runtime import Runtime
 from store import SourceRepository
 from store.models import GoldenPatient, ReviewItem, SourceRecord
+from sync.reparse import parsed_with
+from sync.runner import bound_patient_options
 from sync.sources import checked_settings
 
 #: Default trust rank of a new source (higher wins survivorship ties).
@@ -79,6 +81,10 @@ def add_source(
             schedule=settings.schedule,
             trust_rank=trust_rank,
             config=settings.config,
+        )
+        # It has no records yet: none needs reading again (sync.reparse).
+        source.parsed_with = parsed_with(
+            bound_patient_options(source, runtime.settings.default_region)
         )
         return source.id
 

@@ -48,7 +48,7 @@ from fhir_mapping.names import (
     normalize_suffix,
     phonetic_key,
 )
-from fhir_mapping.patient import parse_patient
+from fhir_mapping.patient import MAPPING_VERSION, parse_patient
 from fhir_mapping.render import (
     PROVENANCE_EXTENSION,
     golden_record_from_patient,
@@ -65,6 +65,7 @@ from fhir_mapping.validate import (
 
 __all__ = [
     "DEFAULT_REGION",
+    "MAPPING_VERSION",
     "PROVENANCE_EXTENSION",
     "Address",
     "Coding",

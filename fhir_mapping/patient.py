@@ -17,6 +17,13 @@ from fhir_mapping.model import SourcePatient
 from fhir_mapping.names import normalize_name
 from fhir_mapping.validate import check_resource
 
+#: The version of what :func:`parse_patient` makes of a Patient. Raise it with every change
+#: that reads the same resource differently (a new element kept, another normalization):
+#: records stored by an older version are then read again (:mod:`sync.reparse`), since a
+#: sync skips a resource whose content did not change. 1: marital status, multiple birth,
+#: contacts and identifier types are kept (every earlier version counts as 0).
+MAPPING_VERSION = 1
+
 US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
 US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
 US_CORE_BIRTH_SEX = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex"

@@ -74,6 +74,7 @@ from mpi.storage import (
     GoldenPlan,
     cached_record,
     event_row,
+    forget_reread_records,
     parsed_record,
     write_goldens,
 )
@@ -682,6 +683,7 @@ def resolve_patients(
     for (row, patient), extracted in zip(items, features, strict=True):
         prepared.append(_Item(row, patient, extracted, block_keys(extracted)))
     lock_block_keys(session, [*(key for item in prepared for key in item.keys), *also_lock])
+    forget_reread_records(session)
     out: list[Resolution] = []
     known = None
     if len(prepared) > MIN_PASS_RECORDS:  # _passes reads the page's block keys

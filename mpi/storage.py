@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -55,6 +56,24 @@ _feature_cache: OrderedDict[tuple[int, str | None], tuple[SourcePatient, MatchFe
 _model_cache: dict[tuple[int, str], MatchModel] = {}
 
 
+#: ``source.parsed_with`` of every source, as this process last saw them.
+_readings: list[tuple[Any, ...]] | None = None
+
+
+def forget_reread_records(session: Session) -> None:
+    """Forget the cached records when a source's stored records were read again since
+    this process last looked (:mod:`sync.reparse` rewrites a record's normalized JSON
+    under the same content hash, the cache's key, and marks its source in the same
+    transaction). Called by every writer after it locked what it writes (the golden
+    records, the block keys), so that it sees a reading committed before it got them."""
+    global _readings
+    marks = [tuple(row) for row in session.execute(select(Source.id, Source.parsed_with))]
+    marks.sort(key=itemgetter(0))
+    if marks != _readings:
+        _feature_cache.clear()
+        _readings = marks
+
+
 def clear_caches() -> None:
     """Forget cached features and models (tests, benchmarks measuring cold lookups)."""
     _feature_cache.clear()
@@ -97,7 +116,8 @@ def _cached(record_id: int, content_hash: str | None) -> tuple[SourcePatient, Ma
     key = (record_id, content_hash)
     cached = _feature_cache.get(key)
     if cached is not None:
-        _feature_cache.move_to_end(key)
+        with suppress(KeyError):  # evicted or forgotten by another thread meanwhile
+            _feature_cache.move_to_end(key)
     return cached
 
 
@@ -399,6 +419,7 @@ def write_goldens(
     for plan in plans:
         if plan.merged_into is not None:
             replaces.setdefault(plan.merged_into, set()).add(plan.golden_id)
+    forget_reread_records(session)
     member_ids: dict[str, list[int]] = {}
     for plan in plans:
         if plan.members is None:

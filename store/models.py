@@ -69,6 +69,9 @@ class Source(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     #: When its removal began (``sync.remove_source``); it stays disabled until it is gone.
     removing_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: What its stored Patients were read with, ``{"stamp": {...}, "through": id | None}``
+    #: (:mod:`sync.reparse`, migration 0017); null: an unknown version, before 0017.
+    parsed_with: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
 
 class SourceRecord(Base):

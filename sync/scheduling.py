@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from store.models import Source, SyncRun
 from store.types import utcnow
-from sync import catchup, ehr_watch, retire
+from sync import catchup, ehr_watch, reparse, retire
 from sync.context import DEFAULT_STALL_AFTER_S, TaskContext
 
 log = logging.getLogger(__name__)
@@ -125,11 +125,14 @@ def dispatch_due(
     context: TaskContext,
     trigger: Callable[[int], None],
     remove: Callable[[int], None] | None = None,
+    reread: Callable[[int], None] | None = None,
 ) -> list[int]:
     """Look at the Subscriptions askonce keeps on the EHRs (:func:`sync.ehr_watch.watch`:
     one an EHR stopped owes a catch-up), then call ``trigger(source_id)`` for every due
-    source, and ``remove(source_id)`` for every removal that stopped half-way
-    (:func:`sync.retire.stalled_removals`); returns the ids of the due sources."""
+    source, ``remove(source_id)`` for every removal that stopped half-way
+    (:func:`sync.retire.stalled_removals`) and ``reread(source_id)`` for every source
+    whose stored Patients are to be read again (:func:`sync.reparse.stale_sources`);
+    returns the ids of the due sources."""
     try:
         ehr_watch.watch(context)
     except Exception as exc:  # the watch must not keep the sources from their syncs
@@ -137,6 +140,7 @@ def dispatch_due(
     with context.session_factory() as session:
         due = due_sources(session, stall_after_s=context.stall_after_s)
         stalled = retire.stalled_removals(session, stall_after_s=context.stall_after_s)
+        stale = [] if reread is None else reparse.stale_sources(session, context.default_region)
     for source_id in due:
         trigger(source_id)
     if due:
@@ -145,4 +149,7 @@ def dispatch_due(
         for source_id in stalled:
             log.warning("stalled source removal resumed", extra={"source_id": source_id})
             remove(source_id)
+    if reread is not None:
+        for source_id in stale:
+            reread(source_id)
     return due

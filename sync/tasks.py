@@ -12,7 +12,8 @@ from typing import Any
 from celery import Task, current_app, shared_task
 
 from connectors import TransientError
-from sync import delivery, retention, retire, runner, scheduling, system
+from sync import delivery, reparse, retention, retire, runner, scheduling, system
+from sync.celery_app import SCHEDULER_TICK_S
 from sync.context import current_task_context
 from sync.pipeline import UnknownSourceError
 from sync.runner import DatabaseUnavailableError, database_retries
@@ -86,7 +87,7 @@ def run_source(
 @shared_task(name="askonce.sync.schedule_due", acks_late=True)
 def schedule_due() -> list[int]:
     """Beat's tick: start (or resume) every source whose schedule is due."""
-    return scheduling.dispatch_due(current_task_context(), _trigger, _remove)
+    return scheduling.dispatch_due(current_task_context(), _trigger, _remove, _reread)
 
 
 def _trigger(source_id: int) -> None:
@@ -95,6 +96,34 @@ def _trigger(source_id: int) -> None:
 
 def _remove(source_id: int) -> None:
     remove_source.apply_async(kwargs={"source_id": source_id})
+
+
+def _reread(source_id: int) -> None:
+    # Not worth doing after the next tick, which sends it again if it is still owed.
+    reparse_source.apply_async(kwargs={"source_id": source_id}, expires=SCHEDULER_TICK_S)
+
+
+# acks_late is safe: a pass keeps its place in the source row, committed with each batch,
+# so a redelivered task goes on from there.
+@shared_task(
+    name="askonce.sync.reparse_source",
+    acks_late=True,
+    autoretry_for=(DatabaseUnavailableError,),
+    retry_backoff=True,
+    retry_backoff_max=RUN_SOURCE_BACKOFF_MAX_S,
+    retry_jitter=True,
+    max_retries=RUN_SOURCE_MAX_RETRIES,
+)
+def reparse_source(source_id: int) -> dict[str, Any]:
+    """Read a slice of the source's stored Patients again (see :mod:`sync.reparse`)."""
+    context = current_task_context()
+    with database_retries():
+        return reparse.reparse_source(
+            context.session_factory,
+            source_id,
+            default_region=context.default_region,
+            max_seconds=reparse.REPARSE_SLICE_S,
+        ).as_dict()
 
 
 # acks_late is safe: a removal skips what an earlier attempt did, so a redelivered task
