@@ -6,6 +6,7 @@ Other tools script these names, so they are a contract:
   [--auth ...] [--schedule ...]``
 * ``askonce sources list`` and ``askonce sources status [NAME]``
 * ``askonce sources reprocess NAME [--type Patient|Encounter] [--id ID ...]``
+* ``askonce sources reparse [NAME] [--force]``
 * ``askonce sources update NAME [--url ...] [--auth ...] [--schedule ... | --no-schedule]
   [--types ...] [--option K=V ...] [--unset-option K ...] [--trust-rank N] [--rename NEW]``
 * ``askonce sources disable NAME`` / ``askonce sources enable NAME``
@@ -71,6 +72,8 @@ from sync import (
 from sync.feed import Feed, feeds
 from sync.hl7intake import Hl7v2ConfigError
 from sync.mllp_listener import MllpService, listen_until_signalled, listeners
+from sync.reparse import PARSE_OPTIONS, is_stale, reparse_source
+from sync.runner import bound_patient_options
 from sync.scheduling import InvalidScheduleError
 from sync.subscriptions import Managed
 from sync.subscriptions import managed as managed_subscriptions
@@ -304,6 +307,15 @@ def sources_status(
             out.print(
                 "  records: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
             )
+            if is_stale(source, bound_patient_options(source, runtime.settings.default_region)):
+                through = (source.parsed_with or {}).get("through")
+                out.print(
+                    "  [yellow]stored patients being read again[/yellow] with this version and"
+                    " the source's options"
+                    + (f" (through source record {through})" if through else "")
+                    + ": the scheduler reads a slice per tick; `askonce sources reparse`"
+                    " finishes it now"
+                )
             pushing = managed_subscriptions(session, source.id)
             if pushing:
                 out.print("  subscriptions on the EHR:")
@@ -407,6 +419,74 @@ def sources_reprocess(
     )
 
 
+@sources_app.command("reparse")
+def sources_reparse(
+    name: Annotated[str | None, typer.Argument(help="One source; all when omitted.")] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Read them again even where they were read as now."),
+    ] = False,
+) -> None:
+    """Read the stored Patients again with this version's mapping and each source's
+    options, where they were read otherwise (an upgrade, a new mrn_system or
+    default_region): changed records and their golden records are written again. The
+    scheduler does this a slice per tick by itself; this finishes it now."""
+    runtime = _runtime()
+    with runtime.session_factory() as session:
+        sources = [_source_named(session, name)] if name else list(SourceRepository(session).list())
+        region = runtime.settings.default_region
+        todo = [
+            (s.id, s.name)
+            for s in sources
+            if s.removing_since is None and (force or is_stale(s, bound_patient_options(s, region)))
+        ]
+        if force:
+            for source in sources:
+                source.parsed_with = None
+            session.commit()
+    if not todo:
+        console.print(
+            "nothing to read again: every stored Patient is read as this version reads it"
+        )
+        return
+    for source_id, source_name in todo:
+        _reread(runtime, source_id, source_name)
+
+
+def _reread(runtime: Runtime, source_id: int, name: str) -> None:
+    """Read the source's stored Patients again to the end, with progress, then say what
+    changed."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn(f"[bold]{name}: stored patients read again"),
+        TextColumn("{task.completed:,.0f}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("reparse", total=None)
+        result = reparse_source(
+            runtime.session_factory,
+            source_id,
+            default_region=runtime.settings.default_region,
+            on_batch=lambda done: progress.update(task, completed=done.examined),
+        )
+    colour = "yellow" if result.failed else "green"
+    console.print(
+        f"[{colour}]{name}: read again {result.examined:,}[/{colour}]  "
+        f"unchanged {result.unchanged:,}  refreshed {result.refreshed:,}  "
+        f"matched again {result.rematched:,}  golden records updated "
+        f"{result.goldens_updated:,}  created {result.golden_created:,}  "
+        f"review items {result.review_items:,}"
+    )
+    if result.failed:
+        ids = ", ".join(str(i) for i in result.failed_ids[:20])
+        more = f" and {result.failed - 20:,} more" if result.failed > 20 else ""
+        console.print(
+            f"  [yellow]{result.failed:,} no longer valid[/yellow] as this version reads them,"
+            f" kept as they were: source records {ids}{more}"
+        )
+
+
 def _source_named(session: Session, name: str) -> SourceRow:
     """The source called ``name``, or exit 2 saying there is none."""
     try:
@@ -505,6 +585,8 @@ def _change_source(runtime: Runtime, name: str, change: SourceChange) -> None:
         console.print(f"  run {update.stopped_run} stopped after its last committed page")
     if update.cursors_cleared:
         console.print("  cursors cleared: the next sync reads every type from the start")
+    if (set(change.options) | set(change.unset_options)) & set(PARSE_OPTIONS):
+        _reread(runtime, source_id, shown)
     if update.survivorship_changed:
         with Progress(
             SpinnerColumn(),

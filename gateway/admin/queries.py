@@ -25,6 +25,8 @@ from store.models import (
     SyncRun,
 )
 from sync import catchup, feed, subscriptions
+from sync.reparse import is_stale
+from sync.runner import bound_patient_options
 from sync.delivery import oldest_pending_at
 
 #: Rows per admin list page when ``limit`` is not given, and the most allowed.
@@ -85,6 +87,12 @@ def list_sources(session: Session) -> list[dict[str, Any]]:
                 "ehr_subscriptions": [m.as_dict() for m in subscriptions.read_managed(cursors)],
                 # An HL7 v2 feed's last message and answers (sync.feed); null for others.
                 "hl7v2_feed": fed.as_dict() if fed is not None else None,
+                # Its stored Patients are being read again (sync.reparse): pending, and
+                # the last source record id done (null: not started, or none).
+                "reparse": {
+                    "pending": is_stale(source, bound_patient_options(source)),
+                    "through": (source.parsed_with or {}).get("through"),
+                },
             }
         )
     return out

@@ -425,3 +425,26 @@ def test_a_steward_checks_a_source_from_the_sources_page(
             select(Audit.action).where(Audit.action == "console-source-check")
         )
         assert len(list(actions)) == 3
+
+
+def test_the_sources_page_says_when_stored_patients_are_read_again(
+    client: TestClient, world: dict[str, Any], session_factory: sessionmaker[Session]
+) -> None:
+    """An upgrade or a new parse option (sync.reparse): the scheduler reads the stored
+    Patients again, and the page says so until it is done."""
+    from sync.reparse import parsed_with
+    from sync.runner import bound_patient_options
+
+    add_source(session_factory, "read-again")
+    current = add_source(session_factory, "read-as-now")
+    with session_factory() as session:
+        source = session.get(Source, current)
+        assert source is not None
+        source.parsed_with = parsed_with(bound_patient_options(source))
+        session.commit()
+    sign_in(client, world["steward"])
+    rows = client.get("/console/sources").text.split("<tr>")
+    assert "reading stored patients again" in next(r for r in rows if "<td>read-again</td>" in r)
+    assert "reading stored patients again" not in next(
+        r for r in rows if "<td>read-as-now</td>" in r
+    )
