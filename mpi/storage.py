@@ -67,8 +67,10 @@ def forget_reread_records(session: Session) -> None:
     transaction). Called by every writer after it locked what it writes (the golden
     records, the block keys), so that it sees a reading committed before it got them."""
     global _readings
-    marks = [tuple(row) for row in session.execute(select(Source.id, Source.parsed_with))]
-    marks.sort(key=itemgetter(0))
+    marks = [
+        tuple(row)
+        for row in session.execute(select(Source.id, Source.parsed_with).order_by(Source.id))
+    ]
     if marks != _readings:
         _feature_cache.clear()
         _readings = marks
