@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -97,6 +99,21 @@ class RateColumn(ProgressColumn):
         elapsed = task.elapsed or 0.0
         rate = task.completed / elapsed if elapsed > 0 else 0.0
         return Text(f"{rate:,.0f} resources/s", style="cyan")
+
+
+@contextmanager
+def _counting(label: str) -> Iterator[Callable[[int], None]]:
+    """A spinner with a count of what is done so far (no total): the yielded function
+    sets the count."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn(f"[bold]{label}"),
+        TextColumn("{task.completed:,.0f}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(label, total=None)
+        yield lambda done: progress.update(task, completed=done)
 
 
 def _progress() -> Progress:
@@ -456,19 +473,12 @@ def sources_reparse(
 def _reread(runtime: Runtime, source_id: int, name: str) -> None:
     """Read the source's stored Patients again to the end, with progress, then say what
     changed."""
-    with Progress(
-        SpinnerColumn(),
-        TextColumn(f"[bold]{name}: stored patients read again"),
-        TextColumn("{task.completed:,.0f}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task("reparse", total=None)
+    with _counting(f"{name}: stored patients read again") as count:
         result = reparse_source(
             runtime.session_factory,
             source_id,
             default_region=runtime.settings.default_region,
-            on_batch=lambda done: progress.update(task, completed=done.examined),
+            on_batch=lambda done: count(done.examined),
         )
     colour = "yellow" if result.failed else "green"
     console.print(
@@ -588,19 +598,12 @@ def _change_source(runtime: Runtime, name: str, change: SourceChange) -> None:
     if (set(change.options) | set(change.unset_options)) & set(PARSE_OPTIONS):
         _reread(runtime, source_id, shown)
     if update.survivorship_changed:
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("[bold]golden records rendered again"),
-            TextColumn("{task.completed:,.0f}"),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
-            task = progress.add_task("refresh", total=None)
+        with _counting("golden records rendered again") as count:
             refreshed = refresh_goldens(
                 runtime.session_factory,
                 source_id,
                 settings=match_settings(runtime.settings),
-                on_batch=lambda done: progress.update(task, completed=done.examined),
+                on_batch=lambda done: count(done.examined),
             )
         console.print(
             f"  golden records: {refreshed.examined:,} rendered again, "

@@ -70,6 +70,8 @@ ALLOWED_EXTRA_KEYS = frozenset(
         "files",
         # a source's merges followed into the golden records: a count
         "merged",
+        # stored records read again that now read otherwise (sync.reparse): a count
+        "changed",
     }
 )
 

@@ -219,8 +219,8 @@ def reparse_source(
                 "source_id": source_id,
                 "count": result.examined,
                 "changed": result.refreshed + result.rematched,
-                "failed": result.failed,
-                "finished": result.done,
+                "failures": result.failed,
+                "complete": result.done,
             },
         )
     return result

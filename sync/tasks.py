@@ -24,6 +24,15 @@ log = logging.getLogger(__name__)
 #: (a lost connection, a deadlock, a lock timeout): exponential backoff with jitter, capped.
 RUN_SOURCE_MAX_RETRIES = 8
 RUN_SOURCE_BACKOFF_MAX_S = 600
+#: The retries of a task whose work only the database can fail, and that an attempt
+#: finishes where the last one stopped: exponential backoff with jitter, capped.
+DATABASE_RETRIES: dict[str, Any] = {
+    "autoretry_for": (DatabaseUnavailableError,),
+    "retry_backoff": True,
+    "retry_backoff_max": RUN_SOURCE_BACKOFF_MAX_S,
+    "retry_jitter": True,
+    "max_retries": RUN_SOURCE_MAX_RETRIES,
+}
 
 
 def send_after_answer(task: Task, **kwargs: Any) -> bool:
@@ -64,11 +73,7 @@ def _requeue(source_id: int, run_id: int, token: str) -> None:
 @shared_task(
     name="askonce.sync.run_source",
     acks_late=True,
-    autoretry_for=(TransientError, DatabaseUnavailableError),
-    retry_backoff=True,
-    retry_backoff_max=RUN_SOURCE_BACKOFF_MAX_S,
-    retry_jitter=True,
-    max_retries=RUN_SOURCE_MAX_RETRIES,
+    **{**DATABASE_RETRIES, "autoretry_for": (TransientError, DatabaseUnavailableError)},
 )
 def run_source(
     source_id: int, run_id: int | None = None, token: str | None = None, full: bool = False
@@ -105,15 +110,7 @@ def _reread(source_id: int) -> None:
 
 # acks_late is safe: a pass keeps its place in the source row, committed with each batch,
 # so a redelivered task goes on from there.
-@shared_task(
-    name="askonce.sync.reparse_source",
-    acks_late=True,
-    autoretry_for=(DatabaseUnavailableError,),
-    retry_backoff=True,
-    retry_backoff_max=RUN_SOURCE_BACKOFF_MAX_S,
-    retry_jitter=True,
-    max_retries=RUN_SOURCE_MAX_RETRIES,
-)
+@shared_task(name="askonce.sync.reparse_source", acks_late=True, **DATABASE_RETRIES)
 def reparse_source(source_id: int) -> dict[str, Any]:
     """Read a slice of the source's stored Patients again (see :mod:`sync.reparse`)."""
     context = current_task_context()
@@ -128,15 +125,7 @@ def reparse_source(source_id: int) -> dict[str, Any]:
 
 # acks_late is safe: a removal skips what an earlier attempt did, so a redelivered task
 # (its worker died) or a retried one (the database failed) finishes the removal.
-@shared_task(
-    name="askonce.sync.remove_source",
-    acks_late=True,
-    autoretry_for=(DatabaseUnavailableError,),
-    retry_backoff=True,
-    retry_backoff_max=RUN_SOURCE_BACKOFF_MAX_S,
-    retry_jitter=True,
-    max_retries=RUN_SOURCE_MAX_RETRIES,
-)
+@shared_task(name="askonce.sync.remove_source", acks_late=True, **DATABASE_RETRIES)
 def remove_source(source_id: int) -> dict[str, Any]:
     """Take a source's records out of the golden records, then erase the source."""
     try:

@@ -103,6 +103,17 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
+@pytest.fixture
+def cli_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A migrated SQLite file of its own for a CLI test: the ``askonce`` commands it
+    invokes find it through ``ASKONCE_DATABASE_URL`` (and log warnings only)."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("ASKONCE_DATABASE_URL", url)
+    monkeypatch.setenv("ASKONCE_LOG_LEVEL", "WARNING")
+    upgrade(url)
+    return url
+
+
 @pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest) -> str:
     """The migrated database URL, once per backend."""

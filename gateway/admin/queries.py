@@ -25,9 +25,9 @@ from store.models import (
     SyncRun,
 )
 from sync import catchup, feed, subscriptions
+from sync.delivery import oldest_pending_at
 from sync.reparse import is_stale
 from sync.runner import bound_patient_options
-from sync.delivery import oldest_pending_at
 
 #: Rows per admin list page when ``limit`` is not given, and the most allowed.
 DEFAULT_ADMIN_LIMIT = 50

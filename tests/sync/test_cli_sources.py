@@ -15,22 +15,13 @@ from askonce.cli import app
 from askonce.demo import DEMO_SOURCES, run_demo_sync
 from askonce.runtime import build_runtime
 from askonce.settings import Settings
-from store import SourceRepository, upgrade
+from store import SourceRepository
 from sync import DatabaseUnavailableError, catchup
 from tests.sekmet_server import SekmetServer
 from tests.sync.helpers import encounter, patient, write_ndjson
 from tests.sync.test_database_failures import locked_sqlite_error
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def cli_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    monkeypatch.setenv("ASKONCE_DATABASE_URL", url)
-    monkeypatch.setenv("ASKONCE_LOG_LEVEL", "WARNING")
-    upgrade(url)
-    return url
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import json
 import re
 import threading
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,7 +32,7 @@ from connectors.subscriptions import (
     SubscriptionRequestError,
 )
 from gateway.auth import TokenService
-from store import CursorRepository, upgrade
+from store import CursorRepository
 from store.models import Encounter as EncounterRow
 from store.models import Link, SourceRecord, SyncCursor
 from store.models import Source as SourceRow
@@ -779,13 +778,9 @@ def test_subscriptions_askonce_chooses_push_patients_and_encounters(
 
 @pytest.mark.sekmet
 def test_the_subscribe_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sekmet_factory: SekmetFactory
+    cli_db: str, monkeypatch: pytest.MonkeyPatch, sekmet_factory: SekmetFactory
 ) -> None:
     server = sekmet_factory()
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    monkeypatch.setenv("ASKONCE_DATABASE_URL", url)
-    monkeypatch.setenv("ASKONCE_LOG_LEVEL", "WARNING")
-    upgrade(url)
     runner = CliRunner()
     runner.invoke(app, ["sources", "add", "ehr", "--kind", "fhir", "--url", server.base_url])
     no_endpoint = runner.invoke(app, ["sources", "subscribe", "ehr", "--token", TOKEN])

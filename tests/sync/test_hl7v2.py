@@ -892,11 +892,7 @@ def test_listen_address() -> None:
             listen_address(bad)
 
 
-def test_cli_hl7v2_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    monkeypatch.setenv("ASKONCE_DATABASE_URL", url)
-    monkeypatch.setenv("ASKONCE_LOG_LEVEL", "WARNING")
-    upgrade(url)
+def test_cli_hl7v2_source(cli_db: str) -> None:
     runner = CliRunner()
     base = ["sources", "add", "adt", "--kind", "hl7v2"]
     scheduled = runner.invoke(app, [*base, "--url", "mllp://127.0.0.1:2575", "--schedule", "15m"])

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from askonce.cli import app
 from askonce.logging import JsonFormatter
 from connectors.preflight import Preflight
-from store import make_engine, make_session_factory, upgrade
+from store import make_engine, make_session_factory
 from sync.hl7intake import TLS_KEYS, Hl7v2ConfigError, check_listener, tls_context
 from sync.mllp_listener import Listener, listeners, refusal_level
 from sync.repeats import Repeats
@@ -263,15 +263,10 @@ def test_a_port_probe_is_not_a_refusal(
     assert refusal_level(ConnectionAbortedError(), "127.0.0.1") == logging.INFO
 
 
-def test_tls_options_through_the_cli(
-    pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_tls_options_through_the_cli(cli_db: str, pki: Pki) -> None:
     """``sources add`` refuses TLS files that do not load; the listener of a source added
     with good ones serves TLS."""
-    url = f"sqlite:///{tmp_path / 'tls.db'}"
-    monkeypatch.setenv("ASKONCE_DATABASE_URL", url)
-    monkeypatch.setenv("ASKONCE_LOG_LEVEL", "WARNING")
-    upgrade(url)
+    url = cli_db
     runner = CliRunner()
     base = ["sources", "add", "adt", "--kind", "hl7v2", "--url", "mllp://127.0.0.1:2575"]
     missing = runner.invoke(app, [*base, "--option", f"tls_cert={pki.path('missing.pem')}"])

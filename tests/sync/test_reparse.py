@@ -23,7 +23,6 @@ from fhir_mapping import InvalidResource, Issue
 from gateway.auth import TokenService
 from mpi import recompute_goldens
 from mpi.features import decode_features
-from store import upgrade
 from store.models import GoldenPatient, Link, Outbox
 from store.models import Source as SourceRow
 from sync import TaskContext, ingest_page
@@ -311,13 +310,8 @@ def test_embedded_ticks_and_the_celery_tick_read_stale_sources_again(tmp_path: P
         assert pending() == {"pending": False, "through": None}
 
 
-def test_the_cli_reads_stored_patients_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    monkeypatch.setenv("ASKONCE_DATABASE_URL", url)
-    monkeypatch.setenv("ASKONCE_LOG_LEVEL", "WARNING")
-    upgrade(url)
+def test_the_cli_reads_stored_patients_again(cli_db: str, tmp_path: Path) -> None:
+    url = cli_db
     folder = tmp_path / "ehr"
     mrn = {"system": "urn:ehr:mrn", "value": "m-1"}
     write_ndjson(

@@ -19,7 +19,6 @@ from askonce.cli import app
 from connectors import Page
 from fhir_mapping import InvalidResource, Issue
 from mpi import MatchSettings
-from store import upgrade
 from store.models import Encounter, Link
 from store.models import Source as SourceRow
 from sync import ReprocessError, TaskContext, ingest_page, reprocess_quarantined
@@ -182,13 +181,7 @@ def test_unknown_sources_and_unsynced_types_are_refused(
         reprocess_quarantined(session_factory, source_id, resource_type="Observation")
 
 
-def test_the_cli_reprocesses_a_source(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strict: set[str]
-) -> None:
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    monkeypatch.setenv("ASKONCE_DATABASE_URL", url)
-    monkeypatch.setenv("ASKONCE_LOG_LEVEL", "WARNING")
-    upgrade(url)
+def test_the_cli_reprocesses_a_source(cli_db: str, tmp_path: Path, strict: set[str]) -> None:
     folder = tmp_path / "ehr"
     write_ndjson(folder, "Patient", [patient("p1"), patient("bad", birth="x")])
     write_ndjson(folder, "Encounter", [encounter("e1", "p1")])

@@ -18,7 +18,7 @@ from askonce.cli import app
 from askonce.runtime import build_runtime
 from askonce.settings import Settings
 from connectors import Page
-from store import CursorRepository, SyncRunRepository, upgrade
+from store import CursorRepository, SyncRunRepository
 from store.models import Encounter, GoldenPatient, Link, Outbox, SourceRecord, SyncRun
 from store.models import Source as SourceRow
 from store.types import utcnow
@@ -372,13 +372,7 @@ def test_a_new_trust_rank_renders_the_golden_records_again(
         assert confirmed.survivorship_changed
 
 
-def test_the_cli_updates_pauses_and_removes_sources(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    monkeypatch.setenv("ASKONCE_DATABASE_URL", url)
-    monkeypatch.setenv("ASKONCE_LOG_LEVEL", "WARNING")
-    upgrade(url)
+def test_the_cli_updates_pauses_and_removes_sources(cli_db: str, tmp_path: Path) -> None:
     for name, line in (("ehr-a", "12 Harbor Way"), ("ehr-b", "9 Elm St")):
         folder = tmp_path / name
         write_ndjson(folder, "Patient", [person(f"{name}-p", line=line)])
