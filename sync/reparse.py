@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
@@ -133,19 +133,7 @@ class ReparseResult:
     failed_ids: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "source_id": self.source_id,
-            "examined": self.examined,
-            "unchanged": self.unchanged,
-            "refreshed": self.refreshed,
-            "rematched": self.rematched,
-            "failed": self.failed,
-            "goldens_updated": self.goldens_updated,
-            "golden_created": self.golden_created,
-            "review_items": self.review_items,
-            "done": self.done,
-            "failed_ids": self.failed_ids,
-        }
+        return asdict(self)
 
 
 def reparse_source(
