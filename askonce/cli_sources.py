@@ -75,7 +75,6 @@ from sync.feed import Feed, feeds
 from sync.hl7intake import Hl7v2ConfigError
 from sync.mllp_listener import MllpService, listen_until_signalled, listeners
 from sync.reparse import PARSE_OPTIONS, is_stale, reparse_source
-from sync.runner import bound_patient_options
 from sync.scheduling import InvalidScheduleError
 from sync.subscriptions import Managed
 from sync.subscriptions import managed as managed_subscriptions
@@ -324,7 +323,7 @@ def sources_status(
             out.print(
                 "  records: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
             )
-            if is_stale(source, bound_patient_options(source, runtime.settings.default_region)):
+            if is_stale(source, runtime.settings.default_region):
                 through = (source.parsed_with or {}).get("through")
                 out.print(
                     "  [yellow]stored patients being read again[/yellow] with this version and"
@@ -455,7 +454,7 @@ def sources_reparse(
         todo = [
             (s.id, s.name)
             for s in sources
-            if s.removing_since is None and (force or is_stale(s, bound_patient_options(s, region)))
+            if s.removing_since is None and (force or is_stale(s, region))
         ]
         if force:
             for source in sources:

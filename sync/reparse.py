@@ -91,11 +91,13 @@ def parsed_with(options: PatientOptions) -> dict[str, Any]:
     return {"stamp": parse_stamp(options), "through": None}
 
 
-def is_stale(source: SourceRow, options: PatientOptions) -> bool:
+def is_stale(source: SourceRow, default_region: str | None = None) -> bool:
     """True when some of the source's stored Patients may have been read otherwise than
-    the running code reads them with ``options`` (or a pass over them is under way)."""
+    the running code reads them with the source's options over this process's defaults
+    (:func:`sync.runner.bound_patient_options`), or a pass over them is under way."""
     mark = source.parsed_with or {}
-    return mark.get("stamp") != parse_stamp(options) or mark.get("through") is not None
+    stamp = parse_stamp(bound_patient_options(source, default_region))
+    return mark.get("stamp") != stamp or mark.get("through") is not None
 
 
 def stale_sources(session: Session, default_region: str | None = None) -> list[int]:
@@ -104,7 +106,7 @@ def stale_sources(session: Session, default_region: str | None = None) -> list[i
     rows = session.scalars(
         select(SourceRow).where(SourceRow.removing_since.is_(None)).order_by(SourceRow.id)
     )
-    return [s.id for s in rows if is_stale(s, bound_patient_options(s, default_region))]
+    return [s.id for s in rows if is_stale(s, default_region)]
 
 
 @dataclass

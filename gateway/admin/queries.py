@@ -27,7 +27,6 @@ from store.models import (
 from sync import catchup, feed, subscriptions
 from sync.delivery import oldest_pending_at
 from sync.reparse import is_stale
-from sync.runner import bound_patient_options
 
 #: Rows per admin list page when ``limit`` is not given, and the most allowed.
 DEFAULT_ADMIN_LIMIT = 50
@@ -90,7 +89,7 @@ def list_sources(session: Session) -> list[dict[str, Any]]:
                 # Its stored Patients are being read again (sync.reparse): pending, and
                 # the last source record id done (null: not started, or none).
                 "reparse": {
-                    "pending": is_stale(source, bound_patient_options(source)),
+                    "pending": is_stale(source),
                     "through": (source.parsed_with or {}).get("through"),
                 },
             }

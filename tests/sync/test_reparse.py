@@ -59,7 +59,7 @@ def source_row(session: Session, source_id: int) -> SourceRow:
 def stale(session_factory: sessionmaker[Session], source_id: int) -> bool:
     with session_factory() as session:
         source = source_row(session, source_id)
-        return is_stale(source, bound_patient_options(source))
+        return is_stale(source)
 
 
 def golden_of(session: Session, source_id: int, resource_id: str) -> GoldenPatient:
